@@ -1,0 +1,78 @@
+//! `NodeEvent`: everything an actor tells the rest of the node. One variant per kind of
+//! change; each actor publishes only its own variants.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::workspace_store::WorkspaceEntry;
+
+/// Every event on the node's bus.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A workspace was created, changed or deleted (published by the WorkspaceStore).
+    WorkspaceChanged(WorkspaceChanged),
+}
+
+/// Which actor's read view an event belongs to; a snapshot carries one watermark per source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    /// The WorkspaceStore.
+    Workspaces,
+}
+
+impl NodeEvent {
+    /// The actor that published this event.
+    pub fn source(&self) -> EventSource {
+        match self {
+            NodeEvent::WorkspaceChanged(_) => EventSource::Workspaces,
+        }
+    }
+}
+
+/// A change to one workspace.
+#[derive(Debug, Clone)]
+pub struct WorkspaceChanged {
+    /// What happened.
+    pub change: WorkspaceChange,
+    /// The workspace's id.
+    pub id: Uuid,
+    /// Its name (the old name for a deletion).
+    pub name: String,
+    /// Its new state; `None` after a deletion.
+    pub workspace: Option<Arc<WorkspaceEntry>>,
+    /// Who made the change (user name, `admin`, or `node` for repairs).
+    pub by: String,
+}
+
+/// Kinds of workspace change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceChange {
+    /// Newly created or adopted.
+    Created,
+    /// Imported from an archive.
+    Imported,
+    /// Metadata or environments changed.
+    Updated,
+    /// Sharing settings changed.
+    SharingChanged,
+    /// An earlier revision was restored.
+    Restored,
+    /// Deleted.
+    Deleted,
+}
+
+impl WorkspaceChange {
+    /// Stable lower-case name for logs and the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceChange::Created => "created",
+            WorkspaceChange::Imported => "imported",
+            WorkspaceChange::Updated => "updated",
+            WorkspaceChange::SharingChanged => "sharing-changed",
+            WorkspaceChange::Restored => "restored",
+            WorkspaceChange::Deleted => "deleted",
+        }
+    }
+}

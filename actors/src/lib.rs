@@ -1,0 +1,16 @@
+//! aienv's actors, their messages and the domain model. This crate knows no HTTP and no JSON:
+//! the `aienv` package wraps it in a REST API, a WebSocket gateway and a CLI.
+//!
+//! Pattern shared by every actor: a module `<actor>/` holding the actor, its messages (next to
+//! their handlers), its config and its error type; a cloneable `<Actor>Handle` with async
+//! methods for callers; events published on the one [`event_bus::EventBus`]; and, for actors
+//! that serve frequent reads, an immutable read view published through a `watch` channel and
+//! stamped with the sequence number of the event that produced it.
+
+pub mod event_bus;
+pub mod events;
+pub mod identity;
+pub mod model;
+pub mod shutdown;
+pub mod workspace_store;
+pub mod yaml;

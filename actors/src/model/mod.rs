@@ -1,0 +1,20 @@
+//! The domain model: the files a workspace is made of, as Rust types.
+//!
+//! These types are the single source of truth for `workspace.yaml` and `environment.yaml`;
+//! the JSON Schemas in `schemas/` are generated from them (derive `JsonSchema`).
+
+mod environment;
+mod validate;
+mod workspace;
+
+pub use environment::{
+    EnvironmentSpec, PythonManager, PythonSpec, RuntimeKind, SetupStep, ToolKind, ToolSpec,
+    ENVIRONMENT_FILE, ENVIRONMENT_SCHEMA_VERSION,
+};
+pub use validate::{
+    is_slug, validate_relative_path, FieldError, ValidationErrors, MAX_SLUG_LEN,
+};
+pub use workspace::{
+    GitSource, Project, Sharing, SharingMode, WorkspaceKind, WorkspaceManifest, WORKSPACE_FILE,
+    WORKSPACE_SCHEMA_VERSION,
+};

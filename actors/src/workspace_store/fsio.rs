@@ -1,0 +1,138 @@
+//! File-system primitives that make every change durable and atomic: write to a temporary
+//! sibling, fsync, rename, fsync the directory.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::error::StoreError;
+
+/// Size and modification time of a file, used to notice edits made behind the store's back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    /// Length in bytes.
+    pub len: u64,
+    /// Modification time in nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of `path`, or `None` when it does not exist.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let metadata = fs::symlink_metadata(path).ok()?;
+        Some(FileStamp {
+            len: metadata.len(),
+            mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
+        })
+    }
+}
+
+/// Replaces `path` with `bytes` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().expect("write_atomic needs a file inside a directory");
+    let name = path.file_name().expect("write_atomic needs a file name");
+    let temp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        let mut file = fs::File::create(&temp).map_err(StoreError::io("creating", &temp))?;
+        file.write_all(bytes).map_err(StoreError::io("writing", &temp))?;
+        file.sync_all().map_err(StoreError::io("syncing", &temp))?;
+        fs::rename(&temp, path).map_err(StoreError::io("renaming into place", path))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Makes a directory's entries (creations, renames, removals) durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("syncing directory", dir))
+}
+
+/// Flushes every dirty page of the file system holding `path` (one call instead of an
+/// fsync per copied file).
+pub fn sync_filesystem(path: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(path).map_err(StoreError::io("opening", path))?;
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(StoreError::io("syncing file system of", path)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// What [`copy_tree`] did.
+#[derive(Debug, Default)]
+pub struct CopyReport {
+    /// Regular files copied.
+    pub files: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Symbolic links recreated (never followed).
+    pub symlinks: u64,
+    /// Entries left out (sockets, devices, FIFOs), as relative paths.
+    pub skipped: Vec<String>,
+}
+
+/// Copies the tree under `source` into `target` (which must exist), recreating symlinks as
+/// links and leaving out special files.
+pub fn copy_tree(source: &Path, target: &Path) -> Result<CopyReport, StoreError> {
+    let mut report = CopyReport::default();
+    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
+    // Directory modes are applied last so a read-only directory can still be filled.
+    let mut modes = Vec::new();
+    while let Some(relative) = stack.pop() {
+        let dir = source.join(&relative);
+        let entries = fs::read_dir(&dir).map_err(StoreError::io("reading directory", &dir))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("reading directory", &dir))?;
+            let relative = relative.join(entry.file_name());
+            let from = source.join(&relative);
+            let to = target.join(&relative);
+            let file_type = entry
+                .file_type()
+                .map_err(StoreError::io("inspecting", &from))?;
+            if file_type.is_dir() {
+                fs::create_dir(&to).map_err(StoreError::io("creating directory", &to))?;
+                let mode = fs::symlink_metadata(&from)
+                    .map_err(StoreError::io("inspecting", &from))?
+                    .permissions();
+                modes.push((to, mode));
+                stack.push(relative);
+            } else if file_type.is_symlink() {
+                let link = fs::read_link(&from).map_err(StoreError::io("reading link", &from))?;
+                std::os::unix::fs::symlink(&link, &to)
+                    .map_err(StoreError::io("creating link", &to))?;
+                report.symlinks += 1;
+            } else if file_type.is_file() {
+                report.bytes += fs::copy(&from, &to).map_err(StoreError::io("copying", &from))?;
+                report.files += 1;
+            } else {
+                report.skipped.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    for (dir, mode) in modes.into_iter().rev() {
+        fs::set_permissions(&dir, mode).map_err(StoreError::io("setting mode of", &dir))?;
+    }
+    Ok(report)
+}
+
+/// Removes a directory tree if it exists.
+pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StoreError::io("removing", path)(error)),
+    }
+}

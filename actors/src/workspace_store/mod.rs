@@ -1,0 +1,973 @@
+//! The WorkspaceStore actor: owns the sled index and the workspace directories under
+//! `<data-dir>/workspaces/<id>/`.
+//!
+//! Data flow: callers hold a [`WorkspaceStoreHandle`]. Reads (`get`, `list`) come from the
+//! store's published [`StoreView`] without messaging. Changes are messages handled one at a
+//! time on the store's own thread (a `SyncArbiter` of one, since every change does blocking
+//! file and index I/O). Work that can take long — copying an adopted directory, unpacking an
+//! archive, writing an export — runs off the actor in `spawn_blocking` on a staging directory
+//! or a read-only walk, and only the short commit goes through the actor.
+//!
+//! Durability protocol (see `ARCHITECTURE.md`): files first (temp + fsync + rename), then the
+//! index (one transaction + flush), then the view and the event. On start, [`reconcile`] makes
+//! index and directories agree again after a crash.
+
+mod archive;
+mod error;
+mod fsio;
+mod index;
+mod reconcile;
+mod templates;
+mod view;
+mod workspace_dir;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::event_bus::EventBus;
+use crate::events::{NodeEvent, WorkspaceChange, WorkspaceChanged};
+use crate::model::{
+    EnvironmentSpec, Sharing, WorkspaceKind, WorkspaceManifest, ENVIRONMENT_FILE, WORKSPACE_FILE,
+};
+use crate::yaml;
+
+pub use archive::{
+    ArchiveEntry, ArchiveError, ArchiveManifest, EntryKind, ExportSummary, ImportLimits,
+    ImportSummary, CONTENT_PREFIX, MANIFEST_ENTRY,
+};
+pub use error::StoreError;
+pub use index::RevisionRecord;
+pub use reconcile::ReconcileReport;
+pub use templates::TEMPLATE_NAMES;
+pub use view::{ListFilter, Page, StoreView, Viewer, WorkspaceEntry, DEFAULT_PAGE, MAX_PAGE};
+pub use workspace_dir::CreateRequest;
+
+use index::{Index, IndexRecord};
+
+/// Configuration of the WorkspaceStore.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// sled page cache size in bytes.
+    pub cache_bytes: u64,
+    /// Bounds on imported archives.
+    pub import_limits: ImportLimits,
+}
+
+/// Directories under the data dir that the store owns.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `<data>/index`: the sled database.
+    pub index: PathBuf,
+    /// `<data>/workspaces`: one directory per workspace, named by id.
+    pub workspaces: PathBuf,
+    /// `<data>/staging`: workspaces being built (create, adopt, import).
+    pub staging: PathBuf,
+    /// `<data>/trash`: workspaces being deleted.
+    pub trash: PathBuf,
+    /// `<data>/quarantine`: directories found unreadable at start, kept for inspection.
+    pub quarantine: PathBuf,
+}
+
+impl Layout {
+    fn new(data_dir: &Path) -> Layout {
+        Layout {
+            index: data_dir.join("index"),
+            workspaces: data_dir.join("workspaces"),
+            staging: data_dir.join("staging"),
+            trash: data_dir.join("trash"),
+            quarantine: data_dir.join("quarantine"),
+        }
+    }
+
+    fn workspace(&self, id: Uuid) -> PathBuf {
+        self.workspaces.join(id.to_string())
+    }
+}
+
+/// One entry of a workspace's history as listed.
+#[derive(Debug, Clone)]
+pub struct RevisionInfo {
+    /// Revision number.
+    pub revision: u64,
+    /// When it was made.
+    pub at: chrono::DateTime<Utc>,
+    /// Who made it.
+    pub by: String,
+    /// Kind of change.
+    pub change: String,
+}
+
+/// A change to metadata fields; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspacePatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New title.
+    pub title: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+    /// New type.
+    pub kind: Option<WorkspaceKind>,
+    /// New languages.
+    pub languages: Option<Vec<String>>,
+    /// New tools.
+    pub tools: Option<Vec<String>>,
+}
+
+/// The result of creating or importing a workspace.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The new workspace.
+    pub workspace: Arc<WorkspaceEntry>,
+    /// What was done on the way (copied files, renamed, new id, external links, ...).
+    pub notes: Vec<String>,
+    /// For imports, what the archive contained.
+    pub import: Option<ImportSummary>,
+}
+
+/// The actor. Construct it through [`WorkspaceStoreHandle::start`].
+pub struct WorkspaceStore {
+    layout: Layout,
+    index: Index,
+    view: StoreView,
+    view_sender: watch::Sender<Arc<StoreView>>,
+    bus: EventBus,
+}
+
+impl Actor for WorkspaceStore {
+    type Context = SyncContext<Self>;
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        if let Err(error) = self.index.flush() {
+            tracing::error!(%error, "flushing the index at shutdown failed");
+        }
+        Running::Stop
+    }
+}
+
+type Reply<T> = Result<T, StoreError>;
+
+/// Commits a workspace prepared in staging (create, adopt, import).
+#[derive(Message)]
+#[rtype(result = "Reply<Created>")]
+struct CommitNew {
+    prepared: workspace_dir::Prepared,
+    /// Rename to this name instead of failing on a name clash (`--as`).
+    rename_to: Option<String>,
+    change: WorkspaceChange,
+    import: Option<ImportSummary>,
+    by: String,
+}
+
+/// Changes metadata fields.
+#[derive(Message)]
+#[rtype(result = "Reply<Arc<WorkspaceEntry>>")]
+struct Update {
+    target: String,
+    patch: WorkspacePatch,
+    expected_revision: Option<u64>,
+    by: String,
+}
+
+/// Replaces `workspace.yaml` with edited text.
+#[derive(Message)]
+#[rtype(result = "Reply<Arc<WorkspaceEntry>>")]
+struct ReplaceManifest {
+    target: String,
+    text: String,
+    by: String,
+}
+
+/// Creates or replaces one environment's `environment.yaml`.
+#[derive(Message)]
+#[rtype(result = "Reply<Arc<WorkspaceEntry>>")]
+struct PutEnvironment {
+    target: String,
+    name: String,
+    text: String,
+    expected_revision: Option<u64>,
+    by: String,
+}
+
+/// Removes one environment's `environment.yaml` (its other files stay).
+#[derive(Message)]
+#[rtype(result = "Reply<Arc<WorkspaceEntry>>")]
+struct RemoveEnvironment {
+    target: String,
+    name: String,
+    expected_revision: Option<u64>,
+    by: String,
+}
+
+/// Sets sharing.
+#[derive(Message)]
+#[rtype(result = "Reply<Arc<WorkspaceEntry>>")]
+struct SetSharing {
+    target: String,
+    sharing: Sharing,
+    by: String,
+}
+
+/// Deletes a workspace.
+#[derive(Message)]
+#[rtype(result = "Reply<()>")]
+struct Delete {
+    target: String,
+    by: String,
+}
+
+/// Lists a workspace's history.
+#[derive(Message)]
+#[rtype(result = "Reply<Vec<RevisionInfo>>")]
+struct Revisions {
+    target: String,
+}
+
+/// Reads one revision.
+#[derive(Message)]
+#[rtype(result = "Reply<RevisionRecord>")]
+struct GetRevision {
+    target: String,
+    revision: u64,
+}
+
+/// Restores an earlier revision as a new revision.
+#[derive(Message)]
+#[rtype(result = "Reply<Arc<WorkspaceEntry>>")]
+struct Restore {
+    target: String,
+    revision: u64,
+    by: String,
+}
+
+impl WorkspaceStore {
+    fn find(&self, target: &str) -> Reply<Arc<WorkspaceEntry>> {
+        self.view
+            .find(target)
+            .ok_or_else(|| StoreError::NotFound(target.to_string()))
+    }
+
+    fn check_revision(entry: &WorkspaceEntry, expected: Option<u64>) -> Reply<()> {
+        match expected {
+            Some(expected) if expected != entry.manifest.revision => {
+                Err(StoreError::RevisionConflict {
+                    name: entry.manifest.name.clone(),
+                    expected,
+                    actual: entry.manifest.revision,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_name_free(&self, name: &str, id: Uuid) -> Reply<()> {
+        match self.index.id_by_name(name)? {
+            Some(owner) if owner != id => Err(StoreError::NameTaken(name.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a new revision of an existing workspace: environment files first, then
+    /// `workspace.yaml` (the commit point on disk), then the index, view and event.
+    fn commit_change(
+        &mut self,
+        old: &WorkspaceEntry,
+        mut manifest: WorkspaceManifest,
+        environments: BTreeMap<String, EnvironmentSpec>,
+        change: WorkspaceChange,
+        by: &str,
+    ) -> Reply<Arc<WorkspaceEntry>> {
+        manifest.id = old.manifest.id;
+        manifest.created = old.manifest.created;
+        manifest.revision = old.manifest.revision + 1;
+        manifest.updated = Utc::now().max(old.manifest.updated);
+        manifest.environments = environments.keys().cloned().collect();
+        manifest.validate().map_err(|errors| StoreError::Invalid {
+            file: WORKSPACE_FILE.into(),
+            errors,
+        })?;
+        self.check_name_free(&manifest.name, manifest.id)?;
+        let root = old.path.clone();
+        for (name, spec) in &environments {
+            if old.environments.get(name) != Some(spec) {
+                let path = workspace_dir::environment_file(&root, name);
+                std::fs::create_dir_all(path.parent().expect("environment file has a parent"))
+                    .map_err(StoreError::io("creating directory", &path))?;
+                fsio::write_atomic(&path, yaml::to_string(spec).as_bytes())?;
+            }
+        }
+        for name in old.environments.keys() {
+            if !environments.contains_key(name) {
+                let path = workspace_dir::environment_file(&root, name);
+                std::fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+                let _ = std::fs::remove_dir(path.parent().expect("has a parent"));
+            }
+        }
+        let manifest_text = yaml::to_string(&manifest);
+        fsio::write_atomic(&root.join(WORKSPACE_FILE), manifest_text.as_bytes())?;
+        self.index_and_publish(manifest, environments, root, change, Some(&old.manifest.name), by)
+    }
+
+    fn index_and_publish(
+        &mut self,
+        manifest: WorkspaceManifest,
+        environments: BTreeMap<String, EnvironmentSpec>,
+        root: PathBuf,
+        change: WorkspaceChange,
+        old_name: Option<&str>,
+        by: &str,
+    ) -> Reply<Arc<WorkspaceEntry>> {
+        let record = IndexRecord {
+            stamps: workspace_dir::stamps(&root, &environments),
+            manifest,
+            environments,
+        };
+        let revision = revision_record(&record, change.as_str(), by);
+        self.index.put(&record, old_name, Some(&revision))?;
+        let entry = Arc::new(WorkspaceEntry::new(record.manifest, record.environments, root));
+        self.view.insert(entry.clone());
+        self.publish(WorkspaceChanged {
+            change,
+            id: entry.manifest.id,
+            name: entry.manifest.name.clone(),
+            workspace: Some(entry.clone()),
+            by: by.to_string(),
+        });
+        tracing::info!(
+            workspace = %entry.manifest.name,
+            id = %entry.manifest.id,
+            revision = entry.manifest.revision,
+            change = change.as_str(),
+            by,
+            "workspace changed"
+        );
+        Ok(entry)
+    }
+
+    fn publish(&mut self, event: WorkspaceChanged) {
+        let view = &mut self.view;
+        let sender = &self.view_sender;
+        self.bus
+            .publish(NodeEvent::WorkspaceChanged(event), |seq| {
+                view.seq = seq;
+                sender.send_replace(Arc::new(view.clone()));
+            });
+    }
+}
+
+fn revision_record(record: &IndexRecord, change: &str, by: &str) -> RevisionRecord {
+    RevisionRecord {
+        revision: record.manifest.revision,
+        at: record.manifest.updated,
+        by: by.to_string(),
+        change: change.to_string(),
+        workspace_yaml: yaml::to_string(&record.manifest),
+        environments: record
+            .environments
+            .iter()
+            .map(|(name, spec)| (name.clone(), yaml::to_string(spec)))
+            .collect(),
+    }
+}
+
+impl Handler<CommitNew> for WorkspaceStore {
+    type Result = Reply<Created>;
+
+    fn handle(&mut self, message: CommitNew, _: &mut Self::Context) -> Self::Result {
+        let CommitNew {
+            prepared,
+            rename_to,
+            change,
+            import,
+            by,
+        } = message;
+        let staging = prepared.staging.clone();
+        let result = (|| {
+            let mut manifest = prepared.manifest;
+            let mut notes = prepared.notes;
+            if let Some(name) = rename_to {
+                manifest.name = name;
+            }
+            manifest.validate().map_err(|errors| StoreError::Invalid {
+                file: WORKSPACE_FILE.into(),
+                errors,
+            })?;
+            if self.index.id_by_name(&manifest.name)?.is_some() {
+                return Err(StoreError::NameTaken(manifest.name));
+            }
+            if self.view.find(&manifest.id.to_string()).is_some() {
+                let new_id = Uuid::new_v4();
+                notes.push(format!(
+                    "id {} is already used on this node; the copy got id {new_id}",
+                    manifest.id
+                ));
+                manifest.id = new_id;
+            }
+            for (name, spec) in &prepared.environments {
+                let path = workspace_dir::environment_file(&staging, name);
+                if !path.exists() {
+                    std::fs::create_dir_all(path.parent().expect("has a parent"))
+                        .map_err(StoreError::io("creating directory", &path))?;
+                    std::fs::write(&path, yaml::to_string(spec))
+                        .map_err(StoreError::io("writing", &path))?;
+                }
+            }
+            std::fs::write(staging.join(WORKSPACE_FILE), yaml::to_string(&manifest))
+                .map_err(StoreError::io("writing", staging.join(WORKSPACE_FILE)))?;
+            fsio::sync_filesystem(&staging)?;
+            let root = self.layout.workspace(manifest.id);
+            std::fs::rename(&staging, &root).map_err(StoreError::io("moving into place", &root))?;
+            fsio::fsync_dir(&self.layout.workspaces)?;
+            let workspace =
+                self.index_and_publish(manifest, prepared.environments, root, change, None, &by)?;
+            Ok(Created {
+                workspace,
+                notes,
+                import,
+            })
+        })();
+        if result.is_err() {
+            let _ = fsio::remove_tree(&staging);
+        }
+        result
+    }
+}
+
+impl Handler<Update> for WorkspaceStore {
+    type Result = Reply<Arc<WorkspaceEntry>>;
+
+    fn handle(&mut self, message: Update, _: &mut Self::Context) -> Self::Result {
+        let old = self.find(&message.target)?;
+        Self::check_revision(&old, message.expected_revision)?;
+        let mut manifest = old.manifest.clone();
+        let patch = message.patch;
+        if let Some(name) = patch.name {
+            manifest.name = name;
+        }
+        if let Some(title) = patch.title {
+            manifest.title = title;
+        }
+        if let Some(description) = patch.description {
+            manifest.description = description;
+        }
+        if let Some(tags) = patch.tags {
+            manifest.tags = tags;
+        }
+        if let Some(kind) = patch.kind {
+            manifest.kind = kind;
+        }
+        if let Some(languages) = patch.languages {
+            manifest.languages = languages;
+        }
+        if let Some(tools) = patch.tools {
+            manifest.tools = tools;
+        }
+        let environments = old.environments.clone();
+        self.commit_change(&old, manifest, environments, WorkspaceChange::Updated, &message.by)
+    }
+}
+
+impl Handler<ReplaceManifest> for WorkspaceStore {
+    type Result = Reply<Arc<WorkspaceEntry>>;
+
+    fn handle(&mut self, message: ReplaceManifest, _: &mut Self::Context) -> Self::Result {
+        let old = self.find(&message.target)?;
+        let manifest: WorkspaceManifest = yaml::from_str(&message.text, Path::new(WORKSPACE_FILE))?;
+        let mut errors = crate::model::ValidationErrors::default();
+        if manifest.id != old.manifest.id {
+            errors.add("id", "cannot be changed");
+        }
+        if manifest.created != old.manifest.created {
+            errors.add("created", "cannot be changed");
+        }
+        let listed: Vec<&String> = manifest.environments.iter().collect();
+        let existing: Vec<&String> = old.environments.keys().collect();
+        if listed.len() != existing.len() || listed.iter().any(|n| !old.environments.contains_key(*n)) {
+            errors.add(
+                "environments",
+                "is kept by aienv from environments/*/environment.yaml; add or remove \
+                 environments through the environment routes",
+            );
+        }
+        errors.into_result().map_err(|errors| StoreError::Invalid {
+            file: WORKSPACE_FILE.into(),
+            errors,
+        })?;
+        Self::check_revision(&old, Some(manifest.revision))?;
+        let environments = old.environments.clone();
+        self.commit_change(&old, manifest, environments, WorkspaceChange::Updated, &message.by)
+    }
+}
+
+impl Handler<PutEnvironment> for WorkspaceStore {
+    type Result = Reply<Arc<WorkspaceEntry>>;
+
+    fn handle(&mut self, message: PutEnvironment, _: &mut Self::Context) -> Self::Result {
+        let old = self.find(&message.target)?;
+        Self::check_revision(&old, message.expected_revision)?;
+        let mut errors = crate::model::ValidationErrors::default();
+        errors.check_slug("environment", &message.name);
+        errors.into_result().map_err(|errors| StoreError::Invalid {
+            file: "request".into(),
+            errors,
+        })?;
+        let file = format!("environments/{}/{ENVIRONMENT_FILE}", message.name);
+        let spec: EnvironmentSpec = yaml::from_str(&message.text, Path::new(&file))?;
+        spec.validate()
+            .map_err(|errors| StoreError::Invalid { file, errors })?;
+        let mut environments = old.environments.clone();
+        environments.insert(message.name, spec);
+        let manifest = old.manifest.clone();
+        self.commit_change(&old, manifest, environments, WorkspaceChange::Updated, &message.by)
+    }
+}
+
+impl Handler<RemoveEnvironment> for WorkspaceStore {
+    type Result = Reply<Arc<WorkspaceEntry>>;
+
+    fn handle(&mut self, message: RemoveEnvironment, _: &mut Self::Context) -> Self::Result {
+        let old = self.find(&message.target)?;
+        Self::check_revision(&old, message.expected_revision)?;
+        let mut environments = old.environments.clone();
+        if environments.remove(&message.name).is_none() {
+            return Err(StoreError::EnvironmentNotFound {
+                workspace: old.manifest.name.clone(),
+                environment: message.name,
+            });
+        }
+        let manifest = old.manifest.clone();
+        self.commit_change(&old, manifest, environments, WorkspaceChange::Updated, &message.by)
+    }
+}
+
+impl Handler<SetSharing> for WorkspaceStore {
+    type Result = Reply<Arc<WorkspaceEntry>>;
+
+    fn handle(&mut self, message: SetSharing, _: &mut Self::Context) -> Self::Result {
+        let old = self.find(&message.target)?;
+        if old.manifest.sharing == message.sharing {
+            return Ok(old);
+        }
+        let mut manifest = old.manifest.clone();
+        manifest.sharing = message.sharing;
+        let environments = old.environments.clone();
+        self.commit_change(
+            &old,
+            manifest,
+            environments,
+            WorkspaceChange::SharingChanged,
+            &message.by,
+        )
+    }
+}
+
+impl Handler<Delete> for WorkspaceStore {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, message: Delete, _: &mut Self::Context) -> Self::Result {
+        let old = self.find(&message.target)?;
+        let id = old.manifest.id;
+        let trash = self.layout.trash.join(id.to_string());
+        fsio::remove_tree(&trash)?;
+        std::fs::rename(&old.path, &trash).map_err(StoreError::io("moving to trash", &old.path))?;
+        fsio::fsync_dir(&self.layout.workspaces)?;
+        self.index.remove(id, &old.manifest.name)?;
+        self.view.remove(id);
+        self.publish(WorkspaceChanged {
+            change: WorkspaceChange::Deleted,
+            id,
+            name: old.manifest.name.clone(),
+            workspace: None,
+            by: message.by.clone(),
+        });
+        tracing::info!(workspace = %old.manifest.name, %id, by = %message.by, "workspace deleted");
+        if let Err(error) = fsio::remove_tree(&trash) {
+            // The workspace is gone from the index; the next start finishes the removal.
+            tracing::warn!(%error, "removing a deleted workspace's files failed");
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Revisions> for WorkspaceStore {
+    type Result = Reply<Vec<RevisionInfo>>;
+
+    fn handle(&mut self, message: Revisions, _: &mut Self::Context) -> Self::Result {
+        let entry = self.find(&message.target)?;
+        Ok(self
+            .index
+            .revisions(entry.manifest.id)?
+            .into_iter()
+            .map(|r| RevisionInfo {
+                revision: r.revision,
+                at: r.at,
+                by: r.by,
+                change: r.change,
+            })
+            .collect())
+    }
+}
+
+impl Handler<GetRevision> for WorkspaceStore {
+    type Result = Reply<RevisionRecord>;
+
+    fn handle(&mut self, message: GetRevision, _: &mut Self::Context) -> Self::Result {
+        let entry = self.find(&message.target)?;
+        self.index
+            .revision(entry.manifest.id, message.revision)?
+            .ok_or_else(|| StoreError::RevisionNotFound {
+                name: entry.manifest.name.clone(),
+                revision: message.revision,
+            })
+    }
+}
+
+impl Handler<Restore> for WorkspaceStore {
+    type Result = Reply<Arc<WorkspaceEntry>>;
+
+    fn handle(&mut self, message: Restore, _: &mut Self::Context) -> Self::Result {
+        let old = self.find(&message.target)?;
+        let record = self
+            .index
+            .revision(old.manifest.id, message.revision)?
+            .ok_or_else(|| StoreError::RevisionNotFound {
+                name: old.manifest.name.clone(),
+                revision: message.revision,
+            })?;
+        let manifest: WorkspaceManifest =
+            yaml::from_str(&record.workspace_yaml, Path::new(WORKSPACE_FILE))?;
+        let mut environments = BTreeMap::new();
+        for (name, text) in &record.environments {
+            let file = format!("environments/{name}/{ENVIRONMENT_FILE}");
+            environments.insert(name.clone(), yaml::from_str(text, Path::new(&file))?);
+        }
+        self.commit_change(
+            &old,
+            manifest,
+            environments,
+            WorkspaceChange::Restored,
+            &message.by,
+        )
+    }
+}
+
+/// Cloneable async API of the WorkspaceStore for the HTTP layer, the CLI and tests.
+#[derive(Clone)]
+pub struct WorkspaceStoreHandle {
+    addr: Addr<WorkspaceStore>,
+    view: watch::Receiver<Arc<StoreView>>,
+    layout: Arc<Layout>,
+    import_limits: ImportLimits,
+}
+
+impl WorkspaceStoreHandle {
+    /// Opens the index, reconciles it with the directories, and starts the actor on its own
+    /// thread. Must be called inside a running actix system.
+    pub fn start(
+        config: &StoreConfig,
+        bus: EventBus,
+    ) -> Result<(WorkspaceStoreHandle, ReconcileReport), StoreError> {
+        let layout = Layout::new(&config.data_dir);
+        for dir in [&layout.workspaces, &layout.staging, &layout.trash] {
+            std::fs::create_dir_all(dir).map_err(StoreError::io("creating directory", dir))?;
+        }
+        let index = Index::open(&layout.index, config.cache_bytes)?;
+        let (entries, report) = reconcile::reconcile(&layout, &index)?;
+        let view = StoreView::new(entries, bus.last_seq());
+        let (view_sender, view_receiver) = watch::channel(Arc::new(view.clone()));
+        let store = WorkspaceStore {
+            layout: layout.clone(),
+            index,
+            view,
+            view_sender,
+            bus,
+        };
+        // SyncArbiter builds its actor from a factory; ours hands over the one opened store.
+        let slot = Mutex::new(Some(store));
+        let addr = SyncArbiter::start(1, move || {
+            slot.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("the workspace store thread is started once")
+        });
+        Ok((
+            WorkspaceStoreHandle {
+                addr,
+                view: view_receiver,
+                layout: Arc::new(layout),
+                import_limits: config.import_limits.clone(),
+            },
+            report,
+        ))
+    }
+
+    /// The current read view.
+    pub fn view(&self) -> Arc<StoreView> {
+        self.view.borrow().clone()
+    }
+
+    /// One page of workspaces matching `filter`.
+    pub fn list(&self, filter: &ListFilter) -> Page {
+        self.view().list(filter)
+    }
+
+    /// The workspace with this id or name.
+    pub fn get(&self, target: &str) -> Result<Arc<WorkspaceEntry>, StoreError> {
+        self.view()
+            .find(target)
+            .ok_or_else(|| StoreError::NotFound(target.to_string()))
+    }
+
+    async fn send<M>(&self, message: M) -> Result<M::Result, StoreError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        WorkspaceStore: Handler<M>,
+    {
+        self.addr.send(message).await.map_err(|_| StoreError::Unavailable)
+    }
+
+    /// Creates a workspace (empty, from a template, or adopting a directory).
+    pub async fn create(&self, request: CreateRequest, by: &str) -> Result<Created, StoreError> {
+        if !request.name.is_empty() {
+            if let Some(existing) = self.view().find(&request.name) {
+                return Err(StoreError::NameTaken(existing.manifest.name.clone()));
+            }
+        }
+        let staging = self.new_staging_dir("create")?;
+        let prepared = {
+            let staging = staging.clone();
+            tokio::task::spawn_blocking(move || workspace_dir::prepare_new(&request, &staging))
+                .await
+                .map_err(|_| StoreError::Unavailable)
+        }?;
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                let _ = fsio::remove_tree(&staging);
+                return Err(error);
+            }
+        };
+        self.send(CommitNew {
+            prepared,
+            rename_to: None,
+            change: WorkspaceChange::Created,
+            import: None,
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Changes metadata fields. `expected_revision` guards against lost updates.
+    pub async fn update(
+        &self,
+        target: &str,
+        patch: WorkspacePatch,
+        expected_revision: Option<u64>,
+        by: &str,
+    ) -> Result<Arc<WorkspaceEntry>, StoreError> {
+        self.send(Update {
+            target: target.to_string(),
+            patch,
+            expected_revision,
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Replaces `workspace.yaml` with `text`, whose `revision` must be the current one.
+    pub async fn replace_manifest(
+        &self,
+        target: &str,
+        text: String,
+        by: &str,
+    ) -> Result<Arc<WorkspaceEntry>, StoreError> {
+        self.send(ReplaceManifest {
+            target: target.to_string(),
+            text,
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Creates or replaces an environment from its YAML text.
+    pub async fn put_environment(
+        &self,
+        target: &str,
+        name: &str,
+        text: String,
+        expected_revision: Option<u64>,
+        by: &str,
+    ) -> Result<Arc<WorkspaceEntry>, StoreError> {
+        self.send(PutEnvironment {
+            target: target.to_string(),
+            name: name.to_string(),
+            text,
+            expected_revision,
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Removes an environment's spec.
+    pub async fn remove_environment(
+        &self,
+        target: &str,
+        name: &str,
+        expected_revision: Option<u64>,
+        by: &str,
+    ) -> Result<Arc<WorkspaceEntry>, StoreError> {
+        self.send(RemoveEnvironment {
+            target: target.to_string(),
+            name: name.to_string(),
+            expected_revision,
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Sets sharing.
+    pub async fn set_sharing(
+        &self,
+        target: &str,
+        sharing: Sharing,
+        by: &str,
+    ) -> Result<Arc<WorkspaceEntry>, StoreError> {
+        self.send(SetSharing {
+            target: target.to_string(),
+            sharing,
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Deletes a workspace and its history.
+    pub async fn delete(&self, target: &str, by: &str) -> Result<(), StoreError> {
+        self.send(Delete {
+            target: target.to_string(),
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// A workspace's history, oldest first.
+    pub async fn revisions(&self, target: &str) -> Result<Vec<RevisionInfo>, StoreError> {
+        self.send(Revisions {
+            target: target.to_string(),
+        })
+        .await?
+    }
+
+    /// One revision's files.
+    pub async fn revision(&self, target: &str, revision: u64) -> Result<RevisionRecord, StoreError> {
+        self.send(GetRevision {
+            target: target.to_string(),
+            revision,
+        })
+        .await?
+    }
+
+    /// Makes revision `revision`'s content the new current revision.
+    pub async fn restore(
+        &self,
+        target: &str,
+        revision: u64,
+        by: &str,
+    ) -> Result<Arc<WorkspaceEntry>, StoreError> {
+        self.send(Restore {
+            target: target.to_string(),
+            revision,
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Writes the workspace as a `.tar.zst` archive to `out` (off the actor).
+    pub async fn export<W: std::io::Write + Send + 'static>(
+        &self,
+        target: &str,
+        out: W,
+    ) -> Result<ExportSummary, StoreError> {
+        let entry = self.get(target)?;
+        tokio::task::spawn_blocking(move || {
+            archive::export(
+                &entry.path,
+                entry.manifest.id,
+                &entry.manifest.name,
+                entry.manifest.revision,
+                out,
+            )
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable)?
+        .map_err(StoreError::from)
+    }
+
+    /// Verifies and unpacks the archive at `archive_path` into staging, then commits it as a
+    /// new workspace, named `rename_to` when given.
+    pub async fn import(
+        &self,
+        archive_path: PathBuf,
+        rename_to: Option<String>,
+        by: &str,
+    ) -> Result<Created, StoreError> {
+        let staging = self.new_staging_dir("import")?;
+        let limits = self.import_limits.clone();
+        let unpacked = {
+            let staging = staging.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let file = std::fs::File::open(&archive_path)
+                    .map_err(StoreError::io("opening", &archive_path))?;
+                let summary = archive::import(std::io::BufReader::new(file), &staging, &limits)?;
+                let loaded = workspace_dir::load(&staging, false)?;
+                Ok((summary, loaded))
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)?
+        };
+        let (summary, loaded) = match unpacked {
+            Ok(unpacked) => unpacked,
+            Err(error) => {
+                let _ = fsio::remove_tree(&staging);
+                return Err(error);
+            }
+        };
+        let notes = summary
+            .external_links
+            .iter()
+            .map(|(path, target)| format!("kept link {path} -> {target} (points outside the workspace)"))
+            .collect();
+        self.send(CommitNew {
+            prepared: workspace_dir::Prepared {
+                staging,
+                manifest: loaded.manifest,
+                environments: loaded.environments,
+                notes,
+            },
+            rename_to,
+            change: WorkspaceChange::Imported,
+            import: Some(summary),
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    fn new_staging_dir(&self, purpose: &str) -> Result<PathBuf, StoreError> {
+        let path = self
+            .layout
+            .staging
+            .join(format!("{purpose}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir(&path).map_err(StoreError::io("creating directory", &path))?;
+        Ok(path)
+    }
+}

@@ -1,0 +1,342 @@
+//! Reading a workspace directory from disk and preparing new ones in staging.
+//!
+//! These functions touch only the directory they are given, so the store runs them off its
+//! actor thread (copying a 50 GB project must not hold up other changes) and then commits the
+//! prepared directory in one short message.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+
+use crate::model::{
+    is_slug, EnvironmentSpec, Project, WorkspaceKind, WorkspaceManifest, ENVIRONMENT_FILE,
+    WORKSPACE_FILE,
+};
+use crate::yaml;
+
+use super::error::StoreError;
+use super::fsio::{copy_tree, CopyReport, FileStamp};
+use super::templates;
+
+/// The directories every workspace has.
+pub const STANDARD_DIRS: [&str; 4] = ["projects", "environments", "data", "scripts"];
+
+/// A workspace directory as read from disk.
+#[derive(Debug, Clone)]
+pub struct LoadedWorkspace {
+    /// Its `workspace.yaml`.
+    pub manifest: WorkspaceManifest,
+    /// Its environments.
+    pub environments: BTreeMap<String, EnvironmentSpec>,
+    /// Environments that were listed but had no file, created with defaults.
+    pub created_environments: Vec<String>,
+}
+
+/// Path of an environment's spec file inside a workspace directory.
+pub fn environment_file(root: &Path, name: &str) -> PathBuf {
+    root.join("environments").join(name).join(ENVIRONMENT_FILE)
+}
+
+/// Reads and validates `workspace.yaml` and every environment of the directory `root`.
+/// Environments found on disk but not listed are added to the list; listed environments
+/// without a file are an error unless `create_missing`, when a default spec is used.
+pub fn load(root: &Path, create_missing: bool) -> Result<LoadedWorkspace, StoreError> {
+    let manifest_path = root.join(WORKSPACE_FILE);
+    let mut manifest: WorkspaceManifest = yaml::read_file(&manifest_path)?;
+    manifest.validate().map_err(|errors| StoreError::Invalid {
+        file: manifest_path.display().to_string(),
+        errors,
+    })?;
+    let mut environments = BTreeMap::new();
+    let mut created_environments = Vec::new();
+    for name in &manifest.environments {
+        let path = environment_file(root, name);
+        if path.exists() {
+            environments.insert(name.clone(), read_environment(&path)?);
+        } else if create_missing {
+            environments.insert(name.clone(), EnvironmentSpec::new(""));
+            created_environments.push(name.clone());
+        } else {
+            return Err(StoreError::BadRequest(format!(
+                "{}: environment `{name}` is listed but {} does not exist",
+                manifest_path.display(),
+                path.display()
+            )));
+        }
+    }
+    if let Ok(dirs) = fs::read_dir(root.join("environments")) {
+        for dir in dirs.flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            let path = environment_file(root, &name);
+            if !environments.contains_key(&name) && is_slug(&name) && path.is_file() {
+                environments.insert(name.clone(), read_environment(&path)?);
+                manifest.environments.push(name);
+            }
+        }
+    }
+    Ok(LoadedWorkspace {
+        manifest,
+        environments,
+        created_environments,
+    })
+}
+
+/// Reads and validates one `environment.yaml`.
+pub fn read_environment(path: &Path) -> Result<EnvironmentSpec, StoreError> {
+    let spec: EnvironmentSpec = yaml::read_file(path)?;
+    spec.validate().map_err(|errors| StoreError::Invalid {
+        file: path.display().to_string(),
+        errors,
+    })?;
+    Ok(spec)
+}
+
+/// Stamps of `workspace.yaml` and each environment file, keyed by workspace-relative path.
+pub fn stamps(root: &Path, environments: &BTreeMap<String, EnvironmentSpec>) -> BTreeMap<String, FileStamp> {
+    let mut stamps = BTreeMap::new();
+    if let Some(stamp) = FileStamp::of(&root.join(WORKSPACE_FILE)) {
+        stamps.insert(WORKSPACE_FILE.to_string(), stamp);
+    }
+    for name in environments.keys() {
+        if let Some(stamp) = FileStamp::of(&environment_file(root, name)) {
+            stamps.insert(format!("environments/{name}/{ENVIRONMENT_FILE}"), stamp);
+        }
+    }
+    stamps
+}
+
+/// What a new workspace should be.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// Its name (slug). When adopting a directory that has a `workspace.yaml`, may be empty
+    /// to keep the name found there.
+    pub name: String,
+    /// Title.
+    pub title: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Type.
+    pub kind: Option<WorkspaceKind>,
+    /// Languages.
+    pub languages: Vec<String>,
+    /// Tools.
+    pub tools: Vec<String>,
+    /// Built-in template to start from.
+    pub template: Option<String>,
+    /// Existing directory to adopt (its files are copied in).
+    pub from_dir: Option<PathBuf>,
+}
+
+/// A directory prepared in staging, ready to be committed.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The staging directory holding the new workspace.
+    pub staging: PathBuf,
+    /// Its manifest (written by the commit).
+    pub manifest: WorkspaceManifest,
+    /// Its environments (written by the commit).
+    pub environments: BTreeMap<String, EnvironmentSpec>,
+    /// Human-readable notes on what was done (adopted files, skipped entries, ...).
+    pub notes: Vec<String>,
+}
+
+/// Builds a new workspace in the empty directory `staging`.
+pub fn prepare_new(request: &CreateRequest, staging: &Path) -> Result<Prepared, StoreError> {
+    let now = Utc::now();
+    let mut notes = Vec::new();
+    let mut manifest;
+    let mut environments;
+    match &request.from_dir {
+        Some(source) => {
+            let source = source
+                .canonicalize()
+                .map_err(StoreError::io("opening source directory", source))?;
+            if !source.is_dir() {
+                return Err(StoreError::BadRequest(format!(
+                    "{} is not a directory",
+                    source.display()
+                )));
+            }
+            if source.join(WORKSPACE_FILE).is_file() {
+                // A workspace directory: copy it whole and keep its files.
+                let report = copy_tree(&source, staging)?;
+                describe_copy(&mut notes, &source, &report);
+                let loaded = load(staging, true)?;
+                manifest = loaded.manifest;
+                environments = loaded.environments;
+                for name in loaded.created_environments {
+                    notes.push(format!("created missing environments/{name}/{ENVIRONMENT_FILE}"));
+                }
+                notes.push(format!("kept {WORKSPACE_FILE} of {}", source.display()));
+                if !request.name.is_empty() && request.name != manifest.name {
+                    notes.push(format!("renamed `{}` to `{}`", manifest.name, request.name));
+                    manifest.name = request.name.clone();
+                }
+            } else {
+                // A plain project directory: it becomes projects/<name>.
+                let name = if request.name.is_empty() {
+                    slug_from(&source)
+                } else {
+                    request.name.clone()
+                };
+                manifest = WorkspaceManifest::new(&name, now);
+                let project_dir = staging.join("projects").join(&name);
+                fs::create_dir_all(&project_dir)
+                    .map_err(StoreError::io("creating directory", &project_dir))?;
+                let report = copy_tree(&source, &project_dir)?;
+                describe_copy(&mut notes, &source, &report);
+                manifest.projects.push(Project {
+                    name: name.clone(),
+                    path: format!("projects/{name}"),
+                    git: None,
+                });
+                for language in detect_languages(&project_dir) {
+                    if !manifest.languages.iter().any(|l| l == language) {
+                        manifest.languages.push(language.to_string());
+                    }
+                }
+                environments = BTreeMap::new();
+            }
+        }
+        None => {
+            manifest = WorkspaceManifest::new(&request.name, now);
+            environments = BTreeMap::new();
+        }
+    }
+    apply_request_fields(request, &mut manifest);
+    if let Some(template) = &request.template {
+        let Some(applied) = templates::apply(template, &mut manifest) else {
+            return Err(StoreError::BadRequest(format!(
+                "unknown template `{template}`; built-in templates are: {}",
+                templates::TEMPLATE_NAMES.join(", ")
+            )));
+        };
+        for (path, content) in applied.files {
+            let target = staging.join(path);
+            if target.exists() {
+                continue;
+            }
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(StoreError::io("creating directory", parent))?;
+            }
+            fs::write(&target, content).map_err(StoreError::io("writing", &target))?;
+            if path.ends_with(".sh") {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o755))
+                    .map_err(StoreError::io("setting mode of", &target))?;
+            }
+        }
+        for (name, spec) in applied.environments {
+            environments.entry(name).or_insert(spec);
+        }
+    }
+    for dir in STANDARD_DIRS {
+        let path = staging.join(dir);
+        fs::create_dir_all(&path).map_err(StoreError::io("creating directory", &path))?;
+    }
+    manifest.environments = environments.keys().cloned().collect();
+    manifest.validate().map_err(|errors| StoreError::Invalid {
+        file: "request".into(),
+        errors,
+    })?;
+    Ok(Prepared {
+        staging: staging.to_path_buf(),
+        manifest,
+        environments,
+        notes,
+    })
+}
+
+fn apply_request_fields(request: &CreateRequest, manifest: &mut WorkspaceManifest) {
+    if let Some(title) = &request.title {
+        manifest.title = title.clone();
+    }
+    if let Some(description) = &request.description {
+        manifest.description = description.clone();
+    }
+    if let Some(kind) = request.kind {
+        manifest.kind = kind;
+    }
+    for (list, extra) in [
+        (&mut manifest.tags, &request.tags),
+        (&mut manifest.languages, &request.languages),
+        (&mut manifest.tools, &request.tools),
+    ] {
+        for value in extra {
+            if !list.contains(value) {
+                list.push(value.clone());
+            }
+        }
+    }
+}
+
+fn describe_copy(notes: &mut Vec<String>, source: &Path, report: &CopyReport) {
+    notes.push(format!(
+        "copied {} files ({} bytes) and {} symlinks from {}",
+        report.files,
+        report.bytes,
+        report.symlinks,
+        source.display()
+    ));
+    for skipped in &report.skipped {
+        notes.push(format!("left out special file {skipped}"));
+    }
+}
+
+/// A slug made from a directory's name (`My Project_2` → `my-project-2`).
+fn slug_from(path: &Path) -> String {
+    let raw = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let mut slug = String::new();
+    for c in raw.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug: String = slug.trim_end_matches('-').chars().take(63).collect();
+    let slug = slug.trim_end_matches('-').to_string();
+    if slug.is_empty() {
+        "workspace".to_string()
+    } else {
+        slug
+    }
+}
+
+/// Languages evident from a project's top-level files.
+fn detect_languages(project: &Path) -> Vec<&'static str> {
+    let has = |name: &str| project.join(name).exists();
+    let mut languages = Vec::new();
+    if has("requirements.txt") || has("pyproject.toml") || has("setup.py") || has("environment.yml") {
+        languages.push("python");
+    }
+    if has("package.json") {
+        languages.push("javascript");
+    }
+    if has("Cargo.toml") {
+        languages.push("rust");
+    }
+    if has("go.mod") {
+        languages.push("go");
+    }
+    languages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_from_directory_names() {
+        assert_eq!(slug_from(Path::new("/x/My Project_2")), "my-project-2");
+        assert_eq!(slug_from(Path::new("/x/__")), "workspace");
+        assert_eq!(slug_from(Path::new("/x/llama")), "llama");
+    }
+}
