@@ -1,1 +1,12 @@
-pub fn x(){}
+//! The `aienv` package: configuration, the HTTP layer (REST API v1 and the WebSocket event
+//! gateway), the REST client, and the CLI. The actors and the domain model live in the
+//! `aienv-actors` crate.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod schemas;
+pub mod serve;

@@ -1,0 +1,352 @@
+//! The `aienv` command line. Every command except `serve`, `config` and `user` talks to a node
+//! over REST through [`crate::client::Client`].
+
+mod output;
+mod workspace;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+
+use crate::client::{Client, Credentials};
+use crate::config::{self, LogFormat};
+
+pub use output::{exit, CliError};
+
+/// aienv: share, clone and run AI environments across a LAN.
+#[derive(Debug, Parser)]
+#[command(name = "aienv", version, about, propagate_version = true)]
+pub struct Cli {
+    /// URL of the node to talk to.
+    #[arg(long, global = true, env = "AIENV_NODE", default_value = "http://127.0.0.1:37778")]
+    pub node: String,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Data dir of the local node (to read its admin token).
+    #[arg(long, global = true, env = "AIENV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: REST API, event stream and (later) the dashboard.
+    Serve(ServeArgs),
+    /// Manage workspaces.
+    #[command(subcommand, visible_alias = "workspace")]
+    Ws(workspace::WsCommand),
+    /// Show the node's identity and state.
+    Node,
+    /// Print the node's live event stream (one JSON object per line).
+    Events,
+    /// Show the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage the node's users (works on the data dir directly).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// Flags of `aienv serve`; each overrides the config file and the environment.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    /// Config file (default: $XDG_CONFIG_HOME/aienv/config.yaml, then /etc/aienv/config.yaml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// HTTP port (0 picks a free one).
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    /// Address to listen on.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// Node name shown to peers.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// `aienv config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting, its value and where the value came from.
+    Show(ServeArgs),
+}
+
+/// `aienv user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is asked for, or read from stdin with --password-stdin.
+    Add {
+        /// Login name.
+        name: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Rm {
+        /// Login name.
+        name: String,
+    },
+    /// List users.
+    Ls,
+}
+
+impl ServeArgs {
+    fn flags(&self, data_dir: Option<&Path>) -> Vec<(&'static str, &'static str, String)> {
+        let mut flags = Vec::new();
+        if let Some(port) = self.http_port {
+            flags.push(("http.port", "--http-port", port.to_string()));
+        }
+        if let Some(bind) = self.bind {
+            flags.push(("http.bind", "--bind", bind.to_string()));
+        }
+        if let Some(name) = &self.name {
+            flags.push(("name", "--name", name.clone()));
+        }
+        if let Some(format) = &self.log_format {
+            flags.push(("log.format", "--log-format", format.clone()));
+        }
+        if let Some(dir) = data_dir {
+            flags.push(("data_dir", "--data-dir", dir.display().to_string()));
+        }
+        flags
+    }
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Serve(args) => serve(&cli, args),
+        Command::Config(ConfigCommand::Show(args)) => config_show(&cli, args),
+        Command::User(command) => user(&cli, command),
+        _ => actix_rt::System::new().block_on(remote(&cli)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => error.report(),
+    }
+}
+
+fn resolve(cli: &Cli, args: &ServeArgs) -> Result<config::Resolved, CliError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let file = config::config_file(args.config.as_deref(), &env);
+    let explicit = args.config.is_some() || env.contains_key("AIENV_CONFIG");
+    // --data-dir on the command line is a flag; AIENV_DATA_DIR is read as an env layer.
+    let flag_dir = cli.data_dir.as_deref().filter(|_| data_dir_flag_given());
+    config::resolve(file.as_deref(), explicit, &env, &args.flags(flag_dir))
+        .map_err(|e| CliError::with_code(exit::INVALID, e.to_string()))
+}
+
+/// Whether `--data-dir` was given on the command line (clap merges it with the env var).
+fn data_dir_flag_given() -> bool {
+    std::env::args().any(|a| a == "--data-dir" || a.starts_with("--data-dir="))
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+    let resolved = resolve(cli, args)?;
+    let config = resolved.config;
+    init_tracing(&config.log.level, config.log.format);
+    if let Some(file) = &resolved.file {
+        tracing::info!(file = %file.display(), "read config file");
+    }
+    actix_rt::System::new()
+        .block_on(crate::serve::serve(config))
+        .map_err(|e| CliError::new(e.to_string()))
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIENV_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn config_show(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+    let resolved = resolve(cli, args)?;
+    let value = serde_json::to_value(&resolved.config).expect("config serializes");
+    if cli.json {
+        let settings: Vec<serde_json::Value> = resolved
+            .sources
+            .iter()
+            .map(|(key, source)| {
+                let pointer = format!("/{}", key.replace('.', "/"));
+                serde_json::json!({
+                    "key": key,
+                    "value": value.pointer(&pointer),
+                    "source": source,
+                })
+            })
+            .collect();
+        output::print_json(&serde_json::json!({
+            "file": resolved.file,
+            "settings": settings,
+        }));
+        return Ok(());
+    }
+    match &resolved.file {
+        Some(file) => println!("config file: {}", file.display()),
+        None => println!("config file: none"),
+    }
+    let rows: Vec<Vec<String>> = resolved
+        .sources
+        .iter()
+        .map(|(key, source)| {
+            let pointer = format!("/{}", key.replace('.', "/"));
+            let shown = match value.pointer(&pointer) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            vec![key.clone(), shown, source.to_string()]
+        })
+        .collect();
+    output::print_table(&["SETTING", "VALUE", "SOURCE"], &rows);
+    Ok(())
+}
+
+fn local_data_dir(cli: &Cli) -> PathBuf {
+    cli.data_dir.clone().unwrap_or_else(config::default_data_dir)
+}
+
+fn user(cli: &Cli, command: &UserCommand) -> Result<(), CliError> {
+    use crate::auth::UsersFile;
+    let data_dir = local_data_dir(cli);
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| CliError::new(format!("data dir {}: {e}", data_dir.display())))?;
+    let invalid = |e: crate::auth::AuthError| {
+        let code = match e {
+            crate::auth::AuthError::UserExists(_) => exit::CONFLICT,
+            crate::auth::AuthError::NoSuchUser(_) => exit::NOT_FOUND,
+            _ => exit::INVALID,
+        };
+        CliError::with_code(code, e.to_string())
+    };
+    let mut users = UsersFile::load(&data_dir).map_err(invalid)?;
+    match command {
+        UserCommand::Add {
+            name,
+            password_stdin,
+        } => {
+            let password = read_password(*password_stdin)?;
+            users.add(name, &password).map_err(invalid)?;
+            users.save(&data_dir).map_err(invalid)?;
+            eprintln!("added user `{name}` to {}", data_dir.join(crate::auth::USERS_FILE).display());
+        }
+        UserCommand::Rm { name } => {
+            users.remove(name).map_err(invalid)?;
+            users.save(&data_dir).map_err(invalid)?;
+            eprintln!("removed user `{name}`");
+        }
+        UserCommand::Ls => {
+            if cli.json {
+                let list: Vec<_> = users
+                    .users
+                    .iter()
+                    .map(|u| serde_json::json!({"name": u.name, "created": u.created}))
+                    .collect();
+                output::print_json(&list);
+            } else {
+                let rows: Vec<Vec<String>> = users
+                    .users
+                    .iter()
+                    .map(|u| vec![u.name.clone(), u.created.to_rfc3339()])
+                    .collect();
+                output::print_table(&["USER", "CREATED"], &rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_password(from_stdin: bool) -> Result<String, CliError> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    if !from_stdin && stdin.is_terminal() {
+        eprint!("password (input is shown; use --password-stdin to pipe it): ");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::new(format!("reading the password: {e}")))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Credentials for talking to `node`: AIENV_TOKEN, else AIENV_USER/AIENV_PASSWORD, else the
+/// local node's admin token — only when `node` is on this machine, so the token never leaves it.
+fn credentials(cli: &Cli) -> Option<Credentials> {
+    if let Ok(token) = std::env::var("AIENV_TOKEN") {
+        return Some(Credentials::Token(token));
+    }
+    if let (Ok(user), Ok(password)) = (std::env::var("AIENV_USER"), std::env::var("AIENV_PASSWORD")) {
+        return Some(Credentials::Basic { user, password });
+    }
+    let host = cli
+        .node
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(&cli.node)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']);
+    let local = host == "localhost"
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !local {
+        return None;
+    }
+    let path = local_data_dir(cli).join(crate::auth::TOKEN_FILE);
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|t| Credentials::Token(t.trim().to_string()))
+}
+
+async fn remote(cli: &Cli) -> Result<(), CliError> {
+    let client = Client::new(&cli.node, credentials(cli));
+    match &cli.command {
+        Command::Ws(command) => workspace::run(cli, &client, command).await,
+        Command::Node => {
+            let node = client.node().await?;
+            if cli.json {
+                output::print_json(&node);
+            } else {
+                println!("name:       {}", node.name);
+                println!("id:         {}", node.id);
+                println!("version:    {}", node.version);
+                if let Some(dir) = &node.data_dir {
+                    println!("data dir:   {dir}");
+                }
+                println!("started:    {}", node.started.to_rfc3339());
+                println!("uptime:     {} s", node.uptime_seconds);
+                println!("workspaces: {}", node.workspaces);
+            }
+            Ok(())
+        }
+        Command::Events => {
+            let mut stream = client.events().await?;
+            while let Some(message) = stream.next().await {
+                let message = message?;
+                println!("{message}");
+            }
+            Err(CliError::with_code(exit::UNREACHABLE, "the node closed the event stream"))
+        }
+        Command::Serve(_) | Command::Config(_) | Command::User(_) => unreachable!("handled locally"),
+    }
+}

@@ -1,0 +1,555 @@
+//! `aienv ws ...`: workspace commands.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::api::{CreateWorkspace, ShareRequest, UpdateWorkspace, WorkspaceDto};
+use crate::client::{Client, ListQuery};
+
+use super::output::{self, exit, CliError};
+use super::Cli;
+
+/// Workspace commands.
+#[derive(Debug, Subcommand)]
+pub enum WsCommand {
+    /// Create a workspace: empty, from a template, or adopting a directory.
+    Create {
+        /// Name (lower-case letters, digits, hyphens). Optional with --from DIR holding a
+        /// workspace.yaml.
+        name: Option<String>,
+        /// Title.
+        #[arg(long)]
+        title: Option<String>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Type: general, notebook, training, fine-tuning, inference, dataset, model, app, course.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Language (repeatable).
+        #[arg(long = "lang")]
+        languages: Vec<String>,
+        /// Tool (repeatable).
+        #[arg(long = "tool")]
+        tools: Vec<String>,
+        /// Built-in template: empty, python, notebook.
+        #[arg(long)]
+        template: Option<String>,
+        /// Adopt this directory (on the node's machine): its files are copied in.
+        #[arg(long = "from")]
+        from_dir: Option<PathBuf>,
+    },
+    /// List workspaces, with filters and free-text search.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Free-text search (every word must match).
+        query: Vec<String>,
+        /// Only this type.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only workspaces listing this tool.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only workspaces listing this language.
+        #[arg(long = "lang")]
+        language: Option<String>,
+        /// Only workspaces with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only shared workspaces.
+        #[arg(long, conflicts_with = "unshared")]
+        shared: bool,
+        /// Only unshared workspaces.
+        #[arg(long)]
+        unshared: bool,
+        /// Page size; without it every match is listed.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show one workspace.
+    Show {
+        /// Name or id.
+        workspace: String,
+    },
+    /// Change a workspace. Without field flags, opens workspace.yaml (or an environment's
+    /// environment.yaml with --env) in $EDITOR.
+    Edit {
+        /// Name or id.
+        workspace: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New title.
+        #[arg(long)]
+        title: Option<String>,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+        /// New type.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Add a tag (repeatable).
+        #[arg(long)]
+        add_tag: Vec<String>,
+        /// Remove a tag (repeatable).
+        #[arg(long)]
+        rm_tag: Vec<String>,
+        /// Replace languages (repeatable).
+        #[arg(long = "lang")]
+        languages: Vec<String>,
+        /// Replace tools (repeatable).
+        #[arg(long = "tool")]
+        tools: Vec<String>,
+        /// Edit this environment's environment.yaml (created if new).
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Take the new YAML from this file instead of an editor.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Delete a workspace and its history.
+    Rm {
+        /// Name or id.
+        workspace: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Share a workspace with the LAN, or only with some peers.
+    Share {
+        /// Name or id.
+        workspace: String,
+        /// Share only with this peer (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+    },
+    /// Stop sharing a workspace.
+    Unshare {
+        /// Name or id.
+        workspace: String,
+    },
+    /// List a workspace's revisions.
+    History {
+        /// Name or id.
+        workspace: String,
+    },
+    /// Make an earlier revision current again (as a new revision).
+    Restore {
+        /// Name or id.
+        workspace: String,
+        /// Revision to restore.
+        revision: u64,
+    },
+    /// Export a workspace as one .tar.zst archive.
+    Export {
+        /// Name or id.
+        workspace: String,
+        /// Output file (default: NAME.tar.zst).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Import a workspace from an archive.
+    Import {
+        /// The .tar.zst archive.
+        archive: PathBuf,
+        /// Name for the imported workspace (when its name is taken).
+        #[arg(long = "as")]
+        rename_to: Option<String>,
+    },
+}
+
+fn row(workspace: &WorkspaceDto) -> Vec<String> {
+    vec![
+        workspace.name.clone(),
+        workspace.kind.clone(),
+        workspace.revision.to_string(),
+        if workspace.sharing.enabled {
+            workspace.sharing.mode.clone()
+        } else {
+            "-".into()
+        },
+        output::cell(&workspace.tags.join(","), 30),
+        output::cell(&workspace.title, 40),
+    ]
+}
+
+const HEADER: [&str; 6] = ["NAME", "TYPE", "REV", "SHARED", "TAGS", "TITLE"];
+
+fn print_workspace(cli: &Cli, workspace: &WorkspaceDto) {
+    if cli.json {
+        output::print_json(workspace);
+    } else {
+        output::print_table(&HEADER, &[row(workspace)]);
+    }
+}
+
+/// Runs a workspace command.
+pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), CliError> {
+    match command {
+        WsCommand::Create {
+            name,
+            title,
+            description,
+            tags,
+            kind,
+            languages,
+            tools,
+            template,
+            from_dir,
+        } => {
+            let from_dir = match from_dir {
+                Some(dir) => Some(
+                    std::path::absolute(dir)
+                        .map_err(|e| CliError::new(format!("{}: {e}", dir.display())))?
+                        .display()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            if name.is_none() && from_dir.is_none() {
+                return Err(CliError::with_code(exit::USAGE, "give a NAME, or --from DIR"));
+            }
+            let created = client
+                .create(&CreateWorkspace {
+                    name: name.clone().unwrap_or_default(),
+                    title: title.clone(),
+                    description: description.clone(),
+                    tags: tags.clone(),
+                    kind: kind.clone(),
+                    languages: languages.clone(),
+                    tools: tools.clone(),
+                    template: template.clone(),
+                    from_dir,
+                })
+                .await?;
+            if cli.json {
+                output::print_json(&created);
+            } else {
+                for note in &created.notes {
+                    eprintln!("note: {note}");
+                }
+                println!(
+                    "created workspace `{}` ({})",
+                    created.workspace.name, created.workspace.id
+                );
+            }
+        }
+        WsCommand::Ls {
+            query,
+            kind,
+            tool,
+            language,
+            tag,
+            shared,
+            unshared,
+            limit,
+        } => {
+            let query = ListQuery {
+                kind: kind.clone(),
+                tool: tool.clone(),
+                lang: language.clone(),
+                tag: tag.clone(),
+                q: (!query.is_empty()).then(|| query.join(" ")),
+                shared: if *shared {
+                    Some(true)
+                } else if *unshared {
+                    Some(false)
+                } else {
+                    None
+                },
+                limit: *limit,
+                cursor: None,
+            };
+            let items = match limit {
+                Some(_) => client.list(&query).await?.items,
+                None => client.list_all(&query).await?,
+            };
+            if cli.json {
+                output::print_json(&items);
+            } else {
+                let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+                output::print_table(&HEADER, &rows);
+            }
+        }
+        WsCommand::Show { workspace } => {
+            let detail = client.get(workspace).await?;
+            if cli.json {
+                output::print_json(&detail);
+            } else {
+                let w = &detail.workspace;
+                println!("name:         {}", w.name);
+                println!("id:           {}", w.id);
+                if !w.title.is_empty() {
+                    println!("title:        {}", w.title);
+                }
+                println!("type:         {}", w.kind);
+                println!("revision:     {}", w.revision);
+                println!("created:      {}", w.created.to_rfc3339());
+                println!("updated:      {}", w.updated.to_rfc3339());
+                println!(
+                    "sharing:      {}",
+                    if w.sharing.enabled {
+                        format!("{} {}", w.sharing.mode, w.sharing.peers.join(","))
+                    } else {
+                        "not shared".into()
+                    }
+                    .trim_end()
+                );
+                println!("tags:         {}", w.tags.join(", "));
+                println!("languages:    {}", w.languages.join(", "));
+                println!("tools:        {}", w.tools.join(", "));
+                for project in &w.projects {
+                    println!("project:      {} ({})", project.name, project.path);
+                }
+                println!("environments: {}", w.environments.join(", "));
+                if let Some(path) = &w.path {
+                    println!("path:         {path}");
+                }
+                if !w.description.is_empty() {
+                    println!("\n{}", w.description);
+                }
+            }
+        }
+        WsCommand::Edit {
+            workspace,
+            name,
+            title,
+            description,
+            kind,
+            add_tag,
+            rm_tag,
+            languages,
+            tools,
+            environment,
+            file,
+        } => {
+            let has_fields = name.is_some()
+                || title.is_some()
+                || description.is_some()
+                || kind.is_some()
+                || !add_tag.is_empty()
+                || !rm_tag.is_empty()
+                || !languages.is_empty()
+                || !tools.is_empty();
+            let updated = if has_fields {
+                let tags = if add_tag.is_empty() && rm_tag.is_empty() {
+                    None
+                } else {
+                    let current = client.get(workspace).await?.workspace.tags;
+                    let mut tags: Vec<String> =
+                        current.into_iter().filter(|t| !rm_tag.contains(t)).collect();
+                    for tag in add_tag {
+                        if !tags.contains(tag) {
+                            tags.push(tag.clone());
+                        }
+                    }
+                    Some(tags)
+                };
+                client
+                    .update(
+                        workspace,
+                        &UpdateWorkspace {
+                            name: name.clone(),
+                            title: title.clone(),
+                            description: description.clone(),
+                            tags,
+                            kind: kind.clone(),
+                            languages: (!languages.is_empty()).then(|| languages.clone()),
+                            tools: (!tools.is_empty()).then(|| tools.clone()),
+                            expected_revision: None,
+                        },
+                    )
+                    .await?
+            } else {
+                let current = match environment {
+                    Some(env) => match client.environment(workspace, env).await {
+                        Ok(text) => text,
+                        Err(error) if error.status() == Some(404) && error.code() == Some("environment-not-found") => {
+                            "schema_version: 1\nruntime: auto\n".to_string()
+                        }
+                        Err(error) => return Err(error.into()),
+                    },
+                    None => client.manifest(workspace).await?,
+                };
+                let text = match file {
+                    Some(path) => std::fs::read_to_string(path)
+                        .map_err(|e| CliError::new(format!("{}: {e}", path.display())))?,
+                    None => edit_in_editor(&current)?,
+                };
+                if text == current {
+                    eprintln!("no changes");
+                    return Ok(());
+                }
+                match environment {
+                    Some(env) => client.put_environment(workspace, env, text).await?,
+                    None => client.put_manifest(workspace, text).await?,
+                }
+            };
+            if cli.json {
+                output::print_json(&updated);
+            } else {
+                println!("workspace `{}` is now at revision {}", updated.name, updated.revision);
+            }
+        }
+        WsCommand::Rm { workspace, yes } => {
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    return Err(CliError::with_code(
+                        exit::USAGE,
+                        format!("refusing to delete `{workspace}` without confirmation; pass --yes"),
+                    ));
+                }
+                eprint!("delete workspace `{workspace}` and all its files? [y/N] ");
+                let mut answer = String::new();
+                std::io::stdin()
+                    .read_line(&mut answer)
+                    .map_err(|e| CliError::new(e.to_string()))?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return Err(CliError::new("not deleted"));
+                }
+            }
+            client.delete(workspace).await?;
+            if cli.json {
+                output::print_json(&serde_json::json!({"deleted": workspace}));
+            } else {
+                println!("deleted workspace `{workspace}`");
+            }
+        }
+        WsCommand::Share { workspace, peers } => {
+            let request = ShareRequest {
+                mode: Some(if peers.is_empty() { "lan" } else { "peers" }.into()),
+                peers: peers.clone(),
+            };
+            let updated = client.share(workspace, &request).await?;
+            print_workspace(cli, &updated);
+        }
+        WsCommand::Unshare { workspace } => {
+            let updated = client.unshare(workspace).await?;
+            print_workspace(cli, &updated);
+        }
+        WsCommand::History { workspace } => {
+            let history = client.revisions(workspace).await?;
+            if cli.json {
+                output::print_json(&history);
+            } else {
+                let rows: Vec<Vec<String>> = history
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.revision.to_string(),
+                            r.at.to_rfc3339(),
+                            r.by.clone(),
+                            r.change.clone(),
+                        ]
+                    })
+                    .collect();
+                output::print_table(&["REV", "AT", "BY", "CHANGE"], &rows);
+            }
+        }
+        WsCommand::Restore {
+            workspace,
+            revision,
+        } => {
+            let updated = client.restore(workspace, *revision).await?;
+            if cli.json {
+                output::print_json(&updated);
+            } else {
+                println!(
+                    "restored revision {revision} of `{}` as revision {}",
+                    updated.name, updated.revision
+                );
+            }
+        }
+        WsCommand::Export { workspace, output } => {
+            let target = output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{workspace}.tar.zst")));
+            let bar = progress_bar(cli, None, "exporting");
+            let progress = {
+                let bar = bar.clone();
+                move |done| bar.set_position(done)
+            };
+            let total = client.export(workspace, &target, progress).await;
+            bar.finish_and_clear();
+            let total = total?;
+            if cli.json {
+                output::print_json(&serde_json::json!({"file": target, "bytes": total}));
+            } else {
+                println!("exported `{workspace}` to {} ({})", target.display(), output::bytes(total));
+            }
+        }
+        WsCommand::Import { archive, rename_to } => {
+            let size = std::fs::metadata(archive)
+                .map_err(|e| CliError::new(format!("{}: {e}", archive.display())))?
+                .len();
+            let bar = progress_bar(cli, Some(size), "uploading");
+            let progress = {
+                let bar = bar.clone();
+                move |done| bar.set_position(done)
+            };
+            let created = client.import(archive, rename_to.as_deref(), progress).await;
+            bar.finish_and_clear();
+            let created = created?;
+            if cli.json {
+                output::print_json(&created);
+            } else {
+                for note in &created.notes {
+                    eprintln!("note: {note}");
+                }
+                let files = created.import.as_ref().map_or(0, |i| i.files);
+                println!(
+                    "imported workspace `{}` ({}, {files} files, verified)",
+                    created.workspace.name, created.workspace.id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(cli: &Cli, total: Option<u64>, label: &'static str) -> indicatif::ProgressBar {
+    if cli.json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(total) => indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+                .expect("valid template"),
+        ),
+    };
+    bar.set_message(label);
+    bar
+}
+
+fn edit_in_editor(current: &str) -> Result<String, CliError> {
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let path = std::env::temp_dir().join(format!("aienv-edit-{}.yaml", std::process::id()));
+    std::fs::write(&path, current).map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&path)
+        .status()
+        .map_err(|e| CliError::new(format!("cannot start editor `{editor}`: {e}")));
+    let text = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    match status? {
+        s if s.success() => text.map_err(|e| CliError::new(e.to_string())),
+        s => Err(CliError::new(format!("editor `{editor}` exited with {s}; nothing changed"))),
+    }
+}

@@ -1,0 +1,558 @@
+//! The Rust client of a node's REST API v1, used by the CLI, the tests and any other program.
+//! Needs an actix (or plain tokio `LocalSet`) runtime, as `awc` does.
+
+use std::path::Path;
+use std::time::Duration;
+
+use awc::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use awc::http::StatusCode;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{
+    CreateWorkspace, CreatedDto, ErrorBody, Health, NodeInfo, RevisionDetail, RevisionDto,
+    ShareRequest, UpdateWorkspace, WorkspaceDetail, WorkspaceDto, WorkspacePage,
+};
+
+/// How the client proves who it is.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// The node's admin token.
+    Token(String),
+    /// A node user.
+    Basic {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+}
+
+/// Errors of client calls.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The node could not be reached.
+    #[error("cannot reach the node at {url}: {message}")]
+    Connect {
+        /// Node URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The node answered with an error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Machine code.
+        code: String,
+        /// Message.
+        message: String,
+        /// Structured details.
+        details: Option<serde_json::Value>,
+    },
+    /// The answer could not be understood.
+    #[error("unexpected answer from the node: {0}")]
+    Decode(String),
+    /// A local file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Machine code of an API error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Filter and page of a workspace listing.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ListQuery {
+    /// Type.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
+    /// Tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Shared only / unshared only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+    /// Page size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Cursor from the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// A client of one node.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: awc::Client,
+    credentials: Option<Credentials>,
+}
+
+type Response = awc::ClientResponse;
+
+impl Client {
+    /// A client of the node at `base` (such as `http://127.0.0.1:37778`).
+    pub fn new(base: &str, credentials: Option<Credentials>) -> Client {
+        let http = awc::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .disable_redirects()
+            .finish();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            credentials,
+        }
+    }
+
+    /// The node URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn request(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
+        let mut request = self.http.request(method, self.url(path));
+        match &self.credentials {
+            Some(Credentials::Token(token)) => {
+                request = request.insert_header((AUTHORIZATION, format!("Bearer {token}")));
+            }
+            Some(Credentials::Basic { user, password }) => {
+                let encoded = crate::auth::base64_encode(format!("{user}:{password}").as_bytes());
+                request = request.insert_header((AUTHORIZATION, format!("Basic {encoded}")));
+            }
+            None => {}
+        }
+        request
+    }
+
+    fn connect_error(&self, error: impl std::fmt::Display) -> ClientError {
+        ClientError::Connect {
+            url: self.base.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    async fn check(&self, mut response: Response) -> Result<Response, ClientError> {
+        if response.status().is_success() || response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let body = response
+            .body()
+            .limit(1024 * 1024)
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(error) => Err(ClientError::Api {
+                status,
+                code: error.error.code,
+                message: error.error.message,
+                details: error.error.details,
+            }),
+            Err(_) => Err(ClientError::Api {
+                status,
+                code: "http-error".into(),
+                message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                details: None,
+            }),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, response: Response) -> Result<T, ClientError> {
+        let mut response = self.check(response).await?;
+        let body = response
+            .body()
+            .limit(256 * 1024 * 1024)
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn text(&self, response: Response) -> Result<String, ClientError> {
+        let mut response = self.check(response).await?;
+        let body = response
+            .body()
+            .limit(16 * 1024 * 1024)
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        String::from_utf8(body.to_vec()).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self
+            .request(awc::http::Method::GET, path)
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.json(response).await
+    }
+
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .request(method, path)
+            .send_json(body)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.json(response).await
+    }
+
+    async fn send_yaml(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        text: String,
+    ) -> Result<WorkspaceDto, ClientError> {
+        let response = self
+            .request(method, path)
+            .insert_header((CONTENT_TYPE, "application/yaml"))
+            .send_body(text)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.json(response).await
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.get_json("/health").await
+    }
+
+    /// `GET /node`.
+    pub async fn node(&self) -> Result<NodeInfo, ClientError> {
+        self.get_json("/node").await
+    }
+
+    /// One page of workspaces.
+    pub async fn list(&self, query: &ListQuery) -> Result<WorkspacePage, ClientError> {
+        let query = serde_urlencoded_query(query);
+        self.get_json(&format!("/workspaces{query}")).await
+    }
+
+    /// Every workspace matching `query`, following pages.
+    pub async fn list_all(&self, query: &ListQuery) -> Result<Vec<WorkspaceDto>, ClientError> {
+        let mut query = query.clone();
+        query.limit = Some(aienv_actors::workspace_store::MAX_PAGE);
+        let mut all = Vec::new();
+        loop {
+            let page = self.list(&query).await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One workspace by id or name.
+    pub async fn get(&self, workspace: &str) -> Result<WorkspaceDetail, ClientError> {
+        self.get_json(&format!("/workspaces/{}", segment(workspace))).await
+    }
+
+    /// Creates a workspace.
+    pub async fn create(&self, body: &CreateWorkspace) -> Result<CreatedDto, ClientError> {
+        self.send_json(awc::http::Method::POST, "/workspaces", body).await
+    }
+
+    /// Changes metadata.
+    pub async fn update(
+        &self,
+        workspace: &str,
+        body: &UpdateWorkspace,
+    ) -> Result<WorkspaceDto, ClientError> {
+        let path = format!("/workspaces/{}", segment(workspace));
+        self.send_json(awc::http::Method::PATCH, &path, body).await
+    }
+
+    /// `workspace.yaml` text.
+    pub async fn manifest(&self, workspace: &str) -> Result<String, ClientError> {
+        let response = self
+            .request(awc::http::Method::GET, &format!("/workspaces/{}/manifest", segment(workspace)))
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.text(response).await
+    }
+
+    /// Replaces `workspace.yaml`.
+    pub async fn put_manifest(&self, workspace: &str, text: String) -> Result<WorkspaceDto, ClientError> {
+        let path = format!("/workspaces/{}/manifest", segment(workspace));
+        self.send_yaml(awc::http::Method::PUT, &path, text).await
+    }
+
+    /// An environment's `environment.yaml` text.
+    pub async fn environment(&self, workspace: &str, environment: &str) -> Result<String, ClientError> {
+        let path = format!("/workspaces/{}/environments/{}", segment(workspace), segment(environment));
+        let response = self
+            .request(awc::http::Method::GET, &path)
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.text(response).await
+    }
+
+    /// Creates or replaces an environment.
+    pub async fn put_environment(
+        &self,
+        workspace: &str,
+        environment: &str,
+        text: String,
+    ) -> Result<WorkspaceDto, ClientError> {
+        let path = format!("/workspaces/{}/environments/{}", segment(workspace), segment(environment));
+        self.send_yaml(awc::http::Method::PUT, &path, text).await
+    }
+
+    /// Deletes a workspace.
+    pub async fn delete(&self, workspace: &str) -> Result<(), ClientError> {
+        let response = self
+            .request(awc::http::Method::DELETE, &format!("/workspaces/{}", segment(workspace)))
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.check(response).await.map(|_| ())
+    }
+
+    /// Shares a workspace.
+    pub async fn share(&self, workspace: &str, body: &ShareRequest) -> Result<WorkspaceDto, ClientError> {
+        let path = format!("/workspaces/{}/share", segment(workspace));
+        self.send_json(awc::http::Method::POST, &path, body).await
+    }
+
+    /// Stops sharing a workspace.
+    pub async fn unshare(&self, workspace: &str) -> Result<WorkspaceDto, ClientError> {
+        let path = format!("/workspaces/{}/unshare", segment(workspace));
+        let response = self
+            .request(awc::http::Method::POST, &path)
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.json(response).await
+    }
+
+    /// History, oldest first.
+    pub async fn revisions(&self, workspace: &str) -> Result<Vec<RevisionDto>, ClientError> {
+        self.get_json(&format!("/workspaces/{}/revisions", segment(workspace))).await
+    }
+
+    /// One revision.
+    pub async fn revision(&self, workspace: &str, revision: u64) -> Result<RevisionDetail, ClientError> {
+        self.get_json(&format!("/workspaces/{}/revisions/{revision}", segment(workspace)))
+            .await
+    }
+
+    /// Restores a revision.
+    pub async fn restore(&self, workspace: &str, revision: u64) -> Result<WorkspaceDto, ClientError> {
+        let path = format!("/workspaces/{}/revisions/{revision}/restore", segment(workspace));
+        let response = self
+            .request(awc::http::Method::POST, &path)
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.json(response).await
+    }
+
+    /// Downloads an export to `target`, written atomically; `progress` gets bytes so far.
+    pub async fn export(
+        &self,
+        workspace: &str,
+        target: &Path,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, ClientError> {
+        use std::io::Write;
+        let path = format!("/workspaces/{}/export", segment(workspace));
+        let response = self
+            .request(awc::http::Method::GET, &path)
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let mut response = self.check(response).await?;
+        let io = |source| ClientError::Io {
+            path: target.display().to_string(),
+            source,
+        };
+        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let temp = dir.join(format!(
+            ".{}.partial",
+            target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ));
+        let mut file = std::fs::File::create(&temp).map_err(io)?;
+        let mut total = 0u64;
+        let result = async {
+            while let Some(chunk) = response.next().await {
+                let chunk: Bytes = chunk.map_err(|e| ClientError::Decode(format!("download interrupted: {e}")))?;
+                file.write_all(&chunk).map_err(io)?;
+                total += chunk.len() as u64;
+                progress(total);
+            }
+            file.sync_all().map_err(io)?;
+            std::fs::rename(&temp, target).map_err(io)?;
+            Ok(total)
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Uploads the archive at `source` as a new workspace, named `rename_to` when given.
+    pub async fn import(
+        &self,
+        source: &Path,
+        rename_to: Option<&str>,
+        progress: impl FnMut(u64) + 'static,
+    ) -> Result<CreatedDto, ClientError> {
+        let file = std::fs::File::open(source).map_err(|e| ClientError::Io {
+            path: source.display().to_string(),
+            source: e,
+        })?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let query = match rename_to {
+            Some(name) => format!("?as={}", segment(name)),
+            None => String::new(),
+        };
+        let stream = file_stream(file, progress);
+        let response = self
+            .request(awc::http::Method::POST, &format!("/workspaces/import{query}"))
+            .timeout(Duration::from_secs(24 * 3600))
+            .insert_header((CONTENT_TYPE, "application/zstd"))
+            .insert_header((awc::http::header::CONTENT_LENGTH, size))
+            .send_stream(stream)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.json(response).await
+    }
+
+    /// Opens the live event stream; yields each message as JSON.
+    pub async fn events(
+        &self,
+    ) -> Result<futures_util::stream::LocalBoxStream<'static, Result<serde_json::Value, ClientError>>, ClientError> {
+        let url = self.url("/events").replacen("http", "ws", 1);
+        let mut request = self.http.ws(url);
+        match &self.credentials {
+            Some(Credentials::Token(token)) => {
+                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+            }
+            Some(Credentials::Basic { user, password }) => {
+                let encoded = crate::auth::base64_encode(format!("{user}:{password}").as_bytes());
+                request = request.header(AUTHORIZATION, format!("Basic {encoded}"));
+            }
+            None => {}
+        }
+        let (response, framed) = request.connect().await.map_err(|e| match e {
+            awc::error::WsClientError::InvalidResponseStatus(status) => ClientError::Api {
+                status: status.as_u16(),
+                code: "websocket-refused".into(),
+                message: format!("the node refused the event stream ({status})"),
+                details: None,
+            },
+            other => self.connect_error(other),
+        })?;
+        drop(response);
+        Ok(framed.filter_map(|frame| async move {
+            match frame {
+                Ok(awc::ws::Frame::Text(bytes)) => Some(
+                    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string())),
+                ),
+                Ok(awc::ws::Frame::Close(_)) => None,
+                Ok(_) => None,
+                Err(e) => Some(Err(ClientError::Decode(e.to_string()))),
+            }
+        })
+        .boxed_local())
+    }
+}
+
+fn file_stream(
+    mut file: std::fs::File,
+    mut progress: impl FnMut(u64) + 'static,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    use std::io::Read;
+    let mut sent = 0u64;
+    futures_util::stream::poll_fn(move |_| {
+        let mut buffer = vec![0u8; 256 * 1024];
+        match file.read(&mut buffer) {
+            Ok(0) => std::task::Poll::Ready(None),
+            Ok(n) => {
+                buffer.truncate(n);
+                sent += n as u64;
+                progress(sent);
+                std::task::Poll::Ready(Some(Ok(Bytes::from(buffer))))
+            }
+            Err(e) => std::task::Poll::Ready(Some(Err(e))),
+        }
+    })
+}
+
+/// Percent-encodes one path segment or query value.
+fn segment(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn serde_urlencoded_query(query: &ListQuery) -> String {
+    let value = serde_json::to_value(query).expect("queries serialize");
+    let mut parts = Vec::new();
+    if let serde_json::Value::Object(map) = value {
+        for (key, value) in map {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            parts.push(format!("{key}={}", segment(&text)));
+        }
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}

@@ -1,0 +1,409 @@
+//! The node's configuration: built-in defaults, overridden by a YAML file, overridden by
+//! `AIENV_*` environment variables, overridden by command-line flags. `main` resolves it once
+//! and hands each part its own section; nothing reads the environment deeper down.
+//!
+//! Every setting remembers where its value came from, for `aienv config show`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node name shown to peers (default: the host name).
+    pub name: String,
+    /// Where the node keeps its index, workspaces, id and token.
+    pub data_dir: PathBuf,
+    /// The HTTP server.
+    pub http: HttpConfig,
+    /// The workspace store.
+    pub store: StoreSection,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    pub port: u16,
+    /// Accept requests from public (non-private) addresses.
+    pub allow_public: bool,
+    /// Extra host names this node answers to (besides IP literals, `localhost` and the host
+    /// name), for the DNS-rebinding check.
+    pub hostnames: Vec<String>,
+    /// Extra browser origins allowed to open the event stream.
+    pub allowed_origins: Vec<String>,
+    /// Largest JSON or YAML request body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest archive upload in bytes.
+    pub max_upload_bytes: u64,
+    /// Worker threads (0: one per CPU core).
+    pub workers: usize,
+}
+
+/// Workspace store settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Index page cache in MiB.
+    pub cache_mib: u64,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `aienv=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            name: host_name(),
+            data_dir: default_data_dir(),
+            http: HttpConfig::default(),
+            store: StoreSection::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 37778,
+            allow_public: false,
+            hostnames: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            max_upload_bytes: 64 * 1024 * 1024 * 1024,
+            workers: 0,
+        }
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> StoreSection {
+        StoreSection { cache_mib: 64 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum Source {
+    /// Built in.
+    Default,
+    /// The config file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::Flag(name) => write!(f, "flag {name}"),
+        }
+    }
+}
+
+/// A resolved configuration with the source of every setting.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The configuration.
+    pub config: Config,
+    /// Source of each setting, by dotted key (`http.port`).
+    pub sources: BTreeMap<String, Source>,
+    /// The config file read, if any.
+    pub file: Option<PathBuf>,
+}
+
+/// Why the configuration could not be resolved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file is invalid.
+    #[error(transparent)]
+    File(#[from] aienv_actors::yaml::YamlError),
+    /// An explicitly named config file does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// An environment variable or flag has a value of the wrong type.
+    #[error("{origin}: `{value}` is not a valid value for `{key}`: {message}")]
+    BadValue {
+        /// The setting.
+        key: String,
+        /// Where the value came from.
+        origin: Source,
+        /// The value.
+        value: String,
+        /// Why it is wrong.
+        message: String,
+    },
+}
+
+/// Names the config file to read: `explicit` (from `--config` or `AIENV_CONFIG`), else the
+/// user's `$XDG_CONFIG_HOME/aienv/config.yaml`, else `/etc/aienv/config.yaml`, when present.
+pub fn config_file(explicit: Option<&Path>, env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = env.get("AIENV_CONFIG") {
+        return Some(PathBuf::from(path));
+    }
+    let user = env
+        .get("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env.get("HOME").map(|home| Path::new(home).join(".config")))
+        .map(|dir| dir.join("aienv").join("config.yaml"));
+    [user, Some(PathBuf::from("/etc/aienv/config.yaml"))]
+        .into_iter()
+        .flatten()
+        .find(|path| path.is_file())
+}
+
+/// Resolves the configuration from `file`, the environment `env` and the flag values `flags`
+/// (dotted key → (flag name, value)).
+pub fn resolve(
+    file: Option<&Path>,
+    explicit_file: bool,
+    env: &BTreeMap<String, String>,
+    flags: &[(&str, &str, String)],
+) -> Result<Resolved, ConfigError> {
+    let mut merged = serde_json::to_value(Config::default()).expect("config serializes");
+    let mut sources = BTreeMap::new();
+    let mut leaves = Vec::new();
+    collect_leaves(&merged, "", &mut leaves);
+    for key in &leaves {
+        sources.insert(key.clone(), Source::Default);
+    }
+
+    let mut used_file = None;
+    if let Some(path) = file {
+        if path.is_file() {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::File(aienv_actors::yaml::YamlError {
+                    file: path.to_path_buf(),
+                    line: None,
+                    column: None,
+                    field: None,
+                    message: format!("cannot read: {e}"),
+                })
+            })?;
+            // Parse once typed (precise errors, unknown keys refused) and once untyped (to
+            // know which keys the file sets).
+            let typed: Config = aienv_actors::yaml::from_str(&text, path)?;
+            let typed = serde_json::to_value(typed).expect("config serializes");
+            let present: Value = aienv_actors::yaml::from_str(&text, path)?;
+            let mut keys = Vec::new();
+            collect_leaves(&present, "", &mut keys);
+            for key in keys {
+                if let (Some(value), Some(slot)) = (pointer(&typed, &key), pointer_mut(&mut merged, &key)) {
+                    *slot = value.clone();
+                    sources.insert(key, Source::File(path.to_path_buf()));
+                }
+            }
+            used_file = Some(path.to_path_buf());
+        } else if explicit_file {
+            return Err(ConfigError::Missing(path.to_path_buf()));
+        }
+    }
+
+    for key in &leaves {
+        let mut names = vec![format!("AIENV_{}", key.to_uppercase().replace('.', "_"))];
+        if key == "data_dir" {
+            names.push("AIENV_DATA_DIR".into());
+        }
+        for name in names {
+            if let Some(raw) = env.get(&name) {
+                let source = Source::Env(name.clone());
+                set_leaf(&mut merged, key, raw, &source)?;
+                sources.insert(key.clone(), source);
+                break;
+            }
+        }
+    }
+
+    for (key, flag, raw) in flags {
+        let source = Source::Flag(flag.to_string());
+        set_leaf(&mut merged, key, raw, &source)?;
+        sources.insert(key.to_string(), source);
+    }
+
+    let config: Config = serde_json::from_value(merged).map_err(|error| ConfigError::BadValue {
+        key: "configuration".into(),
+        origin: Source::Default,
+        value: String::new(),
+        message: error.to_string(),
+    })?;
+    Ok(Resolved {
+        config,
+        sources,
+        file: used_file,
+    })
+}
+
+/// Sets `key` from the text `raw`, typed like its default.
+fn set_leaf(merged: &mut Value, key: &str, raw: &str, source: &Source) -> Result<(), ConfigError> {
+    let bad = |message: String| ConfigError::BadValue {
+        key: key.to_string(),
+        origin: source.clone(),
+        value: raw.to_string(),
+        message,
+    };
+    let slot = pointer_mut(merged, key).ok_or_else(|| bad("no such setting".into()))?;
+    let value = match slot {
+        Value::Bool(_) => match raw {
+            "true" | "1" | "yes" => Value::Bool(true),
+            "false" | "0" | "no" => Value::Bool(false),
+            _ => return Err(bad("expected true or false".into())),
+        },
+        Value::Number(_) => Value::Number(
+            raw.trim()
+                .parse::<u64>()
+                .map_err(|e| bad(format!("expected a whole number ({e})")))?
+                .into(),
+        ),
+        Value::Array(_) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => Value::String(raw.to_string()),
+    };
+    // Check the type now so the error names the variable or flag.
+    let mut probe = serde_json::to_value(Config::default()).expect("config serializes");
+    *pointer_mut(&mut probe, key).expect("key exists") = value.clone();
+    serde_json::from_value::<Config>(probe).map_err(|e| bad(e.to_string()))?;
+    *slot = value;
+    Ok(())
+}
+
+fn collect_leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                collect_leaves(child, &path, out);
+            }
+        }
+        _ if !prefix.is_empty() => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+fn pointer<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    value.pointer(&format!("/{}", key.replace('.', "/")))
+}
+
+fn pointer_mut<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    value.pointer_mut(&format!("/{}", key.replace('.', "/")))
+}
+
+/// The user's default data dir: `$XDG_DATA_HOME/aienv` or `~/.local/share/aienv`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("aienv");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/aienv"),
+        None => PathBuf::from("/var/lib/aienv"),
+    }
+}
+
+/// The machine's host name, or `aienv-node`.
+pub fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
+    let name = if ok {
+        let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+        String::from_utf8_lossy(&buffer[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "aienv-node".into()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_and_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "name: from-file\nhttp:\n  port: 4000\n  hostnames: [lab.local]\n").unwrap();
+        let env = BTreeMap::from([
+            ("AIENV_HTTP_PORT".to_string(), "5000".to_string()),
+            ("AIENV_DATA_DIR".to_string(), "/tmp/x".to_string()),
+        ]);
+        let flags = [("name", "--name", "from-flag".to_string())];
+        let resolved = resolve(Some(&file), true, &env, &flags).unwrap();
+        assert_eq!(resolved.config.name, "from-flag");
+        assert_eq!(resolved.config.http.port, 5000);
+        assert_eq!(resolved.config.http.hostnames, ["lab.local"]);
+        assert_eq!(resolved.config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(resolved.sources["name"], Source::Flag("--name".into()));
+        assert_eq!(resolved.sources["http.port"], Source::Env("AIENV_HTTP_PORT".into()));
+        assert_eq!(resolved.sources["http.hostnames"], Source::File(file.clone()));
+        assert_eq!(resolved.sources["log.level"], Source::Default);
+
+        let env = BTreeMap::from([("AIENV_HTTP_PORT".to_string(), "lots".to_string())]);
+        let error = resolve(None, false, &env, &[]).unwrap_err().to_string();
+        assert!(error.contains("AIENV_HTTP_PORT") && error.contains("lots"), "{error}");
+
+        std::fs::write(&file, "http:\n  prot: 1\n").unwrap();
+        let error = resolve(Some(&file), true, &BTreeMap::new(), &[]).unwrap_err().to_string();
+        assert!(error.contains("config.yaml:2") && error.contains("prot"), "{error}");
+    }
+}

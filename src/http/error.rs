@@ -1,0 +1,144 @@
+//! The one place where errors become HTTP responses: a status and a stable machine code.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use aienv_actors::workspace_store::{ArchiveError, StoreError};
+use aienv_actors::yaml::YamlError;
+
+use crate::api::{ErrorBody, ErrorDetail};
+
+/// An error as the API reports it: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine code.
+    pub code: &'static str,
+    /// One-line message.
+    pub message: String,
+    /// Structured details.
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    /// An error without details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 401: no or wrong credentials.
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this action needs a login: HTTP Basic credentials of a node user, or the node's admin token as `Authorization: Bearer TOKEN`",
+        )
+    }
+
+    /// 400 for a request that is malformed.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header(("WWW-Authenticate", "Basic realm=\"aienv\", charset=\"UTF-8\""));
+        }
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        })
+    }
+}
+
+fn yaml_details(error: &YamlError) -> serde_json::Value {
+    json!({
+        "file": error.file.display().to_string(),
+        "line": error.line,
+        "column": error.column,
+        "field": error.field,
+    })
+}
+
+impl From<YamlError> for ApiError {
+    fn from(error: YamlError) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid-yaml",
+            details: Some(yaml_details(&error)),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        use StatusCode as S;
+        let message = error.to_string();
+        let (status, code, details) = match &error {
+            StoreError::NotFound(_) => (S::NOT_FOUND, "workspace-not-found", None),
+            StoreError::NameTaken(name) => (S::CONFLICT, "name-taken", Some(json!({ "name": name }))),
+            StoreError::RevisionNotFound { .. } => (S::NOT_FOUND, "revision-not-found", None),
+            StoreError::RevisionConflict { expected, actual, .. } => (
+                S::CONFLICT,
+                "revision-conflict",
+                Some(json!({ "expected": expected, "actual": actual })),
+            ),
+            StoreError::EnvironmentNotFound { .. } => (S::NOT_FOUND, "environment-not-found", None),
+            StoreError::Invalid { file, errors } => (
+                S::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                Some(json!({
+                    "file": file,
+                    "fields": errors.errors.iter().map(|e| json!({"field": e.field, "message": e.message})).collect::<Vec<_>>(),
+                })),
+            ),
+            StoreError::BadRequest(_) => (S::BAD_REQUEST, "bad-request", None),
+            StoreError::Yaml(yaml) => return ApiError::from(yaml.clone()),
+            StoreError::Archive(archive) => match archive {
+                ArchiveError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "archive-too-large", None),
+                ArchiveError::ChangedDuringExport(_) => (S::CONFLICT, "changed-during-export", None),
+                ArchiveError::Io { .. } => (S::INTERNAL_SERVER_ERROR, "io-error", None),
+                _ => (S::UNPROCESSABLE_ENTITY, "archive-rejected", None),
+            },
+            StoreError::Io { .. } => (S::INTERNAL_SERVER_ERROR, "io-error", None),
+            StoreError::Database(_) | StoreError::CorruptRecord { .. } => {
+                (S::INTERNAL_SERVER_ERROR, "database-error", None)
+            }
+            StoreError::Unavailable => (S::SERVICE_UNAVAILABLE, "shutting-down", None),
+            _ => (S::INTERNAL_SERVER_ERROR, "internal-error", None),
+        };
+        if status.is_server_error() {
+            tracing::error!(%error, "request failed");
+        }
+        ApiError {
+            status,
+            code,
+            message,
+            details,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `GET /api/v1/events`: the live event stream over WebSocket.
+//!
+//! Protocol: the first message is `{"type":"snapshot", "seq": N, ...}` with the full node
+//! state; then one JSON message per `NodeEvent`, in order, each with its `seq`. Events the
+//! snapshot already contains are skipped. A client that falls more than the bus capacity behind
+//! gets a fresh snapshot (with `"resync": true`) instead of the missed events; one that stops
+//! reading for 30 s is disconnected. Browser connections from other origins are refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{HOST, ORIGIN};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use aienv_actors::event_bus::Envelope;
+use aienv_actors::events::{EventSource, NodeEvent};
+
+use crate::api::WorkspaceDto;
+
+use super::node::node_info;
+use super::{ApiError, AppState, Caller, Login};
+
+/// How long one message may wait for a slow client before it is disconnected.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/events", web::get().to(events));
+}
+
+async fn events(
+    state: web::Data<AppState>,
+    login: Login,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(origin) = request.headers().get(ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let host = request
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !state.access.allows_origin(origin, host) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin-not-allowed",
+                format!("browser pages from `{origin}` may not open this node's event stream"),
+            ));
+        }
+    }
+    let (response, mut session, mut incoming) = actix_ws::handle(&request, body)
+        .map_err(|e| ApiError::bad_request("not-a-websocket", e.to_string()))?;
+    let mut receiver = state.bus.subscribe();
+    let shutdown = state.shutdown.clone();
+    let user = login.name().to_string();
+    tracing::debug!(%user, "event stream opened");
+    actix_web::rt::spawn(async move {
+        let (text, mut watermark) = snapshot(&state, false);
+        if session.text(text).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                received = receiver.recv() => {
+                    let text = match received {
+                        Ok(envelope) => {
+                            if envelope.seq <= watermark_for(&envelope.event, watermark) {
+                                continue;
+                            }
+                            event_json(&envelope)
+                        }
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::debug!(missed, "event stream client lagged; resnapshot");
+                            let (text, seq) = snapshot(&state, true);
+                            watermark = seq;
+                            text
+                        }
+                        Err(RecvError::Closed) => break,
+                    };
+                    match tokio::time::timeout(SEND_TIMEOUT, session.text(text)).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+                message = incoming.next() => match message {
+                    Some(Ok(actix_ws::Message::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+                _ = shutdown.wait() => {
+                    let _ = session
+                        .close(Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Away,
+                            description: Some("node shutting down".into()),
+                        }))
+                        .await;
+                    return;
+                }
+            }
+        }
+        let _ = session.close(None).await;
+    });
+    Ok(response)
+}
+
+/// The watermark that applies to `event`'s source (one view per actor; only the
+/// WorkspaceStore publishes one so far).
+fn watermark_for(event: &NodeEvent, workspaces: u64) -> u64 {
+    match event.source() {
+        EventSource::Workspaces => workspaces,
+    }
+}
+
+fn snapshot(state: &AppState, resync: bool) -> (String, u64) {
+    let view = state.store.view();
+    let owner = Caller(Some(crate::auth::Principal::Admin));
+    let workspaces: Vec<WorkspaceDto> = view
+        .iter()
+        .map(|entry| WorkspaceDto::from_entry(entry, true))
+        .collect();
+    let text = json!({
+        "type": "snapshot",
+        "seq": view.seq,
+        "resync": resync,
+        "node": node_info(state, &owner),
+        "workspaces": workspaces,
+    })
+    .to_string();
+    (text, view.seq)
+}
+
+fn event_json(envelope: &Arc<Envelope>) -> String {
+    match &envelope.event {
+        NodeEvent::WorkspaceChanged(changed) => json!({
+            "type": "workspace_changed",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "change": changed.change.as_str(),
+            "id": changed.id,
+            "name": changed.name,
+            "by": changed.by,
+            "workspace": changed.workspace.as_ref().map(|w| WorkspaceDto::from_entry(w, true)),
+        })
+        .to_string(),
+        #[allow(unreachable_patterns)]
+        _ => json!({"type": "unknown", "seq": envelope.seq}).to_string(),
+    }
+}

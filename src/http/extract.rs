@@ -1,0 +1,96 @@
+//! Request extractors for who is asking.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{web, FromRequest, HttpRequest};
+
+use aienv_actors::workspace_store::Viewer;
+
+use crate::auth::{Presented, Principal};
+
+use super::{ApiError, AppState};
+
+/// The caller, logged in or anonymous. Wrong credentials are refused with 401 rather than
+/// treated as anonymous, so a typo is noticed.
+pub struct Caller(pub Option<Principal>);
+
+impl Caller {
+    /// Which workspaces this caller may see.
+    pub fn viewer(&self) -> Viewer {
+        match self.0 {
+            Some(_) => Viewer::Owner,
+            None => Viewer::Anonymous,
+        }
+    }
+
+    /// Whether the caller is logged in.
+    pub fn is_logged_in(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Caller, ApiError>>>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = request.app_data::<web::Data<AppState>>().cloned();
+        let header = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|value| value.to_str().map(str::to_string));
+        Box::pin(async move {
+            let Some(header) = header else {
+                return Ok(Caller(None));
+            };
+            let state = state.expect("app state is registered");
+            let presented = header
+                .ok()
+                .and_then(|h| Presented::parse(&h))
+                .ok_or_else(ApiError::unauthorized)?;
+            let auth = state.auth.clone();
+            let principal = if auth.is_cheap(&presented) {
+                auth.verify(&presented)
+            } else {
+                web::block(move || auth.verify(&presented))
+                    .await
+                    .map_err(|_| ApiError::unauthorized())?
+            };
+            match principal {
+                Some(principal) => Ok(Caller(Some(principal))),
+                None => {
+                    tracing::warn!("refused wrong credentials");
+                    Err(ApiError::unauthorized())
+                }
+            }
+        })
+    }
+}
+
+/// A logged-in caller; extraction fails with 401 otherwise.
+pub struct Login(pub Principal);
+
+impl Login {
+    /// Name for the revision history.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+}
+
+impl FromRequest for Login {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Login, ApiError>>>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let caller = Caller::from_request(request, payload);
+        Box::pin(async move {
+            match caller.await? {
+                Caller(Some(principal)) => Ok(Login(principal)),
+                Caller(None) => Err(ApiError::unauthorized()),
+            }
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! The HTTP layer: REST API v1 and the event gateway, on actix-web. Handlers stay thin: they
+//! check who is asking, convert DTOs, and call actor handles. Routes are wired per area in
+//! one `configure` function each.
+
+mod error;
+mod events;
+mod extract;
+mod node;
+mod workspaces;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::web;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use aienv_actors::event_bus::EventBus;
+use aienv_actors::shutdown::Shutdown;
+use aienv_actors::workspace_store::WorkspaceStoreHandle;
+
+use crate::auth::{AccessPolicy, Authenticator};
+
+pub use error::ApiError;
+pub use extract::{Caller, Login};
+
+/// Everything handlers need, shared by all workers.
+pub struct AppState {
+    /// The workspace store.
+    pub store: WorkspaceStoreHandle,
+    /// The event bus.
+    pub bus: EventBus,
+    /// Credential checks.
+    pub auth: Arc<Authenticator>,
+    /// Network rules.
+    pub access: AccessPolicy,
+    /// The node-wide shutdown signal.
+    pub shutdown: Shutdown,
+    /// Facts about this node.
+    pub node: NodeFacts,
+    /// Request size limits.
+    pub limits: Limits,
+}
+
+/// Static facts about the node.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    /// Node id.
+    pub id: Uuid,
+    /// Node name.
+    pub name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Start time.
+    pub started: DateTime<Utc>,
+    /// Start instant, for uptime.
+    pub started_instant: std::time::Instant,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// JSON and YAML bodies.
+    pub max_body_bytes: usize,
+    /// Archive uploads.
+    pub max_upload_bytes: u64,
+}
+
+/// Registers every route and the extractor configuration.
+pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        let max_body = state.limits.max_body_bytes;
+        cfg.app_data(state)
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(max_body)
+                    .error_handler(|error, _| json_error(error).into()),
+            )
+            .app_data(web::PayloadConfig::new(max_body))
+            .app_data(web::QueryConfig::default().error_handler(|error, _| {
+                ApiError::bad_request("invalid-query", error.to_string()).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|error, _| {
+                ApiError::bad_request("invalid-path", error.to_string()).into()
+            }))
+            .service(
+                web::scope("/api/v1")
+                    .configure(node::configure)
+                    .configure(workspaces::configure)
+                    .configure(events::configure)
+                    .default_service(web::to(not_found)),
+            );
+    }
+}
+
+async fn not_found(request: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route-not-found",
+        format!("no route {} {}", request.method(), request.path()),
+    ))
+}
+
+fn json_error(error: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match &error {
+        E::OverflowKnownLength { length, limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("request body of {length} bytes exceeds the limit of {limit} bytes"),
+        ),
+        E::Overflow { limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("request body exceeds the limit of {limit} bytes"),
+        ),
+        E::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "send the body as application/json",
+        ),
+        E::Deserialize(inner) => {
+            let (code, status) = if inner.is_syntax() || inner.is_eof() {
+                ("malformed-json", StatusCode::BAD_REQUEST)
+            } else {
+                ("invalid-field", StatusCode::UNPROCESSABLE_ENTITY)
+            };
+            ApiError {
+                status,
+                code,
+                message: format!("request body: {inner}"),
+                details: Some(serde_json::json!({"line": inner.line(), "column": inner.column()})),
+            }
+        }
+        _ => ApiError::bad_request("malformed-json", format!("request body: {error}")),
+    }
+}
+
+/// Refuses requests from public addresses (unless allowed) and with a `Host` that is not this
+/// node (DNS rebinding), before any route runs.
+pub async fn network_guard(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(state) = request.app_data::<web::Data<AppState>>() {
+        if let Some(peer) = request.peer_addr() {
+            if !state.access.allows_peer(peer.ip()) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "address-not-allowed",
+                    format!(
+                        "requests from the public address {} are refused; set http.allow_public to accept them",
+                        peer.ip()
+                    ),
+                )
+                .into());
+            }
+        }
+        if let Some(host) = request
+            .headers()
+            .get(actix_web::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
+            if !state.access.allows_host(host) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "host-not-allowed",
+                    format!(
+                        "`{host}` is not a name of this node; add it to http.hostnames to accept it"
+                    ),
+                )
+                .into());
+            }
+        }
+    }
+    next.call(request).await
+}

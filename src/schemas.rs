@@ -1,0 +1,17 @@
+//! The JSON Schemas of `workspace.yaml` and `environment.yaml`, generated from the Rust types.
+//! The checked-in copies in `schemas/` must equal these (a test compares them).
+
+use aienv_actors::model::{EnvironmentSpec, WorkspaceManifest};
+
+/// `(file name in schemas/, pretty JSON)` for every generated schema.
+pub fn generated() -> Vec<(&'static str, String)> {
+    let pretty = |schema: schemars::Schema| {
+        let mut text = serde_json::to_string_pretty(&schema).expect("schemas serialize");
+        text.push('\n');
+        text
+    };
+    vec![
+        ("workspace.schema.json", pretty(schemars::schema_for!(WorkspaceManifest))),
+        ("environment.schema.json", pretty(schemars::schema_for!(EnvironmentSpec))),
+    ]
+}

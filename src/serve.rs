@@ -1,0 +1,216 @@
+//! `aienv serve`: starts the actor system, the HTTP server and waits for a shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, App, HttpServer};
+use chrono::Utc;
+
+use aienv_actors::event_bus::EventBus;
+use aienv_actors::identity;
+use aienv_actors::shutdown::Shutdown;
+use aienv_actors::workspace_store::{ImportLimits, StoreConfig, WorkspaceStoreHandle};
+
+use crate::auth::{self, AccessPolicy, Authenticator};
+use crate::config::Config;
+use crate::http::{self, AppState, Limits, NodeFacts};
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The data dir could not be prepared.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The data dir.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The node id could not be read or made.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The admin token could not be read or made.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// The workspace store could not start.
+    #[error(transparent)]
+    Store(#[from] aienv_actors::workspace_store::StoreError),
+    /// The HTTP server could not listen.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Server(std::io::Error),
+}
+
+/// Runs the node until SIGINT or SIGTERM. Must run inside an actix system.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let started = Utc::now();
+    let started_instant = std::time::Instant::now();
+    let data_dir = config.data_dir.clone();
+    create_private_dir(&data_dir)?;
+    let node_id = identity::load_or_create(&data_dir)?;
+    let token = auth::load_or_create_token(&data_dir)?;
+
+    let bus = EventBus::default();
+    let (store, report) = WorkspaceStoreHandle::start(
+        &StoreConfig {
+            data_dir: data_dir.clone(),
+            cache_bytes: config.store.cache_mib * 1024 * 1024,
+            import_limits: ImportLimits {
+                max_content_bytes: config.http.max_upload_bytes.saturating_mul(64),
+                ..ImportLimits::default()
+            },
+        },
+        bus.clone(),
+    )?;
+    for repair in &report.repairs {
+        tracing::warn!(repair = %repair, "start-up repair");
+    }
+    tracing::info!(
+        workspaces = report.workspaces,
+        repairs = report.repairs.len(),
+        "workspace store ready"
+    );
+
+    let shutdown = Shutdown::new();
+    let state = web::Data::new(AppState {
+        store,
+        bus,
+        auth: Arc::new(Authenticator::new(token, &data_dir)),
+        access: AccessPolicy {
+            allow_public: config.http.allow_public,
+            hostnames: config
+                .http
+                .hostnames
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .chain([config.name.to_ascii_lowercase(), crate::config::host_name().to_ascii_lowercase()])
+                .collect(),
+            allowed_origins: config.http.allowed_origins.clone(),
+        },
+        shutdown: shutdown.clone(),
+        node: NodeFacts {
+            id: node_id,
+            name: config.name.clone(),
+            data_dir: data_dir.clone(),
+            started,
+            started_instant,
+        },
+        limits: Limits {
+            max_body_bytes: config.http.max_body_bytes,
+            max_upload_bytes: config.http.max_upload_bytes,
+        },
+    });
+
+    let address = SocketAddr::new(config.http.bind, config.http.port);
+    let workers = if config.http.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.http.workers
+    };
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(ErrorHandlers::new().default_handler(json_error_body))
+            .wrap(from_fn(http::network_guard))
+            .configure(http::configure(app_state.clone()))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(address)
+    .map_err(|source| ServeError::Bind { address, source })?;
+    let bound = server.addrs().first().copied().unwrap_or(address);
+    let server = server.run();
+    let handle = server.handle();
+
+    // Machine-readable first line on stdout: scripts and tests read the address from it.
+    println!("aienv: listening on http://{bound}");
+    tracing::info!(
+        %bound,
+        node = %config.name,
+        id = %node_id,
+        data_dir = %data_dir.display(),
+        token_file = %data_dir.join(auth::TOKEN_FILE).display(),
+        "node started"
+    );
+
+    let signal_shutdown = shutdown.clone();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal_shutdown.trigger();
+        handle.stop(true).await;
+    });
+    server.await.map_err(ServeError::Server)?;
+    shutdown.trigger();
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| ServeError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Gives every error response that is not already JSON (404 from unknown methods, 405, errors
+/// raised by actix itself) the API's one error shape.
+fn json_error_body<B: MessageBody + 'static>(
+    response: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || response.status().as_u16() == 101 {
+        return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+    }
+    let status = response.status();
+    let code = match status.as_u16() {
+        400 => "bad-request",
+        404 => "route-not-found",
+        405 => "method-not-allowed",
+        413 => "body-too-large",
+        415 => "unsupported-media-type",
+        _ if status.is_server_error() => "internal-error",
+        _ => "request-refused",
+    };
+    let message = status.canonical_reason().unwrap_or("request failed").to_lowercase();
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let (request, mut response) = response.into_parts();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let response = response.set_body(BoxBody::new(body));
+    let response: ServiceResponse<EitherBody<B, BoxBody>> =
+        ServiceResponse::new(request, response).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(response))
+}
