@@ -1,0 +1,155 @@
+//! Test harness: real nodes (the real binary) on ephemeral loopback ports with temp data dirs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aienv::client::{Client, Credentials};
+
+/// Path of the `aienv` binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_aienv")
+}
+
+/// A node process; killed on drop.
+pub struct TestNode {
+    pub child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestNode {
+    /// Starts a node on a fresh temp data dir.
+    pub fn spawn() -> TestNode {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut node = TestNode::spawn_on(&data_dir, &[]);
+        node._temp = Some(temp);
+        node
+    }
+
+    /// Starts a node on `data_dir` with extra `serve` arguments.
+    pub fn spawn_on(data_dir: &Path, extra: &[&str]) -> TestNode {
+        let mut child = Command::new(binary())
+            .args(["serve", "--http-port", "0", "--bind", "127.0.0.1", "--name", "test-node"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("AIENV_CONFIG")
+            .env("XDG_CONFIG_HOME", data_dir.join("no-config"))
+            .env("AIENV_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start aienv serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the node's first line");
+        let url = line
+            .trim()
+            .strip_prefix("aienv: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from node: {line:?}"))
+            .to_string();
+        TestNode {
+            child: Some(child),
+            url,
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+        }
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string()
+    }
+
+    /// A client logged in with the admin token.
+    pub fn admin(&self) -> Client {
+        Client::new(&self.url, Some(Credentials::Token(self.token())))
+    }
+
+    /// A client without credentials.
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.url, None)
+    }
+
+    /// Stops the node gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.try_wait().expect("wait").is_some() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("node did not stop within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the node with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the CLI against this node with the admin token in the environment.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .arg("--node")
+            .arg(&self.url)
+            .args(args)
+            .env("AIENV_TOKEN", self.token())
+            .env_remove("AIENV_USER")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run aienv")
+    }
+
+    /// Names of the entries in a data-dir subdirectory.
+    pub fn dir_names(&self, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data_dir.join(sub))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether `AIENV_REQUIRE_ALL=1` asks that no test be skipped.
+pub fn require_all() -> bool {
+    std::env::var("AIENV_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// Skips loudly, or fails under `AIENV_REQUIRE_ALL=1`.
+pub fn skip(reason: &str) {
+    if require_all() {
+        panic!("AIENV_REQUIRE_ALL=1 but this test cannot run: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
