@@ -469,7 +469,7 @@ impl Client {
         &self,
     ) -> Result<futures_util::stream::LocalBoxStream<'static, Result<serde_json::Value, ClientError>>, ClientError> {
         let url = self.url("/events").replacen("http", "ws", 1);
-        let mut request = self.http.ws(url);
+        let mut request = self.http.ws(url).max_frame_size(512 * 1024 * 1024);
         match &self.credentials {
             Some(Credentials::Token(token)) => {
                 request = request.header(AUTHORIZATION, format!("Bearer {token}"));

@@ -49,6 +49,8 @@ pub struct HttpConfig {
     pub max_upload_bytes: u64,
     /// Worker threads (0: one per CPU core).
     pub workers: usize,
+    /// Events an event-stream client may fall behind before it is sent a fresh snapshot.
+    pub event_buffer: usize,
 }
 
 /// Workspace store settings.
@@ -102,6 +104,7 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             max_upload_bytes: 64 * 1024 * 1024 * 1024,
             workers: 0,
+            event_buffer: 1024,
         }
     }
 }

@@ -62,7 +62,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let node_id = identity::load_or_create(&data_dir)?;
     let token = auth::load_or_create_token(&data_dir)?;
 
-    let bus = EventBus::default();
+    let bus = EventBus::new(config.http.event_buffer.max(1));
     let (store, report) = WorkspaceStoreHandle::start(
         &StoreConfig {
             data_dir: data_dir.clone(),

@@ -33,6 +33,11 @@ impl TestNode {
 
     /// Starts a node on `data_dir` with extra `serve` arguments.
     pub fn spawn_on(data_dir: &Path, extra: &[&str]) -> TestNode {
+        TestNode::spawn_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts a node on `data_dir` with extra `serve` arguments and environment variables.
+    pub fn spawn_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestNode {
         let mut child = Command::new(binary())
             .args(["serve", "--http-port", "0", "--bind", "127.0.0.1", "--name", "test-node"])
             .arg("--data-dir")
@@ -41,6 +46,7 @@ impl TestNode {
             .env_remove("AIENV_CONFIG")
             .env("XDG_CONFIG_HOME", data_dir.join("no-config"))
             .env("AIENV_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

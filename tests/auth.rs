@@ -1,0 +1,133 @@
+//! Mutating routes need a login; wrong credentials change nothing; the admin token and node
+//! users work; requests naming a foreign host are refused.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use aienv::api::CreateWorkspace;
+use aienv::client::{Client, Credentials};
+use common::TestNode;
+
+/// Every mutating route, as (method, path, body).
+fn mutating_routes() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![
+        ("POST", "/api/v1/workspaces", r#"{"name":"intruder"}"#),
+        ("PATCH", "/api/v1/workspaces/target", r#"{"title":"pwned"}"#),
+        ("DELETE", "/api/v1/workspaces/target", ""),
+        ("PUT", "/api/v1/workspaces/target/manifest", "schema_version: 1\n"),
+        ("PUT", "/api/v1/workspaces/target/environments/x", "schema_version: 1\n"),
+        ("DELETE", "/api/v1/workspaces/target/environments/x", ""),
+        ("POST", "/api/v1/workspaces/target/share", "{}"),
+        ("POST", "/api/v1/workspaces/target/unshare", ""),
+        ("POST", "/api/v1/workspaces/target/revisions/1/restore", ""),
+        ("POST", "/api/v1/workspaces/import", "zzz"),
+    ]
+}
+
+async fn status_of(node: &TestNode, method: &str, path: &str, body: &str, auth: Option<&str>) -> u16 {
+    let client = awc::Client::default();
+    let mut request = client
+        .request(method.parse().unwrap(), format!("{}{path}", node.url))
+        .insert_header(("content-type", if body.starts_with('{') { "application/json" } else { "application/yaml" }));
+    if let Some(auth) = auth {
+        request = request.insert_header(("authorization", auth));
+    }
+    request.send_body(body.to_string()).await.unwrap().status().as_u16()
+}
+
+#[actix_rt::test]
+async fn mutating_routes_need_valid_credentials() {
+    let node = TestNode::spawn();
+    let admin = node.admin();
+    admin
+        .create(&CreateWorkspace { name: "target".into(), title: Some("original".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let before = admin.get("target").await.unwrap().workspace;
+
+    let wrong_basic = format!("Basic {}", aienv::auth::base64_encode(b"admin:guess"));
+    for (method, path, body) in mutating_routes() {
+        for auth in [None, Some("Bearer not-the-token"), Some(wrong_basic.as_str()), Some("Garbage")] {
+            let status = status_of(&node, method, path, body, auth).await;
+            assert_eq!(status, 401, "{method} {path} with {auth:?}");
+        }
+    }
+    let after = admin.get("target").await.unwrap().workspace;
+    assert_eq!((after.revision, after.title.as_str()), (before.revision, "original"));
+    assert_eq!(admin.list(&Default::default()).await.unwrap().total, 1);
+
+    // The admin token works.
+    let token = format!("Bearer {}", node.token());
+    assert_eq!(status_of(&node, "POST", "/api/v1/workspaces/target/share", "{}", Some(&token)).await, 200);
+
+    // The token file is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node.data_dir.join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[actix_rt::test]
+async fn node_users_log_in_with_basic_auth() {
+    let node = TestNode::spawn();
+    let mut child = Command::new(common::binary())
+        .args(["user", "add", "ada", "--password-stdin", "--data-dir"])
+        .arg(&node.data_dir)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"correct horse battery\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // No restart needed: the node reads the users file when it changes.
+    let ada = Client::new(
+        &node.url,
+        Some(Credentials::Basic { user: "ada".into(), password: "correct horse battery".into() }),
+    );
+    let created = ada.create(&CreateWorkspace { name: "by-ada".into(), ..Default::default() }).await.unwrap();
+    let history = ada.revisions("by-ada").await.unwrap();
+    assert_eq!(history[0].by, "ada");
+    assert_eq!(created.workspace.revision, 1);
+
+    let mallory = Client::new(
+        &node.url,
+        Some(Credentials::Basic { user: "ada".into(), password: "wrong password".into() }),
+    );
+    let error = mallory.delete("by-ada").await.unwrap_err();
+    assert_eq!(error.status(), Some(401));
+    assert!(node.admin().get("by-ada").await.is_ok());
+
+    // Removing the user revokes access.
+    let output = Command::new(common::binary())
+        .args(["user", "rm", "ada", "--data-dir"])
+        .arg(&node.data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(ada.delete("by-ada").await.unwrap_err().status(), Some(401));
+}
+
+#[actix_rt::test]
+async fn foreign_host_names_are_refused() {
+    let node = TestNode::spawn();
+    let client = awc::Client::default();
+    let refused = client
+        .get(format!("{}/api/v1/health", node.url))
+        .insert_header(("host", "attacker.example:37778"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    for host in ["localhost:1234", "127.0.0.1", "test-node"] {
+        let ok = client
+            .get(format!("{}/api/v1/health", node.url))
+            .insert_header(("host", host))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status().as_u16(), 200, "{host}");
+    }
+}
