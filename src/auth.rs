@@ -36,7 +36,9 @@ pub enum AuthError {
     #[error(transparent)]
     UsersFile(#[from] aienv_actors::yaml::YamlError),
     /// A user name is not valid.
-    #[error("`{0}` is not a valid user name: use 1 to 63 lower-case letters, digits, `-`, `_` or `.`")]
+    #[error(
+        "`{0}` is not a valid user name: use 1 to 63 lower-case letters, digits, `-`, `_` or `.`"
+    )]
     BadName(String),
     /// The user already exists.
     #[error("user `{0}` already exists")]
@@ -262,9 +264,8 @@ impl Authenticator {
     /// password was verified recently; call it off the async workers.
     pub fn verify(&self, presented: &Presented) -> Option<Principal> {
         match presented {
-            Presented::Bearer(token) => {
-                constant_time_eq(token.as_bytes(), self.token.as_bytes()).then_some(Principal::Admin)
-            }
+            Presented::Bearer(token) => constant_time_eq(token.as_bytes(), self.token.as_bytes())
+                .then_some(Principal::Admin),
             Presented::Basic { user, password } => {
                 let digest = *blake3::hash(password.as_bytes()).as_bytes();
                 let key = (user.clone(), digest);
@@ -375,7 +376,10 @@ impl AccessPolicy {
             .unwrap_or(origin)
             .trim_end_matches('/');
         origin_host.eq_ignore_ascii_case(host)
-            || self.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+            || self
+                .allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
     }
 }
 
@@ -456,7 +460,18 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for local in ["127.0.0.1", "10.1.2.3", "192.168.0.9", "172.20.0.1", "169.254.1.1", "::1", "fe80::1", "fd00::1", "::ffff:192.168.1.1", "100.64.0.1"] {
+        for local in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.9",
+            "172.20.0.1",
+            "169.254.1.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:192.168.1.1",
+            "100.64.0.1",
+        ] {
             assert!(is_local_address(local.parse().unwrap()), "{local}");
         }
         for public in ["8.8.8.8", "172.32.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
@@ -471,10 +486,21 @@ mod tests {
             hostnames: vec!["gpu-box.lab".into()],
             allowed_origins: vec![],
         };
-        for ok in ["127.0.0.1:37778", "[::1]:80", "localhost:1", "gpu-box.lab", "GPU-BOX.lab.", "10.0.0.5"] {
+        for ok in [
+            "127.0.0.1:37778",
+            "[::1]:80",
+            "localhost:1",
+            "gpu-box.lab",
+            "GPU-BOX.lab.",
+            "10.0.0.5",
+        ] {
             assert!(policy.allows_host(ok), "{ok}");
         }
-        for bad in ["evil.example", "evil.example:37778", "localhost.evil.example"] {
+        for bad in [
+            "evil.example",
+            "evil.example:37778",
+            "localhost.evil.example",
+        ] {
             assert!(!policy.allows_host(bad), "{bad}");
         }
         assert!(policy.allows_origin("http://127.0.0.1:37778", "127.0.0.1:37778"));
@@ -486,7 +512,10 @@ mod tests {
         let header = format!("Basic {}", base64_encode(b"ada:secret:with:colons"));
         match Presented::parse(&header) {
             Some(Presented::Basic { user, password }) => {
-                assert_eq!((user.as_str(), password.as_str()), ("ada", "secret:with:colons"))
+                assert_eq!(
+                    (user.as_str(), password.as_str()),
+                    ("ada", "secret:with:colons")
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -510,10 +539,16 @@ mod tests {
             user: "ada".into(),
             password: p.into(),
         };
-        assert_eq!(auth.verify(&basic("correct horse")), Some(Principal::User("ada".into())));
+        assert_eq!(
+            auth.verify(&basic("correct horse")),
+            Some(Principal::User("ada".into()))
+        );
         assert!(auth.is_cheap(&basic("correct horse")));
         assert_eq!(auth.verify(&basic("wrong horse")), None);
-        assert_eq!(auth.verify(&Presented::Bearer("t0k3n".into())), Some(Principal::Admin));
+        assert_eq!(
+            auth.verify(&Presented::Bearer("t0k3n".into())),
+            Some(Principal::Admin)
+        );
         assert_eq!(auth.verify(&Presented::Bearer("t0k3".into())), None);
     }
 }

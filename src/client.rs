@@ -286,12 +286,14 @@ impl Client {
 
     /// One workspace by id or name.
     pub async fn get(&self, workspace: &str) -> Result<WorkspaceDetail, ClientError> {
-        self.get_json(&format!("/workspaces/{}", segment(workspace))).await
+        self.get_json(&format!("/workspaces/{}", segment(workspace)))
+            .await
     }
 
     /// Creates a workspace.
     pub async fn create(&self, body: &CreateWorkspace) -> Result<CreatedDto, ClientError> {
-        self.send_json(awc::http::Method::POST, "/workspaces", body).await
+        self.send_json(awc::http::Method::POST, "/workspaces", body)
+            .await
     }
 
     /// Changes metadata.
@@ -307,7 +309,10 @@ impl Client {
     /// `workspace.yaml` text.
     pub async fn manifest(&self, workspace: &str) -> Result<String, ClientError> {
         let response = self
-            .request(awc::http::Method::GET, &format!("/workspaces/{}/manifest", segment(workspace)))
+            .request(
+                awc::http::Method::GET,
+                &format!("/workspaces/{}/manifest", segment(workspace)),
+            )
             .send()
             .await
             .map_err(|e| self.connect_error(e))?;
@@ -315,14 +320,26 @@ impl Client {
     }
 
     /// Replaces `workspace.yaml`.
-    pub async fn put_manifest(&self, workspace: &str, text: String) -> Result<WorkspaceDto, ClientError> {
+    pub async fn put_manifest(
+        &self,
+        workspace: &str,
+        text: String,
+    ) -> Result<WorkspaceDto, ClientError> {
         let path = format!("/workspaces/{}/manifest", segment(workspace));
         self.send_yaml(awc::http::Method::PUT, &path, text).await
     }
 
     /// An environment's `environment.yaml` text.
-    pub async fn environment(&self, workspace: &str, environment: &str) -> Result<String, ClientError> {
-        let path = format!("/workspaces/{}/environments/{}", segment(workspace), segment(environment));
+    pub async fn environment(
+        &self,
+        workspace: &str,
+        environment: &str,
+    ) -> Result<String, ClientError> {
+        let path = format!(
+            "/workspaces/{}/environments/{}",
+            segment(workspace),
+            segment(environment)
+        );
         let response = self
             .request(awc::http::Method::GET, &path)
             .send()
@@ -338,14 +355,21 @@ impl Client {
         environment: &str,
         text: String,
     ) -> Result<WorkspaceDto, ClientError> {
-        let path = format!("/workspaces/{}/environments/{}", segment(workspace), segment(environment));
+        let path = format!(
+            "/workspaces/{}/environments/{}",
+            segment(workspace),
+            segment(environment)
+        );
         self.send_yaml(awc::http::Method::PUT, &path, text).await
     }
 
     /// Deletes a workspace.
     pub async fn delete(&self, workspace: &str) -> Result<(), ClientError> {
         let response = self
-            .request(awc::http::Method::DELETE, &format!("/workspaces/{}", segment(workspace)))
+            .request(
+                awc::http::Method::DELETE,
+                &format!("/workspaces/{}", segment(workspace)),
+            )
             .send()
             .await
             .map_err(|e| self.connect_error(e))?;
@@ -353,7 +377,11 @@ impl Client {
     }
 
     /// Shares a workspace.
-    pub async fn share(&self, workspace: &str, body: &ShareRequest) -> Result<WorkspaceDto, ClientError> {
+    pub async fn share(
+        &self,
+        workspace: &str,
+        body: &ShareRequest,
+    ) -> Result<WorkspaceDto, ClientError> {
         let path = format!("/workspaces/{}/share", segment(workspace));
         self.send_json(awc::http::Method::POST, &path, body).await
     }
@@ -371,18 +399,33 @@ impl Client {
 
     /// History, oldest first.
     pub async fn revisions(&self, workspace: &str) -> Result<Vec<RevisionDto>, ClientError> {
-        self.get_json(&format!("/workspaces/{}/revisions", segment(workspace))).await
-    }
-
-    /// One revision.
-    pub async fn revision(&self, workspace: &str, revision: u64) -> Result<RevisionDetail, ClientError> {
-        self.get_json(&format!("/workspaces/{}/revisions/{revision}", segment(workspace)))
+        self.get_json(&format!("/workspaces/{}/revisions", segment(workspace)))
             .await
     }
 
+    /// One revision.
+    pub async fn revision(
+        &self,
+        workspace: &str,
+        revision: u64,
+    ) -> Result<RevisionDetail, ClientError> {
+        self.get_json(&format!(
+            "/workspaces/{}/revisions/{revision}",
+            segment(workspace)
+        ))
+        .await
+    }
+
     /// Restores a revision.
-    pub async fn restore(&self, workspace: &str, revision: u64) -> Result<WorkspaceDto, ClientError> {
-        let path = format!("/workspaces/{}/revisions/{revision}/restore", segment(workspace));
+    pub async fn restore(
+        &self,
+        workspace: &str,
+        revision: u64,
+    ) -> Result<WorkspaceDto, ClientError> {
+        let path = format!(
+            "/workspaces/{}/revisions/{revision}/restore",
+            segment(workspace)
+        );
         let response = self
             .request(awc::http::Method::POST, &path)
             .send()
@@ -411,16 +454,23 @@ impl Client {
             path: target.display().to_string(),
             source,
         };
-        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let temp = dir.join(format!(
             ".{}.partial",
-            target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            target
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ));
         let mut file = std::fs::File::create(&temp).map_err(io)?;
         let mut total = 0u64;
         let result = async {
             while let Some(chunk) = response.next().await {
-                let chunk: Bytes = chunk.map_err(|e| ClientError::Decode(format!("download interrupted: {e}")))?;
+                let chunk: Bytes =
+                    chunk.map_err(|e| ClientError::Decode(format!("download interrupted: {e}")))?;
                 file.write_all(&chunk).map_err(io)?;
                 total += chunk.len() as u64;
                 progress(total);
@@ -454,7 +504,10 @@ impl Client {
         };
         let stream = file_stream(file, progress);
         let response = self
-            .request(awc::http::Method::POST, &format!("/workspaces/import{query}"))
+            .request(
+                awc::http::Method::POST,
+                &format!("/workspaces/import{query}"),
+            )
             .timeout(Duration::from_secs(24 * 3600))
             .insert_header((CONTENT_TYPE, "application/zstd"))
             .insert_header((awc::http::header::CONTENT_LENGTH, size))
@@ -467,7 +520,10 @@ impl Client {
     /// Opens the live event stream; yields each message as JSON.
     pub async fn events(
         &self,
-    ) -> Result<futures_util::stream::LocalBoxStream<'static, Result<serde_json::Value, ClientError>>, ClientError> {
+    ) -> Result<
+        futures_util::stream::LocalBoxStream<'static, Result<serde_json::Value, ClientError>>,
+        ClientError,
+    > {
         let url = self.url("/events").replacen("http", "ws", 1);
         let mut request = self.http.ws(url).max_frame_size(512 * 1024 * 1024);
         match &self.credentials {
@@ -490,17 +546,19 @@ impl Client {
             other => self.connect_error(other),
         })?;
         drop(response);
-        Ok(framed.filter_map(|frame| async move {
-            match frame {
-                Ok(awc::ws::Frame::Text(bytes)) => Some(
-                    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string())),
-                ),
-                Ok(awc::ws::Frame::Close(_)) => None,
-                Ok(_) => None,
-                Err(e) => Some(Err(ClientError::Decode(e.to_string()))),
-            }
-        })
-        .boxed_local())
+        Ok(framed
+            .filter_map(|frame| async move {
+                match frame {
+                    Ok(awc::ws::Frame::Text(bytes)) => Some(
+                        serde_json::from_slice(&bytes)
+                            .map_err(|e| ClientError::Decode(e.to_string())),
+                    ),
+                    Ok(awc::ws::Frame::Close(_)) => None,
+                    Ok(_) => None,
+                    Err(e) => Some(Err(ClientError::Decode(e.to_string()))),
+                }
+            })
+            .boxed_local())
     }
 }
 

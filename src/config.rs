@@ -240,7 +240,9 @@ pub fn resolve(
             let mut keys = Vec::new();
             collect_leaves(&present, "", &mut keys);
             for key in keys {
-                if let (Some(value), Some(slot)) = (pointer(&typed, &key), pointer_mut(&mut merged, &key)) {
+                if let (Some(value), Some(slot)) =
+                    (pointer(&typed, &key), pointer_mut(&mut merged, &key))
+                {
                     *slot = value.clone();
                     sources.insert(key, Source::File(path.to_path_buf()));
                 }
@@ -385,7 +387,11 @@ mod tests {
     fn layers_and_sources() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yaml");
-        std::fs::write(&file, "name: from-file\nhttp:\n  port: 4000\n  hostnames: [lab.local]\n").unwrap();
+        std::fs::write(
+            &file,
+            "name: from-file\nhttp:\n  port: 4000\n  hostnames: [lab.local]\n",
+        )
+        .unwrap();
         let env = BTreeMap::from([
             ("AIENV_HTTP_PORT".to_string(), "5000".to_string()),
             ("AIENV_DATA_DIR".to_string(), "/tmp/x".to_string()),
@@ -397,16 +403,30 @@ mod tests {
         assert_eq!(resolved.config.http.hostnames, ["lab.local"]);
         assert_eq!(resolved.config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(resolved.sources["name"], Source::Flag("--name".into()));
-        assert_eq!(resolved.sources["http.port"], Source::Env("AIENV_HTTP_PORT".into()));
-        assert_eq!(resolved.sources["http.hostnames"], Source::File(file.clone()));
+        assert_eq!(
+            resolved.sources["http.port"],
+            Source::Env("AIENV_HTTP_PORT".into())
+        );
+        assert_eq!(
+            resolved.sources["http.hostnames"],
+            Source::File(file.clone())
+        );
         assert_eq!(resolved.sources["log.level"], Source::Default);
 
         let env = BTreeMap::from([("AIENV_HTTP_PORT".to_string(), "lots".to_string())]);
         let error = resolve(None, false, &env, &[]).unwrap_err().to_string();
-        assert!(error.contains("AIENV_HTTP_PORT") && error.contains("lots"), "{error}");
+        assert!(
+            error.contains("AIENV_HTTP_PORT") && error.contains("lots"),
+            "{error}"
+        );
 
         std::fs::write(&file, "http:\n  prot: 1\n").unwrap();
-        let error = resolve(Some(&file), true, &BTreeMap::new(), &[]).unwrap_err().to_string();
-        assert!(error.contains("config.yaml:2") && error.contains("prot"), "{error}");
+        let error = resolve(Some(&file), true, &BTreeMap::new(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("config.yaml:2") && error.contains("prot"),
+            "{error}"
+        );
     }
 }

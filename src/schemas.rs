@@ -11,7 +11,13 @@ pub fn generated() -> Vec<(&'static str, String)> {
         text
     };
     vec![
-        ("workspace.schema.json", pretty(schemars::schema_for!(WorkspaceManifest))),
-        ("environment.schema.json", pretty(schemars::schema_for!(EnvironmentSpec))),
+        (
+            "workspace.schema.json",
+            pretty(schemars::schema_for!(WorkspaceManifest)),
+        ),
+        (
+            "environment.schema.json",
+            pretty(schemars::schema_for!(EnvironmentSpec)),
+        ),
     ]
 }

@@ -95,7 +95,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 .hostnames
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
-                .chain([config.name.to_ascii_lowercase(), crate::config::host_name().to_ascii_lowercase()])
+                .chain([
+                    config.name.to_ascii_lowercase(),
+                    crate::config::host_name().to_ascii_lowercase(),
+                ])
                 .collect(),
             allowed_origins: config.http.allowed_origins.clone(),
         },
@@ -190,7 +193,9 @@ fn json_error_body<B: MessageBody + 'static>(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if is_json || response.status().as_u16() == 101 {
-        return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
     }
     let status = response.status();
     let code = match status.as_u16() {
@@ -202,7 +207,10 @@ fn json_error_body<B: MessageBody + 'static>(
         _ if status.is_server_error() => "internal-error",
         _ => "request-refused",
     };
-    let message = status.canonical_reason().unwrap_or("request failed").to_lowercase();
+    let message = status
+        .canonical_reason()
+        .unwrap_or("request failed")
+        .to_lowercase();
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     let (request, mut response) = response.into_parts();
     response.headers_mut().insert(

@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use aienv::api::CreateWorkspace;
-use aienv_actors::workspace_store::{ArchiveEntry, ArchiveManifest, EntryKind, CONTENT_PREFIX, MANIFEST_ENTRY};
+use aienv_actors::workspace_store::{
+    ArchiveEntry, ArchiveManifest, EntryKind, CONTENT_PREFIX, MANIFEST_ENTRY,
+};
 use common::TestNode;
 
 /// Every path under `root` with (kind, mode, content hash or link target).
@@ -22,12 +24,22 @@ fn tree(root: &Path) -> BTreeMap<String, (String, u32, String)> {
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
             let value = if meta.file_type().is_symlink() {
-                ("link".into(), 0, std::fs::read_link(&path).unwrap().display().to_string())
+                (
+                    "link".into(),
+                    0,
+                    std::fs::read_link(&path).unwrap().display().to_string(),
+                )
             } else if meta.is_dir() {
                 stack.push(path.clone());
                 ("dir".into(), mode, String::new())
             } else {
-                ("file".into(), mode, blake3::hash(&std::fs::read(&path).unwrap()).to_hex().to_string())
+                (
+                    "file".into(),
+                    mode,
+                    blake3::hash(&std::fs::read(&path).unwrap())
+                        .to_hex()
+                        .to_string(),
+                )
             };
             out.insert(relative, value);
         }
@@ -40,17 +52,31 @@ async fn export_import_round_trip_is_byte_identical() {
     let node = TestNode::spawn();
     let client = node.admin();
     let created = client
-        .create(&CreateWorkspace { name: "src".into(), template: Some("python".into()), ..Default::default() })
+        .create(&CreateWorkspace {
+            name: "src".into(),
+            template: Some("python".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let root = PathBuf::from(created.workspace.path.unwrap());
     std::fs::create_dir_all(root.join("data/deep/er")).unwrap();
-    let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let blob: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(root.join("data/deep/er/weights.bin"), &blob).unwrap();
     std::fs::write(root.join("data/empty"), b"").unwrap();
-    std::fs::write(root.join(format!("data/{}", "long-name-".repeat(20))), b"long").unwrap();
+    std::fs::write(
+        root.join(format!("data/{}", "long-name-".repeat(20))),
+        b"long",
+    )
+    .unwrap();
     std::fs::write(root.join("scripts/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
-    std::fs::set_permissions(root.join("scripts/run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(
+        root.join("scripts/run.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
     std::fs::create_dir_all(root.join(".venv/bin")).unwrap();
     std::os::unix::fs::symlink("/usr/bin/python3", root.join(".venv/bin/python")).unwrap();
     std::os::unix::fs::symlink("python", root.join(".venv/bin/python3")).unwrap();
@@ -68,7 +94,10 @@ async fn export_import_round_trip_is_byte_identical() {
 
     let imported = client.import(&archive, Some("copy"), |_| {}).await.unwrap();
     assert_eq!(imported.workspace.name, "copy");
-    assert_ne!(imported.workspace.id, created.workspace.id, "a copy on the same node gets a new id");
+    assert_ne!(
+        imported.workspace.id, created.workspace.id,
+        "a copy on the same node gets a new id"
+    );
     let summary = imported.import.unwrap();
     assert_eq!(summary.external_links.len(), 1);
     assert_eq!(summary.external_links[0].path, ".venv/bin/python");
@@ -91,7 +120,10 @@ async fn export_import_round_trip_is_byte_identical() {
     // Imported to another node under the same name, it keeps its id.
     let other = TestNode::spawn();
     let again = other.admin().import(&archive, None, |_| {}).await.unwrap();
-    assert_eq!((again.workspace.name.as_str(), again.workspace.id), ("src", created.workspace.id));
+    assert_eq!(
+        (again.workspace.name.as_str(), again.workspace.id),
+        ("src", created.workspace.id)
+    );
 }
 
 /// One raw tar entry of a hand-made archive.
@@ -104,7 +136,13 @@ struct Raw {
 }
 
 fn raw(name: &str, kind: tar::EntryType, data: &[u8]) -> Raw {
-    Raw { name: name.as_bytes().to_vec(), kind, mode: 0o644, data: data.to_vec(), link: None }
+    Raw {
+        name: name.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        data: data.to_vec(),
+        link: None,
+    }
 }
 
 fn file_entry(path: &str, data: &[u8]) -> ArchiveEntry {
@@ -136,7 +174,11 @@ fn build(manifest_entries: Vec<ArchiveEntry>, entries: Vec<Raw>, with_manifest: 
     let mut builder = tar::Builder::new(Vec::new());
     let mut all = Vec::new();
     if with_manifest {
-        all.push(raw(MANIFEST_ENTRY, tar::EntryType::Regular, &manifest_bytes));
+        all.push(raw(
+            MANIFEST_ENTRY,
+            tar::EntryType::Regular,
+            &manifest_bytes,
+        ));
     }
     all.extend(entries);
     for entry in all {
@@ -176,18 +218,38 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
     std::fs::create_dir(&outside).unwrap();
     let ws = format!("{CONTENT_PREFIX}workspace.yaml");
     let yaml = WORKSPACE_YAML.as_bytes();
-    let good = || (file_entry("workspace.yaml", yaml), raw(&ws, tar::EntryType::Regular, yaml));
+    let good = || {
+        (
+            file_entry("workspace.yaml", yaml),
+            raw(&ws, tar::EntryType::Regular, yaml),
+        )
+    };
 
     let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
     let (entry, content) = good();
-    let mut absolute = raw(&format!("{}/pwned", outside.display()), tar::EntryType::Regular, b"x");
+    let mut absolute = raw(
+        &format!("{}/pwned", outside.display()),
+        tar::EntryType::Regular,
+        b"x",
+    );
     absolute.name = format!("{}/pwned", outside.display()).into_bytes();
-    cases.push(("absolute path", build(vec![entry], vec![content, absolute], true), "absolute path"));
+    cases.push((
+        "absolute path",
+        build(vec![entry], vec![content, absolute], true),
+        "absolute path",
+    ));
 
     let (entry, content) = good();
     cases.push((
         "dot-dot",
-        build(vec![entry], vec![content, raw("workspace/../../pwned", tar::EntryType::Regular, b"x")], true),
+        build(
+            vec![entry],
+            vec![
+                content,
+                raw("workspace/../../pwned", tar::EntryType::Regular, b"x"),
+            ],
+            true,
+        ),
         "contains `..`",
     ));
 
@@ -196,30 +258,54 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
     link.link = Some(b"/etc/passwd".to_vec());
     let mut hard_entry = file_entry("hard", b"root");
     hard_entry.size = 0;
-    cases.push(("hardlink outside", build(vec![entry, hard_entry], vec![content, link], true), "hard link"));
+    cases.push((
+        "hardlink outside",
+        build(vec![entry, hard_entry], vec![content, link], true),
+        "hard link",
+    ));
 
     let (entry, content) = good();
     cases.push((
         "device file",
-        build(vec![entry], vec![content, raw("workspace/dev", tar::EntryType::Char, b"")], true),
+        build(
+            vec![entry],
+            vec![content, raw("workspace/dev", tar::EntryType::Char, b"")],
+            true,
+        ),
         "character device",
     ));
 
     let (entry, content) = good();
     cases.push((
         "fifo",
-        build(vec![entry], vec![content, raw("workspace/pipe", tar::EntryType::Fifo, b"")], true),
+        build(
+            vec![entry],
+            vec![content, raw("workspace/pipe", tar::EntryType::Fifo, b"")],
+            true,
+        ),
         "FIFO",
     ));
 
     let (entry, content) = good();
     let mut setuid = raw("workspace/suid", tar::EntryType::Regular, b"x");
     setuid.mode = 0o4755;
-    cases.push(("setuid", build(vec![entry, file_entry("suid", b"x")], vec![content, setuid], true), "setuid"));
+    cases.push((
+        "setuid",
+        build(
+            vec![entry, file_entry("suid", b"x")],
+            vec![content, setuid],
+            true,
+        ),
+        "setuid",
+    ));
 
     let (entry, content) = good();
     let (_, again) = good();
-    cases.push(("duplicate", build(vec![entry], vec![content, again], true), "more than once"));
+    cases.push((
+        "duplicate",
+        build(vec![entry], vec![content, again], true),
+        "more than once",
+    ));
 
     let (entry, content) = good();
     let mut symlink = raw("workspace/escape", tar::EntryType::Symlink, b"");
@@ -236,7 +322,11 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
         "write through symlink",
         build(
             vec![entry, link_entry, file_entry("escape/pwned", b"x")],
-            vec![content, symlink, raw("workspace/escape/pwned", tar::EntryType::Regular, b"x")],
+            vec![
+                content,
+                symlink,
+                raw("workspace/escape/pwned", tar::EntryType::Regular, b"x"),
+            ],
             true,
         ),
         "through the symbolic link",
@@ -247,7 +337,10 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
         "hash mismatch",
         build(
             vec![entry, file_entry("data.bin", b"expected")],
-            vec![content, raw("workspace/data.bin", tar::EntryType::Regular, b"tampered")],
+            vec![
+                content,
+                raw("workspace/data.bin", tar::EntryType::Regular, b"tampered"),
+            ],
             true,
         ),
         "BLAKE3",
@@ -256,7 +349,14 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
     let (entry, content) = good();
     cases.push((
         "unlisted entry",
-        build(vec![entry], vec![content, raw("workspace/extra", tar::EntryType::Regular, b"x")], true),
+        build(
+            vec![entry],
+            vec![
+                content,
+                raw("workspace/extra", tar::EntryType::Regular, b"x"),
+            ],
+            true,
+        ),
         "not listed",
     ));
 
@@ -268,11 +368,21 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
     ));
 
     let (_, content) = good();
-    cases.push(("no manifest", build(vec![], vec![content], false), "does not start with its manifest"));
-    cases.push(("not zstd", b"this is not an archive".to_vec(), "not a valid .tar.zst"));
+    cases.push((
+        "no manifest",
+        build(vec![], vec![content], false),
+        "does not start with its manifest",
+    ));
+    cases.push((
+        "not zstd",
+        b"this is not an archive".to_vec(),
+        "not a valid .tar.zst",
+    ));
 
     for (label, bytes, expected) in cases {
-        let path = dir.path().join(format!("{}.tar.zst", label.replace(' ', "-")));
+        let path = dir
+            .path()
+            .join(format!("{}.tar.zst", label.replace(' ', "-")));
         std::fs::write(&path, &bytes).unwrap();
         let error = client.import(&path, None, |_| {}).await.unwrap_err();
         let message = error.to_string();
@@ -280,10 +390,22 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
             matches!(error.status(), Some(422) | Some(400)),
             "{label}: unexpected status: {message}"
         );
-        assert!(message.contains(expected), "{label}: `{message}` should mention `{expected}`");
-        assert!(node.dir_names("staging").is_empty(), "{label}: staging left behind");
-        assert!(node.dir_names("workspaces").is_empty(), "{label}: a workspace appeared");
-        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "{label}: wrote outside");
+        assert!(
+            message.contains(expected),
+            "{label}: `{message}` should mention `{expected}`"
+        );
+        assert!(
+            node.dir_names("staging").is_empty(),
+            "{label}: staging left behind"
+        );
+        assert!(
+            node.dir_names("workspaces").is_empty(),
+            "{label}: a workspace appeared"
+        );
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "{label}: wrote outside"
+        );
     }
     assert!(!dir.path().join("pwned").exists());
 

@@ -16,8 +16,16 @@ fn mutating_routes() -> Vec<(&'static str, &'static str, &'static str)> {
         ("POST", "/api/v1/workspaces", r#"{"name":"intruder"}"#),
         ("PATCH", "/api/v1/workspaces/target", r#"{"title":"pwned"}"#),
         ("DELETE", "/api/v1/workspaces/target", ""),
-        ("PUT", "/api/v1/workspaces/target/manifest", "schema_version: 1\n"),
-        ("PUT", "/api/v1/workspaces/target/environments/x", "schema_version: 1\n"),
+        (
+            "PUT",
+            "/api/v1/workspaces/target/manifest",
+            "schema_version: 1\n",
+        ),
+        (
+            "PUT",
+            "/api/v1/workspaces/target/environments/x",
+            "schema_version: 1\n",
+        ),
         ("DELETE", "/api/v1/workspaces/target/environments/x", ""),
         ("POST", "/api/v1/workspaces/target/share", "{}"),
         ("POST", "/api/v1/workspaces/target/unshare", ""),
@@ -26,15 +34,33 @@ fn mutating_routes() -> Vec<(&'static str, &'static str, &'static str)> {
     ]
 }
 
-async fn status_of(node: &TestNode, method: &str, path: &str, body: &str, auth: Option<&str>) -> u16 {
+async fn status_of(
+    node: &TestNode,
+    method: &str,
+    path: &str,
+    body: &str,
+    auth: Option<&str>,
+) -> u16 {
     let client = awc::Client::default();
     let mut request = client
         .request(method.parse().unwrap(), format!("{}{path}", node.url))
-        .insert_header(("content-type", if body.starts_with('{') { "application/json" } else { "application/yaml" }));
+        .insert_header((
+            "content-type",
+            if body.starts_with('{') {
+                "application/json"
+            } else {
+                "application/yaml"
+            },
+        ));
     if let Some(auth) = auth {
         request = request.insert_header(("authorization", auth));
     }
-    request.send_body(body.to_string()).await.unwrap().status().as_u16()
+    request
+        .send_body(body.to_string())
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[actix_rt::test]
@@ -42,29 +68,54 @@ async fn mutating_routes_need_valid_credentials() {
     let node = TestNode::spawn();
     let admin = node.admin();
     admin
-        .create(&CreateWorkspace { name: "target".into(), title: Some("original".into()), ..Default::default() })
+        .create(&CreateWorkspace {
+            name: "target".into(),
+            title: Some("original".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let before = admin.get("target").await.unwrap().workspace;
 
     let wrong_basic = format!("Basic {}", aienv::auth::base64_encode(b"admin:guess"));
     for (method, path, body) in mutating_routes() {
-        for auth in [None, Some("Bearer not-the-token"), Some(wrong_basic.as_str()), Some("Garbage")] {
+        for auth in [
+            None,
+            Some("Bearer not-the-token"),
+            Some(wrong_basic.as_str()),
+            Some("Garbage"),
+        ] {
             let status = status_of(&node, method, path, body, auth).await;
             assert_eq!(status, 401, "{method} {path} with {auth:?}");
         }
     }
     let after = admin.get("target").await.unwrap().workspace;
-    assert_eq!((after.revision, after.title.as_str()), (before.revision, "original"));
+    assert_eq!(
+        (after.revision, after.title.as_str()),
+        (before.revision, "original")
+    );
     assert_eq!(admin.list(&Default::default()).await.unwrap().total, 1);
 
     // The admin token works.
     let token = format!("Bearer {}", node.token());
-    assert_eq!(status_of(&node, "POST", "/api/v1/workspaces/target/share", "{}", Some(&token)).await, 200);
+    assert_eq!(
+        status_of(
+            &node,
+            "POST",
+            "/api/v1/workspaces/target/share",
+            "{}",
+            Some(&token)
+        )
+        .await,
+        200
+    );
 
     // The token file is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(node.data_dir.join("admin.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(node.data_dir.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -78,23 +129,44 @@ async fn node_users_log_in_with_basic_auth() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"correct horse battery\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery\n")
+        .unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // No restart needed: the node reads the users file when it changes.
     let ada = Client::new(
         &node.url,
-        Some(Credentials::Basic { user: "ada".into(), password: "correct horse battery".into() }),
+        Some(Credentials::Basic {
+            user: "ada".into(),
+            password: "correct horse battery".into(),
+        }),
     );
-    let created = ada.create(&CreateWorkspace { name: "by-ada".into(), ..Default::default() }).await.unwrap();
+    let created = ada
+        .create(&CreateWorkspace {
+            name: "by-ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let history = ada.revisions("by-ada").await.unwrap();
     assert_eq!(history[0].by, "ada");
     assert_eq!(created.workspace.revision, 1);
 
     let mallory = Client::new(
         &node.url,
-        Some(Credentials::Basic { user: "ada".into(), password: "wrong password".into() }),
+        Some(Credentials::Basic {
+            user: "ada".into(),
+            password: "wrong password".into(),
+        }),
     );
     let error = mallory.delete("by-ada").await.unwrap_err();
     assert_eq!(error.status(), Some(401));

@@ -31,13 +31,23 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
                     let name = format!("r{round}-w{writer}-{}", step / 3);
                     let result = if step % 3 == 0 {
                         client
-                            .create(&CreateWorkspace { name: name.clone(), title: Some("v0".into()), ..Default::default() })
+                            .create(&CreateWorkspace {
+                                name: name.clone(),
+                                title: Some("v0".into()),
+                                ..Default::default()
+                            })
                             .await
                             .map(|c| (c.workspace.revision, c.workspace.title))
                     } else {
                         let title = format!("v{}", step % 3);
                         client
-                            .update(&name, &UpdateWorkspace { title: Some(title), ..Default::default() })
+                            .update(
+                                &name,
+                                &UpdateWorkspace {
+                                    title: Some(title),
+                                    ..Default::default()
+                                },
+                            )
                             .await
                             .map(|w| (w.revision, w.title))
                     };
@@ -91,7 +101,10 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
             let detail = client.get(&workspace.name).await.unwrap();
             let path = std::path::PathBuf::from(detail.workspace.path.unwrap());
             let text = std::fs::read_to_string(path.join("workspace.yaml")).unwrap();
-            assert!(text.contains(&format!("revision: {}", workspace.revision)), "round {round}: {text}");
+            assert!(
+                text.contains(&format!("revision: {}", workspace.revision)),
+                "round {round}: {text}"
+            );
         }
         drop(node);
     }

@@ -6,14 +6,20 @@ mod common;
 use std::time::Duration;
 
 use aienv::api::{CreateWorkspace, ShareRequest, UpdateWorkspace};
-use futures_util::StreamExt;
 use common::TestNode;
+use futures_util::StreamExt;
 
 #[actix_rt::test]
 async fn snapshot_then_events_in_order() {
     let node = TestNode::spawn();
     let client = node.admin();
-    client.create(&CreateWorkspace { name: "before".into(), ..Default::default() }).await.unwrap();
+    client
+        .create(&CreateWorkspace {
+            name: "before".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 
     let mut stream = client.events().await.unwrap();
     let snapshot = stream.next().await.unwrap().unwrap();
@@ -22,13 +28,34 @@ async fn snapshot_then_events_in_order() {
     assert_eq!(snapshot["node"]["name"], "test-node");
     let mut last_seq = snapshot["seq"].as_u64().unwrap();
 
-    client.create(&CreateWorkspace { name: "a".into(), ..Default::default() }).await.unwrap();
-    client.update("a", &UpdateWorkspace { title: Some("t".into()), ..Default::default() }).await.unwrap();
+    client
+        .create(&CreateWorkspace {
+            name: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .update(
+            "a",
+            &UpdateWorkspace {
+                title: Some("t".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     client.share("a", &ShareRequest::default()).await.unwrap();
     client.restore("a", 1).await.unwrap();
     client.delete("before").await.unwrap();
     for i in 0..20 {
-        client.create(&CreateWorkspace { name: format!("n{i}"), ..Default::default() }).await.unwrap();
+        client
+            .create(&CreateWorkspace {
+                name: format!("n{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
 
     let mut seen = Vec::new();
@@ -42,7 +69,11 @@ async fn snapshot_then_events_in_order() {
         let seq = event["seq"].as_u64().unwrap();
         assert!(seq > last_seq, "events in order: {seq} after {last_seq}");
         last_seq = seq;
-        seen.push(format!("{} {}", event["change"].as_str().unwrap(), event["name"].as_str().unwrap()));
+        seen.push(format!(
+            "{} {}",
+            event["change"].as_str().unwrap(),
+            event["name"].as_str().unwrap()
+        ));
     }
     let mut expected = vec![
         "created a".to_string(),
@@ -69,26 +100,39 @@ async fn cross_origin_and_anonymous_upgrades_are_refused() {
         .connect()
         .await;
     match foreign {
-        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => assert_eq!(status.as_u16(), 403),
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 403)
+        }
         other => panic!("cross-origin upgrade not refused: {:?}", other.map(|_| ())),
     }
 
     let anonymous = client.ws(&url).connect().await;
     match anonymous {
-        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => assert_eq!(status.as_u16(), 401),
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 401)
+        }
         other => panic!("anonymous upgrade not refused: {:?}", other.map(|_| ())),
     }
 
     // Same origin (a dashboard served by the node itself) is fine.
     let origin = node.url.clone();
-    let same = client.ws(&url).header("authorization", token).origin(origin.as_str()).connect().await;
+    let same = client
+        .ws(&url)
+        .header("authorization", token)
+        .origin(origin.as_str())
+        .connect()
+        .await;
     assert!(same.is_ok());
 }
 
 #[actix_rt::test]
 async fn a_stalled_client_is_resnapshotted_and_does_not_stall_the_node() {
     let temp = tempfile::tempdir().unwrap();
-    let node = TestNode::spawn_with_env(&temp.path().join("data"), &[], &[("AIENV_HTTP_EVENT_BUFFER", "8")]);
+    let node = TestNode::spawn_with_env(
+        &temp.path().join("data"),
+        &[],
+        &[("AIENV_HTTP_EVENT_BUFFER", "8")],
+    );
     let client = node.admin();
     // Open a stream, take the snapshot, then stop reading while ~12 MB of events are published
     // (more than the socket buffers hold, so the gateway's subscriber falls behind the bus).
@@ -98,7 +142,11 @@ async fn a_stalled_client_is_resnapshotted_and_does_not_stall_the_node() {
     let count = 1200;
     for i in 0..count {
         client
-            .create(&CreateWorkspace { name: format!("w{i}"), description: Some(big.clone()), ..Default::default() })
+            .create(&CreateWorkspace {
+                name: format!("w{i}"),
+                description: Some(big.clone()),
+                ..Default::default()
+            })
             .await
             .unwrap();
     }
@@ -132,5 +180,8 @@ async fn a_stalled_client_is_resnapshotted_and_does_not_stall_the_node() {
             other => panic!("unexpected message type {other}"),
         }
     }
-    assert!(resynced, "a client that fell behind must get a resync snapshot");
+    assert!(
+        resynced,
+        "a client that fell behind must get a resync snapshot"
+    );
 }

@@ -31,8 +31,24 @@ struct Case {
     code: Option<&'static str>,
 }
 
-fn case(method: &'static str, template: &'static str, path: &str, body: Body, auth: bool, status: u16, code: Option<&'static str>) -> Case {
-    Case { method, template, path: path.to_string(), body, auth, status, code }
+fn case(
+    method: &'static str,
+    template: &'static str,
+    path: &str,
+    body: Body,
+    auth: bool,
+    status: u16,
+    code: Option<&'static str>,
+) -> Case {
+    Case {
+        method,
+        template,
+        path: path.to_string(),
+        body,
+        auth,
+        status,
+        code,
+    }
 }
 
 fn load_spec() -> Value {
@@ -42,7 +58,12 @@ fn load_spec() -> Value {
 }
 
 /// The JSON Schema of a response, with the document's components reachable by `$ref`.
-fn response_schema(spec: &Value, template: &str, method: &str, status: u16) -> Option<(Option<String>, Option<Value>)> {
+fn response_schema(
+    spec: &Value,
+    template: &str,
+    method: &str,
+    status: u16,
+) -> Option<(Option<String>, Option<Value>)> {
     let operation = &spec["paths"][template][method.to_lowercase()];
     let mut response = operation["responses"].get(status.to_string())?.clone();
     if let Some(reference) = response.get("$ref").and_then(Value::as_str) {
@@ -57,7 +78,9 @@ fn response_schema(spec: &Value, template: &str, method: &str, status: u16) -> O
 }
 
 async fn run(node: &TestNode, spec: &Value, case: &Case, covered: &mut BTreeSet<String>) {
-    let client = awc::Client::builder().timeout(std::time::Duration::from_secs(30)).finish();
+    let client = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .finish();
     let url = format!("{}/api/v1{}", node.url, case.path);
     let mut request = client.request(case.method.parse().unwrap(), &url);
     if case.auth {
@@ -75,7 +98,12 @@ async fn run(node: &TestNode, spec: &Value, case: &Case, covered: &mut BTreeSet<
     let label = format!("{} {} ({})", case.method, case.path, case.template);
     let status = response.status().as_u16();
     let body = response.body().limit(64 * 1024 * 1024).await.unwrap();
-    assert_eq!(status, case.status, "{label}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        case.status,
+        "{label}: {}",
+        String::from_utf8_lossy(&body)
+    );
     let (media, schema) = response_schema(spec, case.template, case.method, status)
         .unwrap_or_else(|| panic!("{label}: status {status} is not documented"));
     if let Some(media) = &media {
@@ -84,15 +112,25 @@ async fn run(node: &TestNode, spec: &Value, case: &Case, covered: &mut BTreeSet<
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
-        assert!(content_type.starts_with(media.as_str()), "{label}: content-type {content_type}, documented {media}");
+        assert!(
+            content_type.starts_with(media.as_str()),
+            "{label}: content-type {content_type}, documented {media}"
+        );
     }
     if media.as_deref() == Some("application/json") {
-        let value: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{label}: not JSON: {e}"));
+        let value: Value =
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{label}: not JSON: {e}"));
         let mut root = schema.clone().unwrap();
         root["components"] = spec["components"].clone();
         let validator = jsonschema::validator_for(&root).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path)).collect();
-        assert!(errors.is_empty(), "{label}: body does not match the documented schema: {errors:?}\n{value}");
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{label}: body does not match the documented schema: {errors:?}\n{value}"
+        );
         if let Some(code) = case.code {
             assert_eq!(value["error"]["code"], code, "{label}");
         }
@@ -107,8 +145,21 @@ async fn live_server_matches_openapi_document() {
     let spec = load_spec();
     let node = TestNode::spawn();
     let admin = node.admin();
-    admin.create(&CreateWorkspace { name: "doc".into(), template: Some("python".into()), ..Default::default() }).await.unwrap();
-    admin.create(&CreateWorkspace { name: "gone".into(), ..Default::default() }).await.unwrap();
+    admin
+        .create(&CreateWorkspace {
+            name: "doc".into(),
+            template: Some("python".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .create(&CreateWorkspace {
+            name: "gone".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let archive_dir = tempfile::tempdir().unwrap();
     let archive = archive_dir.path().join("doc.tar.zst");
     admin.export("doc", &archive, |_| {}).await.unwrap();
@@ -121,62 +172,501 @@ async fn live_server_matches_openapi_document() {
         case("GET", "/health", "/health", Body::None, false, 200, None),
         case("GET", "/node", "/node", Body::None, false, 200, None),
         case("GET", "/node", "/node", Body::None, true, 200, None),
-        case("GET", "/workspaces", "/workspaces?limit=1&q=doc&type=general", Body::None, true, 200, None),
-        case("GET", "/workspaces", "/workspaces", Body::None, false, 200, None),
-        case("GET", "/workspaces", "/workspaces?limit=0", Body::None, true, 400, Some("invalid-query")),
-        case("GET", "/workspaces", "/workspaces?limit=many", Body::None, true, 400, Some("invalid-query")),
-        case("GET", "/workspaces", "/workspaces?type=cooking", Body::None, true, 422, Some("invalid-field")),
-        case("POST", "/workspaces", "/workspaces", Body::Json(json!({"name": "new-one", "tags": ["a"]})), true, 201, None),
-        case("POST", "/workspaces", "/workspaces", Body::Json(json!({"name": "x"})), false, 401, Some("unauthorized")),
-        case("POST", "/workspaces", "/workspaces", Body::Raw("application/json", b"{\"name\": ".to_vec()), true, 400, Some("malformed-json")),
-        case("POST", "/workspaces", "/workspaces", Body::Json(json!({"name": "y", "colour": "red"})), true, 422, Some("invalid-field")),
-        case("POST", "/workspaces", "/workspaces", Body::Json(json!({"name": "y", "tags": "not-a-list"})), true, 422, Some("invalid-field")),
-        case("POST", "/workspaces", "/workspaces", Body::Json(json!({"name": "Bad Name"})), true, 422, Some("validation-failed")),
-        case("POST", "/workspaces", "/workspaces", Body::Json(json!({"name": "doc"})), true, 409, Some("name-taken")),
-        case("POST", "/workspaces", "/workspaces", Body::Json(json!({"name": "big", "description": big})), true, 413, Some("body-too-large")),
-        case("POST", "/workspaces", "/workspaces", Body::Raw("text/plain", b"name=x".to_vec()), true, 415, Some("unsupported-media-type")),
+        case(
+            "GET",
+            "/workspaces",
+            "/workspaces?limit=1&q=doc&type=general",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces",
+            "/workspaces",
+            Body::None,
+            false,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces",
+            "/workspaces?limit=0",
+            Body::None,
+            true,
+            400,
+            Some("invalid-query"),
+        ),
+        case(
+            "GET",
+            "/workspaces",
+            "/workspaces?limit=many",
+            Body::None,
+            true,
+            400,
+            Some("invalid-query"),
+        ),
+        case(
+            "GET",
+            "/workspaces",
+            "/workspaces?type=cooking",
+            Body::None,
+            true,
+            422,
+            Some("invalid-field"),
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Json(json!({"name": "new-one", "tags": ["a"]})),
+            true,
+            201,
+            None,
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Json(json!({"name": "x"})),
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Raw("application/json", b"{\"name\": ".to_vec()),
+            true,
+            400,
+            Some("malformed-json"),
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Json(json!({"name": "y", "colour": "red"})),
+            true,
+            422,
+            Some("invalid-field"),
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Json(json!({"name": "y", "tags": "not-a-list"})),
+            true,
+            422,
+            Some("invalid-field"),
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Json(json!({"name": "Bad Name"})),
+            true,
+            422,
+            Some("validation-failed"),
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Json(json!({"name": "doc"})),
+            true,
+            409,
+            Some("name-taken"),
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Json(json!({"name": "big", "description": big})),
+            true,
+            413,
+            Some("body-too-large"),
+        ),
+        case(
+            "POST",
+            "/workspaces",
+            "/workspaces",
+            Body::Raw("text/plain", b"name=x".to_vec()),
+            true,
+            415,
+            Some("unsupported-media-type"),
+        ),
         case("GET", ws, "/workspaces/doc", Body::None, true, 200, None),
-        case("GET", ws, "/workspaces/nope", Body::None, true, 404, Some("workspace-not-found")),
-        case("PATCH", ws, "/workspaces/doc", Body::Json(json!({"title": "T", "expected_revision": 1})), true, 200, None),
-        case("PATCH", ws, "/workspaces/doc", Body::Json(json!({"title": "T", "expected_revision": 1})), true, 409, Some("revision-conflict")),
-        case("PATCH", ws, "/workspaces/doc", Body::Json(json!({"tags": ["Not A Slug"]})), true, 422, Some("validation-failed")),
-        case("GET", "/workspaces/{ws}/manifest", "/workspaces/doc/manifest", Body::None, true, 200, None),
-        case("PUT", "/workspaces/{ws}/manifest", "/workspaces/doc/manifest", Body::Raw("application/yaml", b"schema_version: 1\nname: [unclosed\n".to_vec()), true, 422, Some("invalid-yaml")),
-        case("PUT", "/workspaces/{ws}/manifest", "/workspaces/doc/manifest", Body::Raw("application/yaml", format!("{manifest}surprise: 1\n").into_bytes()), true, 422, Some("invalid-yaml")),
-        case("PUT", "/workspaces/{ws}/manifest", "/workspaces/doc/manifest", Body::Raw("application/yaml", manifest.clone().into_bytes()), true, 409, Some("revision-conflict")),
-        case("PUT", "/workspaces/{ws}/manifest", "/workspaces/doc/manifest", Body::Raw("application/yaml", big.clone().into_bytes()), true, 413, Some("body-too-large")),
-        case("PUT", "/workspaces/{ws}/manifest", "/workspaces/doc/manifest", Body::Raw("application/yaml", manifest.replace("revision: 1", "revision: 2").into_bytes()), true, 200, None),
-        case("GET", "/workspaces/{ws}/environments/{env}", "/workspaces/doc/environments/default", Body::None, false, 404, Some("workspace-not-found")),
-        case("GET", "/workspaces/{ws}/environments/{env}", "/workspaces/doc/environments/default", Body::None, true, 200, None),
-        case("GET", "/workspaces/{ws}/environments/{env}", "/workspaces/doc/environments/none", Body::None, true, 404, Some("environment-not-found")),
-        case("PUT", "/workspaces/{ws}/environments/{env}", "/workspaces/doc/environments/cpu", Body::Raw("application/yaml", b"schema_version: 1\nruntime: process\n".to_vec()), true, 200, None),
-        case("PUT", "/workspaces/{ws}/environments/{env}", "/workspaces/doc/environments/cpu", Body::Raw("application/yaml", b"schema_version: 1\nruntime: process\nextra: 1\n".to_vec()), true, 422, Some("invalid-yaml")),
-        case("PUT", "/workspaces/{ws}/environments/{env}", "/workspaces/doc/environments/cpu?expected_revision=1", Body::Raw("application/yaml", b"schema_version: 1\n".to_vec()), true, 409, Some("revision-conflict")),
-        case("DELETE", "/workspaces/{ws}/environments/{env}", "/workspaces/doc/environments/cpu", Body::None, true, 200, None),
-        case("DELETE", "/workspaces/{ws}/environments/{env}", "/workspaces/doc/environments/cpu", Body::None, true, 404, Some("environment-not-found")),
-        case("POST", "/workspaces/{ws}/share", "/workspaces/doc/share", Body::Json(json!({"mode": "everyone"})), true, 422, Some("invalid-field")),
-        case("POST", "/workspaces/{ws}/share", "/workspaces/doc/share", Body::None, true, 200, None),
-        case("POST", "/workspaces/{ws}/share", "/workspaces/doc/share", Body::Json(json!({"mode": "peers", "peers": ["gpu-box"]})), true, 200, None),
-        case("POST", "/workspaces/{ws}/unshare", "/workspaces/doc/unshare", Body::None, true, 200, None),
-        case("POST", "/workspaces/{ws}/share", "/workspaces/doc/share", Body::None, true, 200, None),
+        case(
+            "GET",
+            ws,
+            "/workspaces/nope",
+            Body::None,
+            true,
+            404,
+            Some("workspace-not-found"),
+        ),
+        case(
+            "PATCH",
+            ws,
+            "/workspaces/doc",
+            Body::Json(json!({"title": "T", "expected_revision": 1})),
+            true,
+            200,
+            None,
+        ),
+        case(
+            "PATCH",
+            ws,
+            "/workspaces/doc",
+            Body::Json(json!({"title": "T", "expected_revision": 1})),
+            true,
+            409,
+            Some("revision-conflict"),
+        ),
+        case(
+            "PATCH",
+            ws,
+            "/workspaces/doc",
+            Body::Json(json!({"tags": ["Not A Slug"]})),
+            true,
+            422,
+            Some("validation-failed"),
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/manifest",
+            "/workspaces/doc/manifest",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "PUT",
+            "/workspaces/{ws}/manifest",
+            "/workspaces/doc/manifest",
+            Body::Raw(
+                "application/yaml",
+                b"schema_version: 1\nname: [unclosed\n".to_vec(),
+            ),
+            true,
+            422,
+            Some("invalid-yaml"),
+        ),
+        case(
+            "PUT",
+            "/workspaces/{ws}/manifest",
+            "/workspaces/doc/manifest",
+            Body::Raw(
+                "application/yaml",
+                format!("{manifest}surprise: 1\n").into_bytes(),
+            ),
+            true,
+            422,
+            Some("invalid-yaml"),
+        ),
+        case(
+            "PUT",
+            "/workspaces/{ws}/manifest",
+            "/workspaces/doc/manifest",
+            Body::Raw("application/yaml", manifest.clone().into_bytes()),
+            true,
+            409,
+            Some("revision-conflict"),
+        ),
+        case(
+            "PUT",
+            "/workspaces/{ws}/manifest",
+            "/workspaces/doc/manifest",
+            Body::Raw("application/yaml", big.clone().into_bytes()),
+            true,
+            413,
+            Some("body-too-large"),
+        ),
+        case(
+            "PUT",
+            "/workspaces/{ws}/manifest",
+            "/workspaces/doc/manifest",
+            Body::Raw(
+                "application/yaml",
+                manifest.replace("revision: 1", "revision: 2").into_bytes(),
+            ),
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/environments/{env}",
+            "/workspaces/doc/environments/default",
+            Body::None,
+            false,
+            404,
+            Some("workspace-not-found"),
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/environments/{env}",
+            "/workspaces/doc/environments/default",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/environments/{env}",
+            "/workspaces/doc/environments/none",
+            Body::None,
+            true,
+            404,
+            Some("environment-not-found"),
+        ),
+        case(
+            "PUT",
+            "/workspaces/{ws}/environments/{env}",
+            "/workspaces/doc/environments/cpu",
+            Body::Raw(
+                "application/yaml",
+                b"schema_version: 1\nruntime: process\n".to_vec(),
+            ),
+            true,
+            200,
+            None,
+        ),
+        case(
+            "PUT",
+            "/workspaces/{ws}/environments/{env}",
+            "/workspaces/doc/environments/cpu",
+            Body::Raw(
+                "application/yaml",
+                b"schema_version: 1\nruntime: process\nextra: 1\n".to_vec(),
+            ),
+            true,
+            422,
+            Some("invalid-yaml"),
+        ),
+        case(
+            "PUT",
+            "/workspaces/{ws}/environments/{env}",
+            "/workspaces/doc/environments/cpu?expected_revision=1",
+            Body::Raw("application/yaml", b"schema_version: 1\n".to_vec()),
+            true,
+            409,
+            Some("revision-conflict"),
+        ),
+        case(
+            "DELETE",
+            "/workspaces/{ws}/environments/{env}",
+            "/workspaces/doc/environments/cpu",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "DELETE",
+            "/workspaces/{ws}/environments/{env}",
+            "/workspaces/doc/environments/cpu",
+            Body::None,
+            true,
+            404,
+            Some("environment-not-found"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/share",
+            "/workspaces/doc/share",
+            Body::Json(json!({"mode": "everyone"})),
+            true,
+            422,
+            Some("invalid-field"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/share",
+            "/workspaces/doc/share",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/share",
+            "/workspaces/doc/share",
+            Body::Json(json!({"mode": "peers", "peers": ["gpu-box"]})),
+            true,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/unshare",
+            "/workspaces/doc/unshare",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/share",
+            "/workspaces/doc/share",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
         case("GET", ws, "/workspaces/doc", Body::None, false, 200, None),
-        case("GET", "/workspaces/{ws}/revisions", "/workspaces/doc/revisions", Body::None, true, 200, None),
-        case("GET", "/workspaces/{ws}/revisions/{rev}", "/workspaces/doc/revisions/1", Body::None, true, 200, None),
-        case("GET", "/workspaces/{ws}/revisions/{rev}", "/workspaces/doc/revisions/99", Body::None, true, 404, Some("revision-not-found")),
-        case("GET", "/workspaces/{ws}/revisions/{rev}", "/workspaces/doc/revisions/first", Body::None, true, 400, Some("invalid-path")),
-        case("POST", "/workspaces/{ws}/revisions/{rev}/restore", "/workspaces/doc/revisions/1/restore", Body::None, true, 200, None),
+        case(
+            "GET",
+            "/workspaces/{ws}/revisions",
+            "/workspaces/doc/revisions",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/revisions/{rev}",
+            "/workspaces/doc/revisions/1",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/revisions/{rev}",
+            "/workspaces/doc/revisions/99",
+            Body::None,
+            true,
+            404,
+            Some("revision-not-found"),
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/revisions/{rev}",
+            "/workspaces/doc/revisions/first",
+            Body::None,
+            true,
+            400,
+            Some("invalid-path"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/revisions/{rev}/restore",
+            "/workspaces/doc/revisions/1/restore",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
         // Revision 1 was unshared; share again for the anonymous export below.
-        case("POST", "/workspaces/{ws}/share", "/workspaces/doc/share", Body::None, true, 200, None),
-        case("GET", "/workspaces/{ws}/export", "/workspaces/doc/export", Body::None, false, 200, None),
-        case("GET", "/workspaces/{ws}/export", "/workspaces/gone/export", Body::None, false, 404, Some("workspace-not-found")),
-        case("POST", "/workspaces/import", "/workspaces/import?as=imported", Body::Raw("application/zstd", archive_bytes.clone()), true, 201, None),
-        case("POST", "/workspaces/import", "/workspaces/import", Body::Raw("application/zstd", archive_bytes), true, 409, Some("name-taken")),
-        case("POST", "/workspaces/import", "/workspaces/import", Body::Raw("application/zstd", b"garbage".to_vec()), true, 422, Some("archive-rejected")),
-        case("POST", "/workspaces/import", "/workspaces/import", Body::Raw("application/zstd", Vec::new()), true, 400, Some("empty-body")),
-        case("DELETE", ws, "/workspaces/gone", Body::None, true, 204, None),
-        case("DELETE", ws, "/workspaces/gone", Body::None, true, 404, Some("workspace-not-found")),
-        case("GET", "/events", "/events", Body::None, true, 400, Some("not-a-websocket")),
-        case("GET", "/events", "/events", Body::None, false, 401, Some("unauthorized")),
+        case(
+            "POST",
+            "/workspaces/{ws}/share",
+            "/workspaces/doc/share",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/export",
+            "/workspaces/doc/export",
+            Body::None,
+            false,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/export",
+            "/workspaces/gone/export",
+            Body::None,
+            false,
+            404,
+            Some("workspace-not-found"),
+        ),
+        case(
+            "POST",
+            "/workspaces/import",
+            "/workspaces/import?as=imported",
+            Body::Raw("application/zstd", archive_bytes.clone()),
+            true,
+            201,
+            None,
+        ),
+        case(
+            "POST",
+            "/workspaces/import",
+            "/workspaces/import",
+            Body::Raw("application/zstd", archive_bytes),
+            true,
+            409,
+            Some("name-taken"),
+        ),
+        case(
+            "POST",
+            "/workspaces/import",
+            "/workspaces/import",
+            Body::Raw("application/zstd", b"garbage".to_vec()),
+            true,
+            422,
+            Some("archive-rejected"),
+        ),
+        case(
+            "POST",
+            "/workspaces/import",
+            "/workspaces/import",
+            Body::Raw("application/zstd", Vec::new()),
+            true,
+            400,
+            Some("empty-body"),
+        ),
+        case(
+            "DELETE",
+            ws,
+            "/workspaces/gone",
+            Body::None,
+            true,
+            204,
+            None,
+        ),
+        case(
+            "DELETE",
+            ws,
+            "/workspaces/gone",
+            Body::None,
+            true,
+            404,
+            Some("workspace-not-found"),
+        ),
+        case(
+            "GET",
+            "/events",
+            "/events",
+            Body::None,
+            true,
+            400,
+            Some("not-a-websocket"),
+        ),
+        case(
+            "GET",
+            "/events",
+            "/events",
+            Body::None,
+            false,
+            401,
+            Some("unauthorized"),
+        ),
     ];
     let mut covered = BTreeSet::new();
     for case in &cases {
@@ -185,7 +675,10 @@ async fn live_server_matches_openapi_document() {
 
     // The WebSocket upgrade itself (101).
     let (response, _) = awc::Client::default()
-        .ws(format!("{}/api/v1/events", node.url.replacen("http", "ws", 1)))
+        .ws(format!(
+            "{}/api/v1/events",
+            node.url.replacen("http", "ws", 1)
+        ))
         .header("authorization", format!("Bearer {}", node.token()))
         .connect()
         .await
@@ -200,14 +693,26 @@ async fn live_server_matches_openapi_document() {
             if method == "parameters" {
                 continue;
             }
-            documented.insert(format!("{} {path}", method.to_uppercase()), operation["operationId"].clone());
+            documented.insert(
+                format!("{} {path}", method.to_uppercase()),
+                operation["operationId"].clone(),
+            );
         }
     }
-    let missing: Vec<_> = documented.keys().filter(|k| !covered.contains(*k)).collect();
-    assert!(missing.is_empty(), "documented operations never answered successfully: {missing:?}");
+    let missing: Vec<_> = documented
+        .keys()
+        .filter(|k| !covered.contains(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented operations never answered successfully: {missing:?}"
+    );
 
     // Unknown routes and methods also answer with the error shape.
-    for (method, path, status) in [("GET", "/api/v1/nothing", 404), ("PUT", "/api/v1/workspaces", 405)] {
+    for (method, path, status) in [
+        ("GET", "/api/v1/nothing", 404),
+        ("PUT", "/api/v1/workspaces", 405),
+    ] {
         let mut response = awc::Client::default()
             .request(method.parse().unwrap(), format!("{}{path}", node.url))
             .send()

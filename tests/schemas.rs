@@ -13,8 +13,12 @@ fn checked_in_schemas_match_the_rust_types() {
             std::fs::write(&path, &generated).unwrap();
             continue;
         }
-        let checked_in = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run AIENV_UPDATE_SCHEMAS=1 cargo test --test schemas", path.display()));
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run AIENV_UPDATE_SCHEMAS=1 cargo test --test schemas",
+                path.display()
+            )
+        });
         assert!(
             checked_in == generated,
             "{} is out of date with the Rust types; run AIENV_UPDATE_SCHEMAS=1 cargo test --test schemas",
@@ -27,7 +31,8 @@ fn checked_in_schemas_match_the_rust_types() {
 fn schemas_accept_real_files_and_reject_unknown_fields() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
     let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("workspace.schema.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("workspace.schema.json")).unwrap())
+            .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let good = serde_json::json!({
         "schema_version": 1,

@@ -7,7 +7,13 @@ use aienv::api::{CreateWorkspace, ShareRequest, UpdateWorkspace};
 use aienv::client::ListQuery;
 use common::TestNode;
 
-fn create(name: &str, kind: &str, tags: &[&str], tools: &[&str], langs: &[&str]) -> CreateWorkspace {
+fn create(
+    name: &str,
+    kind: &str,
+    tags: &[&str],
+    tools: &[&str],
+    langs: &[&str],
+) -> CreateWorkspace {
     CreateWorkspace {
         name: name.into(),
         title: Some(format!("Title of {name}")),
@@ -29,13 +35,40 @@ async fn crud_filter_search_revisions() {
     let node = TestNode::spawn();
     let client = node.admin();
 
-    client.create(&create("llama-ft", "fine-tuning", &["nlp", "llm"], &["jupyterlab"], &["python"])).await.unwrap();
-    client.create(&create("yolo-train", "training", &["vision"], &["vscode"], &["python"])).await.unwrap();
-    client.create(&create("rust-infer", "inference", &["llm"], &[], &["rust"])).await.unwrap();
+    client
+        .create(&create(
+            "llama-ft",
+            "fine-tuning",
+            &["nlp", "llm"],
+            &["jupyterlab"],
+            &["python"],
+        ))
+        .await
+        .unwrap();
+    client
+        .create(&create(
+            "yolo-train",
+            "training",
+            &["vision"],
+            &["vscode"],
+            &["python"],
+        ))
+        .await
+        .unwrap();
+    client
+        .create(&create("rust-infer", "inference", &["llm"], &[], &["rust"]))
+        .await
+        .unwrap();
 
     // Name clash.
-    let error = client.create(&create("llama-ft", "general", &[], &[], &[])).await.unwrap_err();
-    assert_eq!((error.status(), error.code()), (Some(409), Some("name-taken")));
+    let error = client
+        .create(&create("llama-ft", "general", &[], &[], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.status(), error.code()),
+        (Some(409), Some("name-taken"))
+    );
 
     let all = client.list(&ListQuery::default()).await.unwrap();
     assert_eq!(names(&all.items), ["llama-ft", "rust-infer", "yolo-train"]);
@@ -46,90 +79,220 @@ async fn crud_filter_search_revisions() {
             assert_eq!(names(&page.items), expected, "{query:?}");
         }
     };
-    check(ListQuery { kind: Some("training".into()), ..Default::default() }, &["yolo-train"]).await;
-    check(ListQuery { tag: Some("llm".into()), ..Default::default() }, &["llama-ft", "rust-infer"]).await;
-    check(ListQuery { tool: Some("jupyterlab".into()), ..Default::default() }, &["llama-ft"]).await;
-    check(ListQuery { lang: Some("rust".into()), ..Default::default() }, &["rust-infer"]).await;
-    check(ListQuery { q: Some("DESCRIPTION yolo".into()), ..Default::default() }, &["yolo-train"]).await;
-    check(ListQuery { q: Some("nothing-matches".into()), ..Default::default() }, &[]).await;
+    check(
+        ListQuery {
+            kind: Some("training".into()),
+            ..Default::default()
+        },
+        &["yolo-train"],
+    )
+    .await;
+    check(
+        ListQuery {
+            tag: Some("llm".into()),
+            ..Default::default()
+        },
+        &["llama-ft", "rust-infer"],
+    )
+    .await;
+    check(
+        ListQuery {
+            tool: Some("jupyterlab".into()),
+            ..Default::default()
+        },
+        &["llama-ft"],
+    )
+    .await;
+    check(
+        ListQuery {
+            lang: Some("rust".into()),
+            ..Default::default()
+        },
+        &["rust-infer"],
+    )
+    .await;
+    check(
+        ListQuery {
+            q: Some("DESCRIPTION yolo".into()),
+            ..Default::default()
+        },
+        &["yolo-train"],
+    )
+    .await;
+    check(
+        ListQuery {
+            q: Some("nothing-matches".into()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
 
     // Pagination with a cursor.
-    let first = client.list(&ListQuery { limit: Some(2), ..Default::default() }).await.unwrap();
-    assert_eq!((first.total, first.next_cursor.as_deref()), (3, Some("rust-infer")));
+    let first = client
+        .list(&ListQuery {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.total, first.next_cursor.as_deref()),
+        (3, Some("rust-infer"))
+    );
     let second = client
-        .list(&ListQuery { limit: Some(2), cursor: first.next_cursor, ..Default::default() })
+        .list(&ListQuery {
+            limit: Some(2),
+            cursor: first.next_cursor,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(names(&second.items), ["yolo-train"]);
 
     // Update bumps the revision; a stale expected revision is refused.
     let updated = client
-        .update("llama-ft", &UpdateWorkspace { title: Some("New title".into()), ..Default::default() })
+        .update(
+            "llama-ft",
+            &UpdateWorkspace {
+                title: Some("New title".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(updated.revision, 2);
     let stale = client
         .update(
             "llama-ft",
-            &UpdateWorkspace { title: Some("x".into()), expected_revision: Some(1), ..Default::default() },
+            &UpdateWorkspace {
+                title: Some("x".into()),
+                expected_revision: Some(1),
+                ..Default::default()
+            },
         )
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Some("revision-conflict"));
 
     // Share, unshare, rename.
-    let shared = client.share("llama-ft", &ShareRequest::default()).await.unwrap();
+    let shared = client
+        .share("llama-ft", &ShareRequest::default())
+        .await
+        .unwrap();
     assert!(shared.sharing.enabled);
     assert_eq!(shared.revision, 3);
-    check(ListQuery { shared: Some(true), ..Default::default() }, &["llama-ft"]).await;
+    check(
+        ListQuery {
+            shared: Some(true),
+            ..Default::default()
+        },
+        &["llama-ft"],
+    )
+    .await;
     let renamed = client
-        .update("llama-ft", &UpdateWorkspace { name: Some("llama-ft2".into()), ..Default::default() })
+        .update(
+            "llama-ft",
+            &UpdateWorkspace {
+                name: Some("llama-ft2".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!((renamed.name.as_str(), renamed.revision), ("llama-ft2", 4));
-    assert_eq!(client.get("llama-ft").await.unwrap_err().status(), Some(404));
+    assert_eq!(
+        client.get("llama-ft").await.unwrap_err().status(),
+        Some(404)
+    );
     let by_id = client.get(&renamed.id.to_string()).await.unwrap();
     assert_eq!(by_id.workspace.name, "llama-ft2");
 
     // History and restore.
     let history = client.revisions("llama-ft2").await.unwrap();
-    let changes: Vec<(u64, &str)> = history.iter().map(|r| (r.revision, r.change.as_str())).collect();
-    assert_eq!(changes, [(1, "created"), (2, "updated"), (3, "sharing-changed"), (4, "updated")]);
+    let changes: Vec<(u64, &str)> = history
+        .iter()
+        .map(|r| (r.revision, r.change.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (1, "created"),
+            (2, "updated"),
+            (3, "sharing-changed"),
+            (4, "updated")
+        ]
+    );
     let first_revision = client.revision("llama-ft2", 1).await.unwrap();
     assert!(first_revision.workspace_yaml.contains("Title of llama-ft"));
     let restored = client.restore("llama-ft2", 1).await.unwrap();
-    assert_eq!((restored.revision, restored.title.as_str(), restored.name.as_str()), (5, "Title of llama-ft", "llama-ft"));
+    assert_eq!(
+        (
+            restored.revision,
+            restored.title.as_str(),
+            restored.name.as_str()
+        ),
+        (5, "Title of llama-ft", "llama-ft")
+    );
     assert!(!restored.sharing.enabled);
-    assert_eq!(client.revision("llama-ft", 99).await.unwrap_err().code(), Some("revision-not-found"));
+    assert_eq!(
+        client.revision("llama-ft", 99).await.unwrap_err().code(),
+        Some("revision-not-found")
+    );
 
     // YAML editing round trip.
     let text = client.manifest("llama-ft").await.unwrap();
     let edited = text.replace("title: Title of llama-ft", "title: Edited in YAML");
-    let after = client.put_manifest("llama-ft", edited.clone()).await.unwrap();
-    assert_eq!((after.title.as_str(), after.revision), ("Edited in YAML", 6));
+    let after = client
+        .put_manifest("llama-ft", edited.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.title.as_str(), after.revision),
+        ("Edited in YAML", 6)
+    );
     // The same text again is now stale (revision 5 in it).
     let conflict = client.put_manifest("llama-ft", edited).await.unwrap_err();
     assert_eq!(conflict.code(), Some("revision-conflict"));
 
     // Environments.
     let env = "schema_version: 1\nruntime: process\ntools:\n  - {name: lab, kind: jupyterlab, command: [jupyter, lab]}\n";
-    let with_env = client.put_environment("llama-ft", "gpu", env.into()).await.unwrap();
+    let with_env = client
+        .put_environment("llama-ft", "gpu", env.into())
+        .await
+        .unwrap();
     assert_eq!(with_env.environments, ["gpu"]);
-    assert!(client.environment("llama-ft", "gpu").await.unwrap().contains("jupyterlab"));
+    assert!(client
+        .environment("llama-ft", "gpu")
+        .await
+        .unwrap()
+        .contains("jupyterlab"));
     let detail = client.get("llama-ft").await.unwrap();
     assert_eq!(detail.environment_specs["gpu"]["runtime"], "process");
     let path = std::path::PathBuf::from(detail.workspace.path.clone().unwrap());
     assert!(path.join("environments/gpu/environment.yaml").is_file());
     let bad_env = client
-        .put_environment("llama-ft", "gpu", "schema_version: 1\nruntime: podman\n".into())
+        .put_environment(
+            "llama-ft",
+            "gpu",
+            "schema_version: 1\nruntime: podman\n".into(),
+        )
         .await
         .unwrap_err();
     assert_eq!(bad_env.code(), Some("invalid-yaml"));
-    assert!(bad_env.to_string().contains("environments/gpu/environment.yaml:2"), "{bad_env}");
+    assert!(
+        bad_env
+            .to_string()
+            .contains("environments/gpu/environment.yaml:2"),
+        "{bad_env}"
+    );
 
     // Delete.
     client.delete("yolo-train").await.unwrap();
-    assert_eq!(client.get("yolo-train").await.unwrap_err().code(), Some("workspace-not-found"));
+    assert_eq!(
+        client.get("yolo-train").await.unwrap_err().code(),
+        Some("workspace-not-found")
+    );
     assert_eq!(node.dir_names("workspaces").len(), 2);
     assert!(node.dir_names("trash").is_empty());
 }
@@ -140,20 +303,32 @@ async fn templates_and_adopting_a_directory() {
     let client = node.admin();
 
     let notebook = client
-        .create(&CreateWorkspace { name: "nb".into(), template: Some("notebook".into()), ..Default::default() })
+        .create(&CreateWorkspace {
+            name: "nb".into(),
+            template: Some("notebook".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(notebook.workspace.kind, "notebook");
     assert_eq!(notebook.workspace.environments, ["default"]);
     let root = std::path::PathBuf::from(notebook.workspace.path.unwrap());
-    for file in ["workspace.yaml", "environments/default/environment.yaml", "projects/main/requirements.txt"] {
+    for file in [
+        "workspace.yaml",
+        "environments/default/environment.yaml",
+        "projects/main/requirements.txt",
+    ] {
         assert!(root.join(file).is_file(), "{file}");
     }
     for dir in ["projects", "environments", "data", "scripts"] {
         assert!(root.join(dir).is_dir(), "{dir}");
     }
     let unknown = client
-        .create(&CreateWorkspace { name: "x".into(), template: Some("cobol".into()), ..Default::default() })
+        .create(&CreateWorkspace {
+            name: "x".into(),
+            template: Some("cobol".into()),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Some("bad-request"));
@@ -176,8 +351,16 @@ async fn templates_and_adopting_a_directory() {
     assert_eq!(adopted.workspace.languages, ["python"]);
     assert_eq!(adopted.workspace.projects[0].path, "projects/adopted");
     let root = std::path::PathBuf::from(adopted.workspace.path.unwrap());
-    assert_eq!(std::fs::read_to_string(root.join("projects/adopted/src/train.py")).unwrap(), "print(1)\n");
-    assert_eq!(std::fs::read_link(root.join("projects/adopted/python")).unwrap().to_str(), Some("/usr/bin/python3"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("projects/adopted/src/train.py")).unwrap(),
+        "print(1)\n"
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("projects/adopted/python"))
+            .unwrap()
+            .to_str(),
+        Some("/usr/bin/python3")
+    );
 
     // Adopt a workspace directory: its workspace.yaml and environments are kept and validated.
     let ws_dir = tempfile::tempdir().unwrap();
@@ -188,24 +371,54 @@ async fn templates_and_adopting_a_directory() {
     )
     .unwrap();
     std::fs::create_dir_all(ws_dir.path().join("environments/cpu")).unwrap();
-    std::fs::write(ws_dir.path().join("environments/cpu/environment.yaml"), "schema_version: 1\nruntime: process\n").unwrap();
+    std::fs::write(
+        ws_dir.path().join("environments/cpu/environment.yaml"),
+        "schema_version: 1\nruntime: process\n",
+    )
+    .unwrap();
     let kept = client
-        .create(&CreateWorkspace { from_dir: Some(ws_dir.path().display().to_string()), ..Default::default() })
+        .create(&CreateWorkspace {
+            from_dir: Some(ws_dir.path().display().to_string()),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!((kept.workspace.name.as_str(), kept.workspace.title.as_str(), kept.workspace.id), ("kept", "Kept title", id));
+    assert_eq!(
+        (
+            kept.workspace.name.as_str(),
+            kept.workspace.title.as_str(),
+            kept.workspace.id
+        ),
+        ("kept", "Kept title", id)
+    );
     assert_eq!(kept.workspace.environments, ["cpu", "missing"]);
-    assert!(kept.notes.iter().any(|n| n.contains("created missing environments/missing")), "{:?}", kept.notes);
+    assert!(
+        kept.notes
+            .iter()
+            .any(|n| n.contains("created missing environments/missing")),
+        "{:?}",
+        kept.notes
+    );
 
     // An invalid workspace.yaml in the adopted directory names the file, line and field.
-    std::fs::write(ws_dir.path().join("workspace.yaml"), "schema_version: 1\nname: other\nrevison: 1\n").unwrap();
+    std::fs::write(
+        ws_dir.path().join("workspace.yaml"),
+        "schema_version: 1\nname: other\nrevison: 1\n",
+    )
+    .unwrap();
     let error = client
-        .create(&CreateWorkspace { from_dir: Some(ws_dir.path().display().to_string()), ..Default::default() })
+        .create(&CreateWorkspace {
+            from_dir: Some(ws_dir.path().display().to_string()),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some("invalid-yaml"));
     let message = error.to_string();
-    assert!(message.contains("workspace.yaml:3") && message.contains("revison"), "{message}");
+    assert!(
+        message.contains("workspace.yaml:3") && message.contains("revison"),
+        "{message}"
+    );
     assert!(node.dir_names("staging").is_empty());
 }
 
@@ -216,10 +429,25 @@ async fn persists_across_restart() {
     let mut node = TestNode::spawn_on(&data, &[]);
     let client = node.admin();
     for i in 0..5 {
-        client.create(&create(&format!("ws-{i}"), "general", &["t"], &[], &[])).await.unwrap();
+        client
+            .create(&create(&format!("ws-{i}"), "general", &["t"], &[], &[]))
+            .await
+            .unwrap();
     }
-    client.update("ws-1", &UpdateWorkspace { title: Some("changed".into()), ..Default::default() }).await.unwrap();
-    client.share("ws-2", &ShareRequest::default()).await.unwrap();
+    client
+        .update(
+            "ws-1",
+            &UpdateWorkspace {
+                title: Some("changed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    client
+        .share("ws-2", &ShareRequest::default())
+        .await
+        .unwrap();
     client.delete("ws-4").await.unwrap();
     let node_id = client.node().await.unwrap().id;
     node.stop();
@@ -239,22 +467,49 @@ async fn persists_across_restart() {
 async fn anonymous_lan_clients_see_only_shared_workspaces() {
     let node = TestNode::spawn();
     let admin = node.admin();
-    admin.create(&create("public", "general", &[], &[], &[])).await.unwrap();
-    admin.create(&create("private", "general", &[], &[], &[])).await.unwrap();
-    admin.create(&create("friends", "general", &[], &[], &[])).await.unwrap();
-    admin.share("public", &ShareRequest::default()).await.unwrap();
     admin
-        .share("friends", &ShareRequest { mode: Some("peers".into()), peers: vec!["gpu-box".into()] })
+        .create(&create("public", "general", &[], &[], &[]))
+        .await
+        .unwrap();
+    admin
+        .create(&create("private", "general", &[], &[], &[]))
+        .await
+        .unwrap();
+    admin
+        .create(&create("friends", "general", &[], &[], &[]))
+        .await
+        .unwrap();
+    admin
+        .share("public", &ShareRequest::default())
+        .await
+        .unwrap();
+    admin
+        .share(
+            "friends",
+            &ShareRequest {
+                mode: Some("peers".into()),
+                peers: vec!["gpu-box".into()],
+            },
+        )
         .await
         .unwrap();
 
     let anonymous = node.anonymous();
     let listed = anonymous.list(&ListQuery::default()).await.unwrap();
     assert_eq!(names(&listed.items), ["public"]);
-    assert!(listed.items[0].path.is_none(), "paths are not shown to anonymous clients");
+    assert!(
+        listed.items[0].path.is_none(),
+        "paths are not shown to anonymous clients"
+    );
     assert!(anonymous.get("public").await.is_ok());
-    assert_eq!(anonymous.get("private").await.unwrap_err().status(), Some(404));
-    assert_eq!(anonymous.manifest("friends").await.unwrap_err().status(), Some(404));
+    assert_eq!(
+        anonymous.get("private").await.unwrap_err().status(),
+        Some(404)
+    );
+    assert_eq!(
+        anonymous.manifest("friends").await.unwrap_err().status(),
+        Some(404)
+    );
     assert_eq!(anonymous.node().await.unwrap().workspaces, 1);
     assert!(anonymous.node().await.unwrap().data_dir.is_none());
 }

@@ -43,7 +43,9 @@ pub fn load_or_create(data_dir: &Path) -> Result<Uuid, IdentityError> {
             let id = Uuid::new_v4();
             let temp = data_dir.join(format!(".node-id.{}", id.simple()));
             std::fs::write(&temp, format!("{id}\n")).map_err(io)?;
-            std::fs::File::open(&temp).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::File::open(&temp)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
             std::fs::rename(&temp, &path).map_err(io)?;
             Ok(id)
         }

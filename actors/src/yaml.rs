@@ -155,11 +155,31 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_field() {
-        check("name: a\ninner:\n  count: x\n", Some(3), Some("inner.count"), "");
-        check("name: a\ninner:\n  count: 1\n  extra: 2\n", Some(4), Some("inner.extra"), "unknown field");
-        check("name: a\ninner: [1\n", Some(2), Some("inner"), "expected mapping");
+        check(
+            "name: a\ninner:\n  count: x\n",
+            Some(3),
+            Some("inner.count"),
+            "",
+        );
+        check(
+            "name: a\ninner:\n  count: 1\n  extra: 2\n",
+            Some(4),
+            Some("inner.extra"),
+            "unknown field",
+        );
+        check(
+            "name: a\ninner: [1\n",
+            Some(2),
+            Some("inner"),
+            "expected mapping",
+        );
         let syntax = from_str::<Outer>("name: \"a\ninner: 1\n", Path::new("t.yaml")).unwrap_err();
         assert!(syntax.line.is_some(), "{syntax}");
-        check("inner:\n  count: 1\n", Some(1), None, "missing field `name`");
+        check(
+            "inner:\n  count: 1\n",
+            Some(1),
+            None,
+            "missing field `name`",
+        );
     }
 }

@@ -23,7 +23,12 @@ pub use output::{exit, CliError};
 #[command(name = "aienv", version, about, propagate_version = true)]
 pub struct Cli {
     /// URL of the node to talk to.
-    #[arg(long, global = true, env = "AIENV_NODE", default_value = "http://127.0.0.1:37778")]
+    #[arg(
+        long,
+        global = true,
+        env = "AIENV_NODE",
+        default_value = "http://127.0.0.1:37778"
+    )]
     pub node: String,
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
@@ -222,7 +227,9 @@ fn config_show(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 }
 
 fn local_data_dir(cli: &Cli) -> PathBuf {
-    cli.data_dir.clone().unwrap_or_else(config::default_data_dir)
+    cli.data_dir
+        .clone()
+        .unwrap_or_else(config::default_data_dir)
 }
 
 fn user(cli: &Cli, command: &UserCommand) -> Result<(), CliError> {
@@ -247,7 +254,10 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), CliError> {
             let password = read_password(*password_stdin)?;
             users.add(name, &password).map_err(invalid)?;
             users.save(&data_dir).map_err(invalid)?;
-            eprintln!("added user `{name}` to {}", data_dir.join(crate::auth::USERS_FILE).display());
+            eprintln!(
+                "added user `{name}` to {}",
+                data_dir.join(crate::auth::USERS_FILE).display()
+            );
         }
         UserCommand::Rm { name } => {
             users.remove(name).map_err(invalid)?;
@@ -295,7 +305,8 @@ fn credentials(cli: &Cli) -> Option<Credentials> {
     if let Ok(token) = std::env::var("AIENV_TOKEN") {
         return Some(Credentials::Token(token));
     }
-    if let (Ok(user), Ok(password)) = (std::env::var("AIENV_USER"), std::env::var("AIENV_PASSWORD")) {
+    if let (Ok(user), Ok(password)) = (std::env::var("AIENV_USER"), std::env::var("AIENV_PASSWORD"))
+    {
         return Some(Credentials::Basic { user, password });
     }
     let host = cli
@@ -306,9 +317,11 @@ fn credentials(cli: &Cli) -> Option<Credentials> {
         .split(['/', '?'])
         .next()
         .unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']);
-    let local = host == "localhost"
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let host = host
+        .rsplit_once(':')
+        .map_or(host, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let local = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !local {
         return None;
     }
@@ -345,8 +358,13 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                 let message = message?;
                 println!("{message}");
             }
-            Err(CliError::with_code(exit::UNREACHABLE, "the node closed the event stream"))
+            Err(CliError::with_code(
+                exit::UNREACHABLE,
+                "the node closed the event stream",
+            ))
         }
-        Command::Serve(_) | Command::Config(_) | Command::User(_) => unreachable!("handled locally"),
+        Command::Serve(_) | Command::Config(_) | Command::User(_) => {
+            unreachable!("handled locally")
+        }
     }
 }

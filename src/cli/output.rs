@@ -80,7 +80,13 @@ impl From<ClientError> for CliError {
             if let Some(fields) = details.get("fields").and_then(|f| f.as_array()) {
                 let list: Vec<String> = fields
                     .iter()
-                    .filter_map(|f| Some(format!("{}: {}", f.get("field")?.as_str()?, f.get("message")?.as_str()?)))
+                    .filter_map(|f| {
+                        Some(format!(
+                            "{}: {}",
+                            f.get("field")?.as_str()?,
+                            f.get("message")?.as_str()?
+                        ))
+                    })
                     .collect();
                 if !list.is_empty() && !message.contains(&list[0]) {
                     message = format!("{message} [{}]", list.join("; "));

@@ -212,7 +212,10 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                 None => None,
             };
             if name.is_none() && from_dir.is_none() {
-                return Err(CliError::with_code(exit::USAGE, "give a NAME, or --from DIR"));
+                return Err(CliError::with_code(
+                    exit::USAGE,
+                    "give a NAME, or --from DIR",
+                ));
             }
             let created = client
                 .create(&CreateWorkspace {
@@ -341,8 +344,10 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                     None
                 } else {
                     let current = client.get(workspace).await?.workspace.tags;
-                    let mut tags: Vec<String> =
-                        current.into_iter().filter(|t| !rm_tag.contains(t)).collect();
+                    let mut tags: Vec<String> = current
+                        .into_iter()
+                        .filter(|t| !rm_tag.contains(t))
+                        .collect();
                     for tag in add_tag {
                         if !tags.contains(tag) {
                             tags.push(tag.clone());
@@ -369,7 +374,10 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                 let current = match environment {
                     Some(env) => match client.environment(workspace, env).await {
                         Ok(text) => text,
-                        Err(error) if error.status() == Some(404) && error.code() == Some("environment-not-found") => {
+                        Err(error)
+                            if error.status() == Some(404)
+                                && error.code() == Some("environment-not-found") =>
+                        {
                             "schema_version: 1\nruntime: auto\n".to_string()
                         }
                         Err(error) => return Err(error.into()),
@@ -393,7 +401,10 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
             if cli.json {
                 output::print_json(&updated);
             } else {
-                println!("workspace `{}` is now at revision {}", updated.name, updated.revision);
+                println!(
+                    "workspace `{}` is now at revision {}",
+                    updated.name, updated.revision
+                );
             }
         }
         WsCommand::Rm { workspace, yes } => {
@@ -401,7 +412,9 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                 if !std::io::stdin().is_terminal() {
                     return Err(CliError::with_code(
                         exit::USAGE,
-                        format!("refusing to delete `{workspace}` without confirmation; pass --yes"),
+                        format!(
+                            "refusing to delete `{workspace}` without confirmation; pass --yes"
+                        ),
                     ));
                 }
                 eprint!("delete workspace `{workspace}` and all its files? [y/N] ");
@@ -480,7 +493,11 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
             if cli.json {
                 output::print_json(&serde_json::json!({"file": target, "bytes": total}));
             } else {
-                println!("exported `{workspace}` to {} ({})", target.display(), output::bytes(total));
+                println!(
+                    "exported `{workspace}` to {} ({})",
+                    target.display(),
+                    output::bytes(total)
+                );
             }
         }
         WsCommand::Import { archive, rename_to } => {
@@ -538,7 +555,8 @@ fn edit_in_editor(current: &str) -> Result<String, CliError> {
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
     let path = std::env::temp_dir().join(format!("aienv-edit-{}.yaml", std::process::id()));
-    std::fs::write(&path, current).map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
+    std::fs::write(&path, current)
+        .map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
@@ -550,6 +568,8 @@ fn edit_in_editor(current: &str) -> Result<String, CliError> {
     let _ = std::fs::remove_file(&path);
     match status? {
         s if s.success() => text.map_err(|e| CliError::new(e.to_string())),
-        s => Err(CliError::new(format!("editor `{editor}` exited with {s}; nothing changed"))),
+        s => Err(CliError::new(format!(
+            "editor `{editor}` exited with {s}; nothing changed"
+        ))),
     }
 }

@@ -62,7 +62,10 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
-            response.insert_header(("WWW-Authenticate", "Basic realm=\"aienv\", charset=\"UTF-8\""));
+            response.insert_header((
+                "WWW-Authenticate",
+                "Basic realm=\"aienv\", charset=\"UTF-8\"",
+            ));
         }
         response.json(ErrorBody {
             error: ErrorDetail {
@@ -100,9 +103,13 @@ impl From<StoreError> for ApiError {
         let message = error.to_string();
         let (status, code, details) = match &error {
             StoreError::NotFound(_) => (S::NOT_FOUND, "workspace-not-found", None),
-            StoreError::NameTaken(name) => (S::CONFLICT, "name-taken", Some(json!({ "name": name }))),
+            StoreError::NameTaken(name) => {
+                (S::CONFLICT, "name-taken", Some(json!({ "name": name })))
+            }
             StoreError::RevisionNotFound { .. } => (S::NOT_FOUND, "revision-not-found", None),
-            StoreError::RevisionConflict { expected, actual, .. } => (
+            StoreError::RevisionConflict {
+                expected, actual, ..
+            } => (
                 S::CONFLICT,
                 "revision-conflict",
                 Some(json!({ "expected": expected, "actual": actual })),
@@ -120,7 +127,9 @@ impl From<StoreError> for ApiError {
             StoreError::Yaml(yaml) => return ApiError::from(yaml.clone()),
             StoreError::Archive(archive) => match archive {
                 ArchiveError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "archive-too-large", None),
-                ArchiveError::ChangedDuringExport(_) => (S::CONFLICT, "changed-during-export", None),
+                ArchiveError::ChangedDuringExport(_) => {
+                    (S::CONFLICT, "changed-during-export", None)
+                }
                 ArchiveError::Io { .. } => (S::INTERNAL_SERVER_ERROR, "io-error", None),
                 _ => (S::UNPROCESSABLE_ENTITY, "archive-rejected", None),
             },

@@ -52,7 +52,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/workspaces/{ws}/unshare", web::post().to(unshare))
     .route("/workspaces/{ws}/revisions", web::get().to(revisions))
     .route("/workspaces/{ws}/revisions/{rev}", web::get().to(revision))
-    .route("/workspaces/{ws}/revisions/{rev}/restore", web::post().to(restore))
+    .route(
+        "/workspaces/{ws}/revisions/{rev}/restore",
+        web::post().to(restore),
+    )
     .route("/workspaces/{ws}/export", web::get().to(export));
 }
 
@@ -83,7 +86,11 @@ fn parse_kind(value: &str) -> Result<WorkspaceKind, ApiError> {
 }
 
 /// The workspace `target` if the caller may see it; 404 otherwise (never reveal unshared ones).
-fn visible(state: &AppState, caller: &Caller, target: &str) -> Result<Arc<WorkspaceEntry>, ApiError> {
+fn visible(
+    state: &AppState,
+    caller: &Caller,
+    target: &str,
+) -> Result<Arc<WorkspaceEntry>, ApiError> {
     let entry = state.store.get(target)?;
     if !caller.viewer().may_see(&entry.manifest) {
         return Err(StoreError::NotFound(target.to_string()).into());
@@ -98,7 +105,10 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     if query.limit == Some(0) {
-        return Err(ApiError::bad_request("invalid-query", "limit must be at least 1"));
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "limit must be at least 1",
+        ));
     }
     let filter = ListFilter {
         kind: query.kind.as_deref().map(parse_kind).transpose()?,
@@ -184,7 +194,12 @@ fn if_match(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
         .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
         .and_then(|v| v.parse().ok())
         .map(Some)
-        .ok_or_else(|| ApiError::bad_request("invalid-header", "If-Match must be a revision such as \"3\""))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-header",
+                "If-Match must be a revision such as \"3\"",
+            )
+        })
 }
 
 async fn update(
@@ -205,7 +220,10 @@ async fn update(
         languages: body.languages,
         tools: body.tools,
     };
-    let entry = state.store.update(&path, patch, expected, login.name()).await?;
+    let entry = state
+        .store
+        .update(&path, patch, expected, login.name())
+        .await?;
     Ok(HttpResponse::Ok().json(WorkspaceDto::from_entry(&entry, true)))
 }
 
@@ -249,7 +267,9 @@ async fn get_manifest(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let entry = visible(&state, &caller, &path)?;
-    Ok(yaml_response(aienv_actors::yaml::to_string(&entry.manifest)))
+    Ok(yaml_response(aienv_actors::yaml::to_string(
+        &entry.manifest,
+    )))
 }
 
 async fn put_manifest(
@@ -346,7 +366,10 @@ async fn share(
         mode,
         peers: body.peers,
     };
-    let entry = state.store.set_sharing(&path, sharing, login.name()).await?;
+    let entry = state
+        .store
+        .set_sharing(&path, sharing, login.name())
+        .await?;
     Ok(HttpResponse::Ok().json(WorkspaceDto::from_entry(&entry, true)))
 }
 
@@ -360,7 +383,10 @@ async fn unshare(
         enabled: false,
         ..current.manifest.sharing.clone()
     };
-    let entry = state.store.set_sharing(&path, sharing, login.name()).await?;
+    let entry = state
+        .store
+        .set_sharing(&path, sharing, login.name())
+        .await?;
     Ok(HttpResponse::Ok().json(WorkspaceDto::from_entry(&entry, true)))
 }
 
@@ -370,7 +396,10 @@ async fn revisions(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let entry = visible(&state, &caller, &path)?;
-    let history = state.store.revisions(&entry.manifest.id.to_string()).await?;
+    let history = state
+        .store
+        .revisions(&entry.manifest.id.to_string())
+        .await?;
     Ok(HttpResponse::Ok().json(history.iter().map(RevisionDto::from).collect::<Vec<_>>()))
 }
 
@@ -394,7 +423,10 @@ async fn restore(
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, ApiError> {
     let (workspace, number) = path.into_inner();
-    let entry = state.store.restore(&workspace, number, login.name()).await?;
+    let entry = state
+        .store
+        .restore(&workspace, number, login.name())
+        .await?;
     Ok(HttpResponse::Ok().json(WorkspaceDto::from_entry(&entry, true)))
 }
 
@@ -419,7 +451,10 @@ impl Write for ChannelWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(EXPORT_CHUNK)));
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(EXPORT_CHUNK),
+        ));
         self.sender
             .blocking_send(Ok(chunk))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))

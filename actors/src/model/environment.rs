@@ -193,7 +193,10 @@ impl EnvironmentSpec {
                 );
             }
             if tool.port == Some(0) {
-                errors.add(format!("tools[{index}].port"), "must be between 1 and 65535");
+                errors.add(
+                    format!("tools[{index}].port"),
+                    "must be between 1 and 65535",
+                );
             }
             if tool.kind == ToolKind::Http && tool.command.is_empty() {
                 errors.add(
@@ -236,6 +239,9 @@ tools:
         spec.tools.push(spec.tools[0].clone());
         spec.env.insert("1BAD".into(), String::new());
         let error = spec.validate().unwrap_err().to_string();
-        assert!(error.contains("tools[1].name") && error.contains("env.1BAD"), "{error}");
+        assert!(
+            error.contains("tools[1].name") && error.contains("env.1BAD"),
+            "{error}"
+        );
     }
 }

@@ -11,9 +11,7 @@ pub use environment::{
     EnvironmentSpec, PythonManager, PythonSpec, RuntimeKind, SetupStep, ToolKind, ToolSpec,
     ENVIRONMENT_FILE, ENVIRONMENT_SCHEMA_VERSION,
 };
-pub use validate::{
-    is_slug, validate_relative_path, FieldError, ValidationErrors, MAX_SLUG_LEN,
-};
+pub use validate::{is_slug, validate_relative_path, FieldError, ValidationErrors, MAX_SLUG_LEN};
 pub use workspace::{
     GitSource, Project, Sharing, SharingMode, WorkspaceKind, WorkspaceManifest, WORKSPACE_FILE,
     WORKSPACE_SCHEMA_VERSION,

@@ -57,9 +57,15 @@ impl ValidationErrors {
     pub fn check_len(&mut self, field: &str, value: &str, max: usize) {
         let count = value.chars().count();
         if count > max {
-            self.add(field, format!("is {count} characters long, at most {max} allowed"));
+            self.add(
+                field,
+                format!("is {count} characters long, at most {max} allowed"),
+            );
         }
-        if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
             self.add(field, "contains control characters");
         }
     }
@@ -113,7 +119,9 @@ pub fn validate_relative_path(value: &str) -> Result<(), String> {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => return Err(format!("`{value}` contains `..`")),
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("`{value}` is absolute; use a path relative to the workspace"))
+                return Err(format!(
+                    "`{value}` is absolute; use a path relative to the workspace"
+                ))
             }
         }
     }
@@ -129,7 +137,17 @@ mod tests {
         for good in ["a", "llama-finetune", "x1", "0abc", &"a".repeat(63)] {
             assert!(is_slug(good), "{good}");
         }
-        for bad in ["", "-a", "a-", "a--b", "A", "a_b", "a b", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a--b",
+            "A",
+            "a_b",
+            "a b",
+            "é",
+            &"a".repeat(64),
+        ] {
             assert!(!is_slug(bad), "{bad}");
         }
     }

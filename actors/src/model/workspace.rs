@@ -66,9 +66,7 @@ pub struct WorkspaceManifest {
 }
 
 /// The kind of work a workspace holds; used for filtering the catalog.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkspaceKind {
     /// Anything else.
@@ -319,7 +317,10 @@ environments: [default]
     fn table() {
         let good = parse(GOOD).unwrap();
         assert_eq!(good.kind, WorkspaceKind::FineTuning);
-        assert_eq!(good.projects[0].git.as_ref().unwrap().rev.as_deref(), Some("main"));
+        assert_eq!(
+            good.projects[0].git.as_ref().unwrap().rev.as_deref(),
+            Some("main")
+        );
         // Round trip through our own writer.
         assert_eq!(parse(&yaml::to_string(&good)).unwrap(), good);
 

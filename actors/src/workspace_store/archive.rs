@@ -429,7 +429,8 @@ pub fn import(
     staging: &Path,
     limits: &ImportLimits,
 ) -> Result<ImportSummary, ArchiveError> {
-    let decoder = zstd::Decoder::new(archive).map_err(|e| ArchiveError::Malformed(e.to_string()))?;
+    let decoder =
+        zstd::Decoder::new(archive).map_err(|e| ArchiveError::Malformed(e.to_string()))?;
     let mut tar = tar::Archive::new(decoder);
     let mut entries = tar
         .entries()
@@ -466,7 +467,9 @@ pub fn import(
         }
         let raw_name = entry.path_bytes().into_owned();
         let path = content_path(&raw_name)?;
-        let mode = header.mode().map_err(|e| ArchiveError::Malformed(e.to_string()))?;
+        let mode = header
+            .mode()
+            .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
         let kind = match entry_type {
             tar::EntryType::Regular | tar::EntryType::Link => EntryKind::File,
             tar::EntryType::Directory => EntryKind::Dir,
@@ -555,14 +558,18 @@ pub fn import(
                     .link_name_bytes()
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
-                let target_path = content_path(&target).ok().filter(|t| regular_files.contains(t));
+                let target_path = content_path(&target)
+                    .ok()
+                    .filter(|t| regular_files.contains(t));
                 let Some(target_path) = target_path else {
                     return Err(ArchiveError::HardlinkOutside {
                         path,
                         target: String::from_utf8_lossy(&target).into_owned(),
                     });
                 };
-                if expected.get(target_path.as_str()).and_then(|t| t.blake3.as_ref())
+                if expected
+                    .get(target_path.as_str())
+                    .and_then(|t| t.blake3.as_ref())
                     != listed.blake3.as_ref()
                 {
                     return Err(ArchiveError::HashMismatch(path));
@@ -663,8 +670,8 @@ fn read_manifest<R: Read>(
         .take(limits.max_manifest_bytes)
         .read_to_end(&mut bytes)
         .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
-    let manifest: ArchiveManifest = rmp_serde::from_slice(&bytes)
-        .map_err(|e| ArchiveError::ManifestInvalid(e.to_string()))?;
+    let manifest: ArchiveManifest =
+        rmp_serde::from_slice(&bytes).map_err(|e| ArchiveError::ManifestInvalid(e.to_string()))?;
     if manifest.format != FORMAT {
         return Err(ArchiveError::ManifestInvalid(format!(
             "format is `{}`, expected `{FORMAT}`",
@@ -759,7 +766,8 @@ fn check_relative(path: &str) -> Result<(), ArchiveError> {
 
 /// Proper ancestors of a relative path, nearest last: `a/b/c` → `a`, `a/b`.
 fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    path.match_indices('/').map(move |(index, _)| &path[..index])
+    path.match_indices('/')
+        .map(move |(index, _)| &path[..index])
 }
 
 /// Whether a link at `path` with `target` points outside the workspace root.
@@ -800,7 +808,11 @@ mod tests {
             b"workspace/a//b",
             b"workspace/\xff",
         ] {
-            assert!(content_path(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                content_path(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -88,7 +88,10 @@ pub enum StoreError {
 
 impl StoreError {
     /// Wraps an I/O error with what was being done to which path.
-    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io {
             action,

@@ -30,7 +30,9 @@ impl FileStamp {
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().expect("write_atomic needs a file inside a directory");
+    let dir = path
+        .parent()
+        .expect("write_atomic needs a file inside a directory");
     let name = path.file_name().expect("write_atomic needs a file name");
     let temp = dir.join(format!(
         ".{}.tmp-{}",
@@ -39,7 +41,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     ));
     let result = (|| {
         let mut file = fs::File::create(&temp).map_err(StoreError::io("creating", &temp))?;
-        file.write_all(bytes).map_err(StoreError::io("writing", &temp))?;
+        file.write_all(bytes)
+            .map_err(StoreError::io("writing", &temp))?;
         file.sync_all().map_err(StoreError::io("syncing", &temp))?;
         fs::rename(&temp, path).map_err(StoreError::io("renaming into place", path))?;
         fsync_dir(dir)

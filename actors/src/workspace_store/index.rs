@@ -67,8 +67,9 @@ impl Index {
             .mode(sled::Mode::LowSpace)
             .open()
             .map_err(|error| match error {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("lock") =>
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
                 {
                     StoreError::BadRequest(format!(
                         "the index {} is in use by another aienv node (one node per data dir)",
@@ -142,7 +143,11 @@ impl Index {
             .keys()
             .collect::<Result<_, _>>()?;
         (&self.workspaces, &self.names, &self.revisions).transaction(
-            |(workspaces, names, revisions): &(TransactionalTree, TransactionalTree, TransactionalTree)| {
+            |(workspaces, names, revisions): &(
+                TransactionalTree,
+                TransactionalTree,
+                TransactionalTree,
+            )| {
                 workspaces.remove(id.as_bytes().as_slice())?;
                 if names.get(name.as_bytes())?.as_deref() == Some(id.as_bytes().as_slice()) {
                     names.remove(name.as_bytes())?;

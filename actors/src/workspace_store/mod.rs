@@ -315,7 +315,14 @@ impl WorkspaceStore {
         }
         let manifest_text = yaml::to_string(&manifest);
         fsio::write_atomic(&root.join(WORKSPACE_FILE), manifest_text.as_bytes())?;
-        self.index_and_publish(manifest, environments, root, change, Some(&old.manifest.name), by)
+        self.index_and_publish(
+            manifest,
+            environments,
+            root,
+            change,
+            Some(&old.manifest.name),
+            by,
+        )
     }
 
     fn index_and_publish(
@@ -334,7 +341,11 @@ impl WorkspaceStore {
         };
         let revision = revision_record(&record, change.as_str(), by);
         self.index.put(&record, old_name, Some(&revision))?;
-        let entry = Arc::new(WorkspaceEntry::new(record.manifest, record.environments, root));
+        let entry = Arc::new(WorkspaceEntry::new(
+            record.manifest,
+            record.environments,
+            root,
+        ));
         self.view.insert(entry.clone());
         self.publish(WorkspaceChanged {
             change,
@@ -357,11 +368,10 @@ impl WorkspaceStore {
     fn publish(&mut self, event: WorkspaceChanged) {
         let view = &mut self.view;
         let sender = &self.view_sender;
-        self.bus
-            .publish(NodeEvent::WorkspaceChanged(event), |seq| {
-                view.seq = seq;
-                sender.send_replace(Arc::new(view.clone()));
-            });
+        self.bus.publish(NodeEvent::WorkspaceChanged(event), |seq| {
+            view.seq = seq;
+            sender.send_replace(Arc::new(view.clone()));
+        });
     }
 }
 
@@ -473,7 +483,13 @@ impl Handler<Update> for WorkspaceStore {
             manifest.tools = tools;
         }
         let environments = old.environments.clone();
-        self.commit_change(&old, manifest, environments, WorkspaceChange::Updated, &message.by)
+        self.commit_change(
+            &old,
+            manifest,
+            environments,
+            WorkspaceChange::Updated,
+            &message.by,
+        )
     }
 }
 
@@ -492,7 +508,9 @@ impl Handler<ReplaceManifest> for WorkspaceStore {
         }
         let listed: Vec<&String> = manifest.environments.iter().collect();
         let existing: Vec<&String> = old.environments.keys().collect();
-        if listed.len() != existing.len() || listed.iter().any(|n| !old.environments.contains_key(*n)) {
+        if listed.len() != existing.len()
+            || listed.iter().any(|n| !old.environments.contains_key(*n))
+        {
             errors.add(
                 "environments",
                 "is kept by aienv from environments/*/environment.yaml; add or remove \
@@ -505,7 +523,13 @@ impl Handler<ReplaceManifest> for WorkspaceStore {
         })?;
         Self::check_revision(&old, Some(manifest.revision))?;
         let environments = old.environments.clone();
-        self.commit_change(&old, manifest, environments, WorkspaceChange::Updated, &message.by)
+        self.commit_change(
+            &old,
+            manifest,
+            environments,
+            WorkspaceChange::Updated,
+            &message.by,
+        )
     }
 }
 
@@ -528,7 +552,13 @@ impl Handler<PutEnvironment> for WorkspaceStore {
         let mut environments = old.environments.clone();
         environments.insert(message.name, spec);
         let manifest = old.manifest.clone();
-        self.commit_change(&old, manifest, environments, WorkspaceChange::Updated, &message.by)
+        self.commit_change(
+            &old,
+            manifest,
+            environments,
+            WorkspaceChange::Updated,
+            &message.by,
+        )
     }
 }
 
@@ -546,7 +576,13 @@ impl Handler<RemoveEnvironment> for WorkspaceStore {
             });
         }
         let manifest = old.manifest.clone();
-        self.commit_change(&old, manifest, environments, WorkspaceChange::Updated, &message.by)
+        self.commit_change(
+            &old,
+            manifest,
+            environments,
+            WorkspaceChange::Updated,
+            &message.by,
+        )
     }
 }
 
@@ -734,7 +770,10 @@ impl WorkspaceStoreHandle {
         M::Result: Send,
         WorkspaceStore: Handler<M>,
     {
-        self.addr.send(message).await.map_err(|_| StoreError::Unavailable)
+        self.addr
+            .send(message)
+            .await
+            .map_err(|_| StoreError::Unavailable)
     }
 
     /// Creates a workspace (empty, from a template, or adopting a directory).
@@ -869,7 +908,11 @@ impl WorkspaceStoreHandle {
     }
 
     /// One revision's files.
-    pub async fn revision(&self, target: &str, revision: u64) -> Result<RevisionRecord, StoreError> {
+    pub async fn revision(
+        &self,
+        target: &str,
+        revision: u64,
+    ) -> Result<RevisionRecord, StoreError> {
         self.send(GetRevision {
             target: target.to_string(),
             revision,
@@ -945,7 +988,9 @@ impl WorkspaceStoreHandle {
         let notes = summary
             .external_links
             .iter()
-            .map(|(path, target)| format!("kept link {path} -> {target} (points outside the workspace)"))
+            .map(|(path, target)| {
+                format!("kept link {path} -> {target} (points outside the workspace)")
+            })
             .collect();
         self.send(CommitNew {
             prepared: workspace_dir::Prepared {

@@ -73,7 +73,12 @@ pub(super) fn reconcile(
     for dir_name in read_dir_names(&layout.workspaces)? {
         let root = layout.workspaces.join(&dir_name);
         let Ok(id) = Uuid::parse_str(&dir_name) else {
-            quarantine(layout, &dir_name, "its name is not a workspace id", &mut report)?;
+            quarantine(
+                layout,
+                &dir_name,
+                "its name is not a workspace id",
+                &mut report,
+            )?;
             continue;
         };
         seen.insert(id);
@@ -167,7 +172,12 @@ pub(super) fn reconcile(
             None => match workspace_dir::load(&root, false) {
                 Ok(loaded) if loaded.manifest.id == id => {
                     if index.id_by_name(&loaded.manifest.name)?.is_some() {
-                        quarantine(layout, &dir_name, "its name is used by another workspace", &mut report)?;
+                        quarantine(
+                            layout,
+                            &dir_name,
+                            "its name is used by another workspace",
+                            &mut report,
+                        )?;
                         continue;
                     }
                     let record = IndexRecord {
@@ -187,10 +197,13 @@ pub(super) fn reconcile(
                         root,
                     )));
                 }
-                Ok(_) => quarantine(layout, &dir_name, "its workspace.yaml has another id", &mut report)?,
-                Err(error) => {
-                    quarantine(layout, &dir_name, &error.to_string(), &mut report)?
-                }
+                Ok(_) => quarantine(
+                    layout,
+                    &dir_name,
+                    "its workspace.yaml has another id",
+                    &mut report,
+                )?,
+                Err(error) => quarantine(layout, &dir_name, &error.to_string(), &mut report)?,
             },
         }
     }
@@ -205,7 +218,9 @@ pub(super) fn reconcile(
         }
     }
     for name in index.drop_dangling_names()? {
-        report.repairs.push(format!("dropped dangling name `{name}`"));
+        report
+            .repairs
+            .push(format!("dropped dangling name `{name}`"));
     }
     index.flush()?;
     report.workspaces = entries.len();
@@ -220,7 +235,10 @@ fn env_dirs_changed(root: &std::path::Path, record: &IndexRecord) -> bool {
         .filter(|name| workspace_dir::environment_file(root, name).is_file())
         .collect();
     on_disk.len() != record.environments.len()
-        || record.environments.keys().any(|name| !on_disk.contains(name))
+        || record
+            .environments
+            .keys()
+            .any(|name| !on_disk.contains(name))
 }
 
 fn quarantine(

@@ -80,14 +80,23 @@ pub fn apply(name: &str, manifest: &mut WorkspaceManifest) -> Option<Template> {
                 }
                 vec![
                     ("projects/main/requirements.txt", "jupyterlab\n"),
-                    ("projects/main/README.md", "# main\n\nNotebooks live here.\n"),
-                    ("scripts/init.sh", "#!/bin/sh\n# Runs once after the workspace is set up.\n"),
+                    (
+                        "projects/main/README.md",
+                        "# main\n\nNotebooks live here.\n",
+                    ),
+                    (
+                        "scripts/init.sh",
+                        "#!/bin/sh\n# Runs once after the workspace is set up.\n",
+                    ),
                 ]
             } else {
                 vec![
                     ("projects/main/requirements.txt", ""),
                     ("projects/main/main.py", "print(\"hello from aienv\")\n"),
-                    ("scripts/init.sh", "#!/bin/sh\n# Runs once after the workspace is set up.\n"),
+                    (
+                        "scripts/init.sh",
+                        "#!/bin/sh\n# Runs once after the workspace is set up.\n",
+                    ),
                 ]
             }
         }

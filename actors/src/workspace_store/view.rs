@@ -191,12 +191,18 @@ impl StoreView {
             let manifest = &entry.manifest;
             filter.viewer.may_see(manifest)
                 && filter.kind.is_none_or(|kind| manifest.kind == kind)
-                && filter.tool.as_ref().is_none_or(|t| manifest.tools.contains(t))
+                && filter
+                    .tool
+                    .as_ref()
+                    .is_none_or(|t| manifest.tools.contains(t))
                 && filter
                     .language
                     .as_ref()
                     .is_none_or(|l| manifest.languages.contains(l))
-                && filter.tag.as_ref().is_none_or(|t| manifest.tags.contains(t))
+                && filter
+                    .tag
+                    .as_ref()
+                    .is_none_or(|t| manifest.tags.contains(t))
                 && filter
                     .shared
                     .is_none_or(|shared| manifest.sharing.enabled == shared)
@@ -240,7 +246,11 @@ mod tests {
         manifest.tags = tags.iter().map(|t| t.to_string()).collect();
         manifest.sharing.enabled = shared;
         manifest.title = format!("The {name} project");
-        Arc::new(WorkspaceEntry::new(manifest, BTreeMap::new(), PathBuf::new()))
+        Arc::new(WorkspaceEntry::new(
+            manifest,
+            BTreeMap::new(),
+            PathBuf::new(),
+        ))
     }
 
     #[test]
@@ -261,7 +271,10 @@ mod tests {
                 .map(|e| e.manifest.name.clone())
                 .collect()
         };
-        assert_eq!(names(ListFilter::default()), ["alpha", "beta", "delta", "gamma"]);
+        assert_eq!(
+            names(ListFilter::default()),
+            ["alpha", "beta", "delta", "gamma"]
+        );
         let tag = ListFilter {
             tag: Some("nlp".into()),
             ..ListFilter::default()
@@ -282,7 +295,10 @@ mod tests {
             limit: Some(3),
             ..ListFilter::default()
         });
-        assert_eq!((first.total, first.next_cursor.as_deref()), (4, Some("delta")));
+        assert_eq!(
+            (first.total, first.next_cursor.as_deref()),
+            (4, Some("delta"))
+        );
         let second = view.list(&ListFilter {
             limit: Some(3),
             after: first.next_cursor,

@@ -94,7 +94,10 @@ pub fn read_environment(path: &Path) -> Result<EnvironmentSpec, StoreError> {
 }
 
 /// Stamps of `workspace.yaml` and each environment file, keyed by workspace-relative path.
-pub fn stamps(root: &Path, environments: &BTreeMap<String, EnvironmentSpec>) -> BTreeMap<String, FileStamp> {
+pub fn stamps(
+    root: &Path,
+    environments: &BTreeMap<String, EnvironmentSpec>,
+) -> BTreeMap<String, FileStamp> {
     let mut stamps = BTreeMap::new();
     if let Some(stamp) = FileStamp::of(&root.join(WORKSPACE_FILE)) {
         stamps.insert(WORKSPACE_FILE.to_string(), stamp);
@@ -169,7 +172,9 @@ pub fn prepare_new(request: &CreateRequest, staging: &Path) -> Result<Prepared, 
                 manifest = loaded.manifest;
                 environments = loaded.environments;
                 for name in loaded.created_environments {
-                    notes.push(format!("created missing environments/{name}/{ENVIRONMENT_FILE}"));
+                    notes.push(format!(
+                        "created missing environments/{name}/{ENVIRONMENT_FILE}"
+                    ));
                 }
                 notes.push(format!("kept {WORKSPACE_FILE} of {}", source.display()));
                 if !request.name.is_empty() && request.name != manifest.name {
@@ -314,7 +319,8 @@ fn slug_from(path: &Path) -> String {
 fn detect_languages(project: &Path) -> Vec<&'static str> {
     let has = |name: &str| project.join(name).exists();
     let mut languages = Vec::new();
-    if has("requirements.txt") || has("pyproject.toml") || has("setup.py") || has("environment.yml") {
+    if has("requirements.txt") || has("pyproject.toml") || has("setup.py") || has("environment.yml")
+    {
         languages.push("python");
     }
     if has("package.json") {
