@@ -114,6 +114,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             max_body_bytes: config.http.max_body_bytes,
             max_upload_bytes: config.http.max_upload_bytes,
         },
+        list_cache: http::ListCache::default(),
     });
 
     let address = SocketAddr::new(config.http.bind, config.http.port);

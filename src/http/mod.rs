@@ -5,6 +5,7 @@
 mod error;
 mod events;
 mod extract;
+mod list_cache;
 mod node;
 mod workspaces;
 
@@ -27,6 +28,7 @@ use crate::auth::{AccessPolicy, Authenticator};
 
 pub use error::ApiError;
 pub use extract::{Caller, Login};
+pub use list_cache::ListCache;
 
 /// Everything handlers need, shared by all workers.
 pub struct AppState {
@@ -44,6 +46,8 @@ pub struct AppState {
     pub node: NodeFacts,
     /// Request size limits.
     pub limits: Limits,
+    /// Serialized listing pages of the current view.
+    pub list_cache: ListCache,
 }
 
 /// Static facts about the node.

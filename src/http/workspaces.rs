@@ -101,37 +101,50 @@ fn visible(
 async fn list(
     state: web::Data<AppState>,
     caller: Caller,
+    request: HttpRequest,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
-    if query.limit == Some(0) {
-        return Err(ApiError::bad_request(
-            "invalid-query",
-            "limit must be at least 1",
-        ));
-    }
-    let filter = ListFilter {
-        kind: query.kind.as_deref().map(parse_kind).transpose()?,
-        tool: query.tool,
-        language: query.lang,
-        tag: query.tag,
-        text: query.q,
-        shared: query.shared,
-        viewer: caller.viewer(),
-        limit: query.limit,
-        after: query.cursor,
-    };
-    let page = state.store.list(&filter);
-    let show_path = caller.is_logged_in();
-    Ok(HttpResponse::Ok().json(WorkspacePage {
-        items: page
-            .items
-            .iter()
-            .map(|e| WorkspaceDto::from_entry(e, show_path))
-            .collect(),
-        total: page.total,
-        next_cursor: page.next_cursor,
-    }))
+    let view = state.store.view();
+    let viewer = caller.viewer();
+    let body = state
+        .list_cache
+        .get_or_build(view.seq, &viewer, request.query_string(), || {
+            let query = query.into_inner();
+            if query.limit == Some(0) {
+                return Err(ApiError::bad_request(
+                    "invalid-query",
+                    "limit must be at least 1",
+                ));
+            }
+            let filter = ListFilter {
+                kind: query.kind.as_deref().map(parse_kind).transpose()?,
+                tool: query.tool,
+                language: query.lang,
+                tag: query.tag,
+                text: query.q,
+                shared: query.shared,
+                viewer: viewer.clone(),
+                limit: query.limit,
+                after: query.cursor,
+            };
+            let page = view.list(&filter);
+            let show_path = caller.is_logged_in();
+            let page = WorkspacePage {
+                items: page
+                    .items
+                    .iter()
+                    .map(|e| WorkspaceDto::from_entry(e, show_path))
+                    .collect(),
+                total: page.total,
+                next_cursor: page.next_cursor,
+            };
+            Ok(Bytes::from(
+                serde_json::to_vec(&page).expect("pages serialize"),
+            ))
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 async fn create(

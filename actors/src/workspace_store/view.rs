@@ -51,7 +51,7 @@ impl WorkspaceEntry {
 }
 
 /// Who is asking for a listing; decides which unshared workspaces stay hidden.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Viewer {
     /// A logged-in user of this node: sees everything.
     #[default]
