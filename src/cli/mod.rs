@@ -131,6 +131,12 @@ impl ServeArgs {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Like other Unix tools, end quietly when the reader of our output goes away
+        // (`aienv ws ls | head`). Sockets are unaffected: they write with MSG_NOSIGNAL.
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match &cli.command {
         Command::Serve(args) => serve(&cli, args),
         Command::Config(ConfigCommand::Show(args)) => config_show(&cli, args),
