@@ -61,10 +61,30 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
     }
 }
 
-/// Reads the admin token from `data_dir`, creating a fresh one (mode 0600) at first start.
-pub fn load_or_create_token(data_dir: &Path) -> Result<String, AuthError> {
+/// Replaces `path` atomically with a file only its owner can read (mode 0600).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(io(&temp))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io(&temp))?;
+    std::fs::rename(&temp, path).map_err(io(path))
+}
+
+/// Reads the admin token from `data_dir`, creating a fresh one (mode 0600) at first start.
+pub fn load_or_create_token(data_dir: &Path) -> Result<String, AuthError> {
     let path = data_dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
@@ -75,18 +95,7 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, AuthError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| AuthError::Hash(e.to_string()))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let temp = data_dir.join(format!(".{TOKEN_FILE}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(io(&temp))?;
-    file.write_all(format!("{token}\n").as_bytes())
-        .and_then(|_| file.sync_all())
-        .map_err(io(&temp))?;
-    std::fs::rename(&temp, &path).map_err(io(&path))?;
+    write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
 
@@ -123,21 +132,8 @@ impl UsersFile {
 
     /// Writes `<data_dir>/users.yaml` atomically with mode 0600.
     pub fn save(&self, data_dir: &Path) -> Result<(), AuthError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = data_dir.join(USERS_FILE);
-        let temp = data_dir.join(format!(".{USERS_FILE}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io(&temp))?;
-        file.write_all(aienv_actors::yaml::to_string(self).as_bytes())
-            .and_then(|_| file.sync_all())
-            .map_err(io(&temp))?;
-        std::fs::rename(&temp, &path).map_err(io(&path))
+        let text = aienv_actors::yaml::to_string(self);
+        write_private(&data_dir.join(USERS_FILE), text.as_bytes())
     }
 
     /// Adds a user with an argon2id hash of `password`.

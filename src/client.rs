@@ -215,12 +215,16 @@ impl Client {
         String::from_utf8(body.to_vec()).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let response = self
-            .request(awc::http::Method::GET, path)
+    /// Sends a request without a body.
+    async fn send(&self, method: awc::http::Method, path: &str) -> Result<Response, ClientError> {
+        self.request(method, path)
             .send()
             .await
-            .map_err(|e| self.connect_error(e))?;
+            .map_err(|e| self.connect_error(e))
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self.send(awc::http::Method::GET, path).await?;
         self.json(response).await
     }
 
@@ -309,13 +313,11 @@ impl Client {
     /// `workspace.yaml` text.
     pub async fn manifest(&self, workspace: &str) -> Result<String, ClientError> {
         let response = self
-            .request(
+            .send(
                 awc::http::Method::GET,
                 &format!("/workspaces/{}/manifest", segment(workspace)),
             )
-            .send()
-            .await
-            .map_err(|e| self.connect_error(e))?;
+            .await?;
         self.text(response).await
     }
 
@@ -340,11 +342,7 @@ impl Client {
             segment(workspace),
             segment(environment)
         );
-        let response = self
-            .request(awc::http::Method::GET, &path)
-            .send()
-            .await
-            .map_err(|e| self.connect_error(e))?;
+        let response = self.send(awc::http::Method::GET, &path).await?;
         self.text(response).await
     }
 
@@ -366,13 +364,11 @@ impl Client {
     /// Deletes a workspace.
     pub async fn delete(&self, workspace: &str) -> Result<(), ClientError> {
         let response = self
-            .request(
+            .send(
                 awc::http::Method::DELETE,
                 &format!("/workspaces/{}", segment(workspace)),
             )
-            .send()
-            .await
-            .map_err(|e| self.connect_error(e))?;
+            .await?;
         self.check(response).await.map(|_| ())
     }
 
@@ -389,11 +385,7 @@ impl Client {
     /// Stops sharing a workspace.
     pub async fn unshare(&self, workspace: &str) -> Result<WorkspaceDto, ClientError> {
         let path = format!("/workspaces/{}/unshare", segment(workspace));
-        let response = self
-            .request(awc::http::Method::POST, &path)
-            .send()
-            .await
-            .map_err(|e| self.connect_error(e))?;
+        let response = self.send(awc::http::Method::POST, &path).await?;
         self.json(response).await
     }
 
@@ -426,11 +418,7 @@ impl Client {
             "/workspaces/{}/revisions/{revision}/restore",
             segment(workspace)
         );
-        let response = self
-            .request(awc::http::Method::POST, &path)
-            .send()
-            .await
-            .map_err(|e| self.connect_error(e))?;
+        let response = self.send(awc::http::Method::POST, &path).await?;
         self.json(response).await
     }
 

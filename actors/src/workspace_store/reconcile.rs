@@ -145,20 +145,13 @@ pub(super) fn reconcile(
                             root,
                         )));
                     }
-                    Ok(_) => {
+                    unusable => {
+                        let problem = match unusable {
+                            Err(error) => error.to_string(),
+                            Ok(_) => format!("{WORKSPACE_FILE} has another id"),
+                        };
                         report.repairs.push(format!(
-                            "workspace `{}`: {WORKSPACE_FILE} has another id; serving the indexed revision {}",
-                            record.manifest.name, record.manifest.revision
-                        ));
-                        entries.push(Arc::new(WorkspaceEntry::new(
-                            record.manifest.clone(),
-                            record.environments.clone(),
-                            root,
-                        )));
-                    }
-                    Err(error) => {
-                        report.repairs.push(format!(
-                            "workspace `{}`: {error}; serving the indexed revision {}",
+                            "workspace `{}`: {problem}; serving the indexed revision {}",
                             record.manifest.name, record.manifest.revision
                         ));
                         entries.push(Arc::new(WorkspaceEntry::new(
