@@ -54,6 +54,9 @@ pub struct NodeInfo {
     pub uptime_seconds: u64,
     /// Workspaces on this node visible to the caller.
     pub workspaces: usize,
+    /// What the store repaired at start-up (only shown to logged-in users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_repairs: Option<Vec<String>>,
 }
 
 /// Sharing settings.

@@ -109,6 +109,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             data_dir: data_dir.clone(),
             started,
             started_instant,
+            startup_repairs: report.repairs.clone(),
         },
         limits: Limits {
             max_body_bytes: config.http.max_body_bytes,

@@ -110,3 +110,116 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
     }
     assert!(acked.borrow().len() >= 30);
 }
+
+#[actix_rt::test]
+async fn start_up_reconciles_and_reports_each_repair() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let mut node = TestNode::spawn_on(&data, &[]);
+    let client = node.admin();
+    for name in ["edited", "vanished", "half-deleted", "kept"] {
+        client
+            .create(&CreateWorkspace {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let path_of = |name: &str| {
+        let client = client.clone();
+        let name = name.to_string();
+        async move { std::path::PathBuf::from(client.get(&name).await.unwrap().workspace.path.unwrap()) }
+    };
+    let edited = path_of("edited").await;
+    let vanished = path_of("vanished").await;
+    let half_deleted = path_of("half-deleted").await;
+    let kept = path_of("kept").await;
+    node.stop();
+
+    // What a crash (or a person) can leave behind:
+    // a change written to disk but not indexed,
+    let text = std::fs::read_to_string(edited.join("workspace.yaml")).unwrap();
+    std::fs::write(
+        edited.join("workspace.yaml"),
+        text.replace("title: \"\"", "title: edited on disk"),
+    )
+    .unwrap();
+    // a directory that disappeared,
+    std::fs::remove_dir_all(&vanished).unwrap();
+    // a deletion interrupted after the move to trash,
+    std::fs::rename(
+        &half_deleted,
+        data.join("trash").join(half_deleted.file_name().unwrap()),
+    )
+    .unwrap();
+    // a create interrupted after the rename but before indexing (a copy with a new id),
+    let orphan_id = uuid::Uuid::new_v4();
+    let orphan = data.join("workspaces").join(orphan_id.to_string());
+    std::fs::create_dir(&orphan).unwrap();
+    let kept_text = std::fs::read_to_string(kept.join("workspace.yaml")).unwrap();
+    let kept_id = kept.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::write(
+        orphan.join("workspace.yaml"),
+        kept_text
+            .replace(&kept_id, &orphan_id.to_string())
+            .replace("name: kept", "name: orphan"),
+    )
+    .unwrap();
+    // an unreadable directory, and leftovers of an interrupted create and upload.
+    std::fs::create_dir(data.join("workspaces/not-a-workspace")).unwrap();
+    std::fs::create_dir(data.join("staging/create-123")).unwrap();
+    std::fs::write(data.join("staging/upload-123.tar.zst"), b"partial").unwrap();
+
+    let node = TestNode::spawn_on(&data, &[]);
+    let client = node.admin();
+    let repairs = client.node().await.unwrap().startup_repairs.unwrap();
+    let joined = repairs.join("\n");
+    for expected in [
+        "`edited`: files changed on disk were indexed as revision 2",
+        "dropped index entry of workspace `vanished`",
+        "finished deleting workspace `half-deleted`",
+        "indexed workspace `orphan`",
+        "not-a-workspace",
+        "removed unfinished staging directory create-123",
+        "removed unfinished staging directory upload-123.tar.zst",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "missing repair `{expected}` in:\n{joined}"
+        );
+    }
+    let names: Vec<String> = client
+        .list_all(&ListQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, ["edited", "kept", "orphan"]);
+    let edited = client.get("edited").await.unwrap().workspace;
+    assert_eq!(
+        (edited.title.as_str(), edited.revision),
+        ("edited on disk", 2)
+    );
+    assert_eq!(
+        client
+            .revisions("edited")
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .change,
+        "repaired"
+    );
+    assert!(node.dir_names("staging").is_empty() && node.dir_names("trash").is_empty());
+    assert_eq!(node.dir_names("quarantine").len(), 1);
+
+    // A second start finds nothing to repair.
+    drop(node);
+    let node = TestNode::spawn_on(&data, &[]);
+    assert_eq!(
+        node.admin().node().await.unwrap().startup_repairs.unwrap(),
+        Vec::<String>::new()
+    );
+}

@@ -400,6 +400,29 @@ async fn templates_and_adopting_a_directory() {
         kept.notes
     );
 
+    // A workspace-shaped directory without workspace.yaml keeps its environments.
+    let shaped = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(shaped.path().join("environments/gpu")).unwrap();
+    std::fs::write(
+        shaped.path().join("environments/gpu/environment.yaml"),
+        "schema_version: 1\nruntime: docker\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(shaped.path().join("data")).unwrap();
+    std::fs::write(shaped.path().join("data/x.csv"), "a,b\n").unwrap();
+    let shaped_ws = client
+        .create(&CreateWorkspace {
+            name: "shaped".into(),
+            from_dir: Some(shaped.path().display().to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(shaped_ws.workspace.environments, ["gpu"]);
+    assert!(shaped_ws.workspace.projects.is_empty());
+    let root = std::path::PathBuf::from(shaped_ws.workspace.path.unwrap());
+    assert!(root.join("data/x.csv").is_file() && root.join("workspace.yaml").is_file());
+
     // An invalid workspace.yaml in the adopted directory names the file, line and field.
     std::fs::write(
         ws_dir.path().join("workspace.yaml"),

@@ -63,6 +63,8 @@ pub struct NodeFacts {
     pub started: DateTime<Utc>,
     /// Start instant, for uptime.
     pub started_instant: std::time::Instant,
+    /// What the workspace store repaired at start-up.
+    pub startup_repairs: Vec<String>,
 }
 
 /// Request size limits.

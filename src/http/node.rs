@@ -48,5 +48,6 @@ pub fn node_info(state: &AppState, caller: &Caller) -> NodeInfo {
         started: facts.started,
         uptime_seconds: facts.started_instant.elapsed().as_secs(),
         workspaces,
+        startup_repairs: caller.is_logged_in().then(|| facts.startup_repairs.clone()),
     }
 }

@@ -131,9 +131,15 @@ pub fn copy_tree(source: &Path, target: &Path) -> Result<CopyReport, StoreError>
     Ok(report)
 }
 
-/// Removes a directory tree if it exists.
+/// Removes a directory tree, or a single file or link, if it exists. Links are removed, never
+/// followed.
 pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_dir_all(path) {
+    let result = match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(error) => Err(error),
+    };
+    match result {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(StoreError::io("removing", path)(error)),

@@ -181,6 +181,39 @@ pub fn prepare_new(request: &CreateRequest, staging: &Path) -> Result<Prepared, 
                     notes.push(format!("renamed `{}` to `{}`", manifest.name, request.name));
                     manifest.name = request.name.clone();
                 }
+            } else if has_environment_files(&source) {
+                // Workspace-shaped but without workspace.yaml: keep its environments, create
+                // the manifest.
+                let report = copy_tree(&source, staging)?;
+                describe_copy(&mut notes, &source, &report);
+                let name = if request.name.is_empty() {
+                    slug_from(&source)
+                } else {
+                    request.name.clone()
+                };
+                manifest = WorkspaceManifest::new(&name, now);
+                environments = BTreeMap::new();
+                let env_root = staging.join("environments");
+                let entries = fs::read_dir(&env_root)
+                    .map_err(StoreError::io("reading directory", &env_root))?;
+                for entry in entries.flatten() {
+                    let env_name = entry.file_name().to_string_lossy().into_owned();
+                    let path = environment_file(staging, &env_name);
+                    if !path.is_file() {
+                        continue;
+                    }
+                    if !is_slug(&env_name) {
+                        return Err(StoreError::BadRequest(format!(
+                            "{}: `{env_name}` is not a valid environment name",
+                            path.display()
+                        )));
+                    }
+                    environments.insert(env_name, read_environment(&path)?);
+                }
+                notes.push(format!(
+                    "created {WORKSPACE_FILE}; kept environments {}",
+                    environments.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
             } else {
                 // A plain project directory: it becomes projects/<name>.
                 let name = if request.name.is_empty() {
@@ -253,6 +286,15 @@ pub fn prepare_new(request: &CreateRequest, staging: &Path) -> Result<Prepared, 
         manifest,
         environments,
         notes,
+    })
+}
+
+/// Whether `dir` has any `environments/<name>/environment.yaml`.
+fn has_environment_files(dir: &Path) -> bool {
+    fs::read_dir(dir.join("environments")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().join(ENVIRONMENT_FILE).is_file())
     })
 }
 
