@@ -183,5 +183,19 @@ pub async fn network_guard(
             }
         }
     }
-    next.call(request).await
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return next.call(request).await;
+    }
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.path().to_string();
+    let response = next.call(request).await?;
+    tracing::debug!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    Ok(response)
 }

@@ -38,16 +38,14 @@ impl TestNode {
 
     /// Starts a node on `data_dir` with extra `serve` arguments and environment variables.
     pub fn spawn_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestNode {
+        let bind: &[&str] = if extra.contains(&"--bind") {
+            &[]
+        } else {
+            &["--bind", "127.0.0.1"]
+        };
         let mut child = Command::new(binary())
-            .args([
-                "serve",
-                "--http-port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--name",
-                "test-node",
-            ])
+            .args(["serve", "--http-port", "0", "--name", "test-node"])
+            .args(bind)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
