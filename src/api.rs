@@ -57,6 +57,10 @@ pub struct NodeInfo {
     /// What the store repaired at start-up (only shown to logged-in users).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_repairs: Option<Vec<String>>,
+    /// This host's resources.
+    pub resources: ResourcesDto,
+    /// LAN discovery status.
+    pub discovery: DiscoveryDto,
 }
 
 /// Sharing settings.
@@ -398,4 +402,302 @@ impl From<&RevisionRecord> for RevisionDetail {
             environments: record.environments.clone(),
         }
     }
+}
+
+/// Discovery status in `GET /api/v1/node`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiscoveryDto {
+    /// Interfaces the multicast group is joined on.
+    pub interfaces: Vec<String>,
+    /// Why discovery is not running, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Digest of this node's shared catalog.
+    pub catalog_digest: String,
+    /// Shared workspaces.
+    pub shared_workspaces: u32,
+    /// Datagram counters.
+    pub datagrams: DatagramCounters,
+}
+
+/// What the Announcer sent, accepted and dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DatagramCounters {
+    /// Sent (per interface).
+    pub sent: u64,
+    /// Accepted.
+    pub accepted: u64,
+    /// Own datagrams looped back.
+    pub own: u64,
+    /// Claiming this node's id from another instance.
+    pub forged: u64,
+    /// Malformed.
+    pub malformed: u64,
+    /// Oversized.
+    pub oversized: u64,
+    /// Unknown version.
+    pub unknown_version: u64,
+    /// Replayed (old sequence).
+    pub replayed: u64,
+    /// Over the per-sender rate.
+    pub flood: u64,
+}
+
+impl From<&aienv_actors::discovery::Counters> for DatagramCounters {
+    fn from(c: &aienv_actors::discovery::Counters) -> DatagramCounters {
+        DatagramCounters {
+            sent: c.sent,
+            accepted: c.accepted,
+            own: c.own,
+            forged: c.forged,
+            malformed: c.malformed,
+            oversized: c.oversized,
+            unknown_version: c.unknown_version,
+            replayed: c.replayed,
+            flood: c.flood,
+        }
+    }
+}
+
+/// A workspace in a node's catalog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatalogEntryDto {
+    /// Workspace id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Languages.
+    pub languages: Vec<String>,
+    /// Tools.
+    pub tools: Vec<String>,
+    /// Revision.
+    pub revision: u64,
+    /// Last change.
+    pub updated: DateTime<Utc>,
+    /// Environment names.
+    pub environments: Vec<String>,
+}
+
+impl From<&aienv_actors::catalog::CatalogEntry> for CatalogEntryDto {
+    fn from(e: &aienv_actors::catalog::CatalogEntry) -> CatalogEntryDto {
+        CatalogEntryDto {
+            id: e.id,
+            name: e.name.clone(),
+            title: e.title.clone(),
+            description: e.description.clone(),
+            tags: e.tags.clone(),
+            kind: e.kind.as_str().to_string(),
+            languages: e.languages.clone(),
+            tools: e.tools.clone(),
+            revision: e.revision,
+            updated: e.updated,
+            environments: e.environments.clone(),
+        }
+    }
+}
+
+impl CatalogEntryDto {
+    /// Converts back to the actors' type; `None` for an unknown type name.
+    pub fn to_entry(&self) -> Option<aienv_actors::catalog::CatalogEntry> {
+        Some(aienv_actors::catalog::CatalogEntry {
+            id: self.id,
+            name: self.name.clone(),
+            title: self.title.clone(),
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            kind: aienv_actors::model::WorkspaceKind::parse(&self.kind)?,
+            languages: self.languages.clone(),
+            tools: self.tools.clone(),
+            revision: self.revision,
+            updated: self.updated,
+            environments: self.environments.clone(),
+        })
+    }
+}
+
+/// `GET /api/v1/catalog`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatalogDto {
+    /// The node.
+    pub node_id: Uuid,
+    /// Digest of the whole shared catalog (as announced).
+    pub digest: String,
+    /// Workspaces shared with the caller.
+    pub items: Vec<CatalogEntryDto>,
+}
+
+/// A peer, as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerDto {
+    /// Node id.
+    pub id: Uuid,
+    /// Node name.
+    pub name: String,
+    /// `online`, `stale` or `gone`.
+    pub state: String,
+    /// `multicast` or `static`.
+    pub source: String,
+    /// Its API's base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Addresses it was heard from.
+    pub addresses: Vec<String>,
+    /// When it was last heard from.
+    pub last_seen: DateTime<Utc>,
+    /// Its resources.
+    pub resources: ResourcesDto,
+    /// Shared workspaces it announced.
+    pub shared_workspaces: u32,
+    /// Workspaces in its fetched catalog.
+    pub catalog_size: usize,
+    /// Why the last catalog fetch failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_error: Option<String>,
+    /// Running environments it announced.
+    pub running_environments: u32,
+    /// Seconds it has been up.
+    pub uptime_seconds: u64,
+}
+
+/// Host resources.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResourcesDto {
+    /// CPU model (only for this node).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu_model: String,
+    /// Logical cores.
+    pub cpu_cores: u32,
+    /// Total memory, bytes.
+    pub memory_total: u64,
+    /// Available memory, bytes.
+    pub memory_available: u64,
+    /// Free disk in the data dir, bytes.
+    pub disk_free: u64,
+    /// GPUs.
+    pub gpus: Vec<GpuDto>,
+    /// OS.
+    pub os: String,
+    /// Architecture.
+    pub arch: String,
+}
+
+/// One GPU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GpuDto {
+    /// `nvidia`, `amd`, `intel` or a PCI vendor id.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// Memory, bytes (0 when unknown).
+    pub memory: u64,
+}
+
+impl From<&aienv_actors::resources::Gpu> for GpuDto {
+    fn from(g: &aienv_actors::resources::Gpu) -> GpuDto {
+        GpuDto {
+            vendor: g.vendor.clone(),
+            model: g.model.clone(),
+            memory: g.memory,
+        }
+    }
+}
+
+impl From<&aienv_actors::resources::Resources> for ResourcesDto {
+    fn from(r: &aienv_actors::resources::Resources) -> ResourcesDto {
+        ResourcesDto {
+            cpu_model: r.cpu_model.clone(),
+            cpu_cores: r.cpu_cores,
+            memory_total: r.memory_total,
+            memory_available: r.memory_available,
+            disk_free: r.disk_free,
+            gpus: r.gpus.iter().map(GpuDto::from).collect(),
+            os: r.os.clone(),
+            arch: r.arch.clone(),
+        }
+    }
+}
+
+impl From<&aienv_actors::discovery::wire::ResourceSummary> for ResourcesDto {
+    fn from(r: &aienv_actors::discovery::wire::ResourceSummary) -> ResourcesDto {
+        ResourcesDto {
+            cpu_model: String::new(),
+            cpu_cores: r.cpu_cores,
+            memory_total: r.memory_total,
+            memory_available: r.memory_available,
+            disk_free: r.disk_free,
+            gpus: r.gpus.iter().map(GpuDto::from).collect(),
+            os: r.os.clone(),
+            arch: r.arch.clone(),
+        }
+    }
+}
+
+impl ResourcesDto {
+    /// Back to the announcement summary (for static peers read over HTTP).
+    pub fn to_summary(&self) -> aienv_actors::discovery::wire::ResourceSummary {
+        aienv_actors::discovery::wire::ResourceSummary {
+            cpu_cores: self.cpu_cores,
+            memory_total: self.memory_total,
+            memory_available: self.memory_available,
+            disk_free: self.disk_free,
+            gpus: self
+                .gpus
+                .iter()
+                .map(|g| aienv_actors::resources::Gpu {
+                    vendor: g.vendor.clone(),
+                    model: g.model.clone(),
+                    memory: g.memory,
+                })
+                .collect(),
+            os: self.os.clone(),
+            arch: self.arch.clone(),
+        }
+    }
+}
+
+impl From<&aienv_actors::peer_registry::PeerInfo> for PeerDto {
+    fn from(p: &aienv_actors::peer_registry::PeerInfo) -> PeerDto {
+        PeerDto {
+            id: p.id,
+            name: p.name.clone(),
+            state: p.state.as_str().to_string(),
+            source: match p.source {
+                aienv_actors::peer_registry::PeerSource::Multicast => "multicast",
+                aienv_actors::peer_registry::PeerSource::Static => "static",
+            }
+            .to_string(),
+            url: p.base_url(),
+            addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
+            last_seen: p.last_seen,
+            resources: ResourcesDto::from(&p.resources),
+            shared_workspaces: p.shared_workspaces,
+            catalog_size: p.catalog.len(),
+            catalog_error: p.catalog_error.clone(),
+            running_environments: p.running_environments,
+            uptime_seconds: p.uptime_seconds,
+        }
+    }
+}
+
+/// One workspace in the merged network catalog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkEntryDto {
+    /// The sharing peer's id.
+    pub peer_id: Uuid,
+    /// Its name.
+    pub peer_name: String,
+    /// Its API's base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
+    /// The workspace.
+    pub workspace: CatalogEntryDto,
 }

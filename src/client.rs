@@ -114,6 +114,29 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// Filter of the network catalog.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkQuery {
+    /// Type.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
+    /// Tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Only this peer (name or id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
 /// A client of one node.
 #[derive(Clone)]
 pub struct Client {
@@ -267,9 +290,28 @@ impl Client {
         self.get_json("/node").await
     }
 
+    /// Known peers.
+    pub async fn peers(&self) -> Result<Vec<crate::api::PeerDto>, ClientError> {
+        self.get_json("/peers").await
+    }
+
+    /// This node's catalog, as an anonymous LAN client sees it.
+    pub async fn catalog(&self) -> Result<crate::api::CatalogDto, ClientError> {
+        self.get_json("/catalog").await
+    }
+
+    /// Everything online peers share, filtered.
+    pub async fn network_catalog(
+        &self,
+        query: &NetworkQuery,
+    ) -> Result<Vec<crate::api::NetworkEntryDto>, ClientError> {
+        let query = query_string(query);
+        self.get_json(&format!("/network/catalog{query}")).await
+    }
+
     /// One page of workspaces.
     pub async fn list(&self, query: &ListQuery) -> Result<WorkspacePage, ClientError> {
-        let query = serde_urlencoded_query(query);
+        let query = query_string(query);
         self.get_json(&format!("/workspaces{query}")).await
     }
 
@@ -584,7 +626,7 @@ fn segment(value: &str) -> String {
     out
 }
 
-fn serde_urlencoded_query(query: &ListQuery) -> String {
+fn query_string<Q: Serialize>(query: &Q) -> String {
     let value = serde_json::to_value(query).expect("queries serialize");
     let mut parts = Vec::new();
     if let serde_json::Value::Object(map) = value {

@@ -24,6 +24,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The workspace store.
     pub store: StoreSection,
+    /// LAN discovery.
+    pub discovery: DiscoveryConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -51,6 +53,38 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Events an event-stream client may fall behind before it is sent a fresh snapshot.
     pub event_buffer: usize,
+}
+
+/// LAN discovery settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Announce this node and listen for others by UDP multicast.
+    pub enabled: bool,
+    /// Multicast group.
+    pub group: std::net::Ipv4Addr,
+    /// UDP port.
+    pub port: u16,
+    /// Interfaces to announce on (such as `lo` for a one-host cluster); empty: every up,
+    /// multicast-capable, non-loopback interface.
+    pub interfaces: Vec<String>,
+    /// Milliseconds between periodic announcements (at least 200).
+    pub announce_interval_ms: u64,
+    /// `host:port` of nodes to poll over HTTP where multicast does not reach.
+    pub static_peers: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> DiscoveryConfig {
+        DiscoveryConfig {
+            enabled: true,
+            group: std::net::Ipv4Addr::new(239, 255, 77, 77),
+            port: 37777,
+            interfaces: Vec::new(),
+            announce_interval_ms: 10_000,
+            static_peers: Vec::new(),
+        }
+    }
 }
 
 /// Workspace store settings.
@@ -88,6 +122,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             http: HttpConfig::default(),
             store: StoreSection::default(),
+            discovery: DiscoveryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -280,6 +315,15 @@ pub fn resolve(
         value: String::new(),
         message: error.to_string(),
     })?;
+    if config.discovery.announce_interval_ms < 200 {
+        let key = "discovery.announce_interval_ms";
+        return Err(ConfigError::BadValue {
+            key: key.into(),
+            origin: sources.get(key).cloned().unwrap_or(Source::Default),
+            value: config.discovery.announce_interval_ms.to_string(),
+            message: "must be at least 200 (milliseconds)".into(),
+        });
+    }
     Ok(Resolved {
         config,
         sources,

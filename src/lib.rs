@@ -8,5 +8,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod peer_client;
 pub mod schemas;
 pub mod serve;

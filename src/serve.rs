@@ -1,6 +1,7 @@
 //! `aienv serve`: starts the actor system, the HTTP server and waits for a shutdown signal.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
@@ -10,14 +11,18 @@ use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use chrono::Utc;
 
+use aienv_actors::discovery::wire::Scheme;
+use aienv_actors::discovery::{AnnouncerConfig, AnnouncerHandle};
 use aienv_actors::event_bus::EventBus;
 use aienv_actors::identity;
+use aienv_actors::peer_registry::{PeerRegistryHandle, RegistryConfig};
 use aienv_actors::shutdown::Shutdown;
 use aienv_actors::workspace_store::{ImportLimits, StoreConfig, WorkspaceStoreHandle};
 
 use crate::auth::{self, AccessPolicy, Authenticator};
 use crate::config::Config;
 use crate::http::{self, AppState, Limits, NodeFacts};
+use crate::peer_client::HttpPeerClient;
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +88,44 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "workspace store ready"
     );
 
+    let address = SocketAddr::new(config.http.bind, config.http.port);
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let bound = listener.local_addr().map_err(ServeError::Server)?;
+
+    let interval = std::time::Duration::from_millis(config.discovery.announce_interval_ms);
+    let peers = PeerRegistryHandle::start(
+        RegistryConfig {
+            node_id,
+            interval,
+            static_peers: config.discovery.static_peers.clone(),
+        },
+        Rc::new(HttpPeerClient::new()),
+        bus.clone(),
+    );
+    let announcer = AnnouncerHandle::start(
+        AnnouncerConfig {
+            enabled: config.discovery.enabled,
+            group: config.discovery.group,
+            port: config.discovery.port,
+            interfaces: config.discovery.interfaces.clone(),
+            interval,
+            node_id,
+            name: config.name.clone(),
+            http_port: bound.port(),
+            scheme: Scheme::Http,
+            data_dir: data_dir.clone(),
+        },
+        store.clone(),
+        peers.addr(),
+        bus.clone(),
+    );
+
     let shutdown = Shutdown::new();
     let state = web::Data::new(AppState {
         store,
+        peers,
+        announcer: announcer.clone(),
         bus,
         auth: Arc::new(Authenticator::new(token, &data_dir)),
         access: AccessPolicy {
@@ -118,7 +158,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         list_cache: http::ListCache::default(),
     });
 
-    let address = SocketAddr::new(config.http.bind, config.http.port);
     let workers = if config.http.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -134,9 +173,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(5)
-    .bind(address)
+    .listen(listener)
     .map_err(|source| ServeError::Bind { address, source })?;
-    let bound = server.addrs().first().copied().unwrap_or(address);
     let server = server.run();
     let handle = server.handle();
 
@@ -155,6 +193,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        announcer.goodbye().await;
         signal_shutdown.trigger();
         handle.stop(true).await;
     });

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::peer_registry::PeerInfo;
 use crate::workspace_store::WorkspaceEntry;
 
 /// Every event on the node's bus.
@@ -13,6 +14,12 @@ use crate::workspace_store::WorkspaceEntry;
 pub enum NodeEvent {
     /// A workspace was created, changed or deleted (published by the WorkspaceStore).
     WorkspaceChanged(WorkspaceChanged),
+    /// A new peer was heard (published by the PeerRegistry).
+    PeerJoined(Arc<PeerInfo>),
+    /// A peer's state, resources or catalog changed.
+    PeerUpdated(Arc<PeerInfo>),
+    /// A peer left (goodbye or silence).
+    PeerLeft(Arc<PeerInfo>),
 }
 
 /// Which actor's read view an event belongs to; a snapshot carries one watermark per source.
@@ -20,6 +27,8 @@ pub enum NodeEvent {
 pub enum EventSource {
     /// The WorkspaceStore.
     Workspaces,
+    /// The PeerRegistry.
+    Peers,
 }
 
 impl NodeEvent {
@@ -27,6 +36,9 @@ impl NodeEvent {
     pub fn source(&self) -> EventSource {
         match self {
             NodeEvent::WorkspaceChanged(_) => EventSource::Workspaces,
+            NodeEvent::PeerJoined(_) | NodeEvent::PeerUpdated(_) | NodeEvent::PeerLeft(_) => {
+                EventSource::Peers
+            }
         }
     }
 }

@@ -7,10 +7,14 @@
 //! that serve frequent reads, an immutable read view published through a `watch` channel and
 //! stamped with the sequence number of the event that produced it.
 
+pub mod catalog;
+pub mod discovery;
 pub mod event_bus;
 pub mod events;
 pub mod identity;
 pub mod model;
+pub mod peer_registry;
+pub mod resources;
 pub mod shutdown;
 pub mod workspace_store;
 pub mod yaml;

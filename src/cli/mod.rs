@@ -50,6 +50,32 @@ pub enum Command {
     Ws(workspace::WsCommand),
     /// Show the node's identity and state.
     Node,
+    /// List the peers this node knows, with their state and resources.
+    Peers {
+        /// Keep the table up to date as peers come and go.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Browse and search everything the network shares.
+    Catalog {
+        /// Free-text search (every word must match).
+        query: Vec<String>,
+        /// Only this peer (name or id).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Only this type.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only workspaces listing this tool.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only workspaces listing this language.
+        #[arg(long = "lang")]
+        language: Option<String>,
+        /// Only workspaces with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Print the node's live event stream (one JSON object per line).
     Events,
     /// Show the effective configuration.
@@ -78,6 +104,18 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// UDP port of LAN discovery.
+    #[arg(long)]
+    pub discovery_port: Option<u16>,
+    /// Seconds between announcements (at least 0.2).
+    #[arg(long)]
+    pub announce_interval: Option<f64>,
+    /// Interface to announce on, such as `lo` (repeatable); default: every LAN interface.
+    #[arg(long = "discovery-iface")]
+    pub discovery_ifaces: Vec<String>,
+    /// Do not announce or listen by multicast (static peers still work).
+    #[arg(long)]
+    pub no_discovery: bool,
 }
 
 /// `aienv config ...`.
@@ -124,6 +162,27 @@ impl ServeArgs {
         }
         if let Some(dir) = data_dir {
             flags.push(("data_dir", "--data-dir", dir.display().to_string()));
+        }
+        if let Some(port) = self.discovery_port {
+            flags.push(("discovery.port", "--discovery-port", port.to_string()));
+        }
+        if let Some(seconds) = self.announce_interval {
+            let ms = (seconds * 1000.0).round().max(0.0) as u64;
+            flags.push((
+                "discovery.announce_interval_ms",
+                "--announce-interval",
+                ms.to_string(),
+            ));
+        }
+        if !self.discovery_ifaces.is_empty() {
+            flags.push((
+                "discovery.interfaces",
+                "--discovery-iface",
+                self.discovery_ifaces.join(","),
+            ));
+        }
+        if self.no_discovery {
+            flags.push(("discovery.enabled", "--no-discovery", "false".into()));
         }
         flags
     }
@@ -305,6 +364,51 @@ fn read_password(from_stdin: bool) -> Result<String, CliError> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
+fn print_peers(cli: &Cli, peers: &[crate::api::PeerDto]) {
+    if cli.json {
+        output::print_json(&peers);
+        return;
+    }
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            let gpus = if p.resources.gpus.is_empty() {
+                "-".to_string()
+            } else {
+                p.resources
+                    .gpus
+                    .iter()
+                    .map(|g| g.model.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                p.name.clone(),
+                p.state.clone(),
+                p.url.clone().unwrap_or_default(),
+                p.resources.cpu_cores.to_string(),
+                output::bytes(p.resources.memory_total),
+                output::cell(&gpus, 30),
+                p.shared_workspaces.to_string(),
+                p.last_seen.format("%H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    output::print_table(
+        &[
+            "PEER",
+            "STATE",
+            "URL",
+            "CPUS",
+            "RAM",
+            "GPUS",
+            "SHARED",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
+}
+
 /// Credentials for talking to `node`: AIENV_TOKEN, else AIENV_USER/AIENV_PASSWORD, else the
 /// local node's admin token — only when `node` is on this machine, so the token never leaves it.
 fn credentials(cli: &Cli) -> Option<Credentials> {
@@ -355,6 +459,68 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                 println!("started:    {}", node.started.to_rfc3339());
                 println!("uptime:     {} s", node.uptime_seconds);
                 println!("workspaces: {}", node.workspaces);
+            }
+            Ok(())
+        }
+        Command::Peers { watch } => {
+            print_peers(cli, &client.peers().await?);
+            if !*watch {
+                return Ok(());
+            }
+            let mut stream = client.events().await?;
+            while let Some(message) = stream.next().await {
+                let message = message?;
+                let kind = message["type"].as_str().unwrap_or_default();
+                if kind.starts_with("peer_") || kind == "snapshot" {
+                    if !cli.json && std::io::stdout().is_terminal() {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print_peers(cli, &client.peers().await?);
+                }
+            }
+            Err(CliError::with_code(
+                exit::UNREACHABLE,
+                "the node closed the event stream",
+            ))
+        }
+        Command::Catalog {
+            query,
+            peer,
+            kind,
+            tool,
+            language,
+            tag,
+        } => {
+            let entries = client
+                .network_catalog(&crate::client::NetworkQuery {
+                    kind: kind.clone(),
+                    tool: tool.clone(),
+                    lang: language.clone(),
+                    tag: tag.clone(),
+                    q: (!query.is_empty()).then(|| query.join(" ")),
+                    peer: peer.clone(),
+                })
+                .await?;
+            if cli.json {
+                output::print_json(&entries);
+            } else {
+                let rows: Vec<Vec<String>> = entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.workspace.name.clone(),
+                            e.peer_name.clone(),
+                            e.workspace.kind.clone(),
+                            e.workspace.revision.to_string(),
+                            output::cell(&e.workspace.tags.join(","), 30),
+                            output::cell(&e.workspace.title, 40),
+                        ]
+                    })
+                    .collect();
+                output::print_table(
+                    &["WORKSPACE", "PEER", "TYPE", "REV", "TAGS", "TITLE"],
+                    &rows,
+                );
             }
             Ok(())
         }

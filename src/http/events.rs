@@ -19,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use aienv_actors::event_bus::Envelope;
 use aienv_actors::events::{EventSource, NodeEvent};
 
-use crate::api::WorkspaceDto;
+use crate::api::{PeerDto, WorkspaceDto};
 
 use super::node::node_info;
 use super::{ApiError, AppState, Caller, Login};
@@ -59,7 +59,7 @@ async fn events(
     let user = login.name().to_string();
     tracing::debug!(%user, "event stream opened");
     actix_web::rt::spawn(async move {
-        let (text, mut watermark) = snapshot(&state, false);
+        let (text, mut watermarks) = snapshot(&state, false);
         if session.text(text).await.is_err() {
             return;
         }
@@ -68,15 +68,15 @@ async fn events(
                 received = receiver.recv() => {
                     let text = match received {
                         Ok(envelope) => {
-                            if envelope.seq <= watermark_for(&envelope.event, watermark) {
+                            if envelope.seq <= watermarks.of(&envelope.event) {
                                 continue;
                             }
                             event_json(&envelope)
                         }
                         Err(RecvError::Lagged(missed)) => {
                             tracing::debug!(missed, "event stream client lagged; resnapshot");
-                            let (text, seq) = snapshot(&state, true);
-                            watermark = seq;
+                            let (text, seen) = snapshot(&state, true);
+                            watermarks = seen;
                             text
                         }
                         Err(RecvError::Closed) => break,
@@ -111,16 +111,24 @@ async fn events(
     Ok(response)
 }
 
-/// The watermark that applies to `event`'s source (one view per actor; only the
-/// WorkspaceStore publishes one so far).
-fn watermark_for(event: &NodeEvent, workspaces: u64) -> u64 {
-    match event.source() {
-        EventSource::Workspaces => workspaces,
+/// Per actor view, the seq of the last event a snapshot already contains.
+struct Watermarks {
+    workspaces: u64,
+    peers: u64,
+}
+
+impl Watermarks {
+    fn of(&self, event: &NodeEvent) -> u64 {
+        match event.source() {
+            EventSource::Workspaces => self.workspaces,
+            EventSource::Peers => self.peers,
+        }
     }
 }
 
-fn snapshot(state: &AppState, resync: bool) -> (String, u64) {
+fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
     let view = state.store.view();
+    let peers = state.peers.view();
     let owner = Caller(Some(crate::auth::Principal::Admin));
     let workspaces: Vec<WorkspaceDto> = view
         .iter()
@@ -128,13 +136,20 @@ fn snapshot(state: &AppState, resync: bool) -> (String, u64) {
         .collect();
     let text = json!({
         "type": "snapshot",
-        "seq": view.seq,
+        "seq": view.seq.max(peers.seq),
         "resync": resync,
         "node": node_info(state, &owner),
         "workspaces": workspaces,
+        "peers": peers.peers.iter().map(|p| PeerDto::from(&**p)).collect::<Vec<_>>(),
     })
     .to_string();
-    (text, view.seq)
+    (
+        text,
+        Watermarks {
+            workspaces: view.seq,
+            peers: peers.seq,
+        },
+    )
 }
 
 fn event_json(envelope: &Arc<Envelope>) -> String {
@@ -150,6 +165,20 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
             "workspace": changed.workspace.as_ref().map(|w| WorkspaceDto::from_entry(w, true)),
         })
         .to_string(),
+        NodeEvent::PeerJoined(peer) | NodeEvent::PeerUpdated(peer) | NodeEvent::PeerLeft(peer) => {
+            let kind = match &envelope.event {
+                NodeEvent::PeerJoined(_) => "peer_joined",
+                NodeEvent::PeerUpdated(_) => "peer_updated",
+                _ => "peer_left",
+            };
+            json!({
+                "type": kind,
+                "seq": envelope.seq,
+                "at": envelope.at,
+                "peer": PeerDto::from(&**peer),
+            })
+            .to_string()
+        }
         #[allow(unreachable_patterns)]
         _ => json!({"type": "unknown", "seq": envelope.seq}).to_string(),
     }

@@ -7,6 +7,7 @@ mod events;
 mod extract;
 mod list_cache;
 mod node;
+mod peers;
 mod workspaces;
 
 use std::path::PathBuf;
@@ -20,7 +21,9 @@ use actix_web::web;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use aienv_actors::discovery::AnnouncerHandle;
 use aienv_actors::event_bus::EventBus;
+use aienv_actors::peer_registry::PeerRegistryHandle;
 use aienv_actors::shutdown::Shutdown;
 use aienv_actors::workspace_store::WorkspaceStoreHandle;
 
@@ -34,6 +37,10 @@ pub use list_cache::ListCache;
 pub struct AppState {
     /// The workspace store.
     pub store: WorkspaceStoreHandle,
+    /// The peer registry.
+    pub peers: PeerRegistryHandle,
+    /// The announcer (resources, discovery status).
+    pub announcer: AnnouncerHandle,
     /// The event bus.
     pub bus: EventBus,
     /// Credential checks.
@@ -97,6 +104,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                 web::scope("/api/v1")
                     .configure(node::configure)
                     .configure(workspaces::configure)
+                    .configure(peers::configure)
                     .configure(events::configure)
                     .default_service(web::to(not_found)),
             );

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 
 use aienv_actors::workspace_store::{ListFilter, Viewer};
 
-use crate::api::NodeInfo;
+use crate::api::{DatagramCounters, DiscoveryDto, NodeInfo, ResourcesDto};
 
 use super::{AppState, Caller};
 
@@ -27,6 +27,7 @@ async fn node(state: web::Data<AppState>, caller: Caller) -> HttpResponse {
 pub fn node_info(state: &AppState, caller: &Caller) -> NodeInfo {
     let facts = &state.node;
     let view = state.store.view();
+    let announcer = state.announcer.view();
     let workspaces = match caller.viewer() {
         Viewer::Owner => view.len(),
         viewer => {
@@ -49,5 +50,13 @@ pub fn node_info(state: &AppState, caller: &Caller) -> NodeInfo {
         uptime_seconds: facts.started_instant.elapsed().as_secs(),
         workspaces,
         startup_repairs: caller.is_logged_in().then(|| facts.startup_repairs.clone()),
+        resources: ResourcesDto::from(&announcer.resources),
+        discovery: DiscoveryDto {
+            interfaces: announcer.interfaces.clone(),
+            problem: announcer.problem.clone(),
+            catalog_digest: announcer.catalog_digest.clone(),
+            shared_workspaces: announcer.shared_workspaces,
+            datagrams: DatagramCounters::from(&announcer.counters),
+        },
     }
 }

@@ -43,9 +43,24 @@ impl TestNode {
         } else {
             &["--bind", "127.0.0.1"]
         };
+        // Discovery only where a test asks for it, and then only on the interfaces it names:
+        // tests never send multicast onto a real network.
+        let discovery: &[&str] =
+            if extra.contains(&"--discovery-iface") || extra.contains(&"--no-discovery") {
+                &[]
+            } else {
+                &["--no-discovery"]
+            };
+        let name: &[&str] = if extra.contains(&"--name") {
+            &[]
+        } else {
+            &["--name", "test-node"]
+        };
         let mut child = Command::new(binary())
-            .args(["serve", "--http-port", "0", "--name", "test-node"])
+            .args(["serve", "--http-port", "0"])
+            .args(name)
             .args(bind)
+            .args(discovery)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

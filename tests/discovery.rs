@@ -1,0 +1,368 @@
+//! LAN discovery with real nodes: three nodes on one host over loopback multicast, abusive
+//! datagrams, static peers over HTTP.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use aienv::api::{CreateWorkspace, PeerDto, ShareRequest};
+use aienv::client::{Client, NetworkQuery};
+use aienv_actors::discovery::wire::{self, Announcement, Datagram, ResourceSummary, Scheme};
+use common::TestNode;
+use futures_util::StreamExt;
+
+/// A UDP port nothing on this host uses now.
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn discovery_node(dir: &std::path::Path, name: &str, port: u16) -> TestNode {
+    let port = port.to_string();
+    TestNode::spawn_on(
+        dir,
+        &[
+            "--name",
+            name,
+            "--discovery-iface",
+            "lo",
+            "--discovery-port",
+            &port,
+            "--announce-interval",
+            "0.2",
+        ],
+    )
+}
+
+/// Polls `check` until it holds (deadline 15 s: a correctness deadline, not a timing claim).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn state_of(peers: &[PeerDto], name: &str) -> Option<String> {
+    peers
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.state.clone())
+}
+
+#[actix_rt::test]
+async fn three_nodes_find_each_other_share_and_leave() {
+    let temp = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let mut nodes: Vec<TestNode> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|name| discovery_node(&temp.path().join(name), name, port))
+        .collect();
+    let clients: Vec<Client> = nodes.iter().map(|n| n.admin()).collect();
+
+    for (i, client) in clients.iter().enumerate() {
+        eventually(
+            &format!("node {i} lists the other two as online"),
+            || async {
+                let peers = client.peers().await.unwrap();
+                peers.len() == 2 && peers.iter().all(|p| p.state == "online")
+            },
+        )
+        .await;
+    }
+    let alpha_view = clients[0].peers().await.unwrap();
+    let beta = alpha_view.iter().find(|p| p.name == "beta").unwrap();
+    assert!(beta.resources.cpu_cores >= 1 && beta.resources.memory_total > 0);
+    assert_eq!(beta.url.as_deref(), Some(nodes[1].url.as_str()));
+
+    // A share on alpha shows up in the others' network catalog.
+    clients[0]
+        .create(&CreateWorkspace {
+            name: "llm-lab".into(),
+            tags: vec!["nlp".into()],
+            kind: Some("training".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    clients[0]
+        .create(&CreateWorkspace {
+            name: "private".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    clients[0]
+        .share("llm-lab", &ShareRequest::default())
+        .await
+        .unwrap();
+    for client in &clients[1..] {
+        eventually("the share appears in the network catalog", || async {
+            let entries = client
+                .network_catalog(&NetworkQuery::default())
+                .await
+                .unwrap();
+            entries.len() == 1
+                && entries[0].workspace.name == "llm-lab"
+                && entries[0].peer_name == "alpha"
+        })
+        .await;
+    }
+    let filtered = clients[1]
+        .network_catalog(&NetworkQuery {
+            tag: Some("nlp".into()),
+            q: Some("LLM".into()),
+            peer: Some("alpha".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 1);
+    let none = clients[1]
+        .network_catalog(&NetworkQuery {
+            kind: Some("dataset".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // Unsharing removes it again.
+    clients[0].unshare("llm-lab").await.unwrap();
+    eventually("the unshare reaches beta", || async {
+        clients[1]
+            .network_catalog(&NetworkQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+
+    // SIGTERM: the goodbye makes gamma `gone` at once — alpha's first event about gamma is
+    // `peer_left`, with no `stale` before it.
+    let mut events = clients[0].events().await.unwrap();
+    assert_eq!(events.next().await.unwrap().unwrap()["type"], "snapshot");
+    nodes[2].stop();
+    let first = loop {
+        let event = events.next().await.unwrap().unwrap();
+        // Resource refreshes may still report it online; the first change of state counts.
+        if event["peer"]["name"] == "gamma" && event["peer"]["state"] != "online" {
+            break event;
+        }
+    };
+    assert_eq!(first["type"], "peer_left", "{first}");
+    assert_eq!(first["peer"]["state"], "gone");
+
+    // kill -9: no goodbye; beta turns stale, then gone, on time.
+    nodes[1].kill9();
+    let mut states = Vec::new();
+    while states.len() < 2 {
+        let event = events.next().await.unwrap().unwrap();
+        let state = event["peer"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if event["peer"]["name"] == "beta" && state != "online" && states.last() != Some(&state) {
+            states.push(state);
+        }
+    }
+    assert_eq!(states, ["stale", "gone"]);
+    let peers = clients[0].peers().await.unwrap();
+    assert_eq!(state_of(&peers, "beta").as_deref(), Some("gone"));
+    assert_eq!(state_of(&peers, "gamma").as_deref(), Some("gone"));
+}
+
+fn announcement(node_id: uuid::Uuid, seq: u64, name: &str) -> Announcement {
+    Announcement {
+        node_id,
+        instance: 1,
+        name: name.into(),
+        http_port: 9,
+        scheme: Scheme::Http,
+        tls_fingerprint: None,
+        protocol_version: 1,
+        catalog_digest: "00".into(),
+        shared_workspaces: 0,
+        resources: ResourceSummary::default(),
+        running_environments: 0,
+        seq,
+        uptime_seconds: 1,
+    }
+}
+
+#[actix_rt::test]
+async fn abusive_datagrams_are_dropped_and_counted() {
+    let temp = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = discovery_node(&temp.path().join("n"), "target", port);
+    let client = node.admin();
+    let own_id = client.node().await.unwrap().id;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = ("127.0.0.1", port);
+    let send = |bytes: &[u8]| {
+        socket.send_to(bytes, to).unwrap();
+    };
+
+    let stranger = uuid::Uuid::new_v4();
+    let valid = wire::encode(&Datagram {
+        goodbye: false,
+        announcement: announcement(stranger, 5, "stranger"),
+    })
+    .unwrap();
+    send(&valid);
+    send(&valid); // replayed: same seq
+    let older = wire::encode(&Datagram {
+        goodbye: false,
+        announcement: announcement(stranger, 4, "stranger"),
+    })
+    .unwrap();
+    send(&older); // replayed: older seq
+    let forged = wire::encode(&Datagram {
+        goodbye: true,
+        announcement: announcement(own_id, 99, "impostor"),
+    })
+    .unwrap();
+    send(&forged);
+    send(&valid[..valid.len() / 2]); // truncated
+    send(&vec![7u8; 1500]); // oversized
+    let mut future = valid.clone();
+    future[4] = 9;
+    send(&future); // unknown version
+    send(b"hello, is this the discovery port?"); // random
+    let mut bad_name = announcement(uuid::Uuid::new_v4(), 1, "ok");
+    bad_name.name = "\u{1b}[31mred".into();
+    send(
+        &wire::encode(&Datagram {
+            goodbye: false,
+            announcement: bad_name,
+        })
+        .unwrap(),
+    );
+    // A flood from one node id: far more than its rate in one burst.
+    let flooder = uuid::Uuid::new_v4();
+    for seq in 1..=200 {
+        send(
+            &wire::encode(&Datagram {
+                goodbye: false,
+                announcement: announcement(flooder, seq, "flooder"),
+            })
+            .unwrap(),
+        );
+    }
+    // Random bytes with and without our magic.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..200 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut bytes: Vec<u8> = (0..(state % 1400) as usize)
+            .map(|j| (state >> (j % 56)) as u8)
+            .collect();
+        if i % 2 == 0 && bytes.len() > 6 {
+            bytes[..4].copy_from_slice(wire::MAGIC);
+            bytes[4] = 1;
+            bytes[5] = (i % 4) as u8;
+        }
+        send(&bytes);
+    }
+
+    eventually("the node counted every kind of bad datagram", || async {
+        let d = client.node().await.unwrap().discovery.datagrams;
+        d.replayed >= 2
+            && d.forged >= 1
+            && d.oversized >= 1
+            && d.unknown_version >= 1
+            && d.malformed >= 3
+            && d.flood >= 1
+    })
+    .await;
+    // The node is up and correct: the stranger is a peer; the impostor's goodbye changed
+    // nothing; no malformed datagram made a peer.
+    let peers = client.peers().await.unwrap();
+    let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+    assert!(names.contains(&"stranger"), "{names:?}");
+    assert!(
+        names.iter().all(|n| ["stranger", "flooder"].contains(n)),
+        "{names:?}"
+    );
+    assert_eq!(client.health().await.unwrap().status, "ok");
+}
+
+#[actix_rt::test]
+async fn static_peer_over_http_only() {
+    let temp = tempfile::tempdir().unwrap();
+    let far = TestNode::spawn_on(
+        &temp.path().join("far"),
+        &["--name", "far-away", "--no-discovery"],
+    );
+    let address = far.url.trim_start_matches("http://").to_string();
+    let near = TestNode::spawn_with_env(
+        &temp.path().join("near"),
+        &[
+            "--name",
+            "near",
+            "--no-discovery",
+            "--announce-interval",
+            "0.2",
+        ],
+        &[("AIENV_DISCOVERY_STATIC_PEERS", address.as_str())],
+    );
+    let client = near.admin();
+    eventually("the static peer is listed online", || async {
+        let peers = client.peers().await.unwrap();
+        peers.len() == 1
+            && peers[0].name == "far-away"
+            && peers[0].state == "online"
+            && peers[0].source == "static"
+    })
+    .await;
+    let far_client = far.admin();
+    far_client
+        .create(&CreateWorkspace {
+            name: "remote-ws".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    far_client
+        .share("remote-ws", &ShareRequest::default())
+        .await
+        .unwrap();
+    eventually("the static peer's share appears", || async {
+        let entries = client
+            .network_catalog(&NetworkQuery::default())
+            .await
+            .unwrap();
+        entries
+            .iter()
+            .any(|e| e.workspace.name == "remote-ws" && e.peer_name == "far-away")
+    })
+    .await;
+    far_client
+        .update(
+            "remote-ws",
+            &aienv::api::UpdateWorkspace {
+                title: Some("Changed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    eventually("the static peer's change follows", || async {
+        let entries = client
+            .network_catalog(&NetworkQuery::default())
+            .await
+            .unwrap();
+        entries.iter().any(|e| e.workspace.title == "Changed")
+    })
+    .await;
+    let node = client.node().await.unwrap();
+    assert!(node.discovery.problem.unwrap().contains("off"));
+}
