@@ -1,6 +1,8 @@
-//! The JSON Schemas of `workspace.yaml` and `environment.yaml`, generated from the Rust types.
+//! The JSON Schemas of `workspace.yaml`, `environment.yaml` and the discovery datagram body,
+//! generated from the Rust types.
 //! The checked-in copies in `schemas/` must equal these (a test compares them).
 
+use aienv_actors::discovery::wire::Announcement;
 use aienv_actors::model::{EnvironmentSpec, WorkspaceManifest};
 
 /// `(file name in schemas/, pretty JSON)` for every generated schema.
@@ -18,6 +20,10 @@ pub fn generated() -> Vec<(&'static str, String)> {
         (
             "environment.schema.json",
             pretty(schemars::schema_for!(EnvironmentSpec)),
+        ),
+        (
+            "discovery-announcement.schema.json",
+            pretty(schemars::schema_for!(Announcement)),
         ),
     ]
 }

@@ -81,6 +81,8 @@ pub enum Command {
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show what this host offers (CPU, memory, disk, GPUs), as a node here would announce it.
+    Resources,
     /// Manage the node's users (works on the data dir directly).
     #[command(subcommand)]
     User(UserCommand),
@@ -200,6 +202,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(&cli, args),
         Command::Config(ConfigCommand::Show(args)) => config_show(&cli, args),
         Command::User(command) => user(&cli, command),
+        Command::Resources => {
+            resources(&cli);
+            Ok(())
+        }
         _ => actix_rt::System::new().block_on(remote(&cli)),
     };
     match result {
@@ -289,6 +295,44 @@ fn config_show(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         .collect();
     output::print_table(&["SETTING", "VALUE", "SOURCE"], &rows);
     Ok(())
+}
+
+fn resources(cli: &Cli) {
+    let data_dir = local_data_dir(cli);
+    let probe_dir = if data_dir.exists() {
+        data_dir
+    } else {
+        PathBuf::from("/")
+    };
+    let detected = aienv_actors::resources::detect(&probe_dir);
+    let dto = crate::api::ResourcesDto::from(&detected);
+    if cli.json {
+        output::print_json(&dto);
+        return;
+    }
+    println!("cpu:    {} ({} cores)", dto.cpu_model, dto.cpu_cores);
+    println!(
+        "memory: {} total, {} available",
+        output::bytes(dto.memory_total),
+        output::bytes(dto.memory_available)
+    );
+    println!(
+        "disk:   {} free in {}",
+        output::bytes(dto.disk_free),
+        probe_dir.display()
+    );
+    println!("os:     {} {}", dto.os, dto.arch);
+    if dto.gpus.is_empty() {
+        println!("gpus:   none");
+    }
+    for gpu in &dto.gpus {
+        println!(
+            "gpu:    {} {} ({})",
+            gpu.vendor,
+            gpu.model,
+            output::bytes(gpu.memory)
+        );
+    }
 }
 
 fn local_data_dir(cli: &Cli) -> PathBuf {
@@ -459,6 +503,31 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                 println!("started:    {}", node.started.to_rfc3339());
                 println!("uptime:     {} s", node.uptime_seconds);
                 println!("workspaces: {}", node.workspaces);
+                let r = &node.resources;
+                println!("cpu:        {} ({} cores)", r.cpu_model, r.cpu_cores);
+                println!(
+                    "memory:     {} total, {} available",
+                    output::bytes(r.memory_total),
+                    output::bytes(r.memory_available)
+                );
+                println!("disk free:  {}", output::bytes(r.disk_free));
+                for gpu in &r.gpus {
+                    println!("gpu:        {} ({})", gpu.model, output::bytes(gpu.memory));
+                }
+                let d = &node.discovery;
+                match &d.problem {
+                    Some(problem) => println!("discovery:  {problem}"),
+                    None => println!("discovery:  on {}", d.interfaces.join(", ")),
+                }
+                println!(
+                    "shared:     {} workspaces (catalog {})",
+                    d.shared_workspaces, d.catalog_digest
+                );
+                let c = &d.datagrams;
+                println!(
+                    "datagrams:  {} sent, {} accepted, dropped: {} own, {} forged, {} malformed, {} oversized, {} unknown version, {} replayed, {} flood",
+                    c.sent, c.accepted, c.own, c.forged, c.malformed, c.oversized, c.unknown_version, c.replayed, c.flood
+                );
             }
             Ok(())
         }
@@ -535,7 +604,7 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                 "the node closed the event stream",
             ))
         }
-        Command::Serve(_) | Command::Config(_) | Command::User(_) => {
+        Command::Serve(_) | Command::Config(_) | Command::User(_) | Command::Resources => {
             unreachable!("handled locally")
         }
     }

@@ -56,7 +56,8 @@ impl TestNode {
         } else {
             &["--name", "test-node"]
         };
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["serve", "--http-port", "0"])
             .args(name)
             .args(bind)
@@ -67,7 +68,14 @@ impl TestNode {
             .env_remove("AIENV_CONFIG")
             .env("XDG_CONFIG_HOME", data_dir.join("no-config"))
             .env("AIENV_LOG", "warn")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        TestNode::start(command, data_dir)
+    }
+
+    /// Starts a node from a prepared `aienv serve` command (for example under
+    /// `ip netns exec`) and reads its address from the first line it prints.
+    pub fn start(mut command: Command, data_dir: &Path) -> TestNode {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
