@@ -152,7 +152,10 @@ impl Beacon {
             if self.raw.set_multicast_if_v4(address).is_err() {
                 continue;
             }
-            if self.socket.try_send_to(bytes, self.group.into()).is_ok() {
+            // Straight through the descriptor: tokio's `try_send_to` reports WouldBlock until
+            // the reactor has seen the socket writable once, which lost the first announcement.
+            let group: SocketAddr = self.group.into();
+            if self.raw.send_to(bytes, &group.into()).is_ok() {
                 sent += 1;
             }
         }
