@@ -562,6 +562,8 @@ pub struct PeerDto {
     /// Why the last catalog fetch failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_error: Option<String>,
+    /// Whether the catalog held is the one it announced last.
+    pub catalog_current: bool,
     /// Running environments it announced.
     pub running_environments: u32,
     /// Seconds it has been up.
@@ -682,6 +684,7 @@ impl From<&aienv_actors::peer_registry::PeerInfo> for PeerDto {
             shared_workspaces: p.shared_workspaces,
             catalog_size: p.catalog.len(),
             catalog_error: p.catalog_error.clone(),
+            catalog_current: p.catalog_current,
             running_environments: p.running_environments,
             uptime_seconds: p.uptime_seconds,
         }

@@ -145,6 +145,38 @@ async fn three_nodes_find_each_other_share_and_leave() {
     })
     .await;
 
+    // Shared with beta by name: beta sees it, gamma does not.
+    clients[0]
+        .share(
+            "llm-lab",
+            &ShareRequest {
+                mode: Some("peers".into()),
+                peers: vec!["beta".into()],
+            },
+        )
+        .await
+        .unwrap();
+    eventually("beta sees what is shared with it by name", || async {
+        clients[1]
+            .network_catalog(&NetworkQuery::default())
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    eventually("gamma fetched alpha's new catalog", || async {
+        let peers = clients[2].peers().await.unwrap();
+        let alpha = peers.iter().find(|p| p.name == "alpha").unwrap();
+        alpha.shared_workspaces == 1 && alpha.catalog_current
+    })
+    .await;
+    assert!(clients[2]
+        .network_catalog(&NetworkQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+
     // SIGTERM: the goodbye makes gamma `gone` at once — alpha's first event about gamma is
     // `peer_left`, with no `stale` before it.
     let mut events = clients[0].events().await.unwrap();
@@ -204,6 +236,10 @@ async fn abusive_datagrams_are_dropped_and_counted() {
     let node = discovery_node(&temp.path().join("n"), "target", port);
     let client = node.admin();
     let own_id = client.node().await.unwrap().id;
+    eventually("the node listens for datagrams", || async {
+        client.node().await.unwrap().discovery.interfaces == ["lo"]
+    })
+    .await;
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let to = ("127.0.0.1", port);
     let send = |bytes: &[u8]| {
@@ -245,6 +281,15 @@ async fn abusive_datagrams_are_dropped_and_counted() {
         })
         .unwrap(),
     );
+    eventually("the node counted every kind of bad datagram", || async {
+        let d = client.node().await.unwrap().discovery.datagrams;
+        d.replayed >= 2
+            && d.forged >= 1
+            && d.oversized >= 1
+            && d.unknown_version >= 1
+            && d.malformed >= 3
+    })
+    .await;
     // A flood from one node id: far more than its rate in one burst.
     let flooder = uuid::Uuid::new_v4();
     for seq in 1..=200 {
@@ -256,7 +301,12 @@ async fn abusive_datagrams_are_dropped_and_counted() {
             .unwrap(),
         );
     }
-    // Random bytes with and without our magic.
+    eventually("the flood was cut off", || async {
+        client.node().await.unwrap().discovery.datagrams.flood >= 1
+    })
+    .await;
+    // Random bytes, half of them behind our magic and version.
+    let before = client.node().await.unwrap().discovery.datagrams;
     let mut state = 0x2545_f491_4f6c_dd1du64;
     for i in 0..200 {
         state ^= state << 13;
@@ -272,15 +322,9 @@ async fn abusive_datagrams_are_dropped_and_counted() {
         }
         send(&bytes);
     }
-
-    eventually("the node counted every kind of bad datagram", || async {
-        let d = client.node().await.unwrap().discovery.datagrams;
-        d.replayed >= 2
-            && d.forged >= 1
-            && d.oversized >= 1
-            && d.unknown_version >= 1
-            && d.malformed >= 3
-            && d.flood >= 1
+    eventually("the random datagrams were dropped as malformed", || async {
+        let after = client.node().await.unwrap().discovery.datagrams;
+        after.malformed >= before.malformed + 150 && after.accepted == before.accepted
     })
     .await;
     // The node is up and correct: the stranger is a peer; the impostor's goodbye changed
@@ -363,6 +407,62 @@ async fn static_peer_over_http_only() {
         entries.iter().any(|e| e.workspace.title == "Changed")
     })
     .await;
+    // `peers` mode: shared with this node by name (the far node knows it as a peer only if
+    // it hears it; here the near node names itself with its id, so share by id and by name).
+    let near_id = client.node().await.unwrap().id.to_string();
+    for (name, peers) in [
+        ("by-id", vec![near_id.clone()]),
+        ("for-others", vec!["someone-else".to_string()]),
+    ] {
+        far_client
+            .create(&CreateWorkspace {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        far_client
+            .share(
+                name,
+                &ShareRequest {
+                    mode: Some("peers".into()),
+                    peers,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    eventually(
+        "a workspace shared with this node by id appears",
+        || async {
+            let entries = client
+                .network_catalog(&NetworkQuery::default())
+                .await
+                .unwrap();
+            entries.iter().any(|e| e.workspace.name == "by-id")
+        },
+    )
+    .await;
+    let names: Vec<String> = client
+        .network_catalog(&NetworkQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.workspace.name)
+        .collect();
+    assert!(!names.contains(&"for-others".to_string()), "{names:?}");
+    // An anonymous client of the far node sees neither.
+    let anonymous: Vec<String> = far
+        .anonymous()
+        .catalog()
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(anonymous, ["remote-ws"]);
+
     let node = client.node().await.unwrap();
     assert!(node.discovery.problem.unwrap().contains("off"));
 }

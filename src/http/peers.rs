@@ -23,16 +23,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// `X-Aienv-Peer` also sees what is shared with it by name. (Until TLS identities land, the
 /// header is the peer's word; `peers` mode narrows listings, it does not authenticate.)
 async fn catalog(state: web::Data<AppState>, request: HttpRequest) -> HttpResponse {
-    let viewer = request
+    let asking = request
         .headers()
         .get(PEER_HEADER)
         .and_then(|v| v.to_str().ok())
-        .map(|id| Viewer::Peer(id.trim().to_string()))
-        .unwrap_or(Viewer::Anonymous);
+        .map(|id| id.trim().to_string());
+    // A peer may be named in `sharing.peers` by id or by the name it announces.
+    let mut viewers = vec![Viewer::Anonymous];
+    if let Some(id) = asking {
+        let peers = state.peers.view();
+        if let Some(peer) = peers.peers.iter().find(|p| p.id.to_string() == id) {
+            viewers.push(Viewer::Peer(peer.name.clone()));
+        }
+        viewers.push(Viewer::Peer(id));
+    }
     let view = state.store.view();
     let items = view
         .iter()
-        .filter(|entry| viewer.may_see(&entry.manifest))
+        .filter(|entry| viewers.iter().any(|v| v.may_see(&entry.manifest)))
         .map(|entry| CatalogEntryDto::from(&CatalogEntry::from_manifest(&entry.manifest)))
         .collect();
     HttpResponse::Ok().json(CatalogDto {

@@ -97,6 +97,8 @@ impl Beacon {
         socket.set_multicast_ttl_v4(1)?;
         socket.set_multicast_loop_v4(true)?;
         socket.set_nonblocking(true)?;
+        // Room for a burst of announcements (a whole LAN answering a newcomer at once).
+        let _ = socket.set_recv_buffer_size(1 << 20);
         socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
         let raw = socket.try_clone()?;
         let socket = tokio::net::UdpSocket::from_std(socket.into())?;

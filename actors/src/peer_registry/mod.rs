@@ -89,6 +89,8 @@ pub struct PeerInfo {
     pub catalog: Arc<Vec<CatalogEntry>>,
     /// Why the last catalog fetch failed, if it did.
     pub catalog_error: Option<String>,
+    /// Whether `catalog` was fetched for the digest announced last.
+    pub catalog_current: bool,
 }
 
 impl PeerInfo {
@@ -301,6 +303,9 @@ impl PeerRegistry {
                 info.shared_workspaces = node.shared_workspaces;
                 info.running_environments = node.running_environments;
                 info.uptime_seconds = node.uptime_seconds;
+                let current = peer.fetched_digest.as_deref() == Some(node.catalog_digest.as_str());
+                let changed = changed || info.catalog_current != current;
+                info.catalog_current = current;
                 info.catalog_digest = node.catalog_digest;
                 info.last_seen = now;
                 info.addresses.retain(|a| *a != address);
@@ -310,6 +315,7 @@ impl PeerRegistry {
                     // Restarted: its catalog may have changed without a digest change.
                     peer.instance = node.instance;
                     peer.fetched_digest = None;
+                    info.catalog_current = false;
                 }
                 peer.heard = Instant::now();
                 (false, changed)
@@ -334,6 +340,7 @@ impl PeerRegistry {
                             catalog_digest: node.catalog_digest,
                             catalog: Arc::new(Vec::new()),
                             catalog_error: None,
+                            catalog_current: false,
                         },
                         heard: Instant::now(),
                         instance: node.instance,
@@ -518,12 +525,17 @@ impl Handler<CatalogFetched> for PeerRegistry {
         peer.fetching = false;
         match message.result {
             Ok(catalog) => {
+                let current = message.digest == peer.info.catalog_digest;
+                let changed = *peer.info.catalog != catalog
+                    || peer.info.catalog_current != current
+                    || peer.info.catalog_error.is_some();
                 peer.fetched_digest = Some(message.digest);
                 peer.retry_at = None;
                 peer.backoff = Duration::from_millis(250);
                 peer.info.catalog_error = None;
-                if *peer.info.catalog != catalog {
-                    peer.info.catalog = Arc::new(catalog);
+                peer.info.catalog_current = current;
+                peer.info.catalog = Arc::new(catalog);
+                if changed {
                     self.publish(NodeEvent::PeerUpdated, message.id);
                 }
                 // The digest may have moved on while we fetched.
