@@ -59,7 +59,7 @@ pub enum ServeError {
 }
 
 /// Runs the node until SIGINT or SIGTERM. Must run inside an actix system.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
+pub async fn serve(config: Config, dev_ui: bool) -> Result<(), ServeError> {
     let started = Utc::now();
     let started_instant = std::time::Instant::now();
     let data_dir = config.data_dir.clone();
@@ -156,6 +156,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             max_upload_bytes: config.http.max_upload_bytes,
         },
         list_cache: http::ListCache::default(),
+        sessions: http::Sessions::default(),
+        ui_dir: dev_ui.then(|| {
+            let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web-ui");
+            if source.is_dir() {
+                source
+            } else {
+                std::path::PathBuf::from("web-ui")
+            }
+        }),
     });
 
     let workers = if config.http.workers == 0 {

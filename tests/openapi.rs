@@ -173,6 +173,51 @@ async fn live_server_matches_openapi_document() {
         case("GET", "/node", "/node", Body::None, false, 200, None),
         case("GET", "/node", "/node", Body::None, true, 200, None),
         case("GET", "/catalog", "/catalog", Body::None, false, 200, None),
+        case(
+            "POST",
+            "/session",
+            "/session",
+            Body::Json(json!({"token": node.token()})),
+            false,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            "/session",
+            "/session",
+            Body::Json(json!({"token": "wrong"})),
+            false,
+            401,
+            Some("login-failed"),
+        ),
+        case(
+            "POST",
+            "/session",
+            "/session",
+            Body::Json(json!({"user": "x"})),
+            false,
+            400,
+            Some("invalid-field"),
+        ),
+        case(
+            "GET",
+            "/session",
+            "/session",
+            Body::None,
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "DELETE",
+            "/session",
+            "/session",
+            Body::None,
+            true,
+            204,
+            None,
+        ),
         case("GET", "/peers", "/peers", Body::None, false, 200, None),
         case(
             "GET",
@@ -701,6 +746,68 @@ async fn live_server_matches_openapi_document() {
     for case in &cases {
         run(&node, &spec, case, &mut covered).await;
     }
+
+    // A session cookie: the session answers, changes need the CSRF token, logout ends it.
+    let client = awc::Client::default();
+    let mut login = client
+        .post(format!("{}/api/v1/session", node.url))
+        .send_json(&json!({"token": node.token()}))
+        .await
+        .unwrap();
+    let set_cookie = login
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cookie = set_cookie
+        .strip_prefix("aienv_session=")
+        .and_then(|rest| rest.split(';').next())
+        .expect("session cookie")
+        .to_string();
+    let set_cookie = login
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        set_cookie.contains("httponly") && set_cookie.contains("samesite=strict"),
+        "{set_cookie}"
+    );
+    let session: Value = login.json().await.unwrap();
+    let cookie_header = format!("aienv_session={cookie}");
+    let mut current = client
+        .get(format!("{}/api/v1/session", node.url))
+        .insert_header(("cookie", cookie_header.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current.status().as_u16(), 200);
+    let current: Value = current.json().await.unwrap();
+    assert_eq!(current, session);
+    covered.insert("GET /session".into());
+    let without_csrf = client
+        .post(format!("{}/api/v1/workspaces", node.url))
+        .insert_header(("cookie", cookie_header.clone()))
+        .send_json(&json!({"name": "via-cookie"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        without_csrf.status().as_u16(),
+        403,
+        "a change without the CSRF token is refused"
+    );
+    let with_csrf = client
+        .post(format!("{}/api/v1/workspaces", node.url))
+        .insert_header(("cookie", cookie_header.clone()))
+        .insert_header(("x-csrf-token", session["csrf_token"].as_str().unwrap()))
+        .send_json(&json!({"name": "via-cookie"}))
+        .await
+        .unwrap();
+    assert_eq!(with_csrf.status().as_u16(), 201);
 
     // The WebSocket upgrade itself (101).
     let (response, _) = awc::Client::default()

@@ -118,6 +118,9 @@ pub struct ServeArgs {
     /// Do not announce or listen by multicast (static peers still work).
     #[arg(long)]
     pub no_discovery: bool,
+    /// Serve the dashboard from web-ui/ on disk (edit and reload) instead of the embedded copy.
+    #[arg(long)]
+    pub dev: bool,
 }
 
 /// `aienv config ...`.
@@ -237,7 +240,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         tracing::info!(file = %file.display(), "read config file");
     }
     actix_rt::System::new()
-        .block_on(crate::serve::serve(config))
+        .block_on(crate::serve::serve(config, args.dev))
         .map_err(|e| CliError::new(e.to_string()))
 }
 

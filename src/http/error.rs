@@ -62,10 +62,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
-            response.insert_header((
-                "WWW-Authenticate",
-                "Basic realm=\"aienv\", charset=\"UTF-8\"",
-            ));
+            // Not `Basic`: browsers answer a Basic challenge with a password dialog, which
+            // would hang the dashboard's own fetches. Basic credentials are still accepted.
+            response.insert_header(("WWW-Authenticate", "Bearer realm=\"aienv\""));
         }
         response.json(ErrorBody {
             error: ErrorDetail {

@@ -42,9 +42,33 @@ impl FromRequest for Caller {
             .headers()
             .get(AUTHORIZATION)
             .map(|value| value.to_str().map(str::to_string));
+        let session = request
+            .cookie(super::session::COOKIE)
+            .map(|c| c.value().to_string());
+        let csrf = request
+            .headers()
+            .get(super::session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let safe = matches!(request.method().as_str(), "GET" | "HEAD" | "OPTIONS");
         Box::pin(async move {
             let Some(header) = header else {
-                return Ok(Caller(None));
+                // A browser session: valid cookie, and for changes the CSRF token as well.
+                let Some(id) = session else {
+                    return Ok(Caller(None));
+                };
+                let state = state.expect("app state is registered");
+                let Some((principal, token)) = state.sessions.get(&id) else {
+                    return Err(ApiError::unauthorized());
+                };
+                if !safe && csrf.as_deref() != Some(token.as_str()) {
+                    return Err(ApiError::new(
+                        actix_web::http::StatusCode::FORBIDDEN,
+                        "csrf-failed",
+                        "this change lacks the session's X-CSRF-Token header",
+                    ));
+                }
+                return Ok(Caller(Some(principal)));
             };
             let state = state.expect("app state is registered");
             let presented = header

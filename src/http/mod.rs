@@ -8,6 +8,8 @@ mod extract;
 mod list_cache;
 mod node;
 mod peers;
+mod session;
+mod ui;
 mod workspaces;
 
 use std::path::PathBuf;
@@ -32,6 +34,7 @@ use crate::auth::{AccessPolicy, Authenticator};
 pub use error::ApiError;
 pub use extract::{Caller, Login};
 pub use list_cache::ListCache;
+pub use session::Sessions;
 
 /// Everything handlers need, shared by all workers.
 pub struct AppState {
@@ -55,6 +58,10 @@ pub struct AppState {
     pub limits: Limits,
     /// Serialized listing pages of the current view.
     pub list_cache: ListCache,
+    /// Dashboard sessions.
+    pub sessions: Sessions,
+    /// Serve the dashboard from this directory instead of the embedded copy (`--dev`).
+    pub ui_dir: Option<PathBuf>,
 }
 
 /// Static facts about the node.
@@ -105,9 +112,11 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(node::configure)
                     .configure(workspaces::configure)
                     .configure(peers::configure)
+                    .configure(session::configure)
                     .configure(events::configure)
                     .default_service(web::to(not_found)),
-            );
+            )
+            .configure(ui::configure);
     }
 }
 

@@ -255,19 +255,23 @@ impl PeerRegistry {
             return;
         };
         let info = Arc::new(peer.info.clone());
-        let mut peers: Vec<Arc<PeerInfo>> = self
-            .peers
-            .values()
-            .map(|p| Arc::new(p.info.clone()))
-            .collect();
-        peers.sort_by(|a, b| (a.name.as_str(), a.id).cmp(&(b.name.as_str(), b.id)));
-        self.view.peers = peers;
+        self.view.peers = self.sorted_peers();
         let view = &mut self.view;
         let sender = &self.view_sender;
         self.bus.publish(event(info), |seq| {
             view.seq = seq;
             sender.send_replace(Arc::new(view.clone()));
         });
+    }
+
+    fn sorted_peers(&self) -> Vec<Arc<PeerInfo>> {
+        let mut peers: Vec<Arc<PeerInfo>> = self
+            .peers
+            .values()
+            .map(|p| Arc::new(p.info.clone()))
+            .collect();
+        peers.sort_by(|a, b| (a.name.as_str(), a.id).cmp(&(b.name.as_str(), b.id)));
+        peers
     }
 
     fn seen(
@@ -422,6 +426,9 @@ impl PeerRegistry {
         for id in forget {
             self.peers.remove(&id);
         }
+        // Refresh `last_seen` for readers of the view; only changes of state are events.
+        self.view.peers = self.sorted_peers();
+        self.view_sender.send_replace(Arc::new(self.view.clone()));
         let ids: Vec<Uuid> = self.peers.keys().copied().collect();
         for id in ids {
             self.maybe_fetch(ctx, id);

@@ -1,0 +1,184 @@
+//! Browser sessions for the dashboard: a login (user password or admin token) becomes an
+//! HttpOnly, SameSite=Strict cookie; mutating requests made with the cookie must also carry the
+//! session's CSRF token in `X-CSRF-Token`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Presented, Principal};
+
+use super::{ApiError, AppState, Caller};
+
+/// Name of the session cookie.
+pub const COOKIE: &str = "aienv_session";
+/// Header carrying the CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// How long a session lives without use.
+const IDLE: Duration = Duration::from_secs(12 * 3600);
+const MAX_SESSIONS: usize = 10_000;
+
+/// Live sessions, in memory: a node restart logs browsers out.
+#[derive(Default)]
+pub struct Sessions {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+#[derive(Clone)]
+struct Session {
+    principal: Principal,
+    csrf: String,
+    used: Instant,
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Sessions {
+    fn create(&self, principal: Principal) -> (String, String) {
+        let id = random_hex();
+        let csrf = random_hex();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.used.elapsed() < IDLE);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone())
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                principal,
+                csrf: csrf.clone(),
+                used: Instant::now(),
+            },
+        );
+        (id, csrf)
+    }
+
+    /// The session's principal and CSRF token, refreshing its idle timer.
+    pub fn get(&self, id: &str) -> Option<(Principal, String)> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let session = sessions.get_mut(id)?;
+        if session.used.elapsed() >= IDLE {
+            sessions.remove(id);
+            return None;
+        }
+        session.used = Instant::now();
+        Some((session.principal.clone(), session.csrf.clone()))
+    }
+
+    fn remove(&self, id: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/session")
+            .route(web::get().to(current))
+            .route(web::post().to(login))
+            .route(web::delete().to(logout)),
+    );
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+/// A session as the dashboard sees it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionDto {
+    /// Who is logged in.
+    pub user: String,
+    /// Send as `X-CSRF-Token` with every change.
+    pub csrf_token: String,
+}
+
+async fn login(
+    state: web::Data<AppState>,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let presented = match body.into_inner() {
+        LoginRequest {
+            token: Some(token),
+            user: None,
+            password: None,
+        } => Presented::Bearer(token),
+        LoginRequest {
+            user: Some(user),
+            password: Some(password),
+            token: None,
+        } => Presented::Basic { user, password },
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid-field",
+                "send either `user` and `password`, or `token`",
+            ))
+        }
+    };
+    let auth = state.auth.clone();
+    let principal = web::block(move || auth.verify(&presented))
+        .await
+        .map_err(|_| ApiError::unauthorized())?
+        .ok_or_else(|| {
+            tracing::warn!("refused a dashboard login");
+            ApiError::new(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "login-failed",
+                "wrong user name, password or token",
+            )
+        })?;
+    let user = principal.name().to_string();
+    let (id, csrf) = state.sessions.create(principal);
+    let cookie = Cookie::build(COOKIE, id)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/")
+        .finish();
+    Ok(HttpResponse::Ok().cookie(cookie).json(SessionDto {
+        user,
+        csrf_token: csrf,
+    }))
+}
+
+async fn current(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let session = request
+        .cookie(COOKIE)
+        .and_then(|c| state.sessions.get(c.value()))
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(HttpResponse::Ok().json(SessionDto {
+        user: session.0.name().to_string(),
+        csrf_token: session.1,
+    }))
+}
+
+async fn logout(state: web::Data<AppState>, request: HttpRequest, _caller: Caller) -> HttpResponse {
+    if let Some(cookie) = request.cookie(COOKIE) {
+        state.sessions.remove(cookie.value());
+    }
+    let mut expired = Cookie::build(COOKIE, "").path("/").finish();
+    expired.make_removal();
+    HttpResponse::NoContent().cookie(expired).finish()
+}

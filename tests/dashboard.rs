@@ -1,0 +1,101 @@
+//! The dashboard in real Chromium (Debian's `chromium`), driven by Playwright
+//! (`tests/e2e/dashboard.mjs`) against three real nodes discovering each other over loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::TestNode;
+
+#[test]
+fn dashboard_in_chromium() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return common::skip("Chromium is not installed (Debian: apt-get install chromium)");
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return common::skip("Node.js is not installed");
+    }
+    if !e2e.join("node_modules/playwright-core").is_dir() {
+        return common::skip("playwright-core is not installed (npm ci --prefix tests/e2e)");
+    }
+
+    let temp = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let spawn = |name: &str| {
+        TestNode::spawn_on(
+            &temp.path().join(name),
+            &[
+                "--name",
+                name,
+                "--discovery-iface",
+                "lo",
+                "--discovery-port",
+                &port,
+                "--announce-interval",
+                "0.2",
+            ],
+        )
+    };
+    let a = spawn("alpha");
+    let b = spawn("beta");
+    let mut c = spawn("gamma");
+
+    let mut add_user = Command::new(common::binary())
+        .args(["user", "add", "ada", "--password-stdin", "--data-dir"])
+        .arg(&b.data_dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    add_user
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery\n")
+        .unwrap();
+    assert!(add_user.wait().unwrap().success());
+
+    let mut script = Command::new("node")
+        .arg(e2e.join("dashboard.mjs"))
+        .current_dir(&e2e)
+        .env("NODE_A_URL", &a.url)
+        .env("NODE_B_URL", &b.url)
+        .env("NAME_A", "alpha")
+        .env("TOKEN_A", a.token())
+        .env("USER_B", "ada")
+        .env("PASSWORD_B", "correct horse battery")
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_script = script.stdin.take().unwrap();
+    let from_script = BufReader::new(script.stdout.take().unwrap());
+    let mut passed = false;
+    for line in from_script.lines() {
+        let line = line.unwrap();
+        eprintln!("e2e: {line}");
+        match line.as_str() {
+            "ACTION kill-c" => {
+                c.kill9();
+                writeln!(to_script, "done").unwrap();
+            }
+            "PASS" => passed = true,
+            _ => {}
+        }
+    }
+    let status = script.wait().unwrap();
+    assert!(
+        status.success() && passed,
+        "the dashboard test failed (see e2e: lines above)"
+    );
+    drop((a, b));
+}

@@ -1,0 +1,131 @@
+// Dashboard end-to-end test in Debian's Chromium, driven by Playwright. Started by
+// tests/dashboard.rs, which runs three real nodes (A, B, C) discovering each other over
+// loopback and passes their addresses in the environment. Protocol with the harness: this
+// script prints `ACTION kill-c` and waits for a line on stdin before checking C's card.
+
+import assert from 'node:assert/strict';
+import readline from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`missing ${name}`);
+  return value;
+};
+const A = env('NODE_A_URL');
+const B = env('NODE_B_URL');
+const shots = process.env.SCREENSHOT_DIR;
+const timeout = 20_000;
+
+const stdin = readline.createInterface({ input: process.stdin });
+const lines = stdin[Symbol.asyncIterator]();
+async function action(name) {
+  console.log(`ACTION ${name}`);
+  const { value } = await lines.next();
+  assert.equal(value, 'done', `harness answered ${value} to ${name}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-quic',
+    '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const step = (text) => console.log(`step: ${text}`);
+
+try {
+  // Without a session the page shows only the login.
+  const a = await (await browser.newContext()).newPage();
+  a.setDefaultTimeout(timeout);
+  await a.goto(A);
+  await a.locator('#login-form').waitFor();
+  assert.equal(await a.locator('#app').isVisible(), false);
+  step('login page only');
+
+  // A wrong login is refused in place.
+  await a.getByLabel('Admin token').fill('not-the-token');
+  await a.getByRole('button', { name: 'Sign in' }).click();
+  await a.locator('#login-error', { hasText: 'wrong' }).waitFor();
+  assert.equal(await a.locator('#app').isVisible(), false);
+  step('wrong login refused');
+
+  // Log in with the admin token; the overview shows the node.
+  await a.getByLabel('Admin token').fill(env('TOKEN_A'));
+  await a.getByRole('button', { name: 'Sign in' }).click();
+  await a.locator('#app').waitFor();
+  await a.locator('#connection', { hasText: 'live' }).waitFor();
+  await a.getByRole('heading', { name: `Node ${env('NAME_A')}` }).waitFor();
+  step('logged in on A');
+
+  // Create a workspace; a bad name is explained next to the field.
+  await a.getByRole('link', { name: 'Workspaces' }).click();
+  const create = a.getByRole('form', { name: 'Create a workspace' });
+  await create.getByLabel('Name').fill('Bad Name');
+  await create.getByRole('button', { name: 'Create' }).click();
+  await create.locator('.field-error[data-field="name"]', { hasText: 'not a valid name' }).waitFor();
+  await create.getByLabel('Name').fill('vision-lab');
+  await create.getByLabel('Title').fill('Vision lab');
+  await create.getByLabel('Type').selectOption('training');
+  await create.getByRole('button', { name: 'Create' }).click();
+  const row = a.locator('tr[data-workspace="vision-lab"]');
+  await row.waitFor();
+  step('workspace created');
+
+  // Share it.
+  await row.getByRole('switch', { name: 'Share vision-lab' }).check();
+  await a.locator('tr[data-workspace="vision-lab"] td', { hasText: 'r2' }).waitFor();
+  step('shared');
+  if (shots) await a.screenshot({ path: `${shots}/workspaces.png`, fullPage: true });
+
+  // On B (logged in as a user), it appears in the network catalog without a reload.
+  const b = await (await browser.newContext()).newPage();
+  b.setDefaultTimeout(timeout);
+  await b.goto(`${B}/#network`);
+  await b.getByLabel('User').fill(env('USER_B'));
+  await b.getByLabel('Password').fill(env('PASSWORD_B'));
+  await b.getByRole('button', { name: 'Sign in' }).click();
+  await b.getByRole('link', { name: 'Network' }).click();
+  const entry = b.locator('table[aria-label="Network catalog"] tr[data-workspace="vision-lab"]');
+  await entry.waitFor();
+  step('B sees the share live');
+
+  // Search and filter.
+  const catalog = b.getByRole('search');
+  await catalog.getByLabel('Search', { exact: true }).fill('nothing-like-this');
+  await entry.waitFor({ state: 'detached' });
+  await catalog.getByLabel('Search', { exact: true }).fill('VISION');
+  await entry.waitFor();
+  await catalog.getByLabel('Type', { exact: true }).selectOption('dataset');
+  await entry.waitFor({ state: 'detached' });
+  await catalog.getByLabel('Type', { exact: true }).selectOption('training');
+  await entry.waitFor();
+  await catalog.getByLabel('Peer', { exact: true }).selectOption(env('NAME_A'));
+  await entry.waitFor();
+  step('search and filters');
+
+  // Unsharing on A removes it from B live.
+  await row.getByRole('switch', { name: 'Share vision-lab' }).uncheck();
+  await entry.waitFor({ state: 'detached' });
+  step('unshare reaches B');
+  if (shots) await b.screenshot({ path: `${shots}/network.png`, fullPage: true });
+
+  // Kill C: its card turns stale, then gone, live.
+  const card = b.locator('article[data-peer="gamma"] .badge');
+  await b.locator('article[data-peer="gamma"] .badge[data-state="online"]').waitFor();
+  await action('kill-c');
+  await b.locator('article[data-peer="gamma"] .badge[data-state="stale"]').waitFor();
+  await b.locator('article[data-peer="gamma"] .badge[data-state="gone"]').waitFor();
+  assert.equal(await card.textContent(), 'gone');
+  step('killed peer turns stale then gone');
+
+  // Sign out returns to the login.
+  await b.getByRole('button', { name: 'Sign out' }).click();
+  await b.locator('#login-form').waitFor();
+  await b.reload();
+  await b.locator('#login-form').waitFor();
+  assert.equal(await b.locator('#app').isVisible(), false);
+  step('signed out');
+  console.log('PASS');
+} finally {
+  await browser.close();
+  stdin.close();
+}

@@ -1,0 +1,177 @@
+// The dashboard shell: login, the live event stream (one WebSocket, snapshot then deltas,
+// reconnecting with backoff), and the hash router for the views.
+
+import { api, setCsrf, ApiError } from './api.js';
+import { h } from './dom.js';
+import * as overview from './overview.js';
+import * as network from './network.js';
+import * as workspaces from './workspaces.js';
+
+export const state = {
+  user: null,
+  node: null,
+  workspaces: new Map(),
+  peers: new Map(),
+  feed: [],
+  connected: false,
+};
+
+const views = { overview, network, workspaces };
+const listeners = new Set();
+let current = null;
+let socket = null;
+let retryDelay = 500;
+
+export function onChange(listener) {
+  listeners.add(listener);
+  return () => listeners.delete(listener);
+}
+
+function changed(kind) {
+  for (const listener of listeners) listener(kind);
+}
+
+export function flash(message) {
+  const box = document.getElementById('flash');
+  if (!message) { box.hidden = true; return; }
+  box.textContent = message;
+  box.hidden = false;
+  clearTimeout(flash.timer);
+  flash.timer = setTimeout(() => { box.hidden = true; }, 8000);
+}
+
+/// Runs an action and shows its failure in place of a silent error.
+export async function attempt(action) {
+  try {
+    return await action();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return showLogin();
+    flash(error.message);
+    return undefined;
+  }
+}
+
+function record(text) {
+  state.feed.unshift({ at: new Date(), text });
+  state.feed.length = Math.min(state.feed.length, 30);
+}
+
+function handle(message) {
+  switch (message.type) {
+    case 'snapshot':
+      state.node = message.node;
+      state.workspaces = new Map(message.workspaces.map((w) => [w.id, w]));
+      state.peers = new Map((message.peers || []).map((p) => [p.id, p]));
+      document.getElementById('node-name').textContent = `${message.node.name}`;
+      changed('snapshot');
+      break;
+    case 'workspace_changed':
+      if (message.workspace) state.workspaces.set(message.id, message.workspace);
+      else state.workspaces.delete(message.id);
+      record(`workspace ${message.name} ${message.change} by ${message.by}`);
+      changed('workspaces');
+      break;
+    case 'peer_joined':
+    case 'peer_updated':
+    case 'peer_left': {
+      const before = state.peers.get(message.peer.id);
+      state.peers.set(message.peer.id, message.peer);
+      if (message.type === 'peer_joined') record(`peer ${message.peer.name} joined`);
+      else if (!before || before.state !== message.peer.state) record(`peer ${message.peer.name} is ${message.peer.state}`);
+      changed('peers');
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+function setConnected(connected) {
+  state.connected = connected;
+  const status = document.getElementById('connection');
+  status.textContent = connected ? 'live' : 'offline — reconnecting';
+  status.classList.toggle('offline', !connected);
+  changed('connection');
+}
+
+function connect() {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  socket = new WebSocket(`${scheme}://${location.host}/api/v1/events`);
+  let opened = false;
+  socket.onopen = () => { opened = true; retryDelay = 500; setConnected(true); };
+  socket.onmessage = (event) => handle(JSON.parse(event.data));
+  socket.onclose = async () => {
+    setConnected(false);
+    if (!state.user) return;
+    if (!opened) {
+      // The upgrade was refused: the session may have expired.
+      try { await api('GET', '/session'); } catch (error) {
+        if (error instanceof ApiError && error.status === 401) { showLogin(); return; }
+      }
+    }
+    setTimeout(connect, retryDelay);
+    retryDelay = Math.min(retryDelay * 2, 10000);
+  };
+}
+
+function route() {
+  const name = (location.hash || '#overview').slice(1);
+  const view = views[name] || overview;
+  if (current) current.unmount();
+  for (const link of document.querySelectorAll('nav a')) {
+    if (link.dataset.view === name) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  const main = document.getElementById('main');
+  main.replaceChildren();
+  current = view.mount(main);
+  main.focus();
+}
+
+function showLogin() {
+  state.user = null;
+  if (socket) { socket.onclose = null; socket.close(); socket = null; }
+  document.getElementById('app').hidden = true;
+  document.getElementById('login-view').hidden = false;
+  document.querySelector('#login-form input').focus();
+}
+
+function showApp(session) {
+  state.user = session.user;
+  setCsrf(session.csrf_token);
+  document.getElementById('login-view').hidden = true;
+  document.getElementById('app').hidden = false;
+  connect();
+  route();
+}
+
+async function login(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const error = document.getElementById('login-error');
+  error.textContent = '';
+  const token = form.get('token');
+  const body = token ? { token } : { user: form.get('user'), password: form.get('password') };
+  try {
+    showApp(await api('POST', '/session', body));
+    event.target.reset();
+  } catch (failure) {
+    error.textContent = failure.message;
+  }
+}
+
+async function logout() {
+  await attempt(() => api('DELETE', '/session'));
+  showLogin();
+}
+
+window.addEventListener('hashchange', () => { if (state.user) route(); });
+document.getElementById('login-form').addEventListener('submit', login);
+document.getElementById('logout').addEventListener('click', logout);
+
+api('GET', '/session').then(showApp, () => showLogin());
+
+// Re-render relative times now and then.
+setInterval(() => changed('tick'), 5000);
+
+export { h };

@@ -1,0 +1,147 @@
+// Workspaces: this node's workspaces — create, edit, share, history and restore, export and
+// import, delete. Validation errors appear next to the field they name.
+
+import { state, onChange, attempt, flash } from './app.js';
+import { api, ApiError } from './api.js';
+import { h, ago } from './dom.js';
+
+const TYPES = ['general', 'notebook', 'training', 'fine-tuning', 'inference', 'dataset', 'model', 'app', 'course'];
+
+/// Shows an API failure next to the fields it names, or as one message.
+function showErrors(form, error) {
+  for (const slot of form.querySelectorAll('.field-error')) slot.textContent = '';
+  const fields = error instanceof ApiError && error.details && (error.details.fields || (error.details.field ? [{ field: error.details.field, message: error.message }] : null));
+  let placed = false;
+  for (const { field, message } of fields || []) {
+    const key = field.split(/[.[]/)[0];
+    const slot = form.querySelector(`.field-error[data-field="${key}"]`);
+    if (slot) { slot.textContent = message; placed = true; }
+  }
+  const general = form.querySelector('.field-error[data-field="_"]');
+  if (!placed && general) general.textContent = error.message;
+}
+
+function input(label, name, attrs = {}) {
+  const id = `f-${name}-${Math.random().toString(36).slice(2, 7)}`;
+  return h('div', {},
+    h('label', { for: id }, label),
+    h('input', { id, name, ...attrs }),
+    h('div', { class: 'field-error', 'data-field': name, 'aria-live': 'polite' }));
+}
+
+function createForm() {
+  const form = h('form', { class: 'inline', 'aria-label': 'Create a workspace' },
+    input('Name', 'name', { required: true, placeholder: 'my-project' }),
+    input('Title', 'title'),
+    h('div', {}, h('label', { for: 'create-type' }, 'Type'), h('select', { id: 'create-type', name: 'type' }, TYPES.map((t) => h('option', { value: t, text: t }))), h('div', { class: 'field-error', 'data-field': 'type' })),
+    h('div', {}, h('label', { for: 'create-template' }, 'Template'), h('select', { id: 'create-template', name: 'template' },
+      h('option', { value: '', text: 'empty' }), h('option', { value: 'python', text: 'python' }), h('option', { value: 'notebook', text: 'notebook' }))),
+    input('From directory on the node', 'from_dir', { placeholder: '/home/me/project' }),
+    h('button', { type: 'submit' }, 'Create'),
+    h('div', { class: 'field-error', 'data-field': '_' }));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const body = { name: data.get('name').trim(), type: data.get('type') };
+    if (data.get('title')) body.title = data.get('title');
+    if (data.get('template')) body.template = data.get('template');
+    if (data.get('from_dir')) body.from_dir = data.get('from_dir');
+    try {
+      await api('POST', '/workspaces', body);
+      form.reset();
+      showErrors(form, new Error(''));
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+  return form;
+}
+
+function importForm() {
+  const file = h('input', { type: 'file', name: 'archive', accept: '.zst,.tar.zst', required: true });
+  const form = h('form', { class: 'inline', 'aria-label': 'Import a workspace' },
+    h('label', {}, 'Archive (.tar.zst)', file),
+    input('Import as (optional)', 'as'),
+    h('button', { type: 'submit' }, 'Import'),
+    h('div', { class: 'field-error', 'data-field': '_' }));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const name = new FormData(form).get('as');
+    try {
+      const result = await api('POST', `/workspaces/import${name ? `?as=${encodeURIComponent(name)}` : ''}`, file.files[0], 'application/zstd');
+      form.reset();
+      flash(null);
+      for (const note of result.notes) flash(note);
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+  return form;
+}
+
+function editor(workspace) {
+  const form = h('form', { class: 'inline', 'aria-label': `Edit ${workspace.name}` },
+    input('Title', 'title', { value: workspace.title }),
+    input('Description', 'description', { value: workspace.description }),
+    input('Tags (comma separated)', 'tags', { value: workspace.tags.join(', ') }),
+    h('button', { type: 'submit' }, 'Save'),
+    h('div', { class: 'field-error', 'data-field': '_' }));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const tags = data.get('tags').split(',').map((t) => t.trim()).filter(Boolean);
+    try {
+      await api('PATCH', `/workspaces/${workspace.id}`, {
+        title: data.get('title'), description: data.get('description'), tags, expected_revision: workspace.revision,
+      });
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+  const history = h('ol', { class: 'feed' });
+  const load = h('button', { type: 'button', class: 'link', onclick: async () => {
+    const revisions = await attempt(() => api('GET', `/workspaces/${workspace.id}/revisions`));
+    if (!revisions) return;
+    history.replaceChildren(...revisions.reverse().map((r) => h('li', {},
+      `r${r.revision} ${r.change} by ${r.by}, ${ago(r.at)} `,
+      r.revision === workspace.revision ? h('span', { class: 'muted', text: '(current)' })
+        : h('button', { type: 'button', class: 'link', onclick: () => attempt(() => api('POST', `/workspaces/${workspace.id}/revisions/${r.revision}/restore`)) }, `Restore r${r.revision}`))));
+  } }, 'Show history');
+  return h('div', {}, form, load, history);
+}
+
+function row(workspace, open) {
+  const share = h('input', { type: 'checkbox', role: 'switch', checked: workspace.sharing.enabled, 'aria-label': `Share ${workspace.name}` });
+  share.addEventListener('change', () => attempt(() => api('POST', `/workspaces/${workspace.id}/${share.checked ? 'share' : 'unshare'}`)));
+  const remove = h('button', { type: 'button', class: 'danger', onclick: async () => {
+    if (!window.confirm(`Delete workspace ${workspace.name} and all its files?`)) return;
+    await attempt(() => api('DELETE', `/workspaces/${workspace.id}`));
+  } }, 'Delete');
+  const details = h('details', { open, 'data-name': workspace.name },
+    h('summary', {}, 'Edit, history'), editor(workspace));
+  return h('tr', { 'data-workspace': workspace.name },
+    h('td', {}, h('strong', { text: workspace.name }), workspace.title ? h('div', { class: 'muted', text: workspace.title }) : null, details),
+    h('td', { text: workspace.type }),
+    h('td', { text: `r${workspace.revision}` }),
+    h('td', {}, h('label', { class: 'switch' }, share, 'Shared')),
+    h('td', {}, h('a', { href: `/api/v1/workspaces/${workspace.id}/export`, download: `${workspace.name}.tar.zst` }, 'Export'), ' ', remove));
+}
+
+export function mount(main) {
+  const body = h('tbody');
+  main.append(
+    h('h2', {}, 'Create a workspace'), createForm(),
+    h('h2', {}, 'Workspaces on this node'),
+    h('table', { 'aria-label': 'Workspaces' },
+      h('thead', {}, h('tr', {}, ['Workspace', 'Type', 'Revision', 'Sharing', 'Actions'].map((c) => h('th', { scope: 'col', text: c })))),
+      body),
+    h('h2', {}, 'Import'), importForm());
+  const render = () => {
+    const open = new Set([...body.querySelectorAll('details[open]')].map((d) => d.dataset.name));
+    const list = [...state.workspaces.values()].sort((a, b) => a.name.localeCompare(b.name));
+    body.replaceChildren(...list.map((w) => row(w, open.has(w.name))));
+  };
+  render();
+  const stop = onChange((kind) => { if (kind === 'workspaces' || kind === 'snapshot') render(); });
+  return { unmount: stop };
+}
