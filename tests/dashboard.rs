@@ -24,27 +24,8 @@ fn dashboard_in_chromium() {
     }
 
     let temp = tempfile::tempdir().unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    let spawn = |name: &str| {
-        TestNode::spawn_on(
-            &temp.path().join(name),
-            &[
-                "--name",
-                name,
-                "--discovery-iface",
-                "lo",
-                "--discovery-port",
-                &port,
-                "--announce-interval",
-                "0.2",
-            ],
-        )
-    };
+    let port = common::free_udp_port();
+    let spawn = |name: &str| TestNode::spawn_discovering(&temp.path().join(name), name, port);
     let a = spawn("alpha");
     let b = spawn("beta");
     let mut c = spawn("gamma");

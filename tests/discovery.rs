@@ -12,32 +12,6 @@ use aienv_actors::discovery::wire::{self, Announcement, Datagram, ResourceSummar
 use common::TestNode;
 use futures_util::StreamExt;
 
-/// A UDP port nothing on this host uses now.
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn discovery_node(dir: &std::path::Path, name: &str, port: u16) -> TestNode {
-    let port = port.to_string();
-    TestNode::spawn_on(
-        dir,
-        &[
-            "--name",
-            name,
-            "--discovery-iface",
-            "lo",
-            "--discovery-port",
-            &port,
-            "--announce-interval",
-            "0.2",
-        ],
-    )
-}
-
 /// Polls `check` until it holds (deadline 15 s: a correctness deadline, not a timing claim).
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -61,10 +35,10 @@ fn state_of(peers: &[PeerDto], name: &str) -> Option<String> {
 #[actix_rt::test]
 async fn three_nodes_find_each_other_share_and_leave() {
     let temp = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let mut nodes: Vec<TestNode> = ["alpha", "beta", "gamma"]
         .iter()
-        .map(|name| discovery_node(&temp.path().join(name), name, port))
+        .map(|name| TestNode::spawn_discovering(&temp.path().join(name), name, port))
         .collect();
     let clients: Vec<Client> = nodes.iter().map(|n| n.admin()).collect();
 
@@ -232,8 +206,8 @@ fn announcement(node_id: uuid::Uuid, seq: u64, name: &str) -> Announcement {
 #[actix_rt::test]
 async fn abusive_datagrams_are_dropped_and_counted() {
     let temp = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
-    let node = discovery_node(&temp.path().join("n"), "target", port);
+    let port = common::free_udp_port();
+    let node = TestNode::spawn_discovering(&temp.path().join("n"), "target", port);
     let client = node.admin();
     let own_id = client.node().await.unwrap().id;
     eventually("the node listens for datagrams", || async {

@@ -98,6 +98,25 @@ impl TestNode {
         }
     }
 
+    /// Starts a node that discovers its peers over loopback multicast on `port`, announcing
+    /// every 0.2 s.
+    pub fn spawn_discovering(data_dir: &Path, name: &str, port: u16) -> TestNode {
+        let port = port.to_string();
+        TestNode::spawn_on(
+            data_dir,
+            &[
+                "--name",
+                name,
+                "--discovery-iface",
+                "lo",
+                "--discovery-port",
+                &port,
+                "--announce-interval",
+                "0.2",
+            ],
+        )
+    }
+
     /// The admin token.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("admin.token"))
@@ -174,6 +193,15 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A UDP port nothing on this host uses now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind a UDP socket")
+        .local_addr()
+        .expect("local address")
+        .port()
 }
 
 /// Whether `AIENV_REQUIRE_ALL=1` asks that no test be skipped.

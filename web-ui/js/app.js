@@ -2,7 +2,6 @@
 // reconnecting with backoff), and the hash router for the views.
 
 import { api, setCsrf, ApiError } from './api.js';
-import { h } from './dom.js';
 import * as overview from './overview.js';
 import * as network from './network.js';
 import * as workspaces from './workspaces.js';
@@ -174,4 +173,3 @@ api('GET', '/session').then(showApp, () => showLogin());
 // Re-render relative times now and then.
 setInterval(() => changed('tick'), 5000);
 
-export { h };

@@ -31,9 +31,7 @@ function render(region) {
     h('section', { class: 'grid', 'aria-label': 'Counts' },
       h('div', { class: 'card' }, h('h3', {}, 'Peers online'), h('p', { class: 'stat', id: 'count-peers', text: `${online}` })),
       h('div', { class: 'card' }, h('h3', {}, 'Workspaces'), h('p', { class: 'stat', text: `${state.workspaces.size}` })),
-      h('div', { class: 'card' }, h('h3', {}, 'Shared'), h('p', { class: 'stat', id: 'count-shared', text: `${shared}` })),
-      h('div', { class: 'card' }, h('h3', {}, 'Running environments'), h('p', { class: 'stat', text: '0' })),
-      h('div', { class: 'card' }, h('h3', {}, 'Active transfers'), h('p', { class: 'stat', text: '0' }))),
+      h('div', { class: 'card' }, h('h3', {}, 'Shared'), h('p', { class: 'stat', id: 'count-shared', text: `${shared}` }))),
     h('h2', {}, 'Activity'),
     state.feed.length
       ? h('ul', { class: 'feed', 'aria-live': 'polite' }, state.feed.map((e) => h('li', {}, h('span', { class: 'muted', text: `${e.at.toLocaleTimeString()} ` }), e.text)))
