@@ -178,5 +178,26 @@ async fn nodes_on_separate_hosts_discover_each_other_and_see_one_cut_off() {
         })
         .await;
     }
+
+    // Bring it back: its next announcement reaches the others, who list it online again.
+    ip(&["-n", &lan.namespaces[2], "link", "set", "eth2", "up"]).unwrap();
+    let _ = ip(&[
+        "-n",
+        &lan.namespaces[2],
+        "route",
+        "add",
+        "224.0.0.0/4",
+        "dev",
+        "eth2",
+    ]);
+    for client in &clients[..2] {
+        eventually("host2 is back online", || async {
+            let peers = client.peers().await.unwrap();
+            peers
+                .iter()
+                .any(|p| p.name == "host2" && p.state == "online")
+        })
+        .await;
+    }
     drop(nodes);
 }
