@@ -29,14 +29,33 @@ fn ip(args: &[&str]) -> Result<(), String> {
 struct Lan {
     bridge: String,
     namespaces: Vec<String>,
+    /// Unique per LAN in this process (names and the subnet 10.99.<subnet>.0/24).
+    tag: u32,
+    subnet: u32,
 }
 
+static LANS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Lan {
+    /// A bridge with `hosts` namespaces, each linked to it.
     fn create(hosts: usize) -> Result<Lan, String> {
-        let tag = std::process::id() % 100_000;
+        let mut lan = Lan::unlinked(hosts)?;
+        for i in 0..hosts {
+            lan.link(i)?;
+        }
+        Ok(lan)
+    }
+
+    /// A bridge with `hosts` namespaces that have no network link yet.
+    fn unlinked(hosts: usize) -> Result<Lan, String> {
+        let subnet = LANS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = (std::process::id() % 10_000) * 10 + subnet;
+        let lan_bridge = format!("avbr{tag}");
         let mut lan = Lan {
-            bridge: format!("avbr{tag}"),
+            bridge: lan_bridge,
             namespaces: Vec::new(),
+            tag,
+            subnet,
         };
         ip(&[
             "link",
@@ -47,34 +66,52 @@ impl Lan {
             "mcast_snooping",
             "0",
         ])?;
-        ip(&["addr", "add", "10.99.0.1/24", "dev", &lan.bridge])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.99.{subnet}.1/24"),
+            "dev",
+            &lan.bridge,
+        ])?;
         ip(&["link", "set", &lan.bridge, "up"])?;
         for i in 0..hosts {
             let ns = format!("aienv-lan-{tag}-{i}");
             ip(&["netns", "add", &ns])?;
             lan.namespaces.push(ns.clone());
-            let outer = format!("av{tag}o{i}");
-            let inner = format!("eth{i}");
-            // The inner end is created inside the namespace: its name may exist outside.
-            ip(&[
-                "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns,
-            ])?;
-            ip(&["link", "set", &outer, "master", &lan.bridge])?;
-            ip(&["link", "set", &outer, "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("10.99.0.{}/24", 10 + i),
-                "dev",
-                &inner,
-            ])?;
-            ip(&["-n", &ns, "link", "set", &inner, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", &inner])?;
         }
         Ok(lan)
+    }
+
+    /// Host `i`'s address, with `suffix` (such as `/24`).
+    fn address(&self, i: usize, suffix: &str) -> String {
+        format!("10.99.{}.{}{suffix}", self.subnet, 10 + i)
+    }
+
+    /// Plugs host `i` into the bridge as `eth{i}` with its address.
+    fn link(&mut self, i: usize) -> Result<(), String> {
+        let tag = self.tag;
+        let ns = self.namespaces[i].clone();
+        let outer = format!("av{tag}o{i}");
+        let inner = format!("eth{i}");
+        // The inner end is created inside the namespace: its name may exist outside.
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns,
+        ])?;
+        ip(&["link", "set", &outer, "master", &self.bridge])?;
+        ip(&["link", "set", &outer, "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &self.address(i, "/24"),
+            "dev",
+            &inner,
+        ])?;
+        ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", &inner])?;
+        Ok(())
     }
 }
 
@@ -87,6 +124,43 @@ impl Drop for Lan {
             .args(["link", "del", &self.bridge])
             .output();
     }
+}
+
+/// Starts the node of host `i` inside its namespace, announcing on `eth{i}`.
+fn start_host(lan: &Lan, i: usize, dir: &std::path::Path) -> (TestNode, Client) {
+    let data = dir.join(format!("host{i}"));
+    let mut command = Command::new("ip");
+    command
+        .args([
+            "netns",
+            "exec",
+            &lan.namespaces[i],
+            common::binary(),
+            "serve",
+            "--http-port",
+            "0",
+            "--bind",
+            "0.0.0.0",
+        ])
+        .args([
+            "--name",
+            &format!("host{i}"),
+            "--discovery-iface",
+            &format!("eth{i}"),
+            "--announce-interval",
+            "0.2",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("AIENV_LOG", "warn")
+        .env("XDG_CONFIG_HOME", data.join("no-config"));
+    let node = TestNode::start(command, &data);
+    let port = node.url.rsplit(':').next().unwrap().to_string();
+    let client = Client::new(
+        &format!("http://{}:{port}", lan.address(i, "")),
+        Some(Credentials::Token(node.token())),
+    );
+    (node, client)
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -115,37 +189,9 @@ async fn nodes_on_separate_hosts_discover_each_other_and_see_one_cut_off() {
     let temp = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     let mut clients = Vec::new();
-    for (i, ns) in lan.namespaces.iter().enumerate() {
-        let data = temp.path().join(format!("host{i}"));
-        let mut command = Command::new("ip");
-        command
-            .args([
-                "netns",
-                "exec",
-                ns,
-                common::binary(),
-                "serve",
-                "--http-port",
-                "0",
-                "--bind",
-                "0.0.0.0",
-            ])
-            .args([
-                "--name",
-                &format!("host{i}"),
-                "--discovery-iface",
-                &format!("eth{i}"),
-                "--announce-interval",
-                "0.2",
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .env("AIENV_LOG", "warn")
-            .env("XDG_CONFIG_HOME", data.join("no-config"));
-        let node = TestNode::start(command, &data);
-        let port = node.url.rsplit(':').next().unwrap().to_string();
-        let url = format!("http://10.99.0.{}:{port}", 10 + i);
-        clients.push(Client::new(&url, Some(Credentials::Token(node.token()))));
+    for i in 0..lan.namespaces.len() {
+        let (node, client) = start_host(&lan, i, temp.path());
+        clients.push(client);
         nodes.push(node);
     }
 
@@ -159,7 +205,7 @@ async fn nodes_on_separate_hosts_discover_each_other_and_see_one_cut_off() {
         for peer in &peers {
             // Each peer is known by its own address on the LAN, not loopback.
             assert!(
-                peer.addresses[0].starts_with("10.99.0."),
+                peer.addresses[0].starts_with(&format!("10.99.{}.", lan.subnet)),
                 "{:?}",
                 peer.addresses
             );
@@ -200,4 +246,57 @@ async fn nodes_on_separate_hosts_discover_each_other_and_see_one_cut_off() {
         .await;
     }
     drop(nodes);
+}
+
+#[actix_rt::test]
+async fn a_node_starts_announcing_when_its_interface_appears() {
+    let mut lan = match Lan::unlinked(2) {
+        Ok(lan) => lan,
+        Err(reason) => {
+            common::skip(&format!(
+                "cannot build a bridged network of namespaces (needs root and iproute2): {reason}"
+            ));
+            return;
+        }
+    };
+    lan.link(0).unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let (_first, first) = start_host(&lan, 0, temp.path());
+    // Host 1's node starts before its network interface exists; it says so.
+    let data = temp.path().join("host1");
+    let mut command = Command::new("ip");
+    command
+        .args([
+            "netns",
+            "exec",
+            &lan.namespaces[1],
+            common::binary(),
+            "serve",
+            "--http-port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--name",
+            "host1",
+            "--discovery-iface",
+            "eth1",
+            "--announce-interval",
+            "0.2",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("AIENV_LOG", "warn")
+        .env("XDG_CONFIG_HOME", data.join("no-config"));
+    let _second = TestNode::start(command, &data);
+    // Plug it in: within the interface rescan the node joins the group and is discovered.
+    lan.link(1).unwrap();
+    eventually("host1 appears once its interface exists", || async {
+        let peers = first.peers().await.unwrap();
+        peers
+            .iter()
+            .any(|p| p.name == "host1" && p.state == "online")
+    })
+    .await;
 }
