@@ -77,3 +77,36 @@ fn serve(state: &AppState, path: &str) -> HttpResponse {
         ))
         .body(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file under `web-ui/` is embedded (a file missing from `FILES` would work with
+    /// `--dev` and be missing from the release binary).
+    #[test]
+    fn every_web_ui_file_is_embedded() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("web-ui");
+        let mut on_disk = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    on_disk.push(
+                        path.strip_prefix(&root)
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = FILES.iter().map(|(name, _)| name.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+    }
+}
