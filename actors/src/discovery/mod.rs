@@ -115,6 +115,8 @@ pub struct Announcer {
     source_buckets: HashMap<IpAddr, (f64, Instant)>,
     pending: Option<SpawnHandle>,
     last_prompt: Option<Instant>,
+    /// Whether the start burst of announcements was sent (after the first detection).
+    started_burst: bool,
 }
 
 /// Bucket size and refill rate per (source, node): a real node sends at most a few per second.
@@ -343,14 +345,17 @@ impl Actor for Announcer {
         let (digest, count) = catalog::digest(&self.store.view());
         self.view.catalog_digest = digest;
         self.view.shared_workspaces = count;
-        self.view.resources = resources::detect(&self.config.data_dir);
-        ctx.run_interval(Duration::from_secs(30), |announcer, ctx| {
+        // Detection may run nvidia-smi: never on the arbiter. The start burst of announcements
+        // waits for the first result, so peers never see a node without its hardware.
+        let detect = |announcer: &mut Announcer, ctx: &mut Context<Announcer>| {
             let data_dir = announcer.config.data_dir.clone();
             let addr = ctx.address();
             tokio::task::spawn_blocking(move || {
                 addr.do_send(ResourcesDetected(resources::detect(&data_dir)))
             });
-        });
+        };
+        detect(self, ctx);
+        ctx.run_interval(Duration::from_secs(30), detect);
         let events =
             futures_util::stream::unfold(self.bus.subscribe(), |mut receiver| async move {
                 loop {
@@ -388,9 +393,6 @@ impl Actor for Announcer {
                     }
                 });
                 ctx.add_stream(datagrams);
-                self.announce(false);
-                ctx.run_later(Duration::from_millis(500), |a, _| a.announce(false));
-                ctx.run_later(Duration::from_millis(2500), |a, _| a.announce(false));
                 ctx.run_interval(self.config.interval, |a, _| {
                     a.announce(false);
                     a.publish_view();
@@ -438,6 +440,17 @@ impl Handler<ResourcesDetected> for Announcer {
     type Result = ();
 
     fn handle(&mut self, message: ResourcesDetected, ctx: &mut Self::Context) {
+        if !self.started_burst {
+            // The first detection: announce at once, and again after 0.5 s and 2.5 s so one
+            // lost datagram does not hide this node.
+            self.started_burst = true;
+            self.view.resources = message.0;
+            self.publish_view();
+            self.announce(false);
+            ctx.run_later(Duration::from_millis(500), |a, _| a.announce(false));
+            ctx.run_later(Duration::from_millis(2500), |a, _| a.announce(false));
+            return;
+        }
         let old = &self.view.resources;
         let new = message.0;
         let significant = old.cpu_cores != new.cpu_cores
@@ -495,6 +508,7 @@ impl AnnouncerHandle {
             source_buckets: HashMap::new(),
             pending: None,
             last_prompt: None,
+            started_burst: false,
         }
         .start();
         AnnouncerHandle { addr, view }
