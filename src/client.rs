@@ -170,19 +170,24 @@ impl Client {
         format!("{}/api/v1{path}", self.base)
     }
 
-    fn request(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
-        let mut request = self.http.request(method, self.url(path));
+    /// The `Authorization` header value for the client's credentials.
+    fn authorization(&self) -> Option<String> {
         match &self.credentials {
-            Some(Credentials::Token(token)) => {
-                request = request.insert_header((AUTHORIZATION, format!("Bearer {token}")));
-            }
+            Some(Credentials::Token(token)) => Some(format!("Bearer {token}")),
             Some(Credentials::Basic { user, password }) => {
                 let encoded = crate::auth::base64_encode(format!("{user}:{password}").as_bytes());
-                request = request.insert_header((AUTHORIZATION, format!("Basic {encoded}")));
+                Some(format!("Basic {encoded}"))
             }
-            None => {}
+            None => None,
         }
-        request
+    }
+
+    fn request(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
+        let request = self.http.request(method, self.url(path));
+        match self.authorization() {
+            Some(value) => request.insert_header((AUTHORIZATION, value)),
+            None => request,
+        }
     }
 
     fn connect_error(&self, error: impl std::fmt::Display) -> ClientError {
@@ -556,15 +561,8 @@ impl Client {
     > {
         let url = self.url("/events").replacen("http", "ws", 1);
         let mut request = self.http.ws(url).max_frame_size(512 * 1024 * 1024);
-        match &self.credentials {
-            Some(Credentials::Token(token)) => {
-                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-            }
-            Some(Credentials::Basic { user, password }) => {
-                let encoded = crate::auth::base64_encode(format!("{user}:{password}").as_bytes());
-                request = request.header(AUTHORIZATION, format!("Basic {encoded}"));
-            }
-            None => {}
+        if let Some(value) = self.authorization() {
+            request = request.header(AUTHORIZATION, value);
         }
         let (response, framed) = request.connect().await.map_err(|e| match e {
             awc::error::WsClientError::InvalidResponseStatus(status) => ClientError::Api {

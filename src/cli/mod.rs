@@ -58,23 +58,11 @@ pub enum Command {
     },
     /// Browse and search everything the network shares.
     Catalog {
-        /// Free-text search (every word must match).
-        query: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Only this peer (name or id).
         #[arg(long)]
         peer: Option<String>,
-        /// Only this type.
-        #[arg(long = "type")]
-        kind: Option<String>,
-        /// Only workspaces listing this tool.
-        #[arg(long)]
-        tool: Option<String>,
-        /// Only workspaces listing this language.
-        #[arg(long = "lang")]
-        language: Option<String>,
-        /// Only workspaces with this tag.
-        #[arg(long)]
-        tag: Option<String>,
     },
     /// Print the node's live event stream (one JSON object per line).
     Events,
@@ -86,6 +74,32 @@ pub enum Command {
     /// Manage the node's users (works on the data dir directly).
     #[command(subcommand)]
     User(UserCommand),
+}
+
+/// Search and filter flags shared by `ws ls` and `catalog`.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Free-text search (every word must match).
+    pub query: Vec<String>,
+    /// Only this type.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    /// Only workspaces listing this tool.
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Only workspaces listing this language.
+    #[arg(long = "lang")]
+    pub language: Option<String>,
+    /// Only workspaces with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+impl FilterArgs {
+    /// The free text, or `None` when no words were given.
+    pub fn text(&self) -> Option<String> {
+        (!self.query.is_empty()).then(|| self.query.join(" "))
+    }
 }
 
 /// Flags of `aienv serve`; each overrides the config file and the environment.
@@ -555,21 +569,14 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                 "the node closed the event stream",
             ))
         }
-        Command::Catalog {
-            query,
-            peer,
-            kind,
-            tool,
-            language,
-            tag,
-        } => {
+        Command::Catalog { filter, peer } => {
             let entries = client
                 .network_catalog(&crate::client::NetworkQuery {
-                    kind: kind.clone(),
-                    tool: tool.clone(),
-                    lang: language.clone(),
-                    tag: tag.clone(),
-                    q: (!query.is_empty()).then(|| query.join(" ")),
+                    kind: filter.kind.clone(),
+                    tool: filter.tool.clone(),
+                    lang: filter.language.clone(),
+                    tag: filter.tag.clone(),
+                    q: filter.text(),
                     peer: peer.clone(),
                 })
                 .await?;

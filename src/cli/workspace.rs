@@ -47,20 +47,8 @@ pub enum WsCommand {
     /// List workspaces, with filters and free-text search.
     #[command(visible_alias = "list")]
     Ls {
-        /// Free-text search (every word must match).
-        query: Vec<String>,
-        /// Only this type.
-        #[arg(long = "type")]
-        kind: Option<String>,
-        /// Only workspaces listing this tool.
-        #[arg(long)]
-        tool: Option<String>,
-        /// Only workspaces listing this language.
-        #[arg(long = "lang")]
-        language: Option<String>,
-        /// Only workspaces with this tag.
-        #[arg(long)]
-        tag: Option<String>,
+        #[command(flatten)]
+        filter: super::FilterArgs,
         /// Only shared workspaces.
         #[arg(long, conflicts_with = "unshared")]
         shared: bool,
@@ -243,21 +231,17 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
             }
         }
         WsCommand::Ls {
-            query,
-            kind,
-            tool,
-            language,
-            tag,
+            filter,
             shared,
             unshared,
             limit,
         } => {
             let query = ListQuery {
-                kind: kind.clone(),
-                tool: tool.clone(),
-                lang: language.clone(),
-                tag: tag.clone(),
-                q: (!query.is_empty()).then(|| query.join(" ")),
+                kind: filter.kind.clone(),
+                tool: filter.tool.clone(),
+                lang: filter.language.clone(),
+                tag: filter.tag.clone(),
+                q: filter.text(),
                 shared: if *shared {
                     Some(true)
                 } else if *unshared {
