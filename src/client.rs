@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::api::{
     CreateWorkspace, CreatedDto, ErrorBody, Health, NodeInfo, RevisionDetail, RevisionDto,
-    ShareRequest, UpdateWorkspace, WorkspaceDetail, WorkspaceDto, WorkspacePage,
+    ShareRequest, TransferDto, TransferRequestDto, UpdateWorkspace, WorkspaceDetail, WorkspaceDto,
+    WorkspacePage,
 };
 
 /// How the client proves who it is.
@@ -433,6 +434,50 @@ impl Client {
     pub async fn unshare(&self, workspace: &str) -> Result<WorkspaceDto, ClientError> {
         let path = format!("/workspaces/{}/unshare", segment(workspace));
         let response = self.send(awc::http::Method::POST, &path).await?;
+        self.json(response).await
+    }
+
+    /// Queues a clone or sync (`POST /transfers`).
+    pub async fn start_transfer(
+        &self,
+        body: &TransferRequestDto,
+    ) -> Result<TransferDto, ClientError> {
+        self.send_json(awc::http::Method::POST, "/transfers", body)
+            .await
+    }
+
+    /// Every transfer job, newest first.
+    pub async fn transfers(&self) -> Result<Vec<TransferDto>, ClientError> {
+        self.get_json("/transfers").await
+    }
+
+    /// One transfer job.
+    pub async fn transfer(&self, id: &str) -> Result<TransferDto, ClientError> {
+        self.get_json(&format!("/transfers/{}", segment(id))).await
+    }
+
+    /// Cancels an active transfer; removes a finished one (then returns `None`).
+    pub async fn cancel_transfer(&self, id: &str) -> Result<Option<TransferDto>, ClientError> {
+        let response = self
+            .send(
+                awc::http::Method::DELETE,
+                &format!("/transfers/{}", segment(id)),
+            )
+            .await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        self.json(response).await.map(Some)
+    }
+
+    /// Retries a failed or cancelled transfer.
+    pub async fn retry_transfer(&self, id: &str) -> Result<TransferDto, ClientError> {
+        let response = self
+            .send(
+                awc::http::Method::POST,
+                &format!("/transfers/{}/retry", segment(id)),
+            )
+            .await?;
         self.json(response).await
     }
 

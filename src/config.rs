@@ -26,6 +26,8 @@ pub struct Config {
     pub store: StoreSection,
     /// LAN discovery.
     pub discovery: DiscoveryConfig,
+    /// Clones and syncs between nodes.
+    pub transfer: TransferSection,
     /// Logging.
     pub log: LogConfig,
 }
@@ -87,6 +89,37 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Transfer settings (both directions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferSection {
+    /// Clone and sync jobs running at once; more wait in the queue.
+    pub max_jobs: usize,
+    /// Chunk batch requests in flight per source.
+    pub window: usize,
+    /// Ask sources to zstd-compress chunks (incompressible ones always travel raw).
+    pub compress: bool,
+    /// Seconds a job waits for an unreachable source before it fails.
+    pub source_wait_seconds: u64,
+    /// Chunk batches this node serves at once, to all peers.
+    pub max_uploads: usize,
+    /// Chunk batches this node serves at once to one peer.
+    pub max_uploads_per_peer: usize,
+}
+
+impl Default for TransferSection {
+    fn default() -> TransferSection {
+        TransferSection {
+            max_jobs: 2,
+            window: 4,
+            compress: true,
+            source_wait_seconds: 600,
+            max_uploads: 32,
+            max_uploads_per_peer: 8,
+        }
+    }
+}
+
 /// Workspace store settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -123,6 +156,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             store: StoreSection::default(),
             discovery: DiscoveryConfig::default(),
+            transfer: TransferSection::default(),
             log: LogConfig::default(),
         }
     }

@@ -11,3 +11,4 @@ pub mod http;
 pub mod peer_client;
 pub mod schemas;
 pub mod serve;
+pub mod transfer_client;

@@ -17,12 +17,14 @@ use aienv_actors::event_bus::EventBus;
 use aienv_actors::identity;
 use aienv_actors::peer_registry::{PeerRegistryHandle, RegistryConfig};
 use aienv_actors::shutdown::Shutdown;
+use aienv_actors::transfer_queue::{TransferConfig, TransferQueueHandle};
 use aienv_actors::workspace_store::{ImportLimits, StoreConfig, WorkspaceStoreHandle};
 
 use crate::auth::{self, AccessPolicy, Authenticator};
 use crate::config::Config;
 use crate::http::{self, AppState, Limits, NodeFacts};
 use crate::peer_client::HttpPeerClient;
+use crate::transfer_client::HttpTransferClient;
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +61,27 @@ pub enum ServeError {
 }
 
 /// Runs the node until SIGINT or SIGTERM. Must run inside an actix system.
-pub async fn serve(config: Config, dev_ui: bool) -> Result<(), ServeError> {
+/// Options of `aienv serve` that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Serve the dashboard from disk (`--dev`).
+    pub dev_ui: bool,
+    /// Test hook: corrupt this many served chunks.
+    pub test_corrupt_chunks: u32,
+}
+
+pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeError> {
+    let dev_ui = options.dev_ui;
     let started = Utc::now();
     let started_instant = std::time::Instant::now();
-    let data_dir = config.data_dir.clone();
-    create_private_dir(&data_dir)?;
+    create_private_dir(&config.data_dir)?;
+    // Absolute from here on: workspace paths are handed out (and embedded in clones'
+    // snapshots for relocation), so they must not depend on the working directory.
+    let data_dir =
+        std::fs::canonicalize(&config.data_dir).map_err(|source| ServeError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
     let node_id = identity::load_or_create(&data_dir)?;
     let token = auth::load_or_create_token(&data_dir)?;
 
@@ -121,9 +139,41 @@ pub async fn serve(config: Config, dev_ui: bool) -> Result<(), ServeError> {
         bus.clone(),
     );
 
+    // Transfers run on their own thread: fetching and writing never compete with the
+    // registry's and announcer's timers.
+    let transfers = {
+        let config = TransferConfig {
+            max_jobs: config.transfer.max_jobs.max(1),
+            window: config.transfer.window.max(1),
+            compress: config.transfer.compress,
+            source_wait: std::time::Duration::from_secs(config.transfer.source_wait_seconds),
+            ..TransferConfig::new(&data_dir, node_id)
+        };
+        let (store, peers, bus) = (store.clone(), peers.clone(), bus.clone());
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let arbiter = actix::Arbiter::new();
+        arbiter.spawn(async move {
+            let handle = TransferQueueHandle::start(
+                config,
+                store,
+                peers,
+                Rc::new(HttpTransferClient::new()),
+                bus,
+            );
+            let _ = sender.send(handle);
+        });
+        receiver.await.expect("the transfer arbiter starts")
+    };
+
     let shutdown = Shutdown::new();
     let state = web::Data::new(AppState {
         store,
+        transfers,
+        uploads: Arc::new(http::Uploads::new(
+            config.transfer.max_uploads,
+            config.transfer.max_uploads_per_peer,
+            options.test_corrupt_chunks,
+        )),
         peers,
         announcer: announcer.clone(),
         bus,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::peer_registry::PeerInfo;
+use crate::transfer_queue::JobInfo;
 use crate::workspace_store::WorkspaceEntry;
 
 /// Every event on the node's bus.
@@ -20,6 +21,9 @@ pub enum NodeEvent {
     PeerUpdated(Arc<PeerInfo>),
     /// A peer left (goodbye or silence).
     PeerLeft(Arc<PeerInfo>),
+    /// A transfer job was queued, progressed, or finished (published by the TransferQueue;
+    /// progress at most a few times per second per job).
+    TransferChanged(Arc<JobInfo>),
 }
 
 /// Which actor's read view an event belongs to; a snapshot carries one watermark per source.
@@ -29,6 +33,8 @@ pub enum EventSource {
     Workspaces,
     /// The PeerRegistry.
     Peers,
+    /// The TransferQueue.
+    Transfers,
 }
 
 impl NodeEvent {
@@ -39,6 +45,7 @@ impl NodeEvent {
             NodeEvent::PeerJoined(_) | NodeEvent::PeerUpdated(_) | NodeEvent::PeerLeft(_) => {
                 EventSource::Peers
             }
+            NodeEvent::TransferChanged(_) => EventSource::Transfers,
         }
     }
 }
@@ -65,6 +72,10 @@ pub enum WorkspaceChange {
     Created,
     /// Imported from an archive.
     Imported,
+    /// Cloned from another node.
+    Cloned,
+    /// Updated from the node it was cloned from.
+    Synced,
     /// Metadata or environments changed.
     Updated,
     /// Sharing settings changed.
@@ -81,6 +92,8 @@ impl WorkspaceChange {
         match self {
             WorkspaceChange::Created => "created",
             WorkspaceChange::Imported => "imported",
+            WorkspaceChange::Cloned => "cloned",
+            WorkspaceChange::Synced => "synced",
             WorkspaceChange::Updated => "updated",
             WorkspaceChange::SharingChanged => "sharing-changed",
             WorkspaceChange::Restored => "restored",

@@ -8,6 +8,7 @@
 //! stamped with the sequence number of the event that produced it.
 
 pub mod catalog;
+pub mod chunk_frame;
 pub mod discovery;
 pub mod event_bus;
 pub mod events;
@@ -16,5 +17,7 @@ pub mod model;
 pub mod peer_registry;
 pub mod resources;
 pub mod shutdown;
+pub mod snapshot;
+pub mod transfer_queue;
 pub mod workspace_store;
 pub mod yaml;

@@ -94,7 +94,8 @@ fn parse_meminfo(meminfo: &str) -> (u64, u64) {
     (field("MemTotal"), field("MemAvailable"))
 }
 
-fn disk_free(path: &Path) -> u64 {
+/// Bytes available to unprivileged writers on the file system holding `path` (0 when unknown).
+pub fn disk_free(path: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return 0;

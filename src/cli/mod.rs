@@ -2,6 +2,7 @@
 //! over REST through [`crate::client::Client`].
 
 mod output;
+mod transfer;
 mod workspace;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,39 @@ pub enum Command {
         /// Only this peer (name or id).
         #[arg(long)]
         peer: Option<String>,
+    },
+    /// Clone a workspace another node shares: `aienv clone PEER/WORKSPACE`.
+    Clone {
+        /// The source as PEER/WORKSPACE (node name or id / workspace name or id).
+        source: String,
+        /// Local name for the clone.
+        #[arg(long = "as")]
+        rename_to: Option<String>,
+        /// Turn sharing off in the clone.
+        #[arg(long)]
+        private: bool,
+        /// Return once queued instead of following the transfer.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Update a clone from the node it was cloned from (only what changed moves).
+    Sync {
+        /// The local clone (name or id).
+        workspace: String,
+        /// Sync from this node instead of the origin (one sharing the same workspace).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Return once queued instead of following the transfer.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List clone and sync jobs; cancel or retry one.
+    Transfers {
+        #[command(subcommand)]
+        action: Option<transfer::TransfersAction>,
+        /// Keep the table up to date.
+        #[arg(long)]
+        watch: bool,
     },
     /// Print the node's live event stream (one JSON object per line).
     Events,
@@ -135,6 +169,9 @@ pub struct ServeArgs {
     /// Serve the dashboard from web-ui/ on disk (edit and reload) instead of the embedded copy.
     #[arg(long)]
     pub dev: bool,
+    /// Test hook: corrupt the next N chunks this node serves (to test verification).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub test_corrupt_chunks: u32,
 }
 
 /// `aienv config ...`.
@@ -254,7 +291,13 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         tracing::info!(file = %file.display(), "read config file");
     }
     actix_rt::System::new()
-        .block_on(crate::serve::serve(config, args.dev))
+        .block_on(crate::serve::serve(
+            config,
+            crate::serve::ServeOptions {
+                dev_ui: args.dev,
+                test_corrupt_chunks: args.test_corrupt_chunks,
+            },
+        ))
         .map_err(|e| CliError::new(e.to_string()))
 }
 
@@ -602,6 +645,20 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                 );
             }
             Ok(())
+        }
+        Command::Clone {
+            source,
+            rename_to,
+            private,
+            no_wait,
+        } => transfer::clone(cli, &client, source, rename_to.clone(), *private, *no_wait).await,
+        Command::Sync {
+            workspace,
+            peer,
+            no_wait,
+        } => transfer::sync(cli, &client, workspace, peer.clone(), *no_wait).await,
+        Command::Transfers { action, watch } => {
+            transfer::transfers(cli, &client, action, *watch).await
         }
         Command::Events => {
             let mut stream = client.events().await?;

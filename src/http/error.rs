@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use aienv_actors::transfer_queue::TransferError;
 use aienv_actors::workspace_store::{ArchiveError, StoreError};
 use aienv_actors::yaml::YamlError;
 
@@ -65,6 +66,14 @@ impl ResponseError for ApiError {
             // Not `Basic`: browsers answer a Basic challenge with a password dialog, which
             // would hang the dashboard's own fetches. Basic credentials are still accepted.
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"aienv\""));
+        }
+        if let Some(seconds) = self
+            .details
+            .as_ref()
+            .and_then(|d| d.get("retry_after"))
+            .and_then(|v| v.as_u64())
+        {
+            response.insert_header(("Retry-After", seconds.to_string()));
         }
         response.json(ErrorBody {
             error: ErrorDetail {
@@ -142,6 +151,43 @@ impl From<StoreError> for ApiError {
         if status.is_server_error() {
             tracing::error!(%error, "request failed");
         }
+        ApiError {
+            status,
+            code,
+            message,
+            details,
+        }
+    }
+}
+
+impl From<TransferError> for ApiError {
+    fn from(error: TransferError) -> ApiError {
+        use StatusCode as S;
+        let error = match error {
+            TransferError::Store(store) => return ApiError::from(store),
+            other => other,
+        };
+        let message = error.to_string();
+        let (status, code, details) = match &error {
+            TransferError::PeerNotFound { name, close } => (
+                S::NOT_FOUND,
+                "peer-not-found",
+                Some(json!({ "name": name, "close_matches": close })),
+            ),
+            TransferError::WorkspaceNotFound { name, close, .. } => (
+                S::NOT_FOUND,
+                "workspace-not-found",
+                Some(json!({ "name": name, "close_matches": close })),
+            ),
+            TransferError::NotAClone(_) => (S::CONFLICT, "not-a-clone", None),
+            TransferError::JobNotFound(_) => (S::NOT_FOUND, "transfer-not-found", None),
+            TransferError::WrongState { state, .. } => {
+                (S::CONFLICT, "wrong-state", Some(json!({ "state": state })))
+            }
+            TransferError::BadRequest(_) => (S::CONFLICT, "transfer-conflict", None),
+            TransferError::Unavailable => (S::SERVICE_UNAVAILABLE, "shutting-down", None),
+            _ => (S::INTERNAL_SERVER_ERROR, "transfer-failed", None),
+        };
         ApiError {
             status,
             code,

@@ -19,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use aienv_actors::event_bus::Envelope;
 use aienv_actors::events::{EventSource, NodeEvent};
 
-use crate::api::{PeerDto, WorkspaceDto};
+use crate::api::{PeerDto, TransferDto, WorkspaceDto};
 
 use super::node::node_info;
 use super::{ApiError, AppState, Caller, Login};
@@ -115,6 +115,7 @@ async fn events(
 struct Watermarks {
     workspaces: u64,
     peers: u64,
+    transfers: u64,
 }
 
 impl Watermarks {
@@ -122,6 +123,7 @@ impl Watermarks {
         match event.source() {
             EventSource::Workspaces => self.workspaces,
             EventSource::Peers => self.peers,
+            EventSource::Transfers => self.transfers,
         }
     }
 }
@@ -129,6 +131,7 @@ impl Watermarks {
 fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
     let view = state.store.view();
     let peers = state.peers.view();
+    let transfers = state.transfers.view();
     let owner = Caller(Some(crate::auth::Principal::Admin));
     let workspaces: Vec<WorkspaceDto> = view
         .iter()
@@ -136,11 +139,12 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
         .collect();
     let text = json!({
         "type": "snapshot",
-        "seq": view.seq.max(peers.seq),
+        "seq": view.seq.max(peers.seq).max(transfers.seq),
         "resync": resync,
         "node": node_info(state, &owner),
         "workspaces": workspaces,
         "peers": peers.peers.iter().map(|p| PeerDto::from(&**p)).collect::<Vec<_>>(),
+        "transfers": transfers.jobs.iter().map(|j| TransferDto::from(&**j)).collect::<Vec<_>>(),
     })
     .to_string();
     (
@@ -148,6 +152,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
         Watermarks {
             workspaces: view.seq,
             peers: peers.seq,
+            transfers: transfers.seq,
         },
     )
 }
@@ -179,6 +184,13 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
             })
             .to_string()
         }
+        NodeEvent::TransferChanged(job) => json!({
+            "type": "transfer_changed",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "transfer": TransferDto::from(&**job),
+        })
+        .to_string(),
         #[allow(unreachable_patterns)]
         _ => json!({"type": "unknown", "seq": envelope.seq}).to_string(),
     }

@@ -9,6 +9,7 @@ mod list_cache;
 mod node;
 mod peers;
 mod session;
+mod transfers;
 mod ui;
 mod workspaces;
 
@@ -27,6 +28,7 @@ use aienv_actors::discovery::AnnouncerHandle;
 use aienv_actors::event_bus::EventBus;
 use aienv_actors::peer_registry::PeerRegistryHandle;
 use aienv_actors::shutdown::Shutdown;
+use aienv_actors::transfer_queue::TransferQueueHandle;
 use aienv_actors::workspace_store::WorkspaceStoreHandle;
 
 use crate::auth::{AccessPolicy, Authenticator};
@@ -35,6 +37,7 @@ pub use error::ApiError;
 pub use extract::{Caller, Login};
 pub use list_cache::ListCache;
 pub use session::Sessions;
+pub use transfers::{Uploads, CHUNKS_TYPE, SNAPSHOT_TYPE};
 
 /// Everything handlers need, shared by all workers.
 pub struct AppState {
@@ -44,6 +47,10 @@ pub struct AppState {
     pub peers: PeerRegistryHandle,
     /// The announcer (resources, discovery status).
     pub announcer: AnnouncerHandle,
+    /// The transfer queue.
+    pub transfers: TransferQueueHandle,
+    /// Limits on chunk uploads to peers.
+    pub uploads: Arc<Uploads>,
     /// The event bus.
     pub bus: EventBus,
     /// Credential checks.
@@ -114,6 +121,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(peers::configure)
                     .configure(session::configure)
                     .configure(events::configure)
+                    .configure(transfers::configure)
                     .default_service(web::to(not_found)),
             )
             .configure(ui::configure);

@@ -3,6 +3,8 @@
 //! - `workspaces`: workspace id (16 bytes) → [`IndexRecord`]
 //! - `names`: workspace name → workspace id
 //! - `revisions`: workspace id ++ revision (big-endian u64) → [`RevisionRecord`]
+//! - `origins`: workspace id → [`Origin`] of a clone (where it came from)
+//! - `files`, `chunks`: the chunk index ([`ChunkIndex`])
 //!
 //! Values are MessagePack (rmp-serde, named fields). Every write is one transaction across the
 //! trees followed by a flush, so an acknowledged change survives a crash.
@@ -18,6 +20,8 @@ use uuid::Uuid;
 
 use crate::model::{EnvironmentSpec, WorkspaceManifest};
 
+use super::chunk_index::ChunkIndex;
+use super::clone::Origin;
 use super::error::StoreError;
 use super::fsio::FileStamp;
 
@@ -55,6 +59,8 @@ pub struct Index {
     workspaces: sled::Tree,
     names: sled::Tree,
     revisions: sled::Tree,
+    origins: sled::Tree,
+    chunks: ChunkIndex,
 }
 
 impl Index {
@@ -82,6 +88,8 @@ impl Index {
             workspaces: db.open_tree("workspaces")?,
             names: db.open_tree("names")?,
             revisions: db.open_tree("revisions")?,
+            origins: db.open_tree("origins")?,
+            chunks: ChunkIndex::open(&db)?,
             db,
         })
     }
@@ -137,6 +145,8 @@ impl Index {
 
     /// Removes a workspace and its history.
     pub fn remove(&self, id: Uuid, name: &str) -> Result<(), StoreError> {
+        self.origins.remove(id.as_bytes())?;
+        self.chunks.forget(id)?;
         let history: Vec<sled::IVec> = self
             .revisions
             .scan_prefix(id.as_bytes())
@@ -196,6 +206,26 @@ impl Index {
             self.db.flush()?;
         }
         Ok(dropped)
+    }
+
+    /// Records where a clone came from; made durable by the [`Index::put`] that follows.
+    pub fn put_origin(&self, id: Uuid, origin: &Origin) -> Result<(), StoreError> {
+        self.origins
+            .insert(id.as_bytes().as_slice(), encode(origin))?;
+        Ok(())
+    }
+
+    /// Where a clone came from.
+    pub fn origin(&self, id: Uuid) -> Result<Option<Origin>, StoreError> {
+        self.origins
+            .get(id.as_bytes())?
+            .map(|value| decode(id.as_bytes(), &value))
+            .transpose()
+    }
+
+    /// The chunk index (trees `files` and `chunks`).
+    pub fn chunks(&self) -> &ChunkIndex {
+        &self.chunks
     }
 
     /// Makes every write so far durable.

@@ -13,6 +13,8 @@
 //! index and directories agree again after a crash.
 
 mod archive;
+mod chunk_index;
+mod clone;
 mod error;
 mod fsio;
 mod index;
@@ -41,6 +43,8 @@ pub use archive::{
     ArchiveEntry, ArchiveError, ArchiveManifest, EntryKind, ExportSummary, ImportLimits,
     ImportSummary, CONTENT_PREFIX, MANIFEST_ENTRY,
 };
+pub use chunk_index::{ChunkIndex, ChunkLocation, ScanStats};
+pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan};
 pub use error::StoreError;
 pub use index::RevisionRecord;
 pub use reconcile::ReconcileReport;
@@ -166,6 +170,8 @@ struct CommitNew {
     rename_to: Option<String>,
     change: WorkspaceChange,
     import: Option<ImportSummary>,
+    /// For a clone, where it came from.
+    origin: Option<Origin>,
     by: String,
 }
 
@@ -334,18 +340,25 @@ impl WorkspaceStore {
         old_name: Option<&str>,
         by: &str,
     ) -> Reply<Arc<WorkspaceEntry>> {
+        let origin = self.index.origin(manifest.id)?;
         let record = IndexRecord {
             stamps: workspace_dir::stamps(&root, &environments),
             manifest,
             environments,
         };
-        let revision = revision_record(&record, change.as_str(), by);
-        self.index.put(&record, old_name, Some(&revision))?;
-        let entry = Arc::new(WorkspaceEntry::new(
-            record.manifest,
-            record.environments,
-            root,
-        ));
+        // History is append-only: a sync that left `workspace.yaml` as it was adds no revision.
+        let revision = match self
+            .index
+            .revision(record.manifest.id, record.manifest.revision)?
+        {
+            Some(_) => None,
+            None => Some(revision_record(&record, change.as_str(), by)),
+        };
+        self.index.put(&record, old_name, revision.as_ref())?;
+        let entry = Arc::new(
+            WorkspaceEntry::new(record.manifest, record.environments, root)
+                .with_origin(origin.map(Arc::new)),
+        );
         self.view.insert(entry.clone());
         self.publish(WorkspaceChanged {
             change,
@@ -399,6 +412,7 @@ impl Handler<CommitNew> for WorkspaceStore {
             rename_to,
             change,
             import,
+            origin,
             by,
         } = message;
         let staging = prepared.staging.clone();
@@ -432,14 +446,23 @@ impl Handler<CommitNew> for WorkspaceStore {
                         .map_err(StoreError::io("writing", &path))?;
                 }
             }
-            std::fs::write(staging.join(WORKSPACE_FILE), yaml::to_string(&manifest))
-                .map_err(StoreError::io("writing", staging.join(WORKSPACE_FILE)))?;
+            // Written only when it differs, so a clone keeps the source's bytes (and root hash).
+            let manifest_path = staging.join(WORKSPACE_FILE);
+            let manifest_text = yaml::to_string(&manifest);
+            if std::fs::read_to_string(&manifest_path).ok().as_deref() != Some(&manifest_text) {
+                std::fs::write(&manifest_path, manifest_text)
+                    .map_err(StoreError::io("writing", &manifest_path))?;
+            }
             fsio::sync_filesystem(&staging)?;
             let root = self.layout.workspace(manifest.id);
             std::fs::rename(&staging, &root).map_err(StoreError::io("moving into place", &root))?;
             fsio::fsync_dir(&self.layout.workspaces)?;
-            let workspace =
-                self.index_and_publish(manifest, prepared.environments, root, change, None, &by)?;
+            let workspace = {
+                if let Some(origin) = &origin {
+                    self.index.put_origin(manifest.id, origin)?;
+                }
+                self.index_and_publish(manifest, prepared.environments, root, change, None, &by)?
+            };
             Ok(Created {
                 workspace,
                 notes,
@@ -704,6 +727,7 @@ pub struct WorkspaceStoreHandle {
     view: watch::Receiver<Arc<StoreView>>,
     layout: Arc<Layout>,
     import_limits: ImportLimits,
+    chunks: ChunkIndex,
 }
 
 impl WorkspaceStoreHandle {
@@ -718,6 +742,7 @@ impl WorkspaceStoreHandle {
             std::fs::create_dir_all(dir).map_err(StoreError::io("creating directory", dir))?;
         }
         let index = Index::open(&layout.index, config.cache_bytes)?;
+        let chunks = index.chunks().clone();
         let (entries, report) = reconcile::reconcile(&layout, &index)?;
         let view = StoreView::new(entries, bus.last_seq());
         let (view_sender, view_receiver) = watch::channel(Arc::new(view.clone()));
@@ -742,6 +767,7 @@ impl WorkspaceStoreHandle {
                 view: view_receiver,
                 layout: Arc::new(layout),
                 import_limits: config.import_limits.clone(),
+                chunks,
             },
             report,
         ))
@@ -802,6 +828,7 @@ impl WorkspaceStoreHandle {
             rename_to: None,
             change: WorkspaceChange::Created,
             import: None,
+            origin: None,
             by: by.to_string(),
         })
         .await?
@@ -1002,6 +1029,7 @@ impl WorkspaceStoreHandle {
             rename_to,
             change: WorkspaceChange::Imported,
             import: Some(summary),
+            origin: None,
             by: by.to_string(),
         })
         .await?

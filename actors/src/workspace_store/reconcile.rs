@@ -217,6 +217,11 @@ pub(super) fn reconcile(
     }
     index.flush()?;
     report.workspaces = entries.len();
+    for entry in &mut entries {
+        if let Some(origin) = index.origin(entry.manifest.id)? {
+            *entry = Arc::new(entry.as_ref().clone().with_origin(Some(Arc::new(origin))));
+        }
+    }
     Ok((entries, report))
 }
 

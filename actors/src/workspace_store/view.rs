@@ -10,6 +10,8 @@ use uuid::Uuid;
 
 use crate::model::{EnvironmentSpec, WorkspaceKind, WorkspaceManifest};
 
+use super::clone::Origin;
+
 /// One workspace as readers see it.
 #[derive(Debug, Clone)]
 pub struct WorkspaceEntry {
@@ -19,6 +21,8 @@ pub struct WorkspaceEntry {
     pub environments: BTreeMap<String, EnvironmentSpec>,
     /// Its directory on this node.
     pub path: PathBuf,
+    /// Where it was cloned from, for a clone.
+    pub origin: Option<Arc<Origin>>,
     /// Lower-cased searchable text (name, title, description, tags, tools, languages).
     search_text: String,
 }
@@ -45,8 +49,15 @@ impl WorkspaceEntry {
             manifest,
             environments,
             path,
+            origin: None,
             search_text,
         }
+    }
+
+    /// The same entry, recording where it was cloned from.
+    pub fn with_origin(mut self, origin: Option<Arc<Origin>>) -> WorkspaceEntry {
+        self.origin = origin;
+        self
     }
 }
 

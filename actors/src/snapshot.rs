@@ -1,0 +1,643 @@
+//! Workspace snapshots: the manifest of the transfer protocol (spec: `schemas/transfer.md`).
+//!
+//! A snapshot lists every path of a workspace with its kind, mode, size, BLAKE3 hash and chunk
+//! list, and a root hash over all of that. The WorkspaceStore produces snapshots of its
+//! workspaces; the TransferQueue decodes a peer's snapshot with [`Snapshot::decode`], which
+//! trusts nothing: every path, size, count and hash is checked before anything is written.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Component, Path};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+/// Snapshot format version written and read by this build.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+/// Files up to this size are one chunk whose hash is the file's hash.
+pub const SMALL_FILE_MAX: u64 = 1024 * 1024;
+/// Content-defined chunking bounds for larger files.
+pub const CHUNK_MIN: u32 = 256 * 1024;
+/// Average chunk size the chunker aims for.
+pub const CHUNK_AVG: u32 = 1024 * 1024;
+/// Largest chunk.
+pub const CHUNK_MAX: u32 = 4 * 1024 * 1024;
+
+/// A BLAKE3 hash.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Hash {
+        Hash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(text: &str) -> Option<Hash> {
+        blake3::Hash::from_hex(text)
+            .ok()
+            .map(|h| Hash(*h.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Hash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Hash, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Hash;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("32 bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Hash, E> {
+                <[u8; 32]>::try_from(v)
+                    .map(Hash)
+                    .map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
+
+/// Kinds of snapshot entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link, transferred as a link and never followed.
+    Symlink,
+}
+
+/// One chunk of a file: its hash and length. Offsets follow from the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// BLAKE3 of the chunk's bytes.
+    pub hash: Hash,
+    /// Length in bytes.
+    pub size: u32,
+}
+
+/// One path of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// Workspace-relative path with `/` separators.
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission bits (`0o777` at most).
+    pub mode: u32,
+    /// Size in bytes (files only).
+    #[serde(default)]
+    pub size: u64,
+    /// BLAKE3 of the whole content (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Hash>,
+    /// Link target (symlinks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Chunks of a file larger than [`SMALL_FILE_MAX`]; empty for a small file, which is one
+    /// chunk with the file's hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl SnapshotEntry {
+    /// The chunks of a file with their offsets (a small file is one chunk).
+    pub fn file_chunks(&self) -> Vec<(u64, ChunkRef)> {
+        if self.kind != EntryKind::File || self.size == 0 {
+            return Vec::new();
+        }
+        if self.chunks.is_empty() {
+            let hash = self.hash.expect("validated files have a hash");
+            return vec![(
+                0,
+                ChunkRef {
+                    hash,
+                    size: self.size as u32,
+                },
+            )];
+        }
+        let mut offset = 0;
+        self.chunks
+            .iter()
+            .map(|chunk| {
+                let at = offset;
+                offset += u64::from(chunk.size);
+                (at, *chunk)
+            })
+            .collect()
+    }
+}
+
+/// A workspace snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Always [`SNAPSHOT_FORMAT`].
+    pub format: u32,
+    /// Workspace id.
+    pub workspace_id: Uuid,
+    /// Workspace name.
+    pub name: String,
+    /// Revision of `workspace.yaml` when taken.
+    pub revision: u64,
+    /// Absolute path of the workspace on the serving node, so the receiver can relocate
+    /// files and links that embed it (venv scripts, `pyvenv.cfg`).
+    pub source_root: String,
+    /// [`root_hash`] of `entries`.
+    pub root: Hash,
+    /// Every path, sorted by byte order (so parents come before children).
+    pub entries: Vec<SnapshotEntry>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, sorting the entries and computing the root hash.
+    pub fn new(
+        workspace_id: Uuid,
+        name: String,
+        revision: u64,
+        source_root: String,
+        mut entries: Vec<SnapshotEntry>,
+    ) -> Snapshot {
+        entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        Snapshot {
+            format: SNAPSHOT_FORMAT,
+            workspace_id,
+            name,
+            revision,
+            source_root,
+            root: root_hash(&entries),
+            entries,
+        }
+    }
+
+    /// Total bytes of file content.
+    pub fn total_bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+
+    /// Number of regular files.
+    pub fn file_count(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .count() as u64
+    }
+
+    /// MessagePack, zstd-compressed: the body of `GET .../manifest`.
+    pub fn encode(&self) -> Vec<u8> {
+        let packed = rmp_serde::to_vec_named(self).expect("snapshots always encode");
+        zstd::bulk::compress(&packed, 3).expect("compressing into memory cannot fail")
+    }
+
+    /// Decodes and validates a snapshot received from a peer.
+    pub fn decode(bytes: &[u8], limits: &SnapshotLimits) -> Result<Snapshot, SnapshotError> {
+        if bytes.len() as u64 > limits.max_encoded_bytes {
+            return Err(SnapshotError::TooLarge(format!(
+                "manifest is {} bytes, more than the limit of {}",
+                bytes.len(),
+                limits.max_encoded_bytes
+            )));
+        }
+        let mut packed = Vec::new();
+        let decoder = zstd::stream::read::Decoder::new(bytes)
+            .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(decoder, limits.max_decoded_bytes + 1),
+            &mut packed,
+        )
+        .map_err(|e| SnapshotError::Malformed(format!("not zstd: {e}")))?;
+        if packed.len() as u64 > limits.max_decoded_bytes {
+            return Err(SnapshotError::TooLarge(format!(
+                "manifest decodes to more than {} bytes",
+                limits.max_decoded_bytes
+            )));
+        }
+        let snapshot: Snapshot = rmp_serde::from_slice(&packed)
+            .map_err(|e| SnapshotError::Malformed(format!("not a snapshot: {e}")))?;
+        snapshot.validate(limits)?;
+        Ok(snapshot)
+    }
+
+    /// Checks everything a receiver relies on before writing a single byte.
+    pub fn validate(&self, limits: &SnapshotLimits) -> Result<(), SnapshotError> {
+        if self.format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Malformed(format!(
+                "format {} is not supported (this node reads {SNAPSHOT_FORMAT})",
+                self.format
+            )));
+        }
+        if self.entries.len() > limits.max_entries {
+            return Err(SnapshotError::TooLarge(format!(
+                "{} entries, more than the limit of {}",
+                self.entries.len(),
+                limits.max_entries
+            )));
+        }
+        let mut kinds: std::collections::HashMap<&str, EntryKind> =
+            std::collections::HashMap::with_capacity(self.entries.len());
+        let mut folded: HashSet<String> = HashSet::with_capacity(self.entries.len());
+        let mut total: u64 = 0;
+        let mut previous: Option<&str> = None;
+        for entry in &self.entries {
+            let path = entry.path.as_str();
+            let bad = |reason: String| SnapshotError::BadEntry {
+                path: path.to_string(),
+                reason,
+            };
+            check_relative(path).map_err(|reason| bad(reason.to_string()))?;
+            if let Some(previous) = previous {
+                if previous.as_bytes() >= path.as_bytes() {
+                    return Err(if previous == path {
+                        bad("appears more than once".into())
+                    } else {
+                        bad("entries are not sorted by path".into())
+                    });
+                }
+            }
+            previous = Some(path);
+            if !folded.insert(path.to_lowercase()) {
+                return Err(bad(
+                    "differs from another path only by letter case (would collide on \
+                     case-insensitive file systems)"
+                        .into(),
+                ));
+            }
+            for ancestor in ancestors(path) {
+                match kinds.get(ancestor) {
+                    Some(EntryKind::Dir) => {}
+                    Some(EntryKind::Symlink) => {
+                        return Err(bad(format!(
+                            "passes through the symbolic link `{ancestor}`"
+                        )))
+                    }
+                    Some(EntryKind::File) => {
+                        return Err(bad(format!("its parent `{ancestor}` is a file")))
+                    }
+                    None => return Err(bad(format!("its parent `{ancestor}` is not listed"))),
+                }
+            }
+            kinds.insert(path, entry.kind);
+            if entry.mode & !0o777 != 0 {
+                return Err(bad(format!(
+                    "mode {:o} has bits beyond 0o777 (setuid, setgid, sticky or a type)",
+                    entry.mode
+                )));
+            }
+            match entry.kind {
+                EntryKind::Dir | EntryKind::Symlink => {
+                    if entry.size != 0 || entry.hash.is_some() || !entry.chunks.is_empty() {
+                        return Err(bad("only files have a size, hash or chunks".into()));
+                    }
+                    match (&entry.kind, &entry.target) {
+                        (EntryKind::Symlink, None) => {
+                            return Err(bad("symbolic link without a target".into()))
+                        }
+                        (EntryKind::Symlink, Some(target))
+                            if target.is_empty()
+                                || target.len() > 4096
+                                || target.contains('\0') =>
+                        {
+                            return Err(bad(
+                                "link target is empty, longer than 4096 bytes or contains NUL"
+                                    .into(),
+                            ))
+                        }
+                        (EntryKind::Dir, Some(_)) => {
+                            return Err(bad("a directory has no link target".into()))
+                        }
+                        _ => {}
+                    }
+                }
+                EntryKind::File => {
+                    if entry.target.is_some() {
+                        return Err(bad("a file has no link target".into()));
+                    }
+                    if entry.hash.is_none() {
+                        return Err(bad("file without a hash".into()));
+                    }
+                    if entry.size > limits.max_file_bytes {
+                        return Err(bad(format!(
+                            "size {} is more than the limit of {} bytes",
+                            entry.size, limits.max_file_bytes
+                        )));
+                    }
+                    total = total.saturating_add(entry.size);
+                    if entry.size <= SMALL_FILE_MAX {
+                        if !entry.chunks.is_empty() {
+                            return Err(bad(format!(
+                                "files up to {SMALL_FILE_MAX} bytes are one chunk"
+                            )));
+                        }
+                    } else {
+                        let mut sum: u64 = 0;
+                        for chunk in &entry.chunks {
+                            if chunk.size == 0 || chunk.size > CHUNK_MAX {
+                                return Err(bad(format!(
+                                    "chunk {} has size {} (allowed 1..={CHUNK_MAX})",
+                                    chunk.hash, chunk.size
+                                )));
+                            }
+                            sum += u64::from(chunk.size);
+                        }
+                        if sum != entry.size {
+                            return Err(bad(format!(
+                                "chunks add up to {sum} bytes, not the file's {}",
+                                entry.size
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        if total > limits.max_total_bytes {
+            return Err(SnapshotError::TooLarge(format!(
+                "{total} bytes of content, more than the limit of {}",
+                limits.max_total_bytes
+            )));
+        }
+        let root = root_hash(&self.entries);
+        if root != self.root {
+            return Err(SnapshotError::RootMismatch {
+                announced: self.root,
+                computed: root,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bounds on what a received snapshot may describe.
+#[derive(Debug, Clone)]
+pub struct SnapshotLimits {
+    /// Most entries.
+    pub max_entries: usize,
+    /// Largest compressed manifest.
+    pub max_encoded_bytes: u64,
+    /// Largest manifest after decompression.
+    pub max_decoded_bytes: u64,
+    /// Largest single file.
+    pub max_file_bytes: u64,
+    /// Most content in all.
+    pub max_total_bytes: u64,
+}
+
+impl Default for SnapshotLimits {
+    fn default() -> SnapshotLimits {
+        SnapshotLimits {
+            max_entries: 500_000,
+            max_encoded_bytes: 64 * 1024 * 1024,
+            max_decoded_bytes: 256 * 1024 * 1024,
+            max_file_bytes: 1 << 40,
+            max_total_bytes: 16 << 40,
+        }
+    }
+}
+
+/// Why a snapshot was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Not a snapshot at all.
+    #[error("malformed manifest: {0}")]
+    Malformed(String),
+    /// Over a limit.
+    #[error("manifest too large: {0}")]
+    TooLarge(String),
+    /// One entry is unsafe or inconsistent.
+    #[error("manifest entry `{path}`: {reason}")]
+    BadEntry {
+        /// The entry's path as sent.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The root hash does not match the entries.
+    #[error("manifest root hash {announced} does not match its entries ({computed})")]
+    RootMismatch {
+        /// What the manifest says.
+        announced: Hash,
+        /// What its entries hash to.
+        computed: Hash,
+    },
+}
+
+/// The root hash: BLAKE3 over a canonical byte encoding of every entry (independent of the
+/// MessagePack encoding, so any correct encoder produces the same root).
+pub fn root_hash(entries: &[SnapshotEntry]) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"aienv-snapshot-v1\0");
+    for entry in entries {
+        hasher.update(entry.path.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&[match entry.kind {
+            EntryKind::File => b'f',
+            EntryKind::Dir => b'd',
+            EntryKind::Symlink => b'l',
+        }]);
+        hasher.update(&entry.mode.to_le_bytes());
+        hasher.update(&entry.size.to_le_bytes());
+        if let Some(hash) = &entry.hash {
+            hasher.update(&hash.0);
+        }
+        if let Some(target) = &entry.target {
+            hasher.update(target.as_bytes());
+            hasher.update(&[0]);
+        }
+        hasher.update(&(entry.chunks.len() as u32).to_le_bytes());
+        for chunk in &entry.chunks {
+            hasher.update(&chunk.hash.0);
+            hasher.update(&chunk.size.to_le_bytes());
+        }
+    }
+    Hash(*hasher.finalize().as_bytes())
+}
+
+/// Checks a workspace-relative path: no `..`, `.`, empty component, absolute start, NUL or
+/// backslash.
+pub fn check_relative(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("empty path");
+    }
+    if path.len() > 4096 {
+        return Err("longer than 4096 bytes");
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return Err("contains a NUL byte or backslash");
+    }
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(_) => {}
+            Component::ParentDir => return Err("contains `..`"),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
+            Component::CurDir => return Err("contains `.`"),
+        }
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("contains an empty, `.` or `..` component");
+    }
+    Ok(())
+}
+
+/// Proper ancestors of a relative path: `a/b/c` → `a`, `a/b`.
+pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/')
+        .map(move |(index, _)| &path[..index])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(path: &str) -> SnapshotEntry {
+        SnapshotEntry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            size: 0,
+            hash: None,
+            target: None,
+            chunks: Vec::new(),
+        }
+    }
+
+    fn file(path: &str, content: &[u8]) -> SnapshotEntry {
+        SnapshotEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: content.len() as u64,
+            hash: Some(Hash::of(content)),
+            target: None,
+            chunks: Vec::new(),
+        }
+    }
+
+    fn link(path: &str, target: &str) -> SnapshotEntry {
+        SnapshotEntry {
+            path: path.into(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            size: 0,
+            hash: None,
+            target: Some(target.into()),
+            chunks: Vec::new(),
+        }
+    }
+
+    fn decode(entries: Vec<SnapshotEntry>) -> Result<Snapshot, SnapshotError> {
+        let snapshot = Snapshot::new(Uuid::nil(), "w".into(), 1, "/src".into(), entries);
+        Snapshot::decode(&snapshot.encode(), &SnapshotLimits::default())
+    }
+
+    #[test]
+    fn round_trip() {
+        let entries = vec![
+            dir("a"),
+            file("a/x", b"hello"),
+            link("a/y", "/usr/bin/python3"),
+            file("b", b""),
+        ];
+        let snapshot = decode(entries).unwrap();
+        assert_eq!(snapshot.entries.len(), 4);
+        assert_eq!(snapshot.file_count(), 2);
+        assert_eq!(snapshot.total_bytes(), 5);
+    }
+
+    /// Each malicious manifest is refused with an error naming the entry and the reason.
+    #[test]
+    fn refuses_malicious_manifests() {
+        let mut absurd = file("big", b"x");
+        absurd.size = 1 << 50;
+        let mut setuid = file("s", b"x");
+        setuid.mode = 0o4755;
+        let mut lying_chunks = file("c", b"x");
+        lying_chunks.size = 2 * SMALL_FILE_MAX;
+        lying_chunks.chunks = vec![ChunkRef {
+            hash: Hash::of(b"x"),
+            size: 1,
+        }];
+        let cases: Vec<(Vec<SnapshotEntry>, &str)> = vec![
+            (vec![file("../etc/passwd", b"x")], "contains `..`"),
+            (vec![file("/etc/passwd", b"x")], "absolute path"),
+            (vec![dir("a"), file("a/../../x", b"x")], "`..`"),
+            (
+                vec![link("l", "/etc"), file("l/passwd", b"x")],
+                "passes through the symbolic link `l`",
+            ),
+            (vec![file("a/b", b"x")], "parent `a` is not listed"),
+            (vec![absurd], "more than the limit"),
+            (vec![setuid], "setuid"),
+            (vec![lying_chunks], "chunks add up"),
+            (
+                vec![file("README", b"x"), file("readme", b"y")],
+                "letter case",
+            ),
+            (vec![file("a\\b", b"x")], "backslash"),
+        ];
+        for (entries, expected) in cases {
+            let error = decode(entries.clone()).unwrap_err().to_string();
+            assert!(
+                error.contains(expected),
+                "{entries:?}: `{error}` lacks `{expected}`"
+            );
+        }
+        let mut snapshot = Snapshot::new(
+            Uuid::nil(),
+            "w".into(),
+            1,
+            "/".into(),
+            vec![file("a", b"x")],
+        );
+        snapshot.entries.push(file("a", b"x"));
+        snapshot.root = root_hash(&snapshot.entries);
+        let error = Snapshot::decode(&snapshot.encode(), &SnapshotLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("more than once"), "{error}");
+        snapshot.entries.pop();
+        snapshot.root = Hash::of(b"forged");
+        let error = Snapshot::decode(&snapshot.encode(), &SnapshotLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("root hash"), "{error}");
+        assert!(Snapshot::decode(b"garbage", &SnapshotLimits::default()).is_err());
+    }
+
+    #[test]
+    fn refuses_a_million_entries() {
+        let entries: Vec<SnapshotEntry> = (0..1_000_000)
+            .map(|i| file(&format!("f{i:07}"), b""))
+            .collect();
+        let error = decode(entries).unwrap_err().to_string();
+        assert!(error.contains("1000000 entries"), "{error}");
+    }
+}

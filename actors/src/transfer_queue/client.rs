@@ -1,0 +1,46 @@
+//! How the TransferQueue reaches peers: the [`TransferClient`] trait, implemented over HTTP by
+//! the `aienv` package (this crate knows no HTTP).
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::peer_registry::LocalFuture;
+use crate::snapshot::Hash;
+
+/// Why a request to a source failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The source is at its upload limit; ask again after the delay.
+    #[error("busy (retry after {0:?})")]
+    Busy(Duration),
+    /// The source does not share this workspace (any more) with this node.
+    #[error("{0}")]
+    Refused(String),
+    /// The connection failed or broke.
+    #[error("{0}")]
+    Network(String),
+}
+
+/// Transfer requests to one peer, identified by its base URL.
+pub trait TransferClient {
+    /// `GET {base}/api/v1/workspaces/{workspace}/manifest`: the encoded snapshot.
+    fn manifest(
+        &self,
+        base_url: &str,
+        workspace: Uuid,
+        viewer: Uuid,
+    ) -> LocalFuture<Result<Vec<u8>, FetchError>>;
+
+    /// `POST {base}/api/v1/workspaces/{workspace}/chunks`: the frames for `hashes`, as far
+    /// as they arrived, and the error that cut the stream short, if any.
+    fn chunks(
+        &self,
+        base_url: &str,
+        workspace: Uuid,
+        viewer: Uuid,
+        hashes: &[Hash],
+        compress: bool,
+    ) -> LocalFuture<(Vec<u8>, Option<FetchError>)>;
+}

@@ -1,0 +1,649 @@
+//! The blocking half of a job: laying out the staging area, writing verified chunks where
+//! they belong, checking the result against the snapshot, relocating embedded paths.
+//!
+//! A clone is built as a full tree in `<job>/tree`, renamed into place by the store. A sync
+//! stages only the new file versions in `<job>/stage` (named `f<entry index>`) plus a
+//! [`SyncPlan`] of removals, directories and links that the store applies. Every chunk
+//! written is appended to `<job>/done.log`, so a resumed job fetches only what is missing;
+//! the final verification re-reads every written file, which also catches a torn write
+//! after a crash.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::snapshot::{root_hash, EntryKind, Hash, Snapshot, SnapshotEntry};
+use crate::workspace_store::{ChunkStore, SyncPlan};
+
+use super::error::TransferError;
+use super::job::TransferKind;
+
+/// Chunks still to fetch and what is already in place.
+#[derive(Debug, Default)]
+pub struct Work {
+    /// Chunks to fetch, in snapshot order, with their sizes.
+    pub needed: Vec<(Hash, u32)>,
+    /// Content bytes already in place (unchanged, or written before a restart).
+    pub bytes_present: u64,
+    /// Content bytes that must be written (fetched or copied locally).
+    pub bytes_to_write: u64,
+}
+
+/// A job's staging area.
+pub struct Stage {
+    kind: TransferKind,
+    snapshot: Arc<Snapshot>,
+    dir: PathBuf,
+    dests: Mutex<HashMap<Hash, Vec<(usize, u64)>>>,
+    done_log: Mutex<fs::File>,
+    source_root: Vec<u8>,
+    embeds_source_root: Mutex<HashSet<usize>>,
+    /// Entries this job writes (all files for a clone; changed ones for a sync).
+    written: Vec<usize>,
+    /// For a sync, the plan the store applies.
+    plan: Mutex<SyncPlan>,
+    /// Chunk writes still missing per written entry; an entry leaves when complete.
+    incomplete: Mutex<HashMap<usize, u32>>,
+}
+
+impl Stage {
+    /// Lays out a clone's tree in `job_dir/tree` (directories, links, empty and
+    /// preallocated files), skipping chunks `done.log` says arrived before.
+    pub fn prepare_clone(
+        snapshot: Arc<Snapshot>,
+        job_dir: &Path,
+    ) -> Result<(Stage, Work), TransferError> {
+        let tree = job_dir.join("tree");
+        fs::create_dir_all(&tree).map_err(TransferError::io("creating", &tree))?;
+        let done = read_done_log(job_dir);
+        let mut work = Work::default();
+        let mut dests: HashMap<Hash, Vec<(usize, u64)>> = HashMap::new();
+        let mut written = Vec::new();
+        for (index, entry) in snapshot.entries.iter().enumerate() {
+            let full = tree.join(&entry.path);
+            match entry.kind {
+                EntryKind::Dir => match fs::create_dir(&full) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && full.is_dir() => {}
+                    Err(e) => return Err(TransferError::io("creating directory", &full)(e)),
+                },
+                EntryKind::Symlink => {
+                    let _ = fs::remove_file(&full);
+                    std::os::unix::fs::symlink(entry.target.as_deref().unwrap_or_default(), &full)
+                        .map_err(TransferError::io("creating link", &full))?;
+                }
+                EntryKind::File => {
+                    written.push(index);
+                    add_file(index, entry, &full, &done, &mut dests, &mut work)?;
+                }
+            }
+        }
+        let stage = Stage::new(
+            TransferKind::Clone,
+            snapshot,
+            tree,
+            dests,
+            job_dir,
+            written,
+            SyncPlan::default(),
+        )?;
+        work.needed = stage.needed_in_order();
+        Ok((stage, work))
+    }
+
+    /// Compares a clone (`local`, its current snapshot) with the source's newer snapshot and
+    /// stages what differs in `job_dir/stage`. Files the clone relocated are unchanged as
+    /// long as the source's version is the one they were made from.
+    pub fn prepare_sync(
+        snapshot: Arc<Snapshot>,
+        local: &Snapshot,
+        relocated: &BTreeMap<String, Hash>,
+        job_dir: &Path,
+    ) -> Result<(Stage, Work), TransferError> {
+        let stage_dir = job_dir.join("stage");
+        fs::create_dir_all(&stage_dir).map_err(TransferError::io("creating", &stage_dir))?;
+        let done = read_done_log(job_dir);
+        let local_entries: HashMap<&str, &SnapshotEntry> =
+            local.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+        let target_paths: HashSet<&str> =
+            snapshot.entries.iter().map(|e| e.path.as_str()).collect();
+        let mut work = Work::default();
+        let mut dests = HashMap::new();
+        let mut written = Vec::new();
+        let mut plan = SyncPlan {
+            staging: stage_dir.clone(),
+            ..SyncPlan::default()
+        };
+        for (index, entry) in snapshot.entries.iter().enumerate() {
+            let local = local_entries.get(entry.path.as_str()).copied();
+            let same_kind = local.is_some_and(|l| l.kind == entry.kind);
+            if local.is_some() && !same_kind {
+                plan.remove.push(entry.path.clone());
+            }
+            match entry.kind {
+                EntryKind::Dir => {
+                    if !same_kind {
+                        plan.dirs.push(entry.path.clone());
+                    }
+                    if local.is_none_or(|l| l.mode != entry.mode) || !same_kind {
+                        plan.modes.push((entry.path.clone(), entry.mode));
+                    }
+                }
+                EntryKind::Symlink => {
+                    let relocated_same = relocated.get(&entry.path)
+                        == entry
+                            .target
+                            .as_deref()
+                            .map(|t| Hash::of(t.as_bytes()))
+                            .as_ref();
+                    if !(same_kind
+                        && (local.and_then(|l| l.target.as_ref()) == entry.target.as_ref()
+                            || relocated_same))
+                    {
+                        plan.links
+                            .push((entry.path.clone(), entry.target.clone().unwrap_or_default()));
+                    }
+                }
+                EntryKind::File => {
+                    let unchanged = same_kind
+                        && (local.and_then(|l| l.hash) == entry.hash
+                            || relocated.get(&entry.path) == entry.hash.as_ref());
+                    if unchanged {
+                        work.bytes_present += entry.size;
+                        if local.is_some_and(|l| l.mode != entry.mode) {
+                            plan.modes.push((entry.path.clone(), entry.mode));
+                        }
+                        continue;
+                    }
+                    written.push(index);
+                    let name = format!("f{index}");
+                    plan.files.push((name.clone(), entry.path.clone()));
+                    add_file(
+                        index,
+                        entry,
+                        &stage_dir.join(&name),
+                        &done,
+                        &mut dests,
+                        &mut work,
+                    )?;
+                }
+            }
+        }
+        // Remove what the source no longer has, the topmost path of each removed subtree.
+        let removed: Vec<&str> = local
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .filter(|path| !target_paths.contains(path))
+            .collect();
+        let removed_set: HashSet<&str> = removed.iter().copied().collect();
+        for path in removed {
+            if !crate::snapshot::ancestors(path).any(|a| removed_set.contains(a)) {
+                plan.remove.push(path.to_string());
+            }
+        }
+        plan.remove.sort_by(|a, b| b.cmp(a));
+        let stage = Stage::new(
+            TransferKind::Sync,
+            snapshot,
+            stage_dir,
+            dests,
+            job_dir,
+            written,
+            plan,
+        )?;
+        work.needed = stage.needed_in_order();
+        Ok((stage, work))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kind: TransferKind,
+        snapshot: Arc<Snapshot>,
+        dir: PathBuf,
+        dests: HashMap<Hash, Vec<(usize, u64)>>,
+        job_dir: &Path,
+        written: Vec<usize>,
+        plan: SyncPlan,
+    ) -> Result<Stage, TransferError> {
+        let mut incomplete: HashMap<usize, u32> = HashMap::new();
+        for places in dests.values() {
+            for (index, _) in places {
+                *incomplete.entry(*index).or_default() += 1;
+            }
+        }
+        let log_path = job_dir.join("done.log");
+        let done_log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(TransferError::io("opening", &log_path))?;
+        Ok(Stage {
+            kind,
+            source_root: snapshot.source_root.as_bytes().to_vec(),
+            snapshot,
+            dir,
+            dests: Mutex::new(dests),
+            done_log: Mutex::new(done_log),
+            embeds_source_root: Mutex::new(HashSet::new()),
+            incomplete: Mutex::new(incomplete),
+            written,
+            plan: Mutex::new(plan),
+        })
+    }
+
+    fn needed_in_order(&self) -> Vec<(Hash, u32)> {
+        let dests = self.dests.lock().expect("not poisoned");
+        let mut seen = HashSet::new();
+        let mut needed = Vec::new();
+        for &index in &self.written {
+            for (_, chunk) in self.snapshot.entries[index].file_chunks() {
+                if dests.contains_key(&chunk.hash) && seen.insert(chunk.hash) {
+                    needed.push((chunk.hash, chunk.size));
+                }
+            }
+        }
+        needed
+    }
+
+    /// Files of the snapshot not yet complete.
+    pub fn files_incomplete(&self) -> u64 {
+        self.incomplete.lock().expect("not poisoned").len() as u64
+    }
+
+    /// Copies every needed chunk this node already has (in any workspace) into place;
+    /// returns the chunks still to fetch and the bytes copied.
+    pub fn copy_local(
+        &self,
+        needed: Vec<(Hash, u32)>,
+        chunks: &ChunkStore,
+    ) -> Result<(Vec<(Hash, u32)>, u64), TransferError> {
+        let mut remaining = Vec::new();
+        let mut copied = 0;
+        for (hash, size) in needed {
+            match chunks.find_local(&hash) {
+                Some(data) => copied += self.write_chunk(&hash, &data)?,
+                None => remaining.push((hash, size)),
+            }
+        }
+        Ok((remaining, copied))
+    }
+
+    /// Writes a chunk, already verified against `hash`, to every place that needs it, and
+    /// logs it as done. Returns the content bytes written.
+    pub fn write_chunk(&self, hash: &Hash, data: &[u8]) -> Result<u64, TransferError> {
+        let Some(dests) = self.dests.lock().expect("not poisoned").remove(hash) else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        for (index, offset) in dests {
+            let entry = &self.snapshot.entries[index];
+            let path = self.file_path(index);
+            if offset == 0 && entry.size == data.len() as u64 {
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(entry.mode)
+                    .open(&path)
+                    .map_err(TransferError::io("creating", &path))?;
+                file.write_all(data)
+                    .map_err(TransferError::io("writing", &path))?;
+                file.set_permissions(fs::Permissions::from_mode(entry.mode))
+                    .map_err(TransferError::io("setting mode of", &path))?;
+            } else {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(TransferError::io("opening", &path))?;
+                file.write_all_at(data, offset)
+                    .map_err(TransferError::io("writing", &path))?;
+            }
+            if !self.source_root.is_empty()
+                && memchr::memmem::find(data, &self.source_root).is_some()
+            {
+                self.embeds_source_root
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(index);
+            }
+            written += data.len() as u64;
+            let mut incomplete = self.incomplete.lock().expect("not poisoned");
+            if let Some(left) = incomplete.get_mut(&index) {
+                *left -= 1;
+                if *left == 0 {
+                    incomplete.remove(&index);
+                }
+            }
+        }
+        let mut log = self.done_log.lock().expect("not poisoned");
+        log.write_all(&hash.0)
+            .map_err(TransferError::io("writing", &self.dir))?;
+        Ok(written)
+    }
+
+    fn file_path(&self, index: usize) -> PathBuf {
+        match self.kind {
+            TransferKind::Clone => self.dir.join(&self.snapshot.entries[index].path),
+            TransferKind::Sync => self.dir.join(format!("f{index}")),
+        }
+    }
+
+    /// Applies the final modes of a clone's files and directories (directories last and
+    /// deepest first, so a read-only directory can still be filled).
+    pub fn apply_modes(&self) -> Result<(), TransferError> {
+        for entry in self.snapshot.entries.iter().rev() {
+            if entry.kind == EntryKind::Symlink {
+                continue;
+            }
+            if self.kind == TransferKind::Sync {
+                continue;
+            }
+            let full = self.dir.join(&entry.path);
+            fs::set_permissions(&full, fs::Permissions::from_mode(entry.mode))
+                .map_err(TransferError::io("setting mode of", &full))?;
+        }
+        if self.kind == TransferKind::Sync {
+            for &index in &self.written {
+                let full = self.file_path(index);
+                let mode = self.snapshot.entries[index].mode;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
+                    .map_err(TransferError::io("setting mode of", &full))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads every written file (in parallel) and checks it against the snapshot; for a
+    /// clone, rebuilds the entries from disk and checks the root hash. Returns the entries
+    /// whose content is wrong (their chunks are queued again).
+    pub fn verify(&self, threads: usize) -> Result<Vec<usize>, TransferError> {
+        let indices = &self.written;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let bad = Mutex::new(Vec::new());
+        let failure: Mutex<Option<TransferError>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..threads.max(1) {
+                scope.spawn(|| loop {
+                    let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&index) = indices.get(at) else { break };
+                    let entry = &self.snapshot.entries[index];
+                    let path = self.file_path(index);
+                    match hash_file(&path) {
+                        Ok((size, hash)) => {
+                            if size != entry.size || Some(hash) != entry.hash {
+                                bad.lock().expect("not poisoned").push(index);
+                            }
+                        }
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                            bad.lock().expect("not poisoned").push(index);
+                        }
+                        Err(error) => {
+                            *failure.lock().expect("not poisoned") =
+                                Some(TransferError::io("reading", &path)(error));
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(error) = failure.into_inner().expect("not poisoned") {
+            return Err(error);
+        }
+        let bad = bad.into_inner().expect("not poisoned");
+        if !bad.is_empty() || self.kind == TransferKind::Sync {
+            return Ok(bad);
+        }
+        // The whole tree, as it is on disk, must hash to the snapshot's root.
+        let mut entries = Vec::with_capacity(self.snapshot.entries.len());
+        for entry in &self.snapshot.entries {
+            let full = self.dir.join(&entry.path);
+            let metadata =
+                fs::symlink_metadata(&full).map_err(TransferError::io("inspecting", &full))?;
+            let mut found = entry.clone();
+            found.mode = if metadata.file_type().is_symlink() {
+                0o777
+            } else {
+                metadata.permissions().mode() & 0o777
+            };
+            found.kind = if metadata.is_dir() {
+                EntryKind::Dir
+            } else if metadata.file_type().is_symlink() {
+                found.target = fs::read_link(&full)
+                    .ok()
+                    .map(|t| t.to_string_lossy().into_owned());
+                EntryKind::Symlink
+            } else {
+                EntryKind::File
+            };
+            entries.push(found);
+        }
+        let root = root_hash(&entries);
+        if root != self.snapshot.root {
+            let differing: Vec<&str> = entries
+                .iter()
+                .zip(&self.snapshot.entries)
+                .filter(|(a, b)| a != b)
+                .map(|(a, _)| a.path.as_str())
+                .take(5)
+                .collect();
+            return Err(TransferError::Verification(format!(
+                "the staged tree hashes to {root}, not {}; differing: {}",
+                self.snapshot.root,
+                differing.join(", ")
+            )));
+        }
+        Ok(bad)
+    }
+
+    /// Truncates the given files and queues their chunks again.
+    pub fn requeue(&self, indices: &[usize]) -> Vec<(Hash, u32)> {
+        let mut dests = self.dests.lock().expect("not poisoned");
+        let mut needed = Vec::new();
+        for &index in indices {
+            let entry = &self.snapshot.entries[index];
+            if let Ok(file) = fs::OpenOptions::new()
+                .write(true)
+                .open(self.file_path(index))
+            {
+                let _ = file.set_len(entry.size);
+            }
+            let mut incomplete = self.incomplete.lock().expect("not poisoned");
+            for (offset, chunk) in entry.file_chunks() {
+                *incomplete.entry(index).or_default() += 1;
+                let places = dests.entry(chunk.hash).or_default();
+                if places.is_empty() {
+                    needed.push((chunk.hash, chunk.size));
+                }
+                places.push((index, offset));
+            }
+        }
+        needed
+    }
+
+    /// Rewrites the source's workspace path to `new_root` in text files and link targets that
+    /// embed it (venv scripts, `pyvenv.cfg`, conda prefixes), and finds links to things this
+    /// host lacks. Returns what was rewritten (path → the source's hash) and notes.
+    pub fn relocate(&self, new_root: &Path) -> Result<Relocation, TransferError> {
+        let mut relocation = Relocation::default();
+        let old_root = String::from_utf8_lossy(&self.source_root).into_owned();
+        let new_root_text = new_root.to_string_lossy().into_owned();
+        if old_root.is_empty() || old_root == new_root_text {
+            return Ok(relocation);
+        }
+        let mut embedding: Vec<usize> = self
+            .embeds_source_root
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .copied()
+            .collect();
+        embedding.sort_unstable();
+        for index in embedding {
+            let entry = &self.snapshot.entries[index];
+            let path = self.file_path(index);
+            let mut content = Vec::new();
+            fs::File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut content))
+                .map_err(TransferError::io("reading", &path))?;
+            if content.contains(&0) {
+                relocation.notes.push(format!(
+                    "`{}` embeds the source's path {old_root} but is binary: left as it is",
+                    entry.path
+                ));
+                continue;
+            }
+            let text = String::from_utf8_lossy(&content).replace(&old_root, &new_root_text);
+            let temp = path.with_file_name(format!(".aienv-relocate-{index}"));
+            fs::write(&temp, text.as_bytes()).map_err(TransferError::io("writing", &temp))?;
+            fs::set_permissions(&temp, fs::Permissions::from_mode(entry.mode))
+                .map_err(TransferError::io("setting mode of", &temp))?;
+            fs::rename(&temp, &path).map_err(TransferError::io("replacing", &path))?;
+            relocation
+                .relocated
+                .insert(entry.path.clone(), entry.hash.expect("files have a hash"));
+        }
+        let mut plan = self.plan.lock().expect("not poisoned");
+        for entry in self
+            .snapshot
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Symlink)
+        {
+            let target = entry.target.as_deref().unwrap_or_default();
+            let mut final_target = target.to_string();
+            if let Some(rest) = target.strip_prefix(&old_root) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    final_target = format!("{new_root_text}{rest}");
+                    match self.kind {
+                        TransferKind::Clone => {
+                            let full = self.dir.join(&entry.path);
+                            fs::remove_file(&full)
+                                .map_err(TransferError::io("replacing link", &full))?;
+                            std::os::unix::fs::symlink(&final_target, &full)
+                                .map_err(TransferError::io("creating link", &full))?;
+                        }
+                        TransferKind::Sync => {
+                            for link in plan.links.iter_mut().filter(|(p, _)| *p == entry.path) {
+                                link.1 = final_target.clone();
+                            }
+                        }
+                    }
+                    relocation
+                        .relocated
+                        .insert(entry.path.clone(), Hash::of(target.as_bytes()));
+                }
+            }
+            if final_target.starts_with('/')
+                && !final_target.starts_with(&new_root_text)
+                && fs::metadata(&final_target).is_err()
+            {
+                let owner = environment_of(&entry.path);
+                relocation.needs_rebuild.push(format!(
+                    "{owner}: `{}` links to {final_target}, which this host lacks",
+                    entry.path
+                ));
+            }
+        }
+        Ok(relocation)
+    }
+
+    /// The sync plan, after relocation.
+    pub fn take_plan(&self) -> SyncPlan {
+        std::mem::take(&mut *self.plan.lock().expect("not poisoned"))
+    }
+
+    /// The tree a clone was built in.
+    pub fn tree(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// What [`Stage::relocate`] did.
+#[derive(Debug, Default)]
+pub struct Relocation {
+    /// Rewritten paths → the source's hash (of the content, or of the link target).
+    pub relocated: BTreeMap<String, Hash>,
+    /// What must be rebuilt here, with why.
+    pub needs_rebuild: Vec<String>,
+    /// Other remarks.
+    pub notes: Vec<String>,
+}
+
+/// The environment (or venv directory) a path belongs to, for messages.
+fn environment_of(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("environments/") {
+        if let Some(name) = rest.split('/').next() {
+            return format!("environment `{name}`");
+        }
+    }
+    match path.find("/bin/") {
+        Some(at) => format!("the environment in `{}`", &path[..at]),
+        None => format!("`{path}`"),
+    }
+}
+
+fn add_file(
+    index: usize,
+    entry: &SnapshotEntry,
+    full: &Path,
+    done: &HashSet<Hash>,
+    dests: &mut HashMap<Hash, Vec<(usize, u64)>>,
+    work: &mut Work,
+) -> Result<(), TransferError> {
+    let chunks = entry.file_chunks();
+    if chunks.len() != 1 || entry.size == 0 {
+        // Empty files are created now; large ones preallocated for positioned writes.
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(entry.mode | 0o200)
+            .open(full)
+            .map_err(TransferError::io("creating", full))?;
+        if file.metadata().map(|m| m.len()).unwrap_or(0) != entry.size {
+            file.set_len(entry.size)
+                .map_err(TransferError::io("allocating", full))?;
+        }
+    }
+    for (offset, chunk) in chunks {
+        if done.contains(&chunk.hash) && full.exists() {
+            work.bytes_present += u64::from(chunk.size);
+        } else {
+            dests.entry(chunk.hash).or_default().push((index, offset));
+            work.bytes_to_write += u64::from(chunk.size);
+        }
+    }
+    Ok(())
+}
+
+fn read_done_log(job_dir: &Path) -> HashSet<Hash> {
+    let Ok(bytes) = fs::read(job_dir.join("done.log")) else {
+        return HashSet::new();
+    };
+    bytes
+        .chunks_exact(32)
+        .map(|c| Hash(c.try_into().expect("32 bytes")))
+        .collect()
+}
+
+fn hash_file(path: &Path) -> std::io::Result<(u64, Hash)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((size, Hash(*hasher.finalize().as_bytes())))
+}

@@ -1,0 +1,327 @@
+//! The store's side of transfers: snapshots of its workspaces, chunk reads for serving and
+//! local dedup, and committing what the TransferQueue built — a new clone (staging dir
+//! renamed into place) or a sync (a plan of renames and removals applied to a clone).
+//!
+//! The TransferQueue does the long work (fetching, verifying, writing into its own staging
+//! area); only the short commit runs on the store's thread, like imports.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::events::WorkspaceChange;
+use crate::model::{Sharing, WORKSPACE_FILE};
+use crate::snapshot::{Hash, Snapshot};
+use crate::yaml;
+
+use super::chunk_index::{ChunkIndex, ScanStats};
+use super::error::StoreError;
+use super::view::{StoreView, WorkspaceEntry};
+use super::{
+    fsio, workspace_dir, CommitNew, Created, Layout, WorkspaceStore, WorkspaceStoreHandle,
+};
+
+/// Where a clone came from; lets `sync` find its source again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Node it was cloned from.
+    pub peer_id: Uuid,
+    /// That node's name at the time.
+    pub peer_name: String,
+    /// The source workspace's id.
+    pub workspace_id: Uuid,
+    /// The source workspace's name.
+    pub workspace_name: String,
+    /// Source revision at the last clone or sync.
+    pub revision: u64,
+    /// Source root hash at the last clone or sync.
+    pub root: Hash,
+    /// When it was cloned.
+    pub cloned_at: DateTime<Utc>,
+    /// When it was last synced.
+    pub synced_at: Option<DateTime<Utc>>,
+    /// Files rewritten because they embedded the source's workspace path: path → the
+    /// source's hash of it (so a sync knows the local difference is ours).
+    pub relocated: BTreeMap<String, Hash>,
+    /// What must be rebuilt on this host (a venv whose base interpreter is missing), with
+    /// the reason.
+    pub needs_rebuild: Vec<String>,
+}
+
+/// A clone built in staging by the TransferQueue, ready to be committed.
+#[derive(Debug)]
+pub struct CloneRequest {
+    /// The finished, verified tree (on the same file system as the workspaces).
+    pub staging: PathBuf,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Local name instead of the source's.
+    pub rename_to: Option<String>,
+    /// Turn sharing off in the clone.
+    pub private: bool,
+    /// Notes to hand back (relocations, links kept, ...).
+    pub notes: Vec<String>,
+}
+
+/// The changes that make a clone equal to a newer snapshot of its source. Every path is
+/// workspace-relative and was validated as part of the snapshot.
+#[derive(Debug, Default)]
+pub struct SyncPlan {
+    /// Directory holding the new file versions, named as in `files`.
+    pub staging: PathBuf,
+    /// Paths to remove (files, links, or whole directories), deepest first.
+    pub remove: Vec<String>,
+    /// Directories to create, parents first.
+    pub dirs: Vec<String>,
+    /// Symbolic links to create or replace: path, target.
+    pub links: Vec<(String, String)>,
+    /// Files to move into place: staged name, path.
+    pub files: Vec<(String, String)>,
+    /// Modes to set (files and directories), applied last.
+    pub modes: Vec<(String, u32)>,
+}
+
+/// Reads chunks out of the files that hold them, off the actor: for serving peers and for
+/// local dedup. Cheap to clone.
+#[derive(Clone)]
+pub struct ChunkStore {
+    chunks: ChunkIndex,
+    view: tokio::sync::watch::Receiver<Arc<StoreView>>,
+}
+
+impl ChunkStore {
+    /// The chunk `hash` of `workspace`, verified; `None` when no indexed file holds it any
+    /// more (the file changed: the next snapshot re-reads it).
+    pub fn read(&self, workspace: Uuid, hash: &Hash) -> Option<Vec<u8>> {
+        let root = self
+            .view
+            .borrow()
+            .find(&workspace.to_string())?
+            .path
+            .clone();
+        self.chunks
+            .locate(hash, Some(workspace))
+            .iter()
+            .find_map(|location| self.chunks.read_verified(&root, location, hash))
+    }
+
+    /// The chunk `hash` from any workspace of this node, verified.
+    pub fn find_local(&self, hash: &Hash) -> Option<Vec<u8>> {
+        let view = self.view.borrow().clone();
+        self.chunks.locate(hash, None).iter().find_map(|location| {
+            let entry = view.find(&location.workspace.to_string())?;
+            self.chunks.read_verified(&entry.path, location, hash)
+        })
+    }
+}
+
+/// Applies a sync plan to a clone.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<WorkspaceEntry>, StoreError>")]
+struct CommitSync {
+    id: Uuid,
+    plan: SyncPlan,
+    origin: Origin,
+    by: String,
+}
+
+impl Handler<CommitSync> for WorkspaceStore {
+    type Result = Result<Arc<WorkspaceEntry>, StoreError>;
+
+    fn handle(&mut self, message: CommitSync, _: &mut Self::Context) -> Self::Result {
+        let CommitSync {
+            id,
+            plan,
+            origin,
+            by,
+        } = message;
+        let old = self.find(&id.to_string())?;
+        let root = old.path.clone();
+        apply(&root, &plan)?;
+        fsio::sync_filesystem(&root)?;
+        let loaded = workspace_dir::load(&root, true)?;
+        let mut manifest = loaded.manifest;
+        // The clone keeps its own identity; content and metadata follow the source.
+        manifest.id = old.manifest.id;
+        manifest.name = old.manifest.name.clone();
+        manifest.sharing = old.manifest.sharing.clone();
+        let manifest_path = root.join(WORKSPACE_FILE);
+        let local_text = fs::read_to_string(&manifest_path).unwrap_or_default();
+        if manifest.revision < old.manifest.revision
+            || (manifest.revision == old.manifest.revision
+                && yaml::to_string(&manifest) != yaml::to_string(&old.manifest))
+        {
+            manifest.revision = old.manifest.revision + 1;
+        }
+        let text = yaml::to_string(&manifest);
+        if text != local_text {
+            fsio::write_atomic(&manifest_path, text.as_bytes())?;
+        }
+        self.index.put_origin(id, &origin)?;
+        self.index_and_publish(
+            manifest,
+            loaded.environments,
+            root,
+            WorkspaceChange::Synced,
+            Some(&old.manifest.name),
+            &by,
+        )
+    }
+}
+
+/// Applies the plan's removals, directories, links, files and modes, in that order. Paths
+/// never pass through a link: the snapshot was validated, and removals come first.
+fn apply(root: &Path, plan: &SyncPlan) -> Result<(), StoreError> {
+    for path in &plan.remove {
+        fsio::remove_tree(&root.join(path))?;
+    }
+    for path in &plan.dirs {
+        let full = root.join(path);
+        match fs::symlink_metadata(&full) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(_) => {
+                fsio::remove_tree(&full)?;
+                fs::create_dir(&full).map_err(StoreError::io("creating directory", &full))?;
+            }
+            Err(_) => fs::create_dir(&full).map_err(StoreError::io("creating directory", &full))?,
+        }
+    }
+    for (path, target) in &plan.links {
+        let full = root.join(path);
+        fsio::remove_tree(&full)?;
+        std::os::unix::fs::symlink(target, &full)
+            .map_err(StoreError::io("creating link", &full))?;
+    }
+    for (staged, path) in &plan.files {
+        let from = plan.staging.join(staged);
+        let full = root.join(path);
+        if fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+            fsio::remove_tree(&full)?;
+        }
+        fs::rename(&from, &full).map_err(StoreError::io("moving into place", &full))?;
+    }
+    for (path, mode) in plan.modes.iter().rev() {
+        let full = root.join(path);
+        fs::set_permissions(&full, fs::Permissions::from_mode(*mode))
+            .map_err(StoreError::io("setting mode of", &full))?;
+    }
+    Ok(())
+}
+
+impl WorkspaceStoreHandle {
+    /// A snapshot of the workspace `target` (id or name), hashing only files that changed
+    /// since the last one. Runs off the actor.
+    pub async fn snapshot(&self, target: &str) -> Result<(Snapshot, ScanStats), StoreError> {
+        let entry = self.get(target)?;
+        let chunks = self.chunks.clone();
+        tokio::task::spawn_blocking(move || {
+            chunks.snapshot(
+                entry.manifest.id,
+                &entry.manifest.name,
+                entry.manifest.revision,
+                &entry.path,
+            )
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// The chunk reader for serving peers and local dedup.
+    pub fn chunk_store(&self) -> ChunkStore {
+        ChunkStore {
+            chunks: self.chunks.clone(),
+            view: self.view.clone(),
+        }
+    }
+
+    /// Where the workspace with `id` lives (or will live) on this node.
+    pub fn workspace_root(&self, id: Uuid) -> PathBuf {
+        self.layout.workspace(id)
+    }
+
+    /// The store's layout (staging for transfers must be on the same file system).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Commits a verified clone built in staging as a new workspace.
+    pub async fn commit_clone(
+        &self,
+        request: CloneRequest,
+        by: &str,
+    ) -> Result<Created, StoreError> {
+        let CloneRequest {
+            staging,
+            origin,
+            rename_to,
+            private,
+            notes,
+        } = request;
+        let loaded = {
+            let staging = staging.clone();
+            tokio::task::spawn_blocking(move || workspace_dir::load(&staging, false))
+                .await
+                .map_err(|_| StoreError::Unavailable)??
+        };
+        let mut manifest = loaded.manifest;
+        if private {
+            manifest.sharing = Sharing {
+                enabled: false,
+                ..manifest.sharing
+            };
+        }
+        self.send(CommitNew {
+            prepared: workspace_dir::Prepared {
+                staging,
+                manifest,
+                environments: loaded.environments,
+                notes,
+            },
+            rename_to,
+            change: WorkspaceChange::Cloned,
+            import: None,
+            origin: Some(origin),
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Applies a sync plan to the clone `id` and records the new origin state.
+    pub async fn commit_sync(
+        &self,
+        id: Uuid,
+        plan: SyncPlan,
+        origin: Origin,
+        by: &str,
+    ) -> Result<Arc<WorkspaceEntry>, StoreError> {
+        self.send(CommitSync {
+            id,
+            plan,
+            origin,
+            by: by.to_string(),
+        })
+        .await?
+    }
+
+    /// Records the files of a freshly written clone in the chunk index (off the actor), so
+    /// its next snapshot only stats them and its chunks serve local dedup at once.
+    pub async fn record_snapshot(
+        &self,
+        id: Uuid,
+        snapshot: Arc<Snapshot>,
+        skip: HashSet<String>,
+    ) -> Result<(), StoreError> {
+        let root = self.workspace_root(id);
+        let chunks = self.chunks.clone();
+        tokio::task::spawn_blocking(move || chunks.record(id, &root, &snapshot, &skip))
+            .await
+            .map_err(|_| StoreError::Unavailable)?
+    }
+}

@@ -1,0 +1,369 @@
+//! Transfers, both sides.
+//!
+//! Serving: `GET /api/v1/workspaces/{ws}/snapshot` (the transfer manifest, MessagePack +
+//! zstd) and `POST /api/v1/workspaces/{ws}/chunks` (a body of concatenated chunk hashes,
+//! answered by a stream of chunk frames; see `schemas/transfer.md`). Both honour the
+//! workspace's sharing like the catalog does, and uploads are limited per node and per peer:
+//! over the limit the answer is 503 / 429 with `Retry-After`, never a hang.
+//!
+//! Jobs: `POST /api/v1/transfers` (clone or sync), `GET /api/v1/transfers`,
+//! `GET /api/v1/transfers/{id}`, `DELETE /api/v1/transfers/{id}` (cancel; removes a finished
+//! job), `POST /api/v1/transfers/{id}/retry`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+
+use aienv_actors::chunk_frame::{self, Frame};
+use aienv_actors::transfer_queue::{TransferError, TransferKind, TransferRequest};
+use aienv_actors::workspace_store::{StoreError, Viewer, WorkspaceEntry};
+
+use crate::api::{TransferDto, TransferRequestDto};
+use crate::peer_client::PEER_HEADER;
+
+use super::{ApiError, AppState, Caller, Login};
+
+/// Media type of the snapshot body.
+pub const SNAPSHOT_TYPE: &str = "application/vnd.aienv.snapshot+msgpack+zstd";
+/// Media type of the chunk frame stream.
+pub const CHUNKS_TYPE: &str = "application/vnd.aienv.chunks";
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/workspaces/{ws}/snapshot", web::get().to(snapshot))
+        .route("/workspaces/{ws}/chunks", web::post().to(chunks))
+        .service(
+            web::resource("/transfers")
+                .route(web::get().to(list))
+                .route(web::post().to(create)),
+        )
+        .service(
+            web::resource("/transfers/{id}")
+                .route(web::get().to(show))
+                .route(web::delete().to(cancel)),
+        )
+        .route("/transfers/{id}/retry", web::post().to(retry));
+}
+
+/// Concurrent uploads (chunk batches being served), per node and per asking peer.
+pub struct Uploads {
+    max_total: usize,
+    max_per_peer: usize,
+    active: Mutex<(usize, HashMap<String, usize>)>,
+    /// Test hook (`serve --test-corrupt-chunks N`): flip a byte in the next N chunks served.
+    pub corrupt_next: AtomicU32,
+}
+
+impl Uploads {
+    /// Limits as configured.
+    pub fn new(max_total: usize, max_per_peer: usize, corrupt_next: u32) -> Uploads {
+        Uploads {
+            max_total: max_total.max(1),
+            max_per_peer: max_per_peer.max(1),
+            active: Mutex::new((0, HashMap::new())),
+            corrupt_next: AtomicU32::new(corrupt_next),
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, peer: &str) -> Result<UploadSlot, ApiError> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if active.0 >= self.max_total {
+            return Err(busy(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this node is serving {} uploads, its limit; retry shortly",
+                    active.0
+                ),
+            ));
+        }
+        let mine = active.1.entry(peer.to_string()).or_default();
+        if *mine >= self.max_per_peer {
+            return Err(busy(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "you already have {mine} uploads running, the per-peer limit; retry shortly"
+                ),
+            ));
+        }
+        *mine += 1;
+        active.0 += 1;
+        Ok(UploadSlot {
+            uploads: self.clone(),
+            peer: peer.to_string(),
+        })
+    }
+}
+
+fn busy(status: StatusCode, message: String) -> ApiError {
+    ApiError {
+        status,
+        code: "busy",
+        message,
+        details: Some(serde_json::json!({"retry_after": 1})),
+    }
+}
+
+/// A held upload slot, released on drop (when the response stream ends).
+struct UploadSlot {
+    uploads: Arc<Uploads>,
+    peer: String,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut active = self
+            .uploads
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        active.0 = active.0.saturating_sub(1);
+        if let Some(mine) = active.1.get_mut(&self.peer) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                active.1.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The workspace if the asker may fetch it: a logged-in user may fetch any; another node
+/// what is shared with the LAN or with it by id or name.
+fn fetchable(
+    state: &AppState,
+    caller: &Caller,
+    request: &HttpRequest,
+    target: &str,
+) -> Result<Arc<WorkspaceEntry>, ApiError> {
+    let entry = state.store.get(target)?;
+    if caller.is_logged_in() {
+        return Ok(entry);
+    }
+    let mut viewers = vec![Viewer::Anonymous];
+    if let Some(id) = asking_peer(request) {
+        if let Some(peer) = state
+            .peers
+            .view()
+            .peers
+            .iter()
+            .find(|p| p.id.to_string() == id)
+        {
+            viewers.push(Viewer::Peer(peer.name.clone()));
+        }
+        viewers.push(Viewer::Peer(id));
+    }
+    if viewers.iter().any(|v| v.may_see(&entry.manifest)) {
+        Ok(entry)
+    } else {
+        // Never reveal that an unshared workspace exists.
+        Err(StoreError::NotFound(target.to_string()).into())
+    }
+}
+
+fn asking_peer(request: &HttpRequest) -> Option<String> {
+    request
+        .headers()
+        .get(PEER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+}
+
+async fn snapshot(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let entry = fetchable(&state, &caller, &request, &path)?;
+    let started = std::time::Instant::now();
+    let (snapshot, stats) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
+    tracing::debug!(
+        workspace = %entry.manifest.name,
+        files_cached = stats.files_cached,
+        files_hashed = stats.files_hashed,
+        bytes_hashed = stats.bytes_hashed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "snapshot taken"
+    );
+    let root = snapshot.root.to_hex();
+    let body = web::block(move || snapshot.encode())
+        .await
+        .map_err(|_| ApiError::from(StoreError::Unavailable))?;
+    Ok(HttpResponse::Ok()
+        .content_type(SNAPSHOT_TYPE)
+        .insert_header(("X-Aienv-Root", root))
+        .body(body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunksQuery {
+    /// `zstd` (default) or `none`.
+    compress: Option<String>,
+}
+
+async fn chunks(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ChunksQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let entry = fetchable(&state, &caller, &request, &path)?;
+    let level = match query.compress.as_deref() {
+        None | Some("zstd") => Some(1),
+        Some("none") => None,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid-query",
+                format!("compress=`{other}` is not one of: zstd, none"),
+            ))
+        }
+    };
+    let hashes = chunk_frame::parse_request(&body)
+        .map_err(|message| ApiError::bad_request("invalid-chunk-request", message))?;
+    let asker = asking_peer(&request)
+        .or_else(|| request.peer_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_default();
+    let slot = state.uploads.acquire(&asker)?;
+    let chunk_store = state.store.chunk_store();
+    let workspace = entry.manifest.id;
+    let uploads = state.uploads.clone();
+    // Frames are produced off the async workers and flow out as they are ready; a full
+    // channel (slow reader) pauses the producer.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let mut out = Vec::with_capacity(1024 * 1024);
+        for hash in hashes {
+            match chunk_store.read(workspace, &hash) {
+                Some(mut data) => {
+                    let corrupt = uploads
+                        .corrupt_next
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok();
+                    if corrupt && !data.is_empty() {
+                        tracing::warn!(chunk = %hash, "test hook: corrupting a chunk in transit");
+                        data[0] ^= 0xff;
+                    }
+                    Frame::encode(&mut out, hash, &data, level);
+                }
+                None => Frame::encode_missing(&mut out, hash),
+            }
+            if out.len() >= 512 * 1024 {
+                let full = std::mem::replace(&mut out, Vec::with_capacity(1024 * 1024));
+                if sender.blocking_send(Ok(Bytes::from(full))).is_err() {
+                    return; // The client went away.
+                }
+            }
+        }
+        if !out.is_empty() {
+            let _ = sender.blocking_send(Ok(Bytes::from(out)));
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type(CHUNKS_TYPE)
+        .streaming(stream))
+}
+
+async fn list(state: web::Data<AppState>, _caller: Login) -> HttpResponse {
+    let view = state.transfers.view();
+    HttpResponse::Ok().json(
+        view.jobs
+            .iter()
+            .map(|j| TransferDto::from(&**j))
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    login: Login,
+    body: web::Json<TransferRequestDto>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let kind = match body.kind.as_str() {
+        "clone" => TransferKind::Clone,
+        "sync" => TransferKind::Sync,
+        other => {
+            return Err(ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid-field",
+                message: format!("kind `{other}` is not one of: clone, sync"),
+                details: Some(serde_json::json!({"field": "kind"})),
+            })
+        }
+    };
+    if kind == TransferKind::Clone && body.peer.as_deref().unwrap_or_default().is_empty() {
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid-field",
+            message: "a clone needs `peer`: the name or id of the node to clone from".into(),
+            details: Some(serde_json::json!({"field": "peer"})),
+        });
+    }
+    if let Some(name) = &body.rename_to {
+        if !aienv_actors::model::is_slug(name) {
+            return Err(ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid-field",
+                message: format!("`as`: `{name}` is not a valid workspace name (lower-case letters, digits and dashes)"),
+                details: Some(serde_json::json!({"field": "as"})),
+            });
+        }
+    }
+    let job = state
+        .transfers
+        .enqueue(
+            kind,
+            TransferRequest {
+                peer: body.peer.unwrap_or_default(),
+                workspace: body.workspace,
+                rename_to: body.rename_to,
+                private: body.private,
+                by: login.name().to_string(),
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(TransferDto::from(&*job)))
+}
+
+async fn show(
+    state: web::Data<AppState>,
+    _caller: Login,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = state
+        .transfers
+        .view()
+        .find(&path)
+        .ok_or_else(|| TransferError::JobNotFound(path.to_string()))?;
+    Ok(HttpResponse::Ok().json(TransferDto::from(&*job)))
+}
+
+async fn cancel(
+    state: web::Data<AppState>,
+    _login: Login,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(match state.transfers.cancel(&path).await? {
+        Some(job) => HttpResponse::Ok().json(TransferDto::from(&*job)),
+        None => HttpResponse::NoContent().finish(),
+    })
+}
+
+async fn retry(
+    state: web::Data<AppState>,
+    _login: Login,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = state.transfers.retry(&path).await?;
+    Ok(HttpResponse::Accepted().json(TransferDto::from(&*job)))
+}
