@@ -514,6 +514,20 @@ impl Client {
         self.json(response).await
     }
 
+    /// The workspace's transfer snapshot, as encoded on the wire (decode it with
+    /// `aienv_actors::snapshot::Snapshot::decode`).
+    pub async fn snapshot(&self, workspace: &str) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/workspaces/{}/snapshot", segment(workspace));
+        let response = self.send(awc::http::Method::GET, &path).await?;
+        let mut response = self.check(response).await?;
+        let body = response
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok(body.to_vec())
+    }
+
     /// Downloads an export to `target`, written atomically; `progress` gets bytes so far.
     pub async fn export(
         &self,

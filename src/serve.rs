@@ -66,8 +66,8 @@ pub enum ServeError {
 pub struct ServeOptions {
     /// Serve the dashboard from disk (`--dev`).
     pub dev_ui: bool,
-    /// Test hook: corrupt this many served chunks.
-    pub test_corrupt_chunks: u32,
+    /// Fault injection for tests.
+    pub test_hooks: http::TestHooks,
 }
 
 pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeError> {
@@ -172,7 +172,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         uploads: Arc::new(http::Uploads::new(
             config.transfer.max_uploads,
             config.transfer.max_uploads_per_peer,
-            options.test_corrupt_chunks,
+            options.test_hooks,
         )),
         peers,
         announcer: announcer.clone(),

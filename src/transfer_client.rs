@@ -9,7 +9,7 @@ use uuid::Uuid;
 use aienv_actors::chunk_frame::HEADER_LEN;
 use aienv_actors::peer_registry::LocalFuture;
 use aienv_actors::snapshot::{Hash, CHUNK_MAX};
-use aienv_actors::transfer_queue::{FetchError, TransferClient};
+use aienv_actors::transfer_queue::{ByteStream, FetchError, TransferClient};
 
 use crate::api::ErrorBody;
 use crate::peer_client::PEER_HEADER;
@@ -83,7 +83,7 @@ impl TransferClient for HttpTransferClient {
         viewer: Uuid,
         hashes: &[Hash],
         compress: bool,
-    ) -> LocalFuture<(Vec<u8>, Option<FetchError>)> {
+    ) -> LocalFuture<Result<ByteStream, FetchError>> {
         let mut body = Vec::with_capacity(hashes.len() * 32);
         for hash in hashes {
             body.extend_from_slice(&hash.0);
@@ -98,47 +98,41 @@ impl TransferClient for HttpTransferClient {
             .insert_header((PEER_HEADER, viewer.to_string()))
             .content_type("application/octet-stream");
         Box::pin(async move {
-            let mut response = match request.send_body(body).await {
-                Ok(response) => response,
-                Err(error) => return (Vec::new(), Some(FetchError::Network(error.to_string()))),
-            };
+            let mut response = request
+                .send_body(body)
+                .await
+                .map_err(|error| FetchError::Network(error.to_string()))?;
             if !response.status().is_success() {
                 let text = response.body().limit(64 * 1024).await.unwrap_or_default();
-                return (
-                    Vec::new(),
-                    Some(status_error(
-                        response.status().as_u16(),
-                        response.headers(),
-                        &text,
-                    )),
-                );
+                return Err(status_error(
+                    response.status().as_u16(),
+                    response.headers(),
+                    &text,
+                ));
             }
-            let mut received = Vec::new();
-            loop {
-                match tokio::time::timeout(IDLE_TIMEOUT, response.next()).await {
-                    Ok(Some(Ok(piece))) => {
-                        if received.len() + piece.len() > limit {
-                            return (
-                                received,
-                                Some(FetchError::Network(
+            // The state carries the response and the bytes received so far.
+            let stream =
+                futures_util::stream::unfold(Some((response, 0usize)), move |state| async move {
+                    let (mut response, mut received) = state?;
+                    let item = match tokio::time::timeout(IDLE_TIMEOUT, response.next()).await {
+                        Ok(Some(Ok(piece))) => {
+                            received += piece.len();
+                            if received > limit {
+                                Err(FetchError::Network(
                                     "the source sent more than was asked for".into(),
-                                )),
-                            );
+                                ))
+                            } else {
+                                Ok(piece.to_vec())
+                            }
                         }
-                        received.extend_from_slice(&piece);
-                    }
-                    Ok(Some(Err(error))) => {
-                        return (received, Some(FetchError::Network(error.to_string())))
-                    }
-                    Ok(None) => return (received, None),
-                    Err(_) => {
-                        return (
-                            received,
-                            Some(FetchError::Network(format!("no data for {IDLE_TIMEOUT:?}"))),
-                        )
-                    }
-                }
-            }
+                        Ok(Some(Err(error))) => Err(FetchError::Network(error.to_string())),
+                        Ok(None) => return None,
+                        Err(_) => Err(FetchError::Network(format!("no data for {IDLE_TIMEOUT:?}"))),
+                    };
+                    let next = item.is_ok().then_some((response, received));
+                    Some((item, next))
+                });
+            Ok(Box::pin(stream) as ByteStream)
         })
     }
 }

@@ -4,27 +4,14 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
 
 use aienv::api::{CreateWorkspace, PeerDto, ShareRequest};
 use aienv::client::{Client, NetworkQuery};
 use aienv_actors::discovery::wire::{self, Announcement, Datagram, ResourceSummary, Scheme};
-use common::TestNode;
+use common::{eventually, TestNode};
 use futures_util::StreamExt;
 
 /// Polls `check` until it holds (deadline 15 s: a correctness deadline, not a timing claim).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn state_of(peers: &[PeerDto], name: &str) -> Option<String> {
     peers
         .iter()

@@ -4,10 +4,9 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use aienv::client::{Client, Credentials};
-use common::TestNode;
+use common::{eventually, TestNode};
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let output = Command::new("ip")
@@ -161,18 +160,6 @@ fn start_host(lan: &Lan, i: usize, dir: &std::path::Path) -> (TestNode, Client) 
         Some(Credentials::Token(node.token())),
     );
     (node, client)
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[actix_rt::test]

@@ -172,6 +172,9 @@ pub struct ServeArgs {
     /// Test hook: corrupt the next N chunks this node serves (to test verification).
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_corrupt_chunks: u32,
+    /// Test hook: pause this many milliseconds before each chunk served.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub test_chunk_delay_ms: u64,
 }
 
 /// `aienv config ...`.
@@ -295,7 +298,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             config,
             crate::serve::ServeOptions {
                 dev_ui: args.dev,
-                test_corrupt_chunks: args.test_corrupt_chunks,
+                test_hooks: crate::http::TestHooks {
+                    corrupt_chunks: args.test_corrupt_chunks,
+                    chunk_delay_ms: args.test_chunk_delay_ms,
+                },
             },
         ))
         .map_err(|e| CliError::new(e.to_string()))

@@ -142,11 +142,9 @@ fn print_transfers(cli: &Cli, jobs: &[TransferDto]) {
         .iter()
         .map(|job| {
             let p = &job.progress;
-            let percent = if p.bytes_total == 0 {
-                100
-            } else {
-                p.bytes_done * 100 / p.bytes_total
-            };
+            let percent = (p.bytes_done * 100)
+                .checked_div(p.bytes_total)
+                .unwrap_or(100);
             vec![
                 job.id.to_string()[..8].to_string(),
                 job.kind.clone(),

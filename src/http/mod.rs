@@ -37,7 +37,7 @@ pub use error::ApiError;
 pub use extract::{Caller, Login};
 pub use list_cache::ListCache;
 pub use session::Sessions;
-pub use transfers::{Uploads, CHUNKS_TYPE, SNAPSHOT_TYPE};
+pub use transfers::{TestHooks, Uploads, CHUNKS_TYPE, SNAPSHOT_TYPE};
 
 /// Everything handlers need, shared by all workers.
 pub struct AppState {

@@ -55,16 +55,20 @@ pub struct Uploads {
     active: Mutex<(usize, HashMap<String, usize>)>,
     /// Test hook (`serve --test-corrupt-chunks N`): flip a byte in the next N chunks served.
     pub corrupt_next: AtomicU32,
+    /// Test hook (`serve --test-chunk-delay-ms N`): pause before each chunk served, so
+    /// tests can interrupt a transfer mid-way.
+    pub delay_per_chunk: std::time::Duration,
 }
 
 impl Uploads {
     /// Limits as configured.
-    pub fn new(max_total: usize, max_per_peer: usize, corrupt_next: u32) -> Uploads {
+    pub fn new(max_total: usize, max_per_peer: usize, hooks: TestHooks) -> Uploads {
         Uploads {
             max_total: max_total.max(1),
             max_per_peer: max_per_peer.max(1),
             active: Mutex::new((0, HashMap::new())),
-            corrupt_next: AtomicU32::new(corrupt_next),
+            corrupt_next: AtomicU32::new(hooks.corrupt_chunks),
+            delay_per_chunk: std::time::Duration::from_millis(hooks.chunk_delay_ms),
         }
     }
 
@@ -95,6 +99,15 @@ impl Uploads {
             peer: peer.to_string(),
         })
     }
+}
+
+/// Fault injection for tests; all off by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TestHooks {
+    /// Corrupt this many served chunks.
+    pub corrupt_chunks: u32,
+    /// Pause this long before each served chunk.
+    pub chunk_delay_ms: u64,
 }
 
 fn busy(status: StatusCode, message: String) -> ApiError {
@@ -239,7 +252,11 @@ async fn chunks(
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let mut out = Vec::with_capacity(1024 * 1024);
+        let delay = uploads.delay_per_chunk;
         for hash in hashes {
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
             match chunk_store.read(workspace, &hash) {
                 Some(mut data) => {
                     let corrupt = uploads
@@ -254,7 +271,7 @@ async fn chunks(
                 }
                 None => Frame::encode_missing(&mut out, hash),
             }
-            if out.len() >= 512 * 1024 {
+            if out.len() >= 512 * 1024 || !delay.is_zero() {
                 let full = std::mem::replace(&mut out, Vec::with_capacity(1024 * 1024));
                 if sender.blocking_send(Ok(Bytes::from(full))).is_err() {
                     return; // The client went away.

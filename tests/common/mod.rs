@@ -56,9 +56,15 @@ impl TestNode {
         } else {
             &["--name", "test-node"]
         };
+        let port: &[&str] = if extra.contains(&"--http-port") {
+            &[]
+        } else {
+            &["--http-port", "0"]
+        };
         let mut command = Command::new(binary());
         command
-            .args(["serve", "--http-port", "0"])
+            .arg("serve")
+            .args(port)
             .args(name)
             .args(bind)
             .args(discovery)
@@ -215,4 +221,18 @@ pub fn skip(reason: &str) {
         panic!("AIENV_REQUIRE_ALL=1 but this test cannot run: {reason}");
     }
     eprintln!("SKIPPED: {reason}");
+}
+
+/// Polls `check` until it holds, failing the test after 30 s (no sleeps as synchronization:
+/// the condition is what is waited for).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
 }

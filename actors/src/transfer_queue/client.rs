@@ -6,6 +6,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::peer_registry::LocalFuture;
+
+/// Pieces of a response body; an error ends the stream.
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Vec<u8>, FetchError>>>>;
 use crate::snapshot::Hash;
 
 /// Why a request to a source failed.
@@ -33,8 +37,8 @@ pub trait TransferClient {
         viewer: Uuid,
     ) -> LocalFuture<Result<Vec<u8>, FetchError>>;
 
-    /// `POST {base}/api/v1/workspaces/{workspace}/chunks`: the frames for `hashes`, as far
-    /// as they arrived, and the error that cut the stream short, if any.
+    /// `POST {base}/api/v1/workspaces/{workspace}/chunks`: the frames for `hashes` as a
+    /// stream of byte pieces, as they arrive.
     fn chunks(
         &self,
         base_url: &str,
@@ -42,5 +46,5 @@ pub trait TransferClient {
         viewer: Uuid,
         hashes: &[Hash],
         compress: bool,
-    ) -> LocalFuture<(Vec<u8>, Option<FetchError>)>;
+    ) -> LocalFuture<Result<ByteStream, FetchError>>;
 }

@@ -36,7 +36,7 @@ use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, SnapshotLimits};
 use crate::workspace_store::{StoreError, WorkspaceStoreHandle};
 
-pub use client::{FetchError, TransferClient};
+pub use client::{ByteStream, FetchError, TransferClient};
 pub use error::TransferError;
 pub use job::{JobInfo, JobState, Progress, TransferKind, TransferRequest};
 
@@ -78,7 +78,7 @@ impl TransferConfig {
             max_jobs: 2,
             window: 4,
             batch_chunks: 1024,
-            batch_bytes: 16 * 1024 * 1024,
+            batch_bytes: 8 * 1024 * 1024,
             compress: true,
             source_wait: Duration::from_secs(600),
             progress_interval: Duration::from_millis(250),
@@ -556,7 +556,7 @@ impl TransferQueue {
 
 fn build_view(jobs: &HashMap<Uuid, JobInfo>, seq: u64) -> TransfersView {
     let mut list: Vec<Arc<JobInfo>> = jobs.values().cloned().map(Arc::new).collect();
-    list.sort_by(|a, b| b.created.cmp(&a.created));
+    list.sort_by_key(|job| std::cmp::Reverse(job.created));
     TransfersView { seq, jobs: list }
 }
 

@@ -8,6 +8,7 @@
 //! broke off is requeued from the first chunk that did not arrive, so an interrupted
 //! transfer refetches at most the chunks in flight.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -19,7 +20,7 @@ use chrono::Utc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use uuid::Uuid;
 
-use crate::chunk_frame::{FrameDecoder, FrameKind};
+use crate::chunk_frame::{FrameDecoder, FrameKind, HEADER_LEN};
 use crate::peer_registry::{PeerRegistryHandle, PeerState};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
@@ -412,6 +413,7 @@ impl JobContext {
         let mut last_report = Instant::now();
         let mut rate = RateMeter::new(progress.bytes_done);
         let mut stalled_since: Option<Instant> = None;
+        let live = Rc::new(Cell::new(0u64));
         loop {
             if self.cancel.is_triggered() {
                 return Err(TransferError::Cancelled);
@@ -447,7 +449,7 @@ impl JobContext {
                     batch.push((hash, size));
                 }
                 sources[index].in_flight += 1;
-                in_flight.push(self.fetch_batch(index, url, batch, stage.clone()));
+                in_flight.push(self.fetch_batch(index, url, batch, stage.clone(), live.clone()));
             }
             if in_flight.is_empty() {
                 if pending.is_empty() {
@@ -488,8 +490,17 @@ impl JobContext {
                 self.sleep(wake).await?;
                 continue;
             }
+            let next_report = self
+                .config
+                .progress_interval
+                .saturating_sub(last_report.elapsed());
             let result: BatchResult = tokio::select! {
                 result = in_flight.next() => result.expect("in_flight is not empty"),
+                _ = tokio::time::sleep(next_report) => {
+                    last_report = Instant::now();
+                    self.report_live(progress, live.get(), &mut rate, stage);
+                    continue;
+                }
                 _ = self.cancel.wait() => return Err(TransferError::Cancelled),
             };
             if let Some(failure) = result.failure {
@@ -565,25 +576,36 @@ impl JobContext {
             }
             if last_report.elapsed() >= self.config.progress_interval {
                 last_report = Instant::now();
-                progress.rate = rate.update(progress.bytes_done);
-                progress.eta_seconds = (progress.rate > 0).then(|| {
-                    (progress.bytes_total.saturating_sub(progress.bytes_done)) / progress.rate
-                });
-                progress.files_done = progress
-                    .files_total
-                    .saturating_sub(stage.files_incomplete());
-                self.progress(progress);
+                self.report_live(progress, live.get(), &mut rate, stage);
             }
         }
     }
 
-    /// One batch request: fetch, then decode, verify and write off the arbiter.
+    /// Reports the counters, including what batches still in flight already wrote.
+    fn report_live(&self, progress: &mut Progress, live: u64, rate: &mut RateMeter, stage: &Stage) {
+        let done = progress.bytes_done + live;
+        progress.rate = rate.update(done);
+        progress.eta_seconds =
+            (progress.rate > 0).then(|| progress.bytes_total.saturating_sub(done) / progress.rate);
+        progress.files_done = progress
+            .files_total
+            .saturating_sub(stage.files_incomplete());
+        let mut shown = progress.clone();
+        shown.bytes_done = done;
+        shown.bytes_from_peers += live;
+        self.progress(&shown);
+    }
+
+    /// One batch request. Frames are decoded as they arrive and handed, about a megabyte at
+    /// a time, to a blocking task that verifies and writes them; `live` counts the content
+    /// written so far for progress reports.
     fn fetch_batch(
         &self,
         source: usize,
         url: String,
         batch: Vec<(Hash, u32)>,
         stage: Arc<Stage>,
+        live: Rc<Cell<u64>>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = BatchResult>>> {
         let hashes: Vec<Hash> = batch.iter().map(|b| b.0).collect();
         let request = self.client.chunks(
@@ -594,36 +616,101 @@ impl JobContext {
             self.config.compress,
         );
         Box::pin(async move {
-            let (body, error) = request.await;
-            let wire_bytes = body.len() as u64;
-            let requested = batch.clone();
-            let processed =
-                tokio::task::spawn_blocking(move || process_batch(&stage, &batch, &body)).await;
+            let wanted: Arc<HashMap<Hash, u32>> = Arc::new(batch.iter().copied().collect());
             let mut result = BatchResult {
                 source,
-                requested,
+                requested: batch,
                 written: Vec::new(),
                 bad: Vec::new(),
                 missing: Vec::new(),
                 bytes_written: 0,
-                wire_bytes,
-                error,
+                wire_bytes: 0,
+                error: None,
                 failure: None,
             };
-            match processed {
-                Ok(Ok(processed)) => {
-                    result.written = processed.written;
-                    result.bad = processed.bad;
-                    result.missing = processed.missing;
-                    result.bytes_written = processed.bytes_written;
-                    if let Some(protocol) = processed.protocol_error {
-                        result.error.get_or_insert(FetchError::Network(protocol));
+            let mut stream = match request.await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    result.error = Some(error);
+                    return result;
+                }
+            };
+            let mut decoder = FrameDecoder::default();
+            let mut frames = Vec::new();
+            let mut buffered = 0usize;
+            loop {
+                let piece = stream.next().await;
+                let ended = match piece {
+                    Some(Ok(bytes)) => {
+                        result.wire_bytes += bytes.len() as u64;
+                        decoder.push(&bytes);
+                        loop {
+                            match decoder.next_frame() {
+                                Ok(Some(frame)) => {
+                                    if !wanted.contains_key(&frame.hash) {
+                                        result.error = Some(FetchError::Network(format!(
+                                            "the source sent chunk {} that was not asked for",
+                                            frame.hash
+                                        )));
+                                        break;
+                                    }
+                                    buffered += frame.payload.len() + HEADER_LEN;
+                                    frames.push(frame);
+                                }
+                                Ok(None) => break,
+                                Err(error) => {
+                                    result.error = Some(FetchError::Network(error.to_string()));
+                                    break;
+                                }
+                            }
+                        }
+                        result.error.is_some()
+                    }
+                    Some(Err(error)) => {
+                        result.error = Some(error);
+                        true
+                    }
+                    None => {
+                        if let Err(error) = decoder.finish() {
+                            result.error = Some(FetchError::Network(error.to_string()));
+                        }
+                        true
+                    }
+                };
+                if buffered >= 1024 * 1024 || (ended && !frames.is_empty()) {
+                    let batch_frames = std::mem::take(&mut frames);
+                    buffered = 0;
+                    let stage = stage.clone();
+                    let wanted = wanted.clone();
+                    match tokio::task::spawn_blocking(move || {
+                        process_frames(&stage, &wanted, batch_frames)
+                    })
+                    .await
+                    {
+                        Ok(Ok(processed)) => {
+                            live.set(live.get() + processed.bytes_written);
+                            result.bytes_written += processed.bytes_written;
+                            result.written.extend(processed.written);
+                            result.bad.extend(processed.bad);
+                            result.missing.extend(processed.missing);
+                        }
+                        Ok(Err(failure)) => {
+                            result.failure = Some(failure);
+                            ended_with(&live, &result);
+                            return result;
+                        }
+                        Err(_) => {
+                            result.failure = Some(TransferError::Unavailable);
+                            ended_with(&live, &result);
+                            return result;
+                        }
                     }
                 }
-                Ok(Err(failure)) => result.failure = Some(failure),
-                Err(_) => result.failure = Some(TransferError::Unavailable),
+                if ended {
+                    ended_with(&live, &result);
+                    return result;
+                }
             }
-            result
         })
     }
 
@@ -767,41 +854,23 @@ struct Processed {
     bad: Vec<Hash>,
     missing: Vec<Hash>,
     bytes_written: u64,
-    protocol_error: Option<String>,
 }
 
-/// Decodes the frames of a batch answer, verifies each chunk and writes the good ones.
-fn process_batch(
+/// Verifies each decoded frame and writes the good chunks.
+fn process_frames(
     stage: &Stage,
-    batch: &[(Hash, u32)],
-    body: &[u8],
+    wanted: &HashMap<Hash, u32>,
+    frames: Vec<crate::chunk_frame::Frame>,
 ) -> Result<Processed, TransferError> {
-    let wanted: HashMap<Hash, u32> = batch.iter().copied().collect();
     let mut processed = Processed {
         written: Vec::new(),
         bad: Vec::new(),
         missing: Vec::new(),
         bytes_written: 0,
-        protocol_error: None,
     };
-    let mut decoder = FrameDecoder::default();
-    decoder.push(body);
-    loop {
-        let frame = match decoder.next_frame() {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(error) => {
-                processed.protocol_error = Some(error.to_string());
-                break;
-            }
-        };
+    for frame in frames {
         let hash = frame.hash;
-        let Some(&size) = wanted.get(&hash) else {
-            processed.protocol_error = Some(format!(
-                "the source sent chunk {hash} that was not asked for"
-            ));
-            break;
-        };
+        let size = wanted[&hash];
         if frame.kind == FrameKind::Missing {
             processed.missing.push(hash);
             continue;
@@ -815,6 +884,11 @@ fn process_batch(
         }
     }
     Ok(processed)
+}
+
+/// A finished batch's bytes move from the live counter into the job's totals.
+fn ended_with(live: &Cell<u64>, result: &BatchResult) {
+    live.set(live.get().saturating_sub(result.bytes_written));
 }
 
 fn pick_source(

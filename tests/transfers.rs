@@ -1,0 +1,690 @@
+//! Clone and sync between real nodes on loopback: byte-identical trees, only changed chunks
+//! on the wire, corrupted chunks refetched, interrupted sources resumed, several sources,
+//! malicious manifests refused, and a Python venv that runs at its new path.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aienv::api::{CreateWorkspace, ShareRequest, TransferDto, TransferRequestDto};
+use aienv::client::Client;
+use aienv_actors::snapshot::{root_hash, EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotLimits};
+use common::{eventually, TestNode};
+
+/// A node whose only peer is `source` (polled over HTTP every 0.2 s).
+fn node_with_peers(dir: &Path, name: &str, peers: &[&TestNode], extra: &[&str]) -> TestNode {
+    let addresses: Vec<String> = peers
+        .iter()
+        .map(|p| p.url.trim_start_matches("http://").to_string())
+        .collect();
+    let mut args = vec!["--name", name, "--announce-interval", "0.2"];
+    args.extend_from_slice(extra);
+    TestNode::spawn_with_env(
+        dir,
+        &args,
+        &[("AIENV_DISCOVERY_STATIC_PEERS", addresses.join(",").as_str())],
+    )
+}
+
+/// Creates a shared workspace on `node` and returns its directory.
+async fn shared_workspace(node: &TestNode, name: &str) -> PathBuf {
+    let client = node.admin();
+    let created = client
+        .create(&CreateWorkspace {
+            name: name.into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    client.share(name, &ShareRequest::default()).await.unwrap();
+    PathBuf::from(created.workspace.path.expect("admins see the path"))
+}
+
+/// Waits until `client`'s node lists `workspace` in `peer`'s catalog.
+async fn until_listed(client: &Client, peer: &str, workspace: &str, revision: u64) {
+    eventually(
+        &format!("{peer}/{workspace} is in the network catalog"),
+        || async {
+            client
+                .network_catalog(&aienv::client::NetworkQuery::default())
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e.peer_name == peer
+                        && e.workspace.name == workspace
+                        && e.workspace.revision >= revision
+                })
+        },
+    )
+    .await;
+}
+
+async fn start(client: &Client, kind: &str, peer: Option<&str>, workspace: &str) -> TransferDto {
+    client
+        .start_transfer(&TransferRequestDto {
+            kind: kind.into(),
+            peer: peer.map(str::to_string),
+            workspace: workspace.into(),
+            ..TransferRequestDto::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn finished(client: &Client, id: uuid::Uuid) -> TransferDto {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = client.transfer(&id.to_string()).await.unwrap();
+        if job.is_finished() {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfer did not finish: {job:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn done(client: &Client, id: uuid::Uuid) -> TransferDto {
+    let job = finished(client, id).await;
+    assert_eq!(job.state, "done", "transfer failed: {:?}", job.error);
+    job
+}
+
+/// Every path under `root` (links not followed): kind, mode, and content hash or target.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let metadata = std::fs::symlink_metadata(&path).unwrap();
+            let mode = metadata.permissions().mode() & 0o777;
+            let description = if metadata.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            } else if metadata.is_dir() {
+                stack.push(path.clone());
+                format!("dir {mode:o}")
+            } else {
+                format!("file {mode:o} {}", Hash::of(&std::fs::read(&path).unwrap()))
+            };
+            out.insert(relative, description);
+        }
+    }
+    out
+}
+
+fn clone_root(node: &TestNode, id: uuid::Uuid) -> PathBuf {
+    node.data_dir.join("workspaces").join(id.to_string())
+}
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn decode(bytes: &[u8]) -> Snapshot {
+    Snapshot::decode(bytes, &SnapshotLimits::default()).unwrap()
+}
+
+/// The chunks of `new` that `old` lacks, in bytes (what a sync must fetch).
+fn new_chunk_bytes(old: &Snapshot, new: &Snapshot) -> u64 {
+    let have: HashSet<Hash> = old
+        .entries
+        .iter()
+        .flat_map(|e| e.file_chunks())
+        .map(|(_, c)| c.hash)
+        .collect();
+    let mut counted = HashSet::new();
+    new.entries
+        .iter()
+        .flat_map(|e| e.file_chunks())
+        .filter(|(_, c)| !have.contains(&c.hash) && counted.insert(c.hash))
+        .map(|(_, c)| u64::from(c.size))
+        .sum()
+}
+
+#[actix_rt::test]
+async fn clone_is_identical_and_sync_moves_only_changed_chunks() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &["--name", "node-a"]);
+    let root = shared_workspace(&a, "demo").await;
+    std::fs::create_dir_all(root.join("data/nested/empty")).unwrap();
+    std::fs::write(root.join("data/weights.bin"), noise(6 << 20, 1)).unwrap();
+    std::fs::write(root.join("data/notes.txt"), "hello\n").unwrap();
+    std::fs::write(root.join("data/gone.txt"), "to be deleted\n").unwrap();
+    std::fs::write(root.join("data/moving.bin"), noise(300_000, 2)).unwrap();
+    std::fs::write(root.join("data/empty-file"), "").unwrap();
+    std::fs::write(root.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        root.join("data/notes.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.join("data/nested"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/usr/bin/python3", root.join("data/python")).unwrap();
+    std::os::unix::fs::symlink("../notes.txt", root.join("data/nested/notes-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("data/dangling")).unwrap();
+
+    let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "demo", 1).await;
+
+    let job = start(&client, "clone", Some("node-a"), "demo").await;
+    assert_eq!(job.kind, "clone");
+    let job = done(&client, job.id).await;
+    let local = job.local_id.unwrap();
+    let cloned = clone_root(&b, local);
+    assert_eq!(
+        tree(&root),
+        tree(&cloned),
+        "the clone differs from its source"
+    );
+    let source_snapshot = decode(&a.admin().snapshot("demo").await.unwrap());
+    let clone_snapshot = decode(&client.snapshot("demo").await.unwrap());
+    assert_eq!(source_snapshot.root, clone_snapshot.root);
+    assert_eq!(
+        job.root.as_deref(),
+        Some(source_snapshot.root.to_hex().as_str())
+    );
+    assert_eq!(job.progress.bytes_total, source_snapshot.total_bytes());
+    assert_eq!(job.progress.bytes_from_peers, source_snapshot.total_bytes());
+    let detail = client.get("demo").await.unwrap();
+    let origin = detail.workspace.origin.expect("a clone records its origin");
+    assert_eq!(origin.peer_name, "node-a");
+    assert_eq!(origin.root, source_snapshot.root.to_hex());
+
+    // Edit the source: middle of the large file, append, delete, rename, new file.
+    let mut weights = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("data/weights.bin"))
+        .unwrap();
+    std::io::Seek::seek(&mut weights, std::io::SeekFrom::Start(3 << 20)).unwrap();
+    weights.write_all(&noise(8192, 3)).unwrap();
+    drop(weights);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("data/notes.txt"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    std::fs::remove_file(root.join("data/gone.txt")).unwrap();
+    std::fs::rename(
+        root.join("data/moving.bin"),
+        root.join("data/nested/moved.bin"),
+    )
+    .unwrap();
+    std::fs::write(root.join("data/new.txt"), "brand new\n").unwrap();
+    let edited_snapshot = decode(&a.admin().snapshot("demo").await.unwrap());
+    let expected = new_chunk_bytes(&source_snapshot, &edited_snapshot);
+    assert!(
+        expected > 0 && expected < (6 << 20) / 2,
+        "the edit changes a few chunks: {expected}"
+    );
+
+    let job = start(&client, "sync", None, "demo").await;
+    let job = done(&client, job.id).await;
+    assert_eq!(
+        tree(&root),
+        tree(&cloned),
+        "the synced clone differs from its source"
+    );
+    assert_eq!(
+        job.progress.bytes_from_peers, expected,
+        "a sync fetches exactly the chunks the clone lacks: {:?}",
+        job.progress
+    );
+    // The renamed file and the unchanged parts of the large one are copied locally.
+    assert_eq!(
+        job.progress.bytes_local,
+        (6 << 20) - (expected - 21) + 300_000,
+        "{:?}",
+        job.progress
+    );
+    let synced = decode(&client.snapshot("demo").await.unwrap());
+    assert_eq!(synced.root, edited_snapshot.root);
+
+    // Nothing changed: nothing moves.
+    let job = start(&client, "sync", None, "demo").await;
+    let job = done(&client, job.id).await;
+    assert_eq!(job.progress.bytes_fetched, 0);
+    assert!(
+        job.notes.iter().any(|n| n.contains("already up to date")),
+        "{:?}",
+        job.notes
+    );
+
+    // Clear errors for unknown peers and workspaces, with close matches.
+    let error = client
+        .start_transfer(&TransferRequestDto {
+            kind: "clone".into(),
+            peer: Some("node-aa".into()),
+            workspace: "demo".into(),
+            ..TransferRequestDto::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("peer-not-found"));
+    assert!(error.to_string().contains("did you mean node-a"), "{error}");
+    let error = client
+        .start_transfer(&TransferRequestDto {
+            kind: "clone".into(),
+            peer: Some("node-a".into()),
+            workspace: "dmeo".into(),
+            ..TransferRequestDto::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("did you mean demo"), "{error}");
+    // A second clone under the same name is refused before anything moves.
+    let error = client
+        .start_transfer(&TransferRequestDto {
+            kind: "clone".into(),
+            peer: Some("node-a".into()),
+            workspace: "demo".into(),
+            ..TransferRequestDto::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("--as"), "{error}");
+}
+
+#[actix_rt::test]
+async fn a_corrupted_chunk_is_rejected_and_fetched_again() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(
+        &temp.path().join("a"),
+        &["--name", "node-a", "--test-corrupt-chunks", "1"],
+    );
+    let root = shared_workspace(&a, "data").await;
+    std::fs::write(root.join("data/blob.bin"), noise(3 << 20, 7)).unwrap();
+    let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "data", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "data").await;
+    let job = done(&client, job.id).await;
+    assert_eq!(job.progress.chunks_bad, 1, "{:?}", job.progress);
+    assert_eq!(tree(&root), tree(&clone_root(&b, job.local_id.unwrap())));
+}
+
+#[actix_rt::test]
+async fn a_killed_source_is_resumed_after_restart_without_refetching() {
+    let temp = tempfile::tempdir().unwrap();
+    let a_dir = temp.path().join("a");
+    let mut a = TestNode::spawn_on(
+        &a_dir,
+        &["--name", "node-a", "--test-chunk-delay-ms", "100"],
+    );
+    let port = a.url.rsplit(':').next().unwrap().to_string();
+    let root = shared_workspace(&a, "big").await;
+    for i in 0..6 {
+        std::fs::write(
+            root.join(format!("data/part{i}.bin")),
+            noise(4 << 20, 10 + i),
+        )
+        .unwrap();
+    }
+    let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "big", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "big").await;
+    let arrived = std::rc::Rc::new(std::cell::Cell::new(0));
+    eventually("a quarter of the transfer arrived", || {
+        let client = client.clone();
+        let id = job.id.to_string();
+        let arrived = arrived.clone();
+        async move {
+            let job = client.transfer(&id).await.unwrap();
+            arrived.set(job.progress.bytes_done);
+            job.progress.bytes_done > job.progress.bytes_total / 4
+        }
+    })
+    .await;
+    let arrived = arrived.get();
+    a.kill9();
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let a = TestNode::spawn_on(&a_dir, &["--name", "node-a", "--http-port", &port]);
+    let job = done(&client, job.id).await;
+    assert_eq!(tree(&root), tree(&clone_root(&b, job.local_id.unwrap())));
+    // The job waited for the source and went on where it stopped: every byte of content
+    // crossed the network once (chunks cut off in flight were not counted, and asked again).
+    assert_eq!(
+        job.progress.bytes_from_peers, job.progress.bytes_total,
+        "nothing that arrived before the kill ({arrived} bytes) was fetched again: {:?}",
+        job.progress
+    );
+    assert!(job.progress.bytes_fetched < job.progress.bytes_total + (1 << 20));
+    drop(a);
+}
+
+#[actix_rt::test]
+async fn a_restarted_receiver_resumes_its_job() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(
+        &temp.path().join("a"),
+        &["--name", "node-a", "--test-chunk-delay-ms", "100"],
+    );
+    let root = shared_workspace(&a, "big").await;
+    for i in 0..6 {
+        std::fs::write(
+            root.join(format!("data/part{i}.bin")),
+            noise(4 << 20, 30 + i),
+        )
+        .unwrap();
+    }
+    let b_dir = temp.path().join("b");
+    let mut b = node_with_peers(&b_dir, "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "big", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "big").await;
+    let arrived = std::rc::Rc::new(std::cell::Cell::new(0));
+    eventually("a quarter of the transfer arrived", || {
+        let client = client.clone();
+        let id = job.id.to_string();
+        let arrived = arrived.clone();
+        async move {
+            let job = client.transfer(&id).await.unwrap();
+            arrived.set(job.progress.bytes_done);
+            job.progress.bytes_done > job.progress.bytes_total / 4
+        }
+    })
+    .await;
+    let arrived = arrived.get();
+    b.kill9();
+    let b = node_with_peers(&b_dir, "node-b", &[&a], &[]);
+    let client = b.admin();
+    let job = done(&client, job.id).await;
+    assert_eq!(job.attempts, 2, "the restarted node ran the job again");
+    assert!(
+        job.notes.iter().any(|n| n.contains("resumed")),
+        "{:?}",
+        job.notes
+    );
+    assert_eq!(tree(&root), tree(&clone_root(&b, job.local_id.unwrap())));
+    assert!(
+        job.progress.bytes_present >= arrived,
+        "what was written before the kill ({arrived}) is kept: {:?}",
+        job.progress
+    );
+    assert_eq!(
+        job.progress.bytes_present + job.progress.bytes_from_peers,
+        job.progress.bytes_total,
+        "nothing is fetched twice after the restart"
+    );
+}
+
+#[actix_rt::test]
+async fn two_sources_and_one_dies() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut a = TestNode::spawn_on(
+        &temp.path().join("a"),
+        &["--name", "node-a", "--test-chunk-delay-ms", "30"],
+    );
+    let root = shared_workspace(&a, "model").await;
+    for i in 0..3 {
+        std::fs::write(
+            root.join(format!("data/shard{i}.bin")),
+            noise(4 << 20, 20 + i),
+        )
+        .unwrap();
+    }
+    // C clones A first; the clone keeps A's sharing and root, so it is a second source.
+    let c = node_with_peers(
+        &temp.path().join("c"),
+        "node-c",
+        &[&a],
+        &["--test-chunk-delay-ms", "30"],
+    );
+    until_listed(&c.admin(), "node-a", "model", 1).await;
+    let job = start(&c.admin(), "clone", Some("node-a"), "model").await;
+    done(&c.admin(), job.id).await;
+
+    let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a, &c], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "model", 1).await;
+    until_listed(&client, "node-c", "model", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "model").await;
+    eventually("both sources are used and some data arrived", || {
+        let client = client.clone();
+        let id = job.id.to_string();
+        async move {
+            let job = client.transfer(&id).await.unwrap();
+            job.sources.len() == 2 && job.progress.bytes_done > 0
+        }
+    })
+    .await;
+    a.kill9();
+    let job = done(&client, job.id).await;
+    assert_eq!(job.sources, ["node-a", "node-c"]);
+    assert_eq!(tree(&root), tree(&clone_root(&b, job.local_id.unwrap())));
+}
+
+/// Serves a node's `/node` and `/catalog` answers as recorded, and a crafted snapshot.
+fn fake_peer(node_json: Vec<u8>, catalog_json: Vec<u8>, snapshot: Vec<u8>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let path = head
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let (kind, body) = if path.ends_with("/snapshot") {
+                ("application/octet-stream", snapshot.clone())
+            } else if path.ends_with("/catalog") {
+                ("application/json", catalog_json.clone())
+            } else {
+                ("application/json", node_json.clone())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    address
+}
+
+#[actix_rt::test]
+async fn malicious_manifests_are_refused_before_anything_is_written() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &["--name", "evil"]);
+    shared_workspace(&a, "bait").await;
+    let http = awc::Client::default();
+    let node_json = http
+        .get(format!("{}/api/v1/node", a.url))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap()
+        .to_vec();
+    let catalog_json = http
+        .get(format!("{}/api/v1/catalog", a.url))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap()
+        .to_vec();
+    let id = a.admin().get("bait").await.unwrap().workspace.id;
+    drop(a);
+
+    let entry = |path: &str, kind: EntryKind, target: Option<&str>| SnapshotEntry {
+        path: path.into(),
+        kind,
+        mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+        size: if kind == EntryKind::File { 1 } else { 0 },
+        hash: (kind == EntryKind::File).then(|| Hash::of(b"x")),
+        target: target.map(str::to_string),
+        chunks: Vec::new(),
+    };
+    let cases: Vec<(Vec<SnapshotEntry>, &str)> = vec![
+        (
+            vec![entry("../../escape", EntryKind::File, None)],
+            "contains `..`",
+        ),
+        (
+            vec![
+                entry("link", EntryKind::Symlink, Some("/tmp")),
+                entry("link/evil", EntryKind::File, None),
+            ],
+            "passes through the symbolic link",
+        ),
+        (
+            vec![
+                entry("Data", EntryKind::File, None),
+                entry("data", EntryKind::File, None),
+            ],
+            "letter case",
+        ),
+        (
+            (0..600_000)
+                .map(|i| entry(&format!("f{i:07}"), EntryKind::File, None))
+                .collect(),
+            "entries, more than the limit",
+        ),
+    ];
+    for (index, (entries, expected)) in cases.into_iter().enumerate() {
+        let mut snapshot = Snapshot::new(id, "bait".into(), 1, "/src".into(), Vec::new());
+        snapshot.entries = entries;
+        snapshot.root = root_hash(&snapshot.entries);
+        let address = fake_peer(node_json.clone(), catalog_json.clone(), snapshot.encode());
+        let b = TestNode::spawn_with_env(
+            &temp.path().join(format!("b{index}")),
+            &["--name", "victim", "--announce-interval", "0.2"],
+            &[("AIENV_DISCOVERY_STATIC_PEERS", address.as_str())],
+        );
+        let client = b.admin();
+        until_listed(&client, "evil", "bait", 1).await;
+        let job = start(&client, "clone", Some("evil"), "bait").await;
+        let job = finished(&client, job.id).await;
+        assert_eq!(job.state, "failed");
+        let error = job.error.unwrap_or_default();
+        assert!(error.contains(expected), "`{error}` lacks `{expected}`");
+        assert!(!temp.path().join("escape").exists());
+        assert!(b.dir_names("workspaces").is_empty(), "no workspace appears");
+        let staged = b.data_dir.join("transfers").join(job.id.to_string());
+        assert!(
+            !staged.join("tree").exists(),
+            "nothing was staged for a refused manifest"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_cloned_venv_runs_at_its_new_path() {
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() {
+        common::skip("/usr/bin/python3 is missing (install python3 and python3-venv)");
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &["--name", "node-a"]);
+    let root = shared_workspace(&a, "py").await;
+    let venv = root.join("environments/.venv");
+    let status = std::process::Command::new(python)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    if !status.success() {
+        common::skip("python3 -m venv failed (install python3-venv)");
+        return;
+    }
+    // A link to an interpreter this host lacks must be reported, not left silently broken.
+    std::fs::create_dir_all(root.join("environments/old/bin")).unwrap();
+    std::os::unix::fs::symlink(
+        "/opt/python3.99/bin/python3.99",
+        root.join("environments/old/bin/python"),
+    )
+    .unwrap();
+
+    let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "py", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "py").await;
+    let job = done(&client, job.id).await;
+    let cloned = clone_root(&b, job.local_id.unwrap());
+    let new_venv = cloned.join("environments/.venv");
+    let output = std::process::Command::new(new_venv.join("bin/python"))
+        .args(["-c", "import sys; print(sys.prefix)"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        new_venv.to_string_lossy()
+    );
+    // pip is a console script whose shebang names the venv's interpreter by absolute path.
+    let output = std::process::Command::new(new_venv.join("bin/pip"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&*new_venv.to_string_lossy()),
+        "{output:?}"
+    );
+    let cfg = std::fs::read_to_string(new_venv.join("pyvenv.cfg")).unwrap();
+    assert!(
+        !cfg.contains(&*root.to_string_lossy()),
+        "pyvenv.cfg still names the source: {cfg}"
+    );
+    let detail = client.get("py").await.unwrap();
+    let origin = detail.workspace.origin.unwrap();
+    assert!(
+        origin.relocated.iter().any(|p| p.ends_with("bin/pip")),
+        "{:?}",
+        origin.relocated
+    );
+    assert!(
+        origin
+            .needs_rebuild
+            .iter()
+            .any(|r| r.contains("environment `old`") && r.contains("python3.99")),
+        "{:?}",
+        origin.needs_rebuild
+    );
+    // The source is untouched.
+    let source_pip = std::fs::read_to_string(venv.join("bin/pip")).unwrap();
+    assert!(source_pip.contains(&*venv.to_string_lossy()));
+}
