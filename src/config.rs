@@ -97,8 +97,9 @@ pub struct TransferSection {
     pub max_jobs: usize,
     /// Chunk batch requests in flight per source.
     pub window: usize,
-    /// Ask sources to zstd-compress chunks (incompressible ones always travel raw).
-    pub compress: bool,
+    /// When to ask sources to zstd-compress chunks: `auto` (except from this host),
+    /// `always` or `never`. Incompressible chunks always travel raw.
+    pub compress: CompressSetting,
     /// Seconds a job waits for an unreachable source before it fails.
     pub source_wait_seconds: u64,
     /// Chunk batches this node serves at once, to all peers.
@@ -112,12 +113,24 @@ impl Default for TransferSection {
         TransferSection {
             max_jobs: 2,
             window: 4,
-            compress: true,
+            compress: CompressSetting::Auto,
             source_wait_seconds: 600,
             max_uploads: 32,
             max_uploads_per_peer: 8,
         }
     }
+}
+
+/// `transfer.compress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressSetting {
+    /// Compress except from a source on this host.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// Workspace store settings.

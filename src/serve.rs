@@ -17,7 +17,7 @@ use aienv_actors::event_bus::EventBus;
 use aienv_actors::identity;
 use aienv_actors::peer_registry::{PeerRegistryHandle, RegistryConfig};
 use aienv_actors::shutdown::Shutdown;
-use aienv_actors::transfer_queue::{TransferConfig, TransferQueueHandle};
+use aienv_actors::transfer_queue::{Compression, TransferConfig, TransferQueueHandle};
 use aienv_actors::workspace_store::{ImportLimits, StoreConfig, WorkspaceStoreHandle};
 
 use crate::auth::{self, AccessPolicy, Authenticator};
@@ -145,7 +145,11 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         let config = TransferConfig {
             max_jobs: config.transfer.max_jobs.max(1),
             window: config.transfer.window.max(1),
-            compress: config.transfer.compress,
+            compress: match config.transfer.compress {
+                crate::config::CompressSetting::Auto => Compression::Auto,
+                crate::config::CompressSetting::Always => Compression::Always,
+                crate::config::CompressSetting::Never => Compression::Never,
+            },
             source_wait: std::time::Duration::from_secs(config.transfer.source_wait_seconds),
             ..TransferConfig::new(&data_dir, node_id)
         };

@@ -49,16 +49,23 @@ impl TransferClient for HttpTransferClient {
         base_url: &str,
         workspace: Uuid,
         viewer: Uuid,
-    ) -> LocalFuture<Result<Vec<u8>, FetchError>> {
-        let request = self
+        known: Option<Hash>,
+    ) -> LocalFuture<Result<Option<Vec<u8>>, FetchError>> {
+        let mut request = self
             .http
             .get(format!("{base_url}/api/v1/workspaces/{workspace}/snapshot"))
             .insert_header((PEER_HEADER, viewer.to_string()));
+        if let Some(root) = known {
+            request = request.insert_header(("if-none-match", format!("\"{root}\"")));
+        }
         Box::pin(async move {
             let mut response = request
                 .send()
                 .await
                 .map_err(|e| FetchError::Network(e.to_string()))?;
+            if response.status().as_u16() == 304 {
+                return Ok(None);
+            }
             if !response.status().is_success() {
                 let body = response.body().limit(64 * 1024).await.unwrap_or_default();
                 return Err(status_error(
@@ -71,7 +78,7 @@ impl TransferClient for HttpTransferClient {
                 .body()
                 .limit(MAX_SNAPSHOT_BYTES)
                 .await
-                .map(|b| b.to_vec())
+                .map(|b| Some(b.to_vec()))
                 .map_err(|e| FetchError::Network(format!("reading the manifest: {e}")))
         })
     }

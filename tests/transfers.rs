@@ -417,6 +417,13 @@ async fn a_restarted_receiver_resumes_its_job() {
     .await;
     let arrived = arrived.get();
     b.kill9();
+    // A crash may tear what was written last: damage the start of every staged part.
+    let staged = b_dir.join("transfers").join(job.id.to_string()).join("tree/data");
+    for i in 0..6 {
+        if let Ok(file) = std::fs::OpenOptions::new().write(true).open(staged.join(format!("part{i}.bin"))) {
+            std::os::unix::fs::FileExt::write_all_at(&file, b"torn", 0).unwrap();
+        }
+    }
     let b = node_with_peers(&b_dir, "node-b", &[&a], &[]);
     let client = b.admin();
     let job = done(&client, job.id).await;
@@ -432,10 +439,11 @@ async fn a_restarted_receiver_resumes_its_job() {
         "what was written before the kill ({arrived}) is kept: {:?}",
         job.progress
     );
-    assert_eq!(
-        job.progress.bytes_present + job.progress.bytes_from_peers,
-        job.progress.bytes_total,
-        "nothing is fetched twice after the restart"
+    // Torn chunks are found on resume and fetched again; nothing else is.
+    assert!(
+        job.progress.bytes_present + job.progress.bytes_from_peers <= job.progress.bytes_total + (6 << 22),
+        "{:?}",
+        job.progress
     );
 }
 

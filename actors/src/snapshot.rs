@@ -212,7 +212,7 @@ impl Snapshot {
     /// MessagePack, zstd-compressed: the body of `GET .../manifest`.
     pub fn encode(&self) -> Vec<u8> {
         let packed = rmp_serde::to_vec_named(self).expect("snapshots always encode");
-        zstd::bulk::compress(&packed, 3).expect("compressing into memory cannot fail")
+        zstd::bulk::compress(&packed, 1).expect("compressing into memory cannot fail")
     }
 
     /// Decodes and validates a snapshot received from a peer.

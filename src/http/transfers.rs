@@ -201,6 +201,17 @@ async fn snapshot(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot taken"
     );
+    let etag = format!("\"{}\"", snapshot.root);
+    let unchanged = request
+        .headers()
+        .get(actix_web::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag));
+    if unchanged {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((actix_web::http::header::ETAG, etag))
+            .finish());
+    }
     let root = snapshot.root.to_hex();
     let body = web::block(move || snapshot.encode())
         .await
@@ -208,6 +219,7 @@ async fn snapshot(
     Ok(HttpResponse::Ok()
         .content_type(SNAPSHOT_TYPE)
         .insert_header(("X-Aienv-Root", root))
+        .insert_header((actix_web::http::header::ETAG, etag))
         .body(body))
 }
 

@@ -383,6 +383,20 @@ async fn share(
         .store
         .set_sharing(&path, sharing, login.name())
         .await?;
+    // Index the content now, so the first peer to clone it does not wait for the hashing.
+    let store = state.store.clone();
+    let id = entry.manifest.id.to_string();
+    actix_web::rt::spawn(async move {
+        match store.snapshot(&id).await {
+            Ok((snapshot, stats)) => tracing::info!(
+                workspace = %snapshot.name,
+                files = snapshot.entries.len(),
+                bytes_hashed = stats.bytes_hashed,
+                "shared workspace indexed for transfers"
+            ),
+            Err(error) => tracing::warn!(%error, "indexing a shared workspace failed"),
+        }
+    });
     Ok(HttpResponse::Ok().json(WorkspaceDto::from_entry(&entry, true)))
 }
 

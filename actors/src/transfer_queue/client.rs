@@ -29,13 +29,15 @@ pub enum FetchError {
 
 /// Transfer requests to one peer, identified by its base URL.
 pub trait TransferClient {
-    /// `GET {base}/api/v1/workspaces/{workspace}/manifest`: the encoded snapshot.
+    /// `GET {base}/api/v1/workspaces/{workspace}/snapshot`: the encoded snapshot, or `None`
+    /// when its root is still `known` (HTTP 304).
     fn manifest(
         &self,
         base_url: &str,
         workspace: Uuid,
         viewer: Uuid,
-    ) -> LocalFuture<Result<Vec<u8>, FetchError>>;
+        known: Option<Hash>,
+    ) -> LocalFuture<Result<Option<Vec<u8>>, FetchError>>;
 
     /// `POST {base}/api/v1/workspaces/{workspace}/chunks`: the frames for `hashes` as a
     /// stream of byte pieces, as they arrive.

@@ -145,6 +145,12 @@ pub struct JobInfo {
     pub sources: Vec<String>,
     /// The snapshot's root hash, once fetched.
     pub root: Option<Hash>,
+    /// Root of the local workspace right after the job (done jobs).
+    #[serde(default)]
+    pub local_root: Option<Hash>,
+    /// For a sync: the local root the last transfer of this clone left, if known.
+    #[serde(default)]
+    pub baseline: Option<Hash>,
     /// Counters.
     pub progress: Progress,
     /// Why it failed.

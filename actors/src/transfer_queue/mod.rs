@@ -55,8 +55,8 @@ pub struct TransferConfig {
     pub batch_chunks: usize,
     /// Most content bytes per batch request.
     pub batch_bytes: u64,
-    /// Ask sources to compress chunks.
-    pub compress: bool,
+    /// When to ask sources to compress chunks.
+    pub compress: Compression,
     /// How long a job waits for an unreachable source before failing.
     pub source_wait: Duration,
     /// Least time between two progress events of a job.
@@ -79,7 +79,7 @@ impl TransferConfig {
             window: 4,
             batch_chunks: 1024,
             batch_bytes: 8 * 1024 * 1024,
-            compress: true,
+            compress: Compression::Auto,
             source_wait: Duration::from_secs(600),
             progress_interval: Duration::from_millis(250),
             verify_threads: std::thread::available_parallelism()
@@ -87,6 +87,43 @@ impl TransferConfig {
                 .min(8),
             max_bad_per_chunk: 5,
             limits: SnapshotLimits::default(),
+        }
+    }
+}
+
+/// When chunks travel zstd-compressed (incompressible chunks always go raw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Compress, except from a source on this host (loopback), where the link is a memory
+    /// copy and compressing only costs CPU.
+    #[default]
+    Auto,
+    /// Always compress.
+    Always,
+    /// Never compress.
+    Never,
+}
+
+impl Compression {
+    /// Whether to ask the source at `base_url` to compress.
+    pub fn for_source(self, base_url: &str) -> bool {
+        match self {
+            Compression::Always => true,
+            Compression::Never => false,
+            Compression::Auto => {
+                let host = base_url
+                    .split("://")
+                    .nth(1)
+                    .unwrap_or(base_url)
+                    .rsplit_once(':')
+                    .map_or(base_url, |(host, _)| host)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                !host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+                    && host != "localhost"
+            }
         }
     }
 }
@@ -207,6 +244,8 @@ impl Handler<Enqueue> for TransferQueue {
             local_id: None,
             sources: Vec::new(),
             root: None,
+            local_root: None,
+            baseline: None,
             progress: Progress::default(),
             error: None,
             notes: Vec::new(),
@@ -422,6 +461,12 @@ impl TransferQueue {
         job.workspace_name = origin.workspace_name.clone();
         job.target_name = local.manifest.name.clone();
         job.local_id = Some(local.manifest.id);
+        job.baseline = self
+            .jobs
+            .values()
+            .filter(|other| other.state == JobState::Done && other.local_id == job.local_id)
+            .max_by_key(|other| other.finished)
+            .and_then(|other| other.local_root);
         Ok(())
     }
 
@@ -482,6 +527,7 @@ impl TransferQueue {
                                 job.target_name = outcome.local_name;
                                 job.notes.extend(outcome.notes);
                                 job.progress = outcome.progress;
+                        job.local_root = outcome.local_root;
                             }
                             actor.set_finished(id, JobState::Done, None);
                             for stale in ["tree", "stage", "done.log", "root"] {
@@ -690,6 +736,15 @@ impl TransferQueueHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_policy() {
+        assert!(!Compression::Auto.for_source("http://127.0.0.1:37778"));
+        assert!(!Compression::Auto.for_source("http://[::1]:37778"));
+        assert!(Compression::Auto.for_source("http://10.0.0.5:37778"));
+        assert!(Compression::Always.for_source("http://127.0.0.1:1"));
+        assert!(!Compression::Never.for_source("http://10.0.0.5:1"));
+    }
 
     #[test]
     fn close_names() {

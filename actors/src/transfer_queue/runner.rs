@@ -64,6 +64,9 @@ pub struct Outcome {
     pub notes: Vec<String>,
     /// Final counters.
     pub progress: Progress,
+    /// Root of the local workspace's snapshot right after the transfer (the baseline of the
+    /// next sync's quick check).
+    pub local_root: Option<Hash>,
 }
 
 struct Source {
@@ -100,7 +103,37 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
                 .get(&cx.job.local_id.expect("a sync names its clone").to_string())?,
         ),
     };
-    let snapshot = Arc::new(cx.fetch_manifest(cx.job.peer_id).await?);
+    // A sync whose source and clone are both as the last transfer left them has nothing to
+    // do: the source answers "not modified" to the root it had, and the clone's own snapshot
+    // (a stat walk) still has the root recorded after that transfer.
+    if let (Some(local), Some(baseline)) = (&local, cx.job.baseline) {
+        let origin = local.origin.as_ref().expect("a sync target is a clone");
+        let id = local.manifest.id.to_string();
+        let (source, mine) = futures_util::future::join(
+            cx.fetch_manifest(cx.job.peer_id, Some(origin.root)),
+            cx.store.snapshot(&id),
+        )
+        .await;
+        if source?.is_none() && mine?.0.root == baseline {
+            return Ok(Outcome {
+                local_id: local.manifest.id,
+                local_name: local.manifest.name.clone(),
+                notes: vec![format!(
+                    "`{}` is already up to date with its source",
+                    local.manifest.name
+                )],
+                local_root: Some(baseline),
+                progress,
+            });
+        }
+    }
+    let snapshot = Arc::new(
+        cx.fetch_manifest(cx.job.peer_id, None)
+            .await?
+            .expect("a manifest without a known root is always sent"),
+    );
+    let mut phases = Phases::new();
+    phases.mark("manifest");
     let previous_root = std::fs::read(cx.job_dir.join("root")).ok();
     if previous_root.as_deref() != Some(&snapshot.root.0[..]) {
         // The source moved on since an earlier attempt: what was staged is for other content.
@@ -129,6 +162,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
                     local_id: local.manifest.id,
                     local_name: local.manifest.name.clone(),
                     notes: vec![note],
+                    local_root: Some(current.root),
                     progress,
                 });
             }
@@ -171,6 +205,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         .await?
     };
     let stage = Arc::new(stage);
+    phases.mark("prepare");
     check_space(&cx.job_dir, work.bytes_to_write)?;
     progress.bytes_present = work.bytes_present;
     progress.bytes_done = work.bytes_present;
@@ -183,6 +218,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         let chunks = cx.store.chunk_store();
         blocking(move || stage.copy_local(needed, &chunks)).await?
     };
+    phases.mark("local-copy");
     progress.bytes_local += copied;
     progress.bytes_done += copied;
     progress.files_done = progress
@@ -194,6 +230,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     loop {
         cx.fetch(&stage, &mut sources, needed, &mut progress)
             .await?;
+        phases.mark("fetch");
         cx.state(JobState::Verifying);
         let bad = {
             let stage = stage.clone();
@@ -204,6 +241,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             })
             .await?
         };
+        phases.mark("verify");
         if bad.is_empty() {
             break;
         }
@@ -234,6 +272,14 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         }
         _ => cx.materialize_clone(&stage, &snapshot).await?,
     };
+    let local_root = cx
+        .store
+        .snapshot(&outcome.local_id.to_string())
+        .await
+        .ok()
+        .map(|(snapshot, _)| snapshot.root);
+    phases.mark("materialize");
+    tracing::info!(job = %cx.job.id, phases = %phases, "transfer phases");
     let elapsed = started.elapsed().as_secs_f64();
     let mut notes = outcome.notes;
     notes.push(format!(
@@ -247,6 +293,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     Ok(Outcome {
         notes,
         progress,
+        local_root,
         ..outcome
     })
 }
@@ -314,14 +361,18 @@ impl JobContext {
 
     /// The source's snapshot, retrying while the peer is unreachable (up to the configured
     /// wait).
-    async fn fetch_manifest(&self, peer_id: Uuid) -> Result<Snapshot, TransferError> {
+    async fn fetch_manifest(
+        &self,
+        peer_id: Uuid,
+        known: Option<Hash>,
+    ) -> Result<Option<Snapshot>, TransferError> {
         let deadline = Instant::now() + self.config.source_wait;
         let mut delay = Duration::from_millis(250);
         loop {
             let result = match self.base_url(peer_id) {
                 Some(url) => {
                     self.client
-                        .manifest(&url, self.job.workspace_id, self.node_id)
+                        .manifest(&url, self.job.workspace_id, self.node_id, known)
                         .await
                 }
                 None => Err(FetchError::Network(format!(
@@ -330,12 +381,14 @@ impl JobContext {
                 ))),
             };
             let error = match result {
-                Ok(bytes) => {
+                Ok(None) => return Ok(None),
+                Ok(Some(bytes)) => {
                     let limits = self.config.limits.clone();
                     return blocking(move || {
                         Snapshot::decode(&bytes, &limits).map_err(TransferError::from)
                     })
-                    .await;
+                    .await
+                    .map(Some);
                 }
                 Err(FetchError::Refused(why)) => return Err(TransferError::NoSource(why)),
                 Err(FetchError::Busy(after)) => {
@@ -377,9 +430,9 @@ impl JobContext {
             .collect();
         let mut found = Vec::new();
         for (id, name, url) in candidates {
-            let Ok(bytes) = self
+            let Ok(Some(bytes)) = self
                 .client
-                .manifest(&url, self.job.workspace_id, self.node_id)
+                .manifest(&url, self.job.workspace_id, self.node_id, None)
                 .await
             else {
                 continue;
@@ -613,7 +666,7 @@ impl JobContext {
             self.job.workspace_id,
             self.node_id,
             &hashes,
-            self.config.compress,
+            self.config.compress.for_source(&url),
         );
         Box::pin(async move {
             let wanted: Arc<HashMap<Hash, u32>> = Arc::new(batch.iter().copied().collect());
@@ -795,6 +848,7 @@ impl JobContext {
             local_name: created.workspace.manifest.name.clone(),
             notes,
             progress: Progress::default(),
+            local_root: None,
         })
     }
 
@@ -833,9 +887,18 @@ impl JobContext {
             plan.dirs.len(),
             plan.remove.len()
         );
+        let relocated: HashSet<String> = origin
+            .relocated
+            .keys()
+            .cloned()
+            .chain([crate::model::WORKSPACE_FILE.to_string()])
+            .collect();
         let entry = self
             .store
             .commit_sync(id, plan, origin, &self.job.request.by)
+            .await?;
+        self.store
+            .record_snapshot(id, snapshot.clone(), relocated)
             .await?;
         let mut notes = relocation.notes;
         notes.push(summary);
@@ -844,6 +907,7 @@ impl JobContext {
             local_name: entry.manifest.name.clone(),
             notes,
             progress: Progress::default(),
+            local_root: None,
         })
     }
 }
@@ -883,6 +947,7 @@ fn process_frames(
             _ => processed.bad.push(hash),
         }
     }
+    stage.flush_log()?;
     Ok(processed)
 }
 
@@ -942,6 +1007,39 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| TransferError::Unavailable)?
+}
+
+/// Wall time per phase of an attempt, for the log (and the benchmark's profile).
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.done.push((phase, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, (phase, took)) in self.done.iter().enumerate() {
+            if index > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{phase}={:.0}ms", took.as_secs_f64() * 1000.0)?;
+        }
+        Ok(())
+    }
 }
 
 /// Content bytes per second over the last few seconds.

@@ -30,6 +30,8 @@ pub struct Work {
     pub bytes_present: u64,
     /// Content bytes that must be written (fetched or copied locally).
     pub bytes_to_write: u64,
+    /// Chunks an earlier attempt wrote (re-checked by [`Stage::verify`]).
+    pub resumed: Vec<(usize, u64, crate::snapshot::ChunkRef)>,
 }
 
 /// A job's staging area.
@@ -47,6 +49,13 @@ pub struct Stage {
     plan: Mutex<SyncPlan>,
     /// Chunk writes still missing per written entry; an entry leaves when complete.
     incomplete: Mutex<HashMap<usize, u32>>,
+    /// Done-log entries not yet appended.
+    log_buffer: Mutex<Vec<u8>>,
+    /// Mode bits the process umask lets through at creation.
+    umask_allows: u32,
+    /// Chunks that an earlier attempt wrote: (entry, offset, chunk); re-read and checked by
+    /// [`Stage::verify`], since a crash may have torn them.
+    resumed: Vec<(usize, u64, crate::snapshot::ChunkRef)>,
 }
 
 impl Stage {
@@ -81,6 +90,7 @@ impl Stage {
                 }
             }
         }
+        let resumed = std::mem::take(&mut work.resumed);
         let stage = Stage::new(
             TransferKind::Clone,
             snapshot,
@@ -89,6 +99,7 @@ impl Stage {
             job_dir,
             written,
             SyncPlan::default(),
+            resumed,
         )?;
         work.needed = stage.needed_in_order();
         Ok((stage, work))
@@ -186,6 +197,7 @@ impl Stage {
             }
         }
         plan.remove.sort_by(|a, b| b.cmp(a));
+        let resumed = std::mem::take(&mut work.resumed);
         let stage = Stage::new(
             TransferKind::Sync,
             snapshot,
@@ -194,6 +206,7 @@ impl Stage {
             job_dir,
             written,
             plan,
+            resumed,
         )?;
         work.needed = stage.needed_in_order();
         Ok((stage, work))
@@ -208,6 +221,7 @@ impl Stage {
         job_dir: &Path,
         written: Vec<usize>,
         plan: SyncPlan,
+        resumed: Vec<(usize, u64, crate::snapshot::ChunkRef)>,
     ) -> Result<Stage, TransferError> {
         let mut incomplete: HashMap<usize, u32> = HashMap::new();
         for places in dests.values() {
@@ -230,6 +244,9 @@ impl Stage {
             done_log: Mutex::new(done_log),
             embeds_source_root: Mutex::new(HashSet::new()),
             incomplete: Mutex::new(incomplete),
+            log_buffer: Mutex::new(Vec::new()),
+            umask_allows: !process_umask() & 0o777,
+            resumed,
             written,
             plan: Mutex::new(plan),
         })
@@ -255,7 +272,9 @@ impl Stage {
     }
 
     /// Copies every needed chunk this node already has (in any workspace) into place;
-    /// returns the chunks still to fetch and the bytes copied.
+    /// returns the chunks still to fetch and the bytes copied. Chunks of large files are
+    /// copied inside the kernel from files unchanged since they were indexed; small files
+    /// are read (they may need relocation, which looks at their bytes).
     pub fn copy_local(
         &self,
         needed: Vec<(Hash, u32)>,
@@ -264,22 +283,51 @@ impl Stage {
         let mut remaining = Vec::new();
         let mut copied = 0;
         for (hash, size) in needed {
+            if let Some(bytes) = self.copy_in_kernel(&hash, chunks)? {
+                copied += bytes;
+                continue;
+            }
             match chunks.find_local(&hash) {
                 Some(data) => copied += self.write_chunk(&hash, &data)?,
                 None => remaining.push((hash, size)),
             }
         }
+        self.flush_log()?;
         Ok((remaining, copied))
+    }
+
+    fn copy_in_kernel(&self, hash: &Hash, chunks: &ChunkStore) -> Result<Option<u64>, TransferError> {
+        let places = match self.dests.lock().expect("not poisoned").get(hash) {
+            Some(places) if places.iter().all(|(index, _)| !self.snapshot.entries[*index].chunks.is_empty()) => places.clone(),
+            _ => return Ok(None),
+        };
+        let mut copied = 0;
+        for (index, offset) in &places {
+            let path = self.file_path(*index);
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(TransferError::io("opening", &path))?;
+            if !chunks.copy_local(hash, &file, *offset) {
+                // Places done so far are rewritten by the fallback; nothing is lost.
+                return Ok(None);
+            }
+            copied += u64::from(self.snapshot.entries[*index].file_chunks().iter().find(|(o, _)| o == offset).map_or(0, |(_, c)| c.size));
+        }
+        self.dests.lock().expect("not poisoned").remove(hash);
+        self.finished(hash, &places);
+        Ok(Some(copied))
     }
 
     /// Writes a chunk, already verified against `hash`, to every place that needs it, and
     /// logs it as done. Returns the content bytes written.
     pub fn write_chunk(&self, hash: &Hash, data: &[u8]) -> Result<u64, TransferError> {
-        let Some(dests) = self.dests.lock().expect("not poisoned").remove(hash) else {
+        let Some(places) = self.dests.lock().expect("not poisoned").remove(hash) else {
             return Ok(0);
         };
         let mut written = 0;
-        for (index, offset) in dests {
+        for &(index, offset) in &places {
             let entry = &self.snapshot.entries[index];
             let path = self.file_path(index);
             if offset == 0 && entry.size == data.len() as u64 {
@@ -293,8 +341,10 @@ impl Stage {
                     .map_err(TransferError::io("creating", &path))?;
                 file.write_all(data)
                     .map_err(TransferError::io("writing", &path))?;
-                file.set_permissions(fs::Permissions::from_mode(entry.mode))
-                    .map_err(TransferError::io("setting mode of", &path))?;
+                if entry.mode & !self.umask_allows != 0 {
+                    file.set_permissions(fs::Permissions::from_mode(entry.mode))
+                        .map_err(TransferError::io("setting mode of", &path))?;
+                }
             } else {
                 let file = fs::OpenOptions::new()
                     .write(true)
@@ -313,18 +363,38 @@ impl Stage {
                     .insert(index);
             }
             written += data.len() as u64;
-            let mut incomplete = self.incomplete.lock().expect("not poisoned");
-            if let Some(left) = incomplete.get_mut(&index) {
+        }
+        self.finished(hash, &places);
+        Ok(written)
+    }
+
+    /// Records that `hash` is in place everywhere in `places`: the file counters and the
+    /// done log (buffered; [`Stage::flush_log`] writes it).
+    fn finished(&self, hash: &Hash, places: &[(usize, u64)]) {
+        let mut incomplete = self.incomplete.lock().expect("not poisoned");
+        for (index, _) in places {
+            if let Some(left) = incomplete.get_mut(index) {
                 *left -= 1;
                 if *left == 0 {
-                    incomplete.remove(&index);
+                    incomplete.remove(index);
                 }
             }
         }
-        let mut log = self.done_log.lock().expect("not poisoned");
-        log.write_all(&hash.0)
-            .map_err(TransferError::io("writing", &self.dir))?;
-        Ok(written)
+        drop(incomplete);
+        self.log_buffer.lock().expect("not poisoned").extend_from_slice(&hash.0);
+    }
+
+    /// Appends the buffered done entries to `done.log`.
+    pub fn flush_log(&self) -> Result<(), TransferError> {
+        let pending = std::mem::take(&mut *self.log_buffer.lock().expect("not poisoned"));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.done_log
+            .lock()
+            .expect("not poisoned")
+            .write_all(&pending)
+            .map_err(TransferError::io("writing", &self.dir))
     }
 
     fn file_path(&self, index: usize) -> PathBuf {
@@ -359,42 +429,45 @@ impl Stage {
         Ok(())
     }
 
-    /// Re-reads every written file (in parallel) and checks it against the snapshot; for a
-    /// clone, rebuilds the entries from disk and checks the root hash. Returns the entries
-    /// whose content is wrong (their chunks are queued again).
+    /// Checks the result against the snapshot. Chunks written in this attempt were verified
+    /// against their hash in memory just before the write (re-reading them would only read
+    /// the page cache back); chunks an earlier attempt wrote are re-read and re-hashed, as a
+    /// crash may have torn them. Every written file must have its size; for a clone the
+    /// entries are rebuilt from disk (kind, mode, size, link target, and each file's content
+    /// hash, which its verified chunks establish through the snapshot's chunk list) and must
+    /// hash to the snapshot's root. Returns the entries whose content is wrong (their chunks
+    /// are queued again).
     pub fn verify(&self, threads: usize) -> Result<Vec<usize>, TransferError> {
-        let indices = &self.written;
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let bad = Mutex::new(Vec::new());
-        let failure: Mutex<Option<TransferError>> = Mutex::new(None);
+        let bad = Mutex::new(HashSet::new());
         std::thread::scope(|scope| {
             for _ in 0..threads.max(1) {
                 scope.spawn(|| loop {
                     let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&index) = indices.get(at) else { break };
-                    let entry = &self.snapshot.entries[index];
-                    let path = self.file_path(index);
-                    match hash_file(&path) {
-                        Ok((size, hash)) => {
-                            if size != entry.size || Some(hash) != entry.hash {
-                                bad.lock().expect("not poisoned").push(index);
-                            }
-                        }
-                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                            bad.lock().expect("not poisoned").push(index);
-                        }
-                        Err(error) => {
-                            *failure.lock().expect("not poisoned") =
-                                Some(TransferError::io("reading", &path)(error));
-                        }
+                    let Some(&(index, offset, chunk)) = self.resumed.get(at) else {
+                        break;
+                    };
+                    let mut data = vec![0u8; chunk.size as usize];
+                    let intact = fs::File::open(self.file_path(index))
+                        .and_then(|file| file.read_exact_at(&mut data, offset))
+                        .is_ok()
+                        && Hash::of(&data) == chunk.hash;
+                    if !intact {
+                        bad.lock().expect("not poisoned").insert(index);
                     }
                 });
             }
         });
-        if let Some(error) = failure.into_inner().expect("not poisoned") {
-            return Err(error);
+        let mut bad = bad.into_inner().expect("not poisoned");
+        for &index in &self.written {
+            let path = self.file_path(index);
+            let size = fs::symlink_metadata(&path).map(|m| m.len()).ok();
+            if size != Some(self.snapshot.entries[index].size) {
+                bad.insert(index);
+            }
         }
-        let bad = bad.into_inner().expect("not poisoned");
+        let mut bad: Vec<usize> = bad.into_iter().collect();
+        bad.sort_unstable();
         if !bad.is_empty() || self.kind == TransferKind::Sync {
             return Ok(bad);
         }
@@ -420,6 +493,9 @@ impl Stage {
             } else {
                 EntryKind::File
             };
+            if found.kind == EntryKind::File {
+                found.size = metadata.len();
+            }
             entries.push(found);
         }
         let root = root_hash(&entries);
@@ -595,6 +671,7 @@ fn add_file(
     dests: &mut HashMap<Hash, Vec<(usize, u64)>>,
     work: &mut Work,
 ) -> Result<(), TransferError> {
+    let exists = full.exists();
     let chunks = entry.file_chunks();
     if chunks.len() != 1 || entry.size == 0 {
         // Empty files are created now; large ones preallocated for positioned writes.
@@ -612,8 +689,9 @@ fn add_file(
         }
     }
     for (offset, chunk) in chunks {
-        if done.contains(&chunk.hash) && full.exists() {
+        if done.contains(&chunk.hash) && exists {
             work.bytes_present += u64::from(chunk.size);
+            work.resumed.push((index, offset, chunk));
         } else {
             dests.entry(chunk.hash).or_default().push((index, offset));
             work.bytes_to_write += u64::from(chunk.size);
@@ -632,18 +710,16 @@ fn read_done_log(job_dir: &Path) -> HashSet<Hash> {
         .collect()
 }
 
-fn hash_file(path: &Path) -> std::io::Result<(u64, Hash)> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
-    Ok((size, Hash(*hasher.finalize().as_bytes())))
+
+/// The process umask, read without changing it (`/proc/self/status`); 0o022 when unknown.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Umask:"))
+                .and_then(|value| u32::from_str_radix(value.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }

@@ -8,11 +8,12 @@
 //! re-hashed on every read, so a file changed behind the index is noticed (its record is
 //! dropped and the next snapshot re-reads it) instead of being served under its old hash.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -25,9 +26,26 @@ use crate::snapshot::{
 
 use super::error::StoreError;
 
-/// Files changed this recently are hashed again next time: their mtime may not move on a
-/// second write within the file system's timestamp granularity.
-const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Files changed this recently before a scan are hashed again next time: a second write
+/// within the file system's timestamp granularity would not move their mtime. Linux file
+/// systems stamp with the kernel's coarse clock (a few ms); a whole-second mtime suggests a
+/// file system with second (or two-second) granularity.
+const RACY_WINDOW: Duration = Duration::from_millis(100);
+const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
+
+fn is_racy(mtime_ns: i64, scan_started: SystemTime) -> bool {
+    let window = if mtime_ns % 1_000_000_000 == 0 {
+        RACY_WINDOW_COARSE
+    } else {
+        RACY_WINDOW
+    };
+    let limit = scan_started
+        .checked_sub(window)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    mtime_ns >= limit
+}
 
 /// What the index remembers of one file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,12 +61,12 @@ struct FileRecord {
 }
 
 impl FileRecord {
-    fn stamp_matches(&self, metadata: &fs::Metadata) -> bool {
+    fn stamp_matches(&self, seen: &WalkEntry) -> bool {
         !self.racy
-            && self.size == metadata.len()
-            && self.mtime_ns == mtime_ns(metadata)
-            && self.ctime_ns == metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec()
-            && self.ino == metadata.ino()
+            && self.size == seen.size
+            && self.mtime_ns == seen.mtime_ns
+            && self.ctime_ns == seen.ctime_ns
+            && self.ino == seen.ino
     }
 }
 
@@ -80,11 +98,97 @@ pub struct ScanStats {
     pub bytes_hashed: u64,
 }
 
-/// The two sled trees. Cloning is cheap (sled trees are reference-counted).
+/// The two sled trees, and a memo of each workspace's last walk and snapshot. Cloning is
+/// cheap (sled trees are reference-counted; the memo is shared).
+///
+/// The memo is a cache, not state: it is only ever used when a fresh walk of the directory
+/// matches it stamp for stamp, so it can never answer for content it has not seen.
 #[derive(Clone)]
 pub struct ChunkIndex {
     files: sled::Tree,
     chunks: sled::Tree,
+    memo: Arc<Mutex<HashMap<Uuid, Memo>>>,
+}
+
+struct Memo {
+    key: (Uuid, String, u64),
+    walk: Vec<WalkEntry>,
+    racy: bool,
+    snapshot: Arc<Snapshot>,
+}
+
+/// What one directory walk saw of a path: enough to tell whether it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WalkEntry {
+    path: String,
+    kind: EntryKind,
+    mode: u32,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    target: Option<String>,
+}
+
+/// Lists every directory, file and link under `root` with its stamp, parents first. Stats go
+/// through the directory handle (no path walk per file); links are never followed.
+fn walk(root: &Path) -> Result<Vec<WalkEntry>, StoreError> {
+    let mut out = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = if relative.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&relative)
+        };
+        let children = fs::read_dir(&dir).map_err(StoreError::io("reading directory", &dir))?;
+        for child in children {
+            let child = child.map_err(StoreError::io("reading directory", &dir))?;
+            let file_name = child.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                return Err(StoreError::BadRequest(format!(
+                    "{}: file names must be UTF-8 to be shared",
+                    child.path().display()
+                )));
+            };
+            let path = if relative.is_empty() {
+                file_name.to_string()
+            } else {
+                format!("{relative}/{file_name}")
+            };
+            let metadata = child
+                .metadata()
+                .map_err(StoreError::io("inspecting", child.path()))?;
+            let file_type = metadata.file_type();
+            let (kind, target) = if file_type.is_dir() {
+                stack.push(path.clone());
+                (EntryKind::Dir, None)
+            } else if file_type.is_symlink() {
+                let target = fs::read_link(child.path())
+                    .map_err(StoreError::io("reading link", child.path()))?;
+                (EntryKind::Symlink, Some(target.to_string_lossy().into_owned()))
+            } else if file_type.is_file() {
+                (EntryKind::File, None)
+            } else {
+                continue;
+            };
+            out.push(WalkEntry {
+                path,
+                kind,
+                mode: if kind == EntryKind::Symlink {
+                    0o777
+                } else {
+                    metadata.permissions().mode() & 0o777
+                },
+                size: if kind == EntryKind::File { metadata.len() } else { 0 },
+                mtime_ns: mtime_ns(&metadata),
+                ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
+                ino: metadata.ino(),
+                target,
+            });
+        }
+    }
+    Ok(out)
 }
 
 impl ChunkIndex {
@@ -93,131 +197,101 @@ impl ChunkIndex {
         Ok(ChunkIndex {
             files: db.open_tree("files")?,
             chunks: db.open_tree("chunks")?,
+            memo: Arc::default(),
         })
     }
 
     /// Takes a snapshot of the workspace at `root`, re-reading only files whose stamp changed
-    /// since the last one. Sockets, devices and FIFOs are left out.
+    /// since the last one; when nothing changed at all (every path and stamp as in the last
+    /// walk) the last snapshot is returned as it is. Sockets, devices and FIFOs are left out.
     pub fn snapshot(
         &self,
         workspace: Uuid,
         name: &str,
         revision: u64,
         root: &Path,
-    ) -> Result<(Snapshot, ScanStats), StoreError> {
+    ) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
         let scan_started = SystemTime::now();
-        let racy_after = scan_started
-            .checked_sub(RACY_WINDOW)
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        let mut stats = ScanStats::default();
-        let mut entries = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut stack = vec![String::new()];
-        while let Some(relative) = stack.pop() {
-            let dir = if relative.is_empty() {
-                root.to_path_buf()
-            } else {
-                root.join(&relative)
-            };
-            let children = fs::read_dir(&dir).map_err(StoreError::io("reading directory", &dir))?;
-            for child in children {
-                let child = child.map_err(StoreError::io("reading directory", &dir))?;
-                let file_name = child.file_name();
-                let Some(file_name) = file_name.to_str() else {
-                    return Err(StoreError::BadRequest(format!(
-                        "{}: file names must be UTF-8 to be shared",
-                        child.path().display()
-                    )));
+        let walk = walk(root)?;
+        let key = (workspace, name.to_string(), revision);
+        if let Some(cached) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(&workspace) {
+            if cached.key == key && cached.walk == walk && !cached.racy {
+                let stats = ScanStats {
+                    files_cached: walk.iter().filter(|w| w.kind == EntryKind::File).count() as u64,
+                    ..ScanStats::default()
                 };
-                let path = if relative.is_empty() {
-                    file_name.to_string()
-                } else {
-                    format!("{relative}/{file_name}")
-                };
-                let full = child.path();
-                let metadata =
-                    fs::symlink_metadata(&full).map_err(StoreError::io("inspecting", &full))?;
-                let mode = metadata.permissions().mode() & 0o777;
-                let file_type = metadata.file_type();
-                if file_type.is_dir() {
-                    entries.push(SnapshotEntry {
-                        path: path.clone(),
-                        kind: EntryKind::Dir,
-                        mode,
-                        size: 0,
-                        hash: None,
-                        target: None,
-                        chunks: Vec::new(),
-                    });
-                    stack.push(path);
-                } else if file_type.is_symlink() {
-                    let target =
-                        fs::read_link(&full).map_err(StoreError::io("reading link", &full))?;
-                    entries.push(SnapshotEntry {
-                        path,
-                        kind: EntryKind::Symlink,
-                        mode: 0o777,
-                        size: 0,
-                        hash: None,
-                        target: Some(target.to_string_lossy().into_owned()),
-                        chunks: Vec::new(),
-                    });
-                } else if file_type.is_file() {
-                    let key = file_key(workspace, &path);
-                    let cached = self
-                        .files
-                        .get(&key)?
-                        .and_then(|v| rmp_serde::from_slice::<FileRecord>(&v).ok())
-                        .filter(|record| record.stamp_matches(&metadata));
-                    let record = match cached {
-                        Some(record) => {
-                            stats.files_cached += 1;
-                            record
-                        }
-                        None => {
-                            let old = self.files.get(&key)?;
-                            let mut record = hash_file(&full, &metadata)?;
-                            record.racy = record.mtime_ns >= racy_after;
-                            stats.files_hashed += 1;
-                            stats.bytes_hashed += record.size;
-                            self.replace(workspace, &path, old.as_deref(), Some(&record))?;
-                            record
-                        }
-                    };
-                    entries.push(SnapshotEntry {
-                        path: path.clone(),
-                        kind: EntryKind::File,
-                        mode,
-                        size: record.size,
-                        hash: Some(record.hash),
-                        target: None,
-                        chunks: if record.size > SMALL_FILE_MAX {
-                            record.chunks
-                        } else {
-                            Vec::new()
-                        },
-                    });
-                    seen.insert(path);
-                }
+                return Ok((cached.snapshot.clone(), stats));
             }
+        }
+        let mut stats = ScanStats::default();
+        let mut entries = Vec::with_capacity(walk.len());
+        let mut seen: HashSet<&str> = HashSet::with_capacity(walk.len());
+        let mut racy = false;
+        for item in &walk {
+            let mut entry = SnapshotEntry {
+                path: item.path.clone(),
+                kind: item.kind,
+                mode: item.mode,
+                size: 0,
+                hash: None,
+                target: item.target.clone(),
+                chunks: Vec::new(),
+            };
+            if item.kind == EntryKind::File {
+                let key = file_key(workspace, &item.path);
+                let old = self.files.get(&key)?;
+                let cached = old
+                    .as_deref()
+                    .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok())
+                    .filter(|record| record.stamp_matches(item));
+                let record = match cached {
+                    Some(record) => {
+                        stats.files_cached += 1;
+                        record
+                    }
+                    None => {
+                        let full = root.join(&item.path);
+                        let mut record = hash_file(&full, item)?;
+                        record.racy = is_racy(record.mtime_ns, scan_started);
+                        stats.files_hashed += 1;
+                        stats.bytes_hashed += record.size;
+                        self.replace(workspace, &item.path, old.as_deref(), Some(&record))?;
+                        record
+                    }
+                };
+                racy |= record.racy;
+                entry.size = record.size;
+                entry.hash = Some(record.hash);
+                if record.size > SMALL_FILE_MAX {
+                    entry.chunks = record.chunks;
+                }
+                seen.insert(&item.path);
+            }
+            entries.push(entry);
         }
         // Forget files that are gone.
         for item in self.files.scan_prefix(workspace.as_bytes()) {
             let (key, value) = item?;
             let path = String::from_utf8_lossy(&key[16..]).into_owned();
-            if !seen.contains(&path) {
+            if !seen.contains(path.as_str()) {
                 self.replace(workspace, &path, Some(&value), None)?;
             }
         }
-        let snapshot = Snapshot::new(
+        let snapshot = Arc::new(Snapshot::new(
             workspace,
             name.to_string(),
             revision,
             root.to_string_lossy().into_owned(),
             entries,
+        ));
+        self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            workspace,
+            Memo {
+                key,
+                walk,
+                racy,
+                snapshot: snapshot.clone(),
+            },
         );
         Ok((snapshot, stats))
     }
@@ -232,6 +306,7 @@ impl ChunkIndex {
         snapshot: &Snapshot,
         skip: &HashSet<String>,
     ) -> Result<(), StoreError> {
+        let now = SystemTime::now();
         for entry in snapshot
             .entries
             .iter()
@@ -241,11 +316,7 @@ impl ChunkIndex {
             let Ok(metadata) = fs::symlink_metadata(&full) else {
                 continue;
             };
-            let chunks = entry
-                .file_chunks()
-                .into_iter()
-                .map(|(_, chunk)| chunk)
-                .collect();
+            let chunks = entry.chunks.clone();
             let record = FileRecord {
                 size: entry.size,
                 mtime_ns: mtime_ns(&metadata),
@@ -253,11 +324,22 @@ impl ChunkIndex {
                 ino: metadata.ino(),
                 hash: entry.hash.expect("validated files have a hash"),
                 chunks,
-                racy: true,
+                racy: is_racy(mtime_ns(&metadata), now),
             };
             let key = file_key(workspace, &entry.path);
             let old = self.files.get(&key)?;
-            self.replace(workspace, &entry.path, old.as_deref(), Some(&record))?;
+            let known = old
+                .as_deref()
+                .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok())
+                .is_some_and(|old| {
+                    !old.racy
+                        && old.hash == record.hash
+                        && (old.size, old.mtime_ns, old.ctime_ns, old.ino)
+                            == (record.size, record.mtime_ns, record.ctime_ns, record.ino)
+                });
+            if !known {
+                self.replace(workspace, &entry.path, old.as_deref(), Some(&record))?;
+            }
         }
         Ok(())
     }
@@ -297,24 +379,68 @@ impl ChunkIndex {
             .collect()
     }
 
-    /// Reads the chunk `hash` from `location` under `root` and checks it. A mismatch drops
-    /// the file's record (the file changed) and returns `None`.
+    /// Opens the file holding a chunk and says whether it is unchanged since it was indexed
+    /// (same size, mtime, ctime and inode, and not stamped inside the racy window): then its
+    /// chunks are what the index says without reading them twice.
+    fn open_indexed(&self, root: &Path, location: &ChunkLocation) -> Option<(fs::File, bool)> {
+        let file = fs::File::open(root.join(&location.path)).ok()?;
+        let metadata = file.metadata().ok()?;
+        let record = self
+            .files
+            .get(file_key(location.workspace, &location.path))
+            .ok()
+            .flatten()
+            .and_then(|v| rmp_serde::from_slice::<FileRecord>(&v).ok());
+        let unchanged = record.is_some_and(|record| {
+            !record.racy
+                && record.size == metadata.len()
+                && record.mtime_ns == mtime_ns(&metadata)
+                && record.ctime_ns == metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec()
+                && record.ino == metadata.ino()
+        });
+        Some((file, unchanged))
+    }
+
+    /// Reads the chunk `hash` from `location` under `root`. The bytes are hashed unless the
+    /// file is provably unchanged since it was indexed (its stamp); a mismatch drops the
+    /// file's record (the next snapshot re-reads it) and returns `None`.
     pub fn read_verified(
         &self,
         root: &Path,
         location: &ChunkLocation,
         hash: &Hash,
     ) -> Option<Vec<u8>> {
-        let full = root.join(&location.path);
         let mut data = vec![0u8; location.len as usize];
-        let read = fs::File::open(&full)
-            .and_then(|file| file.read_exact_at(&mut data, location.offset))
-            .is_ok();
-        if read && Hash::of(&data) == *hash {
-            return Some(data);
+        if let Some((file, unchanged)) = self.open_indexed(root, location) {
+            if file.read_exact_at(&mut data, location.offset).is_ok()
+                && (unchanged || Hash::of(&data) == *hash)
+            {
+                return Some(data);
+            }
         }
+        self.changed(root, location, hash);
+        None
+    }
+
+    /// Copies the chunk at `location` into `target` at `offset` inside the kernel
+    /// (`copy_file_range`: a reflink or in-kernel copy, no pass through user space), when
+    /// the source file is unchanged since it was indexed. `false` when it could not.
+    pub fn copy_unchanged(
+        &self,
+        root: &Path,
+        location: &ChunkLocation,
+        target: &fs::File,
+        offset: u64,
+    ) -> bool {
+        let Some((file, true)) = self.open_indexed(root, location) else {
+            return false;
+        };
+        copy_range(&file, location.offset, target, offset, u64::from(location.len)).is_ok()
+    }
+
+    fn changed(&self, root: &Path, location: &ChunkLocation, hash: &Hash) {
         tracing::info!(
-            path = %full.display(),
+            path = %root.join(&location.path).display(),
             chunk = %hash,
             "file changed since it was indexed; it is re-read on the next snapshot"
         );
@@ -322,7 +448,6 @@ impl ChunkIndex {
         if let Ok(Some(old)) = self.files.get(&key) {
             let _ = self.replace(location.workspace, &location.path, Some(&old), None);
         }
-        None
     }
 
     /// Replaces a file's record and its chunk keys; `None` removes both.
@@ -391,31 +516,40 @@ fn chunk_key(hash: &Hash, workspace: Uuid, path: &str) -> Vec<u8> {
 }
 
 /// Hashes a file: whole-file BLAKE3, and content-defined chunks when it is large.
-fn hash_file(path: &PathBuf, metadata: &fs::Metadata) -> Result<FileRecord, StoreError> {
+fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
     let mut file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
-    let mut record = FileRecord {
+    let record = FileRecord {
         size: 0,
-        mtime_ns: mtime_ns(metadata),
-        ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
-        ino: metadata.ino(),
+        mtime_ns: seen.mtime_ns,
+        ctime_ns: seen.ctime_ns,
+        ino: seen.ino,
         hash: Hash::default(),
         chunks: Vec::new(),
         racy: false,
     };
-    if metadata.len() <= SMALL_FILE_MAX {
-        let mut data = Vec::with_capacity(metadata.len() as usize);
-        file.read_to_end(&mut data)
-            .map_err(StoreError::io("reading", path))?;
-        if data.len() as u64 > SMALL_FILE_MAX {
-            return hash_file(
-                path,
-                &fs::metadata(path).map_err(StoreError::io("inspecting", path))?,
-            );
-        }
-        record.size = data.len() as u64;
-        record.hash = Hash::of(&data);
-        return Ok(record);
+    if seen.size > SMALL_FILE_MAX {
+        return chunk_large(path, file, record);
     }
+    let mut data = Vec::with_capacity(seen.size as usize);
+    (&mut file)
+        .take(SMALL_FILE_MAX + 1)
+        .read_to_end(&mut data)
+        .map_err(StoreError::io("reading", path))?;
+    if data.len() as u64 > SMALL_FILE_MAX {
+        // It grew since the walk: cut it as a large file; its new stamp makes the next
+        // snapshot read it again.
+        let file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
+        return chunk_large(path, file, FileRecord { mtime_ns: 0, ..record });
+    }
+    Ok(FileRecord {
+        size: data.len() as u64,
+        hash: Hash::of(&data),
+        ..record
+    })
+}
+
+/// Hashes and cuts a large file.
+fn chunk_large(path: &Path, file: fs::File, mut record: FileRecord) -> Result<FileRecord, StoreError> {
     let mut whole = blake3::Hasher::new();
     let chunker = fastcdc::v2020::StreamCDC::new(
         file,
@@ -440,4 +574,34 @@ fn hash_file(path: &PathBuf, metadata: &fs::Metadata) -> Result<FileRecord, Stor
         record.chunks.clear();
     }
     Ok(record)
+}
+
+/// `copy_file_range` until `len` bytes are copied.
+fn copy_range(source: &fs::File, mut from: u64, target: &fs::File, mut to: u64, mut len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while len > 0 {
+        let mut off_in = from as libc::loff_t;
+        let mut off_out = to as libc::loff_t;
+        // SAFETY: both descriptors are open for the call; the offsets are valid out-pointers.
+        let copied = unsafe {
+            libc::copy_file_range(
+                source.as_raw_fd(),
+                &mut off_in,
+                target.as_raw_fd(),
+                &mut off_out,
+                len as usize,
+                0,
+            )
+        };
+        if copied < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if copied == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        from += copied as u64;
+        to += copied as u64;
+        len -= copied as u64;
+    }
+    Ok(())
 }

@@ -112,6 +112,17 @@ impl ChunkStore {
             .find_map(|location| self.chunks.read_verified(&root, location, hash))
     }
 
+    /// Copies the chunk `hash` from any workspace of this node into `target` at `offset`
+    /// inside the kernel, from a file unchanged since it was indexed. `false` when no such
+    /// copy exists (then read it with [`ChunkStore::find_local`]).
+    pub fn copy_local(&self, hash: &Hash, target: &std::fs::File, offset: u64) -> bool {
+        let view = self.view.borrow().clone();
+        self.chunks.locate(hash, None).iter().any(|location| {
+            view.find(&location.workspace.to_string())
+                .is_some_and(|entry| self.chunks.copy_unchanged(&entry.path, location, target, offset))
+        })
+    }
+
     /// The chunk `hash` from any workspace of this node, verified.
     pub fn find_local(&self, hash: &Hash) -> Option<Vec<u8>> {
         let view = self.view.borrow().clone();
@@ -218,7 +229,10 @@ fn apply(root: &Path, plan: &SyncPlan) -> Result<(), StoreError> {
 impl WorkspaceStoreHandle {
     /// A snapshot of the workspace `target` (id or name), hashing only files that changed
     /// since the last one. Runs off the actor.
-    pub async fn snapshot(&self, target: &str) -> Result<(Snapshot, ScanStats), StoreError> {
+    pub async fn snapshot(
+        &self,
+        target: &str,
+    ) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
         let entry = self.get(target)?;
         let chunks = self.chunks.clone();
         tokio::task::spawn_blocking(move || {

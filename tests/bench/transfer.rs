@@ -1,0 +1,492 @@
+//! Transfer benchmark: `aienv clone` and `aienv sync` between two nodes on loopback against
+//! `cp -a`, `tar | zstd -1 -T0 | zstd -d | tar -x` and an rsync daemon pull, side by side in
+//! one run, on the disk and on tmpfs.
+//!
+//! Run: `cargo bench --bench transfer` (rsync is needed for its baseline: `apt-get install
+//! rsync zstd`). `BENCH_SCALE` (default 1.0) scales the tree: at 1.0 it is about 1.1 GB in
+//! 17,000 files shaped like an ML workspace (a venv-like tree of small text and larger binary
+//! files, two 200 MiB weight shards, a 100 MiB CSV). `BENCH_DIRS` lists where to run
+//! (default `target/bench-transfer:/dev/shm`). Figures, not assertions.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aienv::api::{CreateWorkspace, ShareRequest, TransferDto, TransferRequestDto};
+use aienv::client::{Client, Credentials};
+
+fn main() {
+    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let dirs = std::env::var("BENCH_DIRS").unwrap_or_else(|_| {
+        format!("{}/target/bench-transfer:/dev/shm", env!("CARGO_MANIFEST_DIR"))
+    });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("aienv transfer benchmark: scale {scale}, {cores} cores");
+    let rsync = Command::new("rsync").arg("--version").output().is_ok();
+    if !rsync {
+        println!("rsync is not installed: its baselines are left out (apt-get install rsync)");
+    }
+    for dir in dirs.split(':').filter(|d| !d.is_empty()) {
+        let base = PathBuf::from(dir).join(format!("aienv-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let result = std::panic::catch_unwind(|| {
+            actix_rt::System::new().block_on(run(&base, scale, rsync))
+        });
+        let _ = Command::new("rm").arg("-rf").arg(&base).status();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+async fn run(base: &Path, scale: f64, rsync: bool) {
+    let fs = Command::new("stat").args(["-f", "-c", "%T"]).arg(base).output().unwrap();
+    println!(
+        "\n== {} ({}) ==",
+        base.parent().unwrap().display(),
+        String::from_utf8_lossy(&fs.stdout).trim()
+    );
+    let a_dir = base.join("a");
+    let b_dir = base.join("b");
+    let mut a = Node::start(&a_dir, "bench-a", &[], &[]);
+    let workspace;
+    let root;
+    {
+        let client = a.client();
+        let created = client.create(&CreateWorkspace { name: "bench".into(), ..CreateWorkspace::default() }).await.unwrap();
+        root = PathBuf::from(created.workspace.path.unwrap());
+        workspace = created.workspace.id;
+    }
+    let started = Instant::now();
+    let (files, bytes) = build_tree(&root.join("data"), scale);
+    println!(
+        "tree: {files} files, {:.0} MB, written in {:.1} s",
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    let _ = workspace;
+    sync_fs(base);
+
+    // The source indexes its content when shared (hashing everything once).
+    let started = Instant::now();
+    a.client().share("bench", &ShareRequest::default()).await.unwrap();
+    let snapshot = a.client().snapshot("bench").await.unwrap();
+    println!(
+        "first snapshot (hash + chunk everything): {:.2} s; manifest {:.1} MB compressed",
+        started.elapsed().as_secs_f64(),
+        snapshot.len() as f64 / 1e6
+    );
+    let started = Instant::now();
+    let _ = a.client().snapshot("bench").await.unwrap();
+    println!("next snapshot (stat only): {:.3} s", started.elapsed().as_secs_f64());
+
+    let b = Node::start(&b_dir, "bench-b", &[], &[("AIENV_DISCOVERY_STATIC_PEERS", a.address())]);
+    wait_listed(&b.client()).await;
+
+    // Baselines, each into a fresh directory on the same file system.
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let copy_dir = base.join("cp");
+    let seconds = timed(|| run_ok(Command::new("cp").arg("-a").arg(&root).arg(&copy_dir)));
+    rows.push(("cp -a".into(), seconds));
+    let tar_dir = base.join("tar");
+    std::fs::create_dir_all(&tar_dir).unwrap();
+    let seconds = timed(|| {
+        run_ok(Command::new("sh").arg("-c").arg(format!(
+            "tar -C '{}' -cf - . | zstd -q -1 -T0 | zstd -q -d | tar -C '{}' -xf -",
+            root.display(),
+            tar_dir.display()
+        )))
+    });
+    rows.push(("tar | zstd -1 -T0 | zstd -d | tar -x".into(), seconds));
+    let mut daemon = None;
+    let rsync_dir = base.join("rsync");
+    if rsync {
+        let (child, port) = rsync_daemon(base, &root);
+        daemon = Some((child, port));
+        let seconds = timed(|| {
+            run_ok(Command::new("rsync").arg("-a").arg(format!("rsync://127.0.0.1:{port}/ws/")).arg(&rsync_dir))
+        });
+        rows.push(("rsync -a (daemon)".into(), seconds));
+    }
+    sync_fs(base);
+    let client = b.client();
+    let started = Instant::now();
+    let job = transfer(&client, "clone", Some("bench-a"), "bench").await;
+    let clone_seconds = started.elapsed().as_secs_f64();
+    sync_fs(base);
+    let fastest = rows.iter().map(|r| r.1).fold(f64::MAX, f64::min);
+    let tar = rows[1].1;
+    println!();
+    println!("{:<40} {:>8} {:>9} {:>9} {:>10}", "first copy", "seconds", "MB/s", "files/s", "aienv ×");
+    for (name, seconds) in &rows {
+        println!(
+            "{name:<40} {seconds:>8.2} {:>9.0} {:>9.0} {:>10.2}",
+            bytes as f64 / 1e6 / seconds,
+            files as f64 / seconds,
+            clone_seconds / seconds
+        );
+    }
+    println!(
+        "{:<40} {clone_seconds:>8.2} {:>9.0} {:>9.0}",
+        "aienv clone",
+        bytes as f64 / 1e6 / clone_seconds,
+        files as f64 / clone_seconds
+    );
+    println!(
+        "aienv clone / fastest baseline: {:.2} (target ≤ 1.1 on disk); / tar|zstd: {:.2} (target ≤ 1.0 on tmpfs)",
+        clone_seconds / fastest,
+        clone_seconds / tar
+    );
+    println!(
+        "  fetched {:.1} MB on the wire for {:.1} MB of content ({} chunks)",
+        job.progress.bytes_fetched as f64 / 1e6,
+        job.progress.bytes_total as f64 / 1e6,
+        job.progress.chunks_fetched
+    );
+
+    // The 1 % change: 8 MiB inside one shard, 1 MiB appended to the other, 170 small files
+    // edited, 10 added.
+    let changed = change_tree(&root.join("data"), scale);
+    println!("\n1 % change: {:.1} MB of content changed or added", changed as f64 / 1e6);
+    let started = Instant::now();
+    let job = transfer(&client, "sync", None, "bench").await;
+    let sync_seconds = started.elapsed().as_secs_f64();
+    let manifest_bytes = a.client().snapshot("bench").await.unwrap().len() as u64;
+    let aienv_wire = job.progress.bytes_fetched + manifest_bytes;
+    let mut sync_rows = vec![("aienv sync".to_string(), sync_seconds, aienv_wire)];
+    if let Some((_, port)) = &daemon {
+        let (seconds, wire) = rsync_pull(*port, &rsync_dir);
+        sync_rows.push(("rsync -a (daemon)".into(), seconds, wire));
+    }
+    println!("{:<40} {:>8} {:>12} {:>10}", "sync after the change", "seconds", "wire MB", "% of tree");
+    for (name, seconds, wire) in &sync_rows {
+        println!(
+            "{name:<40} {seconds:>8.2} {:>12.2} {:>9.2}%",
+            *wire as f64 / 1e6,
+            *wire as f64 * 100.0 / bytes as f64
+        );
+    }
+    if sync_rows.len() == 2 {
+        println!("aienv sync / rsync time: {:.2} (target ≤ 1.0)", sync_rows[0].1 / sync_rows[1].1);
+    }
+    println!(
+        "  aienv: {:.2} MB of chunks + {:.2} MB manifest (target ≤ 3 % of the tree)",
+        job.progress.bytes_fetched as f64 / 1e6,
+        manifest_bytes as f64 / 1e6
+    );
+
+    let started = Instant::now();
+    let job = transfer(&client, "sync", None, "bench").await;
+    let idle_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(job.progress.bytes_fetched, 0);
+    print!("no-change sync: aienv {idle_seconds:.3} s");
+    if let Some((_, port)) = &daemon {
+        let (seconds, _) = rsync_pull(*port, &rsync_dir);
+        print!(", rsync {seconds:.3} s, ratio {:.2} (target ≤ 0.5)", idle_seconds / seconds);
+    }
+    println!();
+    if let Some((mut child, _)) = daemon {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(b);
+    a.stop();
+}
+
+/// Writes the tree and returns (files, bytes).
+fn build_tree(root: &Path, scale: f64) -> (u64, u64) {
+    let mut random = Random(0x5eed);
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    let venv = root.join("venv/lib/python3.11/site-packages");
+    let small_files = (17_000.0 * scale) as u64;
+    let text_block = text_sample();
+    for i in 0..small_files {
+        let package = format!("pkg{:03}/sub{:02}", i % 300, (i / 300) % 20);
+        let dir = venv.join(package);
+        std::fs::create_dir_all(&dir).unwrap();
+        let roll = random.next() % 100;
+        let (name, content) = if roll < 62 {
+            let len = 1_000 + (random.next() % 9_000) as usize;
+            (format!("mod{i}.py"), text(&text_block, len, &mut random))
+        } else if roll < 92 {
+            let len = 8_000 + (random.next() % 40_000) as usize;
+            (format!("mod{i}.py"), text(&text_block, len, &mut random))
+        } else if roll < 99 {
+            let len = 64_000 + (random.next() % 136_000) as usize;
+            (format!("ext{i}.so"), random.bytes(len))
+        } else {
+            let len = 1_000_000 + (random.next() % 1_500_000) as usize;
+            (format!("lib{i}.so"), random.bytes(len))
+        };
+        bytes += content.len() as u64;
+        std::fs::write(dir.join(name), content).unwrap();
+        files += 1;
+    }
+    let shard = (200.0 * scale * 1024.0 * 1024.0) as usize;
+    for i in 0..2 {
+        let path = root.join(format!("model-0000{i}-of-00002.safetensors"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let mut left = shard;
+        while left > 0 {
+            let piece = random.bytes(left.min(8 << 20));
+            file.write_all(&piece).unwrap();
+            left -= piece.len();
+        }
+        bytes += shard as u64;
+        files += 1;
+    }
+    let csv_len = (100.0 * scale * 1024.0 * 1024.0) as usize;
+    let mut csv = std::io::BufWriter::new(std::fs::File::create(root.join("train.csv")).unwrap());
+    let mut written = 0;
+    let mut row = 0u64;
+    while written < csv_len {
+        let line = format!(
+            "{row},{:.6},{:.6},{},label_{}\n",
+            (random.next() % 1_000_000) as f64 / 7.0,
+            (random.next() % 1_000_000) as f64 / 13.0,
+            random.next() % 10_000,
+            random.next() % 10
+        );
+        csv.write_all(line.as_bytes()).unwrap();
+        written += line.len();
+        row += 1;
+    }
+    csv.flush().unwrap();
+    bytes += written as u64;
+    files += 1;
+    (files, bytes)
+}
+
+/// Applies the 1 % change; returns the bytes changed or added.
+fn change_tree(root: &Path, scale: f64) -> u64 {
+    let mut random = Random(0xc4a9);
+    let mut changed = 0;
+    let shard = root.join("model-00000-of-00002.safetensors");
+    let file = std::fs::OpenOptions::new().write(true).open(&shard).unwrap();
+    let offset = (80.0 * scale * 1024.0 * 1024.0) as u64;
+    std::os::unix::fs::FileExt::write_all_at(&file, &random.bytes(8 << 20), offset).unwrap();
+    changed += 8 << 20;
+    let mut other = std::fs::OpenOptions::new().append(true).open(root.join("model-00001-of-00002.safetensors")).unwrap();
+    other.write_all(&random.bytes(1 << 20)).unwrap();
+    changed += 1 << 20;
+    let venv = root.join("venv/lib/python3.11/site-packages");
+    let mut edited = 0;
+    let text_block = text_sample();
+    'outer: for package in 0..300 {
+        let dir = venv.join(format!("pkg{package:03}/sub00"));
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "py") {
+                let mut content = std::fs::read(&path).unwrap();
+                content.extend_from_slice(b"\n# edited\n");
+                changed += content.len() as u64;
+                std::fs::write(&path, content).unwrap();
+                edited += 1;
+                if edited == 170 {
+                    break 'outer;
+                }
+                break;
+            }
+        }
+    }
+    for i in 0..10 {
+        let content = text(&text_block, 5_000, &mut random);
+        changed += content.len() as u64;
+        std::fs::write(venv.join(format!("pkg000/new{i}.py")), content).unwrap();
+    }
+    changed
+}
+
+fn text_sample() -> Vec<u8> {
+    let words = ["def", "return", "self", "import", "numpy", "as", "np", "class", "for", "in", "range", "if", "else", "tensor", "shape", "=", "(", ")", ":", "\n    ", "\n", "x", "y", "0", "1", "None", "True", "value", "data", "model"];
+    let mut random = Random(42);
+    let mut out = Vec::new();
+    while out.len() < 64 * 1024 {
+        out.extend_from_slice(words[(random.next() % words.len() as u64) as usize].as_bytes());
+        out.push(b' ');
+    }
+    out
+}
+
+fn text(sample: &[u8], len: usize, random: &mut Random) -> Vec<u8> {
+    let start = (random.next() as usize) % (sample.len() - 1);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let take = (len - out.len()).min(sample.len() - start);
+        out.extend_from_slice(&sample[start..start + take]);
+    }
+    out
+}
+
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+fn rsync_daemon(base: &Path, root: &Path) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = base.join("rsyncd.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "use chroot = no\nuid = root\ngid = root\n[ws]\npath = {}\nread only = yes\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("rsync")
+        .args(["--daemon", "--no-detach", "--address", "127.0.0.1", "--port", &port.to_string(), "--config"])
+        .arg(&config)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "rsync daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+/// Pulls into `target`, returning seconds and bytes received.
+fn rsync_pull(port: u16, target: &Path) -> (f64, u64) {
+    let started = Instant::now();
+    let output = Command::new("rsync")
+        .args(["-a", "--delete", "--stats"])
+        .arg(format!("rsync://127.0.0.1:{port}/ws/"))
+        .arg(target)
+        .output()
+        .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(output.status.success(), "{output:?}");
+    let stats = String::from_utf8_lossy(&output.stdout);
+    let received = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("Total bytes received: "))
+        .map(|v| v.replace(',', "").trim().parse().unwrap_or(0))
+        .unwrap_or(0);
+    (seconds, received)
+}
+
+fn timed(work: impl FnOnce()) -> f64 {
+    let started = Instant::now();
+    work();
+    started.elapsed().as_secs_f64()
+}
+
+fn run_ok(command: &mut Command) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "{command:?} failed");
+}
+
+fn sync_fs(path: &Path) {
+    let _ = Command::new("sync").arg("-f").arg(path).status();
+}
+
+async fn transfer(client: &Client, kind: &str, peer: Option<&str>, workspace: &str) -> TransferDto {
+    {
+        let job = client
+            .start_transfer(&TransferRequestDto {
+                kind: kind.into(),
+                peer: peer.map(str::to_string),
+                workspace: workspace.into(),
+                ..TransferRequestDto::default()
+            })
+            .await
+            .unwrap();
+        loop {
+            let job = client.transfer(&job.id.to_string()).await.unwrap();
+            if job.is_finished() {
+                assert_eq!(job.state, "done", "{:?}", job.error);
+                return job;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn wait_listed(client: &Client) {
+    {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let catalog = client.network_catalog(&aienv::client::NetworkQuery::default()).await.unwrap();
+            if catalog.iter().any(|e| e.workspace.name == "bench") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the share did not reach the second node");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Node {
+    child: Child,
+    url: String,
+    data: PathBuf,
+}
+
+impl Node {
+    fn start(data: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aienv"))
+            .args(["serve", "--http-port", "0", "--bind", "127.0.0.1", "--no-discovery", "--announce-interval", "0.2", "--name", name, "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env(
+                "AIENV_LOG",
+                std::env::var("BENCH_LOG")
+                    .unwrap_or_else(|_| "warn,aienv_actors::transfer_queue::runner=info".into()),
+            )
+            .env_remove("AIENV_CONFIG")
+            .env("XDG_CONFIG_HOME", data.join("no-config"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("aienv: listening on ").unwrap().to_string();
+        Node {
+            child,
+            url,
+            data: data.to_path_buf(),
+        }
+    }
+
+    fn address(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    fn client(&self) -> Client {
+        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
+        Client::new(&self.url, Some(Credentials::Token(token.trim().to_string())))
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
