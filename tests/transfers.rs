@@ -418,9 +418,15 @@ async fn a_restarted_receiver_resumes_its_job() {
     let arrived = arrived.get();
     b.kill9();
     // A crash may tear what was written last: damage the start of every staged part.
-    let staged = b_dir.join("transfers").join(job.id.to_string()).join("tree/data");
+    let staged = b_dir
+        .join("transfers")
+        .join(job.id.to_string())
+        .join("tree/data");
     for i in 0..6 {
-        if let Ok(file) = std::fs::OpenOptions::new().write(true).open(staged.join(format!("part{i}.bin"))) {
+        if let Ok(file) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(staged.join(format!("part{i}.bin")))
+        {
             std::os::unix::fs::FileExt::write_all_at(&file, b"torn", 0).unwrap();
         }
     }
@@ -441,7 +447,8 @@ async fn a_restarted_receiver_resumes_its_job() {
     );
     // Torn chunks are found on resume and fetched again; nothing else is.
     assert!(
-        job.progress.bytes_present + job.progress.bytes_from_peers <= job.progress.bytes_total + (6 << 22),
+        job.progress.bytes_present + job.progress.bytes_from_peers
+            <= job.progress.bytes_total + (6 << 22),
         "{:?}",
         job.progress
     );

@@ -17,9 +17,15 @@ use aienv::api::{CreateWorkspace, ShareRequest, TransferDto, TransferRequestDto}
 use aienv::client::{Client, Credentials};
 
 fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
     let dirs = std::env::var("BENCH_DIRS").unwrap_or_else(|_| {
-        format!("{}/target/bench-transfer:/dev/shm", env!("CARGO_MANIFEST_DIR"))
+        format!(
+            "{}/target/bench-transfer:/dev/shm",
+            env!("CARGO_MANIFEST_DIR")
+        )
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("aienv transfer benchmark: scale {scale}, {cores} cores");
@@ -30,9 +36,8 @@ fn main() {
     for dir in dirs.split(':').filter(|d| !d.is_empty()) {
         let base = PathBuf::from(dir).join(format!("aienv-bench-{}", std::process::id()));
         std::fs::create_dir_all(&base).unwrap();
-        let result = std::panic::catch_unwind(|| {
-            actix_rt::System::new().block_on(run(&base, scale, rsync))
-        });
+        let result =
+            std::panic::catch_unwind(|| actix_rt::System::new().block_on(run(&base, scale, rsync)));
         let _ = Command::new("rm").arg("-rf").arg(&base).status();
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
@@ -41,7 +46,11 @@ fn main() {
 }
 
 async fn run(base: &Path, scale: f64, rsync: bool) {
-    let fs = Command::new("stat").args(["-f", "-c", "%T"]).arg(base).output().unwrap();
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(base)
+        .output()
+        .unwrap();
     println!(
         "\n== {} ({}) ==",
         base.parent().unwrap().display(),
@@ -54,7 +63,13 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     let root;
     {
         let client = a.client();
-        let created = client.create(&CreateWorkspace { name: "bench".into(), ..CreateWorkspace::default() }).await.unwrap();
+        let created = client
+            .create(&CreateWorkspace {
+                name: "bench".into(),
+                ..CreateWorkspace::default()
+            })
+            .await
+            .unwrap();
         root = PathBuf::from(created.workspace.path.unwrap());
         workspace = created.workspace.id;
     }
@@ -70,7 +85,10 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
 
     // The source indexes its content when shared (hashing everything once).
     let started = Instant::now();
-    a.client().share("bench", &ShareRequest::default()).await.unwrap();
+    a.client()
+        .share("bench", &ShareRequest::default())
+        .await
+        .unwrap();
     let snapshot = a.client().snapshot("bench").await.unwrap();
     println!(
         "first snapshot (hash + chunk everything): {:.2} s; manifest {:.1} MB compressed",
@@ -79,9 +97,17 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     );
     let started = Instant::now();
     let _ = a.client().snapshot("bench").await.unwrap();
-    println!("next snapshot (stat only): {:.3} s", started.elapsed().as_secs_f64());
+    println!(
+        "next snapshot (stat only): {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
 
-    let b = Node::start(&b_dir, "bench-b", &[], &[("AIENV_DISCOVERY_STATIC_PEERS", a.address())]);
+    let b = Node::start(
+        &b_dir,
+        "bench-b",
+        &[],
+        &[("AIENV_DISCOVERY_STATIC_PEERS", a.address())],
+    );
     wait_listed(&b.client()).await;
 
     // Baselines, each into a fresh directory on the same file system.
@@ -105,7 +131,12 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         let (child, port) = rsync_daemon(base, &root);
         daemon = Some((child, port));
         let seconds = timed(|| {
-            run_ok(Command::new("rsync").arg("-a").arg(format!("rsync://127.0.0.1:{port}/ws/")).arg(&rsync_dir))
+            run_ok(
+                Command::new("rsync")
+                    .arg("-a")
+                    .arg(format!("rsync://127.0.0.1:{port}/ws/"))
+                    .arg(&rsync_dir),
+            )
         });
         rows.push(("rsync -a (daemon)".into(), seconds));
     }
@@ -118,7 +149,10 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     let fastest = rows.iter().map(|r| r.1).fold(f64::MAX, f64::min);
     let tar = rows[1].1;
     println!();
-    println!("{:<40} {:>8} {:>9} {:>9} {:>10}", "first copy", "seconds", "MB/s", "files/s", "aienv ×");
+    println!(
+        "{:<40} {:>8} {:>9} {:>9} {:>10}",
+        "first copy", "seconds", "MB/s", "files/s", "aienv ×"
+    );
     for (name, seconds) in &rows {
         println!(
             "{name:<40} {seconds:>8.2} {:>9.0} {:>9.0} {:>10.2}",
@@ -148,7 +182,10 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     // The 1 % change: 8 MiB inside one shard, 1 MiB appended to the other, 170 small files
     // edited, 10 added.
     let changed = change_tree(&root.join("data"), scale);
-    println!("\n1 % change: {:.1} MB of content changed or added", changed as f64 / 1e6);
+    println!(
+        "\n1 % change: {:.1} MB of content changed or added",
+        changed as f64 / 1e6
+    );
     let started = Instant::now();
     let job = transfer(&client, "sync", None, "bench").await;
     let sync_seconds = started.elapsed().as_secs_f64();
@@ -159,7 +196,10 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         let (seconds, wire) = rsync_pull(*port, &rsync_dir);
         sync_rows.push(("rsync -a (daemon)".into(), seconds, wire));
     }
-    println!("{:<40} {:>8} {:>12} {:>10}", "sync after the change", "seconds", "wire MB", "% of tree");
+    println!(
+        "{:<40} {:>8} {:>12} {:>10}",
+        "sync after the change", "seconds", "wire MB", "% of tree"
+    );
     for (name, seconds, wire) in &sync_rows {
         println!(
             "{name:<40} {seconds:>8.2} {:>12.2} {:>9.2}%",
@@ -168,7 +208,10 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         );
     }
     if sync_rows.len() == 2 {
-        println!("aienv sync / rsync time: {:.2} (target ≤ 1.0)", sync_rows[0].1 / sync_rows[1].1);
+        println!(
+            "aienv sync / rsync time: {:.2} (target ≤ 1.0)",
+            sync_rows[0].1 / sync_rows[1].1
+        );
     }
     println!(
         "  aienv: {:.2} MB of chunks + {:.2} MB manifest (target ≤ 3 % of the tree)",
@@ -183,7 +226,10 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     print!("no-change sync: aienv {idle_seconds:.3} s");
     if let Some((_, port)) = &daemon {
         let (seconds, _) = rsync_pull(*port, &rsync_dir);
-        print!(", rsync {seconds:.3} s, ratio {:.2} (target ≤ 0.5)", idle_seconds / seconds);
+        print!(
+            ", rsync {seconds:.3} s, ratio {:.2} (target ≤ 0.5)",
+            idle_seconds / seconds
+        );
     }
     println!();
     if let Some((mut child, _)) = daemon {
@@ -264,11 +310,17 @@ fn change_tree(root: &Path, scale: f64) -> u64 {
     let mut random = Random(0xc4a9);
     let mut changed = 0;
     let shard = root.join("model-00000-of-00002.safetensors");
-    let file = std::fs::OpenOptions::new().write(true).open(&shard).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
     let offset = (80.0 * scale * 1024.0 * 1024.0) as u64;
     std::os::unix::fs::FileExt::write_all_at(&file, &random.bytes(8 << 20), offset).unwrap();
     changed += 8 << 20;
-    let mut other = std::fs::OpenOptions::new().append(true).open(root.join("model-00001-of-00002.safetensors")).unwrap();
+    let mut other = std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("model-00001-of-00002.safetensors"))
+        .unwrap();
     other.write_all(&random.bytes(1 << 20)).unwrap();
     changed += 1 << 20;
     let venv = root.join("venv/lib/python3.11/site-packages");
@@ -276,7 +328,9 @@ fn change_tree(root: &Path, scale: f64) -> u64 {
     let text_block = text_sample();
     'outer: for package in 0..300 {
         let dir = venv.join(format!("pkg{package:03}/sub00"));
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "py") {
@@ -301,7 +355,11 @@ fn change_tree(root: &Path, scale: f64) -> u64 {
 }
 
 fn text_sample() -> Vec<u8> {
-    let words = ["def", "return", "self", "import", "numpy", "as", "np", "class", "for", "in", "range", "if", "else", "tensor", "shape", "=", "(", ")", ":", "\n    ", "\n", "x", "y", "0", "1", "None", "True", "value", "data", "model"];
+    let words = [
+        "def", "return", "self", "import", "numpy", "as", "np", "class", "for", "in", "range",
+        "if", "else", "tensor", "shape", "=", "(", ")", ":", "\n    ", "\n", "x", "y", "0", "1",
+        "None", "True", "value", "data", "model",
+    ];
     let mut random = Random(42);
     let mut out = Vec::new();
     while out.len() < 64 * 1024 {
@@ -342,7 +400,11 @@ impl Random {
 }
 
 fn rsync_daemon(base: &Path, root: &Path) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = base.join("rsyncd.conf");
     std::fs::write(
         &config,
@@ -353,7 +415,15 @@ fn rsync_daemon(base: &Path, root: &Path) -> (Child, u16) {
     )
     .unwrap();
     let child = Command::new("rsync")
-        .args(["--daemon", "--no-detach", "--address", "127.0.0.1", "--port", &port.to_string(), "--config"])
+        .args([
+            "--daemon",
+            "--no-detach",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--config",
+        ])
         .arg(&config)
         .spawn()
         .unwrap();
@@ -426,11 +496,17 @@ async fn wait_listed(client: &Client) {
     {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let catalog = client.network_catalog(&aienv::client::NetworkQuery::default()).await.unwrap();
+            let catalog = client
+                .network_catalog(&aienv::client::NetworkQuery::default())
+                .await
+                .unwrap();
             if catalog.iter().any(|e| e.workspace.name == "bench") {
                 return;
             }
-            assert!(Instant::now() < deadline, "the share did not reach the second node");
+            assert!(
+                Instant::now() < deadline,
+                "the share did not reach the second node"
+            );
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -445,7 +521,19 @@ struct Node {
 impl Node {
     fn start(data: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aienv"))
-            .args(["serve", "--http-port", "0", "--bind", "127.0.0.1", "--no-discovery", "--announce-interval", "0.2", "--name", name, "--data-dir"])
+            .args([
+                "serve",
+                "--http-port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--no-discovery",
+                "--announce-interval",
+                "0.2",
+                "--name",
+                name,
+                "--data-dir",
+            ])
             .arg(data)
             .args(extra)
             .env(
@@ -460,8 +548,14 @@ impl Node {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("aienv: listening on ").unwrap().to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("aienv: listening on ")
+            .unwrap()
+            .to_string();
         Node {
             child,
             url,
@@ -475,7 +569,10 @@ impl Node {
 
     fn client(&self) -> Client {
         let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
-        Client::new(&self.url, Some(Credentials::Token(token.trim().to_string())))
+        Client::new(
+            &self.url,
+            Some(Credentials::Token(token.trim().to_string())),
+        )
     }
 
     fn stop(&mut self) {
@@ -489,4 +586,3 @@ impl Drop for Node {
         self.stop();
     }
 }
-

@@ -527,7 +527,7 @@ impl TransferQueue {
                                 job.target_name = outcome.local_name;
                                 job.notes.extend(outcome.notes);
                                 job.progress = outcome.progress;
-                        job.local_root = outcome.local_root;
+                                job.local_root = outcome.local_root;
                             }
                             actor.set_finished(id, JobState::Done, None);
                             for stale in ["tree", "stage", "done.log", "root"] {

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::chunk_frame::{FrameDecoder, FrameKind, HEADER_LEN};
 use crate::peer_registry::{PeerRegistryHandle, PeerState};
 use crate::shutdown::Shutdown;
-use crate::snapshot::{Hash, Snapshot};
+use crate::snapshot::{EntryKind, Hash, Snapshot};
 use crate::workspace_store::{CloneRequest, Origin, WorkspaceStoreHandle};
 
 use super::client::{FetchError, TransferClient};
@@ -96,6 +96,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     let started = Instant::now();
     let mut progress = Progress::default();
     cx.state(JobState::FetchingManifest);
+    let mut phases = Phases::new();
     let local = match cx.job.kind {
         TransferKind::Clone => None,
         TransferKind::Sync => Some(
@@ -106,6 +107,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // A sync whose source and clone are both as the last transfer left them has nothing to
     // do: the source answers "not modified" to the root it had, and the clone's own snapshot
     // (a stat walk) still has the root recorded after that transfer.
+    let mut fetched = None;
     if let (Some(local), Some(baseline)) = (&local, cx.job.baseline) {
         let origin = local.origin.as_ref().expect("a sync target is a clone");
         let id = local.manifest.id.to_string();
@@ -114,7 +116,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             cx.store.snapshot(&id),
         )
         .await;
-        if source?.is_none() && mine?.0.root == baseline {
+        fetched = source?;
+        if fetched.is_none() && mine?.0.root == baseline {
             return Ok(Outcome {
                 local_id: local.manifest.id,
                 local_name: local.manifest.name.clone(),
@@ -127,12 +130,13 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             });
         }
     }
-    let snapshot = Arc::new(
-        cx.fetch_manifest(cx.job.peer_id, None)
+    let snapshot = Arc::new(match fetched {
+        Some(snapshot) => snapshot,
+        None => cx
+            .fetch_manifest(cx.job.peer_id, None)
             .await?
             .expect("a manifest without a known root is always sent"),
-    );
-    let mut phases = Phases::new();
+    });
     phases.mark("manifest");
     let previous_root = std::fs::read(cx.job_dir.join("root")).ok();
     if previous_root.as_deref() != Some(&snapshot.root.0[..]) {
@@ -219,6 +223,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         blocking(move || stage.copy_local(needed, &chunks)).await?
     };
     phases.mark("local-copy");
+    tracing::info!(job = %cx.job.id, copied, "copied from this node");
     progress.bytes_local += copied;
     progress.bytes_done += copied;
     progress.files_done = progress
@@ -277,7 +282,10 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         .snapshot(&outcome.local_id.to_string())
         .await
         .ok()
-        .map(|(snapshot, _)| snapshot.root);
+        .map(|(snapshot, stats)| {
+            tracing::debug!(job = %cx.job.id, ?stats, "local snapshot after the transfer");
+            snapshot.root
+        });
     phases.mark("materialize");
     tracing::info!(job = %cx.job.id, phases = %phases, "transfer phases");
     let elapsed = started.elapsed().as_secs_f64();
@@ -834,14 +842,17 @@ impl JobContext {
             .await?;
         notes.extend(created.notes);
         let local_id = created.workspace.manifest.id;
-        let skip: HashSet<String> = relocation
-            .relocated
-            .keys()
-            .cloned()
-            .chain([crate::model::WORKSPACE_FILE.to_string()])
+        let written: HashSet<String> = snapshot
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.path.clone())
+            .filter(|path| {
+                !relocation.relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE
+            })
             .collect();
         self.store
-            .record_snapshot(local_id, snapshot.clone(), skip)
+            .record_snapshot(local_id, snapshot.clone(), written)
             .await?;
         Ok(Outcome {
             local_id,
@@ -887,19 +898,24 @@ impl JobContext {
             plan.dirs.len(),
             plan.remove.len()
         );
-        let relocated: HashSet<String> = origin
-            .relocated
-            .keys()
-            .cloned()
-            .chain([crate::model::WORKSPACE_FILE.to_string()])
+        let written: HashSet<String> = plan
+            .files
+            .iter()
+            .map(|(_, path)| path.clone())
+            .filter(|path| {
+                !origin.relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE
+            })
             .collect();
+        let started = Instant::now();
         let entry = self
             .store
             .commit_sync(id, plan, origin, &self.job.request.by)
             .await?;
+        let committed = started.elapsed();
         self.store
-            .record_snapshot(id, snapshot.clone(), relocated)
+            .record_snapshot(id, snapshot.clone(), written)
             .await?;
+        tracing::debug!(job = %self.job.id, ?committed, recorded = ?started.elapsed() - committed, "sync committed");
         let mut notes = relocation.notes;
         notes.push(summary);
         Ok(Outcome {

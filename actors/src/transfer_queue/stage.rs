@@ -296,9 +296,19 @@ impl Stage {
         Ok((remaining, copied))
     }
 
-    fn copy_in_kernel(&self, hash: &Hash, chunks: &ChunkStore) -> Result<Option<u64>, TransferError> {
+    fn copy_in_kernel(
+        &self,
+        hash: &Hash,
+        chunks: &ChunkStore,
+    ) -> Result<Option<u64>, TransferError> {
         let places = match self.dests.lock().expect("not poisoned").get(hash) {
-            Some(places) if places.iter().all(|(index, _)| !self.snapshot.entries[*index].chunks.is_empty()) => places.clone(),
+            Some(places)
+                if places
+                    .iter()
+                    .all(|(index, _)| !self.snapshot.entries[*index].chunks.is_empty()) =>
+            {
+                places.clone()
+            }
             _ => return Ok(None),
         };
         let mut copied = 0;
@@ -313,7 +323,13 @@ impl Stage {
                 // Places done so far are rewritten by the fallback; nothing is lost.
                 return Ok(None);
             }
-            copied += u64::from(self.snapshot.entries[*index].file_chunks().iter().find(|(o, _)| o == offset).map_or(0, |(_, c)| c.size));
+            copied += u64::from(
+                self.snapshot.entries[*index]
+                    .file_chunks()
+                    .iter()
+                    .find(|(o, _)| o == offset)
+                    .map_or(0, |(_, c)| c.size),
+            );
         }
         self.dests.lock().expect("not poisoned").remove(hash);
         self.finished(hash, &places);
@@ -381,7 +397,10 @@ impl Stage {
             }
         }
         drop(incomplete);
-        self.log_buffer.lock().expect("not poisoned").extend_from_slice(&hash.0);
+        self.log_buffer
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(&hash.0);
     }
 
     /// Appends the buffered done entries to `done.log`.
@@ -673,7 +692,7 @@ fn add_file(
 ) -> Result<(), TransferError> {
     let exists = full.exists();
     let chunks = entry.file_chunks();
-    if chunks.len() != 1 || entry.size == 0 {
+    if !entry.chunks.is_empty() || entry.size == 0 {
         // Empty files are created now; large ones preallocated for positioned writes.
         let file = fs::OpenOptions::new()
             .write(true)
@@ -709,7 +728,6 @@ fn read_done_log(job_dir: &Path) -> HashSet<Hash> {
         .map(|c| Hash(c.try_into().expect("32 bytes")))
         .collect()
 }
-
 
 /// The process umask, read without changing it (`/proc/self/status`); 0o022 when unknown.
 fn process_umask() -> u32 {

@@ -28,9 +28,9 @@ use super::error::StoreError;
 
 /// Files changed this recently before a scan are hashed again next time: a second write
 /// within the file system's timestamp granularity would not move their mtime. Linux file
-/// systems stamp with the kernel's coarse clock (a few ms); a whole-second mtime suggests a
-/// file system with second (or two-second) granularity.
-const RACY_WINDOW: Duration = Duration::from_millis(100);
+/// systems stamp with the kernel's coarse clock, which ticks every 1–10 ms (`CONFIG_HZ`);
+/// a whole-second mtime suggests a file system with second (or two-second) granularity.
+const RACY_WINDOW: Duration = Duration::from_millis(20);
 const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 
 fn is_racy(mtime_ns: i64, scan_started: SystemTime) -> bool {
@@ -166,7 +166,10 @@ fn walk(root: &Path) -> Result<Vec<WalkEntry>, StoreError> {
             } else if file_type.is_symlink() {
                 let target = fs::read_link(child.path())
                     .map_err(StoreError::io("reading link", child.path()))?;
-                (EntryKind::Symlink, Some(target.to_string_lossy().into_owned()))
+                (
+                    EntryKind::Symlink,
+                    Some(target.to_string_lossy().into_owned()),
+                )
             } else if file_type.is_file() {
                 (EntryKind::File, None)
             } else {
@@ -180,7 +183,11 @@ fn walk(root: &Path) -> Result<Vec<WalkEntry>, StoreError> {
                 } else {
                     metadata.permissions().mode() & 0o777
                 },
-                size: if kind == EntryKind::File { metadata.len() } else { 0 },
+                size: if kind == EntryKind::File {
+                    metadata.len()
+                } else {
+                    0
+                },
                 mtime_ns: mtime_ns(&metadata),
                 ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
                 ino: metadata.ino(),
@@ -214,7 +221,12 @@ impl ChunkIndex {
         let scan_started = SystemTime::now();
         let walk = walk(root)?;
         let key = (workspace, name.to_string(), revision);
-        if let Some(cached) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(&workspace) {
+        if let Some(cached) = self
+            .memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&workspace)
+        {
             if cached.key == key && cached.walk == walk && !cached.racy {
                 let stats = ScanStats {
                     files_cached: walk.iter().filter(|w| w.kind == EntryKind::File).count() as u64,
@@ -296,21 +308,21 @@ impl ChunkIndex {
         Ok((snapshot, stats))
     }
 
-    /// Records the files of a snapshot just written at `root` (a finished clone), so the next
-    /// snapshot there only stats them. Files whose content differs from the snapshot (a
-    /// relocated script) are skipped and hashed on the next pass.
+    /// Records the files `paths` of a snapshot just written at `root` (by a clone or sync),
+    /// so the next snapshot there only stats them. Callers leave out files whose content
+    /// differs from the snapshot (a relocated script); those are hashed on the next pass.
     pub fn record(
         &self,
         workspace: Uuid,
         root: &Path,
         snapshot: &Snapshot,
-        skip: &HashSet<String>,
+        paths: &HashSet<String>,
     ) -> Result<(), StoreError> {
         let now = SystemTime::now();
         for entry in snapshot
             .entries
             .iter()
-            .filter(|e| e.kind == EntryKind::File && !skip.contains(&e.path))
+            .filter(|e| e.kind == EntryKind::File && paths.contains(&e.path))
         {
             let full = root.join(&entry.path);
             let Ok(metadata) = fs::symlink_metadata(&full) else {
@@ -435,7 +447,14 @@ impl ChunkIndex {
         let Some((file, true)) = self.open_indexed(root, location) else {
             return false;
         };
-        copy_range(&file, location.offset, target, offset, u64::from(location.len)).is_ok()
+        copy_range(
+            &file,
+            location.offset,
+            target,
+            offset,
+            u64::from(location.len),
+        )
+        .is_ok()
     }
 
     fn changed(&self, root: &Path, location: &ChunkLocation, hash: &Hash) {
@@ -539,7 +558,14 @@ fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
         // It grew since the walk: cut it as a large file; its new stamp makes the next
         // snapshot read it again.
         let file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
-        return chunk_large(path, file, FileRecord { mtime_ns: 0, ..record });
+        return chunk_large(
+            path,
+            file,
+            FileRecord {
+                mtime_ns: 0,
+                ..record
+            },
+        );
     }
     Ok(FileRecord {
         size: data.len() as u64,
@@ -549,7 +575,11 @@ fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
 }
 
 /// Hashes and cuts a large file.
-fn chunk_large(path: &Path, file: fs::File, mut record: FileRecord) -> Result<FileRecord, StoreError> {
+fn chunk_large(
+    path: &Path,
+    file: fs::File,
+    mut record: FileRecord,
+) -> Result<FileRecord, StoreError> {
     let mut whole = blake3::Hasher::new();
     let chunker = fastcdc::v2020::StreamCDC::new(
         file,
@@ -577,7 +607,13 @@ fn chunk_large(path: &Path, file: fs::File, mut record: FileRecord) -> Result<Fi
 }
 
 /// `copy_file_range` until `len` bytes are copied.
-fn copy_range(source: &fs::File, mut from: u64, target: &fs::File, mut to: u64, mut len: u64) -> std::io::Result<()> {
+fn copy_range(
+    source: &fs::File,
+    mut from: u64,
+    target: &fs::File,
+    mut to: u64,
+    mut len: u64,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     while len > 0 {
         let mut off_in = from as libc::loff_t;

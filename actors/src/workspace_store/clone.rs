@@ -119,7 +119,10 @@ impl ChunkStore {
         let view = self.view.borrow().clone();
         self.chunks.locate(hash, None).iter().any(|location| {
             view.find(&location.workspace.to_string())
-                .is_some_and(|entry| self.chunks.copy_unchanged(&entry.path, location, target, offset))
+                .is_some_and(|entry| {
+                    self.chunks
+                        .copy_unchanged(&entry.path, location, target, offset)
+                })
         })
     }
 
@@ -229,10 +232,7 @@ fn apply(root: &Path, plan: &SyncPlan) -> Result<(), StoreError> {
 impl WorkspaceStoreHandle {
     /// A snapshot of the workspace `target` (id or name), hashing only files that changed
     /// since the last one. Runs off the actor.
-    pub async fn snapshot(
-        &self,
-        target: &str,
-    ) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
+    pub async fn snapshot(&self, target: &str) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
         let entry = self.get(target)?;
         let chunks = self.chunks.clone();
         tokio::task::spawn_blocking(move || {
@@ -324,17 +324,18 @@ impl WorkspaceStoreHandle {
         .await?
     }
 
-    /// Records the files of a freshly written clone in the chunk index (off the actor), so
-    /// its next snapshot only stats them and its chunks serve local dedup at once.
+    /// Records freshly written files of a clone (`paths`, as in `snapshot`) in the chunk
+    /// index, off the actor, so its next snapshot only stats them and their chunks serve
+    /// local dedup at once.
     pub async fn record_snapshot(
         &self,
         id: Uuid,
         snapshot: Arc<Snapshot>,
-        skip: HashSet<String>,
+        paths: HashSet<String>,
     ) -> Result<(), StoreError> {
-        let root = self.workspace_root(id);
+        let root = self.get(&id.to_string())?.path.clone();
         let chunks = self.chunks.clone();
-        tokio::task::spawn_blocking(move || chunks.record(id, &root, &snapshot, &skip))
+        tokio::task::spawn_blocking(move || chunks.record(id, &root, &snapshot, &paths))
             .await
             .map_err(|_| StoreError::Unavailable)?
     }
