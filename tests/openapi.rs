@@ -77,7 +77,7 @@ fn response_schema(
     Some((Some(media.clone()), body.get("schema").cloned()))
 }
 
-async fn run(node: &TestNode, spec: &Value, case: &Case, covered: &mut BTreeSet<String>) {
+async fn run(node: &TestNode, spec: &Value, case: &Case, covered: &mut BTreeSet<String>) -> Value {
     let client = awc::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .finish();
@@ -117,6 +117,7 @@ async fn run(node: &TestNode, spec: &Value, case: &Case, covered: &mut BTreeSet<
             "{label}: content-type {content_type}, documented {media}"
         );
     }
+    let mut returned = Value::Null;
     if media.as_deref() == Some("application/json") {
         let value: Value =
             serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{label}: not JSON: {e}"));
@@ -134,16 +135,20 @@ async fn run(node: &TestNode, spec: &Value, case: &Case, covered: &mut BTreeSet<
         if let Some(code) = case.code {
             assert_eq!(value["error"]["code"], code, "{label}");
         }
+        returned = value;
     }
-    if (200..300).contains(&status) || status == 101 {
+    if (200..300).contains(&status) || status == 101 || status == 304 {
         covered.insert(format!("{} {}", case.method, case.template));
     }
+    returned
 }
 
 #[actix_rt::test]
 async fn live_server_matches_openapi_document() {
     let spec = load_spec();
-    let node = TestNode::spawn();
+    let temp = tempfile::tempdir().unwrap();
+    // Chunks are served slowly, so a transfer can be cancelled mid-way.
+    let node = TestNode::spawn_on(&temp.path().join("node"), &["--test-chunk-delay-ms", "300"]);
     let admin = node.admin();
     admin
         .create(&CreateWorkspace {
@@ -821,6 +826,261 @@ async fn live_server_matches_openapi_document() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 101);
     covered.insert("GET /events".into());
+
+    // Transfers: the node serves a snapshot and chunks; a second node clones from it.
+    let source = admin
+        .create(&CreateWorkspace {
+            name: "transfer-src".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let source_path = std::path::PathBuf::from(source.workspace.path.unwrap());
+    for i in 0..4u8 {
+        std::fs::write(source_path.join(format!("data/f{i}.bin")), vec![i; 300_000]).unwrap();
+    }
+    admin
+        .share("transfer-src", &aienv::api::ShareRequest::default())
+        .await
+        .unwrap();
+    let snapshot = aienv_actors::snapshot::Snapshot::decode(
+        &admin.snapshot("transfer-src").await.unwrap(),
+        &aienv_actors::snapshot::SnapshotLimits::default(),
+    )
+    .unwrap();
+    let chunk = snapshot.entries.iter().find_map(|e| e.hash).unwrap();
+    let root_tag = format!("\"{}\"", snapshot.root);
+    let snap = "/workspaces/{ws}/snapshot";
+    let chunks = "/workspaces/{ws}/chunks";
+    for case in [
+        case(
+            "GET",
+            snap,
+            "/workspaces/transfer-src/snapshot",
+            Body::None,
+            false,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            snap,
+            "/workspaces/nothing/snapshot",
+            Body::None,
+            false,
+            404,
+            Some("workspace-not-found"),
+        ),
+        case(
+            "POST",
+            chunks,
+            "/workspaces/transfer-src/chunks",
+            Body::Raw("application/octet-stream", chunk.0.to_vec()),
+            false,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            chunks,
+            "/workspaces/transfer-src/chunks?compress=none",
+            Body::Raw("application/octet-stream", chunk.0.to_vec()),
+            false,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            chunks,
+            "/workspaces/transfer-src/chunks",
+            Body::Raw("application/octet-stream", vec![0; 33]),
+            false,
+            400,
+            Some("invalid-chunk-request"),
+        ),
+        case(
+            "POST",
+            chunks,
+            "/workspaces/gone-for-good/chunks",
+            Body::Raw("application/octet-stream", vec![0; 32]),
+            false,
+            404,
+            Some("workspace-not-found"),
+        ),
+    ] {
+        run(&node, &spec, &case, &mut covered).await;
+    }
+    let not_modified = awc::Client::default()
+        .get(format!(
+            "{}/api/v1/workspaces/transfer-src/snapshot",
+            node.url
+        ))
+        .insert_header(("if-none-match", root_tag))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status().as_u16(), 304);
+
+    let peer = TestNode::spawn_with_env(
+        &temp.path().join("peer"),
+        &["--name", "peer", "--announce-interval", "0.2"],
+        &[(
+            "AIENV_DISCOVERY_STATIC_PEERS",
+            node.url.trim_start_matches("http://"),
+        )],
+    );
+    let peer_admin = peer.admin();
+    common::eventually("the peer lists the shared workspace", || async {
+        peer_admin
+            .network_catalog(&aienv::client::NetworkQuery::default())
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.workspace.name == "transfer-src")
+    })
+    .await;
+    let t = "/transfers";
+    let t_id = "/transfers/{id}";
+    let clone = json!({"kind": "clone", "peer": "test-node", "workspace": "transfer-src"});
+    for case in [
+        case(
+            "POST",
+            t,
+            t,
+            Body::Json(json!({"kind": "copy", "workspace": "x"})),
+            true,
+            422,
+            Some("invalid-field"),
+        ),
+        case(
+            "POST",
+            t,
+            t,
+            Body::Json(json!({"kind": "clone", "peer": "nobody", "workspace": "x"})),
+            true,
+            404,
+            Some("peer-not-found"),
+        ),
+        case(
+            "POST",
+            t,
+            t,
+            Body::Json(json!({"kind": "clone", "peer": "test-node", "workspace": "transfer-sr"})),
+            true,
+            404,
+            Some("workspace-not-found"),
+        ),
+        case(
+            "POST",
+            t,
+            t,
+            Body::Json(clone.clone()),
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "GET",
+            t_id,
+            "/transfers/00000000-0000-0000-0000-000000000000",
+            Body::None,
+            true,
+            404,
+            Some("transfer-not-found"),
+        ),
+    ] {
+        run(&peer, &spec, &case, &mut covered).await;
+    }
+    let job = run(
+        &peer,
+        &spec,
+        &case("POST", t, t, Body::Json(clone), true, 202, None),
+        &mut covered,
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let path = format!("/transfers/{id}");
+    run(
+        &peer,
+        &spec,
+        &case("GET", t, t, Body::None, true, 200, None),
+        &mut covered,
+    )
+    .await;
+    run(
+        &peer,
+        &spec,
+        &case("GET", t_id, &path, Body::None, true, 200, None),
+        &mut covered,
+    )
+    .await;
+    run(
+        &peer,
+        &spec,
+        &case(
+            "POST",
+            "/transfers/{id}/retry",
+            &format!("{path}/retry"),
+            Body::None,
+            true,
+            409,
+            Some("wrong-state"),
+        ),
+        &mut covered,
+    )
+    .await;
+    run(
+        &peer,
+        &spec,
+        &case("DELETE", t_id, &path, Body::None, true, 200, None),
+        &mut covered,
+    )
+    .await;
+    common::eventually("the job is cancelled", || async {
+        peer_admin.transfer(&id).await.unwrap().state == "cancelled"
+    })
+    .await;
+    run(
+        &peer,
+        &spec,
+        &case(
+            "POST",
+            "/transfers/{id}/retry",
+            &format!("{path}/retry"),
+            Body::None,
+            true,
+            202,
+            None,
+        ),
+        &mut covered,
+    )
+    .await;
+    common::eventually("the retried job is done", || async {
+        peer_admin.transfer(&id).await.unwrap().state == "done"
+    })
+    .await;
+    run(
+        &peer,
+        &spec,
+        &case(
+            "GET",
+            "/workspaces/{ws}",
+            "/workspaces/transfer-src",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        &mut covered,
+    )
+    .await;
+    run(
+        &peer,
+        &spec,
+        &case("DELETE", t_id, &path, Body::None, true, 204, None),
+        &mut covered,
+    )
+    .await;
 
     // Every documented operation was exercised successfully.
     let mut documented = BTreeMap::new();
