@@ -26,7 +26,13 @@ fn dashboard_in_chromium() {
     let temp = tempfile::tempdir().unwrap();
     let port = common::free_udp_port();
     let spawn = |name: &str| TestNode::spawn_discovering(&temp.path().join(name), name, port);
-    let a = spawn("alpha");
+    // Alpha serves chunks slowly, so the clone's progress bar can be seen moving.
+    let a = TestNode::spawn_discovering_with(
+        &temp.path().join("alpha"),
+        "alpha",
+        port,
+        &["--test-chunk-delay-ms", "150"],
+    );
     let b = spawn("beta");
     let mut c = spawn("gamma");
 
@@ -65,6 +71,24 @@ fn dashboard_in_chromium() {
         let line = line.unwrap();
         eprintln!("e2e: {line}");
         match line.as_str() {
+            "ACTION fill-a" => {
+                // 16 MiB of data in alpha's shared workspace, to clone from beta.
+                let root = std::fs::read_dir(a.data_dir.join("workspaces"))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .find(|dir| {
+                        std::fs::read_to_string(dir.join("workspace.yaml"))
+                            .is_ok_and(|text| text.contains("name: vision-lab"))
+                    })
+                    .expect("vision-lab exists on alpha");
+                for i in 0..16u8 {
+                    let data: Vec<u8> = (0..1usize << 20)
+                        .map(|j| (j as u8).wrapping_mul(31).wrapping_add(i) ^ (j >> 9) as u8)
+                        .collect();
+                    std::fs::write(root.join(format!("data/part{i}.bin")), data).unwrap();
+                }
+                writeln!(to_script, "done").unwrap();
+            }
             "ACTION kill-c" => {
                 c.kill9();
                 writeln!(to_script, "done").unwrap();

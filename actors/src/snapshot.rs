@@ -115,7 +115,9 @@ pub struct SnapshotEntry {
     /// Size in bytes (files only).
     #[serde(default)]
     pub size: u64,
-    /// BLAKE3 of the whole content (files only).
+    /// Files only: BLAKE3 of the content for a small file, [`chunk_list_hash`] of the chunks
+    /// for a large one (so it follows from chunks verified one by one, and hashing a changed
+    /// file costs one pass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<Hash>,
     /// Link target (symlinks only).
@@ -371,6 +373,9 @@ impl Snapshot {
                                 entry.size
                             )));
                         }
+                        if entry.hash != Some(chunk_list_hash(&entry.chunks)) {
+                            return Err(bad("its hash is not the hash of its chunk list".into()));
+                        }
                     }
                 }
             }
@@ -474,6 +479,18 @@ pub fn root_hash(entries: &[SnapshotEntry]) -> Hash {
             hasher.update(&chunk.hash.0);
             hasher.update(&chunk.size.to_le_bytes());
         }
+    }
+    Hash(*hasher.finalize().as_bytes())
+}
+
+/// The hash of a large file: BLAKE3 over `aienv-chunks-v1\0` and each chunk's hash and
+/// size (u32 LE), in order.
+pub fn chunk_list_hash(chunks: &[ChunkRef]) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"aienv-chunks-v1\0");
+    for chunk in chunks {
+        hasher.update(&chunk.hash.0);
+        hasher.update(&chunk.size.to_le_bytes());
     }
     Hash(*hasher.finalize().as_bytes())
 }
@@ -585,6 +602,15 @@ mod tests {
             hash: Hash::of(b"x"),
             size: 1,
         }];
+        let mut forged_hash = file("f", b"x");
+        forged_hash.size = 2 * SMALL_FILE_MAX;
+        forged_hash.chunks = vec![
+            ChunkRef {
+                hash: Hash::of(b"a"),
+                size: SMALL_FILE_MAX as u32,
+            };
+            2
+        ];
         let cases: Vec<(Vec<SnapshotEntry>, &str)> = vec![
             (vec![file("../etc/passwd", b"x")], "contains `..`"),
             (vec![file("/etc/passwd", b"x")], "absolute path"),
@@ -597,6 +623,7 @@ mod tests {
             (vec![absurd], "more than the limit"),
             (vec![setuid], "setuid"),
             (vec![lying_chunks], "chunks add up"),
+            (vec![forged_hash], "hash of its chunk list"),
             (
                 vec![file("README", b"x"), file("readme", b"y")],
                 "letter case",

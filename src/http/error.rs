@@ -180,6 +180,9 @@ impl From<TransferError> for ApiError {
                 Some(json!({ "name": name, "close_matches": close })),
             ),
             TransferError::NotAClone(_) => (S::CONFLICT, "not-a-clone", None),
+            TransferError::NameTaken(name) => {
+                (S::CONFLICT, "name-taken", Some(json!({ "name": name })))
+            }
             TransferError::JobNotFound(_) => (S::NOT_FOUND, "transfer-not-found", None),
             TransferError::WrongState { state, .. } => {
                 (S::CONFLICT, "wrong-state", Some(json!({ "state": state })))

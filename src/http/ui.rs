@@ -24,6 +24,7 @@ static FILES: &[(&str, &[u8])] = embed!(
     "js/overview.js",
     "js/network.js",
     "js/workspaces.js",
+    "js/transfers.js",
 );
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

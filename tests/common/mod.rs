@@ -107,20 +107,29 @@ impl TestNode {
     /// Starts a node that discovers its peers over loopback multicast on `port`, announcing
     /// every 0.2 s.
     pub fn spawn_discovering(data_dir: &Path, name: &str, port: u16) -> TestNode {
+        TestNode::spawn_discovering_with(data_dir, name, port, &[])
+    }
+
+    /// [`TestNode::spawn_discovering`] with extra `serve` arguments.
+    pub fn spawn_discovering_with(
+        data_dir: &Path,
+        name: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> TestNode {
         let port = port.to_string();
-        TestNode::spawn_on(
-            data_dir,
-            &[
-                "--name",
-                name,
-                "--discovery-iface",
-                "lo",
-                "--discovery-port",
-                &port,
-                "--announce-interval",
-                "0.2",
-            ],
-        )
+        let mut args = vec![
+            "--name",
+            name,
+            "--discovery-iface",
+            "lo",
+            "--discovery-port",
+            &port,
+            "--announce-interval",
+            "0.2",
+        ];
+        args.extend_from_slice(extra);
+        TestNode::spawn_on(data_dir, &args)
     }
 
     /// The admin token.

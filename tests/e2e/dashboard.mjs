@@ -102,6 +102,25 @@ try {
   await entry.waitFor();
   step('search and filters');
 
+  // Clone it on B: the progress bar moves, and the workspace appears in B's Workspaces.
+  await action('fill-a');
+  await entry.getByRole('button', { name: `Clone vision-lab from ${env('NAME_A')}` }).click();
+  await b.getByRole('heading', { name: 'Transfers' }).waitFor();
+  const job = b.locator('article.transfer').first();
+  await job.waitFor();
+  await b.waitForFunction(() => {
+    const bar = document.querySelector('article.transfer progress');
+    return bar && bar.value > 0 && bar.value < 100;
+  });
+  step('clone progress moves');
+  if (shots) await b.screenshot({ path: `${shots}/transfers.png`, fullPage: true });
+  await b.locator('article.transfer[data-state="done"]').waitFor();
+  await b.getByRole('link', { name: 'Workspaces' }).click();
+  await b.locator('tr[data-workspace="vision-lab"]').waitFor();
+  step('clone done and listed in Workspaces');
+  await b.getByRole('link', { name: 'Network' }).click();
+  await entry.waitFor();
+
   // Unsharing on A removes it from B live.
   await row.getByRole('switch', { name: 'Share vision-lab' }).uncheck();
   await entry.waitFor({ state: 'detached' });

@@ -5,17 +5,19 @@ import { api, setCsrf, ApiError } from './api.js';
 import * as overview from './overview.js';
 import * as network from './network.js';
 import * as workspaces from './workspaces.js';
+import * as transfers from './transfers.js';
 
 export const state = {
   user: null,
   node: null,
   workspaces: new Map(),
   peers: new Map(),
+  transfers: new Map(),
   feed: [],
   connected: false,
 };
 
-const views = { overview, network, workspaces };
+const views = { overview, network, workspaces, transfers };
 const listeners = new Set();
 let current = null;
 let socket = null;
@@ -61,6 +63,7 @@ function handle(message) {
       state.node = message.node;
       state.workspaces = new Map(message.workspaces.map((w) => [w.id, w]));
       state.peers = new Map((message.peers || []).map((p) => [p.id, p]));
+      state.transfers = new Map((message.transfers || []).map((t) => [t.id, t]));
       document.getElementById('node-name').textContent = `${message.node.name}`;
       changed('snapshot');
       break;
@@ -78,6 +81,18 @@ function handle(message) {
       if (message.type === 'peer_joined') record(`peer ${message.peer.name} joined`);
       else if (!before || before.state !== message.peer.state) record(`peer ${message.peer.name} is ${message.peer.state}`);
       changed('peers');
+      break;
+    }
+    case 'transfer_changed': {
+      const job = message.transfer;
+      const before = state.transfers.get(job.id);
+      state.transfers.set(job.id, job);
+      if (!before || before.state !== job.state) {
+        const what = `${job.kind} of ${job.peer_name}/${job.workspace_name}`;
+        if (job.state === 'failed') record(`${what} failed: ${job.error}`);
+        else if (['queued', 'done', 'cancelled'].includes(job.state)) record(`${what} ${job.state}`);
+      }
+      changed('transfers');
       break;
     }
     default:

@@ -4,6 +4,7 @@
 import { state, onChange, attempt } from './app.js';
 import { api } from './api.js';
 import { h, bytes, ago } from './dom.js';
+import { startClone } from './transfers.js';
 
 const TYPES = ['', 'general', 'notebook', 'training', 'fine-tuning', 'inference', 'dataset', 'model', 'app', 'course'];
 
@@ -38,7 +39,7 @@ export function mount(main) {
     field('Peer', peer), field('Sort by', sort));
   const body = h('tbody');
   const table = h('table', { 'aria-label': 'Network catalog' },
-    h('thead', {}, h('tr', {}, ['Workspace', 'Peer', 'Type', 'Tags', 'Updated'].map((c) => h('th', { scope: 'col', text: c })))),
+    h('thead', {}, h('tr', {}, ['Workspace', 'Peer', '', 'Type', 'Tags', 'Updated'].map((c) => h('th', { scope: 'col', text: c || 'Action' })))),
     body);
   const status = h('p', { class: 'muted', role: 'status' });
   main.append(h('h2', {}, 'Peers'), peers, h('h2', {}, 'Shared on the network'), filters, status, table);
@@ -60,6 +61,11 @@ export function mount(main) {
     body.replaceChildren(...sorted.map((e) => h('tr', { 'data-workspace': e.workspace.name },
       h('td', {}, h('strong', { text: e.workspace.name }), e.workspace.title ? h('div', { class: 'muted', text: e.workspace.title }) : null),
       h('td', { text: e.peer_name }),
+      h('td', {}, h('button', { type: 'button', 'aria-label': `Clone ${e.workspace.name} from ${e.peer_name}`,
+        onclick: (event) => {
+          event.target.disabled = true;
+          attempt(() => startClone(e.peer_id, e.workspace.id, e.workspace.name)).finally(() => { event.target.disabled = false; });
+        } }, 'Clone')),
       h('td', { text: e.workspace.type }),
       h('td', { text: e.workspace.tags.join(', ') }),
       h('td', { text: ago(e.workspace.updated) }))));

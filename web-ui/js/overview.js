@@ -17,6 +17,7 @@ function render(region) {
   const peers = [...state.peers.values()];
   const online = peers.filter((p) => p.state === 'online').length;
   const shared = [...state.workspaces.values()].filter((w) => w.sharing.enabled).length;
+  const active = [...state.transfers.values()].filter((t) => !['done', 'failed', 'cancelled'].includes(t.state)).length;
   const gpus = r.gpus.length
     ? r.gpus.map((g) => h('div', { class: 'card' }, h('h3', {}, 'GPU'), h('p', { text: `${g.model}` }), h('p', { class: 'muted', text: g.memory ? bytes(g.memory) : '' })))
     : [h('div', { class: 'card' }, h('h3', {}, 'GPU'), h('p', { class: 'muted', text: 'none' }))];
@@ -31,7 +32,8 @@ function render(region) {
     h('section', { class: 'grid', 'aria-label': 'Counts' },
       h('div', { class: 'card' }, h('h3', {}, 'Peers online'), h('p', { class: 'stat', id: 'count-peers', text: `${online}` })),
       h('div', { class: 'card' }, h('h3', {}, 'Workspaces'), h('p', { class: 'stat', text: `${state.workspaces.size}` })),
-      h('div', { class: 'card' }, h('h3', {}, 'Shared'), h('p', { class: 'stat', id: 'count-shared', text: `${shared}` }))),
+      h('div', { class: 'card' }, h('h3', {}, 'Shared'), h('p', { class: 'stat', id: 'count-shared', text: `${shared}` })),
+      h('div', { class: 'card' }, h('h3', {}, 'Active transfers'), h('p', { class: 'stat', id: 'count-transfers', text: `${active}` }))),
     h('h2', {}, 'Activity'),
     state.feed.length
       ? h('ul', { class: 'feed', 'aria-live': 'polite' }, state.feed.map((e) => h('li', {}, h('span', { class: 'muted', text: `${e.at.toLocaleTimeString()} ` }), e.text)))

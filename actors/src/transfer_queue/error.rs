@@ -25,6 +25,9 @@ pub enum TransferError {
         /// Close matches.
         close: Vec<String>,
     },
+    /// A clone would take a name this node already uses.
+    #[error("a workspace named `{0}` already exists here: clone it under another name (`as`; `--as NAME` in the CLI) or sync the existing clone")]
+    NameTaken(String),
     /// A sync was asked for a workspace that is not a clone.
     #[error("workspace `{0}` was not cloned from another node, so it has nothing to sync from")]
     NotAClone(String),

@@ -34,7 +34,7 @@ use crate::events::NodeEvent;
 use crate::peer_registry::{PeerRegistryHandle, PeerState};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, SnapshotLimits};
-use crate::workspace_store::{StoreError, WorkspaceStoreHandle};
+use crate::workspace_store::WorkspaceStoreHandle;
 
 pub use client::{ByteStream, FetchError, TransferClient};
 pub use error::TransferError;
@@ -419,10 +419,7 @@ impl TransferQueue {
             .unwrap_or_else(|| entry.name.clone());
         if let Ok(existing) = self.store.get(&job.target_name) {
             if existing.manifest.name == job.target_name {
-                return Err(TransferError::Store(StoreError::BadRequest(format!(
-                    "a workspace named `{}` already exists here; clone it under another name (`--as NAME`) or sync the existing clone",
-                    job.target_name
-                ))));
+                return Err(TransferError::NameTaken(job.target_name.clone()));
             }
         }
         Ok(())

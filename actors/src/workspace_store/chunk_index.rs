@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{
-    ChunkRef, EntryKind, Hash, Snapshot, SnapshotEntry, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN,
-    SMALL_FILE_MAX,
+    chunk_list_hash, ChunkRef, EntryKind, Hash, Snapshot, SnapshotEntry, CHUNK_AVG, CHUNK_MAX,
+    CHUNK_MIN, SMALL_FILE_MAX,
 };
 
 use super::error::StoreError;
@@ -62,7 +62,11 @@ struct FileRecord {
 
 impl FileRecord {
     fn stamp_matches(&self, seen: &WalkEntry) -> bool {
-        !self.racy
+        // Records of large files written before their hash became the chunk list's hash
+        // are stale whatever their stamp.
+        let current_format = self.chunks.is_empty() || self.hash == chunk_list_hash(&self.chunks);
+        current_format
+            && !self.racy
             && self.size == seen.size
             && self.mtime_ns == seen.mtime_ns
             && self.ctime_ns == seen.ctime_ns
@@ -534,7 +538,8 @@ fn chunk_key(hash: &Hash, workspace: Uuid, path: &str) -> Vec<u8> {
     key
 }
 
-/// Hashes a file: whole-file BLAKE3, and content-defined chunks when it is large.
+/// Hashes a file: BLAKE3 of a small file's content; a large file's content-defined chunks
+/// and the hash of its chunk list ([`chunk_list_hash`]).
 fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
     let mut file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
     let record = FileRecord {
@@ -580,7 +585,6 @@ fn chunk_large(
     file: fs::File,
     mut record: FileRecord,
 ) -> Result<FileRecord, StoreError> {
-    let mut whole = blake3::Hasher::new();
     let chunker = fastcdc::v2020::StreamCDC::new(
         file,
         CHUNK_MIN as usize,
@@ -591,14 +595,13 @@ fn chunk_large(
         let chunk = chunk.map_err(|error| {
             StoreError::io("reading", path)(std::io::Error::other(error.to_string()))
         })?;
-        whole.update(&chunk.data);
         record.chunks.push(ChunkRef {
             hash: Hash::of(&chunk.data),
             size: chunk.length as u32,
         });
         record.size += chunk.length as u64;
     }
-    record.hash = Hash(*whole.finalize().as_bytes());
+    record.hash = chunk_list_hash(&record.chunks);
     if record.size <= SMALL_FILE_MAX {
         // It shrank while being read: describe it as a small file.
         record.chunks.clear();
