@@ -474,6 +474,22 @@ pub fn host_name() -> String {
 mod tests {
     use super::*;
 
+    /// The documented example is a valid configuration naming every section.
+    #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config.example.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: Config = aienv_actors::yaml::from_str(&text, &path).unwrap();
+        assert_eq!(config.transfer, TransferSection::default());
+        assert_eq!(config.discovery, DiscoveryConfig::default());
+        for section in ["http:", "store:", "discovery:", "transfer:", "log:"] {
+            assert!(
+                text.contains(&format!("\n{section}")),
+                "{section} is documented"
+            );
+        }
+    }
+
     #[test]
     fn layers_and_sources() {
         let dir = tempfile::tempdir().unwrap();

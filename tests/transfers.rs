@@ -703,3 +703,93 @@ async fn a_cloned_venv_runs_at_its_new_path() {
     let source_pip = std::fs::read_to_string(venv.join("bin/pip")).unwrap();
     assert!(source_pip.contains(&*venv.to_string_lossy()));
 }
+
+#[actix_rt::test]
+async fn uploads_over_the_limit_are_refused_with_retry_after() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_with_env(
+        &temp.path().join("a"),
+        &["--name", "node-a", "--test-chunk-delay-ms", "500"],
+        &[
+            ("AIENV_TRANSFER_MAX_UPLOADS_PER_PEER", "1"),
+            ("AIENV_TRANSFER_MAX_UPLOADS", "2"),
+        ],
+    );
+    let root = shared_workspace(&a, "data").await;
+    std::fs::write(root.join("data/one.bin"), noise(100_000, 5)).unwrap();
+    let snapshot = decode(&a.admin().snapshot("data").await.unwrap());
+    let hash = snapshot.entries.iter().find_map(|e| e.hash).unwrap();
+    let ask = |peer: &'static str| {
+        let url = format!("{}/api/v1/workspaces/data/chunks", a.url);
+        async move {
+            let mut response = awc::Client::default()
+                .post(url)
+                .insert_header(("x-aienv-peer", peer))
+                .send_body(hash.0.to_vec())
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let _ = response.body().await;
+            (status, retry_after)
+        }
+    };
+    // One peer: the second concurrent batch is over its limit.
+    let (first, second) = futures_util::future::join(ask("peer-1"), ask("peer-1")).await;
+    let mut statuses = [first.0, second.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 429], "{first:?} {second:?}");
+    let refused = if first.0 == 429 { first } else { second };
+    assert_eq!(refused.1.as_deref(), Some("1"));
+    // Three peers: the node-wide limit of two answers 503.
+    let (x, (y, z)) = futures_util::future::join(
+        ask("p-1"),
+        futures_util::future::join(ask("p-2"), ask("p-3")),
+    )
+    .await;
+    let mut statuses = [x.0, y.0, z.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503]);
+}
+
+#[actix_rt::test]
+async fn a_clone_that_does_not_fit_is_refused_before_it_starts() {
+    let temp = tempfile::tempdir().unwrap();
+    let small = temp.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        common::skip("cannot mount a small tmpfs to fill up (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let a = TestNode::spawn_on(&temp.path().join("a"), &["--name", "node-a"]);
+    let root = shared_workspace(&a, "huge").await;
+    std::fs::write(root.join("data/big.bin"), noise(40 << 20, 9)).unwrap();
+    let b = node_with_peers(&small.join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "huge", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "huge").await;
+    let job = finished(&client, job.id).await;
+    assert_eq!(job.state, "failed");
+    let error = job.error.unwrap();
+    assert!(error.contains("not enough disk space"), "{error}");
+    assert_eq!(job.progress.bytes_fetched, 0, "nothing was fetched");
+    drop(b);
+}

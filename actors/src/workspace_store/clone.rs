@@ -113,7 +113,7 @@ impl ChunkStore {
     }
 
     /// Copies the chunk `hash` from any workspace of this node into `target` at `offset`
-    /// inside the kernel, from a file unchanged since it was indexed. `false` when no such
+    /// without hashing it, from a file unchanged since it was indexed. `false` when no such
     /// copy exists (then read it with [`ChunkStore::find_local`]).
     pub fn copy_local(&self, hash: &Hash, target: &std::fs::File, offset: u64) -> bool {
         let view = self.view.borrow().clone();
