@@ -91,6 +91,22 @@ async fn finished(client: &Client, id: uuid::Uuid) -> TransferDto {
     }
 }
 
+/// Waits until a quarter of a job's content is in place; returns the bytes in place then.
+async fn until_a_quarter_arrived(client: &Client, id: uuid::Uuid) -> u64 {
+    let arrived = std::rc::Rc::new(std::cell::Cell::new(0));
+    eventually("a quarter of the transfer arrived", || {
+        let client = client.clone();
+        let arrived = arrived.clone();
+        async move {
+            let job = client.transfer(&id.to_string()).await.unwrap();
+            arrived.set(job.progress.bytes_done);
+            job.progress.bytes_done > job.progress.bytes_total / 4
+        }
+    })
+    .await;
+    arrived.get()
+}
+
 async fn done(client: &Client, id: uuid::Uuid) -> TransferDto {
     let job = finished(client, id).await;
     assert_eq!(job.state, "done", "transfer failed: {:?}", job.error);
@@ -354,19 +370,7 @@ async fn a_killed_source_is_resumed_after_restart_without_refetching() {
     let client = b.admin();
     until_listed(&client, "node-a", "big", 1).await;
     let job = start(&client, "clone", Some("node-a"), "big").await;
-    let arrived = std::rc::Rc::new(std::cell::Cell::new(0));
-    eventually("a quarter of the transfer arrived", || {
-        let client = client.clone();
-        let id = job.id.to_string();
-        let arrived = arrived.clone();
-        async move {
-            let job = client.transfer(&id).await.unwrap();
-            arrived.set(job.progress.bytes_done);
-            job.progress.bytes_done > job.progress.bytes_total / 4
-        }
-    })
-    .await;
-    let arrived = arrived.get();
+    let arrived = until_a_quarter_arrived(&client, job.id).await;
     a.kill9();
     actix_rt::time::sleep(Duration::from_millis(500)).await;
     let a = TestNode::spawn_on(&a_dir, &["--name", "node-a", "--http-port", &port]);
@@ -403,19 +407,7 @@ async fn a_restarted_receiver_resumes_its_job() {
     let client = b.admin();
     until_listed(&client, "node-a", "big", 1).await;
     let job = start(&client, "clone", Some("node-a"), "big").await;
-    let arrived = std::rc::Rc::new(std::cell::Cell::new(0));
-    eventually("a quarter of the transfer arrived", || {
-        let client = client.clone();
-        let id = job.id.to_string();
-        let arrived = arrived.clone();
-        async move {
-            let job = client.transfer(&id).await.unwrap();
-            arrived.set(job.progress.bytes_done);
-            job.progress.bytes_done > job.progress.bytes_total / 4
-        }
-    })
-    .await;
-    let arrived = arrived.get();
+    let arrived = until_a_quarter_arrived(&client, job.id).await;
     b.kill9();
     // A crash may tear what was written last: damage the start of every staged part.
     let staged = b_dir

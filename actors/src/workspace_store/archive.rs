@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -492,7 +492,7 @@ pub fn import(
         if !seen.insert(path.clone()) {
             return Err(ArchiveError::Duplicate(path));
         }
-        let through = ancestors(&path)
+        let through = crate::snapshot::ancestors(&path)
             .find(|a| symlinks.contains(*a))
             .map(str::to_string);
         if let Some(link) = through {
@@ -740,34 +740,10 @@ fn content_path(raw: &[u8]) -> Result<String, ArchiveError> {
 }
 
 fn check_relative(path: &str) -> Result<(), ArchiveError> {
-    let unsafe_path = |reason| ArchiveError::UnsafePath {
+    crate::snapshot::check_relative(path).map_err(|reason| ArchiveError::UnsafePath {
         path: path.to_string(),
         reason,
-    };
-    if path.is_empty() {
-        return Err(unsafe_path("empty name"));
-    }
-    if path.contains('\0') || path.contains('\\') {
-        return Err(unsafe_path("contains a NUL byte or backslash"));
-    }
-    for component in Path::new(path).components() {
-        match component {
-            Component::Normal(_) => {}
-            Component::ParentDir => return Err(unsafe_path("contains `..`")),
-            Component::RootDir | Component::Prefix(_) => return Err(unsafe_path("absolute path")),
-            Component::CurDir => return Err(unsafe_path("contains `.`")),
-        }
-    }
-    if path.split('/').any(str::is_empty) {
-        return Err(unsafe_path("contains an empty component"));
-    }
-    Ok(())
-}
-
-/// Proper ancestors of a relative path, nearest last: `a/b/c` → `a`, `a/b`.
-fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    path.match_indices('/')
-        .map(move |(index, _)| &path[..index])
+    })
 }
 
 /// Whether a link at `path` with `target` points outside the workspace root.
@@ -823,6 +799,9 @@ mod tests {
         assert!(escapes("a/b", "../../x"));
         assert!(!escapes("a/b", "../x"));
         assert!(!escapes("a/b", "c/../d"));
-        assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), ["a", "a/b"]);
+        assert_eq!(
+            crate::snapshot::ancestors("a/b/c").collect::<Vec<_>>(),
+            ["a", "a/b"]
+        );
     }
 }
