@@ -294,6 +294,21 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                     println!("project:      {} ({})", project.name, project.path);
                 }
                 println!("environments: {}", w.environments.join(", "));
+                if let Some(origin) = &w.origin {
+                    println!(
+                        "cloned from:  {}/{} (revision {}, {})",
+                        origin.peer_name,
+                        origin.workspace_name,
+                        origin.revision,
+                        match origin.synced_at {
+                            Some(at) => format!("synced {}", at.to_rfc3339()),
+                            None => format!("cloned {}", origin.cloned_at.to_rfc3339()),
+                        }
+                    );
+                    for rebuild in &origin.needs_rebuild {
+                        println!("needs rebuild: {rebuild}");
+                    }
+                }
                 if let Some(path) = &w.path {
                     println!("path:         {path}");
                 }

@@ -117,7 +117,13 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         )
         .await;
         fetched = source?;
-        if fetched.is_none() && mine?.0.root == baseline {
+        let (mine, _) = mine?;
+        if fetched.is_none() && mine.root == baseline {
+            progress.bytes_total = mine.total_bytes();
+            progress.bytes_present = progress.bytes_total;
+            progress.bytes_done = progress.bytes_total;
+            progress.files_total = mine.file_count();
+            progress.files_done = progress.files_total;
             return Ok(Outcome {
                 local_id: local.manifest.id,
                 local_name: local.manifest.name.clone(),
