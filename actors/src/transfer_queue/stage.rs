@@ -280,16 +280,38 @@ impl Stage {
         needed: Vec<(Hash, u32)>,
         chunks: &ChunkStore,
     ) -> Result<(Vec<(Hash, u32)>, u64), TransferError> {
+        // Copying is bound by memory and disk bandwidth, not by one core: two workers.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let found: Vec<Mutex<Option<Result<u64, TransferError>>>> =
+            needed.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| loop {
+                    let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((hash, _)) = needed.get(at) else {
+                        break;
+                    };
+                    let result = match self.copy_trusted(hash, chunks) {
+                        Ok(Some(bytes)) => Ok(bytes),
+                        Ok(None) => match chunks.find_local(hash) {
+                            Some(data) => {
+                                tracing::debug!(chunk = %hash, "local chunk read and verified (its file is not known unchanged)");
+                                self.write_chunk(hash, &data)
+                            }
+                            None => continue,
+                        },
+                        Err(error) => Err(error),
+                    };
+                    *found[at].lock().expect("not poisoned") = Some(result);
+                });
+            }
+        });
         let mut remaining = Vec::new();
         let mut copied = 0;
-        for (hash, size) in needed {
-            if let Some(bytes) = self.copy_trusted(&hash, chunks)? {
-                copied += bytes;
-                continue;
-            }
-            match chunks.find_local(&hash) {
-                Some(data) => copied += self.write_chunk(&hash, &data)?,
-                None => remaining.push((hash, size)),
+        for (item, slot) in needed.into_iter().zip(found) {
+            match slot.into_inner().expect("not poisoned") {
+                Some(result) => copied += result?,
+                None => remaining.push(item),
             }
         }
         self.flush_log()?;
@@ -533,17 +555,24 @@ impl Stage {
         Ok(bad)
     }
 
-    /// Truncates the given files and queues their chunks again.
+    /// Queues the chunks of the given files again (recreating a large file that went missing,
+    /// at its full size, for positioned writes).
     pub fn requeue(&self, indices: &[usize]) -> Vec<(Hash, u32)> {
         let mut dests = self.dests.lock().expect("not poisoned");
         let mut needed = Vec::new();
         for &index in indices {
             let entry = &self.snapshot.entries[index];
-            if let Ok(file) = fs::OpenOptions::new()
-                .write(true)
-                .open(self.file_path(index))
-            {
-                let _ = file.set_len(entry.size);
+            if !entry.chunks.is_empty() {
+                if let Ok(file) = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(entry.mode | 0o200)
+                    .open(self.file_path(index))
+                {
+                    let _ = file.set_len(entry.size);
+                }
             }
             let mut incomplete = self.incomplete.lock().expect("not poisoned");
             for (offset, chunk) in entry.file_chunks() {
