@@ -14,7 +14,9 @@
 
 mod client;
 mod error;
+mod fetch;
 mod job;
+mod materialize;
 mod runner;
 mod stage;
 

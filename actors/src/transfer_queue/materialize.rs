@@ -1,0 +1,182 @@
+//! Turning a verified staging area into a workspace: relocate embedded paths, record the
+//! origin, and hand the clone (or the sync plan) to the WorkspaceStore, which renames it into
+//! place; then index the new files so the next snapshot only stats them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::snapshot::{EntryKind, Snapshot};
+use crate::workspace_store::{CloneRequest, Origin};
+
+use super::error::TransferError;
+use super::job::Progress;
+use super::runner::{blocking, JobContext, Outcome};
+use super::stage::Stage;
+
+impl JobContext {
+    pub(super) async fn materialize_clone(
+        &self,
+        stage: &Arc<Stage>,
+        snapshot: &Arc<Snapshot>,
+    ) -> Result<Outcome, TransferError> {
+        // A second copy on this node gets a new id (and so another directory).
+        let id = if self.store.get(&snapshot.workspace_id.to_string()).is_ok() {
+            Uuid::new_v4()
+        } else {
+            snapshot.workspace_id
+        };
+        let new_root = self.store.workspace_root(id);
+        let relocation = {
+            let stage = stage.clone();
+            blocking(move || stage.relocate(&new_root)).await?
+        };
+        let mut notes = relocation.notes.clone();
+        if !relocation.relocated.is_empty() {
+            notes.push(format!(
+                "relocated {} files and links that embedded the source's path: {}",
+                relocation.relocated.len(),
+                relocation
+                    .relocated
+                    .keys()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for rebuild in &relocation.needs_rebuild {
+            notes.push(format!("needs rebuild: {rebuild}"));
+        }
+        if id != snapshot.workspace_id {
+            set_id(stage.tree(), id)?;
+            notes.push(format!(
+                "this node already has workspace id {}; the clone got id {id}",
+                snapshot.workspace_id
+            ));
+        }
+        let origin = Origin {
+            peer_id: self.job.peer_id,
+            peer_name: self.job.peer_name.clone(),
+            workspace_id: snapshot.workspace_id,
+            workspace_name: snapshot.name.clone(),
+            revision: snapshot.revision,
+            root: snapshot.root,
+            cloned_at: Utc::now(),
+            synced_at: None,
+            relocated: relocation.relocated.clone(),
+            needs_rebuild: relocation.needs_rebuild.clone(),
+        };
+        let created = self
+            .store
+            .commit_clone(
+                CloneRequest {
+                    staging: stage.tree().to_path_buf(),
+                    origin,
+                    rename_to: self.job.request.rename_to.clone(),
+                    private: self.job.request.private,
+                    notes: Vec::new(),
+                },
+                &self.job.request.by,
+            )
+            .await?;
+        notes.extend(created.notes);
+        let local_id = created.workspace.manifest.id;
+        let written: HashSet<String> = snapshot
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.path.clone())
+            .filter(|path| {
+                !relocation.relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE
+            })
+            .collect();
+        self.store
+            .record_snapshot(local_id, snapshot.clone(), written)
+            .await?;
+        Ok(Outcome {
+            local_id,
+            local_name: created.workspace.manifest.name.clone(),
+            notes,
+            progress: Progress::default(),
+            local_root: None,
+        })
+    }
+
+    pub(super) async fn materialize_sync(
+        &self,
+        id: Uuid,
+        stage: &Arc<Stage>,
+        snapshot: &Arc<Snapshot>,
+    ) -> Result<Outcome, TransferError> {
+        let local = self.store.get(&id.to_string())?;
+        let new_root = local.path.clone();
+        let relocation = {
+            let stage = stage.clone();
+            blocking(move || stage.relocate(&new_root)).await?
+        };
+        let mut origin = local
+            .origin
+            .as_deref()
+            .cloned()
+            .expect("a sync target is a clone");
+        for (path, hash) in &relocation.relocated {
+            origin.relocated.insert(path.clone(), *hash);
+        }
+        origin
+            .relocated
+            .retain(|path, _| snapshot.entries.iter().any(|e| &e.path == path));
+        origin.needs_rebuild = relocation.needs_rebuild.clone();
+        origin.revision = snapshot.revision;
+        origin.root = snapshot.root;
+        origin.synced_at = Some(Utc::now());
+        let plan = stage.take_plan();
+        let summary = format!(
+            "{} files replaced, {} links set, {} directories created, {} paths removed",
+            plan.files.len(),
+            plan.links.len(),
+            plan.dirs.len(),
+            plan.remove.len()
+        );
+        let written: HashSet<String> = plan
+            .files
+            .iter()
+            .map(|(_, path)| path.clone())
+            .filter(|path| {
+                !origin.relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE
+            })
+            .collect();
+        let started = Instant::now();
+        let entry = self
+            .store
+            .commit_sync(id, plan, origin, &self.job.request.by)
+            .await?;
+        let committed = started.elapsed();
+        self.store
+            .record_snapshot(id, snapshot.clone(), written)
+            .await?;
+        tracing::debug!(job = %self.job.id, ?committed, recorded = ?started.elapsed() - committed, "sync committed");
+        let mut notes = relocation.notes;
+        notes.push(summary);
+        Ok(Outcome {
+            local_id: id,
+            local_name: entry.manifest.name.clone(),
+            notes,
+            progress: Progress::default(),
+            local_root: None,
+        })
+    }
+}
+
+/// Rewrites the `id` in a staged `workspace.yaml` (a second copy on this node).
+fn set_id(tree: &std::path::Path, id: Uuid) -> Result<(), TransferError> {
+    let path = tree.join(crate::model::WORKSPACE_FILE);
+    let mut manifest: crate::model::WorkspaceManifest =
+        crate::yaml::read_file(&path).map_err(|e| TransferError::Store(e.into()))?;
+    manifest.id = id;
+    std::fs::write(&path, crate::yaml::to_string(&manifest))
+        .map_err(TransferError::io("writing", &path))
+}
