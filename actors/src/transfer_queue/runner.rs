@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::peer_registry::{PeerRegistryHandle, PeerState};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
-use crate::workspace_store::{Origin, WorkspaceStoreHandle};
+use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, TransferClient};
 use super::error::TransferError;
@@ -81,34 +81,24 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // A sync whose source and clone are both as the last transfer left them has nothing to
     // do: the source answers "not modified" to the root it had, and the clone's own snapshot
     // (a stat walk) still has the root recorded after that transfer.
+    // The clone's snapshot is taken once per attempt and used by every step that needs it.
     let mut fetched = None;
+    let mut mine: Option<Arc<Snapshot>> = None;
     if let (Some(local), Some(baseline)) = (&local, cx.job.baseline) {
         let origin = local.origin.as_ref().expect("a sync target is a clone");
         let id = local.manifest.id.to_string();
-        let (source, mine) = futures_util::future::join(
+        let (source, current) = futures_util::future::join(
             cx.fetch_manifest(cx.job.peer_id, Some(origin.root)),
             cx.store.snapshot(&id),
         )
         .await;
         fetched = source?;
-        let (mine, _) = mine?;
-        if fetched.is_none() && mine.root == baseline {
-            progress.bytes_total = mine.total_bytes();
-            progress.bytes_present = progress.bytes_total;
-            progress.bytes_done = progress.bytes_total;
-            progress.files_total = mine.file_count();
-            progress.files_done = progress.files_total;
-            return Ok(Outcome {
-                local_id: local.manifest.id,
-                local_name: local.manifest.name.clone(),
-                notes: vec![format!(
-                    "`{}` is already up to date with its source",
-                    local.manifest.name
-                )],
-                local_root: Some(baseline),
-                progress,
-            });
+        let (current, _) = current?;
+        if fetched.is_none() && current.root == baseline {
+            let totals = (current.total_bytes(), current.file_count());
+            return Ok(up_to_date(local, totals, current.root, progress));
         }
+        mine = Some(current);
     }
     let snapshot = Arc::new(match fetched {
         Some(snapshot) => snapshot,
@@ -133,23 +123,17 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     progress.bytes_total = snapshot.total_bytes();
     progress.files_total = snapshot.file_count();
 
-    if let (Some(local), TransferKind::Sync) = (&local, cx.job.kind) {
+    if let Some(local) = &local {
+        if mine.is_none() {
+            mine = Some(cx.store.snapshot(&local.manifest.id.to_string()).await?.0);
+        }
+        let current = mine.as_ref().expect("taken just above");
         let origin = local.origin.as_ref().expect("a sync target is a clone");
-        if origin.root == snapshot.root {
-            let (current, _) = cx.store.snapshot(&local.manifest.id.to_string()).await?;
-            if let Some(note) = unchanged_note(&current, &snapshot, origin, &local.manifest.name) {
-                progress.bytes_present = progress.bytes_total;
-                progress.bytes_done = progress.bytes_total;
-                progress.files_done = progress.files_total;
-                cx.progress(&progress);
-                return Ok(Outcome {
-                    local_id: local.manifest.id,
-                    local_name: local.manifest.name.clone(),
-                    notes: vec![note],
-                    local_root: Some(current.root),
-                    progress,
-                });
-            }
+        if origin.root == snapshot.root && unchanged(current, &snapshot, origin) {
+            let totals = (progress.bytes_total, progress.files_total);
+            let outcome = up_to_date(local, totals, current.root, progress);
+            cx.progress(&outcome.progress);
+            return Ok(outcome);
         }
     }
 
@@ -166,19 +150,16 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         let snapshot = snapshot.clone();
         let job_dir = cx.job_dir.clone();
         let kind = cx.job.kind;
-        let local_state = match &local {
-            Some(local) => {
-                let (current, _) = cx.store.snapshot(&local.manifest.id.to_string()).await?;
-                Some((
-                    current,
-                    local
-                        .origin
-                        .as_ref()
-                        .map(|o| o.relocated.clone())
-                        .unwrap_or_default(),
-                ))
-            }
-            None => None,
+        let local_state = match (&local, mine) {
+            (Some(local), Some(current)) => Some((
+                current,
+                local
+                    .origin
+                    .as_ref()
+                    .map(|o| o.relocated.clone())
+                    .unwrap_or_default(),
+            )),
+            _ => None,
         };
         blocking(move || match (kind, local_state) {
             (TransferKind::Sync, Some((current, relocated))) => {
@@ -286,32 +267,46 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     })
 }
 
-/// Whether the clone is exactly what its origin root describes (no local changes), so a
-/// sync has nothing to do.
-fn unchanged_note(
-    current: &Snapshot,
-    source: &Snapshot,
-    origin: &Origin,
-    name: &str,
-) -> Option<String> {
+/// Whether the clone is exactly what its origin's snapshot describes (no local changes
+/// beyond its own `workspace.yaml` and relocated files), so a sync has nothing to do.
+fn unchanged(current: &Snapshot, source: &Snapshot, origin: &Origin) -> bool {
     let local: HashMap<&str, &crate::snapshot::SnapshotEntry> = current
         .entries
         .iter()
         .map(|e| (e.path.as_str(), e))
         .collect();
-    if current.entries.len() != source.entries.len() {
-        return None;
+    current.entries.len() == source.entries.len()
+        && source.entries.iter().all(|entry| {
+            local.get(entry.path.as_str()).is_some_and(|mine| {
+                *mine == entry
+                    || entry.path == crate::model::WORKSPACE_FILE
+                    || origin.relocated.contains_key(&entry.path)
+            })
+        })
+}
+
+/// The outcome of a sync that had nothing to do: everything counted as already in place.
+fn up_to_date(
+    local: &WorkspaceEntry,
+    (bytes_total, files_total): (u64, u64),
+    local_root: Hash,
+    mut progress: Progress,
+) -> Outcome {
+    progress.bytes_total = bytes_total;
+    progress.bytes_present = bytes_total;
+    progress.bytes_done = bytes_total;
+    progress.files_total = files_total;
+    progress.files_done = files_total;
+    Outcome {
+        local_id: local.manifest.id,
+        local_name: local.manifest.name.clone(),
+        notes: vec![format!(
+            "`{}` is already up to date with its source",
+            local.manifest.name
+        )],
+        local_root: Some(local_root),
+        progress,
     }
-    for entry in &source.entries {
-        let mine = local.get(entry.path.as_str())?;
-        let same = *mine == entry
-            || entry.path == crate::model::WORKSPACE_FILE
-            || origin.relocated.contains_key(&entry.path);
-        if !same {
-            return None;
-        }
-    }
-    Some(format!("`{name}` is already up to date with its source"))
 }
 
 impl JobContext {
