@@ -19,24 +19,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/network/catalog", web::get().to(network_catalog));
 }
 
-/// This node's shared workspaces, as the asking node may see them: a node naming itself in
-/// `X-Aienv-Peer` also sees what is shared with it by name. (Until TLS identities land, the
-/// header is the peer's word; `peers` mode narrows listings, it does not authenticate.)
-async fn catalog(state: web::Data<AppState>, request: HttpRequest) -> HttpResponse {
-    let asking = request
-        .headers()
-        .get(PEER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|id| id.trim().to_string());
-    // A peer may be named in `sharing.peers` by id or by the name it announces.
+/// Who an unauthenticated request may see as: anyone on the LAN, and the node naming itself
+/// in `X-Aienv-Peer` (by id, and by the name it announces, since `sharing.peers` may list
+/// either).
+pub(super) fn peer_viewers(state: &AppState, request: &HttpRequest) -> Vec<Viewer> {
     let mut viewers = vec![Viewer::Anonymous];
-    if let Some(id) = asking {
+    if let Some(id) = asking_peer(request) {
         let peers = state.peers.view();
         if let Some(peer) = peers.peers.iter().find(|p| p.id.to_string() == id) {
             viewers.push(Viewer::Peer(peer.name.clone()));
         }
         viewers.push(Viewer::Peer(id));
     }
+    viewers
+}
+
+/// The node id a request names in `X-Aienv-Peer`, if any.
+pub(super) fn asking_peer(request: &HttpRequest) -> Option<String> {
+    request
+        .headers()
+        .get(PEER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+}
+
+/// This node's shared workspaces, as the asking node may see them: a node naming itself in
+/// `X-Aienv-Peer` also sees what is shared with it by name. (Until TLS identities land, the
+/// header is the peer's word; `peers` mode narrows listings, it does not authenticate.)
+async fn catalog(state: web::Data<AppState>, request: HttpRequest) -> HttpResponse {
+    let viewers = peer_viewers(&state, &request);
     let view = state.store.view();
     let items = view
         .iter()

@@ -20,11 +20,11 @@ use bytes::Bytes;
 
 use aienv_actors::chunk_frame::{self, Frame};
 use aienv_actors::transfer_queue::{TransferError, TransferKind, TransferRequest};
-use aienv_actors::workspace_store::{StoreError, Viewer, WorkspaceEntry};
+use aienv_actors::workspace_store::{StoreError, WorkspaceEntry};
 
 use crate::api::{TransferDto, TransferRequestDto};
-use crate::peer_client::PEER_HEADER;
 
+use super::peers::{asking_peer, peer_viewers};
 use super::{ApiError, AppState, Caller, Login};
 
 /// Media type of the snapshot body.
@@ -154,34 +154,13 @@ fn fetchable(
     if caller.is_logged_in() {
         return Ok(entry);
     }
-    let mut viewers = vec![Viewer::Anonymous];
-    if let Some(id) = asking_peer(request) {
-        if let Some(peer) = state
-            .peers
-            .view()
-            .peers
-            .iter()
-            .find(|p| p.id.to_string() == id)
-        {
-            viewers.push(Viewer::Peer(peer.name.clone()));
-        }
-        viewers.push(Viewer::Peer(id));
-    }
+    let viewers = peer_viewers(state, request);
     if viewers.iter().any(|v| v.may_see(&entry.manifest)) {
         Ok(entry)
     } else {
         // Never reveal that an unshared workspace exists.
         Err(StoreError::NotFound(target.to_string()).into())
     }
-}
-
-fn asking_peer(request: &HttpRequest) -> Option<String> {
-    request
-        .headers()
-        .get(PEER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|id| id.trim().to_string())
-        .filter(|id| !id.is_empty())
 }
 
 async fn snapshot(
