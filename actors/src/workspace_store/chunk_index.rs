@@ -47,13 +47,30 @@ fn is_racy(mtime_ns: i64, scan_started: SystemTime) -> bool {
     mtime_ns >= limit
 }
 
-/// What the index remembers of one file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct FileRecord {
+/// What tells a file's versions apart without reading it: size, mtime, ctime and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,
     ino: u64,
+}
+
+impl Stamp {
+    fn of(metadata: &fs::Metadata) -> Stamp {
+        Stamp {
+            size: metadata.len(),
+            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
+            ino: metadata.ino(),
+        }
+    }
+}
+
+/// What the index remembers of one file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FileRecord {
+    stamp: Stamp,
     hash: Hash,
     chunks: Vec<ChunkRef>,
     /// Stamped inside the racy window: trust the hashes, not the stamp.
@@ -61,21 +78,13 @@ struct FileRecord {
 }
 
 impl FileRecord {
-    fn stamp_matches(&self, seen: &WalkEntry) -> bool {
+    /// Whether the record still describes the file now stamped `stamp`.
+    fn describes(&self, stamp: &Stamp) -> bool {
         // Records of large files written before their hash became the chunk list's hash
         // are stale whatever their stamp.
         let current_format = self.chunks.is_empty() || self.hash == chunk_list_hash(&self.chunks);
-        current_format
-            && !self.racy
-            && self.size == seen.size
-            && self.mtime_ns == seen.mtime_ns
-            && self.ctime_ns == seen.ctime_ns
-            && self.ino == seen.ino
+        current_format && !self.racy && self.stamp == *stamp
     }
-}
-
-fn mtime_ns(metadata: &fs::Metadata) -> i64 {
-    metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec()
 }
 
 /// Where a chunk lives on this node.
@@ -127,10 +136,7 @@ struct WalkEntry {
     path: String,
     kind: EntryKind,
     mode: u32,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    ino: u64,
+    stamp: Stamp,
     target: Option<String>,
 }
 
@@ -187,14 +193,7 @@ fn walk(root: &Path) -> Result<Vec<WalkEntry>, StoreError> {
                 } else {
                     metadata.permissions().mode() & 0o777
                 },
-                size: if kind == EntryKind::File {
-                    metadata.len()
-                } else {
-                    0
-                },
-                mtime_ns: mtime_ns(&metadata),
-                ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
-                ino: metadata.ino(),
+                stamp: Stamp::of(&metadata),
                 target,
             });
         }
@@ -253,7 +252,7 @@ impl ChunkIndex {
             let cached = old
                 .as_deref()
                 .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok())
-                .filter(|record| record.stamp_matches(item));
+                .filter(|record| record.describes(&item.stamp));
             if cached.is_none() {
                 to_hash.push(index);
                 if let Some(old) = old {
@@ -266,9 +265,9 @@ impl ChunkIndex {
             - walk.iter().filter(|w| w.kind != EntryKind::File).count() as u64;
         let hashed = hash_files(root, &walk, &to_hash)?;
         for (index, mut record) in to_hash.iter().copied().zip(hashed) {
-            record.racy = is_racy(record.mtime_ns, scan_started);
+            record.racy = is_racy(record.stamp.mtime_ns, scan_started);
             stats.files_hashed += 1;
-            stats.bytes_hashed += record.size;
+            stats.bytes_hashed += record.stamp.size;
             let old = old_values.get(&index).map(|v| v.as_ref());
             self.replace(workspace, &walk[index].path, old, Some(&record))?;
             known[index] = Some(record);
@@ -288,9 +287,9 @@ impl ChunkIndex {
             };
             if let Some(record) = record {
                 racy |= record.racy;
-                entry.size = record.size;
+                entry.size = record.stamp.size;
                 entry.hash = Some(record.hash);
-                if record.size > SMALL_FILE_MAX {
+                if record.stamp.size > SMALL_FILE_MAX {
                     entry.chunks = record.chunks;
                 }
                 seen.insert(&item.path);
@@ -344,27 +343,23 @@ impl ChunkIndex {
             let Ok(metadata) = fs::symlink_metadata(&full) else {
                 continue;
             };
-            let chunks = entry.chunks.clone();
+            let stamp = Stamp::of(&metadata);
+            if stamp.size != entry.size {
+                // Not what was written; the next snapshot hashes it.
+                continue;
+            }
             let record = FileRecord {
-                size: entry.size,
-                mtime_ns: mtime_ns(&metadata),
-                ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
-                ino: metadata.ino(),
+                stamp,
                 hash: entry.hash.expect("validated files have a hash"),
-                chunks,
-                racy: is_racy(mtime_ns(&metadata), now),
+                chunks: entry.chunks.clone(),
+                racy: is_racy(stamp.mtime_ns, now),
             };
             let key = file_key(workspace, &entry.path);
             let old = self.files.get(&key)?;
             let known = old
                 .as_deref()
                 .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok())
-                .is_some_and(|old| {
-                    !old.racy
-                        && old.hash == record.hash
-                        && (old.size, old.mtime_ns, old.ctime_ns, old.ino)
-                            == (record.size, record.mtime_ns, record.ctime_ns, record.ino)
-                });
+                .is_some_and(|old| old.hash == record.hash && old.describes(&stamp));
             if !known {
                 self.replace(workspace, &entry.path, old.as_deref(), Some(&record))?;
             }
@@ -419,13 +414,7 @@ impl ChunkIndex {
             .ok()
             .flatten()
             .and_then(|v| rmp_serde::from_slice::<FileRecord>(&v).ok());
-        let unchanged = record.is_some_and(|record| {
-            !record.racy
-                && record.size == metadata.len()
-                && record.mtime_ns == mtime_ns(&metadata)
-                && record.ctime_ns == metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec()
-                && record.ino == metadata.ino()
-        });
+        let unchanged = record.is_some_and(|record| record.describes(&Stamp::of(&metadata)));
         Some((file, unchanged))
     }
 
@@ -522,12 +511,12 @@ impl ChunkIndex {
 
 /// A file's chunks as indexed (a small, non-empty file is one chunk).
 fn chunk_list(record: &FileRecord) -> Vec<ChunkRef> {
-    if record.size == 0 {
+    if record.stamp.size == 0 {
         Vec::new()
     } else if record.chunks.is_empty() {
         vec![ChunkRef {
             hash: record.hash,
-            size: record.size as u32,
+            size: record.stamp.size as u32,
         }]
     } else {
         record.chunks.clone()
@@ -594,38 +583,35 @@ fn hash_files(
 /// and the hash of its chunk list ([`chunk_list_hash`]).
 fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
     let mut file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
+    // The stamp is the walk's, with the size of what was actually read: a file that changed
+    // in between gets a stamp no later walk matches, and is read again.
     let record = FileRecord {
-        size: 0,
-        mtime_ns: seen.mtime_ns,
-        ctime_ns: seen.ctime_ns,
-        ino: seen.ino,
+        stamp: Stamp {
+            size: 0,
+            ..seen.stamp
+        },
         hash: Hash::default(),
         chunks: Vec::new(),
         racy: false,
     };
-    if seen.size > SMALL_FILE_MAX {
+    if seen.stamp.size > SMALL_FILE_MAX {
         return chunk_large(path, file, record);
     }
-    let mut data = Vec::with_capacity(seen.size as usize);
+    let mut data = Vec::with_capacity(seen.stamp.size as usize);
     (&mut file)
         .take(SMALL_FILE_MAX + 1)
         .read_to_end(&mut data)
         .map_err(StoreError::io("reading", path))?;
     if data.len() as u64 > SMALL_FILE_MAX {
-        // It grew since the walk: cut it as a large file; its new stamp makes the next
-        // snapshot read it again.
+        // It grew since the walk: cut it as a large file.
         let file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
-        return chunk_large(
-            path,
-            file,
-            FileRecord {
-                mtime_ns: 0,
-                ..record
-            },
-        );
+        return chunk_large(path, file, record);
     }
     Ok(FileRecord {
-        size: data.len() as u64,
+        stamp: Stamp {
+            size: data.len() as u64,
+            ..record.stamp
+        },
         hash: Hash::of(&data),
         ..record
     })
@@ -643,6 +629,9 @@ fn chunk_large(
         CHUNK_AVG as usize,
         CHUNK_MAX as usize,
     );
+    // Content hash of the first megabyte, in case the file turns out small (it shrank since
+    // the walk): a small file's hash is its content's.
+    let mut small = Some(blake3::Hasher::new());
     for chunk in chunker {
         let chunk = chunk.map_err(|error| {
             StoreError::io("reading", path)(std::io::Error::other(error.to_string()))
@@ -651,12 +640,19 @@ fn chunk_large(
             hash: Hash::of(&chunk.data),
             size: chunk.length as u32,
         });
-        record.size += chunk.length as u64;
+        record.stamp.size += chunk.length as u64;
+        if record.stamp.size > SMALL_FILE_MAX {
+            small = None;
+        } else if let Some(hasher) = &mut small {
+            hasher.update(&chunk.data);
+        }
     }
-    record.hash = chunk_list_hash(&record.chunks);
-    if record.size <= SMALL_FILE_MAX {
-        // It shrank while being read: describe it as a small file.
-        record.chunks.clear();
+    match small {
+        Some(hasher) => {
+            record.hash = Hash(*hasher.finalize().as_bytes());
+            record.chunks.clear();
+        }
+        None => record.hash = chunk_list_hash(&record.chunks),
     }
     Ok(record)
 }
@@ -681,4 +677,38 @@ fn copy_range(
         len -= piece as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file walked as large but read small (it shrank in between) is described as a small
+    /// file: one chunk whose hash is its content's.
+    #[test]
+    fn a_file_that_shrank_is_hashed_as_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"now small").unwrap();
+        let seen = WalkEntry {
+            path: "f".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            stamp: Stamp {
+                size: 4 * SMALL_FILE_MAX,
+                mtime_ns: 1,
+                ctime_ns: 1,
+                ino: 1,
+            },
+            target: None,
+        };
+        let record = hash_file(&path, &seen).unwrap();
+        assert_eq!(record.hash, Hash::of(b"now small"));
+        assert!(record.chunks.is_empty());
+        assert_eq!(record.stamp.size, 9);
+        assert!(
+            !record.describes(&seen.stamp),
+            "the next walk reads it again"
+        );
+    }
 }
