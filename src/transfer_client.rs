@@ -6,9 +6,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-use aienv_actors::chunk_frame::HEADER_LEN;
+use aienv_actors::chunk_frame;
 use aienv_actors::peer_registry::LocalFuture;
-use aienv_actors::snapshot::{Hash, CHUNK_MAX};
+use aienv_actors::snapshot::Hash;
 use aienv_actors::transfer_queue::{ByteStream, FetchError, TransferClient};
 
 use crate::api::ErrorBody;
@@ -95,7 +95,7 @@ impl TransferClient for HttpTransferClient {
         for hash in hashes {
             body.extend_from_slice(&hash.0);
         }
-        let limit = hashes.len() * (HEADER_LEN + zstd_bound(CHUNK_MAX as usize));
+        let limit = chunk_frame::max_response_len(hashes.len());
         let request = self
             .http
             .post(format!(
@@ -142,10 +142,6 @@ impl TransferClient for HttpTransferClient {
             Ok(Box::pin(stream) as ByteStream)
         })
     }
-}
-
-fn zstd_bound(size: usize) -> usize {
-    size + size / 128 + 1024
 }
 
 fn status_error(

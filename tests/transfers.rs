@@ -372,7 +372,16 @@ async fn a_killed_source_is_resumed_after_restart_without_refetching() {
     let job = start(&client, "clone", Some("node-a"), "big").await;
     let arrived = until_a_quarter_arrived(&client, job.id).await;
     a.kill9();
-    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    // The outage is real for the receiver before the source comes back.
+    eventually("node-b notices node-a is gone", || async {
+        client
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "node-a" && p.state != "online")
+    })
+    .await;
     let a = TestNode::spawn_on(&a_dir, &["--name", "node-a", "--http-port", &port]);
     let job = done(&client, job.id).await;
     assert_eq!(tree(&root), tree(&clone_root(&b, job.local_id.unwrap())));

@@ -176,6 +176,12 @@ impl FrameDecoder {
     }
 }
 
+/// The most bytes a well-formed answer for `chunks` hashes can take (every chunk at the
+/// largest size, compressed at zstd's worst): receivers stop reading beyond it.
+pub fn max_response_len(chunks: usize) -> usize {
+    chunks * (HEADER_LEN + zstd::zstd_safe::compress_bound(CHUNK_MAX as usize))
+}
+
 /// Parses a request body of concatenated hashes.
 pub fn parse_request(body: &[u8]) -> Result<Vec<Hash>, String> {
     if !body.len().is_multiple_of(32) {

@@ -288,10 +288,10 @@ impl Stage {
             for _ in 0..2 {
                 scope.spawn(|| loop {
                     let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((hash, _)) = needed.get(at) else {
+                    let Some((hash, size)) = needed.get(at) else {
                         break;
                     };
-                    let result = match self.copy_trusted(hash, chunks) {
+                    let result = match self.copy_trusted(hash, *size, chunks) {
                         Ok(Some(bytes)) => Ok(bytes),
                         Ok(None) => match chunks.find_local(hash) {
                             Some(data) => {
@@ -318,7 +318,12 @@ impl Stage {
         Ok((remaining, copied))
     }
 
-    fn copy_trusted(&self, hash: &Hash, chunks: &ChunkStore) -> Result<Option<u64>, TransferError> {
+    fn copy_trusted(
+        &self,
+        hash: &Hash,
+        size: u32,
+        chunks: &ChunkStore,
+    ) -> Result<Option<u64>, TransferError> {
         let places = match self.dests.lock().expect("not poisoned").get(hash) {
             Some(places)
                 if places
@@ -341,13 +346,8 @@ impl Stage {
                 // Places done so far are rewritten by the fallback; nothing is lost.
                 return Ok(None);
             }
-            let size = self.snapshot.entries[*index]
-                .file_chunks()
-                .iter()
-                .find(|(o, _)| o == offset)
-                .map_or(0, |(_, c)| u64::from(c.size));
-            start_writeback(&file, *offset, size);
-            copied += size;
+            start_writeback(&file, *offset, u64::from(size));
+            copied += u64::from(size);
         }
         self.dests.lock().expect("not poisoned").remove(hash);
         self.finished(hash, &places);
@@ -446,24 +446,20 @@ impl Stage {
     /// Applies the final modes of a clone's files and directories (directories last and
     /// deepest first, so a read-only directory can still be filled).
     pub fn apply_modes(&self) -> Result<(), TransferError> {
-        for entry in self.snapshot.entries.iter().rev() {
-            if entry.kind == EntryKind::Symlink {
-                continue;
-            }
-            if self.kind == TransferKind::Sync {
-                continue;
-            }
-            let full = self.dir.join(&entry.path);
-            fs::set_permissions(&full, fs::Permissions::from_mode(entry.mode))
+        // A clone sets every file and directory; a sync only its staged files (the store sets
+        // the modes of what it keeps, from the plan).
+        let indices: Vec<usize> = match self.kind {
+            TransferKind::Clone => (0..self.snapshot.entries.len())
+                .rev()
+                .filter(|&i| self.snapshot.entries[i].kind != EntryKind::Symlink)
+                .collect(),
+            TransferKind::Sync => self.written.clone(),
+        };
+        for index in indices {
+            let full = self.file_path(index);
+            let mode = self.snapshot.entries[index].mode;
+            fs::set_permissions(&full, fs::Permissions::from_mode(mode))
                 .map_err(TransferError::io("setting mode of", &full))?;
-        }
-        if self.kind == TransferKind::Sync {
-            for &index in &self.written {
-                let full = self.file_path(index);
-                let mode = self.snapshot.entries[index].mode;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
-                    .map_err(TransferError::io("setting mode of", &full))?;
-            }
         }
         Ok(())
     }
