@@ -8,13 +8,17 @@
 //! files, two 200 MiB weight shards, a 100 MiB CSV). `BENCH_DIRS` lists where to run
 //! (default `target/bench-transfer:/dev/shm`). Figures, not assertions.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use aienv::api::{CreateWorkspace, ShareRequest, TransferDto, TransferRequestDto};
-use aienv::client::{Client, Credentials};
+use aienv::client::Client;
+
+#[path = "../common/mod.rs"]
+mod common;
+use common::TestNode;
 
 fn main() {
     let scale: f64 = std::env::var("BENCH_SCALE")
@@ -58,11 +62,11 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     );
     let a_dir = base.join("a");
     let b_dir = base.join("b");
-    let mut a = Node::start(&a_dir, "bench-a", &[], &[]);
+    let mut a = start_node(&a_dir, "bench-a", &[]);
     let workspace;
     let root;
     {
-        let client = a.client();
+        let client = a.admin();
         let created = client
             .create(&CreateWorkspace {
                 name: "bench".into(),
@@ -85,30 +89,32 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
 
     // The source indexes its content when shared (hashing everything once).
     let started = Instant::now();
-    a.client()
+    a.admin()
         .share("bench", &ShareRequest::default())
         .await
         .unwrap();
-    let snapshot = a.client().snapshot("bench").await.unwrap();
+    let snapshot = a.admin().snapshot("bench").await.unwrap();
     println!(
         "first snapshot (hash + chunk everything): {:.2} s; manifest {:.1} MB compressed",
         started.elapsed().as_secs_f64(),
         snapshot.len() as f64 / 1e6
     );
     let started = Instant::now();
-    let _ = a.client().snapshot("bench").await.unwrap();
+    let _ = a.admin().snapshot("bench").await.unwrap();
     println!(
         "next snapshot (stat only): {:.3} s",
         started.elapsed().as_secs_f64()
     );
 
-    let b = Node::start(
+    let b = start_node(
         &b_dir,
         "bench-b",
-        &[],
-        &[("AIENV_DISCOVERY_STATIC_PEERS", a.address())],
+        &[(
+            "AIENV_DISCOVERY_STATIC_PEERS",
+            a.url.trim_start_matches("http://"),
+        )],
     );
-    wait_listed(&b.client()).await;
+    wait_listed(&b.admin()).await;
 
     // Baselines, each into a fresh directory on the same file system. Each starts with
     // nothing dirty in the page cache and is timed twice: when the tool returns, and when its
@@ -150,7 +156,7 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         });
         rows.push(("rsync -a (daemon)".into(), seconds, durable));
     }
-    let client = b.client();
+    let client = b.admin();
     flush_all();
     let started = Instant::now();
     let job = transfer(&client, "clone", Some("bench-a"), "bench").await;
@@ -199,7 +205,7 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     let started = Instant::now();
     let job = transfer(&client, "sync", None, "bench").await;
     let sync_seconds = started.elapsed().as_secs_f64();
-    let manifest_bytes = a.client().snapshot("bench").await.unwrap().len() as u64;
+    let manifest_bytes = a.admin().snapshot("bench").await.unwrap().len() as u64;
     let aienv_wire = job.progress.bytes_fetched + manifest_bytes;
     let mut sync_rows = vec![("aienv sync".to_string(), sync_seconds, aienv_wire)];
     if let Some((_, port)) = &daemon {
@@ -538,77 +544,31 @@ async fn wait_listed(client: &Client) {
     }
 }
 
-struct Node {
-    child: Child,
-    url: String,
-    data: PathBuf,
-}
-
-impl Node {
-    fn start(data: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aienv"))
-            .args([
-                "serve",
-                "--http-port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--no-discovery",
-                "--announce-interval",
-                "0.2",
-                "--name",
-                name,
-                "--data-dir",
-            ])
-            .arg(data)
-            .args(extra)
-            .env(
-                "AIENV_LOG",
-                std::env::var("BENCH_LOG")
-                    .unwrap_or_else(|_| "warn,aienv_actors::transfer_queue::runner=info".into()),
-            )
-            .env_remove("AIENV_CONFIG")
-            .env("XDG_CONFIG_HOME", data.join("no-config"))
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("aienv: listening on ")
-            .unwrap()
-            .to_string();
-        Node {
-            child,
-            url,
-            data: data.to_path_buf(),
-        }
-    }
-
-    fn address(&self) -> &str {
-        self.url.trim_start_matches("http://")
-    }
-
-    fn client(&self) -> Client {
-        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
-        Client::new(
-            &self.url,
-            Some(Credentials::Token(token.trim().to_string())),
+/// A node on `data`, polled over HTTP by its static peers (`env`); stopped on drop.
+fn start_node(data: &Path, name: &str, env: &[(&str, &str)]) -> TestNode {
+    let mut command = Command::new(common::binary());
+    command
+        .args([
+            "serve",
+            "--http-port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--no-discovery",
+            "--announce-interval",
+            "0.2",
+            "--name",
+            name,
+            "--data-dir",
+        ])
+        .arg(data)
+        .env(
+            "AIENV_LOG",
+            std::env::var("BENCH_LOG")
+                .unwrap_or_else(|_| "warn,aienv_actors::transfer_queue::runner=info".into()),
         )
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
+        .env_remove("AIENV_CONFIG")
+        .env("XDG_CONFIG_HOME", data.join("no-config"))
+        .envs(env.iter().copied());
+    TestNode::start(command, data)
 }
