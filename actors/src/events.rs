@@ -6,6 +6,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::peer_registry::PeerInfo;
+use crate::runtime_supervisor::EnvStatus;
 use crate::transfer_queue::JobInfo;
 use crate::workspace_store::WorkspaceEntry;
 
@@ -24,6 +25,16 @@ pub enum NodeEvent {
     /// A transfer job was queued, progressed, or finished (published by the TransferQueue;
     /// progress at most a few times per second per job).
     TransferChanged(Arc<JobInfo>),
+    /// An environment started, changed state or stopped (published by the
+    /// RuntimeSupervisor).
+    RuntimeChanged(Arc<EnvStatus>),
+    /// A tool of a running environment answered for the first time in this run.
+    ToolReady {
+        /// The environment.
+        status: Arc<EnvStatus>,
+        /// The tool.
+        tool: String,
+    },
 }
 
 /// Which actor's read view an event belongs to; a snapshot carries one watermark per source.
@@ -35,6 +46,8 @@ pub enum EventSource {
     Peers,
     /// The TransferQueue.
     Transfers,
+    /// The RuntimeSupervisor.
+    Runtimes,
 }
 
 impl NodeEvent {
@@ -46,6 +59,7 @@ impl NodeEvent {
                 EventSource::Peers
             }
             NodeEvent::TransferChanged(_) => EventSource::Transfers,
+            NodeEvent::RuntimeChanged(_) | NodeEvent::ToolReady { .. } => EventSource::Runtimes,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod model;
 pub mod peer_registry;
 pub mod resources;
+pub mod runtime_supervisor;
 pub mod shutdown;
 pub mod snapshot;
 pub mod transfer_queue;

@@ -8,7 +8,9 @@ mod validate;
 mod workspace;
 
 pub use environment::{
-    EnvironmentSpec, PythonManager, PythonSpec, RuntimeKind, SetupStep, ToolKind, ToolSpec,
+    ByteSize, DockerSpec, EnvironmentSpec, HealthSpec, LibvirtSpec, PortSpec, PythonManager,
+    PythonSpec, ResourceWants, RestartPolicy, RestartSpec, RuntimeKind, SetupScripts,
+    SetupStep, ToolKind, ToolSpec, VariantRequires, VariantSpec, VolumeSpec, Want,
     ENVIRONMENT_FILE, ENVIRONMENT_SCHEMA_VERSION,
 };
 pub use validate::{is_slug, validate_relative_path, FieldError, ValidationErrors, MAX_SLUG_LEN};

@@ -46,6 +46,7 @@ pub use archive::{
 pub use chunk_index::{ChunkIndex, ChunkLocation, ScanStats};
 pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan};
 pub use error::StoreError;
+pub use fsio::write_atomic;
 pub use index::RevisionRecord;
 pub use reconcile::ReconcileReport;
 pub use templates::TEMPLATE_NAMES;

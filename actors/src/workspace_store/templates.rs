@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    EnvironmentSpec, Project, PythonManager, PythonSpec, SetupStep, ToolKind, ToolSpec,
+    EnvironmentSpec, Project, PythonManager, PythonSpec, ToolKind, ToolSpec,
     WorkspaceKind, WorkspaceManifest,
 };
 
@@ -27,22 +27,18 @@ pub fn apply(name: &str, manifest: &mut WorkspaceManifest) -> Option<Template> {
             let notebook = name == "notebook";
             let mut spec = EnvironmentSpec::new("Python virtual environment for projects/main");
             spec.python = Some(PythonSpec {
+                projects: Vec::new(),
                 version: None,
                 manager: PythonManager::Venv,
                 requirements: vec!["projects/main/requirements.txt".into()],
                 conda_file: None,
             });
-            spec.setup = vec![
-                SetupStep {
-                    name: "create venv".into(),
-                    run: "python3 -m venv .venv".into(),
-                },
-                SetupStep {
-                    name: "install requirements".into(),
-                    run: ".venv/bin/pip install -r projects/main/requirements.txt".into(),
-                },
-            ];
+            // The node builds the venv from `python` (outside the workspace, sized to the
+            // host it runs on), then runs `scripts/init.sh`.
+            spec.scripts.unix = Some("scripts/init.sh".into());
             spec.tools.push(ToolSpec {
+                shell: false,
+                strip_prefix: None,
                 name: "terminal".into(),
                 kind: ToolKind::Terminal,
                 command: Vec::new(),
@@ -51,17 +47,11 @@ pub fn apply(name: &str, manifest: &mut WorkspaceManifest) -> Option<Template> {
             });
             if notebook {
                 spec.tools.push(ToolSpec {
+                shell: false,
+                strip_prefix: None,
                     name: "lab".into(),
                     kind: ToolKind::Jupyterlab,
-                    command: [
-                        ".venv/bin/jupyter",
-                        "lab",
-                        "--no-browser",
-                        "--port=$PORT",
-                        "--ServerApp.base_url=$BASE_PATH",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
+                    command: Vec::new(),
                     port: None,
                     path: None,
                 });

@@ -1,0 +1,226 @@
+//! The backend trait: what the supervisor asks of process, docker and libvirt runtimes.
+//! A backend sets an environment up and launches it; the [`Instance`] it returns runs the
+//! tools, reports their exits, restarts them and stops the whole environment.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use uuid::Uuid;
+
+use crate::model::{EnvironmentSpec, RuntimeKind, ToolKind};
+
+use super::allocation::Allocation;
+use super::terminal::TerminalTarget;
+use super::RuntimeError;
+
+/// Everything a backend needs to set up and start one environment.
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    /// The node (labels containers so a restarted node finds its leftovers).
+    pub node_id: Uuid,
+    /// The workspace's id.
+    pub workspace_id: Uuid,
+    /// The workspace's name (part of tool URLs).
+    pub workspace_name: String,
+    /// The environment's name.
+    pub environment: String,
+    /// The workspace directory (the tools' working directory).
+    pub root: PathBuf,
+    /// `<data-dir>/runtime/<workspace id>/<environment>`: venv, logs, set-up record.
+    pub state_dir: PathBuf,
+    /// The spec as written.
+    pub spec: EnvironmentSpec,
+    /// What this host gives it.
+    pub allocation: Allocation,
+    /// Variables for set-up and tools: the spec's, the variant's, the allocation's.
+    pub env: BTreeMap<String, String>,
+    /// Requirement files to install (the spec's and the variant's).
+    pub requirements: Vec<String>,
+    /// The docker image (the variant's when it names one).
+    pub image: Option<String>,
+    /// The tools to start.
+    pub tools: Vec<ToolPlan>,
+    /// Hash of everything set-up depends on; set-up runs again when it changes.
+    pub setup_hash: String,
+    /// Time between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+impl LaunchPlan {
+    /// The directory of log files.
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    /// The set-up log.
+    pub fn setup_log(&self) -> PathBuf {
+        self.log_dir().join("setup.log")
+    }
+
+    /// The venv the process backend builds.
+    pub fn venv(&self) -> PathBuf {
+        self.state_dir.join("venv")
+    }
+}
+
+/// One tool as it will be started.
+#[derive(Debug, Clone)]
+pub struct ToolPlan {
+    /// Tool name.
+    pub name: String,
+    /// Its kind.
+    pub kind: ToolKind,
+    /// Program and arguments, `$PORT` and `$BASE_PATH` expanded; empty for the terminal.
+    pub argv: Vec<String>,
+    /// Run through `sh -c`.
+    pub shell: bool,
+    /// Port the tool listens on (on loopback for processes; published to the same port on
+    /// loopback for containers).
+    pub port: u16,
+    /// `/w/<workspace>/<tool>/`.
+    pub base_path: String,
+    /// Secret the proxy presents to the tool (JupyterLab's token).
+    pub token: Option<String>,
+    /// Path probed for health, below the base path unless the prefix is stripped.
+    pub health_path: String,
+    /// Whether the proxy strips the base path.
+    pub strip_prefix: bool,
+}
+
+impl ToolPlan {
+    /// Whether the tool is a process to run (the terminal is the node's own).
+    pub fn runs(&self) -> bool {
+        self.kind != ToolKind::Terminal
+    }
+
+    /// The URL path a health probe asks for.
+    pub fn probe_path(&self) -> String {
+        let path = self.health_path.trim_start_matches('/');
+        if self.strip_prefix {
+            format!("/{path}")
+        } else {
+            format!("{}{path}", self.base_path)
+        }
+    }
+}
+
+/// A tool that cannot start on this host, and what to install.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    /// The tool.
+    pub tool: String,
+    /// What is missing and how to get it.
+    pub hint: String,
+}
+
+/// What launching produced.
+pub struct Launched {
+    /// The running environment.
+    pub instance: Box<dyn Instance>,
+    /// Tools that could not start.
+    pub unavailable: Vec<Unavailable>,
+    /// Process ids of started tools, by name.
+    pub pids: BTreeMap<String, u32>,
+}
+
+/// Something in a running environment ended.
+#[derive(Debug, Clone)]
+pub struct Exit {
+    /// The tool, or `None` when the whole environment (container, VM) ended.
+    pub tool: Option<String>,
+    /// Exit code, when there is one.
+    pub code: Option<i64>,
+    /// Human description (`exit status 1`, `killed by signal 9`).
+    pub detail: String,
+}
+
+impl Exit {
+    /// Whether it ended with success.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// A runtime backend.
+pub trait Backend {
+    /// Which runtime this is.
+    fn kind(&self) -> RuntimeKind;
+
+    /// Whether the backend can run here; the error says what to install.
+    fn check(&self) -> LocalBoxFuture<'_, Result<(), RuntimeError>>;
+
+    /// Sets the environment up (idempotent: skipped when `plan.setup_hash` is recorded).
+    /// Returns notes for the person.
+    fn prepare<'a>(
+        &'a self,
+        plan: &'a LaunchPlan,
+    ) -> LocalBoxFuture<'a, Result<Vec<String>, RuntimeError>>;
+
+    /// Starts the environment and its tools.
+    fn launch<'a>(&'a self, plan: &'a LaunchPlan)
+        -> LocalBoxFuture<'a, Result<Launched, RuntimeError>>;
+}
+
+/// A running environment.
+pub trait Instance {
+    /// What runs (`process group 1234`, `container 3f2a…`, `domain aienv-x`).
+    fn describe(&self) -> String;
+
+    /// Where the node's terminal attaches.
+    fn terminal(&self) -> TerminalTarget;
+
+    /// Waits until a tool (or the whole environment) ends.
+    fn next_exit(&mut self) -> LocalBoxFuture<'_, Exit>;
+
+    /// Starts a tool again after it ended or stopped answering (`None`: the whole
+    /// environment). Returns the new process id, when there is one.
+    fn restart<'a>(
+        &'a mut self,
+        tool: Option<&'a str>,
+    ) -> LocalBoxFuture<'a, Result<Option<u32>, RuntimeError>>;
+
+    /// Stops everything: SIGTERM (or the engine's stop), then SIGKILL after `grace`.
+    fn stop(self: Box<Self>, grace: Duration) -> LocalBoxFuture<'static, Result<(), RuntimeError>>;
+}
+
+/// Expands `$PORT`, `${PORT}`, `$BASE_PATH` and `${BASE_PATH}` in `text`.
+pub fn expand(text: &str, port: u16, base_path: &str) -> String {
+    text.replace("${PORT}", &port.to_string())
+        .replace("$PORT", &port.to_string())
+        .replace("${BASE_PATH}", base_path)
+        .replace("$BASE_PATH", base_path)
+}
+
+/// The program a tool runs and the hint when it is missing.
+pub fn missing_hint(kind: ToolKind, program: &str) -> String {
+    match kind {
+        ToolKind::Jupyterlab => format!(
+            "`{program}` not found: add `jupyterlab` to the environment's requirements (or `pip install jupyterlab` on the host)"
+        ),
+        ToolKind::Vscode => format!(
+            "`{program}` not found: install code-server (https://coder.com/docs/code-server/install) on this host"
+        ),
+        _ => format!("`{program}` not found on PATH or in the environment"),
+    }
+}
+
+/// Finds `program` in `dirs` (then `PATH`), as a shell would.
+pub fn resolve_program(program: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    if program.contains('/') {
+        let path = Path::new(program);
+        return is_executable(path).then(|| path.to_path_buf());
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    dirs.iter()
+        .cloned()
+        .chain(std::env::split_paths(&path_var))
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

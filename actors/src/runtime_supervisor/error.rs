@@ -1,0 +1,112 @@
+//! Errors of the RuntimeSupervisor and its backends.
+
+use crate::workspace_store::StoreError;
+
+/// Everything running an environment can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The workspace lookup failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The workspace has no such environment.
+    #[error("workspace `{workspace}` has no environment `{name}`{}", list(.known))]
+    EnvironmentNotFound {
+        /// The workspace.
+        workspace: String,
+        /// What was asked for.
+        name: String,
+        /// Its environments.
+        known: Vec<String>,
+    },
+    /// The environment is not running.
+    #[error("environment `{0}` is not running: start it with `aienv run`")]
+    NotRunning(String),
+    /// The workspace has no such tool.
+    #[error("`{workspace}` has no tool `{name}`{}", list(.known))]
+    ToolNotFound {
+        /// The workspace.
+        workspace: String,
+        /// What was asked for.
+        name: String,
+        /// Its tools.
+        known: Vec<String>,
+    },
+    /// Even the environment's minimum does not fit on this host.
+    #[error("environment `{environment}` does not fit on this host: {reason}")]
+    DoesNotFit {
+        /// The environment.
+        environment: String,
+        /// What is missing, with figures.
+        reason: String,
+    },
+    /// A backend this host lacks.
+    #[error("the {backend} backend is not available here: {reason}")]
+    BackendUnavailable {
+        /// The backend.
+        backend: &'static str,
+        /// Why, with what to install.
+        reason: String,
+    },
+    /// The spec cannot run on the chosen backend.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A set-up step failed.
+    #[error("set-up of `{environment}` failed at {step}: {reason} (log: {log})")]
+    SetupFailed {
+        /// The environment.
+        environment: String,
+        /// The step.
+        step: String,
+        /// Exit status or error.
+        reason: String,
+        /// The log file.
+        log: String,
+    },
+    /// Starting failed.
+    #[error("starting `{environment}` failed: {reason}")]
+    StartFailed {
+        /// The environment.
+        environment: String,
+        /// Why.
+        reason: String,
+    },
+    /// The Docker engine failed.
+    #[error("docker: {0}")]
+    Docker(String),
+    /// libvirt failed.
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The request is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The supervisor is gone (node shutting down).
+    #[error("the runtime supervisor is not running")]
+    Gone,
+}
+
+impl RuntimeError {
+    /// An I/O error with context.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> RuntimeError {
+        RuntimeError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+fn list(known: &[String]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (it has: {})", known.join(", "))
+    }
+}

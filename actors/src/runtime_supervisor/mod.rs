@@ -1,0 +1,953 @@
+//! The RuntimeSupervisor actor: runs workspaces' environments and their tools.
+//!
+//! Data flow: callers hold a [`RuntimeSupervisorHandle`]. [`Run`] looks the workspace up in
+//! the store's view, sizes each environment to this host ([`allocation`]), picks the
+//! backend (process, docker, libvirt) and builds a [`LaunchPlan`]; a [`runner`] future per
+//! environment sets it up, launches it, probes its tools and restarts them per policy,
+//! reporting back by messages. The actor alone changes state and publishes
+//! `RuntimeChanged` / `ToolReady` events and the [`RuntimesView`] the tool proxy reads.
+//!
+//! Runtime state (venvs, set-up records, logs) lives in `<data-dir>/runtime/<workspace
+//! id>/<environment>/`, never in the workspace: it belongs to this host.
+
+pub mod allocation;
+mod backend;
+pub mod detect;
+pub mod docker;
+mod error;
+mod health;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
+mod limits;
+mod logs;
+mod process;
+mod runner;
+mod status;
+pub mod terminal;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::event_bus::EventBus;
+use crate::events::NodeEvent;
+use crate::model::{EnvironmentSpec, PythonManager, RuntimeKind, ToolKind};
+use crate::resources::{self, Resources};
+use crate::shutdown::Shutdown;
+use crate::workspace_store::{WorkspaceEntry, WorkspaceStoreHandle};
+
+pub use allocation::{Allocation, Held};
+pub use backend::{expand, Backend, LaunchPlan, ToolPlan};
+pub use error::RuntimeError;
+pub use status::{
+    EnvState, EnvStatus, ProxyMiss, ProxyTarget, RuntimesView, ToolState, ToolStatus,
+};
+pub use terminal::{Terminal, TerminalInput, TerminalTarget};
+
+/// Settings of the supervisor.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// `<data-dir>/runtime`.
+    pub dir: PathBuf,
+    /// The data dir (whose file system's free space counts as the host's disk).
+    pub data_dir: PathBuf,
+    /// This node's id (labels containers).
+    pub node_id: Uuid,
+    /// libvirt URI used when an environment names none.
+    pub libvirt_uri: String,
+    /// Start `autostart` environments when the node starts.
+    pub autostart: bool,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a node whose data lives in `data_dir`.
+    pub fn new(data_dir: &std::path::Path, node_id: Uuid) -> RuntimeConfig {
+        RuntimeConfig {
+            dir: data_dir.join("runtime"),
+            data_dir: data_dir.to_path_buf(),
+            node_id,
+            libvirt_uri: "qemu:///system".into(),
+            autostart: true,
+        }
+    }
+}
+
+/// One environment of one workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EnvKey {
+    /// Workspace id.
+    pub workspace: Uuid,
+    /// Environment name.
+    pub environment: String,
+}
+
+/// What a runner tells the supervisor.
+#[derive(Debug)]
+pub enum RunReport {
+    /// The environment entered a state.
+    State {
+        key: EnvKey,
+        state: EnvState,
+        error: Option<String>,
+    },
+    /// Notes from set-up.
+    Notes { key: EnvKey, notes: Vec<String> },
+    /// The instance started.
+    Launched {
+        key: EnvKey,
+        instance: String,
+        terminal: TerminalTarget,
+    },
+    /// A tool changed.
+    Tool {
+        key: EnvKey,
+        name: String,
+        state: ToolState,
+        detail: Option<String>,
+        pid: Option<u32>,
+        restarts: u32,
+    },
+}
+
+struct Active {
+    run_id: u64,
+    cancel: Shutdown,
+}
+
+/// The actor.
+pub struct RuntimeSupervisor {
+    config: Arc<RuntimeConfig>,
+    store: WorkspaceStoreHandle,
+    bus: EventBus,
+    envs: HashMap<EnvKey, EnvStatus>,
+    active: HashMap<EnvKey, Active>,
+    terminals: HashMap<EnvKey, TerminalTarget>,
+    next_run: u64,
+    host: Resources,
+    process: Rc<process::ProcessBackend>,
+    docker: Rc<docker::DockerBackend>,
+    #[cfg(feature = "libvirt")]
+    libvirt: Rc<libvirt::LibvirtBackend>,
+    view_sender: watch::Sender<Arc<RuntimesView>>,
+}
+
+impl Actor for RuntimeSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _ = std::fs::create_dir_all(&self.config.dir);
+        // Containers a previous run of this node left behind (killed, crashed) go first.
+        let docker = self.docker.clone();
+        let node = self.config.node_id;
+        let autostart = self.config.autostart;
+        ctx.wait(
+            async move {
+                match tokio::time::timeout(Duration::from_secs(5), docker.remove_leftovers(node)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(containers = n, "removed containers left by an earlier run"),
+                    _ => {}
+                }
+            }
+            .into_actor(self)
+            .map(move |_, actor, ctx| {
+                if autostart {
+                    actor.autostart(ctx);
+                }
+            }),
+        );
+        ctx.run_interval(Duration::from_secs(30), |actor, ctx| {
+            let data_dir = actor.config.data_dir.clone();
+            ctx.spawn(
+                async move { tokio::task::spawn_blocking(move || resources::detect(&data_dir)).await.ok() }
+                    .into_actor(actor)
+                    .map(|resources, actor, _| {
+                        if let Some(resources) = resources {
+                            actor.host = resources;
+                        }
+                    }),
+            );
+        });
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        for active in self.active.values() {
+            active.cancel.trigger();
+        }
+        Running::Stop
+    }
+}
+
+/// Starts environments of a workspace.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Arc<EnvStatus>>, RuntimeError>")]
+struct Start {
+    workspace: String,
+    environment: Option<String>,
+    backend: Option<RuntimeKind>,
+}
+
+/// Stops environments of a workspace (all when `workspace` is `None`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<EnvKey>, RuntimeError>")]
+struct Stop {
+    workspace: Option<String>,
+    environment: Option<String>,
+}
+
+/// Where a terminal for an environment attaches.
+#[derive(Message)]
+#[rtype(result = "Result<TerminalTarget, RuntimeError>")]
+struct TerminalFor {
+    workspace: String,
+    environment: Option<String>,
+}
+
+impl Handler<Start> for RuntimeSupervisor {
+    type Result = Result<Vec<Arc<EnvStatus>>, RuntimeError>;
+
+    fn handle(&mut self, message: Start, ctx: &mut Self::Context) -> Self::Result {
+        let entry = self.store.get(&message.workspace)?;
+        let names = select_environments(&entry, message.environment.as_deref())?;
+        if names.is_empty() {
+            return Err(RuntimeError::BadRequest(format!(
+                "workspace `{}` has no environments: add one (`aienv env detect {}` proposes one)",
+                entry.manifest.name, entry.manifest.name
+            )));
+        }
+        let mut started = Vec::new();
+        for name in names {
+            started.push(self.start_env(&entry, &name, message.backend, ctx)?);
+        }
+        Ok(started)
+    }
+}
+
+impl Handler<Stop> for RuntimeSupervisor {
+    type Result = Result<Vec<EnvKey>, RuntimeError>;
+
+    fn handle(&mut self, message: Stop, _: &mut Self::Context) -> Self::Result {
+        let workspace = match &message.workspace {
+            Some(target) => Some(self.store.get(target)?),
+            None => None,
+        };
+        if let (Some(entry), Some(environment)) = (&workspace, &message.environment) {
+            select_environments(entry, Some(environment))?;
+        }
+        let keys: Vec<EnvKey> = self
+            .active
+            .keys()
+            .filter(|key| workspace.as_ref().is_none_or(|w| w.manifest.id == key.workspace))
+            .filter(|key| message.environment.as_ref().is_none_or(|e| *e == key.environment))
+            .cloned()
+            .collect();
+        for key in &keys {
+            tracing::info!(workspace = %key.workspace, environment = %key.environment, "stopping");
+            self.active[key].cancel.trigger();
+        }
+        Ok(keys)
+    }
+}
+
+impl Handler<TerminalFor> for RuntimeSupervisor {
+    type Result = Result<TerminalTarget, RuntimeError>;
+
+    fn handle(&mut self, message: TerminalFor, _: &mut Self::Context) -> Self::Result {
+        let entry = self.store.get(&message.workspace)?;
+        let names = select_environments(&entry, message.environment.as_deref())?;
+        names
+            .iter()
+            .map(|name| EnvKey {
+                workspace: entry.manifest.id,
+                environment: name.clone(),
+            })
+            .find_map(|key| self.terminals.get(&key).cloned())
+            .ok_or_else(|| {
+                RuntimeError::NotRunning(match &message.environment {
+                    Some(name) => format!("{}/{name}", entry.manifest.name),
+                    None => entry.manifest.name.clone(),
+                })
+            })
+    }
+}
+
+impl Handler<runner::Envelope> for RuntimeSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, envelope: runner::Envelope, _: &mut Self::Context) {
+        let key = match &envelope.report {
+            RunReport::State { key, .. }
+            | RunReport::Notes { key, .. }
+            | RunReport::Launched { key, .. }
+            | RunReport::Tool { key, .. } => key.clone(),
+        };
+        // Reports of a run that was replaced meanwhile are old news.
+        if self.active.get(&key).is_none_or(|a| a.run_id != envelope.run_id) {
+            return;
+        }
+        let Some(status) = self.envs.get_mut(&key) else {
+            return;
+        };
+        let mut ready = None;
+        match envelope.report {
+            RunReport::State { state, error, .. } => {
+                if status.state == state && error.is_none() {
+                    return;
+                }
+                status.state = state;
+                if error.is_some() {
+                    status.error = error;
+                }
+                if state == EnvState::Running && status.ready_at.is_none() {
+                    status.ready_at = Some(Utc::now());
+                }
+                if matches!(state, EnvState::Stopped | EnvState::Failed) {
+                    self.active.remove(&key);
+                    self.terminals.remove(&key);
+                    status.instance = None;
+                    for tool in &mut status.tools {
+                        if tool.state != ToolState::Unavailable {
+                            tool.state = ToolState::Stopped;
+                            tool.pid = None;
+                        }
+                    }
+                    tracing::info!(workspace = %status.workspace_name, environment = %status.environment, state = state.as_str(), error = ?status.error, "environment ended");
+                }
+            }
+            RunReport::Notes { notes, .. } => status.notes.extend(notes),
+            RunReport::Launched {
+                instance, terminal, ..
+            } => {
+                tracing::info!(workspace = %status.workspace_name, environment = %status.environment, %instance, "environment launched");
+                status.instance = Some(instance);
+                self.terminals.insert(key.clone(), terminal);
+            }
+            RunReport::Tool {
+                name,
+                state,
+                detail,
+                pid,
+                restarts,
+                ..
+            } => {
+                if let Some(tool) = status.tools.iter_mut().find(|t| t.name == name) {
+                    if state == ToolState::Ready && tool.ready_at.is_none() {
+                        tool.ready_at = Some(Utc::now());
+                        ready = Some(name.clone());
+                    }
+                    tool.state = state;
+                    tool.detail = detail;
+                    if pid.is_some() {
+                        tool.pid = pid;
+                    }
+                    tool.restarts = restarts.max(tool.restarts);
+                }
+            }
+        }
+        status.updated = Utc::now();
+        self.publish(&key, ready);
+    }
+}
+
+impl RuntimeSupervisor {
+    fn held(&self, except: &EnvKey) -> Held {
+        let mut held = Held::default();
+        for (key, status) in &self.envs {
+            if key != except && status.state.is_active() {
+                if let Some(allocation) = &status.allocation {
+                    held.add(allocation);
+                }
+            }
+        }
+        held
+    }
+
+    fn backend(&self, kind: RuntimeKind) -> Result<Rc<dyn Backend>, RuntimeError> {
+        match kind {
+            RuntimeKind::Process | RuntimeKind::Auto => Ok(self.process.clone()),
+            RuntimeKind::Docker => Ok(self.docker.clone()),
+            #[cfg(feature = "libvirt")]
+            RuntimeKind::Libvirt => Ok(self.libvirt.clone()),
+            #[cfg(not(feature = "libvirt"))]
+            RuntimeKind::Libvirt => Err(RuntimeError::BackendUnavailable {
+                backend: "libvirt",
+                reason: "this aienv was built without the `libvirt` cargo feature; rebuild with `cargo build --release --features libvirt` (needs libvirt's development files, Debian: libvirt-dev)".into(),
+            }),
+        }
+    }
+
+    /// Which backend an environment runs on: the one asked for, else the spec's, else
+    /// docker for a container spec, libvirt for a VM spec, processes otherwise.
+    fn choose_backend(spec: &EnvironmentSpec, asked: Option<RuntimeKind>) -> RuntimeKind {
+        match asked.filter(|k| *k != RuntimeKind::Auto).unwrap_or(spec.runtime) {
+            RuntimeKind::Auto if spec.docker.is_some() => RuntimeKind::Docker,
+            RuntimeKind::Auto if spec.libvirt.is_some() => RuntimeKind::Libvirt,
+            RuntimeKind::Auto => RuntimeKind::Process,
+            kind => kind,
+        }
+    }
+
+    fn start_env(
+        &mut self,
+        entry: &WorkspaceEntry,
+        name: &str,
+        asked: Option<RuntimeKind>,
+        ctx: &mut Context<Self>,
+    ) -> Result<Arc<EnvStatus>, RuntimeError> {
+        let key = EnvKey {
+            workspace: entry.manifest.id,
+            environment: name.to_string(),
+        };
+        if self.active.contains_key(&key) {
+            // Already running (or starting): `run` is idempotent.
+            return Ok(Arc::new(self.envs[&key].clone()));
+        }
+        let spec = entry.environments[name].clone();
+        let kind = Self::choose_backend(&spec, asked);
+        let backend = self.backend(kind)?;
+        if self.host.cpu_cores == 0 {
+            self.host = resources::detect(&self.config.data_dir);
+        }
+        let allocation = allocation::allocate(name, &spec, &self.host, &self.held(&key))
+            .map_err(|reason| RuntimeError::DoesNotFit {
+                environment: name.to_string(),
+                reason,
+            })?;
+        let plan = self.plan(entry, name, &spec, kind, allocation.clone())?;
+        self.next_run += 1;
+        let run_id = self.next_run;
+        let cancel = Shutdown::new();
+        let now = Utc::now();
+        let status = EnvStatus {
+            workspace_id: entry.manifest.id,
+            workspace_name: entry.manifest.name.clone(),
+            environment: name.to_string(),
+            backend: kind,
+            state: EnvState::SettingUp,
+            notes: allocation.notes.clone(),
+            allocation: Some(allocation),
+            instance: None,
+            tools: plan
+                .tools
+                .iter()
+                .map(|tool| ToolStatus {
+                    name: tool.name.clone(),
+                    kind: tool.kind,
+                    state: if tool.runs() {
+                        ToolState::Pending
+                    } else {
+                        ToolState::Ready
+                    },
+                    url: if tool.runs() {
+                        format!(
+                            "{}{}",
+                            tool.base_path,
+                            spec.tools
+                                .iter()
+                                .find(|t| t.name == tool.name)
+                                .and_then(|t| t.path.as_deref())
+                                .unwrap_or("")
+                                .trim_start_matches('/')
+                        )
+                    } else {
+                        format!("/#/run/{}/{}", entry.manifest.name, name)
+                    },
+                    base_path: tool.base_path.clone(),
+                    upstream: tool
+                        .runs()
+                        .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], tool.port))),
+                    pid: None,
+                    restarts: 0,
+                    detail: None,
+                    token: tool.token.clone(),
+                    strip_prefix: tool.strip_prefix,
+                    ready_at: None,
+                })
+                .collect(),
+            error: None,
+            log_dir: plan.log_dir(),
+            autostart: spec.autostart,
+            started: Some(now),
+            ready_at: None,
+            updated: now,
+        };
+        tracing::info!(workspace = %entry.manifest.name, environment = name, backend = kind.as_str(), allocation = ?status.allocation, "starting environment");
+        self.envs.insert(key.clone(), status);
+        self.active.insert(
+            key.clone(),
+            Active {
+                run_id,
+                cancel: cancel.clone(),
+            },
+        );
+        self.publish(&key, None);
+        ctx.spawn(
+            runner::run(runner::Run {
+                key: key.clone(),
+                run_id,
+                plan,
+                backend,
+                supervisor: ctx.address(),
+                cancel,
+            })
+            .into_actor(self),
+        );
+        Ok(Arc::new(self.envs[&key].clone()))
+    }
+
+    fn plan(
+        &self,
+        entry: &WorkspaceEntry,
+        name: &str,
+        spec: &EnvironmentSpec,
+        kind: RuntimeKind,
+        allocation: Allocation,
+    ) -> Result<LaunchPlan, RuntimeError> {
+        let variant = spec
+            .variants
+            .iter()
+            .find(|v| Some(&v.name) == allocation.variant.as_ref());
+        let mut env = spec.env.clone();
+        if let Some(variant) = variant {
+            env.extend(variant.env.clone());
+        }
+        for (key, value) in &allocation.env {
+            env.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        let mut requirements: Vec<String> = spec
+            .python
+            .as_ref()
+            .map(|p| p.requirements.clone())
+            .unwrap_or_default();
+        if let Some(variant) = variant {
+            requirements.extend(variant.requirements.clone());
+        }
+        let image = variant
+            .and_then(|v| v.image.clone())
+            .or_else(|| spec.docker.as_ref().and_then(|d| d.image.clone()));
+        let in_container = kind == RuntimeKind::Docker;
+        let root_inside = if in_container {
+            spec.docker
+                .as_ref()
+                .map_or("/workspace".to_string(), |d| d.workdir.clone())
+        } else {
+            entry.path.display().to_string()
+        };
+        let listen = if in_container { "0.0.0.0" } else { "127.0.0.1" };
+        let mut tools = Vec::new();
+        for tool in &spec.tools {
+            let port = match tool.port {
+                Some(port) => port,
+                None if tool.kind == ToolKind::Terminal => 0,
+                None => free_port().map_err(|e| RuntimeError::io("finding a free port", e))?,
+            };
+            let base_path = format!("/w/{}/{}/", entry.manifest.name, tool.name);
+            let command: Vec<String> = if !tool.command.is_empty() {
+                tool.command.clone()
+            } else {
+                match tool.kind {
+                    ToolKind::Jupyterlab => {
+                        let mut argv: Vec<String> = [
+                            "jupyter",
+                            "lab",
+                            "--no-browser",
+                            &format!("--ip={listen}"),
+                            "--port=$PORT",
+                            "--ServerApp.base_url=$BASE_PATH",
+                            "--ServerApp.allow_remote_access=True",
+                            "--ServerApp.trust_xheaders=True",
+                            &format!("--ServerApp.root_dir={root_inside}"),
+                        ]
+                        .map(String::from)
+                        .to_vec();
+                        if in_container {
+                            argv.push("--allow-root".into());
+                        }
+                        argv
+                    }
+                    ToolKind::Vscode => [
+                        "code-server",
+                        &format!("--bind-addr={listen}:$PORT"),
+                        "--auth=none",
+                        "--disable-telemetry",
+                        "--disable-update-check",
+                        &root_inside,
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    _ => Vec::new(),
+                }
+            };
+            tools.push(ToolPlan {
+                name: tool.name.clone(),
+                kind: tool.kind,
+                argv: command.iter().map(|a| expand(a, port, &base_path)).collect(),
+                shell: tool.shell,
+                port,
+                token: (tool.kind == ToolKind::Jupyterlab).then(random_token),
+                health_path: tool.path.clone().unwrap_or_default(),
+                strip_prefix: tool.strips_prefix(),
+                base_path,
+            });
+        }
+        let state_dir = self
+            .config
+            .dir
+            .join(entry.manifest.id.to_string())
+            .join(name);
+        Ok(LaunchPlan {
+            node_id: self.config.node_id,
+            workspace_id: entry.manifest.id,
+            workspace_name: entry.manifest.name.clone(),
+            environment: name.to_string(),
+            setup_hash: setup_hash(&entry.path, spec, kind, &allocation, &requirements),
+            root: entry.path.clone(),
+            state_dir,
+            spec: spec.clone(),
+            allocation,
+            env,
+            requirements,
+            image,
+            tools,
+            stop_timeout: Duration::from_secs(spec.restart.stop_timeout_seconds.max(1) as u64),
+        })
+    }
+
+    fn autostart(&mut self, ctx: &mut Context<Self>) {
+        let view = self.store.view();
+        let wanted: Vec<(Arc<WorkspaceEntry>, String)> = view
+            .iter()
+            .flat_map(|entry| {
+                entry
+                    .environments
+                    .iter()
+                    .filter(|(_, spec)| spec.autostart)
+                    .map(|(name, _)| (entry.clone(), name.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (entry, name) in wanted {
+            tracing::info!(workspace = %entry.manifest.name, environment = %name, "autostart");
+            if let Err(error) = self.start_env(&entry, &name, None, ctx) {
+                tracing::warn!(workspace = %entry.manifest.name, environment = %name, %error, "autostart failed");
+            }
+        }
+    }
+
+    fn publish(&mut self, key: &EnvKey, ready: Option<String>) {
+        let Some(status) = self.envs.get(key) else {
+            return;
+        };
+        let status = Arc::new(status.clone());
+        let sender = &self.view_sender;
+        let envs = &self.envs;
+        self.bus
+            .publish(NodeEvent::RuntimeChanged(status.clone()), |seq| {
+                sender.send_replace(Arc::new(build_view(envs, seq)));
+            });
+        if let Some(tool) = ready {
+            self.bus.publish(
+                NodeEvent::ToolReady {
+                    status,
+                    tool,
+                },
+                |_| {},
+            );
+        }
+    }
+}
+
+fn build_view(envs: &HashMap<EnvKey, EnvStatus>, seq: u64) -> RuntimesView {
+    let mut list: Vec<Arc<EnvStatus>> = envs.values().cloned().map(Arc::new).collect();
+    list.sort_by(|a, b| {
+        (a.workspace_name.as_str(), a.environment.as_str())
+            .cmp(&(b.workspace_name.as_str(), b.environment.as_str()))
+    });
+    RuntimesView { seq, envs: list }
+}
+
+/// The environments `wanted` names, or all of the workspace's.
+fn select_environments(
+    entry: &WorkspaceEntry,
+    wanted: Option<&str>,
+) -> Result<Vec<String>, RuntimeError> {
+    match wanted {
+        Some(name) if entry.environments.contains_key(name) => Ok(vec![name.to_string()]),
+        Some(name) => Err(RuntimeError::EnvironmentNotFound {
+            workspace: entry.manifest.name.clone(),
+            name: name.to_string(),
+            known: entry.environments.keys().cloned().collect(),
+        }),
+        None => Ok(entry.environments.keys().cloned().collect()),
+    }
+}
+
+/// A free TCP port on loopback (the kernel's choice; released before the tool binds it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hash of everything set-up depends on: the spec, the backend, the variant, and the
+/// contents of the files set-up reads.
+fn setup_hash(
+    root: &std::path::Path,
+    spec: &EnvironmentSpec,
+    kind: RuntimeKind,
+    allocation: &Allocation,
+    requirements: &[String],
+) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(serde_json::to_string(spec).unwrap_or_default().as_bytes());
+    hasher.update(kind.as_str().as_bytes());
+    hasher.update(allocation.variant.as_deref().unwrap_or("").as_bytes());
+    let mut files: Vec<String> = requirements.to_vec();
+    if let Some(python) = &spec.python {
+        files.extend(python.projects.iter().map(|p| format!("{p}/pyproject.toml")));
+        if python.manager == PythonManager::Conda {
+            files.extend(python.conda_file.clone());
+        }
+    }
+    files.extend(spec.scripts.unix.clone());
+    if let Some(build) = spec.docker.as_ref().and_then(|d| d.build.clone()) {
+        files.push(build);
+    }
+    for file in files {
+        hasher.update(file.as_bytes());
+        if let Ok(bytes) = std::fs::read(root.join(&file)) {
+            hasher.update(&bytes);
+        }
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Cloneable handle to the supervisor.
+#[derive(Clone)]
+pub struct RuntimeSupervisorHandle {
+    addr: Addr<RuntimeSupervisor>,
+    view: watch::Receiver<Arc<RuntimesView>>,
+    store: WorkspaceStoreHandle,
+    dir: PathBuf,
+}
+
+impl RuntimeSupervisorHandle {
+    /// Starts the supervisor on the current arbiter.
+    pub fn start(
+        config: RuntimeConfig,
+        store: WorkspaceStoreHandle,
+        bus: EventBus,
+    ) -> RuntimeSupervisorHandle {
+        let (view_sender, view) = watch::channel(Arc::new(RuntimesView::default()));
+        let dir = config.dir.clone();
+        let host = resources::detect(&config.data_dir);
+        #[cfg(feature = "libvirt")]
+        let libvirt = Rc::new(libvirt::LibvirtBackend::new(&config.libvirt_uri));
+        let addr = RuntimeSupervisor {
+            config: Arc::new(config),
+            store: store.clone(),
+            bus,
+            envs: HashMap::new(),
+            active: HashMap::new(),
+            terminals: HashMap::new(),
+            next_run: 0,
+            host,
+            process: Rc::new(process::ProcessBackend),
+            docker: Rc::new(docker::DockerBackend::default()),
+            #[cfg(feature = "libvirt")]
+            libvirt,
+            view_sender,
+        }
+        .start();
+        RuntimeSupervisorHandle {
+            addr,
+            view,
+            store,
+            dir,
+        }
+    }
+
+    /// The current read view.
+    pub fn view(&self) -> Arc<RuntimesView> {
+        self.view.borrow().clone()
+    }
+
+    /// Every environment of `workspace` with its state (stopped ones included).
+    pub fn status(&self, workspace: &str) -> Result<Vec<Arc<EnvStatus>>, RuntimeError> {
+        let entry = self.store.get(workspace)?;
+        let view = self.view();
+        Ok(entry
+            .environments
+            .iter()
+            .map(|(name, spec)| {
+                view.find(entry.manifest.id, name)
+                    .unwrap_or_else(|| {
+                        let log_dir = self.dir.join(entry.manifest.id.to_string()).join(name).join("logs");
+                        Arc::new(stopped_status(&entry, name, spec, log_dir))
+                    })
+            })
+            .collect())
+    }
+
+    /// Starts the environments (all, or `environment`) of `workspace`.
+    pub async fn run(
+        &self,
+        workspace: &str,
+        environment: Option<&str>,
+        backend: Option<RuntimeKind>,
+    ) -> Result<Vec<Arc<EnvStatus>>, RuntimeError> {
+        self.addr
+            .send(Start {
+                workspace: workspace.to_string(),
+                environment: environment.map(str::to_string),
+                backend,
+            })
+            .await
+            .map_err(|_| RuntimeError::Gone)?
+    }
+
+    /// Waits until the environments `keys` have settled (every tool answering, or failed),
+    /// at most `timeout`; their statuses then.
+    pub async fn wait_settled(
+        &self,
+        keys: &[(Uuid, String)],
+        timeout: Duration,
+    ) -> Vec<Arc<EnvStatus>> {
+        let mut view = self.view.clone();
+        let settled = |view: &RuntimesView| {
+            keys.iter()
+                .all(|(id, name)| view.find(*id, name).is_none_or(|s| s.settled()))
+        };
+        let _ = tokio::time::timeout(timeout, view.wait_for(|v| settled(v))).await;
+        let view = self.view();
+        keys.iter()
+            .filter_map(|(id, name)| view.find(*id, name))
+            .collect()
+    }
+
+    /// Stops the environments (all, or `environment`) of `workspace` (every environment on
+    /// the node when `None`) and waits until they stopped, at most `timeout`.
+    pub async fn stop(
+        &self,
+        workspace: Option<&str>,
+        environment: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<Arc<EnvStatus>>, RuntimeError> {
+        let keys = self
+            .addr
+            .send(Stop {
+                workspace: workspace.map(str::to_string),
+                environment: environment.map(str::to_string),
+            })
+            .await
+            .map_err(|_| RuntimeError::Gone)??;
+        let mut view = self.view.clone();
+        let stopped = |view: &RuntimesView| {
+            keys.iter().all(|key| {
+                view.find(key.workspace, &key.environment)
+                    .is_none_or(|s| !s.state.is_active())
+            })
+        };
+        let _ = tokio::time::timeout(timeout, view.wait_for(|v| stopped(v))).await;
+        let view = self.view();
+        Ok(keys
+            .iter()
+            .filter_map(|key| view.find(key.workspace, &key.environment))
+            .collect())
+    }
+
+    /// Where a terminal of a running environment of `workspace` attaches.
+    pub async fn terminal(
+        &self,
+        workspace: &str,
+        environment: Option<&str>,
+    ) -> Result<TerminalTarget, RuntimeError> {
+        self.addr
+            .send(TerminalFor {
+                workspace: workspace.to_string(),
+                environment: environment.map(str::to_string),
+            })
+            .await
+            .map_err(|_| RuntimeError::Gone)?
+    }
+
+    /// Proposes an environment for `workspace` from its project files (nothing written).
+    pub async fn detect(&self, workspace: &str) -> Result<detect::Detection, RuntimeError> {
+        let entry = self.store.get(workspace)?;
+        let root = entry.path.clone();
+        let projects: Vec<String> = entry
+            .manifest
+            .projects
+            .iter()
+            .map(|p| p.path.clone())
+            .collect();
+        tokio::task::spawn_blocking(move || detect::detect(&root, &projects))
+            .await
+            .map_err(|e| RuntimeError::BadRequest(e.to_string()))
+    }
+}
+
+fn stopped_status(
+    entry: &WorkspaceEntry,
+    name: &str,
+    spec: &EnvironmentSpec,
+    log_dir: PathBuf,
+) -> EnvStatus {
+    EnvStatus {
+        workspace_id: entry.manifest.id,
+        workspace_name: entry.manifest.name.clone(),
+        environment: name.to_string(),
+        backend: RuntimeSupervisor::choose_backend(spec, None),
+        state: EnvState::Stopped,
+        allocation: None,
+        instance: None,
+        tools: spec
+            .tools
+            .iter()
+            .map(|tool| ToolStatus {
+                name: tool.name.clone(),
+                kind: tool.kind,
+                state: ToolState::Stopped,
+                url: format!("/w/{}/{}/", entry.manifest.name, tool.name),
+                base_path: format!("/w/{}/{}/", entry.manifest.name, tool.name),
+                upstream: None,
+                pid: None,
+                restarts: 0,
+                detail: None,
+                token: None,
+                strip_prefix: tool.strips_prefix(),
+                ready_at: None,
+            })
+            .collect(),
+        error: None,
+        notes: Vec::new(),
+        log_dir,
+        autostart: spec.autostart,
+        started: None,
+        ready_at: None,
+        updated: Utc::now(),
+    }
+}
+
+/// Log files of an environment's run, by label (`setup`, a tool's name, `container`).
+pub fn log_files(status: &EnvStatus) -> BTreeMap<String, PathBuf> {
+    let mut files = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(&status.log_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(label) = name.strip_suffix(".log") {
+                files.insert(label.to_string(), entry.path());
+            }
+        }
+    }
+    files
+}
