@@ -611,6 +611,133 @@ impl Client {
         self.json(response).await
     }
 
+    /// `POST /workspaces/{ws}/run`.
+    pub async fn run(
+        &self,
+        workspace: &str,
+        request: &crate::api::RunRequest,
+    ) -> Result<Vec<crate::api::EnvironmentStatusDto>, ClientError> {
+        let timeout = Duration::from_secs(request.timeout_seconds.unwrap_or(600) + 30);
+        let response = self
+            .request(awc::http::Method::POST, &format!("/workspaces/{}/run", segment(workspace)))
+            .timeout(timeout)
+            .send_json(request)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        Ok(self.json::<Environments>(response).await?.environments)
+    }
+
+    /// `POST /workspaces/{ws}/stop`.
+    pub async fn stop(
+        &self,
+        workspace: &str,
+        environment: Option<&str>,
+    ) -> Result<Vec<crate::api::EnvironmentStatusDto>, ClientError> {
+        let body = crate::api::StopRequest {
+            environment: environment.map(str::to_string),
+        };
+        let response = self
+            .request(awc::http::Method::POST, &format!("/workspaces/{}/stop", segment(workspace)))
+            .timeout(Duration::from_secs(180))
+            .send_json(&body)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        Ok(self.json::<Environments>(response).await?.environments)
+    }
+
+    /// `GET /workspaces/{ws}/status`.
+    pub async fn status(
+        &self,
+        workspace: &str,
+    ) -> Result<Vec<crate::api::EnvironmentStatusDto>, ClientError> {
+        Ok(self
+            .get_json::<Environments>(&format!("/workspaces/{}/status", segment(workspace)))
+            .await?
+            .environments)
+    }
+
+    /// `GET /runtimes`: every environment that ran since the node started.
+    pub async fn runtimes(&self) -> Result<Vec<crate::api::EnvironmentStatusDto>, ClientError> {
+        Ok(self.get_json::<Environments>("/runtimes").await?.environments)
+    }
+
+    /// `POST /workspaces/{ws}/detect`.
+    pub async fn detect(&self, workspace: &str) -> Result<crate::api::DetectionDto, ClientError> {
+        let response = self
+            .send(awc::http::Method::POST, &format!("/workspaces/{}/detect", segment(workspace)))
+            .await?;
+        self.json(response).await
+    }
+
+    /// `GET /workspaces/{ws}/logs`: as a stream of text chunks (endless with `follow`).
+    pub async fn logs(
+        &self,
+        workspace: &str,
+        environment: Option<&str>,
+        tool: Option<&str>,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<futures_util::stream::LocalBoxStream<'static, Result<Bytes, ClientError>>, ClientError>
+    {
+        let mut query = vec![format!("follow={follow}")];
+        if let Some(environment) = environment {
+            query.push(format!("environment={}", segment(environment)));
+        }
+        if let Some(tool) = tool {
+            query.push(format!("tool={}", segment(tool)));
+        }
+        if let Some(tail) = tail {
+            query.push(format!("tail={tail}"));
+        }
+        let response = self
+            .request(
+                awc::http::Method::GET,
+                &format!("/workspaces/{}/logs?{}", segment(workspace), query.join("&")),
+            )
+            .timeout(Duration::from_secs(if follow { 365 * 24 * 3600 } else { 120 }))
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let response = self.check(response).await?;
+        Ok(response
+            .map(|chunk| chunk.map_err(|e| ClientError::Decode(e.to_string())))
+            .boxed_local())
+    }
+
+    /// Opens the terminal WebSocket of a running environment.
+    pub async fn terminal(
+        &self,
+        workspace: &str,
+        environment: Option<&str>,
+        cols: u16,
+        rows: u16,
+    ) -> Result<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>, ClientError> {
+        let mut path = format!("/workspaces/{}/terminal?cols={cols}&rows={rows}", segment(workspace));
+        if let Some(environment) = environment {
+            path.push_str(&format!("&environment={}", segment(environment)));
+        }
+        let url = self.url(&path).replacen("http", "ws", 1);
+        let mut request = self.http.ws(url).max_frame_size(16 << 20);
+        if let Some(value) = self.authorization() {
+            request = request.header(AUTHORIZATION, value);
+        }
+        match request.connect().await {
+            Ok((_, framed)) => Ok(framed),
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+                // Ask again over plain HTTP to read the API's error body.
+                let response = self.send(awc::http::Method::GET, &path).await?;
+                self.check(response).await?;
+                Err(ClientError::Api {
+                    status: status.as_u16(),
+                    code: "websocket-refused".into(),
+                    message: format!("the node refused the terminal ({status})"),
+                    details: None,
+                })
+            }
+            Err(other) => Err(self.connect_error(other)),
+        }
+    }
+
     /// Opens the live event stream; yields each message as JSON.
     pub async fn events(
         &self,
@@ -668,6 +795,11 @@ fn file_stream(
             Err(e) => std::task::Poll::Ready(Some(Err(e))),
         }
     })
+}
+
+#[derive(serde::Deserialize)]
+struct Environments {
+    environments: Vec<crate::api::EnvironmentStatusDto>,
 }
 
 /// Percent-encodes one path segment or query value.

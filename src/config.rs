@@ -28,6 +28,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// Clones and syncs between nodes.
     pub transfer: TransferSection,
+    /// Running environments.
+    pub runtime: RuntimeSection,
     /// Logging.
     pub log: LogConfig,
 }
@@ -121,6 +123,25 @@ impl Default for TransferSection {
     }
 }
 
+/// Runtime settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Start environments marked `autostart` when the node starts.
+    pub autostart: bool,
+    /// libvirt connection for environments that name none.
+    pub libvirt_uri: String,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> RuntimeSection {
+        RuntimeSection {
+            autostart: true,
+            libvirt_uri: "qemu:///system".into(),
+        }
+    }
+}
+
 /// `transfer.compress`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -170,6 +191,7 @@ impl Default for Config {
             store: StoreSection::default(),
             discovery: DiscoveryConfig::default(),
             transfer: TransferSection::default(),
+            runtime: RuntimeSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -482,7 +504,7 @@ mod tests {
         let config: Config = aienv_actors::yaml::from_str(&text, &path).unwrap();
         assert_eq!(config.transfer, TransferSection::default());
         assert_eq!(config.discovery, DiscoveryConfig::default());
-        for section in ["http:", "store:", "discovery:", "transfer:", "log:"] {
+        for section in ["http:", "store:", "discovery:", "transfer:", "runtime:", "log:"] {
             assert!(
                 text.contains(&format!("\n{section}")),
                 "{section} is documented"

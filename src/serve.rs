@@ -16,6 +16,7 @@ use aienv_actors::discovery::{AnnouncerConfig, AnnouncerHandle};
 use aienv_actors::event_bus::EventBus;
 use aienv_actors::identity;
 use aienv_actors::peer_registry::{PeerRegistryHandle, RegistryConfig};
+use aienv_actors::runtime_supervisor::{RuntimeConfig, RuntimeSupervisorHandle};
 use aienv_actors::shutdown::Shutdown;
 use aienv_actors::transfer_queue::{Compression, TransferConfig, TransferQueueHandle};
 use aienv_actors::workspace_store::{ImportLimits, StoreConfig, WorkspaceStoreHandle};
@@ -169,9 +170,27 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         receiver.await.expect("the transfer arbiter starts")
     };
 
+    // Environments run on their own thread too: process and container supervision never
+    // waits behind a transfer's work, nor the other way round.
+    let runtimes = {
+        let config = RuntimeConfig {
+            libvirt_uri: config.runtime.libvirt_uri.clone(),
+            autostart: config.runtime.autostart,
+            ..RuntimeConfig::new(&data_dir, node_id)
+        };
+        let (store, bus) = (store.clone(), bus.clone());
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let arbiter = actix::Arbiter::new();
+        arbiter.spawn(async move {
+            let _ = sender.send(RuntimeSupervisorHandle::start(config, store, bus));
+        });
+        receiver.await.expect("the runtime arbiter starts")
+    };
+
     let shutdown = Shutdown::new();
     let state = web::Data::new(AppState {
         store,
+        runtimes: runtimes.clone(),
         transfers,
         uploads: Arc::new(http::Uploads::new(
             config.transfer.max_uploads,
@@ -257,6 +276,17 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         wait_for_signal().await;
         tracing::info!("shutting down");
         announcer.goodbye().await;
+        // Tools and containers stop with the node (autostart ones come back with it).
+        match runtimes
+            .stop(None, None, std::time::Duration::from_secs(30))
+            .await
+        {
+            Ok(stopped) if !stopped.is_empty() => {
+                tracing::info!(environments = stopped.len(), "environments stopped")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "stopping environments"),
+        }
         signal_shutdown.trigger();
         handle.stop(true).await;
     });
@@ -296,7 +326,9 @@ fn json_error_body<B: MessageBody + 'static>(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json || response.status().as_u16() == 101 {
+    // Tools' own answers pass through the proxy untouched.
+    let proxied = response.request().path().starts_with("/w/") && !is_json;
+    if is_json || proxied || response.status().as_u16() == 101 {
         return Ok(ErrorHandlerResponse::Response(
             response.map_into_left_body(),
         ));

@@ -2,6 +2,7 @@
 //! over REST through [`crate::client::Client`].
 
 mod output;
+mod runtime;
 mod transfer;
 mod workspace;
 
@@ -78,6 +79,9 @@ pub enum Command {
         /// Return once queued instead of following the transfer.
         #[arg(long)]
         no_wait: bool,
+        /// Set the clone up and start it when it arrives (like `aienv run`).
+        #[arg(long)]
+        run: bool,
     },
     /// Update a clone from the node it was cloned from (only what changed moves).
     Sync {
@@ -90,6 +94,69 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Set up and start a workspace's environments; returns once their tools answer (or
+    /// fail), printing their URLs. The environments keep running under the node.
+    Run {
+        /// Workspace name or id.
+        workspace: String,
+        /// One environment (all when omitted).
+        environment: Option<String>,
+        /// Run on this backend: process, docker, libvirt (the environment's choice otherwise).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Stop a workspace's environments (all, or one).
+    Stop {
+        /// Workspace name or id.
+        workspace: String,
+        /// One environment.
+        environment: Option<String>,
+    },
+    /// Show running environments (or every environment of one workspace): state,
+    /// allocation, tools and their URLs.
+    Status {
+        /// Workspace name or id.
+        workspace: Option<String>,
+    },
+    /// Print an environment's logs (set-up, tools, container).
+    Logs {
+        /// Workspace name or id.
+        workspace: String,
+        /// One environment.
+        environment: Option<String>,
+        /// Only this log (a tool's name, `setup`, `container`).
+        #[arg(long)]
+        tool: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines of each log to start with.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Open a running tool in the browser (or print its URL).
+    Open {
+        /// Workspace name or id.
+        workspace: String,
+        /// Tool name.
+        tool: String,
+        /// Only print the URL.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Attach this terminal to a running environment's shell (the node's terminal).
+    Shell {
+        /// Workspace name or id.
+        workspace: String,
+        /// One environment (the first running one otherwise).
+        environment: Option<String>,
+    },
+    /// Environment helpers.
+    #[command(subcommand)]
+    Env(runtime::EnvCommand),
     /// List clone and sync jobs; cancel or retry one.
     Transfers {
         #[command(subcommand)]
@@ -657,7 +724,10 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
             rename_to,
             private,
             no_wait,
-        } => transfer::clone(cli, &client, source, rename_to.clone(), *private, *no_wait).await,
+            run,
+        } => {
+            transfer::clone(cli, &client, source, rename_to.clone(), *private, *no_wait, *run).await
+        }
         Command::Sync {
             workspace,
             peer,
@@ -666,6 +736,37 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
         Command::Transfers { action, watch } => {
             transfer::transfers(cli, &client, action, *watch).await
         }
+        Command::Run {
+            workspace,
+            environment,
+            backend,
+            timeout,
+        } => runtime::run(cli, &client, workspace, environment.clone(), backend.clone(), *timeout).await,
+        Command::Stop {
+            workspace,
+            environment,
+        } => runtime::stop(cli, &client, workspace, environment.as_deref()).await,
+        Command::Status { workspace } => runtime::status(cli, &client, workspace.as_deref()).await,
+        Command::Logs {
+            workspace,
+            environment,
+            tool,
+            follow,
+            tail,
+        } => {
+            runtime::logs(&client, workspace, environment.as_deref(), tool.as_deref(), *follow, *tail)
+                .await
+        }
+        Command::Open {
+            workspace,
+            tool,
+            print,
+        } => runtime::open(cli, &client, workspace, tool, *print).await,
+        Command::Shell {
+            workspace,
+            environment,
+        } => runtime::shell(&client, workspace, environment.as_deref()).await,
+        Command::Env(command) => runtime::env(cli, &client, command).await,
         Command::Events => {
             let mut stream = client.events().await?;
             while let Some(message) = stream.next().await {

@@ -40,6 +40,7 @@ pub async fn clone(
     rename_to: Option<String>,
     private: bool,
     no_wait: bool,
+    run: bool,
 ) -> Result<(), CliError> {
     let Some((peer, workspace)) = source.split_once('/') else {
         return Err(CliError::with_code(
@@ -56,7 +57,13 @@ pub async fn clone(
             private,
         })
         .await?;
-    follow(cli, client, job, no_wait).await
+    let target = job.target_name.clone();
+    follow(cli, client, job, no_wait && !run).await?;
+    if run {
+        // Set up and start on arrival, sized to this host.
+        super::runtime::run(cli, client, &target, None, None, 600).await?;
+    }
+    Ok(())
 }
 
 /// `aienv sync WS`.

@@ -199,3 +199,52 @@ impl From<TransferError> for ApiError {
         }
     }
 }
+
+impl From<aienv_actors::runtime_supervisor::RuntimeError> for ApiError {
+    fn from(error: aienv_actors::runtime_supervisor::RuntimeError) -> ApiError {
+        use aienv_actors::runtime_supervisor::RuntimeError as E;
+        use StatusCode as S;
+        let error = match error {
+            E::Store(store) => return ApiError::from(store),
+            other => other,
+        };
+        let message = error.to_string();
+        let (status, code, details) = match &error {
+            E::EnvironmentNotFound { name, known, .. } => (
+                S::NOT_FOUND,
+                "environment-not-found",
+                Some(json!({ "name": name, "environments": known })),
+            ),
+            E::ToolNotFound { name, known, .. } => (
+                S::NOT_FOUND,
+                "tool-not-found",
+                Some(json!({ "name": name, "tools": known })),
+            ),
+            E::NotRunning(_) => (S::CONFLICT, "not-running", None),
+            E::DoesNotFit { environment, reason } => (
+                S::UNPROCESSABLE_ENTITY,
+                "does-not-fit",
+                Some(json!({ "environment": environment, "reason": reason })),
+            ),
+            E::BackendUnavailable { backend, .. } => (
+                S::SERVICE_UNAVAILABLE,
+                "backend-unavailable",
+                Some(json!({ "backend": backend })),
+            ),
+            E::Unsupported(_) | E::BadRequest(_) => (S::UNPROCESSABLE_ENTITY, "invalid-environment", None),
+            E::SetupFailed { step, log, .. } => (
+                S::UNPROCESSABLE_ENTITY,
+                "setup-failed",
+                Some(json!({ "step": step, "log": log })),
+            ),
+            E::Gone => (S::SERVICE_UNAVAILABLE, "shutting-down", None),
+            _ => (S::INTERNAL_SERVER_ERROR, "runtime-failed", None),
+        };
+        ApiError {
+            status,
+            code,
+            message,
+            details,
+        }
+    }
+}

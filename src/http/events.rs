@@ -19,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use aienv_actors::event_bus::Envelope;
 use aienv_actors::events::{EventSource, NodeEvent};
 
-use crate::api::{PeerDto, TransferDto, WorkspaceDto};
+use crate::api::{EnvironmentStatusDto, PeerDto, TransferDto, WorkspaceDto};
 
 use super::node::node_info;
 use super::{ApiError, AppState, Caller, Login};
@@ -116,6 +116,7 @@ struct Watermarks {
     workspaces: u64,
     peers: u64,
     transfers: u64,
+    runtimes: u64,
 }
 
 impl Watermarks {
@@ -124,6 +125,7 @@ impl Watermarks {
             EventSource::Workspaces => self.workspaces,
             EventSource::Peers => self.peers,
             EventSource::Transfers => self.transfers,
+            EventSource::Runtimes => self.runtimes,
         }
     }
 }
@@ -132,6 +134,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
     let view = state.store.view();
     let peers = state.peers.view();
     let transfers = state.transfers.view();
+    let runtimes = state.runtimes.view();
     let owner = Caller(Some(crate::auth::Principal::Admin));
     let workspaces: Vec<WorkspaceDto> = view
         .iter()
@@ -139,12 +142,13 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
         .collect();
     let text = json!({
         "type": "snapshot",
-        "seq": view.seq.max(peers.seq).max(transfers.seq),
+        "seq": view.seq.max(peers.seq).max(transfers.seq).max(runtimes.seq),
         "resync": resync,
         "node": node_info(state, &owner),
         "workspaces": workspaces,
         "peers": peers.peers.iter().map(|p| PeerDto::from(&**p)).collect::<Vec<_>>(),
         "transfers": transfers.jobs.iter().map(|j| TransferDto::from(&**j)).collect::<Vec<_>>(),
+        "runtimes": runtimes.envs.iter().map(|e| EnvironmentStatusDto::from(&**e)).collect::<Vec<_>>(),
     })
     .to_string();
     (
@@ -153,6 +157,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
             workspaces: view.seq,
             peers: peers.seq,
             transfers: transfers.seq,
+            runtimes: runtimes.seq,
         },
     )
 }
@@ -189,6 +194,21 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
             "seq": envelope.seq,
             "at": envelope.at,
             "transfer": TransferDto::from(&**job),
+        })
+        .to_string(),
+        NodeEvent::RuntimeChanged(status) => json!({
+            "type": "runtime_changed",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "environment": EnvironmentStatusDto::from(&**status),
+        })
+        .to_string(),
+        NodeEvent::ToolReady { status, tool } => json!({
+            "type": "tool_ready",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "tool": tool,
+            "environment": EnvironmentStatusDto::from(&**status),
         })
         .to_string(),
         #[allow(unreachable_patterns)]

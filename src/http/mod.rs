@@ -8,7 +8,9 @@ mod extract;
 mod list_cache;
 mod node;
 mod peers;
+mod runtimes;
 mod session;
+mod tool_proxy;
 mod transfers;
 mod ui;
 mod workspaces;
@@ -27,6 +29,7 @@ use uuid::Uuid;
 use aienv_actors::discovery::AnnouncerHandle;
 use aienv_actors::event_bus::EventBus;
 use aienv_actors::peer_registry::PeerRegistryHandle;
+use aienv_actors::runtime_supervisor::RuntimeSupervisorHandle;
 use aienv_actors::shutdown::Shutdown;
 use aienv_actors::transfer_queue::TransferQueueHandle;
 use aienv_actors::workspace_store::WorkspaceStoreHandle;
@@ -49,6 +52,8 @@ pub struct AppState {
     pub announcer: AnnouncerHandle,
     /// The transfer queue.
     pub transfers: TransferQueueHandle,
+    /// The runtime supervisor.
+    pub runtimes: RuntimeSupervisorHandle,
     /// Limits on chunk uploads to peers.
     pub uploads: Arc<Uploads>,
     /// The event bus.
@@ -122,8 +127,10 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(session::configure)
                     .configure(events::configure)
                     .configure(transfers::configure)
+                    .configure(runtimes::configure)
                     .default_service(web::to(not_found)),
             )
+            .configure(tool_proxy::configure)
             .configure(ui::configure);
     }
 }

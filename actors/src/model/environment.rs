@@ -61,14 +61,18 @@ pub struct EnvironmentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
     /// How tools are checked once started.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub health: HealthSpec,
     /// What happens when a tool exits or stops answering.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub restart: RestartSpec,
     /// Start the environment when the node starts (and keep it running).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub autostart: bool,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Where an environment runs.

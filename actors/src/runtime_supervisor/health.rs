@@ -25,19 +25,21 @@ pub async fn probe(
             .write_all(request.as_bytes())
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        let mut head = [0u8; 64];
-        let mut read = 0;
-        while read < 12 {
+        // Read the whole (bounded) answer: closing with unread bytes would reset the
+        // connection and fill the tool's log with errors.
+        let mut answer = Vec::with_capacity(1024);
+        let mut buffer = [0u8; 8192];
+        while answer.len() < 64 * 1024 {
             let n = stream
-                .read(&mut head[read..])
+                .read(&mut buffer)
                 .await
                 .map_err(|e| format!("{addr}: {e}"))?;
             if n == 0 {
                 break;
             }
-            read += n;
+            answer.extend_from_slice(&buffer[..n]);
         }
-        let line = String::from_utf8_lossy(&head[..read]).to_string();
+        let line = String::from_utf8_lossy(&answer[..answer.len().min(64)]).to_string();
         let status: u16 = line
             .strip_prefix("HTTP/1.")
             .and_then(|rest| rest.get(2..5))

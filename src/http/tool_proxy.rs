@@ -1,0 +1,360 @@
+//! `/w/<workspace>/<tool>/…`: the reverse proxy to running tools, HTTP and WebSocket,
+//! behind the node's login. The node signs the person into the tool: JupyterLab gets the
+//! token it was started with (`Authorization: token …`); code-server runs with its own auth
+//! off, reachable only on loopback. The node's own credentials (its session cookie, its
+//! `Authorization`) never reach the tool.
+//!
+//! Browser sessions need no CSRF header here (tools do not know it): the session cookie is
+//! `SameSite=Strict`, and a request whose `Origin` is another site is refused.
+
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::{SinkExt, StreamExt};
+
+use aienv_actors::runtime_supervisor::{ProxyMiss, ProxyTarget};
+
+use crate::auth::Presented;
+
+use super::{ApiError, AppState};
+
+/// Largest WebSocket message relayed (JupyterLab sends whole notebooks and images).
+const MAX_WS_FRAME: usize = 64 << 20;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource(["/w/{ws}/{tool}", "/w/{ws}/{tool}/{tail:.*}"]).route(web::route().to(proxy)),
+    );
+}
+
+thread_local! {
+    /// One pooled client per worker: keep-alive connections to tools make the proxy cheap.
+    static CLIENT: awc::Client = awc::Client::builder()
+        .disable_redirects()
+        .no_default_headers()
+        .timeout(Duration::from_secs(300))
+        .finish();
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+];
+
+async fn proxy(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let workspace = request.match_info().get("ws").unwrap_or_default().to_string();
+    let tool = request.match_info().get("tool").unwrap_or_default().to_string();
+    check_login(&state, &request).await?;
+    let target = match state.runtimes.view().proxy_target(&workspace, &tool) {
+        Ok(target) => target,
+        Err(ProxyMiss::Unknown) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "tool-not-found",
+                format!("no running tool `{tool}` in workspace `{workspace}`: start it with `aienv run {workspace}`"),
+            ))
+        }
+        Err(ProxyMiss::NotRunning(why)) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tool-not-running", why))
+        }
+    };
+    // `/w/ws/tool` without the slash: tools resolve relative links against the directory.
+    let base_without_slash = target.base_path.trim_end_matches('/');
+    if request.path() == base_without_slash {
+        let location = match request.query_string() {
+            "" => target.base_path.clone(),
+            query => format!("{}?{query}", target.base_path),
+        };
+        return Ok(HttpResponse::PermanentRedirect()
+            .insert_header((header::LOCATION, location))
+            .finish());
+    }
+    let upstream_path = if target.strip_prefix {
+        let rest = request.path().strip_prefix(base_without_slash).unwrap_or("/");
+        if rest.is_empty() { "/".to_string() } else { rest.to_string() }
+    } else {
+        request.path().to_string()
+    };
+    let query = request.query_string();
+    let path_and_query = if query.is_empty() {
+        upstream_path
+    } else {
+        format!("{upstream_path}?{query}")
+    };
+    let is_websocket = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_websocket {
+        return websocket(&request, payload, &target, &path_and_query).await;
+    }
+    let url = format!("http://{}{path_and_query}", target.upstream);
+    let headers = forward_headers(&request, &target);
+    let mut upstream = CLIENT.with(|client| client.request(request.method().clone(), &url));
+    for (name, value) in headers.iter() {
+        upstream = upstream.append_header((name.clone(), value.clone()));
+    }
+    let response = upstream
+        .send_stream(payload)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "tool-unreachable",
+                format!("tool `{tool}` of `{workspace}` did not answer: {e}"),
+            )
+        })?;
+    let mut builder = HttpResponse::build(response.status());
+    for (name, value) in response.headers() {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
+            builder.append_header((name.clone(), value.clone()));
+        }
+    }
+    match response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        Some(length) => Ok(builder.body(actix_web::body::SizedStream::new(length, response))),
+        None => Ok(builder.streaming(response)),
+    }
+}
+
+/// The request's headers as the tool should see them.
+fn forward_headers(request: &HttpRequest, target: &ProxyTarget) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let connection_listed: Vec<String> = request
+        .headers()
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for (name, value) in request.headers() {
+        let lower = name.as_str();
+        if HOP_BY_HOP.contains(&lower)
+            || connection_listed.iter().any(|c| c == lower)
+            || name == header::AUTHORIZATION
+            || lower.starts_with("sec-websocket-")
+        {
+            continue;
+        }
+        if name == header::COOKIE {
+            if let Some(kept) = strip_session_cookie(value) {
+                headers.append(header::COOKIE, kept);
+            }
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some(token) = &target.token {
+        if let Ok(value) = HeaderValue::from_str(&format!("token {token}")) {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+    }
+    let info = request.connection_info();
+    let forwarded = [
+        ("x-forwarded-for", info.realip_remote_addr().unwrap_or("").to_string()),
+        ("x-forwarded-proto", info.scheme().to_string()),
+        ("x-forwarded-host", info.host().to_string()),
+    ];
+    for (name, value) in forwarded {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    if target.strip_prefix {
+        if let Ok(value) = HeaderValue::from_str(target.base_path.trim_end_matches('/')) {
+            headers.insert(HeaderName::from_static("x-forwarded-prefix"), value);
+        }
+    }
+    headers
+}
+
+/// The `Cookie` header without the node's session cookie (`None` when nothing is left).
+fn strip_session_cookie(value: &HeaderValue) -> Option<HeaderValue> {
+    let text = value.to_str().ok()?;
+    let kept: Vec<&str> = text
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with(&format!("{}=", super::session::COOKIE)))
+        .collect();
+    if kept.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&kept.join("; ")).ok()
+    }
+}
+
+/// The node's login: a session cookie (browser) or the node's credentials.
+async fn check_login(state: &web::Data<AppState>, request: &HttpRequest) -> Result<(), ApiError> {
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !state.access.allows_origin(origin, host) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin-not-allowed",
+                format!("pages from `{origin}` may not use this node's tools"),
+            ));
+        }
+    }
+    if let Some(cookie) = request.cookie(super::session::COOKIE) {
+        if state.sessions.get(cookie.value()).is_some() {
+            return Ok(());
+        }
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(Presented::parse)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "tools open behind the node's login: log in on the node's dashboard first (or send its credentials)",
+            )
+        })?;
+    let auth = state.auth.clone();
+    let principal = if auth.is_cheap(&presented) {
+        auth.verify(&presented)
+    } else {
+        web::block(move || auth.verify(&presented))
+            .await
+            .map_err(|_| ApiError::unauthorized())?
+    };
+    principal.map(|_| ()).ok_or_else(ApiError::unauthorized)
+}
+
+/// Relays a WebSocket between the browser and the tool, message by message.
+async fn websocket(
+    request: &HttpRequest,
+    payload: web::Payload,
+    target: &ProxyTarget,
+    path_and_query: &str,
+) -> Result<HttpResponse, ApiError> {
+    let url = format!("ws://{}{path_and_query}", target.upstream);
+    let protocols: Vec<String> = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
+        .unwrap_or_default();
+    let mut upstream = CLIENT
+        .with(|client| client.ws(&url))
+        .max_frame_size(MAX_WS_FRAME);
+    if !protocols.is_empty() {
+        upstream = upstream.protocols(&protocols);
+    }
+    for (name, value) in forward_headers(request, target).iter() {
+        upstream = upstream.set_header(name.clone(), value.clone());
+    }
+    let (response, framed) = upstream.connect().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "tool-unreachable",
+            format!("the tool refused the WebSocket: {e}"),
+        )
+    })?;
+    let chosen = response
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let offered: Vec<&str> = chosen.iter().map(String::as_str).collect();
+    let (reply, mut session, incoming) = actix_ws::handle_with_protocols(request, payload, &offered)
+        .map_err(|e| ApiError::bad_request("not-a-websocket", e.to_string()))?;
+    let mut incoming = incoming.max_frame_size(MAX_WS_FRAME).aggregate_continuations();
+    let (mut sink, mut stream) = framed.split();
+    actix_web::rt::spawn(async move {
+        use awc::ws::{Frame, Message};
+        let mut partial: Option<(bool, Vec<u8>)> = None;
+        loop {
+            tokio::select! {
+                from_browser = incoming.next() => {
+                    let message = match from_browser {
+                        Some(Ok(actix_ws::AggregatedMessage::Text(text))) => Message::Text(text),
+                        Some(Ok(actix_ws::AggregatedMessage::Binary(bytes))) => Message::Binary(bytes),
+                        Some(Ok(actix_ws::AggregatedMessage::Ping(bytes))) => Message::Ping(bytes),
+                        Some(Ok(actix_ws::AggregatedMessage::Pong(bytes))) => Message::Pong(bytes),
+                        Some(Ok(actix_ws::AggregatedMessage::Close(reason))) => {
+                            let _ = sink.send(Message::Close(reason)).await;
+                            break;
+                        }
+                        None | Some(Err(_)) => {
+                            let _ = sink.send(Message::Close(None)).await;
+                            break;
+                        }
+                    };
+                    if sink.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                from_tool = stream.next() => {
+                    let sent = match from_tool {
+                        Some(Ok(Frame::Text(bytes))) => match std::str::from_utf8(&bytes) {
+                            Ok(text) => session.text(text.to_string()).await,
+                            Err(_) => session.binary(bytes).await,
+                        },
+                        Some(Ok(Frame::Binary(bytes))) => session.binary(bytes).await,
+                        Some(Ok(Frame::Ping(bytes))) => session.pong(&bytes).await,
+                        Some(Ok(Frame::Pong(_))) => Ok(()),
+                        Some(Ok(Frame::Continuation(item))) => {
+                            use actix_ws::Item;
+                            match item {
+                                Item::FirstText(bytes) => { partial = Some((true, bytes.to_vec())); Ok(()) }
+                                Item::FirstBinary(bytes) => { partial = Some((false, bytes.to_vec())); Ok(()) }
+                                Item::Continue(bytes) => {
+                                    if let Some((_, buffer)) = &mut partial {
+                                        if buffer.len() + bytes.len() <= MAX_WS_FRAME {
+                                            buffer.extend_from_slice(&bytes);
+                                        }
+                                    }
+                                    Ok(())
+                                }
+                                Item::Last(bytes) => match partial.take() {
+                                    Some((is_text, mut buffer)) => {
+                                        buffer.extend_from_slice(&bytes);
+                                        match (is_text, String::from_utf8(buffer)) {
+                                            (true, Ok(text)) => session.text(text).await,
+                                            (_, Ok(text)) => session.binary(text.into_bytes()).await,
+                                            (_, Err(e)) => session.binary(e.into_bytes()).await,
+                                        }
+                                    }
+                                    None => Ok(()),
+                                },
+                            }
+                        }
+                        Some(Ok(Frame::Close(reason))) => {
+                            let _ = session.close(reason).await;
+                            return;
+                        }
+                        None | Some(Err(_)) => {
+                            let _ = session.close(None).await;
+                            return;
+                        }
+                    };
+                    if sent.is_err() {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Ok(reply)
+}
