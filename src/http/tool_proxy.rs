@@ -108,9 +108,22 @@ async fn proxy(
     for (name, value) in headers.iter() {
         upstream = upstream.append_header((name.clone(), value.clone()));
     }
-    let response = upstream
-        .send_stream(payload)
-        .await
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    let sent = match (length, chunked) {
+        (Some(length), false) => {
+            upstream
+                .send_body(actix_web::body::SizedStream::new(length, payload))
+                .await
+        }
+        (_, true) => upstream.send_stream(payload).await,
+        (None, false) => upstream.send().await,
+    };
+    let response = sent
         .map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -144,6 +157,7 @@ fn forward_headers(request: &HttpRequest, target: &ProxyTarget) -> HeaderMap {
         if HOP_BY_HOP.contains(&lower)
             || connection_listed.iter().any(|c| c == lower)
             || name == header::AUTHORIZATION
+            || name == header::CONTENT_LENGTH
             || lower.starts_with("sec-websocket-")
         {
             continue;

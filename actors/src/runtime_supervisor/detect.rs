@@ -34,7 +34,18 @@ pub fn detect(root: &Path, projects: &[String]) -> Detection {
     let mut findings = Vec::new();
     let mut dirs = vec![String::new()];
     dirs.extend(projects.iter().filter(|p| !p.is_empty()).cloned());
-    dirs.dedup();
+    // Every directory under `projects/` is a project too, listed or not.
+    if let Ok(entries) = std::fs::read_dir(root.join("projects")) {
+        let mut found: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| format!("projects/{}", e.file_name().to_string_lossy()))
+            .collect();
+        found.sort();
+        dirs.extend(found);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
     let mut python = PythonSpec {
         version: None,
         manager: PythonManager::Venv,
