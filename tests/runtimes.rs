@@ -398,3 +398,96 @@ async fn detection_proposes_and_the_cli_writes_an_environment() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--force"));
 }
 
+
+/// The wheelhouse `.ci/run` fills with `pip download jupyterlab` (no index is reached by
+/// the test itself).
+fn wheelhouse() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("AIENV_TEST_WHEELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-wheels"));
+    std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("jupyterlab-"))
+        .then_some(dir)
+}
+
+#[actix_rt::test]
+async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
+    let Some(wheels) = wheelhouse() else {
+        common::skip("no JupyterLab wheels in target/test-wheels (run `python3 -m pip download jupyterlab -d target/test-wheels`, as .ci/run does)");
+        return;
+    };
+    let node = TestNode::spawn();
+    let requirements = format!("--no-index\n--find-links {}\njupyterlab\n", wheels.display());
+    workspace(
+        &node,
+        "nb",
+        &[("requirements.txt", &requirements), ("hello.ipynb", "{\"cells\": [], \"metadata\": {}, \"nbformat\": 4, \"nbformat_minor\": 5}")],
+        "lab",
+        "schema_version: 1\nruntime: process\npython: {requirements: [requirements.txt]}\ntools: [{name: lab, kind: jupyterlab, path: /lab}]\n",
+    )
+    .await;
+    let admin = node.admin();
+    let statuses = run(&admin, "nb").await;
+    let lab = &statuses[0].tools[0];
+    assert_eq!(lab.state, "ready", "{statuses:#?}");
+    assert_eq!(lab.url, "/w/nb/lab/lab");
+    let auth = format!("Bearer {}", node.token());
+
+    // Signed in by the node: JupyterLab's API answers without its own token.
+    let (code, body) = get(&format!("{}/w/nb/lab/api/status", node.url), Some(&auth)).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"started\""), "{body}");
+    let (code, body) = get(&format!("{}/w/nb/lab/lab", node.url), Some(&auth)).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("JupyterLab"), "{}", &body[..body.len().min(500)]);
+    let (code, body) = get(&format!("{}/w/nb/lab/api/contents/hello.ipynb", node.url), Some(&auth)).await;
+    assert_eq!(code, 200, "the workspace is JupyterLab's root: {body}");
+    // Refused without the node's login.
+    let (code, _) = get(&format!("{}/w/nb/lab/api/status", node.url), None).await;
+    assert_eq!(code, 401);
+
+    // A kernel, started and spoken to over the proxied WebSocket.
+    let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+    let mut response = client
+        .post(format!("{}/w/nb/lab/api/kernels", node.url))
+        .insert_header(("Authorization", auth.as_str()))
+        .send_json(&serde_json::json!({"name": "python3"}))
+        .await
+        .unwrap();
+    let body = response.body().await.unwrap();
+    assert_eq!(response.status().as_u16(), 201, "{}", String::from_utf8_lossy(&body));
+    let kernel: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let id = kernel["id"].as_str().unwrap();
+    let url = format!("{}/w/nb/lab/api/kernels/{id}/channels", node.url).replacen("http", "ws", 1);
+    let (_, framed) = client
+        .ws(url)
+        .max_frame_size(16 << 20)
+        .header("Authorization", auth.as_str())
+        .connect()
+        .await
+        .unwrap();
+    let (mut sink, mut stream) = framed.split();
+    let request = serde_json::json!({
+        "header": {"msg_id": "aienv-1", "username": "test", "session": "aienv", "msg_type": "execute_request", "version": "5.3", "date": "2026-01-01T00:00:00Z"},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": "print(6*7)", "silent": false, "store_history": false, "user_expressions": {}, "allow_stdin": false}
+    });
+    sink.send(Message::Text(request.to_string().into())).await.unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(frame) = stream.next().await {
+            if let Ok(Frame::Text(bytes)) = frame {
+                let message: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if message["msg_type"] == "stream" {
+                    return message["content"]["text"].as_str().unwrap_or_default().to_string();
+                }
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the kernel answers over the proxied WebSocket");
+    assert_eq!(output.trim(), "42");
+    admin.stop("nb", None).await.unwrap();
+}

@@ -341,7 +341,10 @@ impl Handler<runner::Envelope> for RuntimeSupervisor {
                         ready = Some(name.clone());
                     }
                     tool.state = state;
-                    tool.detail = detail;
+                    // A stop keeps the last word on why a tool ended.
+                    if detail.is_some() || matches!(state, ToolState::Starting | ToolState::Ready) {
+                        tool.detail = detail;
+                    }
                     if pid.is_some() {
                         tool.pid = pid;
                     }
@@ -565,7 +568,8 @@ impl RuntimeSupervisor {
                         ]
                         .map(String::from)
                         .to_vec();
-                        if in_container {
+                        // SAFETY: geteuid has no preconditions.
+                        if in_container || unsafe { libc::geteuid() } == 0 {
                             argv.push("--allow-root".into());
                         }
                         argv
