@@ -1,6 +1,8 @@
 //! Test harness: real nodes (the real binary) on ephemeral loopback ports with temp data dirs.
 #![allow(dead_code)]
 
+pub mod runtime;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,119 @@
+//! Helpers for the runtime tests: workspaces with environments, waiting runs, requests
+//! through the proxy, reading a terminal.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use aienv::api::{CreateWorkspace, EnvironmentStatusDto, RunRequest};
+use aienv::client::Client;
+use awc::ws::Frame;
+use futures_util::StreamExt;
+
+use super::TestNode;
+
+/// A small HTTP tool (standard library only): answers GET with its path and `BASE_PATH`,
+/// echoes POST bodies, and serves `/big?n=BYTES`.
+pub const HELLO: &str = r#"import http.server, os, sys
+base = os.environ.get("BASE_PATH", "/")
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = f"hello {self.path} base={base} threads={os.environ.get('OMP_NUM_THREADS')} venv={os.environ.get('VIRTUAL_ENV','')}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Tool", "hello")
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, fmt, *args):
+        sys.stderr.write("request " + (fmt % args) + "\n")
+print("hello tool listening", flush=True)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// Creates workspace `name`, writes `files` into it (as a person editing it would) and gives
+/// it environment `env` with `spec`. Returns its directory.
+pub async fn workspace(node: &TestNode, name: &str, files: &[(&str, &str)], env: &str, spec: &str) -> String {
+    let admin = node.admin();
+    admin
+        .create(&CreateWorkspace {
+            name: name.into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    let root = admin.get(name).await.unwrap().workspace.path.unwrap();
+    for (path, text) in files {
+        let path = Path::new(&root).join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    admin
+        .put_environment(name, env, spec.to_string())
+        .await
+        .unwrap();
+    root
+}
+
+pub async fn run(client: &Client, workspace: &str) -> Vec<EnvironmentStatusDto> {
+    client
+        .run(
+            workspace,
+            &RunRequest {
+                wait: true,
+                timeout_seconds: Some(600),
+                ..RunRequest::default()
+            },
+        )
+        .await
+        .unwrap()
+}
+
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+pub async fn get(url: &str, authorization: Option<&str>) -> (u16, String) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .disable_redirects()
+        .finish();
+    let mut request = client.get(url);
+    if let Some(value) = authorization {
+        request = request.insert_header(("Authorization", value));
+    }
+    let mut response = request.send().await.unwrap();
+    let body = response.body().limit(64 << 20).await.unwrap();
+    (response.status().as_u16(), String::from_utf8_lossy(&body).to_string())
+}
+
+/// Reads terminal output until `needle` appears (30 s at most).
+pub async fn read_until(
+    stream: &mut (impl futures_util::Stream<Item = Result<Frame, awc::error::WsProtocolError>> + Unpin),
+    needle: &str,
+) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.contains(needle) {
+        let frame = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no `{needle}` in the terminal output within 30 s: {seen:?}"));
+        match frame {
+            Some(Ok(Frame::Binary(bytes))) | Some(Ok(Frame::Text(bytes))) => {
+                seen.push_str(&String::from_utf8_lossy(&bytes))
+            }
+            Some(Ok(Frame::Close(reason))) => panic!("terminal closed ({reason:?}) before `{needle}`: {seen:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("terminal ended before `{needle}`: {other:?} {seen:?}"),
+        }
+    }
+    seen
+}
+
