@@ -58,7 +58,30 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RuntimeError::Libvirt(e.to_string()))?
 }
 
+/// libvirt's default event loop, run on a thread of its own: remote connections deliver
+/// stream data (the serial console) only through it. Registered once, before the first
+/// connection; libvirt's own printing of errors to stderr is turned off at the same time
+/// (every error is reported by the caller instead).
+fn ensure_event_loop() {
+    static START: std::sync::Once = std::sync::Once::new();
+    START.call_once(|| {
+        virt::error::clear_error_callback();
+        if let Err(error) = virt::event::event_register_default_impl() {
+            tracing::warn!(%error, "libvirt event loop unavailable; consoles will be silent");
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("aienv-libvirt-events".into())
+            .spawn(|| loop {
+                if virt::event::event_run_default_impl().is_err() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+    });
+}
+
 fn open(uri: &str) -> Result<Connect, RuntimeError> {
+    ensure_event_loop();
     Connect::open(Some(uri)).map_err(|e| RuntimeError::BackendUnavailable {
         backend: "libvirt",
         reason: format!(
@@ -107,7 +130,7 @@ pub fn domain_xml(plan: &LaunchPlan, uri: &str) -> String {
     }
     devices.push_str("<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>");
     format!(
-        "<domain type='{kind}'><name>{}</name><description>aienv environment {}/{}</description><memory unit='KiB'>{memory_kib}</memory><vcpu>{vcpus}</vcpu><os><type arch='{}'>hvm</type><boot dev='hd'/><bios useserial='yes'/></os><features><acpi/></features><on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash><devices>{devices}</devices></domain>",
+        "<domain type='{kind}'><name>{}</name><description>aienv environment {}/{}</description><memory unit='KiB'>{memory_kib}</memory><vcpu>{vcpus}</vcpu><os><type arch='{}'>hvm</type><boot dev='hd'/><bios useserial='yes' rebootTimeout='0'/></os><features><acpi/></features><on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash><devices>{devices}</devices></domain>",
         xml_escape(&domain_name(plan)),
         xml_escape(&plan.workspace_name),
         xml_escape(&plan.environment),
