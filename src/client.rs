@@ -619,7 +619,10 @@ impl Client {
     ) -> Result<Vec<crate::api::EnvironmentStatusDto>, ClientError> {
         let timeout = Duration::from_secs(request.timeout_seconds.unwrap_or(600) + 30);
         let response = self
-            .request(awc::http::Method::POST, &format!("/workspaces/{}/run", segment(workspace)))
+            .request(
+                awc::http::Method::POST,
+                &format!("/workspaces/{}/run", segment(workspace)),
+            )
             .timeout(timeout)
             .send_json(request)
             .await
@@ -637,7 +640,10 @@ impl Client {
             environment: environment.map(str::to_string),
         };
         let response = self
-            .request(awc::http::Method::POST, &format!("/workspaces/{}/stop", segment(workspace)))
+            .request(
+                awc::http::Method::POST,
+                &format!("/workspaces/{}/stop", segment(workspace)),
+            )
             .timeout(Duration::from_secs(180))
             .send_json(&body)
             .await
@@ -658,13 +664,19 @@ impl Client {
 
     /// `GET /runtimes`: every environment that ran since the node started.
     pub async fn runtimes(&self) -> Result<Vec<crate::api::EnvironmentStatusDto>, ClientError> {
-        Ok(self.get_json::<Environments>("/runtimes").await?.environments)
+        Ok(self
+            .get_json::<Environments>("/runtimes")
+            .await?
+            .environments)
     }
 
     /// `POST /workspaces/{ws}/detect`.
     pub async fn detect(&self, workspace: &str) -> Result<crate::api::DetectionDto, ClientError> {
         let response = self
-            .send(awc::http::Method::POST, &format!("/workspaces/{}/detect", segment(workspace)))
+            .send(
+                awc::http::Method::POST,
+                &format!("/workspaces/{}/detect", segment(workspace)),
+            )
             .await?;
         self.json(response).await
     }
@@ -677,8 +689,10 @@ impl Client {
         tool: Option<&str>,
         follow: bool,
         tail: Option<usize>,
-    ) -> Result<futures_util::stream::LocalBoxStream<'static, Result<Bytes, ClientError>>, ClientError>
-    {
+    ) -> Result<
+        futures_util::stream::LocalBoxStream<'static, Result<Bytes, ClientError>>,
+        ClientError,
+    > {
         let mut query = vec![format!("follow={follow}")];
         if let Some(environment) = environment {
             query.push(format!("environment={}", segment(environment)));
@@ -692,9 +706,17 @@ impl Client {
         let response = self
             .request(
                 awc::http::Method::GET,
-                &format!("/workspaces/{}/logs?{}", segment(workspace), query.join("&")),
+                &format!(
+                    "/workspaces/{}/logs?{}",
+                    segment(workspace),
+                    query.join("&")
+                ),
             )
-            .timeout(Duration::from_secs(if follow { 365 * 24 * 3600 } else { 120 }))
+            .timeout(Duration::from_secs(if follow {
+                365 * 24 * 3600
+            } else {
+                120
+            }))
             .send()
             .await
             .map_err(|e| self.connect_error(e))?;
@@ -712,7 +734,10 @@ impl Client {
         cols: u16,
         rows: u16,
     ) -> Result<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>, ClientError> {
-        let mut path = format!("/workspaces/{}/terminal?cols={cols}&rows={rows}", segment(workspace));
+        let mut path = format!(
+            "/workspaces/{}/terminal?cols={cols}&rows={rows}",
+            segment(workspace)
+        );
         if let Some(environment) = environment {
             path.push_str(&format!("&environment={}", segment(environment)));
         }

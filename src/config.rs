@@ -504,7 +504,14 @@ mod tests {
         let config: Config = aienv_actors::yaml::from_str(&text, &path).unwrap();
         assert_eq!(config.transfer, TransferSection::default());
         assert_eq!(config.discovery, DiscoveryConfig::default());
-        for section in ["http:", "store:", "discovery:", "transfer:", "runtime:", "log:"] {
+        for section in [
+            "http:",
+            "store:",
+            "discovery:",
+            "transfer:",
+            "runtime:",
+            "log:",
+        ] {
             assert!(
                 text.contains(&format!("\n{section}")),
                 "{section} is documented"

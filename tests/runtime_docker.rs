@@ -45,7 +45,9 @@ fn ensure_image() -> Result<(), String> {
     archive
         .append_data(&mut header, "bin/busybox", binary.as_slice())
         .map_err(|e| e.to_string())?;
-    for applet in ["sh", "echo", "httpd", "sleep", "cat", "stty", "ls", "env", "kill"] {
+    for applet in [
+        "sh", "echo", "httpd", "sleep", "cat", "stty", "ls", "env", "kill",
+    ] {
         let mut link = tar::Header::new_gnu();
         link.set_entry_type(tar::EntryType::Symlink);
         link.set_size(0);
@@ -61,7 +63,8 @@ fn ensure_image() -> Result<(), String> {
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tarball).map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tarball)
+        .map_err(|e| e.to_string())?;
     match import.wait() {
         Ok(status) if status.success() => Ok(()),
         other => Err(format!("docker import failed: {other:?}")),
@@ -130,12 +133,20 @@ tools:
     for binding in bindings.values() {
         assert_eq!(binding[0]["HostIp"], "127.0.0.1", "{host}");
     }
-    assert_eq!(inspect[0]["Config"]["Labels"]["dev.aienv.node"].as_str().map(str::len), Some(36));
+    assert_eq!(
+        inspect[0]["Config"]["Labels"]["dev.aienv.node"]
+            .as_str()
+            .map(str::len),
+        Some(36)
+    );
 
     // Logs stream from the container.
     let mut found = false;
     for _ in 0..100 {
-        let mut logs = admin.logs("dock", None, Some("container"), false, None).await.unwrap();
+        let mut logs = admin
+            .logs("dock", None, Some("container"), false, None)
+            .await
+            .unwrap();
         let mut text = String::new();
         while let Some(chunk) = logs.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
@@ -151,10 +162,18 @@ tools:
     // A TTY exec terminal in the container.
     let framed = admin.terminal("dock", None, 80, 24).await.unwrap();
     let (mut sink, mut stream) = framed.split();
-    sink.send(Message::Binary("echo $((6*7)) $GREETING\n".into())).await.unwrap();
+    sink.send(Message::Binary("echo $((6*7)) $GREETING\n".into()))
+        .await
+        .unwrap();
     runtimes::read_until(&mut stream, "42 from-the-spec").await;
-    sink.send(Message::Text(r#"{"type":"resize","cols":101,"rows":33}"#.into())).await.unwrap();
-    sink.send(Message::Binary("stty size\n".into())).await.unwrap();
+    sink.send(Message::Text(
+        r#"{"type":"resize","cols":101,"rows":33}"#.into(),
+    ))
+    .await
+    .unwrap();
+    sink.send(Message::Binary("stty size\n".into()))
+        .await
+        .unwrap();
     runtimes::read_until(&mut stream, "33 101").await;
     sink.send(Message::Close(None)).await.unwrap();
     drop((sink, stream));
@@ -162,7 +181,10 @@ tools:
     // Stop removes the container.
     let stopped = admin.stop("dock", None).await.unwrap();
     assert_eq!(stopped[0].state, "stopped", "{stopped:#?}");
-    assert!(docker(&["inspect", &name]).is_none(), "container {name} is removed");
+    assert!(
+        docker(&["inspect", &name]).is_none(),
+        "container {name} is removed"
+    );
 
     // Asking for docker without an image is refused with the field to set.
     admin
@@ -173,7 +195,11 @@ tools:
         .await
         .unwrap();
     admin
-        .put_environment("noimage", "x", "schema_version: 1\ntools: [{name: t, kind: terminal}]\n".into())
+        .put_environment(
+            "noimage",
+            "x",
+            "schema_version: 1\ntools: [{name: t, kind: terminal}]\n".into(),
+        )
         .await
         .unwrap();
     let statuses = admin

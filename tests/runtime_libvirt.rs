@@ -117,6 +117,9 @@ mod with_libvirt {
 
         let stopped = admin.stop("kvm", None).await.unwrap();
         assert_eq!(stopped[0].state, "stopped", "{stopped:#?}");
-        assert!(virsh(&["dominfo", &domain]).is_none(), "domain {domain} is undefined");
+        assert!(
+            virsh(&["dominfo", &domain]).is_none(),
+            "domain {domain} is undefined"
+        );
     }
 }

@@ -30,7 +30,10 @@ tools:
     let root = workspace(
         &node,
         "proc",
-        &[("hello.py", HELLO), ("requirements.txt", "# nothing to install\n")],
+        &[
+            ("hello.py", HELLO),
+            ("requirements.txt", "# nothing to install\n"),
+        ],
         "web",
         spec,
     )
@@ -39,28 +42,51 @@ tools:
     let statuses = run(&admin, "proc").await;
     let status = &statuses[0];
     assert_eq!(status.state, "degraded", "{status:#?}");
-    let tool = |name: &str| status.tools.iter().find(|t| t.name == name).unwrap().clone();
+    let tool = |name: &str| {
+        status
+            .tools
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(tool("app").state, "ready", "{status:#?}");
     assert_eq!(tool("app").url, "/w/proc/app/");
     // The crashing tool was restarted per policy, then given up on.
     let crasher = tool("crasher");
     assert_eq!(crasher.state, "failed", "{crasher:#?}");
     assert_eq!(crasher.restarts, 2, "{crasher:#?}");
-    assert!(crasher.detail.as_deref().unwrap().contains("exit status 3"), "{crasher:#?}");
+    assert!(
+        crasher.detail.as_deref().unwrap().contains("exit status 3"),
+        "{crasher:#?}"
+    );
     // Adapted to the host: one core pinned, memory limited, thread variables set.
     let allocation = status.allocation.as_ref().unwrap();
     assert_eq!(allocation.cpus, Some(1.0));
     assert_eq!(allocation.cpuset.len(), 1);
     assert!(allocation.memory.unwrap() >= 256 << 20);
     assert_eq!(allocation.env["OMP_NUM_THREADS"], "1");
-    assert!(status.instance.as_deref().unwrap().contains("limits:"), "{status:#?}");
+    assert!(
+        status.instance.as_deref().unwrap().contains("limits:"),
+        "{status:#?}"
+    );
 
     // Through the proxy, with the node's login only; the venv is the environment's own.
     let token = format!("Bearer {}", node.token());
-    let (code, body) = get(&format!("{}/w/proc/app/some/page?x=1", node.url), Some(&token)).await;
+    let (code, body) = get(
+        &format!("{}/w/proc/app/some/page?x=1", node.url),
+        Some(&token),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
-    assert!(body.starts_with("hello /w/proc/app/some/page?x=1 base=/w/proc/app/ threads=1"), "{body}");
-    assert!(body.contains("/runtime/") && body.trim_end().ends_with("/web/venv"), "venv outside the workspace: {body}");
+    assert!(
+        body.starts_with("hello /w/proc/app/some/page?x=1 base=/w/proc/app/ threads=1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("/runtime/") && body.trim_end().ends_with("/web/venv"),
+        "venv outside the workspace: {body}"
+    );
     let (code, body) = get(&format!("{}/w/proc/app/", node.url), None).await;
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("log in"), "{body}");
@@ -89,7 +115,10 @@ tools:
     assert_eq!(response.headers().get("location").unwrap(), "/w/proc/app/");
 
     // Set-up ran once; logs hold the tools' output.
-    assert_eq!(std::fs::read_to_string(Path::new(&root).join("setup-count.txt")).unwrap(), "set-up-ran\n");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&root).join("setup-count.txt")).unwrap(),
+        "set-up-ran\n"
+    );
     let mut logs = admin.logs("proc", None, None, false, None).await.unwrap();
     let mut text = String::new();
     while let Some(chunk) = logs.next().await {
@@ -119,7 +148,10 @@ tools:
     // Running again skips the set-up already done.
     let statuses = run(&admin, "proc").await;
     assert_eq!(statuses[0].tools[0].state, "ready");
-    assert_eq!(std::fs::read_to_string(Path::new(&root).join("setup-count.txt")).unwrap(), "set-up-ran\n");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&root).join("setup-count.txt")).unwrap(),
+        "set-up-ran\n"
+    );
     admin.stop("proc", None).await.unwrap();
 }
 
@@ -145,40 +177,57 @@ async fn terminal_runs_a_login_shell_in_the_environment() {
 
     let framed = admin.terminal("term", None, 80, 24).await.unwrap();
     let (mut sink, mut stream) = framed.split();
-    sink.send(Message::Binary("echo PID=$$ \"$GREETING\" $AIENV_ENVIRONMENT\n".into()))
-        .await
-        .unwrap();
+    sink.send(Message::Binary(
+        "echo PID=$$ \"$GREETING\" $AIENV_ENVIRONMENT\n".into(),
+    ))
+    .await
+    .unwrap();
     let seen = read_until(&mut stream, "from-the-spec shell").await;
     let pid: i32 = seen
         .split("PID=")
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .last()
         .expect("the shell's pid");
-    sink.send(Message::Binary("echo $((6*7))\n".into())).await.unwrap();
+    sink.send(Message::Binary("echo $((6*7))\n".into()))
+        .await
+        .unwrap();
     read_until(&mut stream, "42").await;
     // Resize is honoured; text frames may carry JSON input too.
-    sink.send(Message::Text(r#"{"type":"resize","cols":123,"rows":45}"#.into()))
-        .await
-        .unwrap();
-    sink.send(Message::Text(r#"{"type":"input","data":"stty size\n"}"#.into()))
-        .await
-        .unwrap();
+    sink.send(Message::Text(
+        r#"{"type":"resize","cols":123,"rows":45}"#.into(),
+    ))
+    .await
+    .unwrap();
+    sink.send(Message::Text(
+        r#"{"type":"input","data":"stty size\n"}"#.into(),
+    ))
+    .await
+    .unwrap();
     read_until(&mut stream, "45 123").await;
     // UTF-8 round-trips.
-    sink.send(Message::Binary("echo 'grüße ✓'\n".into())).await.unwrap();
+    sink.send(Message::Binary("echo 'grüße ✓'\n".into()))
+        .await
+        .unwrap();
     read_until(&mut stream, "grüße ✓").await;
     // Ctrl-C interrupts the foreground command, the shell stays.
-    sink.send(Message::Binary("sleep 100\n".into())).await.unwrap();
+    sink.send(Message::Binary("sleep 100\n".into()))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     sink.send(Message::Binary(vec![3].into())).await.unwrap();
-    sink.send(Message::Binary("echo after-interrupt\n".into())).await.unwrap();
+    sink.send(Message::Binary("echo after-interrupt\n".into()))
+        .await
+        .unwrap();
     read_until(&mut stream, "after-interrupt").await;
     assert!(alive(pid));
     // Closing the socket ends the shell.
     sink.send(Message::Close(None)).await.unwrap();
     drop(sink);
     drop(stream);
-    eventually("the shell is gone after the socket closed", || async { !alive(pid) }).await;
+    eventually("the shell is gone after the socket closed", || async {
+        !alive(pid)
+    })
+    .await;
 
     // The shell's own exit closes the socket.
     let framed = admin.terminal("term", None, 80, 24).await.unwrap();
@@ -201,7 +250,10 @@ async fn terminal_runs_a_login_shell_in_the_environment() {
     let Err(error) = anonymous.terminal("term", None, 80, 24).await else {
         panic!("a terminal opened without a login")
     };
-    assert!(error.to_string().contains("login") || error.to_string().contains("401"), "{error}");
+    assert!(
+        error.to_string().contains("login") || error.to_string().contains("401"),
+        "{error}"
+    );
     admin.stop("term", None).await.unwrap();
 }
 
@@ -228,7 +280,11 @@ async fn autostart_environments_come_back_with_the_node() {
             .is_ok_and(|s| s[0].state == "running")
     })
     .await;
-    let (code, body) = get(&format!("{}/w/auto/app/", node.url), Some(&format!("Bearer {}", node.token()))).await;
+    let (code, body) = get(
+        &format!("{}/w/auto/app/", node.url),
+        Some(&format!("Bearer {}", node.token())),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     admin.stop("auto", None).await.unwrap();
 }
@@ -244,9 +300,16 @@ async fn environments_that_do_not_fit_are_refused_with_the_figures() {
         "schema_version: 1\nruntime: process\nresources: {memory: {min: 100TiB}}\n",
     )
     .await;
-    let error = node.admin().run("huge", &RunRequest::default()).await.unwrap_err();
+    let error = node
+        .admin()
+        .run("huge", &RunRequest::default())
+        .await
+        .unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("does not fit") && text.contains("needs at least 102400.0 GiB of memory"), "{text}");
+    assert!(
+        text.contains("does not fit") && text.contains("needs at least 102400.0 GiB of memory"),
+        "{text}"
+    );
     assert_eq!(error.code(), Some("does-not-fit"));
     let error = node
         .admin()
@@ -283,16 +346,34 @@ async fn detection_proposes_and_the_cli_writes_an_environment() {
     let output = node.cli(&["env", "detect", "nb"]);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("kind: jupyterlab") && text.contains("projects/nb/requirements.txt"), "{text}");
-    assert!(admin.get("nb").await.unwrap().workspace.environments.is_empty(), "shown, not written");
+    assert!(
+        text.contains("kind: jupyterlab") && text.contains("projects/nb/requirements.txt"),
+        "{text}"
+    );
+    assert!(
+        admin
+            .get("nb")
+            .await
+            .unwrap()
+            .workspace
+            .environments
+            .is_empty(),
+        "shown, not written"
+    );
     let output = node.cli(&["env", "detect", "nb", "--write"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(admin.get("nb").await.unwrap().workspace.environments, vec!["default"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        admin.get("nb").await.unwrap().workspace.environments,
+        vec!["default"]
+    );
     let output = node.cli(&["env", "detect", "nb", "--write"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--force"));
 }
-
 
 /// The wheelhouse `.ci/run` fills with `pip download jupyterlab` (no index is reached by
 /// the test itself).
@@ -314,7 +395,10 @@ async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
         return;
     };
     let node = TestNode::spawn();
-    let requirements = format!("--no-index\n--find-links {}\njupyterlab\n", wheels.display());
+    let requirements = format!(
+        "--no-index\n--find-links {}\njupyterlab\n",
+        wheels.display()
+    );
     workspace(
         &node,
         "nb",
@@ -336,15 +420,25 @@ async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
     assert!(body.contains("\"started\""), "{body}");
     let (code, body) = get(&format!("{}/w/nb/lab/lab", node.url), Some(&auth)).await;
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("JupyterLab"), "{}", &body[..body.len().min(500)]);
-    let (code, body) = get(&format!("{}/w/nb/lab/api/contents/hello.ipynb", node.url), Some(&auth)).await;
+    assert!(
+        body.contains("JupyterLab"),
+        "{}",
+        &body[..body.len().min(500)]
+    );
+    let (code, body) = get(
+        &format!("{}/w/nb/lab/api/contents/hello.ipynb", node.url),
+        Some(&auth),
+    )
+    .await;
     assert_eq!(code, 200, "the workspace is JupyterLab's root: {body}");
     // Refused without the node's login.
     let (code, _) = get(&format!("{}/w/nb/lab/api/status", node.url), None).await;
     assert_eq!(code, 401);
 
     // A kernel, started and spoken to over the proxied WebSocket.
-    let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
     let mut response = client
         .post(format!("{}/w/nb/lab/api/kernels", node.url))
         .insert_header(("Authorization", auth.as_str()))
@@ -352,7 +446,12 @@ async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
         .await
         .unwrap();
     let body = response.body().await.unwrap();
-    assert_eq!(response.status().as_u16(), 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let kernel: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let id = kernel["id"].as_str().unwrap();
     let url = format!("{}/w/nb/lab/api/kernels/{id}/channels", node.url).replacen("http", "ws", 1);
@@ -369,13 +468,18 @@ async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
         "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
         "content": {"code": "print(6*7)", "silent": false, "store_history": false, "user_expressions": {}, "allow_stdin": false}
     });
-    sink.send(Message::Text(request.to_string().into())).await.unwrap();
+    sink.send(Message::Text(request.to_string().into()))
+        .await
+        .unwrap();
     let output = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(frame) = stream.next().await {
             if let Ok(Frame::Text(bytes)) = frame {
                 let message: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 if message["msg_type"] == "stream" {
-                    return message["content"]["text"].as_str().unwrap_or_default().to_string();
+                    return message["content"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                 }
             }
         }

@@ -726,7 +726,16 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
             no_wait,
             run,
         } => {
-            transfer::clone(cli, &client, source, rename_to.clone(), *private, *no_wait, *run).await
+            transfer::clone(
+                cli,
+                &client,
+                source,
+                rename_to.clone(),
+                *private,
+                *no_wait,
+                *run,
+            )
+            .await
         }
         Command::Sync {
             workspace,
@@ -741,7 +750,17 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
             environment,
             backend,
             timeout,
-        } => runtime::run(cli, &client, workspace, environment.clone(), backend.clone(), *timeout).await,
+        } => {
+            runtime::run(
+                cli,
+                &client,
+                workspace,
+                environment.clone(),
+                backend.clone(),
+                *timeout,
+            )
+            .await
+        }
         Command::Stop {
             workspace,
             environment,
@@ -754,8 +773,15 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
             follow,
             tail,
         } => {
-            runtime::logs(&client, workspace, environment.as_deref(), tool.as_deref(), *follow, *tail)
-                .await
+            runtime::logs(
+                &client,
+                workspace,
+                environment.as_deref(),
+                tool.as_deref(),
+                *follow,
+                *tail,
+            )
+            .await
         }
         Command::Open {
             workspace,

@@ -142,7 +142,13 @@ fn describe_progress(current: &BTreeMap<(uuid::Uuid, String), EnvironmentStatusD
                 .filter(|t| t.kind != "terminal")
                 .map(|t| format!("{} {}", t.name, t.state))
                 .collect();
-            format!("{}/{}: {} ({})", s.workspace, s.environment, s.state, tools.join(", "))
+            format!(
+                "{}/{}: {} ({})",
+                s.workspace,
+                s.environment,
+                s.state,
+                tools.join(", ")
+            )
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -252,7 +258,10 @@ pub async fn stop(
             .iter()
             .filter(|s| environment.is_none_or(|e| e == s.environment))
         {
-            println!("{}/{}: {}", status.workspace, status.environment, status.state);
+            println!(
+                "{}/{}: {}",
+                status.workspace, status.environment, status.state
+            );
         }
     }
     Ok(())
@@ -294,7 +303,15 @@ pub async fn status(cli: &Cli, client: &Client, workspace: Option<&str>) -> Resu
         })
         .collect();
     output::print_table(
-        &["WORKSPACE", "ENV", "BACKEND", "STATE", "CPU", "MEMORY", "TOOLS"],
+        &[
+            "WORKSPACE",
+            "ENV",
+            "BACKEND",
+            "STATE",
+            "CPU",
+            "MEMORY",
+            "TOOLS",
+        ],
         &rows,
     );
     Ok(())
@@ -315,7 +332,11 @@ pub async fn logs(
     let mut stdout = std::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        if stdout.write_all(&chunk).and_then(|_| stdout.flush()).is_err() {
+        if stdout
+            .write_all(&chunk)
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             break;
         }
     }
@@ -342,7 +363,10 @@ pub async fn open(
             .collect();
         return Err(CliError::with_code(
             exit::NOT_FOUND,
-            format!("`{workspace}` has no tool `{tool}` (it has: {})", known.join(", ")),
+            format!(
+                "`{workspace}` has no tool `{tool}` (it has: {})",
+                known.join(", ")
+            ),
         ));
     };
     let url = format!("{}{}", client.base(), found.url);
@@ -376,7 +400,11 @@ pub async fn open(
 }
 
 /// `aienv shell WS [ENV]`: the environment's terminal on this terminal.
-pub async fn shell(client: &Client, workspace: &str, environment: Option<&str>) -> Result<(), CliError> {
+pub async fn shell(
+    client: &Client,
+    workspace: &str,
+    environment: Option<&str>,
+) -> Result<(), CliError> {
     use awc::ws::{Frame, Message};
     let (cols, rows) = terminal_size().unwrap_or((80, 24));
     let framed = client.terminal(workspace, environment, cols, rows).await?;

@@ -221,7 +221,10 @@ impl From<aienv_actors::runtime_supervisor::RuntimeError> for ApiError {
                 Some(json!({ "name": name, "tools": known })),
             ),
             E::NotRunning(_) => (S::CONFLICT, "not-running", None),
-            E::DoesNotFit { environment, reason } => (
+            E::DoesNotFit {
+                environment,
+                reason,
+            } => (
                 S::UNPROCESSABLE_ENTITY,
                 "does-not-fit",
                 Some(json!({ "environment": environment, "reason": reason })),
@@ -231,7 +234,9 @@ impl From<aienv_actors::runtime_supervisor::RuntimeError> for ApiError {
                 "backend-unavailable",
                 Some(json!({ "backend": backend })),
             ),
-            E::Unsupported(_) | E::BadRequest(_) => (S::UNPROCESSABLE_ENTITY, "invalid-environment", None),
+            E::Unsupported(_) | E::BadRequest(_) => {
+                (S::UNPROCESSABLE_ENTITY, "invalid-environment", None)
+            }
             E::SetupFailed { step, log, .. } => (
                 S::UNPROCESSABLE_ENTITY,
                 "setup-failed",

@@ -83,7 +83,11 @@ async fn stop(
     tracing::info!(user = login.name(), workspace = %path, environment = ?request.environment, "stop");
     state
         .runtimes
-        .stop(Some(&path), request.environment.as_deref(), Duration::from_secs(120))
+        .stop(
+            Some(&path),
+            request.environment.as_deref(),
+            Duration::from_secs(120),
+        )
         .await?;
     let statuses = state.runtimes.status(&path)?;
     Ok(HttpResponse::Ok().json(environments(&statuses)))
@@ -107,8 +111,13 @@ async fn detect(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let detection = state.runtimes.detect(&path).await?;
-    let yaml = serde_saphyr::to_string(&detection.spec)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal-error", e.to_string()))?;
+    let yaml = serde_saphyr::to_string(&detection.spec).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal-error",
+            e.to_string(),
+        )
+    })?;
     Ok(HttpResponse::Ok().json(DetectionDto {
         yaml,
         findings: detection.findings,
@@ -144,10 +153,12 @@ async fn logs(
         }
     }
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for status in statuses
-        .iter()
-        .filter(|s| query.environment.as_ref().is_none_or(|e| *e == s.environment))
-    {
+    for status in statuses.iter().filter(|s| {
+        query
+            .environment
+            .as_ref()
+            .is_none_or(|e| *e == s.environment)
+    }) {
         for (label, file) in runtime_supervisor::log_files(status) {
             if query.tool.as_ref().is_none_or(|t| *t == label) {
                 files.insert(format!("{}/{label}", status.environment), file);
@@ -173,38 +184,39 @@ async fn logs(
         return Ok(response.body(first));
     }
     let shutdown = state.shutdown.clone();
-    let stream = futures_util::stream::once(async move { Ok::<_, actix_web::Error>(Bytes::from(first)) })
-        .chain(futures_util::stream::unfold(
-            (offsets, BTreeMap::<String, String>::new()),
-            move |(mut offsets, mut partial)| {
-                let shutdown = shutdown.clone();
-                async move {
-                    loop {
-                        let mut out = String::new();
-                        for (label, file, offset) in &mut offsets {
-                            let (text, end) = read_from(file, *offset);
-                            *offset = end;
-                            if text.is_empty() {
-                                continue;
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, actix_web::Error>(Bytes::from(first)) })
+            .chain(futures_util::stream::unfold(
+                (offsets, BTreeMap::<String, String>::new()),
+                move |(mut offsets, mut partial)| {
+                    let shutdown = shutdown.clone();
+                    async move {
+                        loop {
+                            let mut out = String::new();
+                            for (label, file, offset) in &mut offsets {
+                                let (text, end) = read_from(file, *offset);
+                                *offset = end;
+                                if text.is_empty() {
+                                    continue;
+                                }
+                                let pending = partial.entry(label.clone()).or_default();
+                                pending.push_str(&text);
+                                while let Some(newline) = pending.find('\n') {
+                                    let line: String = pending.drain(..=newline).collect();
+                                    out.push_str(&format!("[{label}] {line}"));
+                                }
                             }
-                            let pending = partial.entry(label.clone()).or_default();
-                            pending.push_str(&text);
-                            while let Some(newline) = pending.find('\n') {
-                                let line: String = pending.drain(..=newline).collect();
-                                out.push_str(&format!("[{label}] {line}"));
+                            if !out.is_empty() {
+                                return Some((Ok(Bytes::from(out)), (offsets, partial)));
                             }
-                        }
-                        if !out.is_empty() {
-                            return Some((Ok(Bytes::from(out)), (offsets, partial)));
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                            _ = shutdown.wait() => return None,
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                                _ = shutdown.wait() => return None,
+                            }
                         }
                     }
-                }
-            },
-        ));
+                },
+            ));
     let mut response = response;
     Ok(response.streaming(stream))
 }
@@ -239,11 +251,18 @@ fn read_from(file: &PathBuf, offset: u64) -> (String, u64) {
     let offset = if length < offset { 0 } else { offset };
     let mut bytes = Vec::new();
     if handle.seek(SeekFrom::Start(offset)).is_err()
-        || handle.by_ref().take(1 << 20).read_to_end(&mut bytes).is_err()
+        || handle
+            .by_ref()
+            .take(1 << 20)
+            .read_to_end(&mut bytes)
+            .is_err()
     {
         return (String::new(), offset);
     }
-    (String::from_utf8_lossy(&bytes).to_string(), offset + bytes.len() as u64)
+    (
+        String::from_utf8_lossy(&bytes).to_string(),
+        offset + bytes.len() as u64,
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,8 +55,16 @@ async fn proxy(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let workspace = request.match_info().get("ws").unwrap_or_default().to_string();
-    let tool = request.match_info().get("tool").unwrap_or_default().to_string();
+    let workspace = request
+        .match_info()
+        .get("ws")
+        .unwrap_or_default()
+        .to_string();
+    let tool = request
+        .match_info()
+        .get("tool")
+        .unwrap_or_default()
+        .to_string();
     check_login(&state, &request).await?;
     let target = match state.runtimes.view().proxy_target(&workspace, &tool) {
         Ok(target) => target,
@@ -83,8 +91,15 @@ async fn proxy(
             .finish());
     }
     let upstream_path = if target.strip_prefix {
-        let rest = request.path().strip_prefix(base_without_slash).unwrap_or("/");
-        if rest.is_empty() { "/".to_string() } else { rest.to_string() }
+        let rest = request
+            .path()
+            .strip_prefix(base_without_slash)
+            .unwrap_or("/");
+        if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        }
     } else {
         request.path().to_string()
     };
@@ -123,21 +138,25 @@ async fn proxy(
         (_, true) => upstream.send_stream(payload).await,
         (None, false) => upstream.send().await,
     };
-    let response = sent
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "tool-unreachable",
-                format!("tool `{tool}` of `{workspace}` did not answer: {e}"),
-            )
-        })?;
+    let response = sent.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "tool-unreachable",
+            format!("tool `{tool}` of `{workspace}` did not answer: {e}"),
+        )
+    })?;
     let mut builder = HttpResponse::build(response.status());
     for (name, value) in response.headers() {
         if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
             builder.append_header((name.clone(), value.clone()));
         }
     }
-    match response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    match response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         Some(length) => Ok(builder.body(actix_web::body::SizedStream::new(length, response))),
         None => Ok(builder.streaming(response)),
     }
@@ -177,7 +196,10 @@ fn forward_headers(request: &HttpRequest, target: &ProxyTarget) -> HeaderMap {
     }
     let info = request.connection_info();
     let forwarded = [
-        ("x-forwarded-for", info.realip_remote_addr().unwrap_or("").to_string()),
+        (
+            "x-forwarded-for",
+            info.realip_remote_addr().unwrap_or("").to_string(),
+        ),
         ("x-forwarded-proto", info.scheme().to_string()),
         ("x-forwarded-host", info.host().to_string()),
     ];
@@ -290,9 +312,12 @@ async fn websocket(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let offered: Vec<&str> = chosen.iter().map(String::as_str).collect();
-    let (reply, mut session, incoming) = actix_ws::handle_with_protocols(request, payload, &offered)
-        .map_err(|e| ApiError::bad_request("not-a-websocket", e.to_string()))?;
-    let mut incoming = incoming.max_frame_size(MAX_WS_FRAME).aggregate_continuations();
+    let (reply, mut session, incoming) =
+        actix_ws::handle_with_protocols(request, payload, &offered)
+            .map_err(|e| ApiError::bad_request("not-a-websocket", e.to_string()))?;
+    let mut incoming = incoming
+        .max_frame_size(MAX_WS_FRAME)
+        .aggregate_continuations();
     let (mut sink, mut stream) = framed.split();
     actix_web::rt::spawn(async move {
         use awc::ws::{Frame, Message};

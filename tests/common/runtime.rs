@@ -39,7 +39,13 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve
 
 /// Creates workspace `name`, writes `files` into it (as a person editing it would) and gives
 /// it environment `env` with `spec`. Returns its directory.
-pub async fn workspace(node: &TestNode, name: &str, files: &[(&str, &str)], env: &str, spec: &str) -> String {
+pub async fn workspace(
+    node: &TestNode,
+    name: &str,
+    files: &[(&str, &str)],
+    env: &str,
+    spec: &str,
+) -> String {
     let admin = node.admin();
     admin
         .create(&CreateWorkspace {
@@ -91,7 +97,10 @@ pub async fn get(url: &str, authorization: Option<&str>) -> (u16, String) {
     }
     let mut response = request.send().await.unwrap();
     let body = response.body().limit(64 << 20).await.unwrap();
-    (response.status().as_u16(), String::from_utf8_lossy(&body).to_string())
+    (
+        response.status().as_u16(),
+        String::from_utf8_lossy(&body).to_string(),
+    )
 }
 
 /// Reads terminal output until `needle` appears (30 s at most).
@@ -104,16 +113,19 @@ pub async fn read_until(
     while !seen.contains(needle) {
         let frame = tokio::time::timeout_at(deadline, stream.next())
             .await
-            .unwrap_or_else(|_| panic!("no `{needle}` in the terminal output within 30 s: {seen:?}"));
+            .unwrap_or_else(|_| {
+                panic!("no `{needle}` in the terminal output within 30 s: {seen:?}")
+            });
         match frame {
             Some(Ok(Frame::Binary(bytes))) | Some(Ok(Frame::Text(bytes))) => {
                 seen.push_str(&String::from_utf8_lossy(&bytes))
             }
-            Some(Ok(Frame::Close(reason))) => panic!("terminal closed ({reason:?}) before `{needle}`: {seen:?}"),
+            Some(Ok(Frame::Close(reason))) => {
+                panic!("terminal closed ({reason:?}) before `{needle}`: {seen:?}")
+            }
             Some(Ok(_)) => {}
             other => panic!("terminal ended before `{needle}`: {other:?} {seen:?}"),
         }
     }
     seen
 }
-

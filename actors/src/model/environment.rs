@@ -300,7 +300,11 @@ impl ByteSize {
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
-            other => return Err(format!("unknown unit `{other}` in `{text}` (use KiB, MiB, GiB, TiB)")),
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{text}` (use KiB, MiB, GiB, TiB)"
+                ))
+            }
         };
         let bytes = number * multiplier as f64;
         if !bytes.is_finite() || bytes > u64::MAX as f64 / 2.0 {
@@ -312,9 +316,14 @@ impl ByteSize {
 
 impl std::fmt::Display for ByteSize {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let units = [(1u64 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        let units = [
+            (1u64 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
         for (size, unit) in units {
-            if self.0 >= size && self.0 % (size / 1024).max(1) == 0 {
+            if self.0 >= size && self.0.is_multiple_of((size / 1024).max(1)) {
                 let value = self.0 as f64 / size as f64;
                 return if value.fract() == 0.0 {
                     write!(f, "{value}{unit}")
@@ -622,7 +631,10 @@ impl EnvironmentSpec {
                 errors.add("docker", "needs an `image` or a `build` Dockerfile");
             }
             if !docker.workdir.starts_with('/') {
-                errors.add("docker.workdir", "must be an absolute path inside the container");
+                errors.add(
+                    "docker.workdir",
+                    "must be an absolute path inside the container",
+                );
             }
         }
         if let Some(Err(message)) = self
@@ -665,14 +677,20 @@ impl EnvironmentSpec {
             }
             for (file_index, file) in variant.requirements.iter().enumerate() {
                 if let Err(message) = validate_relative_path(file) {
-                    errors.add(format!("variants[{index}].requirements[{file_index}]"), message);
+                    errors.add(
+                        format!("variants[{index}].requirements[{file_index}]"),
+                        message,
+                    );
                 }
             }
             check_env_names(&mut errors, &format!("variants[{index}].env"), &variant.env);
         }
         for (index, port) in self.ports.iter().enumerate() {
             if port.port == 0 || port.host == Some(0) {
-                errors.add(format!("ports[{index}]"), "ports must be between 1 and 65535");
+                errors.add(
+                    format!("ports[{index}]"),
+                    "ports must be between 1 and 65535",
+                );
             }
         }
         for (index, volume) in self.volumes.iter().enumerate() {

@@ -193,7 +193,11 @@ pub fn allocate(
         .filter(|(_, gpu_vendor)| vendor.as_deref().is_none_or(|v| v == *gpu_vendor))
         .map(|(index, _)| *index)
         .collect();
-    let wanted_gpus = spec.resources.gpus.as_ref().map(|want| (want.min, want.preferred()));
+    let wanted_gpus = spec
+        .resources
+        .gpus
+        .as_ref()
+        .map(|want| (want.min, want.preferred()));
     let variant_gpus = spec
         .variants
         .iter()
@@ -333,10 +337,24 @@ resources: {cpus: {min: 2, preferred: 8}, memory: {min: 2GiB, preferred: 16GiB}}
 
     #[test]
     fn no_gpu_picks_the_cpu_variant_with_a_note() {
-        let allocation = allocate("train", &spec(VARIANTS), &host(4, 32, &[]), &Held::default()).unwrap();
+        let allocation = allocate(
+            "train",
+            &spec(VARIANTS),
+            &host(4, 32, &[]),
+            &Held::default(),
+        )
+        .unwrap();
         assert_eq!(allocation.variant.as_deref(), Some("cpu"));
-        assert!(allocation.notes[0].contains("variant `cuda` skipped"), "{:?}", allocation.notes);
-        assert!(allocation.notes[0].contains("no GPU"), "{:?}", allocation.notes);
+        assert!(
+            allocation.notes[0].contains("variant `cuda` skipped"),
+            "{:?}",
+            allocation.notes
+        );
+        assert!(
+            allocation.notes[0].contains("no GPU"),
+            "{:?}",
+            allocation.notes
+        );
         assert_eq!(allocation.cpus, Some(4.0));
         assert!(allocation.cpuset.is_empty(), "all cores: not pinned");
         assert_eq!(allocation.env["OMP_NUM_THREADS"], "4");
@@ -355,7 +373,11 @@ resources: {cpus: {min: 2, preferred: 8}, memory: {min: 2GiB, preferred: 16GiB}}
         )
         .unwrap();
         assert_eq!(allocation.variant.as_deref(), Some("cuda"));
-        assert_eq!(allocation.gpus, vec![1], "the nvidia card, not the intel one");
+        assert_eq!(
+            allocation.gpus,
+            vec![1],
+            "the nvidia card, not the intel one"
+        );
         assert_eq!(allocation.env["CUDA_VISIBLE_DEVICES"], "1");
         assert_eq!(allocation.cpus, Some(8.0));
         assert_eq!(allocation.cpuset, (0..8).collect::<Vec<_>>());
@@ -365,10 +387,19 @@ resources: {cpus: {min: 2, preferred: 8}, memory: {min: 2GiB, preferred: 16GiB}}
         // A second environment gets the other cores; the GPU is taken, so it falls back.
         let mut held = Held::default();
         held.add(&allocation);
-        let second = allocate("b", &spec(VARIANTS), &host(16, 64, &["intel", "nvidia"]), &held).unwrap();
+        let second = allocate(
+            "b",
+            &spec(VARIANTS),
+            &host(16, 64, &["intel", "nvidia"]),
+            &held,
+        )
+        .unwrap();
         assert_eq!(second.variant.as_deref(), Some("cpu"));
         assert_eq!(second.cpuset, (8..16).collect::<Vec<_>>());
-        assert_eq!(second.env["CUDA_VISIBLE_DEVICES"], "", "GPUs hidden from the cpu variant");
+        assert_eq!(
+            second.env["CUDA_VISIBLE_DEVICES"], "",
+            "GPUs hidden from the cpu variant"
+        );
     }
 
     #[test]
@@ -380,16 +411,32 @@ resources: {cpus: {min: 2, preferred: 8}, memory: {min: 2GiB, preferred: 16GiB}}
             &Held::default(),
         )
         .unwrap_err();
-        assert!(error.contains("needs at least 64.0 GiB of memory"), "{error}");
+        assert!(
+            error.contains("needs at least 64.0 GiB of memory"),
+            "{error}"
+        );
         assert!(error.contains("16.0 GiB in all"), "{error}");
 
-        let error = allocate("big", &spec("resources: {cpus: {min: 32}}"), &host(8, 16, &[]), &Held::default())
-            .unwrap_err();
+        let error = allocate(
+            "big",
+            &spec("resources: {cpus: {min: 32}}"),
+            &host(8, 16, &[]),
+            &Held::default(),
+        )
+        .unwrap_err();
         assert_eq!(error, "needs at least 32 CPU cores; this host has 8");
 
-        let error = allocate("big", &spec("resources: {gpus: {min: 2}}"), &host(8, 16, &["nvidia"]), &Held::default())
-            .unwrap_err();
-        assert!(error.contains("needs at least 2 GPUs; this host has 1 GPU (nvidia test), 1 free"), "{error}");
+        let error = allocate(
+            "big",
+            &spec("resources: {gpus: {min: 2}}"),
+            &host(8, 16, &["nvidia"]),
+            &Held::default(),
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("needs at least 2 GPUs; this host has 1 GPU (nvidia test), 1 free"),
+            "{error}"
+        );
 
         let error = allocate(
             "gpu-only",
@@ -398,13 +445,18 @@ resources: {cpus: {min: 2, preferred: 8}, memory: {min: 2GiB, preferred: 16GiB}}
             &Held::default(),
         )
         .unwrap_err();
-        assert_eq!(error, "no variant fits: `cuda`: needs 1 GPU; this host has no GPU");
+        assert_eq!(
+            error,
+            "no variant fits: `cuda`: needs 1 GPU; this host has no GPU"
+        );
     }
 
     #[test]
     fn memory_held_by_others_counts() {
-        let mut held = Held::default();
-        held.memory = 12 << 30;
+        let held = Held {
+            memory: 12 << 30,
+            ..Held::default()
+        };
         let allocation = allocate(
             "m",
             &spec("resources: {memory: {min: 1GiB, preferred: 8GiB}}"),
@@ -413,8 +465,11 @@ resources: {cpus: {min: 2, preferred: 8}, memory: {min: 2GiB, preferred: 16GiB}}
         )
         .unwrap();
         let memory = allocation.memory.unwrap();
-        assert!(memory < 8 << 30 && memory >= 1 << 30, "{memory}");
-        assert!(allocation.notes.iter().any(|n| n.contains("instead of the preferred 8.0 GiB")));
+        assert!((1 << 30..8 << 30).contains(&memory), "{memory}");
+        assert!(allocation
+            .notes
+            .iter()
+            .any(|n| n.contains("instead of the preferred 8.0 GiB")));
     }
 
     #[test]
@@ -430,6 +485,9 @@ resources: {cpus: {min: 2, preferred: 8}, memory: {min: 2GiB, preferred: 16GiB}}
             &Held::default(),
         )
         .unwrap();
-        assert!(!allocation.env.contains_key("OMP_NUM_THREADS"), "the spec's own value wins");
+        assert!(
+            !allocation.env.contains_key("OMP_NUM_THREADS"),
+            "the spec's own value wins"
+        );
     }
 }

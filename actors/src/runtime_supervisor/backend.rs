@@ -159,8 +159,10 @@ pub trait Backend {
     ) -> LocalBoxFuture<'a, Result<Vec<String>, RuntimeError>>;
 
     /// Starts the environment and its tools.
-    fn launch<'a>(&'a self, plan: &'a LaunchPlan)
-        -> LocalBoxFuture<'a, Result<Launched, RuntimeError>>;
+    fn launch<'a>(
+        &'a self,
+        plan: &'a LaunchPlan,
+    ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>>;
 }
 
 /// A running environment.

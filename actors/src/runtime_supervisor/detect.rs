@@ -91,7 +91,11 @@ pub fn detect(root: &Path, projects: &[String]) -> Detection {
             if python.version.is_none() {
                 python.version = toml_value(&text, "requires-python").and_then(|v| min_version(&v));
             }
-            python.projects.push(if dir.is_empty() { ".".into() } else { dir.clone() });
+            python.projects.push(if dir.is_empty() {
+                ".".into()
+            } else {
+                dir.clone()
+            });
         }
         for name in ["environment.yml", "environment.yaml"] {
             if let Some(text) = read_small(&base.join(name)) {
@@ -115,7 +119,10 @@ pub fn detect(root: &Path, projects: &[String]) -> Detection {
         if let Some(text) = read_small(&base.join(".devcontainer/devcontainer.json")) {
             devcontainer(&mut spec, &mut findings, dir, &text);
         } else if base.join("Dockerfile").is_file() && spec.docker.is_none() {
-            findings.push(format!("{}: container image built from it", rel("Dockerfile")));
+            findings.push(format!(
+                "{}: container image built from it",
+                rel("Dockerfile")
+            ));
             spec.docker = Some(DockerSpec {
                 image: None,
                 build: Some(rel("Dockerfile")),
@@ -305,9 +312,11 @@ fn node_project(
         } else {
             dir.rsplit('/').next().unwrap_or("app").to_string()
         };
-        let name = crate::model::is_slug(&name)
-            .then_some(name)
-            .unwrap_or_else(|| "app".into());
+        let name = if crate::model::is_slug(&name) {
+            name
+        } else {
+            "app".into()
+        };
         if spec.tools.iter().all(|t| t.name != name) {
             spec.tools.push(ToolSpec {
                 name,
@@ -375,7 +384,10 @@ fn count_notebooks(root: &Path) -> usize {
             };
             if kind.is_dir() {
                 let skip = name.starts_with('.')
-                    || matches!(name.as_ref(), "node_modules" | "__pycache__" | "venv" | "data");
+                    || matches!(
+                        name.as_ref(),
+                        "node_modules" | "__pycache__" | "venv" | "data"
+                    );
                 if !skip && depth < 4 {
                     stack.push((entry.path(), depth + 1));
                 }
@@ -499,7 +511,11 @@ mod tests {
         assert_eq!(python.requirements, vec!["projects/main/requirements.txt"]);
         assert_eq!(found.spec.tools[0].kind, ToolKind::Jupyterlab);
         assert_eq!(found.spec.tools.last().unwrap().kind, ToolKind::Terminal);
-        assert!(found.findings.iter().any(|f| f.contains("2 packages")), "{:?}", found.findings);
+        assert!(
+            found.findings.iter().any(|f| f.contains("2 packages")),
+            "{:?}",
+            found.findings
+        );
         found.spec.validate().unwrap();
     }
 
@@ -517,8 +533,16 @@ mod tests {
         let python = found.spec.python.as_ref().unwrap();
         assert_eq!(python.projects, vec!["."]);
         assert_eq!(python.version.as_deref(), Some("3.10"));
-        assert!(found.spec.tools.iter().all(|t| t.kind != ToolKind::Jupyterlab));
-        assert!(found.findings[0].contains("`trainer`"), "{:?}", found.findings);
+        assert!(found
+            .spec
+            .tools
+            .iter()
+            .all(|t| t.kind != ToolKind::Jupyterlab));
+        assert!(
+            found.findings[0].contains("`trainer`"),
+            "{:?}",
+            found.findings
+        );
         found.spec.validate().unwrap();
     }
 
@@ -535,7 +559,10 @@ mod tests {
         let found = detect(dir.path(), &["projects/sci".into()]);
         let python = found.spec.python.as_ref().unwrap();
         assert_eq!(python.manager, PythonManager::Conda);
-        assert_eq!(python.conda_file.as_deref(), Some("projects/sci/environment.yml"));
+        assert_eq!(
+            python.conda_file.as_deref(),
+            Some("projects/sci/environment.yml")
+        );
         assert_eq!(found.spec.tools[0].kind, ToolKind::Jupyterlab);
         found.spec.validate().unwrap();
     }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::model::RuntimeKind;
 
-use super::backend::{Backend, Exit, Instance, Launched, LaunchPlan};
+use super::backend::{Backend, Exit, Instance, LaunchPlan, Launched};
 use super::detect::shell_quote;
 use super::logs;
 use super::terminal::{TerminalInput, TerminalTarget};
@@ -69,10 +69,8 @@ impl DockerBackend {
     /// Removes containers a previous run of this node left behind.
     pub async fn remove_leftovers(&self, node_id: Uuid) -> Result<usize, RuntimeError> {
         let docker = self.docker().await?;
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{NODE_LABEL}={node_id}")],
-        )]);
+        let filters =
+            HashMap::from([("label".to_string(), vec![format!("{NODE_LABEL}={node_id}")])]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -84,7 +82,10 @@ impl DockerBackend {
         for container in &leftovers {
             if let Some(id) = &container.id {
                 let _ = docker
-                    .remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                    .remove_container(
+                        id,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
                     .await;
             }
         }
@@ -121,8 +122,14 @@ fn image_of(plan: &LaunchPlan) -> Result<String, RuntimeError> {
 fn labels(plan: &LaunchPlan) -> HashMap<String, String> {
     HashMap::from([
         (NODE_LABEL.to_string(), plan.node_id.to_string()),
-        ("dev.aienv.workspace".to_string(), plan.workspace_id.to_string()),
-        ("dev.aienv.environment".to_string(), plan.environment.clone()),
+        (
+            "dev.aienv.workspace".to_string(),
+            plan.workspace_id.to_string(),
+        ),
+        (
+            "dev.aienv.environment".to_string(),
+            plan.environment.clone(),
+        ),
     ])
 }
 
@@ -185,13 +192,20 @@ fn command(plan: &LaunchPlan) -> (Option<Vec<String>>, Vec<String>) {
                 let line = if tool.shell {
                     format!("sh -c {}", shell_quote(&tool.argv.join(" ")))
                 } else {
-                    tool.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+                    tool.argv
+                        .iter()
+                        .map(|a| shell_quote(a))
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 };
                 let env: Vec<String> = tool_env(tool).iter().map(|e| shell_quote(e)).collect();
                 script.push_str(&format!("env {} {line} &\n", env.join(" ")));
             }
             script.push_str("wait -n 2>/dev/null || wait\n");
-            (Some(vec!["/bin/sh".into(), "-c".into(), script]), Vec::new())
+            (
+                Some(vec!["/bin/sh".into(), "-c".into(), script]),
+                Vec::new(),
+            )
         }
     }
 }
@@ -292,7 +306,10 @@ impl Backend for DockerBackend {
             let image = image_of(plan)?;
             let name = container_name(plan);
             let _ = docker
-                .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                .remove_container(
+                    &name,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
                 .await;
             let (cmd, tool_env) = command(plan);
             let mut env = env_list(plan);
@@ -306,7 +323,8 @@ impl Backend for DockerBackend {
             for port in &plan.spec.ports {
                 let host = match port.host {
                     Some(host) => host,
-                    None => super::free_port().map_err(|e| RuntimeError::io("finding a free port", e))?,
+                    None => super::free_port()
+                        .map_err(|e| RuntimeError::io("finding a free port", e))?,
                 };
                 ports.push((port.port, host));
             }
@@ -337,14 +355,24 @@ impl Backend for DockerBackend {
                 env: Some(env),
                 working_dir: Some(workdir(plan)),
                 labels: Some(labels(plan)),
-                exposed_ports: Some(ports.iter().map(|(inside, _)| format!("{inside}/tcp")).collect()),
+                exposed_ports: Some(
+                    ports
+                        .iter()
+                        .map(|(inside, _)| format!("{inside}/tcp"))
+                        .collect(),
+                ),
                 tty: Some(false),
                 host_config: Some(HostConfig {
                     binds: Some(binds(plan)),
                     port_bindings: Some(port_bindings),
                     nano_cpus: allocation.cpus.map(|c| (c * 1e9) as i64),
                     cpuset_cpus: (!allocation.cpuset.is_empty()).then(|| {
-                        allocation.cpuset.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                        allocation
+                            .cpuset
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
                     }),
                     memory: allocation.memory.map(|m| m as i64),
                     device_requests,
@@ -431,7 +459,10 @@ async fn build_image(
         .rm(true)
         .build();
     let log_path = plan.setup_log();
-    logs::append(&log_path, &format!("== building {image} from {dockerfile}\n"));
+    logs::append(
+        &log_path,
+        &format!("== building {image} from {dockerfile}\n"),
+    );
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(tarball.into())));
     while let Some(item) = stream.next().await {
         match item {
@@ -483,7 +514,11 @@ struct DockerInstance {
 
 impl Instance for DockerInstance {
     fn describe(&self) -> String {
-        format!("container {} ({})", self.name, &self.id[..12.min(self.id.len())])
+        format!(
+            "container {} ({})",
+            self.name,
+            &self.id[..12.min(self.id.len())]
+        )
     }
 
     fn terminal(&self) -> TerminalTarget {
@@ -529,7 +564,10 @@ impl Instance for DockerInstance {
                 .build();
             let _ = self.docker.stop_container(&self.id, Some(options)).await;
             self.docker
-                .remove_container(&self.id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                .remove_container(
+                    &self.id,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
                 .await
                 .map_err(docker_error)?;
             tracing::info!(container = %self.id, "container removed");

@@ -15,7 +15,7 @@ use virt::domain::{Domain, DomainState};
 
 use crate::model::RuntimeKind;
 
-use super::backend::{Backend, Exit, Instance, Launched, LaunchPlan};
+use super::backend::{Backend, Exit, Instance, LaunchPlan, Launched};
 use super::terminal::{TerminalInput, TerminalTarget};
 use super::RuntimeError;
 
@@ -116,7 +116,11 @@ pub fn domain_xml(plan: &LaunchPlan, uri: &str) -> String {
     let mut devices = String::new();
     if let Some(disk) = &vm.disk {
         let path = plan.root.join(disk);
-        let format = if disk.ends_with(".qcow2") { "qcow2" } else { "raw" };
+        let format = if disk.ends_with(".qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
         devices.push_str(&format!(
             "<disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>",
             xml_escape(&path.display().to_string())
@@ -280,7 +284,7 @@ impl Instance for LibvirtInstance {
         async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let state = self.with_domain(|d| state_of(d)).await;
+                let state = self.with_domain(state_of).await;
                 match state {
                     Ok(DomainState::Running | DomainState::Blocked | DomainState::Paused) => {}
                     Ok(other) => {
@@ -333,7 +337,9 @@ impl Instance for LibvirtInstance {
                 .await;
             let deadline = tokio::time::Instant::now() + grace;
             while tokio::time::Instant::now() < deadline {
-                let active = self.with_domain(|d| Ok(d.is_active().unwrap_or(false))).await?;
+                let active = self
+                    .with_domain(|d| Ok(d.is_active().unwrap_or(false)))
+                    .await?;
                 if !active {
                     break;
                 }
@@ -363,8 +369,7 @@ pub fn console(
 ) -> Result<(), RuntimeError> {
     let connection = open(uri)?;
     let dom = connection.lookup_domain_by_name(domain).map_err(error)?;
-    let stream = virt::stream::Stream::new(&connection, VIR_STREAM_NONBLOCK)
-        .map_err(error)?;
+    let stream = virt::stream::Stream::new(&connection, VIR_STREAM_NONBLOCK).map_err(error)?;
     dom.open_console(None, &stream, VIR_DOMAIN_CONSOLE_FORCE)
         .map_err(error)?;
     std::thread::Builder::new()

@@ -33,7 +33,10 @@ impl Limits {
 
     /// How the limits are enforced, for status.
     pub fn mechanism(&self) -> &'static str {
-        match (&self.cgroup, self.memory.is_some() || !self.cpuset.is_empty()) {
+        match (
+            &self.cgroup,
+            self.memory.is_some() || !self.cpuset.is_empty(),
+        ) {
             (Some(_), _) => "cgroup v2",
             (None, true) => "rlimit + CPU affinity (no writable cgroup v2 here)",
             (None, false) => "none (nothing asked for)",
@@ -43,11 +46,19 @@ impl Limits {
     /// Makes `command` start in its own process group, inside the limits, and die with the
     /// node.
     pub fn apply(&self, command: &mut std::process::Command, new_session: bool) {
-        let procs = self
-            .cgroup
-            .as_ref()
-            .and_then(|dir| CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok());
-        let memory = if self.cgroup.is_none() { self.memory } else { None };
+        let procs = self.cgroup.as_ref().and_then(|dir| {
+            CString::new(
+                dir.join("cgroup.procs")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+            .ok()
+        });
+        let memory = if self.cgroup.is_none() {
+            self.memory
+        } else {
+            None
+        };
         let cpuset = if self.cgroup.is_none() {
             self.cpuset.clone()
         } else {

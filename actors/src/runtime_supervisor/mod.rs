@@ -149,8 +149,12 @@ impl Actor for RuntimeSupervisor {
         let autostart = self.config.autostart;
         ctx.wait(
             async move {
-                match tokio::time::timeout(Duration::from_secs(5), docker.remove_leftovers(node)).await {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(containers = n, "removed containers left by an earlier run"),
+                match tokio::time::timeout(Duration::from_secs(5), docker.remove_leftovers(node))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(containers = n, "removed containers left by an earlier run")
+                    }
                     _ => {}
                 }
             }
@@ -164,13 +168,17 @@ impl Actor for RuntimeSupervisor {
         ctx.run_interval(Duration::from_secs(30), |actor, ctx| {
             let data_dir = actor.config.data_dir.clone();
             ctx.spawn(
-                async move { tokio::task::spawn_blocking(move || resources::detect(&data_dir)).await.ok() }
-                    .into_actor(actor)
-                    .map(|resources, actor, _| {
-                        if let Some(resources) = resources {
-                            actor.host = resources;
-                        }
-                    }),
+                async move {
+                    tokio::task::spawn_blocking(move || resources::detect(&data_dir))
+                        .await
+                        .ok()
+                }
+                .into_actor(actor)
+                .map(|resources, actor, _| {
+                    if let Some(resources) = resources {
+                        actor.host = resources;
+                    }
+                }),
             );
         });
     }
@@ -242,8 +250,17 @@ impl Handler<Stop> for RuntimeSupervisor {
         let keys: Vec<EnvKey> = self
             .active
             .keys()
-            .filter(|key| workspace.as_ref().is_none_or(|w| w.manifest.id == key.workspace))
-            .filter(|key| message.environment.as_ref().is_none_or(|e| *e == key.environment))
+            .filter(|key| {
+                workspace
+                    .as_ref()
+                    .is_none_or(|w| w.manifest.id == key.workspace)
+            })
+            .filter(|key| {
+                message
+                    .environment
+                    .as_ref()
+                    .is_none_or(|e| *e == key.environment)
+            })
             .cloned()
             .collect();
         for key in &keys {
@@ -287,7 +304,11 @@ impl Handler<runner::Envelope> for RuntimeSupervisor {
             | RunReport::Tool { key, .. } => key.clone(),
         };
         // Reports of a run that was replaced meanwhile are old news.
-        if self.active.get(&key).is_none_or(|a| a.run_id != envelope.run_id) {
+        if self
+            .active
+            .get(&key)
+            .is_none_or(|a| a.run_id != envelope.run_id)
+        {
             return;
         }
         let Some(status) = self.envs.get_mut(&key) else {
@@ -387,7 +408,10 @@ impl RuntimeSupervisor {
     /// Which backend an environment runs on: the one asked for, else the spec's, else
     /// docker for a container spec, libvirt for a VM spec, processes otherwise.
     fn choose_backend(spec: &EnvironmentSpec, asked: Option<RuntimeKind>) -> RuntimeKind {
-        match asked.filter(|k| *k != RuntimeKind::Auto).unwrap_or(spec.runtime) {
+        match asked
+            .filter(|k| *k != RuntimeKind::Auto)
+            .unwrap_or(spec.runtime)
+        {
             RuntimeKind::Auto if spec.docker.is_some() => RuntimeKind::Docker,
             RuntimeKind::Auto if spec.libvirt.is_some() => RuntimeKind::Libvirt,
             RuntimeKind::Auto => RuntimeKind::Process,
@@ -416,10 +440,12 @@ impl RuntimeSupervisor {
         if self.host.cpu_cores == 0 {
             self.host = resources::detect(&self.config.data_dir);
         }
-        let allocation = allocation::allocate(name, &spec, &self.host, &self.held(&key))
-            .map_err(|reason| RuntimeError::DoesNotFit {
-                environment: name.to_string(),
-                reason,
+        let allocation =
+            allocation::allocate(name, &spec, &self.host, &self.held(&key)).map_err(|reason| {
+                RuntimeError::DoesNotFit {
+                    environment: name.to_string(),
+                    reason,
+                }
             })?;
         let plan = self.plan(entry, name, &spec, kind, allocation.clone())?;
         self.next_run += 1;
@@ -590,7 +616,10 @@ impl RuntimeSupervisor {
             tools.push(ToolPlan {
                 name: tool.name.clone(),
                 kind: tool.kind,
-                argv: command.iter().map(|a| expand(a, port, &base_path)).collect(),
+                argv: command
+                    .iter()
+                    .map(|a| expand(a, port, &base_path))
+                    .collect(),
                 shell: tool.shell,
                 port,
                 token: (tool.kind == ToolKind::Jupyterlab).then(random_token),
@@ -655,13 +684,8 @@ impl RuntimeSupervisor {
                 sender.send_replace(Arc::new(build_view(envs, seq)));
             });
         if let Some(tool) = ready {
-            self.bus.publish(
-                NodeEvent::ToolReady {
-                    status,
-                    tool,
-                },
-                |_| {},
-            );
+            self.bus
+                .publish(NodeEvent::ToolReady { status, tool }, |_| {});
         }
     }
 }
@@ -693,7 +717,9 @@ fn select_environments(
 
 /// A free TCP port on loopback (the kernel's choice; released before the tool binds it).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
 }
 
 fn random_token() -> String {
@@ -717,7 +743,12 @@ fn setup_hash(
     hasher.update(allocation.variant.as_deref().unwrap_or("").as_bytes());
     let mut files: Vec<String> = requirements.to_vec();
     if let Some(python) = &spec.python {
-        files.extend(python.projects.iter().map(|p| format!("{p}/pyproject.toml")));
+        files.extend(
+            python
+                .projects
+                .iter()
+                .map(|p| format!("{p}/pyproject.toml")),
+        );
         if python.manager == PythonManager::Conda {
             files.extend(python.conda_file.clone());
         }
@@ -793,11 +824,14 @@ impl RuntimeSupervisorHandle {
             .environments
             .iter()
             .map(|(name, spec)| {
-                view.find(entry.manifest.id, name)
-                    .unwrap_or_else(|| {
-                        let log_dir = self.dir.join(entry.manifest.id.to_string()).join(name).join("logs");
-                        Arc::new(stopped_status(&entry, name, spec, log_dir))
-                    })
+                view.find(entry.manifest.id, name).unwrap_or_else(|| {
+                    let log_dir = self
+                        .dir
+                        .join(entry.manifest.id.to_string())
+                        .join(name)
+                        .join("logs");
+                    Arc::new(stopped_status(&entry, name, spec, log_dir))
+                })
             })
             .collect())
     }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::model::{PythonManager, RuntimeKind};
 
 use super::backend::{
-    missing_hint, resolve_program, Backend, Exit, Instance, Launched, LaunchPlan, ToolPlan,
+    missing_hint, resolve_program, Backend, Exit, Instance, LaunchPlan, Launched, ToolPlan,
     Unavailable,
 };
 use super::limits::Limits;
@@ -99,7 +99,10 @@ pub fn process_env(plan: &LaunchPlan) -> (Vec<(String, String)>, Vec<PathBuf>) {
     if plan.spec.python.is_some() {
         match plan.spec.python.as_ref().map(|p| p.manager) {
             Some(PythonManager::Conda) => {
-                env.insert("CONDA_PREFIX".into(), conda_prefix(plan).display().to_string());
+                env.insert(
+                    "CONDA_PREFIX".into(),
+                    conda_prefix(plan).display().to_string(),
+                );
             }
             _ => {
                 env.insert("VIRTUAL_ENV".into(), plan.venv().display().to_string());
@@ -110,7 +113,10 @@ pub fn process_env(plan: &LaunchPlan) -> (Vec<(String, String)>, Vec<PathBuf>) {
     env.extend(plan.env.clone());
     env.insert("AIENV_WORKSPACE".into(), plan.workspace_name.clone());
     env.insert("AIENV_ENVIRONMENT".into(), plan.environment.clone());
-    env.insert("AIENV_WORKSPACE_DIR".into(), plan.root.display().to_string());
+    env.insert(
+        "AIENV_WORKSPACE_DIR".into(),
+        plan.root.display().to_string(),
+    );
     (env.into_iter().collect(), bin_dirs)
 }
 
@@ -165,7 +171,12 @@ async fn prepare(plan: &LaunchPlan) -> Result<Vec<String>, RuntimeError> {
                 notes.extend(note);
                 run(
                     "python venv".into(),
-                    vec![interpreter, "-m".into(), "venv".into(), venv.display().to_string()],
+                    vec![
+                        interpreter,
+                        "-m".into(),
+                        "venv".into(),
+                        venv.display().to_string(),
+                    ],
                 )
                 .await?;
                 let pip = |args: Vec<String>| {
@@ -181,12 +192,18 @@ async fn prepare(plan: &LaunchPlan) -> Result<Vec<String>, RuntimeError> {
                     argv
                 };
                 for file in &plan.requirements {
-                    run(format!("pip install -r {file}"), pip(vec!["-r".into(), file.clone()]))
-                        .await?;
+                    run(
+                        format!("pip install -r {file}"),
+                        pip(vec!["-r".into(), file.clone()]),
+                    )
+                    .await?;
                 }
                 for dir in &python.projects {
-                    run(format!("pip install -e {dir}"), pip(vec!["-e".into(), dir.clone()]))
-                        .await?;
+                    run(
+                        format!("pip install -e {dir}"),
+                        pip(vec!["-e".into(), dir.clone()]),
+                    )
+                    .await?;
                 }
             }
             PythonManager::Conda => {
@@ -358,11 +375,14 @@ impl ProcessInstance {
     }
 
     fn spawn(&mut self, name: &str) -> Result<u32, RuntimeError> {
-        let tool = self.tool(name).cloned().ok_or_else(|| RuntimeError::ToolNotFound {
-            workspace: self.plan.workspace_name.clone(),
-            name: name.to_string(),
-            known: self.plan.tools.iter().map(|t| t.name.clone()).collect(),
-        })?;
+        let tool = self
+            .tool(name)
+            .cloned()
+            .ok_or_else(|| RuntimeError::ToolNotFound {
+                workspace: self.plan.workspace_name.clone(),
+                name: name.to_string(),
+                known: self.plan.tools.iter().map(|t| t.name.clone()).collect(),
+            })?;
         let log_path = self.plan.log_dir().join(format!("{name}.log"));
         logs::rotate(&log_path);
         let log = logs::open(&log_path)
@@ -385,7 +405,10 @@ impl ProcessInstance {
             .env("PORT", tool.port.to_string())
             .env("BASE_PATH", &tool.base_path)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| RuntimeError::io("log file", e))?)
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| RuntimeError::io("log file", e))?,
+            )
             .stderr(log);
         if let Some(token) = &tool.token {
             command.env("JUPYTER_TOKEN", token);
@@ -400,7 +423,8 @@ impl ProcessInstance {
         let pid = child.id().unwrap_or(0);
         self.generation += 1;
         let generation = self.generation;
-        self.running.insert(name.to_string(), Running { pid, generation });
+        self.running
+            .insert(name.to_string(), Running { pid, generation });
         let sender = self.exits_sender.clone();
         let name = name.to_string();
         actix::spawn(async move {
@@ -430,7 +454,11 @@ impl Instance for ProcessInstance {
             .iter()
             .map(|(name, r)| format!("{name}={}", r.pid))
             .collect();
-        format!("processes ({}; limits: {})", pids.join(", "), self.limits.mechanism())
+        format!(
+            "processes ({}; limits: {})",
+            pids.join(", "),
+            self.limits.mechanism()
+        )
     }
 
     fn terminal(&self) -> TerminalTarget {

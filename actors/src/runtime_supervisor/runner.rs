@@ -53,7 +53,14 @@ impl Run {
         self.report(|key| RunReport::State { key, state, error });
     }
 
-    fn tool(&self, name: &str, state: ToolState, detail: Option<String>, pid: Option<u32>, restarts: u32) {
+    fn tool(
+        &self,
+        name: &str,
+        state: ToolState,
+        detail: Option<String>,
+        pid: Option<u32>,
+        restarts: u32,
+    ) {
         self.report(|key| RunReport::Tool {
             key,
             name: name.to_string(),
@@ -119,10 +126,22 @@ pub async fn run(run: Run) {
     let mut tools: BTreeMap<String, ToolRun> = BTreeMap::new();
     for tool in plan.tools.iter().filter(|t| t.runs()) {
         if let Some(missing) = launched.unavailable.iter().find(|u| u.tool == tool.name) {
-            run.tool(&tool.name, ToolState::Unavailable, Some(missing.hint.clone()), None, 0);
+            run.tool(
+                &tool.name,
+                ToolState::Unavailable,
+                Some(missing.hint.clone()),
+                None,
+                0,
+            );
             continue;
         }
-        run.tool(&tool.name, ToolState::Starting, None, launched.pids.get(&tool.name).copied(), 0);
+        run.tool(
+            &tool.name,
+            ToolState::Starting,
+            None,
+            launched.pids.get(&tool.name).copied(),
+            0,
+        );
         tools.insert(
             tool.name.clone(),
             ToolRun {
@@ -140,7 +159,12 @@ pub async fn run(run: Run) {
     loop {
         let next_probe = tools
             .values()
-            .filter(|t| matches!(t.state, ToolState::Starting | ToolState::Ready | ToolState::Unhealthy))
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    ToolState::Starting | ToolState::Ready | ToolState::Unhealthy
+                )
+            })
             .map(|t| t.next_probe)
             .min();
         let probe_wait = async {
@@ -200,7 +224,10 @@ async fn on_exit(
     }
     let first = &names[0];
     let tool = tools.get_mut(first).expect("a known tool");
-    if tool.ready_since.is_some_and(|since| since.elapsed() >= STABLE_AFTER) {
+    if tool
+        .ready_since
+        .is_some_and(|since| since.elapsed() >= STABLE_AFTER)
+    {
         tool.restarts = 0;
     }
     let restarts = tool.restarts;
@@ -208,8 +235,18 @@ async fn on_exit(
     if !policy_restarts(run, &exit) {
         for name in &names {
             let tool = tools.get_mut(name).expect("a known tool");
-            tool.state = if exit.success() { ToolState::Exited } else { ToolState::Failed };
-            run.tool(name, tool.state, Some(exit.detail.clone()), None, tool.restarts);
+            tool.state = if exit.success() {
+                ToolState::Exited
+            } else {
+                ToolState::Failed
+            };
+            run.tool(
+                name,
+                tool.state,
+                Some(exit.detail.clone()),
+                None,
+                tool.restarts,
+            );
         }
         refresh_env_state(run, tools);
         return tools.values().any(|t| is_running(t.state));
@@ -221,7 +258,10 @@ async fn on_exit(
             run.tool(
                 name,
                 ToolState::Failed,
-                Some(format!("{}; gave up after {restarts} restarts", exit.detail)),
+                Some(format!(
+                    "{}; gave up after {restarts} restarts",
+                    exit.detail
+                )),
                 None,
                 restarts,
             );
@@ -229,7 +269,15 @@ async fn on_exit(
         refresh_env_state(run, tools);
         return tools.values().any(|t| is_running(t.state));
     }
-    restart(run, instance, tools, &names, exit.tool.is_none(), exit.detail).await
+    restart(
+        run,
+        instance,
+        tools,
+        &names,
+        exit.tool.is_none(),
+        exit.detail,
+    )
+    .await
 }
 
 fn is_running(state: ToolState) -> bool {
@@ -262,7 +310,8 @@ async fn restart(
         .map(|t| t.restarts)
         .max()
         .unwrap_or(0);
-    let backoff = Duration::from_millis(250 * (1u64 << restarts.min(7))).min(Duration::from_secs(30));
+    let backoff =
+        Duration::from_millis(250 * (1u64 << restarts.min(7))).min(Duration::from_secs(30));
     for name in names {
         let tool = tools.get_mut(name).expect("a known tool");
         tool.state = ToolState::Restarting;
@@ -299,7 +348,13 @@ async fn restart(
             }
             Err(error) => {
                 tool.state = ToolState::Failed;
-                run.tool(name, ToolState::Failed, Some(error.to_string()), None, tool.restarts);
+                run.tool(
+                    name,
+                    ToolState::Failed,
+                    Some(error.to_string()),
+                    None,
+                    tool.restarts,
+                );
             }
         }
     }
@@ -317,11 +372,21 @@ async fn probe_due(
     let now = Instant::now();
     let due: Vec<String> = tools
         .iter()
-        .filter(|(_, t)| matches!(t.state, ToolState::Starting | ToolState::Ready | ToolState::Unhealthy) && t.next_probe <= now)
+        .filter(|(_, t)| {
+            matches!(
+                t.state,
+                ToolState::Starting | ToolState::Ready | ToolState::Unhealthy
+            ) && t.next_probe <= now
+        })
         .map(|(name, _)| name.clone())
         .collect();
     for name in due {
-        let plan = run.plan.tools.iter().find(|t| t.name == name).expect("planned");
+        let plan = run
+            .plan
+            .tools
+            .iter()
+            .find(|t| t.name == name)
+            .expect("planned");
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, plan.port));
         let result = health::probe(
             addr,
@@ -345,15 +410,20 @@ async fn probe_due(
                 }
             }
             Err(error) if tool.state == ToolState::Starting => {
-                if tool.started.elapsed() > Duration::from_secs(health.start_period_seconds as u64) {
-                    let why = format!("did not answer within {} s: {error}", health.start_period_seconds);
+                if tool.started.elapsed() > Duration::from_secs(health.start_period_seconds as u64)
+                {
+                    let why = format!(
+                        "did not answer within {} s: {error}",
+                        health.start_period_seconds
+                    );
                     if !restart_unhealthy(run, instance, tools, &name, why).await {
                         return false;
                     }
                 } else {
-                    tool.next_probe = Instant::now() + START_PROBE.max(Duration::from_millis(
-                        (tool.started.elapsed().as_millis() as u64 / 10).min(1000),
-                    ));
+                    tool.next_probe = Instant::now()
+                        + START_PROBE.max(Duration::from_millis(
+                            (tool.started.elapsed().as_millis() as u64 / 10).min(1000),
+                        ));
                 }
             }
             Err(error) => {
@@ -366,7 +436,13 @@ async fn probe_due(
                     }
                 } else if tool.state == ToolState::Ready {
                     tool.state = ToolState::Unhealthy;
-                    run.tool(&name, ToolState::Unhealthy, Some(error), None, tool.restarts);
+                    run.tool(
+                        &name,
+                        ToolState::Unhealthy,
+                        Some(error),
+                        None,
+                        tool.restarts,
+                    );
                     refresh_env_state(run, tools);
                 }
             }
@@ -388,7 +464,8 @@ async fn restart_unhealthy(
         || tool.restarts >= run.plan.spec.restart.max_restarts
     {
         tool.state = ToolState::Unhealthy;
-        tool.next_probe = Instant::now() + Duration::from_secs(run.plan.spec.health.interval_seconds as u64);
+        tool.next_probe =
+            Instant::now() + Duration::from_secs(run.plan.spec.health.interval_seconds as u64);
         run.tool(name, ToolState::Unhealthy, Some(why), None, tool.restarts);
         refresh_env_state(run, tools);
         return true;
@@ -404,10 +481,12 @@ async fn restart_unhealthy(
 fn refresh_env_state(run: &Run, tools: &BTreeMap<String, ToolRun>) {
     let state = if tools.values().all(|t| t.state == ToolState::Ready) {
         EnvState::Running
-    } else if tools
-        .values()
-        .any(|t| matches!(t.state, ToolState::Failed | ToolState::Unhealthy | ToolState::Exited))
-    {
+    } else if tools.values().any(|t| {
+        matches!(
+            t.state,
+            ToolState::Failed | ToolState::Unhealthy | ToolState::Exited
+        )
+    }) {
         EnvState::Degraded
     } else {
         EnvState::Starting

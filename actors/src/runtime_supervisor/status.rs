@@ -170,7 +170,10 @@ impl EnvStatus {
         match self.state {
             EnvState::Running | EnvState::Failed | EnvState::Stopped => true,
             EnvState::Degraded => self.tools.iter().all(|t| {
-                !matches!(t.state, ToolState::Starting | ToolState::Restarting | ToolState::Pending)
+                !matches!(
+                    t.state,
+                    ToolState::Starting | ToolState::Restarting | ToolState::Pending
+                )
             }),
             _ => false,
         }
@@ -230,9 +233,10 @@ impl RuntimesView {
         for env in self.envs.iter().filter(|e| e.workspace_name == workspace) {
             for status in env.tools.iter().filter(|t| t.name == tool) {
                 match (status.state, status.upstream) {
-                    (ToolState::Ready | ToolState::Unhealthy | ToolState::Starting, Some(upstream))
-                        if env.state.is_active() =>
-                    {
+                    (
+                        ToolState::Ready | ToolState::Unhealthy | ToolState::Starting,
+                        Some(upstream),
+                    ) if env.state.is_active() => {
                         return Ok(ProxyTarget {
                             upstream,
                             base_path: status.base_path.clone(),
@@ -245,7 +249,10 @@ impl RuntimesView {
                         known = Some(format!(
                             "tool `{tool}` of `{workspace}` is {}{}",
                             status.state.as_str(),
-                            status.detail.as_deref().map_or(String::new(), |d| format!(": {d}"))
+                            status
+                                .detail
+                                .as_deref()
+                                .map_or(String::new(), |d| format!(": {d}"))
                         ))
                     }
                 }

@@ -130,7 +130,8 @@ impl PtySession {
         cols: u16,
         rows: u16,
     ) -> Result<PtySession, RuntimeError> {
-        let (master, slave) = open_pty(cols, rows).map_err(|e| RuntimeError::io("opening a PTY", e))?;
+        let (master, slave) =
+            open_pty(cols, rows).map_err(|e| RuntimeError::io("opening a PTY", e))?;
         let stdio = |fd: &OwnedFd| -> Result<std::process::Stdio, RuntimeError> {
             Ok(fd
                 .try_clone()

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    EnvironmentSpec, Project, PythonManager, PythonSpec, ToolKind, ToolSpec,
-    WorkspaceKind, WorkspaceManifest,
+    EnvironmentSpec, Project, PythonManager, PythonSpec, ToolKind, ToolSpec, WorkspaceKind,
+    WorkspaceManifest,
 };
 
 /// A template's contribution to a new workspace.
@@ -47,8 +47,8 @@ pub fn apply(name: &str, manifest: &mut WorkspaceManifest) -> Option<Template> {
             });
             if notebook {
                 spec.tools.push(ToolSpec {
-                shell: false,
-                strip_prefix: None,
+                    shell: false,
+                    strip_prefix: None,
                     name: "lab".into(),
                     kind: ToolKind::Jupyterlab,
                     command: Vec::new(),
