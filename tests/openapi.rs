@@ -1082,6 +1082,168 @@ async fn live_server_matches_openapi_document() {
     )
     .await;
 
+    // Runtimes: a terminal-only environment starts at once.
+    admin
+        .create(&CreateWorkspace {
+            name: "rt".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .put_environment(
+            "rt",
+            "shell",
+            "schema_version: 1\nruntime: process\ntools: [{name: term, kind: terminal}]\n".into(),
+        )
+        .await
+        .unwrap();
+    for case in [
+        case(
+            "POST",
+            "/workspaces/{ws}/run",
+            "/workspaces/rt/run",
+            Body::Json(json!({"wait": true})),
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/run",
+            "/workspaces/none/run",
+            Body::None,
+            true,
+            404,
+            Some("workspace-not-found"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/run",
+            "/workspaces/rt/run",
+            Body::Json(json!({"backend": "warp"})),
+            true,
+            422,
+            Some("invalid-field"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/run",
+            "/workspaces/rt/run",
+            Body::Json(json!({"environment": "gpu"})),
+            true,
+            404,
+            Some("environment-not-found"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/run",
+            "/workspaces/rt/run",
+            Body::Json(json!({"wait": true, "timeout_seconds": 60})),
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/status",
+            "/workspaces/rt/status",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case("GET", "/runtimes", "/runtimes", Body::None, true, 200, None),
+        case(
+            "GET",
+            "/workspaces/{ws}/logs",
+            "/workspaces/rt/logs?tail=10",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/logs",
+            "/workspaces/rt/logs?environment=gpu",
+            Body::None,
+            true,
+            404,
+            Some("environment-not-found"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/detect",
+            "/workspaces/rt/detect",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/terminal",
+            "/workspaces/rt/terminal",
+            Body::None,
+            true,
+            400,
+            Some("not-a-websocket"),
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/terminal",
+            "/workspaces/rt/terminal?environment=gpu",
+            Body::None,
+            true,
+            404,
+            Some("environment-not-found"),
+        ),
+    ] {
+        run(&node, &spec, &case, &mut covered).await;
+    }
+    let (response, _) = awc::Client::default()
+        .ws(format!(
+            "{}/api/v1/workspaces/rt/terminal?cols=80&rows=24",
+            node.url.replacen("http", "ws", 1)
+        ))
+        .header("authorization", format!("Bearer {}", node.token()))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 101);
+    covered.insert("GET /workspaces/{ws}/terminal".into());
+    run(
+        &node,
+        &spec,
+        &case(
+            "POST",
+            "/workspaces/{ws}/stop",
+            "/workspaces/rt/stop",
+            Body::Json(json!({})),
+            true,
+            200,
+            None,
+        ),
+        &mut covered,
+    )
+    .await;
+    run(
+        &node,
+        &spec,
+        &case(
+            "GET",
+            "/workspaces/{ws}/terminal",
+            "/workspaces/rt/terminal",
+            Body::None,
+            true,
+            409,
+            Some("not-running"),
+        ),
+        &mut covered,
+    )
+    .await;
+
     // Every documented operation was exercised successfully.
     let mut documented = BTreeMap::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
