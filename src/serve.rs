@@ -253,6 +253,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             .configure(http::configure(app_state.clone()))
     })
     .workers(workers)
+    // Without it, a response written as headers then body waits for the client's delayed
+    // ACK (40 ms on Linux): every small answer through the tool proxy paid that.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(5)
     .listen(listener)

@@ -50,6 +50,9 @@ fn dashboard_in_chromium() {
         .unwrap();
     assert!(add_user.wait().unwrap().success());
 
+    // Screenshots of every view, desktop and phone width, for a person to look at.
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
     let mut script = Command::new("node")
         .arg(e2e.join("dashboard.mjs"))
         .current_dir(&e2e)
@@ -60,6 +63,7 @@ fn dashboard_in_chromium() {
         .env("USER_B", "ada")
         .env("PASSWORD_B", "correct horse battery")
         .env("CHROMIUM", &chromium)
+        .env("SCREENSHOT_DIR", &shots)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -87,6 +91,20 @@ fn dashboard_in_chromium() {
                         .collect();
                     std::fs::write(root.join(format!("data/part{i}.bin")), data).unwrap();
                 }
+                writeln!(to_script, "done").unwrap();
+            }
+            "ACTION prepare-run" => {
+                // A workspace on alpha with an HTTP tool and a terminal, to run from the page.
+                actix_rt::System::new().block_on(async {
+                    common::runtime::workspace(
+                        &a,
+                        "serve-demo",
+                        &[("hello.py", common::runtime::HELLO)],
+                        "web",
+                        "schema_version: 1\nruntime: process\nresources: {cpus: {min: 1}}\ntools:\n  - {name: app, kind: http, command: [python3, hello.py]}\n  - {name: term, kind: terminal}\n",
+                    )
+                    .await;
+                });
                 writeln!(to_script, "done").unwrap();
             }
             "ACTION kill-c" => {

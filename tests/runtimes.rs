@@ -104,6 +104,16 @@ tools:
         .unwrap();
     assert_eq!(response.status().as_u16(), 201);
     assert_eq!(response.body().limit(1 << 20).await.unwrap().len(), 300_000);
+    // A chunked answer is decoded and relayed whole, twice on the same connection.
+    for _ in 0..2 {
+        let (code, body) = get(&format!("{}/w/proc/app/chunked", node.url), Some(&token)).await;
+        assert_eq!(code, 200);
+        assert!(
+            body.starts_with("chunked answer xxx") && body.len() == 15 + 70000,
+            "{}",
+            body.len()
+        );
+    }
     // The path without its slash is redirected to the tool's directory.
     let response = client
         .get(format!("{}/w/proc/app", node.url))

@@ -13,6 +13,7 @@ mod session;
 mod tool_proxy;
 mod transfers;
 mod ui;
+mod upstream;
 mod workspaces;
 
 use std::path::PathBuf;

@@ -18,7 +18,7 @@ use aienv_actors::runtime_supervisor::{ProxyMiss, ProxyTarget};
 
 use crate::auth::Presented;
 
-use super::{ApiError, AppState};
+use super::{upstream, ApiError, AppState};
 
 /// Largest WebSocket message relayed (JupyterLab sends whole notebooks and images).
 const MAX_WS_FRAME: usize = 64 << 20;
@@ -117,48 +117,42 @@ async fn proxy(
     if is_websocket {
         return websocket(&request, payload, &target, &path_and_query).await;
     }
-    let url = format!("http://{}{path_and_query}", target.upstream);
     let headers = forward_headers(&request, &target);
-    let mut upstream = CLIENT.with(|client| client.request(request.method().clone(), &url));
-    for (name, value) in headers.iter() {
-        upstream = upstream.append_header((name.clone(), value.clone()));
-    }
     let length = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
-    let sent = match (length, chunked) {
-        (Some(length), false) => {
-            upstream
-                .send_body(actix_web::body::SizedStream::new(length, payload))
-                .await
-        }
-        (_, true) => upstream.send_stream(payload).await,
-        (None, false) => upstream.send().await,
+    let body = match (length, chunked) {
+        (_, true) => upstream::RequestBody::Chunked(payload),
+        (Some(length), false) if length > 0 => upstream::RequestBody::Sized(length, payload),
+        _ => upstream::RequestBody::Empty,
     };
-    let response = sent.map_err(|e| {
+    let response = upstream::send(
+        target.upstream,
+        request.method(),
+        &path_and_query,
+        &headers,
+        body,
+    )
+    .await
+    .map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "tool-unreachable",
             format!("tool `{tool}` of `{workspace}` did not answer: {e}"),
         )
     })?;
-    let mut builder = HttpResponse::build(response.status());
-    for (name, value) in response.headers() {
+    let mut builder = HttpResponse::build(response.status);
+    for (name, value) in &response.headers {
         if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
             builder.append_header((name.clone(), value.clone()));
         }
     }
-    match response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        Some(length) => Ok(builder.body(actix_web::body::SizedStream::new(length, response))),
-        None => Ok(builder.streaming(response)),
+    match response.length {
+        Some(length) => Ok(builder.body(actix_web::body::SizedStream::new(length, response.body))),
+        None => Ok(builder.streaming(response.body)),
     }
 }
 

@@ -25,6 +25,12 @@ static FILES: &[(&str, &[u8])] = embed!(
     "js/network.js",
     "js/workspaces.js",
     "js/transfers.js",
+    "js/run.js",
+    "vendor/xterm/xterm.mjs",
+    "vendor/xterm/xterm.css",
+    "vendor/xterm/LICENSE",
+    "vendor/xterm-addon-fit/addon-fit.mjs",
+    "vendor/xterm-addon-fit/LICENSE",
 );
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -74,7 +80,8 @@ fn serve(state: &AppState, path: &str) -> HttpResponse {
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .insert_header((
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
+            // xterm.js sizes and colours its rows through a <style> element it creates.
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
         ))
         .body(body)
 }

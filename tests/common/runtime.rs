@@ -19,6 +19,14 @@ base = os.environ.get("BASE_PATH", "/")
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path.endswith("/chunked"):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"chunked ", b"answer ", b"x" * 70000):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         body = f"hello {self.path} base={base} threads={os.environ.get('OMP_NUM_THREADS')} venv={os.environ.get('VIRTUAL_ENV','')}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

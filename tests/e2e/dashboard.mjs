@@ -127,6 +127,54 @@ try {
   step('unshare reaches B');
   if (shots) await b.screenshot({ path: `${shots}/network.png`, fullPage: true });
 
+  // Run a workspace with an HTTP tool on A: the tool button opens it through the proxy, the
+  // terminal panel runs a command, the logs show the tool's output, Stop stops it.
+  await action('prepare-run');
+  await a.getByRole('link', { name: 'Run' }).click();
+  const runCard = a.locator('article.runcard[data-workspace="serve-demo"]');
+  await runCard.waitFor();
+  await runCard.getByRole('button', { name: 'Run serve-demo' }).click();
+  const openTool = runCard.getByRole('link', { name: 'Open app of serve-demo' });
+  await openTool.waitFor();
+  await runCard.locator('.badge[data-state="running"]').waitFor();
+  step('run: the tool is ready');
+  const [tab] = await Promise.all([a.context().waitForEvent('page'), openTool.click()]);
+  await tab.waitForLoadState();
+  const toolText = await tab.textContent('body');
+  assert.match(toolText, /^hello \/w\/serve-demo\/app\/ base=\/w\/serve-demo\/app\//);
+  await tab.close();
+  step('tool opened through the proxy with the session');
+  await runCard.getByRole('button', { name: 'Open terminal term of serve-demo/web' }).click();
+  await a.locator('.term-panel .xterm-screen').waitFor();
+  await a.locator('.panel [role="status"]', { hasText: 'connected' }).waitFor();
+  await a.locator('.term-panel').click();
+  await a.keyboard.type('echo $((6*7))');
+  await a.keyboard.press('Enter');
+  await a.waitForFunction(() => [...document.querySelectorAll('.term-panel .xterm-rows > div')]
+    .some((row) => row.textContent.trim() === '42'));
+  step('terminal panel runs a command');
+  await runCard.getByRole('button', { name: 'Logs of serve-demo/web' }).click();
+  await a.locator('pre.log', { hasText: '[web/app] hello tool listening' }).waitFor();
+  step('live logs');
+  if (shots) {
+    await a.screenshot({ path: `${shots}/run.png`, fullPage: true });
+    await a.setViewportSize({ width: 390, height: 844 });
+    await a.screenshot({ path: `${shots}/run-phone.png`, fullPage: true });
+    for (const view of ['overview', 'network', 'workspaces', 'transfers']) {
+      await a.getByRole('link', { name: view[0].toUpperCase() + view.slice(1) }).click();
+      await a.screenshot({ path: `${shots}/${view}-phone.png`, fullPage: true });
+    }
+    await a.setViewportSize({ width: 1280, height: 900 });
+    for (const view of ['overview', 'network']) {
+      await a.getByRole('link', { name: view[0].toUpperCase() + view.slice(1) }).click();
+      await a.screenshot({ path: `${shots}/${view}.png`, fullPage: true });
+    }
+    await a.getByRole('link', { name: 'Run' }).click();
+  }
+  await runCard.getByRole('button', { name: 'Stop serve-demo' }).click();
+  await runCard.locator('.badge[data-state="stopped"]').waitFor();
+  step('stopped');
+
   // Kill C: its card turns stale, then gone, live.
   const card = b.locator('article[data-peer="gamma"] .badge');
   await b.locator('article[data-peer="gamma"] .badge[data-state="online"]').waitFor();

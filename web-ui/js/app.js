@@ -6,6 +6,7 @@ import * as overview from './overview.js';
 import * as network from './network.js';
 import * as workspaces from './workspaces.js';
 import * as transfers from './transfers.js';
+import * as run from './run.js';
 
 export const state = {
   user: null,
@@ -13,11 +14,12 @@ export const state = {
   workspaces: new Map(),
   peers: new Map(),
   transfers: new Map(),
+  runtimes: new Map(),
   feed: [],
   connected: false,
 };
 
-const views = { overview, network, workspaces, transfers };
+const views = { overview, network, workspaces, transfers, run };
 const listeners = new Set();
 let current = null;
 let socket = null;
@@ -64,6 +66,7 @@ function handle(message) {
       state.workspaces = new Map(message.workspaces.map((w) => [w.id, w]));
       state.peers = new Map((message.peers || []).map((p) => [p.id, p]));
       state.transfers = new Map((message.transfers || []).map((t) => [t.id, t]));
+      state.runtimes = new Map((message.runtimes || []).map((e) => [`${e.workspace_id}/${e.environment}`, e]));
       document.getElementById('node-name').textContent = `${message.node.name}`;
       changed('snapshot');
       break;
@@ -93,6 +96,17 @@ function handle(message) {
         else if (['queued', 'done', 'cancelled'].includes(job.state)) record(`${what} ${job.state}`);
       }
       changed('transfers');
+      break;
+    }
+    case 'runtime_changed':
+    case 'tool_ready': {
+      const env = message.environment;
+      const key = `${env.workspace_id}/${env.environment}`;
+      const before = state.runtimes.get(key);
+      state.runtimes.set(key, env);
+      if (message.type === 'tool_ready') record(`${env.workspace}/${env.environment}: ${message.tool} is ready`);
+      else if (!before || before.state !== env.state) record(`${env.workspace}/${env.environment} ${env.state}${env.error ? `: ${env.error}` : ''}`);
+      changed('runtimes');
       break;
     }
     default:
@@ -129,7 +143,7 @@ function connect() {
 }
 
 function route() {
-  const name = (location.hash || '#overview').slice(1);
+  const [name, ...rest] = (location.hash || '#overview').slice(1).split('/').map(decodeURIComponent);
   const view = views[name] || overview;
   if (current) current.unmount();
   for (const link of document.querySelectorAll('nav a')) {
@@ -138,7 +152,7 @@ function route() {
   }
   const main = document.getElementById('main');
   main.replaceChildren();
-  current = view.mount(main);
+  current = view.mount(main, rest);
   main.focus();
 }
 

@@ -17,6 +17,7 @@ function render(region) {
   const peers = [...state.peers.values()];
   const online = peers.filter((p) => p.state === 'online').length;
   const shared = [...state.workspaces.values()].filter((w) => w.sharing.enabled).length;
+  const running = [...state.runtimes.values()].filter((e) => ['setting-up', 'starting', 'running', 'degraded'].includes(e.state)).length;
   const active = [...state.transfers.values()].filter((t) => !['done', 'failed', 'cancelled'].includes(t.state)).length;
   const gpus = r.gpus.length
     ? r.gpus.map((g) => h('div', { class: 'card' }, h('h3', {}, 'GPU'), h('p', { text: `${g.model}` }), h('p', { class: 'muted', text: g.memory ? bytes(g.memory) : '' })))
@@ -33,6 +34,7 @@ function render(region) {
       h('div', { class: 'card' }, h('h3', {}, 'Peers online'), h('p', { class: 'stat', id: 'count-peers', text: `${online}` })),
       h('div', { class: 'card' }, h('h3', {}, 'Workspaces'), h('p', { class: 'stat', text: `${state.workspaces.size}` })),
       h('div', { class: 'card' }, h('h3', {}, 'Shared'), h('p', { class: 'stat', id: 'count-shared', text: `${shared}` })),
+      h('div', { class: 'card' }, h('h3', {}, 'Running environments'), h('p', { class: 'stat', id: 'count-running', text: `${running}` })),
       h('div', { class: 'card' }, h('h3', {}, 'Active transfers'), h('p', { class: 'stat', id: 'count-transfers', text: `${active}` }))),
     h('h2', {}, 'Activity'),
     state.feed.length

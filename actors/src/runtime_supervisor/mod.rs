@@ -143,6 +143,13 @@ impl Actor for RuntimeSupervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _ = std::fs::create_dir_all(&self.config.dir);
+        let killed = process::kill_leftovers(&self.config.dir);
+        if killed > 0 {
+            tracing::warn!(
+                processes = killed,
+                "killed tool processes left by an earlier run of the node"
+            );
+        }
         // Containers a previous run of this node left behind (killed, crashed) go first.
         let docker = self.docker.clone();
         let node = self.config.node_id;
@@ -484,7 +491,7 @@ impl RuntimeSupervisor {
                                 .trim_start_matches('/')
                         )
                     } else {
-                        format!("/#/run/{}/{}", entry.manifest.name, name)
+                        format!("/#run/{}/{}", entry.manifest.name, name)
                     },
                     base_path: tool.base_path.clone(),
                     upstream: tool

@@ -425,6 +425,7 @@ impl ProcessInstance {
         let generation = self.generation;
         self.running
             .insert(name.to_string(), Running { pid, generation });
+        self.record_groups();
         let sender = self.exits_sender.clone();
         let name = name.to_string();
         actix::spawn(async move {
@@ -437,6 +438,83 @@ impl ProcessInstance {
         tracing::info!(tool = %tool.name, pid, port = tool.port, "tool started");
         Ok(pid)
     }
+}
+
+impl ProcessInstance {
+    /// Writes the running process groups down, so a node killed without a chance to stop
+    /// them (SIGKILL, a crash) removes what is left of them when it starts again.
+    fn record_groups(&self) {
+        let lines: String = self
+            .running
+            .values()
+            .filter_map(|r| Some(format!("{} {}\n", r.pid, start_time(r.pid)?)))
+            .collect();
+        let _ = crate::workspace_store::write_atomic(
+            &self.plan.state_dir.join(GROUPS_FILE),
+            lines.as_bytes(),
+        );
+    }
+}
+
+/// Process groups a run left, as `pgid start-time` lines.
+const GROUPS_FILE: &str = "groups";
+
+/// A process's start time in clock ticks since boot (`/proc/<pid>/stat`, field 22).
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid).and_then(|f| f.get(19)?.parse().ok())
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (field 3 first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Kills what runs of process groups recorded under `runtime_dir` by an earlier run of the
+/// node (only processes started since the group's leader, so a reused id is left alone).
+/// Returns how many processes were killed.
+pub fn kill_leftovers(runtime_dir: &Path) -> usize {
+    let mut killed = 0;
+    let files: Vec<PathBuf> = std::fs::read_dir(runtime_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|ws| std::fs::read_dir(ws.path()).into_iter().flatten().flatten())
+        .map(|env| env.path().join(GROUPS_FILE))
+        .filter(|f| f.is_file())
+        .collect();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(Ok(pgid)), Some(Ok(started))) = (
+                parts.next().map(str::parse::<u32>),
+                parts.next().map(str::parse::<u64>),
+            ) else {
+                continue;
+            };
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let Some(fields) = stat_fields(pid) else {
+                    continue;
+                };
+                let group: Option<u32> = fields.get(2).and_then(|g| g.parse().ok());
+                let start: Option<u64> = fields.get(19).and_then(|s| s.parse().ok());
+                if group == Some(pgid) && start.is_some_and(|s| s >= started) {
+                    // SAFETY: a process of a group this node started, checked by start time.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                    killed += 1;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&file);
+    }
+    killed
 }
 
 fn signal_group(pid: u32, signal: i32) -> bool {
@@ -567,6 +645,7 @@ impl Instance for ProcessInstance {
                 }
             }
             self.limits.release();
+            let _ = std::fs::remove_file(self.plan.state_dir.join(GROUPS_FILE));
             Ok(())
         }
         .boxed_local()

@@ -1,0 +1,345 @@
+//! Runtime benchmark: time from `run` to the first tool answering (process backend against
+//! starting the same tool by hand; docker backend against `docker run`), the latency the
+//! node's tool proxy adds (requests through `/w/<ws>/<tool>/` against the same requests
+//! sent to the tool directly, p50/p99), and proxy throughput for one large download.
+//!
+//! Run: `cargo bench --bench runtime`. The tool is busybox's httpd (Debian: busybox-static),
+//! so the figures measure aienv, not a slow tool. `BENCH_SCALE` (default 1.0) scales the
+//! download (1 GiB at 1.0) and the request counts. Figures, not assertions.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aienv::api::RunRequest;
+use futures_util::StreamExt;
+
+#[path = "../common/mod.rs"]
+mod common;
+use common::runtime::workspace;
+use common::TestNode;
+
+fn main() {
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("aienv runtime benchmark: scale {scale}, {cores} cores");
+    let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        println!("busybox is not installed (apt-get install busybox-static): nothing to measure");
+        return;
+    };
+    actix_rt::System::new().block_on(run(busybox, scale));
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn wait_answering(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing answers on {port}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn run(busybox: &str, scale: f64) {
+    let node = TestNode::spawn();
+    let admin = node.admin();
+    let big = ((1u64 << 30) as f64 * scale) as u64;
+    let spec = format!(
+        "schema_version: 1\nruntime: process\nhealth: {{interval_seconds: 60}}\ntools: [{{name: web, kind: http, strip_prefix: true, command: [{busybox}, httpd, -f, -p, $PORT, -h, www]}}, {{name: py, kind: http, strip_prefix: true, command: [python3, -m, http.server, $PORT, --bind, 127.0.0.1, --directory, www]}}]\n"
+    );
+    // Run timing uses an environment with the busybox tool alone (the Python one takes
+    // 0.25 s to start by itself).
+    let quick = format!(
+        "schema_version: 1\nruntime: process\nhealth: {{interval_seconds: 60}}\ntools: [{{name: web, kind: http, strip_prefix: true, command: [{busybox}, httpd, -f, -p, $PORT, -h, www]}}]\n"
+    );
+    workspace(
+        &node,
+        "quick",
+        &[("www/index.html", "hello\n")],
+        "web",
+        &quick,
+    )
+    .await;
+    let root = workspace(
+        &node,
+        "bench",
+        &[("www/index.html", "hello\n")],
+        "web",
+        &spec,
+    )
+    .await;
+    {
+        let mut file = std::fs::File::create(Path::new(&root).join("www/big.bin")).unwrap();
+        let block = vec![0x5au8; 1 << 20];
+        let mut left = big;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            file.write_all(&block[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+
+    // 1. Run to first answer, process backend, against starting the tool by hand.
+    let rounds = 10;
+    let mut aienv_ms = Vec::new();
+    let mut direct_ms = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let statuses = admin
+            .run(
+                "quick",
+                &RunRequest {
+                    wait: true,
+                    ..RunRequest::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(statuses[0].state, "running", "{statuses:#?}");
+        aienv_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        admin.stop("quick", None).await.unwrap();
+
+        let port = free_port();
+        let started = Instant::now();
+        let mut child = Command::new(busybox)
+            .args(["httpd", "-f", "-p", &port.to_string(), "-h", "www"])
+            .current_dir(&root)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_answering(port);
+        direct_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    aienv_ms.sort_by(f64::total_cmp);
+    direct_ms.sort_by(f64::total_cmp);
+    let (a, d) = (percentile(&aienv_ms, 0.5), percentile(&direct_ms, 0.5));
+    println!("\nrun -> first answer, process backend ({rounds} rounds, median):");
+    println!("  aienv run (set-up recorded, spawn, health probe): {a:8.1} ms");
+    println!("  the tool started by hand, first TCP answer:        {d:8.1} ms");
+    println!("  aienv's own share: {:.1} ms (target < 300 ms)", a - d);
+
+    // 2. Docker backend against `docker run`, when an engine and the test image exist.
+    docker_run(&node, &admin, busybox).await;
+
+    // 3. Proxy latency: the same small request through the proxy and directly.
+    let statuses = admin
+        .run(
+            "bench",
+            &RunRequest {
+                wait: true,
+                ..RunRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(statuses[0].state, "running");
+    // The tools' own ports, from their processes' command lines.
+    let port_of = |tool: usize, flag: &str| {
+        let pid = statuses[0].tools[tool].pid.unwrap();
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        let at = args.iter().position(|a| *a == flag).unwrap();
+        args[at + 1].parse::<u16>().unwrap()
+    };
+    let port = port_of(0, "-p");
+    let py_port = port_of(1, "http.server");
+    let auth = format!("Bearer {}", node.token());
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .finish();
+    let proxied = format!("{}/w/bench/web/index.html", node.url);
+    let direct = format!("http://127.0.0.1:{port}/index.html");
+    let requests = ((2000.0 * scale) as usize).max(200);
+    let mut through = Vec::with_capacity(requests);
+    let mut straight = Vec::with_capacity(requests);
+    for i in 0..requests + 50 {
+        for (url, times) in [(&proxied, &mut through), (&direct, &mut straight)] {
+            let started = Instant::now();
+            let mut response = client
+                .get(url.as_str())
+                .insert_header(("Authorization", auth.as_str()))
+                .send()
+                .await
+                .unwrap();
+            let body = response.body().await.unwrap();
+            assert_eq!(&body[..], b"hello\n");
+            if i >= 50 {
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    through.sort_by(f64::total_cmp);
+    straight.sort_by(f64::total_cmp);
+    println!("\nproxy latency ({requests} small GETs each, interleaved, keep-alive):");
+    println!("            p50        p99");
+    println!(
+        "  direct  {:7.3} ms {:7.3} ms",
+        percentile(&straight, 0.5),
+        percentile(&straight, 0.99)
+    );
+    println!(
+        "  proxy   {:7.3} ms {:7.3} ms",
+        percentile(&through, 0.5),
+        percentile(&through, 0.99)
+    );
+    println!(
+        "  added   {:7.3} ms {:7.3} ms (target < 1 ms at p50); ratio p50 {:.2}x",
+        percentile(&through, 0.5) - percentile(&straight, 0.5),
+        percentile(&through, 0.99) - percentile(&straight, 0.99),
+        percentile(&through, 0.5) / percentile(&straight, 0.5)
+    );
+
+    // 4. Throughput of one large download, from a tool that sends with sendfile (busybox
+    //    httpd: the hardest baseline) and from a Python tool (as JupyterLab serves files).
+    for (label, tool, tool_port) in [
+        ("busybox httpd (sendfile)", "web", port),
+        ("python http.server", "py", py_port),
+    ] {
+        println!(
+            "\nproxy throughput, one {} MiB download from {label} (best of 3):",
+            big >> 20
+        );
+        let mut best = [f64::MAX, f64::MAX];
+        for _ in 0..3 {
+            for (index, url) in [
+                format!("{}/w/bench/{tool}/big.bin", node.url),
+                format!("http://127.0.0.1:{tool_port}/big.bin"),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let started = Instant::now();
+                let mut response = client
+                    .get(url.as_str())
+                    .insert_header(("Authorization", auth.as_str()))
+                    .send()
+                    .await
+                    .unwrap();
+                let mut total = 0u64;
+                while let Some(chunk) = response.next().await {
+                    total += chunk.unwrap().len() as u64;
+                }
+                assert_eq!(total, big, "{url}");
+                best[index] = best[index].min(started.elapsed().as_secs_f64());
+            }
+        }
+        let rate = |seconds: f64| big as f64 / seconds / (1 << 20) as f64;
+        println!("  direct  {:8.0} MiB/s", rate(best[1]));
+        println!("  proxy   {:8.0} MiB/s", rate(best[0]));
+        println!(
+            "  proxy keeps {:.0}% of direct throughput (target >= 80%)",
+            100.0 * best[1] / best[0]
+        );
+    }
+    admin.stop("bench", None).await.unwrap();
+}
+
+async fn docker_run(node: &TestNode, admin: &aienv::client::Client, busybox: &str) {
+    let image = "aienv-test-busybox:1";
+    let docker_ok = Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !docker_ok {
+        println!("\ndocker: no engine or no `{image}` image (`cargo test --test runtime_docker` imports it): left out");
+        return;
+    }
+    let spec = format!(
+        "schema_version: 1\nruntime: docker\ndocker: {{image: '{image}'}}\nhealth: {{interval_seconds: 60}}\nrestart: {{stop_timeout_seconds: 1}}\ntools: [{{name: web, kind: http, strip_prefix: true, command: [httpd, -f, -p, $PORT, -h, /workspace/www]}}]\n"
+    );
+    let root = workspace(
+        node,
+        "dbench",
+        &[("www/index.html", "hello\n")],
+        "web",
+        &spec,
+    )
+    .await;
+    let _ = busybox;
+    let rounds = 5;
+    let mut aienv_ms = Vec::new();
+    let mut direct_ms = Vec::new();
+    for round in 0..rounds {
+        let started = Instant::now();
+        let statuses = admin
+            .run(
+                "dbench",
+                &RunRequest {
+                    wait: true,
+                    ..RunRequest::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(statuses[0].state, "running", "{statuses:#?}");
+        aienv_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        admin.stop("dbench", None).await.unwrap();
+
+        let port = free_port();
+        let name = format!("aienv-bench-{}-{round}", std::process::id());
+        let started = Instant::now();
+        let status = Command::new("docker")
+            .args(["run", "-d", "--rm", "--name", &name, "-p"])
+            .arg(format!("127.0.0.1:{port}:{port}"))
+            .arg("-v")
+            .arg(format!("{root}:/workspace"))
+            .args([
+                image,
+                "httpd",
+                "-f",
+                "-p",
+                &port.to_string(),
+                "-h",
+                "/workspace/www",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Answering: an HTTP response, not just docker-proxy's accept.
+        let url = format!("http://127.0.0.1:{port}/index.html");
+        let client = awc::Client::default();
+        loop {
+            if let Ok(response) = client.get(&url).send().await {
+                if response.status().is_success() {
+                    break;
+                }
+            }
+            actix_rt::time::sleep(Duration::from_millis(2)).await;
+        }
+        direct_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &name])
+            .stdout(Stdio::null())
+            .status();
+    }
+    aienv_ms.sort_by(f64::total_cmp);
+    direct_ms.sort_by(f64::total_cmp);
+    let (a, d) = (percentile(&aienv_ms, 0.5), percentile(&direct_ms, 0.5));
+    println!("\nrun -> first answer, docker backend ({rounds} rounds, median):");
+    println!("  aienv run (create, start, publish, probe): {a:8.1} ms");
+    println!("  docker run -d -p, polled until it answers: {d:8.1} ms");
+    println!("  ratio {:.2}x", a / d);
+}

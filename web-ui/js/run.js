@@ -1,0 +1,183 @@
+// Run: per workspace, Run / Stop, each environment's state, allocation and health, buttons
+// that open its tools through the node's proxy, a live log view, and a terminal panel
+// (xterm.js, loaded only when a terminal opens, on the node's terminal WebSocket).
+
+import { state, onChange, attempt, flash } from './app.js';
+import { api } from './api.js';
+import { h, bytes } from './dom.js';
+
+const ACTIVE = new Set(['setting-up', 'starting', 'running', 'degraded', 'stopping']);
+const TOOL_OK = new Set(['ready']);
+
+/// Every environment of a workspace: the node's status where it ran, else stopped.
+function environments(workspace) {
+  return workspace.environments.map((name) => state.runtimes.get(`${workspace.id}/${name}`)
+    || { workspace_id: workspace.id, workspace: workspace.name, environment: name, state: 'stopped', backend: '', tools: [], notes: [], allocation: null, error: null });
+}
+
+function allocationText(a) {
+  if (!a) return '';
+  const parts = [];
+  if (a.variant) parts.push(`variant ${a.variant}`);
+  parts.push(a.cpus ? `${a.cpus} CPU${a.cpuset.length ? ` (cores ${a.cpuset.join(',')})` : ''}` : 'all CPUs');
+  parts.push(a.memory ? bytes(a.memory) : 'no memory limit');
+  if (a.gpus.length) parts.push(`GPU ${a.gpus.join(',')}`);
+  return parts.join(' · ');
+}
+
+function toolButton(env, tool, openTerminal) {
+  const label = `${tool.name} (${tool.kind})`;
+  if (tool.kind === 'terminal') {
+    return h('button', { type: 'button', disabled: !ACTIVE.has(env.state), 'aria-label': `Open terminal ${tool.name} of ${env.workspace}/${env.environment}`,
+      onclick: () => openTerminal(env) }, `Terminal ${tool.name}`);
+  }
+  const ready = TOOL_OK.has(tool.state);
+  return h('span', { class: 'tool', 'data-tool': tool.name, 'data-state': tool.state },
+    ready
+      ? h('a', { class: 'button', href: tool.url, target: '_blank', rel: 'noopener', 'aria-label': `Open ${tool.name} of ${env.workspace}` }, `Open ${label}`)
+      : h('span', { class: 'muted', text: label }),
+    ' ', h('span', { class: `badge tool-${tool.state}`, text: tool.state }),
+    tool.restarts ? h('span', { class: 'muted', text: ` ${tool.restarts} restart(s)` }) : null,
+    tool.detail ? h('div', { class: 'muted detail', text: tool.detail }) : null);
+}
+
+function envSection(env, panels) {
+  return h('section', { class: 'env', 'data-env': env.environment, 'data-state': env.state, 'aria-label': `Environment ${env.environment}` },
+    h('h4', {}, `${env.environment} `, h('span', { class: `badge env-${env.state}`, 'data-state': env.state, text: env.state }),
+      env.backend ? h('span', { class: 'muted', text: ` ${env.backend}` }) : null),
+    env.allocation ? h('p', { class: 'muted', text: allocationText(env.allocation) }) : null,
+    env.instance ? h('p', { class: 'muted', text: env.instance }) : null,
+    env.error ? h('p', { class: 'error', role: 'alert', text: env.error }) : null,
+    [...new Set([...(env.notes || []), ...((env.allocation && env.allocation.notes) || [])])].map((n) => h('p', { class: 'note', text: n })),
+    h('div', { class: 'tools' }, env.tools.map((t) => toolButton(env, t, panels.terminal))),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', class: 'link', 'aria-label': `Logs of ${env.workspace}/${env.environment}`, onclick: () => panels.logs(env) }, 'Logs')));
+}
+
+function card(workspace, panels) {
+  const envs = environments(workspace);
+  const running = envs.some((e) => ACTIVE.has(e.state));
+  const run = h('button', { type: 'button', 'aria-label': `Run ${workspace.name}`, onclick: () => attempt(async () => {
+    run.disabled = true;
+    await api('POST', `/workspaces/${workspace.id}/run`, {});
+  }) }, 'Run');
+  const stop = h('button', { type: 'button', class: 'danger', 'aria-label': `Stop ${workspace.name}`, onclick: () => attempt(async () => {
+    stop.disabled = true;
+    await api('POST', `/workspaces/${workspace.id}/stop`, {});
+  }) }, 'Stop');
+  return h('article', { class: 'card runcard', 'data-workspace': workspace.name },
+    h('h3', {}, h('span', { text: workspace.name }), h('span', { class: 'actions' }, running ? stop : run)),
+    workspace.title ? h('p', { class: 'muted', text: workspace.title }) : null,
+    envs.map((env) => envSection(env, panels)));
+}
+
+/// A panel below the cards: follows an environment's logs until closed.
+function logPanel(region) {
+  let controller = null;
+  const close = () => { if (controller) controller.abort(); controller = null; region.replaceChildren(); };
+  const open = async (env) => {
+    close();
+    controller = new AbortController();
+    const pre = h('pre', { class: 'log', tabindex: 0, 'aria-label': `Logs of ${env.workspace}/${env.environment}` });
+    region.replaceChildren(h('section', { class: 'panel', 'aria-label': 'Logs' },
+      h('h3', {}, `Logs of ${env.workspace}/${env.environment}`, h('button', { type: 'button', class: 'link', onclick: close }, 'Close')), pre));
+    try {
+      const response = await fetch(`/api/v1/workspaces/${env.workspace_id}/logs?environment=${encodeURIComponent(env.environment)}&follow=true&tail=200`,
+        { credentials: 'same-origin', signal: controller.signal });
+      if (!response.ok) { flash((await response.json()).error.message); return; }
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.append(value);
+        // Bounded: keep the last 200 kB.
+        if (pre.textContent.length > 200_000) pre.textContent = pre.textContent.slice(-150_000);
+        if (atEnd) pre.scrollTop = pre.scrollHeight;
+      }
+    } catch (error) {
+      if (error.name !== 'AbortError') flash(`logs: ${error.message}`);
+    }
+  };
+  return { open, close };
+}
+
+let xtermLoaded = null;
+/// xterm.js and its fit addon, fetched the first time a terminal opens.
+function loadXterm() {
+  if (!xtermLoaded) {
+    const css = h('link', { rel: 'stylesheet', href: '/ui/vendor/xterm/xterm.css' });
+    document.head.append(css);
+    xtermLoaded = Promise.all([import('/ui/vendor/xterm/xterm.mjs'), import('/ui/vendor/xterm-addon-fit/addon-fit.mjs')]);
+  }
+  return xtermLoaded;
+}
+
+/// A terminal panel on the environment's terminal WebSocket; resizes with the panel.
+function terminalPanel(region) {
+  let session = null;
+  const close = () => { if (session) session.dispose(); session = null; region.replaceChildren(); };
+  const open = async (env) => {
+    close();
+    const [{ Terminal }, { FitAddon }] = await loadXterm();
+    const box = h('div', { class: 'term-panel', role: 'region', 'aria-label': `Terminal of ${env.workspace}/${env.environment}` });
+    const status = h('span', { class: 'muted', role: 'status', text: 'connecting…' });
+    region.replaceChildren(h('section', { class: 'panel' },
+      h('h3', {}, `Terminal: ${env.workspace}/${env.environment} `, status, h('button', { type: 'button', class: 'link', onclick: close }, 'Close')), box));
+    const dark = window.matchMedia('(prefers-color-scheme: dark)').matches;
+    const term = new Terminal({ cursorBlink: true, fontSize: 14, convertEol: false, screenReaderMode: true,
+      theme: dark ? { background: '#12151b' } : { background: '#ffffff', foreground: '#1d2330', cursor: '#1d2330' } });
+    const fit = new FitAddon();
+    term.loadAddon(fit);
+    term.open(box);
+    fit.fit();
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const url = `${scheme}://${location.host}/api/v1/workspaces/${env.workspace_id}/terminal?environment=${encodeURIComponent(env.environment)}&cols=${term.cols}&rows=${term.rows}`;
+    const socket = new WebSocket(url);
+    socket.binaryType = 'arraybuffer';
+    const encoder = new TextEncoder();
+    socket.onopen = () => { status.textContent = 'connected'; term.focus(); };
+    socket.onmessage = (event) => term.write(typeof event.data === 'string' ? event.data : new Uint8Array(event.data));
+    socket.onclose = (event) => { status.textContent = `closed${event.reason ? `: ${event.reason}` : ''}`; };
+    term.onData((data) => { if (socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(data)); });
+    term.onResize(({ cols, rows }) => {
+      if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: 'resize', cols, rows }));
+    });
+    const observer = new ResizeObserver(() => fit.fit());
+    observer.observe(box);
+    session = { dispose: () => { observer.disconnect(); socket.close(); term.dispose(); } };
+  };
+  return { open, close };
+}
+
+export function mount(main, rest = []) {
+  const cards = h('div', { class: 'grid runs' });
+  const logs = h('div');
+  const terminal = h('div');
+  main.append(h('h2', {}, 'Run'), cards, logs, terminal);
+  const logPanelApi = logPanel(logs);
+  const terminalApi = terminalPanel(terminal);
+  const panels = { logs: logPanelApi.open, terminal: (env) => attempt(() => terminalApi.open(env)) };
+  const render = () => {
+    const list = [...state.workspaces.values()].filter((w) => w.environments.length).sort((a, b) => a.name.localeCompare(b.name));
+    if (!list.length) {
+      cards.replaceChildren(h('p', { class: 'muted', text: 'No workspace has an environment yet: add one to a workspace (aienv env detect WS --write).' }));
+      return;
+    }
+    const focused = document.activeElement && document.activeElement.getAttribute('aria-label');
+    cards.replaceChildren(...list.map((w) => card(w, panels)));
+    if (focused) {
+      const again = [...cards.querySelectorAll('[aria-label]')].find((e) => e.getAttribute('aria-label') === focused);
+      if (again) again.focus();
+    }
+  };
+  render();
+  // `#run/<workspace>/<environment>` opens that environment's terminal.
+  if (rest.length === 2) {
+    const workspace = [...state.workspaces.values()].find((w) => w.name === rest[0]);
+    const env = workspace && environments(workspace).find((e) => e.environment === rest[1]);
+    if (env) panels.terminal(env);
+  }
+  const stop = onChange((kind) => { if (['runtimes', 'workspaces', 'snapshot'].includes(kind)) render(); });
+  return { unmount: () => { stop(); logPanelApi.close(); terminalApi.close(); } };
+}
