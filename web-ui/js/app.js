@@ -30,8 +30,23 @@ export function onChange(listener) {
   return () => listeners.delete(listener);
 }
 
+const pending = new Set();
+let scheduled = false;
+
+/// Tells the views what changed, at most once per animation frame: a burst of events costs
+/// one render, not one per event.
 function changed(kind) {
-  for (const listener of listeners) listener(kind);
+  pending.add(kind);
+  if (scheduled) return;
+  scheduled = true;
+  requestAnimationFrame(() => {
+    scheduled = false;
+    const kinds = [...pending];
+    pending.clear();
+    for (const listener of listeners) {
+      for (const each of kinds) listener(each);
+    }
+  });
 }
 
 export function flash(message) {

@@ -117,8 +117,11 @@ function row(workspace, open) {
     if (!window.confirm(`Delete workspace ${workspace.name} and all its files?`)) return;
     await attempt(() => api('DELETE', `/workspaces/${workspace.id}`));
   } }, 'Delete');
-  const details = h('details', { open, 'data-name': workspace.name },
-    h('summary', {}, 'Edit, history'), editor(workspace));
+  // The editor is built when opened: a list of many workspaces renders fast.
+  const details = h('details', { open, 'data-name': workspace.name }, h('summary', {}, 'Edit, history'));
+  const fill = () => { if (details.open && details.childElementCount === 1) details.append(editor(workspace)); };
+  details.addEventListener('toggle', fill);
+  fill();
   return h('tr', { 'data-workspace': workspace.name },
     h('td', {}, h('strong', { text: workspace.name }), workspace.title ? h('div', { class: 'muted', text: workspace.title }) : null, details),
     h('td', { text: workspace.type }),
@@ -136,10 +139,29 @@ export function mount(main) {
       h('thead', {}, h('tr', {}, ['Workspace', 'Type', 'Revision', 'Sharing', 'Actions'].map((c) => h('th', { scope: 'col', text: c })))),
       body),
     h('h2', {}, 'Import'), importForm());
+  // Rows are kept per workspace and rebuilt only when that workspace changed (the store
+  // sends a new object for each change), so an event costs one row, not the whole table.
+  const rows = new Map();
   const render = () => {
-    const open = new Set([...body.querySelectorAll('details[open]')].map((d) => d.dataset.name));
     const list = [...state.workspaces.values()].sort((a, b) => a.name.localeCompare(b.name));
-    body.replaceChildren(...list.map((w) => row(w, open.has(w.name))));
+    const next = new Map();
+    for (const workspace of list) {
+      const kept = rows.get(workspace.id);
+      if (kept && kept.workspace === workspace) {
+        next.set(workspace.id, kept);
+      } else {
+        const open = Boolean(kept && kept.element.querySelector('details[open]'));
+        next.set(workspace.id, { workspace, element: row(workspace, open) });
+      }
+    }
+    rows.clear();
+    for (const [id, entry] of next) rows.set(id, entry);
+    const elements = list.map((w) => rows.get(w.id).element);
+    // Only touch the DOM where the order or a row changed.
+    const current = [...body.children];
+    if (current.length !== elements.length || current.some((e, i) => e !== elements[i])) {
+      body.replaceChildren(...elements);
+    }
   };
   render();
   const stop = onChange((kind) => { if (kind === 'workspaces' || kind === 'snapshot') render(); });
