@@ -70,9 +70,26 @@ try {
   await row.waitFor();
   step('workspace created');
 
+  // Environment settings: a proposal from the project files, a validation error shown next to
+  // the editor, then saved.
+  await row.getByText('Edit, history').click();
+  await row.getByRole('button', { name: 'Propose an environment for vision-lab' }).click();
+  const envForm = row.getByRole('form', { name: 'Environment default of vision-lab' });
+  await envForm.waitFor();
+  const yaml = await envForm.getByRole('textbox').inputValue();
+  assert.match(yaml, /kind: terminal/);
+  await envForm.getByRole('textbox').fill(`${yaml}ports: [{port: 0}]\n`);
+  await envForm.getByRole('button', { name: 'Create default' }).click();
+  await envForm.locator('.field-error', { hasText: 'ports[0]' }).waitFor();
+  await envForm.getByRole('textbox').fill(yaml);
+  await envForm.getByRole('button', { name: 'Create default' }).click();
+  await a.locator('tr[data-workspace="vision-lab"] td', { hasText: 'r2' }).waitFor();
+  step('environment proposed, refused with the field, saved');
+  await row.getByText('Edit, history').click();
+
   // Share it.
   await row.getByRole('switch', { name: 'Share vision-lab' }).check();
-  await a.locator('tr[data-workspace="vision-lab"] td', { hasText: 'r2' }).waitFor();
+  await a.locator('tr[data-workspace="vision-lab"] td', { hasText: 'r3' }).waitFor();
   step('shared');
   if (shots) await a.screenshot({ path: `${shots}/workspaces.png`, fullPage: true });
 

@@ -107,7 +107,51 @@ function editor(workspace) {
       r.revision === workspace.revision ? h('span', { class: 'muted', text: '(current)' })
         : h('button', { type: 'button', class: 'link', onclick: () => attempt(() => api('POST', `/workspaces/${workspace.id}/revisions/${r.revision}/restore`)) }, `Restore r${r.revision}`))));
   } }, 'Show history');
-  return h('div', {}, form, load, history);
+  return h('div', {}, form, load, history, environmentsEditor(workspace));
+}
+
+/// Environment settings: each environment.yaml in an editor, saved with validation messages
+/// next to it; a new one can start from what the project files suggest.
+function environmentsEditor(workspace) {
+  const section = h('section', { class: 'envs', 'aria-label': `Environments of ${workspace.name}` }, h('h3', {}, 'Environments'));
+  const editorFor = (name, text, isNew) => {
+    const id = `env-${workspace.name}-${name}-${Math.random().toString(36).slice(2, 7)}`;
+    const area = h('textarea', { id, rows: 10, spellcheck: 'false', class: 'yaml' });
+    area.value = text;
+    const errors = h('div', { class: 'field-error', 'data-field': 'environment', 'aria-live': 'polite' });
+    const form = h('form', { class: 'env-form', 'aria-label': `Environment ${name} of ${workspace.name}` },
+      h('label', { for: id }, `environments/${name}/environment.yaml`), area, errors,
+      h('button', { type: 'submit' }, isNew ? `Create ${name}` : `Save ${name}`));
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      errors.textContent = '';
+      try {
+        await api('PUT', `/workspaces/${workspace.id}/environments/${encodeURIComponent(name)}`, area.value, 'application/yaml');
+        flash(null);
+      } catch (error) {
+        const fields = (error.details && error.details.fields) || [];
+        errors.replaceChildren(h('div', { text: error.message }), ...fields.map((f) => h('div', { text: `${f.field}: ${f.message}` })));
+      }
+    });
+    return form;
+  };
+  for (const name of workspace.environments) {
+    const holder = h('div', {}, h('p', { class: 'muted', text: `loading ${name}…` }));
+    section.append(holder);
+    api('GET', `/workspaces/${workspace.id}/environments/${encodeURIComponent(name)}`)
+      .then((text) => holder.replaceChildren(editorFor(name, text, false)))
+      .catch((error) => holder.replaceChildren(h('p', { class: 'error', text: error.message })));
+  }
+  const newName = h('input', { name: 'env-name', value: workspace.environments.length ? '' : 'default', placeholder: 'default', 'aria-label': `New environment name for ${workspace.name}` });
+  const slot = h('div');
+  const propose = h('button', { type: 'button', 'aria-label': `Propose an environment for ${workspace.name}`, onclick: async () => {
+    const name = newName.value.trim() || 'default';
+    const proposal = await attempt(() => api('POST', `/workspaces/${workspace.id}/detect`));
+    if (!proposal) return;
+    slot.replaceChildren(h('ul', { class: 'feed' }, proposal.findings.map((f) => h('li', { text: f }))), editorFor(name, proposal.yaml, true));
+  } }, 'Propose from project files');
+  section.append(h('div', { class: 'inline' }, newName, propose), slot);
+  return section;
 }
 
 function row(workspace, open) {
