@@ -182,6 +182,10 @@ try {
       await a.screenshot({ path: `${shots}/${view}-phone.png`, fullPage: true });
     }
     await a.setViewportSize({ width: 1280, height: 900 });
+    await a.emulateMedia({ colorScheme: 'dark' });
+    await a.getByRole('link', { name: 'Run' }).click();
+    await a.screenshot({ path: `${shots}/run-dark.png`, fullPage: true });
+    await a.emulateMedia({ colorScheme: 'light' });
     for (const view of ['overview', 'network']) {
       await a.getByRole('link', { name: view[0].toUpperCase() + view.slice(1) }).click();
       await a.screenshot({ path: `${shots}/${view}.png`, fullPage: true });
