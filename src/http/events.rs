@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::{HOST, ORIGIN};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -37,21 +35,7 @@ async fn events(
     request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(origin) = request.headers().get(ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
-        let host = request
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        if !state.access.allows_origin(origin, host) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "origin-not-allowed",
-                format!("browser pages from `{origin}` may not open this node's event stream"),
-            ));
-        }
-    }
+    super::extract::check_origin(&state, &request, "open this node's event stream")?;
     let (response, mut session, mut incoming) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::bad_request("not-a-websocket", e.to_string()))?;
     let mut receiver = state.bus.subscribe();

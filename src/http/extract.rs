@@ -4,7 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
-use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::header::{AUTHORIZATION, HOST, ORIGIN};
+use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest};
 
 use aienv_actors::workspace_store::Viewer;
@@ -75,23 +76,48 @@ impl FromRequest for Caller {
                 .ok()
                 .and_then(|h| Presented::parse(&h))
                 .ok_or_else(ApiError::unauthorized)?;
-            let auth = state.auth.clone();
-            let principal = if auth.is_cheap(&presented) {
-                auth.verify(&presented)
-            } else {
-                web::block(move || auth.verify(&presented))
-                    .await
-                    .map_err(|_| ApiError::unauthorized())?
-            };
-            match principal {
-                Some(principal) => Ok(Caller(Some(principal))),
-                None => {
-                    tracing::warn!("refused wrong credentials");
-                    Err(ApiError::unauthorized())
-                }
-            }
+            Ok(Caller(Some(verify(&state, presented).await?)))
         })
     }
+}
+
+/// Refuses a browser request whose `Origin` is not this node (WebSocket upgrades and the
+/// tool proxy, which a CSRF header cannot protect); `what` names what was refused.
+pub fn check_origin(state: &AppState, request: &HttpRequest, what: &str) -> Result<(), ApiError> {
+    let Some(origin) = request.headers().get(ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if state.access.allows_origin(origin, host) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin-not-allowed",
+            format!("browser pages from `{origin}` may not {what}"),
+        ))
+    }
+}
+
+/// Checks credentials from an `Authorization` header (argon2 hashes off the worker thread).
+pub async fn verify(state: &AppState, presented: Presented) -> Result<Principal, ApiError> {
+    let auth = state.auth.clone();
+    let principal = if auth.is_cheap(&presented) {
+        auth.verify(&presented)
+    } else {
+        web::block(move || auth.verify(&presented))
+            .await
+            .map_err(|_| ApiError::unauthorized())?
+    };
+    principal.ok_or_else(|| {
+        tracing::warn!("refused wrong credentials");
+        ApiError::unauthorized()
+    })
 }
 
 /// A logged-in caller; extraction fails with 401 otherwise.

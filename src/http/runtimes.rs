@@ -7,7 +7,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use actix_web::http::header::{HOST, ORIGIN};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -292,21 +291,7 @@ async fn terminal(
     request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(origin) = request.headers().get(ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
-        let host = request
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        if !state.access.allows_origin(origin, host) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "origin-not-allowed",
-                format!("browser pages from `{origin}` may not open this node's terminal"),
-            ));
-        }
-    }
+    super::extract::check_origin(&state, &request, "open this node's terminal")?;
     let target = state
         .runtimes
         .terminal(&path, query.environment.as_deref())

@@ -227,21 +227,7 @@ fn strip_session_cookie(value: &HeaderValue) -> Option<HeaderValue> {
 
 /// The node's login: a session cookie (browser) or the node's credentials.
 async fn check_login(state: &web::Data<AppState>, request: &HttpRequest) -> Result<(), ApiError> {
-    if let Some(origin) = request.headers().get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        if !state.access.allows_origin(origin, host) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "origin-not-allowed",
-                format!("pages from `{origin}` may not use this node's tools"),
-            ));
-        }
-    }
+    super::extract::check_origin(state, request, "use this node's tools")?;
     if let Some(cookie) = request.cookie(super::session::COOKIE) {
         if state.sessions.get(cookie.value()).is_some() {
             return Ok(());
@@ -259,15 +245,7 @@ async fn check_login(state: &web::Data<AppState>, request: &HttpRequest) -> Resu
                 "tools open behind the node's login: log in on the node's dashboard first (or send its credentials)",
             )
         })?;
-    let auth = state.auth.clone();
-    let principal = if auth.is_cheap(&presented) {
-        auth.verify(&presented)
-    } else {
-        web::block(move || auth.verify(&presented))
-            .await
-            .map_err(|_| ApiError::unauthorized())?
-    };
-    principal.map(|_| ()).ok_or_else(ApiError::unauthorized)
+    super::extract::verify(state, presented).await.map(|_| ())
 }
 
 /// Relays a WebSocket between the browser and the tool, message by message.
