@@ -100,6 +100,11 @@ mod tests {
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).unwrap().flatten() {
                 let path = entry.path();
+                let name = entry.file_name();
+                // The npm manifest that pins the vendored libraries is not served.
+                if name == "package.json" || name == "node_modules" {
+                    continue;
+                }
                 if path.is_dir() {
                     stack.push(path);
                 } else {
