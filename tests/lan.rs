@@ -31,6 +31,28 @@ struct Lan {
     /// Unique per LAN in this process (names and the subnet 10.99.<subnet>.0/24).
     tag: u32,
     subnet: u32,
+    /// Whether an iptables rule lets the bridge's traffic through (removed on drop).
+    accept_rule: bool,
+}
+
+fn bridge_netfilter() -> bool {
+    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|v| v.trim() == "1")
+}
+
+fn iptables(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("iptables").args(args).output().map_err(|e| {
+        format!("iptables: {e} (needed: br_netfilter filters bridged traffic here)")
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
 }
 
 static LANS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -55,6 +77,7 @@ impl Lan {
             namespaces: Vec::new(),
             tag,
             subnet,
+            accept_rule: false,
         };
         ip(&[
             "link",
@@ -73,6 +96,21 @@ impl Lan {
             &lan.bridge,
         ])?;
         ip(&["link", "set", &lan.bridge, "up"])?;
+        // With br_netfilter loaded (Docker loads it and sets FORWARD to DROP), frames crossing
+        // a bridge go through iptables' FORWARD chain: let this bridge's own traffic pass.
+        if bridge_netfilter() {
+            iptables(&[
+                "-I",
+                "FORWARD",
+                "-i",
+                &lan.bridge,
+                "-o",
+                &lan.bridge,
+                "-j",
+                "ACCEPT",
+            ])?;
+            lan.accept_rule = true;
+        }
         for i in 0..hosts {
             let ns = format!("aienv-lan-{tag}-{i}");
             ip(&["netns", "add", &ns])?;
@@ -122,6 +160,18 @@ impl Drop for Lan {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
+        if self.accept_rule {
+            let _ = iptables(&[
+                "-D",
+                "FORWARD",
+                "-i",
+                &self.bridge,
+                "-o",
+                &self.bridge,
+                "-j",
+                "ACCEPT",
+            ]);
+        }
     }
 }
 
