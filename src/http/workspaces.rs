@@ -574,6 +574,12 @@ async fn import(
         if received == 0 {
             return Err(ApiError::bad_request("empty-body", "send the .tar.zst archive as the request body"));
         }
+        // tokio's File hands writes to a blocking thread: without waiting for the last one,
+        // the import could read the upload before its tail is written (seen as "incomplete
+        // frame" on a loaded machine).
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| ApiError::from(StoreError::io("writing", &upload)(e)))?;
         drop(file);
         let created = state
             .store
