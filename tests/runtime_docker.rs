@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use aienv::api::{CreateWorkspace, RunRequest};
 use awc::ws::Message;
@@ -141,8 +140,7 @@ tools:
     );
 
     // Logs stream from the container.
-    let mut found = false;
-    for _ in 0..100 {
+    common::eventually("the container's output is in the logs", || async {
         let mut logs = admin
             .logs("dock", None, Some("container"), false, None)
             .await
@@ -151,13 +149,9 @@ tools:
         while let Some(chunk) = logs.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
         }
-        if text.contains("[box/container] container-started from-the-spec") {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(found, "container output in the logs");
+        text.contains("[box/container] container-started from-the-spec")
+    })
+    .await;
 
     // A TTY exec terminal in the container.
     let framed = admin.terminal("dock", None, 80, 24).await.unwrap();

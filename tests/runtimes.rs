@@ -220,10 +220,11 @@ async fn terminal_runs_a_login_shell_in_the_environment() {
         .unwrap();
     read_until(&mut stream, "grüße ✓").await;
     // Ctrl-C interrupts the foreground command, the shell stays.
-    sink.send(Message::Binary("sleep 100\n".into()))
+    sink.send(Message::Binary("echo sleep-start; sleep 100\n".into()))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The output line (not the echoed input, which goes on with `; sleep`): the command runs.
+    read_until(&mut stream, "sleep-start\r\n").await;
     sink.send(Message::Binary(vec![3].into())).await.unwrap();
     sink.send(Message::Binary("echo after-interrupt\n".into()))
         .await

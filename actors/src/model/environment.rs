@@ -751,11 +751,6 @@ impl EnvironmentSpec {
         }
         errors.into_result()
     }
-
-    /// The Dockerfile or image named, when the spec describes a container.
-    pub fn wants_container(&self) -> bool {
-        self.docker.is_some()
-    }
 }
 
 fn check_env_names(errors: &mut ValidationErrors, field: &str, env: &BTreeMap<String, String>) {

@@ -148,9 +148,6 @@ pub trait Backend {
     /// Which runtime this is.
     fn kind(&self) -> RuntimeKind;
 
-    /// Whether the backend can run here; the error says what to install.
-    fn check(&self) -> LocalBoxFuture<'_, Result<(), RuntimeError>>;
-
     /// Sets the environment up (idempotent: skipped when `plan.setup_hash` is recorded).
     /// Returns notes for the person.
     fn prepare<'a>(

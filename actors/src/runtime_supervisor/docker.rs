@@ -215,10 +215,6 @@ impl Backend for DockerBackend {
         RuntimeKind::Docker
     }
 
-    fn check(&self) -> LocalBoxFuture<'_, Result<(), RuntimeError>> {
-        async move { self.docker().await.map(|_| ()) }.boxed_local()
-    }
-
     fn prepare<'a>(
         &'a self,
         plan: &'a LaunchPlan,

@@ -155,11 +155,6 @@ impl Backend for LibvirtBackend {
         RuntimeKind::Libvirt
     }
 
-    fn check(&self) -> LocalBoxFuture<'_, Result<(), RuntimeError>> {
-        let uri = self.default_uri.clone();
-        async move { blocking(move || open(&uri).map(|_| ())).await }.boxed_local()
-    }
-
     fn prepare<'a>(
         &'a self,
         plan: &'a LaunchPlan,

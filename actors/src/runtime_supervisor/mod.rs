@@ -745,7 +745,7 @@ fn setup_hash(
     requirements: &[String],
 ) -> String {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(serde_json::to_string(spec).unwrap_or_default().as_bytes());
+    hasher.update(&rmp_serde::to_vec(spec).unwrap_or_default());
     hasher.update(kind.as_str().as_bytes());
     hasher.update(allocation.variant.as_deref().unwrap_or("").as_bytes());
     let mut files: Vec<String> = requirements.to_vec();

@@ -38,10 +38,6 @@ impl Backend for ProcessBackend {
         RuntimeKind::Process
     }
 
-    fn check(&self) -> LocalBoxFuture<'_, Result<(), RuntimeError>> {
-        async { Ok(()) }.boxed_local()
-    }
-
     fn prepare<'a>(
         &'a self,
         plan: &'a LaunchPlan,
