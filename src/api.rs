@@ -46,6 +46,18 @@ pub struct NodeInfo {
     pub id: Uuid,
     /// Node name.
     pub name: String,
+    /// The key id people compare (readable form of `key_fingerprint`).
+    #[serde(default)]
+    pub key_id: String,
+    /// SHA-256 of the node key's SubjectPublicKeyInfo, hex.
+    #[serde(default)]
+    pub key_fingerprint: String,
+    /// SHA-256 of the node's TLS certificate, as browsers show it.
+    #[serde(default)]
+    pub certificate_sha256: String,
+    /// Whether `id` is a UUID kept from before node keys (else it is derived from the key).
+    #[serde(default)]
+    pub legacy_id: bool,
     /// aienv version.
     pub version: String,
     /// Data directory (only shown to logged-in users).
@@ -575,6 +587,95 @@ pub struct PeerDto {
     pub running_environments: u32,
     /// Seconds it has been up.
     pub uptime_seconds: u64,
+    /// Its key id (readable).
+    pub key_id: String,
+    /// Whether a person trusts it.
+    pub trusted: bool,
+    /// Another key that claimed its id, if any did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<PeerConflictDto>,
+}
+
+/// Another key presented under a peer's id (refused).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerConflictDto {
+    /// The key id presented last.
+    pub key_id: String,
+    /// Where it came from.
+    pub address: String,
+    /// When it was seen last.
+    pub last_seen: DateTime<Utc>,
+    /// How many times it was refused.
+    pub count: u64,
+    /// Whether it was seen recently (the peer's state is then `conflict`).
+    pub active: bool,
+}
+
+/// The `peer_conflict` event's body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConflictEventDto {
+    /// The id claimed.
+    pub id: Uuid,
+    /// The name claimed.
+    pub name: String,
+    /// Where the claim came from.
+    pub address: String,
+    /// The key id presented.
+    pub presented_key_id: String,
+    /// The key id the id belongs to, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_key_id: Option<String>,
+    /// `announcement` or `handshake`.
+    pub via: String,
+}
+
+impl From<&aienv_actors::peer_registry::ConflictReport> for ConflictEventDto {
+    fn from(c: &aienv_actors::peer_registry::ConflictReport) -> ConflictEventDto {
+        ConflictEventDto {
+            id: c.id,
+            name: c.name.clone(),
+            address: c.address.to_string(),
+            presented_key_id: c.presented.to_readable(),
+            expected_key_id: c.expected.map(|k| k.to_readable()),
+            via: c.via.to_string(),
+        }
+    }
+}
+
+/// A trusted peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedPeerDto {
+    /// Node id.
+    pub id: Uuid,
+    /// Key id (readable): trust follows this key.
+    pub key_id: String,
+    /// Its name when trusted (what `sharing.peers` may list).
+    pub name: String,
+    /// When it was trusted.
+    pub since: DateTime<Utc>,
+    /// Who trusted it.
+    pub by: String,
+}
+
+impl From<&aienv_actors::peer_registry::TrustedPeer> for TrustedPeerDto {
+    fn from(t: &aienv_actors::peer_registry::TrustedPeer) -> TrustedPeerDto {
+        TrustedPeerDto {
+            id: t.id,
+            key_id: t.key.to_readable(),
+            name: t.name.clone(),
+            since: t.since,
+            by: t.by.clone(),
+        }
+    }
+}
+
+/// `POST /peers/{peer}/trust`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRequest {
+    /// The key id the person compared with the one the peer shows; refused if it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// Host resources.
@@ -678,7 +779,7 @@ impl From<&aienv_actors::peer_registry::PeerInfo> for PeerDto {
         PeerDto {
             id: p.id,
             name: p.name.clone(),
-            state: p.state.as_str().to_string(),
+            state: p.state_name().to_string(),
             source: match p.source {
                 aienv_actors::peer_registry::PeerSource::Multicast => "multicast",
                 aienv_actors::peer_registry::PeerSource::Static => "static",
@@ -694,6 +795,15 @@ impl From<&aienv_actors::peer_registry::PeerInfo> for PeerDto {
             catalog_current: p.catalog_current,
             running_environments: p.running_environments,
             uptime_seconds: p.uptime_seconds,
+            key_id: p.key.to_readable(),
+            trusted: p.trusted,
+            conflict: p.conflict.as_ref().map(|c| PeerConflictDto {
+                key_id: c.key.to_readable(),
+                address: c.address.to_string(),
+                last_seen: c.last_seen,
+                count: c.count,
+                active: c.active,
+            }),
         }
     }
 }

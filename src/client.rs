@@ -11,10 +11,12 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use aienv_actors::identity::{KeyFingerprint, NodeIdentity};
+
 use crate::api::{
     CreateWorkspace, CreatedDto, ErrorBody, Health, NodeInfo, RevisionDetail, RevisionDto,
-    ShareRequest, TransferDto, TransferRequestDto, UpdateWorkspace, WorkspaceDetail, WorkspaceDto,
-    WorkspacePage,
+    ShareRequest, TransferDto, TransferRequestDto, TrustRequest, TrustedPeerDto, UpdateWorkspace,
+    WorkspaceDetail, WorkspaceDto, WorkspacePage,
 };
 
 /// How the client proves who it is.
@@ -149,11 +151,50 @@ pub struct Client {
 type Response = awc::ClientResponse;
 
 impl Client {
-    /// A client of the node at `base` (such as `http://127.0.0.1:37778`).
+    /// A client of the node at `base` over plain HTTP (such as `http://127.0.0.1:37779`,
+    /// the node's loopback listener).
     pub fn new(base: &str, credentials: Option<Credentials>) -> Client {
         let http = awc::Client::builder()
             .timeout(Duration::from_secs(120))
             .disable_redirects()
+            .finish();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            credentials,
+        }
+    }
+
+    /// A client of the node at `https://...` that accepts only the node key `key` (the key
+    /// id `aienv node` shows on that machine): no certificate authority is involved.
+    pub fn with_key(base: &str, credentials: Option<Credentials>, key: KeyFingerprint) -> Client {
+        let config = crate::tls::client_config(None, key)
+            .expect("a client configuration without a client certificate");
+        Client::over_tls(base, credentials, config)
+    }
+
+    /// A client that calls as the node `identity` (presenting its certificate, as nodes call
+    /// each other) the node at `base` holding `key`.
+    pub fn as_node(
+        base: &str,
+        credentials: Option<Credentials>,
+        identity: &NodeIdentity,
+        key: KeyFingerprint,
+    ) -> Client {
+        let config = crate::tls::client_config(Some(identity), key)
+            .expect("the node's key and certificate make a client configuration");
+        Client::over_tls(base, credentials, config)
+    }
+
+    fn over_tls(
+        base: &str,
+        credentials: Option<Credentials>,
+        config: rustls::ClientConfig,
+    ) -> Client {
+        let http = awc::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .disable_redirects()
+            .connector(awc::Connector::new().rustls_0_23(std::sync::Arc::new(config)))
             .finish();
         Client {
             base: base.trim_end_matches('/').to_string(),
@@ -299,6 +340,38 @@ impl Client {
     /// Known peers.
     pub async fn peers(&self) -> Result<Vec<crate::api::PeerDto>, ClientError> {
         self.get_json("/peers").await
+    }
+
+    /// Every trusted peer, seen or not.
+    pub async fn trusted_peers(&self) -> Result<Vec<TrustedPeerDto>, ClientError> {
+        self.get_json("/peers/trusted").await
+    }
+
+    /// Trusts a peer (id, key id or name); `key_id` is the key id the person compared.
+    pub async fn trust_peer(
+        &self,
+        peer: &str,
+        key_id: Option<&str>,
+    ) -> Result<TrustedPeerDto, ClientError> {
+        self.send_json(
+            awc::http::Method::POST,
+            &format!("/peers/{}/trust", segment(peer)),
+            &TrustRequest {
+                key_id: key_id.map(str::to_string),
+            },
+        )
+        .await
+    }
+
+    /// Revokes trust in a peer.
+    pub async fn untrust_peer(&self, peer: &str) -> Result<TrustedPeerDto, ClientError> {
+        let response = self
+            .send(
+                awc::http::Method::DELETE,
+                &format!("/peers/{}/trust", segment(peer)),
+            )
+            .await?;
+        self.json(response).await
     }
 
     /// This node's catalog, as an anonymous LAN client sees it.

@@ -38,10 +38,15 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address to listen on.
+    /// Address of the TLS listener (peers, and browsers on other machines).
     pub bind: IpAddr,
-    /// Port to listen on (0 picks a free one).
+    /// Port of the TLS listener, the one announced to peers (0 picks a free one).
     pub port: u16,
+    /// Port of the plain-HTTP listener on 127.0.0.1 only, for the CLI and a browser on this
+    /// machine (0 picks a free one).
+    pub local_port: u16,
+    /// Whether to open the plain-HTTP loopback listener at all.
+    pub local_http: bool,
     /// Accept requests from public (non-private) addresses.
     pub allow_public: bool,
     /// Extra host names this node answers to (besides IP literals, `localhost` and the host
@@ -202,6 +207,8 @@ impl Default for HttpConfig {
         HttpConfig {
             bind: IpAddr::from([0, 0, 0, 0]),
             port: 37778,
+            local_port: 37779,
+            local_http: true,
             allow_public: false,
             hostnames: Vec::new(),
             allowed_origins: Vec::new(),

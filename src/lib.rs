@@ -11,4 +11,5 @@ pub mod http;
 pub mod peer_client;
 pub mod schemas;
 pub mod serve;
+pub mod tls;
 pub mod transfer_client;

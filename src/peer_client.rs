@@ -1,91 +1,178 @@
-//! The PeerRegistry's HTTP side: fetches a peer's catalog and node facts with awc. The actors
-//! crate knows no HTTP; it calls this through the `PeerClient` trait.
+//! The PeerRegistry's HTTP side: fetches a peer's catalog and a static peer's node facts over
+//! mutual TLS. The actors crate knows no HTTP; it calls this through the `PeerClient` trait.
+//! [`PeerConnections`] is the one way this node opens a connection to a peer: an awc client
+//! per peer key, whose TLS configuration presents this node's certificate and accepts only
+//! that key.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use uuid::Uuid;
-
 use aienv_actors::catalog::CatalogEntry;
-use aienv_actors::peer_registry::{LocalFuture, PeerClient, RemoteNode};
+use aienv_actors::identity::{KeyFingerprint, NodeIdentity};
+use aienv_actors::peer_registry::{
+    LocalFuture, PeerCallError, PeerClient, PeerEndpoint, RemoteNode,
+};
 
 use crate::api::{CatalogDto, NodeInfo};
-
-/// Header naming the asking node, so `peers`-mode sharing can answer per node.
-pub const PEER_HEADER: &str = "x-aienv-peer";
+use crate::tls;
 
 /// Largest catalog accepted from a peer.
 const MAX_CATALOG_BYTES: usize = 64 * 1024 * 1024;
+/// Most cached clients (one per peer key); past it the cache starts over.
+const MAX_CLIENTS: usize = 1024;
 
-/// awc-based [`PeerClient`].
+/// awc clients for calls to peers, one per peer key, each with its own connection pool.
+pub struct PeerConnections {
+    identity: Arc<NodeIdentity>,
+    timeout: Duration,
+    connections: usize,
+    clients: RefCell<HashMap<KeyFingerprint, awc::Client>>,
+}
+
+impl PeerConnections {
+    /// Clients that time out after `timeout` and keep up to `connections` per peer.
+    pub fn new(identity: Arc<NodeIdentity>, timeout: Duration, connections: usize) -> Self {
+        PeerConnections {
+            identity,
+            timeout,
+            connections,
+            clients: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The client for the peer holding `key`.
+    pub fn client(&self, key: KeyFingerprint) -> awc::Client {
+        let mut clients = self.clients.borrow_mut();
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        let config = tls::client_config(Some(&self.identity), key)
+            .expect("the node's own key and certificate make a client configuration");
+        let client = self.build(config);
+        clients.insert(key, client.clone());
+        client
+    }
+
+    /// A one-off client that accepts any key and records the one presented in `seen`.
+    pub fn recording(&self, seen: Arc<Mutex<Option<KeyFingerprint>>>) -> awc::Client {
+        let config = tls::client_config_recording(&self.identity, seen)
+            .expect("the node's own key and certificate make a client configuration");
+        self.build(config)
+    }
+
+    fn build(&self, config: rustls::ClientConfig) -> awc::Client {
+        awc::Client::builder()
+            .timeout(self.timeout)
+            .disable_redirects()
+            .connector(
+                awc::Connector::new()
+                    .rustls_0_23(Arc::new(config))
+                    .limit(self.connections)
+                    .timeout(Duration::from_secs(5)),
+            )
+            .finish()
+    }
+}
+
+/// Classifies a failed call: a handshake refused for the key is a conflict, not an outage.
+pub fn call_error(error: impl std::fmt::Display) -> PeerCallError {
+    let message = error.to_string();
+    match message.find(tls::KEY_MISMATCH) {
+        Some(_) => PeerCallError::KeyMismatch {
+            presented: message
+                .rsplit("presented key ")
+                .next()
+                .and_then(|rest| KeyFingerprint::parse(rest.split_whitespace().next()?).ok()),
+            message,
+        },
+        None => PeerCallError::Failed(message),
+    }
+}
+
+/// [`PeerClient`] over [`PeerConnections`].
 pub struct HttpPeerClient {
-    http: awc::Client,
+    connections: PeerConnections,
 }
 
 impl HttpPeerClient {
     /// A client with short timeouts: a slow peer must not hold up discovery.
-    pub fn new() -> HttpPeerClient {
+    pub fn new(identity: Arc<NodeIdentity>) -> HttpPeerClient {
         HttpPeerClient {
-            http: awc::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .disable_redirects()
-                .finish(),
+            connections: PeerConnections::new(identity, Duration::from_secs(10), 4),
         }
-    }
-}
-
-impl Default for HttpPeerClient {
-    fn default() -> HttpPeerClient {
-        HttpPeerClient::new()
     }
 }
 
 impl PeerClient for HttpPeerClient {
     fn catalog(
         &self,
-        base_url: &str,
-        viewer: Uuid,
-    ) -> LocalFuture<Result<Vec<CatalogEntry>, String>> {
+        peer: &PeerEndpoint,
+    ) -> LocalFuture<Result<Vec<CatalogEntry>, PeerCallError>> {
         let request = self
-            .http
-            .get(format!("{base_url}/api/v1/catalog"))
-            .insert_header((PEER_HEADER, viewer.to_string()));
+            .connections
+            .client(peer.key)
+            .get(format!("{}/api/v1/catalog", peer.url));
         Box::pin(async move {
-            let mut response = request.send().await.map_err(|e| e.to_string())?;
+            let mut response = request.send().await.map_err(call_error)?;
             if !response.status().is_success() {
-                return Err(format!("HTTP {}", response.status()));
+                return Err(PeerCallError::Failed(format!("HTTP {}", response.status())));
             }
             let body = response
                 .body()
                 .limit(MAX_CATALOG_BYTES)
                 .await
-                .map_err(|e| e.to_string())?;
-            let catalog: CatalogDto =
-                serde_json::from_slice(&body).map_err(|e| format!("invalid catalog: {e}"))?;
+                .map_err(call_error)?;
+            let catalog: CatalogDto = serde_json::from_slice(&body)
+                .map_err(|e| PeerCallError::Failed(format!("invalid catalog: {e}")))?;
             catalog
                 .items
                 .iter()
                 .map(|item| {
-                    item.to_entry()
-                        .ok_or_else(|| format!("invalid catalog: unknown type `{}`", item.kind))
+                    item.to_entry().ok_or_else(|| {
+                        PeerCallError::Failed(format!(
+                            "invalid catalog: unknown type `{}`",
+                            item.kind
+                        ))
+                    })
                 })
                 .collect()
         })
     }
 
-    fn node(&self, base_url: &str) -> LocalFuture<Result<RemoteNode, String>> {
-        let request = self.http.get(format!("{base_url}/api/v1/node"));
+    fn node(&self, base_url: &str) -> LocalFuture<Result<RemoteNode, PeerCallError>> {
+        let seen = Arc::new(Mutex::new(None));
+        let request = self
+            .connections
+            .recording(seen.clone())
+            .get(format!("{base_url}/api/v1/node"));
+        let https = base_url.starts_with("https://");
         Box::pin(async move {
-            let mut response = request.send().await.map_err(|e| e.to_string())?;
+            if !https {
+                return Err(PeerCallError::Failed(
+                    "peers are reached over TLS only: write the static peer as https://host:port"
+                        .into(),
+                ));
+            }
+            let mut response = request.send().await.map_err(call_error)?;
             if !response.status().is_success() {
-                return Err(format!("HTTP {}", response.status()));
+                return Err(PeerCallError::Failed(format!("HTTP {}", response.status())));
             }
             let body = response
                 .body()
                 .limit(1024 * 1024)
                 .await
-                .map_err(|e| e.to_string())?;
-            let node: NodeInfo =
-                serde_json::from_slice(&body).map_err(|e| format!("invalid node answer: {e}"))?;
+                .map_err(call_error)?;
+            let node: NodeInfo = serde_json::from_slice(&body)
+                .map_err(|e| PeerCallError::Failed(format!("invalid node answer: {e}")))?;
+            let key = seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ok_or_else(|| PeerCallError::Failed("no certificate was presented".into()))?;
             Ok(RemoteNode {
                 id: node.id,
                 name: node.name,
@@ -93,6 +180,7 @@ impl PeerClient for HttpPeerClient {
                 catalog_digest: node.discovery.catalog_digest,
                 shared_workspaces: node.discovery.shared_workspaces,
                 uptime_seconds: node.uptime_seconds,
+                key,
             })
         })
     }

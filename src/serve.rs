@@ -1,6 +1,6 @@
 //! `aienv serve`: starts the actor system, the HTTP server and waits for a shutdown signal.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use aienv_actors::discovery::wire::Scheme;
 use aienv_actors::discovery::{AnnouncerConfig, AnnouncerHandle};
 use aienv_actors::event_bus::EventBus;
 use aienv_actors::identity;
-use aienv_actors::peer_registry::{PeerRegistryHandle, RegistryConfig};
+use aienv_actors::peer_registry::{KeyBook, PeerRegistryHandle, RegistryConfig};
 use aienv_actors::runtime_supervisor::{RuntimeConfig, RuntimeSupervisorHandle};
 use aienv_actors::shutdown::Shutdown;
 use aienv_actors::transfer_queue::{Compression, TransferConfig, TransferQueueHandle};
@@ -48,6 +48,12 @@ pub enum ServeError {
     /// The workspace store could not start.
     #[error(transparent)]
     Store(#[from] aienv_actors::workspace_store::StoreError),
+    /// The peer key book could not be read.
+    #[error(transparent)]
+    Keys(#[from] aienv_actors::peer_registry::KeyBookError),
+    /// The TLS configuration could not be made from the node's key.
+    #[error("TLS with the node's key: {0}")]
+    Tls(#[from] rustls::Error),
     /// The HTTP server could not listen.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -83,7 +89,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             path: config.data_dir.display().to_string(),
             source,
         })?;
-    let node_id = identity::load_or_create(&data_dir)?;
+    let node_identity = Arc::new(identity::load_or_create(&data_dir, &config.name)?);
+    let node_id = node_identity.id;
     let token = auth::load_or_create_token(&data_dir)?;
 
     let bus = EventBus::new(config.http.event_buffer.max(1));
@@ -111,6 +118,26 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     let listener = std::net::TcpListener::bind(address)
         .map_err(|source| ServeError::Bind { address, source })?;
     let bound = listener.local_addr().map_err(ServeError::Server)?;
+    // Plain HTTP only where nothing crosses a network: this machine's CLI and browser.
+    let local_listener = if config.http.local_http {
+        let local = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.http.local_port);
+        let listener = std::net::TcpListener::bind(local).map_err(|source| ServeError::Bind {
+            address: local,
+            source,
+        })?;
+        Some(listener)
+    } else {
+        None
+    };
+    let local_bound = match &local_listener {
+        Some(listener) => Some(listener.local_addr().map_err(ServeError::Server)?),
+        None => None,
+    };
+    let tls_config = crate::tls::server_config(&node_identity)?;
+    let keys = KeyBook::open(
+        store.open_tree("peer_keys")?,
+        store.open_tree("trusted_peers")?,
+    )?;
 
     let interval = std::time::Duration::from_millis(config.discovery.announce_interval_ms);
     let peers = PeerRegistryHandle::start(
@@ -118,8 +145,10 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             node_id,
             interval,
             static_peers: config.discovery.static_peers.clone(),
+            node_key: node_identity.key,
         },
-        Rc::new(HttpPeerClient::new()),
+        keys,
+        Rc::new(HttpPeerClient::new(node_identity.clone())),
         bus.clone(),
     );
     let announcer = AnnouncerHandle::start(
@@ -132,7 +161,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             node_id,
             name: config.name.clone(),
             http_port: bound.port(),
-            scheme: Scheme::Http,
+            scheme: Scheme::Https,
+            key: node_identity.key,
+            trusted: peers.view().trusted.to_vec(),
             data_dir: data_dir.clone(),
         },
         store.clone(),
@@ -152,9 +183,10 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
                 crate::config::CompressSetting::Never => Compression::Never,
             },
             source_wait: std::time::Duration::from_secs(config.transfer.source_wait_seconds),
-            ..TransferConfig::new(&data_dir, node_id)
+            ..TransferConfig::new(&data_dir)
         };
         let (store, peers, bus) = (store.clone(), peers.clone(), bus.clone());
+        let identity = node_identity.clone();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let arbiter = actix::Arbiter::new();
         arbiter.spawn(async move {
@@ -162,7 +194,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
                 config,
                 store,
                 peers,
-                Rc::new(HttpTransferClient::new()),
+                Rc::new(HttpTransferClient::new(identity)),
                 bus,
             );
             let _ = sender.send(handle);
@@ -218,6 +250,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         shutdown: shutdown.clone(),
         node: NodeFacts {
             id: node_id,
+            key: node_identity.key,
+            certificate_sha256: node_identity.cert_sha256.clone(),
+            legacy_id: node_identity.legacy_id,
             name: config.name.clone(),
             data_dir: data_dir.clone(),
             started,
@@ -246,7 +281,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         config.http.workers
     };
     let app_state = state.clone();
-    let server = HttpServer::new(move || {
+    let mut server = HttpServer::new(move || {
         App::new()
             .wrap(ErrorHandlers::new().default_handler(json_error_body))
             .wrap(from_fn(http::network_guard))
@@ -258,17 +293,47 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(5)
-    .listen(listener)
+    // The key a TLS client proved is all a request learns of which peer it comes from.
+    .on_connect(crate::tls::peer_key)
+    .listen_rustls_0_23(listener, tls_config)
     .map_err(|source| ServeError::Bind { address, source })?;
+    if let (Some(listener), Some(local)) = (local_listener, local_bound) {
+        server = server.listen(listener).map_err(|source| ServeError::Bind {
+            address: local,
+            source,
+        })?;
+    }
     let server = server.run();
     let handle = server.handle();
 
-    // Machine-readable first line on stdout: scripts and tests read the address from it.
-    println!("aienv: listening on http://{bound}");
+    // Machine-readable first lines on stdout: scripts and tests read the addresses from
+    // them (the first is where this machine's CLI talks to the node).
+    let first = match local_bound {
+        Some(local) => format!("http://{local}"),
+        None => format!("https://{bound}"),
+    };
+    // One write: a reader that takes only the first line and goes away never makes a later
+    // line fail.
+    {
+        use std::io::Write;
+        let banner = format!(
+            "aienv: listening on {first}\n\
+             aienv: peers and other machines: https://{bound}\n\
+             aienv: node id {node_id}\n\
+             aienv: key id {}\n\
+             aienv: certificate SHA-256 {} (compare it with the browser's warning on another machine)\n",
+            node_identity.key, node_identity.cert_sha256
+        );
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(banner.as_bytes());
+        let _ = stdout.flush();
+    }
     tracing::info!(
         %bound,
+        local = ?local_bound,
         node = %config.name,
         id = %node_id,
+        key = %node_identity.key,
         data_dir = %data_dir.display(),
         token_file = %data_dir.join(auth::TOKEN_FILE).display(),
         "node started"

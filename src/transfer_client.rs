@@ -1,68 +1,56 @@
-//! The TransferQueue's HTTP side: a peer's snapshot and chunk batches over awc. The actors
-//! crate knows no HTTP; it calls this through the `TransferClient` trait.
+//! The TransferQueue's HTTP side: a peer's snapshot and chunk batches over mutual TLS. The
+//! actors crate knows no HTTP; it calls this through the `TransferClient` trait.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use uuid::Uuid;
 
 use aienv_actors::chunk_frame;
-use aienv_actors::peer_registry::LocalFuture;
+use aienv_actors::identity::NodeIdentity;
+use aienv_actors::peer_registry::{LocalFuture, PeerEndpoint};
 use aienv_actors::snapshot::Hash;
 use aienv_actors::transfer_queue::{ByteStream, FetchError, TransferClient};
 
 use crate::api::ErrorBody;
-use crate::peer_client::PEER_HEADER;
+use crate::peer_client::PeerConnections;
 
 /// Largest snapshot accepted (the snapshot limits check the decoded size again).
 const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 /// A chunk stream that sends nothing for this long is broken.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// awc-based [`TransferClient`].
+/// [`TransferClient`] over [`PeerConnections`].
 pub struct HttpTransferClient {
-    http: awc::Client,
+    connections: PeerConnections,
 }
 
 impl HttpTransferClient {
-    /// A client with one connection pool for all sources.
-    pub fn new() -> HttpTransferClient {
+    /// A client with a pool of up to 64 connections per source.
+    pub fn new(identity: Arc<NodeIdentity>) -> HttpTransferClient {
         HttpTransferClient {
-            http: awc::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .disable_redirects()
-                .connector(awc::Connector::new().limit(64))
-                .finish(),
+            connections: PeerConnections::new(identity, Duration::from_secs(60), 64),
         }
-    }
-}
-
-impl Default for HttpTransferClient {
-    fn default() -> HttpTransferClient {
-        HttpTransferClient::new()
     }
 }
 
 impl TransferClient for HttpTransferClient {
     fn manifest(
         &self,
-        base_url: &str,
+        peer: &PeerEndpoint,
         workspace: Uuid,
-        viewer: Uuid,
         known: Option<Hash>,
     ) -> LocalFuture<Result<Option<Vec<u8>>, FetchError>> {
-        let mut request = self
-            .http
-            .get(format!("{base_url}/api/v1/workspaces/{workspace}/snapshot"))
-            .insert_header((PEER_HEADER, viewer.to_string()));
+        let mut request = self.connections.client(peer.key).get(format!(
+            "{}/api/v1/workspaces/{workspace}/snapshot",
+            peer.url
+        ));
         if let Some(root) = known {
             request = request.insert_header(("if-none-match", format!("\"{root}\"")));
         }
         Box::pin(async move {
-            let mut response = request
-                .send()
-                .await
-                .map_err(|e| FetchError::Network(e.to_string()))?;
+            let mut response = request.send().await.map_err(send_error)?;
             if response.status().as_u16() == 304 {
                 return Ok(None);
             }
@@ -85,9 +73,8 @@ impl TransferClient for HttpTransferClient {
 
     fn chunks(
         &self,
-        base_url: &str,
+        peer: &PeerEndpoint,
         workspace: Uuid,
-        viewer: Uuid,
         hashes: &[Hash],
         compress: bool,
     ) -> LocalFuture<Result<ByteStream, FetchError>> {
@@ -97,18 +84,16 @@ impl TransferClient for HttpTransferClient {
         }
         let limit = chunk_frame::max_response_len(hashes.len());
         let request = self
-            .http
+            .connections
+            .client(peer.key)
             .post(format!(
-                "{base_url}/api/v1/workspaces/{workspace}/chunks?compress={}",
+                "{}/api/v1/workspaces/{workspace}/chunks?compress={}",
+                peer.url,
                 if compress { "zstd" } else { "none" }
             ))
-            .insert_header((PEER_HEADER, viewer.to_string()))
             .content_type("application/octet-stream");
         Box::pin(async move {
-            let mut response = request
-                .send_body(body)
-                .await
-                .map_err(|error| FetchError::Network(error.to_string()))?;
+            let mut response = request.send_body(body).await.map_err(send_error)?;
             if !response.status().is_success() {
                 let text = response.body().limit(64 * 1024).await.unwrap_or_default();
                 return Err(status_error(
@@ -141,6 +126,16 @@ impl TransferClient for HttpTransferClient {
                 });
             Ok(Box::pin(stream) as ByteStream)
         })
+    }
+}
+
+/// A connection that failed; one refused for the peer's key is not retried.
+fn send_error(error: impl std::fmt::Display) -> FetchError {
+    match crate::peer_client::call_error(error) {
+        aienv_actors::peer_registry::PeerCallError::KeyMismatch { message, .. } => {
+            FetchError::Refused(message)
+        }
+        other => FetchError::Network(other.to_string()),
     }
 }
 

@@ -8,6 +8,7 @@ use std::net::UdpSocket;
 use aienv::api::{CreateWorkspace, PeerDto, ShareRequest};
 use aienv::client::{Client, NetworkQuery};
 use aienv_actors::discovery::wire::{self, Announcement, Datagram, ResourceSummary, Scheme};
+use aienv_actors::identity::KeyFingerprint;
 use common::{eventually, TestNode};
 use futures_util::StreamExt;
 
@@ -42,7 +43,9 @@ async fn three_nodes_find_each_other_share_and_leave() {
     let alpha_view = clients[0].peers().await.unwrap();
     let beta = alpha_view.iter().find(|p| p.name == "beta").unwrap();
     assert!(beta.resources.cpu_cores >= 1 && beta.resources.memory_total > 0);
-    assert_eq!(beta.url.as_deref(), Some(nodes[1].url.as_str()));
+    assert_eq!(beta.url.as_deref(), Some(nodes[1].tls_url.as_str()));
+    assert_eq!(beta.key_id, nodes[1].key.to_readable());
+    assert!(!beta.trusted);
 
     // A share on alpha shows up in the others' network catalog.
     clients[0]
@@ -106,7 +109,7 @@ async fn three_nodes_find_each_other_share_and_leave() {
     })
     .await;
 
-    // Shared with beta by name: beta sees it, gamma does not.
+    // Shared with beta by name: beta sees it once alpha trusts it, gamma never does.
     clients[0]
         .share(
             "llm-lab",
@@ -117,6 +120,24 @@ async fn three_nodes_find_each_other_share_and_leave() {
         )
         .await
         .unwrap();
+    // Trust is a person's decision: until then beta is only known and sees nothing of it.
+    let beta_key = nodes[1].key.to_readable();
+    eventually("the share reached beta's view of alpha", || async {
+        let peers = clients[1].peers().await.unwrap();
+        peers.iter().any(|p| p.name == "alpha" && p.catalog_current)
+    })
+    .await;
+    assert!(clients[1]
+        .network_catalog(&NetworkQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let trusted = clients[0]
+        .trust_peer("beta", Some(&beta_key))
+        .await
+        .unwrap();
+    assert_eq!(trusted.key_id, beta_key);
+    assert_eq!(trusted.name, "beta");
     eventually("beta sees what is shared with it by name", || async {
         clients[1]
             .network_catalog(&NetworkQuery::default())
@@ -178,8 +199,9 @@ fn announcement(node_id: uuid::Uuid, seq: u64, name: &str) -> Announcement {
         instance: 1,
         name: name.into(),
         http_port: 9,
-        scheme: Scheme::Http,
-        tls_fingerprint: None,
+        scheme: Scheme::Https,
+        // Legacy-style (random) ids: the first key seen for each is pinned.
+        tls_fingerprint: Some(KeyFingerprint::of_spki(node_id.as_bytes()).to_hex()),
         protocol_version: 1,
         catalog_digest: "00".into(),
         shared_workspaces: 0,
@@ -307,7 +329,7 @@ async fn static_peer_over_http_only() {
         &temp.path().join("far"),
         &["--name", "far-away", "--no-discovery"],
     );
-    let address = far.url.trim_start_matches("http://").to_string();
+    let address = far.tls_url.clone();
     let near = TestNode::spawn_with_env(
         &temp.path().join("near"),
         &[
@@ -371,6 +393,12 @@ async fn static_peer_over_http_only() {
     // `peers` mode: shared with this node by name (the far node knows it as a peer only if
     // it hears it; here the near node names itself with its id, so share by id and by name).
     let near_id = client.node().await.unwrap().id.to_string();
+    // The far node has never heard of the near one: it trusts it by the key id a person
+    // read off the near machine.
+    far_client
+        .trust_peer(&near.key.to_readable(), None)
+        .await
+        .unwrap();
     for (name, peers) in [
         ("by-id", vec![near_id.clone()]),
         ("for-others", vec!["someone-else".to_string()]),

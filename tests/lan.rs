@@ -204,10 +204,12 @@ fn start_host(lan: &Lan, i: usize, dir: &std::path::Path) -> (TestNode, Client) 
         .env("AIENV_LOG", "warn")
         .env("XDG_CONFIG_HOME", data.join("no-config"));
     let node = TestNode::start(command, &data);
-    let port = node.url.rsplit(':').next().unwrap().to_string();
-    let client = Client::new(
-        &format!("http://{}:{port}", lan.address(i, "")),
+    let port = node.tls_url.rsplit(':').next().unwrap().to_string();
+    // From outside the host only TLS answers, and only with the key its node id names.
+    let client = Client::with_key(
+        &format!("https://{}:{port}", lan.address(i, "")),
         Some(Credentials::Token(node.token())),
+        node.key,
     );
     (node, client)
 }

@@ -924,10 +924,7 @@ async fn live_server_matches_openapi_document() {
     let peer = TestNode::spawn_with_env(
         &temp.path().join("peer"),
         &["--name", "peer", "--announce-interval", "0.2"],
-        &[(
-            "AIENV_DISCOVERY_STATIC_PEERS",
-            node.url.trim_start_matches("http://"),
-        )],
+        &[("AIENV_DISCOVERY_STATIC_PEERS", node.tls_url.as_str())],
     );
     let peer_admin = peer.admin();
     common::eventually("the peer lists the shared workspace", || async {

@@ -12,15 +12,13 @@ use std::time::{Duration, Instant};
 
 use aienv::api::{CreateWorkspace, ShareRequest, TransferDto, TransferRequestDto};
 use aienv::client::Client;
+use aienv_actors::identity::NodeIdentity;
 use aienv_actors::snapshot::{root_hash, EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotLimits};
 use common::{eventually, TestNode};
 
 /// A node whose only peer is `source` (polled over HTTP every 0.2 s).
 fn node_with_peers(dir: &Path, name: &str, peers: &[&TestNode], extra: &[&str]) -> TestNode {
-    let addresses: Vec<String> = peers
-        .iter()
-        .map(|p| p.url.trim_start_matches("http://").to_string())
-        .collect();
+    let addresses: Vec<String> = peers.iter().map(|p| p.tls_url.clone()).collect();
     let mut args = vec!["--name", name, "--announce-interval", "0.2"];
     args.extend_from_slice(extra);
     TestNode::spawn_with_env(
@@ -357,7 +355,7 @@ async fn a_killed_source_is_resumed_after_restart_without_refetching() {
         &a_dir,
         &["--name", "node-a", "--test-chunk-delay-ms", "100"],
     );
-    let port = a.url.rsplit(':').next().unwrap().to_string();
+    let port = a.tls_url.rsplit(':').next().unwrap().to_string();
     let root = shared_workspace(&a, "big").await;
     for i in 0..6 {
         std::fs::write(
@@ -502,12 +500,24 @@ async fn two_sources_and_one_dies() {
 }
 
 /// Serves a node's `/node` and `/catalog` answers as recorded, and a crafted snapshot.
-fn fake_peer(node_json: Vec<u8>, catalog_json: Vec<u8>, snapshot: Vec<u8>) -> String {
+fn fake_peer(
+    identity: &NodeIdentity,
+    node_json: Vec<u8>,
+    catalog_json: Vec<u8>,
+    snapshot: Vec<u8>,
+) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
+    let address = format!("https://{}", listener.local_addr().unwrap());
+    // It holds the real node's key, as a compromised node would: TLS lets it in, the
+    // manifest checks must not.
+    let tls = std::sync::Arc::new(aienv::tls::server_config(identity).unwrap());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let Ok(stream) = stream else { continue };
+            let Ok(connection) = rustls::ServerConnection::new(tls.clone()) else {
+                continue;
+            };
+            let mut stream = rustls::StreamOwned::new(connection, stream);
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
@@ -532,6 +542,9 @@ fn fake_peer(node_json: Vec<u8>, catalog_json: Vec<u8>, snapshot: Vec<u8>) -> St
                 body.len()
             );
             let _ = stream.write_all(&body);
+            let _ = stream.flush();
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
         }
     });
     address
@@ -563,6 +576,7 @@ async fn malicious_manifests_are_refused_before_anything_is_written() {
         .to_vec();
     let id = a.admin().get("bait").await.unwrap().workspace.id;
     drop(a);
+    let identity = aienv_actors::identity::load_or_create(&temp.path().join("a"), "evil").unwrap();
 
     let entry = |path: &str, kind: EntryKind, target: Option<&str>| SnapshotEntry {
         path: path.into(),
@@ -603,7 +617,12 @@ async fn malicious_manifests_are_refused_before_anything_is_written() {
         let mut snapshot = Snapshot::new(id, "bait".into(), 1, "/src".into(), Vec::new());
         snapshot.entries = entries;
         snapshot.root = root_hash(&snapshot.entries);
-        let address = fake_peer(node_json.clone(), catalog_json.clone(), snapshot.encode());
+        let address = fake_peer(
+            &identity,
+            node_json.clone(),
+            catalog_json.clone(),
+            snapshot.encode(),
+        );
         let b = TestNode::spawn_with_env(
             &temp.path().join(format!("b{index}")),
             &["--name", "victim", "--announce-interval", "0.2"],
@@ -720,15 +739,19 @@ async fn uploads_over_the_limit_are_refused_with_retry_after() {
     std::fs::write(root.join("data/one.bin"), noise(100_000, 5)).unwrap();
     let snapshot = decode(&a.admin().snapshot("data").await.unwrap());
     let hash = snapshot.entries.iter().find_map(|e| e.hash).unwrap();
+    // Each "peer" is a key of its own calling over mutual TLS: limits count per key.
+    let peers: BTreeMap<&str, awc::Client> = ["peer-1", "p-1", "p-2", "p-3"]
+        .into_iter()
+        .map(|name| {
+            let identity = common::node_identity(&temp.path().join(name), name);
+            (name, common::tls_client(&identity, a.key))
+        })
+        .collect();
     let ask = |peer: &'static str| {
-        let url = format!("{}/api/v1/workspaces/data/chunks", a.url);
+        let url = format!("{}/api/v1/workspaces/data/chunks", a.tls_url);
+        let http = peers[peer].clone();
         async move {
-            let mut response = awc::Client::default()
-                .post(url)
-                .insert_header(("x-aienv-peer", peer))
-                .send_body(hash.0.to_vec())
-                .await
-                .unwrap();
+            let mut response = http.post(url).send_body(hash.0.to_vec()).await.unwrap();
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::model::{WorkspaceKind, WorkspaceManifest};
+use crate::peer_registry::TrustedPeer;
 use crate::workspace_store::StoreView;
 
 /// One shared workspace in a node's catalog.
@@ -97,10 +98,18 @@ pub struct CatalogFilter {
 }
 
 /// `(digest, count)` of everything this node shares: changes whenever a shared workspace
-/// changes, is shared or unshared.
-pub fn digest(view: &StoreView) -> (String, u32) {
+/// changes, is shared or unshared, or a peer is trusted or no longer trusted.
+pub fn digest(view: &StoreView, trusted: &[TrustedPeer]) -> (String, u32) {
     let mut hasher = blake3::Hasher::new();
     let mut count = 0u32;
+    // What a peer sees depends on whether it is trusted: a change of trust must make peers
+    // fetch the catalog again, as a change of sharing does.
+    for peer in trusted {
+        hasher.update(peer.id.as_bytes());
+        hasher.update(&peer.key.0);
+        hasher.update(peer.name.as_bytes());
+        hasher.update(&[0]);
+    }
     for entry in view.iter() {
         let manifest = &entry.manifest;
         if !manifest.sharing.enabled {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::peer_registry::PeerInfo;
+use crate::peer_registry::{ConflictReport, PeerInfo, TrustedPeer};
 use crate::runtime_supervisor::EnvStatus;
 use crate::transfer_queue::JobInfo;
 use crate::workspace_store::WorkspaceEntry;
@@ -22,6 +22,10 @@ pub enum NodeEvent {
     PeerUpdated(Arc<PeerInfo>),
     /// A peer left (goodbye or silence).
     PeerLeft(Arc<PeerInfo>),
+    /// Another key claimed a node id that belongs to a known key: refused.
+    PeerConflict(Arc<ConflictReport>),
+    /// A peer was trusted or no longer trusted: every trusted peer now.
+    TrustChanged(Arc<Vec<TrustedPeer>>),
     /// A transfer job was queued, progressed, or finished (published by the TransferQueue;
     /// progress at most a few times per second per job).
     TransferChanged(Arc<JobInfo>),
@@ -55,9 +59,11 @@ impl NodeEvent {
     pub fn source(&self) -> EventSource {
         match self {
             NodeEvent::WorkspaceChanged(_) => EventSource::Workspaces,
-            NodeEvent::PeerJoined(_) | NodeEvent::PeerUpdated(_) | NodeEvent::PeerLeft(_) => {
-                EventSource::Peers
-            }
+            NodeEvent::PeerJoined(_)
+            | NodeEvent::PeerUpdated(_)
+            | NodeEvent::PeerLeft(_)
+            | NodeEvent::PeerConflict(_)
+            | NodeEvent::TrustChanged(_) => EventSource::Peers,
             NodeEvent::TransferChanged(_) => EventSource::Transfers,
             NodeEvent::RuntimeChanged(_) | NodeEvent::ToolReady { .. } => EventSource::Runtimes,
         }

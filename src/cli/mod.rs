@@ -29,9 +29,13 @@ pub struct Cli {
         long,
         global = true,
         env = "AIENV_NODE",
-        default_value = "http://127.0.0.1:37778"
+        default_value = "http://127.0.0.1:37779"
     )]
     pub node: String,
+    /// Key id of the node at an `https://` URL (as `aienv node` shows it on that machine):
+    /// the only key the CLI accepts there.
+    #[arg(long, global = true, env = "AIENV_NODE_KEY")]
+    pub node_key: Option<String>,
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
@@ -57,6 +61,11 @@ pub enum Command {
         /// Keep the table up to date as peers come and go.
         #[arg(long)]
         watch: bool,
+        /// List the peers this node trusts (seen or not) instead.
+        #[arg(long, conflicts_with = "watch")]
+        trusted: bool,
+        #[command(subcommand)]
+        action: Option<PeersCommand>,
     },
     /// Browse and search everything the network shares.
     Catalog {
@@ -203,16 +212,38 @@ impl FilterArgs {
     }
 }
 
+/// `aienv peers ...`: who this node trusts.
+#[derive(Debug, Subcommand)]
+pub enum PeersCommand {
+    /// Trust a peer: it then sees what is shared with it by name, id or key id. Compare its
+    /// key id (`aienv node` on that machine) with the one `aienv peers` shows first.
+    Trust {
+        /// The peer: its name, node id or key id.
+        peer: String,
+        /// The key id you compared; trust is refused if the peer presents another.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Revoke trust: from its next request on, the peer sees only what the LAN sees.
+    Untrust {
+        /// The peer: its name, node id or key id.
+        peer: String,
+    },
+}
+
 /// Flags of `aienv serve`; each overrides the config file and the environment.
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
     /// Config file (default: $XDG_CONFIG_HOME/aienv/config.yaml, then /etc/aienv/config.yaml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// HTTP port (0 picks a free one).
+    /// Port of the TLS listener that peers and other machines use (0 picks a free one).
     #[arg(long)]
     pub http_port: Option<u16>,
-    /// Address to listen on.
+    /// Port of the plain-HTTP listener on 127.0.0.1, for this machine (0 picks a free one).
+    #[arg(long)]
+    pub local_port: Option<u16>,
+    /// Address of the TLS listener.
     #[arg(long)]
     pub bind: Option<IpAddr>,
     /// Node name shown to peers.
@@ -276,6 +307,9 @@ impl ServeArgs {
         let mut flags = Vec::new();
         if let Some(port) = self.http_port {
             flags.push(("http.port", "--http-port", port.to_string()));
+        }
+        if let Some(port) = self.local_port {
+            flags.push(("http.local_port", "--local-port", port.to_string()));
         }
         if let Some(bind) = self.bind {
             flags.push(("http.bind", "--bind", bind.to_string()));
@@ -562,6 +596,8 @@ fn print_peers(cli: &Cli, peers: &[crate::api::PeerDto]) {
             vec![
                 p.name.clone(),
                 p.state.clone(),
+                if p.trusted { "trusted" } else { "known" }.to_string(),
+                p.key_id.clone(),
                 p.url.clone().unwrap_or_default(),
                 p.resources.cpu_cores.to_string(),
                 output::bytes(p.resources.memory_total),
@@ -575,6 +611,8 @@ fn print_peers(cli: &Cli, peers: &[crate::api::PeerDto]) {
         &[
             "PEER",
             "STATE",
+            "TRUST",
+            "KEY ID",
             "URL",
             "CPUS",
             "RAM",
@@ -619,7 +657,22 @@ fn credentials(cli: &Cli) -> Option<Credentials> {
 }
 
 async fn remote(cli: &Cli) -> Result<(), CliError> {
-    let client = Client::new(&cli.node, credentials(cli));
+    let client = if cli.node.starts_with("https://") {
+        let Some(key) = &cli.node_key else {
+            return Err(CliError::with_code(
+                exit::INVALID,
+                format!(
+                    "{} speaks TLS with its own key: give that key with --node-key KEY-ID (`aienv node` on that machine shows it)",
+                    cli.node
+                ),
+            ));
+        };
+        let key = aienv_actors::identity::KeyFingerprint::parse(key)
+            .map_err(|e| CliError::with_code(exit::INVALID, format!("--node-key: {e}")))?;
+        Client::with_key(&cli.node, credentials(cli), key)
+    } else {
+        Client::new(&cli.node, credentials(cli))
+    };
     match &cli.command {
         Command::Ws(command) => workspace::run(cli, &client, command).await,
         Command::Node => {
@@ -628,7 +681,17 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                 output::print_json(&node);
             } else {
                 println!("name:       {}", node.name);
-                println!("id:         {}", node.id);
+                println!("key id:     {}", node.key_id);
+                println!(
+                    "id:         {}{}",
+                    node.id,
+                    if node.legacy_id {
+                        " (kept from before node keys)"
+                    } else {
+                        ""
+                    }
+                );
+                println!("tls cert:   SHA-256 {}", node.certificate_sha256);
                 println!("version:    {}", node.version);
                 if let Some(dir) = &node.data_dir {
                     println!("data dir:   {dir}");
@@ -664,7 +727,54 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Peers { watch } => {
+        Command::Peers {
+            action: Some(PeersCommand::Trust { peer, key }),
+            ..
+        } => {
+            let record = client.trust_peer(peer, key.as_deref()).await?;
+            if cli.json {
+                output::print_json(&record);
+            } else {
+                println!(
+                    "trusted {} ({}), key {}",
+                    record.name, record.id, record.key_id
+                );
+            }
+            Ok(())
+        }
+        Command::Peers {
+            action: Some(PeersCommand::Untrust { peer }),
+            ..
+        } => {
+            let record = client.untrust_peer(peer).await?;
+            if cli.json {
+                output::print_json(&record);
+            } else {
+                println!("no longer trusted: {} ({})", record.name, record.id);
+            }
+            Ok(())
+        }
+        Command::Peers { trusted: true, .. } => {
+            let trusted = client.trusted_peers().await?;
+            if cli.json {
+                output::print_json(&trusted);
+            } else {
+                let rows: Vec<Vec<String>> = trusted
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.key_id.clone(),
+                            t.since.format("%Y-%m-%d %H:%M").to_string(),
+                            t.by.clone(),
+                        ]
+                    })
+                    .collect();
+                output::print_table(&["PEER", "KEY ID", "SINCE", "BY"], &rows);
+            }
+            Ok(())
+        }
+        Command::Peers { watch, .. } => {
             print_peers(cli, &client.peers().await?);
             if !*watch {
                 return Ok(());

@@ -253,3 +253,20 @@ impl From<aienv_actors::runtime_supervisor::RuntimeError> for ApiError {
         }
     }
 }
+
+impl From<aienv_actors::peer_registry::TrustError> for ApiError {
+    fn from(error: aienv_actors::peer_registry::TrustError) -> ApiError {
+        use aienv_actors::peer_registry::TrustError as E;
+        let (status, code) = match &error {
+            E::NotFound(_) => (StatusCode::NOT_FOUND, "peer-not-found"),
+            E::Ambiguous { .. } => (StatusCode::CONFLICT, "peer-ambiguous"),
+            E::KeyMismatch { .. } => (StatusCode::CONFLICT, "key-mismatch"),
+            E::KeyId(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-key-id"),
+            E::Itself => (StatusCode::UNPROCESSABLE_ENTITY, "peer-is-self"),
+            E::Database(_) | E::Unavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "registry-unavailable")
+            }
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}

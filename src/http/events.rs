@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use aienv_actors::event_bus::Envelope;
 use aienv_actors::events::{EventSource, NodeEvent};
 
-use crate::api::{EnvironmentStatusDto, PeerDto, TransferDto, WorkspaceDto};
+use crate::api::{ConflictEventDto, EnvironmentStatusDto, PeerDto, TransferDto, WorkspaceDto};
 
 use super::node::node_info;
 use super::{ApiError, AppState, Caller, Login};
@@ -173,6 +173,13 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
             })
             .to_string()
         }
+        NodeEvent::PeerConflict(conflict) => json!({
+            "type": "peer_conflict",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "conflict": ConflictEventDto::from(&**conflict),
+        })
+        .to_string(),
         NodeEvent::TransferChanged(job) => json!({
             "type": "transfer_changed",
             "seq": envelope.seq,

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use aienv_actors::discovery::AnnouncerHandle;
 use aienv_actors::event_bus::EventBus;
+use aienv_actors::identity::KeyFingerprint;
 use aienv_actors::peer_registry::PeerRegistryHandle;
 use aienv_actors::runtime_supervisor::RuntimeSupervisorHandle;
 use aienv_actors::shutdown::Shutdown;
@@ -82,6 +83,12 @@ pub struct AppState {
 pub struct NodeFacts {
     /// Node id.
     pub id: Uuid,
+    /// The node's key.
+    pub key: KeyFingerprint,
+    /// SHA-256 of its TLS certificate, colon-separated hex.
+    pub certificate_sha256: String,
+    /// Whether the id is a legacy UUID.
+    pub legacy_id: bool,
     /// Node name.
     pub name: String,
     /// Data directory.

@@ -42,6 +42,10 @@ pub fn node_info(state: &AppState, caller: &Caller) -> NodeInfo {
     NodeInfo {
         id: facts.id,
         name: facts.name.clone(),
+        key_id: facts.key.to_readable(),
+        key_fingerprint: facts.key.to_hex(),
+        certificate_sha256: facts.certificate_sha256.clone(),
+        legacy_id: facts.legacy_id,
         version: env!("CARGO_PKG_VERSION").to_string(),
         data_dir: caller
             .is_logged_in()

@@ -24,7 +24,7 @@ use aienv_actors::workspace_store::{StoreError, WorkspaceEntry};
 
 use crate::api::{TransferDto, TransferRequestDto};
 
-use super::peers::{asking_peer, peer_viewers};
+use super::peers::{caller_key, peer_viewers};
 use super::{ApiError, AppState, Caller, Login};
 
 /// Media type of the snapshot body.
@@ -230,7 +230,9 @@ async fn chunks(
     };
     let hashes = chunk_frame::parse_request(&body)
         .map_err(|message| ApiError::bad_request("invalid-chunk-request", message))?;
-    let asker = asking_peer(&request)
+    // Per-peer limits count by key where the caller proved one, else by address.
+    let asker = caller_key(&request)
+        .map(|key| key.to_hex())
         .or_else(|| request.peer_addr().map(|a| a.ip().to_string()))
         .unwrap_or_default();
     let slot = state.uploads.acquire(&asker)?;

@@ -40,6 +40,8 @@ fn start(data: &Path, name: &str, port: u16, id: Option<uuid::Uuid>) -> Node {
             "127.0.0.1",
             "--http-port",
             "0",
+            "--local-port",
+            "0",
             "--discovery-iface",
             "lo",
         ])

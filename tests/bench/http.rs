@@ -160,6 +160,8 @@ fn start_node(data: &Path) -> (Child, String, Duration) {
                 "127.0.0.1",
                 "--http-port",
                 "0",
+                "--local-port",
+                "0",
                 "--data-dir",
             ])
             .arg(data)

@@ -109,10 +109,7 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     let b = start_node(
         &b_dir,
         "bench-b",
-        &[(
-            "AIENV_DISCOVERY_STATIC_PEERS",
-            a.url.trim_start_matches("http://"),
-        )],
+        &[("AIENV_DISCOVERY_STATIC_PEERS", a.tls_url.as_str())],
     );
     wait_listed(&b.admin()).await;
 
@@ -551,6 +548,8 @@ fn start_node(data: &Path, name: &str, env: &[(&str, &str)]) -> TestNode {
         .args([
             "serve",
             "--http-port",
+            "0",
+            "--local-port",
             "0",
             "--bind",
             "127.0.0.1",

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aienv::client::{Client, Credentials};
+use aienv_actors::identity::{KeyFingerprint, NodeIdentity};
 
 /// Path of the `aienv` binary under test.
 pub fn binary() -> &'static str {
@@ -18,7 +19,12 @@ pub fn binary() -> &'static str {
 /// A node process; killed on drop.
 pub struct TestNode {
     pub child: Option<Child>,
+    /// The plain-HTTP loopback listener (this machine's CLI and browser).
     pub url: String,
+    /// The TLS listener peers use.
+    pub tls_url: String,
+    /// The node's key id.
+    pub key: KeyFingerprint,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
@@ -63,10 +69,16 @@ impl TestNode {
         } else {
             &["--http-port", "0"]
         };
+        let local_port: &[&str] = if extra.contains(&"--local-port") {
+            &[]
+        } else {
+            &["--local-port", "0"]
+        };
         let mut command = Command::new(binary());
         command
             .arg("serve")
             .args(port)
+            .args(local_port)
             .args(name)
             .args(bind)
             .args(discovery)
@@ -89,18 +101,28 @@ impl TestNode {
             .spawn()
             .expect("start aienv serve");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the node's first line");
-        let url = line
-            .trim()
-            .strip_prefix("aienv: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from node: {line:?}"))
-            .to_string();
+        let mut reader = BufReader::new(stdout);
+        let mut read = |prefix: &str| {
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .expect("read the node's first lines");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected `{prefix}...` from the node, got {line:?}"))
+                .to_string()
+        };
+        let url = read("aienv: listening on ");
+        let tls_url = read("aienv: peers and other machines: ");
+        let _id = read("aienv: node id ");
+        let key = KeyFingerprint::parse(&read("aienv: key id ")).expect("a key id");
+        let _certificate = read("aienv: certificate SHA-256 ");
+        // The node prints nothing more on stdout (a write to the closed pipe would fail).
         TestNode {
             child: Some(child),
             url,
+            tls_url,
+            key,
             data_dir: data_dir.to_path_buf(),
             _temp: None,
         }
@@ -210,6 +232,20 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A node identity (key and certificate) made in `dir`, as a node would make its own.
+pub fn node_identity(dir: &Path, name: &str) -> NodeIdentity {
+    std::fs::create_dir_all(dir).expect("identity dir");
+    aienv_actors::identity::load_or_create(dir, name).expect("a node identity")
+}
+
+/// An awc client that calls as `identity` (mutual TLS) the node holding `key`.
+pub fn tls_client(identity: &NodeIdentity, key: KeyFingerprint) -> awc::Client {
+    let config = aienv::tls::client_config(Some(identity), key).expect("client configuration");
+    awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(std::sync::Arc::new(config)))
+        .finish()
 }
 
 /// A UDP port nothing on this host uses now.

@@ -51,6 +51,11 @@ pub struct AnnouncerConfig {
     pub http_port: u16,
     /// Its scheme.
     pub scheme: Scheme,
+    /// Its key (announced as `tls_fingerprint`).
+    pub key: crate::identity::KeyFingerprint,
+    /// The peers trusted at start (the catalog digest covers them; later changes arrive as
+    /// `TrustChanged` events).
+    pub trusted: Vec<crate::peer_registry::TrustedPeer>,
     /// The data dir (for free disk).
     pub data_dir: PathBuf,
 }
@@ -117,6 +122,8 @@ pub struct Announcer {
     last_prompt: Option<Instant>,
     /// Whether the start burst of announcements was sent (after the first detection).
     started_burst: bool,
+    /// The peers trusted now (part of the catalog digest).
+    trusted: Arc<Vec<crate::peer_registry::TrustedPeer>>,
 }
 
 /// Bucket size and refill rate per (source, node): a real node sends at most a few per second.
@@ -152,7 +159,7 @@ impl Announcer {
             name: self.config.name.chars().take(64).collect(),
             http_port: self.config.http_port,
             scheme: self.config.scheme,
-            tls_fingerprint: None,
+            tls_fingerprint: Some(self.config.key.to_hex()),
             protocol_version: wire::PROTOCOL_VERSION,
             catalog_digest: self.view.catalog_digest.clone(),
             shared_workspaces: self.view.shared_workspaces,
@@ -208,7 +215,7 @@ impl Announcer {
     }
 
     fn refresh_catalog(&mut self, ctx: &mut Context<Self>) {
-        let (digest, count) = catalog::digest(&self.store.view());
+        let (digest, count) = catalog::digest(&self.store.view(), &self.trusted);
         if digest != self.view.catalog_digest || count != self.view.shared_workspaces {
             self.view.catalog_digest = digest;
             self.view.shared_workspaces = count;
@@ -342,7 +349,8 @@ impl Actor for Announcer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (digest, count) = catalog::digest(&self.store.view());
+        self.trusted = Arc::new(self.config.trusted.clone());
+        let (digest, count) = catalog::digest(&self.store.view(), &self.trusted);
         self.view.catalog_digest = digest;
         self.view.shared_workspaces = count;
         // Detection may run nvidia-smi: never on the arbiter. The start burst of announcements
@@ -428,8 +436,13 @@ impl StreamHandler<Received> for Announcer {
 
 impl StreamHandler<Arc<Envelope>> for Announcer {
     fn handle(&mut self, envelope: Arc<Envelope>, ctx: &mut Self::Context) {
-        if let NodeEvent::WorkspaceChanged(_) = envelope.event {
-            self.refresh_catalog(ctx);
+        match &envelope.event {
+            NodeEvent::WorkspaceChanged(_) => self.refresh_catalog(ctx),
+            NodeEvent::TrustChanged(trusted) => {
+                self.trusted = trusted.clone();
+                self.refresh_catalog(ctx);
+            }
+            _ => {}
         }
     }
 
@@ -501,6 +514,7 @@ impl AnnouncerHandle {
             store,
             registry,
             bus,
+            trusted: Arc::new(Vec::new()),
             view: AnnouncerView::default(),
             view_sender,
             last_seq: HashMap::new(),

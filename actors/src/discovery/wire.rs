@@ -49,7 +49,8 @@ pub struct Announcement {
     pub http_port: u16,
     /// `http` or `https`.
     pub scheme: Scheme,
-    /// SHA-256 fingerprint of its TLS certificate, with `https`.
+    /// SHA-256 of its key's DER SubjectPublicKeyInfo, 64 lower-case hex digits: the key its
+    /// TLS certificate must carry. Receivers ignore announcements without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_fingerprint: Option<String>,
     /// Application protocol version (REST API major version).
@@ -210,12 +211,13 @@ fn validate(announcement: &Announcement) -> Result<(), DecodeError> {
     {
         return bad("catalog_digest is not hex");
     }
-    if announcement
-        .tls_fingerprint
-        .as_ref()
-        .is_some_and(|f| f.len() > MAX_TEXT)
-    {
-        return bad("tls_fingerprint is too long");
+    if announcement.tls_fingerprint.as_ref().is_some_and(|f| {
+        f.len() != 64
+            || !f
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }) {
+        return bad("tls_fingerprint is not 64 lower-case hex digits");
     }
     let resources = &announcement.resources;
     if resources.gpus.len() > MAX_GPUS {

@@ -6,6 +6,17 @@
 //! the [`PeerClient`] the HTTP layer provides (this crate knows no HTTP), as a future run on
 //! the actor's context: it never blocks the actor. A timer moves silent peers
 //! `online → stale → gone`. Readers use the published [`PeersView`].
+//!
+//! Every peer has a key. An announcement or a static peer's answer is taken only when its key
+//! is the one the [`KeyBook`] holds for its id (or may be pinned for it: derived from a key
+//! id, or a legacy id seen for the first time); any other key is a conflict, counted and
+//! shown, and never replaces what is known. The catalog is fetched over mutual TLS from the
+//! pinned key only. Which peers are trusted is a person's decision ([`TrustPeer`],
+//! [`UntrustPeer`]), kept in the same book.
+
+mod keys;
+
+pub use keys::{KeyBook, KeyBookError, KeyCheck, TrustedPeer, MAX_PINS};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,6 +35,7 @@ use crate::catalog::{CatalogEntry, CatalogFilter};
 use crate::discovery::wire::{Announcement, ResourceSummary, Scheme};
 use crate::event_bus::EventBus;
 use crate::events::NodeEvent;
+use crate::identity::{KeyFingerprint, KeyIdError};
 
 /// A peer's liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,9 +103,63 @@ pub struct PeerInfo {
     pub catalog_error: Option<String>,
     /// Whether `catalog` was fetched for the digest announced last.
     pub catalog_current: bool,
+    /// Its key (pinned for its id).
+    pub key: KeyFingerprint,
+    /// Whether a person trusts it (with this key).
+    pub trusted: bool,
+    /// Another key claimed its id, if that happened.
+    pub conflict: Option<Conflict>,
+}
+
+/// Another key presented under a known peer's id: refused, and remembered here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The key presented last.
+    pub key: KeyFingerprint,
+    /// Where it came from.
+    pub address: IpAddr,
+    /// When it was seen last.
+    pub last_seen: DateTime<Utc>,
+    /// How many times it was refused.
+    pub count: u64,
+    /// Whether it was seen within the last 6 announce intervals (the peer shows `conflict`).
+    pub active: bool,
+}
+
+/// A refused key, as the event tells it.
+#[derive(Debug, Clone)]
+pub struct ConflictReport {
+    /// The id claimed.
+    pub id: Uuid,
+    /// The name claimed.
+    pub name: String,
+    /// Where the claim came from.
+    pub address: IpAddr,
+    /// The key presented.
+    pub presented: KeyFingerprint,
+    /// The key the id belongs to, when known.
+    pub expected: Option<KeyFingerprint>,
+    /// How it was learnt: `announcement` or `handshake`.
+    pub via: &'static str,
 }
 
 impl PeerInfo {
+    /// `online`, `stale` or `gone`, or `conflict` while another key claims its id.
+    pub fn state_name(&self) -> &'static str {
+        match &self.conflict {
+            Some(conflict) if conflict.active => "conflict",
+            _ => self.state.as_str(),
+        }
+    }
+
+    /// Where to reach it, and the key it must present there.
+    pub fn endpoint(&self) -> Option<PeerEndpoint> {
+        Some(PeerEndpoint {
+            url: self.base_url()?,
+            key: self.key,
+        })
+    }
+
     /// Base URL of the peer's API.
     pub fn base_url(&self) -> Option<String> {
         let address = self.addresses.first()?;
@@ -102,6 +168,15 @@ impl PeerInfo {
             IpAddr::V6(v6) => format!("{}://[{v6}]:{}", self.scheme.as_str(), self.http_port),
         })
     }
+}
+
+/// A peer as a caller reaches it: its API's base URL and the key it must present there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEndpoint {
+    /// `https://address:port`.
+    pub url: String,
+    /// The pinned key.
+    pub key: KeyFingerprint,
 }
 
 /// What `GET /api/v1/node` of a static peer says.
@@ -119,21 +194,77 @@ pub struct RemoteNode {
     pub shared_workspaces: u32,
     /// Uptime.
     pub uptime_seconds: u64,
+    /// The key the node presented (whatever it was).
+    pub key: KeyFingerprint,
 }
 
 /// A boxed local future (the HTTP client is not `Send`; it runs on the actor's thread).
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
-/// How the registry talks to peers over HTTP; implemented by the `aienv` package.
+/// How the registry talks to peers over mutual TLS; implemented by the `aienv` package.
 pub trait PeerClient {
-    /// `GET {base}/api/v1/catalog`, identifying this node as `viewer`.
-    fn catalog(
-        &self,
-        base_url: &str,
-        viewer: Uuid,
-    ) -> LocalFuture<Result<Vec<CatalogEntry>, String>>;
-    /// `GET {base}/api/v1/node`.
-    fn node(&self, base_url: &str) -> LocalFuture<Result<RemoteNode, String>>;
+    /// `GET {base}/api/v1/catalog` of the node holding `key` (any other key is refused in
+    /// the handshake).
+    fn catalog(&self, peer: &PeerEndpoint)
+        -> LocalFuture<Result<Vec<CatalogEntry>, PeerCallError>>;
+    /// `GET {base}/api/v1/node` of a static peer, whose key is not known yet: the answer
+    /// carries the key it presented, for the registry to check against the id it reports.
+    fn node(&self, base_url: &str) -> LocalFuture<Result<RemoteNode, PeerCallError>>;
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerCallError {
+    /// The peer presented another key than the one pinned for it.
+    #[error("{message}")]
+    KeyMismatch {
+        /// The key it presented, when known.
+        presented: Option<KeyFingerprint>,
+        /// What failed.
+        message: String,
+    },
+    /// Anything else (unreachable, HTTP error, malformed answer).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why trust could not be given or taken.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// No known peer matches.
+    #[error("no peer `{0}` is known; give its key id (from `aienv node` on that machine) to trust it before it is seen")]
+    NotFound(String),
+    /// Several peers share the name.
+    #[error("{count} peers are called `{name}`; give the id or key id of the one to trust")]
+    Ambiguous {
+        /// The name.
+        name: String,
+        /// How many.
+        count: usize,
+    },
+    /// The key the person compared is not the peer's.
+    #[error("`{peer}` presents key {actual}, not the {expected} you compared: do not trust it")]
+    KeyMismatch {
+        /// The peer.
+        peer: String,
+        /// The key it presents.
+        actual: KeyFingerprint,
+        /// The key given.
+        expected: KeyFingerprint,
+    },
+    /// A typed key id is malformed.
+    #[error(transparent)]
+    KeyId(#[from] KeyIdError),
+    /// This node's own id or key.
+    #[error("that is this node itself")]
+    Itself,
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] KeyBookError),
+    /// The registry is not running (the node is stopping).
+    #[error("the peer registry is not running")]
+    Unavailable,
 }
 
 /// Configuration of the PeerRegistry.
@@ -145,6 +276,8 @@ pub struct RegistryConfig {
     pub interval: Duration,
     /// `host:port` of peers polled over HTTP.
     pub static_peers: Vec<String>,
+    /// This node's own key (never pinned for another id, never trusted).
+    pub node_key: KeyFingerprint,
 }
 
 /// Published read view of the registry.
@@ -154,6 +287,10 @@ pub struct PeersView {
     pub seq: u64,
     /// Every peer, by name.
     pub peers: Vec<Arc<PeerInfo>>,
+    /// Every trusted peer (seen or not), by name.
+    pub trusted: Arc<Vec<TrustedPeer>>,
+    /// Announcements and answers refused for presenting another key than their id's.
+    pub key_conflicts: u64,
 }
 
 /// One entry of the merged network catalog.
@@ -166,6 +303,19 @@ pub struct NetworkEntry {
 }
 
 impl PeersView {
+    /// The trust record of the node holding `key`, if a person trusts it.
+    pub fn trusted_by_key(&self, key: &KeyFingerprint) -> Option<&TrustedPeer> {
+        self.trusted.iter().find(|t| t.key == *key)
+    }
+
+    /// Where to reach a peer that is not gone, and the key it must present.
+    pub fn endpoint(&self, id: Uuid) -> Option<PeerEndpoint> {
+        self.peers
+            .iter()
+            .find(|p| p.id == id && p.state != PeerState::Gone)?
+            .endpoint()
+    }
+
     /// Everything online peers share that matches `filter`, optionally from one peer (by id
     /// or name), ordered by workspace name then peer name.
     pub fn network_catalog(&self, filter: &CatalogFilter, peer: Option<&str>) -> Vec<NetworkEntry> {
@@ -202,6 +352,8 @@ struct Peer {
     fetching: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// When another key last claimed this peer's id.
+    conflict_at: Option<Instant>,
 }
 
 /// The actor.
@@ -212,6 +364,10 @@ pub struct PeerRegistry {
     bus: EventBus,
     view: PeersView,
     view_sender: watch::Sender<Arc<PeersView>>,
+    keys: KeyBook,
+    /// When a conflict event was last published per claimed id (events are rate-limited;
+    /// the count is not).
+    conflict_events: HashMap<Uuid, Instant>,
 }
 
 /// A valid announcement was heard from `address`.
@@ -237,14 +393,35 @@ pub struct PeerGoodbye {
 struct CatalogFetched {
     id: Uuid,
     digest: String,
-    result: Result<Vec<CatalogEntry>, String>,
+    result: Result<Vec<CatalogEntry>, PeerCallError>,
 }
 
 #[derive(Message)]
 #[rtype(result = "()")]
 struct StaticPolled {
     address: String,
-    result: Result<RemoteNode, String>,
+    result: Result<RemoteNode, PeerCallError>,
+}
+
+/// A person trusts a peer: named by id, key id or name (exactly one known peer), optionally
+/// with the key id they compared, which must be the peer's.
+#[derive(Message)]
+#[rtype(result = "Result<TrustedPeer, TrustError>")]
+pub struct TrustPeer {
+    /// Id, key id (readable or hex) or name.
+    pub peer: String,
+    /// The key id the person compared, if they gave it.
+    pub confirm_key: Option<KeyFingerprint>,
+    /// Who decided.
+    pub by: String,
+}
+
+/// A person revokes trust.
+#[derive(Message)]
+#[rtype(result = "Result<TrustedPeer, TrustError>")]
+pub struct UntrustPeer {
+    /// Id, key id or name (of a trusted peer).
+    pub peer: String,
 }
 
 const MAX_PEERS: usize = 4096;
@@ -255,13 +432,114 @@ impl PeerRegistry {
             return;
         };
         let info = Arc::new(peer.info.clone());
+        self.publish_event(event(info));
+    }
+
+    /// Publishes `event` with the view rebuilt first.
+    fn publish_event(&mut self, event: NodeEvent) {
         self.view.peers = self.sorted_peers();
+        self.view.trusted = Arc::new(self.keys.all_trusted());
         let view = &mut self.view;
         let sender = &self.view_sender;
-        self.bus.publish(event(info), |seq| {
+        self.bus.publish(event, |seq| {
             view.seq = seq;
             sender.send_replace(Arc::new(view.clone()));
         });
+    }
+
+    /// Refuses `presented` for `id`: counted, shown on the known peer, told by an event (at
+    /// most once per 6 intervals per id, however fast an impostor repeats itself).
+    fn conflict(&mut self, report: ConflictReport) {
+        self.view.key_conflicts += 1;
+        let interval = self.config.interval;
+        let mut newly_active = false;
+        if let Some(peer) = self.peers.get_mut(&report.id) {
+            peer.conflict_at = Some(Instant::now());
+            let conflict = peer.info.conflict.get_or_insert(Conflict {
+                key: report.presented,
+                address: report.address,
+                last_seen: Utc::now(),
+                count: 0,
+                active: false,
+            });
+            conflict.key = report.presented;
+            conflict.address = report.address;
+            conflict.last_seen = Utc::now();
+            conflict.count += 1;
+            newly_active = !conflict.active;
+            conflict.active = true;
+        }
+        let quiet = self
+            .conflict_events
+            .get(&report.id)
+            .is_some_and(|at| at.elapsed() < interval * 6);
+        if quiet && !newly_active {
+            return;
+        }
+        tracing::warn!(
+            id = %report.id,
+            name = %report.name,
+            address = %report.address,
+            presented = %report.presented,
+            expected = ?report.expected.map(|k| k.to_string()),
+            via = report.via,
+            "refused another key for a known node id"
+        );
+        if self.conflict_events.len() >= MAX_PEERS {
+            self.conflict_events.clear();
+        }
+        self.conflict_events.insert(report.id, Instant::now());
+        let id = report.id;
+        self.publish_event(NodeEvent::PeerConflict(Arc::new(report)));
+        if newly_active {
+            self.publish(NodeEvent::PeerUpdated, id);
+        }
+    }
+
+    /// Finds the one peer `text` names: a key id, a node id, or a name.
+    fn resolve_peer(&self, text: &str) -> Result<(Uuid, KeyFingerprint, String), TrustError> {
+        let text = text.trim();
+        if let Ok(id) = Uuid::parse_str(text) {
+            let peer = self.peers.get(&id).map(|p| &p.info);
+            let key = self
+                .keys
+                .pinned(id)
+                .ok_or_else(|| TrustError::NotFound(text.to_string()))?;
+            let name = peer.map_or_else(|| id.to_string(), |p| p.name.clone());
+            return Ok((id, key, name));
+        }
+        if let Ok(key) = KeyFingerprint::parse(text) {
+            let id = self.keys.id_of(&key);
+            let name = self
+                .peers
+                .get(&id)
+                .filter(|p| p.info.key == key)
+                .map_or_else(|| id.to_string(), |p| p.info.name.clone());
+            return Ok((id, key, name));
+        }
+        let named: Vec<&Peer> = self
+            .peers
+            .values()
+            .filter(|p| p.info.name == text)
+            .collect();
+        match named.as_slice() {
+            [] => {
+                if let Some(trusted) = self.keys.all_trusted().into_iter().find(|t| t.name == text)
+                {
+                    return Ok((trusted.id, trusted.key, trusted.name));
+                }
+                // A typed key id with a typo says so rather than "not found".
+                if text.len() >= 50 {
+                    KeyFingerprint::parse(text)?;
+                }
+                Err(TrustError::NotFound(text.to_string()))
+            }
+            [peer] => Ok((peer.info.id, peer.info.key, peer.info.name.clone())),
+            many => Err(TrustError::Ambiguous {
+                name: text.to_string(),
+                count: many.len(),
+            }),
+        }
     }
 
     fn sorted_peers(&self) -> Vec<Arc<PeerInfo>> {
@@ -287,6 +565,37 @@ impl PeerRegistry {
         if !self.peers.contains_key(&node.id) && self.peers.len() >= MAX_PEERS {
             tracing::warn!(peer = %node.id, "peer table full; ignoring a new peer");
             return;
+        }
+        let check = if node.key == self.config.node_key {
+            // Our own key under another id: nobody else holds it.
+            KeyCheck::Conflict { expected: None }
+        } else {
+            self.keys.check(node.id, &node.key)
+        };
+        match check {
+            KeyCheck::Pinned => {}
+            KeyCheck::New => match self.keys.pin(node.id, node.key) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(peer = %node.id, "peer key book full; ignoring a new peer");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(peer = %node.id, %error, "cannot pin a new peer's key");
+                    return;
+                }
+            },
+            KeyCheck::Conflict { expected } => {
+                self.conflict(ConflictReport {
+                    id: node.id,
+                    name: node.name,
+                    address,
+                    presented: node.key,
+                    expected,
+                    via: "announcement",
+                });
+                return;
+            }
         }
         let now = Utc::now();
         let (is_new, changed) = match self.peers.get_mut(&node.id) {
@@ -345,6 +654,12 @@ impl PeerRegistry {
                             catalog: Arc::new(Vec::new()),
                             catalog_error: None,
                             catalog_current: false,
+                            key: node.key,
+                            trusted: self
+                                .keys
+                                .trusted(node.id)
+                                .is_some_and(|t| t.key == node.key),
+                            conflict: None,
                         },
                         heard: Instant::now(),
                         instance: node.instance,
@@ -352,6 +667,7 @@ impl PeerRegistry {
                         fetching: false,
                         retry_at: None,
                         backoff: Duration::from_millis(250),
+                        conflict_at: None,
                     },
                 );
                 (true, true)
@@ -379,11 +695,11 @@ impl PeerRegistry {
         {
             return;
         }
-        let Some(base) = peer.info.base_url() else {
+        let Some(endpoint) = peer.info.endpoint() else {
             return;
         };
         peer.fetching = true;
-        let future = self.client.catalog(&base, self.config.node_id);
+        let future = self.client.catalog(&endpoint);
         let digest = wanted;
         ctx.spawn(
             future
@@ -396,6 +712,7 @@ impl PeerRegistry {
         let interval = self.config.interval;
         let mut changed = Vec::new();
         let mut forget = Vec::new();
+        let mut ended_conflicts = Vec::new();
         for (id, peer) in self.peers.iter_mut() {
             let silent = peer.heard.elapsed();
             let state = if silent >= interval * 6 {
@@ -413,6 +730,18 @@ impl PeerRegistry {
                 peer.info.state = state;
                 changed.push((*id, state));
             }
+            let conflict_over = peer
+                .conflict_at
+                .is_some_and(|at| at.elapsed() >= interval * 6);
+            if let Some(conflict) = peer.info.conflict.as_mut().filter(|c| c.active) {
+                if conflict_over {
+                    conflict.active = false;
+                    ended_conflicts.push(*id);
+                }
+            }
+        }
+        for id in ended_conflicts {
+            self.publish(NodeEvent::PeerUpdated, id);
         }
         for (id, state) in changed {
             let name = self.peers[&id].info.name.clone();
@@ -440,7 +769,7 @@ impl PeerRegistry {
             let base = if address.contains("://") {
                 address.clone()
             } else {
-                format!("http://{address}")
+                format!("https://{address}")
             };
             let future = self.client.node(&base);
             ctx.spawn(
@@ -464,6 +793,7 @@ struct SeenNode {
     running_environments: u32,
     uptime_seconds: u64,
     catalog_digest: String,
+    key: KeyFingerprint,
 }
 
 impl Actor for PeerRegistry {
@@ -486,6 +816,20 @@ impl Handler<PeerSeen> for PeerRegistry {
 
     fn handle(&mut self, message: PeerSeen, ctx: &mut Self::Context) {
         let a = message.announcement;
+        // The wire format checked its shape; an announcement without a key is an old node's,
+        // which cannot be reached over mutual TLS.
+        let Some(key) = a
+            .tls_fingerprint
+            .as_deref()
+            .and_then(KeyFingerprint::from_hex)
+        else {
+            tracing::debug!(peer = %a.node_id, "ignoring an announcement without a key");
+            return;
+        };
+        if a.scheme != Scheme::Https {
+            tracing::debug!(peer = %a.node_id, "ignoring a node that does not speak TLS");
+            return;
+        }
         let node = SeenNode {
             id: a.node_id,
             instance: a.instance,
@@ -497,6 +841,7 @@ impl Handler<PeerSeen> for PeerRegistry {
             running_environments: a.running_environments,
             uptime_seconds: a.uptime_seconds,
             catalog_digest: a.catalog_digest,
+            key,
         };
         self.seen(ctx, node, message.address, PeerSource::Multicast);
     }
@@ -549,6 +894,28 @@ impl Handler<CatalogFetched> for PeerRegistry {
                 self.maybe_fetch(ctx, message.id);
             }
             Err(error) => {
+                if let PeerCallError::KeyMismatch { presented, .. } = &error {
+                    let report = ConflictReport {
+                        id: message.id,
+                        name: peer.info.name.clone(),
+                        address: peer
+                            .info
+                            .addresses
+                            .first()
+                            .copied()
+                            .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                        presented: presented.unwrap_or(peer.info.key),
+                        expected: Some(peer.info.key),
+                        via: "handshake",
+                    };
+                    let error = error.to_string();
+                    peer.retry_at = Some(Instant::now() + peer.backoff);
+                    peer.backoff = (peer.backoff * 2).min(Duration::from_secs(30));
+                    peer.info.catalog_error = Some(error);
+                    self.conflict(report);
+                    return;
+                }
+                let error = error.to_string();
                 tracing::warn!(peer = %peer.info.name, %error, retry_in_ms = peer.backoff.as_millis() as u64, "catalog fetch failed");
                 peer.retry_at = Some(Instant::now() + peer.backoff);
                 peer.backoff = (peer.backoff * 2).min(Duration::from_secs(30));
@@ -582,18 +949,83 @@ impl Handler<StaticPolled> for PeerRegistry {
             instance: 0,
             name: remote.name,
             http_port: port,
-            scheme: if message.address.starts_with("https://") {
-                Scheme::Https
-            } else {
-                Scheme::Http
-            },
+            scheme: Scheme::Https,
             resources: remote.resources,
             shared_workspaces: remote.shared_workspaces,
             running_environments: 0,
             uptime_seconds: remote.uptime_seconds,
             catalog_digest: remote.catalog_digest,
+            key: remote.key,
         };
         self.seen(ctx, node, address, PeerSource::Static);
+    }
+}
+
+impl Handler<TrustPeer> for PeerRegistry {
+    type Result = Result<TrustedPeer, TrustError>;
+
+    fn handle(&mut self, message: TrustPeer, _: &mut Self::Context) -> Self::Result {
+        let (id, key, name) = self.resolve_peer(&message.peer)?;
+        if id == self.config.node_id || key == self.config.node_key {
+            return Err(TrustError::Itself);
+        }
+        if let Some(expected) = message.confirm_key {
+            if expected != key {
+                return Err(TrustError::KeyMismatch {
+                    peer: name,
+                    actual: key,
+                    expected,
+                });
+            }
+        }
+        // Trusting a key that was never seen pins it for its id (a derived id: the key is
+        // the proof; a legacy id keeps whatever was pinned first).
+        match self.keys.check(id, &key) {
+            KeyCheck::Pinned => {}
+            KeyCheck::New => {
+                self.keys.pin(id, key)?;
+            }
+            KeyCheck::Conflict { expected } => {
+                return Err(TrustError::KeyMismatch {
+                    peer: name,
+                    actual: expected.unwrap_or(key),
+                    expected: key,
+                })
+            }
+        }
+        let record = TrustedPeer {
+            id,
+            key,
+            name,
+            since: Utc::now(),
+            by: message.by,
+        };
+        self.keys.trust(record.clone())?;
+        tracing::info!(peer = %record.name, %id, key = %key, by = %record.by, "peer trusted");
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.info.trusted = peer.info.key == key;
+            self.publish(NodeEvent::PeerUpdated, id);
+        }
+        self.publish_event(NodeEvent::TrustChanged(Arc::new(self.keys.all_trusted())));
+        Ok(record)
+    }
+}
+
+impl Handler<UntrustPeer> for PeerRegistry {
+    type Result = Result<TrustedPeer, TrustError>;
+
+    fn handle(&mut self, message: UntrustPeer, _: &mut Self::Context) -> Self::Result {
+        let (id, _, _) = self.resolve_peer(&message.peer)?;
+        let record = self.keys.untrust(id)?.ok_or_else(|| {
+            TrustError::NotFound(format!("{} (among trusted peers)", message.peer))
+        })?;
+        tracing::info!(peer = %record.name, %id, "trust revoked");
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.info.trusted = false;
+            self.publish(NodeEvent::PeerUpdated, id);
+        }
+        self.publish_event(NodeEvent::TrustChanged(Arc::new(self.keys.all_trusted())));
+        Ok(record)
     }
 }
 
@@ -628,23 +1060,59 @@ impl PeerRegistryHandle {
     /// Starts the registry on the current arbiter.
     pub fn start(
         config: RegistryConfig,
+        keys: KeyBook,
         client: Rc<dyn PeerClient>,
         bus: EventBus,
     ) -> PeerRegistryHandle {
-        let (view_sender, view) = watch::channel(Arc::new(PeersView {
+        let view = PeersView {
             seq: bus.last_seq(),
             peers: Vec::new(),
-        }));
+            trusted: Arc::new(keys.all_trusted()),
+            key_conflicts: 0,
+        };
+        let (view_sender, receiver) = watch::channel(Arc::new(view.clone()));
         let addr = PeerRegistry {
             config,
             peers: HashMap::new(),
             client,
             bus,
-            view: PeersView::default(),
+            view,
             view_sender,
+            keys,
+            conflict_events: HashMap::new(),
         }
         .start();
-        PeerRegistryHandle { addr, view }
+        PeerRegistryHandle {
+            addr,
+            view: receiver,
+        }
+    }
+
+    /// Trusts a peer (see [`TrustPeer`]).
+    pub async fn trust(
+        &self,
+        peer: &str,
+        confirm_key: Option<KeyFingerprint>,
+        by: &str,
+    ) -> Result<TrustedPeer, TrustError> {
+        self.addr
+            .send(TrustPeer {
+                peer: peer.to_string(),
+                confirm_key,
+                by: by.to_string(),
+            })
+            .await
+            .map_err(|_| TrustError::Unavailable)?
+    }
+
+    /// Revokes trust in a peer.
+    pub async fn untrust(&self, peer: &str) -> Result<TrustedPeer, TrustError> {
+        self.addr
+            .send(UntrustPeer {
+                peer: peer.to_string(),
+            })
+            .await
+            .map_err(|_| TrustError::Unavailable)?
     }
 
     /// The current view.

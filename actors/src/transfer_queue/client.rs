@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::peer_registry::LocalFuture;
+use crate::peer_registry::{LocalFuture, PeerEndpoint};
 
 /// Pieces of a response body; an error ends the stream.
 pub type ByteStream =
@@ -27,15 +27,14 @@ pub enum FetchError {
     Network(String),
 }
 
-/// Transfer requests to one peer, identified by its base URL.
+/// Transfer requests to one peer, over mutual TLS to the key the endpoint names.
 pub trait TransferClient {
     /// `GET {base}/api/v1/workspaces/{workspace}/snapshot`: the encoded snapshot, or `None`
     /// when its root is still `known` (HTTP 304).
     fn manifest(
         &self,
-        base_url: &str,
+        peer: &PeerEndpoint,
         workspace: Uuid,
-        viewer: Uuid,
         known: Option<Hash>,
     ) -> LocalFuture<Result<Option<Vec<u8>>, FetchError>>;
 
@@ -43,9 +42,8 @@ pub trait TransferClient {
     /// stream of byte pieces, as they arrive.
     fn chunks(
         &self,
-        base_url: &str,
+        peer: &PeerEndpoint,
         workspace: Uuid,
-        viewer: Uuid,
         hashes: &[Hash],
         compress: bool,
     ) -> LocalFuture<Result<ByteStream, FetchError>>;

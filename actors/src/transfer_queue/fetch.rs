@@ -17,7 +17,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use uuid::Uuid;
 
 use crate::chunk_frame::{FrameDecoder, FrameKind, HEADER_LEN};
-use crate::peer_registry::PeerState;
+use crate::peer_registry::{PeerEndpoint, PeerState};
 use crate::snapshot::{Hash, Snapshot};
 
 use super::client::FetchError;
@@ -68,20 +68,20 @@ impl JobContext {
     /// Online peers other than the main source whose catalog lists the same workspace id and
     /// whose snapshot has the same root.
     pub(super) async fn extra_sources(&self, snapshot: &Snapshot) -> Vec<Source> {
-        let candidates: Vec<(Uuid, String, String)> = self
+        let candidates: Vec<(Uuid, String, PeerEndpoint)> = self
             .peers
             .view()
             .peers
             .iter()
             .filter(|p| p.id != self.job.peer_id && p.state == PeerState::Online)
             .filter(|p| p.catalog.iter().any(|e| e.id == self.job.workspace_id))
-            .filter_map(|p| Some((p.id, p.name.clone(), p.base_url()?)))
+            .filter_map(|p| Some((p.id, p.name.clone(), p.endpoint()?)))
             .collect();
         let mut found = Vec::new();
-        for (id, name, url) in candidates {
+        for (id, name, endpoint) in candidates {
             let Ok(Some(bytes)) = self
                 .client
-                .manifest(&url, self.job.workspace_id, self.node_id, None)
+                .manifest(&endpoint, self.job.workspace_id, None)
                 .await
             else {
                 continue;
@@ -132,7 +132,7 @@ impl JobContext {
                 ) else {
                     break;
                 };
-                let Some(url) = self.base_url(sources[index].peer_id) else {
+                let Some(endpoint) = self.endpoint(sources[index].peer_id) else {
                     sources[index].paused_until = Some(now + Duration::from_millis(500));
                     sources[index].last_error = Some("peer is not online".into());
                     continue;
@@ -151,7 +151,13 @@ impl JobContext {
                     batch.push((hash, size));
                 }
                 sources[index].in_flight += 1;
-                in_flight.push(self.fetch_batch(index, url, batch, stage.clone(), live.clone()));
+                in_flight.push(self.fetch_batch(
+                    index,
+                    endpoint,
+                    batch,
+                    stage.clone(),
+                    live.clone(),
+                ));
             }
             if in_flight.is_empty() {
                 if pending.is_empty() {
@@ -304,18 +310,17 @@ impl JobContext {
     fn fetch_batch(
         &self,
         source: usize,
-        url: String,
+        endpoint: PeerEndpoint,
         batch: Vec<(Hash, u32)>,
         stage: Arc<Stage>,
         live: Rc<Cell<u64>>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = BatchResult>>> {
         let hashes: Vec<Hash> = batch.iter().map(|b| b.0).collect();
         let request = self.client.chunks(
-            &url,
+            &endpoint,
             self.job.workspace_id,
-            self.node_id,
             &hashes,
-            self.config.compress.for_source(&url),
+            self.config.compress.for_source(&endpoint.url),
         );
         Box::pin(async move {
             let wanted: Arc<HashMap<Hash, u32>> = Arc::new(batch.iter().copied().collect());

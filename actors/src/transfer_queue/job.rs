@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::identity::KeyFingerprint;
 use crate::snapshot::Hash;
 
 /// Clone a new workspace, or update an existing clone from its source.
@@ -131,6 +132,9 @@ pub struct JobInfo {
     pub request: TransferRequest,
     /// The source node.
     pub peer_id: Uuid,
+    /// The key the source must present (the origin's recorded key for a sync).
+    #[serde(default)]
+    pub peer_key: Option<KeyFingerprint>,
     /// Its name.
     pub peer_name: String,
     /// The source workspace's id.

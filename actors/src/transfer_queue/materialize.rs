@@ -60,6 +60,7 @@ impl JobContext {
         }
         let origin = Origin {
             peer_id: self.job.peer_id,
+            peer_key: self.job.peer_key,
             peer_name: self.job.peer_name.clone(),
             workspace_id: snapshot.workspace_id,
             workspace_name: snapshot.name.clone(),

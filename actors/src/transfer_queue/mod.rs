@@ -47,8 +47,6 @@ pub use job::{JobInfo, JobState, Progress, TransferKind, TransferRequest};
 pub struct TransferConfig {
     /// `<data-dir>/transfers`: job records and staging (same file system as the workspaces).
     pub dir: PathBuf,
-    /// This node's id.
-    pub node_id: Uuid,
     /// Jobs running at once.
     pub max_jobs: usize,
     /// Batch requests in flight per source.
@@ -73,10 +71,9 @@ pub struct TransferConfig {
 
 impl TransferConfig {
     /// Defaults for a node whose data lives in `data_dir`.
-    pub fn new(data_dir: &std::path::Path, node_id: Uuid) -> TransferConfig {
+    pub fn new(data_dir: &std::path::Path) -> TransferConfig {
         TransferConfig {
             dir: data_dir.join("transfers"),
-            node_id,
             max_jobs: 2,
             window: 4,
             batch_chunks: 1024,
@@ -239,6 +236,7 @@ impl Handler<Enqueue> for TransferQueue {
             state: JobState::Queued,
             request: request.clone(),
             peer_id: Uuid::nil(),
+            peer_key: None,
             peer_name: String::new(),
             workspace_id: Uuid::nil(),
             workspace_name: String::new(),
@@ -411,6 +409,7 @@ impl TransferQueue {
                 close: close_matches(target, peer.catalog.iter().map(|e| e.name.as_str())),
             })?;
         job.peer_id = peer.id;
+        job.peer_key = Some(peer.key);
         job.peer_name = peer.name.clone();
         job.workspace_id = entry.id;
         job.workspace_name = entry.name.clone();
@@ -454,7 +453,16 @@ impl TransferQueue {
                 },
                 close: close_matches(&wanted, view.peers.iter().map(|p| p.name.as_str())),
             })?;
+        if let Some(recorded) = origin.peer_key.filter(|_| peer.id == origin.peer_id) {
+            if recorded != peer.key {
+                return Err(TransferError::NoSource(format!(
+                    "`{}` now presents key {}, not the key {recorded} `{}` was cloned from; sync refused",
+                    peer.name, peer.key, local.manifest.name
+                )));
+            }
+        }
         job.peer_id = peer.id;
+        job.peer_key = Some(peer.key);
         job.peer_name = peer.name.clone();
         job.workspace_id = origin.workspace_id;
         job.workspace_name = origin.workspace_name.clone();
@@ -494,7 +502,6 @@ impl TransferQueue {
         let job_dir = self.config.dir.join(id.to_string());
         let context = runner::JobContext {
             job: job.clone(),
-            node_id: self.config.node_id,
             store: self.store.clone(),
             peers: self.peers.clone(),
             client: self.client.clone(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use uuid::Uuid;
 
-use crate::peer_registry::{PeerRegistryHandle, PeerState};
+use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
@@ -32,8 +32,6 @@ use super::{JobReport, TransferConfig, TransferQueue};
 pub struct JobContext {
     /// The job as it was when started.
     pub job: JobInfo,
-    /// This node's id (sent to sources for `peers`-mode sharing).
-    pub node_id: Uuid,
     /// The store.
     pub store: WorkspaceStoreHandle,
     /// The peers, to find sources.
@@ -319,13 +317,14 @@ impl JobContext {
             .do_send(JobReport::Progress(self.job.id, progress.clone()));
     }
 
-    pub(super) fn base_url(&self, peer_id: Uuid) -> Option<String> {
-        self.peers
-            .view()
-            .peers
-            .iter()
-            .find(|p| p.id == peer_id && p.state != PeerState::Gone)
-            .and_then(|p| p.base_url())
+    /// Where to reach a source; the main source only under the key the job recorded for it
+    /// (a clone's origin, by its key: a sync talks to nothing else).
+    pub(super) fn endpoint(&self, peer_id: Uuid) -> Option<PeerEndpoint> {
+        let endpoint = self.peers.view().endpoint(peer_id)?;
+        match self.job.peer_key {
+            Some(key) if peer_id == self.job.peer_id && key != endpoint.key => None,
+            _ => Some(endpoint),
+        }
     }
 
     /// The source's snapshot, retrying while the peer is unreachable (up to the configured
@@ -338,10 +337,10 @@ impl JobContext {
         let deadline = Instant::now() + self.config.source_wait;
         let mut delay = Duration::from_millis(250);
         loop {
-            let result = match self.base_url(peer_id) {
-                Some(url) => {
+            let result = match self.endpoint(peer_id) {
+                Some(endpoint) => {
                     self.client
-                        .manifest(&url, self.job.workspace_id, self.node_id, known)
+                        .manifest(&endpoint, self.job.workspace_id, known)
                         .await
                 }
                 None => Err(FetchError::Network(format!(

@@ -33,6 +33,9 @@ use super::{
 pub struct Origin {
     /// Node it was cloned from.
     pub peer_id: Uuid,
+    /// That node's key: later syncs talk only to it (absent in clones made before keys).
+    #[serde(default)]
+    pub peer_key: Option<crate::identity::KeyFingerprint>,
     /// That node's name at the time.
     pub peer_name: String,
     /// The source workspace's id.

@@ -228,6 +228,11 @@ impl Index {
         &self.chunks
     }
 
+    /// The database, for another actor's own named trees.
+    pub fn database(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;

@@ -729,6 +729,7 @@ pub struct WorkspaceStoreHandle {
     layout: Arc<Layout>,
     import_limits: ImportLimits,
     chunks: ChunkIndex,
+    database: sled::Db,
 }
 
 impl WorkspaceStoreHandle {
@@ -744,6 +745,7 @@ impl WorkspaceStoreHandle {
         }
         let index = Index::open(&layout.index, config.cache_bytes)?;
         let chunks = index.chunks().clone();
+        let database = index.database().clone();
         let (entries, report) = reconcile::reconcile(&layout, &index)?;
         let view = StoreView::new(entries, bus.last_seq());
         let (view_sender, view_receiver) = watch::channel(Arc::new(view.clone()));
@@ -769,9 +771,16 @@ impl WorkspaceStoreHandle {
                 layout: Arc::new(layout),
                 import_limits: config.import_limits.clone(),
                 chunks,
+                database,
             },
             report,
         ))
+    }
+
+    /// A named tree of the node's database for another actor that keeps its own records
+    /// (the PeerRegistry's pins and trust): sled is opened once, here.
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.database.open_tree(name)?)
     }
 
     /// The current read view.
