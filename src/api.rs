@@ -437,6 +437,10 @@ pub struct DiscoveryDto {
     pub shared_workspaces: u32,
     /// Datagram counters.
     pub datagrams: DatagramCounters,
+    /// Announcements and answers refused because they presented another key than the one
+    /// their node id belongs to.
+    #[serde(default)]
+    pub key_conflicts: u64,
 }
 
 /// What the Announcer sent, accepted and dropped.

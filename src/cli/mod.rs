@@ -724,6 +724,12 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                     "datagrams:  {} sent, {} accepted, dropped: {} own, {} forged, {} malformed, {} oversized, {} unknown version, {} replayed, {} flood",
                     c.sent, c.accepted, c.own, c.forged, c.malformed, c.oversized, c.unknown_version, c.replayed, c.flood
                 );
+                if d.key_conflicts > 0 {
+                    println!(
+                        "conflicts:  {} announcements or answers refused: another key claimed a known node's id (see `aienv peers`)",
+                        d.key_conflicts
+                    );
+                }
             }
             Ok(())
         }

@@ -61,6 +61,7 @@ pub fn node_info(state: &AppState, caller: &Caller) -> NodeInfo {
             catalog_digest: announcer.catalog_digest.clone(),
             shared_workspaces: announcer.shared_workspaces,
             datagrams: DatagramCounters::from(&announcer.counters),
+            key_conflicts: state.peers.view().key_conflicts,
         },
     }
 }

@@ -248,6 +248,15 @@ pub fn tls_client(identity: &NodeIdentity, key: KeyFingerprint) -> awc::Client {
         .finish()
 }
 
+/// A TCP port nothing on this host listens on now.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a TCP socket")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 /// A UDP port nothing on this host uses now.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

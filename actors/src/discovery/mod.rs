@@ -321,7 +321,10 @@ impl Announcer {
         self.view.counters.accepted += 1;
         let id = a.node_id;
         if datagram.goodbye {
-            self.registry.do_send(PeerGoodbye { node_id: id });
+            self.registry.do_send(PeerGoodbye {
+                node_id: id,
+                address: from.ip(),
+            });
             return;
         }
         let newcomer = previous.is_none_or(|(instance, _)| instance != a.instance);

@@ -386,6 +386,9 @@ pub struct PeerSeen {
 pub struct PeerGoodbye {
     /// The peer.
     pub node_id: Uuid,
+    /// Where the goodbye came from: only the address the peer was last heard from may say
+    /// it (a goodbye is as unsigned as an announcement).
+    pub address: IpAddr,
 }
 
 #[derive(Message)]
@@ -854,7 +857,8 @@ impl Handler<PeerGoodbye> for PeerRegistry {
         let Some(peer) = self.peers.get_mut(&message.node_id) else {
             return;
         };
-        if peer.info.state == PeerState::Gone {
+        if peer.info.state == PeerState::Gone || peer.info.addresses.first() != Some(&message.address)
+        {
             return;
         }
         peer.info.state = PeerState::Gone;
