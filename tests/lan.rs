@@ -339,3 +339,124 @@ async fn a_node_starts_announcing_when_its_interface_appears() {
     })
     .await;
 }
+
+/// A clone between two hosts goes over mutual TLS and nothing of the workspace crosses the
+/// LAN in clear: a capture on the bridge holds the announcements (the control: names are in
+/// clear there) but neither the workspace's name nor its content.
+#[actix_rt::test]
+async fn a_clone_between_hosts_crosses_the_lan_encrypted() {
+    let lan = match Lan::create(2) {
+        Ok(lan) => lan,
+        Err(reason) => {
+            common::skip(&format!(
+                "cannot build a bridged network of namespaces (needs root and iproute2): {reason}"
+            ));
+            return;
+        }
+    };
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        common::skip("tcpdump is not installed (Debian: tcpdump)");
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let (a, a_client) = start_host(&lan, 0, temp.path());
+    let (_b, b_client) = start_host(&lan, 1, temp.path());
+    let marker = "AIENV-CONTENT-MARKER-7f3a9c";
+    a_client
+        .create(&aienv::api::CreateWorkspace {
+            name: "confidential-lab".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let capture = temp.path().join("lan.pcap");
+    let mut tcpdump = Command::new("tcpdump")
+        .args(["-i", &lan.bridge, "-U", "-s", "0", "-w"])
+        .arg(&capture)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The control, and the sign that the capture runs: announcements carry names in clear.
+    eventually("tcpdump captures host0's announcements", || async {
+        std::fs::read(&capture).is_ok_and(|bytes| bytes.windows(5).any(|w| w == b"host0"))
+    })
+    .await;
+    // Write the content only through the node's own directory (the admin sees the path).
+    let path = a_client
+        .get("confidential-lab")
+        .await
+        .unwrap()
+        .workspace
+        .path;
+    let root = std::path::PathBuf::from(path.expect("admins see the path"));
+    // Incompressible bytes with the marker every 4 KiB: chunks travel raw, so only TLS can
+    // hide the marker.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut content = Vec::with_capacity(256 * 1024);
+    while content.len() < 256 * 1024 {
+        if content.len() % 4096 == 0 {
+            content.extend_from_slice(marker.as_bytes());
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        content.push(state as u8);
+    }
+    std::fs::write(root.join("data/notes.bin"), &content).unwrap();
+    a_client
+        .share("confidential-lab", &aienv::api::ShareRequest::default())
+        .await
+        .unwrap();
+    eventually("host1 lists the workspace", || async {
+        b_client
+            .network_catalog(&aienv::client::NetworkQuery::default())
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.workspace.name == "confidential-lab")
+    })
+    .await;
+    let job = b_client
+        .start_transfer(&aienv::api::TransferRequestDto {
+            kind: "clone".into(),
+            peer: Some("host0".into()),
+            workspace: "confidential-lab".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually("the clone is done", || async {
+        b_client
+            .transfer(&job.id.to_string())
+            .await
+            .is_ok_and(|j| j.state == "done")
+    })
+    .await;
+    let cloned = b_client.get("confidential-lab").await.unwrap();
+    assert_eq!(cloned.workspace.origin.as_ref().unwrap().peer_name, "host0");
+    // Let the capture settle, then stop it.
+    actix_rt::time::sleep(std::time::Duration::from_millis(500)).await;
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
+    let _ = tcpdump.wait();
+    let bytes = std::fs::read(&capture).unwrap();
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        contains(b"host0"),
+        "the capture holds the announcements ({} bytes)",
+        bytes.len()
+    );
+    assert!(
+        bytes.len() > 30_000,
+        "the clone crossed the bridge: {} bytes",
+        bytes.len()
+    );
+    assert!(
+        !contains(marker.as_bytes()),
+        "workspace content crossed in clear"
+    );
+    assert!(
+        !contains(b"confidential-lab"),
+        "the catalog crossed in clear"
+    );
+    drop(a);
+}

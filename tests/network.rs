@@ -122,10 +122,11 @@ fn public_source_addresses_are_refused_unless_allowed() {
     };
     let temp = tempfile::tempdir().unwrap();
     let node = TestNode::spawn_on(&temp.path().join("a"), &["--bind", "0.0.0.0"]);
-    let port = node.url.rsplit(':').next().unwrap().to_string();
-    let url = format!("http://203.0.113.1:{port}");
+    let port = node.tls_url.rsplit(':').next().unwrap().to_string();
+    let url = format!("https://203.0.113.1:{port}");
+    let key = node.key.to_readable();
 
-    let refused = netns.aienv(&["--node", &url, "node"]);
+    let refused = netns.aienv(&["--node", &url, "--node-key", &key, "node"]);
     assert_eq!(
         refused.status.code(),
         Some(5),
@@ -144,10 +145,12 @@ fn public_source_addresses_are_refused_unless_allowed() {
         &["--bind", "0.0.0.0"],
         &[("AIENV_HTTP_ALLOW_PUBLIC", "true")],
     );
-    let port = allowed_node.url.rsplit(':').next().unwrap().to_string();
+    let port = allowed_node.tls_url.rsplit(':').next().unwrap().to_string();
     let allowed = netns.aienv(&[
         "--node",
-        &format!("http://203.0.113.1:{port}"),
+        &format!("https://203.0.113.1:{port}"),
+        "--node-key",
+        &allowed_node.key.to_readable(),
         "--json",
         "node",
     ]);
@@ -166,11 +169,41 @@ fn public_source_addresses_are_refused_unless_allowed() {
     // A private address (the LAN case) is accepted by the default configuration.
     drop(netns);
     let lan = Netns::create("lan", "10.77.0.1", "10.77.0.2").unwrap();
-    let port = node.url.rsplit(':').next().unwrap().to_string();
-    let ok = lan.aienv(&["--node", &format!("http://10.77.0.1:{port}"), "node"]);
+    let port = node.tls_url.rsplit(':').next().unwrap().to_string();
+    let ok = lan.aienv(&[
+        "--node",
+        &format!("https://10.77.0.1:{port}"),
+        "--node-key",
+        &key,
+        "node",
+    ]);
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // From another host nothing answers in clear: the LAN port speaks only TLS, and the
+    // plain-HTTP listener is on the node's loopback.
+    let plain = lan.aienv(&["--node", &format!("http://10.77.0.1:{port}"), "node"]);
+    assert!(!plain.status.success(), "{plain:?}");
+    let local_port = node.url.rsplit(':').next().unwrap().to_string();
+    let plain = lan.aienv(&["--node", &format!("http://10.77.0.1:{local_port}"), "node"]);
+    assert_eq!(plain.status.code(), Some(7), "{plain:?}");
+    // A key other than the node's is refused in the handshake: no impostor in the middle.
+    let wrong = lan.aienv(&[
+        "--node",
+        &format!("https://10.77.0.1:{port}"),
+        "--node-key",
+        &allowed_node.key.to_readable(),
+        "node",
+    ]);
+    assert_eq!(wrong.status.code(), Some(7), "{wrong:?}");
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("peer key mismatch"),
+        "{wrong:?}"
+    );
+    // Without a key for an https node the CLI says what to give.
+    let no_key = lan.aienv(&["--node", &format!("https://10.77.0.1:{port}"), "node"]);
+    assert_eq!(no_key.status.code(), Some(6), "{no_key:?}");
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("--node-key"));
 }

@@ -132,7 +132,10 @@ async fn impostor_is_refused(legacy: bool) {
             );
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no peer_conflict event");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no peer_conflict event"
+        );
     }
     let node = client.node().await.unwrap();
     assert!(node.discovery.key_conflicts >= 1);
@@ -348,7 +351,11 @@ async fn trust_by_name_after_comparing_the_key_id() {
             .network_catalog(&NetworkQuery::default())
             .await
             .unwrap();
-        entries.iter().map(|e| e.workspace.name.as_str()).collect::<Vec<_>>() == ["lan"]
+        entries
+            .iter()
+            .map(|e| e.workspace.name.as_str())
+            .collect::<Vec<_>>()
+            == ["lan"]
     })
     .await;
     // The CLI: compare, then trust by name.
@@ -359,7 +366,10 @@ async fn trust_by_name_after_comparing_the_key_id() {
     assert!(output.status.success(), "{output:?}");
     let output = a.cli(&["peers", "--trusted"]);
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("node-b") && text.contains(&b.key.to_readable()), "{text}");
+    assert!(
+        text.contains("node-b") && text.contains(&b.key.to_readable()),
+        "{text}"
+    );
     eventually("B sees the share by name once trusted", || async {
         let entries = admin_b
             .network_catalog(&NetworkQuery::default())
@@ -372,7 +382,11 @@ async fn trust_by_name_after_comparing_the_key_id() {
     assert_eq!(job.state, "done", "{job:?}");
     let detail = admin_b.get("team").await.unwrap();
     assert_eq!(
-        detail.workspace.origin.as_ref().map(|o| o.peer_name.as_str()),
+        detail
+            .workspace
+            .origin
+            .as_ref()
+            .map(|o| o.peer_name.as_str()),
         Some("node-a")
     );
     // Revoked: the next sync is refused by A (B no longer sees the workspace).

@@ -17,7 +17,9 @@ use tokio::sync::broadcast::error::RecvError;
 use aienv_actors::event_bus::Envelope;
 use aienv_actors::events::{EventSource, NodeEvent};
 
-use crate::api::{ConflictEventDto, EnvironmentStatusDto, PeerDto, TransferDto, WorkspaceDto};
+use crate::api::{
+    ConflictEventDto, EnvironmentStatusDto, PeerDto, TransferDto, TrustedPeerDto, WorkspaceDto,
+};
 
 use super::node::node_info;
 use super::{ApiError, AppState, Caller, Login};
@@ -178,6 +180,13 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
             "seq": envelope.seq,
             "at": envelope.at,
             "conflict": ConflictEventDto::from(&**conflict),
+        })
+        .to_string(),
+        NodeEvent::TrustChanged(trusted) => json!({
+            "type": "trust_changed",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "trusted": trusted.iter().map(TrustedPeerDto::from).collect::<Vec<_>>(),
         })
         .to_string(),
         NodeEvent::TransferChanged(job) => json!({

@@ -857,7 +857,8 @@ impl Handler<PeerGoodbye> for PeerRegistry {
         let Some(peer) = self.peers.get_mut(&message.node_id) else {
             return;
         };
-        if peer.info.state == PeerState::Gone || peer.info.addresses.first() != Some(&message.address)
+        if peer.info.state == PeerState::Gone
+            || peer.info.addresses.first() != Some(&message.address)
         {
             return;
         }
