@@ -673,6 +673,34 @@ impl From<&aienv_actors::peer_registry::TrustedPeer> for TrustedPeerDto {
     }
 }
 
+/// `POST /pairing`: the code to type on the other node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairingCodeDto {
+    /// `XXXXX-XXXXX`.
+    pub code: String,
+    /// When it stops working (5 minutes; single use).
+    pub expires_at: DateTime<Utc>,
+    /// This node's key id, to show beside the code.
+    pub key_id: String,
+}
+
+/// `POST /peers/{peer}/pair`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairRequest {
+    /// The code shown on the peer.
+    pub code: String,
+}
+
+/// `POST /pairing/confirm` (node to node) and its answer: an HMAC-SHA256 proof of the code
+/// bound to both nodes' keys, 64 hex digits (see `schemas/identity.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairConfirm {
+    /// The proof.
+    pub proof: String,
+}
+
 /// `POST /peers/{peer}/trust`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

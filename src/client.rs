@@ -14,9 +14,9 @@ use serde::Serialize;
 use aienv_actors::identity::{KeyFingerprint, NodeIdentity};
 
 use crate::api::{
-    CreateWorkspace, CreatedDto, ErrorBody, Health, NodeInfo, RevisionDetail, RevisionDto,
-    ShareRequest, TransferDto, TransferRequestDto, TrustRequest, TrustedPeerDto, UpdateWorkspace,
-    WorkspaceDetail, WorkspaceDto, WorkspacePage,
+    CreateWorkspace, CreatedDto, ErrorBody, Health, NodeInfo, PairRequest, PairingCodeDto,
+    RevisionDetail, RevisionDto, ShareRequest, TransferDto, TransferRequestDto, TrustRequest,
+    TrustedPeerDto, UpdateWorkspace, WorkspaceDetail, WorkspaceDto, WorkspacePage,
 };
 
 /// How the client proves who it is.
@@ -358,6 +358,24 @@ impl Client {
             &format!("/peers/{}/trust", segment(peer)),
             &TrustRequest {
                 key_id: key_id.map(str::to_string),
+            },
+        )
+        .await
+    }
+
+    /// Shows a new pairing code on this node.
+    pub async fn pairing_code(&self) -> Result<PairingCodeDto, ClientError> {
+        let response = self.send(awc::http::Method::POST, "/pairing").await?;
+        self.json(response).await
+    }
+
+    /// Pairs with `peer` using the code it shows; both nodes then trust each other.
+    pub async fn pair(&self, peer: &str, code: &str) -> Result<TrustedPeerDto, ClientError> {
+        self.send_json(
+            awc::http::Method::POST,
+            &format!("/peers/{}/pair", segment(peer)),
+            &PairRequest {
+                code: code.to_string(),
             },
         )
         .await

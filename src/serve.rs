@@ -265,6 +265,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         },
         list_cache: http::ListCache::default(),
         sessions: http::Sessions::default(),
+        pairing: http::Pairing::default(),
+        identity: node_identity.clone(),
         ui_dir: dev_ui.then(|| {
             let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web-ui");
             if source.is_dir() {

@@ -936,6 +936,149 @@ async fn live_server_matches_openapi_document() {
             .any(|e| e.workspace.name == "transfer-src")
     })
     .await;
+    // Trust and pairing: the node trusts the peer's key, then the two pair with a code.
+    let peer_key = peer.key.to_readable();
+    let trust_path = format!("/peers/{peer_key}/trust");
+    let trust = "/peers/{peer}/trust";
+    let stranger_key = aienv_actors::identity::KeyFingerprint([9; 32]).to_readable();
+    for case in [
+        case(
+            "GET",
+            "/peers/trusted",
+            "/peers/trusted",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/peers/trusted",
+            "/peers/trusted",
+            Body::None,
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "POST",
+            trust,
+            "/peers/nobody/trust",
+            Body::Json(json!({})),
+            true,
+            404,
+            Some("peer-not-found"),
+        ),
+        case(
+            "POST",
+            trust,
+            &trust_path,
+            Body::Json(json!({"key_id": stranger_key})),
+            true,
+            409,
+            Some("key-mismatch"),
+        ),
+        case(
+            "POST",
+            trust,
+            &trust_path,
+            Body::Json(json!({"key_id": "nonsense"})),
+            true,
+            422,
+            Some("invalid-key-id"),
+        ),
+        case(
+            "POST",
+            trust,
+            &trust_path,
+            Body::Json(json!({"key_id": peer_key})),
+            true,
+            200,
+            None,
+        ),
+        case("DELETE", trust, &trust_path, Body::None, true, 200, None),
+        case(
+            "DELETE",
+            trust,
+            &trust_path,
+            Body::None,
+            true,
+            404,
+            Some("peer-not-found"),
+        ),
+        case(
+            "POST",
+            "/pairing/confirm",
+            "/pairing/confirm",
+            Body::Json(json!({"proof": "00".repeat(32)})),
+            false,
+            403,
+            Some("pairing-refused"),
+        ),
+        case(
+            "DELETE",
+            "/pairing",
+            "/pairing",
+            Body::None,
+            true,
+            204,
+            None,
+        ),
+    ] {
+        run(&node, &spec, &case, &mut covered).await;
+    }
+    let shown = run(
+        &node,
+        &spec,
+        &case("POST", "/pairing", "/pairing", Body::None, true, 200, None),
+        &mut covered,
+    )
+    .await;
+    let code = shown["code"].as_str().unwrap().to_string();
+    let pair = "/peers/{peer}/pair";
+    for case in [
+        case(
+            "POST",
+            pair,
+            "/peers/test-node/pair",
+            Body::Json(json!({"code": "short"})),
+            true,
+            422,
+            Some("invalid-field"),
+        ),
+        case(
+            "POST",
+            pair,
+            "/peers/nobody/pair",
+            Body::Json(json!({"code": code})),
+            true,
+            404,
+            Some("peer-not-found"),
+        ),
+        case(
+            "POST",
+            pair,
+            "/peers/test-node/pair",
+            Body::Json(json!({"code": code})),
+            true,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            pair,
+            "/peers/test-node/pair",
+            Body::Json(json!({"code": code})),
+            true,
+            403,
+            Some("pairing-refused"),
+        ),
+    ] {
+        run(&peer, &spec, &case, &mut covered).await;
+    }
+    // The pairing's node-to-node call succeeded (it is mutual TLS, not reachable by `run`).
+    covered.insert("POST /pairing/confirm".into());
+
     let t = "/transfers";
     let t_id = "/transfers/{id}";
     let clone = json!({"kind": "clone", "peer": "test-node", "workspace": "transfer-src"});

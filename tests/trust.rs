@@ -411,3 +411,96 @@ async fn trust_by_name_after_comparing_the_key_id() {
     };
     assert_eq!(job.state, "failed", "{job:?}");
 }
+
+/// Pairing with a short code: shown on B, typed on A; each then trusts the other. The proof
+/// is bound to the keys of the connection: a third key that learnt the code cannot use it.
+#[actix_rt::test]
+async fn pairing_with_a_code_makes_both_nodes_trust_each_other() {
+    let temp = tempfile::tempdir().unwrap();
+    let port = common::free_udp_port();
+    let a = TestNode::spawn_discovering(&temp.path().join("a"), "node-a", port);
+    let b = TestNode::spawn_discovering(&temp.path().join("b"), "node-b", port);
+    let (admin_a, admin_b) = (a.admin(), b.admin());
+    for (client, other) in [(&admin_a, "node-b"), (&admin_b, "node-a")] {
+        eventually("the nodes hear each other", || async {
+            client
+                .peers()
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.name == other && p.state == "online")
+        })
+        .await;
+    }
+    // No code shown: refused.
+    let refused = admin_a.pair("node-b", "AAAAA-AAAAA").await.unwrap_err();
+    assert_eq!(refused.code(), Some("pairing-refused"), "{refused}");
+
+    // B shows a code (the CLI), A types a wrong one, then the right one.
+    let output = b.cli(&["--json", "peers", "pair", "--show"]);
+    assert!(output.status.success(), "{output:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let code = shown["code"].as_str().unwrap().to_string();
+    assert_eq!(shown["key_id"], b.key.to_readable());
+    let wrong = admin_a.pair("node-b", "AAAAA-AAAAB").await.unwrap_err();
+    assert_eq!(wrong.code(), Some("pairing-refused"), "{wrong}");
+    assert!(admin_a.trusted_peers().await.unwrap().is_empty());
+
+    // A third key that learnt the code (over a shoulder) and proves it for itself: the proof
+    // binds the caller's key, so B pairs with whoever calls only if that caller computed it.
+    let stranger = common::node_identity(&temp.path().join("m"), "node-m");
+    let proof_for_a = {
+        use ring::hmac;
+        let key = hmac::Key::new(hmac::HMAC_SHA256, code.replace('-', "").as_bytes());
+        let mut context = hmac::Context::with_key(&key);
+        context.update(b"aienv pair request");
+        context.update(&b.key.0);
+        context.update(&a.key.0);
+        context
+            .sign()
+            .as_ref()
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    let mut relayed = common::tls_client(&stranger, b.key)
+        .post(format!("{}/api/v1/pairing/confirm", b.tls_url))
+        .send_json(&serde_json::json!({"proof": proof_for_a}))
+        .await
+        .unwrap();
+    assert_eq!(relayed.status().as_u16(), 403);
+    let _ = relayed.body().await;
+    // Plain HTTP has no key: refused.
+    let mut plain = awc::Client::default()
+        .post(format!("{}/api/v1/pairing/confirm", b.url))
+        .send_json(&serde_json::json!({"proof": proof_for_a}))
+        .await
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 403);
+    let _ = plain.body().await;
+
+    let output = a.cli(&["peers", "pair", "node-b", "--code", &code.to_lowercase()]);
+    assert!(output.status.success(), "{output:?}");
+    let trusted_by_a = admin_a.trusted_peers().await.unwrap();
+    assert_eq!(trusted_by_a.len(), 1);
+    assert_eq!(trusted_by_a[0].key_id, b.key.to_readable());
+    let trusted_by_b = admin_b.trusted_peers().await.unwrap();
+    assert_eq!(trusted_by_b.len(), 1, "{trusted_by_b:?}");
+    assert_eq!(trusted_by_b[0].key_id, a.key.to_readable());
+    assert_eq!(trusted_by_b[0].name, "node-a");
+    assert_eq!(trusted_by_b[0].by, "pairing");
+    // Single use.
+    let again = admin_a.pair("node-b", &code).await.unwrap_err();
+    assert_eq!(again.code(), Some("pairing-refused"));
+
+    // Five wrong codes withdraw a code.
+    let shown = admin_b.pairing_code().await.unwrap();
+    for _ in 0..5 {
+        let _ = admin_a.pair("node-b", "AAAAA-AAAAB").await.unwrap_err();
+    }
+    let withdrawn = admin_a.pair("node-b", &shown.code).await.unwrap_err();
+    assert!(
+        withdrawn.to_string().contains("no pairing code"),
+        "{withdrawn}"
+    );
+}

@@ -224,6 +224,20 @@ pub enum PeersCommand {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Pair with a short code instead of comparing key ids: `--show` on one node prints a
+    /// code (5 minutes, single use); `PEER --code CODE` on the other pairs them, and each then
+    /// trusts the other.
+    Pair {
+        /// The peer showing the code (name, id or key id).
+        #[arg(required_unless_present = "show", conflicts_with = "show")]
+        peer: Option<String>,
+        /// The code shown on the peer.
+        #[arg(long, requires = "peer")]
+        code: Option<String>,
+        /// Show a code here, for the other node to type.
+        #[arg(long)]
+        show: bool,
+    },
     /// Revoke trust: from its next request on, the peer sees only what the LAN sees.
     Untrust {
         /// The peer: its name, node id or key id.
@@ -743,6 +757,41 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
             } else {
                 println!(
                     "trusted {} ({}), key {}",
+                    record.name, record.id, record.key_id
+                );
+            }
+            Ok(())
+        }
+        Command::Peers {
+            action: Some(PeersCommand::Pair { peer, code, show }),
+            ..
+        } => {
+            if *show {
+                let shown = client.pairing_code().await?;
+                if cli.json {
+                    output::print_json(&shown);
+                } else {
+                    println!("pairing code: {}", shown.code);
+                    println!(
+                        "type it on the other node within 5 minutes: aienv peers pair <this node> --code {}",
+                        shown.code
+                    );
+                    println!("this node's key id: {}", shown.key_id);
+                }
+                return Ok(());
+            }
+            let (Some(peer), Some(code)) = (peer, code) else {
+                return Err(CliError::with_code(
+                    exit::USAGE,
+                    "give the peer and the code it shows: aienv peers pair PEER --code CODE",
+                ));
+            };
+            let record = client.pair(peer, code).await?;
+            if cli.json {
+                output::print_json(&record);
+            } else {
+                println!(
+                    "paired with {} ({}): each node now trusts the other; key {}",
                     record.name, record.id, record.key_id
                 );
             }

@@ -7,6 +7,7 @@ mod events;
 mod extract;
 mod list_cache;
 mod node;
+mod pairing;
 mod peers;
 mod runtimes;
 mod session;
@@ -41,6 +42,7 @@ use crate::auth::{AccessPolicy, Authenticator};
 pub use error::ApiError;
 pub use extract::{Caller, Login};
 pub use list_cache::ListCache;
+pub use pairing::Pairing;
 pub use session::Sessions;
 pub use transfers::{TestHooks, Uploads, CHUNKS_TYPE, SNAPSHOT_TYPE};
 
@@ -74,6 +76,10 @@ pub struct AppState {
     pub list_cache: ListCache,
     /// Dashboard sessions.
     pub sessions: Sessions,
+    /// The pairing code shown now.
+    pub pairing: Pairing,
+    /// The node's key and certificate (for calls to peers made by handlers).
+    pub identity: Arc<aienv_actors::identity::NodeIdentity>,
     /// Serve the dashboard from this directory instead of the embedded copy (`--dev`).
     pub ui_dir: Option<PathBuf>,
 }
@@ -132,6 +138,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(node::configure)
                     .configure(workspaces::configure)
                     .configure(peers::configure)
+                    .configure(pairing::configure)
                     .configure(session::configure)
                     .configure(events::configure)
                     .configure(transfers::configure)

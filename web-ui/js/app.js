@@ -101,6 +101,17 @@ function handle(message) {
       changed('peers');
       break;
     }
+    case 'peer_conflict': {
+      const c = message.conflict;
+      record(`refused another key claiming to be ${c.name} (${c.id}) from ${c.address}`);
+      if (state.node) state.node.discovery.key_conflicts = (state.node.discovery.key_conflicts || 0) + 1;
+      changed('peers');
+      break;
+    }
+    case 'trust_changed':
+      record(`trusted peers: ${message.trusted.map((t) => t.name).join(', ') || 'none'}`);
+      changed('peers');
+      break;
     case 'transfer_changed': {
       const job = message.transfer;
       const before = state.transfers.get(job.id);

@@ -8,14 +8,46 @@ import { startClone } from './transfers.js';
 
 const TYPES = ['', 'general', 'notebook', 'training', 'fine-tuning', 'inference', 'dataset', 'model', 'app', 'course'];
 
+// Trusting asks the person to compare the key id with the one the peer's own machine shows.
+async function trust(peer) {
+  const typed = window.prompt(
+    `Trust ${peer.name}? It will see what is shared with it by name.\n\n`
+    + `Compare this key id with the one \`aienv node\` (or this dashboard) shows on ${peer.name}:\n\n${peer.key_id}\n\n`
+    + 'Type or paste the key id you read there to confirm:');
+  if (typed === null) return;
+  await api('POST', `/peers/${encodeURIComponent(peer.id)}/trust`, { key_id: typed });
+}
+
+// Pairing: the code shown on the other node, typed here; both nodes then trust each other.
+async function pair(peer) {
+  const code = window.prompt(`Pair with ${peer.name}: on ${peer.name}, open Network and press "Show a pairing code" (or run \`aienv peers pair --show\`), then type the code here:`);
+  if (code === null) return;
+  await api('POST', `/peers/${encodeURIComponent(peer.id)}/pair`, { code });
+}
+
 function peerCard(peer) {
   const gpus = peer.resources.gpus.map((g) => g.model).join(', ') || 'no GPU';
+  const conflict = peer.conflict && peer.conflict.active
+    ? h('p', { class: 'warning', role: 'alert', 'data-conflict': peer.name,
+      text: `Another key claims to be ${peer.name} (from ${peer.conflict.address}, ${peer.conflict.count}×, last ${ago(peer.conflict.last_seen)}): refused. Key presented: ${peer.conflict.key_id}` })
+    : null;
+  const action = peer.trusted
+    ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Stop trusting ${peer.name}`,
+      onclick: () => attempt(() => api('DELETE', `/peers/${encodeURIComponent(peer.id)}/trust`)) }, 'Untrust')
+    : h('span', {},
+      h('button', { type: 'button', 'aria-label': `Trust ${peer.name}`, onclick: () => attempt(() => trust(peer)) }, 'Trust…'),
+      ' ',
+      h('button', { type: 'button', 'aria-label': `Pair with ${peer.name}`, onclick: () => attempt(() => pair(peer)) }, 'Pair…'));
   return h('article', { class: 'card peer', 'data-peer': peer.name, 'aria-label': `Peer ${peer.name}` },
-    h('h3', {}, peer.name, h('span', { class: `badge state-${peer.state}`, 'data-state': peer.state, text: peer.state })),
+    h('h3', {}, peer.name, h('span', { class: `badge state-${peer.state}`, 'data-state': peer.state, text: peer.state }),
+      h('span', { class: `badge trust-${peer.trusted ? 'trusted' : 'known'}`, 'data-trust': peer.trusted ? 'trusted' : 'known', text: peer.trusted ? 'trusted' : 'known' })),
     h('p', { class: 'muted', text: `${peer.resources.cpu_cores} cores · ${bytes(peer.resources.memory_total)} RAM · ${gpus}` }),
     h('p', { class: 'muted', text: peer.state === 'online'
       ? `${peer.shared_workspaces} shared`
-      : `${peer.shared_workspaces} shared · last seen ${ago(peer.last_seen)}` }));
+      : `${peer.shared_workspaces} shared · last seen ${ago(peer.last_seen)}` }),
+    h('p', { class: 'key-id', title: 'Key id: compare it with the one shown on that machine', text: peer.key_id }),
+    conflict,
+    action);
 }
 
 export function mount(main) {
@@ -42,7 +74,13 @@ export function mount(main) {
     h('thead', {}, h('tr', {}, ['Workspace', 'Peer', '', 'Type', 'Tags', 'Updated'].map((c) => h('th', { scope: 'col', text: c || 'Action' })))),
     body);
   const status = h('p', { class: 'muted', role: 'status' });
-  main.append(h('h2', {}, 'Peers'), peers, h('h2', {}, 'Shared on the network'), filters, status, table);
+  const pairing = h('p', { class: 'muted', id: 'pairing-code', 'aria-live': 'polite' });
+  const showCode = h('button', { type: 'button', onclick: () => attempt(async () => {
+    const shown = await api('POST', '/pairing');
+    pairing.replaceChildren('Pairing code ', h('strong', { class: 'key-id', text: shown.code }),
+      ` — type it on the other node before ${new Date(shown.expires_at).toLocaleTimeString()} (single use). This node's key id: ${shown.key_id}`);
+  }) }, 'Show a pairing code');
+  main.append(h('h2', {}, 'Peers'), h('p', {}, showCode), pairing, peers, h('h2', {}, 'Shared on the network'), filters, status, table);
 
   let entries = [];
   const renderPeers = () => {

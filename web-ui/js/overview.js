@@ -25,6 +25,11 @@ function render(region) {
   region.replaceChildren(
     h('h2', {}, `Node ${node.name}`),
     h('p', { class: 'muted', text: `id ${node.id} · version ${node.version} · ${r.os}/${r.arch}` }),
+    h('p', {}, 'Key id ', h('code', { class: 'key-id', id: 'node-key-id', text: node.key_id }),
+      h('span', { class: 'muted', text: ' · compare it when another node trusts this one' })),
+    node.discovery.key_conflicts
+      ? h('p', { class: 'warning', role: 'alert', text: `${node.discovery.key_conflicts} announcements or answers refused: another key claimed a known node's id (see Network).` })
+      : null,
     h('section', { class: 'grid', 'aria-label': 'Resources' },
       h('div', { class: 'card' }, h('h3', {}, 'CPU'), h('p', { class: 'stat', text: `${r.cpu_cores}` }), h('p', { class: 'muted', text: r.cpu_model || 'cores' })),
       gauge('Memory', r.memory_total - r.memory_available, r.memory_total, `${bytes(r.memory_available)} free of ${bytes(r.memory_total)}`),
