@@ -1143,6 +1143,9 @@ pub struct EnvironmentStatusDto {
     pub error: Option<String>,
     /// Decisions worth knowing.
     pub notes: Vec<String>,
+    /// How its processes are confined: `standard: …`, `strict: …`, `off: …` (unboxed), or
+    /// what a container or VM gets.
+    pub sandbox: String,
     /// Starts with the node.
     pub autostart: bool,
     /// When `run` was asked.
@@ -1179,6 +1182,7 @@ impl From<&aienv_actors::runtime_supervisor::EnvStatus> for EnvironmentStatusDto
                 .collect(),
             error: s.error.clone(),
             notes: s.notes.clone(),
+            sandbox: s.sandbox.clone(),
             autostart: s.autostart,
             started: s.started,
             ready_at: s.ready_at,

@@ -136,6 +136,12 @@ pub struct RuntimeSection {
     pub autostart: bool,
     /// libvirt connection for environments that name none.
     pub libvirt_uri: String,
+    /// The unprivileged user environments run as when the node runs as root (made as a
+    /// system user when missing).
+    pub run_as: String,
+    /// Workspaces (names or ids) cloned from peers that may still run with `sandbox: off`:
+    /// only a local admin, who edits this file, decides that.
+    pub allow_unsandboxed: Vec<String>,
 }
 
 impl Default for RuntimeSection {
@@ -143,6 +149,8 @@ impl Default for RuntimeSection {
         RuntimeSection {
             autostart: true,
             libvirt_uri: "qemu:///system".into(),
+            run_as: "aienv-env".into(),
+            allow_unsandboxed: Vec::new(),
         }
     }
 }

@@ -207,6 +207,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     let runtimes = {
         let config = RuntimeConfig {
             libvirt_uri: config.runtime.libvirt_uri.clone(),
+            run_as: config.runtime.run_as.clone(),
+            allow_unsandboxed: config.runtime.allow_unsandboxed.clone(),
             autostart: config.runtime.autostart,
             ..RuntimeConfig::new(&data_dir, node_id)
         };

@@ -243,6 +243,7 @@ impl From<aienv_actors::runtime_supervisor::RuntimeError> for ApiError {
                 Some(json!({ "step": step, "log": log })),
             ),
             E::Gone => (S::SERVICE_UNAVAILABLE, "shutting-down", None),
+            E::Sandbox(_) => (S::UNPROCESSABLE_ENTITY, "sandbox-refused", None),
             _ => (S::INTERNAL_SERVER_ERROR, "runtime-failed", None),
         };
         ApiError {

@@ -44,7 +44,10 @@ function toolButton(env, tool, openTerminal) {
 function envSection(env, panels) {
   return h('section', { class: 'env', 'data-env': env.environment, 'data-state': env.state, 'aria-label': `Environment ${env.environment}` },
     h('h4', {}, `${env.environment} `, h('span', { class: `badge env-${env.state}`, 'data-state': env.state, text: env.state }),
-      env.backend ? h('span', { class: 'muted', text: ` ${env.backend}` }) : null),
+      env.backend ? h('span', { class: 'muted', text: ` ${env.backend}` }) : null,
+      env.sandbox && env.sandbox.startsWith('off') && env.state !== 'stopped'
+        ? h('span', { class: 'badge unboxed', 'data-sandbox': 'off', title: env.sandbox, text: 'unboxed' }) : null),
+    env.sandbox && env.state !== 'stopped' ? h('p', { class: 'muted sandbox', text: `sandbox ${env.sandbox}` }) : null,
     env.allocation ? h('p', { class: 'muted', text: allocationText(env.allocation) }) : null,
     env.instance ? h('p', { class: 'muted', text: env.instance }) : null,
     env.error ? h('p', { class: 'error', role: 'alert', text: env.error }) : null,

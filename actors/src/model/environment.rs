@@ -69,6 +69,37 @@ pub struct EnvironmentSpec {
     /// Start the environment when the node starts (and keep it running).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub autostart: bool,
+    /// How its local processes are confined: `standard` (the default: writes only to the
+    /// workspace, its runtime dir and a private /tmp; the node's data hidden; never as root),
+    /// `strict` (also other homes and mounts hidden, own PID and IPC namespaces) or `off`
+    /// (refused for a workspace cloned from a peer unless a local admin allows it in
+    /// `runtime.allow_unsandboxed`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub sandbox: SandboxMode,
+}
+
+/// How an environment's local processes are confined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    /// bubblewrap: read-only system, private /tmp, node data hidden, workspace writable.
+    #[default]
+    Standard,
+    /// `standard`, plus other homes and mounts hidden and own PID, IPC and UTS namespaces.
+    Strict,
+    /// Not confined (still never as root).
+    Off,
+}
+
+impl SandboxMode {
+    /// `standard`, `strict` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxMode::Standard => "standard",
+            SandboxMode::Strict => "strict",
+            SandboxMode::Off => "off",
+        }
+    }
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -582,6 +613,7 @@ impl EnvironmentSpec {
             health: HealthSpec::default(),
             restart: RestartSpec::default(),
             autostart: false,
+            sandbox: SandboxMode::Standard,
         }
     }
 

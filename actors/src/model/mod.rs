@@ -9,9 +9,9 @@ mod workspace;
 
 pub use environment::{
     ByteSize, DockerSpec, EnvironmentSpec, HealthSpec, LibvirtSpec, PortSpec, PythonManager,
-    PythonSpec, ResourceWants, RestartPolicy, RestartSpec, RuntimeKind, SetupScripts, SetupStep,
-    ToolKind, ToolSpec, VariantRequires, VariantSpec, VolumeSpec, Want, ENVIRONMENT_FILE,
-    ENVIRONMENT_SCHEMA_VERSION,
+    PythonSpec, ResourceWants, RestartPolicy, RestartSpec, RuntimeKind, SandboxMode, SetupScripts,
+    SetupStep, ToolKind, ToolSpec, VariantRequires, VariantSpec, VolumeSpec, Want,
+    ENVIRONMENT_FILE, ENVIRONMENT_SCHEMA_VERSION,
 };
 pub use validate::{is_slug, validate_relative_path, FieldError, ValidationErrors, MAX_SLUG_LEN};
 pub use workspace::{

@@ -46,6 +46,8 @@ pub struct LaunchPlan {
     pub setup_hash: String,
     /// Time between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// How local processes are confined.
+    pub sandbox: super::sandbox::Sandbox,
 }
 
 impl LaunchPlan {
@@ -206,15 +208,14 @@ pub fn missing_hint(kind: ToolKind, program: &str) -> String {
 }
 
 /// Finds `program` in `dirs` (then `PATH`), as a shell would.
-pub fn resolve_program(program: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+pub fn resolve_program(program: &str, dirs: &[PathBuf], path_var: &str) -> Option<PathBuf> {
     if program.contains('/') {
         let path = Path::new(program);
         return is_executable(path).then(|| path.to_path_buf());
     }
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
     dirs.iter()
         .cloned()
-        .chain(std::env::split_paths(&path_var))
+        .chain(std::env::split_paths(path_var))
         .map(|dir| dir.join(program))
         .find(|candidate| is_executable(candidate))
 }

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, OnceCell};
 use uuid::Uuid;
 
-use crate::model::RuntimeKind;
+use crate::model::{RuntimeKind, SandboxMode};
 
 use super::backend::{Backend, Exit, Instance, LaunchPlan, Launched};
 use super::detect::shell_quote;
@@ -255,9 +255,10 @@ impl Backend for DockerBackend {
                 env: Some(env_list(plan)),
                 working_dir: Some(workdir(plan)),
                 labels: Some(labels(plan)),
+                user: container_user(plan),
                 host_config: Some(HostConfig {
                     binds: Some(binds(plan)),
-                    ..HostConfig::default()
+                    ..hardened(plan)
                 }),
                 ..ContainerCreateBody::default()
             };
@@ -358,6 +359,7 @@ impl Backend for DockerBackend {
                         .collect(),
                 ),
                 tty: Some(false),
+                user: container_user(plan),
                 host_config: Some(HostConfig {
                     binds: Some(binds(plan)),
                     port_bindings: Some(port_bindings),
@@ -377,7 +379,7 @@ impl Backend for DockerBackend {
                         name: Some(RestartPolicyNameEnum::NO),
                         maximum_retry_count: None,
                     }),
-                    ..HostConfig::default()
+                    ..hardened(plan)
                 }),
                 ..ContainerCreateBody::default()
             };
@@ -673,4 +675,45 @@ pub async fn exec_terminal(
         }
     });
     Ok(())
+}
+
+/// Never privileged; unless the environment says `sandbox: off`, every capability dropped
+/// but the few a root-started image needs to set itself up and serve (owning and reading
+/// its files, changing user, binding low ports), and `no-new-privileges`. `strict` keeps
+/// none of them and runs as the node's unprivileged run-as user.
+fn hardened(plan: &LaunchPlan) -> HostConfig {
+    let mode = plan.sandbox.mode;
+    if mode == SandboxMode::Off {
+        return HostConfig {
+            privileged: Some(false),
+            ..HostConfig::default()
+        };
+    }
+    let kept: &[&str] = match mode {
+        SandboxMode::Strict => &[],
+        _ => &[
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "SETGID",
+            "SETUID",
+            "KILL",
+            "NET_BIND_SERVICE",
+        ],
+    };
+    HostConfig {
+        privileged: Some(false),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(kept.iter().map(|c| c.to_string()).collect()),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        ..HostConfig::default()
+    }
+}
+
+/// `strict` containers run as the run-as user (or nobody when the node is not root).
+fn container_user(plan: &LaunchPlan) -> Option<String> {
+    (plan.sandbox.mode == SandboxMode::Strict).then(|| match &plan.sandbox.run_as {
+        Some(user) => format!("{}:{}", user.uid, user.gid),
+        None => "65534:65534".into(),
+    })
 }

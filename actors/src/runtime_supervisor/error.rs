@@ -88,6 +88,9 @@ pub enum RuntimeError {
     /// The request is invalid.
     #[error("{0}")]
     BadRequest(String),
+    /// The environment cannot run with the confinement it asks for (or must have).
+    #[error("{0}")]
+    Sandbox(String),
     /// The supervisor is gone (node shutting down).
     #[error("the runtime supervisor is not running")]
     Gone,

@@ -22,6 +22,7 @@ mod limits;
 mod logs;
 mod process;
 mod runner;
+pub mod sandbox;
 mod status;
 pub mod terminal;
 
@@ -38,7 +39,7 @@ use uuid::Uuid;
 
 use crate::event_bus::EventBus;
 use crate::events::NodeEvent;
-use crate::model::{EnvironmentSpec, PythonManager, RuntimeKind, ToolKind};
+use crate::model::{EnvironmentSpec, PythonManager, RuntimeKind, SandboxMode, ToolKind};
 use crate::resources::{self, Resources};
 use crate::shutdown::Shutdown;
 use crate::workspace_store::{WorkspaceEntry, WorkspaceStoreHandle};
@@ -64,6 +65,11 @@ pub struct RuntimeConfig {
     pub libvirt_uri: String,
     /// Start `autostart` environments when the node starts.
     pub autostart: bool,
+    /// The user environments run as when the node runs as root (made if missing).
+    pub run_as: String,
+    /// Workspaces (names or ids) a local admin allows to run with `sandbox: off` although
+    /// they were cloned from a peer.
+    pub allow_unsandboxed: Vec<String>,
 }
 
 impl RuntimeConfig {
@@ -75,6 +81,8 @@ impl RuntimeConfig {
             node_id,
             libvirt_uri: "qemu:///system".into(),
             autostart: true,
+            run_as: "aienv-env".into(),
+            allow_unsandboxed: Vec::new(),
         }
     }
 }
@@ -136,6 +144,36 @@ pub struct RuntimeSupervisor {
     #[cfg(feature = "libvirt")]
     libvirt: Rc<libvirt::LibvirtBackend>,
     view_sender: watch::Sender<Arc<RuntimesView>>,
+    /// What this host offers for confinement.
+    confinement: Confinement,
+}
+
+/// What this host offers for confinement, found once at start.
+struct Confinement {
+    /// bubblewrap.
+    bwrap: Option<PathBuf>,
+    /// With a node running as root: the user to run as, or why there is none.
+    run_as: Option<Result<sandbox::RunAs, String>>,
+    /// The node user's home (hidden from environments).
+    home: Option<PathBuf>,
+}
+
+impl Confinement {
+    fn detect(config: &RuntimeConfig) -> Confinement {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let run_as = root.then(|| sandbox::ensure_user(&config.run_as));
+        if let Some(Err(error)) = &run_as {
+            tracing::warn!(%error, "no user to run environments as; local environments cannot run");
+        }
+        Confinement {
+            bwrap: sandbox::find_bwrap(),
+            run_as,
+            home: std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|home| home.is_absolute() && home.as_path() != std::path::Path::new("/")),
+        }
+    }
 }
 
 impl Actor for RuntimeSupervisor {
@@ -455,6 +493,31 @@ impl RuntimeSupervisor {
                 }
             })?;
         let plan = self.plan(entry, name, &spec, kind, allocation.clone())?;
+        let mut notes = allocation.notes.clone();
+        let sandbox = match kind {
+            RuntimeKind::Process => {
+                if spec.sandbox != SandboxMode::Off && !plan.sandbox.confined() {
+                    notes.push(
+                        "not confined: bubblewrap is not installed (Debian: apt-get install bubblewrap)"
+                            .into(),
+                    );
+                }
+                plan.sandbox.describe()
+            }
+            RuntimeKind::Docker if spec.sandbox == SandboxMode::Off => {
+                "off: container with the engine's default capabilities".into()
+            }
+            RuntimeKind::Docker => format!(
+                "{}: container without privileges, capabilities dropped, no-new-privileges{}",
+                spec.sandbox.as_str(),
+                if spec.sandbox == SandboxMode::Strict {
+                    ", as an unprivileged user"
+                } else {
+                    ""
+                }
+            ),
+            _ => "virtual machine".into(),
+        };
         self.next_run += 1;
         let run_id = self.next_run;
         let cancel = Shutdown::new();
@@ -465,7 +528,8 @@ impl RuntimeSupervisor {
             environment: name.to_string(),
             backend: kind,
             state: EnvState::SettingUp,
-            notes: allocation.notes.clone(),
+            notes,
+            sandbox,
             allocation: Some(allocation),
             instance: None,
             tools: plan
@@ -536,6 +600,80 @@ impl RuntimeSupervisor {
         Ok(Arc::new(self.envs[&key].clone()))
     }
 
+    /// How the environment's local processes are confined, or why they cannot run.
+    fn sandbox(
+        &self,
+        entry: &WorkspaceEntry,
+        name: &str,
+        spec: &EnvironmentSpec,
+        kind: RuntimeKind,
+        state_dir: &std::path::Path,
+    ) -> Result<sandbox::Sandbox, RuntimeError> {
+        let workspace = &entry.manifest.name;
+        let cloned = entry.origin.as_ref();
+        let allowed = |w: &String| *w == *workspace || *w == entry.manifest.id.to_string();
+        let mut mode = spec.sandbox;
+        if mode == SandboxMode::Off {
+            if let Some(origin) = cloned {
+                if !self.config.allow_unsandboxed.iter().any(allowed) {
+                    return Err(RuntimeError::Sandbox(format!(
+                        "environment `{name}` of `{workspace}` asks for `sandbox: off`, but `{workspace}` was cloned from `{}`: a workspace from a peer cannot switch its own sandbox off; a local admin can allow it by adding `{workspace}` to runtime.allow_unsandboxed",
+                        origin.peer_name
+                    )));
+                }
+            }
+        }
+        let run_as = match &self.confinement.run_as {
+            None => None,
+            Some(Ok(user)) => Some(user.clone()),
+            Some(Err(error)) if kind == RuntimeKind::Process => {
+                return Err(RuntimeError::Sandbox(format!(
+                    "the node runs as root and environments never do, but there is no user to run them as: {error} (set runtime.run_as to an existing user)"
+                )))
+            }
+            Some(Err(_)) => None,
+        };
+        let bwrap = self.confinement.bwrap.clone();
+        if bwrap.is_none() && kind == RuntimeKind::Process {
+            let install = "install bubblewrap (Debian: apt-get install bubblewrap)";
+            if run_as.is_some() {
+                return Err(RuntimeError::Sandbox(format!(
+                    "the node runs as root and drops environments to `{}` with bubblewrap, which is not installed: {install}",
+                    self.config.run_as
+                )));
+            }
+            if mode != SandboxMode::Off {
+                if let Some(origin) = cloned {
+                    return Err(RuntimeError::Sandbox(format!(
+                        "`{workspace}` was cloned from `{}` and runs only confined (sandbox: {}), but bubblewrap is not installed: {install}",
+                        origin.peer_name,
+                        mode.as_str()
+                    )));
+                }
+                mode = SandboxMode::Off;
+            }
+        }
+        let mut hidden = vec![self.config.data_dir.clone()];
+        hidden.extend(self.confinement.home.clone());
+        if mode == SandboxMode::Strict {
+            for dir in ["/home", "/root", "/mnt", "/media", "/srv", "/run/user"] {
+                if std::path::Path::new(dir).is_dir() {
+                    hidden.push(PathBuf::from(dir));
+                }
+            }
+        }
+        hidden.sort();
+        hidden.dedup();
+        Ok(sandbox::Sandbox {
+            mode,
+            bwrap,
+            run_as,
+            hidden,
+            writable: vec![entry.path.clone(), state_dir.to_path_buf()],
+            home: state_dir.join("home"),
+        })
+    }
+
     fn plan(
         &self,
         entry: &WorkspaceEntry,
@@ -601,8 +739,8 @@ impl RuntimeSupervisor {
                         ]
                         .map(String::from)
                         .to_vec();
-                        // SAFETY: geteuid has no preconditions.
-                        if in_container || unsafe { libc::geteuid() } == 0 {
+                        // Local tools never run as root; containers usually do.
+                        if in_container {
                             argv.push("--allow-root".into());
                         }
                         argv
@@ -640,7 +778,9 @@ impl RuntimeSupervisor {
             .dir
             .join(entry.manifest.id.to_string())
             .join(name);
+        let sandbox = self.sandbox(entry, name, spec, kind, &state_dir)?;
         Ok(LaunchPlan {
+            sandbox,
             node_id: self.config.node_id,
             workspace_id: entry.manifest.id,
             workspace_name: entry.manifest.name.clone(),
@@ -792,6 +932,7 @@ impl RuntimeSupervisorHandle {
         let (view_sender, view) = watch::channel(Arc::new(RuntimesView::default()));
         let dir = config.dir.clone();
         let host = resources::detect(&config.data_dir);
+        let confinement = Confinement::detect(&config);
         #[cfg(feature = "libvirt")]
         let libvirt = Rc::new(libvirt::LibvirtBackend::new(&config.libvirt_uri));
         let addr = RuntimeSupervisor {
@@ -808,6 +949,7 @@ impl RuntimeSupervisorHandle {
             #[cfg(feature = "libvirt")]
             libvirt,
             view_sender,
+            confinement,
         }
         .start();
         RuntimeSupervisorHandle {
@@ -953,6 +1095,7 @@ fn stopped_status(
         environment: name.to_string(),
         backend: RuntimeSupervisor::choose_backend(spec, None),
         state: EnvState::Stopped,
+        sandbox: spec.sandbox.as_str().to_string(),
         allocation: None,
         instance: None,
         tools: spec

@@ -113,7 +113,9 @@ pub fn process_env(plan: &LaunchPlan) -> (Vec<(String, String)>, Vec<PathBuf>) {
         "AIENV_WORKSPACE_DIR".into(),
         plan.root.display().to_string(),
     );
-    (env.into_iter().collect(), bin_dirs)
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    plan.sandbox.adjust_env(&mut env);
+    (env, bin_dirs)
 }
 
 fn bin_dirs(plan: &LaunchPlan) -> Vec<PathBuf> {
@@ -132,6 +134,12 @@ async fn prepare(plan: &LaunchPlan) -> Result<Vec<String>, RuntimeError> {
     let log_path = plan.setup_log();
     std::fs::create_dir_all(plan.log_dir())
         .map_err(|e| RuntimeError::io(format!("creating {}", plan.log_dir().display()), e))?;
+    // The run-as user owns the workspace and runtime dir (files a sync added are the node's).
+    let sandbox = plan.sandbox.clone();
+    tokio::task::spawn_blocking(move || sandbox.prepare_dirs())
+        .await
+        .map_err(|e| RuntimeError::io("preparing the sandbox", std::io::Error::other(e)))?
+        .map_err(|e| RuntimeError::io("giving the workspace to the environment's user", e))?;
     let record = plan.state_dir.join(SETUP_RECORD);
     if std::fs::read_to_string(&record).is_ok_and(|done| done.trim() == plan.setup_hash) {
         return Ok(Vec::new());
@@ -148,6 +156,12 @@ async fn prepare(plan: &LaunchPlan) -> Result<Vec<String>, RuntimeError> {
         ),
     );
     let (env, _) = process_env(plan);
+    // Programs are looked for as the environment sees them (the sandbox hides some).
+    let path = env
+        .iter()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default();
     let run = |step: String, argv: Vec<String>| {
         let env = env.clone();
         let log_path = log_path.clone();
@@ -163,7 +177,7 @@ async fn prepare(plan: &LaunchPlan) -> Result<Vec<String>, RuntimeError> {
                         RuntimeError::io(format!("removing the old venv {}", venv.display()), e)
                     })?;
                 }
-                let (interpreter, note) = find_python(python.version.as_deref());
+                let (interpreter, note) = find_python(python.version.as_deref(), &path);
                 notes.extend(note);
                 run(
                     "python venv".into(),
@@ -211,7 +225,7 @@ async fn prepare(plan: &LaunchPlan) -> Result<Vec<String>, RuntimeError> {
                 })?;
                 let conda = ["micromamba", "mamba", "conda"]
                     .into_iter()
-                    .find_map(|name| resolve_program(name, &[]))
+                    .find_map(|name| resolve_program(name, &[], &path))
                     .ok_or_else(|| RuntimeError::SetupFailed {
                         environment: plan.environment.clone(),
                         step: "conda environment".into(),
@@ -257,10 +271,10 @@ async fn prepare(plan: &LaunchPlan) -> Result<Vec<String>, RuntimeError> {
 }
 
 /// The interpreter for `version` (`python3.11`), or `python3` with a note.
-fn find_python(version: Option<&str>) -> (String, Option<String>) {
+fn find_python(version: Option<&str>, search: &str) -> (String, Option<String>) {
     if let Some(version) = version {
         let wanted = format!("python{version}");
-        if let Some(path) = resolve_program(&wanted, &[]) {
+        if let Some(path) = resolve_program(&wanted, &[], search) {
             return (path.display().to_string(), None);
         }
         return (
@@ -288,6 +302,7 @@ async fn run_step(
         log: log_path.display().to_string(),
     };
     let log = logs::open(log_path).map_err(|e| failed(e.to_string()))?;
+    let argv = plan.sandbox.wrap(argv, &plan.root);
     let mut command = tokio::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
@@ -365,9 +380,21 @@ impl ProcessInstance {
             return None;
         }
         let program = tool.argv.first()?;
-        resolve_program(program, &self.bin_dirs)
+        self.resolve(program)
             .is_none()
             .then(|| missing_hint(tool.kind, program))
+    }
+
+    /// Where `program` is as the environment sees it: the venv first, then its own `PATH`
+    /// (which leaves out what the sandbox hides).
+    fn resolve(&self, program: &str) -> Option<PathBuf> {
+        let path = self
+            .env
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        resolve_program(program, &self.bin_dirs, &path)
     }
 
     fn spawn(&mut self, name: &str) -> Result<u32, RuntimeError> {
@@ -383,17 +410,19 @@ impl ProcessInstance {
         logs::rotate(&log_path);
         let log = logs::open(&log_path)
             .map_err(|e| RuntimeError::io(format!("opening {}", log_path.display()), e))?;
-        let mut command = if tool.shell {
-            let mut command = std::process::Command::new("/bin/sh");
-            command.arg("-c").arg(tool.argv.join(" "));
-            command
+        let argv = if tool.shell {
+            vec!["/bin/sh".into(), "-c".into(), tool.argv.join(" ")]
         } else {
-            let program = resolve_program(&tool.argv[0], &self.bin_dirs)
+            let program = self
+                .resolve(&tool.argv[0])
                 .unwrap_or_else(|| PathBuf::from(&tool.argv[0]));
-            let mut command = std::process::Command::new(program);
-            command.args(&tool.argv[1..]);
-            command
+            let mut argv = vec![program.display().to_string()];
+            argv.extend(tool.argv[1..].iter().cloned());
+            argv
         };
+        let argv = self.plan.sandbox.wrap(&argv, &self.plan.root);
+        let mut command = std::process::Command::new(&argv[0]);
+        command.args(&argv[1..]);
         command
             .current_dir(&self.plan.root)
             .env_clear()
@@ -541,7 +570,10 @@ impl Instance for ProcessInstance {
             .find(|s| Path::new(s).exists())
             .unwrap_or("/bin/sh");
         TerminalTarget::Shell {
-            argv: vec![shell.to_string(), "-l".to_string()],
+            argv: self
+                .plan
+                .sandbox
+                .wrap(&[shell.to_string(), "-l".to_string()], &self.plan.root),
             env: self.env.clone(),
             cwd: self.plan.root.clone(),
             limits: self.limits.clone(),

@@ -151,6 +151,8 @@ pub struct EnvStatus {
     pub error: Option<String>,
     /// Decisions worth telling (variant chosen, less than preferred, skipped steps).
     pub notes: Vec<String>,
+    /// How its processes are confined (`standard: …`, `off: not confined; …`).
+    pub sandbox: String,
     /// Its log files' directory.
     pub log_dir: PathBuf,
     /// Whether it starts with the node.
