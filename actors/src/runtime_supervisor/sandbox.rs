@@ -79,7 +79,9 @@ impl Sandbox {
             }
         }
         if self.mode == SandboxMode::Off {
-            // Only there to drop privileges: everything stays as it is.
+            // Only there to drop privileges: the system stays writable (to what the user may
+            // write) and /tmp shared; the node's data dir is still replaced, so the paths to
+            // the workspace and runtime dir can be walked by the user.
             out.extend(
                 [
                     "--bind",
@@ -98,36 +100,36 @@ impl Sandbox {
                 ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"].map(String::from),
             );
             out.extend(["--perms", "1777", "--tmpfs", "/tmp"].map(String::from));
-            // Outer directories first, so an inner one is not covered again.
-            let mut hidden: Vec<&PathBuf> = self.hidden.iter().collect();
-            hidden.sort_by_key(|p| p.as_os_str().len());
-            for dir in &hidden {
-                out.extend(["--perms".into(), "0711".into(), "--tmpfs".into(), path(dir)]);
-            }
-            for writable in &self.writable {
-                // Its parents inside the innermost hidden directory are made again,
-                // traversable but not listable.
-                if let Some(top) = hidden.iter().rev().find(|h| writable.starts_with(h)) {
-                    let mut parents: Vec<&Path> = writable
-                        .ancestors()
-                        .skip(1)
-                        .take_while(|p| p.starts_with(top) && *p != top.as_path())
-                        .collect();
-                    parents.reverse();
-                    for parent in parents {
-                        out.extend([
-                            "--perms".into(),
-                            "0711".into(),
-                            "--dir".into(),
-                            path(parent),
-                        ]);
-                    }
+        }
+        // Outer directories first, so an inner one is not covered again.
+        let mut hidden: Vec<&PathBuf> = self.hidden.iter().collect();
+        hidden.sort_by_key(|p| p.as_os_str().len());
+        for dir in &hidden {
+            out.extend(["--perms".into(), "0711".into(), "--tmpfs".into(), path(dir)]);
+        }
+        for writable in &self.writable {
+            // Its parents inside the innermost hidden directory are made again, traversable
+            // but not listable.
+            if let Some(top) = hidden.iter().rev().find(|h| writable.starts_with(h)) {
+                let mut parents: Vec<&Path> = writable
+                    .ancestors()
+                    .skip(1)
+                    .take_while(|p| p.starts_with(top) && *p != top.as_path())
+                    .collect();
+                parents.reverse();
+                for parent in parents {
+                    out.extend([
+                        "--perms".into(),
+                        "0711".into(),
+                        "--dir".into(),
+                        path(parent),
+                    ]);
                 }
-                out.extend(["--bind".into(), path(writable), path(writable)]);
             }
-            if self.mode == SandboxMode::Strict {
-                out.extend(["--unshare-ipc", "--unshare-pid", "--unshare-uts"].map(String::from));
-            }
+            out.extend(["--bind".into(), path(writable), path(writable)]);
+        }
+        if self.mode == SandboxMode::Strict {
+            out.extend(["--unshare-ipc", "--unshare-pid", "--unshare-uts"].map(String::from));
         }
         out.extend(["--chdir".into(), path(cwd), "--".into()]);
         if let Some(user) = &self.run_as {
@@ -169,7 +171,7 @@ impl Sandbox {
     /// Whether `path` can be seen inside (not under a hidden directory, or inside a
     /// writable one there).
     pub fn visible(&self, path: &Path) -> bool {
-        if !self.confined() {
+        if self.bwrap.is_none() {
             return true;
         }
         self.writable.iter().any(|w| path.starts_with(w))
@@ -312,7 +314,11 @@ mod tests {
         };
         let line = off.wrap(&["sh".into()], Path::new("/")).join(" ");
         assert!(
-            line.contains("--bind / /") && line.contains("setpriv") && !line.contains("--tmpfs"),
+            line.contains("--bind / /") && line.contains("setpriv"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("--tmpfs /tmp") && line.contains("--tmpfs /srv/aienv"),
             "{line}"
         );
         assert!(!off.confined());
