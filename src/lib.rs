@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod login_gate;
 pub mod peer_client;
 pub mod schemas;
 pub mod serve;

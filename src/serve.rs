@@ -235,6 +235,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         announcer: announcer.clone(),
         bus,
         auth: Arc::new(Authenticator::new(token, &data_dir)),
+        login_gate: crate::login_gate::LoginGate::default(),
         access: AccessPolicy {
             allow_public: config.http.allow_public,
             hostnames: config
@@ -295,6 +296,14 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     // Without it, a response written as headers then body waits for the client's delayed
     // ACK (40 ms on Linux): every small answer through the tool proxy paid that.
     .tcp_nodelay(true)
+    // Bounds on what slow or idle clients can hold: headers within 10 s, an idle
+    // keep-alive connection for 15 s, at most 2,048 connections and 64 TLS handshakes in
+    // progress per worker (the rest wait in the listen backlog).
+    .client_request_timeout(std::time::Duration::from_secs(10))
+    .client_disconnect_timeout(std::time::Duration::from_secs(2))
+    .keep_alive(std::time::Duration::from_secs(15))
+    .max_connections(2048)
+    .max_connection_rate(64)
     .disable_signals()
     .shutdown_timeout(5)
     // The key a TLS client proved is all a request learns of which peer it comes from.

@@ -271,3 +271,25 @@ impl From<aienv_actors::peer_registry::TrustError> for ApiError {
         ApiError::new(status, code, error.to_string())
     }
 }
+
+impl From<crate::login_gate::Throttled> for ApiError {
+    fn from(error: crate::login_gate::Throttled) -> ApiError {
+        use crate::login_gate::Throttled as T;
+        let (status, code, retry_after) = match &error {
+            T::Source { retry_after, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-logins",
+                *retry_after,
+            ),
+            T::Busy { retry_after } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "login-busy", *retry_after)
+            }
+        };
+        ApiError {
+            status,
+            code,
+            message: error.to_string(),
+            details: Some(json!({ "retry_after": retry_after })),
+        }
+    }
+}

@@ -52,6 +52,7 @@ impl FromRequest for Caller {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let safe = matches!(request.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+        let source = source_of(request);
         Box::pin(async move {
             let Some(header) = header else {
                 // A browser session: valid cookie, and for changes the CSRF token as well.
@@ -76,7 +77,7 @@ impl FromRequest for Caller {
                 .ok()
                 .and_then(|h| Presented::parse(&h))
                 .ok_or_else(ApiError::unauthorized)?;
-            Ok(Caller(Some(verify(&state, presented).await?)))
+            Ok(Caller(Some(verify(&state, presented, source).await?)))
         })
     }
 }
@@ -104,18 +105,26 @@ pub fn check_origin(state: &AppState, request: &HttpRequest, what: &str) -> Resu
     }
 }
 
-/// Checks credentials from an `Authorization` header (argon2 hashes off the worker thread).
-pub async fn verify(state: &AppState, presented: Presented) -> Result<Principal, ApiError> {
-    let auth = state.auth.clone();
-    let principal = if auth.is_cheap(&presented) {
-        auth.verify(&presented)
-    } else {
-        web::block(move || auth.verify(&presented))
-            .await
-            .map_err(|_| ApiError::unauthorized())?
-    };
+/// Where a request comes from (for per-source limits).
+pub fn source_of(request: &HttpRequest) -> std::net::IpAddr {
+    request
+        .peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+}
+
+/// Checks credentials from an `Authorization` header, through the login gate (argon2 off
+/// the worker threads, bounded per source and node-wide).
+pub async fn verify(
+    state: &AppState,
+    presented: Presented,
+    source: std::net::IpAddr,
+) -> Result<Principal, ApiError> {
+    let principal = state
+        .login_gate
+        .check(&state.auth, presented, source)
+        .await?;
     principal.ok_or_else(|| {
-        tracing::warn!("refused wrong credentials");
+        tracing::warn!(%source, "refused wrong credentials");
         ApiError::unauthorized()
     })
 }

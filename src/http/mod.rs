@@ -64,6 +64,8 @@ pub struct AppState {
     pub bus: EventBus,
     /// Credential checks.
     pub auth: Arc<Authenticator>,
+    /// Bounds on password checks.
+    pub login_gate: crate::login_gate::LoginGate,
     /// Network rules.
     pub access: AccessPolicy,
     /// The node-wide shutdown signal.

@@ -115,6 +115,7 @@ pub struct SessionDto {
 
 async fn login(
     state: web::Data<AppState>,
+    request: HttpRequest,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let presented = match body.into_inner() {
@@ -135,10 +136,10 @@ async fn login(
             ))
         }
     };
-    let auth = state.auth.clone();
-    let principal = web::block(move || auth.verify(&presented))
-        .await
-        .map_err(|_| ApiError::unauthorized())?
+    let principal = state
+        .login_gate
+        .check(&state.auth, presented, super::extract::source_of(&request))
+        .await?
         .ok_or_else(|| {
             tracing::warn!("refused a dashboard login");
             ApiError::new(

@@ -245,7 +245,9 @@ async fn check_login(state: &web::Data<AppState>, request: &HttpRequest) -> Resu
                 "tools open behind the node's login: log in on the node's dashboard first (or send its credentials)",
             )
         })?;
-    super::extract::verify(state, presented).await.map(|_| ())
+    super::extract::verify(state, presented, super::extract::source_of(request))
+        .await
+        .map(|_| ())
 }
 
 /// Relays a WebSocket between the browser and the tool, message by message.

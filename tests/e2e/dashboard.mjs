@@ -196,9 +196,22 @@ try {
   await runCard.locator('.badge[data-state="stopped"]').waitFor();
   step('stopped');
 
-  // Kill C: its card turns stale, then gone, live.
-  const card = b.locator('article[data-peer="gamma"] .badge');
+  // Trust: C is known, with its key id; trusting it after comparing the key id shows it
+  // trusted, live.
+  const card = b.locator('article[data-peer="gamma"] .badge[data-state]');
   await b.locator('article[data-peer="gamma"] .badge[data-state="online"]').waitFor();
+  await b.locator('article[data-peer="gamma"] .badge[data-trust="known"]').waitFor();
+  const keyId = (await b.locator('article[data-peer="gamma"] .key-id').textContent()).trim();
+  assert.match(keyId, /^[A-Z2-7]{7}(-[A-Z2-7]{7}){7}$/);
+  b.once('dialog', (dialog) => dialog.accept(keyId));
+  await b.getByRole('button', { name: 'Trust gamma' }).click();
+  await b.locator('article[data-peer="gamma"] .badge[data-trust="trusted"]').waitFor();
+  step('peer trusted after comparing its key id');
+  await b.getByRole('button', { name: 'Stop trusting gamma' }).click();
+  await b.locator('article[data-peer="gamma"] .badge[data-trust="known"]').waitFor();
+  step('trust revoked');
+
+  // Kill C: its card turns stale, then gone, live.
   await action('kill-c');
   await b.locator('article[data-peer="gamma"] .badge[data-state="stale"]').waitFor();
   await b.locator('article[data-peer="gamma"] .badge[data-state="gone"]').waitFor();
