@@ -102,7 +102,7 @@ fn a_login_flood_and_idle_connections_leave_the_node_answering() {
         "{statuses:?}"
     );
     assert!(
-        statuses.get(&429).is_some(),
+        statuses.contains_key(&429),
         "per-source limit: {statuses:?}"
     );
     eprintln!(
