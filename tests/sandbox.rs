@@ -5,10 +5,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use aienv::api::{RunRequest, TransferRequestDto};
-use aienv::client::Client;
+use aienv::api::RunRequest;
 use common::runtime::{run, workspace};
 use common::{eventually, TestNode};
 
@@ -33,28 +31,6 @@ fn bwrap_available() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-async fn clone(client: &Client, peer: &str, workspace: &str) {
-    let job = client
-        .start_transfer(&TransferRequestDto {
-            kind: "clone".into(),
-            peer: Some(peer.into()),
-            workspace: workspace.into(),
-            ..TransferRequestDto::default()
-        })
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let job = client.transfer(&job.id.to_string()).await.unwrap();
-        if job.is_finished() {
-            assert_eq!(job.state, "done", "{job:?}");
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{job:?}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn report(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
@@ -121,8 +97,10 @@ async fn a_tool_of_a_cloned_workspace_runs_boxed() {
             == 2
     })
     .await;
-    clone(&admin_b, "origin", "probe").await;
-    clone(&admin_b, "origin", "open").await;
+    for workspace in ["probe", "open"] {
+        let job = common::transfer(&admin_b, "clone", Some("origin"), workspace).await;
+        assert_eq!(job.state, "done", "{job:?}");
+    }
 
     let statuses = run(&admin_b, "probe").await;
     assert_eq!(statuses[0].state, "running", "{statuses:#?}");

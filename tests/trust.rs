@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use aienv::api::{CreateWorkspace, ShareRequest, TransferDto, TransferRequestDto};
+use aienv::api::{CreateWorkspace, ShareRequest, TransferRequestDto};
 use aienv::client::{Client, NetworkQuery};
 use common::{eventually, TestNode};
 use futures_util::StreamExt;
@@ -30,27 +30,6 @@ async fn share(node: &TestNode, name: &str, peers: &[&str]) {
         }
     };
     client.share(name, &request).await.unwrap();
-}
-
-async fn clone(client: &Client, peer: &str, workspace: &str) -> TransferDto {
-    let job = client
-        .start_transfer(&TransferRequestDto {
-            kind: "clone".into(),
-            peer: Some(peer.into()),
-            workspace: workspace.into(),
-            ..TransferRequestDto::default()
-        })
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let job = client.transfer(&job.id.to_string()).await.unwrap();
-        if job.is_finished() {
-            return job;
-        }
-        assert!(std::time::Instant::now() < deadline, "{job:?}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Starts a node that claims `victim`'s id and name with a key of its own (as a host on the
@@ -149,7 +128,7 @@ async fn impostor_is_refused(legacy: bool) {
     let names: Vec<&str> = entries.iter().map(|e| e.workspace.name.as_str()).collect();
     assert_eq!(names, ["real-ws"]);
     // A clone from alpha reaches the real alpha.
-    let job = clone(&client, "alpha", "real-ws").await;
+    let job = common::transfer(&client, "clone", Some("alpha"), "real-ws").await;
     assert_eq!(job.state, "done", "{job:?}");
     let cloned = client.get("real-ws").await.unwrap();
     let path = std::path::PathBuf::from(cloned.workspace.path.unwrap());
@@ -378,7 +357,7 @@ async fn trust_by_name_after_comparing_the_key_id() {
         entries.iter().any(|e| e.workspace.name == "team")
     })
     .await;
-    let job = clone(&admin_b, "node-a", "team").await;
+    let job = common::transfer(&admin_b, "clone", Some("node-a"), "team").await;
     assert_eq!(job.state, "done", "{job:?}");
     let detail = admin_b.get("team").await.unwrap();
     assert_eq!(
@@ -392,23 +371,7 @@ async fn trust_by_name_after_comparing_the_key_id() {
     // Revoked: the next sync is refused by A (B no longer sees the workspace).
     let output = a.cli(&["peers", "untrust", "node-b"]);
     assert!(output.status.success(), "{output:?}");
-    let job = admin_b
-        .start_transfer(&TransferRequestDto {
-            kind: "sync".into(),
-            workspace: "team".into(),
-            ..TransferRequestDto::default()
-        })
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let job = loop {
-        let job = admin_b.transfer(&job.id.to_string()).await.unwrap();
-        if job.is_finished() {
-            break job;
-        }
-        assert!(std::time::Instant::now() < deadline, "{job:?}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    };
+    let job = common::transfer(&admin_b, "sync", None, "team").await;
     assert_eq!(job.state, "failed", "{job:?}");
 }
 

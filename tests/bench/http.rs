@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench http` (needs `wrk`; `BENCH_SECONDS` sets each run's length).
 //! Prints requests/s, p99 latency and the ratio to the bare server for `GET /api/v1/health` and
-//! `GET /api/v1/workspaces` (default page, 1,000 workspaces stored), the node's idle resident
+//! `GET /api/v1/workspaces` (default page, 1,000 workspaces stored) on the plain loopback
+//! listener and on the TLS listener (keep-alive), the node's idle resident
 //! memory, and its start-up time to the first healthy answer. Figures, not assertions: these
 //! machines are shared and noisy.
 
@@ -36,7 +37,7 @@ fn main() {
     let data = temp.path().join("data");
 
     // Start-up on an empty data dir.
-    let (mut node, url, empty_startup) = start_node(&data);
+    let (mut node, url, _, empty_startup) = start_node(&data);
     let token = std::fs::read_to_string(data.join("admin.token"))
         .unwrap()
         .trim()
@@ -62,13 +63,20 @@ fn main() {
     stop(&mut node);
 
     // Start-up with 1000 workspaces, then idle memory.
-    let (mut node, url, full_startup) = start_node(&data);
+    let (mut node, url, tls_url, full_startup) = start_node(&data);
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_kib(node.id());
 
     let bare_hello = wrk(&format!("{bare_url}/"), None, seconds);
     let health = wrk(&format!("{url}/api/v1/health"), None, seconds);
     let page = wrk(&format!("{url}/api/v1/workspaces"), Some(&token), seconds);
+    // The LAN listener: TLS with keep-alive (wrk's connections stay open).
+    let tls_health = wrk(&format!("{tls_url}/api/v1/health"), None, seconds);
+    let tls_page = wrk(
+        &format!("{tls_url}/api/v1/workspaces"),
+        Some(&token),
+        seconds,
+    );
     let (_, body) = http(&url, "GET", "/api/v1/workspaces", Some(&token), None);
     let loaded_rss = rss_kib(node.id());
 
@@ -94,7 +102,14 @@ fn main() {
         &page,
         ">= 0.40",
     );
+    row("GET /api/v1/health over TLS", &tls_health, ">= 0.60");
+    row("GET /api/v1/workspaces over TLS", &tls_page, ">= 0.40");
     println!("p99 target: < 5 ms");
+    println!(
+        "TLS / plain HTTP on the same node: health {:.2}, workspace page {:.2}",
+        tls_health.0 / health.0,
+        tls_page.0 / page.0
+    );
     println!();
     println!(
         "idle resident memory (1000 workspaces):   {:.1} MiB (target < 30 MiB)",
@@ -149,10 +164,29 @@ fn spawn_with_url(command: &mut Command) -> (Child, String) {
     (child, url)
 }
 
-/// Starts the node and measures the time from spawn to its first `200` on `/api/v1/health`.
-fn start_node(data: &Path) -> (Child, String, Duration) {
+/// Starts a node and reads its two URLs (the banner is one write).
+fn spawn_with_urls(command: &mut Command) -> (Child, String, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut read = |prefix: &str| {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line.trim().strip_prefix(prefix).unwrap().to_string()
+    };
+    let url = read("aienv: listening on ");
+    let tls_url = read("aienv: peers and other machines: ");
+    (child, url, tls_url)
+}
+
+/// Starts the node and measures the time from spawn to its first `200` on `/api/v1/health`;
+/// returns its plain (loopback) and TLS URLs.
+fn start_node(data: &Path) -> (Child, String, String, Duration) {
     let started = Instant::now();
-    let (child, url) = spawn_with_url(
+    let (child, url, tls_url) = spawn_with_urls(
         Command::new(env!("CARGO_BIN_EXE_aienv"))
             .args([
                 "serve",
@@ -169,7 +203,7 @@ fn start_node(data: &Path) -> (Child, String, Duration) {
     );
     loop {
         if let Ok((200, _)) = try_http(&url, "GET", "/api/v1/health", None, None) {
-            return (child, url, started.elapsed());
+            return (child, url, tls_url, started.elapsed());
         }
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -248,6 +248,37 @@ pub fn tls_client(identity: &NodeIdentity, key: KeyFingerprint) -> awc::Client {
         .finish()
 }
 
+/// Starts a transfer (`clone` or `sync`) on `client`'s node and waits until it finishes
+/// (2 minutes at most).
+pub async fn transfer(
+    client: &Client,
+    kind: &str,
+    peer: Option<&str>,
+    workspace: &str,
+) -> aienv::api::TransferDto {
+    let job = client
+        .start_transfer(&aienv::api::TransferRequestDto {
+            kind: kind.into(),
+            peer: peer.map(str::to_string),
+            workspace: workspace.into(),
+            ..aienv::api::TransferRequestDto::default()
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = client.transfer(&job.id.to_string()).await.unwrap();
+        if job.is_finished() {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfer did not finish: {job:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A TCP port nothing on this host listens on now.
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
