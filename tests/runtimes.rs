@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aienv::api::{CreateWorkspace, RunRequest};
 use awc::ws::{Frame, Message};
-use common::runtime::{alive, get, read_until, run, workspace, HELLO};
+use common::runtime::{alive, get, host_pid, read_until, run, workspace, HELLO};
 use common::{eventually, TestNode};
 use futures_util::{SinkExt, StreamExt};
 
@@ -145,6 +145,8 @@ tools:
         .trim()
         .parse()
         .unwrap();
+    // The tool knows its child by its sandbox's PID namespace.
+    let sleep_pid = host_pid(sleep_pid, Path::new(&root)).expect("the sleep, seen from the host");
     assert!(alive(app_pid) && alive(sleep_pid));
     let stopped = admin.stop("proc", None).await.unwrap();
     assert_eq!(stopped[0].state, "stopped", "{stopped:#?}");
@@ -198,6 +200,15 @@ async fn terminal_runs_a_login_shell_in_the_environment() {
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .last()
         .expect("the shell's pid");
+    let root = node
+        .admin()
+        .get("term")
+        .await
+        .unwrap()
+        .workspace
+        .path
+        .unwrap();
+    let pid = host_pid(pid, Path::new(&root)).expect("the shell, seen from the host");
     sink.send(Message::Binary("echo $((6*7))\n".into()))
         .await
         .unwrap();

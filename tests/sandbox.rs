@@ -22,6 +22,7 @@ if touch "$D/planted" 2>/dev/null; then echo datadir=written; else echo datadir=
 if touch /tmp/probe 2>/dev/null; then echo tmp=ok; else echo tmp=refused; fi
 if touch "$AIENV_WORKSPACE_DIR/made-here" 2>/dev/null; then echo workspace=ok; else echo workspace=refused; fi
 if touch "$HOME/made-here" 2>/dev/null; then echo home=ok; else echo home=refused; fi
+if [ "$(ls /proc | grep -c '^[0-9][0-9]*$')" -lt 10 ]; then echo processes=private; else echo processes=shared; fi
 if python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 5)' "$PROBE_PORT" 2>/dev/null; then echo network=ok; else echo network=refused; fi
 } > "$AIENV_WORKSPACE_DIR/report.txt"
 "#;
@@ -134,6 +135,7 @@ async fn a_tool_of_a_cloned_workspace_runs_boxed() {
         ("tmp", "ok"),
         ("workspace", "ok"),
         ("home", "ok"),
+        ("processes", "private"),
         ("network", "ok"),
     ];
     for (what, value) in expected {

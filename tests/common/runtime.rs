@@ -137,3 +137,27 @@ pub async fn read_until(
     }
     seen
 }
+
+/// The host's pid of the process a sandboxed environment knows as `inner` (its own PID
+/// namespace numbers from 1), found by the innermost `NSpid` and the working directory.
+pub fn host_pid(inner: i32, cwd: &Path) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let Some(nspid) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
+            continue;
+        };
+        let innermost = nspid.split_whitespace().last().and_then(|n| n.parse().ok());
+        if innermost != Some(inner) {
+            continue;
+        }
+        if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|dir| dir == cwd) {
+            return Some(pid);
+        }
+    }
+    None
+}

@@ -70,8 +70,8 @@ pub struct EnvironmentSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub autostart: bool,
     /// How its local processes are confined: `standard` (the default: writes only to the
-    /// workspace, its runtime dir and a private /tmp; the node's data hidden; never as root),
-    /// `strict` (also other homes and mounts hidden, own PID and IPC namespaces) or `off`
+    /// workspace, its runtime dir and a private /tmp; the node's data and other processes
+    /// hidden; never as root), `strict` (also other homes and mounts hidden) or `off`
     /// (refused for a workspace cloned from a peer unless a local admin allows it in
     /// `runtime.allow_unsandboxed`).
     #[serde(default, skip_serializing_if = "is_default")]
@@ -82,10 +82,11 @@ pub struct EnvironmentSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxMode {
-    /// bubblewrap: read-only system, private /tmp, node data hidden, workspace writable.
+    /// bubblewrap: read-only system, private /tmp, node data hidden, workspace writable,
+    /// own PID and IPC namespaces.
     #[default]
     Standard,
-    /// `standard`, plus other homes and mounts hidden and own PID, IPC and UTS namespaces.
+    /// `standard`, plus other homes and mounts hidden and an own UTS namespace.
     Strict,
     /// Not confined (still never as root).
     Off,

@@ -2,8 +2,9 @@
 //!
 //! With bubblewrap: the whole file system read-only, a private `/tmp`, the node's data dir
 //! (tokens, keys, the index, other workspaces) and the node user's home replaced by empty
-//! directories, and only the workspace and its runtime dir writable; `strict` also hides
-//! other homes and mounts and gives the processes their own PID, IPC and host name. The
+//! directories, only the workspace and its runtime dir writable, and a PID and IPC namespace
+//! of its own (another environment's processes, and the tokens in their environment, stay
+//! out of sight); `strict` also hides other homes and mounts and gives it its own host name. The
 //! network stays: tools must answer the node's proxy. A node running as root
 //! never runs environments as root: bubblewrap sets up the mounts as root and `setpriv`
 //! drops to the `runtime.run_as` user, with no capabilities and `no_new_privs`, before the
@@ -56,10 +57,10 @@ impl Sandbox {
         };
         match (self.confined(), self.mode) {
             (true, SandboxMode::Strict) => format!(
-                "strict: writes only to the workspace, its runtime dir and /tmp; node data, homes and mounts hidden; own PID and IPC namespaces; {user}"
+                "strict: writes only to the workspace, its runtime dir and /tmp; node data, homes and mounts hidden; own PID, IPC and UTS namespaces; {user}"
             ),
             (true, _) => format!(
-                "standard: writes only to the workspace, its runtime dir and /tmp; node data and home hidden; {user}"
+                "standard: writes only to the workspace, its runtime dir and /tmp; node data and home hidden; own PID and IPC namespaces; {user}"
             ),
             (false, _) => format!("off: not confined; {user}"),
         }
@@ -128,8 +129,13 @@ impl Sandbox {
             }
             out.extend(["--bind".into(), path(writable), path(writable)]);
         }
+        if self.mode != SandboxMode::Off {
+            // Other environments' processes (same run-as user) stay out of sight: their
+            // environment holds tokens.
+            out.extend(["--unshare-pid", "--unshare-ipc"].map(String::from));
+        }
         if self.mode == SandboxMode::Strict {
-            out.extend(["--unshare-ipc", "--unshare-pid", "--unshare-uts"].map(String::from));
+            out.push("--unshare-uts".into());
         }
         out.extend(["--chdir".into(), path(cwd), "--".into()]);
         if let Some(user) = &self.run_as {
@@ -291,7 +297,7 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("-- python3 -V"), "{line}");
-        assert!(!line.contains("--unshare-pid"));
+        assert!(line.contains("--unshare-pid") && !line.contains("--unshare-uts"));
         let strict = Sandbox {
             mode: SandboxMode::Strict,
             run_as: None,
