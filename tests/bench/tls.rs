@@ -23,7 +23,6 @@ use aienv_actors::snapshot::{Hash, Snapshot, SnapshotLimits};
 use futures_util::StreamExt;
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::TestNode;
