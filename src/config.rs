@@ -79,7 +79,8 @@ pub struct DiscoveryConfig {
     pub interfaces: Vec<String>,
     /// Milliseconds between periodic announcements (at least 200).
     pub announce_interval_ms: u64,
-    /// `host:port` of nodes to poll over HTTP where multicast does not reach.
+    /// `host:port` of nodes to poll over mutual TLS where multicast does not reach;
+    /// `host:port#KEY-ID` accepts only that key.
     pub static_peers: Vec<String>,
 }
 

@@ -144,12 +144,17 @@ impl PeerClient for HttpPeerClient {
         })
     }
 
-    fn node(&self, base_url: &str) -> LocalFuture<Result<RemoteNode, PeerCallError>> {
-        let seen = Arc::new(Mutex::new(None));
-        let request = self
-            .connections
-            .recording(seen.clone())
-            .get(format!("{base_url}/api/v1/node"));
+    fn node(
+        &self,
+        base_url: &str,
+        expected: Option<KeyFingerprint>,
+    ) -> LocalFuture<Result<RemoteNode, PeerCallError>> {
+        let seen = Arc::new(Mutex::new(expected));
+        let client = match expected {
+            Some(key) => self.connections.client(key),
+            None => self.connections.recording(seen.clone()),
+        };
+        let request = client.get(format!("{base_url}/api/v1/node"));
         let https = base_url.starts_with("https://");
         Box::pin(async move {
             if !https {

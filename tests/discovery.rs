@@ -455,3 +455,47 @@ async fn static_peer_over_http_only() {
     let node = client.node().await.unwrap();
     assert!(node.discovery.problem.unwrap().contains("off"));
 }
+
+/// A static peer written with its key id (`https://host:port#KEY-ID`) is reached only if it
+/// presents that key: with another key it is never listed.
+#[actix_rt::test]
+async fn a_static_peer_with_a_pinned_key_is_reached_only_with_that_key() {
+    let temp = tempfile::tempdir().unwrap();
+    let far = TestNode::spawn_on(
+        &temp.path().join("far"),
+        &["--name", "far-away", "--no-discovery"],
+    );
+    let other = TestNode::spawn_on(
+        &temp.path().join("other"),
+        &["--name", "other", "--no-discovery"],
+    );
+    let pinned = format!("{}#{}", far.tls_url, far.key.to_readable());
+    let wrong = format!("{}#{}", other.tls_url, far.key.to_readable().to_lowercase());
+    let near = TestNode::spawn_with_env(
+        &temp.path().join("near"),
+        &[
+            "--name",
+            "near",
+            "--no-discovery",
+            "--announce-interval",
+            "0.2",
+        ],
+        &[(
+            "AIENV_DISCOVERY_STATIC_PEERS",
+            format!("{pinned},{wrong}").as_str(),
+        )],
+    );
+    let client = near.admin();
+    eventually("the pinned static peer is listed", || async {
+        let peers = client.peers().await.unwrap();
+        peers
+            .iter()
+            .any(|p| p.name == "far-away" && p.key_id == far.key.to_readable())
+    })
+    .await;
+    // Several polls later, the node behind the wrong key is still not a peer.
+    actix_rt::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let peers = client.peers().await.unwrap();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert!(peers.iter().all(|p| p.name != "other"));
+}

@@ -207,9 +207,14 @@ pub trait PeerClient {
     /// the handshake).
     fn catalog(&self, peer: &PeerEndpoint)
         -> LocalFuture<Result<Vec<CatalogEntry>, PeerCallError>>;
-    /// `GET {base}/api/v1/node` of a static peer, whose key is not known yet: the answer
-    /// carries the key it presented, for the registry to check against the id it reports.
-    fn node(&self, base_url: &str) -> LocalFuture<Result<RemoteNode, PeerCallError>>;
+    /// `GET {base}/api/v1/node` of a static peer: over a connection that accepts only
+    /// `expected` when the configuration names the key, else any key, recorded in the answer
+    /// for the registry to check against the id the peer reports.
+    fn node(
+        &self,
+        base_url: &str,
+        expected: Option<KeyFingerprint>,
+    ) -> LocalFuture<Result<RemoteNode, PeerCallError>>;
 }
 
 /// Why a call to a peer failed.
@@ -769,12 +774,24 @@ impl PeerRegistry {
 
     fn poll_static(&mut self, ctx: &mut Context<Self>) {
         for address in self.config.static_peers.clone() {
-            let base = if address.contains("://") {
-                address.clone()
-            } else {
-                format!("https://{address}")
+            // `host:port#KEY-ID` pins the key; without it the first key seen is checked
+            // against the id the peer reports.
+            let (location, expected) = match address.split_once('#') {
+                Some((location, key)) => match KeyFingerprint::parse(key) {
+                    Ok(key) => (location.to_string(), Some(key)),
+                    Err(error) => {
+                        tracing::warn!(peer = %address, %error, "static peer: bad key id; not polled");
+                        continue;
+                    }
+                },
+                None => (address.clone(), None),
             };
-            let future = self.client.node(&base);
+            let base = if location.contains("://") {
+                location
+            } else {
+                format!("https://{location}")
+            };
+            let future = self.client.node(&base, expected);
             ctx.spawn(
                 future
                     .into_actor(self)
@@ -944,7 +961,11 @@ impl Handler<StaticPolled> for PeerRegistry {
                 return;
             }
         };
-        let (host, port) = split_host_port(&message.address);
+        let location = message
+            .address
+            .split_once('#')
+            .map_or(message.address.as_str(), |(l, _)| l);
+        let (host, port) = split_host_port(location);
         let Some(address) = resolve(&host) else {
             tracing::warn!(peer = %message.address, "cannot resolve static peer");
             return;
