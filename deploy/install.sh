@@ -11,6 +11,17 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# Environments run confined by bubblewrap (a node without it refuses cloned workspaces).
+if ! command -v bwrap >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y bubblewrap
+    elif command -v dnf >/dev/null 2>&1; then
+        dnf install -y bubblewrap
+    else
+        echo "install.sh: install bubblewrap with your package manager" >&2
+    fi
+fi
+
 cargo build --release --locked
 install -m 0755 target/release/aienv /usr/local/bin/aienv
 
