@@ -203,3 +203,44 @@ async fn foreign_host_names_are_refused() {
         assert_eq!(ok.status().as_u16(), 200, "{host}");
     }
 }
+
+/// A dashboard session made over TLS (another machine) gets a `Secure` cookie, so the browser
+/// never sends it in clear; one made on the loopback listener cannot be `Secure` (plain HTTP).
+#[actix_rt::test]
+async fn a_session_made_over_tls_has_a_secure_cookie() {
+    let node = TestNode::spawn();
+    let body = serde_json::json!({"token": node.token()});
+    let config = aienv::tls::client_config(None, node.key).unwrap();
+    let tls = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(std::sync::Arc::new(config)))
+        .finish();
+    let response = tls
+        .post(format!("{}/api/v1/session", node.tls_url))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let response = awc::Client::default()
+        .post(format!("{}/api/v1/session", node.url))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+}

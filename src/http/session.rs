@@ -150,9 +150,13 @@ async fn login(
         })?;
     let user = principal.name().to_string();
     let (id, csrf) = state.sessions.create(principal);
+    // Signed in over TLS (from another machine): the browser must never send the cookie in
+    // clear, not even to a plain-HTTP URL of the same host.
+    let over_tls = request.connection_info().scheme() == "https";
     let cookie = Cookie::build(COOKIE, id)
         .http_only(true)
         .same_site(SameSite::Strict)
+        .secure(over_tls)
         .path("/")
         .finish();
     Ok(HttpResponse::Ok().cookie(cookie).json(SessionDto {
