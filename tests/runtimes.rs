@@ -417,18 +417,26 @@ async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
         return;
     };
     let node = TestNode::spawn();
-    let requirements = format!(
-        "--no-index\n--find-links {}\njupyterlab\n",
-        wheels.display()
-    );
-    workspace(
+    let root = workspace(
         &node,
         "nb",
-        &[("requirements.txt", &requirements), ("hello.ipynb", "{\"cells\": [], \"metadata\": {}, \"nbformat\": 4, \"nbformat_minor\": 5}")],
+        &[("hello.ipynb", "{\"cells\": [], \"metadata\": {}, \"nbformat\": 4, \"nbformat_minor\": 5}")],
         "lab",
         "schema_version: 1\nruntime: process\npython: {requirements: [requirements.txt]}\ntools: [{name: lab, kind: jupyterlab, path: /lab}]\n",
     )
     .await;
+    // The wheels travel inside the workspace: set-up runs sandboxed, and a wheelhouse under
+    // the host's /tmp (a clone of the repository there) is not visible from a private /tmp.
+    let local = Path::new(&root).join("wheels");
+    std::fs::create_dir_all(&local).unwrap();
+    for entry in std::fs::read_dir(&wheels).unwrap().flatten() {
+        std::fs::copy(entry.path(), local.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        Path::new(&root).join("requirements.txt"),
+        format!("--no-index\n--find-links {}\njupyterlab\n", local.display()),
+    )
+    .unwrap();
     let admin = node.admin();
     let statuses = run(&admin, "nb").await;
     let lab = &statuses[0].tools[0];
