@@ -376,13 +376,15 @@ pub fn load_or_create(data_dir: &Path, name: &str) -> Result<NodeIdentity, Ident
     let cert_path = data_dir.join(CERT_FILE);
     let existing = std::fs::read_to_string(&cert_path)
         .ok()
-        .and_then(|pem| pem_to_der(&pem))
+        .and_then(|text| pem::parse(text).ok())
+        .filter(|block| block.tag() == "CERTIFICATE")
+        .map(|block| block.into_contents())
         .filter(|der| KeyFingerprint::of_certificate(der).ok() == Some(fingerprint));
     let cert_der = match existing {
         Some(der) => der,
         None => {
             let der = self_signed(&key, name)?;
-            let pem = der_to_pem(&der);
+            let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.clone()));
             write_private(&cert_path, pem.as_bytes()).map_err(io(&cert_path))?;
             der
         }
@@ -451,63 +453,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&temp, path)
-}
-
-fn der_to_pem(der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut text = String::new();
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                text.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                text.push('=');
-            }
-        }
-    }
-    let lines: Vec<&str> = text
-        .as_bytes()
-        .chunks(64)
-        .map(|l| std::str::from_utf8(l).expect("ascii"))
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
-}
-
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for byte in body.bytes() {
-        let value = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        buffer = (buffer << 6) | value as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-            buffer &= (1 << bits) - 1;
-        }
-    }
-    (!out.is_empty()).then_some(out)
 }
 
 #[cfg(test)]
