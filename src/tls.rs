@@ -16,7 +16,9 @@ use std::sync::Arc;
 use actix_web::dev::Extensions;
 use aienv_actors::identity::{KeyFingerprint, NodeIdentity};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -46,7 +48,9 @@ pub fn server_config(identity: &NodeIdentity) -> Result<rustls::ServerConfig, ru
     let provider = provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(Arc::new(AnyKeyClientVerifier { provider }))
+        .with_client_cert_verifier(Arc::new(AnyKeyClientVerifier {
+            algorithms: provider.signature_verification_algorithms,
+        }))
         .with_single_cert(vec![certificate(identity)], private_key(identity))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
@@ -78,7 +82,7 @@ fn client_config_with(
     let provider = provider();
     let verifier = Arc::new(PinnedPeerVerifier {
         expected,
-        provider: provider.clone(),
+        algorithms: provider.signature_verification_algorithms,
     });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -133,7 +137,7 @@ enum Expected {
 #[derive(Debug)]
 pub struct PinnedPeerVerifier {
     expected: Expected,
-    provider: Arc<CryptoProvider>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 /// The words that start a key-mismatch error, so callers can tell a conflict from an outage.
@@ -168,12 +172,7 @@ impl ServerCertVerifier for PinnedPeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -182,18 +181,11 @@ impl ServerCertVerifier for PinnedPeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -201,7 +193,7 @@ impl ServerCertVerifier for PinnedPeerVerifier {
 /// it is decides what it may see, later, per request); browsers send none.
 #[derive(Debug)]
 struct AnyKeyClientVerifier {
-    provider: Arc<CryptoProvider>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for AnyKeyClientVerifier {
@@ -234,12 +226,7 @@ impl ClientCertVerifier for AnyKeyClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -248,17 +235,10 @@ impl ClientCertVerifier for AnyKeyClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
