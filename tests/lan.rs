@@ -434,8 +434,11 @@ async fn a_clone_between_hosts_crosses_the_lan_encrypted() {
     .await;
     let cloned = b_client.get("confidential-lab").await.unwrap();
     assert_eq!(cloned.workspace.origin.as_ref().unwrap().peer_name, "host0");
-    // Let the capture settle, then stop it.
-    actix_rt::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Stop the capture once it holds at least the clone's content (written packet by packet).
+    eventually("the capture holds the clone's traffic", || async {
+        std::fs::metadata(&capture).is_ok_and(|m| m.len() > content.len() as u64)
+    })
+    .await;
     unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
     let _ = tcpdump.wait();
     let bytes = std::fs::read(&capture).unwrap();

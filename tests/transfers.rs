@@ -8,13 +8,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use aienv::api::{CreateWorkspace, ShareRequest, TransferDto, TransferRequestDto};
 use aienv::client::Client;
 use aienv_actors::identity::NodeIdentity;
 use aienv_actors::snapshot::{root_hash, EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotLimits};
-use common::{eventually, TestNode};
+use common::{eventually, finished, TestNode};
 
 /// A node whose only peer is `source` (polled over HTTP every 0.2 s).
 fn node_with_peers(dir: &Path, name: &str, peers: &[&TestNode], extra: &[&str]) -> TestNode {
@@ -72,21 +71,6 @@ async fn start(client: &Client, kind: &str, peer: Option<&str>, workspace: &str)
         })
         .await
         .unwrap()
-}
-
-async fn finished(client: &Client, id: uuid::Uuid) -> TransferDto {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let job = client.transfer(&id.to_string()).await.unwrap();
-        if job.is_finished() {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "transfer did not finish: {job:?}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until a quarter of a job's content is in place; returns the bytes in place then.

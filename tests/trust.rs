@@ -138,7 +138,13 @@ async fn impostor_is_refused(legacy: bool) {
     );
     // With the real alpha gone, the impostor still gets nowhere.
     alpha.kill9();
-    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    // The impostor goes on announcing: wait until several more of its claims were refused.
+    let refused = client.node().await.unwrap().discovery.key_conflicts;
+    eventually(
+        "more of the impostor's announcements are refused",
+        || async { client.node().await.unwrap().discovery.key_conflicts >= refused + 10 },
+    )
+    .await;
     let entries = client
         .network_catalog(&NetworkQuery::default())
         .await

@@ -265,9 +265,14 @@ pub async fn transfer(
         })
         .await
         .unwrap();
+    finished(client, job.id).await
+}
+
+/// Waits until transfer `id` finishes (2 minutes at most) and returns it.
+pub async fn finished(client: &Client, id: uuid::Uuid) -> aienv::api::TransferDto {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let job = client.transfer(&job.id.to_string()).await.unwrap();
+        let job = client.transfer(&id.to_string()).await.unwrap();
         if job.is_finished() {
             return job;
         }
