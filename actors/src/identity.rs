@@ -195,11 +195,6 @@ pub enum KeyIdError {
     },
 }
 
-/// Whether `id` is derived from `key` (a node made with a key) rather than a legacy id.
-pub fn is_derived(id: Uuid, key: &KeyFingerprint) -> bool {
-    key.node_id() == id
-}
-
 /// Whether `id` is of the derived kind (version 8), so it can be checked without a pin.
 pub fn is_key_id(id: Uuid) -> bool {
     id.get_version_num() == 8
