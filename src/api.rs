@@ -1120,6 +1120,15 @@ pub struct ToolDto {
     pub ready_at: Option<DateTime<Utc>>,
 }
 
+/// A single-use link into a tool's own origin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolTicketDto {
+    /// Opens the tool signed in; works once.
+    pub url: String,
+    /// Seconds the link stays valid.
+    pub expires_in_seconds: u64,
+}
+
 /// One environment and its state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvironmentStatusDto {

@@ -772,6 +772,26 @@ impl Client {
         self.json(response).await
     }
 
+    /// `POST /workspaces/{ws}/tools/{tool}/ticket`: a link that opens the tool signed in,
+    /// once.
+    pub async fn tool_ticket(
+        &self,
+        workspace: &str,
+        tool: &str,
+    ) -> Result<crate::api::ToolTicketDto, ClientError> {
+        let response = self
+            .send(
+                awc::http::Method::POST,
+                &format!(
+                    "/workspaces/{}/tools/{}/ticket",
+                    segment(workspace),
+                    segment(tool)
+                ),
+            )
+            .await?;
+        self.json(response).await
+    }
+
     /// `GET /workspaces/{ws}/logs`: as a stream of text chunks (endless with `follow`).
     pub async fn logs(
         &self,

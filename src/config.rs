@@ -62,6 +62,26 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Events an event-stream client may fall behind before it is sent a fresh snapshot.
     pub event_buffer: usize,
+    /// Ports for tools' own origins, `FIRST-LAST` (two per opened tool: TLS and loopback),
+    /// or `0` for any free port.
+    pub tool_ports: String,
+}
+
+impl HttpConfig {
+    /// `tool_ports` as an inclusive range; `(0, 0)` for any free port.
+    pub fn tool_port_range(&self) -> Result<(u16, u16), String> {
+        let text = self.tool_ports.trim();
+        if text == "0" {
+            return Ok((0, 0));
+        }
+        let range = text.split_once('-').and_then(|(first, last)| {
+            Some((first.trim().parse::<u16>().ok()?, last.trim().parse::<u16>().ok()?))
+        });
+        match range {
+            Some((first, last)) if first > 0 && first <= last => Ok((first, last)),
+            _ => Err("write it as FIRST-LAST (such as 37800-37999, FIRST at least 1), or 0 for any free port".into()),
+        }
+    }
 }
 
 /// LAN discovery settings.
@@ -225,6 +245,7 @@ impl Default for HttpConfig {
             max_upload_bytes: 64 * 1024 * 1024 * 1024,
             workers: 0,
             event_buffer: 1024,
+            tool_ports: "37800-37999".into(),
         }
     }
 }
@@ -400,6 +421,15 @@ pub fn resolve(
         value: String::new(),
         message: error.to_string(),
     })?;
+    if let Err(message) = config.http.tool_port_range() {
+        let key = "http.tool_ports";
+        return Err(ConfigError::BadValue {
+            key: key.into(),
+            origin: sources.get(key).cloned().unwrap_or(Source::Default),
+            value: config.http.tool_ports.clone(),
+            message,
+        });
+    }
     if config.discovery.announce_interval_ms < 200 {
         let key = "discovery.announce_interval_ms";
         return Err(ConfigError::BadValue {

@@ -134,6 +134,18 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         None => None,
     };
     let tls_config = crate::tls::server_config(&node_identity)?;
+    // Tools' own origins run their listeners on a thread of their own.
+    let tool_origins = http::ToolOrigins::new(
+        http::OriginSettings {
+            bind: config.http.bind,
+            local_http: config.http.local_http,
+            ports: config.http.tool_port_range().unwrap_or((0, 0)),
+            tls: tls_config.clone(),
+            dashboard_port: bound.port(),
+            dashboard_local_port: local_bound.map(|a| a.port()),
+        },
+        actix::Arbiter::new().handle(),
+    );
     let keys = KeyBook::open(
         store.open_tree("peer_keys")?,
         store.open_tree("trusted_peers")?,
@@ -269,6 +281,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         list_cache: http::ListCache::default(),
         sessions: http::Sessions::default(),
         pairing: http::Pairing::default(),
+        tool_tickets: http::ToolTickets::default(),
+        tool_origins,
         identity: node_identity.clone(),
         ui_dir: dev_ui.then(|| {
             let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web-ui");
@@ -352,7 +366,22 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         "node started"
     );
 
+    // Tool origins close when their tool is gone.
+    {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        actix_web::rt::spawn(async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => state.tool_origins.sweep(&state),
+                    _ = shutdown.wait() => break,
+                }
+            }
+        });
+    }
+
     let signal_shutdown = shutdown.clone();
+    let origins_state = state.clone();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
@@ -368,6 +397,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "stopping environments"),
         }
+        origins_state.tool_origins.stop_all().await;
         signal_shutdown.trigger();
         handle.stop(true).await;
     });

@@ -1234,7 +1234,7 @@ async fn live_server_matches_openapi_document() {
         .put_environment(
             "rt",
             "shell",
-            "schema_version: 1\nruntime: process\ntools: [{name: term, kind: terminal}]\n".into(),
+            "schema_version: 1\nruntime: process\ntools: [{name: term, kind: terminal}, {name: web, kind: http, command: [python3, -m, http.server, $PORT, --bind, 127.0.0.1]}]\n".into(),
         )
         .await
         .unwrap();
@@ -1329,6 +1329,33 @@ async fn live_server_matches_openapi_document() {
             true,
             400,
             Some("not-a-websocket"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/tools/{tool}/ticket",
+            "/workspaces/rt/tools/web/ticket",
+            Body::None,
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/tools/{tool}/ticket",
+            "/workspaces/rt/tools/nope/ticket",
+            Body::None,
+            true,
+            404,
+            Some("tool-not-found"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/tools/{tool}/ticket",
+            "/workspaces/rt/tools/web/ticket",
+            Body::None,
+            true,
+            200,
+            None,
         ),
         case(
             "GET",

@@ -397,22 +397,9 @@ async fn detection_proposes_and_the_cli_writes_an_environment() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--force"));
 }
 
-/// The wheelhouse `.ci/run` fills with `pip download jupyterlab` (no index is reached by
-/// the test itself).
-fn wheelhouse() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("AIENV_TEST_WHEELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-wheels"));
-    std::fs::read_dir(&dir)
-        .ok()?
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("jupyterlab-"))
-        .then_some(dir)
-}
-
 #[actix_rt::test]
 async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
-    let Some(wheels) = wheelhouse() else {
+    let Some(wheels) = common::runtime::wheelhouse() else {
         common::skip("no JupyterLab wheels in target/test-wheels (run `python3 -m pip download jupyterlab -d target/test-wheels`, as .ci/run does)");
         return;
     };
@@ -425,18 +412,7 @@ async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
         "schema_version: 1\nruntime: process\npython: {requirements: [requirements.txt]}\ntools: [{name: lab, kind: jupyterlab, path: /lab}]\n",
     )
     .await;
-    // The wheels travel inside the workspace: set-up runs sandboxed, and a wheelhouse under
-    // the host's /tmp (a clone of the repository there) is not visible from a private /tmp.
-    let local = Path::new(&root).join("wheels");
-    std::fs::create_dir_all(&local).unwrap();
-    for entry in std::fs::read_dir(&wheels).unwrap().flatten() {
-        std::fs::copy(entry.path(), local.join(entry.file_name())).unwrap();
-    }
-    std::fs::write(
-        Path::new(&root).join("requirements.txt"),
-        format!("--no-index\n--find-links {}\njupyterlab\n", local.display()),
-    )
-    .unwrap();
+    common::runtime::wheels_into(&wheels, Path::new(&root));
     let admin = node.admin();
     let statuses = run(&admin, "nb").await;
     let lab = &statuses[0].tools[0];

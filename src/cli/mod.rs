@@ -146,7 +146,8 @@ pub enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
-    /// Open a running tool in the browser (or print its URL).
+    /// Open a running tool in the browser, signed in on its own origin (or print a link that
+    /// signs in once, within a minute).
     Open {
         /// Workspace name or id.
         workspace: String,

@@ -369,12 +369,12 @@ pub async fn open(
             ),
         ));
     };
-    let url = format!("{}{}", client.base(), found.url);
-    if cli.json {
-        output::print_json(&serde_json::json!({"url": url, "state": found.state}));
-        return Ok(());
-    }
     if found.state != "ready" {
+        if cli.json {
+            let url = format!("{}{}", client.base(), found.url);
+            output::print_json(&serde_json::json!({"url": url, "state": found.state}));
+            return Ok(());
+        }
         return Err(CliError::with_code(
             exit::CONFLICT,
             format!(
@@ -382,6 +382,17 @@ pub async fn open(
                 found.state, status.environment, status.state
             ),
         ));
+    }
+    // The tool lives on an origin of its own: a single-use link signs the browser in there.
+    let ticket = client.tool_ticket(workspace, tool).await?;
+    let url = ticket.url;
+    if cli.json {
+        output::print_json(&serde_json::json!({
+            "url": url,
+            "state": found.state,
+            "expires_in_seconds": ticket.expires_in_seconds,
+        }));
+        return Ok(());
     }
     if !print_only && std::io::stdout().is_terminal() {
         let opened = std::process::Command::new("xdg-open")

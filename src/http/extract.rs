@@ -53,12 +53,21 @@ impl FromRequest for Caller {
             .map(str::to_string);
         let safe = matches!(request.method().as_str(), "GET" | "HEAD" | "OPTIONS");
         let source = source_of(request);
+        // A page of another origin (a tool's, whose requests carry the dashboard's cookie
+        // too: cookies ignore ports) gets nothing with the cookie, not even a read.
+        let foreign = match (&session, &state) {
+            (Some(_), Some(state)) => check_origin(state, request, "use this node's API").err(),
+            _ => None,
+        };
         Box::pin(async move {
             let Some(header) = header else {
                 // A browser session: valid cookie, and for changes the CSRF token as well.
                 let Some(id) = session else {
                     return Ok(Caller(None));
                 };
+                if let Some(refused) = foreign {
+                    return Err(refused);
+                }
                 let state = state.expect("app state is registered");
                 let Some((principal, token)) = state.sessions.get(&id) else {
                     return Err(ApiError::unauthorized());

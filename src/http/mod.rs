@@ -11,7 +11,9 @@ mod pairing;
 mod peers;
 mod runtimes;
 mod session;
+mod tool_origin;
 mod tool_proxy;
+mod tool_tickets;
 mod transfers;
 mod ui;
 mod upstream;
@@ -44,6 +46,8 @@ pub use extract::{Caller, Login};
 pub use list_cache::ListCache;
 pub use pairing::Pairing;
 pub use session::Sessions;
+pub use tool_origin::{OriginSettings, ToolOrigins};
+pub use tool_tickets::ToolTickets;
 pub use transfers::{TestHooks, Uploads, CHUNKS_TYPE, SNAPSHOT_TYPE};
 
 /// Everything handlers need, shared by all workers.
@@ -80,6 +84,10 @@ pub struct AppState {
     pub sessions: Sessions,
     /// The pairing code shown now.
     pub pairing: Pairing,
+    /// Tickets and sessions for tools' own origins.
+    pub tool_tickets: ToolTickets,
+    /// The listeners of tools' own origins.
+    pub tool_origins: ToolOrigins,
     /// The node's key and certificate (for calls to peers made by handlers).
     pub identity: Arc<aienv_actors::identity::NodeIdentity>,
     /// Serve the dashboard from this directory instead of the embedded copy (`--dev`).

@@ -28,6 +28,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/workspaces/{ws}/logs", web::get().to(logs))
         .route("/workspaces/{ws}/detect", web::post().to(detect))
         .route("/workspaces/{ws}/terminal", web::get().to(terminal))
+        .route(
+            "/workspaces/{ws}/tools/{tool}/ticket",
+            web::post().to(tool_ticket),
+        )
         .route("/runtimes", web::get().to(all));
 }
 
@@ -278,6 +282,26 @@ struct TerminalQuery {
 enum ClientMessage {
     Input { data: String },
     Resize { cols: u16, rows: u16 },
+}
+
+/// `POST /workspaces/{ws}/tools/{tool}/ticket`: a link that signs the caller into the tool's
+/// own origin, once, within a minute.
+async fn tool_ticket(
+    state: web::Data<AppState>,
+    login: Login,
+    path: web::Path<(String, String)>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (workspace, tool) = path.into_inner();
+    let target = super::tool_proxy::target(&state, &workspace, &tool)?;
+    let key = super::tool_tickets::ToolKey { workspace, tool };
+    let ports = state.tool_origins.ensure(&state, &key)?;
+    tracing::info!(user = login.name(), workspace = %key.workspace, tool = %key.tool, "tool ticket");
+    let ticket = state.tool_tickets.issue(login.0, key, target.base_path);
+    Ok(HttpResponse::Ok().json(crate::api::ToolTicketDto {
+        url: super::tool_origin::ToolOrigins::sign_in_url(&request, ports, &ticket),
+        expires_in_seconds: super::tool_tickets::TICKET_TTL.as_secs(),
+    }))
 }
 
 /// `GET /workspaces/{ws}/terminal`: a WebSocket bridged to the environment's terminal.

@@ -169,6 +169,7 @@ async fn current(
     state: web::Data<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    super::extract::check_origin(&state, &request, "read this node's session")?;
     let session = request
         .cookie(COOKIE)
         .and_then(|c| state.sessions.get(c.value()))

@@ -1,11 +1,12 @@
 //! `/w/<workspace>/<tool>/…`: the reverse proxy to running tools, HTTP and WebSocket,
-//! behind the node's login. The node signs the person into the tool: JupyterLab gets the
-//! token it was started with (`Authorization: token …`); code-server runs with its own auth
-//! off, reachable only on loopback. The node's own credentials (its session cookie, its
-//! `Authorization`) never reach the tool.
+//! behind the node's login. Browsers use it on each tool's own origin
+//! ([`super::tool_origin`]); on the dashboard's origin it only redirects them there, and
+//! proxies for clients that send the node's credentials explicitly.
 //!
-//! Browser sessions need no CSRF header here (tools do not know it): the session cookie is
-//! `SameSite=Strict`, and a request whose `Origin` is another site is refused.
+//! The node signs the person into the tool: JupyterLab gets the token it was started with
+//! (`Authorization: token …`); code-server runs with its own auth off, reachable only on
+//! loopback. The node's own credentials (its cookies, its `Authorization`) never reach the
+//! tool, and a tool cannot set the node's cookies.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use aienv_actors::runtime_supervisor::{ProxyMiss, ProxyTarget};
 
 use crate::auth::Presented;
 
+use super::tool_tickets::ToolKey;
 use super::{upstream, ApiError, AppState};
 
 /// Largest WebSocket message relayed (JupyterLab sends whole notebooks and images).
@@ -50,35 +52,98 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-connection",
 ];
 
+/// `/w/…` on the dashboard's origin. A browser is sent on to the tool's own origin with a
+/// fresh ticket; only an explicit `Authorization` (the CLI, scripts), which no page can make
+/// a browser add, is proxied here.
 async fn proxy(
     state: web::Data<AppState>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let workspace = request
-        .match_info()
-        .get("ws")
-        .unwrap_or_default()
-        .to_string();
-    let tool = request
-        .match_info()
-        .get("tool")
-        .unwrap_or_default()
-        .to_string();
-    check_login(&state, &request).await?;
-    let target = match state.runtimes.view().proxy_target(&workspace, &tool) {
-        Ok(target) => target,
-        Err(ProxyMiss::Unknown) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "tool-not-found",
-                format!("no running tool `{tool}` in workspace `{workspace}`: start it with `aienv run {workspace}`"),
-            ))
-        }
-        Err(ProxyMiss::NotRunning(why)) => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tool-not-running", why))
-        }
+    let key = ToolKey {
+        workspace: request
+            .match_info()
+            .get("ws")
+            .unwrap_or_default()
+            .to_string(),
+        tool: request
+            .match_info()
+            .get("tool")
+            .unwrap_or_default()
+            .to_string(),
     };
+    super::extract::check_origin(&state, &request, "use this node's tools")?;
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(Presented::parse);
+    if let Some(presented) = presented {
+        super::extract::verify(&state, presented, super::extract::source_of(&request)).await?;
+        let target = target(&state, &key.workspace, &key.tool)?;
+        return forward(request, payload, target, &key).await;
+    }
+    let session = request
+        .cookie(super::session::COOKIE)
+        .and_then(|cookie| state.sessions.get(cookie.value()));
+    let navigating = matches!(request.method().as_str(), "GET" | "HEAD")
+        && request
+            .headers()
+            .get("sec-fetch-mode")
+            .is_none_or(|m| m.as_bytes() == b"navigate");
+    let Some((principal, _)) = session.filter(|_| navigating) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "tools open behind the node's login: log in on the node's dashboard first (or send its credentials)",
+        ));
+    };
+    let target = target(&state, &key.workspace, &key.tool)?;
+    let next = match request.query_string() {
+        "" => request.path().to_string(),
+        query => format!("{}?{query}", request.path()),
+    };
+    let next = if next.starts_with(&target.base_path) {
+        next
+    } else {
+        target.base_path.clone()
+    };
+    let ports = state.tool_origins.ensure(&state, &key)?;
+    let ticket = state.tool_tickets.issue(principal, key, next);
+    Ok(HttpResponse::SeeOther()
+        .insert_header((
+            header::LOCATION,
+            super::tool_origin::ToolOrigins::sign_in_url(&request, ports, &ticket),
+        ))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish())
+}
+
+/// Where `tool` of `workspace` listens now, or why it cannot be reached.
+pub fn target(state: &AppState, workspace: &str, tool: &str) -> Result<ProxyTarget, ApiError> {
+    match state.runtimes.view().proxy_target(workspace, tool) {
+        Ok(target) => Ok(target),
+        Err(ProxyMiss::Unknown) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "tool-not-found",
+            format!("no running tool `{tool}` in workspace `{workspace}`: start it with `aienv run {workspace}`"),
+        )),
+        Err(ProxyMiss::NotRunning(why)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tool-not-running",
+            why,
+        )),
+    }
+}
+
+/// Relays one request (HTTP or WebSocket) to the tool at `target`.
+pub async fn forward(
+    request: HttpRequest,
+    payload: web::Payload,
+    target: ProxyTarget,
+    key: &ToolKey,
+) -> Result<HttpResponse, ApiError> {
+    let (workspace, tool) = (&key.workspace, &key.tool);
     // `/w/ws/tool` without the slash: tools resolve relative links against the directory.
     let base_without_slash = target.base_path.trim_end_matches('/');
     if request.path() == base_without_slash {
@@ -146,15 +211,30 @@ async fn proxy(
     })?;
     let mut builder = HttpResponse::build(response.status);
     for (name, value) in &response.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
-            builder.append_header((name.clone(), value.clone()));
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name == header::CONTENT_LENGTH
+            || (name == header::SET_COOKIE && is_node_cookie(value.as_bytes()))
+        {
+            continue;
         }
+        builder.append_header((name.clone(), value.clone()));
     }
     match response.length {
         Some(length) => Ok(builder.body(actix_web::body::SizedStream::new(length, response.body))),
         None => Ok(builder.streaming(response.body)),
     }
 }
+
+/// Whether a cookie (`name=value…`) is one of the node's: a tool may neither read them nor
+/// set them (which would reach the dashboard and the other tools, as cookies ignore ports).
+fn is_node_cookie(cookie: &[u8]) -> bool {
+    let name = cookie.trim_ascii_start();
+    name.len() >= NODE_COOKIE_PREFIX.len()
+        && name[..NODE_COOKIE_PREFIX.len()].eq_ignore_ascii_case(NODE_COOKIE_PREFIX.as_bytes())
+}
+
+/// Every cookie of the node (dashboard session, tool sessions) starts with it.
+const NODE_COOKIE_PREFIX: &str = "aienv_";
 
 /// The request's headers as the tool should see them.
 fn forward_headers(request: &HttpRequest, target: &ProxyTarget) -> HeaderMap {
@@ -176,7 +256,7 @@ fn forward_headers(request: &HttpRequest, target: &ProxyTarget) -> HeaderMap {
             continue;
         }
         if name == header::COOKIE {
-            if let Some(kept) = strip_session_cookie(value) {
+            if let Some(kept) = strip_node_cookies(value) {
                 headers.append(header::COOKIE, kept);
             }
             continue;
@@ -210,44 +290,20 @@ fn forward_headers(request: &HttpRequest, target: &ProxyTarget) -> HeaderMap {
     headers
 }
 
-/// The `Cookie` header without the node's session cookie (`None` when nothing is left).
-fn strip_session_cookie(value: &HeaderValue) -> Option<HeaderValue> {
+/// The `Cookie` header without the node's cookies (`None` when nothing is left): a tool
+/// holding another tool's session cookie could replay it on that tool's origin.
+fn strip_node_cookies(value: &HeaderValue) -> Option<HeaderValue> {
     let text = value.to_str().ok()?;
     let kept: Vec<&str> = text
         .split(';')
         .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.starts_with(&format!("{}=", super::session::COOKIE)))
+        .filter(|c| !c.is_empty() && !is_node_cookie(c.as_bytes()))
         .collect();
     if kept.is_empty() {
         None
     } else {
         HeaderValue::from_str(&kept.join("; ")).ok()
     }
-}
-
-/// The node's login: a session cookie (browser) or the node's credentials.
-async fn check_login(state: &web::Data<AppState>, request: &HttpRequest) -> Result<(), ApiError> {
-    super::extract::check_origin(state, request, "use this node's tools")?;
-    if let Some(cookie) = request.cookie(super::session::COOKIE) {
-        if state.sessions.get(cookie.value()).is_some() {
-            return Ok(());
-        }
-    }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(Presented::parse)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "tools open behind the node's login: log in on the node's dashboard first (or send its credentials)",
-            )
-        })?;
-    super::extract::verify(state, presented, super::extract::source_of(request))
-        .await
-        .map(|_| ())
 }
 
 /// Relays a WebSocket between the browser and the tool, message by message.

@@ -27,6 +27,17 @@ class H(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
             return
+        if self.path.endswith("/headers"):
+            # What reached the tool, and cookies it tries to set (the node's among them).
+            body = f"cookie={self.headers.get('Cookie', '')}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Set-Cookie", "aienv_session=forged; Path=/")
+            self.send_header("Set-Cookie", "AIENV_tool_1=forged; Path=/")
+            self.send_header("Set-Cookie", "tool_own=1; Path=/")
+            self.end_headers()
+            self.wfile.write(body)
+            return
         body = f"hello {self.path} base={base} threads={os.environ.get('OMP_NUM_THREADS')} venv={os.environ.get('VIRTUAL_ENV','')}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -160,4 +171,34 @@ pub fn host_pid(inner: i32, cwd: &Path) -> Option<i32> {
         }
     }
     None
+}
+
+/// The wheelhouse `.ci/run` fills with `pip download jupyterlab` (no index is reached by
+/// the test itself).
+pub fn wheelhouse() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("AIENV_TEST_WHEELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-wheels"));
+    std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("jupyterlab-"))
+        .then_some(dir)
+}
+
+/// Copies the wheels into workspace `root` and makes its `requirements.txt` install
+/// JupyterLab from them. They travel inside the workspace: set-up runs sandboxed, and a
+/// wheelhouse under the host's /tmp (a clone of the repository there) is not visible from a
+/// private /tmp.
+pub fn wheels_into(wheels: &Path, root: &Path) {
+    let local = root.join("wheels");
+    std::fs::create_dir_all(&local).unwrap();
+    for entry in std::fs::read_dir(wheels).unwrap().flatten() {
+        std::fs::copy(entry.path(), local.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        root.join("requirements.txt"),
+        format!("--no-index\n--find-links {}\njupyterlab\n", local.display()),
+    )
+    .unwrap();
 }

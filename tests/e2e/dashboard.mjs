@@ -159,8 +159,9 @@ try {
   await tab.waitForLoadState();
   const toolText = await tab.textContent('body');
   assert.match(toolText, /^hello \/w\/serve-demo\/app\/ base=\/w\/serve-demo\/app\//);
+  assert.notEqual(new URL(tab.url()).origin, new URL(A).origin, 'the tool has an origin of its own');
   await tab.close();
-  step('tool opened through the proxy with the session');
+  step('tool opened on its own origin, signed in by a ticket');
   await runCard.getByRole('button', { name: 'Open terminal term of serve-demo/web' }).click();
   await a.locator('.term-panel .xterm-screen').waitFor();
   await a.locator('.panel [role="status"]', { hasText: 'connected' }).waitFor();
