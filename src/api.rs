@@ -1120,6 +1120,37 @@ pub struct ToolDto {
     pub ready_at: Option<DateTime<Utc>>,
 }
 
+/// A workspace's owner and members, and what the caller may do with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessDto {
+    /// Owner's user name (`admin`: the admin token).
+    pub owner: String,
+    /// Users who may use and change it like its owner.
+    pub members: Vec<String>,
+    /// The caller.
+    pub you: String,
+    /// The caller's role: `admin`, `member` or `viewer`.
+    pub role: String,
+    /// Whether the caller may run it, open its tools and terminal.
+    pub may_use: bool,
+    /// Whether the caller may change it.
+    pub may_change: bool,
+    /// Whether the caller may change its members.
+    pub may_grant: bool,
+}
+
+/// `PUT /workspaces/{ws}/access`: fields left out stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessUpdate {
+    /// New owner (admins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The whole member list (the owner or an admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<String>>,
+}
+
 /// A single-use link into a tool's own origin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolTicketDto {

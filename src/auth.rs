@@ -46,6 +46,12 @@ pub enum AuthError {
     /// The user does not exist.
     #[error("no user `{0}`")]
     NoSuchUser(String),
+    /// The name is the admin token's.
+    #[error("`admin` is reserved for the holder of the admin token; give the user another name (and `--role admin` if they should be one)")]
+    ReservedName,
+    /// The role is unknown.
+    #[error("`{0}` is not a role: use admin, member or viewer")]
+    BadRole(String),
     /// The password is unusable.
     #[error("the password must be 8 to 1024 characters long")]
     BadPassword,
@@ -116,8 +122,44 @@ pub struct UserRecord {
     pub name: String,
     /// argon2id PHC string.
     pub password_hash: String,
+    /// What the user may do (files written before roles existed hold members).
+    #[serde(default)]
+    pub role: Role,
     /// When the user was added.
     pub created: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a person may do on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything: every workspace, trust and pairing (the admin token is one).
+    Admin,
+    /// Creates workspaces and runs, shares and changes their own, and others' where the
+    /// owner made them a member.
+    #[default]
+    Member,
+    /// Browses and clones; keeps (syncs, deletes) only what they cloned.
+    Viewer,
+}
+
+impl Role {
+    /// Every role, in order of power.
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Member, Role::Viewer];
+
+    /// The name used in `users.yaml` and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
 }
 
 impl UsersFile {
@@ -137,7 +179,7 @@ impl UsersFile {
     }
 
     /// Adds a user with an argon2id hash of `password`.
-    pub fn add(&mut self, name: &str, password: &str) -> Result<(), AuthError> {
+    pub fn add(&mut self, name: &str, password: &str, role: Role) -> Result<(), AuthError> {
         let valid = !name.is_empty()
             && name.len() <= 63
             && name
@@ -145,6 +187,9 @@ impl UsersFile {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
         if !valid {
             return Err(AuthError::BadName(name.to_string()));
+        }
+        if name == ADMIN_NAME {
+            return Err(AuthError::ReservedName);
         }
         if self.users.iter().any(|u| u.name == name) {
             return Err(AuthError::UserExists(name.to_string()));
@@ -162,8 +207,20 @@ impl UsersFile {
         self.users.push(UserRecord {
             name: name.to_string(),
             password_hash: hash,
+            role,
             created: chrono::Utc::now(),
         });
+        Ok(())
+    }
+
+    /// Changes a user's role.
+    pub fn set_role(&mut self, name: &str, role: Role) -> Result<(), AuthError> {
+        let user = self
+            .users
+            .iter_mut()
+            .find(|u| u.name == name)
+            .ok_or_else(|| AuthError::NoSuchUser(name.to_string()))?;
+        user.role = role;
         Ok(())
     }
 
@@ -178,6 +235,9 @@ impl UsersFile {
     }
 }
 
+/// The name the admin token acts under (revision history, owners).
+pub const ADMIN_NAME: &str = "admin";
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -191,7 +251,7 @@ impl Principal {
     /// Name recorded in revision history.
     pub fn name(&self) -> &str {
         match self {
-            Principal::Admin => "admin",
+            Principal::Admin => ADMIN_NAME,
             Principal::User(name) => name,
         }
     }
@@ -243,6 +303,7 @@ pub struct Authenticator {
 struct UsersCache {
     stamp: Option<(u64, std::time::SystemTime)>,
     hashes: BTreeMap<String, String>,
+    roles: BTreeMap<String, Role>,
     verified: HashMap<(String, [u8; 32]), Instant>,
 }
 
@@ -314,18 +375,37 @@ impl Authenticator {
         }
         cache.stamp = stamp;
         cache.verified.clear();
-        cache.hashes = match self.users_path.parent().map(UsersFile::load) {
-            Some(Ok(file)) => file
-                .users
-                .into_iter()
-                .map(|u| (u.name, u.password_hash))
-                .collect(),
+        let users = match self.users_path.parent().map(UsersFile::load) {
+            Some(Ok(file)) => file.users,
             Some(Err(error)) => {
                 tracing::error!(%error, "cannot read the users file; password logins are refused");
-                BTreeMap::new()
+                Vec::new()
             }
-            None => BTreeMap::new(),
+            None => Vec::new(),
         };
+        cache.roles = users.iter().map(|u| (u.name.clone(), u.role)).collect();
+        cache.hashes = users
+            .into_iter()
+            .map(|u| (u.name, u.password_hash))
+            .collect();
+    }
+
+    /// The role `principal` has now (the users file is read again when it changed, so a
+    /// changed role applies to open sessions); `None` for a user that was removed.
+    pub fn role(&self, principal: &Principal) -> Option<Role> {
+        match principal {
+            Principal::Admin => Some(Role::Admin),
+            Principal::User(name) => {
+                let mut cache = self.users.lock().unwrap_or_else(|e| e.into_inner());
+                self.refresh(&mut cache);
+                cache.roles.get(name).copied()
+            }
+        }
+    }
+
+    /// Whether `name` is a user of this node (or the admin token's name).
+    pub fn is_user(&self, name: &str) -> bool {
+        name == ADMIN_NAME || self.role(&Principal::User(name.to_string())).is_some()
     }
 }
 
@@ -525,10 +605,15 @@ mod tests {
     fn users_and_passwords() {
         let dir = tempfile::tempdir().unwrap();
         let mut users = UsersFile::default();
-        users.add("ada", "correct horse").unwrap();
-        assert!(users.add("ada", "another one").is_err());
-        assert!(users.add("Bad Name", "whatever1").is_err());
-        assert!(users.add("bob", "short").is_err());
+        users.add("ada", "correct horse", Role::Member).unwrap();
+        assert!(users.add("ada", "another one", Role::Member).is_err());
+        assert!(users.add("Bad Name", "whatever1", Role::Member).is_err());
+        assert!(users.add("bob", "short", Role::Member).is_err());
+        assert!(matches!(
+            users.add("admin", "whatever1", Role::Admin),
+            Err(AuthError::ReservedName)
+        ));
+        users.add("vic", "looking only", Role::Viewer).unwrap();
         users.save(dir.path()).unwrap();
         let auth = Authenticator::new("t0k3n".into(), dir.path());
         let basic = |p: &str| Presented::Basic {
@@ -546,5 +631,12 @@ mod tests {
             Some(Principal::Admin)
         );
         assert_eq!(auth.verify(&Presented::Bearer("t0k3".into())), None);
+        assert_eq!(auth.role(&Principal::Admin), Some(Role::Admin));
+        assert_eq!(auth.role(&Principal::User("vic".into())), Some(Role::Viewer));
+        assert_eq!(auth.role(&Principal::User("nobody".into())), None);
+        // Files from before roles: members.
+        let old = "users:\n- name: old\n  password_hash: x\n  created: 2026-01-01T00:00:00Z\n";
+        std::fs::write(dir.path().join(USERS_FILE), old).unwrap();
+        assert_eq!(UsersFile::load(dir.path()).unwrap().users[0].role, Role::Member);
     }
 }

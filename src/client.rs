@@ -521,6 +521,22 @@ impl Client {
         self.send_json(awc::http::Method::POST, &path, body).await
     }
 
+    /// `GET /workspaces/{ws}/access`: owner, members, and what the caller may do.
+    pub async fn access(&self, workspace: &str) -> Result<crate::api::AccessDto, ClientError> {
+        self.get_json(&format!("/workspaces/{}/access", segment(workspace)))
+            .await
+    }
+
+    /// `PUT /workspaces/{ws}/access`.
+    pub async fn set_access(
+        &self,
+        workspace: &str,
+        body: &crate::api::AccessUpdate,
+    ) -> Result<crate::api::AccessDto, ClientError> {
+        let path = format!("/workspaces/{}/access", segment(workspace));
+        self.send_json(awc::http::Method::PUT, &path, body).await
+    }
+
     /// Stops sharing a workspace.
     pub async fn unshare(&self, workspace: &str) -> Result<WorkspaceDto, ClientError> {
         let path = format!("/workspaces/{}/unshare", segment(workspace));

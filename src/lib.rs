@@ -2,6 +2,7 @@
 //! gateway), the REST client, and the CLI. The actors and the domain model live in the
 //! `aienv-actors` crate.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -146,6 +146,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         },
         actix::Arbiter::new().handle(),
     );
+    let workspace_access = crate::access::AccessBook::new(store.open_tree("workspace_access")?);
     let keys = KeyBook::open(
         store.open_tree("peer_keys")?,
         store.open_tree("trusted_peers")?,
@@ -247,6 +248,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         announcer: announcer.clone(),
         bus,
         auth: Arc::new(Authenticator::new(token, &data_dir)),
+        workspace_access,
         login_gate: crate::login_gate::LoginGate::default(),
         access: AccessPolicy {
             allow_public: config.http.allow_public,

@@ -307,6 +307,17 @@ pub enum UserCommand {
         /// Read the password from the first line of stdin.
         #[arg(long)]
         password_stdin: bool,
+        /// admin (everything, trust and pairing included), member (their own workspaces and
+        /// those they are a member of) or viewer (browse and clone).
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Change a user's role (applies to their open sessions at once).
+    Role {
+        /// Login name.
+        name: String,
+        /// admin, member or viewer.
+        role: String,
     },
     /// Remove a user.
     Rm {
@@ -541,14 +552,24 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), CliError> {
         UserCommand::Add {
             name,
             password_stdin,
+            role,
         } => {
+            let role = crate::auth::Role::parse(role)
+                .ok_or_else(|| invalid(crate::auth::AuthError::BadRole(role.clone())))?;
             let password = read_password(*password_stdin)?;
-            users.add(name, &password).map_err(invalid)?;
+            users.add(name, &password, role).map_err(invalid)?;
             users.save(&data_dir).map_err(invalid)?;
             eprintln!(
                 "added user `{name}` to {}",
                 data_dir.join(crate::auth::USERS_FILE).display()
             );
+        }
+        UserCommand::Role { name, role } => {
+            let role = crate::auth::Role::parse(role)
+                .ok_or_else(|| invalid(crate::auth::AuthError::BadRole(role.clone())))?;
+            users.set_role(name, role).map_err(invalid)?;
+            users.save(&data_dir).map_err(invalid)?;
+            eprintln!("`{name}` is now {}", role.as_str());
         }
         UserCommand::Rm { name } => {
             users.remove(name).map_err(invalid)?;
@@ -560,16 +581,22 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), CliError> {
                 let list: Vec<_> = users
                     .users
                     .iter()
-                    .map(|u| serde_json::json!({"name": u.name, "created": u.created}))
+                    .map(|u| serde_json::json!({"name": u.name, "role": u.role.as_str(), "created": u.created}))
                     .collect();
                 output::print_json(&list);
             } else {
                 let rows: Vec<Vec<String>> = users
                     .users
                     .iter()
-                    .map(|u| vec![u.name.clone(), u.created.to_rfc3339()])
+                    .map(|u| {
+                        vec![
+                            u.name.clone(),
+                            u.role.as_str().to_string(),
+                            u.created.to_rfc3339(),
+                        ]
+                    })
                     .collect();
-                output::print_table(&["USER", "CREATED"], &rows);
+                output::print_table(&["USER", "ROLE", "CREATED"], &rows);
             }
         }
     }

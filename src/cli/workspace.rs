@@ -121,6 +121,20 @@ pub enum WsCommand {
         /// Name or id.
         workspace: String,
     },
+    /// Show or change who may use a workspace: its owner and members.
+    Access {
+        /// Name or id.
+        workspace: String,
+        /// Make this user a member (repeatable): they may run, open and change it.
+        #[arg(long = "add", value_name = "USER")]
+        add: Vec<String>,
+        /// Take this user's membership away (repeatable).
+        #[arg(long = "remove", value_name = "USER")]
+        remove: Vec<String>,
+        /// Give the workspace to this user (admins only).
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
     /// List a workspace's revisions.
     History {
         /// Name or id.
@@ -443,6 +457,50 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
         WsCommand::Unshare { workspace } => {
             let updated = client.unshare(workspace).await?;
             print_workspace(cli, &updated);
+        }
+        WsCommand::Access {
+            workspace,
+            add,
+            remove,
+            owner,
+        } => {
+            let mut access = client.access(workspace).await?;
+            if !add.is_empty() || !remove.is_empty() || owner.is_some() {
+                let mut members = access.members.clone();
+                for name in add {
+                    if !members.contains(name) {
+                        members.push(name.clone());
+                    }
+                }
+                members.retain(|m| !remove.contains(m));
+                let request = crate::api::AccessUpdate {
+                    owner: owner.clone(),
+                    members: (members != access.members).then_some(members),
+                };
+                access = client.set_access(workspace, &request).await?;
+            }
+            if cli.json {
+                output::print_json(&access);
+            } else {
+                println!("owner    {}", access.owner);
+                println!(
+                    "members  {}",
+                    if access.members.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        access.members.join(", ")
+                    }
+                );
+                let can = |yes: bool| if yes { "yes" } else { "no" };
+                println!(
+                    "you      {} ({}): use {}, change {}, change members {}",
+                    access.you,
+                    access.role,
+                    can(access.may_use),
+                    can(access.may_change),
+                    can(access.may_grant)
+                );
+            }
         }
         WsCommand::History { workspace } => {
             let history = client.revisions(workspace).await?;

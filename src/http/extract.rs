@@ -72,6 +72,8 @@ impl FromRequest for Caller {
                 let Some((principal, token)) = state.sessions.get(&id) else {
                     return Err(ApiError::unauthorized());
                 };
+                // A user removed since signing in is signed out.
+                super::permissions::role(&state, &principal)?;
                 if !safe && csrf.as_deref() != Some(token.as_str()) {
                     return Err(ApiError::new(
                         actix_web::http::StatusCode::FORBIDDEN,

@@ -6,9 +6,11 @@ mod error;
 mod events;
 mod extract;
 mod list_cache;
+mod members;
 mod node;
 mod pairing;
 mod peers;
+mod permissions;
 mod runtimes;
 mod session;
 mod tool_origin;
@@ -68,6 +70,8 @@ pub struct AppState {
     pub bus: EventBus,
     /// Credential checks.
     pub auth: Arc<Authenticator>,
+    /// Workspaces' owners and members.
+    pub workspace_access: crate::access::AccessBook,
     /// Bounds on password checks.
     pub login_gate: crate::login_gate::LoginGate,
     /// Network rules.
@@ -147,6 +151,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                 web::scope("/api/v1")
                     .configure(node::configure)
                     .configure(workspaces::configure)
+                    .configure(members::configure)
                     .configure(peers::configure)
                     .configure(pairing::configure)
                     .configure(session::configure)

@@ -110,7 +110,8 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Shows a new code (replacing any earlier one).
-async fn show_code(state: web::Data<AppState>, login: Login) -> HttpResponse {
+async fn show_code(state: web::Data<AppState>, login: Login) -> Result<HttpResponse, ApiError> {
+    super::permissions::require_admin(&state, &login.0, "pair with peers")?;
     let code = new_code();
     let expires = Utc::now() + chrono::Duration::from_std(LIFETIME).expect("small");
     *state
@@ -123,22 +124,23 @@ async fn show_code(state: web::Data<AppState>, login: Login) -> HttpResponse {
         attempts: 0,
     });
     tracing::info!(by = %login.name(), "pairing code shown");
-    HttpResponse::Ok().json(PairingCodeDto {
+    Ok(HttpResponse::Ok().json(PairingCodeDto {
         code,
         expires_at: expires,
         key_id: state.node.key.to_readable(),
-    })
+    }))
 }
 
 /// Withdraws the code shown.
-async fn withdraw_code(state: web::Data<AppState>, _login: Login) -> HttpResponse {
+async fn withdraw_code(state: web::Data<AppState>, login: Login) -> Result<HttpResponse, ApiError> {
+    super::permissions::require_admin(&state, &login.0, "pair with peers")?;
     state
         .pairing
         .active
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
-    HttpResponse::NoContent().finish()
+    Ok(HttpResponse::NoContent().finish())
 }
 
 fn refused(message: &str) -> ApiError {
@@ -209,6 +211,7 @@ async fn pair(
     path: web::Path<String>,
     body: web::Json<PairRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    super::permissions::require_admin(&state, &login.0, "pair with peers")?;
     let code = body.into_inner().code;
     if normalize(&code).len() != 10 {
         return Err(ApiError::new(

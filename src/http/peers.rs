@@ -46,6 +46,7 @@ async fn trust(
     path: web::Path<String>,
     body: Option<web::Json<TrustRequest>>,
 ) -> Result<HttpResponse, ApiError> {
+    super::permissions::require_admin(&state, &login.0, "trust peers")?;
     let confirm_key = match body.and_then(|b| b.into_inner().key_id) {
         Some(text) => Some(KeyFingerprint::parse(&text).map_err(|error| {
             ApiError::new(
@@ -63,9 +64,10 @@ async fn trust(
 /// Revokes trust in a peer: from the next request on, it sees only what the LAN sees.
 async fn untrust(
     state: web::Data<AppState>,
-    _login: Login,
+    login: Login,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    super::permissions::require_admin(&state, &login.0, "revoke trust in peers")?;
     let record = state.peers.untrust(&path).await?;
     Ok(HttpResponse::Ok().json(TrustedPeerDto::from(&record)))
 }

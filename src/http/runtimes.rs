@@ -19,6 +19,9 @@ use aienv_actors::runtime_supervisor::{self, terminal, TerminalInput};
 
 use crate::api::{DetectionDto, EnvironmentStatusDto, RunRequest, StopRequest};
 
+use crate::access::Action;
+
+use super::permissions::authorize;
 use super::{ApiError, AppState, Login};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -58,6 +61,7 @@ async fn run(
             )
         })?),
     };
+    authorize(&state, &login.0, &path, Action::Use).await?;
     tracing::info!(user = login.name(), workspace = %path, environment = ?request.environment, "run");
     let started = state
         .runtimes
@@ -83,6 +87,7 @@ async fn stop(
     body: Option<web::Json<StopRequest>>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.map(web::Json::into_inner).unwrap_or_default();
+    authorize(&state, &login.0, &path, Action::Use).await?;
     tracing::info!(user = login.name(), workspace = %path, environment = ?request.environment, "stop");
     state
         .runtimes
@@ -141,10 +146,12 @@ struct LogsQuery {
 /// each line prefixed `[environment/log]`, then, with `follow=true`, new lines as they come.
 async fn logs(
     state: web::Data<AppState>,
-    _: Login,
+    login: Login,
     path: web::Path<String>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    // Logs carry what tools print (URLs with their tokens among them).
+    authorize(&state, &login.0, &path, Action::Use).await?;
     let statuses = state.runtimes.status(&path)?;
     if let Some(name) = &query.environment {
         if !statuses.iter().any(|s| &s.environment == name) {
@@ -293,6 +300,7 @@ async fn tool_ticket(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (workspace, tool) = path.into_inner();
+    authorize(&state, &login.0, &workspace, Action::Use).await?;
     let target = super::tool_proxy::target(&state, &workspace, &tool)?;
     let key = super::tool_tickets::ToolKey { workspace, tool };
     let ports = state.tool_origins.ensure(&state, &key)?;
@@ -316,6 +324,7 @@ async fn terminal(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     super::extract::check_origin(&state, &request, "open this node's terminal")?;
+    authorize(&state, &login.0, &path, Action::Use).await?;
     let target = state
         .runtimes
         .terminal(&path, query.environment.as_deref())

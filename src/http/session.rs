@@ -109,6 +109,8 @@ struct LoginRequest {
 pub struct SessionDto {
     /// Who is logged in.
     pub user: String,
+    /// Their role now: `admin`, `member` or `viewer`.
+    pub role: String,
     /// Send as `X-CSRF-Token` with every change.
     pub csrf_token: String,
 }
@@ -149,6 +151,7 @@ async fn login(
             )
         })?;
     let user = principal.name().to_string();
+    let role = super::permissions::role(&state, &principal)?;
     let (id, csrf) = state.sessions.create(principal);
     // Signed in over TLS (from another machine): the browser must never send the cookie in
     // clear, not even to a plain-HTTP URL of the same host.
@@ -161,6 +164,7 @@ async fn login(
         .finish();
     Ok(HttpResponse::Ok().cookie(cookie).json(SessionDto {
         user,
+        role: role.as_str().to_string(),
         csrf_token: csrf,
     }))
 }
@@ -174,8 +178,10 @@ async fn current(
         .cookie(COOKIE)
         .and_then(|c| state.sessions.get(c.value()))
         .ok_or_else(ApiError::unauthorized)?;
+    let role = super::permissions::role(&state, &session.0)?;
     Ok(HttpResponse::Ok().json(SessionDto {
         user: session.0.name().to_string(),
+        role: role.as_str().to_string(),
         csrf_token: session.1,
     }))
 }

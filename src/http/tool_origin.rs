@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use aienv_actors::runtime_supervisor::ProxyMiss;
 
+use crate::access::Action;
 use crate::auth::{Presented, Principal};
 
 use super::tool_tickets::{ToolKey, COOKIE_PREFIX};
@@ -328,7 +329,8 @@ async fn serve(
             ),
         ));
     }
-    let _ = principal;
+    // Checked on every request: a removed member or a changed role applies at once.
+    super::permissions::authorize(&state, &principal, &key.workspace, Action::Use).await?;
     tool_proxy::forward(request, payload, target, key).await
 }
 

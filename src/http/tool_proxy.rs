@@ -17,6 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use aienv_actors::runtime_supervisor::{ProxyMiss, ProxyTarget};
 
+use crate::access::Action;
 use crate::auth::Presented;
 
 use super::tool_tickets::ToolKey;
@@ -79,7 +80,9 @@ async fn proxy(
         .and_then(|h| h.to_str().ok())
         .and_then(Presented::parse);
     if let Some(presented) = presented {
-        super::extract::verify(&state, presented, super::extract::source_of(&request)).await?;
+        let principal =
+            super::extract::verify(&state, presented, super::extract::source_of(&request)).await?;
+        super::permissions::authorize(&state, &principal, &key.workspace, Action::Use).await?;
         let target = target(&state, &key.workspace, &key.tool)?;
         return forward(request, payload, target, &key).await;
     }
@@ -98,6 +101,7 @@ async fn proxy(
             "tools open behind the node's login: log in on the node's dashboard first (or send its credentials)",
         ));
     };
+    super::permissions::authorize(&state, &principal, &key.workspace, Action::Use).await?;
     let target = target(&state, &key.workspace, &key.tool)?;
     let next = match request.query_string() {
         "" => request.path().to_string(),

@@ -319,6 +319,21 @@ async fn create(
             details: Some(serde_json::json!({"field": "peer"})),
         });
     }
+    // Any signed-in person may clone (the clone is theirs); a sync changes a workspace here.
+    match kind {
+        TransferKind::Clone => {
+            super::permissions::role(&state, &login.0)?;
+        }
+        TransferKind::Sync => {
+            super::permissions::authorize(
+                &state,
+                &login.0,
+                &body.workspace,
+                crate::access::Action::Keep,
+            )
+            .await?;
+        }
+    }
     if let Some(name) = &body.rename_to {
         if !aienv_actors::model::is_slug(name) {
             return Err(ApiError {
@@ -358,11 +373,32 @@ async fn show(
     Ok(HttpResponse::Ok().json(TransferDto::from(&*job)))
 }
 
+/// Refuses to touch a job someone else started, unless an admin asks.
+fn own_job(state: &AppState, login: &Login, id: &str) -> Result<(), ApiError> {
+    let Some(job) = state.transfers.view().find(id) else {
+        return Ok(()); // the queue answers "not found" itself
+    };
+    if job.request.by == login.name()
+        || super::permissions::role(state, &login.0)? == crate::auth::Role::Admin
+    {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "transfer {id} was started by `{}`; only they or an admin may cancel or retry it",
+            job.request.by
+        ),
+    ))
+}
+
 async fn cancel(
     state: web::Data<AppState>,
-    _login: Login,
+    login: Login,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    own_job(&state, &login, &path)?;
     Ok(match state.transfers.cancel(&path).await? {
         Some(job) => HttpResponse::Ok().json(TransferDto::from(&*job)),
         None => HttpResponse::NoContent().finish(),
@@ -371,9 +407,10 @@ async fn cancel(
 
 async fn retry(
     state: web::Data<AppState>,
-    _login: Login,
+    login: Login,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    own_job(&state, &login, &path)?;
     let job = state.transfers.retry(&path).await?;
     Ok(HttpResponse::Accepted().json(TransferDto::from(&*job)))
 }

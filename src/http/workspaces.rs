@@ -22,6 +22,9 @@ use crate::api::{
     UpdateWorkspace, WorkspaceDetail, WorkspaceDto, WorkspacePage,
 };
 
+use crate::access::Action;
+
+use super::permissions::{authorize, require_admin, require_create};
 use super::{ApiError, AppState, Caller, Login};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -153,6 +156,11 @@ async fn create(
     body: web::Json<CreateWorkspace>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    require_create(&state, &login.0)?;
+    if body.from_dir.is_some() {
+        // The node reads the directory with its own rights (root, as a service).
+        require_admin(&state, &login.0, "make a workspace from a directory on the node (`from_dir`)")?;
+    }
     if body.name.is_empty() && body.from_dir.is_none() {
         return Err(ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -173,6 +181,7 @@ async fn create(
         from_dir: body.from_dir.map(PathBuf::from),
     };
     let created = state.store.create(request, login.name()).await?;
+    record_owner(&state, &created.workspace, login.name());
     Ok(HttpResponse::Created()
         .insert_header((
             header::LOCATION,
@@ -222,6 +231,7 @@ async fn update(
     path: web::Path<String>,
     body: web::Json<UpdateWorkspace>,
 ) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &login.0, &path, Action::Change).await?;
     let body = body.into_inner();
     let expected = body.expected_revision.or(if_match(&request)?);
     let patch = WorkspacePatch {
@@ -245,8 +255,23 @@ async fn delete(
     login: Login,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let entry = authorize(&state, &login.0, &path, Action::Keep).await?;
     state.store.delete(&path, login.name()).await?;
+    if let Err(error) = state.workspace_access.remove(entry.manifest.id) {
+        tracing::warn!(%error, "forgetting the access record of a deleted workspace");
+    }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Records who made a new workspace (its history says so too; this saves reading it).
+fn record_owner(state: &AppState, entry: &WorkspaceEntry, owner: &str) {
+    let access = crate::access::WorkspaceAccess {
+        owner: owner.to_string(),
+        members: Vec::new(),
+    };
+    if let Err(error) = state.workspace_access.put(entry.manifest.id, &access) {
+        tracing::warn!(%error, "recording a workspace's owner (read from its history later)");
+    }
 }
 
 /// Reads a YAML request body, bounded by `http.max_body_bytes`.
@@ -291,6 +316,7 @@ async fn put_manifest(
     path: web::Path<String>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &login.0, &path, Action::Change).await?;
     let text = yaml_body(&state, body).await?;
     let entry = state
         .store
@@ -330,6 +356,7 @@ async fn put_environment(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (workspace, environment) = path.into_inner();
+    authorize(&state, &login.0, &workspace, Action::Change).await?;
     let text = yaml_body(&state, body).await?;
     let expected = query.expected_revision.or(if_match(&request)?);
     let entry = state
@@ -347,6 +374,7 @@ async fn delete_environment(
     query: web::Query<RevisionQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (workspace, environment) = path.into_inner();
+    authorize(&state, &login.0, &workspace, Action::Change).await?;
     let expected = query.expected_revision.or(if_match(&request)?);
     let entry = state
         .store
@@ -361,6 +389,7 @@ async fn share(
     path: web::Path<String>,
     body: Option<web::Json<ShareRequest>>,
 ) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &login.0, &path, Action::Change).await?;
     let body = body.map(|b| b.into_inner()).unwrap_or_default();
     let mode = match body.mode.as_deref() {
         None | Some("lan") => SharingMode::Lan,
@@ -405,7 +434,7 @@ async fn unshare(
     login: Login,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let current = state.store.get(&path)?;
+    let current = authorize(&state, &login.0, &path, Action::Change).await?;
     let sharing = Sharing {
         enabled: false,
         ..current.manifest.sharing.clone()
@@ -450,6 +479,7 @@ async fn restore(
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, ApiError> {
     let (workspace, number) = path.into_inner();
+    authorize(&state, &login.0, &workspace, Action::Change).await?;
     let entry = state
         .store
         .restore(&workspace, number, login.name())
@@ -549,6 +579,7 @@ async fn import(
     query: web::Query<ImportQuery>,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    require_create(&state, &login.0)?;
     let upload_dir = state.node.data_dir.join("staging");
     let upload = upload_dir.join(format!("upload-{}.tar.zst", uuid::Uuid::new_v4().simple()));
     let limit = state.limits.max_upload_bytes;
@@ -585,6 +616,7 @@ async fn import(
             .store
             .import(upload.clone(), query.into_inner().rename_to, login.name())
             .await?;
+        record_owner(&state, &created.workspace, login.name());
         Ok(HttpResponse::Created().json(CreatedDto {
             workspace: WorkspaceDto::from_entry(&created.workspace, true),
             notes: created.notes,

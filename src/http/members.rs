@@ -1,0 +1,97 @@
+//! `GET|PUT /workspaces/{ws}/access`: a workspace's owner and members.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+
+use crate::access::{Action, WorkspaceAccess, MAX_MEMBERS};
+use crate::api::{AccessDto, AccessUpdate};
+
+use super::permissions::{access_of, check, role};
+use super::{ApiError, AppState, Login};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/workspaces/{ws}/access")
+            .route(web::get().to(show))
+            .route(web::put().to(update)),
+    );
+}
+
+async fn show(
+    state: web::Data<AppState>,
+    login: Login,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let entry = state.store.get(&path)?;
+    let access = access_of(&state, &entry).await?;
+    Ok(HttpResponse::Ok().json(dto(&state, &login, &access)?))
+}
+
+fn dto(state: &AppState, login: &Login, access: &WorkspaceAccess) -> Result<AccessDto, ApiError> {
+    let role = role(state, &login.0)?;
+    let may = |action| crate::access::permits(role, login.name(), access, action);
+    Ok(AccessDto {
+        owner: access.owner.clone(),
+        members: access.members.clone(),
+        you: login.name().to_string(),
+        role: role.as_str().to_string(),
+        may_use: may(Action::Use),
+        may_change: may(Action::Change),
+        may_grant: may(Action::Grant),
+    })
+}
+
+async fn update(
+    state: web::Data<AppState>,
+    login: Login,
+    path: web::Path<String>,
+    body: web::Json<AccessUpdate>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let entry = state.store.get(&path)?;
+    let mut access = access_of(&state, &entry).await?;
+    let invalid = |field: &str, message: String| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid-field",
+        message,
+        details: Some(serde_json::json!({"field": field})),
+    };
+    if let Some(owner) = body.owner.filter(|o| *o != access.owner) {
+        check(&state, &login.0, &entry, Action::Transfer).await?;
+        if !state.auth.is_user(&owner) {
+            return Err(invalid(
+                "owner",
+                format!("owner: `{owner}` is not a user of this node (`aienv user ls`)"),
+            ));
+        }
+        access.owner = owner;
+    }
+    if let Some(members) = body.members {
+        if members.len() > MAX_MEMBERS {
+            return Err(invalid(
+                "members",
+                format!("members: at most {MAX_MEMBERS} users"),
+            ));
+        }
+        let mut list: Vec<String> = Vec::with_capacity(members.len());
+        for name in members {
+            if !state.auth.is_user(&name) {
+                return Err(invalid(
+                    "members",
+                    format!("members: `{name}` is not a user of this node (`aienv user ls`)"),
+                ));
+            }
+            if !list.contains(&name) && name != access.owner {
+                list.push(name);
+            }
+        }
+        if list != access.members {
+            check(&state, &login.0, &entry, Action::Grant).await?;
+            access.members = list;
+        }
+    }
+    state.workspace_access.put(entry.manifest.id, &access)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "access-records-unavailable", e.to_string()))?;
+    tracing::info!(user = login.name(), workspace = %entry.manifest.name, owner = %access.owner, members = ?access.members, "workspace access changed");
+    Ok(HttpResponse::Ok().json(dto(&state, &login, &access)?))
+}
