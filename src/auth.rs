@@ -632,11 +632,17 @@ mod tests {
         );
         assert_eq!(auth.verify(&Presented::Bearer("t0k3".into())), None);
         assert_eq!(auth.role(&Principal::Admin), Some(Role::Admin));
-        assert_eq!(auth.role(&Principal::User("vic".into())), Some(Role::Viewer));
+        assert_eq!(
+            auth.role(&Principal::User("vic".into())),
+            Some(Role::Viewer)
+        );
         assert_eq!(auth.role(&Principal::User("nobody".into())), None);
         // Files from before roles: members.
         let old = "users:\n- name: old\n  password_hash: x\n  created: 2026-01-01T00:00:00Z\n";
         std::fs::write(dir.path().join(USERS_FILE), old).unwrap();
-        assert_eq!(UsersFile::load(dir.path()).unwrap().users[0].role, Role::Member);
+        assert_eq!(
+            UsersFile::load(dir.path()).unwrap().users[0].role,
+            Role::Member
+        );
     }
 }

@@ -75,7 +75,10 @@ impl HttpConfig {
             return Ok((0, 0));
         }
         let range = text.split_once('-').and_then(|(first, last)| {
-            Some((first.trim().parse::<u16>().ok()?, last.trim().parse::<u16>().ok()?))
+            Some((
+                first.trim().parse::<u16>().ok()?,
+                last.trim().parse::<u16>().ok()?,
+            ))
         });
         match range {
             Some((first, last)) if first > 0 && first <= last => Ok((first, last)),

@@ -37,7 +37,16 @@ fn dashboard_in_chromium() {
     let mut c = spawn("gamma");
 
     let mut add_user = Command::new(common::binary())
-        .args(["user", "add", "ada", "--password-stdin", "--data-dir"])
+        // An admin by role (trusting peers is an admin's), signed in with a password.
+        .args([
+            "user",
+            "add",
+            "ada",
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--data-dir",
+        ])
         .arg(&b.data_dir)
         .stdin(Stdio::piped())
         .spawn()

@@ -14,7 +14,15 @@ use common::TestNode;
 
 fn add_user(node: &TestNode, name: &str, role: &str) {
     let mut child = Command::new(common::binary())
-        .args(["user", "add", name, "--role", role, "--password-stdin", "--data-dir"])
+        .args([
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            "--data-dir",
+        ])
         .arg(&node.data_dir)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
@@ -100,7 +108,12 @@ async fn members_reach_only_their_workspaces_and_viewers_only_browse_and_clone()
     let port = common::free_udp_port();
     let node = TestNode::spawn_discovering(&temp.path().join("here"), "here", port);
     let peer = TestNode::spawn_discovering(&temp.path().join("there"), "there", port);
-    for (name, role) in [("ada", "member"), ("bob", "member"), ("vic", "viewer"), ("root2", "admin")] {
+    for (name, role) in [
+        ("ada", "member"),
+        ("bob", "member"),
+        ("vic", "viewer"),
+        ("root2", "admin"),
+    ] {
         add_user(&node, name, role);
     }
     let (ada, bob, vic) = (user(&node, "ada"), user(&node, "bob"), user(&node, "vic"));
@@ -114,9 +127,14 @@ async fn members_reach_only_their_workspaces_and_viewers_only_browse_and_clone()
     .unwrap();
     let root = ada.get("ada-ws").await.unwrap().workspace.path.unwrap();
     std::fs::write(std::path::Path::new(&root).join("hello.py"), HELLO).unwrap();
-    ada.put_environment("ada-ws", "web", SPEC.into()).await.unwrap();
+    ada.put_environment("ada-ws", "web", SPEC.into())
+        .await
+        .unwrap();
     let access = ada.access("ada-ws").await.unwrap();
-    assert_eq!((access.owner.as_str(), access.role.as_str()), ("ada", "member"));
+    assert_eq!(
+        (access.owner.as_str(), access.role.as_str()),
+        ("ada", "member")
+    );
     assert!(access.may_use && access.may_change && access.may_grant);
 
     // Bob browses it, and nothing more.
@@ -176,9 +194,14 @@ async fn members_reach_only_their_workspaces_and_viewers_only_browse_and_clone()
     let tool = format!("{}/w/ada-ws/app/", node.url);
     assert_eq!(status_of(&tool, &basic("ada"), "GET").await, 200);
     assert_eq!(status_of(&tool, &basic("bob"), "GET").await, 403);
-    forbidden(bob.tool_ticket("ada-ws", "app").await, "may not run or open");
     forbidden(
-        bob.logs("ada-ws", None, None, false, None).await.map(|_| ()),
+        bob.tool_ticket("ada-ws", "app").await,
+        "may not run or open",
+    );
+    forbidden(
+        bob.logs("ada-ws", None, None, false, None)
+            .await
+            .map(|_| ()),
         "may not run or open",
     );
     let terminal = bob.terminal("ada-ws", None, 80, 24).await;
@@ -264,10 +287,7 @@ async fn members_reach_only_their_workspaces_and_viewers_only_browse_and_clone()
     .await
     .unwrap();
     assert_eq!(on_origin(bob_cookie).await, 403);
-    forbidden(
-        bob.stop("ada-ws", None).await,
-        "may not run or open",
-    );
+    forbidden(bob.stop("ada-ws", None).await, "may not run or open");
 
     // Only admins give workspaces away, trust peers and pair.
     forbidden(
@@ -289,7 +309,10 @@ async fn members_reach_only_their_workspaces_and_viewers_only_browse_and_clone()
             .is_ok_and(|p| p.iter().any(|p| p.id.to_string() == peer_id))
     })
     .await;
-    forbidden(ada.trust_peer("there", None).await, "only an admin may trust peers");
+    forbidden(
+        ada.trust_peer("there", None).await,
+        "only an admin may trust peers",
+    );
     forbidden(ada.pairing_code().await, "only an admin may pair");
     let root2 = user(&node, "root2");
     root2.trust_peer("there", None).await.unwrap();
@@ -357,10 +380,7 @@ async fn members_reach_only_their_workspaces_and_viewers_only_browse_and_clone()
         vic.run("shared", &RunRequest::default()).await,
         "viewers browse and clone",
     );
-    forbidden(
-        bob.delete("shared").await,
-        "it belongs to `vic`",
-    );
+    forbidden(bob.delete("shared").await, "it belongs to `vic`");
     let sync = vic
         .start_transfer(&TransferRequestDto {
             kind: "sync".into(),

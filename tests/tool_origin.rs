@@ -137,7 +137,11 @@ async fn each_tool_has_its_own_origin_and_session() {
     let sign_in = answer.location();
     let app = origin_of(&sign_in);
     assert!(sign_in.contains("/_aienv/sign-in?ticket="), "{sign_in}");
-    assert_ne!(app, origin_of(&dashboard), "the tool must not share the dashboard's origin");
+    assert_ne!(
+        app,
+        origin_of(&dashboard),
+        "the tool must not share the dashboard's origin"
+    );
     assert!(app.starts_with("http://127.0.0.1:"), "{app}");
 
     // The cookie alone is never proxied on the dashboard's origin (a fetch, not a navigation).
@@ -198,7 +202,11 @@ async fn each_tool_has_its_own_origin_and_session() {
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert!(answer.body.starts_with("hello /w/site/app/page?x=1"), "{}", answer.body);
+    assert!(
+        answer.body.starts_with("hello /w/site/app/page?x=1"),
+        "{}",
+        answer.body
+    );
 
     // The tool sees none of the node's cookies and cannot set them; its own pass.
     let answer = send(
@@ -261,17 +269,14 @@ async fn each_tool_has_its_own_origin_and_session() {
     .await;
     assert_eq!(answer.status, 401, "{}", answer.body);
     // Nor this tool's ticket.
-    let answer = send(
-        &client,
-        "GET",
-        &ticket.url.replace(&other, &app),
-        &[],
-        "",
-    )
-    .await;
+    let answer = send(&client, "GET", &ticket.url.replace(&other, &app), &[], "").await;
     assert_eq!(answer.status, 401, "{}", answer.body);
     let answer = send(&client, "GET", &ticket.url, &[], "").await;
-    assert_eq!(answer.status, 401, "spent on the wrong tool: {}", answer.body);
+    assert_eq!(
+        answer.status, 401,
+        "spent on the wrong tool: {}",
+        answer.body
+    );
 
     // The API refuses every page of a tool origin, reads included.
     for (method, path) in [
@@ -288,7 +293,11 @@ async fn each_tool_has_its_own_origin_and_session() {
         )
         .await;
         assert_eq!(answer.status, 403, "{method} {path}: {}", answer.body);
-        assert!(answer.body.contains("origin-not-allowed"), "{}", answer.body);
+        assert!(
+            answer.body.contains("origin-not-allowed"),
+            "{}",
+            answer.body
+        );
     }
     assert!(node.admin().get("site").await.is_ok());
 
@@ -332,12 +341,18 @@ async fn tool_origins_over_tls_for_other_machines() {
     .await;
     let local: aienv::api::ToolTicketDto = serde_json::from_str(&local.body).unwrap();
     assert!(local.url.starts_with("http://127.0.0.1:"), "{}", local.url);
-    assert_ne!(origin_of(&local.url).rsplit(':').next(), app.rsplit(':').next());
+    assert_ne!(
+        origin_of(&local.url).rsplit(':').next(),
+        app.rsplit(':').next()
+    );
 
     let answer = send(&client, "GET", &sign_in, &[], "").await;
     assert_eq!(answer.status, 303, "{}", answer.body);
     let set = answer.set_cookies().join(" ");
-    assert!(set.contains("Secure"), "a cookie set over TLS is Secure: {set}");
+    assert!(
+        set.contains("Secure"),
+        "a cookie set over TLS is Secure: {set}"
+    );
     let port = app.rsplit(':').next().unwrap();
     let app_cookie = cookie(&answer, &format!("aienv_tool_{port}="));
     let answer = send(

@@ -90,8 +90,16 @@ async fn update(
             access.members = list;
         }
     }
-    state.workspace_access.put(entry.manifest.id, &access)
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "access-records-unavailable", e.to_string()))?;
+    state
+        .workspace_access
+        .put(entry.manifest.id, &access)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "access-records-unavailable",
+                e.to_string(),
+            )
+        })?;
     tracing::info!(user = login.name(), workspace = %entry.manifest.name, owner = %access.owner, members = ?access.members, "workspace access changed");
     Ok(HttpResponse::Ok().json(dto(&state, &login, &access)?))
 }

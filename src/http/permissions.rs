@@ -114,9 +114,14 @@ pub async fn check(
     let name = principal.name();
     let workspace = &entry.manifest.name;
     let hint = match (role, action) {
-        (Role::Viewer, _) => "viewers browse and clone; they keep (sync, delete) only what they cloned".to_string(),
+        (Role::Viewer, _) => {
+            "viewers browse and clone; they keep (sync, delete) only what they cloned".to_string()
+        }
         (_, Action::Transfer) => "only an admin gives a workspace to another owner".to_string(),
-        (_, Action::Grant) => format!("only its owner `{}` or an admin changes its members", access.owner),
+        (_, Action::Grant) => format!(
+            "only its owner `{}` or an admin changes its members",
+            access.owner
+        ),
         _ => format!(
             "it belongs to `{}`, who can add you: `aienv ws access {workspace} --add {name}`",
             access.owner

@@ -114,9 +114,8 @@ impl ToolOrigins {
         if let Some(listener) = listeners.get(key) {
             return Ok(listener.ports);
         }
-        let unavailable = |what: String| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no-tool-port", what)
-        };
+        let unavailable =
+            |what: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no-tool-port", what);
         let tls = self.bind(self.settings.bind).map_err(|e| {
             unavailable(format!(
                 "no free port in http.tool_ports for tool `{}` of `{}`: {e}",
@@ -356,7 +355,10 @@ fn own_origin_only(request: &HttpRequest) -> Result<(), ApiError> {
 
 /// The cookie this listener's sessions use (ports are part of the name: cookies ignore them).
 fn cookie_name(request: &HttpRequest) -> String {
-    format!("{COOKIE_PREFIX}{}", request.app_config().local_addr().port())
+    format!(
+        "{COOKIE_PREFIX}{}",
+        request.app_config().local_addr().port()
+    )
 }
 
 fn sign_in(

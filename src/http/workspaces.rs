@@ -159,7 +159,11 @@ async fn create(
     require_create(&state, &login.0)?;
     if body.from_dir.is_some() {
         // The node reads the directory with its own rights (root, as a service).
-        require_admin(&state, &login.0, "make a workspace from a directory on the node (`from_dir`)")?;
+        require_admin(
+            &state,
+            &login.0,
+            "make a workspace from a directory on the node (`from_dir`)",
+        )?;
     }
     if body.name.is_empty() && body.from_dir.is_none() {
         return Err(ApiError {

@@ -10,6 +10,8 @@ import * as run from './run.js';
 
 export const state = {
   user: null,
+  // admin, member or viewer: what the page offers (the node checks every request itself).
+  role: null,
   node: null,
   workspaces: new Map(),
   peers: new Map(),
@@ -192,6 +194,8 @@ function showLogin() {
 
 function showApp(session) {
   state.user = session.user;
+  state.role = session.role;
+  document.getElementById('whoami').textContent = `${session.user} · ${session.role}`;
   setCsrf(session.csrf_token);
   document.getElementById('login-view').hidden = true;
   document.getElementById('app').hidden = false;

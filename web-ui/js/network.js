@@ -31,7 +31,9 @@ function peerCard(peer) {
     ? h('p', { class: 'warning', role: 'alert', 'data-conflict': peer.name,
       text: `Another key claims to be ${peer.name} (from ${peer.conflict.address}, ${peer.conflict.count}×, last ${ago(peer.conflict.last_seen)}): refused. Key presented: ${peer.conflict.key_id}` })
     : null;
-  const action = peer.trusted
+  const action = state.role !== 'admin'
+    ? null
+    : peer.trusted
     ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Stop trusting ${peer.name}`,
       onclick: () => attempt(() => api('DELETE', `/peers/${encodeURIComponent(peer.id)}/trust`)) }, 'Untrust')
     : h('span', {},
@@ -80,7 +82,7 @@ export function mount(main) {
     pairing.replaceChildren('Pairing code ', h('strong', { class: 'key-id', text: shown.code }),
       ` — type it on the other node before ${new Date(shown.expires_at).toLocaleTimeString()} (single use). This node's key id: ${shown.key_id}`);
   }) }, 'Show a pairing code');
-  main.append(h('h2', {}, 'Peers'), h('p', {}, showCode), pairing, peers, h('h2', {}, 'Shared on the network'), filters, status, table);
+  main.append(h('h2', {}, 'Peers'), state.role === 'admin' ? h('p', {}, showCode) : '', pairing, peers, h('h2', {}, 'Shared on the network'), filters, status, table);
 
   let entries = [];
   const renderPeers = () => {
