@@ -309,6 +309,26 @@ async fn each_tool_has_its_own_origin_and_session() {
     let answer = send(&client, "GET", &link, &[], "").await;
     assert_eq!(answer.status, 303, "{}", answer.body);
     assert_eq!(answer.location(), "/w/site/app/");
+
+    // A stopped tool's origin stays (open tabs work again after a restart); a deleted
+    // workspace's origins close.
+    node.admin().stop("site", None).await.unwrap();
+    let answer = send(
+        &client,
+        "GET",
+        &format!("{app}/w/site/app/"),
+        &[("cookie", &both)],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    node.admin().delete("site").await.unwrap();
+    let port: u16 = port.parse().unwrap();
+    common::eventually(
+        "the deleted workspace's tool origin closes",
+        || async move { std::net::TcpStream::connect(("127.0.0.1", port)).is_err() },
+    )
+    .await;
 }
 
 #[actix_rt::test]

@@ -137,37 +137,27 @@ impl ToolOrigins {
             tls: port(&tls),
             local: local.as_ref().map(port),
         };
-        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let (state, tls_config) = (state.clone(), self.settings.tls.clone());
         let tool = Arc::new(OriginTool {
             key: key.clone(),
             dashboard_port: self.settings.dashboard_port,
             dashboard_local_port: self.settings.dashboard_local_port,
         });
+        // Built here (the sockets are bound already); its workers start on the origins'
+        // own thread, so nothing here waits for them.
+        let server = start_server(state.clone(), tool, tls, local, self.settings.tls.clone())
+            .map_err(|e| unavailable(format!("the tool origin did not start: {e}")))?;
+        let handle = server.handle();
         self.arbiter.spawn(async move {
-            let started = start_server(state, tool, tls, local, tls_config);
-            match started {
-                Ok(server) => {
-                    let _ = sender.send(Ok(server.handle()));
-                    if let Err(error) = server.await {
-                        tracing::warn!(%error, "tool origin stopped");
-                    }
-                }
-                Err(error) => {
-                    let _ = sender.send(Err(error));
-                }
+            if let Err(error) = server.await {
+                tracing::warn!(%error, "tool origin stopped");
             }
         });
-        let server = receiver
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| unavailable("the tool origin did not start".into()))?
-            .map_err(|e| unavailable(format!("the tool origin did not start: {e}")))?;
         tracing::info!(workspace = %key.workspace, tool = %key.tool, tls = ports.tls, local = ?ports.local, "tool origin opened");
         listeners.insert(
             key.clone(),
             Listener {
                 ports,
-                server,
+                server: handle,
                 idle_since: None,
             },
         );
@@ -199,20 +189,23 @@ impl ToolOrigins {
         let view = state.runtimes.view();
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         listeners.retain(|key, listener| {
-            let keep = match view.proxy_target(&key.workspace, &key.tool) {
-                Ok(_) => {
-                    listener.idle_since = None;
-                    true
-                }
-                Err(ProxyMiss::NotRunning(_)) => {
-                    listener
-                        .idle_since
-                        .get_or_insert_with(Instant::now)
-                        .elapsed()
-                        < LINGER
-                }
-                Err(ProxyMiss::Unknown) => false,
-            };
+            // The runtime view remembers environments of deleted workspaces; the store knows.
+            let exists = state.store.get(&key.workspace).is_ok();
+            let keep = exists
+                && match view.proxy_target(&key.workspace, &key.tool) {
+                    Ok(_) => {
+                        listener.idle_since = None;
+                        true
+                    }
+                    Err(ProxyMiss::NotRunning(_)) => {
+                        listener
+                            .idle_since
+                            .get_or_insert_with(Instant::now)
+                            .elapsed()
+                            < LINGER
+                    }
+                    Err(ProxyMiss::Unknown) => false,
+                };
             if !keep {
                 tracing::info!(workspace = %key.workspace, tool = %key.tool, "tool origin closed");
                 let server = listener.server.clone();
