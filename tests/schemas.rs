@@ -1,6 +1,9 @@
 //! The checked-in JSON Schemas in `schemas/` equal the ones generated from the Rust types.
 //! Regenerate with `AIENV_UPDATE_SCHEMAS=1 cargo test --test schemas`.
 
+// The time limit every test binary has.
+mod common;
+
 use std::path::Path;
 
 #[test]

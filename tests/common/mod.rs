@@ -302,17 +302,128 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
-/// Whether `AIENV_REQUIRE_ALL=1` asks that no test be skipped.
+/// Whether `AIENV_REQUIRE_ALL` asks that no test be skipped: any true value (`1`, `true`,
+/// `yes`, `on`, in any case).
 pub fn require_all() -> bool {
-    std::env::var("AIENV_REQUIRE_ALL").is_ok_and(|v| v == "1")
+    std::env::var("AIENV_REQUIRE_ALL").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on" | "y"
+        )
+    })
 }
 
-/// Skips loudly, or fails under `AIENV_REQUIRE_ALL=1`.
+/// Where skips of one `cargo test` run are recorded, for `tests/zz_skipped.rs` to list at
+/// the end: one file per run, named by the process that runs the test binaries (cargo).
+pub fn skip_log() -> PathBuf {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("skips")
+        .join(format!("{parent}.log"))
+}
+
+/// Skips loudly (on the terminal even though the test passes), and records the skip for the
+/// run's summary; fails instead when `AIENV_REQUIRE_ALL` is set.
 pub fn skip(reason: &str) {
+    use std::io::Write;
     if require_all() {
-        panic!("AIENV_REQUIRE_ALL=1 but this test cannot run: {reason}");
+        panic!("AIENV_REQUIRE_ALL is set but this test cannot run: {reason}");
     }
-    eprintln!("SKIPPED: {reason}");
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
+        .map(|stem| {
+            stem.rsplit_once('-')
+                .map_or(stem.clone(), |(name, _)| name.to_string())
+        })
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let line = format!("{binary}::{test}: {reason}\n");
+    // Straight to the terminal: the test harness captures only `print!`/`eprint!`.
+    let _ = std::io::stderr().write_all(format!("\nSKIPPED {line}").as_bytes());
+    let log = skip_log();
+    let _ = std::fs::create_dir_all(log.parent().expect("a parent"));
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        // One write per line: appends from test binaries running at once do not interleave.
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// Every test binary ends within this many seconds (`AIENV_TEST_TIME_LIMIT` overrides): a
+/// hang fails in minutes, not at CI's limit. Single awaits have their own, shorter limits
+/// ([`eventually`], [`finished`]).
+pub const TIME_LIMIT_SECONDS: u32 = 600;
+
+/// Arms the time limit before any test runs (a constructor: every test binary includes this
+/// module): a raw thread, started without the standard library, sleeps until the limit, then
+/// kills this binary's child processes (nodes, browsers: they hold cargo's output pipe) and
+/// exits with a message.
+#[ctor::ctor(unsafe)]
+fn time_limit() {
+    extern "C" fn watchdog(_: *mut libc::c_void) -> *mut libc::c_void {
+        let seconds = std::env::var("AIENV_TEST_TIME_LIMIT")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(u64::from(TIME_LIMIT_SECONDS));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < deadline {
+            std::thread::sleep(deadline - Instant::now());
+        }
+        kill_descendants(std::process::id());
+        let binary = std::env::current_exe().unwrap_or_default();
+        let message = format!(
+            "\naienv tests: {} ran past its time limit of {seconds} s (AIENV_TEST_TIME_LIMIT): a test hangs\n",
+            binary.display()
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
+        std::process::exit(124);
+    }
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: a detached thread running a function that takes no argument; before its sleep
+    // it reads only the environment and the clock, which need nothing of `main`.
+    unsafe {
+        if libc::pthread_create(
+            &mut thread,
+            std::ptr::null(),
+            watchdog,
+            std::ptr::null_mut(),
+        ) == 0
+        {
+            libc::pthread_detach(thread);
+        }
+    }
+}
+
+/// SIGKILLs every process descended from `pid`, children first.
+fn kill_descendants(pid: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let children: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect();
+    for child in children {
+        kill_descendants(child);
+        // SAFETY: kill has no memory preconditions.
+        unsafe {
+            libc::kill(child as libc::pid_t, libc::SIGKILL);
+        }
+    }
 }
 
 /// Polls `check` until it holds, failing the test after 30 s (no sleeps as synchronization:
