@@ -1151,10 +1151,10 @@ pub struct AccessUpdate {
     pub members: Option<Vec<String>>,
 }
 
-/// A single-use link into a tool's own origin.
+/// A link that signs a browser in once: into the dashboard, or into a tool's own origin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ToolTicketDto {
-    /// Opens the tool signed in; works once.
+pub struct SignInLinkDto {
+    /// Opens the dashboard or the tool signed in; works once.
     pub url: String,
     /// Seconds the link stays valid.
     pub expires_in_seconds: u64,

@@ -788,13 +788,21 @@ impl Client {
         self.json(response).await
     }
 
+    /// `POST /session/ticket`: a link that opens the dashboard signed in, once.
+    pub async fn sign_in_link(&self) -> Result<crate::api::SignInLinkDto, ClientError> {
+        let response = self
+            .send(awc::http::Method::POST, "/session/ticket")
+            .await?;
+        self.json(response).await
+    }
+
     /// `POST /workspaces/{ws}/tools/{tool}/ticket`: a link that opens the tool signed in,
     /// once.
     pub async fn tool_ticket(
         &self,
         workspace: &str,
         tool: &str,
-    ) -> Result<crate::api::ToolTicketDto, ClientError> {
+    ) -> Result<crate::api::SignInLinkDto, ClientError> {
         let response = self
             .send(
                 awc::http::Method::POST,

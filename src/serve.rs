@@ -345,7 +345,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     // line fail.
     {
         use std::io::Write;
-        let banner = format!(
+        let mut banner = format!(
             "aienv: listening on {first}\n\
              aienv: peers and other machines: https://{bound}\n\
              aienv: node id {node_id}\n\
@@ -353,6 +353,12 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
              aienv: certificate SHA-256 {} (compare it with the browser's warning on another machine)\n",
             node_identity.key, node_identity.cert_sha256
         );
+        banner.push_str(&dashboard_lines(
+            &state,
+            local_bound,
+            bound,
+            config.http.bind,
+        ));
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(banner.as_bytes());
         let _ = stdout.flush();
@@ -407,6 +413,51 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     shutdown.trigger();
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// How long the banner's sign-in link works (it is as good as the admin token, once).
+const BANNER_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The banner's lines for people: where the dashboard is, on this machine (with a link that
+/// signs in once, as Jupyter prints one) and from the LAN.
+fn dashboard_lines(
+    state: &web::Data<AppState>,
+    local: Option<SocketAddr>,
+    bound: SocketAddr,
+    bind: IpAddr,
+) -> String {
+    let mut lines = String::new();
+    let here = match local {
+        Some(local) => format!("http://{local}"),
+        None => format!("https://127.0.0.1:{}", bound.port()),
+    };
+    let ticket = state
+        .sessions
+        .issue_ticket(crate::auth::Principal::Admin, BANNER_LINK_TTL);
+    lines.push_str(&format!(
+        "aienv: dashboard on this machine: {here}/\n\
+         aienv:   signed in as admin, once, within an hour: {here}{}?ticket={ticket}\n\
+         aienv:   (later: `aienv open`)\n",
+        http::SIGN_IN_PATH
+    ));
+    let addresses: Vec<String> = if bind.is_unspecified() {
+        aienv_actors::discovery::beacon::list_interfaces()
+            .into_iter()
+            .filter(|i| i.up && !i.loopback)
+            .map(|i| format!("https://{}:{}/", i.address, bound.port()))
+            .collect()
+    } else if bind.is_loopback() {
+        Vec::new()
+    } else {
+        vec![format!("https://{bound}/")]
+    };
+    if !addresses.is_empty() {
+        lines.push_str(&format!(
+            "aienv: dashboard from other machines: {} (sign in as a node user: `aienv user add NAME`)\n",
+            addresses.join(" ")
+        ));
+    }
+    lines
 }
 
 async fn wait_for_signal() {

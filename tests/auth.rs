@@ -244,3 +244,77 @@ async fn a_session_made_over_tls_has_a_secure_cookie() {
         .unwrap();
     assert!(!cookie.contains("Secure"), "{cookie}");
 }
+
+/// `name=value` of a response's session cookie.
+fn session_cookie(response: &awc::ClientResponse<impl futures_util::Stream>) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("aienv_session="))
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[actix_rt::test]
+async fn the_banner_and_aienv_open_sign_the_dashboard_in_once() {
+    let node = TestNode::spawn();
+    assert!(
+        node.banner
+            .contains(&format!("aienv: dashboard on this machine: {}/", node.url)),
+        "{}",
+        node.banner
+    );
+    let link = node
+        .banner
+        .lines()
+        .find_map(|l| l.split_whitespace().find(|w| w.contains("?ticket=")))
+        .unwrap_or_else(|| panic!("no sign-in link in {}", node.banner))
+        .to_string();
+    assert!(link.starts_with(&format!("{}/_aienv/sign-in?ticket=", node.url)));
+    let client = awc::Client::builder().disable_redirects().finish();
+    let response = client.get(&link).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(response.headers().get("location").unwrap(), "/");
+    let cookie = session_cookie(&response);
+    let mut session = client
+        .get(format!("{}/api/v1/session", node.url))
+        .insert_header(("cookie", cookie.as_str()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status().as_u16(), 200);
+    let body: serde_json::Value = session.json().await.unwrap();
+    assert_eq!(
+        (body["user"].as_str(), body["role"].as_str()),
+        (Some("admin"), Some("admin"))
+    );
+    // Once only.
+    let mut again = client.get(&link).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 401);
+    let body = again.body().await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("aienv open"));
+
+    // `aienv open` with no workspace: a fresh link, for this machine's browser.
+    let output = node.cli(&["open", "--print"]);
+    assert!(output.status.success(), "{output:?}");
+    let link = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        link.starts_with(&format!("{}/_aienv/sign-in?ticket=", node.url)),
+        "{link}"
+    );
+    let response = client.get(&link).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    // A page cannot mint links with the cookie alone (the CSRF token is needed).
+    let cookie = session_cookie(&response);
+    let response = client
+        .post(format!("{}/api/v1/session/ticket", node.url))
+        .insert_header(("cookie", cookie.as_str()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+}

@@ -255,7 +255,7 @@ async fn each_tool_has_its_own_origin_and_session() {
     )
     .await;
     assert_eq!(ticket.status, 200, "{}", ticket.body);
-    let ticket: aienv::api::ToolTicketDto = serde_json::from_str(&ticket.body).unwrap();
+    let ticket: aienv::api::SignInLinkDto = serde_json::from_str(&ticket.body).unwrap();
     assert_eq!(ticket.expires_in_seconds, 60);
     let other = origin_of(&ticket.url);
     assert_ne!(other, app);
@@ -359,7 +359,7 @@ async fn tool_origins_over_tls_for_other_machines() {
         "",
     )
     .await;
-    let local: aienv::api::ToolTicketDto = serde_json::from_str(&local.body).unwrap();
+    let local: aienv::api::SignInLinkDto = serde_json::from_str(&local.body).unwrap();
     assert!(local.url.starts_with("http://127.0.0.1:"), "{}", local.url);
     assert_ne!(
         origin_of(&local.url).rsplit(':').next(),

@@ -49,7 +49,7 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a node: REST API, event stream and (later) the dashboard.
+    /// Run a node: the dashboard, the REST API and its event stream, discovery and transfers.
     Serve(ServeArgs),
     /// Manage workspaces.
     #[command(subcommand, visible_alias = "workspace")]
@@ -149,10 +149,10 @@ pub enum Command {
     /// Open a running tool in the browser, signed in on its own origin (or print a link that
     /// signs in once, within a minute).
     Open {
-        /// Workspace name or id.
-        workspace: String,
-        /// Tool name.
-        tool: String,
+        /// Workspace name or id; without it, the dashboard opens signed in.
+        workspace: Option<String>,
+        /// Tool name (may be left out when the workspace has one tool to open).
+        tool: Option<String>,
         /// Only print the URL.
         #[arg(long)]
         print: bool,
@@ -980,7 +980,12 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
             workspace,
             tool,
             print,
-        } => runtime::open(cli, &client, workspace, tool, *print).await,
+        } => match workspace {
+            Some(workspace) => {
+                runtime::open(cli, &client, workspace, tool.as_deref(), *print).await
+            }
+            None => runtime::open_dashboard(cli, &client, *print).await,
+        },
         Command::Shell {
             workspace,
             environment,

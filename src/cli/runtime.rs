@@ -343,15 +343,66 @@ pub async fn logs(
     Ok(())
 }
 
-/// `aienv open WS TOOL`: prints the tool's URL, or opens it in a browser.
+/// `aienv open`: a link that signs the browser into the dashboard once, opened or printed.
+pub async fn open_dashboard(cli: &Cli, client: &Client, print_only: bool) -> Result<(), CliError> {
+    let link = client.sign_in_link().await?;
+    if cli.json {
+        output::print_json(&link);
+        return Ok(());
+    }
+    browse(&link.url, print_only);
+    Ok(())
+}
+
+/// Opens `url` in the person's browser when this is a terminal and one can be found;
+/// prints it otherwise (or as well).
+fn browse(url: &str, print_only: bool) {
+    if !print_only && std::io::stdout().is_terminal() {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if opened {
+            println!("opened {url}");
+            return;
+        }
+    }
+    println!("{url}");
+}
+
+/// `aienv open WS [TOOL]`: prints the tool's URL, or opens it in a browser.
 pub async fn open(
     cli: &Cli,
     client: &Client,
     workspace: &str,
-    tool: &str,
+    tool: Option<&str>,
     print_only: bool,
 ) -> Result<(), CliError> {
     let statuses = client.status(workspace).await?;
+    let openable: Vec<String> = statuses
+        .iter()
+        .flat_map(|s| s.tools.iter())
+        .filter(|t| t.kind != "terminal")
+        .map(|t| t.name.clone())
+        .collect();
+    let tool = match (tool, openable.as_slice()) {
+        (Some(tool), _) => tool,
+        (None, [only]) => only.as_str(),
+        (None, []) => {
+            return Err(CliError::with_code(
+                exit::NOT_FOUND,
+                format!("`{workspace}` has no tool to open in a browser (`aienv shell {workspace}` opens its terminal)"),
+            ))
+        }
+        (None, several) => {
+            return Err(CliError::with_code(
+                exit::INVALID,
+                format!("`{workspace}` has several tools: name one ({})", several.join(", ")),
+            ))
+        }
+    };
     let found = statuses
         .iter()
         .flat_map(|s| s.tools.iter().map(move |t| (s, t)))
@@ -394,19 +445,7 @@ pub async fn open(
         }));
         return Ok(());
     }
-    if !print_only && std::io::stdout().is_terminal() {
-        let opened = std::process::Command::new("xdg-open")
-            .arg(&url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if opened {
-            println!("opened {url}");
-            return Ok(());
-        }
-    }
-    println!("{url}");
+    browse(&url, print_only);
     Ok(())
 }
 

@@ -47,7 +47,7 @@ pub use error::ApiError;
 pub use extract::{Caller, Login};
 pub use list_cache::ListCache;
 pub use pairing::Pairing;
-pub use session::Sessions;
+pub use session::{Sessions, SIGN_IN_PATH};
 pub use tool_origin::{OriginSettings, ToolOrigins};
 pub use tool_tickets::ToolTickets;
 pub use transfers::{TestHooks, Uploads, CHUNKS_TYPE, SNAPSHOT_TYPE};
@@ -160,6 +160,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(runtimes::configure)
                     .default_service(web::to(not_found)),
             )
+            .configure(session::configure_sign_in)
             .configure(tool_proxy::configure)
             .configure(ui::configure);
     }

@@ -306,7 +306,7 @@ async fn tool_ticket(
     let ports = state.tool_origins.ensure(&state, &key)?;
     tracing::info!(user = login.name(), workspace = %key.workspace, tool = %key.tool, "tool ticket");
     let ticket = state.tool_tickets.issue(login.0, key, target.base_path);
-    Ok(HttpResponse::Ok().json(crate::api::ToolTicketDto {
+    Ok(HttpResponse::Ok().json(crate::api::SignInLinkDto {
         url: super::tool_origin::ToolOrigins::sign_in_url(&request, ports, &ticket),
         expires_in_seconds: super::tool_tickets::TICKET_TTL.as_secs(),
     }))

@@ -26,7 +26,14 @@ const MAX_SESSIONS: usize = 10_000;
 #[derive(Default)]
 pub struct Sessions {
     sessions: Mutex<HashMap<String, Session>>,
+    tickets: Mutex<HashMap<String, (Principal, Instant, Duration)>>,
 }
+
+/// Path of the dashboard's single-use sign-in links.
+pub const SIGN_IN_PATH: &str = "/_aienv/sign-in";
+/// How long a sign-in link from the API (`aienv open`) works.
+pub const TICKET_TTL: Duration = Duration::from_secs(60);
+const MAX_TICKETS: usize = 1024;
 
 #[derive(Clone)]
 struct Session {
@@ -79,6 +86,34 @@ impl Sessions {
         Some((session.principal.clone(), session.csrf.clone()))
     }
 
+    /// A link token that signs `principal` in once, within `ttl`.
+    pub fn issue_ticket(&self, principal: Principal, ttl: Duration) -> String {
+        let id = random_hex();
+        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        tickets.retain(|_, (_, at, ttl)| at.elapsed() < *ttl);
+        if tickets.len() >= MAX_TICKETS {
+            if let Some(oldest) = tickets
+                .iter()
+                .min_by_key(|(_, (_, at, _))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                tickets.remove(&oldest);
+            }
+        }
+        tickets.insert(id.clone(), (principal, Instant::now(), ttl));
+        id
+    }
+
+    /// Spends a ticket (whatever the outcome).
+    fn redeem_ticket(&self, ticket: &str) -> Option<Principal> {
+        let (principal, at, ttl) = self
+            .tickets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(ticket)?;
+        (at.elapsed() < ttl).then_some(principal)
+    }
+
     fn remove(&self, id: &str) {
         self.sessions
             .lock()
@@ -93,7 +128,73 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(current))
             .route(web::post().to(login))
             .route(web::delete().to(logout)),
-    );
+    )
+    .route("/session/ticket", web::post().to(ticket));
+}
+
+/// The sign-in link's route, on the dashboard's origin (outside `/api/v1`).
+pub fn configure_sign_in(cfg: &mut web::ServiceConfig) {
+    cfg.route(SIGN_IN_PATH, web::get().to(sign_in));
+}
+
+/// `POST /session/ticket`: a link that opens the dashboard signed in as the caller, once.
+async fn ticket(
+    state: web::Data<AppState>,
+    login: super::Login,
+    request: HttpRequest,
+) -> HttpResponse {
+    let ticket = state.sessions.issue_ticket(login.0, TICKET_TTL);
+    let info = request.connection_info();
+    HttpResponse::Ok().json(crate::api::SignInLinkDto {
+        url: format!(
+            "{}://{}{SIGN_IN_PATH}?ticket={ticket}",
+            info.scheme(),
+            info.host()
+        ),
+        expires_in_seconds: TICKET_TTL.as_secs(),
+    })
+}
+
+#[derive(Deserialize)]
+struct SignInQuery {
+    ticket: String,
+}
+
+/// `GET /_aienv/sign-in?ticket=…`: trades a ticket for a session and opens the dashboard.
+async fn sign_in(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<SignInQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::bad_request("invalid-query", e.to_string()))?;
+    let principal = state.sessions.redeem_ticket(&query.ticket).ok_or_else(|| {
+        ApiError::new(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "ticket-invalid",
+            "this sign-in link was used already or has expired: run `aienv open` on the node's machine for a new one, or sign in with a password or the admin token",
+        )
+    })?;
+    super::permissions::role(&state, &principal)?;
+    let (id, _) = state.sessions.create(principal);
+    Ok(HttpResponse::SeeOther()
+        .cookie(session_cookie(&request, id))
+        .insert_header((actix_web::http::header::LOCATION, "/"))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .insert_header((actix_web::http::header::REFERRER_POLICY, "no-referrer"))
+        .finish())
+}
+
+/// The session cookie: HttpOnly, SameSite=Strict, and Secure when set over TLS (from another
+/// machine), so the browser never sends it in clear, not even to a plain-HTTP URL of the
+/// same host.
+fn session_cookie(request: &HttpRequest, id: String) -> Cookie<'static> {
+    let over_tls = request.connection_info().scheme() == "https";
+    Cookie::build(COOKIE, id)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(over_tls)
+        .path("/")
+        .finish()
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,20 +254,13 @@ async fn login(
     let user = principal.name().to_string();
     let role = super::permissions::role(&state, &principal)?;
     let (id, csrf) = state.sessions.create(principal);
-    // Signed in over TLS (from another machine): the browser must never send the cookie in
-    // clear, not even to a plain-HTTP URL of the same host.
-    let over_tls = request.connection_info().scheme() == "https";
-    let cookie = Cookie::build(COOKIE, id)
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .secure(over_tls)
-        .path("/")
-        .finish();
-    Ok(HttpResponse::Ok().cookie(cookie).json(SessionDto {
-        user,
-        role: role.as_str().to_string(),
-        csrf_token: csrf,
-    }))
+    Ok(HttpResponse::Ok()
+        .cookie(session_cookie(&request, id))
+        .json(SessionDto {
+            user,
+            role: role.as_str().to_string(),
+            csrf_token: csrf,
+        }))
 }
 
 async fn current(

@@ -25,6 +25,8 @@ pub struct TestNode {
     pub tls_url: String,
     /// The node's key id.
     pub key: KeyFingerprint,
+    /// The banner's lines after the certificate (dashboard addresses, sign-in link).
+    pub banner: String,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
@@ -117,12 +119,15 @@ impl TestNode {
         let _id = read("aienv: node id ");
         let key = KeyFingerprint::parse(&read("aienv: key id ")).expect("a key id");
         let _certificate = read("aienv: certificate SHA-256 ");
+        // The rest of the banner came in the same write: already buffered.
+        let banner = String::from_utf8_lossy(reader.buffer()).to_string();
         // The node prints nothing more on stdout (a write to the closed pipe would fail).
         TestNode {
             child: Some(child),
             url,
             tls_url,
             key,
+            banner,
             data_dir: data_dir.to_path_buf(),
             _temp: None,
         }
