@@ -536,3 +536,61 @@ async fn anonymous_lan_clients_see_only_shared_workspaces() {
     assert_eq!(anonymous.node().await.unwrap().workspaces, 1);
     assert!(anonymous.node().await.unwrap().data_dir.is_none());
 }
+
+#[actix_rt::test]
+async fn errors_name_the_files_people_wrote_and_commands_may_be_one_line() {
+    let node = TestNode::spawn();
+    let admin = node.admin();
+    let source = tempfile::tempdir().unwrap();
+    let env_dir = source.path().join("environments/web");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let env_file = env_dir.join("environment.yaml");
+    std::fs::write(
+        &env_file,
+        "schema_version: 1\nruntime: process\ntools:\n  - {name: x, kind: htp}\n",
+    )
+    .unwrap();
+    let from = |name: &str, dir: &std::path::Path| CreateWorkspace {
+        name: name.into(),
+        from_dir: Some(dir.display().to_string()),
+        ..CreateWorkspace::default()
+    };
+    let error = admin
+        .create(&from("demo", source.path()))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    let written = env_file.canonicalize().unwrap().display().to_string();
+    assert!(message.contains(&format!("{written}:4:")), "{message}");
+    assert!(!message.contains("staging"), "{message}");
+
+    // A path that does not exist is the caller's mistake, not the node's.
+    let error = admin
+        .create(&from("nowhere", std::path::Path::new("/nonexistent/dir")))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(400), "{error}");
+    assert!(error.to_string().contains("/nonexistent/dir"), "{error}");
+
+    // One line, split as a shell would; shell syntax is refused with the way out.
+    std::fs::write(
+        &env_file,
+        "schema_version: 1\nruntime: process\ntools:\n  - {name: web, kind: http, command: python3 -m http.server $PORT --bind \"127.0.0.1\"}\n",
+    )
+    .unwrap();
+    admin.create(&from("demo", source.path())).await.unwrap();
+    let yaml = admin.environment("demo", "web").await.unwrap();
+    assert!(
+        yaml.contains("- python3") && yaml.contains("- $PORT") && yaml.contains("- \"127.0.0.1\""),
+        "{yaml}"
+    );
+    let error = admin
+        .put_environment(
+            "demo",
+            "web",
+            "schema_version: 1\nruntime: process\ntools:\n  - {name: web, kind: http, command: 'python3 app.py | tee log'}\n".into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("shell: true"), "{error}");
+}

@@ -224,8 +224,14 @@ pub struct DockerSpec {
     /// Where the workspace is mounted inside the container.
     #[serde(default = "default_workdir")]
     pub workdir: String,
-    /// Command of the container when it runs no tool (defaults to the image's own).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Command of the container when it runs no tool (defaults to the image's own): a list
+    /// of words or one line.
+    #[serde(
+        default,
+        deserialize_with = "super::command::deserialize",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(schema_with = "super::command::schema")]
     pub command: Vec<String>,
 }
 
@@ -540,9 +546,15 @@ pub struct ToolSpec {
     pub name: String,
     /// What the tool is.
     pub kind: ToolKind,
-    /// Command and arguments; `$PORT` and `$BASE_PATH` are expanded. JupyterLab and VS Code
-    /// have a default command.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Command and arguments, as a list of words or one line split as a shell would (no
+    /// shell runs); `$PORT` and `$BASE_PATH` are expanded. JupyterLab and VS Code have a
+    /// default command.
+    #[serde(
+        default,
+        deserialize_with = "super::command::deserialize",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(schema_with = "super::command::schema")]
     pub command: Vec<String>,
     /// Run the command through `sh -c` (its arguments joined) instead of directly.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

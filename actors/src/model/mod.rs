@@ -3,6 +3,7 @@
 //! These types are the single source of truth for `workspace.yaml` and `environment.yaml`;
 //! the JSON Schemas in `schemas/` are generated from them (derive `JsonSchema`).
 
+pub mod command;
 mod environment;
 mod validate;
 mod workspace;

@@ -149,15 +149,62 @@ pub struct Prepared {
 
 /// Builds a new workspace in the empty directory `staging`.
 pub fn prepare_new(request: &CreateRequest, staging: &Path) -> Result<Prepared, StoreError> {
+    let result = prepare_new_in(request, staging);
+    match &request.from_dir {
+        // Errors name the files the person wrote, not their copies in staging.
+        Some(source) => result.map_err(|error| name_source(error, staging, source)),
+        None => result,
+    }
+}
+
+/// `error` with every path under `staging` named as the same path under `source`.
+fn name_source(error: StoreError, staging: &Path, source: &Path) -> StoreError {
+    let source = source
+        .canonicalize()
+        .unwrap_or_else(|_| source.to_path_buf());
+    let rename = |path: &Path| match path.strip_prefix(staging) {
+        Ok(rest) => source.join(rest),
+        Err(_) => path.to_path_buf(),
+    };
+    let (from, to) = (staging.display().to_string(), source.display().to_string());
+    match error {
+        StoreError::Yaml(mut yaml) => {
+            yaml.file = rename(&yaml.file);
+            StoreError::Yaml(yaml)
+        }
+        StoreError::Io {
+            action,
+            path,
+            source: io,
+        } => StoreError::Io {
+            action,
+            path: rename(&path),
+            source: io,
+        },
+        StoreError::BadRequest(message) => StoreError::BadRequest(message.replace(&from, &to)),
+        StoreError::Invalid { file, errors } => StoreError::Invalid {
+            file: file.replace(&from, &to),
+            errors,
+        },
+        other => other,
+    }
+}
+
+fn prepare_new_in(request: &CreateRequest, staging: &Path) -> Result<Prepared, StoreError> {
     let now = Utc::now();
     let mut notes = Vec::new();
     let mut manifest;
     let mut environments;
     match &request.from_dir {
         Some(source) => {
-            let source = source
-                .canonicalize()
-                .map_err(StoreError::io("opening source directory", source))?;
+            // A path the person typed: a missing or unreadable one is their input, not a
+            // fault of the node.
+            let source = source.canonicalize().map_err(|error| {
+                StoreError::BadRequest(format!(
+                    "from_dir: cannot open {}: {error}",
+                    source.display()
+                ))
+            })?;
             if !source.is_dir() {
                 return Err(StoreError::BadRequest(format!(
                     "{} is not a directory",
