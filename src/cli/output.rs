@@ -104,6 +104,12 @@ impl From<ClientError> for CliError {
 
 /// Prints rows as left-aligned columns under a header.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    // Cells hold what peers announce (names, titles, tags): never let them drive the terminal.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| printable(cell)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -125,6 +131,27 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+}
+
+/// `text` with control characters (escape sequences, carriage returns, bidi overrides) shown
+/// as `\u{…}` escapes instead of acting on the terminal.
+pub fn printable(text: &str) -> String {
+    let acts = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(acts) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if acts(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Prints a value as pretty JSON.
@@ -159,5 +186,17 @@ pub fn bytes(count: u64) -> String {
         format!("{count} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_strings_cannot_drive_the_terminal() {
+        assert_eq!(printable("plain name"), "plain name");
+        assert_eq!(printable("evil\u{1b}[2Jname"), "evil\\u{1b}[2Jname");
+        assert_eq!(printable("a\rb\u{202e}c"), "a\\u{d}b\\u{202e}c");
     }
 }

@@ -74,7 +74,10 @@ impl FromRequest for Caller {
                 };
                 // A user removed since signing in is signed out.
                 super::permissions::role(&state, &principal)?;
-                if !safe && csrf.as_deref() != Some(token.as_str()) {
+                let csrf_ok = csrf.as_deref().is_some_and(|sent| {
+                    crate::auth::constant_time_eq(sent.as_bytes(), token.as_bytes())
+                });
+                if !safe && !csrf_ok {
                     return Err(ApiError::new(
                         actix_web::http::StatusCode::FORBIDDEN,
                         "csrf-failed",
