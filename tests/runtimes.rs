@@ -276,7 +276,26 @@ async fn terminal_runs_a_login_shell_in_the_environment() {
         error.to_string().contains("login") || error.to_string().contains("401"),
         "{error}"
     );
+
+    // Stop ends every shell of the environment, and what runs in it.
+    let framed = admin.terminal("term", None, 80, 24).await.unwrap();
+    let (mut sink, mut stream) = framed.split();
+    sink.send(Message::Binary("sleep 1000 & echo bg=$!\n".into()))
+        .await
+        .unwrap();
+    read_until(&mut stream, "bg=").await;
     admin.stop("term", None).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(frame) = stream.next().await {
+            if let Ok(Frame::Close(reason)) = frame {
+                return reason.and_then(|r| r.description);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the terminal closes when its environment stops");
+    assert_eq!(closed.as_deref(), Some("the environment stopped"));
 }
 
 #[actix_rt::test]
@@ -495,4 +514,24 @@ async fn jupyterlab_opens_through_the_proxy_without_a_second_login() {
     .expect("the kernel answers over the proxied WebSocket");
     assert_eq!(output.trim(), "42");
     admin.stop("nb", None).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn deleting_a_running_workspace_stops_it_first() {
+    let node = TestNode::spawn();
+    workspace(
+        &node,
+        "doomed",
+        &[("hello.py", HELLO)],
+        "web",
+        "schema_version: 1\nruntime: process\ntools: [{name: app, kind: http, command: python3 hello.py}]\n",
+    )
+    .await;
+    let admin = node.admin();
+    let statuses = run(&admin, "doomed").await;
+    let pid = statuses[0].tools[0].pid.expect("the tool runs") as i32;
+    assert!(alive(pid));
+    admin.delete("doomed").await.unwrap();
+    // Nothing keeps running from the trash.
+    assert!(!alive(pid), "the tool outlived its workspace");
 }

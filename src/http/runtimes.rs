@@ -329,6 +329,19 @@ async fn terminal(
         .runtimes
         .terminal(&path, query.environment.as_deref())
         .await?;
+    // The shell lives as long as the environment's run: Stop ends it.
+    let ended = state
+        .runtimes
+        .status(&path)?
+        .iter()
+        .find(|s| {
+            s.state.is_active()
+                && query
+                    .environment
+                    .as_ref()
+                    .is_none_or(|name| *name == s.environment)
+        })
+        .map(|s| state.runtimes.run_ended(s.workspace_id, &s.environment));
     let opened = terminal::open(target, query.cols.unwrap_or(80), query.rows.unwrap_or(24)).await?;
     let (response, mut session, incoming) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::bad_request("not-a-websocket", e.to_string()))?;
@@ -337,8 +350,16 @@ async fn terminal(
     let shutdown = state.shutdown.clone();
     actix_web::rt::spawn(async move {
         let terminal::Terminal { input, mut output } = opened;
+        let ended = async move {
+            match ended {
+                Some(ended) => ended.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(ended);
         let reason = loop {
             tokio::select! {
+                _ = &mut ended => break Some("the environment stopped"),
                 chunk = output.recv() => match chunk {
                     Some(bytes) => {
                         if session.binary(bytes).await.is_err() {

@@ -260,7 +260,20 @@ async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let entry = authorize(&state, &login.0, &path, Action::Keep).await?;
-    state.store.delete(&path, login.name()).await?;
+    // Its environments stop first: nothing keeps running from the trash.
+    let id = entry.manifest.id.to_string();
+    if state
+        .runtimes
+        .status(&id)?
+        .iter()
+        .any(|s| s.state.is_active())
+    {
+        state
+            .runtimes
+            .stop(Some(&id), None, std::time::Duration::from_secs(120))
+            .await?;
+    }
+    state.store.delete(&id, login.name()).await?;
     if let Err(error) = state.workspace_access.remove(entry.manifest.id) {
         tracing::warn!(%error, "forgetting the access record of a deleted workspace");
     }

@@ -965,6 +965,36 @@ impl RuntimeSupervisorHandle {
         self.view.borrow().clone()
     }
 
+    /// Resolves when the run of `environment` of `workspace_id` that is active now ends
+    /// (stopped, failed, or replaced by a new run); at once when none is active. Terminals
+    /// wait on it: Stop ends every shell of the environment.
+    pub fn run_ended(
+        &self,
+        workspace_id: Uuid,
+        environment: &str,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        let mut view = self.view.clone();
+        let environment = environment.to_string();
+        let run_of = move |view: &RuntimesView| {
+            view.envs
+                .iter()
+                .find(|e| e.workspace_id == workspace_id && e.environment == environment)
+                .filter(|e| e.state.is_active() && e.state != EnvState::Stopping)
+                .map(|e| e.started)
+        };
+        let current = run_of(&view.borrow());
+        async move {
+            let Some(started) = current else {
+                return;
+            };
+            while view.changed().await.is_ok() {
+                if run_of(&view.borrow()) != Some(started) {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Every environment of `workspace` with its state (stopped ones included).
     pub fn status(&self, workspace: &str) -> Result<Vec<Arc<EnvStatus>>, RuntimeError> {
         let entry = self.store.get(workspace)?;
