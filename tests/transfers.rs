@@ -801,3 +801,31 @@ async fn a_clone_that_does_not_fit_is_refused_before_it_starts() {
     assert_eq!(job.progress.bytes_fetched, 0, "nothing was fetched");
     drop(b);
 }
+
+#[actix_rt::test]
+async fn the_empty_chunk_is_always_served_and_unknown_hashes_are_missing() {
+    use aienv_actors::chunk_frame::{FrameDecoder, FrameKind};
+    use aienv_actors::snapshot::Hash;
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &[]);
+    let root = shared_workspace(&a, "data").await;
+    std::fs::write(root.join("data/empty.txt"), b"").unwrap();
+    let empty = Hash::of(b"");
+    let unknown = Hash::of(b"never stored anywhere");
+    let peer = common::node_identity(&temp.path().join("peer"), "peer");
+    let mut body = empty.0.to_vec();
+    body.extend_from_slice(&unknown.0);
+    let mut response = common::tls_client(&peer, a.key)
+        .post(format!("{}/api/v1/workspaces/data/chunks", a.tls_url))
+        .send_body(body)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.body().await.unwrap();
+    let mut decoder = FrameDecoder::default();
+    decoder.push(&bytes);
+    let first = decoder.next_frame().unwrap().unwrap();
+    assert_eq!((first.kind, first.hash, first.raw_len), (FrameKind::Raw, empty, 0));
+    let second = decoder.next_frame().unwrap().unwrap();
+    assert_eq!((second.kind, second.hash), (FrameKind::Missing, unknown));
+}

@@ -20,5 +20,6 @@ pub mod runtime_supervisor;
 pub mod shutdown;
 pub mod snapshot;
 pub mod transfer_queue;
+pub mod uuid_wire;
 pub mod workspace_store;
 pub mod yaml;

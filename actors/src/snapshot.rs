@@ -163,6 +163,7 @@ pub struct Snapshot {
     /// Always [`SNAPSHOT_FORMAT`].
     pub format: u32,
     /// Workspace id.
+    #[serde(deserialize_with = "crate::uuid_wire::deserialize")]
     pub workspace_id: Uuid,
     /// Workspace name.
     pub name: String,

@@ -39,7 +39,8 @@ const MAX_TEXT: usize = 128;
 #[serde(deny_unknown_fields)]
 #[schemars(title = "aienv discovery datagram body v1")]
 pub struct Announcement {
-    /// The node's id.
+    /// The node's id: 16 raw bytes on the wire (MessagePack bin 8); its text form is read too.
+    #[serde(deserialize_with = "crate::uuid_wire::deserialize")]
     pub node_id: Uuid,
     /// Random per process start; with `seq` it tells replays from restarts.
     pub instance: u64,
@@ -336,6 +337,26 @@ mod tests {
             decode(&encode(&bad_name).unwrap()),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    /// `node_id` goes out as 16 raw bytes (MessagePack bin 8); a UUID string is read too.
+    #[test]
+    fn node_ids_as_bytes_or_strings() {
+        let datagram = sample(1);
+        let bytes = encode(&datagram).unwrap();
+        let id = datagram.announcement.node_id;
+        let mut marker = vec![0xc4, 16];
+        marker.extend_from_slice(id.as_bytes());
+        assert!(
+            bytes.windows(18).any(|w| w == marker.as_slice()),
+            "node_id is not a bin 8 of 16 bytes"
+        );
+        let as_text = serde_json::to_value(&datagram.announcement).unwrap();
+        assert_eq!(as_text["node_id"], id.to_string());
+        let mut text_datagram = MAGIC.to_vec();
+        text_datagram.extend_from_slice(&[1, 0]);
+        text_datagram.extend_from_slice(&rmp_serde::to_vec_named(&as_text).unwrap());
+        assert_eq!(decode(&text_datagram).unwrap().announcement.node_id, id);
     }
 
     /// Property: no byte string makes the decoder panic; mutations of valid datagrams either

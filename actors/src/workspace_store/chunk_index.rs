@@ -683,6 +683,137 @@ fn copy_range(
 mod tests {
     use super::*;
 
+    /// `schemas/transfer.md`, the normative text.
+    fn transfer_spec() -> (std::path::PathBuf, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/transfer.md");
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    /// The chunk boundaries as `schemas/transfer.md` states them, implemented from its text
+    /// (constants and the GEAR table are read from the document).
+    fn spec_chunks(data: &[u8], spec: &str) -> Vec<usize> {
+        let constant = |name: &str| -> u64 {
+            let at = spec.find(&format!("`{name}` =")).unwrap() + name.len() + 4;
+            let rest = spec[at..].trim_start();
+            let text = match rest.strip_prefix('`') {
+                Some(quoted) => &quoted[..quoted.find('`').unwrap()],
+                None => {
+                    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap();
+                    &rest[..end]
+                }
+            };
+            match text.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+                None => text.parse().unwrap(),
+            }
+        };
+        let (min, avg, max) = (
+            constant("MIN") as usize,
+            constant("AVG") as usize,
+            constant("MAX") as usize,
+        );
+        let (mask_s, mask_l) = (constant("MASK_S"), constant("MASK_L"));
+        let appendix = &spec[spec.find("## Appendix: `GEAR`").unwrap()..];
+        let block = appendix.split("```").nth(1).unwrap();
+        let gear: Vec<u64> = block
+            .split_whitespace()
+            .map(|v| u64::from_str_radix(v, 16).unwrap())
+            .collect();
+        assert_eq!(gear.len(), 256);
+        let mut sizes = Vec::new();
+        let mut start = 0;
+        while start < data.len() {
+            let left = data.len() - start;
+            let r = left.min(max);
+            let c = avg.min(r);
+            let b = &data[start..start + r];
+            let mut size = r;
+            if r > min {
+                let mut h: u64 = 0;
+                let mut i = min;
+                while i < 2 * (r / 2) {
+                    h = (h << 1).wrapping_add(gear[b[i] as usize]);
+                    let mask = if i < c { mask_s } else { mask_l };
+                    if h & mask == 0 {
+                        size = i;
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            sizes.push(size);
+            start += size;
+        }
+        sizes
+    }
+
+    /// The chunker the node uses.
+    fn node_chunks(data: &[u8]) -> Vec<usize> {
+        fastcdc::v2020::StreamCDC::new(
+            data,
+            CHUNK_MIN as usize,
+            CHUNK_AVG as usize,
+            CHUNK_MAX as usize,
+        )
+        .map(|c| c.unwrap().length)
+        .collect()
+    }
+
+    #[test]
+    fn chunking_is_exactly_as_specified_with_its_test_vector() {
+        let (path, spec) = transfer_spec();
+        let mut data = vec![0u8; 10 * 1024 * 1024];
+        blake3::Hasher::new()
+            .update(b"aienv chunking test vector")
+            .finalize_xof()
+            .fill(&mut data);
+        let sizes = spec_chunks(&data, &spec);
+        assert_eq!(sizes, node_chunks(&data), "the spec and the node cut differently");
+        let mut offset = 0;
+        let mut chunks = Vec::new();
+        let mut lines = Vec::new();
+        for size in &sizes {
+            let hash = Hash::of(&data[offset..offset + size]);
+            lines.push(format!("{size:>8}  {}", hash.to_hex()));
+            chunks.push(ChunkRef {
+                hash,
+                size: *size as u32,
+            });
+            offset += size;
+        }
+        lines.push(format!("file hash {}", chunk_list_hash(&chunks).to_hex()));
+        let vector = lines.join("\n");
+        let marker = "list hash is the file's `hash`:\n\n```\n";
+        let at = spec.find(marker).unwrap() + marker.len();
+        let end = at + spec[at..].find("\n```").unwrap();
+        if std::env::var_os("AIENV_UPDATE_SCHEMAS").is_some() {
+            let updated = format!("{}{vector}{}", &spec[..at], &spec[end..]);
+            std::fs::write(&path, updated).unwrap();
+        } else {
+            assert_eq!(
+                &spec[at..end],
+                vector,
+                "schemas/transfer.md's chunk test vector is stale: run with AIENV_UPDATE_SCHEMAS=1"
+            );
+        }
+        // Other inputs: random ones of odd and even lengths, and data without cut points.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for length in [1usize << 20, (1 << 20) + 1, 3 * 1024 * 1024 + 7, 9 * 1024 * 1024] {
+            let random: Vec<u8> = (0..length)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 24) as u8
+                })
+                .collect();
+            assert_eq!(spec_chunks(&random, &spec), node_chunks(&random), "{length}");
+        }
+        let zeros = vec![0u8; 9 * 1024 * 1024 + 3];
+        assert_eq!(spec_chunks(&zeros, &spec), node_chunks(&zeros));
+    }
+
     /// A file walked as large but read small (it shrank in between) is described as a small
     /// file: one chunk whose hash is its content's.
     #[test]
