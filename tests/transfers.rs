@@ -825,7 +825,10 @@ async fn the_empty_chunk_is_always_served_and_unknown_hashes_are_missing() {
     let mut decoder = FrameDecoder::default();
     decoder.push(&bytes);
     let first = decoder.next_frame().unwrap().unwrap();
-    assert_eq!((first.kind, first.hash, first.raw_len), (FrameKind::Raw, empty, 0));
+    assert_eq!(
+        (first.kind, first.hash, first.raw_len),
+        (FrameKind::Raw, empty, 0)
+    );
     let second = decoder.next_frame().unwrap().unwrap();
     assert_eq!((second.kind, second.hash), (FrameKind::Missing, unknown));
 }

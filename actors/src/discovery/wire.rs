@@ -45,18 +45,26 @@ pub struct Announcement {
     /// Random per process start; with `seq` it tells replays from restarts.
     pub instance: u64,
     /// The node's name.
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")
+    )]
     pub name: String,
     /// Port of its REST API.
+    #[schemars(range(min = 1))]
     pub http_port: u16,
     /// `http` or `https`.
     pub scheme: Scheme,
     /// SHA-256 of its key's DER SubjectPublicKeyInfo, 64 lower-case hex digits: the key its
     /// TLS certificate must carry. Receivers ignore announcements without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub tls_fingerprint: Option<String>,
     /// Application protocol version (REST API major version).
     pub protocol_version: u32,
     /// Digest of its shared catalog; peers fetch `GET /api/v1/catalog` when it changes.
+    /// Opaque: receivers only compare it.
+    #[schemars(length(max = 128), regex(pattern = r"^[0-9a-fA-F]*$"))]
     pub catalog_digest: String,
     /// Number of shared workspaces.
     pub shared_workspaces: u32,
@@ -103,10 +111,13 @@ pub struct ResourceSummary {
     /// Free disk in the data dir, bytes.
     pub disk_free: u64,
     /// GPUs (at most 16).
+    #[schemars(length(max = 16))]
     pub gpus: Vec<Gpu>,
-    /// Operating system.
+    /// Operating system (at most 128 bytes).
+    #[schemars(length(max = 128))]
     pub os: String,
-    /// CPU architecture.
+    /// CPU architecture (at most 128 bytes).
+    #[schemars(length(max = 128))]
     pub arch: String,
 }
 

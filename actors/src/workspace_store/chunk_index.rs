@@ -769,7 +769,11 @@ mod tests {
             .finalize_xof()
             .fill(&mut data);
         let sizes = spec_chunks(&data, &spec);
-        assert_eq!(sizes, node_chunks(&data), "the spec and the node cut differently");
+        assert_eq!(
+            sizes,
+            node_chunks(&data),
+            "the spec and the node cut differently"
+        );
         let mut offset = 0;
         let mut chunks = Vec::new();
         let mut lines = Vec::new();
@@ -799,7 +803,12 @@ mod tests {
         }
         // Other inputs: random ones of odd and even lengths, and data without cut points.
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        for length in [1usize << 20, (1 << 20) + 1, 3 * 1024 * 1024 + 7, 9 * 1024 * 1024] {
+        for length in [
+            1usize << 20,
+            (1 << 20) + 1,
+            3 * 1024 * 1024 + 7,
+            9 * 1024 * 1024,
+        ] {
             let random: Vec<u8> = (0..length)
                 .map(|_| {
                     state ^= state << 13;
@@ -808,7 +817,11 @@ mod tests {
                     (state >> 24) as u8
                 })
                 .collect();
-            assert_eq!(spec_chunks(&random, &spec), node_chunks(&random), "{length}");
+            assert_eq!(
+                spec_chunks(&random, &spec),
+                node_chunks(&random),
+                "{length}"
+            );
         }
         let zeros = vec![0u8; 9 * 1024 * 1024 + 3];
         assert_eq!(spec_chunks(&zeros, &spec), node_chunks(&zeros));
