@@ -1,6 +1,7 @@
 //! The `aienv` command line. Every command except `serve`, `config` and `user` talks to a node
 //! over REST through [`crate::client::Client`].
 
+mod daemon;
 mod output;
 mod runtime;
 mod transfer;
@@ -185,6 +186,22 @@ pub enum Command {
     /// Manage the node's users (works on the data dir directly).
     #[command(subcommand)]
     User(UserCommand),
+    /// Run the node in the background where there is no service manager.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+}
+
+/// `aienv daemon ...`.
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start `aienv serve` in the background with these options (log and pid file in the
+    /// data dir); waits until it listens and prints its addresses.
+    Start(ServeArgs),
+    /// Stop the node of this data dir (SIGTERM, then SIGKILL after 45 s).
+    Stop(ServeArgs),
+    /// Say whether the node of this data dir runs: exit 0 running, 1 dead with a pid file
+    /// left, 3 stopped.
+    Status(ServeArgs),
 }
 
 /// Search and filter flags shared by `ws ls` and `catalog`.
@@ -386,6 +403,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(&cli, args),
         Command::Config(ConfigCommand::Show(args)) => config_show(&cli, args),
         Command::User(command) => user(&cli, command),
+        Command::Daemon(command) => daemon_command(&cli, command),
         Command::Resources => {
             resources(&cli);
             Ok(())
@@ -395,6 +413,26 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => error.report(),
+    }
+}
+
+fn daemon_command(cli: &Cli, command: &DaemonCommand) -> Result<(), CliError> {
+    let args = match command {
+        DaemonCommand::Start(args) | DaemonCommand::Stop(args) | DaemonCommand::Status(args) => {
+            args
+        }
+    };
+    let data_dir = resolve(cli, args)?.config.data_dir;
+    match command {
+        DaemonCommand::Start(_) => daemon::start(&data_dir),
+        DaemonCommand::Stop(_) => daemon::stop(&data_dir),
+        DaemonCommand::Status(_) => {
+            let code = daemon::status(&data_dir, cli.json)?;
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1002,7 +1040,11 @@ async fn remote(cli: &Cli) -> Result<(), CliError> {
                 "the node closed the event stream",
             ))
         }
-        Command::Serve(_) | Command::Config(_) | Command::User(_) | Command::Resources => {
+        Command::Serve(_)
+        | Command::Config(_)
+        | Command::User(_)
+        | Command::Daemon(_)
+        | Command::Resources => {
             unreachable!("handled locally")
         }
     }
