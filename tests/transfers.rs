@@ -832,3 +832,21 @@ async fn the_empty_chunk_is_always_served_and_unknown_hashes_are_missing() {
     let second = decoder.next_frame().unwrap().unwrap();
     assert_eq!((second.kind, second.hash), (FrameKind::Missing, unknown));
 }
+
+#[actix_rt::test]
+async fn paths_that_differ_only_by_case_clone_onto_a_case_sensitive_file_system() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &["--name", "node-a"]);
+    let root = shared_workspace(&a, "data").await;
+    std::fs::write(root.join("data/README"), b"upper").unwrap();
+    std::fs::write(root.join("data/readme"), b"lower").unwrap();
+    let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "data", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "data").await;
+    let job = done(&client, job.id).await;
+    assert_eq!(job.state, "done", "{job:?}");
+    let clone = clone_root(&b, job.local_id.unwrap());
+    assert_eq!(std::fs::read(clone.join("data/README")).unwrap(), b"upper");
+    assert_eq!(std::fs::read(clone.join("data/readme")).unwrap(), b"lower");
+}

@@ -50,6 +50,15 @@ pub enum TransferError {
     /// The source's snapshot was refused.
     #[error("the source's manifest was refused: {0}")]
     Manifest(#[from] SnapshotError),
+    /// The workspace holds paths that differ only by letter case, and this node's file
+    /// system folds case.
+    #[error("the workspace holds paths that differ only by letter case ({pairs}), which the file system of {dir} cannot hold (it folds case): rename one of each pair on the source, or clone onto a case-sensitive file system")]
+    CaseCollision {
+        /// Where the clone would be written.
+        dir: String,
+        /// Some of the pairs.
+        pairs: String,
+    },
     /// Not enough disk space.
     #[error("not enough disk space in {path}: {needed} bytes needed, {available} available")]
     DiskFull {

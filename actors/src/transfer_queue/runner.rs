@@ -352,8 +352,11 @@ impl JobContext {
                 Ok(None) => return Ok(None),
                 Ok(Some(bytes)) => {
                     let limits = self.config.limits.clone();
+                    let dir = self.config.dir.clone();
                     return blocking(move || {
-                        Snapshot::decode(&bytes, &limits).map_err(TransferError::from)
+                        let snapshot = Snapshot::decode(&bytes, &limits)?;
+                        check_case(&snapshot, &dir)?;
+                        Ok(snapshot)
                     })
                     .await
                     .map(Some);
@@ -441,4 +444,25 @@ impl std::fmt::Display for Phases {
         }
         Ok(())
     }
+}
+
+/// Refuses, before anything is written, a workspace whose paths differ only by letter case
+/// when this node's file system cannot tell them apart; elsewhere they clone as they are.
+fn check_case(snapshot: &Snapshot, dir: &std::path::Path) -> Result<(), TransferError> {
+    let pairs = snapshot.case_collisions(3);
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(TransferError::io("creating", dir))?;
+    if crate::snapshot::case_sensitive(dir).map_err(TransferError::io("probing", dir))? {
+        return Ok(());
+    }
+    Err(TransferError::CaseCollision {
+        dir: dir.display().to_string(),
+        pairs: pairs
+            .iter()
+            .map(|(a, b)| format!("`{a}` and `{b}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
