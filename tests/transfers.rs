@@ -583,13 +583,7 @@ async fn malicious_manifests_are_refused_before_anything_is_written() {
             ],
             "passes through the symbolic link",
         ),
-        (
-            vec![
-                entry("Data", EntryKind::File, None),
-                entry("data", EntryKind::File, None),
-            ],
-            "letter case",
-        ),
+        (vec![entry("a\\b", EntryKind::File, None)], "backslash"),
         (
             (0..600_000)
                 .map(|i| entry(&format!("f{i:07}"), EntryKind::File, None))

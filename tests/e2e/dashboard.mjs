@@ -64,11 +64,13 @@ try {
   await create.locator('.field-error[data-field="name"]', { hasText: 'not a valid name' }).waitFor();
   await create.getByLabel('Name').fill('vision-lab');
   await create.getByLabel('Title').fill('Vision lab');
+  await create.getByLabel('Tags (comma separated)').fill('vision, cnn');
   await create.getByLabel('Type').selectOption('training');
   await create.getByRole('button', { name: 'Create' }).click();
   const row = a.locator('tr[data-workspace="vision-lab"]');
   await row.waitFor();
-  step('workspace created');
+  await row.getByLabel('Tags of vision-lab').getByText('cnn').waitFor();
+  step('workspace created, its tags listed');
 
   // Environment settings: a proposal from the project files, a validation error shown next to
   // the editor, then saved.

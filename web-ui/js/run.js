@@ -9,9 +9,26 @@ import { h, bytes } from './dom.js';
 const ACTIVE = new Set(['setting-up', 'starting', 'running', 'degraded', 'stopping']);
 const TOOL_OK = new Set(['ready']);
 
+// Environments that never ran are not in the live state: their planned tools come from
+// `GET /workspaces/{ws}/status` (asked once per workspace), so they are listed before a run.
+const planned = new Map();
+const asked = new Set();
+
+function askPlanned(workspace, render) {
+  // Asked again when its environments change (revision).
+  const key = `${workspace.id}@${workspace.revision}`;
+  if (asked.has(key)) return;
+  asked.add(key);
+  api('GET', `/workspaces/${workspace.id}/status`).then((answer) => {
+    for (const env of answer.environments) planned.set(`${env.workspace_id}/${env.environment}`, env);
+    render();
+  }, () => asked.delete(key));
+}
+
 /// Every environment of a workspace: the node's status where it ran, else stopped.
 function environments(workspace) {
   return workspace.environments.map((name) => state.runtimes.get(`${workspace.id}/${name}`)
+    || planned.get(`${workspace.id}/${name}`)
     || { workspace_id: workspace.id, workspace: workspace.name, environment: name, state: 'stopped', backend: '', tools: [], notes: [], allocation: null, error: null });
 }
 
@@ -166,6 +183,9 @@ export function mount(main, rest = []) {
     if (!list.length) {
       cards.replaceChildren(h('p', { class: 'muted', text: 'No workspace has an environment yet: add one to a workspace (aienv env detect WS --write).' }));
       return;
+    }
+    for (const w of list) {
+      if (w.environments.some((name) => !state.runtimes.has(`${w.id}/${name}`))) askPlanned(w, render);
     }
     const focused = document.activeElement && document.activeElement.getAttribute('aria-label');
     cards.replaceChildren(...list.map((w) => card(w, panels)));

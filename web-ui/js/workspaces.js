@@ -33,6 +33,7 @@ function createForm() {
   const form = h('form', { class: 'inline', 'aria-label': 'Create a workspace' },
     input('Name', 'name', { required: true, placeholder: 'my-project' }),
     input('Title', 'title'),
+    input('Tags (comma separated)', 'tags', { placeholder: 'nlp, llm' }),
     h('div', {}, h('label', { for: 'create-type' }, 'Type'), h('select', { id: 'create-type', name: 'type' }, TYPES.map((t) => h('option', { value: t, text: t }))), h('div', { class: 'field-error', 'data-field': 'type' })),
     h('div', {}, h('label', { for: 'create-template' }, 'Template'), h('select', { id: 'create-template', name: 'template' },
       h('option', { value: '', text: 'empty' }), h('option', { value: 'python', text: 'python' }), h('option', { value: 'notebook', text: 'notebook' }))),
@@ -44,6 +45,8 @@ function createForm() {
     const data = new FormData(form);
     const body = { name: data.get('name').trim(), type: data.get('type') };
     if (data.get('title')) body.title = data.get('title');
+    const tags = data.get('tags').split(',').map((t) => t.trim()).filter(Boolean);
+    if (tags.length) body.tags = tags;
     if (data.get('template')) body.template = data.get('template');
     if (data.get('from_dir')) body.from_dir = data.get('from_dir');
     try {
@@ -85,15 +88,20 @@ function editor(workspace) {
     input('Description', 'description', { value: workspace.description }),
     input('Tags (comma separated)', 'tags', { value: workspace.tags.join(', ') }),
     h('button', { type: 'submit' }, 'Save'),
+    h('span', { class: 'saved', role: 'status', 'aria-live': 'polite' }),
     h('div', { class: 'field-error', 'data-field': '_' }));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const data = new FormData(form);
     const tags = data.get('tags').split(',').map((t) => t.trim()).filter(Boolean);
+    const saved = form.querySelector('.saved');
+    saved.textContent = '';
     try {
-      await api('PATCH', `/workspaces/${workspace.id}`, {
+      const updated = await api('PATCH', `/workspaces/${workspace.id}`, {
         title: data.get('title'), description: data.get('description'), tags, expected_revision: workspace.revision,
       });
+      showErrors(form, new Error(''));
+      saved.textContent = `Saved (r${updated.revision})`;
     } catch (error) {
       showErrors(form, error);
     }
@@ -167,7 +175,9 @@ function row(workspace, open) {
   details.addEventListener('toggle', fill);
   fill();
   return h('tr', { 'data-workspace': workspace.name },
-    h('td', {}, h('strong', { text: workspace.name }), workspace.title ? h('div', { class: 'muted', text: workspace.title }) : null, details),
+    h('td', {}, h('strong', { text: workspace.name }), workspace.title ? h('div', { class: 'muted', text: workspace.title }) : null,
+      workspace.tags.length ? h('div', { class: 'tags', 'aria-label': `Tags of ${workspace.name}` }, workspace.tags.map((t) => h('span', { class: 'tag', text: t }))) : null,
+      details),
     h('td', { text: workspace.type }),
     h('td', { text: `r${workspace.revision}` }),
     h('td', {}, h('label', { class: 'switch' }, share, 'Shared')),
