@@ -294,7 +294,11 @@ async fn crud_filter_search_revisions() {
         Some("workspace-not-found")
     );
     assert_eq!(node.dir_names("workspaces").len(), 2);
-    assert!(node.dir_names("trash").is_empty());
+    // Its files are removed in the background.
+    common::eventually("the deleted workspace's files are gone", || async {
+        node.dir_names("trash").is_empty()
+    })
+    .await;
 }
 
 #[actix_rt::test]

@@ -651,9 +651,21 @@ impl Handler<Delete> for WorkspaceStore {
             by: message.by.clone(),
         });
         tracing::info!(workspace = %old.manifest.name, %id, by = %message.by, "workspace deleted");
-        if let Err(error) = fsio::remove_tree(&trash) {
-            // The workspace is gone from the index; the next start finishes the removal.
-            tracing::warn!(%error, "removing a deleted workspace's files failed");
+        // Off the store's thread: removing a large tree takes long, and every other write
+        // waits behind this actor. The workspace is gone from the index already; if the node
+        // stops first, the next start finishes the removal.
+        let removal = std::thread::Builder::new()
+            .name("aienv-trash".into())
+            .spawn({
+                let trash = trash.clone();
+                move || {
+                    if let Err(error) = fsio::remove_tree(&trash) {
+                        tracing::warn!(%error, "removing a deleted workspace's files failed");
+                    }
+                }
+            });
+        if let Err(error) = removal {
+            tracing::warn!(%error, "no thread to remove a deleted workspace's files; the next start will");
         }
         Ok(())
     }
