@@ -405,6 +405,11 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "stopping environments"),
         }
+        // Transfers stop where they are and resume at the next start.
+        origins_state
+            .transfers
+            .shut_down(std::time::Duration::from_secs(10))
+            .await;
         origins_state.tool_origins.stop_all().await;
         signal_shutdown.trigger();
         handle.stop(true).await;

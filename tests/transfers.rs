@@ -844,3 +844,40 @@ async fn paths_that_differ_only_by_case_clone_onto_a_case_sensitive_file_system(
     assert_eq!(std::fs::read(clone.join("data/README")).unwrap(), b"upper");
     assert_eq!(std::fs::read(clone.join("data/readme")).unwrap(), b"lower");
 }
+
+#[actix_rt::test]
+async fn a_node_stopped_gracefully_pauses_its_transfers_and_resumes_them() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(
+        &temp.path().join("a"),
+        &["--name", "node-a", "--test-chunk-delay-ms", "100"],
+    );
+    let root = shared_workspace(&a, "big").await;
+    for i in 0..4 {
+        std::fs::write(
+            root.join(format!("data/part{i}.bin")),
+            noise(4 << 20, 60 + i),
+        )
+        .unwrap();
+    }
+    let b_dir = temp.path().join("b");
+    let mut b = node_with_peers(&b_dir, "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "big", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "big").await;
+    until_a_quarter_arrived(&client, job.id).await;
+    // SIGTERM: the queue is told, the runner stops and the job stays queued, not cancelled.
+    b.stop();
+    let b = node_with_peers(&b_dir, "node-b", &[&a], &[]);
+    let client = b.admin();
+    let job = done(&client, job.id).await;
+    assert_eq!(job.state, "done", "{job:?}");
+    assert!(
+        job.notes
+            .iter()
+            .any(|n| n.contains("paused by the node's shutdown")),
+        "{:?}",
+        job.notes
+    );
+    assert_eq!(tree(&root), tree(&clone_root(&b, job.local_id.unwrap())));
+}

@@ -153,6 +153,8 @@ pub struct TransferQueue {
     config: Arc<TransferConfig>,
     jobs: HashMap<Uuid, JobInfo>,
     running: HashMap<Uuid, Shutdown>,
+    /// Set by [`PauseAll`]: the node is stopping; interrupted jobs resume at the next start.
+    paused: bool,
     store: WorkspaceStoreHandle,
     peers: PeerRegistryHandle,
     client: Rc<dyn TransferClient>,
@@ -201,6 +203,24 @@ struct Enqueue {
 #[rtype(result = "Result<Option<Arc<JobInfo>>, TransferError>")]
 struct Cancel {
     id: String,
+}
+
+/// The node is stopping: running jobs stop at their next step and stay queued (their
+/// progress is on disk), nothing new starts. Answers how many were running.
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct PauseAll;
+
+impl Handler<PauseAll> for TransferQueue {
+    type Result = usize;
+
+    fn handle(&mut self, _: PauseAll, _: &mut Self::Context) -> usize {
+        self.paused = true;
+        for cancel in self.running.values() {
+            cancel.trigger();
+        }
+        self.running.len()
+    }
 }
 
 /// Queues a failed or cancelled job again; it resumes from what arrived.
@@ -478,7 +498,7 @@ impl TransferQueue {
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        while self.running.len() < self.config.max_jobs {
+        while !self.paused && self.running.len() < self.config.max_jobs {
             let Some(id) = self
                 .jobs
                 .values()
@@ -541,6 +561,16 @@ impl TransferQueue {
                                 let _ = std::fs::remove_dir_all(&path);
                                 let _ = std::fs::remove_file(&path);
                             }
+                        }
+                        Err(TransferError::Cancelled) if actor.paused => {
+                            // Stopped by the node's shutdown, not by a person: it resumes.
+                            if let Some(job) = actor.jobs.get_mut(&id) {
+                                job.state = JobState::Queued;
+                                job.updated = Utc::now();
+                                job.notes.push("paused by the node's shutdown".into());
+                            }
+                            actor.persist(id);
+                            actor.publish(id);
                         }
                         Err(TransferError::Cancelled) => {
                             actor.set_finished(id, JobState::Cancelled, None)
@@ -690,6 +720,7 @@ impl TransferQueueHandle {
             config: Arc::new(config),
             jobs: HashMap::new(),
             running: HashMap::new(),
+            paused: false,
             store,
             peers,
             client,
@@ -728,6 +759,34 @@ impl TransferQueueHandle {
             .send(Cancel { id: id.to_string() })
             .await
             .map_err(|_| TransferError::Unavailable)?
+    }
+
+    /// Pauses every running job for the node's shutdown and waits (at most `timeout`) until
+    /// their runners have stopped and saved where they were.
+    pub async fn shut_down(&self, timeout: std::time::Duration) {
+        if self.addr.send(PauseAll).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut view = self.subscribe();
+        let _ = tokio::time::timeout(timeout, async {
+            loop {
+                if view.borrow().jobs.iter().all(|j| {
+                    !matches!(
+                        j.state,
+                        JobState::FetchingManifest
+                            | JobState::Transferring
+                            | JobState::Verifying
+                            | JobState::Materializing
+                    )
+                }) {
+                    return;
+                }
+                if view.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// Retries a failed or cancelled job.
