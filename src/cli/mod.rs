@@ -299,10 +299,13 @@ pub struct ServeArgs {
     /// Serve the dashboard from web-ui/ on disk (edit and reload) instead of the embedded copy.
     #[arg(long)]
     pub dev: bool,
-    /// Test hook: corrupt the next N chunks this node serves (to test verification).
+    /// Test hook: corrupt the next N chunks this node serves (to test verification). Only
+    /// in debug builds and with the `test-hooks` feature: never in a release binary.
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_corrupt_chunks: u32,
     /// Test hook: pause this many milliseconds before each chunk served.
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_chunk_delay_ms: u64,
 }
@@ -416,6 +419,19 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+#[cfg(any(debug_assertions, feature = "test-hooks"))]
+fn test_hooks(args: &ServeArgs) -> crate::http::TestHooks {
+    crate::http::TestHooks {
+        corrupt_chunks: args.test_corrupt_chunks,
+        chunk_delay_ms: args.test_chunk_delay_ms,
+    }
+}
+
+#[cfg(not(any(debug_assertions, feature = "test-hooks")))]
+fn test_hooks(_: &ServeArgs) -> crate::http::TestHooks {
+    crate::http::TestHooks::default()
+}
+
 fn daemon_command(cli: &Cli, command: &DaemonCommand) -> Result<(), CliError> {
     let args = match command {
         DaemonCommand::Start(args) | DaemonCommand::Stop(args) | DaemonCommand::Status(args) => {
@@ -463,10 +479,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             config,
             crate::serve::ServeOptions {
                 dev_ui: args.dev,
-                test_hooks: crate::http::TestHooks {
-                    corrupt_chunks: args.test_corrupt_chunks,
-                    chunk_delay_ms: args.test_chunk_delay_ms,
-                },
+                test_hooks: test_hooks(args),
             },
         ))
         .map_err(|e| CliError::new(e.to_string()))

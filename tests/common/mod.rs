@@ -318,6 +318,30 @@ pub fn require_all() -> bool {
     })
 }
 
+/// Whether the binary under test has the fault-injection flags (`--test-chunk-delay-ms`,
+/// `--test-corrupt-chunks`): debug builds do, release builds only with `--features test-hooks`.
+pub fn test_hooks() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        Command::new(binary())
+            .args(["serve", "--test-chunk-delay-ms", "0", "--help"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Skips (loudly) a test that needs the fault-injection flags when the build lacks them;
+/// `true` when the test should go on.
+pub fn needs_test_hooks() -> bool {
+    if test_hooks() {
+        return true;
+    }
+    skip("this build of aienv has no fault-injection flags: test a debug build, or add `--features test-hooks`");
+    false
+}
+
 /// Where skips of one `cargo test` run are recorded, for `tests/zz_skipped.rs` to list at
 /// the end: one file per run, named by the process that runs the test binaries (cargo).
 pub fn skip_log() -> PathBuf {
