@@ -3,7 +3,6 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
 
 use aienv_actors::catalog::{CatalogEntry, CatalogFilter};
 use aienv_actors::model::WorkspaceKind;
@@ -13,7 +12,8 @@ use aienv_actors::identity::KeyFingerprint;
 use aienv_actors::peer_registry::TrustedPeer;
 
 use crate::api::{
-    CatalogDto, CatalogEntryDto, NetworkEntryDto, PeerDto, TrustRequest, TrustedPeerDto,
+    CatalogDto, CatalogEntryDto, NetworkEntryDto, NetworkQuery, PeerDto, TrustRequest,
+    TrustedPeerDto,
 };
 use crate::tls::PeerKey;
 
@@ -122,18 +122,6 @@ async fn peers(state: web::Data<AppState>) -> HttpResponse {
             .map(|p| PeerDto::from(&**p))
             .collect::<Vec<_>>(),
     )
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NetworkQuery {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    tool: Option<String>,
-    lang: Option<String>,
-    tag: Option<String>,
-    q: Option<String>,
-    peer: Option<String>,
 }
 
 async fn network_catalog(

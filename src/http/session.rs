@@ -155,9 +155,10 @@ async fn ticket(
     })
 }
 
+/// The query of a sign-in link (dashboard and tool origins alike).
 #[derive(Deserialize)]
-struct SignInQuery {
-    ticket: String,
+pub(super) struct SignInQuery {
+    pub(super) ticket: String,
 }
 
 /// `GET /_aienv/sign-in?ticket=…`: trades a ticket for a session and opens the dashboard.

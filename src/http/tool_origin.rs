@@ -20,7 +20,6 @@ use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use serde::Deserialize;
 
 use aienv_actors::runtime_supervisor::ProxyMiss;
 
@@ -283,11 +282,6 @@ fn with_port(host: &str, port: u16) -> String {
     format!("{name}:{port}")
 }
 
-#[derive(Deserialize)]
-struct SignInQuery {
-    ticket: String,
-}
-
 /// Every request to a tool origin.
 async fn serve(
     state: web::Data<AppState>,
@@ -359,7 +353,7 @@ fn sign_in(
     tool: &OriginTool,
     request: &HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<SignInQuery>::from_query(request.query_string())
+    let query = web::Query::<super::session::SignInQuery>::from_query(request.query_string())
         .map_err(|e| ApiError::bad_request("invalid-query", e.to_string()))?;
     let (principal, next) = state
         .tool_tickets

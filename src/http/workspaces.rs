@@ -18,8 +18,8 @@ use aienv_actors::workspace_store::{
 };
 
 use crate::api::{
-    CreateWorkspace, CreatedDto, ImportSummaryDto, RevisionDetail, RevisionDto, ShareRequest,
-    UpdateWorkspace, WorkspaceDetail, WorkspaceDto, WorkspacePage,
+    CreateWorkspace, CreatedDto, ImportSummaryDto, ListQuery, RevisionDetail, RevisionDto,
+    ShareRequest, UpdateWorkspace, WorkspaceDetail, WorkspaceDto, WorkspacePage,
 };
 
 use crate::access::Action;
@@ -60,20 +60,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::post().to(restore),
     )
     .route("/workspaces/{ws}/export", web::get().to(export));
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    tool: Option<String>,
-    lang: Option<String>,
-    tag: Option<String>,
-    q: Option<String>,
-    shared: Option<bool>,
-    limit: Option<usize>,
-    cursor: Option<String>,
 }
 
 fn parse_kind(value: &str) -> Result<WorkspaceKind, ApiError> {
