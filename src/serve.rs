@@ -180,7 +180,10 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             data_dir: data_dir.clone(),
         },
         store.clone(),
-        peers.addr(),
+        aienv_actors::discovery::Registry {
+            seen: peers.addr().recipient(),
+            goodbye: peers.addr().recipient(),
+        },
         bus.clone(),
     );
 

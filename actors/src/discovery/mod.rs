@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::catalog;
 use crate::event_bus::{Envelope, EventBus};
 use crate::events::NodeEvent;
-use crate::peer_registry::{PeerGoodbye, PeerRegistry, PeerSeen};
+use crate::peer_registry::{PeerGoodbye, PeerSeen};
 use crate::resources::{self, Resources};
 use crate::workspace_store::WorkspaceStoreHandle;
 
@@ -108,7 +108,8 @@ pub struct Announcer {
     seq: u64,
     started: Instant,
     store: WorkspaceStoreHandle,
-    registry: Addr<PeerRegistry>,
+    /// Where announcements go: the registry, known only by the messages it takes.
+    registry: Registry,
     bus: EventBus,
     view: AnnouncerView,
     view_sender: watch::Sender<Arc<AnnouncerView>>,
@@ -321,14 +322,14 @@ impl Announcer {
         self.view.counters.accepted += 1;
         let id = a.node_id;
         if datagram.goodbye {
-            self.registry.do_send(PeerGoodbye {
+            self.registry.goodbye.do_send(PeerGoodbye {
                 node_id: id,
                 address: from.ip(),
             });
             return;
         }
         let newcomer = previous.is_none_or(|(instance, _)| instance != a.instance);
-        self.registry.do_send(PeerSeen {
+        self.registry.seen.do_send(PeerSeen {
             announcement: a,
             address: from.ip(),
         });
@@ -497,12 +498,21 @@ pub struct AnnouncerHandle {
     view: watch::Receiver<Arc<AnnouncerView>>,
 }
 
+/// What the Announcer tells the peer registry.
+#[derive(Clone)]
+pub struct Registry {
+    /// A valid announcement.
+    pub seen: Recipient<PeerSeen>,
+    /// A goodbye.
+    pub goodbye: Recipient<PeerGoodbye>,
+}
+
 impl AnnouncerHandle {
     /// Starts the Announcer on the current arbiter.
     pub fn start(
         config: AnnouncerConfig,
         store: WorkspaceStoreHandle,
-        registry: Addr<PeerRegistry>,
+        registry: Registry,
         bus: EventBus,
     ) -> AnnouncerHandle {
         let (view_sender, view) = watch::channel(Arc::new(AnnouncerView::default()));
