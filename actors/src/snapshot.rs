@@ -539,6 +539,19 @@ pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
         .map(move |(index, _)| &path[..index])
 }
 
+/// Whether the file system holding `dir` tells `A` from `a` (probed with a file of its own).
+pub fn case_sensitive(dir: &std::path::Path) -> std::io::Result<bool> {
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tag: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let upper = dir.join(format!(".aienv-CASE-{tag}"));
+    let lower = dir.join(format!(".aienv-case-{tag}"));
+    std::fs::write(&upper, b"")?;
+    let folds = lower.exists();
+    std::fs::remove_file(&upper)?;
+    Ok(!folds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,17 +685,4 @@ mod tests {
         let error = decode(entries).unwrap_err().to_string();
         assert!(error.contains("1000000 entries"), "{error}");
     }
-}
-
-/// Whether the file system holding `dir` tells `A` from `a` (probed with a file of its own).
-pub fn case_sensitive(dir: &std::path::Path) -> std::io::Result<bool> {
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let tag: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let upper = dir.join(format!(".aienv-CASE-{tag}"));
-    let lower = dir.join(format!(".aienv-case-{tag}"));
-    std::fs::write(&upper, b"")?;
-    let folds = lower.exists();
-    std::fs::remove_file(&upper)?;
-    Ok(!folds)
 }
