@@ -165,7 +165,19 @@ async fn members_reach_only_their_workspaces_and_viewers_only_browse_and_clone()
         .await,
         "only its owner `ada`",
     );
-    // Owners are users of this node.
+    // Nor does he learn which user names exist by trying.
+    forbidden(
+        bob.set_access(
+            "ada-ws",
+            &AccessUpdate {
+                members: Some(vec!["nobody".into()]),
+                ..Default::default()
+            },
+        )
+        .await,
+        "only its owner `ada`",
+    );
+    // Members are users of this node.
     let error = ada
         .set_access(
             "ada-ws",

@@ -75,21 +75,24 @@ async fn update(
         }
         let mut list: Vec<String> = Vec::with_capacity(members.len());
         for name in members {
-            if !state.auth.is_user(&name) {
-                return Err(invalid(
-                    "members",
-                    format!("members: `{name}` is not a user of this node (`aienv user ls`)"),
-                ));
-            }
             if !list.contains(&name) && name != access.owner {
                 list.push(name);
             }
         }
         if list != access.members {
+            // Permission first: who may not change the list learns nothing about user names.
             check(&state, &login.0, &entry, Action::Grant).await?;
+            if let Some(unknown) = list.iter().find(|name| !state.auth.is_user(name)) {
+                return Err(invalid(
+                    "members",
+                    format!("members: `{unknown}` is not a user of this node (`aienv user ls`)"),
+                ));
+            }
             access.members = list;
         }
     }
+    let owner = access.owner.clone();
+    access.members.retain(|m| *m != owner);
     state
         .workspace_access
         .put(entry.manifest.id, &access)
