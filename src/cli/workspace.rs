@@ -283,16 +283,24 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                 output::print_json(&detail);
             } else {
                 let w = &detail.workspace;
-                println!("name:         {}", w.name);
-                println!("id:           {}", w.id);
-                if !w.title.is_empty() {
-                    println!("title:        {}", w.title);
+                // What a clone shows came from a peer: never let it drive the terminal.
+                macro_rules! say {
+                    ($($arg:tt)*) => {
+                        for line in format!($($arg)*).split('\n') {
+                            println!("{}", output::printable(line));
+                        }
+                    };
                 }
-                println!("type:         {}", w.kind);
-                println!("revision:     {}", w.revision);
-                println!("created:      {}", w.created.to_rfc3339());
-                println!("updated:      {}", w.updated.to_rfc3339());
-                println!(
+                say!("name:         {}", w.name);
+                say!("id:           {}", w.id);
+                if !w.title.is_empty() {
+                    say!("title:        {}", w.title);
+                }
+                say!("type:         {}", w.kind);
+                say!("revision:     {}", w.revision);
+                say!("created:      {}", w.created.to_rfc3339());
+                say!("updated:      {}", w.updated.to_rfc3339());
+                say!(
                     "sharing:      {}",
                     if w.sharing.enabled {
                         format!("{} {}", w.sharing.mode, w.sharing.peers.join(","))
@@ -301,15 +309,15 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                     }
                     .trim_end()
                 );
-                println!("tags:         {}", w.tags.join(", "));
-                println!("languages:    {}", w.languages.join(", "));
-                println!("tools:        {}", w.tools.join(", "));
+                say!("tags:         {}", w.tags.join(", "));
+                say!("languages:    {}", w.languages.join(", "));
+                say!("tools:        {}", w.tools.join(", "));
                 for project in &w.projects {
-                    println!("project:      {} ({})", project.name, project.path);
+                    say!("project:      {} ({})", project.name, project.path);
                 }
-                println!("environments: {}", w.environments.join(", "));
+                say!("environments: {}", w.environments.join(", "));
                 if let Some(origin) = &w.origin {
-                    println!(
+                    say!(
                         "cloned from:  {}/{} (revision {}, {})",
                         origin.peer_name,
                         origin.workspace_name,
@@ -320,14 +328,14 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                         }
                     );
                     for rebuild in &origin.needs_rebuild {
-                        println!("needs rebuild: {rebuild}");
+                        say!("needs rebuild: {rebuild}");
                     }
                 }
                 if let Some(path) = &w.path {
-                    println!("path:         {path}");
+                    say!("path:         {path}");
                 }
                 if !w.description.is_empty() {
-                    println!("\n{}", w.description);
+                    say!("\n{}", w.description);
                 }
             }
         }
