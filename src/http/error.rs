@@ -204,12 +204,10 @@ impl From<aienv_actors::runtime_supervisor::RuntimeError> for ApiError {
     fn from(error: aienv_actors::runtime_supervisor::RuntimeError) -> ApiError {
         use aienv_actors::runtime_supervisor::RuntimeError as E;
         use StatusCode as S;
-        let error = match error {
-            E::Store(store) => return ApiError::from(store),
-            other => other,
-        };
         let message = error.to_string();
         let (status, code, details) = match &error {
+            E::WorkspaceNotFound(_) => (S::NOT_FOUND, "workspace-not-found", None),
+            E::StoreUnavailable(_) => (S::SERVICE_UNAVAILABLE, "store-unavailable", None),
             E::EnvironmentNotFound { name, known, .. } => (
                 S::NOT_FOUND,
                 "environment-not-found",

@@ -2,13 +2,26 @@
 
 use crate::workspace_store::StoreError;
 
+/// The supervisor only looks workspaces up: what can go wrong there, in its own terms.
+impl From<StoreError> for RuntimeError {
+    fn from(error: StoreError) -> RuntimeError {
+        match error {
+            StoreError::NotFound(name) => RuntimeError::WorkspaceNotFound(name),
+            other => RuntimeError::StoreUnavailable(other.to_string()),
+        }
+    }
+}
+
 /// Everything running an environment can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
-    /// The workspace lookup failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// No workspace has this name or id.
+    #[error("no workspace named or with id `{0}`")]
+    WorkspaceNotFound(String),
+    /// The workspace store could not answer.
+    #[error("workspace store: {0}")]
+    StoreUnavailable(String),
     /// The workspace has no such environment.
     #[error("workspace `{workspace}` has no environment `{name}`{}", list(.known))]
     EnvironmentNotFound {
