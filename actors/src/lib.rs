@@ -12,6 +12,7 @@ pub mod chunk_frame;
 pub mod discovery;
 pub mod event_bus;
 pub mod events;
+pub mod fsio;
 pub mod identity;
 pub mod model;
 pub mod peer_registry;

@@ -288,7 +288,7 @@ impl Backend for DockerBackend {
                 .remove_container(&created.id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
                 .await;
             result?;
-            crate::workspace_store::write_atomic(&record, plan.setup_hash.as_bytes())?;
+            crate::fsio::write_atomic(&record, plan.setup_hash.as_bytes())?;
             Ok(Vec::new())
         }
         .boxed_local()

@@ -109,6 +109,15 @@ pub enum RuntimeError {
     Gone,
 }
 
+impl From<crate::fsio::FsError> for RuntimeError {
+    fn from(error: crate::fsio::FsError) -> RuntimeError {
+        RuntimeError::Io {
+            what: format!("{} {}", error.action, error.path.display()),
+            source: error.source,
+        }
+    }
+}
+
 impl RuntimeError {
     /// An I/O error with context.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> RuntimeError {

@@ -265,7 +265,7 @@ async fn prepare(plan: &LaunchPlan) -> Result<Vec<String>, RuntimeError> {
         )
         .await?;
     }
-    crate::workspace_store::write_atomic(&record, plan.setup_hash.as_bytes())?;
+    crate::fsio::write_atomic(&record, plan.setup_hash.as_bytes())?;
     logs::append(&log_path, "== set-up done\n");
     Ok(notes)
 }
@@ -474,10 +474,7 @@ impl ProcessInstance {
             .values()
             .filter_map(|r| Some(format!("{} {}\n", r.pid, start_time(r.pid)?)))
             .collect();
-        let _ = crate::workspace_store::write_atomic(
-            &self.plan.state_dir.join(GROUPS_FILE),
-            lines.as_bytes(),
-        );
+        let _ = crate::fsio::write_atomic(&self.plan.state_dir.join(GROUPS_FILE), lines.as_bytes());
     }
 }
 

@@ -101,6 +101,16 @@ impl StoreError {
     }
 }
 
+impl From<crate::fsio::FsError> for StoreError {
+    fn from(error: crate::fsio::FsError) -> StoreError {
+        StoreError::Io {
+            action: error.action,
+            path: error.path,
+            source: error.source,
+        }
+    }
+}
+
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     fn from(error: sled::transaction::TransactionError<StoreError>) -> StoreError {
         match error {

@@ -23,7 +23,7 @@ use crate::model::{EnvironmentSpec, WorkspaceManifest};
 use super::chunk_index::ChunkIndex;
 use super::clone::Origin;
 use super::error::StoreError;
-use super::fsio::FileStamp;
+use crate::fsio::FileStamp;
 
 /// What the index knows about one workspace.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,7 +16,6 @@ mod archive;
 mod chunk_index;
 mod clone;
 mod error;
-mod fsio;
 mod index;
 mod reconcile;
 mod templates;
@@ -34,6 +33,7 @@ use uuid::Uuid;
 
 use crate::event_bus::EventBus;
 use crate::events::{NodeEvent, WorkspaceChange, WorkspaceChanged};
+use crate::fsio;
 use crate::model::{
     EnvironmentSpec, Sharing, WorkspaceKind, WorkspaceManifest, ENVIRONMENT_FILE, WORKSPACE_FILE,
 };
@@ -46,7 +46,6 @@ pub use archive::{
 pub use chunk_index::{ChunkIndex, ChunkLocation, ScanStats};
 pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan};
 pub use error::StoreError;
-pub use fsio::write_atomic;
 pub use index::RevisionRecord;
 pub use reconcile::ReconcileReport;
 pub use templates::TEMPLATE_NAMES;

@@ -22,10 +22,10 @@ use crate::model::WORKSPACE_FILE;
 use crate::yaml;
 
 use super::error::StoreError;
-use super::fsio;
 use super::index::{Index, IndexRecord};
 use super::view::WorkspaceEntry;
 use super::{revision_record, workspace_dir, Layout};
+use crate::fsio;
 
 /// What the start-up check found and repaired.
 #[derive(Debug, Clone, Default)]

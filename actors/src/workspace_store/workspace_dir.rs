@@ -17,8 +17,8 @@ use crate::model::{
 use crate::yaml;
 
 use super::error::StoreError;
-use super::fsio::{copy_tree, CopyReport, FileStamp};
 use super::templates;
+use crate::fsio::{copy_tree, CopyReport, FileStamp};
 
 /// The directories every workspace has.
 pub const STANDARD_DIRS: [&str; 4] = ["projects", "environments", "data", "scripts"];

@@ -6,7 +6,27 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::error::StoreError;
+/// A file operation that failed: what was being done, to which path.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct FsError {
+    /// What was being done (`writing`, `renaming into place`, ...).
+    pub action: &'static str,
+    /// The file at fault.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: std::io::Error,
+}
+
+/// Wraps an I/O error with what was being done to which path.
+fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> FsError {
+    let path = path.into();
+    move |source| FsError {
+        action,
+        path,
+        source,
+    }
+}
 
 /// Size and modification time of a file, used to notice edits made behind the store's back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -29,7 +49,7 @@ impl FileStamp {
 }
 
 /// Replaces `path` with `bytes` atomically and durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let dir = path
         .parent()
         .expect("write_atomic needs a file inside a directory");
@@ -40,11 +60,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         uuid::Uuid::new_v4().simple()
     ));
     let result = (|| {
-        let mut file = fs::File::create(&temp).map_err(StoreError::io("creating", &temp))?;
-        file.write_all(bytes)
-            .map_err(StoreError::io("writing", &temp))?;
-        file.sync_all().map_err(StoreError::io("syncing", &temp))?;
-        fs::rename(&temp, path).map_err(StoreError::io("renaming into place", path))?;
+        let mut file = fs::File::create(&temp).map_err(io("creating", &temp))?;
+        file.write_all(bytes).map_err(io("writing", &temp))?;
+        file.sync_all().map_err(io("syncing", &temp))?;
+        fs::rename(&temp, path).map_err(io("renaming into place", path))?;
         fsync_dir(dir)
     })();
     if result.is_err() {
@@ -54,20 +73,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
-pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(StoreError::io("syncing directory", dir))
+        .map_err(io("syncing directory", dir))
 }
 
 /// Flushes every dirty page of the file system holding `path` (one call instead of an
 /// fsync per copied file).
-pub fn sync_filesystem(path: &Path) -> Result<(), StoreError> {
+pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
     use std::os::fd::AsRawFd;
-    let dir = fs::File::open(path).map_err(StoreError::io("opening", path))?;
+    let dir = fs::File::open(path).map_err(io("opening", path))?;
     // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(StoreError::io("syncing file system of", path)(
+        return Err(io("syncing file system of", path)(
             std::io::Error::last_os_error(),
         ));
     }
@@ -89,36 +108,33 @@ pub struct CopyReport {
 
 /// Copies the tree under `source` into `target` (which must exist), recreating symlinks as
 /// links and leaving out special files.
-pub fn copy_tree(source: &Path, target: &Path) -> Result<CopyReport, StoreError> {
+pub fn copy_tree(source: &Path, target: &Path) -> Result<CopyReport, FsError> {
     let mut report = CopyReport::default();
     let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     // Directory modes are applied last so a read-only directory can still be filled.
     let mut modes = Vec::new();
     while let Some(relative) = stack.pop() {
         let dir = source.join(&relative);
-        let entries = fs::read_dir(&dir).map_err(StoreError::io("reading directory", &dir))?;
+        let entries = fs::read_dir(&dir).map_err(io("reading directory", &dir))?;
         for entry in entries {
-            let entry = entry.map_err(StoreError::io("reading directory", &dir))?;
+            let entry = entry.map_err(io("reading directory", &dir))?;
             let relative = relative.join(entry.file_name());
             let from = source.join(&relative);
             let to = target.join(&relative);
-            let file_type = entry
-                .file_type()
-                .map_err(StoreError::io("inspecting", &from))?;
+            let file_type = entry.file_type().map_err(io("inspecting", &from))?;
             if file_type.is_dir() {
-                fs::create_dir(&to).map_err(StoreError::io("creating directory", &to))?;
+                fs::create_dir(&to).map_err(io("creating directory", &to))?;
                 let mode = fs::symlink_metadata(&from)
-                    .map_err(StoreError::io("inspecting", &from))?
+                    .map_err(io("inspecting", &from))?
                     .permissions();
                 modes.push((to, mode));
                 stack.push(relative);
             } else if file_type.is_symlink() {
-                let link = fs::read_link(&from).map_err(StoreError::io("reading link", &from))?;
-                std::os::unix::fs::symlink(&link, &to)
-                    .map_err(StoreError::io("creating link", &to))?;
+                let link = fs::read_link(&from).map_err(io("reading link", &from))?;
+                std::os::unix::fs::symlink(&link, &to).map_err(io("creating link", &to))?;
                 report.symlinks += 1;
             } else if file_type.is_file() {
-                report.bytes += fs::copy(&from, &to).map_err(StoreError::io("copying", &from))?;
+                report.bytes += fs::copy(&from, &to).map_err(io("copying", &from))?;
                 report.files += 1;
             } else {
                 report.skipped.push(relative.to_string_lossy().into_owned());
@@ -126,14 +142,14 @@ pub fn copy_tree(source: &Path, target: &Path) -> Result<CopyReport, StoreError>
         }
     }
     for (dir, mode) in modes.into_iter().rev() {
-        fs::set_permissions(&dir, mode).map_err(StoreError::io("setting mode of", &dir))?;
+        fs::set_permissions(&dir, mode).map_err(io("setting mode of", &dir))?;
     }
     Ok(report)
 }
 
 /// Removes a directory tree, or a single file or link, if it exists. Links are removed, never
 /// followed.
-pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
+pub fn remove_tree(path: &Path) -> Result<(), FsError> {
     let result = match fs::symlink_metadata(path) {
         Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -142,6 +158,6 @@ pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
     match result {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(StoreError::io("removing", path)(error)),
+        Err(error) => Err(io("removing", path)(error)),
     }
 }
