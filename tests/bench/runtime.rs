@@ -169,15 +169,41 @@ async fn run(busybox: &str, scale: f64) {
         .finish();
     let proxied = format!("{}/w/bench/web/index.html", node.url);
     let direct = format!("http://127.0.0.1:{port}/index.html");
+    // The way a browser reaches the tool: its own origin, signed in by a ticket.
+    let ticket = admin.tool_ticket("bench", "web").await.unwrap();
+    let signed = awc::Client::builder()
+        .disable_redirects()
+        .finish()
+        .get(&ticket.url)
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let origin = ticket.url.split("/_aienv/").next().unwrap().to_string();
+    let own_origin = format!("{origin}/w/bench/web/index.html");
     let requests = ((2000.0 * scale) as usize).max(200);
     let mut through = Vec::with_capacity(requests);
     let mut straight = Vec::with_capacity(requests);
+    let mut via_origin = Vec::with_capacity(requests);
     for i in 0..requests + 50 {
-        for (url, times) in [(&proxied, &mut through), (&direct, &mut straight)] {
+        for (url, times, header) in [
+            (&proxied, &mut through, ("Authorization", auth.as_str())),
+            (&direct, &mut straight, ("Authorization", auth.as_str())),
+            (&own_origin, &mut via_origin, ("Cookie", cookie.as_str())),
+        ] {
             let started = Instant::now();
             let mut response = client
                 .get(url.as_str())
-                .insert_header(("Authorization", auth.as_str()))
+                .insert_header(header)
                 .send()
                 .await
                 .unwrap();
@@ -190,6 +216,7 @@ async fn run(busybox: &str, scale: f64) {
     }
     through.sort_by(f64::total_cmp);
     straight.sort_by(f64::total_cmp);
+    via_origin.sort_by(f64::total_cmp);
     println!("\nproxy latency ({requests} small GETs each, interleaved, keep-alive):");
     println!("            p50        p99");
     println!(
@@ -207,6 +234,12 @@ async fn run(busybox: &str, scale: f64) {
         percentile(&through, 0.5) - percentile(&straight, 0.5),
         percentile(&through, 0.99) - percentile(&straight, 0.99),
         percentile(&through, 0.5) / percentile(&straight, 0.5)
+    );
+    println!(
+        "  tool origin (browsers: own port, session cookie) {:7.3} ms {:7.3} ms; added {:.3} ms at p50",
+        percentile(&via_origin, 0.5),
+        percentile(&via_origin, 0.99),
+        percentile(&via_origin, 0.5) - percentile(&straight, 0.5)
     );
 
     // 4. Throughput of one large download, from a tool that sends with sendfile (busybox
