@@ -13,6 +13,7 @@ mod peers;
 mod permissions;
 mod runtimes;
 mod session;
+mod tokens;
 mod tool_origin;
 mod tool_proxy;
 mod tool_tickets;

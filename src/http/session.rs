@@ -2,9 +2,7 @@
 //! HttpOnly, SameSite=Strict cookie; mutating requests made with the cookie must also carry the
 //! session's CSRF token in `X-CSRF-Token`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -12,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Presented, Principal};
 
+use super::tokens::{new_token, TokenMap};
 use super::{ApiError, AppState, Caller};
 
 /// Name of the session cookie.
@@ -23,10 +22,18 @@ const IDLE: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 10_000;
 
 /// Live sessions, in memory: a node restart logs browsers out.
-#[derive(Default)]
 pub struct Sessions {
-    sessions: Mutex<HashMap<String, Session>>,
-    tickets: Mutex<HashMap<String, (Principal, Instant, Duration)>>,
+    sessions: TokenMap<Session>,
+    tickets: TokenMap<Principal>,
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions {
+            sessions: TokenMap::new(MAX_SESSIONS),
+            tickets: TokenMap::new(MAX_TICKETS),
+        }
+    }
 }
 
 /// Path of the dashboard's single-use sign-in links.
@@ -35,90 +42,39 @@ pub const SIGN_IN_PATH: &str = "/_aienv/sign-in";
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
 const MAX_TICKETS: usize = 1024;
 
-#[derive(Clone)]
 struct Session {
     principal: Principal,
     csrf: String,
-    used: Instant,
-}
-
-fn random_hex() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Sessions {
     fn create(&self, principal: Principal) -> (String, String) {
-        let id = random_hex();
-        let csrf = random_hex();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, s| s.used.elapsed() < IDLE);
-        if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| k.clone())
-            {
-                sessions.remove(&oldest);
-            }
-        }
-        sessions.insert(
-            id.clone(),
-            Session {
-                principal,
-                csrf: csrf.clone(),
-                used: Instant::now(),
-            },
-        );
-        (id, csrf)
+        let csrf = new_token();
+        let session = Session {
+            principal,
+            csrf: csrf.clone(),
+        };
+        (self.sessions.insert(session, IDLE), csrf)
     }
 
     /// The session's principal and CSRF token, refreshing its idle timer.
     pub fn get(&self, id: &str) -> Option<(Principal, String)> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let session = sessions.get_mut(id)?;
-        if session.used.elapsed() >= IDLE {
-            sessions.remove(id);
-            return None;
-        }
-        session.used = Instant::now();
-        Some((session.principal.clone(), session.csrf.clone()))
+        self.sessions
+            .touch(id, |s| (s.principal.clone(), s.csrf.clone()))
     }
 
     /// A link token that signs `principal` in once, within `ttl`.
     pub fn issue_ticket(&self, principal: Principal, ttl: Duration) -> String {
-        let id = random_hex();
-        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
-        tickets.retain(|_, (_, at, ttl)| at.elapsed() < *ttl);
-        if tickets.len() >= MAX_TICKETS {
-            if let Some(oldest) = tickets
-                .iter()
-                .min_by_key(|(_, (_, at, _))| *at)
-                .map(|(k, _)| k.clone())
-            {
-                tickets.remove(&oldest);
-            }
-        }
-        tickets.insert(id.clone(), (principal, Instant::now(), ttl));
-        id
+        self.tickets.insert(principal, ttl)
     }
 
     /// Spends a ticket (whatever the outcome).
     fn redeem_ticket(&self, ticket: &str) -> Option<Principal> {
-        let (principal, at, ttl) = self
-            .tickets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(ticket)?;
-        (at.elapsed() < ttl).then_some(principal)
+        self.tickets.take(ticket)
     }
 
     fn remove(&self, id: &str) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.sessions.remove(id);
     }
 }
 

@@ -6,11 +6,11 @@
 //! every other tool. Each tool session is therefore bound to the one tool it was issued for
 //! and is worth nothing anywhere else.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::auth::Principal;
+
+use super::tokens::TokenMap;
 
 /// How long a ticket can be redeemed.
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
@@ -37,106 +37,58 @@ struct Ticket {
     principal: Principal,
     key: ToolKey,
     next: String,
-    issued: Instant,
 }
 
 struct ToolSession {
     principal: Principal,
     key: ToolKey,
-    used: Instant,
 }
 
 /// Outstanding tickets and live tool sessions.
-#[derive(Default)]
 pub struct ToolTickets {
-    tickets: Mutex<HashMap<String, Ticket>>,
-    sessions: Mutex<HashMap<String, ToolSession>>,
+    tickets: TokenMap<Ticket>,
+    sessions: TokenMap<ToolSession>,
 }
 
-fn random_hex() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+impl Default for ToolTickets {
+    fn default() -> ToolTickets {
+        ToolTickets {
+            tickets: TokenMap::new(MAX_TICKETS),
+            sessions: TokenMap::new(MAX_SESSIONS),
+        }
+    }
 }
 
 impl ToolTickets {
     /// A ticket signing `principal` into `key`'s origin, landing on `next` (a path under the
     /// tool's base path, checked by the caller).
     pub fn issue(&self, principal: Principal, key: ToolKey, next: String) -> String {
-        let id = random_hex();
-        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
-        tickets.retain(|_, t| t.issued.elapsed() < TICKET_TTL);
-        if tickets.len() >= MAX_TICKETS {
-            if let Some(oldest) = tickets
-                .iter()
-                .min_by_key(|(_, t)| t.issued)
-                .map(|(k, _)| k.clone())
-            {
-                tickets.remove(&oldest);
-            }
-        }
-        tickets.insert(
-            id.clone(),
-            Ticket {
-                principal,
-                key,
-                next,
-                issued: Instant::now(),
-            },
-        );
-        id
+        let ticket = Ticket {
+            principal,
+            key,
+            next,
+        };
+        self.tickets.insert(ticket, TICKET_TTL)
     }
 
     /// Redeems a ticket on `key`'s origin: the ticket is gone whatever the outcome, so a
     /// leaked URL (history, logs, a screen share) cannot be replayed.
     pub fn redeem(&self, ticket: &str, key: &ToolKey) -> Option<(Principal, String)> {
-        let found = self
-            .tickets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(ticket)?;
-        (found.issued.elapsed() < TICKET_TTL && found.key == *key)
-            .then_some((found.principal, found.next))
+        let found = self.tickets.take(ticket)?;
+        (found.key == *key).then_some((found.principal, found.next))
     }
 
     /// Starts a session on `key`'s origin; the id goes into that origin's cookie.
     pub fn start_session(&self, principal: Principal, key: ToolKey) -> String {
-        let id = random_hex();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, s| s.used.elapsed() < SESSION_IDLE);
-        if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| k.clone())
-            {
-                sessions.remove(&oldest);
-            }
-        }
-        sessions.insert(
-            id.clone(),
-            ToolSession {
-                principal,
-                key,
-                used: Instant::now(),
-            },
-        );
-        id
+        self.sessions
+            .insert(ToolSession { principal, key }, SESSION_IDLE)
     }
 
     /// The principal of a session, when it is live and was issued for `key`.
     pub fn session(&self, id: &str, key: &ToolKey) -> Option<Principal> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let session = sessions.get_mut(id)?;
-        if session.used.elapsed() >= SESSION_IDLE {
-            sessions.remove(id);
-            return None;
-        }
-        if session.key != *key {
-            return None;
-        }
-        session.used = Instant::now();
-        Some(session.principal.clone())
+        self.sessions
+            .touch(id, |s| (s.key == *key).then(|| s.principal.clone()))
+            .flatten()
     }
 }
 
