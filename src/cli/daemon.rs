@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, Read, Seek};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ fn running(data_dir: &Path) -> Result<Option<i32>, CliError> {
     let words: Vec<&[u8]> = command.split(|b| *b == 0).collect();
     let is_node = words
         .first()
-        .is_some_and(|w| w.ends_with(b"aienv") || w.windows(5).any(|x| x == b"aienv"))
+        .is_some_and(|w| w.windows(5).any(|x| x == b"aienv"))
         && words.iter().any(|w| *w == b"serve");
     Ok(is_node.then_some(pid))
 }
@@ -91,7 +91,8 @@ pub fn start(data_dir: &Path) -> Result<(), CliError> {
         .spawn()
         .map_err(|e| CliError::new(format!("starting aienv serve: {e}")))?;
     let pid_path = data_dir.join(PID_FILE);
-    write_atomically(&pid_path, format!("{}\n", child.id()).as_bytes())?;
+    aienv_actors::fsio::write_atomic(&pid_path, format!("{}\n", child.id()).as_bytes())
+        .map_err(|e| CliError::new(e.to_string()))?;
     let deadline = Instant::now() + START_WAIT;
     loop {
         let banner = banner_since(&log_path, log_start);
@@ -213,13 +214,25 @@ fn banner_since(log: &Path, from: u64) -> Vec<String> {
         .collect()
 }
 
-/// Where the last start's banner begins in the log.
+/// Where the last start's banner begins in the log (searched in its last MiB: a log grows
+/// without bound, a banner is a few hundred bytes near the start of a run).
 fn last_start(log: &Path) -> u64 {
-    let text = std::fs::read(log).unwrap_or_default();
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return 0;
+    };
+    let from = file
+        .metadata()
+        .map_or(0, |m| m.len().saturating_sub(1 << 20));
+    let mut text = Vec::new();
+    if file.seek(std::io::SeekFrom::Start(from)).is_err()
+        || file.take(1 << 20).read_to_end(&mut text).is_err()
+    {
+        return 0;
+    }
     let needle = b"aienv: listening on ";
     text.windows(needle.len())
         .rposition(|w| w == needle)
-        .unwrap_or(0) as u64
+        .map_or(0, |at| from + at as u64)
 }
 
 fn tail(log: &Path, from: u64, lines: usize) -> String {
@@ -230,11 +243,4 @@ fn tail(log: &Path, from: u64, lines: usize) -> String {
     }
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn write_atomically(path: &PathBuf, bytes: &[u8]) -> Result<(), CliError> {
-    let temp = path.with_extension("pid.tmp");
-    std::fs::write(&temp, bytes)
-        .and_then(|_| std::fs::rename(&temp, path))
-        .map_err(|e| CliError::new(format!("{}: {e}", path.display())))
 }
