@@ -105,7 +105,7 @@ impl AccessBook {
         let Some(bytes) = self.tree.get(id.as_bytes())? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
+        rmp_serde::from_slice(&bytes)
             .map(Some)
             .map_err(|e| AccessError::Corrupt {
                 id,
@@ -115,7 +115,8 @@ impl AccessBook {
 
     /// Records `access` for workspace `id`, durably.
     pub fn put(&self, id: Uuid, access: &WorkspaceAccess) -> Result<(), AccessError> {
-        let bytes = serde_json::to_vec(access).expect("access records serialize");
+        // MessagePack, as every other record in the node's database.
+        let bytes = rmp_serde::to_vec_named(access).expect("access records serialize");
         self.tree.insert(id.as_bytes(), bytes)?;
         self.tree.flush()?;
         Ok(())
@@ -188,7 +189,7 @@ mod tests {
         assert_eq!(book.get(id).unwrap(), None);
         db.open_tree("workspace_access")
             .unwrap()
-            .insert(id.as_bytes(), b"{not json".as_slice())
+            .insert(id.as_bytes(), b"\x92\x01".as_slice())
             .unwrap();
         assert!(matches!(book.get(id), Err(AccessError::Corrupt { .. })));
     }
