@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use aienv::api::CreateWorkspace;
 use aienv::client::{Client, Credentials};
@@ -122,25 +121,7 @@ async fn mutating_routes_need_valid_credentials() {
 #[actix_rt::test]
 async fn node_users_log_in_with_basic_auth() {
     let node = TestNode::spawn();
-    let mut child = Command::new(common::binary())
-        .args(["user", "add", "ada", "--password-stdin", "--data-dir"])
-        .arg(&node.data_dir)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"correct horse battery\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::add_user(&node.data_dir, "ada", "member", "correct horse battery");
 
     // No restart needed: the node reads the users file when it changes.
     let ada = Client::new(
@@ -247,16 +228,7 @@ async fn a_session_made_over_tls_has_a_secure_cookie() {
 
 /// `name=value` of a response's session cookie.
 fn session_cookie(response: &awc::ClientResponse<impl futures_util::Stream>) -> String {
-    response
-        .headers()
-        .get_all("set-cookie")
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("aienv_session="))
-        .expect("a session cookie")
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
+    common::set_cookie(response.headers(), "aienv_session=")
 }
 
 #[actix_rt::test]

@@ -14,17 +14,9 @@ fn dashboard_in_chromium() {
     if !common::needs_test_hooks() {
         return;
     }
-    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return common::skip("Chromium is not installed (Debian: apt-get install chromium)");
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return common::skip("Node.js is not installed");
-    }
-    if !e2e.join("node_modules/playwright-core").is_dir() {
-        return common::skip("playwright-core is not installed (npm ci --prefix tests/e2e)");
-    }
+    let Some((e2e, chromium)) = common::browser() else {
+        return;
+    };
 
     let temp = tempfile::tempdir().unwrap();
     let port = common::free_udp_port();
@@ -39,28 +31,8 @@ fn dashboard_in_chromium() {
     let b = spawn("beta");
     let mut c = spawn("gamma");
 
-    let mut add_user = Command::new(common::binary())
-        // An admin by role (trusting peers is an admin's), signed in with a password.
-        .args([
-            "user",
-            "add",
-            "ada",
-            "--role",
-            "admin",
-            "--password-stdin",
-            "--data-dir",
-        ])
-        .arg(&b.data_dir)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    add_user
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"correct horse battery\n")
-        .unwrap();
-    assert!(add_user.wait().unwrap().success());
+    // An admin by role (trusting peers is an admin's), signed in with a password.
+    common::add_user(&b.data_dir, "ada", "admin", "correct horse battery");
 
     // Screenshots of every view, desktop and phone width, for a person to look at.
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use aienv::api::{AccessUpdate, CreateWorkspace, RunRequest, ShareRequest, TransferRequestDto};
@@ -13,29 +12,7 @@ use common::runtime::HELLO;
 use common::TestNode;
 
 fn add_user(node: &TestNode, name: &str, role: &str) {
-    let mut child = Command::new(common::binary())
-        .args([
-            "user",
-            "add",
-            name,
-            "--role",
-            role,
-            "--password-stdin",
-            "--data-dir",
-        ])
-        .arg(&node.data_dir)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"correct horse battery\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{output:?}");
+    common::add_user(&node.data_dir, name, role, "correct horse battery");
 }
 
 /// `aienv user …` on the node's data dir.
@@ -244,16 +221,7 @@ async fn members_reach_only_their_workspaces_and_viewers_only_browse_and_clone()
     let client = awc::Client::builder().disable_redirects().finish();
     let response = client.get(&bob_ticket.url).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 303);
-    let bob_cookie = response
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let bob_cookie = common::set_cookie(response.headers(), "aienv_tool_");
     let on_origin = |cookie: String| {
         let url = format!("{origin}/w/ada-ws/app/");
         async move {

@@ -76,15 +76,7 @@ async fn send(
 
 /// `name=value` of the first `Set-Cookie` named `name…`.
 fn cookie(answer: &Answer, prefix: &str) -> String {
-    answer
-        .set_cookies()
-        .into_iter()
-        .find(|c| c.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix} cookie in {:?}", answer.set_cookies()))
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
+    common::set_cookie(&answer.headers, prefix)
 }
 
 /// Signs into the dashboard with the admin token: the session cookie.
@@ -402,17 +394,9 @@ async fn tool_origins_over_tls_for_other_machines() {
 /// WebSockets and another tool.
 #[test]
 fn tool_origin_in_chromium() {
-    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return common::skip("Chromium is not installed (Debian: apt-get install chromium)");
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return common::skip("Node.js is not installed");
-    }
-    if !e2e.join("node_modules/playwright-core").is_dir() {
-        return common::skip("playwright-core is not installed (npm ci --prefix tests/e2e)");
-    }
+    let Some((e2e, chromium)) = common::browser() else {
+        return;
+    };
     let Some(wheels) = common::runtime::wheelhouse() else {
         return common::skip("no JupyterLab wheels in target/test-wheels (run `python3 -m pip download jupyterlab -d target/test-wheels`, as .ci/run does)");
     };

@@ -178,16 +178,7 @@ async fn run(busybox: &str, scale: f64) {
         .send()
         .await
         .unwrap();
-    let cookie = signed
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = common::set_cookie(signed.headers(), "aienv_tool_");
     let origin = ticket.url.split("/_aienv/").next().unwrap().to_string();
     let own_origin = format!("{origin}/w/bench/web/index.html");
     let requests = ((2000.0 * scale) as usize).max(200);

@@ -239,6 +239,72 @@ impl Drop for TestNode {
     }
 }
 
+/// Adds user `name` with `role` and `password` to the node whose data dir is `data_dir`, as
+/// a person would (`aienv user add … --password-stdin`).
+pub fn add_user(data_dir: &Path, name: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(binary())
+        .args([
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run aienv user add");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let output = child.wait_with_output().expect("aienv user add ends");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `name=value` of the first `Set-Cookie` in `headers` whose name starts with `prefix`.
+pub fn set_cookie(headers: &awc::http::header::HeaderMap, prefix: &str) -> String {
+    headers
+        .get_all("set-cookie")
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` cookie set"))
+        .split(';')
+        .next()
+        .expect("a cookie")
+        .to_string()
+}
+
+/// Chromium, Node.js and playwright-core for the browser tests: the `tests/e2e` directory and
+/// the browser's path, or `None` after a loud skip naming what is missing.
+pub fn browser() -> Option<(PathBuf, String)> {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        skip("Chromium is not installed (Debian: apt-get install chromium)");
+        return None;
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        skip("Node.js is not installed");
+        return None;
+    }
+    if !e2e.join("node_modules/playwright-core").is_dir() {
+        skip("playwright-core is not installed (npm ci --prefix tests/e2e)");
+        return None;
+    }
+    Some((e2e, chromium))
+}
+
 /// A node identity (key and certificate) made in `dir`, as a node would make its own.
 pub fn node_identity(dir: &Path, name: &str) -> NodeIdentity {
     std::fs::create_dir_all(dir).expect("identity dir");
