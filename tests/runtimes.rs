@@ -255,16 +255,7 @@ async fn terminal_runs_a_login_shell_in_the_environment() {
     let framed = admin.terminal("term", None, 80, 24).await.unwrap();
     let (mut sink, mut stream) = framed.split();
     sink.send(Message::Binary("exit\n".into())).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(frame) = stream.next().await {
-            if let Ok(Frame::Close(reason)) = frame {
-                return reason.and_then(|r| r.description);
-            }
-        }
-        None
-    })
-    .await
-    .expect("the socket closes when the shell exits");
+    let closed = close_reason(&mut stream, "the socket closes when the shell exits").await;
     assert_eq!(closed.as_deref(), Some("the shell exited"));
 
     // Without the node's login there is no terminal.
@@ -285,7 +276,21 @@ async fn terminal_runs_a_login_shell_in_the_environment() {
         .unwrap();
     read_until(&mut stream, "bg=").await;
     admin.stop("term", None).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+    let closed = close_reason(
+        &mut stream,
+        "the terminal closes when its environment stops",
+    )
+    .await;
+    assert_eq!(closed.as_deref(), Some("the environment stopped"));
+}
+
+/// The reason the node gives when it closes a terminal WebSocket (20 s at most: `what` says
+/// what was expected).
+async fn close_reason(
+    stream: &mut (impl futures_util::Stream<Item = Result<Frame, awc::error::WsProtocolError>> + Unpin),
+    what: &str,
+) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(frame) = stream.next().await {
             if let Ok(Frame::Close(reason)) = frame {
                 return reason.and_then(|r| r.description);
@@ -294,8 +299,7 @@ async fn terminal_runs_a_login_shell_in_the_environment() {
         None
     })
     .await
-    .expect("the terminal closes when its environment stops");
-    assert_eq!(closed.as_deref(), Some("the environment stopped"));
+    .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
 #[actix_rt::test]

@@ -384,30 +384,42 @@ async fn a_killed_source_is_resumed_after_restart_without_refetching() {
     drop(a);
 }
 
+/// Node A (in `dir/a`) serving `big` slowly (`parts` × 4 MiB of noise from `seed`), and node B
+/// (in `dir/b`) with a clone of it a quarter arrived: (A, the workspace's root, B, the job,
+/// bytes arrived).
+async fn clone_under_way(
+    dir: &Path,
+    parts: u64,
+    seed: u64,
+) -> (TestNode, PathBuf, TestNode, TransferDto, u64) {
+    let a = TestNode::spawn_on(
+        &dir.join("a"),
+        &["--name", "node-a", "--test-chunk-delay-ms", "100"],
+    );
+    let root = shared_workspace(&a, "big").await;
+    for i in 0..parts {
+        std::fs::write(
+            root.join(format!("data/part{i}.bin")),
+            noise(4 << 20, seed + i),
+        )
+        .unwrap();
+    }
+    let b = node_with_peers(&dir.join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "big", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "big").await;
+    let arrived = until_a_quarter_arrived(&client, job.id).await;
+    (a, root, b, job, arrived)
+}
+
 #[actix_rt::test]
 async fn a_restarted_receiver_resumes_its_job() {
     if !common::needs_test_hooks() {
         return;
     }
     let temp = tempfile::tempdir().unwrap();
-    let a = TestNode::spawn_on(
-        &temp.path().join("a"),
-        &["--name", "node-a", "--test-chunk-delay-ms", "100"],
-    );
-    let root = shared_workspace(&a, "big").await;
-    for i in 0..6 {
-        std::fs::write(
-            root.join(format!("data/part{i}.bin")),
-            noise(4 << 20, 30 + i),
-        )
-        .unwrap();
-    }
     let b_dir = temp.path().join("b");
-    let mut b = node_with_peers(&b_dir, "node-b", &[&a], &[]);
-    let client = b.admin();
-    until_listed(&client, "node-a", "big", 1).await;
-    let job = start(&client, "clone", Some("node-a"), "big").await;
-    let arrived = until_a_quarter_arrived(&client, job.id).await;
+    let (a, root, mut b, job, arrived) = clone_under_way(temp.path(), 6, 30).await;
     b.kill9();
     // A crash may tear what was written last: damage the start of every staged part.
     let staged = b_dir
@@ -866,24 +878,8 @@ async fn a_node_stopped_gracefully_pauses_its_transfers_and_resumes_them() {
         return;
     }
     let temp = tempfile::tempdir().unwrap();
-    let a = TestNode::spawn_on(
-        &temp.path().join("a"),
-        &["--name", "node-a", "--test-chunk-delay-ms", "100"],
-    );
-    let root = shared_workspace(&a, "big").await;
-    for i in 0..4 {
-        std::fs::write(
-            root.join(format!("data/part{i}.bin")),
-            noise(4 << 20, 60 + i),
-        )
-        .unwrap();
-    }
     let b_dir = temp.path().join("b");
-    let mut b = node_with_peers(&b_dir, "node-b", &[&a], &[]);
-    let client = b.admin();
-    until_listed(&client, "node-a", "big", 1).await;
-    let job = start(&client, "clone", Some("node-a"), "big").await;
-    until_a_quarter_arrived(&client, job.id).await;
+    let (a, root, mut b, job, _) = clone_under_way(temp.path(), 4, 60).await;
     // SIGTERM: the queue is told, the runner stops and the job stays queued, not cancelled.
     b.stop();
     let b = node_with_peers(&b_dir, "node-b", &[&a], &[]);
