@@ -536,6 +536,15 @@ async fn deleting_a_running_workspace_stops_it_first() {
     let pid = statuses[0].tools[0].pid.expect("the tool runs") as i32;
     assert!(alive(pid));
     admin.delete("doomed").await.unwrap();
-    // Nothing keeps running from the trash.
+    // Nothing keeps running from the trash, and the node forgets its environments.
     assert!(!alive(pid), "the tool outlived its workspace");
+    eventually("the deleted workspace leaves the runtimes", || async {
+        admin
+            .runtimes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.workspace != "doomed")
+    })
+    .await;
 }

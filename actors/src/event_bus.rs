@@ -74,6 +74,20 @@ impl EventBus {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Envelope>> {
         self.sender.subscribe()
     }
+
+    /// Every event published from now on as a stream, for an actor's `add_stream` (events a
+    /// slow actor missed are skipped: actors react to changes, they keep no log).
+    pub fn stream(&self) -> impl futures_util::Stream<Item = Arc<Envelope>> + 'static {
+        futures_util::stream::unfold(self.subscribe(), |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(envelope) => return Some((envelope, receiver)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
 }
 
 impl Default for EventBus {

@@ -188,23 +188,20 @@ impl ToolOrigins {
         let view = state.runtimes.view();
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         listeners.retain(|key, listener| {
-            // The runtime view remembers environments of deleted workspaces; the store knows.
-            let exists = state.store.get(&key.workspace).is_ok();
-            let keep = exists
-                && match view.proxy_target(&key.workspace, &key.tool) {
-                    Ok(_) => {
-                        listener.idle_since = None;
-                        true
-                    }
-                    Err(ProxyMiss::NotRunning(_)) => {
-                        listener
-                            .idle_since
-                            .get_or_insert_with(Instant::now)
-                            .elapsed()
-                            < LINGER
-                    }
-                    Err(ProxyMiss::Unknown) => false,
-                };
+            let keep = match view.proxy_target(&key.workspace, &key.tool) {
+                Ok(_) => {
+                    listener.idle_since = None;
+                    true
+                }
+                Err(ProxyMiss::NotRunning(_)) => {
+                    listener
+                        .idle_since
+                        .get_or_insert_with(Instant::now)
+                        .elapsed()
+                        < LINGER
+                }
+                Err(ProxyMiss::Unknown) => false,
+            };
             if !keep {
                 tracing::info!(workspace = %key.workspace, tool = %key.tool, "tool origin closed");
                 let server = listener.server.clone();

@@ -368,17 +368,7 @@ impl Actor for Announcer {
         };
         detect(self, ctx);
         ctx.run_interval(Duration::from_secs(30), detect);
-        let events =
-            futures_util::stream::unfold(self.bus.subscribe(), |mut receiver| async move {
-                loop {
-                    match receiver.recv().await {
-                        Ok(envelope) => return Some((envelope, receiver)),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            });
-        ctx.add_stream(events);
+        ctx.add_stream(self.bus.stream());
 
         if !self.config.enabled {
             self.view.problem = Some("discovery is off (--no-discovery)".into());

@@ -181,6 +181,8 @@ impl Actor for RuntimeSupervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _ = std::fs::create_dir_all(&self.config.dir);
+        // A deleted workspace's environments are forgotten (see the StreamHandler below).
+        ctx.add_stream(self.bus.stream());
         let killed = process::kill_leftovers(&self.config.dir);
         if killed > 0 {
             tracing::warn!(
@@ -835,6 +837,29 @@ impl RuntimeSupervisor {
                 .publish(NodeEvent::ToolReady { status, tool }, |_| {});
         }
     }
+}
+
+/// Forgets the environments of a deleted workspace (its deletion stopped them first), so the
+/// view lists only environments of workspaces that exist.
+impl StreamHandler<Arc<crate::event_bus::Envelope>> for RuntimeSupervisor {
+    fn handle(&mut self, envelope: Arc<crate::event_bus::Envelope>, _: &mut Self::Context) {
+        let NodeEvent::WorkspaceChanged(changed) = &envelope.event else {
+            return;
+        };
+        if changed.change != crate::events::WorkspaceChange::Deleted {
+            return;
+        }
+        let before = self.envs.len();
+        self.envs
+            .retain(|_, status| status.workspace_id != changed.id || status.state.is_active());
+        if self.envs.len() != before {
+            let seq = self.view_sender.borrow().seq;
+            self.view_sender
+                .send_replace(Arc::new(build_view(&self.envs, seq)));
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 fn build_view(envs: &HashMap<EnvKey, EnvStatus>, seq: u64) -> RuntimesView {
