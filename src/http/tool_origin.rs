@@ -409,12 +409,7 @@ async fn signed_in(
 /// A visitor without a session: a browser navigating here is sent through the dashboard
 /// (which signs it in again, or asks it to log in); anything else is refused.
 fn not_signed_in(tool: &OriginTool, request: &HttpRequest) -> Result<HttpResponse, ApiError> {
-    let navigating = request.method() == actix_web::http::Method::GET
-        && request
-            .headers()
-            .get("sec-fetch-mode")
-            .is_none_or(|m| m.as_bytes() == b"navigate");
-    if !navigating {
+    if !tool_proxy::is_navigation(request) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

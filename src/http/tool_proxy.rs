@@ -89,12 +89,7 @@ async fn proxy(
     let session = request
         .cookie(super::session::COOKIE)
         .and_then(|cookie| state.sessions.get(cookie.value()));
-    let navigating = matches!(request.method().as_str(), "GET" | "HEAD")
-        && request
-            .headers()
-            .get("sec-fetch-mode")
-            .is_none_or(|m| m.as_bytes() == b"navigate");
-    let Some((principal, _)) = session.filter(|_| navigating) else {
+    let Some((principal, _)) = session.filter(|_| is_navigation(&request)) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -121,6 +116,16 @@ async fn proxy(
         ))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish())
+}
+
+/// Whether a browser is navigating (a page load, not a script's request): only then is it
+/// sent on to sign in elsewhere. Clients that send no `Sec-Fetch-Mode` count as navigating.
+pub fn is_navigation(request: &HttpRequest) -> bool {
+    matches!(request.method().as_str(), "GET" | "HEAD")
+        && request
+            .headers()
+            .get("sec-fetch-mode")
+            .is_none_or(|m| m.as_bytes() == b"navigate")
 }
 
 /// Where `tool` of `workspace` listens now, or why it cannot be reached.
