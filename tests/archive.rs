@@ -8,8 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use aienv::api::CreateWorkspace;
+use aienv_actors::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry};
 use aienv_actors::workspace_store::{
-    ArchiveEntry, ArchiveManifest, EntryKind, CONTENT_PREFIX, MANIFEST_ENTRY,
+    ArchiveManifest, ARCHIVE_FORMAT_VERSION, CONTENT_PREFIX, MANIFEST_ENTRY,
 };
 use common::TestNode;
 
@@ -145,14 +146,37 @@ fn raw(name: &str, kind: tar::EntryType, data: &[u8]) -> Raw {
     }
 }
 
-fn file_entry(path: &str, data: &[u8]) -> ArchiveEntry {
-    ArchiveEntry {
+fn file_entry(path: &str, data: &[u8]) -> SnapshotEntry {
+    SnapshotEntry {
         path: path.into(),
         kind: EntryKind::File,
         mode: 0o644,
         size: data.len() as u64,
-        blake3: Some(blake3::hash(data).to_hex().to_string()),
+        hash: Some(Hash::of(data)),
         target: None,
+        chunks: Vec::new(),
+    }
+}
+
+/// A large file's entry cut at `cuts` (any cut is valid; the chunker's are not required).
+fn chunked_entry(path: &str, data: &[u8], cuts: &[usize]) -> SnapshotEntry {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain([&data.len()]) {
+        chunks.push(aienv_actors::snapshot::ChunkRef {
+            hash: Hash::of(&data[start..end]),
+            size: (end - start) as u32,
+        });
+        start = end;
+    }
+    SnapshotEntry {
+        path: path.into(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        size: data.len() as u64,
+        hash: Some(aienv_actors::snapshot::chunk_list_hash(&chunks)),
+        target: None,
+        chunks,
     }
 }
 
@@ -160,24 +184,31 @@ const WORKSPACE_YAML: &str = "schema_version: 1\nid: 6a1f0e2c-3b4d-4e5f-8a9b-0c1
 
 /// Builds a `.tar.zst` with a manifest and raw entries, bypassing every safety check of the
 /// tar crate's builder.
-fn build(manifest_entries: Vec<ArchiveEntry>, entries: Vec<Raw>, with_manifest: bool) -> Vec<u8> {
+fn build(manifest_entries: Vec<SnapshotEntry>, entries: Vec<Raw>, with_manifest: bool) -> Vec<u8> {
     let manifest = ArchiveManifest {
         format: "aienv-archive".into(),
-        version: 1,
-        workspace_id: uuid::Uuid::new_v4(),
-        workspace_name: "evil".into(),
-        revision: 1,
+        version: ARCHIVE_FORMAT_VERSION,
         created: chrono::Utc::now(),
-        entries: manifest_entries,
+        snapshot: Snapshot::new(
+            uuid::Uuid::new_v4(),
+            "evil".into(),
+            1,
+            "/elsewhere/evil".into(),
+            manifest_entries,
+        ),
     };
-    let manifest_bytes = rmp_serde_bytes(&manifest);
+    build_raw(&rmp_serde_bytes(&manifest), entries, with_manifest)
+}
+
+/// Builds a `.tar.zst` from manifest bytes and raw entries.
+fn build_raw(manifest_bytes: &[u8], entries: Vec<Raw>, with_manifest: bool) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut all = Vec::new();
     if with_manifest {
         all.push(raw(
             MANIFEST_ENTRY,
             tar::EntryType::Regular,
-            &manifest_bytes,
+            manifest_bytes,
         ));
     }
     all.extend(entries);
@@ -201,7 +232,7 @@ fn build(manifest_entries: Vec<ArchiveEntry>, entries: Vec<Raw>, with_manifest: 
     zstd::encode_all(tar_bytes.as_slice(), 3).unwrap()
 }
 
-fn rmp_serde_bytes(manifest: &ArchiveManifest) -> Vec<u8> {
+fn rmp_serde_bytes(manifest: &impl serde::Serialize) -> Vec<u8> {
     // The manifest is MessagePack with named fields, as the node writes it.
     let mut out = Vec::new();
     let mut serializer = rmp_serde::Serializer::new(&mut out).with_struct_map();
@@ -310,13 +341,14 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
     let (entry, content) = good();
     let mut symlink = raw("workspace/escape", tar::EntryType::Symlink, b"");
     symlink.link = Some(outside.display().to_string().into_bytes());
-    let link_entry = ArchiveEntry {
+    let link_entry = SnapshotEntry {
         path: "escape".into(),
         kind: EntryKind::Symlink,
         mode: 0o777,
         size: 0,
-        blake3: None,
+        hash: None,
         target: Some(outside.display().to_string()),
+        chunks: Vec::new(),
     };
     cases.push((
         "write through symlink",
@@ -365,6 +397,52 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
         "missing entry",
         build(vec![entry, file_entry("gone", b"x")], vec![content], true),
         "does not contain it",
+    ));
+
+    // A large file is checked chunk by chunk: one flipped byte in its second chunk is found.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut tampered = big.clone();
+    tampered[2_500_000] ^= 1;
+    let (entry, content) = good();
+    cases.push((
+        "tampered chunk",
+        build(
+            vec![entry, chunked_entry("big.bin", &big, &[1_000_000, 2_000_000])],
+            vec![
+                content,
+                raw("workspace/big.bin", tar::EntryType::Regular, &tampered),
+            ],
+            true,
+        ),
+        "BLAKE3",
+    ));
+
+    // One policy for trees: a sticky directory is refused here as in a transfer.
+    let (entry, content) = good();
+    let mut sticky = raw("workspace/tmp", tar::EntryType::Directory, b"");
+    sticky.mode = 0o1777;
+    let sticky_entry = SnapshotEntry {
+        path: "tmp".into(),
+        kind: EntryKind::Dir,
+        mode: 0o1777,
+        size: 0,
+        hash: None,
+        target: None,
+        chunks: Vec::new(),
+    };
+    cases.push((
+        "sticky dir",
+        build(vec![entry, sticky_entry], vec![content, sticky], true),
+        "sticky",
+    ));
+
+    // A version this build does not know.
+    let future = rmp_serde_bytes(&serde_json::json!({"format": "aienv-archive", "version": 9}));
+    let (_, content) = good();
+    cases.push((
+        "future version",
+        build_raw(&future, vec![content], true),
+        "version 9 is not supported",
     ));
 
     let (_, content) = good();
@@ -416,4 +494,85 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
     std::fs::write(&path, build(vec![entry], vec![content], true)).unwrap();
     let imported = client.import(&path, None, |_| {}).await.unwrap();
     assert_eq!(imported.workspace.name, "evil");
+}
+
+/// Archives written before the manifest became the transfer snapshot (format 1: entries with
+/// whole-file hashes in hex, in walk order) still import, checked by the same tree policy.
+#[actix_rt::test]
+async fn format_1_archives_still_import() {
+    let node = TestNode::spawn();
+    let client = node.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = WORKSPACE_YAML.as_bytes();
+    let big: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
+    let v1 = |path: &str, kind: &str, data: &[u8], target: Option<&str>| {
+        let mut entry = serde_json::json!({
+            "path": path, "kind": kind, "mode": if kind == "dir" { 0o755 } else { 0o644 },
+            "size": if kind == "file" { data.len() } else { 0 },
+        });
+        if kind == "file" {
+            entry["blake3"] = blake3::hash(data).to_hex().to_string().into();
+        }
+        if let Some(target) = target {
+            entry["target"] = target.into();
+        }
+        entry
+    };
+    let manifest = |entries: Vec<serde_json::Value>| {
+        rmp_serde_bytes(&serde_json::json!({
+            "format": "aienv-archive", "version": 1,
+            "workspace_id": "6a1f0e2c-3b4d-4e5f-8a9b-0c1d2e3f4a5b",
+            "workspace_name": "old", "revision": 3,
+            "created": "2026-01-01T00:00:00Z",
+            "entries": entries,
+        }))
+    };
+    // Walk order (a directory's children before the next directory), not byte order.
+    let entries = vec![
+        v1("workspace.yaml", "file", yaml, None),
+        v1("data", "dir", b"", None),
+        v1("data/big.bin", "file", &big, None),
+        v1("data/empty", "file", b"", None),
+        v1("data/link", "symlink", b"", Some("big.bin")),
+    ];
+    let contents = || {
+        let mut link = raw("workspace/data/link", tar::EntryType::Symlink, b"");
+        link.link = Some(b"big.bin".to_vec());
+        let mut data = raw("workspace/data", tar::EntryType::Directory, b"");
+        data.mode = 0o755;
+        vec![
+            raw("workspace/workspace.yaml", tar::EntryType::Regular, yaml),
+            data,
+            raw("workspace/data/big.bin", tar::EntryType::Regular, &big),
+            raw("workspace/data/empty", tar::EntryType::Regular, b""),
+            link,
+        ]
+    };
+    let path = dir.path().join("old.tar.zst");
+    std::fs::write(&path, build_raw(&manifest(entries.clone()), contents(), true)).unwrap();
+    let imported = client.import(&path, None, |_| {}).await.unwrap();
+    assert_eq!(imported.import.unwrap().source_revision, 3);
+    let root = PathBuf::from(imported.workspace.path.unwrap());
+    assert_eq!(std::fs::read(root.join("data/big.bin")).unwrap(), big);
+    assert_eq!(std::fs::read_link(root.join("data/link")).unwrap(), Path::new("big.bin"));
+
+    // The same checks hold for format 1: a wrong whole-file hash and a setgid file are refused.
+    let mut wrong = entries.clone();
+    wrong[2]["blake3"] = blake3::hash(b"other").to_hex().to_string().into();
+    let mut setgid = entries;
+    setgid[3]["mode"] = 0o2644.into();
+    for (label, entries, expected) in [
+        ("wrong hash", wrong, "BLAKE3"),
+        ("setgid", setgid, "setuid, setgid"),
+    ] {
+        let path = dir.path().join(format!("{label}.tar.zst"));
+        std::fs::write(&path, build_raw(&manifest(entries), contents(), true)).unwrap();
+        let message = client
+            .import(&path, Some("again"), |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains(expected), "{label}: {message}");
+        assert!(node.dir_names("staging").is_empty(), "{label}: staging left");
+    }
 }

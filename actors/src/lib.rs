@@ -21,6 +21,7 @@ pub mod runtime_supervisor;
 pub mod shutdown;
 pub mod snapshot;
 pub mod transfer_queue;
+pub mod tree;
 pub mod uuid_wire;
 pub mod workspace_store;
 pub mod yaml;

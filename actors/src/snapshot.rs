@@ -6,7 +6,6 @@
 //! trusts nothing: every path, size, count and hash is checked before anything is written.
 
 use std::fmt;
-use std::path::{Component, Path};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
@@ -246,21 +245,9 @@ impl Snapshot {
         Ok(snapshot)
     }
 
-    /// Pairs of paths that differ only by letter case (`README`, `readme`): fine on a
-    /// case-sensitive file system, impossible on one that folds case. At most `limit` pairs.
+    /// Pairs of paths that differ only by letter case ([`crate::tree::case_collisions`]).
     pub fn case_collisions(&self, limit: usize) -> Vec<(String, String)> {
-        let mut seen: std::collections::HashMap<String, &str> =
-            std::collections::HashMap::with_capacity(self.entries.len());
-        let mut pairs = Vec::new();
-        for entry in &self.entries {
-            if let Some(other) = seen.insert(entry.path.to_lowercase(), &entry.path) {
-                pairs.push((other.to_string(), entry.path.clone()));
-                if pairs.len() >= limit {
-                    break;
-                }
-            }
-        }
-        pairs
+        crate::tree::case_collisions(self.entries.iter().map(|e| e.path.as_str()), limit)
     }
 
     /// Checks everything a receiver relies on before writing a single byte.
@@ -278,115 +265,49 @@ impl Snapshot {
                 limits.max_entries
             )));
         }
-        let mut kinds: std::collections::HashMap<&str, EntryKind> =
-            std::collections::HashMap::with_capacity(self.entries.len());
+        crate::tree::check_entries(&self.entries).map_err(|e| SnapshotError::BadEntry {
+            path: e.path,
+            reason: e.reason,
+        })?;
         let mut total: u64 = 0;
-        let mut previous: Option<&str> = None;
-        for entry in &self.entries {
-            let path = entry.path.as_str();
+        for entry in self.entries.iter().filter(|e| e.kind == EntryKind::File) {
             let bad = |reason: String| SnapshotError::BadEntry {
-                path: path.to_string(),
+                path: entry.path.clone(),
                 reason,
             };
-            check_relative(path).map_err(|reason| bad(reason.to_string()))?;
-            if let Some(previous) = previous {
-                if previous.as_bytes() >= path.as_bytes() {
-                    return Err(if previous == path {
-                        bad("appears more than once".into())
-                    } else {
-                        bad("entries are not sorted by path".into())
-                    });
-                }
-            }
-            previous = Some(path);
-            for ancestor in ancestors(path) {
-                match kinds.get(ancestor) {
-                    Some(EntryKind::Dir) => {}
-                    Some(EntryKind::Symlink) => {
-                        return Err(bad(format!(
-                            "passes through the symbolic link `{ancestor}`"
-                        )))
-                    }
-                    Some(EntryKind::File) => {
-                        return Err(bad(format!("its parent `{ancestor}` is a file")))
-                    }
-                    None => return Err(bad(format!("its parent `{ancestor}` is not listed"))),
-                }
-            }
-            kinds.insert(path, entry.kind);
-            if entry.mode & !0o777 != 0 {
+            if entry.size > limits.max_file_bytes {
                 return Err(bad(format!(
-                    "mode {:o} has bits beyond 0o777 (setuid, setgid, sticky or a type)",
-                    entry.mode
+                    "size {} is more than the limit of {} bytes",
+                    entry.size, limits.max_file_bytes
                 )));
             }
-            match entry.kind {
-                EntryKind::Dir | EntryKind::Symlink => {
-                    if entry.size != 0 || entry.hash.is_some() || !entry.chunks.is_empty() {
-                        return Err(bad("only files have a size, hash or chunks".into()));
-                    }
-                    match (&entry.kind, &entry.target) {
-                        (EntryKind::Symlink, None) => {
-                            return Err(bad("symbolic link without a target".into()))
-                        }
-                        (EntryKind::Symlink, Some(target))
-                            if target.is_empty()
-                                || target.len() > 4096
-                                || target.contains('\0') =>
-                        {
-                            return Err(bad(
-                                "link target is empty, longer than 4096 bytes or contains NUL"
-                                    .into(),
-                            ))
-                        }
-                        (EntryKind::Dir, Some(_)) => {
-                            return Err(bad("a directory has no link target".into()))
-                        }
-                        _ => {}
-                    }
+            total = total.saturating_add(entry.size);
+            if entry.size <= SMALL_FILE_MAX {
+                if !entry.chunks.is_empty() {
+                    return Err(bad(format!(
+                        "files up to {SMALL_FILE_MAX} bytes are one chunk"
+                    )));
                 }
-                EntryKind::File => {
-                    if entry.target.is_some() {
-                        return Err(bad("a file has no link target".into()));
-                    }
-                    if entry.hash.is_none() {
-                        return Err(bad("file without a hash".into()));
-                    }
-                    if entry.size > limits.max_file_bytes {
-                        return Err(bad(format!(
-                            "size {} is more than the limit of {} bytes",
-                            entry.size, limits.max_file_bytes
-                        )));
-                    }
-                    total = total.saturating_add(entry.size);
-                    if entry.size <= SMALL_FILE_MAX {
-                        if !entry.chunks.is_empty() {
-                            return Err(bad(format!(
-                                "files up to {SMALL_FILE_MAX} bytes are one chunk"
-                            )));
-                        }
-                    } else {
-                        let mut sum: u64 = 0;
-                        for chunk in &entry.chunks {
-                            if chunk.size == 0 || chunk.size > CHUNK_MAX {
-                                return Err(bad(format!(
-                                    "chunk {} has size {} (allowed 1..={CHUNK_MAX})",
-                                    chunk.hash, chunk.size
-                                )));
-                            }
-                            sum += u64::from(chunk.size);
-                        }
-                        if sum != entry.size {
-                            return Err(bad(format!(
-                                "chunks add up to {sum} bytes, not the file's {}",
-                                entry.size
-                            )));
-                        }
-                        if entry.hash != Some(chunk_list_hash(&entry.chunks)) {
-                            return Err(bad("its hash is not the hash of its chunk list".into()));
-                        }
-                    }
+                continue;
+            }
+            let mut sum: u64 = 0;
+            for chunk in &entry.chunks {
+                if chunk.size == 0 || chunk.size > CHUNK_MAX {
+                    return Err(bad(format!(
+                        "chunk {} has size {} (allowed 1..={CHUNK_MAX})",
+                        chunk.hash, chunk.size
+                    )));
                 }
+                sum += u64::from(chunk.size);
+            }
+            if sum != entry.size {
+                return Err(bad(format!(
+                    "chunks add up to {sum} bytes, not the file's {}",
+                    entry.size
+                )));
+            }
+            if entry.hash != Some(chunk_list_hash(&entry.chunks)) {
+                return Err(bad("its hash is not the hash of its chunk list".into()));
             }
         }
         if total > limits.max_total_bytes {
@@ -502,54 +423,6 @@ pub fn chunk_list_hash(chunks: &[ChunkRef]) -> Hash {
         hasher.update(&chunk.size.to_le_bytes());
     }
     Hash(*hasher.finalize().as_bytes())
-}
-
-/// Checks a workspace-relative path: no `..`, `.`, empty component, absolute start, NUL or
-/// backslash.
-pub fn check_relative(path: &str) -> Result<(), &'static str> {
-    if path.is_empty() {
-        return Err("empty path");
-    }
-    if path.len() > 4096 {
-        return Err("longer than 4096 bytes");
-    }
-    if path.contains('\0') || path.contains('\\') {
-        return Err("contains a NUL byte or backslash");
-    }
-    for component in Path::new(path).components() {
-        match component {
-            Component::Normal(_) => {}
-            Component::ParentDir => return Err("contains `..`"),
-            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
-            Component::CurDir => return Err("contains `.`"),
-        }
-    }
-    if path
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err("contains an empty, `.` or `..` component");
-    }
-    Ok(())
-}
-
-/// Proper ancestors of a relative path: `a/b/c` → `a`, `a/b`.
-pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    path.match_indices('/')
-        .map(move |(index, _)| &path[..index])
-}
-
-/// Whether the file system holding `dir` tells `A` from `a` (probed with a file of its own).
-pub fn case_sensitive(dir: &std::path::Path) -> std::io::Result<bool> {
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let tag: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let upper = dir.join(format!(".aienv-CASE-{tag}"));
-    let lower = dir.join(format!(".aienv-case-{tag}"));
-    std::fs::write(&upper, b"")?;
-    let folds = lower.exists();
-    std::fs::remove_file(&upper)?;
-    Ok(!folds)
 }
 
 #[cfg(test)]

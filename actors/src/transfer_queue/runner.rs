@@ -454,7 +454,7 @@ fn check_case(snapshot: &Snapshot, dir: &std::path::Path) -> Result<(), Transfer
         return Ok(());
     }
     std::fs::create_dir_all(dir).map_err(TransferError::io("creating", dir))?;
-    if crate::snapshot::case_sensitive(dir).map_err(TransferError::io("probing", dir))? {
+    if crate::tree::case_sensitive(dir).map_err(TransferError::io("probing", dir))? {
         return Ok(());
     }
     Err(TransferError::CaseCollision {

@@ -192,7 +192,7 @@ impl Stage {
             .collect();
         let removed_set: HashSet<&str> = removed.iter().copied().collect();
         for path in removed {
-            if !crate::snapshot::ancestors(path).any(|a| removed_set.contains(a)) {
+            if !crate::tree::ancestors(path).any(|a| removed_set.contains(a)) {
                 plan.remove.push(path.to_string());
             }
         }
@@ -513,21 +513,14 @@ impl Stage {
             let metadata =
                 fs::symlink_metadata(&full).map_err(TransferError::io("inspecting", &full))?;
             let mut found = entry.clone();
-            found.mode = if metadata.file_type().is_symlink() {
-                0o777
-            } else {
-                metadata.permissions().mode() & 0o777
-            };
-            found.kind = if metadata.is_dir() {
-                EntryKind::Dir
-            } else if metadata.file_type().is_symlink() {
-                found.target = fs::read_link(&full)
-                    .ok()
-                    .map(|t| t.to_string_lossy().into_owned());
-                EntryKind::Symlink
-            } else {
-                EntryKind::File
-            };
+            if let Some((kind, mode, target)) = crate::tree::describe(&full, &metadata)
+                .map_err(TransferError::io("reading link", &full))?
+            {
+                (found.kind, found.mode) = (kind, mode);
+                if kind == EntryKind::Symlink {
+                    found.target = target;
+                }
+            }
             if found.kind == EntryKind::File {
                 found.size = metadata.len();
             }

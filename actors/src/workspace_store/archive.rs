@@ -1,9 +1,13 @@
-//! Workspace archives: one `.tar.zst` whose first entry is a manifest listing every path with
-//! its kind, mode, size and BLAKE3 hash, followed by the workspace's files under `workspace/`.
+//! Workspace archives (spec: `schemas/archive.md`): one `.tar.zst` whose first entry is a
+//! manifest holding the workspace's transfer snapshot, followed by every path of that
+//! snapshot under `workspace/`.
 //!
-//! Export walks the workspace twice (hash, then write) and fails if a file changes between the
-//! two passes. Import trusts nothing: every name, type, mode, link and hash is checked while
-//! unpacking into a staging directory that the caller renames into place only on success.
+//! The snapshot is the one description of a tree ([`crate::tree`]): export takes it from the
+//! store's chunk index, so only files changed since the last snapshot are read twice, and
+//! checks each file's bytes against it while writing them (a file changed in between fails the
+//! export). Import trusts nothing: the manifest passes the checks a peer's snapshot passes, and
+//! every entry's name, type, mode, link and chunk hashes are checked while unpacking into a
+//! staging directory that the caller renames into place only on success.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -15,14 +19,18 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits};
+use crate::tree;
+
 /// Name of the manifest entry, always first in the archive.
 pub const MANIFEST_ENTRY: &str = "aienv-archive.msgpack";
 /// Prefix of every workspace entry in the archive.
 pub const CONTENT_PREFIX: &str = "workspace/";
 /// Archive format identifier.
 pub const FORMAT: &str = "aienv-archive";
-/// Archive format version written and read by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// Archive format version written by this build. Version 1 (a list of entries with
+/// whole-file hashes) is still read.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Why an archive was refused or could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +61,8 @@ pub enum ArchiveError {
         /// Its type.
         kind: &'static str,
     },
-    /// An entry has the setuid or setgid bit.
-    #[error("entry `{path}` has mode {mode:o} with a setuid/setgid bit")]
+    /// An entry's mode has more than permission bits.
+    #[error("entry `{path}` has mode {mode:o}: a setuid, setgid or sticky bit is not allowed")]
     SetuidBit {
         /// Entry path.
         path: String,
@@ -72,14 +80,6 @@ pub enum ArchiveError {
         /// The link in its way.
         link: String,
     },
-    /// A hard link points at something that is not a file earlier in this archive.
-    #[error("hard link `{path}` points outside the workspace or at no earlier file: `{target}`")]
-    HardlinkOutside {
-        /// Entry path.
-        path: String,
-        /// Its target.
-        target: String,
-    },
     /// An entry is not listed in the manifest, or listed with another kind.
     #[error("entry `{path}` does not match the manifest: {reason}")]
     NotInManifest {
@@ -91,8 +91,8 @@ pub enum ArchiveError {
     /// A manifest entry has no archive entry.
     #[error("the manifest lists `{0}` but the archive does not contain it")]
     MissingEntry(String),
-    /// File content does not match its manifest hash.
-    #[error("content of `{0}` does not match its BLAKE3 hash in the manifest")]
+    /// File content does not match its manifest hashes.
+    #[error("content of `{0}` does not match its BLAKE3 hashes in the manifest")]
     HashMismatch(String),
     /// The archive exceeds a configured limit.
     #[error("archive too large: {0}")]
@@ -121,54 +121,25 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Arch
     }
 }
 
-/// The manifest at the head of every archive.
+
+/// The manifest at the head of every archive: a header and the workspace's snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArchiveManifest {
     /// Always [`FORMAT`].
     pub format: String,
-    /// Format version.
+    /// Always [`FORMAT_VERSION`].
     pub version: u32,
-    /// Id of the exported workspace.
-    pub workspace_id: Uuid,
-    /// Name of the exported workspace.
-    pub workspace_name: String,
-    /// Its revision at export.
-    pub revision: u64,
     /// When the archive was written.
     pub created: DateTime<Utc>,
-    /// Every path of the workspace, parents before children.
-    pub entries: Vec<ArchiveEntry>,
+    /// The workspace as the transfer protocol describes it (`schemas/transfer.md`).
+    pub snapshot: Snapshot,
 }
 
-/// One path of an exported workspace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchiveEntry {
-    /// Workspace-relative path with `/` separators.
-    pub path: String,
-    /// What it is.
-    pub kind: EntryKind,
-    /// Permission bits.
-    pub mode: u32,
-    /// Size in bytes (files only).
-    pub size: u64,
-    /// BLAKE3 hash, hex (files only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blake3: Option<String>,
-    /// Link target (symlinks only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-}
-
-/// Kinds of archive entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    /// Regular file.
-    File,
-    /// Directory.
-    Dir,
-    /// Symbolic link, stored as a link and never followed.
-    Symlink,
+/// What every manifest version starts with.
+#[derive(Deserialize)]
+struct ManifestHeader {
+    format: String,
+    version: u32,
 }
 
 /// Bounds on what an import accepts.
@@ -195,13 +166,13 @@ impl Default for ImportLimits {
 /// What an import unpacked.
 #[derive(Debug, Clone)]
 pub struct ImportSummary {
-    /// The archive's manifest header (entries omitted).
+    /// Id of the exported workspace.
     pub source_id: Uuid,
     /// Name the workspace had when exported.
     pub source_name: String,
     /// Revision it had when exported.
     pub source_revision: u64,
-    /// Regular files written (hard links included).
+    /// Regular files written.
     pub files: u64,
     /// Directories created.
     pub dirs: u64,
@@ -211,6 +182,16 @@ pub struct ImportSummary {
     pub bytes: u64,
     /// Links whose target lies outside the workspace, kept as links: `(path, target)`.
     pub external_links: Vec<(String, String)>,
+}
+
+/// What an import produced: the summary, and the verified snapshot of what was written when
+/// the archive carried one (format 2), so the store need not hash the files again.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// What was unpacked.
+    pub summary: ImportSummary,
+    /// The manifest's snapshot, every file of which was verified against its chunk hashes.
+    pub snapshot: Option<Snapshot>,
 }
 
 /// What an export wrote.
@@ -224,24 +205,23 @@ pub struct ExportSummary {
     pub skipped: Vec<String>,
 }
 
-/// Writes the workspace at `root` as an archive to `out`.
+/// Writes the workspace at `root`, as `snapshot` describes it, as an archive to `out`.
+/// `skipped` lists what the snapshot's walk left out, for the summary.
 pub fn export(
     root: &Path,
-    workspace_id: Uuid,
-    workspace_name: &str,
-    revision: u64,
+    snapshot: &Snapshot,
+    skipped: Vec<String>,
     out: impl Write,
 ) -> Result<ExportSummary, ArchiveError> {
-    let mut summary = ExportSummary::default();
-    let entries = scan(root, &mut summary.skipped)?;
+    let mut summary = ExportSummary {
+        skipped,
+        ..ExportSummary::default()
+    };
     let manifest = ArchiveManifest {
         format: FORMAT.to_string(),
         version: FORMAT_VERSION,
-        workspace_id,
-        workspace_name: workspace_name.to_string(),
-        revision,
         created: Utc::now(),
-        entries,
+        snapshot: snapshot.clone(),
     };
     let manifest_bytes = rmp_serde::to_vec_named(&manifest).expect("manifests always encode");
     let out_error = |source| ArchiveError::Io {
@@ -260,7 +240,7 @@ pub fn export(
     builder
         .append_data(&mut header, MANIFEST_ENTRY, manifest_bytes.as_slice())
         .map_err(out_error)?;
-    for entry in &manifest.entries {
+    for entry in &snapshot.entries {
         let source = root.join(&entry.path);
         let name = format!("{CONTENT_PREFIX}{}", entry.path);
         let mut header = tar::Header::new_gnu();
@@ -289,11 +269,7 @@ pub fn export(
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(entry.size);
                 let file = fs::File::open(&source).map_err(io_error("reading", &source))?;
-                let mut reader = HashingReader {
-                    inner: file.take(entry.size),
-                    hasher: blake3::Hasher::new(),
-                    count: 0,
-                };
+                let mut reader = Verifier::new(file.take(entry.size), segments(entry, true));
                 builder
                     .append_data(&mut header, &name, &mut reader)
                     .map_err(|e| match e.kind() {
@@ -302,8 +278,7 @@ pub fn export(
                         }
                         _ => out_error(e),
                     })?;
-                let hash = reader.hasher.finalize().to_hex().to_string();
-                if reader.count != entry.size || Some(&hash) != entry.blake3.as_ref() {
+                if !reader.verified() {
                     return Err(ArchiveError::ChangedDuringExport(entry.path.clone()));
                 }
                 summary.bytes += entry.size;
@@ -317,109 +292,83 @@ pub fn export(
     Ok(summary)
 }
 
-/// Lists and hashes every path under `root`, parents first, in a stable order.
-fn scan(root: &Path, skipped: &mut Vec<String>) -> Result<Vec<ArchiveEntry>, ArchiveError> {
-    let mut entries = Vec::new();
-    let mut stack = vec![String::new()];
-    while let Some(relative) = stack.pop() {
-        let dir = if relative.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(&relative)
-        };
-        let mut children: Vec<_> = fs::read_dir(&dir)
-            .map_err(io_error("reading directory", &dir))?
-            .collect::<Result<_, _>>()
-            .map_err(io_error("reading directory", &dir))?;
-        children.sort_by_key(|c| c.file_name());
-        let mut subdirs = Vec::new();
-        for child in children {
-            let name = child.file_name();
-            let Some(name) = name.to_str() else {
-                return Err(ArchiveError::UnsafePath {
-                    path: child.path().to_string_lossy().into_owned(),
-                    reason: "file names must be UTF-8",
-                });
+/// The `(length, hash)` pieces a file's content must hash to: its chunks in a snapshot
+/// (`chunked`), its whole content in a format 1 manifest.
+fn segments(entry: &SnapshotEntry, chunked: bool) -> Vec<(u64, Hash)> {
+    match (chunked, entry.hash) {
+        (true, _) => entry
+            .file_chunks()
+            .into_iter()
+            .map(|(_, chunk)| (u64::from(chunk.size), chunk.hash))
+            .collect(),
+        // An empty file has no piece to hash: it is intact only if its hash says empty.
+        (false, Some(hash)) if entry.size == 0 && hash == Hash::of(b"") => Vec::new(),
+        (false, Some(hash)) => vec![(entry.size, hash)],
+        (false, None) => Vec::new(),
+    }
+}
+
+/// Passes bytes through while checking them piece by piece against expected hashes.
+struct Verifier<R> {
+    inner: R,
+    segments: Vec<(u64, Hash)>,
+    at: usize,
+    filled: u64,
+    hasher: blake3::Hasher,
+    intact: bool,
+}
+
+impl<R> Verifier<R> {
+    fn new(inner: R, segments: Vec<(u64, Hash)>) -> Verifier<R> {
+        Verifier {
+            inner,
+            segments,
+            at: 0,
+            filled: 0,
+            hasher: blake3::Hasher::new(),
+            intact: true,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.intact {
+            let Some(&(len, hash)) = self.segments.get(self.at) else {
+                self.intact = false;
+                return;
             };
-            let path = if relative.is_empty() {
-                name.to_string()
-            } else {
-                format!("{relative}/{name}")
-            };
-            let full = root.join(&path);
-            let metadata = fs::symlink_metadata(&full).map_err(io_error("inspecting", &full))?;
-            let mode = metadata.permissions().mode() & 0o777;
-            let file_type = metadata.file_type();
-            if file_type.is_dir() {
-                entries.push(ArchiveEntry {
-                    path: path.clone(),
-                    kind: EntryKind::Dir,
-                    mode,
-                    size: 0,
-                    blake3: None,
-                    target: None,
-                });
-                subdirs.push(path);
-            } else if file_type.is_symlink() {
-                let target = fs::read_link(&full).map_err(io_error("reading link", &full))?;
-                entries.push(ArchiveEntry {
-                    path,
-                    kind: EntryKind::Symlink,
-                    mode,
-                    size: 0,
-                    blake3: None,
-                    target: Some(target.to_string_lossy().into_owned()),
-                });
-            } else if file_type.is_file() {
-                let (size, hash) = hash_file(&full)?;
-                entries.push(ArchiveEntry {
-                    path,
-                    kind: EntryKind::File,
-                    mode,
-                    size,
-                    blake3: Some(hash),
-                    target: None,
-                });
-            } else {
-                skipped.push(path);
+            let take = (len - self.filled).min(bytes.len() as u64) as usize;
+            self.hasher.update(&bytes[..take]);
+            self.filled += take as u64;
+            bytes = &bytes[take..];
+            if self.filled == len {
+                self.intact = Hash(*self.hasher.finalize().as_bytes()) == hash;
+                self.hasher.reset();
+                self.filled = 0;
+                self.at += 1;
             }
         }
-        // Reverse so the stack pops subdirectories in name order.
-        stack.extend(subdirs.into_iter().rev());
     }
-    Ok(entries)
-}
 
-/// Size and BLAKE3 hex hash of a file's content.
-pub fn hash_file(path: &Path) -> Result<(u64, String), ArchiveError> {
-    let mut file = fs::File::open(path).map_err(io_error("reading", path))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer).map_err(io_error("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
+    /// Whether everything read so far matched and every piece was complete.
+    fn verified(&self) -> bool {
+        self.intact && self.at == self.segments.len() && self.filled == 0
     }
-    Ok((size, hasher.finalize().to_hex().to_string()))
 }
 
-struct HashingReader<R> {
-    inner: R,
-    hasher: blake3::Hasher,
-    count: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for Verifier<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+        self.feed(&buf[..n]);
         Ok(n)
     }
+}
+
+/// A manifest as read, whichever version.
+struct Manifest {
+    summary: ImportSummary,
+    entries: Vec<SnapshotEntry>,
+    /// Format 2 and later: file hashes are the snapshot's (chunk lists for large files).
+    snapshot: Option<Snapshot>,
 }
 
 /// Unpacks and verifies the archive `archive` into the empty directory `staging`.
@@ -428,7 +377,7 @@ pub fn import(
     archive: impl Read,
     staging: &Path,
     limits: &ImportLimits,
-) -> Result<ImportSummary, ArchiveError> {
+) -> Result<Imported, ArchiveError> {
     let decoder =
         zstd::Decoder::new(archive).map_err(|e| ArchiveError::Malformed(e.to_string()))?;
     let mut tar = tar::Archive::new(decoder);
@@ -436,27 +385,17 @@ pub fn import(
         .entries()
         .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
 
-    let manifest = read_manifest(&mut entries, limits)?;
-    let expected: HashMap<&str, &ArchiveEntry> = manifest
-        .entries
-        .iter()
-        .map(|e| (e.path.as_str(), e))
-        .collect();
-
-    let mut summary = ImportSummary {
-        source_id: manifest.workspace_id,
-        source_name: manifest.workspace_name.clone(),
-        source_revision: manifest.revision,
-        files: 0,
-        dirs: 0,
-        symlinks: 0,
-        bytes: 0,
-        external_links: Vec::new(),
-    };
+    let Manifest {
+        mut summary,
+        entries: listed,
+        snapshot,
+    } = read_manifest(&mut entries, limits)?;
+    let chunked = snapshot.is_some();
+    let expected: HashMap<&str, &SnapshotEntry> =
+        listed.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut symlinks: HashSet<String> = HashSet::new();
-    let mut regular_files: HashSet<String> = HashSet::new();
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
+    let mut buffer = vec![0u8; 256 * 1024];
 
     for entry in entries {
         let mut entry = entry.map_err(|e| ArchiveError::Malformed(e.to_string()))?;
@@ -471,13 +410,14 @@ pub fn import(
             .mode()
             .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
         let kind = match entry_type {
-            tar::EntryType::Regular | tar::EntryType::Link => EntryKind::File,
+            tar::EntryType::Regular => EntryKind::File,
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => EntryKind::Symlink,
             other => {
                 return Err(ArchiveError::ForbiddenType {
                     path,
                     kind: match other {
+                        tar::EntryType::Link => "hard link",
                         tar::EntryType::Char => "character device",
                         tar::EntryType::Block => "block device",
                         tar::EntryType::Fifo => "FIFO",
@@ -486,17 +426,11 @@ pub fn import(
                 })
             }
         };
-        if mode & 0o6000 != 0 {
+        if tree::check_mode(mode & 0o7777).is_err() {
             return Err(ArchiveError::SetuidBit { path, mode });
         }
         if !seen.insert(path.clone()) {
             return Err(ArchiveError::Duplicate(path));
-        }
-        let through = crate::snapshot::ancestors(&path)
-            .find(|a| symlinks.contains(*a))
-            .map(str::to_string);
-        if let Some(link) = through {
-            return Err(ArchiveError::ThroughSymlink { link, path });
         }
         let Some(listed) = expected.get(path.as_str()) else {
             return Err(ArchiveError::NotInManifest {
@@ -510,21 +444,31 @@ pub fn import(
                 path,
             });
         }
+        // The manifest's mode is the one written (and hashed into its root); a link's own
+        // mode means nothing.
+        if kind != EntryKind::Symlink && mode & 0o777 != listed.mode {
+            return Err(ArchiveError::NotInManifest {
+                reason: format!("mode {:o}, manifest says {:o}", mode & 0o777, listed.mode),
+                path,
+            });
+        }
+        // The manifest passed the tree policy, so every parent is a directory it lists and no
+        // path passes through a link: creating missing parents cannot leave `staging`.
         let destination = staging.join(&path);
         if let Some(parent) = destination.parent() {
             fs::create_dir_all(parent).map_err(io_error("creating directory", parent))?;
         }
-        match entry_type {
-            tar::EntryType::Directory => {
+        match kind {
+            EntryKind::Dir => {
                 match fs::create_dir(&destination) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && destination.is_dir() => {}
                     Err(e) => return Err(io_error("creating directory", &destination)(e)),
                 }
-                dir_modes.push((destination, mode & 0o1777));
+                dir_modes.push((destination, listed.mode));
                 summary.dirs += 1;
             }
-            tar::EntryType::Symlink => {
+            EntryKind::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .map(|t| t.into_owned())
@@ -533,12 +477,6 @@ pub fn import(
                     path: path.clone(),
                     reason: "link target is not UTF-8",
                 })?;
-                if target.is_empty() || target.contains('\0') {
-                    return Err(ArchiveError::UnsafePath {
-                        path,
-                        reason: "empty link target",
-                    });
-                }
                 if listed.target.as_deref() != Some(target.as_str()) {
                     return Err(ArchiveError::NotInManifest {
                         path,
@@ -547,39 +485,12 @@ pub fn import(
                 }
                 std::os::unix::fs::symlink(&target, &destination)
                     .map_err(io_error("creating link", &destination))?;
-                if escapes(&path, &target) {
+                if tree::escapes(&path, &target) {
                     summary.external_links.push((path.clone(), target));
                 }
-                symlinks.insert(path);
                 summary.symlinks += 1;
             }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                let target_path = content_path(&target)
-                    .ok()
-                    .filter(|t| regular_files.contains(t));
-                let Some(target_path) = target_path else {
-                    return Err(ArchiveError::HardlinkOutside {
-                        path,
-                        target: String::from_utf8_lossy(&target).into_owned(),
-                    });
-                };
-                if expected
-                    .get(target_path.as_str())
-                    .and_then(|t| t.blake3.as_ref())
-                    != listed.blake3.as_ref()
-                {
-                    return Err(ArchiveError::HashMismatch(path));
-                }
-                fs::hard_link(staging.join(&target_path), &destination)
-                    .map_err(io_error("creating hard link", &destination))?;
-                regular_files.insert(path);
-                summary.files += 1;
-            }
-            _ => {
+            EntryKind::File => {
                 let size = entry.size();
                 if size != listed.size {
                     return Err(ArchiveError::NotInManifest {
@@ -588,12 +499,6 @@ pub fn import(
                     });
                 }
                 summary.bytes += size;
-                if summary.bytes > limits.max_content_bytes {
-                    return Err(ArchiveError::TooLarge(format!(
-                        "more than {} bytes of content",
-                        limits.max_content_bytes
-                    )));
-                }
                 let mut file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -601,17 +506,16 @@ pub fn import(
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&destination)
                     .map_err(io_error("creating", &destination))?;
-                let mut hasher = blake3::Hasher::new();
-                let mut buffer = vec![0u8; 256 * 1024];
+                let mtime = entry.header().mtime().ok();
+                let mut reader = Verifier::new(&mut entry, segments(listed, chunked));
                 let mut written = 0u64;
                 loop {
-                    let n = entry
+                    let n = reader
                         .read(&mut buffer)
                         .map_err(|e| ArchiveError::Malformed(format!("{path}: {e}")))?;
                     if n == 0 {
                         break;
                     }
-                    hasher.update(&buffer[..n]);
                     file.write_all(&buffer[..n])
                         .map_err(io_error("writing", &destination))?;
                     written += n as u64;
@@ -619,21 +523,20 @@ pub fn import(
                 if written != size {
                     return Err(ArchiveError::Malformed(format!("{path}: truncated entry")));
                 }
-                if Some(hasher.finalize().to_hex().as_str()) != listed.blake3.as_deref() {
+                if !reader.verified() {
                     return Err(ArchiveError::HashMismatch(path));
                 }
-                file.set_permissions(fs::Permissions::from_mode(mode & 0o1777))
+                file.set_permissions(fs::Permissions::from_mode(listed.mode))
                     .map_err(io_error("setting mode of", &destination))?;
-                if let Ok(mtime) = entry.header().mtime() {
+                if let Some(mtime) = mtime {
                     let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
                     let _ = file.set_modified(time);
                 }
-                regular_files.insert(path);
                 summary.files += 1;
             }
         }
     }
-    for listed in &manifest.entries {
+    for listed in &listed {
         if !seen.contains(&listed.path) {
             return Err(ArchiveError::MissingEntry(listed.path.clone()));
         }
@@ -642,13 +545,13 @@ pub fn import(
         fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o700))
             .map_err(io_error("setting mode of", &dir))?;
     }
-    Ok(summary)
+    Ok(Imported { summary, snapshot })
 }
 
 fn read_manifest<R: Read>(
     entries: &mut tar::Entries<'_, R>,
     limits: &ImportLimits,
-) -> Result<ArchiveManifest, ArchiveError> {
+) -> Result<Manifest, ArchiveError> {
     let first = entries
         .next()
         .ok_or(ArchiveError::ManifestMissing)?
@@ -670,49 +573,142 @@ fn read_manifest<R: Read>(
         .take(limits.max_manifest_bytes)
         .read_to_end(&mut bytes)
         .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
-    let manifest: ArchiveManifest =
-        rmp_serde::from_slice(&bytes).map_err(|e| ArchiveError::ManifestInvalid(e.to_string()))?;
-    if manifest.format != FORMAT {
+    let invalid = |e: rmp_serde::decode::Error| ArchiveError::ManifestInvalid(e.to_string());
+    let header: ManifestHeader = rmp_serde::from_slice(&bytes).map_err(invalid)?;
+    if header.format != FORMAT {
         return Err(ArchiveError::ManifestInvalid(format!(
             "format is `{}`, expected `{FORMAT}`",
-            manifest.format
+            header.format
         )));
     }
-    if manifest.version != FORMAT_VERSION {
-        return Err(ArchiveError::ManifestInvalid(format!(
-            "format version {} is not supported (this aienv reads {FORMAT_VERSION})",
-            manifest.version
-        )));
-    }
-    if manifest.entries.len() > limits.max_entries {
-        return Err(ArchiveError::TooLarge(format!(
-            "{} entries, at most {} allowed",
-            manifest.entries.len(),
-            limits.max_entries
-        )));
-    }
-    let mut paths = HashSet::new();
-    let mut total = 0u64;
-    for entry in &manifest.entries {
-        check_relative(&entry.path)?;
-        if !paths.insert(entry.path.as_str()) {
-            return Err(ArchiveError::Duplicate(entry.path.clone()));
+    let manifest = match header.version {
+        1 => legacy::read(&bytes, limits)?,
+        FORMAT_VERSION => {
+            let manifest: ArchiveManifest = rmp_serde::from_slice(&bytes).map_err(invalid)?;
+            let snapshot = manifest.snapshot;
+            snapshot
+                .validate(&SnapshotLimits {
+                    max_entries: limits.max_entries,
+                    max_encoded_bytes: limits.max_manifest_bytes,
+                    max_decoded_bytes: limits.max_manifest_bytes,
+                    max_file_bytes: limits.max_content_bytes,
+                    max_total_bytes: limits.max_content_bytes,
+                })
+                .map_err(|e| match e {
+                    SnapshotError::TooLarge(what) => ArchiveError::TooLarge(what),
+                    other => ArchiveError::ManifestInvalid(other.to_string()),
+                })?;
+            Manifest {
+                summary: summary_of(snapshot.workspace_id, &snapshot.name, snapshot.revision),
+                entries: snapshot.entries.clone(),
+                snapshot: Some(snapshot),
+            }
         }
-        if entry.kind == EntryKind::File && entry.blake3.as_ref().is_none_or(|h| h.len() != 64) {
+        other => {
             return Err(ArchiveError::ManifestInvalid(format!(
-                "`{}` has no valid BLAKE3 hash",
-                entry.path
+                "format version {other} is not supported (this aienv reads 1 and {FORMAT_VERSION})"
+            )))
+        }
+    };
+    Ok(manifest)
+}
+
+fn summary_of(id: Uuid, name: &str, revision: u64) -> ImportSummary {
+    ImportSummary {
+        source_id: id,
+        source_name: name.to_string(),
+        source_revision: revision,
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        bytes: 0,
+        external_links: Vec::new(),
+    }
+}
+
+/// Format 1 manifests: the same tree with whole-file BLAKE3 hashes in hex and no chunk lists.
+mod legacy {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct ManifestV1 {
+        #[serde(deserialize_with = "crate::uuid_wire::deserialize")]
+        workspace_id: Uuid,
+        workspace_name: String,
+        revision: u64,
+        entries: Vec<EntryV1>,
+    }
+
+    #[derive(Deserialize)]
+    struct EntryV1 {
+        path: String,
+        kind: EntryKind,
+        mode: u32,
+        size: u64,
+        #[serde(default)]
+        blake3: Option<String>,
+        #[serde(default)]
+        target: Option<String>,
+    }
+
+    /// Reads a format 1 manifest into tree entries (sorted, as the policy wants; the hash of
+    /// a file is its whole content's) and checks them with the tree policy.
+    pub(super) fn read(bytes: &[u8], limits: &ImportLimits) -> Result<Manifest, ArchiveError> {
+        let manifest: ManifestV1 = rmp_serde::from_slice(bytes)
+            .map_err(|e| ArchiveError::ManifestInvalid(e.to_string()))?;
+        if manifest.entries.len() > limits.max_entries {
+            return Err(ArchiveError::TooLarge(format!(
+                "{} entries, at most {} allowed",
+                manifest.entries.len(),
+                limits.max_entries
             )));
         }
-        total = total.saturating_add(entry.size);
+        let mut total = 0u64;
+        let mut entries = Vec::with_capacity(manifest.entries.len());
+        for entry in manifest.entries {
+            let hash = match (&entry.kind, entry.blake3.as_deref()) {
+                (EntryKind::File, Some(hex)) => Some(Hash::from_hex(hex).ok_or_else(|| {
+                    ArchiveError::ManifestInvalid(format!(
+                        "`{}` has no valid BLAKE3 hash",
+                        entry.path
+                    ))
+                })?),
+                (EntryKind::File, None) => None,
+                _ => None,
+            };
+            total = total.saturating_add(entry.size);
+            entries.push(SnapshotEntry {
+                path: entry.path,
+                kind: entry.kind,
+                mode: entry.mode,
+                size: if entry.kind == EntryKind::File {
+                    entry.size
+                } else {
+                    0
+                },
+                hash,
+                target: entry.target.filter(|_| entry.kind == EntryKind::Symlink),
+                chunks: Vec::new(),
+            });
+        }
+        if total > limits.max_content_bytes {
+            return Err(ArchiveError::TooLarge(format!(
+                "{total} bytes of content, at most {} allowed",
+                limits.max_content_bytes
+            )));
+        }
+        entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        tree::check_entries(&entries).map_err(|e| ArchiveError::ManifestInvalid(e.to_string()))?;
+        Ok(Manifest {
+            summary: summary_of(
+                manifest.workspace_id,
+                &manifest.workspace_name,
+                manifest.revision,
+            ),
+            entries,
+            snapshot: None,
+        })
     }
-    if total > limits.max_content_bytes {
-        return Err(ArchiveError::TooLarge(format!(
-            "{total} bytes of content, at most {} allowed",
-            limits.max_content_bytes
-        )));
-    }
-    Ok(manifest)
 }
 
 /// The workspace-relative path of an archive entry name, refusing anything unsafe.
@@ -735,36 +731,11 @@ fn content_path(raw: &[u8]) -> Result<String, ArchiveError> {
         });
     };
     let relative = relative.trim_end_matches('/');
-    check_relative(relative)?;
-    Ok(relative.to_string())
-}
-
-fn check_relative(path: &str) -> Result<(), ArchiveError> {
-    crate::snapshot::check_relative(path).map_err(|reason| ArchiveError::UnsafePath {
-        path: path.to_string(),
+    tree::check_relative(relative).map_err(|reason| ArchiveError::UnsafePath {
+        path: relative.to_string(),
         reason,
-    })
-}
-
-/// Whether a link at `path` with `target` points outside the workspace root.
-fn escapes(path: &str, target: &str) -> bool {
-    if target.starts_with('/') {
-        return true;
-    }
-    let mut depth: i64 = path.matches('/').count() as i64;
-    for component in target.split('/') {
-        match component {
-            "" | "." => {}
-            ".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    false
+    })?;
+    Ok(relative.to_string())
 }
 
 #[cfg(test)]
@@ -793,15 +764,31 @@ mod tests {
     }
 
     #[test]
-    fn link_escapes() {
-        assert!(escapes(".venv/bin/python", "/usr/bin/python3"));
-        assert!(escapes("a", "../x"));
-        assert!(escapes("a/b", "../../x"));
-        assert!(!escapes("a/b", "../x"));
-        assert!(!escapes("a/b", "c/../d"));
-        assert_eq!(
-            crate::snapshot::ancestors("a/b/c").collect::<Vec<_>>(),
-            ["a", "a/b"]
-        );
+    fn verifier_checks_every_piece() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let pieces = vec![
+            (300, Hash::of(&data[..300])),
+            (700, Hash::of(&data[300..])),
+        ];
+        for step in [1, 7, 300, 1000] {
+            let mut verifier = Verifier::new(io::empty(), pieces.clone());
+            for piece in data.chunks(step) {
+                verifier.feed(piece);
+            }
+            assert!(verifier.verified(), "step {step}");
+        }
+        let mut short = Verifier::new(io::empty(), pieces.clone());
+        short.feed(&data[..999]);
+        assert!(!short.verified());
+        let mut long = Verifier::new(io::empty(), pieces.clone());
+        long.feed(&data);
+        long.feed(b"x");
+        assert!(!long.verified());
+        let mut tampered = data.clone();
+        tampered[500] ^= 1;
+        let mut bad = Verifier::new(io::empty(), pieces);
+        bad.feed(&tampered);
+        assert!(!bad.verified());
+        assert!(Verifier::new(io::empty(), Vec::new()).verified());
     }
 }

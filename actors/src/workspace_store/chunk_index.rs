@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -25,6 +25,7 @@ use crate::snapshot::{
 };
 
 use super::error::StoreError;
+use crate::tree::{self, Stamp, Walk, WalkEntry};
 
 /// Files changed this recently before a scan are hashed again next time: a second write
 /// within the file system's timestamp granularity would not move their mtime. Linux file
@@ -45,26 +46,6 @@ fn is_racy(mtime_ns: i64, scan_started: SystemTime) -> bool {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
     mtime_ns >= limit
-}
-
-/// What tells a file's versions apart without reading it: size, mtime, ctime and inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    ino: u64,
-}
-
-impl Stamp {
-    fn of(metadata: &fs::Metadata) -> Stamp {
-        Stamp {
-            size: metadata.len(),
-            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
-            ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
-            ino: metadata.ino(),
-        }
-    }
 }
 
 /// What the index remembers of one file.
@@ -109,6 +90,8 @@ pub struct ScanStats {
     pub files_hashed: u64,
     /// Bytes read and hashed.
     pub bytes_hashed: u64,
+    /// Sockets, devices and FIFOs left out.
+    pub skipped: Vec<String>,
 }
 
 /// The two sled trees, and a memo of each workspace's last walk and snapshot. Cloning is
@@ -125,80 +108,9 @@ pub struct ChunkIndex {
 
 struct Memo {
     key: (Uuid, String, u64),
-    walk: Vec<WalkEntry>,
+    walk: Walk,
     racy: bool,
     snapshot: Arc<Snapshot>,
-}
-
-/// What one directory walk saw of a path: enough to tell whether it changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct WalkEntry {
-    path: String,
-    kind: EntryKind,
-    mode: u32,
-    stamp: Stamp,
-    target: Option<String>,
-}
-
-/// Lists every directory, file and link under `root` with its stamp, parents first. Stats go
-/// through the directory handle (no path walk per file); links are never followed.
-fn walk(root: &Path) -> Result<Vec<WalkEntry>, StoreError> {
-    let mut out = Vec::new();
-    let mut stack = vec![String::new()];
-    while let Some(relative) = stack.pop() {
-        let dir = if relative.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(&relative)
-        };
-        let children = fs::read_dir(&dir).map_err(StoreError::io("reading directory", &dir))?;
-        for child in children {
-            let child = child.map_err(StoreError::io("reading directory", &dir))?;
-            let file_name = child.file_name();
-            let Some(file_name) = file_name.to_str() else {
-                return Err(StoreError::BadRequest(format!(
-                    "{}: file names must be UTF-8 to be shared",
-                    child.path().display()
-                )));
-            };
-            let path = if relative.is_empty() {
-                file_name.to_string()
-            } else {
-                format!("{relative}/{file_name}")
-            };
-            let metadata = child
-                .metadata()
-                .map_err(StoreError::io("inspecting", child.path()))?;
-            let file_type = metadata.file_type();
-            let (kind, target) = if file_type.is_dir() {
-                stack.push(path.clone());
-                (EntryKind::Dir, None)
-            } else if file_type.is_symlink() {
-                let target = fs::read_link(child.path())
-                    .map_err(StoreError::io("reading link", child.path()))?;
-                (
-                    EntryKind::Symlink,
-                    Some(target.to_string_lossy().into_owned()),
-                )
-            } else if file_type.is_file() {
-                (EntryKind::File, None)
-            } else {
-                continue;
-            };
-            out.push(WalkEntry {
-                path,
-                kind,
-                mode: if kind == EntryKind::Symlink {
-                    0o777
-                } else {
-                    metadata.permissions().mode() & 0o777
-                },
-                stamp: Stamp::of(&metadata),
-                target,
-            });
-        }
-    }
-    Ok(out)
 }
 
 impl ChunkIndex {
@@ -222,7 +134,8 @@ impl ChunkIndex {
         root: &Path,
     ) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
         let scan_started = SystemTime::now();
-        let walk = walk(root)?;
+        let walked = tree::walk(root)?;
+        let walk = &walked.entries;
         let key = (workspace, name.to_string(), revision);
         if let Some(cached) = self
             .memo
@@ -230,15 +143,19 @@ impl ChunkIndex {
             .unwrap_or_else(|e| e.into_inner())
             .get(&workspace)
         {
-            if cached.key == key && cached.walk == walk && !cached.racy {
+            if cached.key == key && cached.walk == walked && !cached.racy {
                 let stats = ScanStats {
                     files_cached: walk.iter().filter(|w| w.kind == EntryKind::File).count() as u64,
+                    skipped: walked.skipped.clone(),
                     ..ScanStats::default()
                 };
                 return Ok((cached.snapshot.clone(), stats));
             }
         }
-        let mut stats = ScanStats::default();
+        let mut stats = ScanStats {
+            skipped: walked.skipped.clone(),
+            ..ScanStats::default()
+        };
         // Look every file up; those whose stamp changed are hashed in parallel below.
         let mut known: Vec<Option<FileRecord>> = Vec::with_capacity(walk.len());
         let mut old_values: HashMap<usize, sled::IVec> = HashMap::new();
@@ -263,7 +180,7 @@ impl ChunkIndex {
         }
         stats.files_cached = (walk.len() - to_hash.len()) as u64
             - walk.iter().filter(|w| w.kind != EntryKind::File).count() as u64;
-        let hashed = hash_files(root, &walk, &to_hash)?;
+        let hashed = hash_files(root, walk, &to_hash)?;
         for (index, mut record) in to_hash.iter().copied().zip(hashed) {
             record.racy = is_racy(record.stamp.mtime_ns, scan_started);
             stats.files_hashed += 1;
@@ -315,7 +232,7 @@ impl ChunkIndex {
             workspace,
             Memo {
                 key,
-                walk,
+                walk: walked,
                 racy,
                 snapshot: snapshot.clone(),
             },

@@ -111,6 +111,23 @@ impl From<crate::fsio::FsError> for StoreError {
     }
 }
 
+impl From<crate::tree::TreeError> for StoreError {
+    fn from(error: crate::tree::TreeError) -> StoreError {
+        match error {
+            crate::tree::TreeError::Io {
+                action,
+                path,
+                source,
+            } => StoreError::Io {
+                action,
+                path,
+                source,
+            },
+            other => StoreError::BadRequest(other.to_string()),
+        }
+    }
+}
+
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     fn from(error: sled::transaction::TransactionError<StoreError>) -> StoreError {
         match error {

@@ -40,8 +40,8 @@ use crate::model::{
 use crate::yaml;
 
 pub use archive::{
-    ArchiveEntry, ArchiveError, ArchiveManifest, EntryKind, ExportSummary, ImportLimits,
-    ImportSummary, CONTENT_PREFIX, MANIFEST_ENTRY,
+    ArchiveError, ArchiveManifest, ExportSummary, ImportLimits, ImportSummary, CONTENT_PREFIX,
+    FORMAT_VERSION as ARCHIVE_FORMAT_VERSION, MANIFEST_ENTRY,
 };
 pub use chunk_index::{ChunkIndex, ChunkLocation, ScanStats};
 pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan};
@@ -990,14 +990,9 @@ impl WorkspaceStoreHandle {
         out: W,
     ) -> Result<ExportSummary, StoreError> {
         let entry = self.get(target)?;
+        let (snapshot, stats) = self.snapshot(&entry.manifest.id.to_string()).await?;
         tokio::task::spawn_blocking(move || {
-            archive::export(
-                &entry.path,
-                entry.manifest.id,
-                &entry.manifest.name,
-                entry.manifest.revision,
-                out,
-            )
+            archive::export(&entry.path, &snapshot, stats.skipped, out)
         })
         .await
         .map_err(|_| StoreError::Unavailable)?
@@ -1019,14 +1014,14 @@ impl WorkspaceStoreHandle {
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let file = std::fs::File::open(&archive_path)
                     .map_err(StoreError::io("opening", &archive_path))?;
-                let summary = archive::import(std::io::BufReader::new(file), &staging, &limits)?;
+                let imported = archive::import(std::io::BufReader::new(file), &staging, &limits)?;
                 let loaded = workspace_dir::load(&staging, false)?;
-                Ok((summary, loaded))
+                Ok((imported, loaded))
             })
             .await
             .map_err(|_| StoreError::Unavailable)?
         };
-        let (summary, loaded) = match unpacked {
+        let (archive::Imported { summary, snapshot }, loaded) = match unpacked {
             Ok(unpacked) => unpacked,
             Err(error) => {
                 let _ = fsio::remove_tree(&staging);
@@ -1040,20 +1035,41 @@ impl WorkspaceStoreHandle {
                 format!("kept link {path} -> {target} (points outside the workspace)")
             })
             .collect();
-        self.send(CommitNew {
-            prepared: workspace_dir::Prepared {
-                staging,
-                manifest: loaded.manifest,
-                environments: loaded.environments,
-                notes,
-            },
-            rename_to,
-            change: WorkspaceChange::Imported,
-            import: Some(summary),
-            origin: None,
-            by: by.to_string(),
-        })
-        .await?
+        let created = self
+            .send(CommitNew {
+                prepared: workspace_dir::Prepared {
+                    staging,
+                    manifest: loaded.manifest,
+                    environments: loaded.environments,
+                    notes,
+                },
+                rename_to,
+                change: WorkspaceChange::Imported,
+                import: Some(summary),
+                origin: None,
+                by: by.to_string(),
+            })
+            .await??;
+        if let Some(snapshot) = snapshot {
+            // Every file was verified against these hashes while it was written, so the first
+            // share need not read them again. `workspace.yaml` is rewritten by the commit.
+            let chunks = self.chunks.clone();
+            let (id, root) = (created.workspace.manifest.id, created.workspace.path.clone());
+            let recorded = tokio::task::spawn_blocking(move || {
+                let paths = snapshot
+                    .entries
+                    .iter()
+                    .filter(|e| e.path != WORKSPACE_FILE)
+                    .map(|e| e.path.clone())
+                    .collect();
+                chunks.record(id, &root, &snapshot, &paths)
+            })
+            .await;
+            if let Ok(Err(error)) = recorded {
+                tracing::warn!(%error, "recording an imported workspace's hashes failed; its first share reads it again");
+            }
+        }
+        Ok(created)
     }
 
     fn new_staging_dir(&self, purpose: &str) -> Result<PathBuf, StoreError> {
