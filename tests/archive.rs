@@ -205,11 +205,7 @@ fn build_raw(manifest_bytes: &[u8], entries: Vec<Raw>, with_manifest: bool) -> V
     let mut builder = tar::Builder::new(Vec::new());
     let mut all = Vec::new();
     if with_manifest {
-        all.push(raw(
-            MANIFEST_ENTRY,
-            tar::EntryType::Regular,
-            manifest_bytes,
-        ));
+        all.push(raw(MANIFEST_ENTRY, tar::EntryType::Regular, manifest_bytes));
     }
     all.extend(entries);
     for entry in all {
@@ -407,7 +403,10 @@ async fn malicious_archives_are_refused_and_leave_nothing_behind() {
     cases.push((
         "tampered chunk",
         build(
-            vec![entry, chunked_entry("big.bin", &big, &[1_000_000, 2_000_000])],
+            vec![
+                entry,
+                chunked_entry("big.bin", &big, &[1_000_000, 2_000_000]),
+            ],
             vec![
                 content,
                 raw("workspace/big.bin", tar::EntryType::Regular, &tampered),
@@ -549,12 +548,19 @@ async fn format_1_archives_still_import() {
         ]
     };
     let path = dir.path().join("old.tar.zst");
-    std::fs::write(&path, build_raw(&manifest(entries.clone()), contents(), true)).unwrap();
+    std::fs::write(
+        &path,
+        build_raw(&manifest(entries.clone()), contents(), true),
+    )
+    .unwrap();
     let imported = client.import(&path, None, |_| {}).await.unwrap();
     assert_eq!(imported.import.unwrap().source_revision, 3);
     let root = PathBuf::from(imported.workspace.path.unwrap());
     assert_eq!(std::fs::read(root.join("data/big.bin")).unwrap(), big);
-    assert_eq!(std::fs::read_link(root.join("data/link")).unwrap(), Path::new("big.bin"));
+    assert_eq!(
+        std::fs::read_link(root.join("data/link")).unwrap(),
+        Path::new("big.bin")
+    );
 
     // The same checks hold for format 1: a wrong whole-file hash and a setgid file are refused.
     let mut wrong = entries.clone();
@@ -573,6 +579,9 @@ async fn format_1_archives_still_import() {
             .unwrap_err()
             .to_string();
         assert!(message.contains(expected), "{label}: {message}");
-        assert!(node.dir_names("staging").is_empty(), "{label}: staging left");
+        assert!(
+            node.dir_names("staging").is_empty(),
+            "{label}: staging left"
+        );
     }
 }

@@ -861,6 +861,19 @@ async fn paths_that_differ_only_by_case_clone_onto_a_case_sensitive_file_system(
     let root = shared_workspace(&a, "data").await;
     std::fs::write(root.join("data/README"), b"upper").unwrap();
     std::fs::write(root.join("data/readme"), b"lower").unwrap();
+    // Sharing says which nodes cannot clone it, and why.
+    let shared = a
+        .admin()
+        .share("data", &ShareRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        shared.warnings.len() == 1
+            && shared.warnings[0].contains("`data/README` and `data/readme`")
+            && shared.warnings[0].contains("ignores case"),
+        "{:?}",
+        shared.warnings
+    );
     let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
     let client = b.admin();
     until_listed(&client, "node-a", "data", 1).await;

@@ -343,6 +343,41 @@ pub fn case_collisions<'a>(
     pairs
 }
 
+/// What in the tree at `root` keeps some nodes from cloning it, in words, for the person who
+/// shares it: paths that differ only by letter case (a node whose file system folds case
+/// refuses them), and names a snapshot cannot carry.
+pub fn portability_warnings(root: &Path) -> Vec<String> {
+    const SHOWN: usize = 5;
+    let walk = match walk(root) {
+        Ok(walk) => walk,
+        Err(TreeError::NotUtf8(path)) => {
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            return vec![format!(
+                "`{}` is not a UTF-8 name: no peer can clone this workspace until it is renamed",
+                relative.display()
+            )];
+        }
+        Err(_) => return Vec::new(),
+    };
+    let pairs = case_collisions(walk.entries.iter().map(|e| e.path.as_str()), SHOWN + 1);
+    if pairs.is_empty() {
+        return Vec::new();
+    }
+    let mut listed: Vec<String> = pairs
+        .iter()
+        .take(SHOWN)
+        .map(|(a, b)| format!("`{a}` and `{b}`"))
+        .collect();
+    if pairs.len() > SHOWN {
+        listed.push("more".into());
+    }
+    vec![format!(
+        "paths that differ only by letter case ({}): nodes whose file system ignores case \
+         (macOS, Windows) cannot clone this workspace; rename one of each pair to share it everywhere",
+        listed.join(", ")
+    )]
+}
+
 /// Whether the file system holding `dir` tells `A` from `a` (probed with a file of its own).
 pub fn case_sensitive(dir: &Path) -> io::Result<bool> {
     let mut random = [0u8; 8];
@@ -359,6 +394,7 @@ pub fn case_sensitive(dir: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn link_escapes() {
@@ -402,5 +438,29 @@ mod tests {
             ]
         );
         assert_eq!(case_collisions(["x", "X", "y", "Y"], 1).len(), 1);
+    }
+
+    #[test]
+    fn portability_warnings_name_the_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("README"), b"a").unwrap();
+        assert!(portability_warnings(dir.path()).is_empty());
+        if !case_sensitive(dir.path()).unwrap() {
+            return;
+        }
+        fs::write(dir.path().join("readme"), b"b").unwrap();
+        let warnings = portability_warnings(dir.path());
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("`README` and `readme`")
+                || warnings[0].contains("`readme` and `README`"),
+            "{warnings:?}"
+        );
+        fs::write(
+            dir.path().join(std::ffi::OsStr::from_bytes(b"bad\xff")),
+            b"",
+        )
+        .unwrap();
+        assert!(portability_warnings(dir.path())[0].contains("not a UTF-8 name"));
     }
 }

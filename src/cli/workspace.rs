@@ -461,6 +461,11 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
             };
             let updated = client.share(workspace, &request).await?;
             print_workspace(cli, &updated);
+            if !cli.json {
+                for warning in &updated.warnings {
+                    eprintln!("warning: {}", output::printable(warning));
+                }
+            }
         }
         WsCommand::Unshare { workspace } => {
             let updated = client.unshare(workspace).await?;

@@ -415,6 +415,13 @@ async fn share(
         .store
         .set_sharing(&path, sharing, login.name())
         .await?;
+    let root = entry.path.clone();
+    let warnings = web::block(move || aienv_actors::tree::portability_warnings(&root))
+        .await
+        .unwrap_or_default();
+    for warning in &warnings {
+        tracing::warn!(workspace = %entry.manifest.name, "{warning}");
+    }
     // Index the content now, so the first peer to clone it does not wait for the hashing.
     let store = state.store.clone();
     let id = entry.manifest.id.to_string();
@@ -429,7 +436,9 @@ async fn share(
             Err(error) => tracing::warn!(%error, "indexing a shared workspace failed"),
         }
     });
-    Ok(HttpResponse::Ok().json(WorkspaceDto::from_entry(&entry, true)))
+    let mut dto = WorkspaceDto::from_entry(&entry, true);
+    dto.warnings = warnings;
+    Ok(HttpResponse::Ok().json(dto))
 }
 
 async fn unshare(

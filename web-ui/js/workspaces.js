@@ -164,7 +164,10 @@ function environmentsEditor(workspace) {
 
 function row(workspace, open) {
   const share = h('input', { type: 'checkbox', role: 'switch', checked: workspace.sharing.enabled, 'aria-label': `Share ${workspace.name}` });
-  share.addEventListener('change', () => attempt(() => api('POST', `/workspaces/${workspace.id}/${share.checked ? 'share' : 'unshare'}`)));
+  share.addEventListener('change', () => attempt(async () => {
+    const updated = await api('POST', `/workspaces/${workspace.id}/${share.checked ? 'share' : 'unshare'}`);
+    for (const warning of updated?.warnings ?? []) flash(warning);
+  }));
   const remove = h('button', { type: 'button', class: 'danger', onclick: async () => {
     if (!window.confirm(`Delete workspace ${workspace.name} and all its files?`)) return;
     await attempt(() => api('DELETE', `/workspaces/${workspace.id}`));

@@ -121,7 +121,6 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Arch
     }
 }
 
-
 /// The manifest at the head of every archive: a header and the workspace's snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArchiveManifest {
@@ -766,10 +765,7 @@ mod tests {
     #[test]
     fn verifier_checks_every_piece() {
         let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-        let pieces = vec![
-            (300, Hash::of(&data[..300])),
-            (700, Hash::of(&data[300..])),
-        ];
+        let pieces = vec![(300, Hash::of(&data[..300])), (700, Hash::of(&data[300..]))];
         for step in [1, 7, 300, 1000] {
             let mut verifier = Verifier::new(io::empty(), pieces.clone());
             for piece in data.chunks(step) {

@@ -1054,7 +1054,10 @@ impl WorkspaceStoreHandle {
             // Every file was verified against these hashes while it was written, so the first
             // share need not read them again. `workspace.yaml` is rewritten by the commit.
             let chunks = self.chunks.clone();
-            let (id, root) = (created.workspace.manifest.id, created.workspace.path.clone());
+            let (id, root) = (
+                created.workspace.manifest.id,
+                created.workspace.path.clone(),
+            );
             let recorded = tokio::task::spawn_blocking(move || {
                 let paths = snapshot
                     .entries
