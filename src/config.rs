@@ -166,6 +166,8 @@ pub struct RuntimeSection {
     /// Workspaces (names or ids) cloned from peers that may still run with `sandbox: off`:
     /// only a local admin, who edits this file, decides that.
     pub allow_unsandboxed: Vec<String>,
+    /// The lab's Slurm cluster (the `slurm` runtime).
+    pub slurm: SlurmSection,
 }
 
 impl Default for RuntimeSection {
@@ -175,6 +177,41 @@ impl Default for RuntimeSection {
             libvirt_uri: "qemu:///system".into(),
             run_as: "aienv-env".into(),
             allow_unsandboxed: Vec::new(),
+            slurm: SlurmSection::default(),
+        }
+    }
+}
+
+/// `runtime.slurm`: where slurmrestd listens and the job defaults. Empty means unset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmSection {
+    /// `unix:/path/to/slurmrestd.sock` (local auth: jobs run as slurmrestd's user) or
+    /// `http://host:port` (JWT auth with `user` and `token_file`).
+    pub url: String,
+    /// User name sent with the JWT.
+    pub user: String,
+    /// File holding the JWT (`scontrol token`); read at each submission.
+    pub token_file: String,
+    /// Partition jobs go to unless the environment names one.
+    pub partition: String,
+    /// Account charged unless the environment names one.
+    pub account: String,
+    /// Wall-clock limit in minutes unless the environment gives one; 0: the partition's.
+    pub time_limit_minutes: u32,
+}
+
+impl SlurmSection {
+    /// The runtime supervisor's view of these settings.
+    pub fn to_runtime(&self) -> aienv_actors::runtime_supervisor::slurm::SlurmConfig {
+        let set = |text: &str| (!text.is_empty()).then(|| text.to_string());
+        aienv_actors::runtime_supervisor::slurm::SlurmConfig {
+            url: self.url.clone(),
+            user: self.user.clone(),
+            token_file: set(&self.token_file).map(PathBuf::from),
+            partition: set(&self.partition),
+            account: set(&self.account),
+            time_limit_minutes: (self.time_limit_minutes > 0).then_some(self.time_limit_minutes),
         }
     }
 }
@@ -432,6 +469,19 @@ pub fn resolve(
             value: config.http.tool_ports.clone(),
             message,
         });
+    }
+    if !config.runtime.slurm.url.is_empty() {
+        if let Err(message) = aienv_actors::runtime_supervisor::slurm::rest::Endpoint::parse(
+            &config.runtime.slurm.url,
+        ) {
+            let key = "runtime.slurm.url";
+            return Err(ConfigError::BadValue {
+                key: key.into(),
+                origin: sources.get(key).cloned().unwrap_or(Source::Default),
+                value: config.runtime.slurm.url.clone(),
+                message,
+            });
+        }
     }
     if config.discovery.announce_interval_ms < 200 {
         let key = "discovery.announce_interval_ms";

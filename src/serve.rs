@@ -225,6 +225,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             libvirt_uri: config.runtime.libvirt_uri.clone(),
             run_as: config.runtime.run_as.clone(),
             allow_unsandboxed: config.runtime.allow_unsandboxed.clone(),
+            slurm: config.runtime.slurm.to_runtime(),
             autostart: config.runtime.autostart,
             ..RuntimeConfig::new(&data_dir, node_id)
         };

@@ -41,6 +41,10 @@ pub struct EnvironmentSpec {
     /// The virtual machine (libvirt runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt: Option<LibvirtSpec>,
+    /// Where the Slurm job goes (slurm runtime); the node's `runtime.slurm` settings
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmSpec>,
     /// Resources wanted; the node sizes the environment to what the host has.
     #[serde(default, skip_serializing_if = "ResourceWants::is_empty")]
     pub resources: ResourceWants,
@@ -121,6 +125,8 @@ pub enum RuntimeKind {
     Docker,
     /// A libvirt virtual machine.
     Libvirt,
+    /// A Slurm job on a compute node of the lab's cluster.
+    Slurm,
 }
 
 impl RuntimeKind {
@@ -131,6 +137,7 @@ impl RuntimeKind {
             RuntimeKind::Process => "process",
             RuntimeKind::Docker => "docker",
             RuntimeKind::Libvirt => "libvirt",
+            RuntimeKind::Slurm => "slurm",
         }
     }
 
@@ -141,6 +148,7 @@ impl RuntimeKind {
             RuntimeKind::Process,
             RuntimeKind::Docker,
             RuntimeKind::Libvirt,
+            RuntimeKind::Slurm,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == name)
@@ -255,6 +263,21 @@ pub struct LibvirtSpec {
     /// Domain type: `kvm` when `/dev/kvm` is usable, `qemu` (emulation) otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_type: Option<String>,
+}
+
+/// Where an environment's Slurm job goes, over the node's `runtime.slurm` defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSpec {
+    /// Partition (queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Account charged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Wall-clock limit in minutes; the partition's default otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_minutes: Option<u32>,
 }
 
 /// Resources an environment wants.
@@ -617,6 +640,7 @@ impl EnvironmentSpec {
             setup: Vec::new(),
             docker: None,
             libvirt: None,
+            slurm: None,
             resources: ResourceWants::default(),
             variants: Vec::new(),
             env: BTreeMap::new(),
@@ -689,6 +713,25 @@ impl EnvironmentSpec {
             .map(validate_relative_path)
         {
             errors.add("libvirt.disk", message);
+        }
+        if let Some(slurm) = &self.slurm {
+            for (field, value) in [
+                ("slurm.partition", &slurm.partition),
+                ("slurm.account", &slurm.account),
+            ] {
+                if value.as_deref().is_some_and(|v| {
+                    v.is_empty()
+                        || v.len() > 64
+                        || !v
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                }) {
+                    errors.add(field, "must be 1-64 letters, digits, `-`, `_` or `.`");
+                }
+            }
+            if slurm.time_limit_minutes == Some(0) {
+                errors.add("slurm.time_limit_minutes", "must be at least 1");
+            }
         }
         if let Some(cpus) = &self.resources.cpus {
             if !(cpus.min > 0.0 && cpus.min <= 4096.0) {

@@ -172,7 +172,21 @@ mod tests {
     use super::*;
 
     fn book(dir: &std::path::Path) -> KeyBook {
-        let db = sled::open(dir).unwrap();
+        // sled's flusher thread holds the file lock for a moment after the last handle is
+        // dropped, so a reopen right after may find it still taken.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(error)
+                    if tries < 100 && error.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(error) => panic!("opening {}: {error}", dir.display()),
+            }
+        };
         KeyBook::open(
             db.open_tree("peer_keys").unwrap(),
             db.open_tree("trusted_peers").unwrap(),

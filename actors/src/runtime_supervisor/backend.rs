@@ -157,10 +157,12 @@ pub trait Backend {
         plan: &'a LaunchPlan,
     ) -> LocalBoxFuture<'a, Result<Vec<String>, RuntimeError>>;
 
-    /// Starts the environment and its tools.
+    /// Starts the environment and its tools. `progress` takes what the person should see
+    /// while it waits (a job queued by a scheduler, and why).
     fn launch<'a>(
         &'a self,
         plan: &'a LaunchPlan,
+        progress: &'a dyn Fn(String),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>>;
 }
 
@@ -171,6 +173,11 @@ pub trait Instance {
 
     /// Where the node's terminal attaches.
     fn terminal(&self) -> TerminalTarget;
+
+    /// The host the tools listen on, when it is not this one (a Slurm compute node).
+    fn host(&self) -> Option<std::net::IpAddr> {
+        None
+    }
 
     /// Waits until a tool (or the whole environment) ends.
     fn next_exit(&mut self) -> LocalBoxFuture<'_, Exit>;

@@ -297,6 +297,7 @@ impl Backend for DockerBackend {
     fn launch<'a>(
         &'a self,
         plan: &'a LaunchPlan,
+        _progress: &'a dyn Fn(String),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>> {
         async move {
             let docker = self.docker().await?;

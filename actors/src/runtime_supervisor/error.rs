@@ -90,6 +90,9 @@ pub enum RuntimeError {
     /// libvirt failed.
     #[error("libvirt: {0}")]
     Libvirt(String),
+    /// slurmrestd refused or failed a request.
+    #[error("slurm: {0}")]
+    Slurm(String),
     /// A file or process operation failed.
     #[error("{what}: {source}")]
     Io {

@@ -175,6 +175,7 @@ impl Backend for LibvirtBackend {
     fn launch<'a>(
         &'a self,
         plan: &'a LaunchPlan,
+        _progress: &'a dyn Fn(String),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>> {
         let uri = self.uri(plan);
         let xml = domain_xml(plan, &uri);

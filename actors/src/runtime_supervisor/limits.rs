@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use super::allocation::Allocation;
 
-/// How limits are enforced for one environment.
-#[derive(Debug, Clone)]
+/// How limits are enforced for one environment (the default: none, for a shell whose limits
+/// someone else enforces, such as a Slurm job's).
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     cgroup: Option<PathBuf>,
     memory: Option<u64>,

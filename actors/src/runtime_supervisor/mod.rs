@@ -24,6 +24,7 @@ mod plan;
 mod process;
 mod runner;
 pub mod sandbox;
+pub mod slurm;
 mod status;
 pub mod terminal;
 
@@ -73,6 +74,8 @@ pub struct RuntimeConfig {
     /// Workspaces (names or ids) a local admin allows to run with `sandbox: off` although
     /// they were cloned from a peer.
     pub allow_unsandboxed: Vec<String>,
+    /// The lab's Slurm cluster, when it has one.
+    pub slurm: slurm::SlurmConfig,
 }
 
 impl RuntimeConfig {
@@ -86,6 +89,7 @@ impl RuntimeConfig {
             autostart: true,
             run_as: "aienv-env".into(),
             allow_unsandboxed: Vec::new(),
+            slurm: slurm::SlurmConfig::default(),
         }
     }
 }
@@ -115,6 +119,8 @@ pub enum RunReport {
         key: EnvKey,
         instance: String,
         terminal: TerminalTarget,
+        /// Where the tools listen, when not on this host.
+        host: Option<std::net::IpAddr>,
     },
     /// A tool changed.
     Tool {
@@ -144,6 +150,7 @@ pub struct RuntimeSupervisor {
     host: Resources,
     process: Rc<process::ProcessBackend>,
     docker: Rc<docker::DockerBackend>,
+    slurm: Rc<slurm::SlurmBackend>,
     #[cfg(feature = "libvirt")]
     libvirt: Rc<libvirt::LibvirtBackend>,
     view_sender: watch::Sender<Arc<RuntimesView>>,
@@ -364,10 +371,20 @@ impl Handler<runner::Envelope> for RuntimeSupervisor {
             }
             RunReport::Notes { notes, .. } => status.notes.extend(notes),
             RunReport::Launched {
-                instance, terminal, ..
+                instance,
+                terminal,
+                host,
+                ..
             } => {
                 tracing::info!(workspace = %status.workspace_name, environment = %status.environment, %instance, "environment launched");
                 status.instance = Some(instance);
+                if let Some(host) = host {
+                    for tool in &mut status.tools {
+                        if let Some(upstream) = &mut tool.upstream {
+                            upstream.set_ip(host);
+                        }
+                    }
+                }
                 self.terminals.insert(key.clone(), terminal);
             }
             RunReport::Tool {
@@ -417,6 +434,7 @@ impl RuntimeSupervisor {
         match kind {
             RuntimeKind::Process | RuntimeKind::Auto => Ok(self.process.clone()),
             RuntimeKind::Docker => Ok(self.docker.clone()),
+            RuntimeKind::Slurm => Ok(self.slurm.clone()),
             #[cfg(feature = "libvirt")]
             RuntimeKind::Libvirt => Ok(self.libvirt.clone()),
             #[cfg(not(feature = "libvirt"))]
@@ -436,6 +454,7 @@ impl RuntimeSupervisor {
         {
             RuntimeKind::Auto if spec.docker.is_some() => RuntimeKind::Docker,
             RuntimeKind::Auto if spec.libvirt.is_some() => RuntimeKind::Libvirt,
+            RuntimeKind::Auto if spec.slurm.is_some() => RuntimeKind::Slurm,
             RuntimeKind::Auto => RuntimeKind::Process,
             kind => kind,
         }
@@ -501,6 +520,9 @@ impl RuntimeSupervisor {
                     ""
                 }
             ),
+            RuntimeKind::Slurm => {
+                "a Slurm job on a compute node, as the user slurmrestd authenticates".into()
+            }
             _ => "virtual machine".into(),
         };
         self.next_run += 1;
@@ -692,6 +714,7 @@ impl RuntimeSupervisorHandle {
         let dir = config.dir.clone();
         let host = resources::detect(&config.data_dir);
         let confinement = Confinement::detect(&config);
+        let slurm = Rc::new(slurm::SlurmBackend::new(config.slurm.clone()));
         #[cfg(feature = "libvirt")]
         let libvirt = Rc::new(libvirt::LibvirtBackend::new(&config.libvirt_uri));
         let addr = RuntimeSupervisor {
@@ -705,6 +728,7 @@ impl RuntimeSupervisorHandle {
             host,
             process: Rc::new(process::ProcessBackend),
             docker: Rc::new(docker::DockerBackend::default()),
+            slurm,
             #[cfg(feature = "libvirt")]
             libvirt,
             view_sender,

@@ -177,6 +177,8 @@ fn tool_plans(
     kind: RuntimeKind,
 ) -> Result<Vec<ToolPlan>, RuntimeError> {
     let in_container = kind == RuntimeKind::Docker;
+    // A container's or a compute node's tools are reached from outside their host.
+    let remote = in_container || kind == RuntimeKind::Slurm;
     let root_inside = if in_container {
         spec.docker
             .as_ref()
@@ -184,7 +186,7 @@ fn tool_plans(
     } else {
         entry.path.display().to_string()
     };
-    let listen = if in_container { "0.0.0.0" } else { "127.0.0.1" };
+    let listen = if remote { "0.0.0.0" } else { "127.0.0.1" };
     let mut tools = Vec::new();
     for tool in &spec.tools {
         let port = match tool.port {

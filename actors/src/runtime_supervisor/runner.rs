@@ -101,8 +101,15 @@ pub async fn run(run: Run) {
         }
     }
     run.state(EnvState::Starting, None);
+    let progress = |note: String| {
+        tracing::info!(environment = %plan.environment, "{note}");
+        run.report(|key| RunReport::Notes {
+            key,
+            notes: vec![note],
+        });
+    };
     let launched = tokio::select! {
-        result = run.backend.launch(plan) => result,
+        result = run.backend.launch(plan, &progress) => result,
         _ = run.cancel.wait() => {
             run.state(EnvState::Stopped, None);
             return;
@@ -121,6 +128,7 @@ pub async fn run(run: Run) {
         key,
         instance: instance.describe(),
         terminal: instance.terminal(),
+        host: instance.host(),
     });
     let now = Instant::now();
     let mut tools: BTreeMap<String, ToolRun> = BTreeMap::new();
@@ -387,7 +395,8 @@ async fn probe_due(
             .iter()
             .find(|t| t.name == name)
             .expect("planned");
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, plan.port));
+        let host = instance.host().unwrap_or(Ipv4Addr::LOCALHOST.into());
+        let addr = SocketAddr::from((host, plan.port));
         let result = health::probe(
             addr,
             &plan.probe_path(),

@@ -1,0 +1,198 @@
+//! The slurm backend against a real two-node Slurm cluster on this host (`tests/slurm/cluster`:
+//! slurmctld, two slurmd, munge, slurmrestd as the environments' user): an environment's HTTP
+//! tool runs as a Slurm job sized from its allocation and answers through the node's proxy;
+//! stop cancels the job; a job that fails shows Slurm's state and reason.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::runtime::{get, run, workspace, HELLO};
+use common::{eventually, TestNode};
+
+/// A running test cluster, stopped when dropped.
+struct Cluster {
+    dir: PathBuf,
+    socket: String,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Option<Cluster> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            common::skip("slurm: slurmd runs as root here; run the test as root (tests/run does)");
+            return None;
+        }
+        for program in ["slurmctld", "slurmd", "slurmrestd", "squeue", "munged"] {
+            let found = std::env::var("PATH")
+                .unwrap_or_default()
+                .split(':')
+                .chain(["/usr/sbin"])
+                .any(|d| Path::new(d).join(program).exists());
+            if !found {
+                common::skip(&format!(
+                    "slurm: `{program}` is missing (Debian: apt-get install slurmctld slurmd slurmrestd slurm-client munge; tests/run does)"
+                ));
+                return None;
+            }
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/cluster");
+        let output = Command::new(&script)
+            .args(["start", dir.to_str().unwrap(), "aienv-env"])
+            .output()
+            .expect("running tests/slurm/cluster");
+        assert!(
+            output.status.success(),
+            "starting the Slurm cluster failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let socket = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        Some(Cluster {
+            dir: dir.to_path_buf(),
+            socket,
+        })
+    }
+
+    /// `squeue` lines for the cluster's jobs: `id cpus memory state`.
+    fn squeue(&self) -> Vec<String> {
+        let output = Command::new("squeue")
+            .args(["-h", "-o", "%i %C %m %T %j"])
+            .env("SLURM_CONF", self.dir.join("slurm.conf"))
+            .output()
+            .expect("squeue");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/cluster");
+        let _ = Command::new(script)
+            .args(["stop", self.dir.to_str().unwrap()])
+            .status();
+    }
+}
+
+/// Every log file of the node's environments, for a failure message.
+fn job_logs(data: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![data.join("runtime")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                out.push_str(&format!("== {}\n{text}\n", path.display()));
+            }
+        }
+    }
+    out
+}
+
+#[actix_rt::test]
+async fn slurm_environment_runs_its_tool_as_a_job_behind_the_proxy() {
+    let temp = tempfile::tempdir().unwrap();
+    // The job runs as the environments' user: it must reach the workspace and the log dir.
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(cluster) = Cluster::start(&temp.path().join("slurm")) else {
+        return;
+    };
+    let config = temp.path().join("aienv.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "runtime:\n  slurm:\n    url: unix:{}\n    time_limit_minutes: 30\n",
+            cluster.socket
+        ),
+    )
+    .unwrap();
+    let data = temp.path().join("data");
+    let node = TestNode::spawn_on(&data, &["--config", config.to_str().unwrap()]);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = "schema_version: 1
+runtime: slurm
+resources: {cpus: {min: 1}, memory: {min: 300MiB}}
+restart: {policy: 'no'}
+tools:
+  - {name: app, kind: http, command: [python3, hello.py]}
+";
+    workspace(&node, "hpc", &[("hello.py", HELLO)], "job", spec).await;
+    let admin = node.admin();
+    let statuses = run(&admin, "hpc").await;
+    let status = &statuses[0];
+    assert_eq!(status.state, "running", "{status:#?}\n{}", job_logs(&data));
+    assert!(
+        status
+            .instance
+            .as_deref()
+            .is_some_and(|i| i.starts_with("slurm job ")),
+        "{status:#?}"
+    );
+    assert!(
+        status
+            .notes
+            .iter()
+            .any(|n| n.contains("submitted as Slurm job")),
+        "{status:#?}"
+    );
+
+    // Reached through the node's proxy at the compute node's address, with the node's login.
+    let token = format!("Bearer {}", node.token());
+    let (code, body) = get(&format!("{}/w/hpc/app/page", node.url), Some(&token)).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("hello /w/hpc/app/page"), "{body}");
+    let (code, _) = get(&format!("{}/w/hpc/app/page", node.url), None).await;
+    assert_eq!(code, 401);
+
+    // Slurm sees the job with what the allocation asked for.
+    let jobs = cluster.squeue();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let fields: Vec<&str> = jobs[0].split_whitespace().collect();
+    assert_eq!(
+        (fields[1], fields[2], fields[3], fields[4]),
+        ("1", "300M", "RUNNING", "aienv-hpc-job"),
+        "{jobs:?}"
+    );
+
+    // Stop cancels the job.
+    admin.stop("hpc", None).await.unwrap();
+    eventually("the job is cancelled", || async {
+        cluster.squeue().is_empty()
+    })
+    .await;
+
+    // A job that fails shows Slurm's state and reason.
+    let failing = "schema_version: 1
+runtime: slurm
+scripts: {unix: setup.sh}
+restart: {policy: 'no'}
+tools:
+  - {name: app, kind: http, command: [python3, hello.py]}
+";
+    workspace(
+        &node,
+        "broken",
+        &[
+            ("hello.py", HELLO),
+            ("setup.sh", "echo broken >&2; exit 7\n"),
+        ],
+        "job",
+        failing,
+    )
+    .await;
+    let statuses = run(&admin, "broken").await;
+    let status = &statuses[0];
+    let text = format!("{status:?}");
+    assert_eq!(status.state, "failed", "{status:#?}");
+    assert!(
+        text.contains("FAILED") && text.contains("NonZeroExitCode"),
+        "{status:#?}"
+    );
+}
