@@ -727,6 +727,11 @@ impl Client {
             .environments)
     }
 
+    /// `GET /slurm/partitions`: the lab's Slurm partitions and what is free in them.
+    pub async fn slurm_partitions(&self) -> Result<crate::api::SlurmPartitionsDto, ClientError> {
+        self.get_json("/slurm/partitions").await
+    }
+
     /// `POST /workspaces/{ws}/detect`.
     pub async fn detect(&self, workspace: &str) -> Result<crate::api::DetectionDto, ClientError> {
         let response = self

@@ -6,77 +6,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::runtime::{get, run, workspace, HELLO};
+use common::slurm::Cluster;
 use common::{eventually, TestNode};
-
-/// A running test cluster, stopped when dropped.
-struct Cluster {
-    dir: PathBuf,
-    socket: String,
-}
-
-impl Cluster {
-    fn start(dir: &Path) -> Option<Cluster> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            common::skip("slurm: slurmd runs as root here; run the test as root (tests/run does)");
-            return None;
-        }
-        for program in ["slurmctld", "slurmd", "slurmrestd", "squeue", "munged"] {
-            let found = std::env::var("PATH")
-                .unwrap_or_default()
-                .split(':')
-                .chain(["/usr/sbin"])
-                .any(|d| Path::new(d).join(program).exists());
-            if !found {
-                common::skip(&format!(
-                    "slurm: `{program}` is missing (Debian: apt-get install slurmctld slurmd slurmrestd slurm-client munge; tests/run does)"
-                ));
-                return None;
-            }
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/cluster");
-        let output = Command::new(&script)
-            .args(["start", dir.to_str().unwrap(), "aienv-env"])
-            .output()
-            .expect("running tests/slurm/cluster");
-        assert!(
-            output.status.success(),
-            "starting the Slurm cluster failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let socket = String::from_utf8(output.stdout).unwrap().trim().to_string();
-        Some(Cluster {
-            dir: dir.to_path_buf(),
-            socket,
-        })
-    }
-
-    /// `squeue` lines for the cluster's jobs: `id cpus memory state`.
-    fn squeue(&self) -> Vec<String> {
-        let output = Command::new("squeue")
-            .args(["-h", "-o", "%i %C %m %T %j"])
-            .env("SLURM_CONF", self.dir.join("slurm.conf"))
-            .output()
-            .expect("squeue");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/cluster");
-        let _ = Command::new(script)
-            .args(["stop", self.dir.to_str().unwrap()])
-            .status();
-    }
-}
 
 /// Every log file of the node's environments, for a failure message.
 fn job_logs(data: &Path) -> String {
@@ -160,6 +94,23 @@ tools:
         ("1", "300M", "RUNNING", "aienv-hpc-job"),
         "{jobs:?}"
     );
+
+    // The partition shows what the job holds: one of its two CPUs.
+    let slurm = admin.slurm_partitions().await.unwrap();
+    assert!(slurm.configured && slurm.error.is_none(), "{slurm:?}");
+    let main = &slurm.partitions[0];
+    assert_eq!(
+        (
+            main.name.as_str(),
+            main.nodes,
+            main.cpus,
+            main.cpus_free,
+            main.nodes_idle
+        ),
+        ("main", 2, 2, 1, 1),
+        "{slurm:?}"
+    );
+    assert_eq!(main.memory_free, main.memory - (300 << 20), "{slurm:?}");
 
     // Stop cancels the job.
     admin.stop("hpc", None).await.unwrap();

@@ -167,3 +167,57 @@ pub struct DetectionDto {
     /// What was read and what it contributed.
     pub findings: Vec<String>,
 }
+
+/// `GET /slurm/partitions`: the lab's Slurm partitions beside the peers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlurmPartitionsDto {
+    /// Whether this node has a slurmrestd configured (`runtime.slurm.url`).
+    pub configured: bool,
+    /// Every partition.
+    pub partitions: Vec<SlurmPartitionDto>,
+    /// Why slurmrestd could not be asked, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A Slurm partition and what is free in it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlurmPartitionDto {
+    /// Name.
+    pub name: String,
+    /// `UP`, `DOWN`, `DRAIN`, `INACTIVE`.
+    pub state: String,
+    /// Nodes.
+    pub nodes: u32,
+    /// Nodes with nothing allocated.
+    pub nodes_idle: u32,
+    /// CPUs.
+    pub cpus: u32,
+    /// CPUs free on nodes that take jobs.
+    pub cpus_free: u32,
+    /// Memory, bytes.
+    pub memory: u64,
+    /// Memory free on nodes that take jobs, bytes.
+    pub memory_free: u64,
+    /// GPUs.
+    pub gpus: u32,
+    /// GPUs free on nodes that take jobs.
+    pub gpus_free: u32,
+}
+
+impl From<&aienv_actors::runtime_supervisor::slurm::Partition> for SlurmPartitionDto {
+    fn from(p: &aienv_actors::runtime_supervisor::slurm::Partition) -> SlurmPartitionDto {
+        SlurmPartitionDto {
+            name: p.name.clone(),
+            state: p.state.clone(),
+            nodes: p.nodes,
+            nodes_idle: p.nodes_idle,
+            cpus: p.cpus,
+            cpus_free: p.cpus_free,
+            memory: p.memory,
+            memory_free: p.memory_free,
+            gpus: p.gpus,
+            gpus_free: p.gpus_free,
+        }
+    }
+}

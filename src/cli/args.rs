@@ -164,6 +164,8 @@ pub enum Command {
     },
     /// Print the node's live event stream (one JSON object per line).
     Events,
+    /// Show the lab's Slurm partitions and what is free in them (`runtime.slurm` on the node).
+    Slurm,
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

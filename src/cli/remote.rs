@@ -111,6 +111,50 @@ pub(super) async fn remote(cli: &Cli) -> Result<(), CliError> {
     };
     match &cli.command {
         Command::Ws(command) => workspace::run(cli, &client, command).await,
+        Command::Slurm => {
+            let slurm = client.slurm_partitions().await?;
+            if cli.json {
+                output::print_json(&slurm);
+            } else if !slurm.configured {
+                println!("this node has no Slurm: set runtime.slurm.url in its config file");
+            } else if let Some(error) = &slurm.error {
+                return Err(CliError::new(format!(
+                    "slurmrestd: {}",
+                    output::printable(error)
+                )));
+            } else {
+                let rows: Vec<Vec<String>> = slurm
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            output::printable(&p.name),
+                            output::printable(&p.state),
+                            format!("{}/{}", p.nodes_idle, p.nodes),
+                            format!("{}/{}", p.cpus_free, p.cpus),
+                            format!(
+                                "{}/{}",
+                                output::bytes(p.memory_free),
+                                output::bytes(p.memory)
+                            ),
+                            format!("{}/{}", p.gpus_free, p.gpus),
+                        ]
+                    })
+                    .collect();
+                output::print_table(
+                    &[
+                        "PARTITION",
+                        "STATE",
+                        "IDLE NODES",
+                        "FREE CPUS",
+                        "FREE MEMORY",
+                        "FREE GPUS",
+                    ],
+                    &rows,
+                );
+            }
+            Ok(())
+        }
         Command::Node => {
             let node = client.node().await?;
             if cli.json {

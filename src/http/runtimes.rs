@@ -17,7 +17,10 @@ use serde_json::json;
 use aienv_actors::model::RuntimeKind;
 use aienv_actors::runtime_supervisor::{self, terminal, TerminalInput};
 
-use crate::api::{DetectionDto, EnvironmentStatusDto, RunRequest, StopRequest};
+use crate::api::{
+    DetectionDto, EnvironmentStatusDto, RunRequest, SlurmPartitionDto, SlurmPartitionsDto,
+    StopRequest,
+};
 
 use crate::access::Action;
 
@@ -35,7 +38,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/workspaces/{ws}/tools/{tool}/ticket",
             web::post().to(tool_ticket),
         )
-        .route("/runtimes", web::get().to(all));
+        .route("/runtimes", web::get().to(all))
+        .route("/slurm/partitions", web::get().to(slurm_partitions));
+}
+
+/// The lab's Slurm partitions with what is free in them. slurmrestd's failures are reported
+/// in the body: the node itself is fine.
+async fn slurm_partitions(state: web::Data<AppState>, _: Login) -> Result<HttpResponse, ApiError> {
+    let body = match state.runtimes.slurm_partitions().await {
+        Ok(None) => SlurmPartitionsDto {
+            configured: false,
+            partitions: Vec::new(),
+            error: None,
+        },
+        Ok(Some(partitions)) => SlurmPartitionsDto {
+            configured: true,
+            partitions: partitions.iter().map(SlurmPartitionDto::from).collect(),
+            error: None,
+        },
+        Err(error) => SlurmPartitionsDto {
+            configured: true,
+            partitions: Vec::new(),
+            error: Some(error.to_string()),
+        },
+    };
+    Ok(HttpResponse::Ok().json(body))
 }
 
 fn environments(list: &[std::sync::Arc<runtime_supervisor::EnvStatus>]) -> serde_json::Value {
@@ -57,7 +84,7 @@ async fn run(
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-field",
-                format!("backend: `{name}` is not one of process, docker, libvirt, auto"),
+                format!("backend: `{name}` is not one of process, docker, libvirt, slurm, auto"),
             )
         })?),
     };

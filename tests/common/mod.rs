@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod runtime;
+pub mod slurm;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

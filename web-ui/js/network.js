@@ -52,8 +52,18 @@ function peerCard(peer) {
     action);
 }
 
+// A Slurm partition beside the peers: what its nodes have and what is free now.
+function partitionCard(p) {
+  return h('article', { class: 'card peer', 'data-partition': p.name, 'aria-label': `Slurm partition ${p.name}` },
+    h('h3', {}, p.name, h('span', { class: `badge state-${p.state === 'UP' ? 'online' : 'offline'}`, text: p.state }),
+      h('span', { class: 'badge', text: 'slurm' })),
+    h('p', { class: 'muted', text: `${p.nodes_idle}/${p.nodes} nodes idle · ${p.cpus_free}/${p.cpus} CPUs free` }),
+    h('p', { class: 'muted', text: `${bytes(p.memory_free)} of ${bytes(p.memory)} RAM free${p.gpus ? ` · ${p.gpus_free}/${p.gpus} GPUs free` : ''}` }));
+}
+
 export function mount(main) {
   const peers = h('section', { class: 'grid', 'aria-label': 'Peers' });
+  const slurm = h('section', { 'aria-label': 'Slurm partitions' });
   const field = (label, input) => {
     input.id = `net-${input.name}`;
     return h('div', {}, h('label', { for: input.id }, label), input);
@@ -82,7 +92,19 @@ export function mount(main) {
     pairing.replaceChildren('Pairing code ', h('strong', { class: 'key-id', text: shown.code }),
       ` — type it on the other node before ${new Date(shown.expires_at).toLocaleTimeString()} (single use). This node's key id: ${shown.key_id}`);
   }) }, 'Show a pairing code');
-  main.append(h('h2', {}, 'Peers'), state.role === 'admin' ? h('p', {}, showCode) : '', pairing, peers, h('h2', {}, 'Shared on the network'), filters, status, table);
+  main.append(h('h2', {}, 'Peers'), state.role === 'admin' ? h('p', {}, showCode) : '', pairing, peers, slurm, h('h2', {}, 'Shared on the network'), filters, status, table);
+
+  // The lab's Slurm partitions, when this node has one configured; refreshed every 10 s.
+  const loadSlurm = async () => {
+    const result = await api('GET', '/slurm/partitions').catch(() => null);
+    if (!result || !result.configured) { slurm.replaceChildren(); return; }
+    slurm.replaceChildren(h('h2', {}, 'Slurm partitions'),
+      result.error
+        ? h('p', { class: 'warning', role: 'alert', text: `slurmrestd: ${result.error}` })
+        : h('div', { class: 'grid' }, ...result.partitions.map(partitionCard)));
+  };
+  loadSlurm();
+  const slurmTimer = setInterval(loadSlurm, 10000);
 
   let entries = [];
   const renderPeers = () => {
@@ -131,5 +153,5 @@ export function mount(main) {
     if (kind === 'peers' || kind === 'snapshot' || kind === 'tick') renderPeers();
     if (kind === 'peers' || kind === 'snapshot') soon(200);
   });
-  return { unmount: () => { stop(); clearTimeout(timer); } };
+  return { unmount: () => { stop(); clearTimeout(timer); clearInterval(slurmTimer); } };
 }

@@ -701,6 +701,7 @@ pub struct RuntimeSupervisorHandle {
     view: watch::Receiver<Arc<RuntimesView>>,
     store: WorkspaceStoreHandle,
     dir: PathBuf,
+    slurm: slurm::SlurmConfig,
 }
 
 impl RuntimeSupervisorHandle {
@@ -712,6 +713,7 @@ impl RuntimeSupervisorHandle {
     ) -> RuntimeSupervisorHandle {
         let (view_sender, view) = watch::channel(Arc::new(RuntimesView::default()));
         let dir = config.dir.clone();
+        let slurm_config = config.slurm.clone();
         let host = resources::detect(&config.data_dir);
         let confinement = Confinement::detect(&config);
         let slurm = Rc::new(slurm::SlurmBackend::new(config.slurm.clone()));
@@ -740,7 +742,18 @@ impl RuntimeSupervisorHandle {
             view,
             store,
             dir,
+            slurm: slurm_config,
         }
+    }
+
+    /// The lab's Slurm partitions and what is free in them now; `None` when this node has no
+    /// Slurm configured.
+    pub async fn slurm_partitions(&self) -> Result<Option<Vec<slurm::Partition>>, RuntimeError> {
+        if self.slurm.url.is_empty() {
+            return Ok(None);
+        }
+        let backend = slurm::SlurmBackend::new(self.slurm.clone());
+        backend.partitions().await.map(Some)
     }
 
     /// The current read view.

@@ -43,8 +43,12 @@ pub struct SlurmConfig {
     pub time_limit_minutes: Option<u32>,
 }
 
-/// How often a job's state is asked for.
+/// How often a running job's state is asked for.
 const POLL: Duration = Duration::from_millis(500);
+/// How often a job just submitted is asked for: most start within a second or two, and the
+/// person waits for each poll; after [`QUICK_FOR`], [`POLL`] (a queue wait is long anyway).
+const QUICK_POLL: Duration = Duration::from_millis(50);
+const QUICK_FOR: Duration = Duration::from_secs(10);
 
 /// Job states after which a job no longer runs (squeue(1), "JOB STATE CODES").
 const ENDED: &[&str] = &[
@@ -100,6 +104,15 @@ impl SlurmBackend {
             None => None,
         };
         Ok(SlurmRest::new(endpoint, jwt))
+    }
+
+    /// Every partition with its nodes' resources and what is free now (from slurmrestd's
+    /// `/partitions` and `/nodes`): what the cluster view shows beside the peers.
+    pub async fn partitions(&self) -> Result<Vec<Partition>, RuntimeError> {
+        let rest = self.rest()?;
+        let partitions = rest.get("/partitions").await?;
+        let nodes = rest.get("/nodes").await?;
+        Ok(summarize(&partitions, &nodes))
     }
 
     /// The job slurmrestd is asked to run for `plan`.
@@ -191,6 +204,103 @@ pub fn script(plan: &LaunchPlan) -> String {
     }
     script.push_str("wait\n");
     script
+}
+
+/// A partition and its resources.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Partition {
+    /// Name.
+    pub name: String,
+    /// `UP`, `DOWN`, `DRAIN`, `INACTIVE`.
+    pub state: String,
+    /// Nodes in it.
+    pub nodes: u32,
+    /// Nodes with nothing allocated.
+    pub nodes_idle: u32,
+    /// CPUs of its nodes.
+    pub cpus: u32,
+    /// CPUs not allocated on nodes that take jobs.
+    pub cpus_free: u32,
+    /// Memory of its nodes, bytes.
+    pub memory: u64,
+    /// Memory not allocated on nodes that take jobs, bytes.
+    pub memory_free: u64,
+    /// GPUs (`gres` `gpu`) of its nodes.
+    pub gpus: u32,
+    /// GPUs not in use on nodes that take jobs.
+    pub gpus_free: u32,
+}
+
+/// Adds up `/nodes` per partition listed by `/partitions`.
+pub fn summarize(partitions: &Value, nodes: &Value) -> Vec<Partition> {
+    let list = |value: &Value, key: &str| -> Vec<Value> {
+        value
+            .get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let number = |value: &Value, key: &str| value.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut out: Vec<Partition> = list(partitions, "partitions")
+        .iter()
+        .map(|p| Partition {
+            name: p
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            state: p
+                .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or("UNKNOWN")
+                .to_string(),
+            ..Partition::default()
+        })
+        .filter(|p| !p.name.is_empty())
+        .collect();
+    for node in list(nodes, "nodes") {
+        let state = node.get("state").and_then(Value::as_str).unwrap_or("");
+        let takes_jobs = matches!(state, "idle" | "mixed" | "allocated");
+        let cpus = number(&node, "cpus") as u32;
+        let alloc_cpus = number(&node, "alloc_cpus") as u32;
+        let memory = number(&node, "real_memory") << 20;
+        let alloc_memory = number(&node, "alloc_memory") << 20;
+        let text = |key: &str| node.get(key).and_then(Value::as_str).unwrap_or("");
+        let gpus = gpu_count(text("gres"));
+        let gpus_used = gpu_count(text("gres_used"));
+        let member_of: Vec<&str> = node
+            .get("partitions")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for partition in out
+            .iter_mut()
+            .filter(|p| member_of.contains(&p.name.as_str()))
+        {
+            partition.nodes += 1;
+            partition.cpus += cpus;
+            partition.memory += memory;
+            partition.gpus += gpus;
+            if takes_jobs {
+                partition.nodes_idle += u32::from(state == "idle");
+                partition.cpus_free += cpus.saturating_sub(alloc_cpus);
+                partition.memory_free += memory.saturating_sub(alloc_memory);
+                partition.gpus_free += gpus.saturating_sub(gpus_used);
+            }
+        }
+    }
+    out
+}
+
+/// GPUs in a `gres` string: `gpu:4`, `gpu:a100:2(S:0-1)`, `gpu:a100:1(IDX:0),shard:8`.
+fn gpu_count(gres: &str) -> u32 {
+    gres.split(',')
+        .filter(|entry| entry.starts_with("gpu"))
+        .filter_map(|entry| {
+            let entry = entry.split('(').next().unwrap_or("");
+            entry.rsplit(':').next()?.parse::<u32>().ok()
+        })
+        .sum()
 }
 
 /// What a job looks like now.
@@ -328,6 +438,7 @@ impl Backend for SlurmBackend {
             };
             progress(format!("submitted as Slurm job {id}"));
             let mut last = None;
+            let submitted = tokio::time::Instant::now();
             let state = loop {
                 let state = job_state(&rest, id).await?;
                 if last.as_ref() != Some(&state) {
@@ -339,7 +450,8 @@ impl Backend for SlurmBackend {
                 if state.state == "RUNNING" || state.ended() {
                     break state;
                 }
-                tokio::time::sleep(POLL).await;
+                let quick = submitted.elapsed() < QUICK_FOR;
+                tokio::time::sleep(if quick { QUICK_POLL } else { POLL }).await;
             };
             if state.ended() {
                 guard.id = None;
@@ -363,6 +475,8 @@ impl Backend for SlurmBackend {
                     id,
                     node,
                     host,
+                    next_check: tokio::time::Instant::now(),
+                    failures: 0,
                 }),
                 unavailable: Vec::new(),
                 pids: BTreeMap::new(),
@@ -378,6 +492,10 @@ struct SlurmInstance {
     id: u64,
     node: String,
     host: IpAddr,
+    /// When the job's state is asked for next.
+    next_check: tokio::time::Instant,
+    /// Failed asks in a row.
+    failures: u32,
 }
 
 impl Instance for SlurmInstance {
@@ -406,23 +524,34 @@ impl Instance for SlurmInstance {
     }
 
     fn next_exit(&mut self) -> LocalBoxFuture<'_, Exit> {
+        // The runner drops this future whenever a probe is due and asks again: the time of
+        // the next check and the failure count live in the instance, so no call starts over.
         async move {
-            let mut failures = 0;
             loop {
-                tokio::time::sleep(POLL * 2).await;
+                tokio::time::sleep_until(self.next_check).await;
+                self.next_check = tokio::time::Instant::now() + POLL * 2;
                 match job_state(&self.rest, self.id).await {
                     Ok(state) if state.ended() => {
+                        // Asked again after the end (it is not restarted): wait for nothing.
+                        self.next_check = tokio::time::Instant::now() + Duration::from_secs(86_400);
                         return Exit {
                             tool: None,
-                            code: state.exit_code.map(|c| if state.state == "COMPLETED" { c } else { c.max(1) }),
+                            code: state.exit_code.map(|c| {
+                                if state.state == "COMPLETED" {
+                                    c
+                                } else {
+                                    c.max(1)
+                                }
+                            }),
                             detail: state.describe(self.id),
-                        }
+                        };
                     }
-                    Ok(_) => failures = 0,
+                    Ok(_) => self.failures = 0,
                     Err(error) => {
-                        failures += 1;
+                        self.failures += 1;
                         tracing::warn!(job = self.id, %error, "asking Slurm for a job's state failed");
-                        if failures >= 30 {
+                        if self.failures >= 30 {
+                            self.failures = 0;
                             return Exit {
                                 tool: None,
                                 code: None,
@@ -474,5 +603,47 @@ impl Instance for SlurmInstance {
             )))
         }
         .boxed_local()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_add_up_their_nodes() {
+        let partitions =
+            json!({"partitions": [{"name": "gpu", "state": "UP"}, {"name": "cpu", "state": "UP"}]});
+        let nodes = json!({"nodes": [
+            {"name": "g1", "state": "mixed", "cpus": 32, "alloc_cpus": 8, "real_memory": 1000, "alloc_memory": 400,
+             "gres": "gpu:a100:4(S:0-1)", "gres_used": "gpu:a100:1(IDX:0)", "partitions": ["gpu", "cpu"]},
+            {"name": "c1", "state": "idle", "cpus": 16, "alloc_cpus": 0, "real_memory": 500, "alloc_memory": 0,
+             "gres": "", "gres_used": "", "partitions": ["cpu"]},
+            {"name": "c2", "state": "down", "cpus": 16, "alloc_cpus": 0, "real_memory": 500, "alloc_memory": 0,
+             "gres": "", "gres_used": "", "partitions": ["cpu"]},
+        ]});
+        let summary = summarize(&partitions, &nodes);
+        assert_eq!(
+            summary[0],
+            Partition {
+                name: "gpu".into(),
+                state: "UP".into(),
+                nodes: 1,
+                nodes_idle: 0,
+                cpus: 32,
+                cpus_free: 24,
+                memory: 1000 << 20,
+                memory_free: 600 << 20,
+                gpus: 4,
+                gpus_free: 3,
+            }
+        );
+        let cpu = &summary[1];
+        assert_eq!(
+            (cpu.nodes, cpu.nodes_idle, cpu.cpus, cpu.cpus_free),
+            (3, 1, 64, 40)
+        );
+        assert_eq!(gpu_count("gpu:2,shard:8"), 2);
+        assert_eq!(gpu_count("(null)"), 0);
     }
 }
