@@ -8,6 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use aienv::api::RunRequest;
 use common::runtime::{get, run, workspace, HELLO};
 use common::slurm::Cluster;
 use common::{eventually, TestNode};
@@ -111,6 +112,49 @@ tools:
         "{slurm:?}"
     );
     assert_eq!(main.memory_free, main.memory - (300 << 20), "{slurm:?}");
+
+    // With the other node taken too, a second environment waits in Slurm's queue, says why,
+    // and starts when the node is free again.
+    let blocker = cluster
+        .command("sbatch")
+        .args([
+            "--parsable",
+            "-c",
+            "1",
+            "--mem=100M",
+            "--output=/dev/null",
+            "--wrap=sleep 300",
+        ])
+        .output()
+        .unwrap();
+    assert!(blocker.status.success(), "{blocker:?}");
+    let blocker = String::from_utf8_lossy(&blocker.stdout).trim().to_string();
+    eventually("the blocking job runs", || async {
+        cluster
+            .squeue()
+            .iter()
+            .filter(|j| j.contains("RUNNING"))
+            .count()
+            == 2
+    })
+    .await;
+    workspace(&node, "later", &[("hello.py", HELLO)], "job", spec).await;
+    admin.run("later", &RunRequest::default()).await.unwrap();
+    eventually("the environment is queued", || async {
+        let status = &admin.status("later").await.unwrap()[0];
+        status.state == "queued"
+            && status
+                .notes
+                .iter()
+                .any(|n| n.contains("PENDING (Resources)"))
+    })
+    .await;
+    cluster.command("scancel").arg(&blocker).status().unwrap();
+    eventually("the queued environment runs", || async {
+        admin.status("later").await.unwrap()[0].state == "running"
+    })
+    .await;
+    admin.stop("later", None).await.unwrap();
 
     // Stop cancels the job.
     admin.stop("hpc", None).await.unwrap();

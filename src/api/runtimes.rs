@@ -99,7 +99,8 @@ pub struct EnvironmentStatusDto {
     pub environment: String,
     /// `process`, `docker` or `libvirt`.
     pub backend: String,
-    /// `stopped`, `setting-up`, `starting`, `running`, `degraded`, `stopping` or `failed`.
+    /// `stopped`, `setting-up`, `queued` (a Slurm job waiting), `starting`, `running`,
+    /// `degraded`, `stopping` or `failed`.
     pub state: String,
     /// What this host gives it (while it runs).
     pub allocation: Option<AllocationDto>,

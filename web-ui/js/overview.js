@@ -17,7 +17,7 @@ function render(region) {
   const peers = [...state.peers.values()];
   const online = peers.filter((p) => p.state === 'online').length;
   const shared = [...state.workspaces.values()].filter((w) => w.sharing.enabled).length;
-  const running = [...state.runtimes.values()].filter((e) => ['setting-up', 'starting', 'running', 'degraded'].includes(e.state)).length;
+  const running = [...state.runtimes.values()].filter((e) => ['setting-up', 'queued', 'starting', 'running', 'degraded'].includes(e.state)).length;
   const active = [...state.transfers.values()].filter((t) => !['done', 'failed', 'cancelled'].includes(t.state)).length;
   const gpus = r.gpus.length
     ? r.gpus.map((g) => h('div', { class: 'card' }, h('h3', {}, 'GPU'), h('p', { text: `${g.model}` }), h('p', { class: 'muted', text: g.memory ? bytes(g.memory) : '' })))

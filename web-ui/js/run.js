@@ -6,7 +6,7 @@ import { state, onChange, attempt, flash } from './app.js';
 import { api } from './api.js';
 import { h, bytes } from './dom.js';
 
-const ACTIVE = new Set(['setting-up', 'starting', 'running', 'degraded', 'stopping']);
+const ACTIVE = new Set(['setting-up', 'queued', 'starting', 'running', 'degraded', 'stopping']);
 const TOOL_OK = new Set(['ready']);
 
 // Environments that never ran are not in the live state: their planned tools come from

@@ -162,8 +162,17 @@ pub trait Backend {
     fn launch<'a>(
         &'a self,
         plan: &'a LaunchPlan,
-        progress: &'a dyn Fn(String),
+        progress: &'a dyn Fn(Progress),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>>;
+}
+
+/// What a launch that takes a while says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// It waits in a scheduler's queue (`false`: it is on its way again).
+    pub queued: bool,
+    /// What happens, in words (`Slurm job 7 PENDING (Resources)`).
+    pub note: String,
 }
 
 /// A running environment.

@@ -297,7 +297,7 @@ impl Backend for DockerBackend {
     fn launch<'a>(
         &'a self,
         plan: &'a LaunchPlan,
-        _progress: &'a dyn Fn(String),
+        _progress: &'a dyn Fn(super::backend::Progress),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>> {
         async move {
             let docker = self.docker().await?;

@@ -175,7 +175,7 @@ impl Backend for LibvirtBackend {
     fn launch<'a>(
         &'a self,
         plan: &'a LaunchPlan,
-        _progress: &'a dyn Fn(String),
+        _progress: &'a dyn Fn(super::backend::Progress),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>> {
         let uri = self.uri(plan);
         let xml = domain_xml(plan, &uri);

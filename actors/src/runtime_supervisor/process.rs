@@ -48,7 +48,7 @@ impl Backend for ProcessBackend {
     fn launch<'a>(
         &'a self,
         plan: &'a LaunchPlan,
-        _progress: &'a dyn Fn(String),
+        _progress: &'a dyn Fn(super::backend::Progress),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>> {
         async move {
             let mut instance = ProcessInstance::new(plan);

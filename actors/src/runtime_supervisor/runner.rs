@@ -12,7 +12,7 @@ use actix::Addr;
 use crate::model::RestartPolicy;
 use crate::shutdown::Shutdown;
 
-use super::backend::{Backend, Exit, Instance, LaunchPlan};
+use super::backend::{Backend, Exit, Instance, LaunchPlan, Progress};
 use super::health;
 use super::status::{EnvState, ToolState};
 use super::{EnvKey, RunReport, RuntimeSupervisor};
@@ -101,11 +101,21 @@ pub async fn run(run: Run) {
         }
     }
     run.state(EnvState::Starting, None);
-    let progress = |note: String| {
-        tracing::info!(environment = %plan.environment, "{note}");
+    let queued = std::cell::Cell::new(false);
+    let progress = |progress: Progress| {
+        tracing::info!(environment = %plan.environment, "{}", progress.note);
+        if progress.queued != queued.get() {
+            queued.set(progress.queued);
+            let state = if progress.queued {
+                EnvState::Queued
+            } else {
+                EnvState::Starting
+            };
+            run.state(state, None);
+        }
         run.report(|key| RunReport::Notes {
             key,
-            notes: vec![note],
+            notes: vec![progress.note],
         });
     };
     let launched = tokio::select! {

@@ -19,6 +19,8 @@ pub enum EnvState {
     Stopped,
     /// Running its set-up.
     SettingUp,
+    /// Waiting in a scheduler's queue (a Slurm job not yet started; the notes say why).
+    Queued,
     /// Started; tools not yet answering.
     Starting,
     /// Every tool that can run answers.
@@ -37,6 +39,7 @@ impl EnvState {
         match self {
             EnvState::Stopped => "stopped",
             EnvState::SettingUp => "setting-up",
+            EnvState::Queued => "queued",
             EnvState::Starting => "starting",
             EnvState::Running => "running",
             EnvState::Degraded => "degraded",
@@ -50,6 +53,7 @@ impl EnvState {
         matches!(
             self,
             EnvState::SettingUp
+                | EnvState::Queued
                 | EnvState::Starting
                 | EnvState::Running
                 | EnvState::Degraded

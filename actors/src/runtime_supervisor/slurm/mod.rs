@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::model::RuntimeKind;
 
-use super::backend::{Backend, Exit, Instance, LaunchPlan, Launched};
+use super::backend::{Backend, Exit, Instance, LaunchPlan, Launched, Progress};
 use super::detect::shell_quote;
 use super::terminal::TerminalTarget;
 use super::RuntimeError;
@@ -421,7 +421,7 @@ impl Backend for SlurmBackend {
     fn launch<'a>(
         &'a self,
         plan: &'a LaunchPlan,
-        progress: &'a dyn Fn(String),
+        progress: &'a dyn Fn(Progress),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>> {
         async move {
             let rest = self.rest()?;
@@ -436,14 +436,20 @@ impl Backend for SlurmBackend {
                 rest: rest.clone(),
                 id: Some(id),
             };
-            progress(format!("submitted as Slurm job {id}"));
+            progress(Progress {
+                queued: false,
+                note: format!("submitted as Slurm job {id}"),
+            });
             let mut last = None;
             let submitted = tokio::time::Instant::now();
             let state = loop {
                 let state = job_state(&rest, id).await?;
                 if last.as_ref() != Some(&state) {
                     if state.state == "PENDING" {
-                        progress(state.describe(id));
+                        progress(Progress {
+                            queued: true,
+                            note: state.describe(id),
+                        });
                     }
                     last = Some(state.clone());
                 }
@@ -467,7 +473,10 @@ impl Backend for SlurmBackend {
             }
             let node = state.node.clone().unwrap_or_default();
             let host = node_address(&rest, &node).await?;
-            progress(format!("Slurm job {id} runs on {node} ({host})"));
+            progress(Progress {
+                queued: false,
+                note: format!("Slurm job {id} runs on {node} ({host})"),
+            });
             guard.id = None;
             Ok(Launched {
                 instance: Box::new(SlurmInstance {
