@@ -190,4 +190,45 @@ tools:
         text.contains("FAILED") && text.contains("NonZeroExitCode"),
         "{status:#?}"
     );
+
+    // The same through slurmrestd on TCP with a JWT (`X-SLURM-USER-NAME`/`-TOKEN`).
+    let Some(tcp) = cluster.jwt_endpoint() else {
+        common::skip("slurm: no JWT plugin (Debian: slurm-wlm-jwt-plugin; tests/run installs it)");
+        return;
+    };
+    let jwt_config = temp.path().join("aienv-jwt.yaml");
+    let token_file = cluster.dir.join("rest/token");
+    std::fs::write(
+        &jwt_config,
+        format!(
+            "runtime:\n  slurm:\n    url: {tcp}\n    user: aienv-env\n    token_file: {}\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let jwt_data = temp.path().join("jwt-data");
+    let jwt_node = TestNode::spawn_on(&jwt_data, &["--config", jwt_config.to_str().unwrap()]);
+    std::fs::set_permissions(&jwt_data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    workspace(&jwt_node, "hpc", &[("hello.py", HELLO)], "job", spec).await;
+    let jwt_admin = jwt_node.admin();
+    let statuses = run(&jwt_admin, "hpc").await;
+    assert_eq!(
+        statuses[0].state,
+        "running",
+        "{:#?}\n{}",
+        statuses[0],
+        job_logs(&jwt_data)
+    );
+    let token = format!("Bearer {}", jwt_node.token());
+    let (code, body) = get(&format!("{}/w/hpc/app/jwt", jwt_node.url), Some(&token)).await;
+    assert_eq!(code, 200, "{body}");
+    jwt_admin.stop("hpc", None).await.unwrap();
+    // A token Slurm does not accept is refused with Slurm's words.
+    std::fs::write(&token_file, "not-a-token").unwrap();
+    let slurm = jwt_admin.slurm_partitions().await.unwrap();
+    let error = slurm.error.unwrap_or_default();
+    assert!(
+        error.contains("token_file") && slurm.partitions.is_empty(),
+        "{error}"
+    );
 }

@@ -55,6 +55,14 @@ impl Cluster {
         })
     }
 
+    /// `http://127.0.0.1:PORT` of the slurmrestd that takes JWTs, when the plugin is installed
+    /// (its token for `aienv-env` is in `rest/token`).
+    pub fn jwt_endpoint(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("rest/tcp"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
     /// Runs a Slurm client command against this cluster.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);

@@ -154,8 +154,24 @@ impl SlurmRest {
                     TIMEOUT.as_secs()
                 ))
             })??;
+        if status == 401 || status == 403 {
+            let detail = slurm_errors(&value)
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            return Err(RuntimeError::Slurm(format!(
+                "slurmrestd refused this node's credentials (HTTP {status}{detail}); check runtime.slurm.user and runtime.slurm.token_file (`scontrol token username=USER`), or slurmrestd's user for a Unix socket"
+            )));
+        }
         if let Some(message) = slurm_errors(&value) {
-            return Err(RuntimeError::Slurm(message));
+            // slurmrestd 22.05 answers a token slurmctld refuses with a bare 500.
+            let hint = if self.jwt.is_some() && message == "Unspecified error" {
+                "; with a JWT this is how slurmrestd reports a token slurmctld refused: check runtime.slurm.user and runtime.slurm.token_file (`scontrol token username=USER`)"
+            } else {
+                ""
+            };
+            return Err(RuntimeError::Slurm(format!(
+                "{method} {path}: {message} (HTTP {status}{hint})"
+            )));
         }
         if !(200..300).contains(&status) {
             return Err(RuntimeError::Slurm(format!(
