@@ -97,6 +97,39 @@ impl ToolPlan {
         self.kind != ToolKind::Terminal
     }
 
+    /// The variables a tool gets for itself: its port, base path and (JupyterLab) token.
+    pub fn own_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PORT".to_string(), self.port.to_string()),
+            ("BASE_PATH".to_string(), self.base_path.clone()),
+        ];
+        if let Some(token) = &self.token {
+            env.push(("JUPYTER_TOKEN".to_string(), token.clone()));
+        }
+        env
+    }
+
+    /// The tool as one line of `sh` for scripts that start several (a container's, a Slurm
+    /// job's): `env PORT=… BASE_PATH=… program 'arg' …`, everything quoted.
+    pub fn shell_line(&self) -> String {
+        use super::detect::shell_quote;
+        let command = if self.shell {
+            format!("sh -c {}", shell_quote(&self.argv.join(" ")))
+        } else {
+            self.argv
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let env: Vec<String> = self
+            .own_env()
+            .iter()
+            .map(|(k, v)| shell_quote(&format!("{k}={v}")))
+            .collect();
+        format!("env {} {command}", env.join(" "))
+    }
+
     /// The URL path a health probe asks for.
     pub fn probe_path(&self) -> String {
         let path = self.health_path.trim_start_matches('/');
@@ -239,4 +272,39 @@ pub fn resolve_program(program: &str, dirs: &[PathBuf], path_var: &str) -> Optio
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(argv: &[&str], shell: bool) -> ToolPlan {
+        ToolPlan {
+            name: "t".into(),
+            kind: ToolKind::Http,
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            shell,
+            port: 8000,
+            base_path: "/w/a b/t/".into(),
+            token: None,
+            health_path: String::new(),
+            strip_prefix: false,
+        }
+    }
+
+    fn sh(line: &str) -> String {
+        let output = std::process::Command::new("sh")
+            .args(["-c", line])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    #[test]
+    fn shell_lines_pass_arguments_and_variables_untouched() {
+        let line = tool(&["printf", "%s|%s|", "it's $HOME", "a;b"], false).shell_line();
+        assert_eq!(sh(&line), "it's $HOME|a;b|");
+        let line = tool(&["echo \"$PORT $BASE_PATH\""], true).shell_line();
+        assert_eq!(sh(&line), "8000 /w/a b/t/\n");
+    }
 }

@@ -165,15 +165,11 @@ fn env_list(plan: &LaunchPlan) -> Vec<String> {
 /// tool with its own `PORT` and `BASE_PATH`.
 fn command(plan: &LaunchPlan) -> (Option<Vec<String>>, Vec<String>) {
     let tools: Vec<_> = plan.tools.iter().filter(|t| t.runs()).collect();
-    let tool_env = |tool: &super::backend::ToolPlan| {
-        let mut env = vec![
-            format!("PORT={}", tool.port),
-            format!("BASE_PATH={}", tool.base_path),
-        ];
-        if let Some(token) = &tool.token {
-            env.push(format!("JUPYTER_TOKEN={token}"));
-        }
-        env
+    let tool_env = |tool: &super::backend::ToolPlan| -> Vec<String> {
+        tool.own_env()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     };
     match tools.as_slice() {
         [] => {
@@ -189,17 +185,7 @@ fn command(plan: &LaunchPlan) -> (Option<Vec<String>>, Vec<String>) {
         _ => {
             let mut script = String::new();
             for tool in &tools {
-                let line = if tool.shell {
-                    format!("sh -c {}", shell_quote(&tool.argv.join(" ")))
-                } else {
-                    tool.argv
-                        .iter()
-                        .map(|a| shell_quote(a))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                };
-                let env: Vec<String> = tool_env(tool).iter().map(|e| shell_quote(e)).collect();
-                script.push_str(&format!("env {} {line} &\n", env.join(" ")));
+                script.push_str(&format!("{} &\n", tool.shell_line()));
             }
             script.push_str("wait -n 2>/dev/null || wait\n");
             (

@@ -428,17 +428,13 @@ impl ProcessInstance {
             .current_dir(&self.plan.root)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("PORT", tool.port.to_string())
-            .env("BASE_PATH", &tool.base_path)
+            .envs(tool.own_env())
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()
                     .map_err(|e| RuntimeError::io("log file", e))?,
             )
             .stderr(log);
-        if let Some(token) = &tool.token {
-            command.env("JUPYTER_TOKEN", token);
-        }
         self.limits.apply(&mut command, false);
         let mut child = tokio::process::Command::from(command)
             .spawn()

@@ -180,25 +180,9 @@ pub fn script(plan: &LaunchPlan) -> String {
         ));
     }
     for tool in plan.tools.iter().filter(|t| t.runs()) {
-        let command = if tool.shell {
-            format!("sh -c {}", shell_quote(&tool.argv.join(" ")))
-        } else {
-            tool.argv
-                .iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let mut vars = format!(
-            "PORT={} BASE_PATH={}",
-            tool.port,
-            shell_quote(&tool.base_path)
-        );
-        if let Some(token) = &tool.token {
-            vars.push_str(&format!(" JUPYTER_TOKEN={}", shell_quote(token)));
-        }
         script.push_str(&format!(
-            "env {vars} {command} > {} 2>&1 &\n",
+            "{} > {} 2>&1 &\n",
+            tool.shell_line(),
             log(&tool.name)
         ));
     }
