@@ -229,6 +229,42 @@ pub fn allocate(
     Ok(allocation)
 }
 
+/// What an environment asks a scheduler for (a Slurm job), which places it on a machine
+/// that has it: the preferred CPUs, memory and GPUs, the first variant (with its GPUs), no
+/// pinning, and thread variables for the CPUs asked. Nothing of this host is counted.
+pub fn requested(spec: &EnvironmentSpec) -> Allocation {
+    let mut allocation = Allocation::default();
+    let variant = spec.variants.first();
+    if let Some(variant) = variant {
+        allocation.variant = Some(variant.name.clone());
+    }
+    allocation.cpus = spec.resources.cpus.as_ref().map(|want| want.preferred());
+    allocation.memory = spec
+        .resources
+        .memory
+        .as_ref()
+        .map(|want| want.preferred().0);
+    let gpus = spec
+        .resources
+        .gpus
+        .as_ref()
+        .map_or(0, |want| want.preferred())
+        .max(variant.map_or(0, |v| v.requires.gpus));
+    allocation.gpus = (0..gpus).collect();
+    let threads = allocation
+        .cpus
+        .map_or(1, |cpus| (cpus.floor() as u32).max(1));
+    for var in THREAD_VARS {
+        if !spec.env.contains_key(var) {
+            allocation.env.insert(var.to_string(), threads.to_string());
+        }
+    }
+    allocation
+        .notes
+        .push("sized by what it asks for; the scheduler picks the machine".to_string());
+    allocation
+}
+
 fn variant_fits(variant: &VariantSpec, free_gpus: &[(u32, &str)]) -> bool {
     let matching = free_gpus
         .iter()
@@ -489,5 +525,21 @@ resources: {cpus: {min: 2, preferred: 8}, memory: {min: 2GiB, preferred: 16GiB}}
             !allocation.env.contains_key("OMP_NUM_THREADS"),
             "the spec's own value wins"
         );
+    }
+
+    #[test]
+    fn a_scheduler_is_asked_for_what_the_spec_prefers_whatever_this_host_has() {
+        let asked = requested(&spec(
+            "resources: {cpus: {min: 2, preferred: 64}, memory: {min: 1GiB, preferred: 512GiB}, gpus: {min: 1, preferred: 2}}\nvariants: [{name: cuda, requires: {gpus: 4, gpu_vendor: nvidia}}, {name: cpu}]\n",
+        ));
+        assert_eq!(asked.variant.as_deref(), Some("cuda"));
+        assert_eq!(asked.cpus, Some(64.0));
+        assert_eq!(asked.memory, Some(512 << 30));
+        assert_eq!(asked.gpus.len(), 4);
+        assert!(asked.cpuset.is_empty());
+        assert_eq!(asked.env["OMP_NUM_THREADS"], "64");
+        let bare = requested(&spec(""));
+        assert_eq!((bare.cpus, bare.memory, bare.gpus.len()), (None, None, 0));
+        assert_eq!(bare.env["OMP_NUM_THREADS"], "1");
     }
 }

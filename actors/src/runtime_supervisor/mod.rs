@@ -420,8 +420,9 @@ impl Handler<runner::Envelope> for RuntimeSupervisor {
 impl RuntimeSupervisor {
     fn held(&self, except: &EnvKey) -> Held {
         let mut held = Held::default();
+        // Jobs a scheduler placed elsewhere hold nothing of this host.
         for (key, status) in &self.envs {
-            if key != except && status.state.is_active() {
+            if key != except && status.state.is_active() && status.backend != RuntimeKind::Slurm {
                 if let Some(allocation) = &status.allocation {
                     held.add(allocation);
                 }
@@ -481,13 +482,16 @@ impl RuntimeSupervisor {
         if self.host.cpu_cores == 0 {
             self.host = resources::detect(&self.config.data_dir);
         }
-        let allocation =
+        let allocation = if kind == RuntimeKind::Slurm {
+            allocation::requested(&spec)
+        } else {
             allocation::allocate(name, &spec, &self.host, &self.held(&key)).map_err(|reason| {
                 RuntimeError::DoesNotFit {
                     environment: name.to_string(),
                     reason,
                 }
-            })?;
+            })?
+        };
         let plan = plan::launch_plan(
             &self.config,
             &self.confinement,
