@@ -64,15 +64,22 @@ async fn a_tool_of_a_cloned_workspace_runs_boxed() {
         "schema_version: 1\nruntime: process\nsandbox: off\ntools: [{name: app, kind: http, command: [python3, -m, http.server, $PORT, --bind, 127.0.0.1]}]\n",
     )
     .await;
+    // A Slurm job is not confined on its compute node: from a peer, it needs a local admin.
+    workspace(
+        &a,
+        "hpc",
+        &[],
+        "job",
+        "schema_version: 1\nruntime: slurm\ntools: [{name: app, kind: http, command: [python3, -m, http.server, $PORT]}]\n",
+    )
+    .await;
     let admin_a = a.admin();
-    admin_a
-        .share("probe", &aienv::api::ShareRequest::default())
-        .await
-        .unwrap();
-    admin_a
-        .share("open", &aienv::api::ShareRequest::default())
-        .await
-        .unwrap();
+    for shared in ["probe", "open", "hpc"] {
+        admin_a
+            .share(shared, &aienv::api::ShareRequest::default())
+            .await
+            .unwrap();
+    }
 
     let b = TestNode::spawn_with_env(
         &temp.path().join("b"),
@@ -95,10 +102,10 @@ async fn a_tool_of_a_cloned_workspace_runs_boxed() {
             .await
             .unwrap()
             .len()
-            == 2
+            == 3
     })
     .await;
-    for workspace in ["probe", "open"] {
+    for workspace in ["probe", "open", "hpc"] {
         let job = common::transfer(&admin_b, "clone", Some("origin"), workspace).await;
         assert_eq!(job.state, "done", "{job:?}");
     }
@@ -164,6 +171,16 @@ async fn a_tool_of_a_cloned_workspace_runs_boxed() {
     assert_eq!(refused.code(), Some("sandbox-refused"), "{refused}");
     assert!(
         refused.to_string().contains("runtime.allow_unsandboxed"),
+        "{refused}"
+    );
+    let refused = admin_b
+        .run("hpc", &RunRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("sandbox-refused"), "{refused}");
+    assert!(
+        refused.to_string().contains("Slurm job runs unconfined")
+            && refused.to_string().contains("runtime.allow_unsandboxed"),
         "{refused}"
     );
     // The same environment at its origin runs, shown unboxed.

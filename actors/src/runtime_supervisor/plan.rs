@@ -54,6 +54,16 @@ fn sandbox_for(
     let workspace = &entry.manifest.name;
     let cloned = entry.origin.as_ref();
     let allowed = |w: &String| *w == *workspace || *w == entry.manifest.id.to_string();
+    if kind == RuntimeKind::Slurm {
+        if let Some(origin) = cloned {
+            if !config.allow_unsandboxed.iter().any(allowed) {
+                return Err(RuntimeError::Sandbox(format!(
+                    "environment `{name}` of `{workspace}` would run as a Slurm job, and a Slurm job runs unconfined on its compute node (bubblewrap does not follow it there); `{workspace}` was cloned from `{}`, so it runs on Slurm only when a local admin adds `{workspace}` to runtime.allow_unsandboxed",
+                    origin.peer_name
+                )));
+            }
+        }
+    }
     let mut mode = spec.sandbox;
     if mode == SandboxMode::Off {
         if let Some(origin) = cloned {
