@@ -9,9 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use aienv::api::RunRequest;
+use common::eventually;
 use common::runtime::{get, run, workspace, HELLO};
 use common::slurm::Cluster;
-use common::{eventually, TestNode};
 
 /// Every log file of the node's environments, for a failure message.
 fn job_logs(data: &Path) -> String {
@@ -39,18 +39,14 @@ async fn slurm_environment_runs_its_tool_as_a_job_behind_the_proxy() {
     let Some(cluster) = Cluster::start(&temp.path().join("slurm")) else {
         return;
     };
-    let config = temp.path().join("aienv.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "runtime:\n  slurm:\n    url: unix:{}\n    time_limit_minutes: 30\n",
-            cluster.socket
-        ),
-    )
-    .unwrap();
     let data = temp.path().join("data");
-    let node = TestNode::spawn_on(&data, &["--config", config.to_str().unwrap()]);
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = cluster.node(
+        &data,
+        &[
+            format!("url: unix:{}", cluster.socket),
+            "time_limit_minutes: 30".into(),
+        ],
+    );
     let spec = "schema_version: 1
 runtime: slurm
 resources: {cpus: {min: 1}, memory: {min: 300MiB}}
@@ -115,20 +111,7 @@ tools:
 
     // With the other node taken too, a second environment waits in Slurm's queue, says why,
     // and starts when the node is free again.
-    let blocker = cluster
-        .command("sbatch")
-        .args([
-            "--parsable",
-            "-c",
-            "1",
-            "--mem=100M",
-            "--output=/dev/null",
-            "--wrap=sleep 300",
-        ])
-        .output()
-        .unwrap();
-    assert!(blocker.status.success(), "{blocker:?}");
-    let blocker = String::from_utf8_lossy(&blocker.stdout).trim().to_string();
+    let blocker = cluster.sbatch(&["--wrap=sleep 300"]);
     eventually("the blocking job runs", || async {
         cluster
             .squeue()
@@ -196,19 +179,16 @@ tools:
         common::skip("slurm: no JWT plugin (Debian: slurm-wlm-jwt-plugin; tests/run installs it)");
         return;
     };
-    let jwt_config = temp.path().join("aienv-jwt.yaml");
     let token_file = cluster.dir.join("rest/token");
-    std::fs::write(
-        &jwt_config,
-        format!(
-            "runtime:\n  slurm:\n    url: {tcp}\n    user: aienv-env\n    token_file: {}\n",
-            token_file.display()
-        ),
-    )
-    .unwrap();
     let jwt_data = temp.path().join("jwt-data");
-    let jwt_node = TestNode::spawn_on(&jwt_data, &["--config", jwt_config.to_str().unwrap()]);
-    std::fs::set_permissions(&jwt_data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let jwt_node = cluster.node(
+        &jwt_data,
+        &[
+            format!("url: {tcp}"),
+            "user: aienv-env".into(),
+            format!("token_file: {}", token_file.display()),
+        ],
+    );
     workspace(&jwt_node, "hpc", &[("hello.py", HELLO)], "job", spec).await;
     let jwt_admin = jwt_node.admin();
     let statuses = run(&jwt_admin, "hpc").await;

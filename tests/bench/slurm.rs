@@ -17,7 +17,6 @@ use aienv::api::RunRequest;
 mod common;
 use common::runtime::{get, workspace};
 use common::slurm::Cluster;
-use common::TestNode;
 
 fn main() {
     let rounds: usize = std::env::var("BENCH_ROUNDS")
@@ -47,15 +46,10 @@ async fn run(busybox: &str, rounds: usize) {
         println!("no Slurm cluster (see above): nothing to measure");
         return;
     };
-    let config = temp.path().join("aienv.yaml");
-    std::fs::write(
-        &config,
-        format!("runtime:\n  slurm:\n    url: unix:{}\n", cluster.socket),
-    )
-    .unwrap();
-    let data = temp.path().join("data");
-    let node = TestNode::spawn_on(&data, &["--config", config.to_str().unwrap()]);
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = cluster.node(
+        &temp.path().join("data"),
+        &[format!("url: unix:{}", cluster.socket)],
+    );
     let spec = format!(
         "schema_version: 1\nruntime: slurm\nresources: {{cpus: {{min: 1}}, memory: {{min: 100MiB}}}}\nrestart: {{policy: 'no'}}\nhealth: {{interval_seconds: 60}}\ntools: [{{name: web, kind: http, strip_prefix: true, command: [{busybox}, httpd, -f, -p, $PORT, -h, www]}}]\n"
     );
@@ -101,21 +95,10 @@ async fn run(busybox: &str, rounds: usize) {
             .unwrap()
             .port();
         let started = Instant::now();
-        let output = cluster
-            .command("sbatch")
-            .args([
-                "--parsable",
-                "-c",
-                "1",
-                "--mem=100M",
-                &format!("--chdir={root}"),
-                "--output=/dev/null",
-                &format!("--wrap={busybox} httpd -f -p {port} -h www"),
-            ])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let job = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let job = cluster.sbatch(&[
+            &format!("--chdir={root}"),
+            &format!("--wrap={busybox} httpd -f -p {port} -h www"),
+        ]);
         let deadline = Instant::now() + Duration::from_secs(120);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "sbatch job {job} never answered");

@@ -1,6 +1,7 @@
 //! A two-node Slurm cluster on this host for the slurm backend's test and benchmark
 //! (`tests/slurm/cluster` does the work).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -61,6 +62,34 @@ impl Cluster {
         std::fs::read_to_string(self.dir.join("rest/tcp"))
             .ok()
             .map(|s| s.trim().to_string())
+    }
+
+    /// Starts a node whose data lives in `data` with `settings` (YAML lines below
+    /// `runtime.slurm`, such as `url: unix:...`). The data dir is opened to the jobs' user,
+    /// who reaches the workspaces and log dirs in it.
+    pub fn node(&self, data: &Path, settings: &[String]) -> super::TestNode {
+        let config = data.with_extension("yaml");
+        let body: String = settings
+            .iter()
+            .map(|line| format!("    {line}\n"))
+            .collect();
+        std::fs::write(&config, format!("runtime:\n  slurm:\n{body}")).unwrap();
+        let node = super::TestNode::spawn_on(data, &["--config", config.to_str().unwrap()]);
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        node
+    }
+
+    /// Submits `sbatch --parsable -c 1 --mem=100M --output=/dev/null ARGS` as root and returns
+    /// the job id.
+    pub fn sbatch(&self, args: &[&str]) -> String {
+        let output = self
+            .command("sbatch")
+            .args(["--parsable", "-c", "1", "--mem=100M", "--output=/dev/null"])
+            .args(args)
+            .output()
+            .expect("sbatch");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
     /// Runs a Slurm client command against this cluster.

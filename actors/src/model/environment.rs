@@ -116,7 +116,8 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     /// Chosen by the node: docker when the spec names an image and an engine answers,
-    /// libvirt when it names a VM, local processes otherwise.
+    /// libvirt when it names a VM, slurm when it has a `slurm` section, local processes
+    /// otherwise.
     #[default]
     Auto,
     /// Local processes.
