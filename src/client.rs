@@ -687,6 +687,72 @@ impl Client {
         Ok(self.json::<Environments>(response).await?.environments)
     }
 
+    /// `GET` a tool's path (`/w/<workspace>/<tool>/…`) with the client's credentials, as
+    /// scripts reach tools through the node: the status and the body as text.
+    pub async fn tool_get(&self, path: &str) -> Result<(u16, String), ClientError> {
+        let mut request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(60));
+        if let Some(value) = self.authorization() {
+            request = request.insert_header((AUTHORIZATION, value));
+        }
+        let mut response = request.send().await.map_err(|e| self.connect_error(e))?;
+        let body = response
+            .body()
+            .limit(16 << 20)
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((
+            response.status().as_u16(),
+            String::from_utf8_lossy(&body).to_string(),
+        ))
+    }
+
+    /// `POST /workspaces/{ws}/run` with `on`: places the environment on a trusted peer.
+    pub async fn run_on(
+        &self,
+        workspace: &str,
+        request: &crate::api::RunRequest,
+    ) -> Result<crate::api::PlacedDto, ClientError> {
+        let response = self
+            .request(
+                awc::http::Method::POST,
+                &format!("/workspaces/{}/run", segment(workspace)),
+            )
+            .timeout(Duration::from_secs(60))
+            .send_json(request)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.json(response).await
+    }
+
+    /// `GET /workspaces/{ws}/placement`: how every trusted online peer would run it.
+    pub async fn placement(
+        &self,
+        workspace: &str,
+        environment: Option<&str>,
+    ) -> Result<crate::api::RankingDto, ClientError> {
+        let query = environment
+            .map(|e| format!("?environment={}", segment(e)))
+            .unwrap_or_default();
+        self.get_json(&format!(
+            "/workspaces/{}/placement{query}",
+            segment(workspace)
+        ))
+        .await
+    }
+
+    /// `GET /placements`: where this node's environments run on peers.
+    pub async fn placements(&self) -> Result<Vec<crate::api::PlacementDto>, ClientError> {
+        self.get_json("/placements").await
+    }
+
+    /// `GET /cluster/offer`: what this node lends and what peers' environments hold here.
+    pub async fn cluster_offer(&self) -> Result<crate::api::OfferDto, ClientError> {
+        self.get_json("/cluster/offer").await
+    }
+
     /// `POST /workspaces/{ws}/stop`.
     pub async fn stop(
         &self,

@@ -30,6 +30,8 @@ pub struct Config {
     pub transfer: TransferSection,
     /// Running environments.
     pub runtime: RuntimeSection,
+    /// The lab cluster: what trusted peers may run here.
+    pub cluster: ClusterSection,
     /// Logging.
     pub log: LogConfig,
 }
@@ -182,6 +184,68 @@ impl Default for RuntimeSection {
     }
 }
 
+/// `cluster`: whether trusted peers may place environments on this node, and what their
+/// environments may hold together here. The limits go out with the node's offer, so peers
+/// rank this node by what it really lends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// `off` (no peer's work runs here) or `trusted` (peers a person trusts may place work).
+    pub accept: AcceptSetting,
+    /// CPU cores peers' environments may hold together; -1: all of the host's.
+    pub lend_cpus: i64,
+    /// Memory in MiB peers' environments may hold together; -1: all free for environments.
+    pub lend_memory_mib: i64,
+    /// GPUs peers' environments may hold together; -1: all; 0: none.
+    pub lend_gpus: i64,
+    /// Seconds an executing peer may stay silent before its environments show `lost`.
+    pub lost_after_seconds: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> ClusterSection {
+        ClusterSection {
+            accept: AcceptSetting::Off,
+            lend_cpus: -1,
+            lend_memory_mib: -1,
+            lend_gpus: -1,
+            lost_after_seconds: 10,
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The limits as the runtime supervisor applies them.
+    pub fn limits(&self) -> aienv_actors::runtime_supervisor::LendLimits {
+        let bound = |value: i64| u64::try_from(value).ok();
+        aienv_actors::runtime_supervisor::LendLimits {
+            cpus: bound(self.lend_cpus).map(|v| v.min(u32::MAX as u64) as u32),
+            memory: bound(self.lend_memory_mib).map(|mib| mib.saturating_mul(1 << 20)),
+            gpus: bound(self.lend_gpus).map(|v| v.min(u32::MAX as u64) as u32),
+        }
+    }
+}
+
+/// `cluster.accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptSetting {
+    /// No peer's work runs here.
+    Off,
+    /// Trusted peers may place work here.
+    Trusted,
+}
+
+impl AcceptSetting {
+    /// Its name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcceptSetting::Off => "off",
+            AcceptSetting::Trusted => "trusted",
+        }
+    }
+}
+
 /// `runtime.slurm`: where slurmrestd listens and the job defaults. Empty means unset.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -266,6 +330,7 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             transfer: TransferSection::default(),
             runtime: RuntimeSection::default(),
+            cluster: ClusterSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -483,6 +548,20 @@ pub fn resolve(
             });
         }
     }
+    for (key, value) in [
+        ("cluster.lend_cpus", config.cluster.lend_cpus),
+        ("cluster.lend_memory_mib", config.cluster.lend_memory_mib),
+        ("cluster.lend_gpus", config.cluster.lend_gpus),
+    ] {
+        if value < -1 {
+            return Err(ConfigError::BadValue {
+                key: key.into(),
+                origin: sources.get(key).cloned().unwrap_or(Source::Default),
+                value: value.to_string(),
+                message: "must be -1 (all) or a count of at least 0".into(),
+            });
+        }
+    }
     if config.discovery.announce_interval_ms < 200 {
         let key = "discovery.announce_interval_ms";
         return Err(ConfigError::BadValue {
@@ -514,6 +593,12 @@ fn set_leaf(merged: &mut Value, key: &str, raw: &str, source: &Source) -> Result
             "false" | "0" | "no" => Value::Bool(false),
             _ => return Err(bad("expected true or false".into())),
         },
+        Value::Number(_) if raw.trim().starts_with('-') => Value::Number(
+            raw.trim()
+                .parse::<i64>()
+                .map_err(|e| bad(format!("expected a whole number ({e})")))?
+                .into(),
+        ),
         Value::Number(_) => Value::Number(
             raw.trim()
                 .parse::<u64>()

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster_client;
 pub mod config;
 pub mod http;
 pub mod login_gate;

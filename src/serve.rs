@@ -226,6 +226,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             run_as: config.runtime.run_as.clone(),
             allow_unsandboxed: config.runtime.allow_unsandboxed.clone(),
             slurm: config.runtime.slurm.to_runtime(),
+            lend: config.cluster.limits(),
             autostart: config.runtime.autostart,
             ..RuntimeConfig::new(&data_dir, node_id)
         };
@@ -238,8 +239,26 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         receiver.await.expect("the runtime arbiter starts")
     };
 
+    let placements = aienv_actors::cluster::PlacementsHandle::start(
+        aienv_actors::cluster::PlacementConfig {
+            lost_after: std::time::Duration::from_secs(config.cluster.lost_after_seconds.max(2)),
+            ..aienv_actors::cluster::PlacementConfig::default()
+        },
+        store.open_tree("placements")?,
+        peers.clone(),
+        Rc::new(crate::cluster_client::HttpClusterClient::new(
+            node_identity.clone(),
+        )),
+        bus.clone(),
+    );
+
     let shutdown = Shutdown::new();
     let state = web::Data::new(AppState {
+        placements,
+        cluster: http::ClusterPolicy {
+            accept: config.cluster.accept == crate::config::AcceptSetting::Trusted,
+        },
+        loans: http::Loans::default(),
         store,
         runtimes: runtimes.clone(),
         transfers,

@@ -32,6 +32,14 @@ pub enum NodeEvent {
     /// An environment started, changed state or stopped (published by the
     /// RuntimeSupervisor).
     RuntimeChanged(Arc<EnvStatus>),
+    /// An environment placed on a peer was placed, changed state there, was lost or found
+    /// again, or was forgotten (`removed`) (published by the Placements actor).
+    PlacementChanged {
+        /// The placement.
+        placement: Arc<crate::cluster::Placement>,
+        /// Whether it was forgotten.
+        removed: bool,
+    },
     /// A tool of a running environment answered for the first time in this run.
     ToolReady {
         /// The environment.
@@ -52,6 +60,8 @@ pub enum EventSource {
     Transfers,
     /// The RuntimeSupervisor.
     Runtimes,
+    /// The Placements actor.
+    Placements,
 }
 
 impl NodeEvent {
@@ -66,6 +76,7 @@ impl NodeEvent {
             | NodeEvent::TrustChanged(_) => EventSource::Peers,
             NodeEvent::TransferChanged(_) => EventSource::Transfers,
             NodeEvent::RuntimeChanged(_) | NodeEvent::ToolReady { .. } => EventSource::Runtimes,
+            NodeEvent::PlacementChanged { .. } => EventSource::Placements,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod node;
 mod peers;
 mod runtimes;
@@ -11,6 +12,7 @@ mod session;
 mod transfers;
 mod workspaces;
 
+pub use cluster::*;
 pub use node::*;
 pub use peers::*;
 pub use runtimes::*;

@@ -22,6 +22,10 @@ pub struct RunRequest {
     /// How long `wait` waits (default 600).
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Run it on a trusted peer instead: its name or id, or `best` (the placement rule's
+    /// choice). Needs `environment`.
+    #[serde(default)]
+    pub on: Option<String>,
 }
 
 /// `POST /workspaces/{ws}/stop`.
@@ -123,6 +127,23 @@ pub struct EnvironmentStatusDto {
     pub ready_at: Option<DateTime<Utc>>,
     /// Last change.
     pub updated: DateTime<Utc>,
+    /// The peer it runs for, when a trusted peer placed it on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lent_to: Option<BorrowerDto>,
+    /// Where it runs when this node placed it on a peer (its state is then the peer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<super::PlacementDto>,
+}
+
+/// The peer (and person there) an environment runs for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BorrowerDto {
+    /// The peer's node id.
+    pub peer_id: Uuid,
+    /// Its name as trusted here.
+    pub peer_name: String,
+    /// Who asked on that peer.
+    pub user: String,
 }
 
 impl From<&aienv_actors::runtime_supervisor::EnvStatus> for EnvironmentStatusDto {
@@ -156,6 +177,12 @@ impl From<&aienv_actors::runtime_supervisor::EnvStatus> for EnvironmentStatusDto
             started: s.started,
             ready_at: s.ready_at,
             updated: s.updated,
+            lent_to: s.borrower.as_ref().map(|b| BorrowerDto {
+                peer_id: b.peer,
+                peer_name: b.peer_name.clone(),
+                user: b.user.clone(),
+            }),
+            placement: None,
         }
     }
 }

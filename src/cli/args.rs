@@ -103,6 +103,12 @@ pub enum Command {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// Run it on a trusted peer: its name or id, or `best` (the placement rule's choice).
+        #[arg(long, value_name = "PEER|best")]
+        on: Option<String>,
+        /// With --on: print every candidate's fit and why the peer was chosen.
+        #[arg(long, requires = "on")]
+        explain: bool,
     },
     /// Stop a workspace's environments (all, or one).
     Stop {

@@ -379,8 +379,28 @@ pub(super) async fn remote(cli: &Cli) -> Result<(), CliError> {
         Command::Run {
             workspace,
             environment,
+            on: Some(on),
+            timeout,
+            explain,
+            ..
+        } => {
+            runtime::run_on(
+                cli,
+                &client,
+                workspace,
+                environment.clone(),
+                on,
+                *explain,
+                *timeout,
+            )
+            .await
+        }
+        Command::Run {
+            workspace,
+            environment,
             backend,
             timeout,
+            ..
         } => {
             runtime::run(
                 cli,

@@ -49,11 +49,243 @@ pub async fn run(
                 backend,
                 wait: false,
                 timeout_seconds: None,
+                on: None,
             },
         )
         .await?;
     let statuses = wait_settled(cli, client, initial, Duration::from_secs(timeout)).await?;
     report_run(cli, client, &statuses, started.elapsed())
+}
+
+/// `aienv run WS [ENV] --on PEER|best`: places the environment on a trusted peer, then
+/// follows it there until it runs (or fails, or the peer is lost).
+pub async fn run_on(
+    cli: &Cli,
+    client: &Client,
+    workspace: &str,
+    environment: Option<String>,
+    on: &str,
+    explain: bool,
+    timeout: u64,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let placed = client
+        .run_on(
+            workspace,
+            &RunRequest {
+                environment,
+                on: Some(on.to_string()),
+                ..RunRequest::default()
+            },
+        )
+        .await;
+    let placed = match placed {
+        Ok(placed) => placed,
+        Err(error) => {
+            // The ranking rides along with "no peer fits": show every candidate's answer.
+            if let crate::client::ClientError::Api {
+                details: Some(details),
+                ..
+            } = &error
+            {
+                if let Ok(ranking) =
+                    serde_json::from_value::<crate::api::RankingDto>(details.clone())
+                {
+                    if !cli.json {
+                        print_ranking(&ranking);
+                    }
+                }
+            }
+            return Err(error.into());
+        }
+    };
+    if explain && !cli.json {
+        print_ranking(&placed.ranking);
+    }
+    if !cli.json {
+        eprintln!(
+            "placed {}/{} on {}: {}",
+            placed.placement.workspace,
+            placed.placement.environment,
+            placed.placement.peer_name,
+            placed.placement.reason
+        );
+    }
+    let key = (
+        placed.placement.workspace_id,
+        placed.placement.environment.clone(),
+    );
+    let mut current = placed.placement.clone();
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut events = client.events().await?;
+    let done = |p: &crate::api::PlacementDto| {
+        matches!(p.state.as_str(), "running" | "failed" | "stopped" | "lost")
+            || (p.state == "degraded"
+                && p.remote.as_ref().is_some_and(|r| {
+                    r.tools
+                        .iter()
+                        .all(|t| !matches!(t.state.as_str(), "starting" | "restarting" | "pending"))
+                }))
+    };
+    if let Some(now) = client
+        .placements()
+        .await?
+        .into_iter()
+        .find(|p| (p.workspace_id, p.environment.clone()) == key)
+    {
+        current = now;
+    }
+    let spinner = if cli.json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    };
+    while !done(&current) {
+        spinner.set_message(describe_placement(&current));
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(remaining, events.next()).await {
+            Ok(Some(message)) => message?,
+            Ok(None) => {
+                return Err(CliError::with_code(
+                    exit::UNREACHABLE,
+                    "the node closed the event stream",
+                ))
+            }
+            Err(_) => {
+                spinner.finish_and_clear();
+                return Err(CliError::with_code(
+                    exit::FAILURE,
+                    format!(
+                        "still not ready after {timeout} s: {}; it keeps starting (see `aienv status {workspace}`)",
+                        describe_placement(&current)
+                    ),
+                ));
+            }
+        };
+        if message["type"].as_str() != Some("placement_changed") {
+            continue;
+        }
+        if let Ok(placement) =
+            serde_json::from_value::<crate::api::PlacementDto>(message["placement"].clone())
+        {
+            if (placement.workspace_id, placement.environment.clone()) == key {
+                if message["removed"].as_bool() == Some(true) {
+                    spinner.finish_and_clear();
+                    return Err(CliError::with_code(
+                        exit::FAILURE,
+                        "the placement was removed (stopped) meanwhile",
+                    ));
+                }
+                current = placement;
+            }
+        }
+    }
+    spinner.finish_and_clear();
+    if cli.json {
+        output::print_json(&current);
+    } else {
+        println!("{}", describe_placement(&current));
+        let base = client.base().trim_end_matches('/').to_string();
+        for tool in current.remote.iter().flat_map(|r| &r.tools) {
+            if tool.kind != "terminal" {
+                println!("  {:<12} {:<10} {base}{}", tool.name, tool.state, tool.url);
+            }
+        }
+        println!("({:.1} s)", started.elapsed().as_secs_f64());
+    }
+    match current.state.as_str() {
+        "failed" | "stopped" | "lost" => Err(CliError::with_code(
+            exit::FAILURE,
+            format!(
+                "{}/{} on {}: {}",
+                current.workspace,
+                current.environment,
+                current.peer_name,
+                current
+                    .remote
+                    .as_ref()
+                    .and_then(|r| r.error.clone())
+                    .or(current.error.clone())
+                    .unwrap_or_else(|| current.state.clone())
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn describe_placement(p: &crate::api::PlacementDto) -> String {
+    let mut text = format!(
+        "{}/{} on {}: {}",
+        p.workspace, p.environment, p.peer_name, p.state
+    );
+    if let Some(transfer) = p.remote.as_ref().and_then(|r| r.transfer) {
+        text.push_str(&format!(
+            " ({} of {})",
+            crate::cli::output::bytes(transfer.done),
+            crate::cli::output::bytes(transfer.total)
+        ));
+    }
+    if let Some(since) = p.lost_since {
+        text.push_str(&format!(" since {}", since.format("%H:%M:%S")));
+    }
+    if let Some(allocation) = p.remote.as_ref().and_then(|r| r.allocation.as_ref()) {
+        text.push_str(&format!(
+            " [{}{} CPU, {}, {} GPU]",
+            allocation
+                .variant
+                .as_ref()
+                .map(|v| format!("{v}, "))
+                .unwrap_or_default(),
+            allocation.amounts.cpus,
+            crate::cli::output::bytes(allocation.amounts.memory_bytes),
+            allocation.amounts.gpus
+        ));
+    }
+    text
+}
+
+/// The candidates in the rule's order, with each one's fit, and the reason.
+pub fn print_ranking(ranking: &crate::api::RankingDto) {
+    println!(
+        "{:<16} {:<5} {:<8} {:>6} {:>10} {:>4} {:>6} {:>10} {:>8}  NOTE",
+        "PEER", "FITS", "VARIANT", "CPUS", "MEMORY", "GPUS", "LOAD", "TO MOVE", "ETA"
+    );
+    for c in &ranking.candidates {
+        if c.fits {
+            println!(
+                "{:<16} {:<5} {:<8} {:>6} {:>10} {:>4} {:>5.0}% {:>10} {:>7.1}s  {}",
+                c.peer_name,
+                "yes",
+                c.variant.as_deref().unwrap_or("-"),
+                c.allocation.cpus,
+                crate::cli::output::bytes(c.allocation.memory_bytes),
+                c.allocation.gpus,
+                c.load * 100.0,
+                crate::cli::output::bytes(c.bytes_to_move),
+                c.eta_seconds,
+                if c.preferred_met {
+                    "preferred met"
+                } else {
+                    "less than preferred"
+                }
+            );
+        } else {
+            println!(
+                "{:<16} {:<5} {}",
+                c.peer_name,
+                "no",
+                c.refusal.as_deref().unwrap_or("")
+            );
+        }
+    }
+    println!(
+        "chosen: {} ({}; decided in {:.0} ms)",
+        ranking.chosen.as_deref().unwrap_or("none"),
+        ranking.reason,
+        ranking.decided_ms
+    );
 }
 
 /// Follows runtime events until every environment settled.

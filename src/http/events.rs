@@ -18,7 +18,8 @@ use aienv_actors::event_bus::Envelope;
 use aienv_actors::events::{EventSource, NodeEvent};
 
 use crate::api::{
-    ConflictEventDto, EnvironmentStatusDto, PeerDto, TransferDto, TrustedPeerDto, WorkspaceDto,
+    ConflictEventDto, EnvironmentStatusDto, PeerDto, PlacementDto, TransferDto, TrustedPeerDto,
+    WorkspaceDto,
 };
 
 use super::node::node_info;
@@ -103,6 +104,7 @@ struct Watermarks {
     peers: u64,
     transfers: u64,
     runtimes: u64,
+    placements: u64,
 }
 
 impl Watermarks {
@@ -112,6 +114,7 @@ impl Watermarks {
             EventSource::Peers => self.peers,
             EventSource::Transfers => self.transfers,
             EventSource::Runtimes => self.runtimes,
+            EventSource::Placements => self.placements,
         }
     }
 }
@@ -121,6 +124,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
     let peers = state.peers.view();
     let transfers = state.transfers.view();
     let runtimes = state.runtimes.view();
+    let placements = state.placements.view();
     let owner = Caller(Some(crate::auth::Principal::Admin));
     let workspaces: Vec<WorkspaceDto> = view
         .iter()
@@ -128,13 +132,14 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
         .collect();
     let text = json!({
         "type": "snapshot",
-        "seq": view.seq.max(peers.seq).max(transfers.seq).max(runtimes.seq),
+        "seq": view.seq.max(peers.seq).max(transfers.seq).max(runtimes.seq).max(placements.seq),
         "resync": resync,
         "node": node_info(state, &owner),
         "workspaces": workspaces,
         "peers": peers.peers.iter().map(|p| PeerDto::from(&**p)).collect::<Vec<_>>(),
         "transfers": transfers.jobs.iter().map(|j| TransferDto::from(&**j)).collect::<Vec<_>>(),
         "runtimes": runtimes.envs.iter().map(|e| EnvironmentStatusDto::from(&**e)).collect::<Vec<_>>(),
+        "placements": placements.placements.iter().map(|p| PlacementDto::from(&**p)).collect::<Vec<_>>(),
     })
     .to_string();
     (
@@ -144,6 +149,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
             peers: peers.seq,
             transfers: transfers.seq,
             runtimes: runtimes.seq,
+            placements: placements.seq,
         },
     )
 }
@@ -201,6 +207,14 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
             "seq": envelope.seq,
             "at": envelope.at,
             "environment": EnvironmentStatusDto::from(&**status),
+        })
+        .to_string(),
+        NodeEvent::PlacementChanged { placement, removed } => json!({
+            "type": "placement_changed",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "removed": removed,
+            "placement": PlacementDto::from(&**placement),
         })
         .to_string(),
         NodeEvent::ToolReady { status, tool } => json!({

@@ -2,6 +2,7 @@
 //! check who is asking, convert DTOs, and call actor handles. Routes are wired per area in
 //! one `configure` function each.
 
+mod cluster;
 mod error;
 mod events;
 mod extract;
@@ -44,6 +45,7 @@ use aienv_actors::workspace_store::WorkspaceStoreHandle;
 
 use crate::auth::{AccessPolicy, Authenticator};
 
+pub use cluster::{ClusterPolicy, Loans};
 pub use error::ApiError;
 pub use extract::{Caller, Login};
 pub use list_cache::ListCache;
@@ -65,6 +67,12 @@ pub struct AppState {
     pub transfers: TransferQueueHandle,
     /// The runtime supervisor.
     pub runtimes: RuntimeSupervisorHandle,
+    /// Where this node's environments run on peers.
+    pub placements: aienv_actors::cluster::PlacementsHandle,
+    /// Whether trusted peers may place work here.
+    pub cluster: ClusterPolicy,
+    /// Runs accepted for peers that have not started yet.
+    pub loans: Loans,
     /// Limits on chunk uploads to peers.
     pub uploads: Arc<Uploads>,
     /// The event bus.
@@ -159,6 +167,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(events::configure)
                     .configure(transfers::configure)
                     .configure(runtimes::configure)
+                    .configure(cluster::configure)
                     .default_service(web::to(not_found)),
             )
             .configure(session::configure_sign_in)
@@ -175,7 +184,7 @@ async fn not_found(request: actix_web::HttpRequest) -> Result<actix_web::HttpRes
     ))
 }
 
-fn json_error(error: actix_web::error::JsonPayloadError) -> ApiError {
+pub(super) fn json_error(error: actix_web::error::JsonPayloadError) -> ApiError {
     use actix_web::error::JsonPayloadError as E;
     match &error {
         E::OverflowKnownLength { length, limit } => ApiError::new(

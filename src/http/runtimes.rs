@@ -65,9 +65,37 @@ async fn slurm_partitions(state: web::Data<AppState>, _: Login) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(body))
 }
 
-fn environments(list: &[std::sync::Arc<runtime_supervisor::EnvStatus>]) -> serde_json::Value {
+/// The environments as JSON; one placed on a peer carries its placement, and the peer's
+/// state and tools stand in for the local (stopped) ones.
+fn environments(
+    state: &AppState,
+    list: &[std::sync::Arc<runtime_supervisor::EnvStatus>],
+) -> serde_json::Value {
+    let placements = state.placements.view();
     json!({
-        "environments": list.iter().map(|s| EnvironmentStatusDto::from(&**s)).collect::<Vec<_>>()
+        "environments": list.iter().map(|s| {
+            let mut dto = EnvironmentStatusDto::from(&**s);
+            if let Some(placement) = placements.find(s.workspace_id, Some(&s.environment)) {
+                if !s.state.is_active() {
+                    dto.state = placement.state().to_string();
+                    if let Some(remote) = &placement.remote {
+                        dto.tools = remote.tools.iter().map(|t| crate::api::ToolDto {
+                            name: t.name.clone(),
+                            kind: t.kind.clone(),
+                            state: t.state.clone(),
+                            url: t.url.clone(),
+                            pid: None,
+                            restarts: 0,
+                            detail: None,
+                            ready_at: None,
+                        }).collect();
+                        dto.error = remote.error.clone().or(placement.error.clone());
+                    }
+                }
+                dto.placement = Some(crate::api::PlacementDto::from(&**placement));
+            }
+            dto
+        }).collect::<Vec<_>>()
     })
 }
 
@@ -89,6 +117,37 @@ async fn run(
         })?),
     };
     authorize(&state, &login.0, &path, Action::Use).await?;
+    if let Some(on) = request.on.as_deref() {
+        if backend.is_some() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-field",
+                "`backend` and `on` exclude each other: the peer picks its backend from the environment",
+            ));
+        }
+        return super::cluster::place(&state, &login, &path, request.environment.as_deref(), on)
+            .await;
+    }
+    let entry = state.store.get(&path)?;
+    if let Some(placed) = state
+        .placements
+        .view()
+        .find(entry.manifest.id, request.environment.as_deref())
+        .filter(|p| p.active())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "placed-on-peer",
+            format!(
+                "`{}/{}` runs on {} ({}); stop it there first (`aienv stop {}`)",
+                placed.record.workspace_name,
+                placed.record.environment,
+                placed.record.peer_name,
+                placed.state(),
+                placed.record.workspace_name
+            ),
+        ));
+    }
     tracing::info!(user = login.name(), workspace = %path, environment = ?request.environment, "run");
     let started = state
         .runtimes
@@ -104,7 +163,7 @@ async fn run(
     } else {
         started
     };
-    Ok(HttpResponse::Ok().json(environments(&started)))
+    Ok(HttpResponse::Ok().json(environments(&state, &started)))
 }
 
 async fn stop(
@@ -116,6 +175,12 @@ async fn stop(
     let request = body.map(web::Json::into_inner).unwrap_or_default();
     authorize(&state, &login.0, &path, Action::Use).await?;
     tracing::info!(user = login.name(), workspace = %path, environment = ?request.environment, "stop");
+    let entry = state.store.get(&path)?;
+    for note in
+        super::cluster::stop_placed(&state, entry.manifest.id, request.environment.as_deref()).await
+    {
+        tracing::info!(workspace = %path, "{note}");
+    }
     state
         .runtimes
         .stop(
@@ -125,7 +190,7 @@ async fn stop(
         )
         .await?;
     let statuses = state.runtimes.status(&path)?;
-    Ok(HttpResponse::Ok().json(environments(&statuses)))
+    Ok(HttpResponse::Ok().json(environments(&state, &statuses)))
 }
 
 async fn status(
@@ -133,11 +198,11 @@ async fn status(
     _: Login,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(environments(&state.runtimes.status(&path)?)))
+    Ok(HttpResponse::Ok().json(environments(&state, &state.runtimes.status(&path)?)))
 }
 
 async fn all(state: web::Data<AppState>, _: Login) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(environments(&state.runtimes.view().envs)))
+    Ok(HttpResponse::Ok().json(environments(&state, &state.runtimes.view().envs)))
 }
 
 async fn detect(
@@ -159,14 +224,14 @@ async fn detect(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LogsQuery {
-    environment: Option<String>,
-    tool: Option<String>,
+pub(super) struct LogsQuery {
+    pub environment: Option<String>,
+    pub tool: Option<String>,
     #[serde(default)]
-    follow: bool,
-    tail: Option<usize>,
+    pub follow: bool,
+    pub tail: Option<usize>,
 }
 
 /// `GET /workspaces/{ws}/logs`: the last lines of each log (set-up, tools, container),
@@ -176,10 +241,34 @@ async fn logs(
     login: Login,
     path: web::Path<String>,
     query: web::Query<LogsQuery>,
+    request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     // Logs carry what tools print (URLs with their tokens among them).
     authorize(&state, &login.0, &path, Action::Use).await?;
+    let entry = state.store.get(&path)?;
+    let placed = state
+        .placements
+        .view()
+        .find(entry.manifest.id, query.environment.as_deref())
+        .cloned();
+    if let Some(placement) = placed {
+        return super::cluster::placed_logs(&state, &placement, request.query_string()).await;
+    }
     let statuses = state.runtimes.status(&path)?;
+    serve_logs(&state, statuses, &query)
+}
+
+/// The logs of `statuses` (set-up, tools, container), as `GET /workspaces/{ws}/logs` serves
+/// them; also what a peer that placed an environment here reads.
+pub(super) fn serve_logs(
+    state: &AppState,
+    statuses: Vec<std::sync::Arc<runtime_supervisor::EnvStatus>>,
+    query: &LogsQuery,
+) -> Result<HttpResponse, ApiError> {
+    let path = statuses
+        .first()
+        .map(|s| s.workspace_name.clone())
+        .unwrap_or_default();
     if let Some(name) = &query.environment {
         if !statuses.iter().any(|s| &s.environment == name) {
             return Err(ApiError::new(
@@ -328,11 +417,13 @@ async fn tool_ticket(
 ) -> Result<HttpResponse, ApiError> {
     let (workspace, tool) = path.into_inner();
     authorize(&state, &login.0, &workspace, Action::Use).await?;
-    let target = super::tool_proxy::target(&state, &workspace, &tool)?;
+    let target = super::tool_proxy::route(&state, &workspace, &tool)?;
     let key = super::tool_tickets::ToolKey { workspace, tool };
     let ports = state.tool_origins.ensure(&state, &key)?;
     tracing::info!(user = login.name(), workspace = %key.workspace, tool = %key.tool, "tool ticket");
-    let ticket = state.tool_tickets.issue(login.0, key, target.base_path);
+    let ticket = state
+        .tool_tickets
+        .issue(login.0, key, target.base_path().to_string());
     Ok(HttpResponse::Ok().json(crate::api::SignInLinkDto {
         url: super::tool_origin::ToolOrigins::sign_in_url(&request, ports, &ticket),
         expires_in_seconds: super::tool_tickets::TICKET_TTL.as_secs(),

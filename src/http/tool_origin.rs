@@ -185,10 +185,9 @@ impl ToolOrigins {
 
     /// Stops the origins of tools that are gone, or stopped for longer than [`LINGER`].
     pub fn sweep(&self, state: &AppState) {
-        let view = state.runtimes.view();
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         listeners.retain(|key, listener| {
-            let keep = match view.proxy_target(&key.workspace, &key.tool) {
+            let keep = match super::tool_proxy::reachable(state, &key.workspace, &key.tool) {
                 Ok(_) => {
                     listener.idle_since = None;
                     true
@@ -294,21 +293,23 @@ async fn serve(
     let Some(principal) = signed_in(&state, &tool, &request).await? else {
         return not_signed_in(&tool, &request);
     };
-    let target = tool_proxy::target(&state, &key.workspace, &key.tool)?;
-    let base = target.base_path.trim_end_matches('/');
+    let target = tool_proxy::route(&state, &key.workspace, &key.tool)?;
+    let base = target.base_path().trim_end_matches('/');
     let path = request.path();
     if path == "/" {
         return Ok(HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, target.base_path.clone()))
+            .insert_header((header::LOCATION, target.base_path().to_string()))
             .finish());
     }
-    if path != base && !path.starts_with(&target.base_path) {
+    if path != base && !path.starts_with(target.base_path()) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not-this-tool",
             format!(
                 "this origin serves only tool `{}` of `{}` (under {})",
-                key.tool, key.workspace, target.base_path
+                key.tool,
+                key.workspace,
+                target.base_path()
             ),
         ));
     }

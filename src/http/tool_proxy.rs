@@ -41,7 +41,7 @@ thread_local! {
         .finish();
 }
 
-const HOP_BY_HOP: [&str; 9] = [
+pub(super) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -73,6 +73,13 @@ async fn proxy(
             .unwrap_or_default()
             .to_string(),
     };
+    // A trusted peer relaying to a tool of an environment it placed here (mutual TLS, the
+    // key looked up; never a browser).
+    if let Some(peer) = super::peers::trusted_caller(&state, &request) {
+        if let Some(target) = super::cluster::lent_tool(&state, &peer, &key.workspace, &key.tool) {
+            return forward(request, payload, Route::Local(target?), &key).await;
+        }
+    }
     super::extract::check_origin(&state, &request, "use this node's tools")?;
     let presented = request
         .headers()
@@ -83,7 +90,7 @@ async fn proxy(
         let principal =
             super::extract::verify(&state, presented, super::extract::source_of(&request)).await?;
         super::permissions::authorize(&state, &principal, &key.workspace, Action::Use).await?;
-        let target = target(&state, &key.workspace, &key.tool)?;
+        let target = route(&state, &key.workspace, &key.tool)?;
         return forward(request, payload, target, &key).await;
     }
     let session = request
@@ -97,15 +104,15 @@ async fn proxy(
         ));
     };
     super::permissions::authorize(&state, &principal, &key.workspace, Action::Use).await?;
-    let target = target(&state, &key.workspace, &key.tool)?;
+    let target = route(&state, &key.workspace, &key.tool)?;
     let next = match request.query_string() {
         "" => request.path().to_string(),
         query => format!("{}?{query}", request.path()),
     };
-    let next = if next.starts_with(&target.base_path) {
+    let next = if next.starts_with(target.base_path()) {
         next
     } else {
-        target.base_path.clone()
+        target.base_path().to_string()
     };
     let ports = state.tool_origins.ensure(&state, &key)?;
     let ticket = state.tool_tickets.issue(principal, key, next);
@@ -128,10 +135,57 @@ pub fn is_navigation(request: &HttpRequest) -> bool {
             .is_none_or(|m| m.as_bytes() == b"navigate")
 }
 
-/// Where `tool` of `workspace` listens now, or why it cannot be reached.
-pub fn target(state: &AppState, workspace: &str, tool: &str) -> Result<ProxyTarget, ApiError> {
+/// Where a tool's requests go: to the tool on this host, or to the trusted peer that runs
+/// its environment for this node (which relays them to the tool there).
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// A tool of an environment running here.
+    Local(ProxyTarget),
+    /// A tool of an environment placed on a peer.
+    Peer(super::cluster::PeerTool),
+}
+
+impl Route {
+    /// `/w/<workspace>/<tool>/`, the same on both nodes.
+    pub fn base_path(&self) -> &str {
+        match self {
+            Route::Local(target) => &target.base_path,
+            Route::Peer(peer) => &peer.base_path,
+        }
+    }
+}
+
+/// Whether a tool can be reached now (`Ok`), is known but not running, or unknown here.
+pub fn reachable(state: &AppState, workspace: &str, tool: &str) -> Result<(), ProxyMiss> {
     match state.runtimes.view().proxy_target(workspace, tool) {
-        Ok(target) => Ok(target),
+        Ok(_) => Ok(()),
+        Err(miss) => match super::cluster::placed_tool(state, workspace, tool) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(why)) => Err(ProxyMiss::NotRunning(why)),
+            None => Err(miss),
+        },
+    }
+}
+
+/// Where `tool` of `workspace` is reached now, or why it cannot be.
+pub fn route(state: &AppState, workspace: &str, tool: &str) -> Result<Route, ApiError> {
+    let local = state.runtimes.view().proxy_target(workspace, tool);
+    if let Ok(target) = local {
+        return Ok(Route::Local(target));
+    }
+    match super::cluster::placed_tool(state, workspace, tool) {
+        Some(Ok(peer)) => return Ok(Route::Peer(peer)),
+        Some(Err(why)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tool-not-running",
+                why,
+            ))
+        }
+        None => {}
+    }
+    match local {
+        Ok(target) => Ok(Route::Local(target)),
         Err(ProxyMiss::Unknown) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "tool-not-found",
@@ -145,25 +199,30 @@ pub fn target(state: &AppState, workspace: &str, tool: &str) -> Result<ProxyTarg
     }
 }
 
-/// Relays one request (HTTP or WebSocket) to the tool at `target`.
+/// Relays one request (HTTP or WebSocket) to the tool, here or through a peer.
 pub async fn forward(
     request: HttpRequest,
     payload: web::Payload,
-    target: ProxyTarget,
+    route: Route,
     key: &ToolKey,
 ) -> Result<HttpResponse, ApiError> {
     let (workspace, tool) = (&key.workspace, &key.tool);
     // `/w/ws/tool` without the slash: tools resolve relative links against the directory.
-    let base_without_slash = target.base_path.trim_end_matches('/');
+    let base_path = route.base_path().to_string();
+    let base_without_slash = base_path.trim_end_matches('/');
     if request.path() == base_without_slash {
         let location = match request.query_string() {
-            "" => target.base_path.clone(),
-            query => format!("{}?{query}", target.base_path),
+            "" => base_path.clone(),
+            query => format!("{base_path}?{query}"),
         };
         return Ok(HttpResponse::PermanentRedirect()
             .insert_header((header::LOCATION, location))
             .finish());
     }
+    let target = match route {
+        Route::Local(target) => target,
+        Route::Peer(peer) => return super::cluster::relay_tool(request, payload, peer, key).await,
+    };
     let upstream_path = if target.strip_prefix {
         let rest = request
             .path()
@@ -236,7 +295,7 @@ pub async fn forward(
 
 /// Whether a cookie (`name=value…`) is one of the node's: a tool may neither read them nor
 /// set them (which would reach the dashboard and the other tools, as cookies ignore ports).
-fn is_node_cookie(cookie: &[u8]) -> bool {
+pub(super) fn is_node_cookie(cookie: &[u8]) -> bool {
     let name = cookie.trim_ascii_start();
     name.len() >= NODE_COOKIE_PREFIX.len()
         && name[..NODE_COOKIE_PREFIX.len()].eq_ignore_ascii_case(NODE_COOKIE_PREFIX.as_bytes())
@@ -301,7 +360,7 @@ fn forward_headers(request: &HttpRequest, target: &ProxyTarget) -> HeaderMap {
 
 /// The `Cookie` header without the node's cookies (`None` when nothing is left): a tool
 /// holding another tool's session cookie could replay it on that tool's origin.
-fn strip_node_cookies(value: &HeaderValue) -> Option<HeaderValue> {
+pub(super) fn strip_node_cookies(value: &HeaderValue) -> Option<HeaderValue> {
     let text = value.to_str().ok()?;
     let kept: Vec<&str> = text
         .split(';')
@@ -323,20 +382,28 @@ async fn websocket(
     path_and_query: &str,
 ) -> Result<HttpResponse, ApiError> {
     let url = format!("ws://{}{path_and_query}", target.upstream);
+    let mut upstream = CLIENT.with(|client| client.ws(&url));
+    for (name, value) in forward_headers(request, target).iter() {
+        upstream = upstream.set_header(name.clone(), value.clone());
+    }
+    bridge_websocket(request, payload, upstream).await
+}
+
+/// Connects `upstream` (with the browser's subprotocols) and relays messages both ways.
+pub(super) async fn bridge_websocket(
+    request: &HttpRequest,
+    payload: web::Payload,
+    upstream: awc::ws::WebsocketsRequest,
+) -> Result<HttpResponse, ApiError> {
     let protocols: Vec<String> = request
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
         .unwrap_or_default();
-    let mut upstream = CLIENT
-        .with(|client| client.ws(&url))
-        .max_frame_size(MAX_WS_FRAME);
+    let mut upstream = upstream.max_frame_size(MAX_WS_FRAME);
     if !protocols.is_empty() {
         upstream = upstream.protocols(&protocols);
-    }
-    for (name, value) in forward_headers(request, target).iter() {
-        upstream = upstream.set_header(name.clone(), value.clone());
     }
     let (response, framed) = upstream.connect().await.map_err(|e| {
         ApiError::new(

@@ -314,7 +314,7 @@ fn plural(n: u32) -> &'static str {
     }
 }
 
-fn trim_float(value: f64) -> String {
+pub(crate) fn trim_float(value: f64) -> String {
     if value.fract() == 0.0 {
         format!("{value:.0}")
     } else {

@@ -16,6 +16,7 @@ pub mod detect;
 pub mod docker;
 mod error;
 mod health;
+pub mod lending;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 mod limits;
@@ -49,6 +50,7 @@ use crate::workspace_store::{WorkspaceEntry, WorkspaceStoreHandle};
 pub use allocation::{Allocation, Held};
 pub use backend::{expand, Backend, LaunchPlan, ToolPlan};
 pub use error::RuntimeError;
+pub use lending::{Borrower, LendLimits, Lent};
 pub use plan::free_port;
 use plan::Confinement;
 pub use status::{
@@ -76,6 +78,8 @@ pub struct RuntimeConfig {
     pub allow_unsandboxed: Vec<String>,
     /// The lab's Slurm cluster, when it has one.
     pub slurm: slurm::SlurmConfig,
+    /// What trusted peers' environments may hold together here.
+    pub lend: LendLimits,
 }
 
 impl RuntimeConfig {
@@ -90,6 +94,7 @@ impl RuntimeConfig {
             run_as: "aienv-env".into(),
             allow_unsandboxed: Vec::new(),
             slurm: slurm::SlurmConfig::default(),
+            lend: LendLimits::default(),
         }
     }
 }
@@ -227,6 +232,82 @@ struct Start {
     workspace: String,
     environment: Option<String>,
     backend: Option<RuntimeKind>,
+    /// The peer it runs for, when a peer placed it here (sized within the lending limits).
+    borrower: Option<Borrower>,
+}
+
+/// How an environment would be sized for a peer now, or why it would not fit; nothing starts.
+#[derive(Message)]
+#[rtype(result = "Result<Allocation, String>")]
+struct FitForPeer {
+    name: String,
+    spec: Box<EnvironmentSpec>,
+}
+
+/// What this node lends and what peers' environments hold of it now.
+#[derive(Message)]
+#[rtype(result = "Lending")]
+struct LendingNow;
+
+/// The answer to [`LendingNow`].
+#[derive(Debug, Clone)]
+pub struct Lending {
+    /// This host.
+    pub host: Resources,
+    /// The limits.
+    pub limits: LendLimits,
+    /// What peers' environments hold.
+    pub lent: Lent,
+    /// What is left to lend.
+    pub left: Lent,
+    /// What every running environment holds (peers' included), as a share of the host's
+    /// CPU cores: the load the placement rule compares.
+    pub load: f64,
+}
+
+impl Handler<FitForPeer> for RuntimeSupervisor {
+    type Result = Result<Allocation, String>;
+
+    fn handle(&mut self, message: FitForPeer, _: &mut Self::Context) -> Self::Result {
+        let none = EnvKey {
+            workspace: Uuid::nil(),
+            environment: String::new(),
+        };
+        lending::fit(
+            &message.name,
+            &message.spec,
+            &self.host,
+            &self.held(&none),
+            &self.config.lend,
+            &self.lent(&none),
+        )
+    }
+}
+
+impl Handler<LendingNow> for RuntimeSupervisor {
+    type Result = MessageResult<LendingNow>;
+
+    fn handle(&mut self, _: LendingNow, _: &mut Self::Context) -> Self::Result {
+        let none = EnvKey {
+            workspace: Uuid::nil(),
+            environment: String::new(),
+        };
+        let lent = self.lent(&none);
+        let cores = self.host.cpu_cores.max(1) as f64;
+        let busy: f64 = self
+            .envs
+            .values()
+            .filter(|s| s.state.is_active() && s.backend != RuntimeKind::Slurm)
+            .map(|s| s.allocation.as_ref().and_then(|a| a.cpus).unwrap_or(cores))
+            .sum();
+        MessageResult(Lending {
+            left: lending::available(&self.host, &self.config.lend, &lent),
+            host: self.host.clone(),
+            limits: self.config.lend,
+            lent,
+            load: busy / cores,
+        })
+    }
 }
 
 /// Stops environments of a workspace (all when `workspace` is `None`).
@@ -259,7 +340,13 @@ impl Handler<Start> for RuntimeSupervisor {
         }
         let mut started = Vec::new();
         for name in names {
-            started.push(self.start_env(&entry, &name, message.backend, ctx)?);
+            started.push(self.start_env(
+                &entry,
+                &name,
+                message.backend,
+                message.borrower.clone(),
+                ctx,
+            )?);
         }
         Ok(started)
     }
@@ -431,6 +518,19 @@ impl RuntimeSupervisor {
         held
     }
 
+    /// What peers' environments (other than `except`) hold.
+    fn lent(&self, except: &EnvKey) -> Lent {
+        let mut lent = Lent::default();
+        for (key, status) in &self.envs {
+            if key != except && status.state.is_active() && status.borrower.is_some() {
+                if let Some(allocation) = &status.allocation {
+                    lent.add(allocation);
+                }
+            }
+        }
+        lent
+    }
+
     fn backend(&self, kind: RuntimeKind) -> Result<Rc<dyn Backend>, RuntimeError> {
         match kind {
             RuntimeKind::Process | RuntimeKind::Auto => Ok(self.process.clone()),
@@ -466,6 +566,7 @@ impl RuntimeSupervisor {
         entry: &WorkspaceEntry,
         name: &str,
         asked: Option<RuntimeKind>,
+        borrower: Option<Borrower>,
         ctx: &mut Context<Self>,
     ) -> Result<Arc<EnvStatus>, RuntimeError> {
         let key = EnvKey {
@@ -482,8 +583,27 @@ impl RuntimeSupervisor {
         if self.host.cpu_cores == 0 {
             self.host = resources::detect(&self.config.data_dir);
         }
+        if borrower.is_some() && matches!(kind, RuntimeKind::Slurm | RuntimeKind::Libvirt) {
+            return Err(RuntimeError::BadRequest(format!(
+                "environment `{name}` runs on {}, which this node does not lend to peers: only processes and containers run for peers",
+                kind.as_str()
+            )));
+        }
         let allocation = if kind == RuntimeKind::Slurm {
             allocation::requested(&spec)
+        } else if borrower.is_some() {
+            lending::fit(
+                name,
+                &spec,
+                &self.host,
+                &self.held(&key),
+                &self.config.lend,
+                &self.lent(&key),
+            )
+            .map_err(|reason| RuntimeError::DoesNotFit {
+                environment: name.to_string(),
+                reason,
+            })?
         } else {
             allocation::allocate(name, &spec, &self.host, &self.held(&key)).map_err(|reason| {
                 RuntimeError::DoesNotFit {
@@ -542,6 +662,7 @@ impl RuntimeSupervisor {
             notes,
             sandbox,
             allocation: Some(allocation),
+            borrower,
             instance: None,
             tools: plan
                 .tools
@@ -626,7 +747,7 @@ impl RuntimeSupervisor {
             .collect();
         for (entry, name) in wanted {
             tracing::info!(workspace = %entry.manifest.name, environment = %name, "autostart");
-            if let Err(error) = self.start_env(&entry, &name, None, ctx) {
+            if let Err(error) = self.start_env(&entry, &name, None, None, ctx) {
                 tracing::warn!(workspace = %entry.manifest.name, environment = %name, %error, "autostart failed");
             }
         }
@@ -827,9 +948,54 @@ impl RuntimeSupervisorHandle {
                 workspace: workspace.to_string(),
                 environment: environment.map(str::to_string),
                 backend,
+                borrower: None,
             })
             .await
             .map_err(|_| RuntimeError::Gone)?
+    }
+
+    /// Starts `environment` of `workspace` for a trusted peer, sized within what this node
+    /// lends (see [`lending`]).
+    pub async fn run_for_peer(
+        &self,
+        workspace: &str,
+        environment: &str,
+        borrower: Borrower,
+    ) -> Result<Arc<EnvStatus>, RuntimeError> {
+        let mut started = self
+            .addr
+            .send(Start {
+                workspace: workspace.to_string(),
+                environment: Some(environment.to_string()),
+                backend: None,
+                borrower: Some(borrower),
+            })
+            .await
+            .map_err(|_| RuntimeError::Gone)??;
+        started.pop().ok_or(RuntimeError::Gone)
+    }
+
+    /// How `spec` would be sized for a peer now, or why it would not fit.
+    pub async fn fit_for_peer(
+        &self,
+        name: &str,
+        spec: EnvironmentSpec,
+    ) -> Result<Result<Allocation, String>, RuntimeError> {
+        self.addr
+            .send(FitForPeer {
+                name: name.to_string(),
+                spec: Box::new(spec),
+            })
+            .await
+            .map_err(|_| RuntimeError::Gone)
+    }
+
+    /// What this node lends and what peers hold of it now.
+    pub async fn lending(&self) -> Result<Lending, RuntimeError> {
+        self.addr
+            .send(LendingNow)
+            .await
+            .map_err(|_| RuntimeError::Gone)
     }
 
     /// Waits until the environments `keys` have settled (every tool answering, or failed),
@@ -927,6 +1093,7 @@ fn stopped_status(
         state: EnvState::Stopped,
         sandbox: spec.sandbox.as_str().to_string(),
         allocation: None,
+        borrower: None,
         instance: None,
         tools: spec
             .tools

@@ -147,6 +147,8 @@ pub struct EnvStatus {
     pub state: EnvState,
     /// What this host gives it.
     pub allocation: Option<Allocation>,
+    /// The peer it runs for, when a peer placed it here.
+    pub borrower: Option<super::Borrower>,
     /// What runs (`processes (…)`, `container …`, `domain …`).
     pub instance: Option<String>,
     /// Tools.

@@ -88,6 +88,11 @@ pub struct TransferRequest {
     pub private: bool,
     /// Who asked.
     pub by: String,
+    /// The source itself asked for this clone (it placed an environment here): `workspace`
+    /// is its workspace id and `rename_to` its name, taken as they are instead of looked up
+    /// in the source's catalog (which need not list it).
+    #[serde(default)]
+    pub placed: bool,
 }
 
 /// Counters of a job; `bytes_*` count file content.

@@ -419,6 +419,26 @@ impl TransferQueue {
                 ),
             })?;
         let target = job.request.workspace.as_str();
+        if job.request.placed {
+            let (Ok(id), Some(name)) = (target.parse::<Uuid>(), job.request.rename_to.clone())
+            else {
+                return Err(TransferError::WorkspaceNotFound {
+                    peer: peer.name.clone(),
+                    name: target.to_string(),
+                    close: Vec::new(),
+                });
+            };
+            job.peer_id = peer.id;
+            job.peer_key = Some(peer.key);
+            job.peer_name = peer.name.clone();
+            job.workspace_id = id;
+            job.workspace_name = name.clone();
+            job.target_name = name;
+            if self.store.get(&job.target_name).is_ok() {
+                return Err(TransferError::NameTaken(job.target_name.clone()));
+            }
+            return Ok(());
+        }
         let entry = peer
             .catalog
             .iter()

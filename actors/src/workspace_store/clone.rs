@@ -129,6 +129,12 @@ impl ChunkStore {
         })
     }
 
+    /// Whether any workspace of this node held `hash` when last indexed (an estimate of what
+    /// a transfer would not need to fetch; nothing is read).
+    pub fn holds(&self, hash: &Hash) -> bool {
+        !self.chunks.locate(hash, None).is_empty()
+    }
+
     /// The chunk `hash` from any workspace of this node, verified.
     pub fn find_local(&self, hash: &Hash) -> Option<Vec<u8>> {
         let view = self.view.borrow().clone();

@@ -1,0 +1,466 @@
+//! The lab cluster, requester's side: the **Placements** actor records where this node's
+//! environments run on trusted peers and follows them there.
+//!
+//! Data flow: the HTTP layer ranks the peers ([`rank`]), asks the chosen one to run the
+//! environment over mutual TLS, then sends [`Place`]. The actor persists the placement
+//! (sled tree `placements`, so a restarted node finds its environments again), asks each
+//! peer for the run's state every [`PlacementConfig::poll`] through the [`ClusterClient`]
+//! (this crate knows no HTTP), and publishes `PlacementChanged` events and the
+//! [`PlacementsView`] the tool proxy and status read. A peer that is gone from discovery or
+//! has not answered for [`PlacementConfig::lost_after`] makes its placements `lost` (with
+//! where and since when); when it answers again they are found again.
+
+pub mod rank;
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::event_bus::EventBus;
+use crate::events::NodeEvent;
+use crate::peer_registry::{LocalFuture, PeerCallError, PeerEndpoint, PeerRegistryHandle};
+
+/// How this node reaches the peers its environments run on; the `aienv` package implements
+/// it over mutual TLS.
+pub trait ClusterClient {
+    /// The state of `environment` of the workspace `workspace` (this node's id for it) that
+    /// the peer runs for this node; `None` when the peer runs no such thing.
+    fn run_status(
+        &self,
+        peer: &PeerEndpoint,
+        workspace: Uuid,
+        environment: &str,
+    ) -> LocalFuture<Result<Option<RemoteRun>, PeerCallError>>;
+}
+
+/// Timing of the follower.
+#[derive(Debug, Clone, Copy)]
+pub struct PlacementConfig {
+    /// How often each peer is asked.
+    pub poll: Duration,
+    /// Silence after which a placement is `lost`.
+    pub lost_after: Duration,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            poll: Duration::from_secs(1),
+            lost_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a peer says about the environment it runs for this node.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemoteRun {
+    /// `transferring`, `refused`, or an environment state (`starting`, `running`, …).
+    pub state: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The peer's notes (sizing, variant, set-up).
+    pub notes: Vec<String>,
+    /// What the peer gives it.
+    pub allocation: Option<rank::Offer>,
+    /// Its tools.
+    pub tools: Vec<RemoteTool>,
+    /// Bytes received and to receive while `transferring`.
+    pub transfer: Option<(u64, u64)>,
+    /// The workspace's name on the peer.
+    pub peer_workspace: String,
+}
+
+/// One tool of an environment running on a peer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemoteTool {
+    /// Name.
+    pub name: String,
+    /// Kind (`jupyterlab`, `http`, …).
+    pub kind: String,
+    /// State on the peer.
+    pub state: String,
+    /// `/w/<workspace>/<tool>/…`, the same on both nodes.
+    pub url: String,
+}
+
+/// What is persisted of a placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementRecord {
+    /// The workspace (this node's).
+    pub workspace_id: Uuid,
+    /// Its name.
+    pub workspace_name: String,
+    /// The environment.
+    pub environment: String,
+    /// The peer running it.
+    pub peer: Uuid,
+    /// The peer's name (as trusted).
+    pub peer_name: String,
+    /// Who placed it.
+    pub by: String,
+    /// When.
+    pub placed_at: DateTime<Utc>,
+    /// Why this peer (the rule's words).
+    pub reason: String,
+}
+
+/// A placement and what is known of it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// The record.
+    pub record: PlacementRecord,
+    /// The peer's last answer.
+    pub remote: Option<RemoteRun>,
+    /// When the peer last answered.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Since when it is lost (the peer gone or silent).
+    pub lost_since: Option<DateTime<Utc>>,
+    /// The last failed call, or why it is lost.
+    pub error: Option<String>,
+}
+
+impl Placement {
+    /// `placing` until the peer answers, `lost`, or the peer's state.
+    pub fn state(&self) -> &str {
+        if self.lost_since.is_some() {
+            return "lost";
+        }
+        self.remote.as_ref().map_or("placing", |r| r.state.as_str())
+    }
+
+    /// Whether the environment is (or may still be) active on the peer.
+    pub fn active(&self) -> bool {
+        !matches!(self.state(), "stopped" | "failed" | "refused")
+    }
+}
+
+/// Published read view: every placement, by workspace then environment.
+#[derive(Debug, Clone, Default)]
+pub struct PlacementsView {
+    /// Sequence number of the last event reflected here.
+    pub seq: u64,
+    /// The placements.
+    pub placements: Vec<Arc<Placement>>,
+}
+
+impl PlacementsView {
+    /// The placement of `environment` of `workspace` (any of its environments when `None`).
+    pub fn find(&self, workspace: Uuid, environment: Option<&str>) -> Option<&Arc<Placement>> {
+        self.placements.iter().find(|p| {
+            p.record.workspace_id == workspace
+                && environment.is_none_or(|e| e == p.record.environment)
+        })
+    }
+
+    /// Whether `peer` runs an environment of `workspace` for this node (then it may fetch it).
+    pub fn placed_on(&self, workspace: Uuid, peer: Uuid) -> bool {
+        self.placements
+            .iter()
+            .any(|p| p.record.workspace_id == workspace && p.record.peer == peer)
+    }
+}
+
+type Key = (Uuid, String);
+
+/// The actor.
+pub struct Placements {
+    config: PlacementConfig,
+    tree: sled::Tree,
+    peers: PeerRegistryHandle,
+    client: Rc<dyn ClusterClient>,
+    bus: EventBus,
+    placements: HashMap<Key, Placement>,
+    polling: HashSet<Key>,
+    view_sender: watch::Sender<Arc<PlacementsView>>,
+}
+
+impl Actor for Placements {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        for item in self.tree.iter().values().flatten() {
+            match rmp_serde::from_slice::<PlacementRecord>(&item) {
+                Ok(record) => {
+                    let key = (record.workspace_id, record.environment.clone());
+                    self.placements.insert(
+                        key,
+                        Placement {
+                            record,
+                            remote: None,
+                            last_seen: None,
+                            lost_since: None,
+                            error: None,
+                        },
+                    );
+                }
+                Err(error) => tracing::warn!(%error, "unreadable placement record skipped"),
+            }
+        }
+        let keys: Vec<Key> = self.placements.keys().cloned().collect();
+        for key in keys {
+            self.publish(&key, false);
+        }
+        ctx.run_interval(self.config.poll, |actor, ctx| actor.poll(ctx));
+    }
+}
+
+/// Records that a peer accepted to run an environment of this node.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Placement>, String>")]
+pub struct Place(pub PlacementRecord);
+
+/// Forgets a placement (stopped, or replaced by a new one).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Forget {
+    /// The workspace.
+    pub workspace: Uuid,
+    /// The environment.
+    pub environment: String,
+}
+
+/// A peer's answer about one placement.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Polled {
+    key: Key,
+    result: Result<Option<RemoteRun>, PeerCallError>,
+}
+
+impl Handler<Place> for Placements {
+    type Result = Result<Arc<Placement>, String>;
+
+    fn handle(&mut self, message: Place, _: &mut Self::Context) -> Self::Result {
+        let record = message.0;
+        let key = (record.workspace_id, record.environment.clone());
+        self.persist(&key, Some(&record))?;
+        self.placements.insert(
+            key.clone(),
+            Placement {
+                record,
+                remote: None,
+                last_seen: None,
+                lost_since: None,
+                error: None,
+            },
+        );
+        self.publish(&key, false);
+        Ok(Arc::new(self.placements[&key].clone()))
+    }
+}
+
+impl Handler<Forget> for Placements {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, message: Forget, _: &mut Self::Context) -> Self::Result {
+        let key = (message.workspace, message.environment);
+        self.persist(&key, None)?;
+        self.publish(&key, true);
+        Ok(())
+    }
+}
+
+impl Handler<Polled> for Placements {
+    type Result = ();
+
+    fn handle(&mut self, message: Polled, _: &mut Self::Context) {
+        self.polling.remove(&message.key);
+        let lost_after = self.config.lost_after;
+        let Some(placement) = self.placements.get_mut(&message.key) else {
+            return;
+        };
+        let before = placement.clone();
+        let now = Utc::now();
+        match message.result {
+            Ok(remote) => {
+                placement.last_seen = Some(now);
+                placement.lost_since = None;
+                placement.error = None;
+                placement.remote = Some(remote.unwrap_or_else(|| RemoteRun {
+                    state: "stopped".into(),
+                    error: Some(format!(
+                        "{} no longer runs it (its node restarted, or its owner stopped it)",
+                        placement.record.peer_name
+                    )),
+                    ..RemoteRun::default()
+                }));
+            }
+            Err(error) => {
+                placement.error = Some(error.to_string());
+                let silent_since = placement.last_seen.unwrap_or(placement.record.placed_at);
+                let silent = (now - silent_since).to_std().unwrap_or_default();
+                if placement.lost_since.is_none() && placement.active() && silent >= lost_after {
+                    placement.lost_since = Some(silent_since);
+                    tracing::warn!(workspace = %placement.record.workspace_name, environment = %placement.record.environment, peer = %placement.record.peer_name, %error, "placement lost");
+                }
+            }
+        }
+        if *placement != before {
+            let key = message.key.clone();
+            self.publish(&key, false);
+        }
+    }
+}
+
+impl Placements {
+    fn persist(&self, key: &Key, record: Option<&PlacementRecord>) -> Result<(), String> {
+        let id = format!("{}/{}", key.0, key.1);
+        let result = match record {
+            Some(record) => self
+                .tree
+                .insert(
+                    id.as_bytes(),
+                    rmp_serde::to_vec_named(record).expect("placement records encode"),
+                )
+                .map(|_| ()),
+            None => self.tree.remove(id.as_bytes()).map(|_| ()),
+        };
+        result
+            .and_then(|_| self.tree.flush().map(|_| ()))
+            .map_err(|e| format!("cannot record the placement: {e}"))
+    }
+
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        let peers = self.peers.view();
+        let now = Utc::now();
+        let keys: Vec<Key> = self.placements.keys().cloned().collect();
+        for key in keys {
+            if self.polling.contains(&key) {
+                continue;
+            }
+            let placement = &self.placements[&key];
+            let Some(endpoint) = peers.endpoint(placement.record.peer) else {
+                // Gone from discovery (or never seen since this node started).
+                if placement.active() && placement.lost_since.is_none() {
+                    let since = placement.last_seen.unwrap_or(placement.record.placed_at);
+                    let silent = (now - since).to_std().unwrap_or_default();
+                    if silent >= self.config.lost_after || placement.last_seen.is_some() {
+                        let name = placement.record.peer_name.clone();
+                        let entry = self.placements.get_mut(&key).expect("listed");
+                        entry.lost_since = Some(since);
+                        entry.error = Some(format!("{name} is gone from the network"));
+                        self.publish(&key, false);
+                    }
+                }
+                continue;
+            };
+            self.polling.insert(key.clone());
+            let request = self.client.run_status(&endpoint, key.0, &key.1);
+            let timeout = self.config.lost_after.max(Duration::from_secs(2));
+            let polled_key = key.clone();
+            ctx.spawn(
+                async move {
+                    match tokio::time::timeout(timeout, request).await {
+                        Ok(result) => result,
+                        Err(_) => Err(PeerCallError::Failed("no answer in time".into())),
+                    }
+                }
+                .into_actor(self)
+                .map(move |result, _, ctx| {
+                    ctx.notify(Polled {
+                        key: polled_key,
+                        result,
+                    })
+                }),
+            );
+        }
+    }
+
+    fn publish(&mut self, key: &Key, removed: bool) {
+        let placement = if removed {
+            match self.placements.remove(key) {
+                Some(placement) => Arc::new(placement),
+                None => return,
+            }
+        } else {
+            match self.placements.get(key) {
+                Some(placement) => Arc::new(placement.clone()),
+                None => return,
+            }
+        };
+        let sender = &self.view_sender;
+        let placements = &self.placements;
+        self.bus
+            .publish(NodeEvent::PlacementChanged { placement, removed }, |seq| {
+                let mut list: Vec<Arc<Placement>> =
+                    placements.values().cloned().map(Arc::new).collect();
+                list.sort_by(|a, b| {
+                    (
+                        a.record.workspace_name.as_str(),
+                        a.record.environment.as_str(),
+                    )
+                        .cmp(&(
+                            b.record.workspace_name.as_str(),
+                            b.record.environment.as_str(),
+                        ))
+                });
+                sender.send_replace(Arc::new(PlacementsView {
+                    seq,
+                    placements: list,
+                }));
+            });
+    }
+}
+
+/// Cloneable handle to the Placements actor.
+#[derive(Clone)]
+pub struct PlacementsHandle {
+    addr: Addr<Placements>,
+    view: watch::Receiver<Arc<PlacementsView>>,
+}
+
+impl PlacementsHandle {
+    /// Starts the actor on the current arbiter; its records live in `tree`.
+    pub fn start(
+        config: PlacementConfig,
+        tree: sled::Tree,
+        peers: PeerRegistryHandle,
+        client: Rc<dyn ClusterClient>,
+        bus: EventBus,
+    ) -> PlacementsHandle {
+        let (view_sender, view) = watch::channel(Arc::new(PlacementsView::default()));
+        let addr = Placements {
+            config,
+            tree,
+            peers,
+            client,
+            bus,
+            placements: HashMap::new(),
+            polling: HashSet::new(),
+            view_sender,
+        }
+        .start();
+        PlacementsHandle { addr, view }
+    }
+
+    /// The current read view.
+    pub fn view(&self) -> Arc<PlacementsView> {
+        self.view.borrow().clone()
+    }
+
+    /// Records a placement (replacing an earlier one of the same environment).
+    pub async fn place(&self, record: PlacementRecord) -> Result<Arc<Placement>, String> {
+        self.addr
+            .send(Place(record))
+            .await
+            .map_err(|_| "the placements actor is gone".to_string())?
+    }
+
+    /// Forgets a placement.
+    pub async fn forget(&self, workspace: Uuid, environment: &str) -> Result<(), String> {
+        self.addr
+            .send(Forget {
+                workspace,
+                environment: environment.to_string(),
+            })
+            .await
+            .map_err(|_| "the placements actor is gone".to_string())?
+    }
+}
