@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use aienv::api::CreateWorkspace;
 use common::TestNode;
@@ -51,31 +50,7 @@ fn case(
     }
 }
 
-fn load_spec() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/openapi.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    aienv_actors::yaml::from_str(&text, &path).unwrap()
-}
-
-/// The JSON Schema of a response, with the document's components reachable by `$ref`.
-fn response_schema(
-    spec: &Value,
-    template: &str,
-    method: &str,
-    status: u16,
-) -> Option<(Option<String>, Option<Value>)> {
-    let operation = &spec["paths"][template][method.to_lowercase()];
-    let mut response = operation["responses"].get(status.to_string())?.clone();
-    if let Some(reference) = response.get("$ref").and_then(Value::as_str) {
-        let pointer = reference.trim_start_matches('#');
-        response = spec.pointer(pointer).unwrap().clone();
-    }
-    let Some(content) = response.get("content").and_then(Value::as_object) else {
-        return Some((None, None));
-    };
-    let (media, body) = content.iter().next().unwrap();
-    Some((Some(media.clone()), body.get("schema").cloned()))
-}
+use common::openapi::{load_spec, response_schema};
 
 async fn run(node: &TestNode, spec: &Value, case: &Case, covered: &mut BTreeSet<String>) -> Value {
     let client = awc::Client::builder()
@@ -1368,6 +1343,89 @@ async fn live_server_matches_openapi_document() {
             404,
             Some("environment-not-found"),
         ),
+        // Placing on peers: this node trusts none, so nothing fits anywhere.
+        case(
+            "GET",
+            "/workspaces/{ws}/placement",
+            "/workspaces/rt/placement",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/workspaces/{ws}/placement",
+            "/workspaces/rt/placement",
+            Body::None,
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/run",
+            "/workspaces/rt/run",
+            Body::Json(json!({"on": "best"})),
+            true,
+            409,
+            Some("no-peer-fits"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/run",
+            "/workspaces/rt/run",
+            Body::Json(json!({"on": "nobody"})),
+            true,
+            404,
+            Some("peer-not-found"),
+        ),
+        case(
+            "GET",
+            "/placements",
+            "/placements",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/cluster/offer",
+            "/cluster/offer",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/cluster/offer",
+            "/cluster/offer",
+            Body::None,
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        // Peer-only routes refuse anything but a trusted peer's certificate.
+        case(
+            "POST",
+            "/cluster/fit",
+            "/cluster/fit",
+            Body::Json(json!({"environment": "web", "spec": {"schema_version": 1}})),
+            true,
+            403,
+            Some("peer-not-trusted"),
+        ),
+        case(
+            "GET",
+            "/cluster/runs/{id}/{env}",
+            "/cluster/runs/00000000-0000-0000-0000-000000000000/web",
+            Body::None,
+            true,
+            403,
+            Some("peer-not-trusted"),
+        ),
         case(
             "POST",
             "/workspaces/{ws}/run",
@@ -1535,9 +1593,11 @@ async fn live_server_matches_openapi_document() {
             );
         }
     }
+    // Peer-only operations are exercised between real nodes by tests/cluster.rs.
+    let peer_only = common::openapi::peer_only(&spec);
     let missing: Vec<_> = documented
         .keys()
-        .filter(|k| !covered.contains(*k))
+        .filter(|k| !covered.contains(*k) && !peer_only.contains(*k))
         .collect();
     assert!(
         missing.is_empty(),

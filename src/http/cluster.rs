@@ -58,6 +58,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/cluster/runs/{ws}/{env}", web::get().to(lent_status))
         .route("/cluster/runs/{ws}/{env}/stop", web::post().to(stop_lent))
         .route("/cluster/runs/{ws}/{env}/logs", web::get().to(lent_logs))
+        .route(
+            "/cluster/runs/{ws}/{env}/terminal",
+            web::get().to(lent_terminal),
+        )
         .route("/workspaces/{ws}/placement", web::get().to(placement))
         .route("/placements", web::get().to(placements));
 }
@@ -593,6 +597,63 @@ async fn lent_logs(
     let mut query = query.into_inner();
     query.environment = Some(environment);
     super::runtimes::serve_logs(&state, vec![status], &query)
+}
+
+/// A shell in an environment running here for the asking peer (WebSocket, as
+/// `GET /workspaces/{ws}/terminal`).
+async fn lent_terminal(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<super::runtimes::TerminalQuery>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let peer = known_peer(&state, &request)?;
+    let (workspace, environment) = run_path(&path)?;
+    let local = local_clone(&state, peer.id, workspace)
+        .ok_or_else(|| run_not_found(&state, &environment))?;
+    let status = lent_env(&state, peer.id, local.manifest.id, &environment)
+        .filter(|s| s.state.is_active())
+        .ok_or_else(|| run_not_found(&state, &environment))?;
+    let target = state
+        .runtimes
+        .terminal(&local.manifest.id.to_string(), Some(&environment))
+        .await?;
+    let ended = state.runtimes.run_ended(status.workspace_id, &environment);
+    tracing::info!(peer = %peer.name, workspace = %local.manifest.name, %environment, "terminal opened for the peer that placed it");
+    super::runtimes::serve_terminal(&state, target, Some(ended), &query, &request, body).await
+}
+
+/// Relays a terminal of a placed environment to its peer.
+pub(super) async fn placed_terminal(
+    state: &AppState,
+    placement: &aienv_actors::cluster::Placement,
+    request: &HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let record = &placement.record;
+    let endpoint = state.peers.view().endpoint(record.peer).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "peer-gone",
+            format!(
+                "`{}` runs on {}, which is gone",
+                record.workspace_name, record.peer_name
+            ),
+        )
+    })?;
+    let query = web::Query::<super::runtimes::TerminalQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::bad_request("invalid-query", e.to_string()))?;
+    let url = format!(
+        "{}/api/v1/cluster/runs/{}/{}/terminal?cols={}&rows={}",
+        endpoint.url.replacen("https://", "wss://", 1),
+        record.workspace_id,
+        record.environment,
+        query.cols.unwrap_or(80),
+        query.rows.unwrap_or(24)
+    );
+    let upstream = cluster_client::client(&state.identity, &endpoint).ws(url);
+    tool_proxy::bridge_websocket(request, body, upstream).await
 }
 
 /// The tool of an environment running here for `peer` (`None`: not one of its runs).

@@ -393,10 +393,10 @@ fn read_from(file: &PathBuf, offset: u64) -> (String, u64) {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TerminalQuery {
-    environment: Option<String>,
-    cols: Option<u16>,
-    rows: Option<u16>,
+pub(super) struct TerminalQuery {
+    pub environment: Option<String>,
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
 }
 
 /// Messages a terminal client sends as text; binary frames are keystrokes.
@@ -443,6 +443,16 @@ async fn terminal(
 ) -> Result<HttpResponse, ApiError> {
     super::extract::check_origin(&state, &request, "open this node's terminal")?;
     authorize(&state, &login.0, &path, Action::Use).await?;
+    let entry = state.store.get(&path)?;
+    let placed = state
+        .placements
+        .view()
+        .find(entry.manifest.id, query.environment.as_deref())
+        .cloned();
+    if let Some(placement) = placed {
+        tracing::info!(user = login.name(), workspace = %path, peer = %placement.record.peer_name, "terminal relayed to the peer");
+        return super::cluster::placed_terminal(&state, &placement, &request, body).await;
+    }
     let target = state
         .runtimes
         .terminal(&path, query.environment.as_deref())
@@ -460,11 +470,24 @@ async fn terminal(
                     .is_none_or(|name| *name == s.environment)
         })
         .map(|s| state.runtimes.run_ended(s.workspace_id, &s.environment));
+    tracing::info!(user = login.name(), workspace = %path, "terminal opened");
+    serve_terminal(&state, target, ended, &query, &request, body).await
+}
+
+/// Opens a shell at `target` and serves it over the WebSocket `request` asks for, until
+/// the client leaves, the shell exits, or `ended` (the environment's run) resolves.
+pub(super) async fn serve_terminal(
+    state: &AppState,
+    target: runtime_supervisor::TerminalTarget,
+    ended: Option<impl std::future::Future<Output = ()> + 'static>,
+    query: &TerminalQuery,
+    request: &HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let opened = terminal::open(target, query.cols.unwrap_or(80), query.rows.unwrap_or(24)).await?;
-    let (response, mut session, incoming) = actix_ws::handle(&request, body)
+    let (response, mut session, incoming) = actix_ws::handle(request, body)
         .map_err(|e| ApiError::bad_request("not-a-websocket", e.to_string()))?;
     let mut incoming = incoming.max_frame_size(1 << 20).aggregate_continuations();
-    tracing::info!(user = login.name(), workspace = %path, "terminal opened");
     let shutdown = state.shutdown.clone();
     actix_web::rt::spawn(async move {
         let terminal::Terminal { input, mut output } = opened;

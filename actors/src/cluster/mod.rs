@@ -179,6 +179,9 @@ pub struct Placements {
     placements: HashMap<Key, Placement>,
     polling: HashSet<Key>,
     view_sender: watch::Sender<Arc<PlacementsView>>,
+    /// When this actor started: a restarted node gives its peers the lost-after time to
+    /// be heard again before anything shows `lost`.
+    started: DateTime<Utc>,
 }
 
 impl Actor for Placements {
@@ -339,7 +342,9 @@ impl Placements {
             let Some(endpoint) = peers.endpoint(placement.record.peer) else {
                 // Gone from discovery (or never seen since this node started).
                 if placement.active() && placement.lost_since.is_none() {
-                    let since = placement.last_seen.unwrap_or(placement.record.placed_at);
+                    let since = placement
+                        .last_seen
+                        .unwrap_or(placement.record.placed_at.max(self.started));
                     let silent = (now - since).to_std().unwrap_or_default();
                     if silent >= self.config.lost_after || placement.last_seen.is_some() {
                         let name = placement.record.peer_name.clone();
@@ -435,6 +440,7 @@ impl PlacementsHandle {
             placements: HashMap::new(),
             polling: HashSet::new(),
             view_sender,
+            started: Utc::now(),
         }
         .start();
         PlacementsHandle { addr, view }

@@ -97,9 +97,13 @@ pub fn fit(
 
     let min_cpus = spec.resources.cpus.as_ref().map_or(0.0, |c| c.min);
     if left.cpus < min_cpus.max(0.01) {
+        let needs = if min_cpus > 0.0 {
+            format!("needs at least {} CPU cores", trim_float(min_cpus))
+        } else {
+            "needs CPU time".to_string()
+        };
         return Err(format!(
-            "needs at least {} CPU cores; {} left: {}",
-            trim_float(min_cpus.max(1.0)),
+            "{needs}; {} left: {}",
             trim_float(left.cpus),
             lends("CPU cores", cpu_total.to_string(), trim_float(lent.cpus))
         ));
