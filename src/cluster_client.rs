@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use aienv_actors::cluster::{ClusterClient, RemoteRun};
+use aienv_actors::cluster::{ClusterClient, NodeOffer, RemoteRun};
 use aienv_actors::identity::NodeIdentity;
 use aienv_actors::peer_registry::{LocalFuture, PeerCallError, PeerEndpoint};
 
@@ -59,6 +59,27 @@ impl ClusterClient for HttpClusterClient {
             let run: RemoteRunDto = serde_json::from_slice(&body)
                 .map_err(|e| PeerCallError::Failed(format!("invalid run state: {e}")))?;
             Ok(Some(run.to_remote()))
+        })
+    }
+
+    fn offer(&self, peer: &PeerEndpoint) -> LocalFuture<Result<NodeOffer, PeerCallError>> {
+        let request = self
+            .connections
+            .client(peer.key)
+            .get(format!("{}/api/v1/cluster/offer", peer.url));
+        Box::pin(async move {
+            let mut response = request.send().await.map_err(call_error)?;
+            let body = response
+                .body()
+                .limit(MAX_ANSWER_BYTES)
+                .await
+                .map_err(call_error)?;
+            if !response.status().is_success() {
+                return Err(PeerCallError::Failed(refusal(response.status(), &body)));
+            }
+            let offer: OfferDto = serde_json::from_slice(&body)
+                .map_err(|e| PeerCallError::Failed(format!("invalid offer: {e}")))?;
+            Ok(offer.to_offer())
         })
     }
 }

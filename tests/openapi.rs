@@ -1389,6 +1389,7 @@ async fn live_server_matches_openapi_document() {
             200,
             None,
         ),
+        case("GET", "/cluster", "/cluster", Body::None, true, 200, None),
         case(
             "GET",
             "/cluster/offer",

@@ -40,6 +40,8 @@ pub enum NodeEvent {
         /// Whether it was forgotten.
         removed: bool,
     },
+    /// Trusted peers' offers changed (asked only while someone watches the cluster view).
+    ClusterChanged(Arc<crate::cluster::ClusterView>),
     /// A tool of a running environment answered for the first time in this run.
     ToolReady {
         /// The environment.
@@ -76,7 +78,9 @@ impl NodeEvent {
             | NodeEvent::TrustChanged(_) => EventSource::Peers,
             NodeEvent::TransferChanged(_) => EventSource::Transfers,
             NodeEvent::RuntimeChanged(_) | NodeEvent::ToolReady { .. } => EventSource::Runtimes,
-            NodeEvent::PlacementChanged { .. } => EventSource::Placements,
+            NodeEvent::PlacementChanged { .. } | NodeEvent::ClusterChanged(_) => {
+                EventSource::Placements
+            }
         }
     }
 }

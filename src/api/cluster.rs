@@ -56,23 +56,87 @@ pub struct OfferDto {
     pub left: AmountsDto,
     /// Share of the host's CPU cores that running environments hold.
     pub load: f64,
-    /// Environments running here for peers (only the asking peer's, unless an admin asks).
+    /// Environments active here (a peer sees the names of those it may see: its own runs and
+    /// workspaces shared with it).
     pub runs: Vec<LentRunDto>,
 }
 
-/// An environment running on this node for a peer.
+/// An environment active on a node: its own, or one it runs for a peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LentRunDto {
-    /// The workspace here.
+    /// The workspace there; empty when the asker may not see it (not shared with it).
     pub workspace: String,
-    /// The environment.
+    /// The environment (empty with the workspace).
     pub environment: String,
     /// Its state.
     pub state: String,
-    /// For whom.
-    pub lent_to: super::BorrowerDto,
+    /// For whom, when a peer placed it there.
+    pub lent_to: Option<super::BorrowerDto>,
     /// What it holds.
     pub allocation: Option<AmountsDto>,
+}
+
+impl OfferDto {
+    /// As the Placements actor keeps it.
+    pub fn to_offer(&self) -> aienv_actors::cluster::NodeOffer {
+        let amounts = |a: &AmountsDto| aienv_actors::cluster::Amounts {
+            cpus: a.cpus,
+            memory: a.memory_bytes,
+            gpus: a.gpus,
+        };
+        aienv_actors::cluster::NodeOffer {
+            accept: self.accept == "trusted",
+            host: amounts(&self.host),
+            limits: aienv_actors::runtime_supervisor::LendLimits {
+                cpus: self.limits.cpus,
+                memory: self.limits.memory_bytes,
+                gpus: self.limits.gpus,
+            },
+            lent: amounts(&self.lent),
+            left: amounts(&self.left),
+            load: self.load,
+            runs: self
+                .runs
+                .iter()
+                .map(|r| aienv_actors::cluster::LentRun {
+                    workspace: r.workspace.clone(),
+                    environment: r.environment.clone(),
+                    state: r.state.clone(),
+                    peer: r.lent_to.as_ref().map(|b| (b.peer_id, b.peer_name.clone())),
+                    user: r
+                        .lent_to
+                        .as_ref()
+                        .map(|b| b.user.clone())
+                        .unwrap_or_default(),
+                    allocation: r.allocation.as_ref().map(amounts),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /cluster`: every node of the cluster this node trusts, and what runs where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterDto {
+    /// This node first, then every trusted peer, by name.
+    pub nodes: Vec<ClusterNodeDto>,
+    /// When the peers were asked last (they are asked while someone watches).
+    pub asked_at: Option<DateTime<Utc>>,
+}
+
+/// One node in the cluster view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterNodeDto {
+    /// Node id.
+    pub node_id: Uuid,
+    /// Name.
+    pub name: String,
+    /// `this node`, or the peer's discovery state (`online`, `stale`, `gone`, `unseen`).
+    pub state: String,
+    /// Its offer, when it answered.
+    pub offer: Option<OfferDto>,
+    /// Why it could not be asked.
+    pub error: Option<String>,
 }
 
 /// `POST /cluster/fit`: how would this node run this environment for the asking peer?

@@ -32,9 +32,9 @@ use aienv_actors::transfer_queue::{JobState, TransferKind, TransferRequest};
 use aienv_actors::workspace_store::WorkspaceEntry;
 
 use crate::api::{
-    AllocationSummaryDto, AmountsDto, BorrowerDto, FitChunk, FitDto, FitRequest, LendLimitsDto,
-    LentRunDto, OfferDto, PeerRunRequest, PlacedDto, PlacementDto, RankingDto, RemoteRunDto,
-    RemoteToolDto, TransferBytesDto, MAX_FIT_BYTES, MAX_FIT_CHUNKS,
+    AllocationSummaryDto, AmountsDto, BorrowerDto, ClusterDto, ClusterNodeDto, FitChunk, FitDto,
+    FitRequest, LendLimitsDto, LentRunDto, OfferDto, PeerRunRequest, PlacedDto, PlacementDto,
+    RankingDto, RemoteRunDto, RemoteToolDto, TransferBytesDto, MAX_FIT_BYTES, MAX_FIT_CHUNKS,
 };
 use crate::cluster_client::{self, CallError};
 
@@ -63,7 +63,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(lent_terminal),
         )
         .route("/workspaces/{ws}/placement", web::get().to(placement))
-        .route("/placements", web::get().to(placements));
+        .route("/placements", web::get().to(placements))
+        .route("/cluster", web::get().to(cluster));
 }
 
 /// Whether trusted peers may place work here (`cluster.accept`).
@@ -171,6 +172,14 @@ async fn offer(
             "the offer is for trusted peers (mutual TLS) and this node's users",
         ));
     }
+    Ok(HttpResponse::Ok().json(own_offer(&state, Some(&request)).await?))
+}
+
+/// This node's offer, as the caller of `request` may see it (`None`: this node's users).
+async fn own_offer(state: &AppState, request: Option<&HttpRequest>) -> Result<OfferDto, ApiError> {
+    let asker = request.and_then(|r| trusted_caller(state, r));
+    let viewers = request.map(|r| super::peers::peer_viewers(state, r));
+    let store = state.store.view();
     let lending = state.runtimes.lending().await?;
     let runs = state
         .runtimes
@@ -178,21 +187,37 @@ async fn offer(
         .envs
         .iter()
         .filter(|s| s.state.is_active())
-        .filter_map(|s| {
-            let borrower = s.borrower.as_ref()?;
-            if asker.as_ref().is_some_and(|peer| peer.id != borrower.peer) {
-                return None;
-            }
-            Some(LentRunDto {
-                workspace: s.workspace_name.clone(),
-                environment: s.environment.clone(),
+        .map(|s| {
+            let for_asker = s
+                .borrower
+                .as_ref()
+                .is_some_and(|b| asker.as_ref().is_some_and(|peer| peer.id == b.peer));
+            let shared = store
+                .find(&s.workspace_id.to_string())
+                .is_some_and(|entry| {
+                    viewers
+                        .as_ref()
+                        .is_none_or(|list| list.iter().any(|v| v.may_see(&entry.manifest)))
+                });
+            let visible = viewers.is_none() || for_asker || shared;
+            LentRunDto {
+                workspace: if visible {
+                    s.workspace_name.clone()
+                } else {
+                    String::new()
+                },
+                environment: if visible {
+                    s.environment.clone()
+                } else {
+                    String::new()
+                },
                 state: s.state.as_str().to_string(),
-                lent_to: borrower_dto(borrower),
+                lent_to: s.borrower.as_ref().map(borrower_dto),
                 allocation: s.allocation.as_ref().map(amounts),
-            })
+            }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(OfferDto {
+    Ok(OfferDto {
         node_id: state.node.id,
         name: state.node.name.clone(),
         accept: if state.cluster.accept {
@@ -215,7 +240,86 @@ async fn offer(
         left: lent_amounts(&lending.left),
         load: lending.load,
         runs,
+    })
+}
+
+/// The cluster view: this node and every trusted peer with its offer, as asked lately (the
+/// Placements actor asks them while someone watches; this call starts or renews that).
+async fn cluster(state: web::Data<AppState>, _: Login) -> Result<HttpResponse, ApiError> {
+    let view = state.placements.cluster();
+    let peers = state.peers.view();
+    let mut nodes = vec![ClusterNodeDto {
+        node_id: state.node.id,
+        name: state.node.name.clone(),
+        state: "this node".into(),
+        offer: Some(own_offer(&state, None).await?),
+        error: None,
+    }];
+    let mut others: Vec<ClusterNodeDto> = peers
+        .trusted
+        .iter()
+        .map(|trusted| {
+            let seen = peers.peers.iter().find(|p| p.id == trusted.id);
+            let asked = view.offers.iter().find(|(id, _)| *id == trusted.id);
+            ClusterNodeDto {
+                node_id: trusted.id,
+                name: seen.map_or(trusted.name.clone(), |p| p.name.clone()),
+                state: seen.map_or("unseen", |p| p.state_name()).to_string(),
+                offer: asked
+                    .and_then(|(_, a)| a.as_ref().ok())
+                    .map(|o| offer_dto(o, trusted.id, &trusted.name)),
+                error: asked.and_then(|(_, a)| a.as_ref().err().cloned()),
+            }
+        })
+        .collect();
+    others.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes.extend(others);
+    Ok(HttpResponse::Ok().json(ClusterDto {
+        nodes,
+        asked_at: view.asked_at,
     }))
+}
+
+/// A peer's offer as the actor keeps it, back in the API's shape.
+pub(super) fn offer_dto(
+    offer: &aienv_actors::cluster::NodeOffer,
+    id: Uuid,
+    name: &str,
+) -> OfferDto {
+    let amounts = |a: &aienv_actors::cluster::Amounts| AmountsDto {
+        cpus: a.cpus,
+        memory_bytes: a.memory,
+        gpus: a.gpus,
+    };
+    OfferDto {
+        node_id: id,
+        name: name.to_string(),
+        accept: if offer.accept { "trusted" } else { "off" }.into(),
+        host: amounts(&offer.host),
+        limits: LendLimitsDto {
+            cpus: offer.limits.cpus,
+            memory_bytes: offer.limits.memory,
+            gpus: offer.limits.gpus,
+        },
+        lent: amounts(&offer.lent),
+        left: amounts(&offer.left),
+        load: offer.load,
+        runs: offer
+            .runs
+            .iter()
+            .map(|r| LentRunDto {
+                workspace: r.workspace.clone(),
+                environment: r.environment.clone(),
+                state: r.state.clone(),
+                lent_to: r.peer.as_ref().map(|(peer_id, peer_name)| BorrowerDto {
+                    peer_id: *peer_id,
+                    peer_name: peer_name.clone(),
+                    user: r.user.clone(),
+                }),
+                allocation: r.allocation.as_ref().map(amounts),
+            })
+            .collect(),
+    }
 }
 
 fn borrower_dto(borrower: &Borrower) -> BorrowerDto {

@@ -217,6 +217,18 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
             "placement": PlacementDto::from(&**placement),
         })
         .to_string(),
+        NodeEvent::ClusterChanged(view) => json!({
+            "type": "cluster_changed",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "asked_at": view.asked_at,
+            "offers": view.offers.iter().map(|(id, answer)| json!({
+                "node_id": id,
+                "offer": answer.as_ref().ok().map(|o| super::cluster::offer_dto(o, *id, "")),
+                "error": answer.as_ref().err(),
+            })).collect::<Vec<_>>(),
+        })
+        .to_string(),
         NodeEvent::ToolReady { status, tool } => json!({
             "type": "tool_ready",
             "seq": envelope.seq,

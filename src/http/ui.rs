@@ -26,6 +26,7 @@ static FILES: &[(&str, &[u8])] = embed!(
     "js/workspaces.js",
     "js/transfers.js",
     "js/run.js",
+    "js/cluster.js",
     "vendor/xterm/xterm.mjs",
     "vendor/xterm/xterm.css",
     "vendor/xterm/LICENSE",

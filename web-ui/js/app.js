@@ -7,6 +7,7 @@ import * as network from './network.js';
 import * as workspaces from './workspaces.js';
 import * as transfers from './transfers.js';
 import * as run from './run.js';
+import * as cluster from './cluster.js';
 
 export const state = {
   user: null,
@@ -17,11 +18,15 @@ export const state = {
   peers: new Map(),
   transfers: new Map(),
   runtimes: new Map(),
+  // Where this node's environments run on peers, by `workspace_id/environment`.
+  placements: new Map(),
+  // Trusted peers' offers (asked while the cluster view is open), by node id.
+  offers: new Map(),
   feed: [],
   connected: false,
 };
 
-const views = { overview, network, workspaces, transfers, run };
+const views = { overview, network, workspaces, transfers, run, cluster };
 const listeners = new Set();
 let current = null;
 let socket = null;
@@ -84,6 +89,7 @@ function handle(message) {
       state.peers = new Map((message.peers || []).map((p) => [p.id, p]));
       state.transfers = new Map((message.transfers || []).map((t) => [t.id, t]));
       state.runtimes = new Map((message.runtimes || []).map((e) => [`${e.workspace_id}/${e.environment}`, e]));
+      state.placements = new Map((message.placements || []).map((p) => [`${p.workspace_id}/${p.environment}`, p]));
       document.getElementById('node-name').textContent = `${message.node.name}`;
       changed('snapshot');
       break;
@@ -137,6 +143,27 @@ function handle(message) {
       changed('runtimes');
       break;
     }
+    case 'placement_changed': {
+      const p = message.placement;
+      const key = `${p.workspace_id}/${p.environment}`;
+      const before = state.placements.get(key);
+      if (message.removed) {
+        state.placements.delete(key);
+        record(`${p.workspace}/${p.environment} no longer placed on ${p.peer_name}`);
+      } else {
+        state.placements.set(key, p);
+        if (!before || before.state !== p.state) {
+          const since = p.lost_since ? ` since ${new Date(p.lost_since).toLocaleTimeString()}` : '';
+          record(`${p.workspace}/${p.environment} on ${p.peer_name}: ${p.state}${since}`);
+        }
+      }
+      changed('placements');
+      break;
+    }
+    case 'cluster_changed':
+      for (const answer of message.offers) state.offers.set(answer.node_id, answer);
+      changed('cluster');
+      break;
     default:
       break;
   }

@@ -1,6 +1,8 @@
 // Run: per workspace, Run / Stop, each environment's state, allocation and health, buttons
 // that open its tools through the node's proxy, a live log view, and a terminal panel
-// (xterm.js, loaded only when a terminal opens, on the node's terminal WebSocket).
+// (xterm.js, loaded only when a terminal opens, on the node's terminal WebSocket). "Run on…"
+// ranks the trusted peers and places an environment on one; a placed environment shows the
+// peer's state and tools (relayed through this node), and one a peer placed here whose it is.
 
 import { state, onChange, attempt, flash } from './app.js';
 import { api } from './api.js';
@@ -25,11 +27,69 @@ function askPlanned(workspace, render) {
   }, () => asked.delete(key));
 }
 
-/// Every environment of a workspace: the node's status where it ran, else stopped.
+/// An environment placed on a peer, as the run view shows it: the peer's state and tools.
+function placedEnv(workspace, name, p) {
+  const remote = p.remote || { tools: [], notes: [] };
+  const a = remote.allocation;
+  const lost = p.lost_since ? `lost since ${new Date(p.lost_since).toLocaleTimeString()}: ${p.error || `${p.peer_name} is silent`}` : null;
+  return {
+    workspace_id: workspace.id, workspace: workspace.name, environment: name, state: p.state, backend: '',
+    placement: p,
+    tools: remote.tools.map((t) => ({ ...t, restarts: 0 })),
+    notes: [`on ${p.peer_name}: ${p.reason}`, ...(remote.notes || [])],
+    allocation: a ? { variant: a.variant, cpus: a.cpus, cpuset: [], memory: a.memory_bytes, gpus: Array.from({ length: a.gpus }, (_, i) => i), notes: [] } : null,
+    error: lost || remote.error || null,
+    transfer: remote.transfer,
+  };
+}
+
+/// Every environment of a workspace: where it is placed on a peer, else the node's status
+/// where it ran, else stopped.
 function environments(workspace) {
-  return workspace.environments.map((name) => state.runtimes.get(`${workspace.id}/${name}`)
-    || planned.get(`${workspace.id}/${name}`)
-    || { workspace_id: workspace.id, workspace: workspace.name, environment: name, state: 'stopped', backend: '', tools: [], notes: [], allocation: null, error: null });
+  return workspace.environments.map((name) => {
+    const p = state.placements.get(`${workspace.id}/${name}`);
+    const local = state.runtimes.get(`${workspace.id}/${name}`);
+    if (p && !(local && ACTIVE.has(local.state))) return placedEnv(workspace, name, p);
+    return local || planned.get(`${workspace.id}/${name}`)
+      || { workspace_id: workspace.id, workspace: workspace.name, environment: name, state: 'stopped', backend: '', tools: [], notes: [], allocation: null, error: null };
+  });
+}
+
+/// The "Run on…" panel: every trusted online peer's fit for the environment, best first, and
+/// a button to run it on each peer that fits.
+function placementPanel(region) {
+  const close = () => region.replaceChildren();
+  const open = async (env) => {
+    const box = h('section', { class: 'panel', 'aria-label': `Run ${env.workspace}/${env.environment} on a peer` },
+      h('h3', {}, `Run ${env.workspace}/${env.environment} on…`, h('button', { type: 'button', class: 'link', onclick: close }, 'Close')),
+      h('p', { class: 'muted', role: 'status', text: 'asking the trusted peers…' }));
+    region.replaceChildren(box);
+    const ranking = await api('GET', `/workspaces/${env.workspace_id}/placement?environment=${encodeURIComponent(env.environment)}`);
+    const place = (peer) => attempt(async () => {
+      await api('POST', `/workspaces/${env.workspace_id}/run`, { environment: env.environment, on: peer });
+      close();
+    });
+    const rows = ranking.candidates.map((c, index) => h('tr', { 'data-peer': c.peer_name, 'data-fits': String(c.fits) },
+      h('td', {}, c.peer_name, index === 0 && c.fits ? h('span', { class: 'badge state-online', text: 'best' }) : null),
+      c.fits
+        ? [h('td', { text: c.variant || '—' }),
+          h('td', { text: `${c.allocation.cpus} CPU · ${bytes(c.allocation.memory_bytes)} · ${c.allocation.gpus} GPU` }),
+          h('td', { text: c.preferred_met ? 'preferred' : 'minimum' }),
+          h('td', { text: `${Math.round(c.load * 100)} %` }),
+          h('td', { text: `${bytes(c.bytes_to_move)} (${c.eta_seconds.toFixed(1)} s); holds ${bytes(c.bytes_held)}` }),
+          h('td', {}, h('button', { type: 'button', 'aria-label': `Run on ${c.peer_name}`, onclick: () => place(c.peer_name) }, 'Run here'))]
+        : h('td', { colspan: 6, class: 'error', text: c.refusal })));
+    box.replaceChildren(box.firstChild,
+      h('p', {}, ranking.chosen ? `Best: ${ranking.chosen} — ${ranking.reason}` : ranking.reason,
+        h('span', { class: 'muted', text: ` (asked in ${Math.round(ranking.decided_ms)} ms; workspace ${bytes(ranking.workspace_bytes)})` })),
+      ranking.candidates.length
+        ? h('table', { 'aria-label': 'Candidates' },
+          h('thead', {}, h('tr', {}, ['Peer', 'Variant', 'Would give', 'Meets', 'Load', 'To move', ''].map((t) => h('th', { text: t })))),
+          h('tbody', {}, rows))
+        : h('p', { class: 'muted', text: 'No trusted peer is online: trust peers on the Network page; they must set cluster.accept: trusted.' }),
+      ranking.chosen ? h('button', { type: 'button', onclick: () => place('best') }, `Run on the best (${ranking.chosen})`) : null);
+  };
+  return { open, close };
 }
 
 function allocationText(a) {
@@ -59,9 +119,13 @@ function toolButton(env, tool, openTerminal) {
 }
 
 function envSection(env, panels) {
+  const placed = env.placement;
+  const lent = env.lent_to;
   return h('section', { class: 'env', 'data-env': env.environment, 'data-state': env.state, 'aria-label': `Environment ${env.environment}` },
     h('h4', {}, `${env.environment} `, h('span', { class: `badge env-${env.state}`, 'data-state': env.state, text: env.state }),
       env.backend ? h('span', { class: 'muted', text: ` ${env.backend}` }) : null,
+      placed ? h('span', { class: 'badge placed', 'data-placed-on': placed.peer_name, text: `on ${placed.peer_name}` }) : null,
+      lent && ACTIVE.has(env.state) ? h('span', { class: 'badge lent', 'data-lent-to': lent.peer_name, title: `placed here by ${lent.user} on ${lent.peer_name}`, text: `for ${lent.peer_name} (${lent.user})` }) : null,
       env.sandbox && env.sandbox.startsWith('off') && env.state !== 'stopped'
         ? h('span', { class: 'badge unboxed', 'data-sandbox': 'off', title: env.sandbox, text: 'unboxed' }) : null),
     env.sandbox && env.state !== 'stopped' ? h('p', { class: 'muted sandbox', text: `sandbox ${env.sandbox}` }) : null,
@@ -70,13 +134,17 @@ function envSection(env, panels) {
     env.error ? h('p', { class: 'error', role: 'alert', text: env.error }) : null,
     [...new Set([...(env.notes || []), ...((env.allocation && env.allocation.notes) || [])])].map((n) => h('p', { class: 'note', text: n })),
     h('div', { class: 'tools' }, env.tools.map((t) => toolButton(env, t, panels.terminal))),
+    env.transfer ? h('progress', { max: env.transfer.total || 1, value: env.transfer.done, 'aria-label': `Transfer to ${placed.peer_name}` }) : null,
     h('div', { class: 'actions' },
-      h('button', { type: 'button', class: 'link', 'aria-label': `Logs of ${env.workspace}/${env.environment}`, onclick: () => panels.logs(env) }, 'Logs')));
+      h('button', { type: 'button', class: 'link', 'aria-label': `Logs of ${env.workspace}/${env.environment}`, onclick: () => panels.logs(env) }, 'Logs'),
+      !ACTIVE.has(env.state) || (placed && placed.state === 'lost')
+        ? h('button', { type: 'button', class: 'link', 'aria-label': `Run ${env.workspace}/${env.environment} on a peer`, onclick: () => panels.place(env) }, placed ? 'Place again…' : 'Run on…')
+        : null));
 }
 
 function card(workspace, panels) {
   const envs = environments(workspace);
-  const running = envs.some((e) => ACTIVE.has(e.state));
+  const running = envs.some((e) => ACTIVE.has(e.state) || (e.placement && e.state !== 'stopped'));
   const run = h('button', { type: 'button', 'aria-label': `Run ${workspace.name}`, onclick: () => attempt(async () => {
     run.disabled = true;
     await api('POST', `/workspaces/${workspace.id}/run`, {});
@@ -174,10 +242,13 @@ export function mount(main, rest = []) {
   const cards = h('div', { class: 'grid runs' });
   const logs = h('div');
   const terminal = h('div');
-  main.append(h('h2', {}, 'Run'), cards, logs, terminal);
+  const placing = h('div');
+  main.append(h('h2', {}, 'Run'), placing, cards, logs, terminal);
   const logPanelApi = logPanel(logs);
   const terminalApi = terminalPanel(terminal);
-  const panels = { logs: logPanelApi.open, terminal: (env) => attempt(() => terminalApi.open(env)) };
+  const placeApi = placementPanel(placing);
+  const panels = { logs: logPanelApi.open, terminal: (env) => attempt(() => terminalApi.open(env)),
+    place: (env) => attempt(() => placeApi.open(env)) };
   const render = () => {
     const list = [...state.workspaces.values()].filter((w) => w.environments.length).sort((a, b) => a.name.localeCompare(b.name));
     if (!list.length) {
@@ -201,6 +272,6 @@ export function mount(main, rest = []) {
     const env = workspace && environments(workspace).find((e) => e.environment === rest[1]);
     if (env) panels.terminal(env);
   }
-  const stop = onChange((kind) => { if (['runtimes', 'workspaces', 'snapshot'].includes(kind)) render(); });
+  const stop = onChange((kind) => { if (['runtimes', 'workspaces', 'snapshot', 'placements'].includes(kind)) render(); });
   return { unmount: () => { stop(); logPanelApi.close(); terminalApi.close(); } };
 }

@@ -38,6 +38,65 @@ pub trait ClusterClient {
         workspace: Uuid,
         environment: &str,
     ) -> LocalFuture<Result<Option<RemoteRun>, PeerCallError>>;
+
+    /// What the peer lends, holds for peers and runs for this node.
+    fn offer(&self, peer: &PeerEndpoint) -> LocalFuture<Result<NodeOffer, PeerCallError>>;
+}
+
+/// A node's offer to its trusted peers (`GET /cluster/offer`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeOffer {
+    /// Whether it accepts work from trusted peers.
+    pub accept: bool,
+    /// Its CPU cores, memory (bytes) and GPUs.
+    pub host: Amounts,
+    /// What it lends at most (`None`: all).
+    pub limits: crate::runtime_supervisor::LendLimits,
+    /// Held by peers' environments.
+    pub lent: Amounts,
+    /// Left to lend.
+    pub left: Amounts,
+    /// CPU cores held by its environments over its cores.
+    pub load: f64,
+    /// Environments it runs for peers (as much as it shows the asker).
+    pub runs: Vec<LentRun>,
+}
+
+/// CPU cores, memory and GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Amounts {
+    /// CPU cores.
+    pub cpus: f64,
+    /// Memory, bytes.
+    pub memory: u64,
+    /// GPUs.
+    pub gpus: u32,
+}
+
+/// An environment a node runs for a peer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LentRun {
+    /// The workspace there.
+    pub workspace: String,
+    /// The environment.
+    pub environment: String,
+    /// Its state.
+    pub state: String,
+    /// For which peer (its id and name as trusted there; `None`: the node's own).
+    pub peer: Option<(Uuid, String)>,
+    /// Who asked.
+    pub user: String,
+    /// What it holds.
+    pub allocation: Option<Amounts>,
+}
+
+/// Every trusted peer's offer, as last asked, for the cluster view.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Per trusted online peer: its offer, or why it could not be asked.
+    pub offers: Vec<(Uuid, Result<NodeOffer, String>)>,
+    /// When they were asked last.
+    pub asked_at: Option<DateTime<Utc>>,
 }
 
 /// Timing of the follower.
@@ -47,6 +106,10 @@ pub struct PlacementConfig {
     pub poll: Duration,
     /// Silence after which a placement is `lost`.
     pub lost_after: Duration,
+    /// How often trusted peers' offers are asked while someone watches the cluster view.
+    pub offers_every: Duration,
+    /// How long a watch lasts without being renewed.
+    pub watch_for: Duration,
 }
 
 impl Default for PlacementConfig {
@@ -54,6 +117,8 @@ impl Default for PlacementConfig {
         PlacementConfig {
             poll: Duration::from_secs(1),
             lost_after: Duration::from_secs(10),
+            offers_every: Duration::from_secs(2),
+            watch_for: Duration::from_secs(30),
         }
     }
 }
@@ -182,6 +247,12 @@ pub struct Placements {
     /// When this actor started: a restarted node gives its peers the lost-after time to
     /// be heard again before anything shows `lost`.
     started: DateTime<Utc>,
+    /// Until when someone watches the cluster view (offers are asked only then: an idle
+    /// node asks its peers nothing).
+    watched_until: Option<std::time::Instant>,
+    /// Whether a round of offers is out.
+    asking_offers: bool,
+    cluster_sender: watch::Sender<Arc<ClusterView>>,
 }
 
 impl Actor for Placements {
@@ -211,6 +282,52 @@ impl Actor for Placements {
             self.publish(&key, false);
         }
         ctx.run_interval(self.config.poll, |actor, ctx| actor.poll(ctx));
+        ctx.run_interval(self.config.offers_every, |actor, ctx| actor.ask_offers(ctx));
+    }
+}
+
+/// Someone looks at the cluster view: ask the peers' offers for a while.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchCluster;
+
+impl Handler<WatchCluster> for Placements {
+    type Result = ();
+
+    fn handle(&mut self, _: WatchCluster, ctx: &mut Self::Context) {
+        let first = self
+            .watched_until
+            .is_none_or(|until| until <= std::time::Instant::now());
+        self.watched_until = Some(std::time::Instant::now() + self.config.watch_for);
+        if first {
+            self.ask_offers(ctx);
+        }
+    }
+}
+
+/// One round of offers.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct OffersAsked(Vec<(Uuid, Result<NodeOffer, String>)>);
+
+impl Handler<OffersAsked> for Placements {
+    type Result = ();
+
+    fn handle(&mut self, message: OffersAsked, _: &mut Self::Context) {
+        self.asking_offers = false;
+        let before = self.cluster_sender.borrow().clone();
+        if before.offers == message.0 {
+            return;
+        }
+        let view = Arc::new(ClusterView {
+            offers: message.0,
+            asked_at: Some(Utc::now()),
+        });
+        let sender = &self.cluster_sender;
+        self.bus
+            .publish(NodeEvent::ClusterChanged(view.clone()), |_| {
+                sender.send_replace(view.clone());
+            });
     }
 }
 
@@ -330,6 +447,40 @@ impl Placements {
             .map_err(|e| format!("cannot record the placement: {e}"))
     }
 
+    fn ask_offers(&mut self, ctx: &mut Context<Self>) {
+        let watched = self
+            .watched_until
+            .is_some_and(|until| until > std::time::Instant::now());
+        if !watched || self.asking_offers {
+            return;
+        }
+        self.asking_offers = true;
+        let peers = self.peers.view();
+        let asks: Vec<_> = peers
+            .peers
+            .iter()
+            .filter(|p| p.trusted && p.state == crate::peer_registry::PeerState::Online)
+            .filter_map(|p| Some((p.id, p.endpoint()?)))
+            .map(|(id, endpoint)| {
+                let request = self.client.offer(&endpoint);
+                async move {
+                    let answer = match tokio::time::timeout(Duration::from_secs(5), request).await {
+                        Ok(Ok(offer)) => Ok(offer),
+                        Ok(Err(error)) => Err(error.to_string()),
+                        Err(_) => Err("no answer in 5 s".to_string()),
+                    };
+                    (id, answer)
+                }
+            })
+            .collect();
+        ctx.spawn(futures_util::future::join_all(asks).into_actor(self).map(
+            |mut offers, _, ctx| {
+                offers.sort_by_key(|(id, _)| *id);
+                ctx.notify(OffersAsked(offers));
+            },
+        ));
+    }
+
     fn poll(&mut self, ctx: &mut Context<Self>) {
         let peers = self.peers.view();
         let now = Utc::now();
@@ -419,6 +570,7 @@ impl Placements {
 pub struct PlacementsHandle {
     addr: Addr<Placements>,
     view: watch::Receiver<Arc<PlacementsView>>,
+    cluster: watch::Receiver<Arc<ClusterView>>,
 }
 
 impl PlacementsHandle {
@@ -431,6 +583,7 @@ impl PlacementsHandle {
         bus: EventBus,
     ) -> PlacementsHandle {
         let (view_sender, view) = watch::channel(Arc::new(PlacementsView::default()));
+        let (cluster_sender, cluster) = watch::channel(Arc::new(ClusterView::default()));
         let addr = Placements {
             config,
             tree,
@@ -441,9 +594,22 @@ impl PlacementsHandle {
             polling: HashSet::new(),
             view_sender,
             started: Utc::now(),
+            watched_until: None,
+            asking_offers: false,
+            cluster_sender,
         }
         .start();
-        PlacementsHandle { addr, view }
+        PlacementsHandle {
+            addr,
+            view,
+            cluster,
+        }
+    }
+
+    /// Every trusted peer's offer as last asked; asks them for a while from now on.
+    pub fn cluster(&self) -> Arc<ClusterView> {
+        self.addr.do_send(WatchCluster);
+        self.cluster.borrow().clone()
     }
 
     /// The current read view.

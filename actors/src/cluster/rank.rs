@@ -96,13 +96,39 @@ impl Ranking {
 /// Orders `candidates` by the rule.
 pub fn rank(mut candidates: Vec<Candidate>) -> Ranking {
     candidates.sort_by(compare);
-    let reason = match (candidates.first(), candidates.get(1)) {
-        (None, _) => "no trusted peer is online".to_string(),
-        (Some(first), _) if first.fit.is_err() => {
+    let reason = match candidates.first() {
+        None => "no trusted peer is online".to_string(),
+        Some(first) if first.fit.is_err() => {
             "no trusted peer can run it (each one's answer is listed)".to_string()
         }
-        (Some(first), None) => format!("{} is the only candidate", first.peer_name),
-        (Some(first), Some(second)) => why(first, second),
+        Some(first) if candidates.len() == 1 => {
+            format!("{} is the only candidate", first.peer_name)
+        }
+        Some(first) => {
+            // Explained against the first candidate the rule ranks lower; the ones it ties
+            // with come after it by name only.
+            let tied: Vec<&str> = candidates[1..]
+                .iter()
+                .take_while(|c| by_rule(first, c) == Ordering::Equal)
+                .map(|c| c.peer_name.as_str())
+                .collect();
+            let tie = match tied.len() {
+                0 => String::new(),
+                1..=3 => format!("; {} equal by the rule, after it by name", tied.join(", ")),
+                n => format!(
+                    "; {}, … ({n} in all) equal by the rule, after it by name",
+                    tied[..3].join(", ")
+                ),
+            };
+            match candidates.get(1 + tied.len()) {
+                Some(other) => format!("{}{tie}", why(first, other)),
+                None => format!(
+                    "all {} candidates are equal by the rule; {} comes first by name",
+                    candidates.len(),
+                    first.peer_name
+                ),
+            }
+        }
     };
     Ranking { candidates, reason }
 }
@@ -111,9 +137,9 @@ fn has_gpu(offer: &Offer) -> bool {
     offer.gpus > 0
 }
 
-/// The rule as an ordering (`Less` is better).
-fn compare(a: &Candidate, b: &Candidate) -> Ordering {
-    let by_rule = match (&a.fit, &b.fit) {
+/// The rule without the tie-break by name (`Less` is better).
+fn by_rule(a: &Candidate, b: &Candidate) -> Ordering {
+    match (&a.fit, &b.fit) {
         (Ok(_), Err(_)) => Ordering::Less,
         (Err(_), Ok(_)) => Ordering::Greater,
         (Err(_), Err(_)) => Ordering::Equal,
@@ -122,8 +148,12 @@ fn compare(a: &Candidate, b: &Candidate) -> Ordering {
             .then(y.preferred_met.cmp(&x.preferred_met))
             .then(x.bytes_to_move.cmp(&y.bytes_to_move))
             .then(x.load.total_cmp(&y.load)),
-    };
-    by_rule
+    }
+}
+
+/// The rule as a total order (`Less` is better).
+fn compare(a: &Candidate, b: &Candidate) -> Ordering {
+    by_rule(a, b)
         .then_with(|| a.peer_name.cmp(&b.peer_name))
         .then(a.peer.cmp(&b.peer))
 }
@@ -172,6 +202,47 @@ fn why(first: &Candidate, second: &Candidate) -> String {
         );
     }
     format!("{a} and {b} are equal by the rule; {a} comes first by name")
+}
+
+#[cfg(test)]
+mod tie_tests {
+    use super::*;
+
+    #[test]
+    fn ties_are_named_and_the_reason_compares_with_the_next_different_one() {
+        let offer = |preferred_met| Offer {
+            cpus: 1.0,
+            preferred_met,
+            ..Offer::default()
+        };
+        let make = |name: &str, preferred| Candidate {
+            peer: Uuid::from_u128(name.len() as u128),
+            peer_name: name.into(),
+            fit: Ok(offer(preferred)),
+        };
+        let ranking = rank(vec![
+            make("n10", true),
+            make("n00", false),
+            make("n03", true),
+        ]);
+        assert_eq!(ranking.best().unwrap().peer_name, "n03");
+        assert!(
+            ranking.reason.starts_with("n03 meets the preferred"),
+            "{}",
+            ranking.reason
+        );
+        assert!(
+            ranking.reason.contains("n10 equal by the rule"),
+            "{}",
+            ranking.reason
+        );
+        let ranking = rank(vec![make("b", true), make("a", true)]);
+        assert!(
+            ranking.reason.contains("all 2 candidates are equal"),
+            "{}",
+            ranking.reason
+        );
+    }
 }
 
 /// `4 CPU cores, 8.0 GiB, 1 GPU`.
