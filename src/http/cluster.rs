@@ -800,42 +800,45 @@ pub struct PeerTool {
     pub base_path: String,
 }
 
-/// Where a tool of a placed environment is reached (`None`: no placement has it).
+/// Where a tool of a placed environment is reached (`None`: no placement has it). The tool
+/// is known from the environment's own spec, so requests are relayed from the moment the peer
+/// accepted it: the peer answers for its tool as the local proxy does (not running yet, then
+/// the tool), without waiting for the next poll of its state.
 pub(super) fn placed_tool(
     state: &AppState,
     workspace: &str,
     tool: &str,
 ) -> Option<Result<PeerTool, String>> {
+    let entry = state.store.get(workspace).ok()?;
     let view = state.placements.view();
     let placement = view.placements.iter().find(|p| {
-        p.record.workspace_name == workspace
-            && p.remote
-                .as_ref()
-                .is_some_and(|r| r.tools.iter().any(|t| t.name == tool))
+        p.record.workspace_id == entry.manifest.id
+            && entry
+                .environments
+                .get(&p.record.environment)
+                .is_some_and(|spec| spec.tools.iter().any(|t| t.name == tool))
     })?;
     let peer_name = placement.record.peer_name.clone();
-    if placement.lost_since.is_some() {
+    if let Some(since) = placement.lost_since {
         return Some(Err(format!(
-            "`{workspace}` runs on {peer_name}, which is lost since {}",
-            placement.lost_since.unwrap_or_default().format("%H:%M:%S")
+            "`{}` runs on {peer_name}, which is lost since {}",
+            entry.manifest.name,
+            since.format("%H:%M:%S")
         )));
     }
-    let remote = placement.remote.as_ref()?;
-    let state_name = remote
-        .tools
-        .iter()
-        .find(|t| t.name == tool)
-        .map_or("unknown", |t| t.state.as_str());
-    if !matches!(state_name, "ready" | "unhealthy" | "starting") {
+    if !placement.active() {
         return Some(Err(format!(
-            "tool `{tool}` of `{workspace}` is {state_name} on {peer_name}"
+            "`{}/{}` is {} on {peer_name}",
+            entry.manifest.name,
+            placement.record.environment,
+            placement.state()
         )));
     }
     let endpoint = state.peers.view().endpoint(placement.record.peer)?;
     Some(Ok(PeerTool {
         endpoint,
         peer_name,
-        base_path: format!("/w/{workspace}/{tool}/"),
+        base_path: format!("/w/{}/{tool}/", entry.manifest.name),
     }))
 }
 

@@ -76,9 +76,18 @@ async fn proxy(
     // A trusted peer relaying to a tool of an environment it placed here (mutual TLS, the
     // key looked up; never a browser).
     if let Some(peer) = super::peers::trusted_caller(&state, &request) {
-        if let Some(target) = super::cluster::lent_tool(&state, &peer, &key.workspace, &key.tool) {
-            return forward(request, payload, Route::Local(target?), &key).await;
-        }
+        return match super::cluster::lent_tool(&state, &peer, &key.workspace, &key.tool) {
+            Some(target) => forward(request, payload, Route::Local(target?), &key).await,
+            // Not (yet) running here for that peer: its workspace may still be arriving.
+            None => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tool-not-running",
+                format!(
+                    "tool `{}` of `{}` does not run on {} for {} (yet)",
+                    key.tool, key.workspace, state.node.name, peer.name
+                ),
+            )),
+        };
     }
     super::extract::check_origin(&state, &request, "use this node's tools")?;
     let presented = request

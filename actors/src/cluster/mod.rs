@@ -403,6 +403,7 @@ impl Handler<Polled> for Placements {
                 placement.last_seen = Some(now);
                 placement.lost_since = None;
                 placement.error = None;
+                let remote = remote.map(|run| sanitized(run, &placement.record.workspace_name));
                 placement.remote = Some(remote.unwrap_or_else(|| RemoteRun {
                     state: "stopped".into(),
                     error: Some(format!(
@@ -427,6 +428,44 @@ impl Handler<Polled> for Placements {
             self.publish(&key, false);
         }
     }
+}
+
+/// A peer's answer made safe to show and use here: tools named by slugs only, and their
+/// links always under `/w/<workspace>/<tool>/` on this node (a hostile peer must not put a
+/// `javascript:` or foreign link on the dashboard), strings bounded.
+fn sanitized(mut run: RemoteRun, workspace: &str) -> RemoteRun {
+    fn bounded(text: &mut String, max: usize) {
+        if text.len() > max {
+            let mut cut = max;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+    }
+    run.tools.retain(|t| crate::model::is_slug(&t.name));
+    run.tools.truncate(64);
+    for tool in &mut run.tools {
+        let base = format!("/w/{workspace}/{}/", tool.name);
+        let safe = tool.url.starts_with(&base)
+            && tool.url.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+        if !safe {
+            tool.url = base;
+        }
+        bounded(&mut tool.url, 2048);
+        bounded(&mut tool.kind, 32);
+        bounded(&mut tool.state, 32);
+    }
+    bounded(&mut run.state, 32);
+    if let Some(error) = &mut run.error {
+        bounded(error, 4096);
+    }
+    run.notes.truncate(32);
+    for note in &mut run.notes {
+        bounded(note, 1024);
+    }
+    bounded(&mut run.peer_workspace, 256);
+    run
 }
 
 impl Placements {
@@ -634,5 +673,39 @@ impl PlacementsHandle {
             })
             .await
             .map_err(|_| "the placements actor is gone".to_string())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_peers_tool_links_stay_on_this_node() {
+        let run = RemoteRun {
+            state: "running".into(),
+            tools: vec![
+                RemoteTool {
+                    name: "web".into(),
+                    url: "javascript:alert(1)".into(),
+                    ..RemoteTool::default()
+                },
+                RemoteTool {
+                    name: "lab".into(),
+                    url: "/w/ws/lab/tree?x=1".into(),
+                    ..RemoteTool::default()
+                },
+                RemoteTool {
+                    name: "../x".into(),
+                    url: "/w/ws/../x/".into(),
+                    ..RemoteTool::default()
+                },
+            ],
+            ..RemoteRun::default()
+        };
+        let safe = sanitized(run, "ws");
+        assert_eq!(safe.tools.len(), 2);
+        assert_eq!(safe.tools[0].url, "/w/ws/web/");
+        assert_eq!(safe.tools[1].url, "/w/ws/lab/tree?x=1");
     }
 }
