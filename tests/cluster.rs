@@ -382,7 +382,7 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
             .any(|s| s.workspace == "lab" && s.state == "running"),
         "host2 stopped the environment when its requester went away"
     );
-    let (_n0, host0) = start_host_with(&lan, 0, temp.path(), &host0_env);
+    let (n0, host0) = start_host_with(&lan, 0, temp.path(), &host0_env);
     within(60, "host0 finds its environment on host2 again", || async {
         placement(&host0, "lab")
             .await
@@ -452,14 +452,23 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
             .is_some_and(|p| p.state == "stopped")
     })
     .await;
-    // Run again there, and stop from host0: it stops on host2 and host0 forgets it.
-    host0.run_on("lab", &place("web", "host2")).await.unwrap();
-    within(120, "the environment runs on host2 again", || async {
-        placement(&host0, "lab")
-            .await
-            .is_some_and(|p| p.state == "running")
-    })
-    .await;
+    // Run again there, with the CLI on host0 (it waits until the tool answers), and stop
+    // from host0: it stops on host2 and host0 forgets it.
+    let cli = std::process::Command::new("ip")
+        .args(["netns", "exec", &lan.namespaces[0], common::binary(), "--node", &n0.url])
+        .args(["run", "lab", "web", "--on", "best", "--explain", "--timeout", "120"])
+        .env("AIENV_TOKEN", n0.token())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(printed.contains("chosen: host2"), "{printed}");
+    assert!(printed.contains("lab/web on host2: running"), "{printed}");
+    assert!(printed.contains("/w/lab/web/"), "{printed}");
     host0.stop("lab", Some("web")).await.unwrap();
     within(60, "host2 stopped it", || async {
         host2

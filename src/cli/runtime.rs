@@ -454,6 +454,21 @@ fn print_environment(client: &Client, status: &EnvironmentStatusDto) {
             format!("; {}", sizing.join(", "))
         }
     );
+    if let Some(placement) = &status.placement {
+        println!(
+            "  on {} (placed by {}: {}){}",
+            placement.peer_name,
+            placement.by,
+            placement.reason,
+            placement.lost_since.map_or(String::new(), |since| format!(
+                "; lost since {}",
+                since.format("%H:%M:%S")
+            ))
+        );
+    }
+    if let Some(lent) = &status.lent_to {
+        println!("  runs here for {} ({})", lent.peer_name, lent.user);
+    }
     if let Some(error) = &status.error {
         println!("  error: {error}");
     }
