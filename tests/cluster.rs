@@ -455,8 +455,24 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
     // Run again there, with the CLI on host0 (it waits until the tool answers), and stop
     // from host0: it stops on host2 and host0 forgets it.
     let cli = std::process::Command::new("ip")
-        .args(["netns", "exec", &lan.namespaces[0], common::binary(), "--node", &n0.url])
-        .args(["run", "lab", "web", "--on", "best", "--explain", "--timeout", "120"])
+        .args([
+            "netns",
+            "exec",
+            &lan.namespaces[0],
+            common::binary(),
+            "--node",
+            &n0.url,
+        ])
+        .args([
+            "run",
+            "lab",
+            "web",
+            "--on",
+            "best",
+            "--explain",
+            "--timeout",
+            "120",
+        ])
         .env("AIENV_TOKEN", n0.token())
         .output()
         .unwrap();

@@ -135,35 +135,16 @@ pub async fn run_on(
     {
         current = now;
     }
-    let spinner = if cli.json || !std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(100));
-        bar
-    };
+    let spinner = spinner(cli);
     while !done(&current) {
         spinner.set_message(describe_placement(&current));
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let message = match tokio::time::timeout(remaining, events.next()).await {
-            Ok(Some(message)) => message?,
-            Ok(None) => {
-                return Err(CliError::with_code(
-                    exit::UNREACHABLE,
-                    "the node closed the event stream",
-                ))
-            }
-            Err(_) => {
-                spinner.finish_and_clear();
-                return Err(CliError::with_code(
-                    exit::FAILURE,
-                    format!(
-                        "still not ready after {timeout} s: {}; it keeps starting (see `aienv status {workspace}`)",
-                        describe_placement(&current)
-                    ),
-                ));
-            }
-        };
+        let message = next_event(&mut events, deadline, &spinner, || {
+            format!(
+                "still not ready after {timeout} s: {}; it keeps starting (see `aienv status {workspace}`)",
+                describe_placement(&current)
+            )
+        })
+        .await?;
         if message["type"].as_str() != Some("placement_changed") {
             continue;
         }
@@ -288,6 +269,40 @@ pub fn print_ranking(ranking: &crate::api::RankingDto) {
     );
 }
 
+/// A spinner on stderr; hidden with `--json` and when stderr is not a terminal.
+fn spinner(cli: &Cli) -> indicatif::ProgressBar {
+    if cli.json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// The next message of the event stream; at `deadline`, a failure saying what `late` says.
+async fn next_event(
+    events: &mut futures_util::stream::LocalBoxStream<
+        'static,
+        Result<serde_json::Value, crate::client::ClientError>,
+    >,
+    deadline: Instant,
+    spinner: &indicatif::ProgressBar,
+    late: impl FnOnce() -> String,
+) -> Result<serde_json::Value, CliError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, events.next()).await {
+        Ok(Some(message)) => Ok(message?),
+        Ok(None) => Err(CliError::with_code(
+            exit::UNREACHABLE,
+            "the node closed the event stream",
+        )),
+        Err(_) => {
+            spinner.finish_and_clear();
+            Err(CliError::with_code(exit::FAILURE, late()))
+        }
+    }
+}
+
 /// Follows runtime events until every environment settled.
 pub async fn wait_settled(
     cli: &Cli,
@@ -299,13 +314,7 @@ pub async fn wait_settled(
         .into_iter()
         .map(|s| ((s.workspace_id, s.environment.clone()), s))
         .collect();
-    let spinner = if cli.json || !std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(100));
-        bar
-    };
+    let spinner = spinner(cli);
     let deadline = Instant::now() + timeout;
     let mut events = client.events().await?;
     // The snapshot and events may have overtaken the first answer: refresh once.
@@ -317,27 +326,14 @@ pub async fn wait_settled(
     }
     while !current.values().all(settled) {
         spinner.set_message(describe_progress(&current));
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let message = match tokio::time::timeout(remaining, events.next()).await {
-            Ok(Some(message)) => message?,
-            Ok(None) => {
-                return Err(CliError::with_code(
-                    exit::UNREACHABLE,
-                    "the node closed the event stream",
-                ))
-            }
-            Err(_) => {
-                spinner.finish_and_clear();
-                return Err(CliError::with_code(
-                    exit::FAILURE,
-                    format!(
-                        "still not ready after {} s: {}; the environments keep starting (see `aienv status`)",
-                        timeout.as_secs(),
-                        describe_progress(&current)
-                    ),
-                ));
-            }
-        };
+        let message = next_event(&mut events, deadline, &spinner, || {
+            format!(
+                "still not ready after {} s: {}; the environments keep starting (see `aienv status`)",
+                timeout.as_secs(),
+                describe_progress(&current)
+            )
+        })
+        .await?;
         let status = match message["type"].as_str() {
             Some("runtime_changed") | Some("tool_ready") => message["environment"].clone(),
             _ => continue,
