@@ -408,7 +408,7 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
     let framed = host0.terminal("lab", Some("web"), 80, 24).await.unwrap();
     let (mut sink, mut stream) = framed.split();
     sink.send(Message::Binary(
-        "cat index.html; echo; echo ON=$AIENV_ENVIRONMENT-$(cat /proc/sys/kernel/hostname)\n"
+        "mkdir -p results && echo trained > results/out.txt; cat index.html; echo; echo ON=$AIENV_ENVIRONMENT-$(cat /proc/sys/kernel/hostname)\n"
             .into(),
     ))
     .await
@@ -452,6 +452,30 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
             .is_some_and(|p| p.state == "stopped")
     })
     .await;
+    // Its results come back with a sync: only if nothing changed here since it was placed,
+    // unless forced.
+    let sync = aienv::api::TransferRequestDto {
+        kind: "sync".into(),
+        workspace: "lab".into(),
+        ..Default::default()
+    };
+    let note = format!("{root}/local-note.txt");
+    std::fs::write(&note, "mine").unwrap();
+    let message = refusal(host0.start_transfer(&sync).await.unwrap_err());
+    assert!(message.starts_with("changed-here:"), "{message}");
+    std::fs::remove_file(&note).unwrap();
+    let job = host0.start_transfer(&sync).await.unwrap();
+    let job = common::finished(&host0, job.id).await;
+    assert_eq!(job.state, "done", "{job:?}");
+    assert_eq!(job.peer_name, "host2");
+    assert_eq!(
+        std::fs::read_to_string(format!("{root}/results/out.txt")).unwrap(),
+        "trained\n"
+    );
+    // host0's workspace is still its own: no origin, same sharing.
+    let lab = host0.get("lab").await.unwrap().workspace;
+    assert!(lab.origin.is_none(), "{lab:?}");
+
     // Run again there, with the CLI on host0 (it waits until the tool answers), and stop
     // from host0: it stops on host2 and host0 forgets it.
     let cli = std::process::Command::new("ip")
@@ -496,7 +520,8 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
             .all(|s| s.state == "stopped")
     })
     .await;
-    assert!(placement(&host0, "lab").await.is_none());
+    // Kept as stopped: its results can still come back.
+    assert_eq!(placement(&host0, "lab").await.unwrap().state, "stopped");
 
     // Named: host1 runs it (a clone there too); then host1 is cut off: `lost` on host0.
     host0.run_on("lab", &place("web", "host1")).await.unwrap();

@@ -66,6 +66,9 @@ pub struct TransferRequestDto {
     /// Clone with sharing turned off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private: bool,
+    /// Sync of a placed workspace's results: overwrite what changed here since it was placed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// Counters of a transfer.

@@ -81,14 +81,19 @@ pub enum Command {
     },
     /// Update a clone from the node it was cloned from (only what changed moves).
     Sync {
-        /// The local clone (name or id).
+        /// The local clone (name or id), or a workspace placed on a peer (its results come
+        /// back from there).
         workspace: String,
-        /// Sync from this node instead of the origin (one sharing the same workspace).
+        /// Sync from this node instead of the origin (one sharing the same workspace), or,
+        /// for a placed workspace, from the peer it ran on.
         #[arg(long)]
         peer: Option<String>,
         /// Return once queued instead of following the transfer.
         #[arg(long)]
         no_wait: bool,
+        /// A placed workspace's results overwrite what changed here since it was placed.
+        #[arg(long)]
+        force: bool,
     },
     /// Set up and start a workspace's environments; returns once their tools answer (or
     /// fail), printing their URLs. The environments keep running under the node.

@@ -372,7 +372,8 @@ pub(super) async fn remote(cli: &Cli) -> Result<(), CliError> {
             workspace,
             peer,
             no_wait,
-        } => transfer::sync(cli, &client, workspace, peer.clone(), *no_wait).await,
+            force,
+        } => transfer::sync(cli, &client, workspace, peer.clone(), *no_wait, *force).await,
         Command::Transfers { action, watch } => {
             transfer::transfers(cli, &client, action, *watch).await
         }

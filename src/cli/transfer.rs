@@ -55,6 +55,7 @@ pub async fn clone(
             workspace: workspace.to_string(),
             rename_to,
             private,
+            force: false,
         })
         .await?;
     let target = job.target_name.clone();
@@ -66,13 +67,15 @@ pub async fn clone(
     Ok(())
 }
 
-/// `aienv sync WS`.
+/// `aienv sync WS`: a clone from its origin, or a workspace placed on a peer from the clone
+/// there (its results back).
 pub async fn sync(
     cli: &Cli,
     client: &Client,
     workspace: &str,
     peer: Option<String>,
     no_wait: bool,
+    force: bool,
 ) -> Result<(), CliError> {
     let job = client
         .start_transfer(&TransferRequestDto {
@@ -81,6 +84,7 @@ pub async fn sync(
             workspace: workspace.to_string(),
             rename_to: None,
             private: false,
+            force,
         })
         .await?;
     follow(cli, client, job, no_wait).await

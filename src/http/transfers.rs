@@ -155,11 +155,17 @@ fn fetchable(
         return Ok(entry);
     }
     let viewers = peer_viewers(state, request);
+    // A peer this node placed the workspace on fetches it; the peer that placed a workspace
+    // here fetches its results back from the clone.
     let placed_there = super::peers::trusted_caller(state, request).is_some_and(|peer| {
         state
             .placements
             .view()
             .placed_on(entry.manifest.id, peer.id)
+            || entry
+                .origin
+                .as_ref()
+                .is_some_and(|o| o.peer_id == peer.id && o.workspace_id == entry.manifest.id)
     });
     if placed_there || viewers.iter().any(|v| v.may_see(&entry.manifest)) {
         Ok(entry)
@@ -354,6 +360,11 @@ async fn create(
                 message: format!("`as`: `{name}` is not a valid workspace name (lower-case letters, digits and dashes)"),
                 details: Some(serde_json::json!({"field": "as"})),
             });
+        }
+    }
+    if kind == TransferKind::Sync {
+        if let Some(job) = super::cluster::sync_results(&state, &login, &body).await? {
+            return Ok(HttpResponse::Accepted().json(TransferDto::from(&*job)));
         }
     }
     let job = state

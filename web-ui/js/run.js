@@ -137,6 +137,13 @@ function envSection(env, panels) {
     env.transfer ? h('progress', { max: env.transfer.total || 1, value: env.transfer.done, 'aria-label': `Transfer to ${placed.peer_name}` }) : null,
     h('div', { class: 'actions' },
       h('button', { type: 'button', class: 'link', 'aria-label': `Logs of ${env.workspace}/${env.environment}`, onclick: () => panels.logs(env) }, 'Logs'),
+      placed
+        ? h('button', { type: 'button', class: 'link', 'aria-label': `Bring the results of ${env.workspace} back from ${placed.peer_name}`,
+          onclick: () => attempt(async () => {
+            const job = await api('POST', '/transfers', { kind: 'sync', workspace: env.workspace_id });
+            flash(`bringing ${env.workspace} back from ${placed.peer_name} (transfer ${job.id.slice(0, 8)}): see Transfers`);
+          }) }, 'Results back')
+        : null,
       !ACTIVE.has(env.state) || (placed && placed.state === 'lost')
         ? h('button', { type: 'button', class: 'link', 'aria-label': `Run ${env.workspace}/${env.environment} on a peer`, onclick: () => panels.place(env) }, placed ? 'Place again…' : 'Run on…')
         : null));

@@ -174,6 +174,14 @@ pub struct PlacementRecord {
     pub placed_at: DateTime<Utc>,
     /// Why this peer (the rule's words).
     pub reason: String,
+    /// The workspace's root here when it was placed (or its results last came back): a sync
+    /// of the results refuses to overwrite changes made here since.
+    #[serde(default)]
+    pub placed_root: Option<crate::snapshot::Hash>,
+    /// When it was stopped through this node; the record stays, so its results can still be
+    /// brought back, and is no longer followed.
+    #[serde(default)]
+    pub stopped_at: Option<DateTime<Utc>>,
 }
 
 /// A placement and what is known of it now.
@@ -192,8 +200,12 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// `placing` until the peer answers, `lost`, or the peer's state.
+    /// `placing` until the peer answers, `lost`, `stopped` once stopped through this node,
+    /// or the peer's state.
     pub fn state(&self) -> &str {
+        if self.record.stopped_at.is_some() {
+            return "stopped";
+        }
         if self.lost_since.is_some() {
             return "lost";
         }
@@ -344,6 +356,65 @@ pub struct Forget {
     pub workspace: Uuid,
     /// The environment.
     pub environment: String,
+}
+
+/// The placement was stopped through this node: kept (its results can come back), no
+/// longer followed.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Stopped {
+    /// The workspace.
+    pub workspace: Uuid,
+    /// The environment.
+    pub environment: String,
+}
+
+/// The results of a placed workspace came back: its root here now.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct ResultsBack {
+    /// The workspace.
+    pub workspace: Uuid,
+    /// Its root after the sync.
+    pub root: crate::snapshot::Hash,
+}
+
+impl Handler<Stopped> for Placements {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, message: Stopped, _: &mut Self::Context) -> Self::Result {
+        let key = (message.workspace, message.environment);
+        let Some(placement) = self.placements.get_mut(&key) else {
+            return Ok(());
+        };
+        placement.record.stopped_at = Some(Utc::now());
+        placement.lost_since = None;
+        let record = placement.record.clone();
+        self.persist(&key, Some(&record))?;
+        self.publish(&key, false);
+        Ok(())
+    }
+}
+
+impl Handler<ResultsBack> for Placements {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, message: ResultsBack, _: &mut Self::Context) -> Self::Result {
+        let keys: Vec<Key> = self
+            .placements
+            .keys()
+            .filter(|(workspace, _)| *workspace == message.workspace)
+            .cloned()
+            .collect();
+        for key in keys {
+            let placement = self.placements.get_mut(&key).expect("listed");
+            placement.record.placed_root = Some(message.root);
+            let record = placement.record.clone();
+            self.persist(&key, Some(&record))?;
+            self.publish(&key, false);
+        }
+        Ok(())
+    }
 }
 
 /// A peer's answer about one placement.
@@ -525,7 +596,7 @@ impl Placements {
         let now = Utc::now();
         let keys: Vec<Key> = self.placements.keys().cloned().collect();
         for key in keys {
-            if self.polling.contains(&key) {
+            if self.polling.contains(&key) || self.placements[&key].record.stopped_at.is_some() {
                 continue;
             }
             let placement = &self.placements[&key];
@@ -660,6 +731,29 @@ impl PlacementsHandle {
     pub async fn place(&self, record: PlacementRecord) -> Result<Arc<Placement>, String> {
         self.addr
             .send(Place(record))
+            .await
+            .map_err(|_| "the placements actor is gone".to_string())?
+    }
+
+    /// Marks a placement stopped through this node.
+    pub async fn stopped(&self, workspace: Uuid, environment: &str) -> Result<(), String> {
+        self.addr
+            .send(Stopped {
+                workspace,
+                environment: environment.to_string(),
+            })
+            .await
+            .map_err(|_| "the placements actor is gone".to_string())?
+    }
+
+    /// Records that the results of `workspace` came back (its root now).
+    pub async fn results_back(
+        &self,
+        workspace: Uuid,
+        root: crate::snapshot::Hash,
+    ) -> Result<(), String> {
+        self.addr
+            .send(ResultsBack { workspace, root })
             .await
             .map_err(|_| "the placements actor is gone".to_string())?
     }

@@ -88,9 +88,11 @@ pub struct TransferRequest {
     pub private: bool,
     /// Who asked.
     pub by: String,
-    /// The source itself asked for this clone (it placed an environment here): `workspace`
-    /// is its workspace id and `rename_to` its name, taken as they are instead of looked up
-    /// in the source's catalog (which need not list it).
+    /// A transfer of a placement (lab cluster). For a clone: the source itself asked for it
+    /// (it placed an environment here), and `workspace` is its workspace id and `rename_to`
+    /// its name, taken as they are instead of looked up in the source's catalog. For a sync:
+    /// the results come back to the placed workspace (not a clone) from `peer`, the node that
+    /// ran it, whose clone has the same id; nothing is recorded as an origin.
     #[serde(default)]
     pub placed: bool,
 }

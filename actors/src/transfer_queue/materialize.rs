@@ -119,11 +119,8 @@ impl JobContext {
             let stage = stage.clone();
             blocking(move || stage.relocate(&new_root)).await?
         };
-        let mut origin = local
-            .origin
-            .as_deref()
-            .cloned()
-            .expect("a sync target is a clone");
+        let is_clone = local.origin.is_some();
+        let mut origin = super::runner::sync_origin(&self.job, &local);
         for (path, hash) in &relocation.relocated {
             origin.relocated.insert(path.clone(), *hash);
         }
@@ -153,7 +150,7 @@ impl JobContext {
         let started = Instant::now();
         let entry = self
             .store
-            .commit_sync(id, plan, origin, &self.job.request.by)
+            .commit_sync(id, plan, is_clone.then_some(origin), &self.job.request.by)
             .await?;
         let committed = started.elapsed();
         self.store

@@ -468,6 +468,9 @@ impl TransferQueue {
 
     fn resolve_sync(&self, job: &mut JobInfo) -> Result<(), TransferError> {
         let local = self.store.get(&job.request.workspace)?;
+        if job.request.placed && local.origin.is_none() {
+            return self.resolve_results(job, &local);
+        }
         let origin = local
             .origin
             .as_ref()
@@ -514,6 +517,34 @@ impl TransferQueue {
             .filter(|other| other.state == JobState::Done && other.local_id == job.local_id)
             .max_by_key(|other| other.finished)
             .and_then(|other| other.local_root);
+        Ok(())
+    }
+
+    /// A sync that brings a placed workspace's results back from the peer that ran it.
+    fn resolve_results(
+        &self,
+        job: &mut JobInfo,
+        local: &crate::workspace_store::WorkspaceEntry,
+    ) -> Result<(), TransferError> {
+        let view = self.peers.view();
+        let wanted = job.request.peer.as_str();
+        let peer = view
+            .peers
+            .iter()
+            .find(|p| p.id.to_string() == wanted || p.name == wanted)
+            .filter(|p| p.state != PeerState::Gone)
+            .ok_or_else(|| TransferError::PeerNotFound {
+                name: wanted.to_string(),
+                close: Vec::new(),
+            })?;
+        job.peer_id = peer.id;
+        job.peer_key = Some(peer.key);
+        job.peer_name = peer.name.clone();
+        job.workspace_id = local.manifest.id;
+        job.workspace_name = local.manifest.name.clone();
+        job.target_name = local.manifest.name.clone();
+        job.local_id = Some(local.manifest.id);
+        job.baseline = None;
         Ok(())
     }
 

@@ -83,7 +83,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     let mut fetched = None;
     let mut mine: Option<Arc<Snapshot>> = None;
     if let (Some(local), Some(baseline)) = (&local, cx.job.baseline) {
-        let origin = local.origin.as_ref().expect("a sync target is a clone");
+        let origin = sync_origin(&cx.job, local);
         let id = local.manifest.id.to_string();
         let (source, current) = futures_util::future::join(
             cx.fetch_manifest(cx.job.peer_id, Some(origin.root)),
@@ -126,8 +126,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             mine = Some(cx.store.snapshot(&local.manifest.id.to_string()).await?.0);
         }
         let current = mine.as_ref().expect("taken just above");
-        let origin = local.origin.as_ref().expect("a sync target is a clone");
-        if origin.root == snapshot.root && unchanged(current, &snapshot, origin) {
+        let origin = sync_origin(&cx.job, local);
+        if origin.root == snapshot.root && unchanged(current, &snapshot, &origin) {
             let totals = (progress.bytes_total, progress.files_total);
             let outcome = up_to_date(local, totals, current.root, progress);
             cx.progress(&outcome.progress);
@@ -263,6 +263,28 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         local_root,
         ..outcome
     })
+}
+
+/// What a sync compares against: the clone's origin, or, for a placed workspace's results
+/// (`placed`: not a clone), an origin that records nothing (every difference is the peer's
+/// result, and nothing was relocated here).
+pub(super) fn sync_origin(job: &JobInfo, local: &WorkspaceEntry) -> crate::workspace_store::Origin {
+    match &local.origin {
+        Some(origin) => (**origin).clone(),
+        None => crate::workspace_store::Origin {
+            peer_id: job.peer_id,
+            peer_key: job.peer_key,
+            peer_name: job.peer_name.clone(),
+            workspace_id: local.manifest.id,
+            workspace_name: local.manifest.name.clone(),
+            revision: 0,
+            root: Hash([0; 32]),
+            cloned_at: job.created,
+            synced_at: None,
+            relocated: Default::default(),
+            needs_rebuild: Vec::new(),
+        },
+    }
 }
 
 /// Whether the clone is exactly what its origin's snapshot describes (no local changes

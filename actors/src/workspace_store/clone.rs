@@ -151,7 +151,9 @@ impl ChunkStore {
 struct CommitSync {
     id: Uuid,
     plan: SyncPlan,
-    origin: Origin,
+    /// The clone's new origin state; `None` for a workspace that is not a clone (a placed
+    /// workspace's results coming back).
+    origin: Option<Origin>,
     by: String,
 }
 
@@ -187,7 +189,9 @@ impl Handler<CommitSync> for WorkspaceStore {
         if text != local_text {
             fsio::write_atomic(&manifest_path, text.as_bytes())?;
         }
-        self.index.put_origin(id, &origin)?;
+        if let Some(origin) = &origin {
+            self.index.put_origin(id, origin)?;
+        }
         self.index_and_publish(
             manifest,
             loaded.environments,
@@ -316,12 +320,13 @@ impl WorkspaceStoreHandle {
         .await?
     }
 
-    /// Applies a sync plan to the clone `id` and records the new origin state.
+    /// Applies a sync plan to the clone `id` and records the new origin state (none for a
+    /// workspace that is not a clone).
     pub async fn commit_sync(
         &self,
         id: Uuid,
         plan: SyncPlan,
-        origin: Origin,
+        origin: Option<Origin>,
         by: &str,
     ) -> Result<Arc<WorkspaceEntry>, StoreError> {
         self.send(CommitSync {

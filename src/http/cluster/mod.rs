@@ -24,7 +24,8 @@ use crate::api::{AmountsDto, BorrowerDto};
 pub(super) use lending::lent_tool;
 pub use lending::Loans;
 pub(super) use placing::{
-    offer_dto, place, placed_logs, placed_terminal, placed_tool, relay_tool, stop_placed, PeerTool,
+    offer_dto, place, placed_logs, placed_terminal, placed_tool, relay_tool, stop_placed,
+    sync_results, PeerTool,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -16,11 +16,13 @@ use aienv_actors::cluster::rank::{self, Candidate, Offer};
 use aienv_actors::cluster::PlacementRecord;
 use aienv_actors::model::EnvironmentSpec;
 use aienv_actors::peer_registry::{PeerEndpoint, PeerState};
+use aienv_actors::snapshot::Hash;
+use aienv_actors::transfer_queue::{JobInfo, JobState, TransferKind, TransferRequest};
 use aienv_actors::workspace_store::WorkspaceEntry;
 
 use crate::api::{
     AmountsDto, BorrowerDto, ClusterDto, ClusterNodeDto, FitChunk, FitRequest, LendLimitsDto,
-    LentRunDto, OfferDto, PeerRunRequest, PlacedDto, PlacementDto, RankingDto,
+    LentRunDto, OfferDto, PeerRunRequest, PlacedDto, PlacementDto, RankingDto, TransferRequestDto,
 };
 use crate::cluster_client::{self, CallError};
 
@@ -363,7 +365,7 @@ async fn rank_peers(
     environment: &str,
     spec: &EnvironmentSpec,
     only: Option<Uuid>,
-) -> Result<RankingDto, ApiError> {
+) -> Result<(RankingDto, Hash), ApiError> {
     let started = Instant::now();
     let (snapshot, _) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
     let mut seen = HashSet::new();
@@ -427,13 +429,14 @@ async fn rank_peers(
         });
     let candidates = futures_util::future::join_all(asks).await;
     let ranking = rank::rank(candidates);
-    Ok(RankingDto::new(
+    let dto = RankingDto::new(
         &entry.manifest.name,
         environment,
         &ranking,
         total,
         started.elapsed().as_secs_f64() * 1000.0,
-    ))
+    );
+    Ok((dto, snapshot.root))
 }
 
 /// The ranking of trusted online peers for an environment (nothing is placed).
@@ -447,7 +450,8 @@ pub(super) async fn placement(
         .await?;
     let entry = state.store.get(&path)?;
     let (environment, spec) = environment_of(&entry, query.environment.as_deref())?;
-    Ok(HttpResponse::Ok().json(rank_peers(&state, &entry, &environment, spec, None).await?))
+    let (ranking, _) = rank_peers(&state, &entry, &environment, spec, None).await?;
+    Ok(HttpResponse::Ok().json(ranking))
 }
 
 pub(super) async fn placements(state: web::Data<AppState>, _: Login) -> HttpResponse {
@@ -533,7 +537,7 @@ pub(in crate::http) async fn place(
         ));
     }
     let only = named_peer(state, on)?;
-    let ranking = rank_peers(state, &entry, &environment, spec, only).await?;
+    let (ranking, root) = rank_peers(state, &entry, &environment, spec, only).await?;
     let Some(chosen) = ranking.candidates.first().filter(|c| c.fits).cloned() else {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -572,6 +576,8 @@ pub(in crate::http) async fn place(
         } else {
             ranking.reason.clone()
         },
+        placed_root: Some(root),
+        stopped_at: None,
     };
     // A refusal below must not lose the record of where it ran before (a lost peer).
     let previous = state
@@ -641,8 +647,9 @@ pub(in crate::http) async fn place(
     }))
 }
 
-/// Stops environments of `workspace` placed on peers (all, or `environment`) and forgets
-/// them; the peers' answers, or why they could not be asked.
+/// Stops environments of `workspace` placed on peers (all, or `environment`) and marks them
+/// stopped (kept, so their results can still come back with a sync); the peers' answers, or
+/// why they could not be asked.
 pub(in crate::http) async fn stop_placed(
     state: &AppState,
     workspace: Uuid,
@@ -694,7 +701,7 @@ pub(in crate::http) async fn stop_placed(
         }
         let _ = state
             .placements
-            .forget(workspace, &record.environment)
+            .stopped(workspace, &record.environment)
             .await;
     }
     notes
@@ -752,4 +759,87 @@ fn placement_endpoint(
             ),
         )
     })
+}
+
+/// `POST /transfers` with `kind: sync` of a workspace that is not a clone but was placed on a
+/// peer: brings the results back from the clone there (only the changed chunks). Refused
+/// when the workspace changed here since it was placed (or its results last came back),
+/// unless `force`. `None` when the workspace is no placed one (the queue decides then).
+pub(in crate::http) async fn sync_results(
+    state: &web::Data<AppState>,
+    login: &Login,
+    body: &TransferRequestDto,
+) -> Result<Option<Arc<JobInfo>>, ApiError> {
+    let entry = state.store.get(&body.workspace)?;
+    if entry.origin.is_some() {
+        return Ok(None);
+    }
+    let view = state.placements.view();
+    let Some(placement) = view
+        .placements
+        .iter()
+        .filter(|p| p.record.workspace_id == entry.manifest.id)
+        .filter(|p| {
+            body.peer
+                .as_deref()
+                .is_none_or(|peer| peer == p.record.peer_name || peer == p.record.peer.to_string())
+        })
+        .max_by_key(|p| p.record.placed_at)
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let record = &placement.record;
+    let (now, _) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
+    if !body.force && record.placed_root.is_some_and(|root| root != now.root) {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "changed-here",
+            message: format!(
+                "`{}` changed here since it was placed on {}: bringing its results back would overwrite those changes; sync with force (`aienv sync {} --force`) to take {}'s copy, or export yours first",
+                entry.manifest.name, record.peer_name, entry.manifest.name, record.peer_name
+            ),
+            details: Some(serde_json::json!({"peer": record.peer_name})),
+        });
+    }
+    let job = state
+        .transfers
+        .enqueue(
+            TransferKind::Sync,
+            TransferRequest {
+                peer: record.peer.to_string(),
+                workspace: entry.manifest.id.to_string(),
+                by: login.name().to_string(),
+                placed: true,
+                ..TransferRequest::default()
+            },
+        )
+        .await?;
+    tracing::info!(user = login.name(), workspace = %entry.manifest.name, peer = %record.peer_name, transfer = %job.id, "bringing a placed workspace's results back");
+    // Once they are here, later syncs compare against the new state.
+    let (state, id, workspace) = (state.clone(), job.id, entry.manifest.id);
+    actix_web::rt::spawn(async move {
+        let mut view = state.transfers.subscribe();
+        loop {
+            let finished = view
+                .borrow()
+                .find(&id.to_string())
+                .map(|j| (j.state.is_finished(), j.state == JobState::Done));
+            match finished {
+                Some((true, true)) => break,
+                Some((false, _)) => {}
+                _ => return,
+            }
+            if view.changed().await.is_err() {
+                return;
+            }
+        }
+        if let Ok((snapshot, _)) = state.store.snapshot(&workspace.to_string()).await {
+            let _ = state
+                .placements
+                .results_back(workspace, snapshot.root)
+                .await;
+        }
+    });
+    Ok(Some(job))
 }
