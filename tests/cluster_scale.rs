@@ -139,7 +139,7 @@ async fn fifty_nodes_idle_rank_and_render() {
         .put_environment(
             "scale",
             "web",
-            "schema_version: 1\nruntime: process\nresources: {cpus: {min: 0.5, preferred: 2}}\ntools: [{name: web, kind: http, command: [python3, -m, http.server, $PORT, --bind, 127.0.0.1]}]\n".into(),
+            "schema_version: 1\nruntime: process\nresources: {cpus: {min: 0.5, preferred: 2}}\ntools: [{name: web, kind: http, strip_prefix: true, command: [python3, -m, http.server, $PORT, --bind, 127.0.0.1]}]\n".into(),
         )
         .await
         .unwrap();

@@ -47,6 +47,20 @@ try {
   await page.getByText('Best: n03').waitFor();
   console.log(`step: the Run on… dialog lists ${await candidates.count()} candidates, n03 first`);
   if (shots) await page.screenshot({ path: `${shots}/run-on-50.png`, fullPage: true });
+
+  // Run it on the best: the card follows it there, and its tool opens through this node.
+  await page.getByRole('button', { name: 'Run on the best (n03)' }).click();
+  const card = page.locator('[data-workspace="scale"] [data-env="web"]');
+  await card.locator('[data-placed-on="n03"]').waitFor();
+  await page.locator('[data-workspace="scale"] [data-env="web"][data-state="running"]').waitFor({ timeout: 120_000 });
+  const [tool] = await Promise.all([
+    page.context().waitForEvent('page'),
+    page.getByRole('link', { name: 'Open web of scale' }).click(),
+  ]);
+  await tool.waitForLoadState();
+  await tool.getByText('Directory listing').first().waitFor();
+  assert.notEqual(new URL(tool.url()).port, new URL(env('NODE_URL')).port, 'the tool opens on its own origin');
+  console.log(`step: placed on n03; its tool opened through the hub at ${new URL(tool.url()).origin}`);
   console.log('PASS');
 } finally {
   await browser.close();

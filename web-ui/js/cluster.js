@@ -1,11 +1,13 @@
 // Cluster: this node and every trusted peer — state, resources, what it lends, what peers hold
-// of it, its load — and every environment active anywhere: where it runs and for whom. The
+// of it, its load — every environment active anywhere (where it runs and for whom), and the
+// lab's Slurm partitions when this node has one. The
 // node asks its peers' offers while this view is open (renewed every 20 s) and streams them
 // as `cluster_changed` events; this node's own row follows its runtime events.
 
 import { state, onChange, attempt } from './app.js';
 import { api } from './api.js';
 import { h, bytes } from './dom.js';
+import { partitionCard } from './network.js';
 
 let nodes = [];
 
@@ -73,6 +75,7 @@ export function mount(main) {
   const summary = h('p', { class: 'muted', role: 'status' });
   const table = h('tbody');
   const envs = h('tbody');
+  const slurm = h('section', { 'aria-label': 'Slurm partitions' });
   main.append(h('h2', {}, 'Cluster'), summary,
     h('table', { 'aria-label': 'Cluster nodes' },
       h('thead', {}, h('tr', {}, ['Node', 'State', 'Has', 'Lends', 'Peers hold', 'Load', 'Environments', ''].map((t) => h('th', { text: t })))),
@@ -80,7 +83,18 @@ export function mount(main) {
     h('h2', {}, 'Environments anywhere'),
     h('table', { 'aria-label': 'Cluster environments' },
       h('thead', {}, h('tr', {}, ['Environment', 'Runs on', 'For', 'State', 'Holds'].map((t) => h('th', { text: t })))),
-      envs));
+      envs),
+    slurm);
+  // The lab's Slurm partitions beside the peers, when this node has one configured.
+  const loadSlurm = async () => {
+    const result = await api('GET', '/slurm/partitions').catch(() => null);
+    if (!result || !result.configured) { slurm.replaceChildren(); return; }
+    slurm.replaceChildren(h('h2', {}, 'Slurm partitions'),
+      result.error
+        ? h('p', { class: 'warning', role: 'alert', text: `slurmrestd: ${result.error}` })
+        : h('div', { class: 'grid' }, ...result.partitions.map(partitionCard)));
+  };
+  loadSlurm();
   const render = () => {
     const list = merged();
     const lending = list.filter((n) => n.offer && n.offer.accept === 'trusted').length;
@@ -100,7 +114,7 @@ export function mount(main) {
   };
   load();
   // The node asks its peers while someone watches: keep the watch alive.
-  const renew = setInterval(load, 20000);
+  const renew = setInterval(() => { load(); loadSlurm(); }, 20000);
   let ownTimer = null;
   const stop = onChange((kind) => {
     if (kind === 'cluster' || kind === 'placements') render();

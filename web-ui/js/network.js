@@ -53,7 +53,7 @@ function peerCard(peer) {
 }
 
 // A Slurm partition beside the peers: what its nodes have and what is free now.
-function partitionCard(p) {
+export function partitionCard(p) {
   return h('article', { class: 'card peer', 'data-partition': p.name, 'aria-label': `Slurm partition ${p.name}` },
     h('h3', {}, p.name, h('span', { class: `badge state-${p.state === 'UP' ? 'online' : 'offline'}`, text: p.state }),
       h('span', { class: 'badge', text: 'slurm' })),
