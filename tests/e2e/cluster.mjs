@@ -39,7 +39,7 @@ try {
 
   // "Run on…": every candidate's fit, best first.
   await page.getByRole('link', { name: 'Run', exact: true }).click();
-  await page.getByRole('button', { name: 'Run scale/web on a peer' }).click();
+  await page.getByRole('button', { name: 'Place scale/web on a peer' }).click();
   const candidates = page.locator('table[aria-label="Candidates"] tbody tr');
   await candidates.nth(peers - 1).waitFor();
   assert.equal(await candidates.count(), peers);

@@ -60,7 +60,7 @@ function environments(workspace) {
 function placementPanel(region) {
   const close = () => region.replaceChildren();
   const open = async (env) => {
-    const box = h('section', { class: 'panel', 'aria-label': `Run ${env.workspace}/${env.environment} on a peer` },
+    const box = h('section', { class: 'panel', 'aria-label': `Place ${env.workspace}/${env.environment} on a peer` },
       h('h3', {}, `Run ${env.workspace}/${env.environment} on…`, h('button', { type: 'button', class: 'link', onclick: close }, 'Close')),
       h('p', { class: 'muted', role: 'status', text: 'asking the trusted peers…' }));
     region.replaceChildren(box);
@@ -145,7 +145,7 @@ function envSection(env, panels) {
           }) }, 'Results back')
         : null,
       !ACTIVE.has(env.state) || (placed && placed.state === 'lost')
-        ? h('button', { type: 'button', class: 'link', 'aria-label': `Run ${env.workspace}/${env.environment} on a peer`, onclick: () => panels.place(env) }, placed ? 'Place again…' : 'Run on…')
+        ? h('button', { type: 'button', class: 'link', 'aria-label': `Place ${env.workspace}/${env.environment} on a peer`, onclick: () => panels.place(env) }, placed ? 'Place again…' : 'Run on…')
         : null));
 }
 

@@ -9,8 +9,9 @@
 //!
 //! Requesting node (a signed-in person): `GET /workspaces/{ws}/placement` ranks every
 //! trusted online peer; `POST /workspaces/{ws}/run` with `on` places the environment;
-//! `GET /placements` lists where this node's environments run. Status, stop, logs and tools
-//! of a placed environment go to the peer through this node.
+//! `GET /placements` lists where this node's environments run; `GET /cluster` is the cluster
+//! view. Status, stop, logs, terminal and tools of a placed environment go to the peer
+//! through this node, and a sync brings its results back.
 
 mod lending;
 mod placing;
