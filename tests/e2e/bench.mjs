@@ -2,7 +2,11 @@
 // first render on loopback, what the first load downloads (and that nothing leaves the
 // node), and the time from an event on the node to the DOM showing it, over N events.
 
+import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
+
+// playwright-core bundles `ws`: a WebSocket client outside the browser.
+const { ws: WebSocketClient } = createRequire(import.meta.url)('playwright-core/lib/utilsBundle');
 
 const URL_ = process.env.NODE_URL;
 const TOKEN = process.env.TOKEN;
@@ -68,6 +72,19 @@ try {
     };
     return new Promise((resolve) => { socket.onopen = resolve; });
   });
+  // The same events to a client outside the browser: what the node and the network take,
+  // without the page's main thread.
+  const outsideAt = {};
+  const outsideRecv = {};
+  const outside_ = new WebSocketClient(`${URL_.replace('http', 'ws')}/api/v1/events`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+  outside_.on('message', (data) => {
+    const message = JSON.parse(data.toString());
+    if (message.type === 'workspace_changed' && message.change === 'created') {
+      outsideAt[message.name] = Date.parse(message.at);
+      outsideRecv[message.name] = Date.now();
+    }
+  });
+  await new Promise((resolve, reject) => { outside_.on('open', resolve); outside_.on('error', reject); });
   for (let i = 0; i < EVENTS; i += 1) {
     const response = await fetch(`${URL_}/api/v1/workspaces`, {
       method: 'POST', headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json' },
@@ -84,6 +101,9 @@ try {
   }
   const latencies = await page.evaluate(() => Object.keys(window.at).map((name) => window.seen[name] - window.at[name]));
   const delivery = await page.evaluate(() => Object.keys(window.at).map((name) => window.recv[name] - window.at[name]));
+  const direct = Object.keys(outsideAt).map((name) => outsideRecv[name] - outsideAt[name]).sort((a, b) => a - b);
+  outside_.close();
+  console.log(`  node to a client outside the browser (same events, ${direct.length}): p50 ${pct(direct, 0.5)} ms, p99 ${pct(direct, 0.99)} ms`);
   delivery.sort((a, b) => a - b);
   console.log(`  of which node to browser (the event's WebSocket message arriving): p50 ${pct(delivery, 0.5)} ms, p99 ${pct(delivery, 0.99)} ms`);
   latencies.sort((a, b) => a - b);

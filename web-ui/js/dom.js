@@ -31,3 +31,21 @@ export function ago(iso) {
   if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
   return `${Math.round(seconds / 3600)} h ago`;
 }
+
+/// Makes `parent`'s children exactly `elements`, in order, moving or inserting only what
+/// differs: replacing every child makes the browser lay them all out again.
+export function reconcile(parent, elements) {
+  let at = parent.firstElementChild;
+  for (const element of elements) {
+    if (at === element) {
+      at = at.nextElementSibling;
+    } else {
+      parent.insertBefore(element, at);
+    }
+  }
+  while (at) {
+    const gone = at;
+    at = at.nextElementSibling;
+    gone.remove();
+  }
+}

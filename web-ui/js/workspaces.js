@@ -3,7 +3,7 @@
 
 import { state, onChange, attempt, flash } from './app.js';
 import { api, ApiError } from './api.js';
-import { h, ago } from './dom.js';
+import { h, ago, reconcile } from './dom.js';
 
 const TYPES = ['general', 'notebook', 'training', 'fine-tuning', 'inference', 'dataset', 'model', 'app', 'course'];
 
@@ -214,11 +214,9 @@ export function mount(main) {
     rows.clear();
     for (const [id, entry] of next) rows.set(id, entry);
     const elements = list.map((w) => rows.get(w.id).element);
-    // Only touch the DOM where the order or a row changed.
-    const current = [...body.children];
-    if (current.length !== elements.length || current.some((e, i) => e !== elements[i])) {
-      body.replaceChildren(...elements);
-    }
+    // Only touch the DOM where a row is new, moved or gone: replacing every row made the
+    // browser lay the whole table out again for each event, which delayed the next events.
+    reconcile(body, elements);
   };
   render();
   const stop = onChange((kind) => { if (kind === 'workspaces' || kind === 'snapshot') render(); });
