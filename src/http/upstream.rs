@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 /// Largest response head accepted from a tool.
 const MAX_HEAD: usize = 64 * 1024;
 /// Bytes asked of the socket per read of a body.
-const READ_SIZE: usize = 256 * 1024;
+const READ_SIZE: usize = 1024 * 1024;
 /// Idle connections kept per tool per worker.
 const POOL_PER_TOOL: usize = 16;
 /// How long a tool may take to send its response head.
