@@ -6,7 +6,9 @@
 //! rsync zstd`). `BENCH_SCALE` (default 1.0) scales the tree: at 1.0 it is about 1.1 GB in
 //! 17,000 files shaped like an ML workspace (a venv-like tree of small text and larger binary
 //! files, two 200 MiB weight shards, a 100 MiB CSV). `BENCH_DIRS` lists where to run
-//! (default `target/bench-transfer:/dev/shm`). Figures, not assertions.
+//! (default `target/bench-transfer:/dev/shm`). `BENCH_FILES=N` replaces the tree with N small
+//! files (the change then rewrites 1 % of them), and the nodes' peak resident memory is
+//! reported at the end. Figures, not assertions.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,7 +80,11 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         workspace = created.workspace.id;
     }
     let started = Instant::now();
-    let (files, bytes) = build_tree(&root.join("data"), scale);
+    let many = many_files();
+    let (files, bytes) = match many {
+        Some(count) => build_many(&root.join("data"), count),
+        None => build_tree(&root.join("data"), scale),
+    };
     println!(
         "tree: {files} files, {:.0} MB, written in {:.1} s",
         bytes as f64 / 1e6,
@@ -193,7 +199,10 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
 
     // The 1 % change: 8 MiB inside one shard, 1 MiB appended to the other, 170 small files
     // edited, 10 added.
-    let changed = change_tree(&root.join("data"), scale);
+    let changed = match many {
+        Some(count) => change_many(&root.join("data"), count),
+        None => change_tree(&root.join("data"), scale),
+    };
     println!(
         "\n1 % change: {:.1} MB of content changed or added",
         changed as f64 / 1e6
@@ -256,8 +265,62 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         let _ = child.kill();
         let _ = child.wait();
     }
+    // Peak resident memory of each node over the whole run (snapshot, clone, syncs).
+    for (name, node) in [("source", &a), ("receiver", &b)] {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap()))
+            .unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        println!(
+            "{name} node: peak resident memory {:.1} MiB, now {:.1} MiB ({files} files)",
+            field("VmHWM:") as f64 / 1024.0,
+            field("VmRSS:") as f64 / 1024.0
+        );
+    }
     drop(b);
     a.stop();
+}
+
+/// `BENCH_FILES=N`: the tree is N small files instead (memory and time at scale).
+fn many_files() -> Option<u64> {
+    std::env::var("BENCH_FILES").ok()?.parse().ok()
+}
+
+/// N files of 0.5–2 KiB in directories of 200; returns (files, bytes).
+fn build_many(root: &Path, count: u64) -> (u64, u64) {
+    let mut random = Random(0x3a11);
+    let text_block = text_sample();
+    let mut bytes = 0;
+    for i in 0..count {
+        let dir = root.join(format!("d{:04}", i / 200));
+        if i % 200 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        let len = 512 + (random.next() % 1536) as usize;
+        let content = text(&text_block, len, &mut random);
+        bytes += content.len() as u64;
+        std::fs::write(dir.join(format!("f{i}.txt")), content).unwrap();
+    }
+    (count, bytes)
+}
+
+/// Rewrites 1 % of the small files; returns the bytes written.
+fn change_many(root: &Path, count: u64) -> u64 {
+    let mut random = Random(0x77);
+    let text_block = text_sample();
+    let mut changed = 0;
+    for i in (0..count).step_by(100) {
+        let content = text(&text_block, 1024, &mut random);
+        changed += content.len() as u64;
+        std::fs::write(root.join(format!("d{:04}/f{i}.txt", i / 200)), content).unwrap();
+    }
+    changed
 }
 
 /// Writes the tree and returns (files, bytes).
