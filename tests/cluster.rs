@@ -350,6 +350,28 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
     )
     .await;
     assert_eq!(code, 422);
+    // A workspace larger than host2's free disk is refused with the figures.
+    let huge: Vec<serde_json::Value> = (0..300u32)
+        .map(|i| serde_json::json!({"hash": format!("{i:064x}"), "size": u32::MAX}))
+        .collect();
+    let (code, fit, _) = as_peer(
+        &identity,
+        &h2.0,
+        h2.1,
+        "POST",
+        "/cluster/fit",
+        "/cluster/fit",
+        Some(serde_json::json!({"environment": "web", "spec": {"schema_version": 1}, "chunks": huge})),
+    )
+    .await;
+    assert_eq!((code, fit["fits"].as_bool()), (200, Some(false)));
+    assert!(
+        fit["refusal"]
+            .as_str()
+            .unwrap()
+            .contains("of disk for the workspace"),
+        "{fit}"
+    );
     let greedy = serde_json::json!({"environment": "web", "spec": {"schema_version": 1, "resources": {"memory": {"min": "900GiB"}}}});
     let (code, fit, _) = as_peer(
         &identity,

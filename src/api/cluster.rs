@@ -150,6 +150,10 @@ pub struct FitRequest {
     /// The workspace's distinct chunk hashes (hex), to count what this node holds already.
     #[serde(default)]
     pub chunks: Vec<FitChunk>,
+    /// The workspace's id on the requester: a node that already holds its clone needs disk
+    /// only for what changed.
+    #[serde(default)]
+    pub workspace_id: Option<Uuid>,
 }
 
 /// One chunk of the workspace: hash and size.

@@ -211,6 +211,9 @@ fn peer_spec(value: &serde_json::Value, environment: &str) -> Result<Environment
     Ok(spec)
 }
 
+/// Disk a peer's workspace may not take: what is kept free for everything else.
+const DISK_RESERVE: u64 = 1 << 30;
+
 /// How this node would run the asking peer's environment now.
 pub(super) async fn fit(
     state: web::Data<AppState>,
@@ -230,14 +233,14 @@ pub(super) async fn fit(
         bytes_held: 0,
         notes: Vec::new(),
     };
-    if let Err(error) = peer {
+    let peer = match peer {
+        Ok(peer) => peer,
         // A refusal is an answer the ranking shows, not a failed call.
-        return if error.code == "cluster-off" {
-            Ok(HttpResponse::Ok().json(refused(error.message)))
-        } else {
-            Err(error)
-        };
-    }
+        Err(error) if error.code == "cluster-off" => {
+            return Ok(HttpResponse::Ok().json(refused(error.message)))
+        }
+        Err(error) => return Err(error),
+    };
     let spec = peer_spec(&body.spec, &body.environment)?;
     if body.chunks.len() > MAX_FIT_CHUNKS {
         return Err(ApiError::new(
@@ -270,6 +273,31 @@ pub(super) async fn fit(
     })
     .await
     .unwrap_or(0);
+    // Disk: a clone writes the whole workspace (chunks held locally are copied, not
+    // fetched); a sync of the clone already here writes what changed.
+    let total: u64 = body.chunks.iter().map(|c| u64::from(c.size)).sum();
+    let held_clone = body
+        .workspace_id
+        .and_then(|id| local_clone(&state, peer.id, id))
+        .is_some();
+    let needed = if held_clone {
+        total.saturating_sub(bytes_held)
+    } else {
+        total
+    };
+    let free = aienv_actors::resources::disk_free(&state.node.data_dir);
+    let usable = free.saturating_sub(DISK_RESERVE);
+    if needed > usable {
+        return Ok(HttpResponse::Ok().json(FitDto {
+            bytes_held,
+            ..refused(format!(
+                "needs {} of disk for the workspace; {} free here ({} kept free)",
+                aienv_actors::runtime_supervisor::allocation::gib(needed),
+                aienv_actors::runtime_supervisor::allocation::gib(free),
+                aienv_actors::runtime_supervisor::allocation::gib(DISK_RESERVE)
+            ))
+        }));
+    }
     let answer = match state
         .runtimes
         .fit_for_peer(&body.environment, spec.clone())

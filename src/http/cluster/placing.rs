@@ -392,6 +392,7 @@ async fn rank_peers(
             )
         })?,
         chunks,
+        workspace_id: Some(entry.manifest.id),
     });
     let peers = state.peers.view();
     let asks = peers
