@@ -63,6 +63,19 @@ async fn placement(client: &Client, workspace: &str) -> Option<PlacementDto> {
         .find(|p| p.workspace == workspace)
 }
 
+/// Waits up to `seconds` until the requester's placement of `lab` satisfies `check`.
+async fn placement_until(
+    client: &Client,
+    seconds: u64,
+    what: &str,
+    check: impl Fn(&PlacementDto) -> bool,
+) {
+    within(seconds, what, || async {
+        placement(client, "lab").await.is_some_and(|p| check(&p))
+    })
+    .await;
+}
+
 fn place(environment: &str, on: &str) -> RunRequest {
     RunRequest {
         environment: Some(environment.into()),
@@ -205,10 +218,8 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
     // Run on the best: host2 clones the workspace from host0 and runs it for host0.
     let placed = host0.run_on("lab", &place("web", "best")).await.unwrap();
     assert_eq!(placed.placement.peer_name, "host2");
-    within(180, "the environment runs on host2", || async {
-        placement(&host0, "lab")
-            .await
-            .is_some_and(|p| p.state == "running")
+    placement_until(&host0, 180, "the environment runs on host2", |p| {
+        p.state == "running"
     })
     .await;
     let shown = placement(&host0, "lab").await.unwrap();
@@ -394,7 +405,15 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
 
     // The requester goes away: host2 keeps running what it accepted; back, host0 finds it.
     drop(n0);
-    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    within(60, "host2 notices host0 is gone", || async {
+        host2
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "host0" && p.state != "online")
+    })
+    .await;
     assert!(
         host2
             .runtimes()
@@ -405,11 +424,12 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
         "host2 stopped the environment when its requester went away"
     );
     let (n0, host0) = start_host_with(&lan, 0, temp.path(), &host0_env);
-    within(60, "host0 finds its environment on host2 again", || async {
-        placement(&host0, "lab")
-            .await
-            .is_some_and(|p| p.state == "running" && p.peer_name == "host2")
-    })
+    placement_until(
+        &host0,
+        60,
+        "host0 finds its environment on host2 again",
+        |p| p.state == "running" && p.peer_name == "host2",
+    )
     .await;
     let (code, body) = host0.tool_get("/w/lab/web/index.html").await.unwrap();
     assert_eq!((code, body.as_str()), (200, MARKER));
@@ -468,10 +488,8 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
         (200, Some("stopped")),
         "{run}"
     );
-    within(30, "host0 sees it stopped", || async {
-        placement(&host0, "lab")
-            .await
-            .is_some_and(|p| p.state == "stopped")
+    placement_until(&host0, 30, "host0 sees it stopped", |p| {
+        p.state == "stopped"
     })
     .await;
     // Its results come back with a sync: only if nothing changed here since it was placed,
@@ -547,17 +565,13 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
 
     // Named: host1 runs it (a clone there too); then host1 is cut off: `lost` on host0.
     host0.run_on("lab", &place("web", "host1")).await.unwrap();
-    within(180, "the environment runs on host1", || async {
-        placement(&host0, "lab")
-            .await
-            .is_some_and(|p| p.state == "running")
+    placement_until(&host0, 180, "the environment runs on host1", |p| {
+        p.state == "running"
     })
     .await;
     ip(&["-n", &lan.namespaces[1], "link", "set", "eth1", "down"]).unwrap();
-    within(60, "host0 shows it lost", || async {
-        placement(&host0, "lab")
-            .await
-            .is_some_and(|p| p.state == "lost" && p.lost_since.is_some())
+    placement_until(&host0, 60, "host0 shows it lost", |p| {
+        p.state == "lost" && p.lost_since.is_some()
     })
     .await;
     let (code, body) = host0.tool_get("/w/lab/web/index.html").await.unwrap();

@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use aienv_actors::cluster::rank::{Candidate, Offer, Ranking};
-use aienv_actors::cluster::{Placement, RemoteRun, RemoteTool};
+use aienv_actors::cluster::rank::{Candidate, Ranking};
+use aienv_actors::cluster::{LentRun, NodeOffer, Placement, RemoteRun, RemoteTool};
+use aienv_actors::runtime_supervisor::{Amounts, Borrower, LendLimits};
 
 /// Largest fit request body (the chunk list).
 pub const MAX_FIT_BYTES: usize = 32 << 20;
@@ -76,39 +77,100 @@ pub struct LentRunDto {
     pub allocation: Option<AmountsDto>,
 }
 
-impl OfferDto {
-    /// As the Placements actor keeps it.
-    pub fn to_offer(&self) -> aienv_actors::cluster::NodeOffer {
-        let amounts = |a: &AmountsDto| aienv_actors::cluster::Amounts {
+impl From<&Amounts> for AmountsDto {
+    fn from(a: &Amounts) -> AmountsDto {
+        AmountsDto {
+            cpus: a.cpus,
+            memory_bytes: a.memory,
+            gpus: a.gpus,
+        }
+    }
+}
+
+impl From<&AmountsDto> for Amounts {
+    fn from(a: &AmountsDto) -> Amounts {
+        Amounts {
             cpus: a.cpus,
             memory: a.memory_bytes,
             gpus: a.gpus,
-        };
-        aienv_actors::cluster::NodeOffer {
+        }
+    }
+}
+
+impl From<&LendLimits> for LendLimitsDto {
+    fn from(l: &LendLimits) -> LendLimitsDto {
+        LendLimitsDto {
+            cpus: l.cpus,
+            memory_bytes: l.memory,
+            gpus: l.gpus,
+        }
+    }
+}
+
+impl From<&LendLimitsDto> for LendLimits {
+    fn from(l: &LendLimitsDto) -> LendLimits {
+        LendLimits {
+            cpus: l.cpus,
+            memory: l.memory_bytes,
+            gpus: l.gpus,
+        }
+    }
+}
+
+impl From<&super::BorrowerDto> for Borrower {
+    fn from(b: &super::BorrowerDto) -> Borrower {
+        Borrower {
+            peer: b.peer_id,
+            peer_name: b.peer_name.clone(),
+            user: b.user.clone(),
+        }
+    }
+}
+
+impl OfferDto {
+    /// The offer of node `id` named `name`.
+    pub fn from_offer(offer: &NodeOffer, id: Uuid, name: &str) -> OfferDto {
+        OfferDto {
+            node_id: id,
+            name: name.to_string(),
+            accept: if offer.accept { "trusted" } else { "off" }.into(),
+            host: (&offer.host).into(),
+            limits: (&offer.limits).into(),
+            lent: (&offer.lent).into(),
+            left: (&offer.left).into(),
+            load: offer.load,
+            runs: offer
+                .runs
+                .iter()
+                .map(|r| LentRunDto {
+                    workspace: r.workspace.clone(),
+                    environment: r.environment.clone(),
+                    state: r.state.clone(),
+                    lent_to: r.lent_to.as_ref().map(super::BorrowerDto::from),
+                    allocation: r.allocation.as_ref().map(AmountsDto::from),
+                })
+                .collect(),
+        }
+    }
+
+    /// As the Placements actor keeps it.
+    pub fn to_offer(&self) -> NodeOffer {
+        NodeOffer {
             accept: self.accept == "trusted",
-            host: amounts(&self.host),
-            limits: aienv_actors::runtime_supervisor::LendLimits {
-                cpus: self.limits.cpus,
-                memory: self.limits.memory_bytes,
-                gpus: self.limits.gpus,
-            },
-            lent: amounts(&self.lent),
-            left: amounts(&self.left),
+            host: (&self.host).into(),
+            limits: (&self.limits).into(),
+            lent: (&self.lent).into(),
+            left: (&self.left).into(),
             load: self.load,
             runs: self
                 .runs
                 .iter()
-                .map(|r| aienv_actors::cluster::LentRun {
+                .map(|r| LentRun {
                     workspace: r.workspace.clone(),
                     environment: r.environment.clone(),
                     state: r.state.clone(),
-                    peer: r.lent_to.as_ref().map(|b| (b.peer_id, b.peer_name.clone())),
-                    user: r
-                        .lent_to
-                        .as_ref()
-                        .map(|b| b.user.clone())
-                        .unwrap_or_default(),
-                    allocation: r.allocation.as_ref().map(amounts),
+                    lent_to: r.lent_to.as_ref().map(Borrower::from),
+                    allocation: r.allocation.as_ref().map(Amounts::from),
                 })
                 .collect(),
         }
@@ -269,13 +331,10 @@ impl RemoteRunDto {
             state: self.state.clone(),
             error: self.error.clone(),
             notes: self.notes.clone(),
-            allocation: self.allocation.as_ref().map(|a| Offer {
-                variant: a.variant.clone(),
-                cpus: a.amounts.cpus,
-                memory: a.amounts.memory_bytes,
-                gpus: a.amounts.gpus,
-                ..Offer::default()
-            }),
+            allocation: self
+                .allocation
+                .as_ref()
+                .map(|a| (a.variant.clone(), Amounts::from(&a.amounts))),
             tools: self
                 .tools
                 .iter()
@@ -297,14 +356,13 @@ impl RemoteRunDto {
             state: remote.state.clone(),
             error: remote.error.clone(),
             notes: remote.notes.clone(),
-            allocation: remote.allocation.as_ref().map(|a| AllocationSummaryDto {
-                variant: a.variant.clone(),
-                amounts: AmountsDto {
-                    cpus: a.cpus,
-                    memory_bytes: a.memory,
-                    gpus: a.gpus,
-                },
-            }),
+            allocation: remote
+                .allocation
+                .as_ref()
+                .map(|(variant, amounts)| AllocationSummaryDto {
+                    variant: variant.clone(),
+                    amounts: amounts.into(),
+                }),
             tools: remote
                 .tools
                 .iter()

@@ -146,6 +146,16 @@ pub struct BorrowerDto {
     pub user: String,
 }
 
+impl From<&aienv_actors::runtime_supervisor::Borrower> for BorrowerDto {
+    fn from(b: &aienv_actors::runtime_supervisor::Borrower) -> BorrowerDto {
+        BorrowerDto {
+            peer_id: b.peer,
+            peer_name: b.peer_name.clone(),
+            user: b.user.clone(),
+        }
+    }
+}
+
 impl From<&aienv_actors::runtime_supervisor::EnvStatus> for EnvironmentStatusDto {
     fn from(s: &aienv_actors::runtime_supervisor::EnvStatus) -> EnvironmentStatusDto {
         EnvironmentStatusDto {
@@ -177,11 +187,7 @@ impl From<&aienv_actors::runtime_supervisor::EnvStatus> for EnvironmentStatusDto
             started: s.started,
             ready_at: s.ready_at,
             updated: s.updated,
-            lent_to: s.borrower.as_ref().map(|b| BorrowerDto {
-                peer_id: b.peer,
-                peer_name: b.peer_name.clone(),
-                user: b.user.clone(),
-            }),
+            lent_to: s.borrower.as_ref().map(BorrowerDto::from),
             placement: None,
         }
     }

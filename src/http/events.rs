@@ -224,7 +224,7 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
             "asked_at": view.asked_at,
             "offers": view.offers.iter().map(|(id, answer)| json!({
                 "node_id": id,
-                "offer": answer.as_ref().ok().map(|o| super::cluster::offer_dto(o, *id, "")),
+                "offer": answer.as_ref().ok().map(|o| crate::api::OfferDto::from_offer(o, *id, "")),
                 "error": answer.as_ref().err(),
             })).collect::<Vec<_>>(),
         })

@@ -7,7 +7,7 @@
 import { state, onChange, attempt } from './app.js';
 import { api } from './api.js';
 import { h, bytes } from './dom.js';
-import { partitionCard } from './network.js';
+import { showPartitions } from './network.js';
 
 let nodes = [];
 
@@ -86,14 +86,7 @@ export function mount(main) {
       envs),
     slurm);
   // The lab's Slurm partitions beside the peers, when this node has one configured.
-  const loadSlurm = async () => {
-    const result = await api('GET', '/slurm/partitions').catch(() => null);
-    if (!result || !result.configured) { slurm.replaceChildren(); return; }
-    slurm.replaceChildren(h('h2', {}, 'Slurm partitions'),
-      result.error
-        ? h('p', { class: 'warning', role: 'alert', text: `slurmrestd: ${result.error}` })
-        : h('div', { class: 'grid' }, ...result.partitions.map(partitionCard)));
-  };
+  const loadSlurm = () => showPartitions(slurm);
   loadSlurm();
   const render = () => {
     const list = merged();

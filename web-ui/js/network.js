@@ -52,8 +52,18 @@ function peerCard(peer) {
     action);
 }
 
+/// Fills `region` with the lab's Slurm partitions, or empties it when this node has none.
+export async function showPartitions(region) {
+  const result = await api('GET', '/slurm/partitions').catch(() => null);
+  if (!result || !result.configured) { region.replaceChildren(); return; }
+  region.replaceChildren(h('h2', {}, 'Slurm partitions'),
+    result.error
+      ? h('p', { class: 'warning', role: 'alert', text: `slurmrestd: ${result.error}` })
+      : h('div', { class: 'grid' }, ...result.partitions.map(partitionCard)));
+}
+
 // A Slurm partition beside the peers: what its nodes have and what is free now.
-export function partitionCard(p) {
+function partitionCard(p) {
   return h('article', { class: 'card peer', 'data-partition': p.name, 'aria-label': `Slurm partition ${p.name}` },
     h('h3', {}, p.name, h('span', { class: `badge state-${p.state === 'UP' ? 'online' : 'offline'}`, text: p.state }),
       h('span', { class: 'badge', text: 'slurm' })),
@@ -95,14 +105,7 @@ export function mount(main) {
   main.append(h('h2', {}, 'Peers'), state.role === 'admin' ? h('p', {}, showCode) : '', pairing, peers, slurm, h('h2', {}, 'Shared on the network'), filters, status, table);
 
   // The lab's Slurm partitions, when this node has one configured; refreshed every 10 s.
-  const loadSlurm = async () => {
-    const result = await api('GET', '/slurm/partitions').catch(() => null);
-    if (!result || !result.configured) { slurm.replaceChildren(); return; }
-    slurm.replaceChildren(h('h2', {}, 'Slurm partitions'),
-      result.error
-        ? h('p', { class: 'warning', role: 'alert', text: `slurmrestd: ${result.error}` })
-        : h('div', { class: 'grid' }, ...result.partitions.map(partitionCard)));
-  };
+  const loadSlurm = () => showPartitions(slurm);
   loadSlurm();
   const slurmTimer = setInterval(loadSlurm, 10000);
 

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::event_bus::EventBus;
 use crate::events::NodeEvent;
 use crate::peer_registry::{LocalFuture, PeerCallError, PeerEndpoint, PeerRegistryHandle};
+pub use crate::runtime_supervisor::Amounts;
 
 /// How this node reaches the peers its environments run on; the `aienv` package implements
 /// it over mutual TLS.
@@ -62,30 +63,17 @@ pub struct NodeOffer {
     pub runs: Vec<LentRun>,
 }
 
-/// CPU cores, memory and GPUs.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Amounts {
-    /// CPU cores.
-    pub cpus: f64,
-    /// Memory, bytes.
-    pub memory: u64,
-    /// GPUs.
-    pub gpus: u32,
-}
-
-/// An environment a node runs for a peer.
+/// An environment active on a node: its own, or one it runs for a peer.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LentRun {
-    /// The workspace there.
+    /// The workspace there (empty when the asker may not see it).
     pub workspace: String,
     /// The environment.
     pub environment: String,
     /// Its state.
     pub state: String,
-    /// For which peer (its id and name as trusted there; `None`: the node's own).
-    pub peer: Option<(Uuid, String)>,
-    /// Who asked.
-    pub user: String,
+    /// The peer it runs for; `None` for the node's own.
+    pub lent_to: Option<crate::runtime_supervisor::Borrower>,
     /// What it holds.
     pub allocation: Option<Amounts>,
 }
@@ -132,8 +120,8 @@ pub struct RemoteRun {
     pub error: Option<String>,
     /// The peer's notes (sizing, variant, set-up).
     pub notes: Vec<String>,
-    /// What the peer gives it.
-    pub allocation: Option<rank::Offer>,
+    /// The variant the peer picked and what it gives it.
+    pub allocation: Option<(Option<String>, Amounts)>,
     /// Its tools.
     pub tools: Vec<RemoteTool>,
     /// Bytes received and to receive while `transferring`.
@@ -729,21 +717,16 @@ impl PlacementsHandle {
 
     /// Records a placement (replacing an earlier one of the same environment).
     pub async fn place(&self, record: PlacementRecord) -> Result<Arc<Placement>, String> {
-        self.addr
-            .send(Place(record))
-            .await
-            .map_err(|_| "the placements actor is gone".to_string())?
+        self.ask(Place(record)).await
     }
 
     /// Marks a placement stopped through this node.
     pub async fn stopped(&self, workspace: Uuid, environment: &str) -> Result<(), String> {
-        self.addr
-            .send(Stopped {
-                workspace,
-                environment: environment.to_string(),
-            })
-            .await
-            .map_err(|_| "the placements actor is gone".to_string())?
+        self.ask(Stopped {
+            workspace,
+            environment: environment.to_string(),
+        })
+        .await
     }
 
     /// Records that the results of `workspace` came back (its root now).
@@ -752,19 +735,26 @@ impl PlacementsHandle {
         workspace: Uuid,
         root: crate::snapshot::Hash,
     ) -> Result<(), String> {
-        self.addr
-            .send(ResultsBack { workspace, root })
-            .await
-            .map_err(|_| "the placements actor is gone".to_string())?
+        self.ask(ResultsBack { workspace, root }).await
     }
 
     /// Forgets a placement.
     pub async fn forget(&self, workspace: Uuid, environment: &str) -> Result<(), String> {
+        self.ask(Forget {
+            workspace,
+            environment: environment.to_string(),
+        })
+        .await
+    }
+
+    async fn ask<M, R>(&self, message: M) -> Result<R, String>
+    where
+        M: Message<Result = Result<R, String>> + Send + 'static,
+        R: Send + 'static,
+        Placements: Handler<M>,
+    {
         self.addr
-            .send(Forget {
-                workspace,
-                environment: environment.to_string(),
-            })
+            .send(message)
             .await
             .map_err(|_| "the placements actor is gone".to_string())?
     }

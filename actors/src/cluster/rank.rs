@@ -204,47 +204,6 @@ fn why(first: &Candidate, second: &Candidate) -> String {
     format!("{a} and {b} are equal by the rule; {a} comes first by name")
 }
 
-#[cfg(test)]
-mod tie_tests {
-    use super::*;
-
-    #[test]
-    fn ties_are_named_and_the_reason_compares_with_the_next_different_one() {
-        let offer = |preferred_met| Offer {
-            cpus: 1.0,
-            preferred_met,
-            ..Offer::default()
-        };
-        let make = |name: &str, preferred| Candidate {
-            peer: Uuid::from_u128(name.len() as u128),
-            peer_name: name.into(),
-            fit: Ok(offer(preferred)),
-        };
-        let ranking = rank(vec![
-            make("n10", true),
-            make("n00", false),
-            make("n03", true),
-        ]);
-        assert_eq!(ranking.best().unwrap().peer_name, "n03");
-        assert!(
-            ranking.reason.starts_with("n03 meets the preferred"),
-            "{}",
-            ranking.reason
-        );
-        assert!(
-            ranking.reason.contains("n10 equal by the rule"),
-            "{}",
-            ranking.reason
-        );
-        let ranking = rank(vec![make("b", true), make("a", true)]);
-        assert!(
-            ranking.reason.contains("all 2 candidates are equal"),
-            "{}",
-            ranking.reason
-        );
-    }
-}
-
 /// `4 CPU cores, 8.0 GiB, 1 GPU`.
 pub fn describe(offer: &Offer) -> String {
     let cpus = if offer.cpus.fract() == 0.0 {
@@ -390,5 +349,41 @@ mod tests {
         }]);
         assert!(ranking.best().is_none());
         assert!(rank(Vec::new()).best().is_none());
+    }
+
+    #[test]
+    fn ties_are_named_and_the_reason_compares_with_the_next_different_one() {
+        let offer = |preferred_met| Offer {
+            cpus: 1.0,
+            preferred_met,
+            ..Offer::default()
+        };
+        let make = |name: &str, preferred| Candidate {
+            peer: Uuid::from_u128(name.len() as u128),
+            peer_name: name.into(),
+            fit: Ok(offer(preferred)),
+        };
+        let ranking = rank(vec![
+            make("n10", true),
+            make("n00", false),
+            make("n03", true),
+        ]);
+        assert_eq!(ranking.best().unwrap().peer_name, "n03");
+        assert!(
+            ranking.reason.starts_with("n03 meets the preferred"),
+            "{}",
+            ranking.reason
+        );
+        assert!(
+            ranking.reason.contains("n10 equal by the rule"),
+            "{}",
+            ranking.reason
+        );
+        let ranking = rank(vec![make("b", true), make("a", true)]);
+        assert!(
+            ranking.reason.contains("all 2 candidates are equal"),
+            "{}",
+            ranking.reason
+        );
     }
 }

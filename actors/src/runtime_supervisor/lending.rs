@@ -30,9 +30,10 @@ pub struct LendLimits {
     pub gpus: Option<u32>,
 }
 
-/// What peers' environments hold now.
+/// CPU cores, memory and GPUs: what peers' environments hold, what is left to lend, what a
+/// node has or an environment holds.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Lent {
+pub struct Amounts {
     /// CPU cores (quotas).
     pub cpus: f64,
     /// Memory, bytes.
@@ -41,17 +42,29 @@ pub struct Lent {
     pub gpus: u32,
 }
 
-impl Lent {
+impl Amounts {
     /// Adds a lent environment's allocation (always bounded: see [`fit`]).
     pub fn add(&mut self, allocation: &Allocation) {
-        self.cpus += allocation.cpus.unwrap_or(0.0);
-        self.memory += allocation.memory.unwrap_or(0);
-        self.gpus += allocation.gpus.len() as u32;
+        let held = Amounts::from(allocation);
+        self.cpus += held.cpus;
+        self.memory += held.memory;
+        self.gpus += held.gpus;
+    }
+}
+
+impl From<&Allocation> for Amounts {
+    /// What an allocation holds; an unlimited quota or memory counts as none.
+    fn from(allocation: &Allocation) -> Amounts {
+        Amounts {
+            cpus: allocation.cpus.unwrap_or(0.0),
+            memory: allocation.memory.unwrap_or(0),
+            gpus: allocation.gpus.len() as u32,
+        }
     }
 }
 
 /// What is left to lend: the limits (or the host) less what is lent.
-pub fn available(host: &Resources, limits: &LendLimits, lent: &Lent) -> Lent {
+pub fn available(host: &Resources, limits: &LendLimits, lent: &Amounts) -> Amounts {
     let cpus = limits
         .cpus
         .map_or(host.cpu_cores, |c| c.min(host.cpu_cores)) as f64;
@@ -62,7 +75,7 @@ pub fn available(host: &Resources, limits: &LendLimits, lent: &Lent) -> Lent {
     let gpus = limits
         .gpus
         .map_or(host.gpus.len() as u32, |g| g.min(host.gpus.len() as u32));
-    Lent {
+    Amounts {
         cpus: (cpus - lent.cpus).max(0.0),
         memory: memory.saturating_sub(lent.memory),
         gpus: gpus.saturating_sub(lent.gpus),
@@ -77,7 +90,7 @@ pub fn fit(
     host: &Resources,
     held: &Held,
     limits: &LendLimits,
-    lent: &Lent,
+    lent: &Amounts,
 ) -> Result<Allocation, String> {
     let left = available(host, limits, lent);
     let lends = |what: &str, total: String, held: String| {
@@ -190,7 +203,7 @@ mod tests {
             &host(16, 64, 2),
             &Held::default(),
             &limits,
-            &Lent::default(),
+            &Amounts::default(),
         )
         .unwrap();
         assert_eq!(allocation.cpus, Some(4.0));
@@ -205,7 +218,7 @@ mod tests {
             memory: Some(8 << 30),
             gpus: Some(0),
         };
-        let lent = Lent {
+        let lent = Amounts {
             cpus: 3.0,
             memory: 6 << 30,
             gpus: 0,
@@ -248,7 +261,7 @@ mod tests {
             &host(16, 64, 2),
             &Held::default(),
             &limits,
-            &Lent::default(),
+            &Amounts::default(),
         )
         .unwrap();
         assert_eq!(allocation.variant.as_deref(), Some("cpu"));
@@ -269,9 +282,9 @@ mod tests {
             &host(8, 32, 4),
             &Held::default(),
             &limits,
-            &Lent {
+            &Amounts {
                 gpus: 1,
-                ..Lent::default()
+                ..Amounts::default()
             },
         )
         .unwrap();
@@ -282,9 +295,9 @@ mod tests {
             &host(8, 32, 4),
             &Held::default(),
             &limits,
-            &Lent {
+            &Amounts {
                 gpus: 2,
-                ..Lent::default()
+                ..Amounts::default()
             },
         )
         .unwrap_err();

@@ -50,7 +50,7 @@ use crate::workspace_store::{WorkspaceEntry, WorkspaceStoreHandle};
 pub use allocation::{Allocation, Held};
 pub use backend::{expand, Backend, LaunchPlan, ToolPlan};
 pub use error::RuntimeError;
-pub use lending::{Borrower, LendLimits, Lent};
+pub use lending::{Amounts, Borrower, LendLimits};
 pub use plan::free_port;
 use plan::Confinement;
 pub use status::{
@@ -257,9 +257,9 @@ pub struct Lending {
     /// The limits.
     pub limits: LendLimits,
     /// What peers' environments hold.
-    pub lent: Lent,
+    pub lent: Amounts,
     /// What is left to lend.
-    pub left: Lent,
+    pub left: Amounts,
     /// What every running environment holds (peers' included), as a share of the host's
     /// CPU cores: the load the placement rule compares.
     pub load: f64,
@@ -519,8 +519,8 @@ impl RuntimeSupervisor {
     }
 
     /// What peers' environments (other than `except`) hold.
-    fn lent(&self, except: &EnvKey) -> Lent {
-        let mut lent = Lent::default();
+    fn lent(&self, except: &EnvKey) -> Amounts {
+        let mut lent = Amounts::default();
         for (key, status) in &self.envs {
             if key != except && status.state.is_active() && status.borrower.is_some() {
                 if let Some(allocation) = &status.allocation {

@@ -12,21 +12,21 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
 use aienv_actors::cluster::rank;
+use aienv_actors::cluster::{LentRun, NodeOffer};
 use aienv_actors::model::{is_slug, EnvironmentSpec};
 use aienv_actors::peer_registry::TrustedPeer;
-use aienv_actors::runtime_supervisor::{Borrower, EnvStatus, ProxyTarget};
+use aienv_actors::runtime_supervisor::{Amounts, Borrower, EnvStatus, ProxyTarget};
 use aienv_actors::transfer_queue::{JobState, TransferKind, TransferRequest};
 use aienv_actors::workspace_store::WorkspaceEntry;
 
 use crate::api::{
-    AllocationSummaryDto, AmountsDto, FitChunk, FitDto, FitRequest, LendLimitsDto, LentRunDto,
-    OfferDto, PeerRunRequest, RemoteRunDto, RemoteToolDto, TransferBytesDto, MAX_FIT_CHUNKS,
+    AllocationSummaryDto, AmountsDto, FitChunk, FitDto, FitRequest, OfferDto, PeerRunRequest,
+    RemoteRunDto, RemoteToolDto, TransferBytesDto, MAX_FIT_CHUNKS,
 };
 
 use super::super::peers::trusted_caller;
 use super::super::tool_proxy;
 use super::super::{ApiError, AppState};
-use super::{amounts, borrower_dto, lent_amounts};
 
 /// Runs accepted for peers whose environment has not started yet (the workspace is still
 /// arriving) or failed before it could: keyed by peer, the peer's workspace id, environment.
@@ -153,7 +153,7 @@ pub(super) async fn own_offer(
                         .is_none_or(|list| list.iter().any(|v| v.may_see(&entry.manifest)))
                 });
             let visible = viewers.is_none() || for_asker || shared;
-            LentRunDto {
+            LentRun {
                 workspace: if visible {
                     s.workspace_name.clone()
                 } else {
@@ -165,35 +165,29 @@ pub(super) async fn own_offer(
                     String::new()
                 },
                 state: s.state.as_str().to_string(),
-                lent_to: s.borrower.as_ref().map(borrower_dto),
-                allocation: s.allocation.as_ref().map(amounts),
+                lent_to: s.borrower.clone(),
+                allocation: s.allocation.as_ref().map(Amounts::from),
             }
         })
         .collect();
-    Ok(OfferDto {
-        node_id: state.node.id,
-        name: state.node.name.clone(),
-        accept: if state.cluster.accept {
-            "trusted"
-        } else {
-            "off"
-        }
-        .into(),
-        host: AmountsDto {
+    let offer = NodeOffer {
+        accept: state.cluster.accept,
+        host: Amounts {
             cpus: lending.host.cpu_cores as f64,
-            memory_bytes: lending.host.memory_total,
+            memory: lending.host.memory_total,
             gpus: lending.host.gpus.len() as u32,
         },
-        limits: LendLimitsDto {
-            cpus: lending.limits.cpus,
-            memory_bytes: lending.limits.memory,
-            gpus: lending.limits.gpus,
-        },
-        lent: lent_amounts(&lending.lent),
-        left: lent_amounts(&lending.left),
+        limits: lending.limits,
+        lent: lending.lent,
+        left: lending.left,
         load: lending.load,
         runs,
-    })
+    };
+    Ok(OfferDto::from_offer(
+        &offer,
+        state.node.id,
+        &state.node.name,
+    ))
 }
 
 /// A peer's environment as JSON, checked like a local `environment.yaml`.
@@ -307,7 +301,7 @@ pub(super) async fn fit(
             fits: true,
             refusal: None,
             variant: allocation.variant.clone(),
-            allocation: amounts(&allocation),
+            allocation: (&Amounts::from(&allocation)).into(),
             preferred_met: rank::meets_preferred(&spec, &allocation),
             load: lending.load,
             bytes_held,
@@ -353,7 +347,7 @@ fn remote_run(status: &EnvStatus) -> RemoteRunDto {
         notes: status.notes.clone(),
         allocation: status.allocation.as_ref().map(|a| AllocationSummaryDto {
             variant: a.variant.clone(),
-            amounts: amounts(a),
+            amounts: (&Amounts::from(a)).into(),
         }),
         tools: status
             .tools
@@ -507,6 +501,21 @@ fn run_path(path: &(String, String)) -> Result<(Uuid, String), ApiError> {
     Ok((workspace, path.1.clone()))
 }
 
+/// The clone of `peer`'s workspace here and its environment `environment` that runs (or
+/// ran) for that peer; `run-not-found` for anything else.
+fn lent_run(
+    state: &AppState,
+    peer: &TrustedPeer,
+    workspace: Uuid,
+    environment: &str,
+) -> Result<(Arc<WorkspaceEntry>, Arc<EnvStatus>), ApiError> {
+    let local =
+        local_clone(state, peer.id, workspace).ok_or_else(|| run_not_found(state, environment))?;
+    let status = lent_env(state, peer.id, local.manifest.id, environment)
+        .ok_or_else(|| run_not_found(state, environment))?;
+    Ok((local, status))
+}
+
 fn run_not_found(state: &AppState, environment: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -548,10 +557,7 @@ pub(super) async fn lent_status(
         }
         _ => {}
     }
-    let local = local_clone(&state, peer.id, workspace)
-        .ok_or_else(|| run_not_found(&state, &environment))?;
-    let status = lent_env(&state, peer.id, local.manifest.id, &environment)
-        .ok_or_else(|| run_not_found(&state, &environment))?;
+    let (_, status) = lent_run(&state, &peer, workspace, &environment)?;
     Ok(HttpResponse::Ok().json(remote_run(&status)))
 }
 
@@ -562,10 +568,7 @@ pub(super) async fn stop_lent(
 ) -> Result<HttpResponse, ApiError> {
     let peer = known_peer(&state, &request)?;
     let (workspace, environment) = run_path(&path)?;
-    let local = local_clone(&state, peer.id, workspace)
-        .ok_or_else(|| run_not_found(&state, &environment))?;
-    lent_env(&state, peer.id, local.manifest.id, &environment)
-        .ok_or_else(|| run_not_found(&state, &environment))?;
+    let (local, _) = lent_run(&state, &peer, workspace, &environment)?;
     tracing::info!(peer = %peer.name, workspace = %local.manifest.name, %environment, "stop asked by the peer that placed it");
     state
         .runtimes
@@ -575,8 +578,7 @@ pub(super) async fn stop_lent(
             Duration::from_secs(60),
         )
         .await?;
-    let status = lent_env(&state, peer.id, local.manifest.id, &environment)
-        .ok_or_else(|| run_not_found(&state, &environment))?;
+    let (_, status) = lent_run(&state, &peer, workspace, &environment)?;
     Ok(HttpResponse::Ok().json(remote_run(&status)))
 }
 
@@ -588,10 +590,7 @@ pub(super) async fn lent_logs(
 ) -> Result<HttpResponse, ApiError> {
     let peer = known_peer(&state, &request)?;
     let (workspace, environment) = run_path(&path)?;
-    let local = local_clone(&state, peer.id, workspace)
-        .ok_or_else(|| run_not_found(&state, &environment))?;
-    let status = lent_env(&state, peer.id, local.manifest.id, &environment)
-        .ok_or_else(|| run_not_found(&state, &environment))?;
+    let (_, status) = lent_run(&state, &peer, workspace, &environment)?;
     let mut query = query.into_inner();
     query.environment = Some(environment);
     super::super::runtimes::serve_logs(&state, vec![status], &query)
@@ -608,11 +607,10 @@ pub(super) async fn lent_terminal(
 ) -> Result<HttpResponse, ApiError> {
     let peer = known_peer(&state, &request)?;
     let (workspace, environment) = run_path(&path)?;
-    let local = local_clone(&state, peer.id, workspace)
-        .ok_or_else(|| run_not_found(&state, &environment))?;
-    let status = lent_env(&state, peer.id, local.manifest.id, &environment)
-        .filter(|s| s.state.is_active())
-        .ok_or_else(|| run_not_found(&state, &environment))?;
+    let (local, status) = lent_run(&state, &peer, workspace, &environment)?;
+    if !status.state.is_active() {
+        return Err(run_not_found(&state, &environment));
+    }
     let target = state
         .runtimes
         .terminal(&local.manifest.id.to_string(), Some(&environment))

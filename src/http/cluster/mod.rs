@@ -18,15 +18,11 @@ mod placing;
 
 use actix_web::web;
 
-use aienv_actors::runtime_supervisor::Borrower;
-
-use crate::api::{AmountsDto, BorrowerDto};
-
 pub(super) use lending::lent_tool;
 pub use lending::Loans;
 pub(super) use placing::{
-    offer_dto, place, placed_logs, placed_terminal, placed_tool, relay_tool, stop_placed,
-    sync_results, PeerTool,
+    place, placed_logs, placed_terminal, placed_tool, relay_tool, stop_placed, sync_results,
+    PeerTool,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -70,28 +66,4 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct ClusterPolicy {
     /// `cluster.accept: trusted`.
     pub accept: bool,
-}
-
-pub(super) fn amounts(allocation: &aienv_actors::runtime_supervisor::Allocation) -> AmountsDto {
-    AmountsDto {
-        cpus: allocation.cpus.unwrap_or(0.0),
-        memory_bytes: allocation.memory.unwrap_or(0),
-        gpus: allocation.gpus.len() as u32,
-    }
-}
-
-pub(super) fn lent_amounts(lent: &aienv_actors::runtime_supervisor::Lent) -> AmountsDto {
-    AmountsDto {
-        cpus: lent.cpus,
-        memory_bytes: lent.memory,
-        gpus: lent.gpus,
-    }
-}
-
-pub(super) fn borrower_dto(borrower: &Borrower) -> BorrowerDto {
-    BorrowerDto {
-        peer_id: borrower.peer,
-        peer_name: borrower.peer_name.clone(),
-        user: borrower.user.clone(),
-    }
 }

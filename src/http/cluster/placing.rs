@@ -21,8 +21,8 @@ use aienv_actors::transfer_queue::{JobInfo, JobState, TransferKind, TransferRequ
 use aienv_actors::workspace_store::WorkspaceEntry;
 
 use crate::api::{
-    AmountsDto, BorrowerDto, ClusterDto, ClusterNodeDto, FitChunk, FitRequest, LendLimitsDto,
-    LentRunDto, OfferDto, PeerRunRequest, PlacedDto, PlacementDto, RankingDto, TransferRequestDto,
+    ClusterDto, ClusterNodeDto, FitChunk, FitRequest, OfferDto, PeerRunRequest, PlacedDto,
+    PlacementDto, RankingDto, TransferRequestDto,
 };
 use crate::cluster_client::{self, CallError};
 
@@ -57,7 +57,7 @@ pub(super) async fn cluster(
                 state: seen.map_or("unseen", |p| p.state_name()).to_string(),
                 offer: asked
                     .and_then(|(_, a)| a.as_ref().ok())
-                    .map(|o| offer_dto(o, trusted.id, &trusted.name)),
+                    .map(|o| OfferDto::from_offer(o, trusted.id, &trusted.name)),
                 error: asked.and_then(|(_, a)| a.as_ref().err().cloned()),
             }
         })
@@ -68,48 +68,6 @@ pub(super) async fn cluster(
         nodes,
         asked_at: view.asked_at,
     }))
-}
-
-/// A peer's offer as the actor keeps it, back in the API's shape.
-pub(in crate::http) fn offer_dto(
-    offer: &aienv_actors::cluster::NodeOffer,
-    id: Uuid,
-    name: &str,
-) -> OfferDto {
-    let amounts = |a: &aienv_actors::cluster::Amounts| AmountsDto {
-        cpus: a.cpus,
-        memory_bytes: a.memory,
-        gpus: a.gpus,
-    };
-    OfferDto {
-        node_id: id,
-        name: name.to_string(),
-        accept: if offer.accept { "trusted" } else { "off" }.into(),
-        host: amounts(&offer.host),
-        limits: LendLimitsDto {
-            cpus: offer.limits.cpus,
-            memory_bytes: offer.limits.memory,
-            gpus: offer.limits.gpus,
-        },
-        lent: amounts(&offer.lent),
-        left: amounts(&offer.left),
-        load: offer.load,
-        runs: offer
-            .runs
-            .iter()
-            .map(|r| LentRunDto {
-                workspace: r.workspace.clone(),
-                environment: r.environment.clone(),
-                state: r.state.clone(),
-                lent_to: r.peer.as_ref().map(|(peer_id, peer_name)| BorrowerDto {
-                    peer_id: *peer_id,
-                    peer_name: peer_name.clone(),
-                    user: r.user.clone(),
-                }),
-                allocation: r.allocation.as_ref().map(amounts),
-            })
-            .collect(),
-    }
 }
 
 /// A tool of an environment placed on a peer: where to relay its requests.
