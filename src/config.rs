@@ -32,6 +32,8 @@ pub struct Config {
     pub runtime: RuntimeSection,
     /// The lab cluster: what trusted peers may run here.
     pub cluster: ClusterSection,
+    /// Git for workspaces' projects.
+    pub git: GitSection,
     /// Logging.
     pub log: LogConfig,
 }
@@ -226,6 +228,27 @@ impl ClusterSection {
     }
 }
 
+/// `git`: how the node runs git for workspaces' projects. Credentials live here only: git
+/// gets them through the node's credential helper, and they never enter a workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitSection {
+    /// Credentials by remote URL prefix (`url`, `username`, and `password` or
+    /// `password_file`).
+    pub credentials: Vec<aienv_actors::git::credentials::GitCredential>,
+    /// Seconds a clone or fetch may take before it is stopped.
+    pub timeout_seconds: u64,
+}
+
+impl Default for GitSection {
+    fn default() -> GitSection {
+        GitSection {
+            credentials: Vec::new(),
+            timeout_seconds: 600,
+        }
+    }
+}
+
 /// `cluster.accept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -331,6 +354,7 @@ impl Default for Config {
             transfer: TransferSection::default(),
             runtime: RuntimeSection::default(),
             cluster: ClusterSection::default(),
+            git: GitSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -560,6 +584,23 @@ pub fn resolve(
                 value: value.to_string(),
                 message: "must be -1 (all) or a count of at least 0".into(),
             });
+        }
+    }
+    for (index, credential) in config.git.credentials.iter().enumerate() {
+        let key = "git.credentials";
+        let bad = |message: &str| ConfigError::BadValue {
+            key: format!("{key}[{index}]"),
+            origin: sources.get(key).cloned().unwrap_or(Source::Default),
+            value: credential.url.clone(),
+            message: message.into(),
+        };
+        if !credential.url.contains("://") {
+            return Err(bad(
+                "`url` must be a URL prefix such as https://git.example.org/",
+            ));
+        }
+        if credential.password.is_some() == credential.password_file.is_some() {
+            return Err(bad("give exactly one of `password` and `password_file`"));
         }
     }
     if config.discovery.announce_interval_ms < 200 {

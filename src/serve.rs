@@ -93,6 +93,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     let node_id = node_identity.id;
     let token = auth::load_or_create_token(&data_dir)?;
 
+    let git = git_for_node(&data_dir, &config.git)?;
     let bus = EventBus::new(config.http.event_buffer.max(1));
     let (store, report) = WorkspaceStoreHandle::start(
         &StoreConfig {
@@ -102,6 +103,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
                 max_content_bytes: config.http.max_upload_bytes.saturating_mul(64),
                 ..ImportLimits::default()
             },
+            git,
         },
         bus.clone(),
     )?;
@@ -549,4 +551,29 @@ fn json_error_body<B: MessageBody + 'static>(
     let response: ServiceResponse<EitherBody<B, BoxBody>> =
         ServiceResponse::new(request, response).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(response))
+}
+
+/// Writes the node's git credentials where its helper reads them (the data dir, which
+/// environments never see) and the `Git` that hands git that helper.
+fn git_for_node(
+    data_dir: &std::path::Path,
+    section: &crate::config::GitSection,
+) -> Result<aienv_actors::git::Git, ServeError> {
+    let file = data_dir.join("git-credentials.json");
+    aienv_actors::git::credentials::write_file(&file, &section.credentials).map_err(|source| {
+        ServeError::DataDir {
+            path: file.display().to_string(),
+            source,
+        }
+    })?;
+    let helper = std::env::current_exe().ok().map(|exe| {
+        format!(
+            "!{} git-credential --file {}",
+            aienv_actors::runtime_supervisor::detect::shell_quote(&exe.display().to_string()),
+            aienv_actors::runtime_supervisor::detect::shell_quote(&file.display().to_string())
+        )
+    });
+    let mut git = aienv_actors::git::Git::new(helper);
+    git.network_timeout = std::time::Duration::from_secs(section.timeout_seconds.max(1));
+    Ok(git)
 }

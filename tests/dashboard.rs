@@ -34,6 +34,12 @@ fn dashboard_in_chromium() {
     // An admin by role (trusting peers is an admin's), signed in with a password.
     common::add_user(&b.data_dir, "ada", "admin", "correct horse battery");
 
+    // A repository to make a workspace from, on a real git server.
+    let repos = temp.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    common::git_server::bare_repository(&repos, "tool");
+    let git_server = common::git_server::GitServer::start(&repos, None);
+
     // Screenshots of every view, desktop and phone width, for a person to look at.
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -43,6 +49,7 @@ fn dashboard_in_chromium() {
         .env("NODE_A_URL", &a.url)
         .env("NODE_B_URL", &b.url)
         .env("NAME_A", "alpha")
+        .env("GIT_URL", format!("{}/tool.git", git_server.url))
         .env("TOKEN_A", a.token())
         .env("USER_B", "ada")
         .env("PASSWORD_B", "correct horse battery")

@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod event_bus;
 pub mod events;
 pub mod fsio;
+pub mod git;
 pub mod identity;
 pub mod model;
 pub mod peer_registry;

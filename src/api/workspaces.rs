@@ -31,9 +31,94 @@ pub struct ProjectDto {
     /// Git remote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_url: Option<String>,
-    /// Git revision.
+    /// The declared branch, tag or commit (`ref` in workspace.yaml).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_rev: Option<String>,
+    /// The checkout as it is now (shown for one workspace, not in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitStateDto>,
+}
+
+/// A project's git checkout now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitStateDto {
+    /// Current commit (absent before the first commit, or when `error` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Current branch (absent when detached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Upstream branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Commits ahead of the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ahead: Option<u64>,
+    /// Commits behind the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<u64>,
+    /// Whether anything is uncommitted.
+    pub dirty: bool,
+    /// How many paths are uncommitted.
+    pub changed_count: usize,
+    /// The first uncommitted paths.
+    pub changed: Vec<String>,
+    /// Remotes: name and URL (credentials masked).
+    pub remotes: Vec<GitRemoteDto>,
+    /// Things to know.
+    pub warnings: Vec<String>,
+    /// Why the state could not be read (an unsafe repository, git missing, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A git remote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRemoteDto {
+    /// Name.
+    pub name: String,
+    /// URL, credentials masked.
+    pub url: String,
+}
+
+impl GitStateDto {
+    /// What git says of a checkout, or why it could not say.
+    pub fn from_result(
+        result: Result<aienv_actors::git::GitState, aienv_actors::git::GitError>,
+    ) -> GitStateDto {
+        match result {
+            Ok(state) => GitStateDto {
+                dirty: state.dirty(),
+                commit: state.commit,
+                branch: state.branch,
+                upstream: state.upstream,
+                ahead: state.ahead,
+                behind: state.behind,
+                changed_count: state.changed_count,
+                changed: state.changed,
+                remotes: state
+                    .remotes
+                    .into_iter()
+                    .map(|(name, url)| GitRemoteDto { name, url })
+                    .collect(),
+                warnings: state.warnings,
+                error: None,
+            },
+            Err(error) => GitStateDto {
+                commit: None,
+                branch: None,
+                upstream: None,
+                ahead: None,
+                behind: None,
+                dirty: false,
+                changed_count: 0,
+                changed: Vec::new(),
+                remotes: Vec::new(),
+                warnings: Vec::new(),
+                error: Some(error.to_string()),
+            },
+        }
+    }
 }
 
 /// A workspace as listed and shown.
@@ -126,7 +211,8 @@ impl From<&Project> for ProjectDto {
             name: project.name.clone(),
             path: project.path.clone(),
             git_url: project.git.as_ref().map(|g| g.url.clone()),
-            git_rev: project.git.as_ref().and_then(|g| g.rev.clone()),
+            git_rev: project.git.as_ref().and_then(|g| g.git_ref.clone()),
+            git: None,
         }
     }
 }
@@ -201,6 +287,43 @@ pub struct CreateWorkspace {
     /// Directory on the node to adopt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_dir: Option<String>,
+    /// A repository to clone as the workspace's project (`projects/<repo>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSourceDto>,
+}
+
+/// A repository and the branch, tag or commit to check out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSourceDto {
+    /// Remote URL.
+    pub url: String,
+    /// Branch, tag or commit; the remote's default branch when absent.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+}
+
+impl GitSourceDto {
+    /// Reads `URL[@REF]` as the command line writes it. The `@` of `user@host` stays part
+    /// of the URL: a ref follows only an `@` after the repository's path.
+    pub fn parse(text: &str) -> GitSourceDto {
+        if let Some((url, git_ref)) = text.rsplit_once('@') {
+            let after_host = match url.split_once("://") {
+                Some((_, rest)) => rest.contains('/'),
+                None => url.contains(':'),
+            };
+            if after_host && !git_ref.is_empty() && !git_ref.contains(':') {
+                return GitSourceDto {
+                    url: url.to_string(),
+                    git_ref: Some(git_ref.to_string()),
+                };
+            }
+        }
+        GitSourceDto {
+            url: text.to_string(),
+            git_ref: None,
+        }
+    }
 }
 
 /// `PATCH /api/v1/workspaces/{ws}`.
@@ -420,4 +543,31 @@ pub struct ListQuery {
     /// Cursor from the previous page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod git_source_tests {
+    use super::GitSourceDto;
+
+    #[test]
+    fn url_at_ref_is_read_without_taking_user_at_host() {
+        let parse = |t: &str| {
+            let d = GitSourceDto::parse(t);
+            (d.url, d.git_ref)
+        };
+        assert_eq!(
+            parse("https://h/x.git@main"),
+            ("https://h/x.git".into(), Some("main".into()))
+        );
+        assert_eq!(parse("git@h:a/b.git"), ("git@h:a/b.git".into(), None));
+        assert_eq!(
+            parse("git@h:a/b.git@feature/x"),
+            ("git@h:a/b.git".into(), Some("feature/x".into()))
+        );
+        assert_eq!(parse("ssh://git@h/a"), ("ssh://git@h/a".into(), None));
+        assert_eq!(
+            parse("ssh://git@h/a@v1.0"),
+            ("ssh://git@h/a".into(), Some("v1.0".into()))
+        );
+    }
 }

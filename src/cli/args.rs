@@ -182,6 +182,16 @@ pub enum Command {
     Config(ConfigCommand),
     /// Show what this host offers (CPU, memory, disk, GPUs), as a node here would announce it.
     Resources,
+    /// git's credential helper protocol, answered from the node's `git.credentials` (git
+    /// runs this; people do not).
+    #[command(hide = true)]
+    GitCredential {
+        /// The node's credentials file.
+        #[arg(long)]
+        file: PathBuf,
+        /// get, store or erase.
+        operation: String,
+    },
     /// Manage the node's users (works on the data dir directly).
     #[command(subcommand)]
     User(UserCommand),

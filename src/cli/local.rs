@@ -90,7 +90,18 @@ fn init_tracing(level: &str, format: LogFormat) {
 
 pub(super) fn config_show(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let resolved = resolve(cli, args)?;
-    let value = serde_json::to_value(&resolved.config).expect("config serializes");
+    let mut value = serde_json::to_value(&resolved.config).expect("config serializes");
+    // Passwords are never printed.
+    if let Some(credentials) = value
+        .pointer_mut("/git/credentials")
+        .and_then(|v| v.as_array_mut())
+    {
+        for credential in credentials {
+            if let Some(password) = credential.get_mut("password") {
+                *password = serde_json::Value::String("***".into());
+            }
+        }
+    }
     if cli.json {
         let settings: Vec<serde_json::Value> = resolved
             .sources

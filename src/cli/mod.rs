@@ -35,6 +35,11 @@ pub fn run(cli: Cli) -> ExitCode {
             resources(&cli);
             Ok(())
         }
+        Command::GitCredential { file, operation } => {
+            let stdin = std::io::stdin().lock();
+            aienv_actors::git::credentials::answer(file, operation, stdin, std::io::stdout())
+                .map_err(|e| CliError::new(e.to_string()))
+        }
         _ => actix_rt::System::new().block_on(remote(&cli)),
     };
     match result {

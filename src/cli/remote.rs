@@ -465,7 +465,8 @@ pub(super) async fn remote(cli: &Cli) -> Result<(), CliError> {
         | Command::Config(_)
         | Command::User(_)
         | Command::Daemon(_)
-        | Command::Resources => {
+        | Command::Resources
+        | Command::GitCredential { .. } => {
             unreachable!("handled locally")
         }
     }

@@ -41,8 +41,13 @@ pub enum WsCommand {
         #[arg(long)]
         template: Option<String>,
         /// Adopt this directory (on the node's machine): its files are copied in.
-        #[arg(long = "from")]
+        #[arg(long = "from", conflicts_with = "git")]
         from_dir: Option<PathBuf>,
+        /// Clone this repository as the workspace's project, at a branch, tag or commit
+        /// (`URL@REF`); the name defaults to the repository's, and detection proposes its
+        /// environment.
+        #[arg(long, value_name = "URL[@REF]")]
+        git: Option<String>,
     },
     /// List workspaces, with filters and free-text search.
     #[command(visible_alias = "list")]
@@ -203,6 +208,7 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
             tools,
             template,
             from_dir,
+            git,
         } => {
             let from_dir = match from_dir {
                 Some(dir) => Some(
@@ -213,10 +219,10 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                 ),
                 None => None,
             };
-            if name.is_none() && from_dir.is_none() {
+            if name.is_none() && from_dir.is_none() && git.is_none() {
                 return Err(CliError::with_code(
                     exit::USAGE,
-                    "give a NAME, or --from DIR",
+                    "give a NAME, --from DIR or --git URL[@REF]",
                 ));
             }
             let created = client
@@ -230,6 +236,7 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                     tools: tools.clone(),
                     template: template.clone(),
                     from_dir,
+                    git: git.as_deref().map(crate::api::GitSourceDto::parse),
                 })
                 .await?;
             if cli.json {
@@ -314,6 +321,17 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                 say!("tools:        {}", w.tools.join(", "));
                 for project in &w.projects {
                     say!("project:      {} ({})", project.name, project.path);
+                    if let Some(git) = &project.git {
+                        say!("  git:        {}", describe_git(git));
+                        for remote in &git.remotes {
+                            say!("  remote:     {} {}", remote.name, remote.url);
+                        }
+                        for warning in &git.warnings {
+                            say!("  warning:    {warning}");
+                        }
+                    } else if let Some(url) = &project.git_url {
+                        say!("  git:        declared {url} (not a checkout here)");
+                    }
                 }
                 say!("environments: {}", w.environments.join(", "));
                 if let Some(origin) = &w.origin {
@@ -642,4 +660,46 @@ fn edit_in_editor(current: &str) -> Result<String, CliError> {
             "editor `{editor}` exited with {s}; nothing changed"
         ))),
     }
+}
+
+/// `a1b2c3d4e5f6 on main (origin/main, 2 ahead), 3 uncommitted: a.py, b.py, c.txt`.
+fn describe_git(git: &crate::api::GitStateDto) -> String {
+    if let Some(error) = &git.error {
+        return format!("not read: {error}");
+    }
+    let commit = git
+        .commit
+        .as_deref()
+        .map_or("no commit yet", |c| &c[..c.len().min(12)]);
+    let mut text = match &git.branch {
+        Some(branch) => format!("{commit} on {branch}"),
+        None => format!("{commit} (detached)"),
+    };
+    if let Some(upstream) = &git.upstream {
+        let mut parts = vec![upstream.clone()];
+        if let Some(ahead) = git.ahead.filter(|a| *a > 0) {
+            parts.push(format!("{ahead} ahead"));
+        }
+        if let Some(behind) = git.behind.filter(|b| *b > 0) {
+            parts.push(format!("{behind} behind"));
+        }
+        text.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    if git.dirty {
+        let shown: Vec<&str> = git.changed.iter().take(5).map(String::as_str).collect();
+        let more = git.changed_count.saturating_sub(shown.len());
+        text.push_str(&format!(
+            ", {} uncommitted: {}{}",
+            git.changed_count,
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    } else {
+        text.push_str(", clean");
+    }
+    text
 }

@@ -132,6 +132,19 @@ impl From<StoreError> for ApiError {
                 })),
             ),
             StoreError::BadRequest(_) => (S::BAD_REQUEST, "bad-request", None),
+            StoreError::Git(git) => {
+                use aienv_actors::git::GitError as G;
+                let code = match git {
+                    G::Auth { .. } => "git-auth",
+                    G::Unreachable { .. } => "git-unreachable",
+                    G::UnknownRef { .. } => "git-ref",
+                    G::BadUrl { .. } => "git-url",
+                    G::NotInstalled => "git-missing",
+                    G::Timeout { .. } => "git-timeout",
+                    _ => "git-failed",
+                };
+                (S::UNPROCESSABLE_ENTITY, code, None)
+            }
             StoreError::Yaml(yaml) => return ApiError::from(yaml.clone()),
             StoreError::Archive(archive) => match archive {
                 ArchiveError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "archive-too-large", None),

@@ -18,8 +18,8 @@ use aienv_actors::workspace_store::{
 };
 
 use crate::api::{
-    CreateWorkspace, CreatedDto, ImportSummaryDto, ListQuery, RevisionDetail, RevisionDto,
-    ShareRequest, UpdateWorkspace, WorkspaceDetail, WorkspaceDto, WorkspacePage,
+    CreateWorkspace, CreatedDto, GitStateDto, ImportSummaryDto, ListQuery, RevisionDetail,
+    RevisionDto, ShareRequest, UpdateWorkspace, WorkspaceDetail, WorkspaceDto, WorkspacePage,
 };
 
 use crate::access::Action;
@@ -151,7 +151,28 @@ async fn create(
             "make a workspace from a directory on the node (`from_dir`)",
         )?;
     }
-    if body.name.is_empty() && body.from_dir.is_none() {
+    let git = body.git.as_ref().map(|g| aienv_actors::model::GitSource {
+        url: g.url.clone(),
+        git_ref: g.git_ref.clone(),
+    });
+    let mut git_local = false;
+    if let Some(source) = &git {
+        use aienv_actors::git::safety::check_url;
+        if check_url(&source.url, false).is_err() && check_url(&source.url, true).is_ok() {
+            // A path on the node is read with the node's rights, like `from_dir`.
+            require_admin(
+                &state,
+                &login.0,
+                "clone a repository from the node's own disk (a path or file:// URL)",
+            )?;
+            git_local = true;
+        }
+    }
+    let name = match (&git, body.name.is_empty()) {
+        (Some(source), true) => aienv_actors::workspace_store::repo_slug(&source.url),
+        _ => body.name.clone(),
+    };
+    if name.is_empty() && body.from_dir.is_none() {
         return Err(ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "invalid-field",
@@ -160,7 +181,7 @@ async fn create(
         });
     }
     let request = CreateRequest {
-        name: body.name,
+        name,
         title: body.title,
         description: body.description,
         tags: body.tags,
@@ -169,6 +190,8 @@ async fn create(
         tools: body.tools,
         template: body.template,
         from_dir: body.from_dir.map(PathBuf::from),
+        git,
+        git_local,
     };
     let created = state.store.create(request, login.name()).await?;
     record_owner(&state, &created.workspace, login.name());
@@ -190,9 +213,28 @@ async fn show(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let entry = visible(&state, &caller, &path)?;
+    let mut detail = WorkspaceDetail::from_entry(&entry, caller.is_logged_in());
+    if caller.is_logged_in() {
+        // Remotes and branches are for people signed in here, like the workspace's path.
+        let git = state.store.git().clone();
+        let (root, projects) = (entry.path.clone(), entry.manifest.projects.clone());
+        let states = tokio::task::spawn_blocking(move || git.inspect_projects(&root, &projects))
+            .await
+            .unwrap_or_default();
+        for (name, result) in states {
+            if let Some(project) = detail
+                .workspace
+                .projects
+                .iter_mut()
+                .find(|p| p.name == name)
+            {
+                project.git = Some(GitStateDto::from_result(result));
+            }
+        }
+    }
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, format!("\"{}\"", entry.manifest.revision)))
-        .json(WorkspaceDetail::from_entry(&entry, caller.is_logged_in())))
+        .json(detail))
 }
 
 /// The revision an `If-Match: "N"` header asks for.

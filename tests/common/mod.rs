@@ -1,6 +1,7 @@
 //! Test harness: real nodes (the real binary) on ephemeral loopback ports with temp data dirs.
 #![allow(dead_code)]
 
+pub mod git_server;
 pub mod lan;
 pub mod openapi;
 pub mod runtime;

@@ -72,6 +72,17 @@ try {
   await row.getByLabel('Tags of vision-lab').getByText('cnn').waitFor();
   step('workspace created, its tags listed');
 
+  // A workspace from a git repository: named after it, its checkout shown with its state.
+  await create.getByLabel('From git repository').fill(`${env('GIT_URL')}@main`);
+  await create.getByRole('button', { name: 'Create' }).click();
+  const toolRow = a.locator('tr[data-workspace="tool"]');
+  await toolRow.waitFor();
+  await toolRow.getByText('Edit, history').click();
+  const project = toolRow.getByRole('list', { name: 'Projects of tool' }).locator('li[data-project="tool"]');
+  await project.getByText(/on main · origin\/main · clean/).waitFor();
+  await toolRow.getByText('Edit, history').click();
+  step('workspace from git, its checkout state shown');
+
   // Environment settings: a proposal from the project files, a validation error shown next to
   // the editor, then saved.
   await row.getByText('Edit, history').click();

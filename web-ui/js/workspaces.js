@@ -31,13 +31,14 @@ function input(label, name, attrs = {}) {
 
 function createForm() {
   const form = h('form', { class: 'inline', 'aria-label': 'Create a workspace' },
-    input('Name', 'name', { required: true, placeholder: 'my-project' }),
+    input('Name', 'name', { placeholder: 'my-project (or the repository\'s)' }),
     input('Title', 'title'),
     input('Tags (comma separated)', 'tags', { placeholder: 'nlp, llm' }),
     h('div', {}, h('label', { for: 'create-type' }, 'Type'), h('select', { id: 'create-type', name: 'type' }, TYPES.map((t) => h('option', { value: t, text: t }))), h('div', { class: 'field-error', 'data-field': 'type' })),
     h('div', {}, h('label', { for: 'create-template' }, 'Template'), h('select', { id: 'create-template', name: 'template' },
       h('option', { value: '', text: 'empty' }), h('option', { value: 'python', text: 'python' }), h('option', { value: 'notebook', text: 'notebook' }))),
     input('From directory on the node', 'from_dir', { placeholder: '/home/me/project' }),
+    input('From git repository (URL, @branch/tag/commit optional)', 'git', { placeholder: 'https://git.example.org/team/model.git@main' }),
     h('button', { type: 'submit' }, 'Create'),
     h('div', { class: 'field-error', 'data-field': '_' }));
   form.addEventListener('submit', async (event) => {
@@ -49,6 +50,7 @@ function createForm() {
     if (tags.length) body.tags = tags;
     if (data.get('template')) body.template = data.get('template');
     if (data.get('from_dir')) body.from_dir = data.get('from_dir');
+    if (data.get('git').trim()) body.git = parseGit(data.get('git').trim());
     try {
       await api('POST', '/workspaces', body);
       form.reset();
@@ -58,6 +60,48 @@ function createForm() {
     }
   });
   return form;
+}
+
+/// `URL@REF` as the CLI reads it: a ref only after an `@` that follows the repository's path
+/// (the `@` of `git@host:` belongs to the URL).
+function parseGit(text) {
+  const at = text.lastIndexOf('@');
+  if (at > 0) {
+    const url = text.slice(0, at);
+    const ref = text.slice(at + 1);
+    const scheme = url.indexOf('://');
+    const afterHost = scheme >= 0 ? url.slice(scheme + 3).includes('/') : url.includes(':');
+    if (afterHost && ref && !ref.includes(':')) return { url, ref };
+  }
+  return { url: text };
+}
+
+/// Each project's checkout as the node reads it: commit, branch, upstream, uncommitted work.
+function projectsView(workspace) {
+  const list = h('ul', { class: 'projects', 'aria-label': `Projects of ${workspace.name}` });
+  const section = h('section', {}, h('h3', {}, 'Projects'), list);
+  if (!workspace.projects.length) {
+    list.append(h('li', { class: 'muted', text: 'no projects' }));
+    return section;
+  }
+  attempt(async () => {
+    const detail = await api('GET', `/workspaces/${workspace.id}`);
+    list.replaceChildren(...detail.projects.map((p) => h('li', { 'data-project': p.name },
+      h('strong', { text: p.name }), ` ${p.path} `, gitLine(p))));
+  });
+  return section;
+}
+
+function gitLine(project) {
+  const git = project.git;
+  if (!git) return h('span', { class: 'muted', text: project.git_url ? `declared ${project.git_url} (not a checkout here)` : '' });
+  if (git.error) return h('span', { class: 'field-error', text: `git not read: ${git.error}` });
+  const parts = [`${git.commit ? git.commit.slice(0, 12) : 'no commit yet'} ${git.branch ? `on ${git.branch}` : '(detached)'}`];
+  if (git.upstream) parts.push(`${git.upstream}${git.ahead ? `, ${git.ahead} ahead` : ''}${git.behind ? `, ${git.behind} behind` : ''}`);
+  parts.push(git.dirty ? `${git.changed_count} uncommitted: ${git.changed.slice(0, 5).join(', ')}${git.changed_count > 5 ? ' …' : ''}` : 'clean');
+  const remotes = git.remotes.map((r) => `${r.name} ${r.url}`).join('; ');
+  return h('span', { class: git.dirty ? 'git dirty' : 'git', title: remotes, text: parts.join(' · ') },
+    ...git.warnings.map((w) => h('div', { class: 'field-error', text: w })));
 }
 
 function importForm() {
@@ -115,7 +159,7 @@ function editor(workspace) {
       r.revision === workspace.revision ? h('span', { class: 'muted', text: '(current)' })
         : h('button', { type: 'button', class: 'link', onclick: () => attempt(() => api('POST', `/workspaces/${workspace.id}/revisions/${r.revision}/restore`)) }, `Restore r${r.revision}`))));
   } }, 'Show history');
-  return h('div', {}, form, load, history, environmentsEditor(workspace));
+  return h('div', {}, form, projectsView(workspace), load, history, environmentsEditor(workspace));
 }
 
 /// Environment settings: each environment.yaml in an editor, saved with validation messages

@@ -168,11 +168,17 @@ pub struct Project {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GitSource {
-    /// Remote URL.
+    /// Remote URL (`https://`, `http://`, `ssh://`, `git://` or `user@host:path`). Never
+    /// a credential: the node's `git.credentials` hold those.
     pub url: String,
-    /// Branch, tag or commit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rev: Option<String>,
+    /// Branch, tag or commit (`rev` is read as a synonym).
+    #[serde(
+        default,
+        rename = "ref",
+        alias = "rev",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub git_ref: Option<String>,
 }
 
 impl WorkspaceManifest {
@@ -261,6 +267,21 @@ impl WorkspaceManifest {
                     errors.add(format!("projects[{index}].git.url"), "is empty");
                 }
                 errors.check_len(&format!("projects[{index}].git.url"), &git.url, 2048);
+                if crate::git::mask_url(&git.url).1 {
+                    errors.add(
+                        format!("projects[{index}].git.url"),
+                        "holds a credential; a workspace never stores one (the node's \
+                         `git.credentials` configuration does)",
+                    );
+                }
+                if let Some(git_ref) = &git.git_ref {
+                    if crate::git::check_ref(git_ref).is_err() {
+                        errors.add(
+                            format!("projects[{index}].git.ref"),
+                            format!("`{git_ref}` is not a branch, tag or commit name"),
+                        );
+                    }
+                }
             }
         }
         errors.into_result()
@@ -309,7 +330,7 @@ sharing: {enabled: true, mode: lan}
 projects:
   - name: main
     path: projects/main
-    git: {url: 'https://example.org/x.git', rev: main}
+    git: {url: 'https://example.org/x.git', ref: main}
 environments: [default]
 ";
 
@@ -318,7 +339,7 @@ environments: [default]
         let good = parse(GOOD).unwrap();
         assert_eq!(good.kind, WorkspaceKind::FineTuning);
         assert_eq!(
-            good.projects[0].git.as_ref().unwrap().rev.as_deref(),
+            good.projects[0].git.as_ref().unwrap().git_ref.as_deref(),
             Some("main")
         );
         // Round trip through our own writer.
@@ -332,7 +353,16 @@ environments: [default]
             ("revision: 3", "revision: 3\ncolour: red", "colour"),
             ("schema_version: 1", "schema_version: 9", "schema_version"),
             ("mode: lan", "mode: everyone", "sharing.mode"),
+            (
+                "https://example.org/x.git",
+                "https://bob:hunter2@example.org/x.git",
+                "projects[0].git.url",
+            ),
+            ("ref: main", "ref: --upload-pack=x", "projects[0].git.ref"),
         ];
+        // `rev` (the field's first name) still reads.
+        let old = parse(&GOOD.replacen("ref: main", "rev: main", 1)).unwrap();
+        assert_eq!(old, good);
         for (from, to, expected) in cases {
             let text = GOOD.replacen(from, to, 1);
             let error = parse(&text).unwrap_err();

@@ -51,6 +51,11 @@ impl JobContext {
         for rebuild in &relocation.needs_rebuild {
             notes.push(format!("needs rebuild: {rebuild}"));
         }
+        let arrivals = {
+            let (git, tree) = (self.store.git().clone(), stage.tree().to_path_buf());
+            blocking(move || Ok(arrive_git_projects(&git, &tree))).await?
+        };
+        notes.extend(arrivals.iter().map(|a| a.note.clone()));
         if id != snapshot.workspace_id {
             set_id(stage.tree(), id)?;
             notes.push(format!(
@@ -93,6 +98,15 @@ impl JobContext {
             .map(|e| e.path.clone())
             .filter(|path| {
                 !relocation.relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE
+            })
+            // A rebuilt `.git` holds other files than the source's: hashed when next read.
+            .filter(|path| {
+                !arrivals.iter().any(|a| {
+                    a.rewrote_git_dir
+                        && path
+                            .strip_prefix(a.path.as_str())
+                            .is_some_and(|rest| rest.starts_with("/"))
+                })
             })
             .collect();
         self.store
@@ -167,6 +181,23 @@ impl JobContext {
             local_root: None,
         })
     }
+}
+
+/// Makes each git project of a staged clone a checkout from its remote where that answers
+/// (see [`crate::git::Git::arrive`]).
+fn arrive_git_projects(git: &crate::git::Git, tree: &std::path::Path) -> Vec<crate::git::Arrival> {
+    let path = tree.join(crate::model::WORKSPACE_FILE);
+    let Ok(manifest) = crate::yaml::read_file::<crate::model::WorkspaceManifest>(&path) else {
+        return Vec::new();
+    };
+    if manifest.validate().is_err() {
+        return Vec::new();
+    }
+    manifest
+        .projects
+        .iter()
+        .filter_map(|project| git.arrive(tree, project))
+        .collect()
 }
 
 /// Rewrites the `id` in a staged `workspace.yaml` (a second copy on this node).

@@ -60,6 +60,9 @@ pub enum StoreError {
     /// An archive was refused.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// A git project could not be cloned.
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
     /// A file operation failed.
     #[error("{action} {path}: {source}")]
     Io {

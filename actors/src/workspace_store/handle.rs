@@ -30,6 +30,7 @@ pub struct WorkspaceStoreHandle {
     pub(super) view: watch::Receiver<Arc<StoreView>>,
     pub(super) layout: Arc<Layout>,
     pub(super) import_limits: ImportLimits,
+    pub(super) git: crate::git::Git,
     pub(super) chunks: ChunkIndex,
     pub(super) database: sled::Db,
 }
@@ -72,6 +73,7 @@ impl WorkspaceStoreHandle {
                 view: view_receiver,
                 layout: Arc::new(layout),
                 import_limits: config.import_limits.clone(),
+                git: config.git.clone(),
                 chunks,
                 database,
             },
@@ -114,6 +116,11 @@ impl WorkspaceStoreHandle {
             .map_err(|_| StoreError::Unavailable)
     }
 
+    /// How this node runs git in workspaces' projects.
+    pub fn git(&self) -> &crate::git::Git {
+        &self.git
+    }
+
     /// Creates a workspace (empty, from a template, or adopting a directory).
     pub async fn create(&self, request: CreateRequest, by: &str) -> Result<Created, StoreError> {
         if !request.name.is_empty() {
@@ -123,10 +130,18 @@ impl WorkspaceStoreHandle {
         }
         let staging = self.new_staging_dir("create")?;
         let prepared = {
-            let staging = staging.clone();
-            tokio::task::spawn_blocking(move || workspace_dir::prepare_new(&request, &staging))
-                .await
-                .map_err(|_| StoreError::Unavailable)
+            let (staging, git) = (staging.clone(), self.git.clone());
+            tokio::task::spawn_blocking(move || {
+                let prepared = workspace_dir::prepare_new(&request, &staging)?;
+                match &request.git {
+                    Some(source) => {
+                        workspace_dir::add_git_project(prepared, source, request.git_local, &git)
+                    }
+                    None => Ok(prepared),
+                }
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)
         }?;
         let prepared = match prepared {
             Ok(prepared) => prepared,

@@ -52,7 +52,7 @@ pub use index::RevisionRecord;
 pub use reconcile::ReconcileReport;
 pub use templates::TEMPLATE_NAMES;
 pub use view::{ListFilter, Page, StoreView, Viewer, WorkspaceEntry, DEFAULT_PAGE, MAX_PAGE};
-pub use workspace_dir::CreateRequest;
+pub use workspace_dir::{repo_slug, CreateRequest};
 
 use index::{Index, IndexRecord};
 
@@ -65,6 +65,8 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// Bounds on imported archives.
     pub import_limits: ImportLimits,
+    /// How git runs in projects (the node's credential helper, deadlines).
+    pub git: crate::git::Git,
 }
 
 /// Directories under the data dir that the store owns.

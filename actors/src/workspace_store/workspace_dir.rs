@@ -132,6 +132,10 @@ pub struct CreateRequest {
     pub template: Option<String>,
     /// Existing directory to adopt (its files are copied in).
     pub from_dir: Option<PathBuf>,
+    /// A repository to clone as the workspace's project.
+    pub git: Option<crate::model::GitSource>,
+    /// Whether `git.url` may be a path or `file://` URL on this node (its administrator).
+    pub git_local: bool,
 }
 
 /// A directory prepared in staging, ready to be committed.
@@ -382,6 +386,92 @@ fn describe_copy(notes: &mut Vec<String>, source: &Path, report: &CopyReport) {
 }
 
 /// A slug made from a directory's name (`My Project_2` → `my-project-2`).
+/// The slug a repository URL names (`https://h/group/My_Repo.git` → `my-repo`).
+pub fn repo_slug(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix(".git").unwrap_or(trimmed);
+    let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
+    slug_from(Path::new(last))
+}
+
+/// Clones `source` into `projects/<repo>` of a prepared workspace, declares it, and, when the
+/// workspace has no environment yet, adds the one detection proposes from its files.
+pub fn add_git_project(
+    mut prepared: Prepared,
+    source: &crate::model::GitSource,
+    local: bool,
+    git: &crate::git::Git,
+) -> Result<Prepared, StoreError> {
+    let name = repo_slug(&source.url);
+    let path = format!("projects/{name}");
+    if prepared
+        .manifest
+        .projects
+        .iter()
+        .any(|p| p.name == name || p.path == path)
+    {
+        return Err(StoreError::BadRequest(format!(
+            "the workspace already has a project `{name}`"
+        )));
+    }
+    let dest = prepared.staging.join(&path);
+    if dest.exists() {
+        fs::remove_dir(&dest).map_err(|_| {
+            StoreError::BadRequest(format!(
+                "{path} already holds files; the clone needs it empty"
+            ))
+        })?;
+    }
+    let parent = dest.parent().expect("projects/<name> has a parent");
+    fs::create_dir_all(parent).map_err(StoreError::io("creating directory", parent))?;
+    let state = git.clone_into(&source.url, source.git_ref.as_deref(), &dest, local)?;
+    prepared.notes.push(format!(
+        "cloned {} into {path} at {}{}",
+        crate::git::mask_url(&source.url).0,
+        state
+            .commit
+            .as_deref()
+            .map_or("no commit", |c| &c[..c.len().min(12)]),
+        state
+            .branch
+            .as_deref()
+            .map(|b| format!(" ({b})"))
+            .unwrap_or_default()
+    ));
+    for language in detect_languages(&dest) {
+        if !prepared.manifest.languages.iter().any(|l| l == language) {
+            prepared.manifest.languages.push(language.to_string());
+        }
+    }
+    prepared.manifest.projects.push(Project {
+        name,
+        path: path.clone(),
+        git: Some(source.clone()),
+    });
+    if prepared.environments.is_empty() {
+        let detection = crate::runtime_supervisor::detect::detect(
+            &prepared.staging,
+            std::slice::from_ref(&path),
+        );
+        prepared.notes.push(format!(
+            "proposed environment `default` from {}",
+            detection.findings.join("; ")
+        ));
+        prepared
+            .environments
+            .insert("default".into(), detection.spec);
+        prepared.manifest.environments = prepared.environments.keys().cloned().collect();
+    }
+    prepared
+        .manifest
+        .validate()
+        .map_err(|errors| StoreError::Invalid {
+            file: "request".into(),
+            errors,
+        })?;
+    Ok(prepared)
+}
+
 fn slug_from(path: &Path) -> String {
     let raw = path
         .file_name()
@@ -433,5 +523,8 @@ mod tests {
         assert_eq!(slug_from(Path::new("/x/My Project_2")), "my-project-2");
         assert_eq!(slug_from(Path::new("/x/__")), "workspace");
         assert_eq!(slug_from(Path::new("/x/llama")), "llama");
+        assert_eq!(repo_slug("https://h/group/My_Repo.git"), "my-repo");
+        assert_eq!(repo_slug("git@h:team/tool.git/"), "tool");
+        assert_eq!(repo_slug("git://10.0.0.1/x"), "x");
     }
 }
