@@ -189,39 +189,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         bus.clone(),
     );
 
-    // Transfers run on their own thread: fetching and writing never compete with the
-    // registry's and announcer's timers.
-    let transfers = {
-        let config = TransferConfig {
-            max_jobs: config.transfer.max_jobs.max(1),
-            window: config.transfer.window.max(1),
-            compress: match config.transfer.compress {
-                crate::config::CompressSetting::Auto => Compression::Auto,
-                crate::config::CompressSetting::Always => Compression::Always,
-                crate::config::CompressSetting::Never => Compression::Never,
-            },
-            source_wait: std::time::Duration::from_secs(config.transfer.source_wait_seconds),
-            ..TransferConfig::new(&data_dir)
-        };
-        let (store, peers, bus) = (store.clone(), peers.clone(), bus.clone());
-        let identity = node_identity.clone();
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let arbiter = actix::Arbiter::new();
-        arbiter.spawn(async move {
-            let handle = TransferQueueHandle::start(
-                config,
-                store,
-                peers,
-                Rc::new(HttpTransferClient::new(identity)),
-                bus,
-            );
-            let _ = sender.send(handle);
-        });
-        receiver.await.expect("the transfer arbiter starts")
-    };
-
-    // Environments run on their own thread too: process and container supervision never
-    // waits behind a transfer's work, nor the other way round.
+    // Environments run on their own thread: process and container supervision never waits
+    // behind a transfer's work, nor the other way round.
     let runtimes = {
         let config = RuntimeConfig {
             libvirt_uri: config.runtime.libvirt_uri.clone(),
@@ -239,6 +208,40 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             let _ = sender.send(RuntimeSupervisorHandle::start(config, store, bus));
         });
         receiver.await.expect("the runtime arbiter starts")
+    };
+
+    // Transfers run on their own thread too: fetching and writing never compete with the
+    // registry's and announcer's timers.
+    let transfers = {
+        let config = TransferConfig {
+            max_jobs: config.transfer.max_jobs.max(1),
+            window: config.transfer.window.max(1),
+            compress: match config.transfer.compress {
+                crate::config::CompressSetting::Auto => Compression::Auto,
+                crate::config::CompressSetting::Always => Compression::Always,
+                crate::config::CompressSetting::Never => Compression::Never,
+            },
+            source_wait: std::time::Duration::from_secs(config.transfer.source_wait_seconds),
+            ..TransferConfig::new(&data_dir)
+        };
+        let (store, peers, bus) = (store.clone(), peers.clone(), bus.clone());
+        // A clone's post_clone hook runs confined, by the runtime supervisor.
+        let post_clone = Some(runtimes.post_clone_recipient());
+        let identity = node_identity.clone();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let arbiter = actix::Arbiter::new();
+        arbiter.spawn(async move {
+            let handle = TransferQueueHandle::start(
+                config,
+                store,
+                peers,
+                Rc::new(HttpTransferClient::new(identity)),
+                bus,
+                post_clone,
+            );
+            let _ = sender.send(handle);
+        });
+        receiver.await.expect("the transfer arbiter starts")
     };
 
     let placements = aienv_actors::cluster::PlacementsHandle::start(

@@ -88,6 +88,9 @@ docker: {{image: '{IMAGE}'}}
 resources: {{cpus: {{min: 1}}, memory: {{min: 64MiB, preferred: 128MiB}}}}
 env: {{GREETING: from-the-spec}}
 restart: {{stop_timeout_seconds: 2}}
+hooks:
+  pre_run: {{unix: 'if [ -f /.dockerenv ]; then where=container; else where=host; fi; echo pre_run in $where as $AIENV_HOOK for $AIENV_ENVIRONMENT > /workspace/hook.txt'}}
+  post_stop: {{unix: 'echo post_stop >> /workspace/hook.txt'}}
 tools:
   - {{name: web, kind: http, strip_prefix: true, command: [sh, -c, 'echo container-started $GREETING; exec httpd -f -v -p $PORT -h /workspace/www']}}
   - {{name: term, kind: terminal}}
@@ -106,6 +109,10 @@ tools:
     let status = &statuses[0];
     assert_eq!(status.state, "running", "{status:#?}");
     assert_eq!(status.backend, "docker");
+    // The pre_run hook ran in a container of the image, with the workspace mounted.
+    let root = std::path::PathBuf::from(admin.get("dock").await.unwrap().workspace.path.unwrap());
+    let hook = std::fs::read_to_string(root.join("hook.txt")).unwrap();
+    assert_eq!(hook, "pre_run in container as pre_run for box\n");
     let instance = status.instance.clone().unwrap();
     let name = instance
         .strip_prefix("container ")
@@ -175,6 +182,12 @@ tools:
     // Stop removes the container.
     let stopped = admin.stop("dock", None).await.unwrap();
     assert_eq!(stopped[0].state, "stopped", "{stopped:#?}");
+    assert!(
+        std::fs::read_to_string(root.join("hook.txt"))
+            .unwrap()
+            .ends_with("post_stop\n"),
+        "post_stop ran after the stop"
+    );
     assert!(
         docker(&["inspect", &name]).is_none(),
         "container {name} is removed"

@@ -132,6 +132,9 @@ pub struct TransferDto {
     pub error: Option<String>,
     /// What was done on the way.
     pub notes: Vec<String>,
+    /// The clone arrived, but its `post_clone` hook failed: why, with the end of its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_error: Option<String>,
     /// Attempts so far.
     pub attempts: u32,
     /// Who asked.
@@ -177,6 +180,7 @@ impl From<&JobInfo> for TransferDto {
             },
             error: job.error.clone(),
             notes: job.notes.clone(),
+            hook_error: job.hook_error.clone(),
             attempts: job.attempts,
             by: job.request.by.clone(),
             created: job.created,

@@ -245,7 +245,14 @@ async fn follow(
         print_summary(&current, started.elapsed().as_secs_f64());
     }
     match current.state.as_str() {
-        "done" => Ok(()),
+        "done" => match &current.hook_error {
+            // Like `git clone` with a failing hook: the clone is there, the command fails.
+            Some(error) => Err(CliError::new(format!(
+                "`{}` arrived, but {error}",
+                current.target_name
+            ))),
+            None => Ok(()),
+        },
         "cancelled" => Err(CliError::new(format!(
             "transfer {} was cancelled; `aienv transfers retry {}` resumes it",
             current.id, current.id

@@ -35,6 +35,9 @@ pub struct EnvironmentSpec {
     /// Ordered set-up steps, run once and again when this spec changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub setup: Vec<SetupStep>,
+    /// Commands run before every start and after every stop (`pre_run`, `post_stop`).
+    #[serde(default, skip_serializing_if = "super::Hooks::is_empty")]
+    pub hooks: super::Hooks,
     /// The container image (docker runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSpec>,
@@ -639,6 +642,7 @@ impl EnvironmentSpec {
             python: None,
             scripts: SetupScripts::default(),
             setup: Vec::new(),
+            hooks: super::Hooks::default(),
             docker: None,
             libvirt: None,
             slurm: None,
@@ -838,6 +842,7 @@ impl EnvironmentSpec {
                 );
             }
         }
+        self.hooks.validate(&mut errors, false);
         errors.into_result()
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod command;
 mod environment;
+mod hooks;
 mod validate;
 mod workspace;
 
@@ -14,6 +15,7 @@ pub use environment::{
     SetupStep, ToolKind, ToolSpec, VariantRequires, VariantSpec, VolumeSpec, Want,
     ENVIRONMENT_FILE, ENVIRONMENT_SCHEMA_VERSION,
 };
+pub use hooks::{HookCommand, HookMoment, Hooks, DEFAULT_HOOK_TIMEOUT};
 pub use validate::{is_slug, validate_relative_path, FieldError, ValidationErrors, MAX_SLUG_LEN};
 pub use workspace::{
     GitSource, Project, Sharing, SharingMode, WorkspaceKind, WorkspaceManifest, WORKSPACE_FILE,

@@ -63,6 +63,9 @@ pub struct WorkspaceManifest {
     /// Names of the environments under `environments/<name>/environment.yaml`.
     #[serde(default)]
     pub environments: Vec<String>,
+    /// Commands run after a clone arrives and around every environment's runs.
+    #[serde(default, skip_serializing_if = "super::Hooks::is_empty")]
+    pub hooks: super::Hooks,
 }
 
 /// The kind of work a workspace holds; used for filtering the catalog.
@@ -200,6 +203,7 @@ impl WorkspaceManifest {
             sharing: Sharing::default(),
             projects: Vec::new(),
             environments: Vec::new(),
+            hooks: super::Hooks::default(),
         }
     }
 
@@ -284,6 +288,7 @@ impl WorkspaceManifest {
                 }
             }
         }
+        self.hooks.validate(&mut errors, true);
         errors.into_result()
     }
 

@@ -48,6 +48,10 @@ pub struct LaunchPlan {
     pub stop_timeout: Duration,
     /// How local processes are confined.
     pub sandbox: super::sandbox::Sandbox,
+    /// The workspace's own hooks (`workspace.yaml`), run before the environment's.
+    pub workspace_hooks: crate::model::Hooks,
+    /// `peer/workspace` the workspace was cloned from, if it was.
+    pub origin: Option<String>,
 }
 
 impl LaunchPlan {
@@ -197,6 +201,21 @@ pub trait Backend {
         plan: &'a LaunchPlan,
         progress: &'a dyn Fn(Progress),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>>;
+
+    /// Runs one hook (`pre_run`, `post_stop`) where the environment's commands run; by
+    /// default in its local sandbox, as the process runtime confines it.
+    fn run_hook<'a>(
+        &'a self,
+        plan: &'a LaunchPlan,
+        moment: crate::model::HookMoment,
+        owner: &'a str,
+        command: &'a str,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(super::hooks::run_local(
+            plan, moment, owner, command, timeout,
+        ))
+    }
 }
 
 /// What a launch that takes a while says about itself.

@@ -235,47 +235,61 @@ impl Backend for DockerBackend {
             }
             // Set-up runs once in a throw-away container with the workspace mounted.
             logs::append(&log_path, &format!("== set-up in {image}\n"));
-            let body = ContainerCreateBody {
-                image: Some(image.clone()),
-                cmd: Some(vec!["/bin/sh".into(), "-c".into(), steps.join(" && ")]),
-                env: Some(env_list(plan)),
-                working_dir: Some(workdir(plan)),
-                labels: Some(labels(plan)),
-                user: container_user(plan),
-                host_config: Some(HostConfig {
-                    binds: Some(binds(plan)),
-                    ..hardened(plan)
-                }),
-                ..ContainerCreateBody::default()
-            };
-            let created = docker
-                .create_container(None, body)
-                .await
-                .map_err(docker_error)?;
-            let result = async {
-                docker
-                    .start_container(&created.id, None)
-                    .await
-                    .map_err(docker_error)?;
-                let code = wait(&docker, &created.id).await;
-                copy_logs(&docker, &created.id, &log_path, false).await;
-                match code {
-                    Some(0) => Ok(()),
-                    other => Err(RuntimeError::SetupFailed {
-                        environment: plan.environment.clone(),
-                        step: "set-up in the container".into(),
-                        reason: format!("exit status {}", other.map_or("unknown".into(), |c| c.to_string())),
-                        log: log_path.display().to_string(),
-                    }),
-                }
+            let code = throwaway(&docker, plan, &image, &steps.join(" && "), &[], None).await?;
+            if code != Some(0) {
+                return Err(RuntimeError::SetupFailed {
+                    environment: plan.environment.clone(),
+                    step: "set-up in the container".into(),
+                    reason: format!(
+                        "exit status {}",
+                        code.map_or("unknown".into(), |c| c.to_string())
+                    ),
+                    log: log_path.display().to_string(),
+                });
             }
-            .await;
-            let _ = docker
-                .remove_container(&created.id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
-                .await;
-            result?;
             crate::fsio::write_atomic(&record, plan.setup_hash.as_bytes())?;
             Ok(Vec::new())
+        }
+        .boxed_local()
+    }
+
+    fn run_hook<'a>(
+        &'a self,
+        plan: &'a LaunchPlan,
+        moment: crate::model::HookMoment,
+        owner: &'a str,
+        command: &'a str,
+        timeout: std::time::Duration,
+    ) -> LocalBoxFuture<'a, Result<(), RuntimeError>> {
+        async move {
+            // In a container of the environment's image, like its set-up.
+            let docker = self.docker().await?;
+            let image = image_of(plan)?;
+            let log_path = plan.setup_log();
+            let start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+            logs::append(
+                &log_path,
+                &format!(
+                    "== {} hook of {owner} in {image}: {command}\n",
+                    moment.as_str()
+                ),
+            );
+            let vars = super::hooks::variables(plan, moment);
+            let code = throwaway(&docker, plan, &image, command, &vars, Some(timeout)).await?;
+            if code == Some(0) {
+                return Ok(());
+            }
+            let reason = match code {
+                None => format!("it ran past its {} s and was stopped", timeout.as_secs()),
+                Some(code) => format!("exit status {code}"),
+            };
+            Err(RuntimeError::HookFailed {
+                hook: moment.as_str().into(),
+                owner: owner.into(),
+                reason,
+                output: super::hooks::tail(&log_path, start),
+                log: log_path.display().to_string(),
+            })
         }
         .boxed_local()
     }
@@ -703,4 +717,59 @@ fn container_user(plan: &LaunchPlan) -> Option<String> {
         Some(user) => format!("{}:{}", user.uid, user.gid),
         None => "65534:65534".into(),
     })
+}
+
+/// Runs `script` with `/bin/sh -c` in a throw-away container of `image` with the workspace
+/// mounted, its output appended to the set-up log; returns its exit code (`None`: it ran
+/// past `timeout` and was removed).
+async fn throwaway(
+    docker: &Docker,
+    plan: &LaunchPlan,
+    image: &str,
+    script: &str,
+    extra_env: &[(String, String)],
+    timeout: Option<std::time::Duration>,
+) -> Result<Option<i64>, RuntimeError> {
+    let mut env = env_list(plan);
+    env.extend(extra_env.iter().map(|(k, v)| format!("{k}={v}")));
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["/bin/sh".into(), "-c".into(), script.to_string()]),
+        env: Some(env),
+        working_dir: Some(workdir(plan)),
+        labels: Some(labels(plan)),
+        user: container_user(plan),
+        host_config: Some(HostConfig {
+            binds: Some(binds(plan)),
+            ..hardened(plan)
+        }),
+        ..ContainerCreateBody::default()
+    };
+    let created = docker
+        .create_container(None, body)
+        .await
+        .map_err(docker_error)?;
+    let result = async {
+        docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(docker_error)?;
+        let code = match timeout {
+            Some(limit) => tokio::time::timeout(limit, wait(docker, &created.id))
+                .await
+                .ok()
+                .flatten(),
+            None => wait(docker, &created.id).await,
+        };
+        copy_logs(docker, &created.id, &plan.setup_log(), false).await;
+        Ok(code)
+    }
+    .await;
+    let _ = docker
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await;
+    result
 }

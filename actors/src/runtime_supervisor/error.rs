@@ -76,6 +76,22 @@ pub enum RuntimeError {
         /// The log file.
         log: String,
     },
+    /// A hook (`pre_run`, `post_stop`, `post_clone`) failed.
+    #[error(
+        "the {hook} hook of {owner} failed: {reason}; its output ends:\n{output}\n(log: {log})"
+    )]
+    HookFailed {
+        /// `pre_run`, `post_stop` or `post_clone`.
+        hook: String,
+        /// `workspace `w`` or `environment `e` of `w``.
+        owner: String,
+        /// Exit status, time-out or error.
+        reason: String,
+        /// The last lines it printed.
+        output: String,
+        /// The log file.
+        log: String,
+    },
     /// Starting failed.
     #[error("starting `{environment}` failed: {reason}")]
     StartFailed {

@@ -16,6 +16,7 @@ pub mod detect;
 pub mod docker;
 mod error;
 mod health;
+pub mod hooks;
 pub mod lending;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
@@ -988,6 +989,11 @@ impl RuntimeSupervisorHandle {
             })
             .await
             .map_err(|_| RuntimeError::Gone)
+    }
+
+    /// Where a clone's `post_clone` hook is asked for.
+    pub fn post_clone_recipient(&self) -> Recipient<hooks::PostClone> {
+        self.addr.clone().recipient()
     }
 
     /// What this node lends and what peers hold of it now.

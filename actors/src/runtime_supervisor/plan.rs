@@ -42,7 +42,7 @@ impl Confinement {
 }
 
 /// How the environment's local processes are confined, or why they cannot run.
-fn sandbox_for(
+pub(super) fn sandbox_for(
     config: &RuntimeConfig,
     confinement: &Confinement,
     entry: &WorkspaceEntry,
@@ -176,6 +176,11 @@ pub(super) fn launch_plan(
         image,
         tools,
         stop_timeout: Duration::from_secs(spec.restart.stop_timeout_seconds.max(1) as u64),
+        workspace_hooks: entry.manifest.hooks.clone(),
+        origin: entry
+            .origin
+            .as_ref()
+            .map(|o| format!("{}/{}", o.peer_name, o.workspace_name)),
     })
 }
 

@@ -100,6 +100,18 @@ pub async fn run(run: Run) {
             return;
         }
     }
+    let pre_run = tokio::select! {
+        result = run_hooks(&run, crate::model::HookMoment::PreRun) => result,
+        _ = run.cancel.wait() => {
+            run.state(EnvState::Stopped, None);
+            return;
+        }
+    };
+    if let Err(error) = pre_run {
+        tracing::warn!(environment = %plan.environment, %error, "pre_run hook failed");
+        run.state(EnvState::Failed, Some(error.to_string()));
+        return;
+    }
     run.state(EnvState::Starting, None);
     let queued = std::cell::Cell::new(false);
     let progress = |progress: Progress| {
@@ -210,14 +222,35 @@ pub async fn run(run: Run) {
     for name in tools.keys() {
         run.tool(name, ToolState::Stopped, None, None, 0);
     }
+    let stopped = match stopped {
+        Ok(()) => run_hooks(&run, crate::model::HookMoment::PostStop)
+            .await
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(format!("stopping: {error}")),
+    };
     match stopped {
         Ok(()) if run.cancel.is_triggered() => run.state(EnvState::Stopped, None),
         Ok(()) => run.state(
             EnvState::Failed,
             Some("every tool ended and none is restarted".into()),
         ),
-        Err(error) => run.state(EnvState::Failed, Some(format!("stopping: {error}"))),
+        Err(error) => run.state(EnvState::Failed, Some(error)),
     }
+}
+
+/// Runs the workspace's and then the environment's hook for `moment`; the first failure
+/// ends it. Cancelling the run does not cut a hook short: `post_stop` runs after a stop.
+async fn run_hooks(run: &Run, moment: crate::model::HookMoment) -> Result<(), super::RuntimeError> {
+    for (owner, command, timeout) in super::hooks::for_moment(&run.plan, moment) {
+        run.report(|key| RunReport::Notes {
+            key,
+            notes: vec![format!("running the {} hook of {owner}", moment.as_str())],
+        });
+        run.backend
+            .run_hook(&run.plan, moment, &owner, &command, timeout)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Decides what an exit means. Returns false when the environment should stop.

@@ -168,6 +168,10 @@ pub struct JobInfo {
     pub error: Option<String>,
     /// What was done on the way (relocations, environments to rebuild, dedup, ...).
     pub notes: Vec<String>,
+    /// A clone that arrived but whose `post_clone` hook failed: why, with its output (the
+    /// job is done; the workspace is in place).
+    #[serde(default)]
+    pub hook_error: Option<String>,
     /// How many times it was started.
     pub attempts: u32,
     /// When it was asked for.

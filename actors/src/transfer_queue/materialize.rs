@@ -112,12 +112,32 @@ impl JobContext {
         self.store
             .record_snapshot(local_id, snapshot.clone(), written)
             .await?;
+        // The clone is in place and verified; its post_clone hook runs now, confined. A
+        // failing hook leaves the clone (like `git clone` with a failing hook) and says so.
+        let mut hook_error = None;
+        let wants_hook = created
+            .workspace
+            .manifest
+            .hooks
+            .unix(crate::model::HookMoment::PostClone)
+            .is_some();
+        if let (true, Some(hooks)) = (wants_hook, &self.post_clone) {
+            let message = crate::runtime_supervisor::hooks::PostClone {
+                workspace: local_id,
+            };
+            match hooks.send(message).await {
+                Ok(Ok(())) => notes.push("the post_clone hook ran".into()),
+                Ok(Err(error)) => hook_error = Some(error.to_string()),
+                Err(_) => hook_error = Some("the node's runtimes are not running".into()),
+            }
+        }
         Ok(Outcome {
             local_id,
             local_name: created.workspace.manifest.name.clone(),
             notes,
             progress: Progress::default(),
             local_root: None,
+            hook_error,
         })
     }
 
@@ -179,6 +199,7 @@ impl JobContext {
             notes,
             progress: Progress::default(),
             local_root: None,
+            hook_error: None,
         })
     }
 }

@@ -160,6 +160,8 @@ pub struct TransferQueue {
     client: Rc<dyn TransferClient>,
     bus: EventBus,
     view_sender: watch::Sender<Arc<TransfersView>>,
+    /// Runs a clone's `post_clone` hook (the RuntimeSupervisor, which confines it).
+    post_clone: Option<Recipient<crate::runtime_supervisor::hooks::PostClone>>,
 }
 
 impl Actor for TransferQueue {
@@ -269,6 +271,7 @@ impl Handler<Enqueue> for TransferQueue {
             progress: Progress::default(),
             error: None,
             notes: Vec::new(),
+            hook_error: None,
             attempts: 0,
             created: now,
             updated: now,
@@ -580,6 +583,7 @@ impl TransferQueue {
             job_dir: job_dir.clone(),
             cancel,
             queue: ctx.address(),
+            post_clone: self.post_clone.clone(),
         };
         if let Err(error) = std::fs::create_dir_all(&job_dir) {
             self.set_finished(
@@ -603,6 +607,7 @@ impl TransferQueue {
                                 job.local_id = Some(outcome.local_id);
                                 job.target_name = outcome.local_name;
                                 job.notes.extend(outcome.notes);
+                                job.hook_error = outcome.hook_error;
                                 job.progress = outcome.progress;
                                 job.local_root = outcome.local_root;
                             }
@@ -762,6 +767,7 @@ impl TransferQueueHandle {
         peers: PeerRegistryHandle,
         client: Rc<dyn TransferClient>,
         bus: EventBus,
+        post_clone: Option<Recipient<crate::runtime_supervisor::hooks::PostClone>>,
     ) -> TransferQueueHandle {
         let (view_sender, view) = watch::channel(Arc::new(TransfersView {
             seq: bus.last_seq(),
@@ -777,6 +783,7 @@ impl TransferQueueHandle {
             client,
             bus,
             view_sender,
+            post_clone,
         }
         .start();
         TransferQueueHandle { addr, view }

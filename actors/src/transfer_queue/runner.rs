@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 use uuid::Uuid;
 
 use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
@@ -46,6 +46,8 @@ pub struct JobContext {
     pub cancel: Shutdown,
     /// Where progress goes.
     pub queue: Addr<TransferQueue>,
+    /// Runs a clone's `post_clone` hook.
+    pub post_clone: Option<Recipient<crate::runtime_supervisor::hooks::PostClone>>,
 }
 
 /// What a finished attempt produced.
@@ -61,6 +63,8 @@ pub struct Outcome {
     /// Root of the local workspace's snapshot right after the transfer (the baseline of the
     /// next sync's quick check).
     pub local_root: Option<Hash>,
+    /// The clone arrived, but its `post_clone` hook failed: why, with its output.
+    pub hook_error: Option<String>,
 }
 
 /// Runs one attempt of a job to its end.
@@ -326,6 +330,7 @@ fn up_to_date(
         )],
         local_root: Some(local_root),
         progress,
+        hook_error: None,
     }
 }
 
