@@ -753,6 +753,80 @@ impl Client {
         self.get_json("/cluster/offer").await
     }
 
+    /// `POST /ci/runs`: starts a headless run.
+    pub async fn ci_start(
+        &self,
+        request: &crate::api::CiRunRequest,
+    ) -> Result<crate::api::CiRunDto, ClientError> {
+        self.send_json(awc::http::Method::POST, "/ci/runs", request)
+            .await
+    }
+
+    /// `GET /ci/runs`.
+    pub async fn ci_runs(
+        &self,
+        workspace: Option<&str>,
+    ) -> Result<Vec<crate::api::CiRunDto>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Runs {
+            runs: Vec<crate::api::CiRunDto>,
+        }
+        let query = workspace
+            .map(|w| format!("?workspace={}", segment(w)))
+            .unwrap_or_default();
+        Ok(self
+            .get_json::<Runs>(&format!("/ci/runs{query}"))
+            .await?
+            .runs)
+    }
+
+    /// `GET /ci/runs/{run}`.
+    pub async fn ci_run(&self, run: &str) -> Result<crate::api::CiRunDto, ClientError> {
+        self.get_json(&format!("/ci/runs/{}", segment(run))).await
+    }
+
+    /// `GET /ci/runs/{run}/log?offset=N`: the log from `offset`, where to ask next, and the
+    /// run's state when it answered.
+    pub async fn ci_log(
+        &self,
+        run: &str,
+        offset: u64,
+    ) -> Result<(Vec<u8>, u64, String), ClientError> {
+        let path = format!("/ci/runs/{}/log?offset={offset}", segment(run));
+        let response = self.send(awc::http::Method::GET, &path).await?;
+        let mut response = self.check(response).await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let next = header("x-next-offset")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(offset);
+        let state = header("x-run-state").unwrap_or_default();
+        let body = response
+            .body()
+            .limit(2 << 20)
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((body.to_vec(), next, state))
+    }
+
+    /// `GET /ci/runs/{run}/junit/{index}`: a JUnit report the run's command wrote.
+    pub async fn ci_junit(&self, run: &str, index: usize) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/ci/runs/{}/junit/{index}", segment(run));
+        let response = self.send(awc::http::Method::GET, &path).await?;
+        let mut response = self.check(response).await?;
+        let body = response
+            .body()
+            .limit(16 << 20)
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok(body.to_vec())
+    }
+
     /// `POST /workspaces/{ws}/stop`.
     pub async fn stop(
         &self,

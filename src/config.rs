@@ -34,6 +34,8 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// Git for workspaces' projects.
     pub git: GitSection,
+    /// Headless runs, incoming webhooks and outgoing notifications.
+    pub ci: CiSection,
     /// Logging.
     pub log: LogConfig,
 }
@@ -249,6 +251,97 @@ impl Default for GitSection {
     }
 }
 
+/// `ci`: headless runs (`aienv ci`), webhooks that start them, and notifications of what
+/// happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CiSection {
+    /// Runs at once; the rest wait in order.
+    pub max_running: usize,
+    /// Finished runs kept with their logs.
+    pub keep_runs: usize,
+    /// Incoming webhooks: `POST /api/v1/hooks/<name>`.
+    pub hooks: Vec<IncomingHook>,
+    /// Outgoing notifications: signed JSON to a URL for chosen events.
+    pub notify: Vec<NotifyTarget>,
+}
+
+impl Default for CiSection {
+    fn default() -> CiSection {
+        CiSection {
+            max_running: 2,
+            keep_runs: 500,
+            hooks: Vec::new(),
+            notify: Vec::new(),
+        }
+    }
+}
+
+/// One incoming webhook (GitHub, Gitea, GitLab and compatible forges).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingHook {
+    /// Its name: the last segment of its URL.
+    pub name: String,
+    /// The shared secret (GitHub/Gitea: the HMAC key of `X-Hub-Signature-256`; GitLab: the
+    /// `X-Gitlab-Token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A file holding the secret (read at each delivery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// The workspace it runs in.
+    pub workspace: String,
+    /// The environment (default: the workspace's first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Pull the workspace's git projects before the command.
+    #[serde(default = "yes")]
+    pub pull: bool,
+    /// The command's argument vector.
+    pub command: Vec<String>,
+    /// Only pushes to these branches start a run (empty: every delivery).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<String>,
+    /// Seconds the command may run.
+    #[serde(default = "an_hour")]
+    pub timeout_seconds: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn an_hour() -> u64 {
+    3600
+}
+
+/// Where notifications go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyTarget {
+    /// An `http://` or `https://` URL.
+    pub url: String,
+    /// The HMAC-SHA256 key of `X-Aienv-Signature-256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A file holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Which events: `transfer_done`, `transfer_failed`, `environment_failed`,
+    /// `ci_finished` (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+/// The events notifications can carry.
+pub const NOTIFY_EVENTS: [&str; 4] = [
+    "transfer_done",
+    "transfer_failed",
+    "environment_failed",
+    "ci_finished",
+];
+
 /// `cluster.accept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -355,6 +448,7 @@ impl Default for Config {
             runtime: RuntimeSection::default(),
             cluster: ClusterSection::default(),
             git: GitSection::default(),
+            ci: CiSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -603,6 +697,7 @@ pub fn resolve(
             return Err(bad("give exactly one of `password` and `password_file`"));
         }
     }
+    check_ci(&config.ci, &sources)?;
     if config.discovery.announce_interval_ms < 200 {
         let key = "discovery.announce_interval_ms";
         return Err(ConfigError::BadValue {
@@ -617,6 +712,68 @@ pub fn resolve(
         sources,
         file: used_file,
     })
+}
+
+/// Checks `ci.hooks` and `ci.notify`: names, secrets, commands, URLs and events.
+fn check_ci(ci: &CiSection, sources: &BTreeMap<String, Source>) -> Result<(), ConfigError> {
+    let origin = |key: &str| sources.get(key).cloned().unwrap_or(Source::Default);
+    let mut names = std::collections::HashSet::new();
+    for (index, hook) in ci.hooks.iter().enumerate() {
+        let bad = |message: String| ConfigError::BadValue {
+            key: format!("ci.hooks[{index}]"),
+            origin: origin("ci.hooks"),
+            value: hook.name.clone(),
+            message,
+        };
+        if !aienv_actors::model::is_slug(&hook.name) {
+            return Err(bad(
+                "`name` must be lower-case letters, digits and hyphens (it is part of the URL)"
+                    .into(),
+            ));
+        }
+        if !names.insert(hook.name.clone()) {
+            return Err(bad("two hooks have this `name`".into()));
+        }
+        if hook.secret.is_some() == hook.secret_file.is_some() {
+            return Err(bad(
+                "give exactly one of `secret` and `secret_file`: a webhook without a secret would run for anyone".into(),
+            ));
+        }
+        if hook.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(bad("`secret` must be at least 16 characters".into()));
+        }
+        if hook.command.is_empty() || hook.command[0].is_empty() {
+            return Err(bad(
+                "`command` is empty: give the program and its arguments".into(),
+            ));
+        }
+    }
+    for (index, target) in ci.notify.iter().enumerate() {
+        let bad = |message: String| ConfigError::BadValue {
+            key: format!("ci.notify[{index}]"),
+            origin: origin("ci.notify"),
+            value: target.url.clone(),
+            message,
+        };
+        let lower = target.url.to_ascii_lowercase();
+        if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+            return Err(bad("`url` must be an http:// or https:// URL".into()));
+        }
+        if target.secret.is_some() && target.secret_file.is_some() {
+            return Err(bad("give at most one of `secret` and `secret_file`".into()));
+        }
+        if let Some(unknown) = target
+            .events
+            .iter()
+            .find(|e| !NOTIFY_EVENTS.contains(&e.as_str()))
+        {
+            return Err(bad(format!(
+                "event `{unknown}` is not one of {}",
+                NOTIFY_EVENTS.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Sets `key` from the text `raw`, typed like its default.

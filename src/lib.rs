@@ -11,6 +11,7 @@ pub mod cluster_client;
 pub mod config;
 pub mod http;
 pub mod login_gate;
+pub mod notify;
 pub mod peer_client;
 pub mod schemas;
 pub mod serve;

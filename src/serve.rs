@@ -257,8 +257,29 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         bus.clone(),
     );
 
+    let ci = aienv_actors::ci::CiRunsHandle::start(
+        aienv_actors::ci::CiConfig {
+            max_running: config.ci.max_running.max(1),
+            keep: config.ci.keep_runs.max(1),
+            ..aienv_actors::ci::CiConfig::new(&data_dir)
+        },
+        store.open_tree("ci_runs")?,
+        store.open_tree("ci_deliveries")?,
+        store.clone(),
+        runtimes.clone(),
+        bus.clone(),
+    );
     let shutdown = Shutdown::new();
+    crate::notify::start(
+        &config.ci.notify,
+        &bus,
+        &config.name,
+        node_id,
+        shutdown.clone(),
+    );
     let state = web::Data::new(AppState {
+        ci,
+        ci_hooks: Arc::new(config.ci.hooks.clone()),
         placements,
         cluster: http::ClusterPolicy {
             accept: config.cluster.accept == crate::config::AcceptSetting::Trusted,

@@ -242,3 +242,20 @@ impl ClientCertVerifier for AnyKeyClientVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+/// A client configuration for ordinary web servers (outgoing notifications): the system's
+/// root certificates (`/etc/ssl/certs` on Debian), checked the usual way.
+pub fn web_client_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "reading the system's root certificates");
+    }
+    let (_added, _ignored) = roots.add_parsable_certificates(found.certs);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -125,8 +125,23 @@ async fn live_server_matches_openapi_document() {
     }
     let spec = load_spec();
     let temp = tempfile::tempdir().unwrap();
-    // Chunks are served slowly, so a transfer can be cancelled mid-way.
-    let node = TestNode::spawn_on(&temp.path().join("node"), &["--test-chunk-delay-ms", "300"]);
+    // Chunks are served slowly, so a transfer can be cancelled mid-way. One webhook, for
+    // `POST /hooks/{name}`.
+    let config = temp.path().join("node.yaml");
+    std::fs::write(
+        &config,
+        "ci:\n  hooks:\n    - {name: doc-hook, secret: 0123456789abcdef, workspace: rt, pull: false, command: [\"true\"]}\n",
+    )
+    .unwrap();
+    let node = TestNode::spawn_on(
+        &temp.path().join("node"),
+        &[
+            "--test-chunk-delay-ms",
+            "300",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
     let admin = node.admin();
     admin
         .create(&CreateWorkspace {
@@ -1580,6 +1595,152 @@ async fn live_server_matches_openapi_document() {
         &mut covered,
     )
     .await;
+
+    // CI runs and webhooks, in the terminal-only workspace.
+    let runs = "/ci/runs";
+    for case in [
+        case(
+            "POST",
+            runs,
+            runs,
+            Body::Json(json!({"workspace": "rt", "command": ["true"]})),
+            false,
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "POST",
+            runs,
+            runs,
+            Body::Json(json!({"workspace": "rt", "command": []})),
+            true,
+            422,
+            Some("invalid-field"),
+        ),
+        case(
+            "POST",
+            runs,
+            runs,
+            Body::Json(json!({"workspace": "none", "command": ["true"]})),
+            true,
+            404,
+            Some("workspace-not-found"),
+        ),
+        case(
+            "GET",
+            "/ci/runs/{run}",
+            "/ci/runs/404",
+            Body::None,
+            true,
+            404,
+            Some("not-found"),
+        ),
+        case(
+            "POST",
+            "/hooks/{name}",
+            "/hooks/nope",
+            Body::Json(json!({})),
+            false,
+            404,
+            Some("hook-not-found"),
+        ),
+        case(
+            "POST",
+            "/hooks/{name}",
+            "/hooks/doc-hook",
+            Body::Json(json!({})),
+            false,
+            401,
+            Some("bad-signature"),
+        ),
+    ] {
+        run(&node, &spec, &case, &mut covered).await;
+    }
+    let started = run(
+        &node,
+        &spec,
+        &case(
+            "POST",
+            runs,
+            runs,
+            Body::Json(json!({"workspace": "rt", "environment": "shell", "command": ["sh", "-c", "echo hi"], "timeout_seconds": 60})),
+            true,
+            202,
+            None,
+        ),
+        &mut covered,
+    )
+    .await;
+    let run_path = format!("/ci/runs/{}", started["id"].as_str().unwrap());
+    common::eventually("the CI run finished", || async {
+        admin
+            .ci_run(started["id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .state
+            == "passed"
+    })
+    .await;
+    for case in [
+        case(
+            "GET",
+            runs,
+            "/ci/runs?workspace=rt",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/ci/runs/{run}",
+            &run_path,
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/ci/runs/{run}/log",
+            &format!("{run_path}/log?offset=0"),
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        case(
+            "GET",
+            "/ci/runs/{run}/junit/{index}",
+            &format!("{run_path}/junit/0"),
+            Body::None,
+            true,
+            404,
+            Some("not-found"),
+        ),
+    ] {
+        run(&node, &spec, &case, &mut covered).await;
+    }
+    // A signed delivery (its body is what `run` sends for an empty JSON object).
+    let signature = aienv::http::webhook::sign(b"0123456789abcdef", b"{}");
+    let mut response = awc::Client::default()
+        .post(format!("{}/api/v1/hooks/doc-hook", node.url))
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("x-hub-signature-256", signature))
+        .send_body("{}")
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let (_, schema) = response_schema(&spec, "/hooks/{name}", "POST", 202).unwrap();
+    let mut root = schema.unwrap();
+    root["components"] = spec["components"].clone();
+    assert!(
+        jsonschema::validator_for(&root).unwrap().is_valid(&answer),
+        "{answer}"
+    );
+    covered.insert("POST /hooks/{name}".into());
+    covered.insert("GET /ci/runs/{run}/junit/{index}".into());
 
     // Every documented operation was exercised successfully.
     let mut documented = BTreeMap::new();

@@ -40,6 +40,8 @@ pub enum NodeEvent {
         /// Whether it was forgotten.
         removed: bool,
     },
+    /// A CI run was queued, moved on or finished (published by the CiRuns actor).
+    CiRunChanged(Arc<crate::ci::CiRun>),
     /// Trusted peers' offers changed (asked only while someone watches the cluster view).
     ClusterChanged(Arc<crate::cluster::ClusterView>),
     /// A tool of a running environment answered for the first time in this run.
@@ -64,6 +66,8 @@ pub enum EventSource {
     Runtimes,
     /// The Placements actor.
     Placements,
+    /// The CiRuns actor.
+    Ci,
 }
 
 impl NodeEvent {
@@ -81,6 +85,7 @@ impl NodeEvent {
             NodeEvent::PlacementChanged { .. } | NodeEvent::ClusterChanged(_) => {
                 EventSource::Placements
             }
+            NodeEvent::CiRunChanged(_) => EventSource::Ci,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod ci;
 mod cluster;
 mod node;
 mod peers;
@@ -12,6 +13,7 @@ mod session;
 mod transfers;
 mod workspaces;
 
+pub use ci::*;
 pub use cluster::*;
 pub use node::*;
 pub use peers::*;

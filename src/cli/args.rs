@@ -79,6 +79,10 @@ pub enum Command {
         #[arg(long)]
         run: bool,
     },
+    /// Run a command headless in a workspace's environment, for pipelines:
+    /// `aienv ci [PEER/]WS [ENV] -- CMD...` (its output streamed, its exit code passed
+    /// through); `aienv ci runs`, `aienv ci log RUN`.
+    Ci(super::ci::CiArgs),
     /// Update a clone from the node it was cloned from (only what changed moves).
     Sync {
         /// The local clone (name or id), or a workspace placed on a peer (its results come

@@ -91,14 +91,17 @@ fn init_tracing(level: &str, format: LogFormat) {
 pub(super) fn config_show(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let resolved = resolve(cli, args)?;
     let mut value = serde_json::to_value(&resolved.config).expect("config serializes");
-    // Passwords are never printed.
-    if let Some(credentials) = value
-        .pointer_mut("/git/credentials")
-        .and_then(|v| v.as_array_mut())
-    {
-        for credential in credentials {
-            if let Some(password) = credential.get_mut("password") {
-                *password = serde_json::Value::String("***".into());
+    // Passwords and secrets are never printed.
+    for (list, field) in [
+        ("/git/credentials", "password"),
+        ("/ci/hooks", "secret"),
+        ("/ci/notify", "secret"),
+    ] {
+        if let Some(items) = value.pointer_mut(list).and_then(|v| v.as_array_mut()) {
+            for item in items {
+                if let Some(secret) = item.get_mut(field).filter(|s| !s.is_null()) {
+                    *secret = serde_json::Value::String("***".into());
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! ([`local`]), and those that talk to a node over REST ([`remote`]).
 
 mod args;
+pub mod ci;
 mod daemon;
 mod local;
 mod output;

@@ -368,6 +368,7 @@ pub(super) async fn remote(cli: &Cli) -> Result<(), CliError> {
             )
             .await
         }
+        Command::Ci(args) => super::ci::ci(cli, &client, args).await,
         Command::Sync {
             workspace,
             peer,

@@ -105,6 +105,7 @@ struct Watermarks {
     transfers: u64,
     runtimes: u64,
     placements: u64,
+    ci: u64,
 }
 
 impl Watermarks {
@@ -115,6 +116,7 @@ impl Watermarks {
             EventSource::Transfers => self.transfers,
             EventSource::Runtimes => self.runtimes,
             EventSource::Placements => self.placements,
+            EventSource::Ci => self.ci,
         }
     }
 }
@@ -125,6 +127,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
     let transfers = state.transfers.view();
     let runtimes = state.runtimes.view();
     let placements = state.placements.view();
+    let ci = state.ci.view();
     let owner = Caller(Some(crate::auth::Principal::Admin));
     let workspaces: Vec<WorkspaceDto> = view
         .iter()
@@ -132,7 +135,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
         .collect();
     let text = json!({
         "type": "snapshot",
-        "seq": view.seq.max(peers.seq).max(transfers.seq).max(runtimes.seq).max(placements.seq),
+        "seq": view.seq.max(peers.seq).max(transfers.seq).max(runtimes.seq).max(placements.seq).max(ci.seq),
         "resync": resync,
         "node": node_info(state, &owner),
         "workspaces": workspaces,
@@ -140,6 +143,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
         "transfers": transfers.jobs.iter().map(|j| TransferDto::from(&**j)).collect::<Vec<_>>(),
         "runtimes": runtimes.envs.iter().map(|e| EnvironmentStatusDto::from(&**e)).collect::<Vec<_>>(),
         "placements": placements.placements.iter().map(|p| PlacementDto::from(&**p)).collect::<Vec<_>>(),
+        "ci_runs": ci.runs.iter().map(|r| crate::api::CiRunDto::from(&**r)).collect::<Vec<_>>(),
     })
     .to_string();
     (
@@ -150,6 +154,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
             transfers: transfers.seq,
             runtimes: runtimes.seq,
             placements: placements.seq,
+            ci: ci.seq,
         },
     )
 }
@@ -227,6 +232,13 @@ fn event_json(envelope: &Arc<Envelope>) -> String {
                 "offer": answer.as_ref().ok().map(|o| crate::api::OfferDto::from_offer(o, *id, "")),
                 "error": answer.as_ref().err(),
             })).collect::<Vec<_>>(),
+        })
+        .to_string(),
+        NodeEvent::CiRunChanged(run) => json!({
+            "type": "ci_run_changed",
+            "seq": envelope.seq,
+            "at": envelope.at,
+            "run": crate::api::CiRunDto::from(&**run),
         })
         .to_string(),
         NodeEvent::ToolReady { status, tool } => json!({

@@ -2,6 +2,7 @@
 //! check who is asking, convert DTOs, and call actor handles. Routes are wired per area in
 //! one `configure` function each.
 
+mod ci;
 mod cluster;
 mod error;
 mod events;
@@ -21,6 +22,7 @@ mod tool_tickets;
 mod transfers;
 mod ui;
 mod upstream;
+pub mod webhook;
 mod workspaces;
 
 use std::path::PathBuf;
@@ -101,6 +103,10 @@ pub struct AppState {
     pub tool_tickets: ToolTickets,
     /// The listeners of tools' own origins.
     pub tool_origins: ToolOrigins,
+    /// CI runs.
+    pub ci: aienv_actors::ci::CiRunsHandle,
+    /// Incoming webhooks (`ci.hooks`).
+    pub ci_hooks: Arc<Vec<crate::config::IncomingHook>>,
     /// The node's key and certificate (for calls to peers made by handlers).
     pub identity: Arc<aienv_actors::identity::NodeIdentity>,
     /// Serve the dashboard from this directory instead of the embedded copy (`--dev`).
@@ -168,6 +174,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(transfers::configure)
                     .configure(runtimes::configure)
                     .configure(cluster::configure)
+                    .configure(ci::configure)
                     .default_service(web::to(not_found)),
             )
             .configure(session::configure_sign_in)

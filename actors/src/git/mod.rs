@@ -170,6 +170,13 @@ impl Git {
         if let Some(helper) = &self.helper {
             command.arg("-c").arg(format!("credential.helper={helper}"));
         }
+        // A workspace an environment ran in belongs to the user environments run as, and git
+        // refuses a repository another user owns — to keep its settings from running
+        // programs as the caller. The node vets those settings itself before running git
+        // anywhere (`safety`), so it tells git this directory is fine.
+        command
+            .arg("-c")
+            .arg(format!("safe.directory={}", dir.display()));
         command
     }
 
@@ -277,6 +284,47 @@ impl Git {
             state.remotes.push((name.to_string(), masked));
         }
         Ok(state)
+    }
+
+    /// Fast-forwards the checkout's branch from its upstream (`git pull --ff-only`); says
+    /// what moved.
+    pub fn pull(&self, checkout: &Path) -> Result<String, GitError> {
+        let before = self.inspect(checkout)?;
+        let (Some(branch), Some(upstream)) = (&before.branch, &before.upstream) else {
+            return Err(GitError::Failed {
+                command: "git pull".into(),
+                dir: checkout.display().to_string(),
+                stderr: "the checkout is not on a branch with an upstream to pull from".into(),
+            });
+        };
+        let remote = upstream.split('/').next().unwrap_or_default();
+        let url = before
+            .remotes
+            .iter()
+            .find(|(name, _)| name == remote)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_default();
+        self.run_remote(
+            checkout,
+            &["pull", "--ff-only", "--no-rebase", "--quiet"],
+            &url,
+            self.network_timeout,
+        )?;
+        let after = self.inspect(checkout)?;
+        let short = |c: &Option<String>| {
+            c.as_deref()
+                .map(|c| c[..c.len().min(12)].to_string())
+                .unwrap_or_default()
+        };
+        Ok(if before.commit == after.commit {
+            format!("{branch} already up to date at {}", short(&after.commit))
+        } else {
+            format!(
+                "{branch} fast-forwarded from {} to {} ({upstream})",
+                short(&before.commit),
+                short(&after.commit)
+            )
+        })
     }
 
     /// Clones `url` into `dest` (which must not exist) and checks out `git_ref` (branch,

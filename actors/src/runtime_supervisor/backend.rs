@@ -202,18 +202,20 @@ pub trait Backend {
         progress: &'a dyn Fn(Progress),
     ) -> LocalBoxFuture<'a, Result<Launched, RuntimeError>>;
 
-    /// Runs one hook (`pre_run`, `post_stop`) where the environment's commands run; by
-    /// default in its local sandbox, as the process runtime confines it.
-    fn run_hook<'a>(
+    /// Runs a shell command line where the environment's set-up runs (a hook, a CI
+    /// command), its output appended to `log`; by default in the environment's local
+    /// sandbox, as the process runtime confines it.
+    fn run_command<'a>(
         &'a self,
         plan: &'a LaunchPlan,
-        moment: crate::model::HookMoment,
-        owner: &'a str,
+        label: &'a str,
         command: &'a str,
+        vars: &'a [(String, String)],
+        log: &'a Path,
         timeout: Duration,
-    ) -> LocalBoxFuture<'a, Result<(), RuntimeError>> {
+    ) -> LocalBoxFuture<'a, Result<super::hooks::Finished, RuntimeError>> {
         Box::pin(super::hooks::run_local(
-            plan, moment, owner, command, timeout,
+            plan, label, command, vars, log, timeout,
         ))
     }
 }

@@ -235,7 +235,16 @@ impl Backend for DockerBackend {
             }
             // Set-up runs once in a throw-away container with the workspace mounted.
             logs::append(&log_path, &format!("== set-up in {image}\n"));
-            let code = throwaway(&docker, plan, &image, &steps.join(" && "), &[], None).await?;
+            let code = throwaway(
+                &docker,
+                plan,
+                &image,
+                &steps.join(" && "),
+                &[],
+                None,
+                &log_path,
+            )
+            .await?;
             if code != Some(0) {
                 return Err(RuntimeError::SetupFailed {
                     environment: plan.environment.clone(),
@@ -253,43 +262,30 @@ impl Backend for DockerBackend {
         .boxed_local()
     }
 
-    fn run_hook<'a>(
+    fn run_command<'a>(
         &'a self,
         plan: &'a LaunchPlan,
-        moment: crate::model::HookMoment,
-        owner: &'a str,
+        label: &'a str,
         command: &'a str,
+        vars: &'a [(String, String)],
+        log: &'a std::path::Path,
         timeout: std::time::Duration,
-    ) -> LocalBoxFuture<'a, Result<(), RuntimeError>> {
+    ) -> LocalBoxFuture<'a, Result<super::hooks::Finished, RuntimeError>> {
         async move {
             // In a container of the environment's image, like its set-up.
             let docker = self.docker().await?;
             let image = image_of(plan)?;
-            let log_path = plan.setup_log();
-            let start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
-            logs::append(
-                &log_path,
-                &format!(
-                    "== {} hook of {owner} in {image}: {command}\n",
-                    moment.as_str()
-                ),
-            );
-            let vars = super::hooks::variables(plan, moment);
-            let code = throwaway(&docker, plan, &image, command, &vars, Some(timeout)).await?;
-            if code == Some(0) {
-                return Ok(());
-            }
-            let reason = match code {
-                None => format!("it ran past its {} s and was stopped", timeout.as_secs()),
-                Some(code) => format!("exit status {code}"),
+            logs::append(log, &format!("== {label} in {image}: {command}\n"));
+            let code = throwaway(&docker, plan, &image, command, vars, Some(timeout), log).await?;
+            let finished = match code {
+                Some(code) => super::hooks::Finished {
+                    code: i32::try_from(code).ok(),
+                    reason: format!("exit status {code}"),
+                },
+                None => super::hooks::Finished::timed_out(timeout),
             };
-            Err(RuntimeError::HookFailed {
-                hook: moment.as_str().into(),
-                owner: owner.into(),
-                reason,
-                output: super::hooks::tail(&log_path, start),
-                log: log_path.display().to_string(),
-            })
+            logs::append(log, &format!("== {label}: {}\n", finished.reason));
+            Ok(finished)
         }
         .boxed_local()
     }
@@ -729,6 +725,7 @@ async fn throwaway(
     script: &str,
     extra_env: &[(String, String)],
     timeout: Option<std::time::Duration>,
+    log: &std::path::Path,
 ) -> Result<Option<i64>, RuntimeError> {
     let mut env = env_list(plan);
     env.extend(extra_env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -761,7 +758,7 @@ async fn throwaway(
                 .flatten(),
             None => wait(docker, &created.id).await,
         };
-        copy_logs(docker, &created.id, &plan.setup_log(), false).await;
+        copy_logs(docker, &created.id, log, false).await;
         Ok(code)
     }
     .await;

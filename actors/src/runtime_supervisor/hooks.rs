@@ -99,65 +99,70 @@ pub fn base_variables(
     ]
 }
 
-/// One hook to run.
-pub struct HookRun<'a> {
-    /// When.
-    pub moment: HookMoment,
-    /// Whose (`workspace `w``, `environment `e` of `w``).
-    pub owner: &'a str,
-    /// The shell command line.
-    pub command: &'a str,
-    /// How long it may take.
-    pub timeout: Duration,
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// Its exit code (`None`: killed by a signal, or stopped at its time-out).
+    pub code: Option<i32>,
+    /// `exit status 3`, `killed by signal 9`, `it ran past its 600 s and was stopped`.
+    pub reason: String,
 }
 
-/// Runs a hook with `/bin/sh -c` in `root`, confined by `sandbox`, with exactly `env`, its
-/// output appended to `log`.
+impl Finished {
+    /// Whether it exited 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// A command stopped at its time-out.
+    pub fn timed_out(timeout: Duration) -> Finished {
+        Finished {
+            code: None,
+            reason: format!("it ran past its {} s and was stopped", timeout.as_secs()),
+        }
+    }
+}
+
+/// Runs a shell command line with `/bin/sh -c` in `root`, confined by `sandbox`, with exactly
+/// `env`, its output appended to `log` after a `== <label>` line. Errors only when it cannot
+/// run at all; how it ended is the [`Finished`].
 pub async fn run_confined(
-    hook: &HookRun<'_>,
+    label: &str,
+    command: &str,
+    timeout: Duration,
     sandbox: &Sandbox,
     root: &Path,
     env: &[(String, String)],
     log: &Path,
-) -> Result<(), RuntimeError> {
-    let start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-    logs::append(
-        log,
-        &format!(
-            "== {} hook of {}: {}\n",
-            hook.moment.as_str(),
-            hook.owner,
-            hook.command
-        ),
-    );
-    let failed = |reason: String| RuntimeError::HookFailed {
-        hook: hook.moment.as_str().into(),
-        owner: hook.owner.into(),
-        reason,
-        output: tail(log, start),
-        log: log.display().to_string(),
+) -> Result<Finished, RuntimeError> {
+    logs::append(log, &format!("== {label}: {command}\n"));
+    let cannot = |reason: String| {
+        RuntimeError::io(format!("running {label}"), std::io::Error::other(reason))
     };
-    let file = logs::open(log).map_err(|e| failed(e.to_string()))?;
-    let argv = sandbox.wrap(
-        &["/bin/sh".into(), "-c".into(), hook.command.to_string()],
-        root,
-    );
-    let mut command = tokio::process::Command::new(&argv[0]);
-    command
+    let file = logs::open(log).map_err(|e| cannot(e.to_string()))?;
+    let argv = sandbox.wrap(&["/bin/sh".into(), "-c".into(), command.to_string()], root);
+    let mut process = tokio::process::Command::new(&argv[0]);
+    process
         .args(&argv[1..])
         .current_dir(root)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(file.try_clone().map_err(|e| failed(e.to_string()))?)
+        .stdout(file.try_clone().map_err(|e| cannot(e.to_string()))?)
         .stderr(file)
         .kill_on_drop(true)
         .process_group(0);
-    let mut child = command
+    let mut child = process
         .spawn()
-        .map_err(|e| failed(format!("cannot run `{}`: {e}", argv[0])))?;
-    let status = match tokio::time::timeout(hook.timeout, child.wait()).await {
-        Ok(status) => status.map_err(|e| failed(e.to_string()))?,
+        .map_err(|e| cannot(format!("cannot run `{}`: {e}", argv[0])))?;
+    let finished = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => {
+            let status = status.map_err(|e| cannot(e.to_string()))?;
+            Finished {
+                code: status.code(),
+                reason: super::process::describe_status(status),
+            }
+        }
         Err(_) => {
             if let Some(pid) = child.id() {
                 // SAFETY: signalling the process group this child leads.
@@ -166,53 +171,83 @@ pub async fn run_confined(
                 }
             }
             let _ = child.wait().await;
-            return Err(failed(format!(
-                "it ran past its {} s and was stopped",
-                hook.timeout.as_secs()
-            )));
+            Finished::timed_out(timeout)
         }
     };
-    if status.success() {
-        logs::append(log, &format!("== {} hook done\n", hook.moment.as_str()));
-        Ok(())
-    } else {
-        Err(failed(super::process::describe_status(status)))
-    }
+    logs::append(log, &format!("== {label}: {}\n", finished.reason));
+    Ok(finished)
 }
 
-/// Runs the hook in the environment's own local sandbox (process confinement), with the
-/// environment's variables: what every backend does unless it has a better place.
+/// Runs a command in the environment's own local sandbox (process confinement), with the
+/// environment's variables and `vars`: what every backend does unless it has a better place.
 pub async fn run_local(
+    plan: &LaunchPlan,
+    label: &str,
+    command: &str,
+    vars: &[(String, String)],
+    log: &Path,
+    timeout: Duration,
+) -> Result<Finished, RuntimeError> {
+    let (mut env, _) = super::process::process_env(plan);
+    env.extend(vars.iter().cloned());
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+    }
+    let sandbox = plan.sandbox.clone();
+    tokio::task::spawn_blocking(move || sandbox.prepare_dirs())
+        .await
+        .map_err(|_| RuntimeError::Gone)?
+        .map_err(|e| RuntimeError::io("preparing the sandbox's directories", e))?;
+    run_confined(
+        label,
+        command,
+        timeout,
+        &plan.sandbox,
+        &plan.root,
+        &env,
+        log,
+    )
+    .await
+}
+
+/// Runs one hook through `backend`, turning a failure into [`RuntimeError::HookFailed`] with
+/// the end of its output.
+pub async fn run_hook(
+    backend: &dyn super::Backend,
     plan: &LaunchPlan,
     moment: HookMoment,
     owner: &str,
     command: &str,
     timeout: Duration,
 ) -> Result<(), RuntimeError> {
-    let (mut env, _) = super::process::process_env(plan);
-    env.extend(variables(plan, moment));
-    std::fs::create_dir_all(plan.log_dir())
-        .map_err(|e| RuntimeError::io(format!("creating {}", plan.log_dir().display()), e))?;
-    plan.sandbox
-        .prepare_dirs()
-        .map_err(|e| RuntimeError::io("preparing the sandbox's directories", e))?;
-    run_confined(
-        &HookRun {
-            moment,
-            owner,
+    let log = plan.setup_log();
+    let start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let label = format!("{} hook of {owner}", moment.as_str());
+    let finished = backend
+        .run_command(
+            plan,
+            &label,
             command,
+            &variables(plan, moment),
+            &log,
             timeout,
-        },
-        &plan.sandbox,
-        &plan.root,
-        &env,
-        &plan.setup_log(),
-    )
-    .await
+        )
+        .await?;
+    if finished.success() {
+        return Ok(());
+    }
+    Err(RuntimeError::HookFailed {
+        hook: moment.as_str().into(),
+        owner: owner.into(),
+        reason: finished.reason,
+        output: tail(&log, start),
+        log: log.display().to_string(),
+    })
 }
 
 /// The last lines written to `log` after `start`.
-pub(super) fn tail(log: &Path, start: u64) -> String {
+pub fn tail(log: &Path, start: u64) -> String {
     let Ok(bytes) = std::fs::read(log) else {
         return String::new();
     };
@@ -297,19 +332,27 @@ impl actix::Handler<PostClone> for super::RuntimeSupervisor {
                 .map_err(|_| RuntimeError::Gone)?
                 .map_err(|e| RuntimeError::io("preparing the sandbox's directories", e))?;
             let owner = format!("workspace `{}`", entry.manifest.name);
-            run_confined(
-                &HookRun {
-                    moment: HookMoment::PostClone,
-                    owner: &owner,
-                    command: &command,
-                    timeout,
-                },
+            let start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            let finished = run_confined(
+                &format!("post_clone hook of {owner}"),
+                &command,
+                timeout,
                 &sandbox,
                 &entry.path,
                 &env,
                 &log,
             )
-            .await
+            .await?;
+            if finished.success() {
+                return Ok(());
+            }
+            Err(RuntimeError::HookFailed {
+                hook: HookMoment::PostClone.as_str().into(),
+                owner,
+                reason: finished.reason,
+                output: tail(&log, start),
+                log: log.display().to_string(),
+            })
         })
     }
 }

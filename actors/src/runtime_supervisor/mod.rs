@@ -12,6 +12,7 @@
 
 pub mod allocation;
 mod backend;
+pub mod command;
 pub mod detect;
 pub mod docker;
 mod error;
@@ -53,6 +54,14 @@ pub use backend::{expand, Backend, LaunchPlan, ToolPlan};
 pub use error::RuntimeError;
 pub use lending::{Amounts, Borrower, LendLimits};
 pub use plan::free_port;
+
+/// Appends to a log file the way the supervisor's logs are written (created when missing).
+pub fn append_log(path: &std::path::Path, text: &str) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    logs::append(path, text);
+}
 use plan::Confinement;
 pub use status::{
     EnvState, EnvStatus, ProxyMiss, ProxyTarget, RuntimesView, ToolState, ToolStatus,
@@ -989,6 +998,17 @@ impl RuntimeSupervisorHandle {
             })
             .await
             .map_err(|_| RuntimeError::Gone)
+    }
+
+    /// Runs a command headless in an environment (a CI run).
+    pub async fn run_command(
+        &self,
+        request: command::RunCommand,
+    ) -> Result<command::CommandOutcome, RuntimeError> {
+        self.addr
+            .send(request)
+            .await
+            .map_err(|_| RuntimeError::Gone)?
     }
 
     /// Where a clone's `post_clone` hook is asked for.

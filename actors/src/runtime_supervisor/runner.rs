@@ -246,9 +246,15 @@ async fn run_hooks(run: &Run, moment: crate::model::HookMoment) -> Result<(), su
             key,
             notes: vec![format!("running the {} hook of {owner}", moment.as_str())],
         });
-        run.backend
-            .run_hook(&run.plan, moment, &owner, &command, timeout)
-            .await?;
+        super::hooks::run_hook(
+            run.backend.as_ref(),
+            &run.plan,
+            moment,
+            &owner,
+            &command,
+            timeout,
+        )
+        .await?;
     }
     Ok(())
 }
