@@ -867,6 +867,16 @@ impl Client {
             .environments)
     }
 
+    /// `GET /runtimes`: the runtime plugins on the node, each asked `check` now.
+    pub async fn plugins(&self) -> Result<Vec<crate::api::PluginDto>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Plugins {
+            #[serde(default)]
+            plugins: Vec<crate::api::PluginDto>,
+        }
+        Ok(self.get_json::<Plugins>("/runtimes").await?.plugins)
+    }
+
     /// `GET /slurm/partitions`: the lab's Slurm partitions and what is free in them.
     pub async fn slurm_partitions(&self) -> Result<crate::api::SlurmPartitionsDto, ClientError> {
         self.get_json("/slurm/partitions").await

@@ -174,6 +174,8 @@ pub struct RuntimeSection {
     pub allow_unsandboxed: Vec<String>,
     /// The lab's Slurm cluster (the `slurm` runtime).
     pub slurm: SlurmSection,
+    /// Seconds a runtime plugin's `prepare` or `launch` may take before it is stopped.
+    pub plugin_timeout_seconds: u64,
 }
 
 impl Default for RuntimeSection {
@@ -184,6 +186,7 @@ impl Default for RuntimeSection {
             run_as: "aienv-env".into(),
             allow_unsandboxed: Vec::new(),
             slurm: SlurmSection::default(),
+            plugin_timeout_seconds: 1800,
         }
     }
 }

@@ -6,7 +6,7 @@ use aienv_actors::discovery::wire::Announcement;
 use aienv_actors::model::{EnvironmentSpec, WorkspaceManifest};
 
 /// `(file name in schemas/, pretty JSON)` for every generated schema.
-pub fn generated() -> Vec<(&'static str, String)> {
+pub fn generated() -> Vec<(String, String)> {
     let pretty = |schema: schemars::Schema| {
         let mut text = serde_json::to_string_pretty(&schema).expect("schemas serialize");
         text.push('\n');
@@ -14,16 +14,23 @@ pub fn generated() -> Vec<(&'static str, String)> {
     };
     vec![
         (
-            "workspace.schema.json",
+            "workspace.schema.json".to_string(),
             pretty(schemars::schema_for!(WorkspaceManifest)),
         ),
         (
-            "environment.schema.json",
+            "environment.schema.json".to_string(),
             pretty(schemars::schema_for!(EnvironmentSpec)),
         ),
         (
-            "discovery-announcement.schema.json",
+            "discovery-announcement.schema.json".to_string(),
             pretty(schemars::schema_for!(Announcement)),
         ),
     ]
+    .into_iter()
+    .chain(
+        aienv_actors::runtime_supervisor::plugin::protocol::schemas()
+            .into_iter()
+            .map(|(name, schema)| (format!("runtime-plugin/{name}"), pretty(schema))),
+    )
+    .collect()
 }

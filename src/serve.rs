@@ -199,6 +199,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             slurm: config.runtime.slurm.to_runtime(),
             lend: config.cluster.limits(),
             autostart: config.runtime.autostart,
+            plugin_timeout: std::time::Duration::from_secs(
+                config.runtime.plugin_timeout_seconds.max(1),
+            ),
             ..RuntimeConfig::new(&data_dir, node_id)
         };
         let (store, bus) = (store.clone(), bus.clone());

@@ -1347,6 +1347,15 @@ async fn live_server_matches_openapi_document() {
             Body::Json(json!({"backend": "warp"})),
             true,
             422,
+            Some("unknown-runtime"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/run",
+            "/workspaces/rt/run",
+            Body::Json(json!({"backend": "Warp Drive"})),
+            true,
+            422,
             Some("invalid-field"),
         ),
         case(

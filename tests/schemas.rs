@@ -13,6 +13,7 @@ fn checked_in_schemas_match_the_rust_types() {
     for (name, generated) in aienv::schemas::generated() {
         let path = dir.join(name);
         if update {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &generated).unwrap();
             continue;
         }

@@ -255,3 +255,30 @@ impl From<&aienv_actors::runtime_supervisor::slurm::Partition> for SlurmPartitio
         }
     }
 }
+
+/// A runtime plugin on the node (`GET /runtimes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginDto {
+    /// Its name (`runtime: <name>`).
+    pub name: String,
+    /// Its executable.
+    pub path: String,
+    /// Whether its `check` answered ok in the protocol this node speaks.
+    pub healthy: bool,
+    /// Its version, when it said.
+    pub version: Option<String>,
+    /// What it drives, or why it is not usable (with its stderr).
+    pub detail: String,
+}
+
+impl From<&aienv_actors::runtime_supervisor::plugin::PluginInfo> for PluginDto {
+    fn from(info: &aienv_actors::runtime_supervisor::plugin::PluginInfo) -> PluginDto {
+        PluginDto {
+            name: info.name.clone(),
+            path: info.path.display().to_string(),
+            healthy: info.healthy,
+            version: info.version.clone(),
+            detail: info.detail.clone(),
+        }
+    }
+}

@@ -557,6 +557,23 @@ pub async fn status(cli: &Cli, client: &Client, workspace: Option<&str>) -> Resu
         ],
         &rows,
     );
+    let plugins = client.plugins().await?;
+    if !plugins.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = plugins
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.version.clone().unwrap_or_else(|| "-".into()),
+                    if p.healthy { "healthy" } else { "unusable" }.to_string(),
+                    p.detail.clone(),
+                    p.path.clone(),
+                ]
+            })
+            .collect();
+        output::print_table(&["PLUGIN", "VERSION", "HEALTH", "DETAIL", "PATH"], &rows);
+    }
     Ok(())
 }
 

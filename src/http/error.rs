@@ -255,6 +255,17 @@ impl From<aienv_actors::runtime_supervisor::RuntimeError> for ApiError {
             ),
             E::Gone => (S::SERVICE_UNAVAILABLE, "shutting-down", None),
             E::Sandbox(_) => (S::UNPROCESSABLE_ENTITY, "sandbox-refused", None),
+            E::UnknownPlugin(_) => (S::UNPROCESSABLE_ENTITY, "unknown-runtime", None),
+            E::Plugin { plugin, op, .. } => (
+                S::UNPROCESSABLE_ENTITY,
+                "plugin-failed",
+                Some(json!({ "plugin": plugin, "op": op })),
+            ),
+            E::HookFailed { hook, log, .. } => (
+                S::UNPROCESSABLE_ENTITY,
+                "hook-failed",
+                Some(json!({ "hook": hook, "log": log })),
+            ),
             _ => (S::INTERNAL_SERVER_ERROR, "runtime-failed", None),
         };
         ApiError {

@@ -112,7 +112,7 @@ async fn run(
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-field",
-                format!("backend: `{name}` is not one of process, docker, libvirt, slurm, auto"),
+                format!("backend: `{name}` is not one of process, docker, libvirt, slurm, auto, nor a runtime plugin's name (lower-case letters, digits, hyphens)"),
             )
         })?),
     };
@@ -201,8 +201,19 @@ async fn status(
     Ok(HttpResponse::Ok().json(environments(&state, &state.runtimes.status(&path)?)))
 }
 
+/// Every environment, and the runtime plugins on this host with their health (each asked
+/// `check` now).
 async fn all(state: web::Data<AppState>, _: Login) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(environments(&state, &state.runtimes.view().envs)))
+    let mut body = environments(&state, &state.runtimes.view().envs);
+    let plugins: Vec<crate::api::PluginDto> = state
+        .runtimes
+        .plugins()
+        .await
+        .iter()
+        .map(crate::api::PluginDto::from)
+        .collect();
+    body["plugins"] = serde_json::to_value(plugins).expect("DTOs encode");
+    Ok(HttpResponse::Ok().json(body))
 }
 
 async fn detect(

@@ -202,3 +202,33 @@ pub fn wheels_into(wheels: &Path, root: &Path) {
     )
     .unwrap();
 }
+
+/// A root file system holding only this machine's static busybox and links to the applets
+/// the tests use, as a tar archive (for `docker import` / `podman import`: no registry).
+pub fn busybox_rootfs() -> Result<Vec<u8>, String> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .ok_or("no busybox here (Debian: busybox-static)")?;
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    let binary = std::fs::read(busybox).map_err(|e| e.to_string())?;
+    header.set_size(binary.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    archive
+        .append_data(&mut header, "bin/busybox", binary.as_slice())
+        .map_err(|e| e.to_string())?;
+    for applet in [
+        "sh", "echo", "httpd", "sleep", "cat", "stty", "ls", "env", "kill",
+    ] {
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        archive
+            .append_link(&mut link, format!("bin/{applet}"), "busybox")
+            .map_err(|e| e.to_string())?;
+    }
+    archive.into_inner().map_err(|e| e.to_string())
+}

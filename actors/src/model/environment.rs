@@ -115,8 +115,7 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 }
 
 /// Where an environment runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum RuntimeKind {
     /// Chosen by the node: docker when the spec names an image and an engine answers,
     /// libvirt when it names a VM, slurm when it has a `slurm` section, local processes
@@ -131,31 +130,112 @@ pub enum RuntimeKind {
     Libvirt,
     /// A Slurm job on a compute node of the lab's cluster.
     Slurm,
+    /// A runtime plugin: the executable `aienv-runtime-<name>` (schemas/runtime-plugin.md).
+    Plugin(PluginName),
+}
+
+/// A runtime plugin's name: a slug of at most [`PluginName::MAX`] bytes, kept inline so
+/// [`RuntimeKind`] stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PluginName {
+    bytes: [u8; PluginName::MAX],
+    len: u8,
+}
+
+impl PluginName {
+    /// Longest name.
+    pub const MAX: usize = 32;
+
+    /// The name, if `name` is a slug short enough and not a built-in runtime's.
+    pub fn new(name: &str) -> Option<PluginName> {
+        if name.len() > Self::MAX
+            || !super::is_slug(name)
+            || RuntimeKind::BUILT_IN.iter().any(|k| k.as_str() == name)
+        {
+            return None;
+        }
+        let mut bytes = [0; Self::MAX];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(PluginName {
+            bytes,
+            len: name.len() as u8,
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("built from a str")
+    }
+}
+
+impl std::fmt::Debug for PluginName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
 }
 
 impl RuntimeKind {
-    /// Stable lower-case name.
-    pub fn as_str(self) -> &'static str {
+    /// The runtimes built into aienv.
+    pub const BUILT_IN: [RuntimeKind; 5] = [
+        RuntimeKind::Auto,
+        RuntimeKind::Process,
+        RuntimeKind::Docker,
+        RuntimeKind::Libvirt,
+        RuntimeKind::Slurm,
+    ];
+
+    /// Stable lower-case name (a plugin's own name).
+    pub fn as_str(&self) -> &str {
         match self {
             RuntimeKind::Auto => "auto",
             RuntimeKind::Process => "process",
             RuntimeKind::Docker => "docker",
             RuntimeKind::Libvirt => "libvirt",
             RuntimeKind::Slurm => "slurm",
+            RuntimeKind::Plugin(name) => name.as_str(),
         }
     }
 
-    /// Parses a backend name as the API and CLI take it.
+    /// Parses a runtime name as YAML, the API and the CLI take it: a built-in one, or any
+    /// other slug as a plugin's.
     pub fn parse(name: &str) -> Option<RuntimeKind> {
-        [
-            RuntimeKind::Auto,
-            RuntimeKind::Process,
-            RuntimeKind::Docker,
-            RuntimeKind::Libvirt,
-            RuntimeKind::Slurm,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == name)
+        Self::BUILT_IN
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .or_else(|| PluginName::new(name).map(RuntimeKind::Plugin))
+    }
+}
+
+impl Serialize for RuntimeKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RuntimeKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        RuntimeKind::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{name}` is not a runtime: auto, process, docker, libvirt, slurm, or a plugin's \
+                 name (lower-case letters, digits and hyphens, at most {} characters)",
+                PluginName::MAX
+            ))
+        })
+    }
+}
+
+impl JsonSchema for RuntimeKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RuntimeKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Where an environment runs: `auto` (the node chooses: docker when the spec names an image, libvirt when it names a VM, slurm when it has a `slurm` section, local processes otherwise), `process`, `docker`, `libvirt`, `slurm`, or the name of a runtime plugin (the executable `aienv-runtime-<name>`, schemas/runtime-plugin.md).",
+            "type": "string",
+            "pattern": "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+        })
     }
 }
 

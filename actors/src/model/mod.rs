@@ -10,9 +10,9 @@ mod validate;
 mod workspace;
 
 pub use environment::{
-    ByteSize, DockerSpec, EnvironmentSpec, HealthSpec, LibvirtSpec, PortSpec, PythonManager,
-    PythonSpec, ResourceWants, RestartPolicy, RestartSpec, RuntimeKind, SandboxMode, SetupScripts,
-    SetupStep, ToolKind, ToolSpec, VariantRequires, VariantSpec, VolumeSpec, Want,
+    ByteSize, DockerSpec, EnvironmentSpec, HealthSpec, LibvirtSpec, PluginName, PortSpec,
+    PythonManager, PythonSpec, ResourceWants, RestartPolicy, RestartSpec, RuntimeKind, SandboxMode,
+    SetupScripts, SetupStep, ToolKind, ToolSpec, VariantRequires, VariantSpec, VolumeSpec, Want,
     ENVIRONMENT_FILE, ENVIRONMENT_SCHEMA_VERSION,
 };
 pub use hooks::{HookCommand, HookMoment, Hooks, DEFAULT_HOOK_TIMEOUT};

@@ -61,6 +61,21 @@ pub enum RuntimeError {
         /// Why, with what to install.
         reason: String,
     },
+    /// `runtime:` names a plugin this node does not have.
+    #[error("{0}")]
+    UnknownPlugin(String),
+    /// A runtime plugin's call failed (it crashed, hung, printed garbage or said why).
+    #[error("runtime plugin `{plugin}` failed at `{op}`: {message}{}", stderr_note(.stderr))]
+    Plugin {
+        /// The plugin.
+        plugin: String,
+        /// The call.
+        op: String,
+        /// What went wrong.
+        message: String,
+        /// The end of what it printed on stderr.
+        stderr: String,
+    },
     /// The spec cannot run on the chosen backend.
     #[error("{0}")]
     Unsupported(String),
@@ -152,5 +167,13 @@ fn list(known: &[String]) -> String {
         String::new()
     } else {
         format!(" (it has: {})", known.join(", "))
+    }
+}
+
+fn stderr_note(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ends: {stderr}")
     }
 }

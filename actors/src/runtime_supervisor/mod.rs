@@ -24,6 +24,7 @@ pub mod libvirt;
 mod limits;
 mod logs;
 mod plan;
+pub mod plugin;
 mod process;
 mod runner;
 pub mod sandbox;
@@ -90,6 +91,8 @@ pub struct RuntimeConfig {
     pub slurm: slurm::SlurmConfig,
     /// What trusted peers' environments may hold together here.
     pub lend: LendLimits,
+    /// Deadline of a runtime plugin's `prepare` and `launch`.
+    pub plugin_timeout: Duration,
 }
 
 impl RuntimeConfig {
@@ -105,6 +108,7 @@ impl RuntimeConfig {
             allow_unsandboxed: Vec::new(),
             slurm: slurm::SlurmConfig::default(),
             lend: LendLimits::default(),
+            plugin_timeout: Duration::from_secs(1800),
         }
     }
 }
@@ -553,6 +557,11 @@ impl RuntimeSupervisor {
                 backend: "libvirt",
                 reason: "this aienv was built without the `libvirt` cargo feature; rebuild with `cargo build --release --features libvirt` (needs libvirt's development files, Debian: libvirt-dev)".into(),
             }),
+            RuntimeKind::Plugin(name) => Ok(Rc::new(plugin::PluginBackend::find(
+                name,
+                &self.config.data_dir,
+                self.config.plugin_timeout,
+            )?)),
         }
     }
 
@@ -593,7 +602,12 @@ impl RuntimeSupervisor {
         if self.host.cpu_cores == 0 {
             self.host = resources::detect(&self.config.data_dir);
         }
-        if borrower.is_some() && matches!(kind, RuntimeKind::Slurm | RuntimeKind::Libvirt) {
+        if borrower.is_some()
+            && matches!(
+                kind,
+                RuntimeKind::Slurm | RuntimeKind::Libvirt | RuntimeKind::Plugin(_)
+            )
+        {
             return Err(RuntimeError::BadRequest(format!(
                 "environment `{name}` runs on {}, which this node does not lend to peers: only processes and containers run for peers",
                 kind.as_str()
@@ -836,6 +850,7 @@ pub struct RuntimeSupervisorHandle {
     view: watch::Receiver<Arc<RuntimesView>>,
     store: WorkspaceStoreHandle,
     dir: PathBuf,
+    data_dir: PathBuf,
     slurm: slurm::SlurmConfig,
 }
 
@@ -848,6 +863,7 @@ impl RuntimeSupervisorHandle {
     ) -> RuntimeSupervisorHandle {
         let (view_sender, view) = watch::channel(Arc::new(RuntimesView::default()));
         let dir = config.dir.clone();
+        let data_dir = config.data_dir.clone();
         let slurm_config = config.slurm.clone();
         let host = resources::detect(&config.data_dir);
         let confinement = Confinement::detect(&config);
@@ -877,6 +893,7 @@ impl RuntimeSupervisorHandle {
             view,
             store,
             dir,
+            data_dir,
             slurm: slurm_config,
         }
     }
@@ -1009,6 +1026,12 @@ impl RuntimeSupervisorHandle {
             .send(request)
             .await
             .map_err(|_| RuntimeError::Gone)?
+    }
+
+    /// Every runtime plugin on this host, with how its `check` went (asked now, at once).
+    pub async fn plugins(&self) -> Vec<plugin::PluginInfo> {
+        let found = plugin::PluginBackend::discover(&self.data_dir);
+        futures_util::future::join_all(found.iter().map(|p| p.info())).await
     }
 
     /// Where a clone's `post_clone` hook is asked for.

@@ -54,6 +54,15 @@ pub(super) fn sandbox_for(
     let workspace = &entry.manifest.name;
     let cloned = entry.origin.as_ref();
     let allowed = |w: &String| *w == *workspace || *w == entry.manifest.id.to_string();
+    if let (RuntimeKind::Plugin(plugin), Some(origin)) = (kind, cloned) {
+        if !config.allow_unsandboxed.iter().any(allowed) {
+            return Err(RuntimeError::Sandbox(format!(
+                "environment `{name}` of `{workspace}` would run through the runtime plugin `{}`, which the node cannot confine; `{workspace}` was cloned from `{}`, so it runs there only when a local admin adds `{workspace}` to runtime.allow_unsandboxed",
+                plugin.as_str(),
+                origin.peer_name
+            )));
+        }
+    }
     if kind == RuntimeKind::Slurm {
         if let Some(origin) = cloned {
             if !config.allow_unsandboxed.iter().any(allowed) {
