@@ -753,6 +753,11 @@ impl Client {
         self.get_json("/cluster/offer").await
     }
 
+    /// `GET /templates`: built-in templates, this node's, and those peers share.
+    pub async fn templates(&self) -> Result<serde_json::Value, ClientError> {
+        self.get_json("/templates").await
+    }
+
     /// `POST /ci/runs`: starts a headless run.
     pub async fn ci_start(
         &self,

@@ -1605,6 +1605,22 @@ async fn live_server_matches_openapi_document() {
     )
     .await;
 
+    run(
+        &node,
+        &spec,
+        &case(
+            "GET",
+            "/templates",
+            "/templates",
+            Body::None,
+            true,
+            200,
+            None,
+        ),
+        &mut covered,
+    )
+    .await;
+
     // CI runs and webhooks, in the terminal-only workspace.
     let runs = "/ci/runs";
     for case in [

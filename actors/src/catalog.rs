@@ -32,6 +32,8 @@ pub struct CatalogEntry {
     pub updated: DateTime<Utc>,
     /// Environment names.
     pub environments: Vec<String>,
+    /// Present when the workspace is offered as a template.
+    pub template: Option<crate::model::TemplateSpec>,
 }
 
 impl CatalogEntry {
@@ -49,6 +51,11 @@ impl CatalogEntry {
             revision: manifest.revision,
             updated: manifest.updated,
             environments: manifest.environments.clone(),
+            template: manifest.template.clone().map(|mut t| {
+                // Which files get filled is the template's own business.
+                t.files.clear();
+                t
+            }),
         }
     }
 

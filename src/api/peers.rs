@@ -32,6 +32,9 @@ pub struct CatalogEntryDto {
     pub updated: DateTime<Utc>,
     /// Environment names.
     pub environments: Vec<String>,
+    /// Present when the workspace is offered as a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::TemplateDto>,
 }
 
 impl From<&aienv_actors::catalog::CatalogEntry> for CatalogEntryDto {
@@ -48,6 +51,7 @@ impl From<&aienv_actors::catalog::CatalogEntry> for CatalogEntryDto {
             revision: e.revision,
             updated: e.updated,
             environments: e.environments.clone(),
+            template: e.template.as_ref().map(super::TemplateDto::from),
         }
     }
 }
@@ -67,6 +71,7 @@ impl CatalogEntryDto {
             revision: self.revision,
             updated: self.updated,
             environments: self.environments.clone(),
+            template: self.template.as_ref().map(super::TemplateDto::to_spec),
         })
     }
 }

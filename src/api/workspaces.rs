@@ -163,6 +163,68 @@ pub struct WorkspaceDto {
     /// nodes cannot clone); only in answers to a change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Present when the workspace is a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateDto>,
+}
+
+/// A workspace offered as a template: what a new one from it asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateDto {
+    /// Its parameters.
+    pub parameters: Vec<TemplateParameterDto>,
+}
+
+/// A template's parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateParameterDto {
+    /// Name.
+    pub name: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Value when none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// The only values allowed (when not empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+}
+
+impl From<&aienv_actors::model::TemplateSpec> for TemplateDto {
+    fn from(spec: &aienv_actors::model::TemplateSpec) -> TemplateDto {
+        TemplateDto {
+            parameters: spec
+                .parameters
+                .iter()
+                .map(|p| TemplateParameterDto {
+                    name: p.name.clone(),
+                    description: p.description.clone(),
+                    default: p.default.clone(),
+                    choices: p.choices.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TemplateDto {
+    /// Back to the model (a peer's catalog entry).
+    pub fn to_spec(&self) -> aienv_actors::model::TemplateSpec {
+        aienv_actors::model::TemplateSpec {
+            parameters: self
+                .parameters
+                .iter()
+                .map(|p| aienv_actors::model::TemplateParameter {
+                    name: p.name.clone(),
+                    description: p.description.clone(),
+                    default: p.default.clone(),
+                    choices: p.choices.clone(),
+                })
+                .collect(),
+            files: Vec::new(),
+        }
+    }
 }
 
 impl WorkspaceDto {
@@ -187,6 +249,7 @@ impl WorkspaceDto {
             path: show_path.then(|| entry.path.display().to_string()),
             origin: entry.origin.as_deref().map(OriginDto::from),
             warnings: Vec::new(),
+            template: manifest.template.as_ref().map(TemplateDto::from),
         }
     }
 }
@@ -290,6 +353,9 @@ pub struct CreateWorkspace {
     /// A repository to clone as the workspace's project (`projects/<repo>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<GitSourceDto>,
+    /// Values of the template's parameters.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parameters: std::collections::BTreeMap<String, String>,
 }
 
 /// A repository and the branch, tag or commit to check out.
@@ -351,6 +417,9 @@ pub struct UpdateWorkspace {
     /// New tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<String>>,
+    /// Offer it as a template (keeping the parameters `workspace.yaml` declares), or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<bool>,
     /// Refuse with 409 unless the workspace is at this revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_revision: Option<u64>,

@@ -37,9 +37,13 @@ pub enum WsCommand {
         /// Tool (repeatable).
         #[arg(long = "tool")]
         tools: Vec<String>,
-        /// Built-in template: empty, python, notebook.
+        /// Template: built-in (empty, python, notebook), a workspace template here, or
+        /// PEER/NAME one a peer shares (`aienv ws templates` lists them).
         #[arg(long)]
         template: Option<String>,
+        /// A template parameter's value (repeatable): `--set python=3.11`.
+        #[arg(long = "set", value_name = "NAME=VALUE", requires = "template")]
+        parameters: Vec<String>,
         /// Adopt this directory (on the node's machine): its files are copied in.
         #[arg(long = "from", conflicts_with = "git")]
         from_dir: Option<PathBuf>,
@@ -64,6 +68,17 @@ pub enum WsCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Offer a workspace as a template (its parameters are declared under `template` in its
+    /// workspace.yaml; shared, it appears as a template in the network catalog).
+    Template {
+        /// Name or id.
+        workspace: String,
+        /// Stop offering it as a template.
+        #[arg(long)]
+        off: bool,
+    },
+    /// List the templates: built-in, this node's, and those peers share.
+    Templates,
     /// Show one workspace.
     Show {
         /// Name or id.
@@ -207,6 +222,7 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
             languages,
             tools,
             template,
+            parameters,
             from_dir,
             git,
         } => {
@@ -237,6 +253,7 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                     template: template.clone(),
                     from_dir,
                     git: git.as_deref().map(crate::api::GitSourceDto::parse),
+                    parameters: parse_parameters(parameters)?,
                 })
                 .await?;
             if cli.json {
@@ -250,6 +267,80 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                     created.workspace.name, created.workspace.id
                 );
             }
+        }
+        WsCommand::Template { workspace, off } => {
+            let updated = client
+                .update(
+                    workspace,
+                    &UpdateWorkspace {
+                        template: Some(!off),
+                        ..UpdateWorkspace::default()
+                    },
+                )
+                .await?;
+            if cli.json {
+                output::print_json(&updated);
+            } else if *off {
+                println!("`{}` is no longer a template", updated.name);
+            } else {
+                let parameters = updated
+                    .template
+                    .as_ref()
+                    .map(|t| {
+                        t.parameters
+                            .iter()
+                            .map(|p| p.name.clone())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "`{}` is a template{}; `aienv ws create NAME --template {}` makes a workspace from it{}",
+                    updated.name,
+                    if parameters.is_empty() {
+                        " (declare parameters under `template.parameters` in its workspace.yaml)".to_string()
+                    } else {
+                        format!(" with parameters {}", parameters.join(", "))
+                    },
+                    updated.name,
+                    if updated.sharing.enabled { ", and peers see it" } else { "; share it for peers" }
+                );
+            }
+        }
+        WsCommand::Templates => {
+            let listed = client.templates().await?;
+            if cli.json {
+                output::print_json(&listed);
+                return Ok(());
+            }
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            for name in listed["builtin"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    name.as_str().unwrap_or_default().to_string(),
+                    "built-in".into(),
+                    String::new(),
+                ]);
+            }
+            for (kind, list) in [("here", &listed["local"]), ("peer", &listed["network"])] {
+                for item in list.as_array().into_iter().flatten() {
+                    let parameters: Vec<String> = item["template"]["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| match p["default"].as_str() {
+                            Some(default) => {
+                                format!("{}={default}", p["name"].as_str().unwrap_or(""))
+                            }
+                            None => format!("{} (required)", p["name"].as_str().unwrap_or("")),
+                        })
+                        .collect();
+                    rows.push(vec![
+                        item["name"].as_str().unwrap_or_default().to_string(),
+                        kind.into(),
+                        parameters.join(", "),
+                    ]);
+                }
+            }
+            output::print_table(&["TEMPLATE", "FROM", "PARAMETERS"], &rows);
         }
         WsCommand::Ls {
             filter,
@@ -405,6 +496,7 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                             kind: kind.clone(),
                             languages: (!languages.is_empty()).then(|| languages.clone()),
                             tools: (!tools.is_empty()).then(|| tools.clone()),
+                            template: None,
                             expected_revision: None,
                         },
                     )
@@ -702,4 +794,20 @@ fn describe_git(git: &crate::api::GitStateDto) -> String {
         text.push_str(", clean");
     }
     text
+}
+
+/// `NAME=VALUE` pairs of `--set`.
+fn parse_parameters(
+    pairs: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| {
+                    CliError::with_code(exit::USAGE, format!("--set {pair}: write NAME=VALUE"))
+                })
+        })
+        .collect()
 }

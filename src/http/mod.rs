@@ -15,6 +15,7 @@ mod peers;
 mod permissions;
 mod runtimes;
 mod session;
+mod templates;
 mod tokens;
 mod tool_origin;
 mod tool_proxy;
@@ -175,6 +176,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(runtimes::configure)
                     .configure(cluster::configure)
                     .configure(ci::configure)
+                    .configure(templates::configure)
                     .default_service(web::to(not_found)),
             )
             .configure(session::configure_sign_in)

@@ -192,8 +192,16 @@ async fn create(
         from_dir: body.from_dir.map(PathBuf::from),
         git,
         git_local,
+        template_values: body.parameters,
     };
-    let created = state.store.create(request, login.name()).await?;
+    let created = match request.template.as_deref().and_then(|t| t.split_once('/')) {
+        Some((peer, template)) => {
+            let (peer, template) = (peer.to_string(), template.to_string());
+            super::templates::create_from_peer(&state, request, &peer, &template, login.name())
+                .await?
+        }
+        None => state.store.create(request, login.name()).await?,
+    };
     record_owner(&state, &created.workspace, login.name());
     Ok(HttpResponse::Created()
         .insert_header((
@@ -274,6 +282,7 @@ async fn update(
         kind: body.kind.as_deref().map(parse_kind).transpose()?,
         languages: body.languages,
         tools: body.tools,
+        template: body.template,
     };
     let entry = state
         .store

@@ -35,8 +35,8 @@ function createForm() {
     input('Title', 'title'),
     input('Tags (comma separated)', 'tags', { placeholder: 'nlp, llm' }),
     h('div', {}, h('label', { for: 'create-type' }, 'Type'), h('select', { id: 'create-type', name: 'type' }, TYPES.map((t) => h('option', { value: t, text: t }))), h('div', { class: 'field-error', 'data-field': 'type' })),
-    h('div', {}, h('label', { for: 'create-template' }, 'Template'), h('select', { id: 'create-template', name: 'template' },
-      h('option', { value: '', text: 'empty' }), h('option', { value: 'python', text: 'python' }), h('option', { value: 'notebook', text: 'notebook' }))),
+    h('div', {}, h('label', { for: 'create-template' }, 'Template'), templateSelect()),
+    input('Parameters (key=value, comma separated)', 'parameters', { placeholder: 'python=3.11, model=llama' }),
     input('From directory on the node', 'from_dir', { placeholder: '/home/me/project' }),
     input('From git repository (URL, @branch/tag/commit optional)', 'git', { placeholder: 'https://git.example.org/team/model.git@main' }),
     h('button', { type: 'submit' }, 'Create'),
@@ -49,6 +49,9 @@ function createForm() {
     const tags = data.get('tags').split(',').map((t) => t.trim()).filter(Boolean);
     if (tags.length) body.tags = tags;
     if (data.get('template')) body.template = data.get('template');
+    const parameters = Object.fromEntries(data.get('parameters').split(',').map((p) => p.trim()).filter(Boolean)
+      .map((p) => { const at = p.indexOf('='); return at < 0 ? [p, ''] : [p.slice(0, at).trim(), p.slice(at + 1).trim()]; }));
+    if (Object.keys(parameters).length) body.parameters = parameters;
     if (data.get('from_dir')) body.from_dir = data.get('from_dir');
     if (data.get('git').trim()) body.git = parseGit(data.get('git').trim());
     try {
@@ -60,6 +63,21 @@ function createForm() {
     }
   });
   return form;
+}
+
+/// The templates to start from: built-in, this node's, and those peers share (with their
+/// parameters in the option's title).
+function templateSelect() {
+  const select = h('select', { id: 'create-template', name: 'template' },
+    h('option', { value: '', text: 'empty' }), h('option', { value: 'python', text: 'python' }), h('option', { value: 'notebook', text: 'notebook' }));
+  attempt(async () => {
+    const listed = await api('GET', '/templates');
+    const describe = (t) => t.template.parameters.map((p) => (p.default !== undefined ? `${p.name}=${p.default}` : `${p.name} (required)`)).join(', ');
+    const group = (label, items) => items.length ? h('optgroup', { label },
+      items.map((t) => h('option', { value: t.name, text: t.name, title: describe(t) }))) : null;
+    select.append(...[group('This node', listed.local), group('Shared by peers', listed.network)].filter(Boolean));
+  });
+  return select;
 }
 
 /// `URL@REF` as the CLI reads it: a ref only after an `@` that follows the repository's path

@@ -6,6 +6,7 @@
 pub mod command;
 mod environment;
 mod hooks;
+mod template;
 mod validate;
 mod workspace;
 
@@ -16,6 +17,7 @@ pub use environment::{
     ENVIRONMENT_FILE, ENVIRONMENT_SCHEMA_VERSION,
 };
 pub use hooks::{HookCommand, HookMoment, Hooks, DEFAULT_HOOK_TIMEOUT};
+pub use template::{substitute, valid_value, TemplateParameter, TemplateSpec};
 pub use validate::{is_slug, validate_relative_path, FieldError, ValidationErrors, MAX_SLUG_LEN};
 pub use workspace::{
     GitSource, Project, Sharing, SharingMode, WorkspaceKind, WorkspaceManifest, WORKSPACE_FILE,

@@ -66,6 +66,9 @@ pub struct WorkspaceManifest {
     /// Commands run after a clone arrives and around every environment's runs.
     #[serde(default, skip_serializing_if = "super::Hooks::is_empty")]
     pub hooks: super::Hooks,
+    /// Present when the workspace is a template others start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::TemplateSpec>,
 }
 
 /// The kind of work a workspace holds; used for filtering the catalog.
@@ -204,6 +207,7 @@ impl WorkspaceManifest {
             projects: Vec::new(),
             environments: Vec::new(),
             hooks: super::Hooks::default(),
+            template: None,
         }
     }
 
@@ -289,6 +293,9 @@ impl WorkspaceManifest {
             }
         }
         self.hooks.validate(&mut errors, true);
+        if let Some(template) = &self.template {
+            template.validate(&mut errors);
+        }
         errors.into_result()
     }
 

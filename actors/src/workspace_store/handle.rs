@@ -128,10 +128,41 @@ impl WorkspaceStoreHandle {
                 return Err(StoreError::NameTaken(existing.manifest.name.clone()));
             }
         }
+        // A template that is not a built-in one is a workspace here marked as a template.
+        let template_source = match &request.template {
+            Some(name) if !super::TEMPLATE_NAMES.contains(&name.as_str()) => {
+                let found = self
+                    .view()
+                    .find(name)
+                    .filter(|e| e.manifest.template.is_some());
+                let Some(found) = found else {
+                    let here: Vec<String> = self
+                        .view()
+                        .iter()
+                        .filter(|e| e.manifest.template.is_some())
+                        .map(|e| e.manifest.name.clone())
+                        .collect();
+                    return Err(StoreError::BadRequest(format!(
+                        "unknown template `{name}`; built-in templates are: {}{}",
+                        super::TEMPLATE_NAMES.join(", "),
+                        if here.is_empty() {
+                            "; this node has no workspace templates".to_string()
+                        } else {
+                            format!("; workspace templates here: {}", here.join(", "))
+                        }
+                    )));
+                };
+                Some(found.path.clone())
+            }
+            _ => None,
+        };
         let staging = self.new_staging_dir("create")?;
         let prepared = {
             let (staging, git) = (staging.clone(), self.git.clone());
             tokio::task::spawn_blocking(move || {
+                if let Some(source) = &template_source {
+                    return workspace_dir::from_template(source, &request, &staging, &git);
+                }
                 let prepared = workspace_dir::prepare_new(&request, &staging)?;
                 match &request.git {
                     Some(source) => {

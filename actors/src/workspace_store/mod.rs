@@ -130,6 +130,8 @@ pub struct WorkspacePatch {
     pub languages: Option<Vec<String>>,
     /// New tools.
     pub tools: Option<Vec<String>>,
+    /// Make it a template (keeping parameters it declares) or not.
+    pub template: Option<bool>,
 }
 
 /// The result of creating or importing a workspace.
@@ -508,6 +510,13 @@ impl Handler<Update> for WorkspaceStore {
         }
         if let Some(tools) = patch.tools {
             manifest.tools = tools;
+        }
+        match patch.template {
+            Some(true) if manifest.template.is_none() => {
+                manifest.template = Some(crate::model::TemplateSpec::default());
+            }
+            Some(false) => manifest.template = None,
+            _ => {}
         }
         let environments = old.environments.clone();
         self.commit_change(

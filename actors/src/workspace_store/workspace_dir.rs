@@ -136,6 +136,8 @@ pub struct CreateRequest {
     pub git: Option<crate::model::GitSource>,
     /// Whether `git.url` may be a path or `file://` URL on this node (its administrator).
     pub git_local: bool,
+    /// Values of a workspace template's parameters (`--set name=value`).
+    pub template_values: BTreeMap<String, String>,
 }
 
 /// A directory prepared in staging, ready to be committed.
@@ -386,6 +388,123 @@ fn describe_copy(notes: &mut Vec<String>, source: &Path, report: &CopyReport) {
 }
 
 /// A slug made from a directory's name (`My Project_2` → `my-project-2`).
+/// Makes a new workspace in `staging` from the template workspace at `source`: its files,
+/// projects and environments, with a new id, the request's name and fields, revision 1,
+/// unshared, no longer a template, and every `{{ parameter }}` in `workspace.yaml`, the
+/// environments and the template's `files` filled in. Git projects declared by URL only are
+/// cloned.
+pub fn from_template(
+    source: &Path,
+    request: &CreateRequest,
+    staging: &Path,
+    git: &crate::git::Git,
+) -> Result<Prepared, StoreError> {
+    let template_manifest: WorkspaceManifest = yaml::read_file(&source.join(WORKSPACE_FILE))?;
+    let Some(template) = template_manifest.template.clone() else {
+        return Err(StoreError::BadRequest(format!(
+            "`{}` is not a template (`aienv ws template {}` makes it one)",
+            template_manifest.name, template_manifest.name
+        )));
+    };
+    let values = template
+        .fill(&request.template_values)
+        .map_err(StoreError::BadRequest)?;
+    let report = copy_tree(source, staging)?;
+    let mut notes = Vec::new();
+    describe_copy(&mut notes, source, &report);
+    // workspace.yaml first: fill, then make it a new workspace.
+    let manifest_path = staging.join(WORKSPACE_FILE);
+    let text =
+        fs::read_to_string(&manifest_path).map_err(StoreError::io("reading", &manifest_path))?;
+    let mut manifest: WorkspaceManifest =
+        yaml::from_str(&crate::model::substitute(&text, &values), &manifest_path)?;
+    let now = Utc::now();
+    manifest.id = uuid::Uuid::new_v4();
+    manifest.name = request.name.clone();
+    manifest.revision = 1;
+    manifest.created = now;
+    manifest.updated = now;
+    manifest.sharing = crate::model::Sharing::default();
+    manifest.template = None;
+    apply_request_fields(request, &mut manifest);
+    let mut filled = 0;
+    let mut targets: Vec<String> = manifest
+        .environments
+        .iter()
+        .map(|name| format!("environments/{name}/{ENVIRONMENT_FILE}"))
+        .collect();
+    targets.extend(template.files.iter().cloned());
+    for relative in &targets {
+        let parent = Path::new(relative)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if crate::git::no_link_on_the_way(staging, &parent).is_err() {
+            return Err(StoreError::BadRequest(format!(
+                "template file {relative} passes through a link"
+            )));
+        }
+        let path = staging.join(relative);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > 4 << 20 {
+            return Err(StoreError::BadRequest(format!(
+                "template file {relative} is not a regular file of at most 4 MiB"
+            )));
+        }
+        let text = fs::read_to_string(&path).map_err(StoreError::io("reading", &path))?;
+        let replaced = crate::model::substitute(&text, &values);
+        if replaced != text {
+            fs::write(&path, replaced).map_err(StoreError::io("writing", &path))?;
+            filled += 1;
+        }
+    }
+    let mut environments = BTreeMap::new();
+    for name in &manifest.environments {
+        let path = environment_file(staging, name);
+        if path.is_file() {
+            environments.insert(name.clone(), read_environment(&path)?);
+        }
+    }
+    let mut projects_cloned = Vec::new();
+    for project in &manifest.projects {
+        let has_git = fs::symlink_metadata(staging.join(&project.path).join(".git")).is_ok();
+        if project.git.is_some() && !has_git {
+            if let Some(arrival) = git.arrive(staging, project) {
+                projects_cloned.push(arrival.note);
+            }
+        }
+    }
+    notes.push(format!(
+        "made from template `{}`{}; {filled} file(s) filled in",
+        template_manifest.name,
+        if values.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " with {}",
+                values
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    ));
+    notes.extend(projects_cloned);
+    manifest.validate().map_err(|errors| StoreError::Invalid {
+        file: "request".into(),
+        errors,
+    })?;
+    Ok(Prepared {
+        staging: staging.to_path_buf(),
+        manifest,
+        environments,
+        notes,
+    })
+}
+
 /// The slug a repository URL names (`https://h/group/My_Repo.git` → `my-repo`).
 pub fn repo_slug(url: &str) -> String {
     let trimmed = url.trim_end_matches('/');
