@@ -39,6 +39,16 @@ async fn a_shared_template_makes_a_workspace_on_another_node_with_its_parameters
         .put_manifest("starter", format!("{text}{TEMPLATE}"))
         .await
         .unwrap();
+    // An environment asking to run unconfined: from a peer's template, it must not.
+    admin_a
+        .put_environment(
+            "starter",
+            "open",
+            "schema_version: 1\nruntime: process\nsandbox: off\ntools: [{name: t, kind: terminal}]\n"
+                .into(),
+        )
+        .await
+        .unwrap();
     admin_a
         .share("starter", &ShareRequest::default())
         .await
@@ -147,6 +157,20 @@ async fn a_shared_template_makes_a_workspace_on_another_node_with_its_parameters
     let source_id = admin_a.get("starter").await.unwrap().workspace.id;
     assert_ne!(mine.workspace.id, source_id, "a new workspace, not a clone");
     assert!(mine.workspace.origin.is_none());
+    assert_eq!(mine.workspace.from_peer.as_deref(), Some("node-a"));
+    let error = admin_b
+        .run(
+            "mine",
+            &aienv::api::RunRequest {
+                environment: Some("open".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("asks for `sandbox: off`"), "{error}");
+    assert!(error.contains("came from `node-a`"), "{error}");
     assert!(mine.workspace.template.is_none());
     assert!(!mine.workspace.sharing.enabled);
     assert_eq!(mine.workspace.revision, 1);
@@ -176,4 +200,5 @@ async fn a_shared_template_makes_a_workspace_on_another_node_with_its_parameters
     );
     let here = admin_a.get("here").await.unwrap();
     assert_eq!(here.environment_specs["main"]["python"]["version"], "3.11");
+    assert!(here.workspace.from_peer.is_none());
 }

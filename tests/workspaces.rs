@@ -275,11 +275,15 @@ async fn crud_filter_search_revisions() {
         .put_environment(
             "llama-ft",
             "gpu",
-            "schema_version: 1\nruntime: podman\n".into(),
+            "schema_version: 1\nruntime: Pod Man\n".into(),
         )
         .await
         .unwrap_err();
     assert_eq!(bad_env.code(), Some("invalid-yaml"));
+    assert!(
+        bad_env.to_string().contains("is not a runtime"),
+        "{bad_env}"
+    );
     assert!(
         bad_env
             .to_string()

@@ -436,7 +436,7 @@ fn self_signed(key: &rcgen::KeyPair, name: &str) -> Result<Vec<u8>, IdentityErro
 }
 
 /// Writes a new file readable by the owner only, durably, replacing nothing half-written.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let temp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()

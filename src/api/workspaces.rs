@@ -166,6 +166,10 @@ pub struct WorkspaceDto {
     /// Present when the workspace is a template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateDto>,
+    /// The peer whose template it was made from (its content is that peer's: it runs
+    /// confined like a clone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_peer: Option<String>,
 }
 
 /// A workspace offered as a template: what a new one from it asks for.
@@ -250,6 +254,7 @@ impl WorkspaceDto {
             origin: entry.origin.as_deref().map(OriginDto::from),
             warnings: Vec::new(),
             template: manifest.template.as_ref().map(TemplateDto::from),
+            from_peer: entry.from_peer.clone(),
         }
     }
 }

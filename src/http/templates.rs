@@ -150,6 +150,8 @@ pub async fn create_from_peer(
         ));
     }
     request.template = Some(fetched_as.clone());
+    // The content is the peer's: the new workspace runs confined like a clone of it.
+    request.from_peer = Some(shared.peer.name.clone());
     let created = state.store.create(request, by).await;
     // The fetched copy was only the source; its chunks stay known to this node's index.
     if let Err(error) = state.store.delete(&fetched_as, by).await {

@@ -193,6 +193,7 @@ async fn create(
         git,
         git_local,
         template_values: body.parameters,
+        from_peer: None,
     };
     let created = match request.template.as_deref().and_then(|t| t.split_once('/')) {
         Some((peer, template)) => {

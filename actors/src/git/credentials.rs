@@ -44,17 +44,10 @@ pub enum CredentialError {
 
 /// Writes the node's credentials for the helper (0600, atomically).
 pub fn write_file(path: &Path, credentials: &[GitCredential]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)?;
-    file.write_all(&serde_json::to_vec(credentials).expect("credentials serialize"))?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
+    crate::identity::write_private(
+        path,
+        &serde_json::to_vec(credentials).expect("credentials serialize"),
+    )
 }
 
 /// Answers one helper call: `operation` is `get`, `store` or `erase`; only `get` answers

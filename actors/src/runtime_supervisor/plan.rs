@@ -52,14 +52,16 @@ pub(super) fn sandbox_for(
     state_dir: &std::path::Path,
 ) -> Result<sandbox::Sandbox, RuntimeError> {
     let workspace = &entry.manifest.name;
-    let cloned = entry.origin.as_ref();
+    // A clone's content is its source's; a workspace made from a peer's template holds that
+    // peer's content too.
+    let cloned = entry.foreign_peer();
     let allowed = |w: &String| *w == *workspace || *w == entry.manifest.id.to_string();
     if let (RuntimeKind::Plugin(plugin), Some(origin)) = (kind, cloned) {
         if !config.allow_unsandboxed.iter().any(allowed) {
             return Err(RuntimeError::Sandbox(format!(
-                "environment `{name}` of `{workspace}` would run through the runtime plugin `{}`, which the node cannot confine; `{workspace}` was cloned from `{}`, so it runs there only when a local admin adds `{workspace}` to runtime.allow_unsandboxed",
+                "environment `{name}` of `{workspace}` would run through the runtime plugin `{}`, which the node cannot confine; `{workspace}` came from `{}`, so it runs there only when a local admin adds `{workspace}` to runtime.allow_unsandboxed",
                 plugin.as_str(),
-                origin.peer_name
+                origin
             )));
         }
     }
@@ -67,8 +69,8 @@ pub(super) fn sandbox_for(
         if let Some(origin) = cloned {
             if !config.allow_unsandboxed.iter().any(allowed) {
                 return Err(RuntimeError::Sandbox(format!(
-                    "environment `{name}` of `{workspace}` would run as a Slurm job, and a Slurm job runs unconfined on its compute node (bubblewrap does not follow it there); `{workspace}` was cloned from `{}`, so it runs on Slurm only when a local admin adds `{workspace}` to runtime.allow_unsandboxed",
-                    origin.peer_name
+                    "environment `{name}` of `{workspace}` would run as a Slurm job, and a Slurm job runs unconfined on its compute node (bubblewrap does not follow it there); `{workspace}` came from `{}`, so it runs on Slurm only when a local admin adds `{workspace}` to runtime.allow_unsandboxed",
+                    origin
                 )));
             }
         }
@@ -78,8 +80,8 @@ pub(super) fn sandbox_for(
         if let Some(origin) = cloned {
             if !config.allow_unsandboxed.iter().any(allowed) {
                 return Err(RuntimeError::Sandbox(format!(
-                    "environment `{name}` of `{workspace}` asks for `sandbox: off`, but `{workspace}` was cloned from `{}`: a workspace from a peer cannot switch its own sandbox off; a local admin can allow it by adding `{workspace}` to runtime.allow_unsandboxed",
-                    origin.peer_name
+                    "environment `{name}` of `{workspace}` asks for `sandbox: off`, but `{workspace}` came from `{}`: a workspace from a peer cannot switch its own sandbox off; a local admin can allow it by adding `{workspace}` to runtime.allow_unsandboxed",
+                    origin
                 )));
             }
         }
@@ -106,8 +108,8 @@ pub(super) fn sandbox_for(
         if mode != SandboxMode::Off {
             if let Some(origin) = cloned {
                 return Err(RuntimeError::Sandbox(format!(
-                    "`{workspace}` was cloned from `{}` and runs only confined (sandbox: {}), but bubblewrap is not installed: {install}",
-                    origin.peer_name,
+                    "`{workspace}` came from `{}` and runs only confined (sandbox: {}), but bubblewrap is not installed: {install}",
+                    origin,
                     mode.as_str()
                 )));
             }

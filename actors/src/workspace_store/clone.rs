@@ -310,6 +310,7 @@ impl WorkspaceStoreHandle {
                 manifest,
                 environments: loaded.environments,
                 notes,
+                from_peer: None,
             },
             rename_to,
             change: WorkspaceChange::Cloned,

@@ -379,6 +379,7 @@ impl WorkspaceStoreHandle {
                     manifest: loaded.manifest,
                     environments: loaded.environments,
                     notes,
+                    from_peer: None,
                 },
                 rename_to,
                 change: WorkspaceChange::Imported,

@@ -4,6 +4,8 @@
 //! - `names`: workspace name → workspace id
 //! - `revisions`: workspace id ++ revision (big-endian u64) → [`RevisionRecord`]
 //! - `origins`: workspace id → [`Origin`] of a clone (where it came from)
+//! - `foreign`: workspace id → the peer whose template it was made from (its content is that
+//!   peer's, so it runs confined like a clone, though it has no source to sync from)
 //! - `files`, `chunks`: the chunk index ([`ChunkIndex`])
 //!
 //! Values are MessagePack (rmp-serde, named fields). Every write is one transaction across the
@@ -60,6 +62,7 @@ pub struct Index {
     names: sled::Tree,
     revisions: sled::Tree,
     origins: sled::Tree,
+    foreign: sled::Tree,
     chunks: ChunkIndex,
 }
 
@@ -89,6 +92,7 @@ impl Index {
             names: db.open_tree("names")?,
             revisions: db.open_tree("revisions")?,
             origins: db.open_tree("origins")?,
+            foreign: db.open_tree("foreign")?,
             chunks: ChunkIndex::open(&db)?,
             db,
         })
@@ -146,6 +150,7 @@ impl Index {
     /// Removes a workspace and its history.
     pub fn remove(&self, id: Uuid, name: &str) -> Result<(), StoreError> {
         self.origins.remove(id.as_bytes())?;
+        self.foreign.remove(id.as_bytes())?;
         self.chunks.forget(id)?;
         let history: Vec<sled::IVec> = self
             .revisions
@@ -221,6 +226,22 @@ impl Index {
             .get(id.as_bytes())?
             .map(|value| decode(id.as_bytes(), &value))
             .transpose()
+    }
+
+    /// Records that a workspace that is not a clone holds a peer's content (made from the
+    /// peer's template); made durable by the [`Index::put`] that follows.
+    pub fn put_foreign(&self, id: Uuid, peer: &str) -> Result<(), StoreError> {
+        self.foreign
+            .insert(id.as_bytes().as_slice(), peer.as_bytes())?;
+        Ok(())
+    }
+
+    /// The peer whose content a workspace that is not a clone holds.
+    pub fn foreign(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .foreign
+            .get(id.as_bytes())?
+            .map(|value| String::from_utf8_lossy(&value).into_owned()))
     }
 
     /// The chunk index (trees `files` and `chunks`).

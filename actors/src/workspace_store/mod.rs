@@ -347,6 +347,7 @@ impl WorkspaceStore {
         by: &str,
     ) -> Reply<Arc<WorkspaceEntry>> {
         let origin = self.index.origin(manifest.id)?;
+        let from_peer = self.index.foreign(manifest.id)?;
         let record = IndexRecord {
             stamps: workspace_dir::stamps(&root, &environments),
             manifest,
@@ -363,7 +364,8 @@ impl WorkspaceStore {
         self.index.put(&record, old_name, revision.as_ref())?;
         let entry = Arc::new(
             WorkspaceEntry::new(record.manifest, record.environments, root)
-                .with_origin(origin.map(Arc::new)),
+                .with_origin(origin.map(Arc::new))
+                .with_from_peer(from_peer),
         );
         self.view.insert(entry.clone());
         self.publish(WorkspaceChanged {
@@ -464,6 +466,9 @@ impl Handler<CommitNew> for WorkspaceStore {
             std::fs::rename(&staging, &root).map_err(StoreError::io("moving into place", &root))?;
             fsio::fsync_dir(&self.layout.workspaces)?;
             let workspace = {
+                if let Some(peer) = &prepared.from_peer {
+                    self.index.put_foreign(manifest.id, peer)?;
+                }
                 if let Some(origin) = &origin {
                     self.index.put_origin(manifest.id, origin)?;
                 }

@@ -221,6 +221,9 @@ pub(super) fn reconcile(
         if let Some(origin) = index.origin(entry.manifest.id)? {
             *entry = Arc::new(entry.as_ref().clone().with_origin(Some(Arc::new(origin))));
         }
+        if let Some(peer) = index.foreign(entry.manifest.id)? {
+            *entry = Arc::new(entry.as_ref().clone().with_from_peer(Some(peer)));
+        }
     }
     Ok((entries, report))
 }

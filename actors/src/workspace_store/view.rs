@@ -23,6 +23,8 @@ pub struct WorkspaceEntry {
     pub path: PathBuf,
     /// Where it was cloned from, for a clone.
     pub origin: Option<Arc<Origin>>,
+    /// The peer whose template it was made from (not a clone, but a peer's content).
+    pub from_peer: Option<String>,
     /// Lower-cased searchable text (name, title, description, tags, tools, languages).
     search_text: String,
 }
@@ -50,11 +52,26 @@ impl WorkspaceEntry {
             environments,
             path,
             origin: None,
+            from_peer: None,
             search_text,
         }
     }
 
     /// The same entry, recording where it was cloned from.
+    /// The entry with the peer whose template it was made from.
+    pub fn with_from_peer(mut self, peer: Option<String>) -> WorkspaceEntry {
+        self.from_peer = peer;
+        self
+    }
+
+    /// The peer this workspace's content came from: its clone's source, or the template's.
+    pub fn foreign_peer(&self) -> Option<&str> {
+        self.origin
+            .as_deref()
+            .map(|o| o.peer_name.as_str())
+            .or(self.from_peer.as_deref())
+    }
+
     pub fn with_origin(mut self, origin: Option<Arc<Origin>>) -> WorkspaceEntry {
         self.origin = origin;
         self

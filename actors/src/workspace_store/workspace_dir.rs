@@ -138,6 +138,9 @@ pub struct CreateRequest {
     pub git_local: bool,
     /// Values of a workspace template's parameters (`--set name=value`).
     pub template_values: BTreeMap<String, String>,
+    /// The peer the template came from, when it is a peer's (the new workspace then runs
+    /// confined like a clone of that peer's).
+    pub from_peer: Option<String>,
 }
 
 /// A directory prepared in staging, ready to be committed.
@@ -151,6 +154,8 @@ pub struct Prepared {
     pub environments: BTreeMap<String, EnvironmentSpec>,
     /// Human-readable notes on what was done (adopted files, skipped entries, ...).
     pub notes: Vec<String>,
+    /// The peer whose template the content came from.
+    pub from_peer: Option<String>,
 }
 
 /// Builds a new workspace in the empty directory `staging`.
@@ -339,6 +344,7 @@ fn prepare_new_in(request: &CreateRequest, staging: &Path) -> Result<Prepared, S
         manifest,
         environments,
         notes,
+        from_peer: None,
     })
 }
 
@@ -502,6 +508,7 @@ pub fn from_template(
         manifest,
         environments,
         notes,
+        from_peer: request.from_peer.clone(),
     })
 }
 
