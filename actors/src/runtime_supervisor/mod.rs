@@ -852,6 +852,8 @@ pub struct RuntimeSupervisorHandle {
     dir: PathBuf,
     data_dir: PathBuf,
     slurm: slurm::SlurmConfig,
+    /// The plugins' last `check` answers and when they were asked.
+    plugins: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Vec<plugin::PluginInfo>)>>>,
 }
 
 impl RuntimeSupervisorHandle {
@@ -895,6 +897,7 @@ impl RuntimeSupervisorHandle {
             dir,
             data_dir,
             slurm: slurm_config,
+            plugins: Arc::default(),
         }
     }
 
@@ -1028,10 +1031,20 @@ impl RuntimeSupervisorHandle {
             .map_err(|_| RuntimeError::Gone)?
     }
 
-    /// Every runtime plugin on this host, with how its `check` went (asked now, at once).
+    /// Every runtime plugin on this host, with how its `check` went: asked all at once, at
+    /// most every 15 s (callers meanwhile share the last answers, or wait for the one under
+    /// way).
     pub async fn plugins(&self) -> Vec<plugin::PluginInfo> {
+        let mut cached = self.plugins.lock().await;
+        if let Some((at, infos)) = cached.as_ref() {
+            if at.elapsed() < Duration::from_secs(15) {
+                return infos.clone();
+            }
+        }
         let found = plugin::PluginBackend::discover(&self.data_dir);
-        futures_util::future::join_all(found.iter().map(|p| p.info())).await
+        let infos = futures_util::future::join_all(found.iter().map(|p| p.info())).await;
+        *cached = Some((std::time::Instant::now(), infos.clone()));
+        infos
     }
 
     /// Where a clone's `post_clone` hook is asked for.
