@@ -853,8 +853,11 @@ pub struct RuntimeSupervisorHandle {
     data_dir: PathBuf,
     slurm: slurm::SlurmConfig,
     /// The plugins' last `check` answers and when they were asked.
-    plugins: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Vec<plugin::PluginInfo>)>>>,
+    plugins: Arc<tokio::sync::Mutex<Option<PluginAnswers>>>,
 }
+
+/// When the plugins were last asked, and what they answered.
+type PluginAnswers = (std::time::Instant, Vec<plugin::PluginInfo>);
 
 impl RuntimeSupervisorHandle {
     /// Starts the supervisor on the current arbiter.
