@@ -102,10 +102,7 @@ impl JobContext {
             // A rebuilt `.git` holds other files than the source's: hashed when next read.
             .filter(|path| {
                 !arrivals.iter().any(|a| {
-                    a.rewrote_git_dir
-                        && path
-                            .strip_prefix(a.path.as_str())
-                            .is_some_and(|rest| rest.starts_with("/"))
+                    a.rewrote_git_dir && path.starts_with(&format!("{}/.git/", a.path))
                 })
             })
             .collect();
