@@ -81,7 +81,7 @@ async fn a_git_project_arrives_as_a_checkout_from_its_remote_with_the_source_wor
     let repos = temp.path().join("repos");
     std::fs::create_dir_all(&repos).unwrap();
     let (first, second) = bare_repository(&repos, "tool");
-    bare_repository(&repos, "offline");
+    let (_, offline_head) = bare_repository(&repos, "offline");
     let server = GitServer::start(&repos, None);
     let offline_server = GitServer::start(&repos, None);
 
@@ -218,7 +218,7 @@ async fn a_git_project_arrives_as_a_checkout_from_its_remote_with_the_source_wor
             .unwrap(),
     )
     .join("projects/offline");
-    assert_eq!(git(&there, &["rev-parse", "HEAD"]), second);
+    assert_eq!(git(&there, &["rev-parse", "HEAD"]), offline_head);
     assert_eq!(git(&there, &["config", "user.name"]), "Kept");
     assert_eq!(git(&there, &["status", "--porcelain"]), "");
 }

@@ -101,9 +101,9 @@ impl JobContext {
             })
             // A rebuilt `.git` holds other files than the source's: hashed when next read.
             .filter(|path| {
-                !arrivals.iter().any(|a| {
-                    a.rewrote_git_dir && path.starts_with(&format!("{}/.git/", a.path))
-                })
+                !arrivals
+                    .iter()
+                    .any(|a| a.rewrote_git_dir && path.starts_with(&format!("{}/.git/", a.path)))
             })
             .collect();
         self.store
