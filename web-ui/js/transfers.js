@@ -71,6 +71,7 @@ function jobRow(job) {
     h('p', { class: 'muted', text: details }),
     job.sources.length ? h('p', { class: 'muted', text: `from ${job.sources.join(', ')}` }) : null,
     job.error ? h('p', { class: 'error', role: 'alert', text: job.error }) : null,
+    job.hook_error ? h('pre', { class: 'error', role: 'alert', text: `Arrived, but ${job.hook_error}` }) : null,
     job.state === 'done' && job.notes.length
       ? h('details', {}, h('summary', {}, 'Notes'), h('ul', {}, job.notes.map((n) => h('li', { text: n }))))
       : null,
