@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aienv::api::RunRequest;
+use awc::ws::Message;
 use common::runtime::{get, workspace};
 use common::TestNode;
+use futures_util::{SinkExt, StreamExt};
 
 const IMAGE: &str = "localhost/aienv-plugin-test";
 const PODMAN_GLOBAL: &str = "--storage-driver vfs";
@@ -146,6 +148,18 @@ async fn the_podman_plugin_runs_an_environment_end_to_end_through_the_proxy() {
     let (code, _) = get(&format!("{}/w/pod/web/", node.url), None).await;
     assert_eq!(code, 401);
     let _ = root;
+
+    // The terminal is a shell inside the container (the plugin's `terminal` command).
+    let framed = admin.terminal("pod", None, 80, 24).await.unwrap();
+    let (mut sink, mut stream) = framed.split();
+    sink.send(Message::Binary(
+        "echo $((6*7)) $(cat /proc/1/cmdline | tr '\\0' ' ')\n".into(),
+    ))
+    .await
+    .unwrap();
+    common::runtime::read_until(&mut stream, "42 /bin/sh -c").await;
+    sink.send(Message::Close(None)).await.unwrap();
+    drop((sink, stream));
 
     let stopped = admin.stop("pod", None).await.unwrap();
     assert_eq!(stopped[0].state, "stopped", "{stopped:#?}");
