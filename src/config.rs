@@ -240,7 +240,7 @@ impl ClusterSection {
 pub struct GitSection {
     /// Credentials by remote URL prefix (`url`, `username`, and `password` or
     /// `password_file`).
-    pub credentials: Vec<aienv_actors::git::credentials::GitCredential>,
+    pub credentials: Vec<crate::git_credentials::GitCredential>,
     /// Seconds a clone or fetch may take before it is stopped.
     pub timeout_seconds: u64,
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster_client;
 pub mod config;
+pub mod git_credentials;
 pub mod http;
 pub mod login_gate;
 pub mod notify;

@@ -587,7 +587,7 @@ fn git_for_node(
     section: &crate::config::GitSection,
 ) -> Result<aienv_actors::git::Git, ServeError> {
     let file = data_dir.join("git-credentials.json");
-    aienv_actors::git::credentials::write_file(&file, &section.credentials).map_err(|source| {
+    crate::git_credentials::write_file(&file, &section.credentials).map_err(|source| {
         ServeError::DataDir {
             path: file.display().to_string(),
             source,

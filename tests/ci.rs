@@ -105,17 +105,14 @@ async fn runs(node: &TestNode) -> Vec<aienv::api::CiRunDto> {
 
 async fn finished_run(node: &TestNode, id: &str) -> aienv::api::CiRunDto {
     let admin = node.admin();
-    let mut run = admin.ci_run(id).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !matches!(run.state.as_str(), "passed" | "failed" | "error") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "run {id} never finished"
-        );
-        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
-        run = admin.ci_run(id).await.unwrap();
-    }
-    run
+    eventually(&format!("run {id} finished"), || async {
+        matches!(
+            admin.ci_run(id).await.unwrap().state.as_str(),
+            "passed" | "failed" | "error"
+        )
+    })
+    .await;
+    admin.ci_run(id).await.unwrap()
 }
 
 #[actix_rt::test]

@@ -11,7 +11,6 @@
 //! key they see for it and refuse any other.
 
 use std::fmt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use uuid::Uuid;
@@ -361,7 +360,8 @@ pub fn load_or_create(data_dir: &Path, name: &str) -> Result<NodeIdentity, Ident
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let key = rcgen::KeyPair::generate()
                 .map_err(|error| IdentityError::Generate(error.to_string()))?;
-            write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+            crate::fsio::write_private(&key_path, key.serialize_pem().as_bytes())
+                .map_err(io(&key_path))?;
             key
         }
         Err(error) => return Err(io(&key_path)(error)),
@@ -380,7 +380,7 @@ pub fn load_or_create(data_dir: &Path, name: &str) -> Result<NodeIdentity, Ident
         None => {
             let der = self_signed(&key, name)?;
             let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.clone()));
-            write_private(&cert_path, pem.as_bytes()).map_err(io(&cert_path))?;
+            crate::fsio::write_private(&cert_path, pem.as_bytes()).map_err(io(&cert_path))?;
             der
         }
     };
@@ -433,21 +433,6 @@ fn self_signed(key: &rcgen::KeyPair, name: &str) -> Result<Vec<u8>, IdentityErro
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let certificate = params.self_signed(key).map_err(generate)?;
     Ok(certificate.der().to_vec())
-}
-
-/// Writes a new file readable by the owner only, durably, replacing nothing half-written.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! aienv's actors, their messages and the domain model. This crate serves no HTTP and keeps no
 //! JSON: the `aienv` package wraps it in a REST API, a WebSocket gateway and a CLI. Its only
-//! HTTP and JSON are those of engines it drives (Docker through bollard, slurmrestd) and of
-//! project files that detection reads.
+//! HTTP and JSON are those of engines it drives (Docker through bollard, slurmrestd, runtime
+//! plugins' JSON lines) and of project files that detection reads.
 //!
 //! Pattern shared by every actor: a module `<actor>/` holding the actor, its messages (next to
 //! their handlers), its config and its error type; a cloneable `<Actor>Handle` with async

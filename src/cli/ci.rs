@@ -92,7 +92,7 @@ pub async fn ci(cli: &Cli, client: &Client, args: &CiArgs) -> Result<(), CliErro
         ));
     }
     let workspace = match target.split_once('/') {
-        Some((peer, name)) => bring(client, peer, name).await?,
+        Some((peer, name)) => bring(cli, client, peer, name).await?,
         None => target.clone(),
     };
     let run = client
@@ -127,7 +127,7 @@ pub async fn ci(cli: &Cli, client: &Client, args: &CiArgs) -> Result<(), CliErro
 }
 
 /// Clones `peer/name` here, or syncs the clone already here; returns the local name.
-async fn bring(client: &Client, peer: &str, name: &str) -> Result<String, CliError> {
+async fn bring(cli: &Cli, client: &Client, peer: &str, name: &str) -> Result<String, CliError> {
     let local = client.get(name).await.ok().map(|d| d.workspace);
     let kind = match &local {
         None => "clone",
@@ -154,14 +154,7 @@ async fn bring(client: &Client, peer: &str, name: &str) -> Result<String, CliErr
         })
         .await?;
     eprintln!("aienv: {kind} of {peer}/{name}...");
-    let id = job.id.to_string();
-    let job = loop {
-        let job = client.transfer(&id).await?;
-        if matches!(job.state.as_str(), "done" | "failed" | "cancelled") {
-            break job;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let job = super::transfer::wait_for(cli, client, job).await?;
     if job.state != "done" {
         return Err(CliError::with_code(
             EXIT_NOT_RUN,

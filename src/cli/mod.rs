@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::GitCredential { file, operation } => {
             let stdin = std::io::stdin().lock();
-            aienv_actors::git::credentials::answer(file, operation, stdin, std::io::stdout())
+            crate::git_credentials::answer(file, operation, stdin, std::io::stdout())
                 .map_err(|e| CliError::new(e.to_string()))
         }
         _ => actix_rt::System::new().block_on(remote(&cli)),

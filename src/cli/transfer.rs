@@ -204,6 +204,41 @@ async fn follow(
         return Ok(());
     }
     let started = Instant::now();
+    let current = wait_for(cli, client, job).await?;
+    if cli.json {
+        output::print_json(&current);
+    } else {
+        print_summary(&current, started.elapsed().as_secs_f64());
+    }
+    match current.state.as_str() {
+        "done" => match &current.hook_error {
+            // Like `git clone` with a failing hook: the clone is there, the command fails.
+            Some(error) => Err(CliError::new(format!(
+                "`{}` arrived, but {error}",
+                current.target_name
+            ))),
+            None => Ok(()),
+        },
+        "cancelled" => Err(CliError::new(format!(
+            "transfer {} was cancelled; `aienv transfers retry {}` resumes it",
+            current.id, current.id
+        ))),
+        _ => Err(CliError::new(format!(
+            "transfer {} failed: {}; `aienv transfers retry {}` resumes it",
+            current.id,
+            current.error.as_deref().unwrap_or("unknown error"),
+            current.id
+        ))),
+    }
+}
+
+/// Waits for a transfer to finish, following it on the event stream with a progress bar on
+/// stderr (hidden when stderr is not a terminal); returns the job as it ended.
+pub(super) async fn wait_for(
+    cli: &Cli,
+    client: &Client,
+    job: TransferDto,
+) -> Result<TransferDto, CliError> {
     let bar = progress_bar(cli);
     bar.set_message(format!(
         "{} {}/{}",
@@ -239,31 +274,7 @@ async fn follow(
         }
     }
     bar.finish_and_clear();
-    if cli.json {
-        output::print_json(&current);
-    } else {
-        print_summary(&current, started.elapsed().as_secs_f64());
-    }
-    match current.state.as_str() {
-        "done" => match &current.hook_error {
-            // Like `git clone` with a failing hook: the clone is there, the command fails.
-            Some(error) => Err(CliError::new(format!(
-                "`{}` arrived, but {error}",
-                current.target_name
-            ))),
-            None => Ok(()),
-        },
-        "cancelled" => Err(CliError::new(format!(
-            "transfer {} was cancelled; `aienv transfers retry {}` resumes it",
-            current.id, current.id
-        ))),
-        _ => Err(CliError::new(format!(
-            "transfer {} failed: {}; `aienv transfers retry {}` resumes it",
-            current.id,
-            current.error.as_deref().unwrap_or("unknown error"),
-            current.id
-        ))),
-    }
+    Ok(current)
 }
 
 fn print_summary(job: &TransferDto, seconds: f64) {

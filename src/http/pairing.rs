@@ -96,11 +96,13 @@ fn verify(
     hmac::verify(&key, &message, tag).is_ok()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+/// The 32 bytes of a 64-digit hex string (an HMAC-SHA256 tag), either case.
+pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
     }

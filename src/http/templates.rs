@@ -113,29 +113,38 @@ pub async fn create_from_peer(
             },
         )
         .await?;
-    let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
-    let job = loop {
-        let current = state
-            .transfers
-            .view()
-            .jobs
-            .iter()
-            .find(|j| j.id == job.id)
-            .cloned();
-        match current {
-            Some(job) if job.state.is_finished() => break job,
-            _ if tokio::time::Instant::now() > deadline => {
-                let _ = state.transfers.cancel(&job.id.to_string()).await;
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "template-unavailable",
-                    format!(
-                        "{peer}/{template} did not arrive within {} s",
-                        FETCH_TIMEOUT.as_secs()
-                    ),
-                ));
+    // Every change of the queue's view wakes this; nothing is polled.
+    let mut views = state.transfers.subscribe();
+    let finished = tokio::time::timeout(FETCH_TIMEOUT, async {
+        loop {
+            let done = views
+                .borrow_and_update()
+                .jobs
+                .iter()
+                .find(|j| j.id == job.id && j.state.is_finished())
+                .cloned();
+            if let Some(done) = done {
+                return Some(done);
             }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            if views.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .await;
+    let job = match finished {
+        Ok(Some(job)) => job,
+        Ok(None) => return Err(aienv_actors::transfer_queue::TransferError::Unavailable.into()),
+        Err(_) => {
+            let _ = state.transfers.cancel(&job.id.to_string()).await;
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "template-unavailable",
+                format!(
+                    "{peer}/{template} did not arrive within {} s",
+                    FETCH_TIMEOUT.as_secs()
+                ),
+            ));
         }
     };
     if job.state != JobState::Done {

@@ -152,7 +152,8 @@ fn verify(
             .trim()
             .strip_prefix("sha256=")
             .ok_or("X-Hub-Signature-256 is not `sha256=<hex>`")?;
-        let tag = decode_hex(hex).ok_or("X-Hub-Signature-256 is not hexadecimal")?;
+        let tag =
+            super::pairing::unhex(hex).ok_or("X-Hub-Signature-256 is not 64 hexadecimal digits")?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
         return hmac::verify(&key, body, &tag)
             .map_err(|_| "the signature does not match the body and this hook's secret".into());
@@ -172,22 +173,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// `sha256=<hex>` of `body` under `secret`, as forges sign (and as aienv signs what it sends).
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let tag = hmac::sign(&key, body);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!(
+        "sha256={}",
+        super::pairing::hex(hmac::sign(&key, body).as_ref())
+    )
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::GitError;
 
@@ -50,24 +50,31 @@ pub(super) fn run(
     let stderr = child.stderr.take().expect("piped");
     let out = std::thread::spawn(move || read_bounded(stdout));
     let err = std::thread::spawn(move || read_bounded(stderr));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => break None,
+    // One thread waits for the exit; this one waits for that thread, at most `timeout`.
+    let pid = child.id();
+    let (exited, exit) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = exited.send(child.wait());
+    });
+    let status = match exit.recv_timeout(timeout) {
+        Ok(Ok(status)) => status,
+        Ok(Err(source)) => {
+            return Err(GitError::Spawn {
+                command: label.to_string(),
+                source,
+            })
         }
-    };
-    let Some(status) = status else {
-        // SAFETY: killpg with the group this child leads; no memory is touched.
-        unsafe {
-            libc::killpg(child.id() as libc::pid_t, libc::SIGKILL);
+        Err(_) => {
+            // SAFETY: killpg with the group this child leads; no memory is touched.
+            unsafe {
+                libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = waiter.join();
+            return Err(GitError::Timeout {
+                command: label.to_string(),
+                seconds: timeout.as_secs(),
+            });
         }
-        let _ = child.wait();
-        return Err(GitError::Timeout {
-            command: label.to_string(),
-            seconds: timeout.as_secs(),
-        });
     };
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();

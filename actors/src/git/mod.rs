@@ -8,7 +8,6 @@
 
 mod arrival;
 mod command;
-pub mod credentials;
 pub mod safety;
 
 use std::path::Path;

@@ -234,6 +234,18 @@ pub async fn run_hook(
             timeout,
         )
         .await?;
+    verdict(moment, owner, finished, &log, start)
+}
+
+/// Ok for a hook that exited 0; otherwise its failure, with what it wrote to `log` after
+/// `start`.
+fn verdict(
+    moment: HookMoment,
+    owner: &str,
+    finished: Finished,
+    log: &Path,
+    start: u64,
+) -> Result<(), RuntimeError> {
     if finished.success() {
         return Ok(());
     }
@@ -241,13 +253,13 @@ pub async fn run_hook(
         hook: moment.as_str().into(),
         owner: owner.into(),
         reason: finished.reason,
-        output: tail(&log, start),
+        output: tail(log, start),
         log: log.display().to_string(),
     })
 }
 
 /// The last lines written to `log` after `start`.
-pub fn tail(log: &Path, start: u64) -> String {
+fn tail(log: &Path, start: u64) -> String {
     let Ok(bytes) = std::fs::read(log) else {
         return String::new();
     };
@@ -343,16 +355,7 @@ impl actix::Handler<PostClone> for super::RuntimeSupervisor {
                 &log,
             )
             .await?;
-            if finished.success() {
-                return Ok(());
-            }
-            Err(RuntimeError::HookFailed {
-                hook: HookMoment::PostClone.as_str().into(),
-                owner,
-                reason: finished.reason,
-                output: tail(&log, start),
-                log: log.display().to_string(),
-            })
+            verdict(HookMoment::PostClone, &owner, finished, &log, start)
         })
     }
 }

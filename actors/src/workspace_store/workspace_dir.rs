@@ -158,6 +158,29 @@ pub struct Prepared {
     pub from_peer: Option<String>,
 }
 
+impl Prepared {
+    /// A prepared workspace whose manifest passed validation (errors name the request).
+    fn checked(
+        staging: &Path,
+        manifest: WorkspaceManifest,
+        environments: BTreeMap<String, EnvironmentSpec>,
+        notes: Vec<String>,
+        from_peer: Option<String>,
+    ) -> Result<Prepared, StoreError> {
+        manifest.validate().map_err(|errors| StoreError::Invalid {
+            file: "request".into(),
+            errors,
+        })?;
+        Ok(Prepared {
+            staging: staging.to_path_buf(),
+            manifest,
+            environments,
+            notes,
+            from_peer,
+        })
+    }
+}
+
 /// Builds a new workspace in the empty directory `staging`.
 pub fn prepare_new(request: &CreateRequest, staging: &Path) -> Result<Prepared, StoreError> {
     let result = prepare_new_in(request, staging);
@@ -335,17 +358,7 @@ fn prepare_new_in(request: &CreateRequest, staging: &Path) -> Result<Prepared, S
         fs::create_dir_all(&path).map_err(StoreError::io("creating directory", &path))?;
     }
     manifest.environments = environments.keys().cloned().collect();
-    manifest.validate().map_err(|errors| StoreError::Invalid {
-        file: "request".into(),
-        errors,
-    })?;
-    Ok(Prepared {
-        staging: staging.to_path_buf(),
-        manifest,
-        environments,
-        notes,
-        from_peer: None,
-    })
+    Prepared::checked(staging, manifest, environments, notes, None)
 }
 
 /// Whether `dir` has any `environments/<name>/environment.yaml`.
@@ -499,17 +512,13 @@ pub fn from_template(
         }
     ));
     notes.extend(projects_cloned);
-    manifest.validate().map_err(|errors| StoreError::Invalid {
-        file: "request".into(),
-        errors,
-    })?;
-    Ok(Prepared {
-        staging: staging.to_path_buf(),
+    Prepared::checked(
+        staging,
         manifest,
         environments,
         notes,
-        from_peer: request.from_peer.clone(),
-    })
+        request.from_peer.clone(),
+    )
 }
 
 /// The slug a repository URL names (`https://h/group/My_Repo.git` → `my-repo`).

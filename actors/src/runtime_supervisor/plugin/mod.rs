@@ -601,7 +601,7 @@ impl Instance for PluginInstance {
         _: Option<&'a str>,
     ) -> LocalBoxFuture<'a, Result<Option<u32>, RuntimeError>> {
         async move {
-            Err(RuntimeError::BadRequest(format!(
+            Err(RuntimeError::Unsupported(format!(
                 "the {} runtime plugin restarts whole environments only: stop and run it again",
                 self.backend.name.as_str()
             )))

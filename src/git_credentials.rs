@@ -1,4 +1,5 @@
-//! The node's git credentials and the credential-helper side of git's protocol.
+//! The node's git credentials and the credential-helper side of git's protocol (the
+//! `aienv-actors` git module only knows the helper's command line).
 //!
 //! Credentials live only in the node's configuration, never in a workspace. The node writes
 //! them (mode 0600, in its data directory, hidden from environments) and hands git a helper
@@ -44,7 +45,7 @@ pub enum CredentialError {
 
 /// Writes the node's credentials for the helper (0600, atomically).
 pub fn write_file(path: &Path, credentials: &[GitCredential]) -> std::io::Result<()> {
-    crate::identity::write_private(
+    aienv_actors::fsio::write_private(
         path,
         &serde_json::to_vec(credentials).expect("credentials serialize"),
     )
