@@ -30,13 +30,35 @@ pub enum AccessError {
     },
 }
 
-/// A workspace's owner and members.
+/// A workspace's owner and members, and the peers whose clones may push changes to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceAccess {
     /// Owner's user name (`admin` for the admin token).
     pub owner: String,
     /// Users who may use and change it like its owner (not give it away).
     pub members: Vec<String>,
+    /// Trusted peers whose clones may push their changes into it (none by default). Kept
+    /// here, on this node, never in `workspace.yaml`: a right to write must not travel with
+    /// the content.
+    #[serde(default)]
+    pub writers: Vec<PeerWriter>,
+}
+
+/// A peer allowed to push: its node id (it must also be trusted, by key, when it pushes) and
+/// its trusted name when it was added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerWriter {
+    /// Node id.
+    pub id: Uuid,
+    /// Its trusted name.
+    pub name: String,
+}
+
+impl WorkspaceAccess {
+    /// Whether the peer with node id `peer` may push into the workspace.
+    pub fn writable_by(&self, peer: Uuid) -> bool {
+        self.writers.iter().any(|w| w.id == peer)
+    }
 }
 
 /// What someone wants to do with one workspace (seeing it needs only a login, or not even
@@ -137,6 +159,7 @@ mod tests {
         WorkspaceAccess {
             owner: "ada".into(),
             members: vec!["bob".into()],
+            writers: Vec::new(),
         }
     }
 
@@ -162,6 +185,7 @@ mod tests {
         let mine = WorkspaceAccess {
             owner: "vic".into(),
             members: vec![],
+            writers: Vec::new(),
         };
         assert!(permits(Role::Viewer, "vic", &mine, Keep));
         for action in [Use, Change, Grant, Transfer] {
@@ -170,6 +194,7 @@ mod tests {
         let shared = WorkspaceAccess {
             owner: "ada".into(),
             members: vec!["vic".into()],
+            writers: Vec::new(),
         };
         for action in [Use, Change, Keep, Grant, Transfer] {
             assert!(!permits(Role::Viewer, "vic", &shared, action), "{action:?}");

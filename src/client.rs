@@ -503,6 +503,25 @@ impl Client {
             .await
     }
 
+    /// `POST /workspaces/{ws}/push`: sends a clone's changes to its origin and waits for the
+    /// origin to take them in.
+    pub async fn push(
+        &self,
+        workspace: &str,
+        force: bool,
+    ) -> Result<crate::api::PushResultDto, ClientError> {
+        let response = self
+            .request(
+                awc::http::Method::POST,
+                &format!("/workspaces/{}/push", segment(workspace)),
+            )
+            .timeout(Duration::from_secs(7 * 3600))
+            .send_json(&crate::api::PushAsk { force })
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        self.json(response).await
+    }
+
     /// Every transfer job, newest first.
     pub async fn transfers(&self) -> Result<Vec<TransferDto>, ClientError> {
         self.get_json("/transfers").await

@@ -288,6 +288,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             accept: config.cluster.accept == crate::config::AcceptSetting::Trusted,
         },
         loans: http::Loans::default(),
+        pushing: http::PushGrants::default(),
         store,
         runtimes: runtimes.clone(),
         transfers,

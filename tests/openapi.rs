@@ -1282,6 +1282,61 @@ async fn live_server_matches_openapi_document() {
         peer_admin.transfer(&id).await.unwrap().state == "done"
     })
     .await;
+    // Pushing back: an unchanged clone has nothing to send; a workspace that is not a clone
+    // cannot push; the origin's side answers only trusted peers over mutual TLS.
+    let push = "/workspaces/{ws}/push";
+    for (target, case) in [
+        (
+            &peer,
+            case(
+                "POST",
+                push,
+                "/workspaces/transfer-src/push",
+                Body::Json(json!({})),
+                true,
+                200,
+                None,
+            ),
+        ),
+        (
+            &node,
+            case(
+                "POST",
+                push,
+                "/workspaces/transfer-src/push",
+                Body::Json(json!({"force": true})),
+                true,
+                409,
+                Some("not-a-clone"),
+            ),
+        ),
+        (
+            &peer,
+            case(
+                "POST",
+                push,
+                "/workspaces/transfer-src/push",
+                Body::Json(json!({"force": 1})),
+                true,
+                422,
+                Some("invalid-field"),
+            ),
+        ),
+        (
+            &node,
+            case(
+                "POST",
+                "/workspaces/{ws}/pushes",
+                "/workspaces/transfer-src/pushes",
+                Body::Raw("application/vnd.aienv.push+msgpack+zstd", b"x".to_vec()),
+                true,
+                403,
+                Some("untrusted-peer"),
+            ),
+        ),
+    ] {
+        run(target, &spec, &case, &mut covered).await;
+    }
     run(
         &peer,
         &spec,

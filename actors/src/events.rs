@@ -116,6 +116,8 @@ pub enum WorkspaceChange {
     Cloned,
     /// Updated from the node it was cloned from.
     Synced,
+    /// A peer's clone pushed its changes into it.
+    Pushed,
     /// Metadata or environments changed.
     Updated,
     /// Sharing settings changed.
@@ -133,6 +135,7 @@ impl WorkspaceChange {
             WorkspaceChange::Created => "created",
             WorkspaceChange::Imported => "imported",
             WorkspaceChange::Cloned => "cloned",
+            WorkspaceChange::Pushed => "pushed",
             WorkspaceChange::Synced => "synced",
             WorkspaceChange::Updated => "updated",
             WorkspaceChange::SharingChanged => "sharing-changed",

@@ -218,27 +218,7 @@ impl Snapshot {
 
     /// Decodes and validates a snapshot received from a peer.
     pub fn decode(bytes: &[u8], limits: &SnapshotLimits) -> Result<Snapshot, SnapshotError> {
-        if bytes.len() as u64 > limits.max_encoded_bytes {
-            return Err(SnapshotError::TooLarge(format!(
-                "manifest is {} bytes, more than the limit of {}",
-                bytes.len(),
-                limits.max_encoded_bytes
-            )));
-        }
-        let mut packed = Vec::new();
-        let decoder = zstd::stream::read::Decoder::new(bytes)
-            .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(decoder, limits.max_decoded_bytes + 1),
-            &mut packed,
-        )
-        .map_err(|e| SnapshotError::Malformed(format!("not zstd: {e}")))?;
-        if packed.len() as u64 > limits.max_decoded_bytes {
-            return Err(SnapshotError::TooLarge(format!(
-                "manifest decodes to more than {} bytes",
-                limits.max_decoded_bytes
-            )));
-        }
+        let packed = decompress_bounded(bytes, limits)?;
         let snapshot: Snapshot = rmp_serde::from_slice(&packed)
             .map_err(|e| SnapshotError::Malformed(format!("not a snapshot: {e}")))?;
         snapshot.validate(limits)?;
@@ -325,6 +305,32 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// A zstd body within `limits` (compressed and decompressed size): snapshots and pushes.
+pub fn decompress_bounded(bytes: &[u8], limits: &SnapshotLimits) -> Result<Vec<u8>, SnapshotError> {
+    if bytes.len() as u64 > limits.max_encoded_bytes {
+        return Err(SnapshotError::TooLarge(format!(
+            "body is {} bytes, more than the limit of {}",
+            bytes.len(),
+            limits.max_encoded_bytes
+        )));
+    }
+    let mut packed = Vec::new();
+    let decoder = zstd::stream::read::Decoder::new(bytes)
+        .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(decoder, limits.max_decoded_bytes + 1),
+        &mut packed,
+    )
+    .map_err(|e| SnapshotError::Malformed(format!("not zstd: {e}")))?;
+    if packed.len() as u64 > limits.max_decoded_bytes {
+        return Err(SnapshotError::TooLarge(format!(
+            "body decodes to more than {} bytes",
+            limits.max_decoded_bytes
+        )));
+    }
+    Ok(packed)
 }
 
 /// Bounds on what a received snapshot may describe.

@@ -105,7 +105,7 @@ pub struct ProgressDto {
 pub struct TransferDto {
     /// Job id.
     pub id: Uuid,
-    /// `clone` or `sync`.
+    /// `clone`, `sync` or `push` (a peer's clone pushed into a workspace here).
     pub kind: String,
     /// `queued`, `fetching-manifest`, `transferring`, `verifying`, `materializing`, `done`,
     /// `failed` or `cancelled`.
@@ -135,6 +135,9 @@ pub struct TransferDto {
     /// The clone arrived, but its `post_clone` hook failed: why, with the end of its output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_error: Option<String>,
+    /// A sync or push refused because both sides changed these paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
     /// Attempts so far.
     pub attempts: u32,
     /// Who asked.
@@ -181,6 +184,7 @@ impl From<&JobInfo> for TransferDto {
             error: job.error.clone(),
             notes: job.notes.clone(),
             hook_error: job.hook_error.clone(),
+            conflicts: job.conflicts.clone(),
             attempts: job.attempts,
             by: job.request.by.clone(),
             created: job.created,
@@ -196,4 +200,34 @@ impl TransferDto {
     pub fn is_finished(&self) -> bool {
         matches!(self.state.as_str(), "done" | "failed" | "cancelled")
     }
+}
+
+/// `POST /workspaces/{ws}/push`: send a clone's changes back to its origin.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushAsk {
+    /// Apply even where the origin changed the same paths (the clone's versions win).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushResultDto {
+    /// `done` (a new revision on the origin) or `up-to-date` (nothing to send).
+    pub state: String,
+    /// The origin node.
+    pub peer: String,
+    /// The workspace there.
+    pub workspace: String,
+    /// The push job on the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Uuid>,
+    /// The origin workspace's revision afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// Paths sent.
+    pub changes: usize,
+    /// What was done, and what was left out (uncommitted work in git projects).
+    pub notes: Vec<String>,
 }

@@ -564,6 +564,9 @@ pub struct AccessDto {
     pub owner: String,
     /// Users who may use and change it like its owner.
     pub members: Vec<String>,
+    /// Trusted peers whose clones may push changes into it, by their trusted names.
+    #[serde(default)]
+    pub writers: Vec<String>,
     /// The caller.
     pub you: String,
     /// The caller's role: `admin`, `member` or `viewer`.
@@ -586,6 +589,10 @@ pub struct AccessUpdate {
     /// The whole member list (the owner or an admin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<String>>,
+    /// The whole list of peers that may push (trusted peers by name, node id or key id; the
+    /// owner or an admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writers: Option<Vec<String>>,
 }
 
 /// Filter and page of a workspace listing (`GET /workspaces` query), as the server reads it

@@ -95,7 +95,14 @@ pub enum Command {
         /// Return once queued instead of following the transfer.
         #[arg(long)]
         no_wait: bool,
-        /// A placed workspace's results overwrite what changed here since it was placed.
+        /// Send this clone's changes back to its origin instead (the origin must list this
+        /// node as a writer: `aienv ws access WS --writer NODE` there).
+        #[arg(long)]
+        push: bool,
+        /// Where both sides changed the same paths since the last sync: take the origin's
+        /// versions (a sync otherwise keeps this clone's own changes and refuses those paths),
+        /// or with --push overwrite the origin's. For a placed workspace: its results
+        /// overwrite what changed here since it was placed.
         #[arg(long)]
         force: bool,
     },

@@ -92,6 +92,12 @@ impl From<ClientError> for CliError {
                     message = format!("{message} [{}]", list.join("; "));
                 }
             }
+            // A refused sync or push: every conflicting path, one per line.
+            if let Some(paths) = details.get("paths").and_then(|p| p.as_array()) {
+                for path in paths.iter().filter_map(|p| p.as_str()) {
+                    message.push_str(&format!("\n  both changed: {}", printable(path)));
+                }
+            }
         }
         if let ClientError::Api { status: 401, .. } = &error {
             message.push_str(

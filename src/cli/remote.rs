@@ -371,9 +371,16 @@ pub(super) async fn remote(cli: &Cli) -> Result<(), CliError> {
         Command::Ci(args) => super::ci::ci(cli, &client, args).await,
         Command::Sync {
             workspace,
+            push: true,
+            force,
+            ..
+        } => transfer::push(cli, &client, workspace, *force).await,
+        Command::Sync {
+            workspace,
             peer,
             no_wait,
             force,
+            ..
         } => transfer::sync(cli, &client, workspace, peer.clone(), *no_wait, *force).await,
         Command::Transfers { action, watch } => {
             transfer::transfers(cli, &client, action, *watch).await

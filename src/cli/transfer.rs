@@ -90,6 +90,37 @@ pub async fn sync(
     follow(cli, client, job, no_wait).await
 }
 
+/// `aienv sync WS --push`: the clone's changes back to its origin, as a new revision there.
+pub async fn push(
+    cli: &Cli,
+    client: &Client,
+    workspace: &str,
+    force: bool,
+) -> Result<(), CliError> {
+    if !cli.json {
+        eprintln!("pushing the changes of `{workspace}` to its origin…");
+    }
+    let result = client.push(workspace, force).await?;
+    if cli.json {
+        output::print_json(&result);
+        return Ok(());
+    }
+    match (result.state.as_str(), result.revision) {
+        ("done", Some(revision)) => println!(
+            "pushed {} changed paths to {}/{}: revision {revision} there",
+            result.changes, result.peer, result.workspace
+        ),
+        _ => println!(
+            "nothing to push: {}/{} already has it",
+            result.peer, result.workspace
+        ),
+    }
+    for note in &result.notes {
+        println!("  {}", output::printable(note));
+    }
+    Ok(())
+}
+
 /// `aienv transfers [--watch] [cancel|retry]`.
 pub async fn transfers(
     cli: &Cli,

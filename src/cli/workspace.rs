@@ -141,7 +141,8 @@ pub enum WsCommand {
         /// Name or id.
         workspace: String,
     },
-    /// Show or change who may use a workspace: its owner and members.
+    /// Show or change who may use a workspace: its owner and members, and the peers whose
+    /// clones may push changes into it.
     Access {
         /// Name or id.
         workspace: String,
@@ -151,6 +152,13 @@ pub enum WsCommand {
         /// Take this user's membership away (repeatable).
         #[arg(long = "remove", value_name = "USER")]
         remove: Vec<String>,
+        /// Let this trusted peer's clones push their changes here (`aienv sync WS --push`
+        /// there; repeatable).
+        #[arg(long = "writer", value_name = "PEER")]
+        writer: Vec<String>,
+        /// Take this peer's right to push away (repeatable).
+        #[arg(long = "no-writer", value_name = "PEER")]
+        no_writer: Vec<String>,
         /// Give the workspace to this user (admins only).
         #[arg(long, value_name = "USER")]
         owner: Option<String>,
@@ -586,9 +594,16 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
             add,
             remove,
             owner,
+            writer,
+            no_writer,
         } => {
             let mut access = client.access(workspace).await?;
-            if !add.is_empty() || !remove.is_empty() || owner.is_some() {
+            let changing = !add.is_empty()
+                || !remove.is_empty()
+                || owner.is_some()
+                || !writer.is_empty()
+                || !no_writer.is_empty();
+            if changing {
                 let mut members = access.members.clone();
                 for name in add {
                     if !members.contains(name) {
@@ -596,9 +611,17 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                     }
                 }
                 members.retain(|m| !remove.contains(m));
+                let mut writers = access.writers.clone();
+                for name in writer {
+                    if !writers.contains(name) {
+                        writers.push(name.clone());
+                    }
+                }
+                writers.retain(|w| !no_writer.contains(w));
                 let request = crate::api::AccessUpdate {
                     owner: owner.clone(),
                     members: (members != access.members).then_some(members),
+                    writers: (writers != access.writers).then_some(writers),
                 };
                 access = client.set_access(workspace, &request).await?;
             }
@@ -612,6 +635,14 @@ pub async fn run(cli: &Cli, client: &Client, command: &WsCommand) -> Result<(), 
                         "(none)".to_string()
                     } else {
                         access.members.join(", ")
+                    }
+                );
+                println!(
+                    "writers  {}",
+                    if access.writers.is_empty() {
+                        "(no peer may push)".to_string()
+                    } else {
+                        access.writers.join(", ")
                     }
                 );
                 let can = |yes: bool| if yes { "yes" } else { "no" };

@@ -201,6 +201,12 @@ impl From<TransferError> for ApiError {
                 (S::CONFLICT, "wrong-state", Some(json!({ "state": state })))
             }
             TransferError::BadRequest(_) => (S::CONFLICT, "transfer-conflict", None),
+            TransferError::Conflict { paths, count, .. } => (
+                S::CONFLICT,
+                "conflict",
+                Some(json!({ "paths": paths, "count": count })),
+            ),
+            TransferError::NoBase(_) => (S::CONFLICT, "no-base", None),
             TransferError::Unavailable => (S::SERVICE_UNAVAILABLE, "shutting-down", None),
             _ => (S::INTERNAL_SERVER_ERROR, "transfer-failed", None),
         };

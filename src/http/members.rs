@@ -1,9 +1,10 @@
-//! `GET|PUT /workspaces/{ws}/access`: a workspace's owner and members.
+//! `GET|PUT /workspaces/{ws}/access`: a workspace's owner and members, and the peers that
+//! may push into it.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 
-use crate::access::{Action, WorkspaceAccess, MAX_MEMBERS};
+use crate::access::{Action, PeerWriter, WorkspaceAccess, MAX_MEMBERS};
 use crate::api::{AccessDto, AccessUpdate};
 
 use super::permissions::{access_of, check, role};
@@ -33,6 +34,7 @@ fn dto(state: &AppState, login: &Login, access: &WorkspaceAccess) -> Result<Acce
     Ok(AccessDto {
         owner: access.owner.clone(),
         members: access.members.clone(),
+        writers: access.writers.iter().map(|w| w.name.clone()).collect(),
         you: login.name().to_string(),
         role: role.as_str().to_string(),
         may_use: may(Action::Use),
@@ -91,6 +93,43 @@ async fn update(
             access.members = list;
         }
     }
+    if let Some(writers) = body.writers {
+        if writers.len() > MAX_MEMBERS {
+            return Err(invalid(
+                "writers",
+                format!("writers: at most {MAX_MEMBERS} peers"),
+            ));
+        }
+        let current: Vec<&str> = access.writers.iter().map(|w| w.name.as_str()).collect();
+        if writers.iter().map(String::as_str).collect::<Vec<_>>() != current {
+            // Permission first: who may not change the list learns nothing about peers.
+            check(&state, &login.0, &entry, Action::Grant).await?;
+        }
+        let trusted = state.peers.view().trusted.clone();
+        let mut list: Vec<PeerWriter> = Vec::with_capacity(writers.len());
+        for wanted in &writers {
+            let peer = trusted
+                .iter()
+                .find(|t| {
+                    t.name == *wanted || t.id.to_string() == *wanted || t.key.to_readable() == *wanted
+                })
+                .ok_or_else(|| {
+                    invalid(
+                        "writers",
+                        format!(
+                            "writers: `{wanted}` is not a trusted peer of this node (`aienv peers`; trust it first)"
+                        ),
+                    )
+                })?;
+            if !list.iter().any(|w| w.id == peer.id) {
+                list.push(PeerWriter {
+                    id: peer.id,
+                    name: peer.name.clone(),
+                });
+            }
+        }
+        access.writers = list;
+    }
     let owner = access.owner.clone();
     access.members.retain(|m| *m != owner);
     state
@@ -103,6 +142,6 @@ async fn update(
                 e.to_string(),
             )
         })?;
-    tracing::info!(user = login.name(), workspace = %entry.manifest.name, owner = %access.owner, members = ?access.members, "workspace access changed");
+    tracing::info!(user = login.name(), workspace = %entry.manifest.name, owner = %access.owner, members = ?access.members, writers = ?access.writers, "workspace access changed");
     Ok(HttpResponse::Ok().json(dto(&state, &login, &access)?))
 }

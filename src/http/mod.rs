@@ -13,6 +13,7 @@ mod node;
 mod pairing;
 mod peers;
 mod permissions;
+mod push;
 mod runtimes;
 mod session;
 mod templates;
@@ -53,6 +54,7 @@ pub use error::ApiError;
 pub use extract::{Caller, Login};
 pub use list_cache::ListCache;
 pub use pairing::Pairing;
+pub use push::{PushGrants, PUSH_TYPE};
 pub use session::{Sessions, SIGN_IN_PATH};
 pub use tool_origin::{OriginSettings, ToolOrigins};
 pub use tool_tickets::ToolTickets;
@@ -78,6 +80,8 @@ pub struct AppState {
     pub loans: Loans,
     /// Limits on chunk uploads to peers.
     pub uploads: Arc<Uploads>,
+    /// Clones being pushed, readable by their origin meanwhile.
+    pub pushing: PushGrants,
     /// The event bus.
     pub bus: EventBus,
     /// Credential checks.
@@ -173,6 +177,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(session::configure)
                     .configure(events::configure)
                     .configure(transfers::configure)
+                    .configure(push::configure)
                     .configure(runtimes::configure)
                     .configure(cluster::configure)
                     .configure(ci::configure)

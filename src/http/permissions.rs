@@ -70,6 +70,7 @@ pub async fn access_of(
     let access = WorkspaceAccess {
         owner,
         members: Vec::new(),
+        writers: Vec::new(),
     };
     state.workspace_access.put(id, &access).map_err(internal)?;
     Ok(access)

@@ -110,6 +110,7 @@ pub async fn create_from_peer(
                 private: true,
                 by: by.to_string(),
                 placed: false,
+                force: false,
             },
         )
         .await?;

@@ -155,6 +155,10 @@ fn fetchable(
         return Ok(entry);
     }
     let viewers = peer_viewers(state, request);
+    // The origin a clone is pushing to reads the clone for the push's duration.
+    if caller_key(request).is_some_and(|key| state.pushing.allows(key, entry.manifest.id)) {
+        return Ok(entry);
+    }
     // A peer this node placed the workspace on fetches it; the peer that placed a workspace
     // here fetches its results back from the clone.
     let placed_there = super::peers::trusted_caller(state, request).is_some_and(|peer| {
@@ -342,7 +346,7 @@ async fn create(
         TransferKind::Clone => {
             super::permissions::role(&state, &login.0)?;
         }
-        TransferKind::Sync => {
+        TransferKind::Sync | TransferKind::Push => {
             super::permissions::authorize(
                 &state,
                 &login.0,
@@ -378,6 +382,7 @@ async fn create(
                 private: body.private,
                 by: login.name().to_string(),
                 placed: false,
+                force: body.force,
             },
         )
         .await?;

@@ -323,6 +323,7 @@ fn record_owner(state: &AppState, entry: &WorkspaceEntry, owner: &str) {
     let access = crate::access::WorkspaceAccess {
         owner: owner.to_string(),
         members: Vec::new(),
+        writers: Vec::new(),
     };
     if let Err(error) = state.workspace_access.put(entry.manifest.id, &access) {
         tracing::warn!(%error, "recording a workspace's owner (read from its history later)");

@@ -234,6 +234,24 @@ function row(workspace, open) {
     if (!window.confirm(`Delete workspace ${workspace.name} and all its files?`)) return;
     await attempt(() => api('DELETE', `/workspaces/${workspace.id}`));
   } }, 'Delete');
+  // A clone syncs from its origin (keeping its own changes) and pushes them back there.
+  const origin = workspace.origin;
+  const push = origin && h('button', { type: 'button', 'aria-label': `Push ${workspace.name} to ${origin.peer_name}`, onclick: async () => {
+    push.disabled = true;
+    push.textContent = 'Pushing…';
+    const result = await attempt(() => api('POST', `/workspaces/${workspace.id}/push`, {}));
+    push.disabled = false;
+    push.textContent = 'Push';
+    if (result) {
+      flash(result.state === 'done'
+        ? `Pushed ${result.changes} changed paths to ${result.peer}/${result.workspace}: revision ${result.revision} there. ${result.notes.slice(1).join(' ')}`
+        : `Nothing to push: ${result.peer}/${result.workspace} already has it. ${result.notes.slice(1).join(' ')}`);
+    }
+  } }, 'Push');
+  const sync = origin && h('button', { type: 'button', 'aria-label': `Sync ${workspace.name} from ${origin.peer_name}`, onclick: () => attempt(async () => {
+    await api('POST', '/transfers', { kind: 'sync', workspace: workspace.id });
+    flash(`Syncing ${workspace.name} from ${origin.peer_name}: see Transfers`);
+  }) }, 'Sync');
   // The editor is built when opened: a list of many workspaces renders fast.
   const details = h('details', { open, 'data-name': workspace.name }, h('summary', {}, 'Edit, history'));
   const fill = () => { if (details.open && details.childElementCount === 1) details.append(editor(workspace)); };
@@ -246,7 +264,8 @@ function row(workspace, open) {
     h('td', { text: workspace.type }),
     h('td', { text: `r${workspace.revision}` }),
     h('td', {}, h('label', { class: 'switch' }, share, 'Shared')),
-    h('td', {}, h('a', { href: `/api/v1/workspaces/${workspace.id}/export`, download: `${workspace.name}.tar.zst` }, 'Export'), ' ', remove));
+    h('td', {}, h('a', { href: `/api/v1/workspaces/${workspace.id}/export`, download: `${workspace.name}.tar.zst` }, 'Export'), ' ',
+      ...(origin ? [sync, ' ', push, ' '] : []), remove));
 }
 
 export function mount(main) {

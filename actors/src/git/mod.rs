@@ -326,6 +326,62 @@ impl Git {
         })
     }
 
+    /// Points branch `name` of the checkout at `commit`, which a peer's push brought (its
+    /// objects were added with the pushed files). Only a name under `aienv/` is ever set, so
+    /// a push never moves one of the checkout's own branches; the commit must be complete
+    /// here, every object it reaches present.
+    pub fn receive_branch(
+        &self,
+        checkout: &Path,
+        name: &str,
+        commit: &str,
+    ) -> Result<String, GitError> {
+        safety::check_checkout(checkout)?;
+        let refname = format!("refs/heads/{name}");
+        let hex = matches!(commit.len(), 40 | 64) && commit.bytes().all(|b| b.is_ascii_hexdigit());
+        if !name.starts_with("aienv/") || !hex {
+            return Err(GitError::UnknownRef {
+                url: String::new(),
+                git_ref: refname,
+            });
+        }
+        self.run(
+            checkout,
+            &["check-ref-format", &refname],
+            self.local_timeout,
+        )
+        .map_err(|_| GitError::UnknownRef {
+            url: String::new(),
+            git_ref: refname.clone(),
+        })?;
+        let kind = self.run(checkout, &["cat-file", "-t", commit], self.local_timeout)?;
+        if String::from_utf8_lossy(&kind.stdout).trim() != "commit" {
+            return Err(GitError::Failed {
+                command: format!("git cat-file -t {commit}"),
+                dir: checkout.display().to_string(),
+                stderr: "the pushed commit is not a commit here".into(),
+            });
+        }
+        // Every object the commit reaches must be here before a ref may point at it.
+        self.run(
+            checkout,
+            &["rev-list", "--objects", "--quiet", commit, "--not", "--all"],
+            self.network_timeout,
+        )?;
+        self.run(
+            checkout,
+            &[
+                "update-ref",
+                "-m",
+                "aienv: pushed from a clone",
+                &refname,
+                commit,
+            ],
+            self.local_timeout,
+        )?;
+        Ok(format!("branch {name} set to {}", &commit[..12]))
+    }
+
     /// Clones `url` into `dest` (which must not exist) and checks out `git_ref` (branch,
     /// tag or commit; the remote's default branch when absent).
     pub fn clone_into(

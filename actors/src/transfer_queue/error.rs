@@ -75,6 +75,19 @@ pub enum TransferError {
     /// No source could be reached for too long, or every source refused.
     #[error("no source can serve the workspace: {0}")]
     NoSource(String),
+    /// Both sides changed the same paths since the clone's last sync; nothing was applied.
+    #[error("{count} paths were changed on both sides since the last sync: {}{}; {hint}", .paths.iter().take(10).map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "), if *.count > 10 { ", ..." } else { "" })]
+    Conflict {
+        /// Some of the paths (up to a thousand), in byte order.
+        paths: Vec<String>,
+        /// How many in all.
+        count: usize,
+        /// What the person can do about it.
+        hint: &'static str,
+    },
+    /// The clone has no record of what it last synced to (cloned by an older version).
+    #[error("`{0}` has no record of the origin's content at its last sync (it was cloned by an older aienv): sync it once (`aienv sync {0}`), then push")]
+    NoBase(String),
     /// The source changed its content during the transfer.
     #[error("the source changed during the transfer ({0}); retry to fetch the new version")]
     SourceChanged(String),

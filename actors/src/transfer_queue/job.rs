@@ -9,7 +9,8 @@ use uuid::Uuid;
 use crate::identity::KeyFingerprint;
 use crate::snapshot::Hash;
 
-/// Clone a new workspace, or update an existing clone from its source.
+/// Clone a new workspace, update an existing clone from its source, or take a clone's
+/// changes into a workspace of this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransferKind {
@@ -17,14 +18,17 @@ pub enum TransferKind {
     Clone,
     /// Bring a clone up to date with its source.
     Sync,
+    /// A peer's clone pushed its changes to a workspace of this node (see [`super::push`]).
+    Push,
 }
 
 impl TransferKind {
-    /// `clone` or `sync`.
+    /// `clone`, `sync` or `push`.
     pub fn as_str(self) -> &'static str {
         match self {
             TransferKind::Clone => "clone",
             TransferKind::Sync => "sync",
+            TransferKind::Push => "push",
         }
     }
 }
@@ -95,6 +99,10 @@ pub struct TransferRequest {
     /// ran it, whose clone has the same id; nothing is recorded as an origin.
     #[serde(default)]
     pub placed: bool,
+    /// For a sync: take the source's version of paths both sides changed (otherwise such a
+    /// sync is refused with the paths). For a push: the pushing clone's version wins.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Counters of a job; `bytes_*` count file content.
@@ -172,6 +180,10 @@ pub struct JobInfo {
     /// job is done; the workspace is in place).
     #[serde(default)]
     pub hook_error: Option<String>,
+    /// Paths both sides changed (a refused sync or push), up to
+    /// [`super::push::MAX_LISTED_CONFLICTS`].
+    #[serde(default)]
+    pub conflicts: Vec<String>,
     /// How many times it was started.
     pub attempts: u32,
     /// When it was asked for.

@@ -91,6 +91,7 @@ impl JobContext {
             .await?;
         notes.extend(created.notes);
         let local_id = created.workspace.manifest.id;
+        self.save_base(local_id, snapshot).await;
         let written: HashSet<String> = snapshot
             .entries
             .iter()
@@ -138,11 +139,14 @@ impl JobContext {
         })
     }
 
+    /// Commits a sync. `source` is what the origin has (recorded as the clone's new base),
+    /// `target` what the clone gets: the same, or the source with the clone's own changes.
     pub(super) async fn materialize_sync(
         &self,
         id: Uuid,
         stage: &Arc<Stage>,
-        snapshot: &Arc<Snapshot>,
+        source: &Arc<Snapshot>,
+        target: &Arc<Snapshot>,
     ) -> Result<Outcome, TransferError> {
         let local = self.store.get(&id.to_string())?;
         let new_root = local.path.clone();
@@ -157,11 +161,115 @@ impl JobContext {
         }
         origin
             .relocated
-            .retain(|path, _| snapshot.entries.iter().any(|e| &e.path == path));
+            .retain(|path, _| target.entries.iter().any(|e| &e.path == path));
         origin.needs_rebuild = relocation.needs_rebuild.clone();
-        origin.revision = snapshot.revision;
-        origin.root = snapshot.root;
+        origin.revision = source.revision;
+        origin.root = source.root;
         origin.synced_at = Some(Utc::now());
+        let (entry, mut notes) = self
+            .commit_plan(
+                id,
+                stage,
+                target,
+                &origin.relocated,
+                is_clone.then_some(origin.clone()),
+                crate::events::WorkspaceChange::Synced,
+            )
+            .await?;
+        if is_clone && !self.job.request.placed {
+            self.save_base(id, source).await;
+        }
+        if !Arc::ptr_eq(source, target) {
+            let kept = super::push::differing_paths(source, target);
+            notes.push(format!(
+                "kept this clone's own changes ({kept} paths differ from the origin's); `aienv sync {} --push` sends them back",
+                entry.manifest.name
+            ));
+        }
+        let mut all = relocation.notes;
+        all.append(&mut notes);
+        Ok(Outcome {
+            local_id: id,
+            local_name: entry.manifest.name.clone(),
+            notes: all,
+            progress: Progress::default(),
+            local_root: None,
+            hook_error: None,
+        })
+    }
+
+    /// Commits a push from a peer's clone: the changed files, a new revision, and the
+    /// clone's git branches under `aienv/<peer>/`.
+    pub(super) async fn materialize_push(
+        &self,
+        id: Uuid,
+        stage: &Arc<Stage>,
+        target: &Arc<Snapshot>,
+    ) -> Result<Outcome, TransferError> {
+        let local = self.store.get(&id.to_string())?;
+        // The workspace may have changed here while the chunks came: the same rule again,
+        // against what it holds now.
+        let current = self.store.snapshot(&id.to_string()).await?.0;
+        let (_, request) = self.push_target(&current, &local.manifest.projects).await?;
+        let new_root = local.path.clone();
+        let relocation = {
+            let stage = stage.clone();
+            blocking(move || stage.relocate(&new_root)).await?
+        };
+        let (entry, mut notes) = self
+            .commit_plan(
+                id,
+                stage,
+                target,
+                &Default::default(),
+                None,
+                crate::events::WorkspaceChange::Pushed,
+            )
+            .await?;
+        notes.insert(
+            0,
+            format!(
+                "{} changed paths from `{}` on {} became revision {}",
+                request.changes.len(),
+                request.source_name,
+                self.job.peer_name,
+                entry.manifest.revision
+            ),
+        );
+        notes.extend(relocation.notes);
+        let git = self.store.git().clone();
+        let root = entry.path.clone();
+        let projects = entry.manifest.projects.clone();
+        let peer = self.job.peer_name.clone();
+        let branches = request.branches.clone();
+        let git_notes = blocking(move || {
+            Ok(branches
+                .iter()
+                .map(|branch| receive_branch(&git, &root, &projects, &peer, branch))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        notes.extend(git_notes);
+        Ok(Outcome {
+            local_id: id,
+            local_name: entry.manifest.name.clone(),
+            notes,
+            progress: Progress::default(),
+            local_root: None,
+            hook_error: None,
+        })
+    }
+
+    /// Hands the staged plan to the store and indexes what it wrote.
+    async fn commit_plan(
+        &self,
+        id: Uuid,
+        stage: &Arc<Stage>,
+        target: &Arc<Snapshot>,
+        relocated: &std::collections::BTreeMap<String, crate::snapshot::Hash>,
+        origin: Option<Origin>,
+        change: crate::events::WorkspaceChange,
+    ) -> Result<(Arc<crate::workspace_store::WorkspaceEntry>, Vec<String>), TransferError> {
         let plan = stage.take_plan();
         let summary = format!(
             "{} files replaced, {} links set, {} directories created, {} paths removed",
@@ -174,30 +282,66 @@ impl JobContext {
             .files
             .iter()
             .map(|(_, path)| path.clone())
-            .filter(|path| {
-                !origin.relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE
-            })
+            .filter(|path| !relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE)
             .collect();
         let started = Instant::now();
         let entry = self
             .store
-            .commit_sync(id, plan, is_clone.then_some(origin), &self.job.request.by)
+            .commit_sync(id, plan, origin, &self.job.request.by, change)
             .await?;
         let committed = started.elapsed();
         self.store
-            .record_snapshot(id, snapshot.clone(), written)
+            .record_snapshot(id, target.clone(), written)
             .await?;
         tracing::debug!(job = %self.job.id, ?committed, recorded = ?started.elapsed() - committed, "sync committed");
-        let mut notes = relocation.notes;
-        notes.push(summary);
-        Ok(Outcome {
-            local_id: id,
-            local_name: entry.manifest.name.clone(),
-            notes,
-            progress: Progress::default(),
-            local_root: None,
-            hook_error: None,
+        Ok((entry, vec![summary]))
+    }
+
+    /// Records what a clone had from its origin (what a later push or sync compares with).
+    /// A failure costs only that: the next sync records it again.
+    async fn save_base(&self, id: Uuid, snapshot: &Arc<Snapshot>) {
+        let (dir, snapshot) = (self.config.dir.clone(), snapshot.clone());
+        let saved = blocking(move || {
+            super::push::save_base(&dir, id, &snapshot)
+                .map_err(|e| TransferError::io("recording the base of", &dir)(e))
         })
+        .await;
+        if let Err(error) = saved {
+            tracing::warn!(workspace = %id, %error, "recording the clone's base failed; push needs a sync first");
+        }
+    }
+}
+
+/// Points `aienv/<peer>/<branch>` of a pushed project at the pushed commit; says what
+/// happened (never fails the push: the files are in).
+fn receive_branch(
+    git: &crate::git::Git,
+    root: &std::path::Path,
+    projects: &[crate::model::Project],
+    peer: &str,
+    branch: &super::push::BranchPush,
+) -> String {
+    let declared = projects.iter().any(|p| {
+        p.path
+            .split('/')
+            .filter(|part| !part.is_empty() && *part != ".")
+            .collect::<Vec<_>>()
+            .join("/")
+            == branch.project
+    });
+    let name = format!("aienv/{peer}/{}", branch.branch);
+    if !declared {
+        return format!(
+            "`{}` is not a project of this workspace: branch {name} not set",
+            branch.project
+        );
+    }
+    if let Err(reason) = crate::git::no_link_on_the_way(root, &branch.project) {
+        return format!("{}: {reason}", branch.project);
+    }
+    match git.receive_branch(&root.join(&branch.project), &name, &branch.commit) {
+        Ok(note) => format!("{}: {note}", branch.project),
+        Err(error) => format!("{}: branch {name} not set: {error}", branch.project),
     }
 }
 

@@ -17,6 +17,7 @@ mod error;
 mod fetch;
 mod job;
 mod materialize;
+pub mod push;
 mod runner;
 mod stage;
 
@@ -180,6 +181,8 @@ impl Actor for TransferQueue {
             }
             self.jobs.insert(job.id, job);
         }
+        let store = self.store.clone();
+        push::prune_bases(&self.config.dir, |id| store.get(&id.to_string()).is_ok());
         self.publish_view();
         self.schedule(ctx);
     }
@@ -198,6 +201,87 @@ impl Actor for TransferQueue {
 struct Enqueue {
     kind: TransferKind,
     request: TransferRequest,
+}
+
+/// Takes a peer's pushed changes into workspace `local` of this node (the caller checked
+/// that the peer may write it).
+#[derive(Message)]
+#[rtype(result = "Result<Arc<JobInfo>, TransferError>")]
+struct EnqueuePush {
+    local: Uuid,
+    peer: crate::peer_registry::TrustedPeer,
+    request: push::PushRequest,
+    by: String,
+}
+
+impl Handler<EnqueuePush> for TransferQueue {
+    type Result = Result<Arc<JobInfo>, TransferError>;
+
+    fn handle(&mut self, message: EnqueuePush, ctx: &mut Self::Context) -> Self::Result {
+        let EnqueuePush {
+            local,
+            peer,
+            request,
+            by,
+        } = message;
+        let entry = self.store.get(&local.to_string())?;
+        if let Some(other) = self
+            .jobs
+            .values()
+            .find(|other| !other.state.is_finished() && other.local_id == Some(local))
+        {
+            return Err(TransferError::BadRequest(format!(
+                "transfer {} is already working on `{}`; push again when it is done",
+                other.id, entry.manifest.name
+            )));
+        }
+        let now = Utc::now();
+        let job = JobInfo {
+            id: Uuid::new_v4(),
+            kind: TransferKind::Push,
+            state: JobState::Queued,
+            request: TransferRequest {
+                peer: peer.id.to_string(),
+                workspace: local.to_string(),
+                by,
+                force: request.force,
+                ..TransferRequest::default()
+            },
+            peer_id: peer.id,
+            peer_key: Some(peer.key),
+            peer_name: peer.name.clone(),
+            workspace_id: request.source_workspace_id,
+            workspace_name: request.source_name.clone(),
+            target_name: entry.manifest.name.clone(),
+            local_id: Some(local),
+            sources: Vec::new(),
+            root: None,
+            local_root: None,
+            baseline: None,
+            progress: Progress::default(),
+            error: None,
+            notes: Vec::new(),
+            hook_error: None,
+            conflicts: Vec::new(),
+            attempts: 0,
+            created: now,
+            updated: now,
+            started: None,
+            finished: None,
+        };
+        let dir = self.config.dir.join(job.id.to_string());
+        std::fs::create_dir_all(&dir).map_err(TransferError::io("creating", &dir))?;
+        let path = dir.join(push::REQUEST_FILE);
+        crate::fsio::write_atomic(&path, &request.encode())
+            .map_err(|e| TransferError::io("writing", &path)(std::io::Error::other(e)))?;
+        tracing::info!(job = %job.id, peer = %peer.name, workspace = %entry.manifest.name, changes = request.changes.len(), branches = request.branches.len(), "push queued");
+        let id = job.id;
+        self.jobs.insert(id, job);
+        self.persist(id);
+        self.publish(id);
+        self.schedule(ctx);
+        Ok(Arc::new(self.jobs[&id].clone()))
+    }
 }
 
 /// Cancels an active job, or removes a finished one with its staging data.
@@ -272,6 +356,7 @@ impl Handler<Enqueue> for TransferQueue {
             error: None,
             notes: Vec::new(),
             hook_error: None,
+            conflicts: Vec::new(),
             attempts: 0,
             created: now,
             updated: now,
@@ -281,6 +366,11 @@ impl Handler<Enqueue> for TransferQueue {
         match kind {
             TransferKind::Clone => self.resolve_clone(&mut job)?,
             TransferKind::Sync => self.resolve_sync(&mut job)?,
+            TransferKind::Push => {
+                return Err(TransferError::BadRequest(
+                    "a push is asked for by the pushing node (`aienv sync WS --push`)".into(),
+                ))
+            }
         }
         if let Some(other) = self.jobs.values().find(|other| {
             !other.state.is_finished()
@@ -633,6 +723,11 @@ impl TransferQueue {
                         }
                         Err(error) => {
                             tracing::warn!(job = %id, %error, "transfer failed");
+                            if let (TransferError::Conflict { paths, .. }, Some(job)) =
+                                (&error, actor.jobs.get_mut(&id))
+                            {
+                                job.conflicts = paths.clone();
+                            }
                             actor.set_finished(id, JobState::Failed, Some(error.to_string()));
                         }
                     }
@@ -756,6 +851,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub struct TransferQueueHandle {
     addr: Addr<TransferQueue>,
     view: watch::Receiver<Arc<TransfersView>>,
+    /// `<data-dir>/transfers`, where clones' bases are read.
+    dir: PathBuf,
+    limits: SnapshotLimits,
 }
 
 impl TransferQueueHandle {
@@ -773,6 +871,7 @@ impl TransferQueueHandle {
             seq: bus.last_seq(),
             jobs: Vec::new(),
         }));
+        let (dir, limits) = (config.dir.clone(), config.limits.clone());
         let addr = TransferQueue {
             config: Arc::new(config),
             jobs: HashMap::new(),
@@ -786,7 +885,12 @@ impl TransferQueueHandle {
             post_clone,
         }
         .start();
-        TransferQueueHandle { addr, view }
+        TransferQueueHandle {
+            addr,
+            view,
+            dir,
+            limits,
+        }
     }
 
     /// The current view.
@@ -809,6 +913,30 @@ impl TransferQueueHandle {
             .send(Enqueue { kind, request })
             .await
             .map_err(|_| TransferError::Unavailable)?
+    }
+
+    /// Queues a peer's push into workspace `local` (see [`push`]).
+    pub async fn push(
+        &self,
+        local: Uuid,
+        peer: crate::peer_registry::TrustedPeer,
+        request: push::PushRequest,
+        by: String,
+    ) -> Result<Arc<JobInfo>, TransferError> {
+        self.addr
+            .send(EnqueuePush {
+                local,
+                peer,
+                request,
+                by,
+            })
+            .await
+            .map_err(|_| TransferError::Unavailable)?
+    }
+
+    /// What workspace `id` (a clone) had from its origin at its last clone or sync.
+    pub fn base(&self, id: Uuid) -> Result<Option<crate::snapshot::Snapshot>, TransferError> {
+        Ok(push::load_base(&self.dir, id, &self.limits)?)
     }
 
     /// Cancels an active job; removes a finished one (returns `None`).

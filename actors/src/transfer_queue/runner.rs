@@ -75,9 +75,13 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     let mut phases = Phases::new();
     let local = match cx.job.kind {
         TransferKind::Clone => None,
-        TransferKind::Sync => Some(
-            cx.store
-                .get(&cx.job.local_id.expect("a sync names its clone").to_string())?,
+        TransferKind::Sync | TransferKind::Push => Some(
+            cx.store.get(
+                &cx.job
+                    .local_id
+                    .expect("a sync or push names its workspace")
+                    .to_string(),
+            )?,
         ),
     };
     // A sync whose source and clone are both as the last transfer left them has nothing to
@@ -86,7 +90,9 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // The clone's snapshot is taken once per attempt and used by every step that needs it.
     let mut fetched = None;
     let mut mine: Option<Arc<Snapshot>> = None;
-    if let (Some(local), Some(baseline)) = (&local, cx.job.baseline) {
+    if let (Some(local), Some(baseline), TransferKind::Sync) =
+        (&local, cx.job.baseline, cx.job.kind)
+    {
         let origin = sync_origin(&cx.job, local);
         let id = local.manifest.id.to_string();
         let (source, current) = futures_util::future::join(
@@ -102,13 +108,35 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         }
         mine = Some(current);
     }
-    let snapshot = Arc::new(match fetched {
-        Some(snapshot) => snapshot,
-        None => cx
-            .fetch_manifest(cx.job.peer_id, None)
-            .await?
-            .expect("a manifest without a known root is always sent"),
-    });
+    if let (Some(local), None) = (&local, &mine) {
+        mine = Some(cx.store.snapshot(&local.manifest.id.to_string()).await?.0);
+    }
+    // What the source has, and what this node will have: the same for a clone and for a
+    // plain sync; the source's content with this clone's own changes laid over it for a
+    // sync that keeps them; this workspace with the peer's changes for a push.
+    let (source, snapshot) = if cx.job.kind == TransferKind::Push {
+        let current = mine.as_ref().expect("taken just above");
+        let projects = &local
+            .as_ref()
+            .expect("a push names its workspace")
+            .manifest
+            .projects;
+        let (target, _) = cx.push_target(current, projects).await?;
+        (None, Arc::new(target))
+    } else {
+        let source = Arc::new(match fetched {
+            Some(snapshot) => snapshot,
+            None => cx
+                .fetch_manifest(cx.job.peer_id, None)
+                .await?
+                .expect("a manifest without a known root is always sent"),
+        });
+        let target = match (&local, &mine) {
+            (Some(local), Some(current)) => cx.pull_target(local, current, &source).await?,
+            _ => None,
+        };
+        (Some(source.clone()), target.map_or(source, Arc::new))
+    };
     phases.mark("manifest");
     let previous_root = std::fs::read(cx.job_dir.join("root")).ok();
     if previous_root.as_deref() != Some(&snapshot.root.0[..]) {
@@ -125,13 +153,13 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     progress.bytes_total = snapshot.total_bytes();
     progress.files_total = snapshot.file_count();
 
-    if let Some(local) = &local {
-        if mine.is_none() {
-            mine = Some(cx.store.snapshot(&local.manifest.id.to_string()).await?.0);
-        }
+    if let (Some(local), Some(source), TransferKind::Sync) = (&local, &source, cx.job.kind) {
         let current = mine.as_ref().expect("taken just above");
         let origin = sync_origin(&cx.job, local);
-        if origin.root == snapshot.root && unchanged(current, &snapshot, &origin) {
+        // Nothing new at the source (the clone's own changes stay as they are), or nothing
+        // changed on either side.
+        let kept = !Arc::ptr_eq(source, &snapshot);
+        if origin.root == source.root && (kept || unchanged(current, source, &origin)) {
             let totals = (progress.bytes_total, progress.files_total);
             let outcome = up_to_date(local, totals, current.root, progress);
             cx.progress(&outcome.progress);
@@ -141,7 +169,9 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
 
     // Other online peers sharing the same content become sources too.
     let mut sources = vec![Source::new(cx.job.peer_id, cx.job.peer_name.clone())];
-    sources.extend(cx.extra_sources(&snapshot).await);
+    if cx.job.kind != TransferKind::Push {
+        sources.extend(cx.extra_sources(&snapshot).await);
+    }
     cx.queue.do_send(JobReport::Sources(
         cx.job.id,
         sources.iter().map(|s| s.name.clone()).collect(),
@@ -164,7 +194,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             _ => None,
         };
         blocking(move || match (kind, local_state) {
-            (TransferKind::Sync, Some((current, relocated))) => {
+            (TransferKind::Sync | TransferKind::Push, Some((current, relocated))) => {
                 Stage::prepare_sync(snapshot, &current, &relocated, &job_dir)
             }
             _ => Stage::prepare_clone(snapshot, &job_dir),
@@ -233,9 +263,13 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     cx.progress(&progress);
 
     cx.state(JobState::Materializing);
-    let outcome = match (&local, cx.job.kind) {
-        (Some(local), TransferKind::Sync) => {
-            cx.materialize_sync(local.manifest.id, &stage, &snapshot)
+    let outcome = match (&local, cx.job.kind, &source) {
+        (Some(local), TransferKind::Push, _) => {
+            cx.materialize_push(local.manifest.id, &stage, &snapshot)
+                .await?
+        }
+        (Some(local), TransferKind::Sync, Some(source)) => {
+            cx.materialize_sync(local.manifest.id, &stage, source, &snapshot)
                 .await?
         }
         _ => cx.materialize_clone(&stage, &snapshot).await?,
@@ -492,4 +526,91 @@ fn check_case(snapshot: &Snapshot, dir: &std::path::Path) -> Result<(), Transfer
             .collect::<Vec<_>>()
             .join(", "),
     })
+}
+
+/// What a refused push tells the pushing person.
+const PUSH_HINT: &str = "nothing was applied; sync the clone first (`aienv sync WS` keeps its own changes and takes the origin's), or push with --force to overwrite the origin's versions";
+/// What a refused sync tells the person.
+const PULL_HINT: &str = "nothing was applied; push your changes first (`aienv sync WS --push`), or sync with --force to take the origin's versions";
+
+fn conflict(conflicts: super::push::Conflicts, hint: &'static str) -> TransferError {
+    TransferError::Conflict {
+        paths: conflicts.paths,
+        count: conflicts.count,
+        hint,
+    }
+}
+
+impl JobContext {
+    /// A push job's target: its request laid over this workspace as `current` has it.
+    pub(super) async fn push_target(
+        &self,
+        current: &Arc<Snapshot>,
+        projects: &[crate::model::Project],
+    ) -> Result<(Snapshot, super::push::PushRequest), TransferError> {
+        let path = self.job_dir.join(super::push::REQUEST_FILE);
+        let limits = self.config.limits.clone();
+        let current = current.clone();
+        let projects = projects.to_vec();
+        blocking(move || {
+            let bytes = std::fs::read(&path).map_err(TransferError::io("reading", &path))?;
+            let request = super::push::PushRequest::decode(&bytes, &limits)?;
+            super::push::check_pushed(&request.changes, &projects, &current)?;
+            let target = super::push::merge(
+                &current,
+                &request.changes,
+                request.force,
+                &request.source_root,
+            )
+            .map_err(|c| conflict(c, PUSH_HINT))?;
+            target.validate(&limits)?;
+            Ok((target, request))
+        })
+        .await
+    }
+
+    /// A sync's target when the clone has changes of its own since its base: the source
+    /// with them laid over it (`None`: take the source as it is — no base recorded, nothing
+    /// changed here, a forced sync, or a placed workspace's results).
+    async fn pull_target(
+        &self,
+        local: &WorkspaceEntry,
+        current: &Arc<Snapshot>,
+        source: &Arc<Snapshot>,
+    ) -> Result<Option<Snapshot>, TransferError> {
+        let Some(origin) = local.origin.clone() else {
+            return Ok(None);
+        };
+        if self.job.request.force || self.job.request.placed {
+            return Ok(None);
+        }
+        let Some(base) =
+            super::push::load_base(&self.config.dir, local.manifest.id, &self.config.limits)?
+        else {
+            return Ok(None);
+        };
+        let (current, source) = (current.clone(), source.clone());
+        let projects = local.manifest.projects.clone();
+        let limits = self.config.limits.clone();
+        blocking(move || {
+            let git_projects = super::push::git_projects(&projects, &current);
+            let set = super::push::changes(
+                &base,
+                &current,
+                &super::push::Exclusions {
+                    relocated: &origin.relocated,
+                    git_projects: &git_projects,
+                    git_objects: false,
+                },
+            );
+            if set.changes.is_empty() {
+                return Ok(None);
+            }
+            let target = super::push::merge(&source, &set.changes, false, &source.source_root)
+                .map_err(|c| conflict(c, PULL_HINT))?;
+            target.validate(&limits)?;
+            Ok(Some(target))
+        })
+        .await
+    }
 }

@@ -439,7 +439,7 @@ impl Stage {
     fn file_path(&self, index: usize) -> PathBuf {
         match self.kind {
             TransferKind::Clone => self.dir.join(&self.snapshot.entries[index].path),
-            TransferKind::Sync => self.dir.join(format!("f{index}")),
+            TransferKind::Sync | TransferKind::Push => self.dir.join(format!("f{index}")),
         }
     }
 
@@ -453,7 +453,7 @@ impl Stage {
                 .rev()
                 .filter(|&i| self.snapshot.entries[i].kind != EntryKind::Symlink)
                 .collect(),
-            TransferKind::Sync => self.written.clone(),
+            TransferKind::Sync | TransferKind::Push => self.written.clone(),
         };
         for index in indices {
             let full = self.file_path(index);
@@ -638,7 +638,7 @@ impl Stage {
                             std::os::unix::fs::symlink(&final_target, &full)
                                 .map_err(TransferError::io("creating link", &full))?;
                         }
-                        TransferKind::Sync => {
+                        TransferKind::Sync | TransferKind::Push => {
                             for link in plan.links.iter_mut().filter(|(p, _)| *p == entry.path) {
                                 link.1 = final_target.clone();
                             }

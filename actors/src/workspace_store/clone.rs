@@ -155,6 +155,8 @@ struct CommitSync {
     /// workspace's results coming back).
     origin: Option<Origin>,
     by: String,
+    /// `Synced`, or `Pushed` (a peer's changes: always a new revision).
+    change: WorkspaceChange,
 }
 
 impl Handler<CommitSync> for WorkspaceStore {
@@ -166,6 +168,7 @@ impl Handler<CommitSync> for WorkspaceStore {
             plan,
             origin,
             by,
+            change,
         } = message;
         let old = self.find(&id.to_string())?;
         let root = old.path.clone();
@@ -179,7 +182,8 @@ impl Handler<CommitSync> for WorkspaceStore {
         manifest.sharing = old.manifest.sharing.clone();
         let manifest_path = root.join(WORKSPACE_FILE);
         let local_text = fs::read_to_string(&manifest_path).unwrap_or_default();
-        if manifest.revision < old.manifest.revision
+        if change == WorkspaceChange::Pushed
+            || manifest.revision < old.manifest.revision
             || (manifest.revision == old.manifest.revision
                 && yaml::to_string(&manifest) != yaml::to_string(&old.manifest))
         {
@@ -196,7 +200,7 @@ impl Handler<CommitSync> for WorkspaceStore {
             manifest,
             loaded.environments,
             root,
-            WorkspaceChange::Synced,
+            change,
             Some(&old.manifest.name),
             &by,
         )
@@ -322,19 +326,22 @@ impl WorkspaceStoreHandle {
     }
 
     /// Applies a sync plan to the clone `id` and records the new origin state (none for a
-    /// workspace that is not a clone).
+    /// workspace that is not a clone). `change` is `Synced`, or `Pushed` for a peer's
+    /// changes (a new revision even when `workspace.yaml` stayed as it was).
     pub async fn commit_sync(
         &self,
         id: Uuid,
         plan: SyncPlan,
         origin: Option<Origin>,
         by: &str,
+        change: WorkspaceChange,
     ) -> Result<Arc<WorkspaceEntry>, StoreError> {
         self.send(CommitSync {
             id,
             plan,
             origin,
             by: by.to_string(),
+            change,
         })
         .await?
     }

@@ -422,6 +422,7 @@ pub(super) async fn start_lent(
                 private: true,
                 by: format!("{}@{}", body.user, peer.name),
                 placed: true,
+                force: false,
             },
         ),
     };

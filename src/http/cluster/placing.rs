@@ -770,6 +770,7 @@ pub(in crate::http) async fn sync_results(
                 workspace: entry.manifest.id.to_string(),
                 by: login.name().to_string(),
                 placed: true,
+                force: false,
                 ..TransferRequest::default()
             },
         )

@@ -1,0 +1,733 @@
+//! Changes back to the origin, and pulls that keep a clone's own changes.
+//!
+//! A clone remembers the snapshot its origin had at the last clone or sync (its *base*,
+//! `<transfers>/bases/<workspace id>`). What the clone changed since is the difference
+//! between the base and its own snapshot ([`changes`]): each change names the path, what the
+//! base had there and what the clone has now. The same three-way rule ([`merge`]) serves
+//! both directions:
+//!
+//! - **push**: the origin lays the clone's changes over its current snapshot. A path the
+//!   origin also changed since the base (it no longer has what the base had) is a conflict;
+//!   nothing is applied unless the push is forced (the clone's version wins).
+//! - **pull** (`sync`): the clone lays its own changes over the origin's new snapshot, so a
+//!   sync no longer overwrites work done in the clone; a path both changed is a conflict
+//!   unless the sync is forced (the origin's version wins).
+//!
+//! Git projects travel as git does it: their working trees and `.git` state are not laid
+//! over anything; a push adds the clone's new git objects (`objects/xx/…`, packs: names
+//! derived from content, so adding one never changes another) and the origin points a
+//! branch named for the clone at the pushed commit ([`BranchPush`]). Spec:
+//! `schemas/transfer.md`, "Pushing changes back".
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits};
+
+/// Version of the push body.
+pub const PUSH_FORMAT: u32 = 1;
+/// Most branches one push may update.
+pub const MAX_BRANCHES: usize = 64;
+/// The pushed request in a push job's directory.
+pub const REQUEST_FILE: &str = "push.msgpack.zst";
+/// Most conflicting paths listed (the count is always exact).
+pub const MAX_LISTED_CONFLICTS: usize = 1000;
+
+/// One path the clone changed since its base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Workspace-relative path.
+    pub path: String,
+    /// What the base had there (without chunks), or nothing.
+    #[serde(default)]
+    pub base: Option<SnapshotEntry>,
+    /// What the clone has there now, or nothing (removed).
+    #[serde(default)]
+    pub new: Option<SnapshotEntry>,
+}
+
+/// A git project's branch going back to the origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchPush {
+    /// The project's path in the workspace.
+    pub project: String,
+    /// The clone's branch name (`main`); the origin stores it as
+    /// `aienv/<clone node>/<branch>`.
+    pub branch: String,
+    /// The commit, 40 or 64 hex digits.
+    pub commit: String,
+}
+
+/// The body of `POST /workspaces/{ws}/pushes`: MessagePack, zstd-compressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// Always [`PUSH_FORMAT`].
+    pub format: u32,
+    /// The clone's workspace id on the pushing node: chunks are fetched from it.
+    #[serde(deserialize_with = "crate::uuid_wire::deserialize")]
+    pub source_workspace_id: Uuid,
+    /// The clone's name there.
+    pub source_name: String,
+    /// The clone's absolute path there (pushed files that embed it are relocated).
+    pub source_root: String,
+    /// Root of the origin snapshot the clone last synced to (its base).
+    pub base_root: Hash,
+    /// Apply even where the origin changed the same path (the clone's version wins).
+    pub force: bool,
+    /// The changes, in path byte order, each path once.
+    pub changes: Vec<Change>,
+    /// Git branches to set on the origin.
+    #[serde(default)]
+    pub branches: Vec<BranchPush>,
+}
+
+impl PushRequest {
+    /// MessagePack, zstd-compressed.
+    pub fn encode(&self) -> Vec<u8> {
+        let packed = rmp_serde::to_vec_named(self).expect("push requests always encode");
+        zstd::bulk::compress(&packed, 1).expect("compressing into memory cannot fail")
+    }
+
+    /// Decodes and checks a push received from a peer (bounded like a snapshot).
+    pub fn decode(bytes: &[u8], limits: &SnapshotLimits) -> Result<PushRequest, SnapshotError> {
+        let packed = crate::snapshot::decompress_bounded(bytes, limits)?;
+        let request: PushRequest = rmp_serde::from_slice(&packed)
+            .map_err(|e| SnapshotError::Malformed(format!("not a push request: {e}")))?;
+        request.validate(limits)?;
+        Ok(request)
+    }
+
+    fn validate(&self, limits: &SnapshotLimits) -> Result<(), SnapshotError> {
+        if self.format != PUSH_FORMAT {
+            return Err(SnapshotError::Malformed(format!(
+                "push format {} is not supported (this node reads {PUSH_FORMAT})",
+                self.format
+            )));
+        }
+        if self.changes.len() > limits.max_entries {
+            return Err(SnapshotError::TooLarge(format!(
+                "{} changes, more than the limit of {}",
+                self.changes.len(),
+                limits.max_entries
+            )));
+        }
+        let mut previous: Option<&str> = None;
+        for change in &self.changes {
+            let bad = |reason: &str| SnapshotError::BadEntry {
+                path: change.path.clone(),
+                reason: reason.to_string(),
+            };
+            if previous.is_some_and(|p| p.as_bytes() >= change.path.as_bytes()) {
+                return Err(bad("changes must be in strict byte order of path"));
+            }
+            previous = Some(&change.path);
+            crate::tree::check_relative(&change.path).map_err(bad)?;
+            if [&change.base, &change.new]
+                .iter()
+                .any(|e| e.as_ref().is_some_and(|e| e.path != change.path))
+            {
+                return Err(bad("an entry of this change names another path"));
+            }
+            if change.base.is_none() && change.new.is_none() {
+                return Err(bad("a change needs a base or a new entry"));
+            }
+        }
+        if !self.source_root.starts_with('/')
+            || self.source_root.len() < 2
+            || self.source_root.len() > crate::tree::MAX_PATH_BYTES
+            || self.source_root.contains('\0')
+        {
+            return Err(SnapshotError::Malformed(format!(
+                "source_root `{}` is not an absolute path",
+                self.source_root.escape_debug()
+            )));
+        }
+        if self.branches.len() > MAX_BRANCHES {
+            return Err(SnapshotError::TooLarge(format!(
+                "{} branches, more than the limit of {MAX_BRANCHES}",
+                self.branches.len()
+            )));
+        }
+        for branch in &self.branches {
+            let bad = |reason: String| SnapshotError::BadEntry {
+                path: branch.project.clone(),
+                reason,
+            };
+            crate::tree::check_relative(&branch.project).map_err(|r| bad(r.to_string()))?;
+            if !is_commit_id(&branch.commit) {
+                return Err(bad(format!(
+                    "commit `{}` is not 40 or 64 hex digits",
+                    branch.commit
+                )));
+            }
+            if !is_branch_name(&branch.branch) {
+                return Err(bad(format!("`{}` is not a branch name", branch.branch)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 40 (SHA-1) or 64 (SHA-256) lower-case hex digits.
+pub fn is_commit_id(text: &str) -> bool {
+    matches!(text.len(), 40 | 64)
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A conservative branch name: what `git check-ref-format --branch` takes, limited to
+/// letters, digits and `._/-`, no empty or dot-led component, no `..`, no `.lock` end.
+pub fn is_branch_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('-')
+        && !name.contains("..")
+        && !name.ends_with(".lock")
+        && !name.ends_with('/')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.'))
+}
+
+/// Whether two entries describe the same thing (kind, mode, content or target).
+pub fn same(a: Option<&SnapshotEntry>, b: Option<&SnapshotEntry>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.kind == b.kind
+                && a.mode == b.mode
+                && match a.kind {
+                    EntryKind::File => a.hash == b.hash && a.size == b.size,
+                    EntryKind::Symlink => a.target == b.target,
+                    EntryKind::Dir => true,
+                }
+        }
+        _ => false,
+    }
+}
+
+/// How many paths differ between two snapshots (present in one only, or not the [`same`]).
+pub fn differing_paths(a: &Snapshot, b: &Snapshot) -> usize {
+    let in_a: HashMap<&str, &SnapshotEntry> =
+        a.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let changed = b
+        .entries
+        .iter()
+        .filter(|e| !same(in_a.get(e.path.as_str()).copied(), Some(e)))
+        .count();
+    let in_b: std::collections::HashSet<&str> = b.entries.iter().map(|e| e.path.as_str()).collect();
+    changed + in_a.keys().filter(|p| !in_b.contains(*p)).count()
+}
+
+/// Which paths a side's changes leave out.
+pub struct Exclusions<'a> {
+    /// Files rewritten on arrival because they embedded the origin's path.
+    pub relocated: &'a BTreeMap<String, Hash>,
+    /// Git projects' paths.
+    pub git_projects: &'a [String],
+    /// Keep additions of git objects (a push), or nothing of `.git` (a pull).
+    pub git_objects: bool,
+}
+
+impl Exclusions<'_> {
+    /// Why `change` stays out, if it does.
+    fn excludes(&self, change: &Change) -> Option<Skipped> {
+        let path = change.path.as_str();
+        if path == crate::model::WORKSPACE_FILE || self.relocated.contains_key(path) {
+            return Some(Skipped::Metadata);
+        }
+        let (project, inner) = self
+            .git_projects
+            .iter()
+            .find_map(|p| within(p, path).map(|inner| (p, inner)))?;
+        let object_added = change.base.is_none()
+            && change
+                .new
+                .as_ref()
+                .is_some_and(|new| object_kind(inner) == Some(new.kind));
+        if self.git_objects && object_added {
+            return None;
+        }
+        Some(if inner == ".git" || inner.starts_with(".git/") {
+            Skipped::GitState
+        } else {
+            Skipped::GitWorkTree(project.clone())
+        })
+    }
+}
+
+/// `path` relative to `project` (`""` is the workspace itself), if it is inside; the
+/// project's own directory is inside as `""`.
+fn within<'p>(project: &str, path: &'p str) -> Option<&'p str> {
+    if project.is_empty() {
+        return Some(path);
+    }
+    match path.strip_prefix(project)? {
+        "" => Some(""),
+        rest => rest.strip_prefix('/'),
+    }
+}
+
+/// The paths of the workspace's projects that are git checkouts in `snapshot` (they have
+/// `.git`), normalized (`./a/` → `a`; the workspace itself is `""`).
+pub fn git_projects(projects: &[crate::model::Project], snapshot: &Snapshot) -> Vec<String> {
+    projects
+        .iter()
+        .map(|project| {
+            project
+                .path
+                .split('/')
+                .filter(|part| !part.is_empty() && *part != ".")
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .filter(|path| {
+            let git = if path.is_empty() {
+                ".git".to_string()
+            } else {
+                format!("{path}/.git")
+            };
+            snapshot
+                .entries
+                .binary_search_by(|e| e.path.as_bytes().cmp(git.as_bytes()))
+                .is_ok()
+        })
+        .collect()
+}
+
+/// What a path under `.git` that names git objects by their content must be (loose
+/// objects' directories, loose objects, packs), or `None` for any other path.
+fn object_kind(inner: &str) -> Option<EntryKind> {
+    let rest = inner.strip_prefix(".git/objects/")?;
+    let hex = |s: &str, lengths: &[usize]| {
+        lengths.contains(&s.len()) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let pack = |name: &str| {
+        name.strip_prefix("pack-")
+            .and_then(|n| {
+                n.strip_suffix(".pack")
+                    .or_else(|| n.strip_suffix(".idx"))
+                    .or_else(|| n.strip_suffix(".rev"))
+            })
+            .is_some_and(|h| hex(h, &[40, 64]))
+    };
+    match rest.split('/').collect::<Vec<_>>().as_slice() {
+        [dir] if hex(dir, &[2]) => Some(EntryKind::Dir),
+        [dir, name] if hex(dir, &[2]) && hex(name, &[38, 62]) => Some(EntryKind::File),
+        ["pack", name] if pack(name) => Some(EntryKind::File),
+        _ => None,
+    }
+}
+
+/// Refuses a push that changes what pushes never change (`workspace.yaml`, a git project's
+/// working tree or `.git` beyond new objects), judged by the receiving side's own projects.
+pub fn check_pushed(
+    changes: &[Change],
+    projects: &[crate::model::Project],
+    current: &Snapshot,
+) -> Result<(), SnapshotError> {
+    let git_projects = git_projects(projects, current);
+    let relocated = BTreeMap::new();
+    let rule = Exclusions {
+        relocated: &relocated,
+        git_projects: &git_projects,
+        git_objects: true,
+    };
+    for change in changes {
+        let why = match rule.excludes(change) {
+            None => continue,
+            Some(Skipped::Metadata) => "workspace.yaml is each node's own; pushes never change it",
+            Some(Skipped::GitState) => {
+                "a git project's .git takes only new objects (commits go back as a branch)"
+            }
+            Some(Skipped::GitWorkTree(_)) => {
+                "a git project's files go back as commits on a branch, not as files"
+            }
+        };
+        return Err(SnapshotError::BadEntry {
+            path: change.path.clone(),
+            reason: why.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Why a change was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Skipped {
+    /// `workspace.yaml` or a relocated file.
+    Metadata,
+    /// A git project's `.git` state.
+    GitState,
+    /// A git project's working tree: it goes back as commits.
+    GitWorkTree(String),
+}
+
+/// What the clone changed since its base, and what of it stays out.
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    /// The changes, in path byte order.
+    pub changes: Vec<Change>,
+    /// Git projects whose working tree differs from the base, with the count of paths: those
+    /// go back only as commits.
+    pub skipped_work_trees: BTreeMap<String, usize>,
+}
+
+/// The difference from `base` to `mine`, minus what `exclusions` leave out.
+pub fn changes(base: &Snapshot, mine: &Snapshot, exclusions: &Exclusions<'_>) -> ChangeSet {
+    let base_map: HashMap<&str, &SnapshotEntry> =
+        base.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mine_map: HashMap<&str, &SnapshotEntry> =
+        mine.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let paths: BTreeSet<&str> = base_map.keys().chain(mine_map.keys()).copied().collect();
+    let mut set = ChangeSet::default();
+    for path in paths {
+        let (b, m) = (base_map.get(path).copied(), mine_map.get(path).copied());
+        if same(b, m) {
+            continue;
+        }
+        let change = Change {
+            path: path.to_string(),
+            base: b.map(|e| SnapshotEntry {
+                chunks: Vec::new(),
+                ..e.clone()
+            }),
+            new: m.cloned(),
+        };
+        match exclusions.excludes(&change) {
+            None => set.changes.push(change),
+            Some(Skipped::GitWorkTree(project)) => {
+                *set.skipped_work_trees.entry(project).or_default() += 1
+            }
+            Some(_) => {}
+        }
+    }
+    set
+}
+
+/// Paths both sides changed: nothing was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflicts {
+    /// Up to [`MAX_LISTED_CONFLICTS`] paths, in byte order.
+    pub paths: Vec<String>,
+    /// How many there are in all.
+    pub count: usize,
+}
+
+/// `onto` with `changes` laid over it (see the module's rule). `force` applies every change
+/// even where `onto` no longer has the base's entry. The result keeps `onto`'s identity and
+/// takes `source_root` (where changed files may embed a path).
+pub fn merge(
+    onto: &Snapshot,
+    changes: &[Change],
+    force: bool,
+    source_root: &str,
+) -> Result<Snapshot, Conflicts> {
+    let mut tree: BTreeMap<String, SnapshotEntry> = onto
+        .entries
+        .iter()
+        .map(|e| (e.path.clone(), e.clone()))
+        .collect();
+    let mut conflicts = BTreeSet::new();
+    let mut replaced = BTreeSet::new();
+    for change in changes {
+        let current = tree.get(&change.path);
+        if same(current, change.new.as_ref()) {
+            continue;
+        }
+        if !force && !same(current, change.base.as_ref()) {
+            conflicts.insert(change.path.clone());
+            continue;
+        }
+        replaced.insert(change.path.clone());
+        match &change.new {
+            Some(entry) => tree.insert(change.path.clone(), entry.clone()),
+            None => tree.remove(&change.path),
+        };
+    }
+    // Every path's parent must still be a directory: a subtree one side removed (or made a
+    // file) while the other added to it.
+    let mut recreated = BTreeSet::new();
+    loop {
+        let orphans: Vec<(String, String)> = tree
+            .keys()
+            .filter_map(|path| {
+                let parent = crate::tree::ancestors(path).last()?;
+                tree.get(parent)
+                    .is_none_or(|e| e.kind != EntryKind::Dir)
+                    .then(|| (path.clone(), parent.to_string()))
+            })
+            .collect();
+        if orphans.is_empty() {
+            break;
+        }
+        for (orphan, parent) in orphans {
+            if !force {
+                conflicts.insert(orphan.clone());
+                tree.remove(&orphan);
+            } else if replaced.contains(&parent) {
+                // The changes removed or replaced the parent: its subtree goes.
+                tree.remove(&orphan);
+            } else if replaced.contains(&orphan) || recreated.contains(&orphan) {
+                // The changes added under a directory the other side removed: it comes back.
+                recreated.insert(parent.clone());
+                tree.insert(
+                    parent.clone(),
+                    SnapshotEntry {
+                        path: parent,
+                        kind: EntryKind::Dir,
+                        mode: 0o755,
+                        size: 0,
+                        hash: None,
+                        target: None,
+                        chunks: Vec::new(),
+                    },
+                );
+            } else {
+                // The other side's entry under a subtree the changes removed.
+                tree.remove(&orphan);
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        let count = conflicts.len();
+        return Err(Conflicts {
+            paths: conflicts.into_iter().take(MAX_LISTED_CONFLICTS).collect(),
+            count,
+        });
+    }
+    Ok(Snapshot::new(
+        onto.workspace_id,
+        onto.name.clone(),
+        onto.revision,
+        source_root.to_string(),
+        tree.into_values().collect(),
+    ))
+}
+
+/// Where the base of workspace `id` is kept.
+pub fn base_path(transfers: &Path, id: Uuid) -> PathBuf {
+    transfers.join("bases").join(format!("{id}.snapshot"))
+}
+
+/// Records `snapshot` as the base of workspace `id`, atomically.
+pub fn save_base(transfers: &Path, id: Uuid, snapshot: &Snapshot) -> std::io::Result<()> {
+    let path = base_path(transfers, id);
+    std::fs::create_dir_all(path.parent().expect("bases have a parent"))?;
+    crate::fsio::write_atomic(&path, &snapshot.encode()).map_err(std::io::Error::other)
+}
+
+/// Removes the bases of workspaces `exists` no longer knows (deleted since).
+pub fn prune_bases(transfers: &Path, exists: impl Fn(Uuid) -> bool) {
+    let Ok(entries) = std::fs::read_dir(transfers.join("bases")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".snapshot"))
+            .and_then(|n| n.parse::<Uuid>().ok());
+        if id.is_none_or(|id| !exists(id)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The base of workspace `id`, if one was recorded (clones made before bases have none).
+pub fn load_base(
+    transfers: &Path,
+    id: Uuid,
+    limits: &SnapshotLimits,
+) -> Result<Option<Snapshot>, SnapshotError> {
+    match std::fs::read(base_path(transfers, id)) {
+        Ok(bytes) => Snapshot::decode(&bytes, limits).map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &str) -> SnapshotEntry {
+        SnapshotEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: content.len() as u64,
+            hash: Some(Hash::of(content.as_bytes())),
+            target: None,
+            chunks: Vec::new(),
+        }
+    }
+
+    fn dir(path: &str) -> SnapshotEntry {
+        SnapshotEntry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            size: 0,
+            hash: None,
+            target: None,
+            chunks: Vec::new(),
+        }
+    }
+
+    fn snapshot(entries: Vec<SnapshotEntry>) -> Snapshot {
+        Snapshot::new(Uuid::nil(), "w".into(), 1, "/origin".into(), entries)
+    }
+
+    const NONE: Exclusions<'static> = Exclusions {
+        relocated: &BTreeMap::new(),
+        git_projects: &[],
+        git_objects: true,
+    };
+
+    #[test]
+    fn changes_on_different_paths_merge() {
+        let base = snapshot(vec![file("a", "1"), file("b", "1"), file("c", "1")]);
+        let clone = snapshot(vec![file("a", "2"), file("b", "1"), file("d", "new")]);
+        let origin = snapshot(vec![file("a", "1"), file("b", "3"), file("c", "1")]);
+        let set = changes(&base, &clone, &NONE);
+        let paths: Vec<&str> = set.changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["a", "c", "d"]);
+        let merged = merge(&origin, &set.changes, false, "/clone").unwrap();
+        assert_eq!(
+            merged.entries,
+            vec![file("a", "2"), file("b", "3"), file("d", "new")]
+        );
+        assert_eq!(merged.source_root, "/clone");
+        assert_eq!(merged.root, crate::snapshot::root_hash(&merged.entries));
+    }
+
+    #[test]
+    fn both_sides_changing_a_path_is_a_conflict_unless_forced() {
+        let base = snapshot(vec![file("a", "1"), file("b", "1")]);
+        let clone = snapshot(vec![file("a", "2"), file("b", "2")]);
+        let origin = snapshot(vec![file("a", "3"), file("b", "2")]);
+        let set = changes(&base, &clone, &NONE);
+        // `b` changed the same way on both sides: not a conflict.
+        assert_eq!(
+            merge(&origin, &set.changes, false, "/c"),
+            Err(Conflicts {
+                paths: vec!["a".into()],
+                count: 1
+            })
+        );
+        let forced = merge(&origin, &set.changes, true, "/c").unwrap();
+        assert_eq!(forced.entries, vec![file("a", "2"), file("b", "2")]);
+    }
+
+    #[test]
+    fn a_subtree_removed_on_one_side_and_added_to_on_the_other_conflicts() {
+        let base = snapshot(vec![dir("d"), file("d/x", "1")]);
+        let clone = snapshot(vec![]);
+        let origin = snapshot(vec![dir("d"), file("d/x", "1"), file("d/y", "new")]);
+        let set = changes(&base, &clone, &NONE);
+        let conflict = merge(&origin, &set.changes, false, "/c").unwrap_err();
+        assert_eq!(conflict.paths, vec!["d/y".to_string()]);
+        // Forced, the clone's removal wins with the subtree.
+        assert!(merge(&origin, &set.changes, true, "/c")
+            .unwrap()
+            .entries
+            .is_empty());
+        // The other way round: the clone added under a directory the origin removed.
+        let clone = snapshot(vec![dir("d"), file("d/x", "1"), file("d/z", "mine")]);
+        let origin = snapshot(vec![]);
+        let set = changes(&base, &clone, &NONE);
+        assert!(merge(&origin, &set.changes, false, "/c").is_err());
+        let forced = merge(&origin, &set.changes, true, "/c").unwrap();
+        assert_eq!(forced.entries, vec![dir("d"), file("d/z", "mine")]);
+    }
+
+    #[test]
+    fn git_projects_push_only_new_objects() {
+        let projects = ["p".to_string()];
+        let relocated = BTreeMap::new();
+        let push = Exclusions {
+            relocated: &relocated,
+            git_projects: &projects,
+            git_objects: true,
+        };
+        let pull = Exclusions {
+            git_objects: false,
+            ..push
+        };
+        let loose = format!("p/.git/objects/ab/{}", "c".repeat(38));
+        let pack = format!("p/.git/objects/pack/pack-{}.pack", "d".repeat(40));
+        let base = snapshot(vec![
+            dir("p"),
+            dir("p/.git"),
+            file("p/.git/HEAD", "main"),
+            file("p/x", "1"),
+        ]);
+        let clone = snapshot(vec![
+            dir("p"),
+            dir("p/.git"),
+            file("p/.git/HEAD", "other"),
+            file("p/.git/config", "[core]"),
+            dir("p/.git/objects"),
+            dir("p/.git/objects/ab"),
+            file(&loose, "obj"),
+            dir("p/.git/objects/pack"),
+            file(&pack, "pack"),
+            file("p/.git/objects/info", "alternates?"),
+            file("p/x", "2"),
+            file("workspace.yaml", "changed"),
+        ]);
+        let set = changes(&base, &clone, &push);
+        let paths: Vec<&str> = set.changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["p/.git/objects/ab", loose.as_str(), pack.as_str()]
+        );
+        assert_eq!(set.skipped_work_trees.get("p"), Some(&1));
+        assert!(changes(&base, &clone, &pull).changes.is_empty());
+    }
+
+    #[test]
+    fn push_requests_round_trip_and_refuse_bad_input() {
+        let request = PushRequest {
+            format: PUSH_FORMAT,
+            source_workspace_id: Uuid::from_u128(7),
+            source_name: "w".into(),
+            source_root: "/c".into(),
+            base_root: Hash::of(b"base"),
+            force: false,
+            changes: vec![Change {
+                path: "a".into(),
+                base: None,
+                new: Some(file("a", "1")),
+            }],
+            branches: vec![BranchPush {
+                project: "p".into(),
+                branch: "main".into(),
+                commit: "a".repeat(40),
+            }],
+        };
+        let limits = SnapshotLimits::default();
+        assert_eq!(
+            PushRequest::decode(&request.encode(), &limits).unwrap(),
+            request
+        );
+        let mut bad = request.clone();
+        bad.changes[0].path = "../a".into();
+        bad.changes[0].new = Some(file("../a", "1"));
+        assert!(PushRequest::decode(&bad.encode(), &limits).is_err());
+        let mut bad = request.clone();
+        bad.branches[0].branch = "-x".into();
+        assert!(PushRequest::decode(&bad.encode(), &limits).is_err());
+        let mut bad = request;
+        bad.changes[0].new = Some(file("b", "1"));
+        assert!(PushRequest::decode(&bad.encode(), &limits).is_err());
+        assert!(PushRequest::decode(b"garbage", &limits).is_err());
+    }
+}

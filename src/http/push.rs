@@ -1,0 +1,425 @@
+//! Changes back to the origin (`aienv sync WS --push`), both sides.
+//!
+//! The clone's node: `POST /api/v1/workspaces/{ws}/push` (`{"force": bool}`, `{}` for none) works out what
+//! the clone changed since its base (`transfer_queue::push`), lets the origin — by its
+//! recorded key — read the clone for the push's duration, sends the changes, and answers
+//! with the origin's outcome.
+//!
+//! The origin: `POST /api/v1/workspaces/{ws}/pushes` (a peer over mutual TLS; the body is
+//! the push request of `schemas/transfer.md`). The caller must be a trusted peer and one of
+//! the workspace's writers; conflicts are answered at once (409 with the paths), otherwise a
+//! push job fetches the changed content from the clone, verifies it, and commits it as a new
+//! revision; the answer comes when the job is done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use uuid::Uuid;
+
+use aienv_actors::identity::KeyFingerprint;
+use aienv_actors::snapshot::Snapshot;
+use aienv_actors::transfer_queue::push::{self, BranchPush, PushRequest, PUSH_FORMAT};
+use aienv_actors::transfer_queue::{JobState, TransferError};
+
+use crate::access::Action;
+use crate::api::{ErrorBody, PushAsk, PushResultDto};
+
+use super::peers::{caller_key, trusted_caller};
+use super::permissions::{access_of, check};
+use super::{ApiError, AppState, Login};
+
+/// Media type of a push request.
+pub const PUSH_TYPE: &str = "application/vnd.aienv.push+msgpack+zstd";
+
+/// How long the clone's node waits for the origin to take a push in.
+const PUSH_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/workspaces/{ws}/push", web::post().to(push))
+        .service(
+            web::resource("/workspaces/{ws}/pushes")
+                .app_data(web::PayloadConfig::new(
+                    aienv_actors::snapshot::SnapshotLimits::default().max_encoded_bytes as usize,
+                ))
+                .route(web::post().to(receive)),
+        );
+}
+
+/// Clones being pushed, by the key of the origin they go to: that origin may read them (the
+/// snapshot and chunk routes) while the push runs, even when they are not shared with it.
+#[derive(Debug, Clone, Default)]
+pub struct PushGrants(Arc<Mutex<HashMap<(KeyFingerprint, Uuid), usize>>>);
+
+impl PushGrants {
+    fn grant(&self, key: KeyFingerprint, workspace: Uuid) -> PushGrant {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((key, workspace))
+            .or_default() += 1;
+        PushGrant {
+            grants: self.clone(),
+            key,
+            workspace,
+        }
+    }
+
+    /// Whether the peer with `key` may read `workspace` now.
+    pub fn allows(&self, key: KeyFingerprint, workspace: Uuid) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(key, workspace))
+    }
+}
+
+/// One push's grant, withdrawn when dropped.
+struct PushGrant {
+    grants: PushGrants,
+    key: KeyFingerprint,
+    workspace: Uuid,
+}
+
+impl Drop for PushGrant {
+    fn drop(&mut self) {
+        let mut grants = self.grants.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = grants.get_mut(&(self.key, self.workspace)) {
+            *count -= 1;
+            if *count == 0 {
+                grants.remove(&(self.key, self.workspace));
+            }
+        }
+    }
+}
+
+/// The clone's side.
+async fn push(
+    state: web::Data<AppState>,
+    login: Login,
+    path: web::Path<String>,
+    body: web::Json<PushAsk>,
+) -> Result<HttpResponse, ApiError> {
+    let force = body.force;
+    let entry = state.store.get(&path)?;
+    check(&state, &login.0, &entry, Action::Keep).await?;
+    let name = entry.manifest.name.clone();
+    let origin = entry
+        .origin
+        .clone()
+        .ok_or_else(|| TransferError::NotAClone(name.clone()))?;
+    let base = state
+        .transfers
+        .base(entry.manifest.id)?
+        .ok_or_else(|| TransferError::NoBase(name.clone()))?;
+    let (mine, _) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
+    let (changes, mut notes, branches) = {
+        let (git, root, projects) = (
+            state.store.git().clone(),
+            entry.path.clone(),
+            entry.manifest.projects.clone(),
+        );
+        let (mine, relocated) = (mine.clone(), origin.relocated.clone());
+        web::block(move || what_to_push(&git, &root, &projects, &base, &mine, &relocated))
+            .await
+            .map_err(|_| ApiError::from(TransferError::Unavailable))?
+    };
+    if changes.is_empty() && branches.is_empty() {
+        notes.insert(0, format!("`{name}` has no changes to push"));
+        return Ok(HttpResponse::Ok().json(PushResultDto {
+            state: "up-to-date".into(),
+            peer: origin.peer_name.clone(),
+            workspace: origin.workspace_name.clone(),
+            job: None,
+            revision: None,
+            changes: 0,
+            notes,
+        }));
+    }
+    let peer = state
+        .peers
+        .view()
+        .endpoint(origin.peer_id)
+        .filter(|p| origin.peer_key.is_none_or(|key| key == p.key))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "peer-unavailable",
+                format!(
+                    "`{}`, the origin of `{name}`, is not online (or no longer presents the key it was cloned from)",
+                    origin.peer_name
+                ),
+            )
+        })?;
+    let request = PushRequest {
+        format: PUSH_FORMAT,
+        source_workspace_id: entry.manifest.id,
+        source_name: name.clone(),
+        source_root: entry.path.display().to_string(),
+        base_root: origin.root,
+        force,
+        changes,
+        branches,
+    };
+    let count = request.changes.len();
+    let body = web::block(move || request.encode())
+        .await
+        .map_err(|_| ApiError::from(TransferError::Unavailable))?;
+    tracing::info!(user = login.name(), workspace = %name, origin = %origin.peer_name, changes = count, force, "pushing to the origin");
+    let _grant = state.pushing.grant(peer.key, entry.manifest.id);
+    let sent = crate::cluster_client::client(&state.identity, &peer)
+        .post(format!(
+            "{}/api/v1/workspaces/{}/pushes",
+            peer.url, origin.workspace_id
+        ))
+        .timeout(PUSH_WAIT)
+        .content_type(PUSH_TYPE)
+        .send_body(body)
+        .await;
+    let unreachable = |message: String| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "peer-unreachable",
+            format!("`{}` did not answer: {message}", origin.peer_name),
+        )
+    };
+    let mut response = sent.map_err(|e| unreachable(e.to_string()))?;
+    let bytes = response
+        .body()
+        .limit(4 << 20)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        let mut result: PushResultDto = serde_json::from_slice(&bytes)
+            .map_err(|e| unreachable(format!("invalid answer: {e}")))?;
+        result.notes.append(&mut notes);
+        return Ok(HttpResponse::Ok().json(result));
+    }
+    // The origin's refusal, in its words and with its code, under the same status (a 5xx
+    // there is a failure of the peer here: 502).
+    let refusal = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+    let (code, message, details) = match refusal {
+        Some(body) => (body.error.code, body.error.message, body.error.details),
+        None => ("peer-refused".to_string(), format!("HTTP {status}"), None),
+    };
+    Err(ApiError {
+        status: if status.is_server_error() {
+            StatusCode::BAD_GATEWAY
+        } else {
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::CONFLICT)
+        },
+        code: push_code(&code),
+        message: format!("`{}` refused the push: {message}", origin.peer_name),
+        details,
+    })
+}
+
+/// The origin's error code as one of ours (codes are `&'static str` here).
+fn push_code(code: &str) -> &'static str {
+    [
+        "conflict",
+        "not-a-writer",
+        "untrusted-peer",
+        "invalid-push",
+        "workspace-not-found",
+        "transfer-conflict",
+        "push-failed",
+        "busy",
+    ]
+    .into_iter()
+    .find(|known| *known == code)
+    .unwrap_or("peer-refused")
+}
+
+/// The changes, notes and git branches of a push (blocking: git runs).
+fn what_to_push(
+    git: &aienv_actors::git::Git,
+    root: &std::path::Path,
+    projects: &[aienv_actors::model::Project],
+    base: &Snapshot,
+    mine: &Snapshot,
+    relocated: &std::collections::BTreeMap<String, aienv_actors::snapshot::Hash>,
+) -> (Vec<push::Change>, Vec<String>, Vec<BranchPush>) {
+    let git_projects = push::git_projects(projects, mine);
+    let set = push::changes(
+        base,
+        mine,
+        &push::Exclusions {
+            relocated,
+            git_projects: &git_projects,
+            git_objects: true,
+        },
+    );
+    let mut notes = Vec::new();
+    let mut branches = Vec::new();
+    for project in &git_projects {
+        let dir = root.join(project);
+        let shown = if project.is_empty() { "." } else { project };
+        match git.inspect(&dir) {
+            Ok(state) => {
+                match (&state.branch, &state.commit) {
+                    (Some(branch), Some(commit))
+                        if push::is_branch_name(branch) && push::is_commit_id(commit) =>
+                    {
+                        branches.push(BranchPush {
+                            project: project.clone(),
+                            branch: branch.clone(),
+                            commit: commit.clone(),
+                        })
+                    }
+                    _ => notes.push(format!(
+                        "{shown}: not on a branch; its commits were not pushed (check out a branch)"
+                    )),
+                }
+                if state.dirty() {
+                    notes.push(format!(
+                        "{shown}: {} uncommitted paths were not pushed (git projects go back as commits: commit them, then push again)",
+                        state.changed_count
+                    ));
+                }
+            }
+            Err(error) => notes.push(format!("{shown}: not pushed: {error}")),
+        }
+    }
+    (set.changes, notes, branches)
+}
+
+/// The origin's side.
+async fn receive(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let Some(peer) = trusted_caller(&state, &request) else {
+        let why = if caller_key(&request).is_some() {
+            "this node does not trust the caller's key; only trusted peers may push"
+        } else {
+            "only a peer, over mutual TLS, may push"
+        };
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "untrusted-peer", why));
+    };
+    let entry = state.store.get(&path)?;
+    let access = access_of(&state, &entry).await?;
+    if !access.writable_by(peer.id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not-a-writer",
+            format!(
+                "`{}` may not push into `{}`: its owner allows that with `aienv ws access {} --writer {}`",
+                peer.name, entry.manifest.name, entry.manifest.name, peer.name
+            ),
+        ));
+    }
+    let limits = aienv_actors::snapshot::SnapshotLimits::default();
+    let pushed = web::block(move || PushRequest::decode(&body, &limits))
+        .await
+        .map_err(|_| ApiError::from(TransferError::Unavailable))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-push",
+                format!("push request refused: {e}"),
+            )
+        })?;
+    // Conflicts and "nothing to do" are answered at once; the job checks again.
+    let id = entry.manifest.id;
+    let (current, _) = state.store.snapshot(&id.to_string()).await?;
+    push::check_pushed(&pushed.changes, &entry.manifest.projects, &current).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-push",
+            format!("push request refused: {e}"),
+        )
+    })?;
+    let current_root = current.root;
+    let same = {
+        let (current, changes, force, root) = (
+            current.clone(),
+            pushed.changes.clone(),
+            pushed.force,
+            pushed.source_root.clone(),
+        );
+        web::block(move || push::merge(&current, &changes, force, &root))
+            .await
+            .map_err(|_| ApiError::from(TransferError::Unavailable))?
+            .map_err(|c| TransferError::Conflict {
+                paths: c.paths,
+                count: c.count,
+                hint: "nothing was applied; sync the clone first (`aienv sync WS` keeps its own changes and takes the origin's), or push with --force to overwrite the origin's versions",
+            })?
+            .root
+            == current_root
+    };
+    if same && pushed.branches.is_empty() {
+        return Ok(HttpResponse::Ok().json(PushResultDto {
+            state: "up-to-date".into(),
+            peer: state.node.name.clone(),
+            workspace: entry.manifest.name.clone(),
+            job: None,
+            revision: Some(entry.manifest.revision),
+            changes: 0,
+            notes: vec![format!(
+                "`{}` here already has these changes",
+                entry.manifest.name
+            )],
+        }));
+    }
+    let changes = pushed.changes.len();
+    let by = format!("{}@{}", pushed.source_name, peer.name);
+    let job = state.transfers.push(id, peer, pushed, by).await?;
+    tracing::info!(job = %job.id, workspace = %entry.manifest.name, changes, "push accepted");
+    let mut view = state.transfers.subscribe();
+    let finished = loop {
+        if let Some(job) = view.borrow().find(&job.id.to_string()) {
+            if job.state.is_finished() {
+                break job;
+            }
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() {
+                return Err(TransferError::Unavailable.into());
+            },
+            () = state.shutdown.wait() => return Err(TransferError::Unavailable.into()),
+        }
+    };
+    match finished.state {
+        JobState::Done => {
+            let revision = state.store.get(&id.to_string())?.manifest.revision;
+            Ok(HttpResponse::Ok().json(PushResultDto {
+                state: "done".into(),
+                peer: state.node.name.clone(),
+                workspace: entry.manifest.name.clone(),
+                job: Some(finished.id),
+                revision: Some(revision),
+                changes,
+                notes: finished.notes.clone(),
+            }))
+        }
+        _ if !finished.conflicts.is_empty() => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "conflict",
+            message: finished.error.clone().unwrap_or_default(),
+            details: Some(serde_json::json!({
+                "paths": finished.conflicts,
+                "count": finished.conflicts.len(),
+                "job": finished.id,
+            })),
+        }),
+        _ => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "push-failed",
+            message: format!(
+                "the push ({}) {}: {}",
+                finished.id,
+                finished.state.as_str(),
+                finished.error.clone().unwrap_or_default()
+            ),
+            details: Some(serde_json::json!({"job": finished.id})),
+        }),
+    }
+}

@@ -1,0 +1,306 @@
+//! Changes back to the origin between real nodes: a clone's edits land on the origin as a
+//! new revision once the origin trusts the clone's node and lists it as a writer (an
+//! untrusted or unlisted peer is refused, nothing applied); a path changed on both sides is
+//! refused with its name, and `--force` decides; a plain sync keeps the clone's own changes
+//! and takes the origin's; git projects go back as a branch named for the clone, never
+//! moving the origin's own branches.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use aienv::api::{CreateWorkspace, GitSourceDto, ShareRequest, TransferRequestDto};
+use aienv::client::Client;
+use common::git_server::{bare_repository, git, GitServer};
+use common::{eventually, finished, free_udp_port, TestNode};
+
+fn read(root: &Path, path: &str) -> Option<String> {
+    std::fs::read_to_string(root.join(path)).ok()
+}
+
+fn write(root: &Path, path: &str, text: &str) {
+    let path = root.join(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+async fn root_of(client: &Client, workspace: &str) -> PathBuf {
+    PathBuf::from(client.get(workspace).await.unwrap().workspace.path.unwrap())
+}
+
+/// Two nodes that find each other over loopback multicast.
+fn two_nodes(temp: &Path) -> (TestNode, TestNode) {
+    let port = free_udp_port();
+    (
+        TestNode::spawn_discovering(&temp.join("a"), "node-a", port),
+        TestNode::spawn_discovering(&temp.join("b"), "node-b", port),
+    )
+}
+
+/// B clones A's `workspace`.
+async fn clone_it(a: &TestNode, b: &TestNode, workspace: &str) {
+    a.admin()
+        .share(workspace, &ShareRequest::default())
+        .await
+        .unwrap();
+    let client = b.admin();
+    eventually("B sees A's workspace", || async {
+        client
+            .network_catalog(&aienv::client::NetworkQuery::default())
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.peer_name == "node-a" && e.workspace.name == workspace)
+    })
+    .await;
+    let admin_a = a.admin();
+    eventually("A sees B", || async {
+        admin_a
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "node-b")
+    })
+    .await;
+    let job = client
+        .start_transfer(&TransferRequestDto {
+            kind: "clone".into(),
+            peer: Some("node-a".into()),
+            workspace: workspace.into(),
+            ..TransferRequestDto::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(finished(&client, job.id).await.state, "done");
+}
+
+fn run(node: &TestNode, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = node.cli(args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[actix_rt::test]
+async fn a_clone_pushes_its_changes_back_and_conflicts_are_refused_with_their_paths() {
+    let temp = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(temp.path());
+    let (admin_a, admin_b) = (a.admin(), b.admin());
+    admin_a
+        .create(&CreateWorkspace {
+            name: "proj".into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    let origin = root_of(&admin_a, "proj").await;
+    for (path, text) in [
+        ("a.txt", "a1\n"),
+        ("b.txt", "b1\n"),
+        ("c.txt", "c1\n"),
+        ("dir/d.txt", "d1\n"),
+    ] {
+        write(&origin, path, text);
+    }
+    clone_it(&a, &b, "proj").await;
+    let clone = root_of(&admin_b, "proj").await;
+    let revision = admin_a.get("proj").await.unwrap().workspace.revision;
+
+    // The clone edits, adds and removes.
+    write(&clone, "a.txt", "a2 from b\n");
+    write(&clone, "new.txt", "new on b\n");
+    std::fs::remove_file(clone.join("c.txt")).unwrap();
+
+    // The origin does not trust B: refused, nothing applied.
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("does not trust"), "{stderr}");
+    // Trusted but not a writer: refused, and told how to allow it.
+    admin_a.trust_peer("node-b", None).await.unwrap();
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("aienv ws access proj --writer node-b"),
+        "{stderr}"
+    );
+    assert_eq!(read(&origin, "a.txt").as_deref(), Some("a1\n"));
+    assert_eq!(
+        admin_a.get("proj").await.unwrap().workspace.revision,
+        revision
+    );
+    // A name that is no trusted peer cannot be a writer.
+    let (code, _, stderr) = run(&a, &["ws", "access", "proj", "--writer", "nobody"]);
+    assert_eq!(code, Some(6), "{stderr}");
+    assert!(
+        stderr.contains("`nobody` is not a trusted peer"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = run(&a, &["ws", "access", "proj", "--writer", "node-b"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("writers  node-b"), "{stdout}");
+
+    // Now it lands, as a new revision by the clone.
+    let (code, stdout, stderr) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("pushed 3 changed paths to node-a/proj"),
+        "{stdout}"
+    );
+    assert_eq!(read(&origin, "a.txt").as_deref(), Some("a2 from b\n"));
+    assert_eq!(read(&origin, "new.txt").as_deref(), Some("new on b\n"));
+    assert_eq!(read(&origin, "c.txt"), None);
+    assert_eq!(read(&origin, "b.txt").as_deref(), Some("b1\n"));
+    let pushed = admin_a.get("proj").await.unwrap().workspace;
+    assert_eq!(pushed.revision, revision + 1);
+    let history = admin_a.revisions("proj").await.unwrap();
+    let last = history.iter().max_by_key(|r| r.revision).unwrap();
+    assert_eq!(
+        (last.change.as_str(), last.by.as_str()),
+        ("pushed", "proj@node-b")
+    );
+    let jobs = admin_a.transfers().await.unwrap();
+    assert!(
+        jobs.iter().any(|j| j.kind == "push" && j.state == "done"),
+        "the push is a transfer on the origin: {jobs:?}"
+    );
+    // Pushing again has nothing to send.
+    let (code, stdout, _) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("nothing to push"), "{stdout}");
+
+    // Both change b.txt: the push is refused with the path, nothing applied.
+    write(&origin, "b.txt", "b from a\n");
+    write(&clone, "b.txt", "b from b\n");
+    write(&clone, "other.txt", "would have gone\n");
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("both changed: b.txt"), "{stderr}");
+    assert_eq!(read(&origin, "b.txt").as_deref(), Some("b from a\n"));
+    assert_eq!(read(&origin, "other.txt"), None);
+    // So is a sync: it would overwrite the clone's b.txt.
+    let (code, _, stderr) = run(&b, &["sync", "proj"]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("b.txt"), "{stderr}");
+    assert_eq!(read(&clone, "b.txt").as_deref(), Some("b from b\n"));
+    let failed = admin_b.transfers().await.unwrap();
+    assert!(
+        failed
+            .iter()
+            .any(|j| j.kind == "sync" && j.state == "failed"),
+        "{failed:?}"
+    );
+
+    // A sync keeps what only the clone changed and takes what only the origin changed;
+    // `--force` takes the origin's version of what both changed.
+    write(&origin, "dir/d.txt", "d2 from a\n");
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--force"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(read(&clone, "b.txt").as_deref(), Some("b from a\n"));
+    assert_eq!(read(&clone, "dir/d.txt").as_deref(), Some("d2 from a\n"));
+    write(&clone, "local.txt", "only on b\n");
+    write(&origin, "a.txt", "a3 from a\n");
+    let (code, _, stderr) = run(&b, &["sync", "proj"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(read(&clone, "a.txt").as_deref(), Some("a3 from a\n"));
+    assert_eq!(read(&clone, "local.txt").as_deref(), Some("only on b\n"));
+    let synced = admin_b.transfers().await.unwrap();
+    assert!(
+        synced[0]
+            .notes
+            .iter()
+            .any(|n| n.contains("kept this clone's own changes")),
+        "{:?}",
+        synced[0].notes
+    );
+    // ... and pushes it on.
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(read(&origin, "local.txt").as_deref(), Some("only on b\n"));
+    assert_eq!(read(&origin, "a.txt").as_deref(), Some("a3 from a\n"));
+
+    // A forced push overwrites what the origin changed too.
+    write(&origin, "new.txt", "new from a\n");
+    write(&clone, "new.txt", "new from b, forced\n");
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(4), "{stderr}");
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--push", "--force"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        read(&origin, "new.txt").as_deref(),
+        Some("new from b, forced\n")
+    );
+
+    // Untrusted again: refused.
+    admin_a.untrust_peer("node-b").await.unwrap();
+    write(&clone, "late.txt", "x\n");
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert_eq!(read(&origin, "late.txt"), None);
+}
+
+#[actix_rt::test]
+async fn git_projects_go_back_as_a_branch_named_for_the_clone() {
+    let found = std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        common::skip("git is not installed (apt install git)");
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let repos = temp.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let (_, head) = bare_repository(&repos, "tool");
+    let server = GitServer::start(&repos, None);
+    let (a, b) = two_nodes(temp.path());
+    let created = a
+        .admin()
+        .create(&CreateWorkspace {
+            git: Some(GitSourceDto {
+                url: format!("{}/tool.git", server.url),
+                git_ref: None,
+            }),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    let origin = PathBuf::from(created.workspace.path.unwrap()).join("projects/tool");
+    clone_it(&a, &b, "tool").await;
+    let admin_a = a.admin();
+    admin_a.trust_peer("node-b", None).await.unwrap();
+    let (code, _, stderr) = run(&a, &["ws", "access", "tool", "--writer", "node-b"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let clone = root_of(&b.admin(), "tool").await.join("projects/tool");
+    write(&clone, "feature.py", "print('from b')\n");
+    git(&clone, &["add", "feature.py"]);
+    git(&clone, &["commit", "-q", "-m", "feature on b"]);
+    let commit = git(&clone, &["rev-parse", "HEAD"]);
+    write(&clone, "README.md", "uncommitted on b\n");
+
+    let (code, stdout, stderr) = run(&b, &["sync", "tool", "--push"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("branch aienv/node-b/main set to"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 uncommitted paths were not pushed"),
+        "{stdout}"
+    );
+    assert_eq!(git(&origin, &["rev-parse", "aienv/node-b/main"]), commit);
+    assert_eq!(
+        git(&origin, &["log", "-1", "--format=%s", "aienv/node-b/main"]),
+        "feature on b"
+    );
+    // The origin's own branch and working tree did not move.
+    assert_eq!(git(&origin, &["rev-parse", "main"]), head);
+    assert_eq!(read(&origin, "feature.py"), None);
+    assert_eq!(read(&origin, "README.md").as_deref(), Some("first\n"));
+    git(&origin, &["fsck", "--no-progress", "--connectivity-only"]);
+}
