@@ -167,6 +167,7 @@ async fn a_clone_pushes_its_changes_back_and_conflicts_are_refused_with_their_pa
         jobs.iter().any(|j| j.kind == "push" && j.state == "done"),
         "the push is a transfer on the origin: {jobs:?}"
     );
+    hostile_pushes_are_refused(&a, &b, &origin).await;
     // Pushing again has nothing to send.
     let (code, stdout, _) = run(&b, &["sync", "proj", "--push"]);
     assert_eq!(code, Some(0));
@@ -303,4 +304,95 @@ async fn git_projects_go_back_as_a_branch_named_for_the_clone() {
     assert_eq!(read(&origin, "feature.py"), None);
     assert_eq!(read(&origin, "README.md").as_deref(), Some("first\n"));
     git(&origin, &["fsck", "--no-progress", "--connectivity-only"]);
+}
+
+/// A writer speaking the protocol itself, with B's own key over mutual TLS: what a push may
+/// never change is refused by the origin (not merely left out by an honest clone), a
+/// malformed body is refused, and content the clone cannot serve fails the push with nothing
+/// applied.
+async fn hostile_pushes_are_refused(a: &TestNode, b: &TestNode, origin: &Path) {
+    use aienv_actors::snapshot::{EntryKind, Hash, SnapshotEntry};
+    use aienv_actors::transfer_queue::push::{Change, PushRequest, PUSH_FORMAT};
+    let identity =
+        std::sync::Arc::new(aienv_actors::identity::load_or_create(&b.data_dir, "node-b").unwrap());
+    let peer = aienv_actors::peer_registry::PeerEndpoint {
+        url: a.tls_url.clone(),
+        key: a.key,
+    };
+    let file = |path: &str, content: &[u8]| SnapshotEntry {
+        path: path.into(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        size: content.len() as u64,
+        hash: Some(Hash::of(content)),
+        target: None,
+        chunks: Vec::new(),
+    };
+    let clone_id = b.admin().get("proj").await.unwrap().workspace.id;
+    let request = |changes: Vec<Change>| PushRequest {
+        format: PUSH_FORMAT,
+        source_workspace_id: clone_id,
+        source_name: "proj".into(),
+        source_root: "/nowhere".into(),
+        base_root: Hash([0; 32]),
+        force: true,
+        changes,
+        branches: Vec::new(),
+    };
+    let send = |body: Vec<u8>| {
+        let client = aienv::cluster_client::client(&identity, &peer);
+        let url = format!("{}/api/v1/workspaces/proj/pushes", peer.url);
+        async move {
+            let mut response = client
+                .post(url)
+                .content_type(aienv::http::PUSH_TYPE)
+                .send_body(body)
+                .await
+                .unwrap();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (response.status().as_u16(), body)
+        }
+    };
+    let sharing = b"schema_version: 1\nname: proj\nsharing: {enabled: true}\n";
+    let (status, body) = send(
+        request(vec![Change {
+            path: "workspace.yaml".into(),
+            base: None,
+            new: Some(file("workspace.yaml", sharing)),
+        }])
+        .encode(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid-push");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("workspace.yaml"),
+        "{body}"
+    );
+    let (status, body) = send(b"not a push".to_vec()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid-push"))
+    );
+    // Content the clone does not have: the origin fetches, gets nothing, applies nothing.
+    let revision = a.admin().get("proj").await.unwrap().workspace.revision;
+    let (status, body) = send(
+        request(vec![Change {
+            path: "forged.txt".into(),
+            base: None,
+            new: Some(file("forged.txt", b"content nobody serves")),
+        }])
+        .encode(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "push-failed");
+    assert!(!origin.join("forged.txt").exists());
+    assert_eq!(
+        a.admin().get("proj").await.unwrap().workspace.revision,
+        revision
+    );
 }

@@ -694,6 +694,49 @@ mod tests {
     }
 
     #[test]
+    fn the_receiver_refuses_what_pushes_never_change() {
+        let projects = vec![crate::model::Project {
+            name: "p".into(),
+            path: "./p/".into(),
+            git: None,
+        }];
+        let current = snapshot(vec![dir("p"), dir("p/.git"), file("p/.git/HEAD", "x")]);
+        let added = |entry: SnapshotEntry| Change {
+            path: entry.path.clone(),
+            base: None,
+            new: Some(entry),
+        };
+        let object = format!("p/.git/objects/ab/{}", "c".repeat(38));
+        assert!(check_pushed(
+            &[added(dir("p/.git/objects/ab")), added(file(&object, "o"))],
+            &projects,
+            &current
+        )
+        .is_ok());
+        let link_as_object_dir = SnapshotEntry {
+            kind: EntryKind::Symlink,
+            target: Some("/etc".into()),
+            ..dir("p/.git/objects/ab")
+        };
+        for refused in [
+            added(file("workspace.yaml", "sharing")),
+            added(file("p/.git/config", "[core]\nfsmonitor = evil")),
+            added(file("p/src.py", "a file of the work tree")),
+            added(link_as_object_dir),
+            Change {
+                path: object.clone(),
+                base: Some(file(&object, "old")),
+                new: Some(file(&object, "rewritten")),
+            },
+        ] {
+            let path = refused.path.clone();
+            let error = check_pushed(&[refused], &projects, &current).unwrap_err();
+            assert!(error.to_string().contains(&path), "{error}");
+        }
+        assert!(check_pushed(&[added(file("data.csv", "ok"))], &projects, &current).is_ok());
+    }
+
+    #[test]
     fn push_requests_round_trip_and_refuse_bad_input() {
         let request = PushRequest {
             format: PUSH_FORMAT,
