@@ -195,3 +195,127 @@ pub async fn stop_run(
     ));
     call(request, None::<&()>, Duration::from_secs(60)).await
 }
+
+/// [`CiRemote`](aienv_actors::ci::CiRemote) over [`PeerConnections`]: `aienv ci --on PEER`.
+pub struct HttpCiRemote {
+    connections: PeerConnections,
+}
+
+impl HttpCiRemote {
+    /// Calls that wait at most 30 s (a run is followed by polling, never by one long call).
+    pub fn new(identity: Arc<NodeIdentity>) -> HttpCiRemote {
+        HttpCiRemote {
+            connections: PeerConnections::new(identity, Duration::from_secs(30), 4),
+        }
+    }
+
+    async fn bytes(
+        request: awc::ClientRequest,
+        body: Option<&crate::api::PeerCiRequest>,
+    ) -> Result<bytes::Bytes, PeerCallError> {
+        let sent = match body {
+            Some(body) => request.send_json(body).await,
+            None => request.send().await,
+        };
+        let mut response = sent.map_err(call_error)?;
+        let bytes = response
+            .body()
+            .limit(MAX_ANSWER_BYTES * 4)
+            .await
+            .map_err(call_error)?;
+        if !response.status().is_success() {
+            return Err(PeerCallError::Failed(refusal(response.status(), &bytes)));
+        }
+        Ok(bytes)
+    }
+
+    fn status_of(bytes: &[u8]) -> Result<aienv_actors::ci::RemoteCiStatus, PeerCallError> {
+        let run: crate::api::CiRunDto = serde_json::from_slice(bytes)
+            .map_err(|e| PeerCallError::Failed(format!("invalid run: {e}")))?;
+        let state = aienv_actors::ci::CiState::parse(&run.state)
+            .ok_or_else(|| PeerCallError::Failed(format!("unknown run state `{}`", run.state)))?;
+        Ok(aienv_actors::ci::RemoteCiStatus {
+            id: run.id,
+            state,
+            environment: run.environment,
+            backend: run.backend,
+            exit_code: run.exit_code,
+            reason: run.reason,
+            error: run.error,
+            notes: run.notes,
+            timings: run.timings,
+            junit: run
+                .junit
+                .into_iter()
+                .map(|j| aienv_actors::ci::JunitReport {
+                    path: j.path,
+                    tests: j.tests,
+                    failures: j.failures,
+                    errors: j.errors,
+                    skipped: j.skipped,
+                })
+                .collect(),
+        })
+    }
+}
+
+impl aienv_actors::ci::CiRemote for HttpCiRemote {
+    fn start(
+        &self,
+        peer: &PeerEndpoint,
+        request: &aienv_actors::ci::RemoteCiRequest,
+    ) -> LocalFuture<Result<aienv_actors::ci::RemoteCiStatus, PeerCallError>> {
+        let call = self
+            .connections
+            .client(peer.key)
+            .post(format!("{}/api/v1/cluster/ci", peer.url));
+        let body = crate::api::PeerCiRequest {
+            workspace_id: request.workspace_id,
+            workspace_name: request.workspace_name.clone(),
+            environment: request.environment.clone(),
+            command: request.command.clone(),
+            pull: request.pull,
+            timeout_seconds: request.timeout_seconds,
+            user: request.user.clone(),
+        };
+        Box::pin(async move { Self::status_of(&Self::bytes(call, Some(&body)).await?) })
+    }
+
+    fn status(
+        &self,
+        peer: &PeerEndpoint,
+        run: Uuid,
+    ) -> LocalFuture<Result<aienv_actors::ci::RemoteCiStatus, PeerCallError>> {
+        let call = self
+            .connections
+            .client(peer.key)
+            .get(format!("{}/api/v1/cluster/ci/{run}", peer.url));
+        Box::pin(async move { Self::status_of(&Self::bytes(call, None).await?) })
+    }
+
+    fn log(
+        &self,
+        peer: &PeerEndpoint,
+        run: Uuid,
+        offset: u64,
+    ) -> LocalFuture<Result<Vec<u8>, PeerCallError>> {
+        let call = self.connections.client(peer.key).get(format!(
+            "{}/api/v1/cluster/ci/{run}/log?offset={offset}",
+            peer.url
+        ));
+        Box::pin(async move { Ok(Self::bytes(call, None).await?.to_vec()) })
+    }
+
+    fn junit(
+        &self,
+        peer: &PeerEndpoint,
+        run: Uuid,
+        index: usize,
+    ) -> LocalFuture<Result<Vec<u8>, PeerCallError>> {
+        let call = self.connections.client(peer.key).get(format!(
+            "{}/api/v1/cluster/ci/{run}/junit/{index}",
+            peer.url
+        ));
+        Box::pin(async move { Ok(Self::bytes(call, None).await?.to_vec()) })
+    }
+}

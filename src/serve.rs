@@ -270,6 +270,13 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         store.open_tree("ci_deliveries")?,
         store.clone(),
         runtimes.clone(),
+        aienv_actors::ci::CiLinks {
+            transfers: transfers.subscribe(),
+            peers: peers.clone(),
+            remote: Rc::new(crate::cluster_client::HttpCiRemote::new(
+                node_identity.clone(),
+            )),
+        },
         bus.clone(),
     );
     let shutdown = Shutdown::new();

@@ -387,3 +387,134 @@ async fn ci_runs_headless_from_the_cli_and_from_signed_webhooks_and_notifies() {
         assert!(json["data"]["number"].as_u64().is_some(), "{json}");
     }
 }
+
+#[actix_rt::test]
+async fn ci_runs_on_a_trusted_peer_with_its_output_exit_code_and_reports_back_here() {
+    let temp = tempfile::tempdir().unwrap();
+    let port = common::free_udp_port();
+    let lend = [("AIENV_CLUSTER_ACCEPT", "trusted")];
+    let spawn = |name: &str| {
+        let port = port.to_string();
+        TestNode::spawn_with_env(
+            &temp.path().join(name),
+            &[
+                "--name",
+                name,
+                "--discovery-iface",
+                "lo",
+                "--discovery-port",
+                &port,
+                "--announce-interval",
+                "0.2",
+            ],
+            &lend,
+        )
+    };
+    let (a, b) = (spawn("node-a"), spawn("node-b"));
+    let (admin_a, admin_b) = (a.admin(), b.admin());
+    admin_a
+        .create(&CreateWorkspace {
+            name: "model".into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    admin_a
+        .put_environment(
+            "model",
+            "main",
+            "schema_version: 1\nruntime: process\n".into(),
+        )
+        .await
+        .unwrap();
+    let root = PathBuf::from(admin_a.get("model").await.unwrap().workspace.path.unwrap());
+    std::fs::write(
+        root.join("train.sh"),
+        "echo trained on $(cat /proc/sys/kernel/hostname)\n",
+    )
+    .unwrap();
+    for (admin, other) in [(&admin_a, "node-b"), (&admin_b, "node-a")] {
+        eventually(&format!("{other} is seen"), || async {
+            admin.peers().await.unwrap().iter().any(|p| p.name == other)
+        })
+        .await;
+    }
+    // B does not trust A yet: it runs nothing for it, and the workspace is not fetched.
+    admin_a.trust_peer("node-b", None).await.unwrap();
+    let out = a.cli(&["ci", "model", "--on", "node-b", "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node-b"), "{stderr}");
+    assert!(admin_b.ci_runs(None).await.unwrap().is_empty());
+
+    admin_b.trust_peer("node-a", None).await.unwrap();
+    let report = temp.path().join("report.json");
+    let junit = temp.path().join("junit.xml");
+    let out = a.cli(&[
+        "ci",
+        "model",
+        "--on",
+        "node-b",
+        "--report",
+        report.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "sh train.sh; echo \"workspace $AIENV_WORKSPACE for $AIENV_CI_BY\"; printf '<testsuite name=\"r\" tests=\"2\" failures=\"0\" errors=\"1\"></testsuite>' > remote.xml; exit 7",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stdout}\n{stderr}");
+    assert!(stderr.contains("on node-b"), "{stderr}");
+    assert!(stdout.contains("trained on"), "{stdout}");
+    assert!(
+        stdout.contains("workspace model for admin@node-a"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(summary["state"], "failed", "{summary}");
+    assert_eq!(summary["exit_code"], 7);
+    assert_eq!(summary["junit"][0]["path"], "remote.xml");
+    assert_eq!(summary["junit"][0]["errors"], 1);
+    assert!(std::fs::read_to_string(&junit)
+        .unwrap()
+        .contains("tests=\"2\""));
+    // Here the run says where it ran; there, whom it ran for; the file was written there.
+    let here = &admin_a.ci_runs(None).await.unwrap()[0];
+    assert_eq!(here.peer.as_deref(), Some("node-b"));
+    assert!(
+        here.backend.as_deref().unwrap().ends_with("on node-b"),
+        "{here:?}"
+    );
+    let there = admin_b.ci_runs(None).await.unwrap();
+    assert_eq!(there.len(), 1);
+    assert_eq!(there[0].for_peer.as_deref(), Some("node-a"));
+    assert_eq!(Some(there[0].id), here.remote_run);
+    assert!(!root.join("remote.xml").exists());
+    let clone = PathBuf::from(admin_b.get("model").await.unwrap().workspace.path.unwrap());
+    assert!(clone.join("remote.xml").exists());
+    // The run is over: B, by its own key, may no longer fetch the workspace.
+    let identity = Arc::new(aienv_actors::identity::load_or_create(&b.data_dir, "node-b").unwrap());
+    let endpoint = aienv_actors::peer_registry::PeerEndpoint {
+        url: a.tls_url.clone(),
+        key: a.key,
+    };
+    let unshared = aienv::cluster_client::client(&identity, &endpoint)
+        .get(format!("{}/api/v1/workspaces/model/snapshot", a.tls_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unshared.status().as_u16(), 404);
+
+    // A second run syncs the clone there, and `best` picks the only peer.
+    std::fs::write(root.join("train.sh"), "echo retrained\n").unwrap();
+    let out = a.cli(&[
+        "ci", "model", "main", "--on", "best", "--", "sh", "train.sh",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("retrained"), "{stdout}");
+}

@@ -25,6 +25,31 @@ pub struct CiRunRequest {
     /// Seconds the command may run (default 3600, at most 86400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// Run it on a trusted peer: its name or id, or `best` (the placement rule's choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
+}
+
+/// `POST /cluster/ci` (peers only): run a command for the asking peer, in its workspace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerCiRequest {
+    /// The asker's workspace id (cloned from it, or the clone here synced).
+    pub workspace_id: Uuid,
+    /// Its name (the clone's name here).
+    pub workspace_name: String,
+    /// Environment (default: the workspace's first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// The command's argument vector.
+    pub command: Vec<String>,
+    /// Pull the git projects first.
+    #[serde(default)]
+    pub pull: bool,
+    /// Seconds the command may run.
+    pub timeout_seconds: u64,
+    /// Who asked, on the asking node.
+    pub user: String,
 }
 
 /// A CI run.
@@ -78,6 +103,15 @@ pub struct CiRunDto {
     pub started: Option<DateTime<Utc>>,
     /// When finished.
     pub finished: Option<DateTime<Utc>>,
+    /// The trusted peer it runs on (`on`); its log and reports are copied here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The run's id on that peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_run: Option<Uuid>,
+    /// The peer it runs for (this node lends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_peer: Option<String>,
 }
 
 /// A JUnit report.
@@ -134,6 +168,9 @@ impl From<&CiRun> for CiRunDto {
             created: run.created,
             started: run.started,
             finished: run.finished,
+            peer: run.peer.as_ref().map(|p| p.name.clone()),
+            remote_run: run.remote_run,
+            for_peer: run.borrower.as_ref().map(|b| b.peer_name.clone()),
         }
     }
 }

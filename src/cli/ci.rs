@@ -43,6 +43,11 @@ pub struct CiArgs {
     /// Write the JUnit XML the command produced here (several reports merged).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Run it on a trusted peer instead (its name or id, or `best`: the placement rule's
+    /// choice): the peer fetches the workspace, sets it up within its lending limits and runs
+    /// the command; its output streams here.
+    #[arg(long, value_name = "PEER")]
+    pub on: Option<String>,
 }
 
 /// `aienv ci runs|log`.
@@ -102,14 +107,19 @@ pub async fn ci(cli: &Cli, client: &Client, args: &CiArgs) -> Result<(), CliErro
             command: args.command.clone(),
             pull: args.pull,
             timeout_seconds: args.timeout,
+            on: args.on.clone(),
         })
         .await?;
     eprintln!(
-        "aienv: CI run #{} in {workspace}{}: {}",
+        "aienv: CI run #{} in {workspace}{}{}: {}",
         run.number,
         args.environment
             .as_deref()
             .map(|e| format!("/{e}"))
+            .unwrap_or_default(),
+        run.peer
+            .as_deref()
+            .map(|p| format!(" on {p}"))
             .unwrap_or_default(),
         run.command.join(" ")
     );

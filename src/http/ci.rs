@@ -64,6 +64,17 @@ async fn start(
             format!("timeout_seconds: {timeout} is not 1 to {MAX_TIMEOUT}"),
         ));
     }
+    // On a peer: the rule picks (or checks) the peer now, so a refusal comes at once.
+    let on = match &body.on {
+        Some(on) => {
+            let entry = state.store.get(&body.workspace)?;
+            let (id, name) =
+                super::cluster::choose_peer(&state, &entry, body.environment.as_deref(), on)
+                    .await?;
+            Some(aienv_actors::ci::RemotePeer { id, name })
+        }
+        None => None,
+    };
     let started = state
         .ci
         .start_run(CiRequest {
@@ -78,6 +89,9 @@ async fn start(
                 event: None,
                 delivery: None,
             },
+            on,
+            borrower: None,
+            transfer: None,
         })
         .await?;
     Ok(HttpResponse::Accepted()
@@ -159,8 +173,12 @@ async fn log(
     query: web::Query<LogQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let run = visible_run(&state, &login, &path).await?;
+    log_from(&run, query.offset).await
+}
+
+/// The run's log from `offset` (at most 1 MiB), with `X-Next-Offset` and `X-Run-State`.
+pub(super) async fn log_from(run: &CiRun, offset: u64) -> Result<HttpResponse, ApiError> {
     let file = run.log.clone();
-    let offset = query.offset;
     let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
         let mut file = match std::fs::File::open(&file) {
             Ok(file) => file,
@@ -196,6 +214,16 @@ async fn junit(
 ) -> Result<HttpResponse, ApiError> {
     let (target, index) = path.into_inner();
     let run = visible_run(&state, &login, &target).await?;
+    junit_of(&state, &run, index).await
+}
+
+/// JUnit report `index` of `run`: as it is now in the workspace, or, for a run on a peer,
+/// the copy taken when it finished.
+pub(super) async fn junit_of(
+    state: &AppState,
+    run: &CiRun,
+    index: usize,
+) -> Result<HttpResponse, ApiError> {
     let Some(report) = run.junit.get(index) else {
         return Err(CiError::NotFound(format!(
             "run #{} has {} JUnit report(s); there is no #{index}",
@@ -204,6 +232,24 @@ async fn junit(
         ))
         .into());
     };
+    if run.peer.is_some() {
+        let copy = run.junit_copy(index);
+        let bytes = web::block(move || std::fs::read(copy))
+            .await
+            .map_err(|_| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "stopping")
+            })?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    format!("{} was not copied from the peer: {e}", report.path),
+                )
+            })?;
+        return Ok(HttpResponse::Ok()
+            .content_type("application/xml")
+            .body(bytes));
+    }
     let entry = state.store.get(&run.workspace_id.to_string())?;
     // The path was found by walking the workspace without following links; read it the same
     // way, so a link planted since cannot point the node elsewhere.

@@ -103,6 +103,9 @@ pub async fn deliver(
                 event,
                 delivery,
             },
+            on: None,
+            borrower: None,
+            transfer: None,
         })
         .await?;
     let answer = HookAnswer {

@@ -148,6 +148,12 @@ try {
   await b.getByRole('link', { name: 'Workspaces' }).click();
   await b.locator('tr[data-workspace="vision-lab"]').waitFor();
   step('clone done and listed in Workspaces');
+  // A clone offers Sync and Push back to its origin; unchanged, it has nothing to push.
+  const cloneRow = b.locator('tr[data-workspace="vision-lab"]');
+  await cloneRow.getByRole('button', { name: `Sync vision-lab from ${env('NAME_A')}` }).waitFor();
+  await cloneRow.getByRole('button', { name: `Push vision-lab to ${env('NAME_A')}` }).click();
+  await b.locator('#flash', { hasText: 'Nothing to push' }).waitFor();
+  step('a clone pushes back');
   await b.getByRole('link', { name: 'Network' }).click();
   await entry.waitFor();
 

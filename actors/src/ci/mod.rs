@@ -9,11 +9,13 @@
 //! repeated delivery id answers with the run it started instead of starting another.
 
 pub mod junit;
+pub mod remote;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -23,11 +25,17 @@ use uuid::Uuid;
 
 use crate::event_bus::EventBus;
 use crate::events::NodeEvent;
+use crate::peer_registry::PeerRegistryHandle;
 use crate::runtime_supervisor::command::RunCommand;
-use crate::runtime_supervisor::RuntimeSupervisorHandle;
+use crate::runtime_supervisor::{Borrower, RuntimeSupervisorHandle};
+use crate::transfer_queue::{JobState, TransfersView};
 use crate::workspace_store::WorkspaceStoreHandle;
 
 pub use junit::JunitReport;
+pub use remote::{CiRemote, RemoteCiRequest, RemoteCiStatus, RemotePeer};
+
+/// How long a peer running a run may stay silent before the run is given up as lost.
+const REMOTE_SILENCE: Duration = Duration::from_secs(60);
 
 /// Most arguments of a command.
 const MAX_ARGS: usize = 256;
@@ -108,6 +116,13 @@ pub struct CiRequest {
     pub timeout: Duration,
     /// Who or what asked.
     pub trigger: Trigger,
+    /// Run it on this trusted peer instead of here.
+    pub on: Option<RemotePeer>,
+    /// A run for a peer (this node lends): sized within the lending limits.
+    pub borrower: Option<Borrower>,
+    /// A run for a peer whose workspace is still arriving: this transfer brings it, and
+    /// `workspace` is the name it arrives under.
+    pub transfer: Option<Uuid>,
 }
 
 /// Where a run is.
@@ -116,6 +131,8 @@ pub struct CiRequest {
 pub enum CiState {
     /// Waiting for a free slot.
     Queued,
+    /// Waiting for the workspace to arrive (a run for a peer).
+    Fetching,
     /// Pulling the git projects.
     Pulling,
     /// Setting the environment up and running the command.
@@ -133,12 +150,28 @@ impl CiState {
     pub fn as_str(self) -> &'static str {
         match self {
             CiState::Queued => "queued",
+            CiState::Fetching => "fetching",
             CiState::Pulling => "pulling",
             CiState::Running => "running",
             CiState::Passed => "passed",
             CiState::Failed => "failed",
             CiState::Error => "error",
         }
+    }
+
+    /// The state named `name` (as [`CiState::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<CiState> {
+        [
+            CiState::Queued,
+            CiState::Fetching,
+            CiState::Pulling,
+            CiState::Running,
+            CiState::Passed,
+            CiState::Failed,
+            CiState::Error,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == name)
     }
 
     /// Passed, failed or error.
@@ -192,6 +225,26 @@ pub struct CiRun {
     pub started: Option<DateTime<Utc>>,
     /// When it finished.
     pub finished: Option<DateTime<Utc>>,
+    /// The trusted peer it runs on (`aienv ci --on`); its log and reports are copied here.
+    #[serde(default)]
+    pub peer: Option<RemotePeer>,
+    /// The run's id on that peer.
+    #[serde(default)]
+    pub remote_run: Option<Uuid>,
+    /// The peer it runs for (this node lends).
+    #[serde(default)]
+    pub borrower: Option<Borrower>,
+    /// The transfer bringing a peer's workspace here first.
+    #[serde(default)]
+    pub transfer: Option<Uuid>,
+}
+
+impl CiRun {
+    /// Where the copy of JUnit report `index` of a run on a peer is kept.
+    pub fn junit_copy(&self, index: usize) -> PathBuf {
+        self.log
+            .with_file_name(format!("{}.junit-{index}.xml", self.id))
+    }
 }
 
 /// The runs, newest first.
@@ -201,6 +254,30 @@ pub struct CiView {
     pub seq: u64,
     /// Every run kept.
     pub runs: Vec<Arc<CiRun>>,
+}
+
+impl CiView {
+    /// Whether an unfinished run of workspace `workspace` is running on `peer` (which may
+    /// then fetch the workspace).
+    pub fn running_on(&self, workspace: Uuid, peer: Uuid) -> bool {
+        self.runs.iter().any(|r| {
+            r.workspace_id == workspace
+                && !r.state.is_finished()
+                && r.peer.as_ref().is_some_and(|p| p.id == peer)
+        })
+    }
+}
+
+/// What a run needs beyond the store and the supervisor: transfers (a peer's workspace
+/// arriving) and peers (runs on them).
+#[derive(Clone)]
+pub struct CiLinks {
+    /// The TransferQueue's view.
+    pub transfers: watch::Receiver<Arc<TransfersView>>,
+    /// The peers, for their endpoints.
+    pub peers: PeerRegistryHandle,
+    /// Calls to peers.
+    pub remote: Rc<dyn CiRemote>,
 }
 
 /// A run started, or the one a repeated delivery started earlier.
@@ -223,6 +300,7 @@ pub struct CiRuns {
     deliveries: sled::Tree,
     store: WorkspaceStoreHandle,
     runtimes: RuntimeSupervisorHandle,
+    links: CiLinks,
     bus: EventBus,
     view_sender: watch::Sender<Arc<CiView>>,
 }
@@ -281,30 +359,25 @@ impl Handler<StartRun> for CiRuns {
                 }
             }
         }
-        let entry = self
-            .store
-            .get(&request.workspace)
-            .map_err(|e| CiError::NotFound(e.to_string()))?;
-        if let Some(environment) = &request.environment {
-            if !entry.environments.contains_key(environment) {
-                return Err(CiError::NotFound(format!(
-                    "workspace `{}` has no environment `{environment}`",
-                    entry.manifest.name
-                )));
+        // A peer's workspace still arriving is checked once it is here.
+        let (workspace_id, workspace) = match request.transfer {
+            Some(_) => (Uuid::nil(), request.workspace.clone()),
+            None => {
+                let entry = self
+                    .store
+                    .get(&request.workspace)
+                    .map_err(|e| CiError::NotFound(e.to_string()))?;
+                check_environment(&entry, request.environment.as_deref())?;
+                (entry.manifest.id, entry.manifest.name.clone())
             }
-        } else if entry.environments.is_empty() {
-            return Err(CiError::BadRequest(format!(
-                "workspace `{}` has no environments: add one (`aienv env detect {}` proposes one)",
-                entry.manifest.name, entry.manifest.name
-            )));
-        }
+        };
         self.next_number += 1;
         let id = Uuid::new_v4();
         let run = CiRun {
             id,
             number: self.next_number,
-            workspace_id: entry.manifest.id,
-            workspace: entry.manifest.name.clone(),
+            workspace_id,
+            workspace,
             environment: request.environment,
             command: request.command,
             pull: request.pull,
@@ -322,6 +395,10 @@ impl Handler<StartRun> for CiRuns {
             created: Utc::now(),
             started: None,
             finished: None,
+            peer: request.on,
+            remote_run: None,
+            borrower: request.borrower,
+            transfer: request.transfer,
         };
         if let Some(key) = delivery_key {
             let mut value = id.as_bytes().to_vec();
@@ -352,6 +429,10 @@ struct Progress {
 
 enum Change {
     State(CiState),
+    /// The peer's workspace arrived as this one.
+    Workspace(Uuid),
+    /// The run's id on the peer running it.
+    Remote(Uuid),
     Note(String),
     Timing(&'static str, f64),
     Finished(Box<Outcome>),
@@ -377,6 +458,8 @@ impl Handler<Progress> for CiRuns {
         };
         match progress.change {
             Change::State(state) => run.state = state,
+            Change::Workspace(id) => run.workspace_id = id,
+            Change::Remote(id) => run.remote_run = Some(id),
             Change::Note(note) => run.notes.push(note),
             Change::Timing(phase, seconds) => {
                 run.timings.insert(phase.to_string(), seconds);
@@ -425,6 +508,7 @@ impl CiRuns {
                 run,
                 store: self.store.clone(),
                 runtimes: self.runtimes.clone(),
+                links: self.links.clone(),
                 actor: ctx.address(),
             };
             actix::spawn(job.go());
@@ -476,6 +560,9 @@ impl CiRuns {
         for (_, id) in finished.into_iter().take(excess) {
             if let Some(run) = self.runs.remove(&id) {
                 let _ = std::fs::remove_file(&run.log);
+                for index in 0..run.junit.len() {
+                    let _ = std::fs::remove_file(run.junit_copy(index));
+                }
                 let _ = self.tree.remove(id.as_bytes());
             }
         }
@@ -510,6 +597,7 @@ struct Job {
     run: CiRun,
     store: WorkspaceStoreHandle,
     runtimes: RuntimeSupervisorHandle,
+    links: CiLinks,
     actor: Addr<CiRuns>,
 }
 
@@ -521,7 +609,7 @@ impl Job {
         });
     }
 
-    async fn go(self) {
+    async fn go(mut self) {
         let started = std::time::Instant::now();
         let since = SystemTime::now() - Duration::from_secs(1);
         let mut outcome = Outcome {
@@ -543,6 +631,28 @@ impl Job {
                 self.run.command.join(" ")
             ),
         );
+        if let Some(transfer) = self.run.transfer {
+            self.tell(Change::State(CiState::Fetching));
+            match self.arrival(transfer).await {
+                Ok(id) => {
+                    self.run.workspace_id = id;
+                    self.tell(Change::Workspace(id));
+                    self.tell(Change::Timing("fetch", started.elapsed().as_secs_f64()));
+                }
+                Err(error) => {
+                    crate::runtime_supervisor::append_log(&log, &format!("== {error}\n"));
+                    outcome.error = Some(error);
+                    self.tell(Change::Finished(Box::new(outcome)));
+                    return;
+                }
+            }
+        }
+        if let Some(peer) = self.run.peer.clone() {
+            let outcome = self.on_peer(&peer).await;
+            self.tell(Change::Timing("total", started.elapsed().as_secs_f64()));
+            self.tell(Change::Finished(Box::new(outcome)));
+            return;
+        }
         if self.run.pull {
             self.tell(Change::State(CiState::Pulling));
             match self.pull().await {
@@ -588,6 +698,7 @@ impl Job {
                 log: log.clone(),
                 timeout: Duration::from_secs(self.run.timeout_seconds.max(1)),
                 vars,
+                borrower: self.run.borrower.clone(),
             })
             .await;
         match result {
@@ -622,6 +733,179 @@ impl Job {
         self.tell(Change::Finished(Box::new(outcome)));
     }
 
+    /// Waits for the transfer bringing a peer's workspace; the workspace's id here.
+    async fn arrival(&self, transfer: Uuid) -> Result<Uuid, String> {
+        let mut view = self.links.transfers.clone();
+        let job = loop {
+            let current = view.borrow().find(&transfer.to_string());
+            match current {
+                Some(job) if job.state.is_finished() => break job,
+                Some(_) => {}
+                None => return Err("the transfer of the workspace was removed".into()),
+            }
+            if view.changed().await.is_err() {
+                return Err("the node is stopping".into());
+            }
+        };
+        if job.state != JobState::Done {
+            return Err(format!(
+                "the workspace did not arrive: {}",
+                job.error.as_deref().unwrap_or(job.state.as_str())
+            ));
+        }
+        let id = job
+            .local_id
+            .ok_or_else(|| "the transfer named no workspace".to_string())?;
+        let entry = self.store.get(&id.to_string()).map_err(|e| e.to_string())?;
+        check_environment(&entry, self.run.environment.as_deref()).map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    /// Runs the command on `peer` and follows it there: state, log (copied into this run's
+    /// log as it grows), then exit code, notes, timings and JUnit reports (copied here).
+    async fn on_peer(&self, peer: &RemotePeer) -> Outcome {
+        let log = self.run.log.clone();
+        let outcome = Outcome {
+            state: CiState::Error,
+            environment: None,
+            backend: None,
+            exit_code: None,
+            reason: None,
+            error: None,
+            junit: Vec::new(),
+        };
+        let endpoint = || self.links.peers.view().endpoint(peer.id);
+        let fail = |mut outcome: Outcome, error: String| {
+            crate::runtime_supervisor::append_log(&log, &format!("== {error}\n"));
+            outcome.error = Some(error);
+            outcome
+        };
+        let Some(first) = endpoint() else {
+            return fail(outcome, format!("{} is not online", peer.name));
+        };
+        crate::runtime_supervisor::append_log(&log, &format!("== running on {}\n", peer.name));
+        let request = RemoteCiRequest {
+            workspace_id: self.run.workspace_id,
+            workspace_name: self.run.workspace.clone(),
+            environment: self.run.environment.clone(),
+            command: self.run.command.clone(),
+            pull: self.run.pull,
+            timeout_seconds: self.run.timeout_seconds,
+            user: self.run.trigger.by.clone(),
+        };
+        let started = match self.links.remote.start(&first, &request).await {
+            Ok(status) => status,
+            Err(error) => return fail(outcome, format!("{} refused the run: {error}", peer.name)),
+        };
+        let remote = started.id;
+        self.tell(Change::Remote(remote));
+        self.tell(Change::Note(format!(
+            "runs on {} as its run {remote}",
+            peer.name
+        )));
+        let mut offset = 0u64;
+        let mut shown = CiState::Queued;
+        let mut silent_since: Option<Instant> = None;
+        let finished = loop {
+            let answer = match endpoint() {
+                Some(endpoint) => {
+                    offset += self.copy_log(&endpoint, remote, offset).await;
+                    self.links
+                        .remote
+                        .status(&endpoint, remote)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                None => Err(format!("{} is not online", peer.name)),
+            };
+            match answer {
+                Ok(status) if status.state.is_finished() => break status,
+                Ok(status) => {
+                    silent_since = None;
+                    if status.state != shown {
+                        shown = status.state;
+                        self.tell(Change::State(shown));
+                    }
+                }
+                Err(error) => {
+                    let since = *silent_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > REMOTE_SILENCE {
+                        return fail(
+                            outcome,
+                            format!("lost {} for {REMOTE_SILENCE:?}: {error}", peer.name),
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        if let Some(endpoint) = endpoint() {
+            // The rest of the log, then copies of the reports.
+            loop {
+                let copied = self.copy_log(&endpoint, remote, offset).await;
+                if copied == 0 {
+                    break;
+                }
+                offset += copied;
+            }
+            for index in 0..finished.junit.len() {
+                match self.links.remote.junit(&endpoint, remote, index).await {
+                    Ok(bytes) => {
+                        if let Err(error) = std::fs::write(self.run.junit_copy(index), bytes) {
+                            tracing::warn!(run = %self.run.id, %error, "keeping a JUnit report failed");
+                        }
+                    }
+                    Err(error) => self.tell(Change::Note(format!(
+                        "JUnit report {} could not be copied from {}: {error}",
+                        finished.junit[index].path, peer.name
+                    ))),
+                }
+            }
+        }
+        for note in finished.notes {
+            self.tell(Change::Note(format!("{}: {note}", peer.name)));
+        }
+        for (phase, seconds) in &finished.timings {
+            if phase != "total" && phase != "queued" {
+                self.tell(Change::Timing(timing_name(phase), *seconds));
+            }
+        }
+        Outcome {
+            state: finished.state,
+            environment: finished.environment,
+            backend: finished.backend.map(|b| format!("{b} on {}", peer.name)),
+            exit_code: finished.exit_code,
+            reason: finished.reason,
+            error: finished.error,
+            junit: finished.junit,
+        }
+    }
+
+    /// Appends the peer's log from `offset` to this run's; how many bytes came.
+    async fn copy_log(
+        &self,
+        endpoint: &crate::peer_registry::PeerEndpoint,
+        remote: Uuid,
+        offset: u64,
+    ) -> u64 {
+        let Ok(bytes) = self.links.remote.log(endpoint, remote, offset).await else {
+            return 0;
+        };
+        if bytes.is_empty() {
+            return 0;
+        }
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.run.log)
+            .and_then(|mut file| file.write_all(&bytes));
+        if let Err(error) = written {
+            tracing::warn!(run = %self.run.id, %error, "copying a peer's log failed");
+        }
+        bytes.len() as u64
+    }
+
     /// Fast-forwards every git project of the workspace.
     async fn pull(&self) -> Result<Vec<String>, String> {
         let entry = self
@@ -652,6 +936,38 @@ impl Job {
         .await
         .map_err(|_| "the pull was interrupted".to_string())?
     }
+}
+
+/// The phases a peer reports, as this node's names (`queued` there is `remote-queued`).
+fn timing_name(phase: &str) -> &'static str {
+    match phase {
+        "fetch" => "fetch",
+        "pull" => "pull",
+        "setup" => "setup",
+        "command" => "command",
+        _ => "other",
+    }
+}
+
+/// Refuses an environment the workspace lacks, or a workspace without any.
+fn check_environment(
+    entry: &crate::workspace_store::WorkspaceEntry,
+    environment: Option<&str>,
+) -> Result<(), CiError> {
+    if let Some(environment) = environment {
+        if !entry.environments.contains_key(environment) {
+            return Err(CiError::NotFound(format!(
+                "workspace `{}` has no environment `{environment}`",
+                entry.manifest.name
+            )));
+        }
+    } else if entry.environments.is_empty() {
+        return Err(CiError::BadRequest(format!(
+            "workspace `{}` has no environments: add one (`aienv env detect {}` proposes one)",
+            entry.manifest.name, entry.manifest.name
+        )));
+    }
+    Ok(())
 }
 
 /// The argument vector as one `sh -c` line, each argument quoted.
@@ -705,6 +1021,7 @@ impl CiRunsHandle {
         deliveries: sled::Tree,
         store: WorkspaceStoreHandle,
         runtimes: RuntimeSupervisorHandle,
+        links: CiLinks,
         bus: EventBus,
     ) -> CiRunsHandle {
         let (view_sender, view) = watch::channel(Arc::new(CiView::default()));
@@ -718,6 +1035,7 @@ impl CiRunsHandle {
             deliveries,
             store,
             runtimes,
+            links,
             bus,
             view_sender,
         }

@@ -29,6 +29,8 @@ pub struct RunCommand {
     pub timeout: Duration,
     /// Variables beside the environment's own.
     pub vars: Vec<(String, String)>,
+    /// A run for a peer: sized within the lending limits, beside what peers already hold.
+    pub borrower: Option<super::Borrower>,
 }
 
 /// How a command run went.
@@ -76,11 +78,21 @@ impl Handler<RunCommand> for RuntimeSupervisor {
                 workspace: uuid::Uuid::nil(),
                 environment: String::new(),
             };
-            let allocation = allocation::allocate(&name, &spec, &self.host, &self.held(&none))
-                .map_err(|reason| RuntimeError::DoesNotFit {
-                    environment: name.clone(),
-                    reason,
-                })?;
+            let allocation = match &message.borrower {
+                Some(_) => super::lending::fit(
+                    &name,
+                    &spec,
+                    &self.host,
+                    &self.held(&none),
+                    &self.config.lend,
+                    &self.lent(&none),
+                ),
+                None => allocation::allocate(&name, &spec, &self.host, &self.held(&none)),
+            }
+            .map_err(|reason| RuntimeError::DoesNotFit {
+                environment: name.clone(),
+                reason,
+            })?;
             let plan = plan::launch_plan(
                 &self.config,
                 &self.confinement,

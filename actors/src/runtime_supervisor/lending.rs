@@ -8,8 +8,8 @@ use crate::resources::Resources;
 
 use super::allocation::{self, gib, trim_float, Allocation, Held};
 
-/// Who an environment runs for, when a peer placed it here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who an environment (or a CI run) runs for, when a peer asked for it here.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Borrower {
     /// The peer's node id.
     pub peer: uuid::Uuid,

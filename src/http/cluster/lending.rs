@@ -78,7 +78,7 @@ impl Loans {
 
 /// The trusted peer calling. Peers still see and stop their runs after `cluster.accept` was
 /// turned off.
-fn known_peer(state: &AppState, request: &HttpRequest) -> Result<TrustedPeer, ApiError> {
+pub(super) fn known_peer(state: &AppState, request: &HttpRequest) -> Result<TrustedPeer, ApiError> {
     trusted_caller(state, request).ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -92,7 +92,10 @@ fn known_peer(state: &AppState, request: &HttpRequest) -> Result<TrustedPeer, Ap
 }
 
 /// The trusted peer calling, when this node accepts work from trusted peers.
-fn lender_peer(state: &AppState, request: &HttpRequest) -> Result<TrustedPeer, ApiError> {
+pub(super) fn lender_peer(
+    state: &AppState,
+    request: &HttpRequest,
+) -> Result<TrustedPeer, ApiError> {
     let peer = known_peer(state, request)?;
     if !state.cluster.accept {
         return Err(ApiError::new(
@@ -316,7 +319,11 @@ pub(super) async fn fit(
 }
 
 /// The clone of the peer's workspace `workspace` on this node, if there is one.
-fn local_clone(state: &AppState, peer: Uuid, workspace: Uuid) -> Option<Arc<WorkspaceEntry>> {
+pub(super) fn local_clone(
+    state: &AppState,
+    peer: Uuid,
+    workspace: Uuid,
+) -> Option<Arc<WorkspaceEntry>> {
     state.store.view().iter().find_map(|entry| {
         entry
             .origin
@@ -403,30 +410,15 @@ pub(super) async fn start_lent(
             details: Some(serde_json::json!({"reason": reason})),
         });
     }
-    let (kind, transfer) = match &local {
-        Some(local) => (
-            TransferKind::Sync,
-            TransferRequest {
-                peer: peer.id.to_string(),
-                workspace: local.manifest.id.to_string(),
-                by: format!("{}@{}", body.user, peer.name),
-                ..TransferRequest::default()
-            },
-        ),
-        None => (
-            TransferKind::Clone,
-            TransferRequest {
-                peer: peer.id.to_string(),
-                workspace: body.workspace_id.to_string(),
-                rename_to: Some(body.workspace_name.clone()),
-                private: true,
-                by: format!("{}@{}", body.user, peer.name),
-                placed: true,
-                force: false,
-            },
-        ),
-    };
-    let job = state.transfers.enqueue(kind, transfer).await?;
+    let job = fetch_workspace(
+        &state,
+        &peer,
+        local.as_deref(),
+        body.workspace_id,
+        &body.workspace_name,
+        &body.user,
+    )
+    .await?;
     let key = (peer.id, body.workspace_id, body.environment.clone());
     state
         .loans
@@ -447,6 +439,44 @@ pub(super) async fn start_lent(
         workspace: body.workspace_name,
         ..RemoteRunDto::default()
     }))
+}
+
+/// Queues the transfer that brings the asking peer's workspace here: a sync of the clone
+/// already here (the peer's version wins over anything changed here), else a private clone
+/// under its name, fetched as placed work.
+pub(super) async fn fetch_workspace(
+    state: &AppState,
+    peer: &TrustedPeer,
+    local: Option<&WorkspaceEntry>,
+    workspace_id: Uuid,
+    workspace_name: &str,
+    user: &str,
+) -> Result<Arc<aienv_actors::transfer_queue::JobInfo>, ApiError> {
+    let (kind, transfer) = match local {
+        Some(local) => (
+            TransferKind::Sync,
+            TransferRequest {
+                peer: peer.id.to_string(),
+                workspace: local.manifest.id.to_string(),
+                by: format!("{user}@{}", peer.name),
+                force: true,
+                ..TransferRequest::default()
+            },
+        ),
+        None => (
+            TransferKind::Clone,
+            TransferRequest {
+                peer: peer.id.to_string(),
+                workspace: workspace_id.to_string(),
+                rename_to: Some(workspace_name.to_string()),
+                private: true,
+                by: format!("{user}@{}", peer.name),
+                placed: true,
+                force: false,
+            },
+        ),
+    };
+    Ok(state.transfers.enqueue(kind, transfer).await?)
 }
 
 /// Waits for the transfer `job`, then starts the environment for the peer.

@@ -13,6 +13,7 @@
 //! view. Status, stop, logs, terminal and tools of a placed environment go to the peer
 //! through this node, and a sync brings its results back.
 
+mod ci;
 mod lending;
 mod placing;
 
@@ -21,8 +22,8 @@ use actix_web::web;
 pub(super) use lending::lent_tool;
 pub use lending::Loans;
 pub(super) use placing::{
-    place, placed_logs, placed_terminal, placed_tool, relay_tool, stop_placed, sync_results,
-    PeerTool,
+    choose_peer, place, placed_logs, placed_terminal, placed_tool, relay_tool, stop_placed,
+    sync_results, PeerTool,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,6 +38,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(lending::fit)),
         )
         .route("/cluster/runs", web::post().to(lending::start_lent))
+        .route("/cluster/ci", web::post().to(ci::start))
+        .route("/cluster/ci/{run}", web::get().to(ci::status))
+        .route("/cluster/ci/{run}/log", web::get().to(ci::log))
+        .route("/cluster/ci/{run}/junit/{index}", web::get().to(ci::junit))
         .route(
             "/cluster/runs/{ws}/{env}",
             web::get().to(lending::lent_status),

@@ -469,6 +469,42 @@ fn named_peer(state: &AppState, on: &str) -> Result<Option<Uuid>, ApiError> {
     Ok(Some(peer.id))
 }
 
+/// The trusted online peer `on` names that can run the workspace's environment (`best`: the
+/// rule's first choice), with its name: for a CI run on a peer.
+pub(in crate::http) async fn choose_peer(
+    state: &AppState,
+    entry: &WorkspaceEntry,
+    environment: Option<&str>,
+    on: &str,
+) -> Result<(Uuid, String), ApiError> {
+    let named = match environment {
+        Some(name) => Some(name.to_string()),
+        None => entry.environments.keys().next().cloned(),
+    };
+    let (environment, spec) = environment_of(entry, named.as_deref())?;
+    let only = named_peer(state, on)?;
+    let (ranking, _) = rank_peers(state, entry, &environment, spec, only).await?;
+    match ranking.candidates.first().filter(|c| c.fits) {
+        Some(chosen) => Ok((chosen.peer_id, chosen.peer_name.clone())),
+        None => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "no-peer-fits",
+            message: match ranking.candidates.first() {
+                Some(c) if only.is_some() => format!(
+                    "{} cannot run `{environment}`: {}",
+                    c.peer_name,
+                    c.refusal.clone().unwrap_or_default()
+                ),
+                _ => format!(
+                    "no trusted online peer can run `{environment}`: {}",
+                    ranking.reason
+                ),
+            },
+            details: Some(serde_json::to_value(&ranking).unwrap_or_default()),
+        }),
+    }
+}
+
 /// `POST /workspaces/{ws}/run` with `on`: ranks, records the placement (which lets the
 /// chosen peer fetch the workspace), and asks the peer to run it.
 pub(in crate::http) async fn place(
