@@ -518,3 +518,60 @@ async fn ci_runs_on_a_trusted_peer_with_its_output_exit_code_and_reports_back_he
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("retrained"), "{stdout}");
 }
+
+#[actix_rt::test]
+async fn a_running_ci_command_holds_its_allocation() {
+    let node = TestNode::spawn();
+    let admin = node.admin();
+    let total = admin.node().await.unwrap().resources.memory_total;
+    // Each needs 46 % of the memory: one fits (10 % is kept for the host), two do not.
+    let spec = format!(
+        "schema_version: 1\nruntime: process\nresources: {{memory: {{min: {}MiB}}}}\n",
+        total * 46 / 100 >> 20
+    );
+    admin
+        .create(&CreateWorkspace {
+            name: "big".into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    for name in ["job", "service"] {
+        admin
+            .put_environment("big", name, spec.clone())
+            .await
+            .unwrap();
+    }
+    let run = admin
+        .ci_start(&aienv::api::CiRunRequest {
+            workspace: "big".into(),
+            environment: Some("job".into()),
+            command: vec!["sleep".into(), "5".into()],
+            ..aienv::api::CiRunRequest::default()
+        })
+        .await
+        .unwrap();
+    let id = run.id.to_string();
+    eventually("the CI command runs", || async {
+        std::fs::read_to_string(node.data_dir.join(format!("ci/{id}.log")))
+            .is_ok_and(|l| l.contains("== command:"))
+    })
+    .await;
+    let refused = admin
+        .run(
+            "big",
+            &aienv::api::RunRequest {
+                environment: Some("service".into()),
+                ..aienv::api::RunRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("does-not-fit"), "{refused}");
+    assert!(
+        refused.to_string().contains("held by running environments"),
+        "{refused}"
+    );
+    let done = finished_run(&node, &id).await;
+    assert_eq!(done.state, "passed", "{done:?}");
+}

@@ -50,10 +50,23 @@ pub struct CommandOutcome {
     pub notes: Vec<String>,
 }
 
+/// A headless command ended: its allocation is free again.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CommandDone(u64);
+
+impl Handler<CommandDone> for RuntimeSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, CommandDone(id): CommandDone, _: &mut Self::Context) {
+        self.commands.remove(&id);
+    }
+}
+
 impl Handler<RunCommand> for RuntimeSupervisor {
     type Result = ResponseFuture<Result<CommandOutcome, RuntimeError>>;
 
-    fn handle(&mut self, message: RunCommand, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, message: RunCommand, ctx: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
             let entry = self.store.get(&message.workspace)?;
             let names = select_environments(&entry, message.environment.as_deref())?;
@@ -104,38 +117,68 @@ impl Handler<RunCommand> for RuntimeSupervisor {
             )?;
             Ok((name, kind, backend, plan))
         })();
+        // What the command holds counts against later starts (and, for a peer's, against
+        // the lending limits) until it ends.
+        let held = prepared.as_ref().ok().map(|(_, _, _, plan)| {
+            self.next_run += 1;
+            self.commands.insert(
+                self.next_run,
+                (plan.allocation.clone(), message.borrower.is_some()),
+            );
+            self.next_run
+        });
+        let supervisor = ctx.address();
         Box::pin(async move {
-            let (name, kind, backend, plan) = prepared?;
-            let mut notes = plan.allocation.notes.clone();
-            let before = std::fs::metadata(plan.setup_log()).map_or(0, |m| m.len());
-            let started = Instant::now();
-            let prepared = backend.prepare(&plan).await;
-            let setup_seconds = started.elapsed().as_secs_f64();
-            // The run's log tells all: what set-up wrote this time goes in too.
-            if let Ok(setup) = std::fs::read(plan.setup_log()) {
-                let from = (before as usize).min(setup.len());
-                super::logs::append(&message.log, &String::from_utf8_lossy(&setup[from..]));
+            let result = run_prepared(prepared, message).await;
+            if let Some(id) = held {
+                supervisor.do_send(CommandDone(id));
             }
-            notes.extend(prepared?);
-            let started = Instant::now();
-            let finished = backend
-                .run_command(
-                    &plan,
-                    "command",
-                    &message.command,
-                    &message.vars,
-                    &message.log,
-                    message.timeout,
-                )
-                .await?;
-            Ok(CommandOutcome {
-                environment: name,
-                backend: kind,
-                finished,
-                setup_seconds,
-                command_seconds: started.elapsed().as_secs_f64(),
-                notes,
-            })
+            result
         })
     }
+}
+
+/// The environment's name, backend kind and backend, and the plan a command runs under.
+type Prepared = (
+    String,
+    RuntimeKind,
+    std::rc::Rc<dyn super::backend::Backend>,
+    super::backend::LaunchPlan,
+);
+
+async fn run_prepared(
+    prepared: Result<Prepared, RuntimeError>,
+    message: RunCommand,
+) -> Result<CommandOutcome, RuntimeError> {
+    let (name, kind, backend, plan) = prepared?;
+    let mut notes = plan.allocation.notes.clone();
+    let before = std::fs::metadata(plan.setup_log()).map_or(0, |m| m.len());
+    let started = Instant::now();
+    let prepared = backend.prepare(&plan).await;
+    let setup_seconds = started.elapsed().as_secs_f64();
+    // The run's log tells all: what set-up wrote this time goes in too.
+    if let Ok(setup) = std::fs::read(plan.setup_log()) {
+        let from = (before as usize).min(setup.len());
+        super::logs::append(&message.log, &String::from_utf8_lossy(&setup[from..]));
+    }
+    notes.extend(prepared?);
+    let started = Instant::now();
+    let finished = backend
+        .run_command(
+            &plan,
+            "command",
+            &message.command,
+            &message.vars,
+            &message.log,
+            message.timeout,
+        )
+        .await?;
+    Ok(CommandOutcome {
+        environment: name,
+        backend: kind,
+        finished,
+        setup_seconds,
+        command_seconds: started.elapsed().as_secs_f64(),
+        notes,
+    })
 }

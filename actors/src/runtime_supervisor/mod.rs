@@ -175,6 +175,8 @@ pub struct RuntimeSupervisor {
     view_sender: watch::Sender<Arc<RuntimesView>>,
     /// What this host offers for confinement.
     confinement: Confinement,
+    /// Headless commands running now (CI runs): their allocations, and whether a peer's.
+    commands: HashMap<u64, (allocation::Allocation, bool)>,
 }
 
 impl Actor for RuntimeSupervisor {
@@ -529,6 +531,9 @@ impl RuntimeSupervisor {
                 }
             }
         }
+        for (allocation, _) in self.commands.values() {
+            held.add(allocation);
+        }
         held
     }
 
@@ -541,6 +546,9 @@ impl RuntimeSupervisor {
                     lent.add(allocation);
                 }
             }
+        }
+        for (allocation, _) in self.commands.values().filter(|(_, lent)| *lent) {
+            lent.add(allocation);
         }
         lent
     }
@@ -891,6 +899,7 @@ impl RuntimeSupervisorHandle {
             libvirt,
             view_sender,
             confinement,
+            commands: HashMap::new(),
         }
         .start();
         RuntimeSupervisorHandle {
