@@ -527,7 +527,7 @@ async fn a_running_ci_command_holds_its_allocation() {
     // Each needs 46 % of the memory: one fits (10 % is kept for the host), two do not.
     let spec = format!(
         "schema_version: 1\nruntime: process\nresources: {{memory: {{min: {}MiB}}}}\n",
-        total * 46 / 100 >> 20
+        (total * 46 / 100) >> 20
     );
     admin
         .create(&CreateWorkspace {
