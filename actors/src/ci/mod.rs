@@ -449,6 +449,21 @@ struct Outcome {
     junit: Vec<JunitReport>,
 }
 
+impl Outcome {
+    /// A run that did not get to its command (yet): `error` until something better is known.
+    fn never_ran() -> Outcome {
+        Outcome {
+            state: CiState::Error,
+            environment: None,
+            backend: None,
+            exit_code: None,
+            reason: None,
+            error: None,
+            junit: Vec::new(),
+        }
+    }
+}
+
 impl Handler<Progress> for CiRuns {
     type Result = ();
 
@@ -612,15 +627,7 @@ impl Job {
     async fn go(mut self) {
         let started = std::time::Instant::now();
         let since = SystemTime::now() - Duration::from_secs(1);
-        let mut outcome = Outcome {
-            state: CiState::Error,
-            environment: None,
-            backend: None,
-            exit_code: None,
-            reason: None,
-            error: None,
-            junit: Vec::new(),
-        };
+        let mut outcome = Outcome::never_ran();
         let log = self.run.log.clone();
         crate::runtime_supervisor::append_log(
             &log,
@@ -765,15 +772,7 @@ impl Job {
     /// log as it grows), then exit code, notes, timings and JUnit reports (copied here).
     async fn on_peer(&self, peer: &RemotePeer) -> Outcome {
         let log = self.run.log.clone();
-        let outcome = Outcome {
-            state: CiState::Error,
-            environment: None,
-            backend: None,
-            exit_code: None,
-            reason: None,
-            error: None,
-            junit: Vec::new(),
-        };
+        let outcome = Outcome::never_ran();
         let endpoint = || self.links.peers.view().endpoint(peer.id);
         let fail = |mut outcome: Outcome, error: String| {
             crate::runtime_supervisor::append_log(&log, &format!("== {error}\n"));

@@ -105,6 +105,40 @@ pub struct TransferRequest {
     pub force: bool,
 }
 
+impl JobInfo {
+    /// A queued job of `kind` for `request`, before its peer and workspaces are resolved.
+    pub fn queued(kind: TransferKind, request: TransferRequest) -> JobInfo {
+        let now = Utc::now();
+        JobInfo {
+            id: Uuid::new_v4(),
+            kind,
+            state: JobState::Queued,
+            request,
+            peer_id: Uuid::nil(),
+            peer_key: None,
+            peer_name: String::new(),
+            workspace_id: Uuid::nil(),
+            workspace_name: String::new(),
+            target_name: String::new(),
+            local_id: None,
+            sources: Vec::new(),
+            root: None,
+            local_root: None,
+            baseline: None,
+            progress: Progress::default(),
+            error: None,
+            notes: Vec::new(),
+            hook_error: None,
+            conflicts: Vec::new(),
+            attempts: 0,
+            created: now,
+            updated: now,
+            started: None,
+            finished: None,
+        }
+    }
+}
+
 /// Counters of a job; `bytes_*` count file content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {

@@ -235,18 +235,7 @@ impl Handler<EnqueuePush> for TransferQueue {
                 other.id, entry.manifest.name
             )));
         }
-        let now = Utc::now();
         let job = JobInfo {
-            id: Uuid::new_v4(),
-            kind: TransferKind::Push,
-            state: JobState::Queued,
-            request: TransferRequest {
-                peer: peer.id.to_string(),
-                workspace: local.to_string(),
-                by,
-                force: request.force,
-                ..TransferRequest::default()
-            },
             peer_id: peer.id,
             peer_key: Some(peer.key),
             peer_name: peer.name.clone(),
@@ -254,20 +243,16 @@ impl Handler<EnqueuePush> for TransferQueue {
             workspace_name: request.source_name.clone(),
             target_name: entry.manifest.name.clone(),
             local_id: Some(local),
-            sources: Vec::new(),
-            root: None,
-            local_root: None,
-            baseline: None,
-            progress: Progress::default(),
-            error: None,
-            notes: Vec::new(),
-            hook_error: None,
-            conflicts: Vec::new(),
-            attempts: 0,
-            created: now,
-            updated: now,
-            started: None,
-            finished: None,
+            ..JobInfo::queued(
+                TransferKind::Push,
+                TransferRequest {
+                    peer: peer.id.to_string(),
+                    workspace: local.to_string(),
+                    by,
+                    force: request.force,
+                    ..TransferRequest::default()
+                },
+            )
         };
         let dir = self.config.dir.join(job.id.to_string());
         std::fs::create_dir_all(&dir).map_err(TransferError::io("creating", &dir))?;
@@ -335,34 +320,7 @@ impl Handler<Enqueue> for TransferQueue {
 
     fn handle(&mut self, message: Enqueue, ctx: &mut Self::Context) -> Self::Result {
         let Enqueue { kind, request } = message;
-        let now = Utc::now();
-        let mut job = JobInfo {
-            id: Uuid::new_v4(),
-            kind,
-            state: JobState::Queued,
-            request: request.clone(),
-            peer_id: Uuid::nil(),
-            peer_key: None,
-            peer_name: String::new(),
-            workspace_id: Uuid::nil(),
-            workspace_name: String::new(),
-            target_name: String::new(),
-            local_id: None,
-            sources: Vec::new(),
-            root: None,
-            local_root: None,
-            baseline: None,
-            progress: Progress::default(),
-            error: None,
-            notes: Vec::new(),
-            hook_error: None,
-            conflicts: Vec::new(),
-            attempts: 0,
-            created: now,
-            updated: now,
-            started: None,
-            finished: None,
-        };
+        let mut job = JobInfo::queued(kind, request);
         match kind {
             TransferKind::Clone => self.resolve_clone(&mut job)?,
             TransferKind::Sync => self.resolve_sync(&mut job)?,

@@ -486,22 +486,27 @@ pub(in crate::http) async fn choose_peer(
     let (ranking, _) = rank_peers(state, entry, &environment, spec, only).await?;
     match ranking.candidates.first().filter(|c| c.fits) {
         Some(chosen) => Ok((chosen.peer_id, chosen.peer_name.clone())),
-        None => Err(ApiError {
-            status: StatusCode::CONFLICT,
-            code: "no-peer-fits",
-            message: match ranking.candidates.first() {
-                Some(c) if only.is_some() => format!(
-                    "{} cannot run `{environment}`: {}",
-                    c.peer_name,
-                    c.refusal.clone().unwrap_or_default()
-                ),
-                _ => format!(
-                    "no trusted online peer can run `{environment}`: {}",
-                    ranking.reason
-                ),
-            },
-            details: Some(serde_json::to_value(&ranking).unwrap_or_default()),
-        }),
+        None => Err(no_peer_fits(&ranking, only.is_some(), &environment)),
+    }
+}
+
+/// The refusal when no peer (or not the one named) can run `environment`.
+fn no_peer_fits(ranking: &RankingDto, named: bool, environment: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        code: "no-peer-fits",
+        message: match ranking.candidates.first() {
+            Some(c) if named => format!(
+                "{} cannot run `{environment}`: {}",
+                c.peer_name,
+                c.refusal.clone().unwrap_or_default()
+            ),
+            _ => format!(
+                "no trusted online peer can run `{environment}`: {}",
+                ranking.reason
+            ),
+        },
+        details: Some(serde_json::to_value(ranking).unwrap_or_default()),
     }
 }
 
@@ -534,22 +539,7 @@ pub(in crate::http) async fn place(
     let only = named_peer(state, on)?;
     let (ranking, root) = rank_peers(state, &entry, &environment, spec, only).await?;
     let Some(chosen) = ranking.candidates.first().filter(|c| c.fits).cloned() else {
-        return Err(ApiError {
-            status: StatusCode::CONFLICT,
-            code: "no-peer-fits",
-            message: match ranking.candidates.first() {
-                Some(c) if only.is_some() => format!(
-                    "{} cannot run `{environment}`: {}",
-                    c.peer_name,
-                    c.refusal.clone().unwrap_or_default()
-                ),
-                _ => format!(
-                    "no trusted online peer can run `{environment}`: {}",
-                    ranking.reason
-                ),
-            },
-            details: Some(serde_json::to_value(&ranking).unwrap_or_default()),
-        });
+        return Err(no_peer_fits(&ranking, only.is_some(), &environment));
     };
     let endpoint = state.peers.view().endpoint(chosen.peer_id).ok_or_else(|| {
         ApiError::new(
