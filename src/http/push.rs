@@ -285,7 +285,7 @@ fn what_to_push(
             Err(error) => notes.push(format!("{shown}: not pushed: {error}")),
         }
     }
-    (set.changes, notes, branches)
+    (set, notes, branches)
 }
 
 /// The origin's side.

@@ -243,10 +243,7 @@ impl Exclusions<'_> {
         if path == crate::model::WORKSPACE_FILE || self.relocated.contains_key(path) {
             return Some(Skipped::Metadata);
         }
-        let (project, inner) = self
-            .git_projects
-            .iter()
-            .find_map(|p| within(p, path).map(|inner| (p, inner)))?;
+        let inner = self.git_projects.iter().find_map(|p| within(p, path))?;
         let object_added = change.base.is_none()
             && change
                 .new
@@ -258,7 +255,7 @@ impl Exclusions<'_> {
         Some(if inner == ".git" || inner.starts_with(".git/") {
             Skipped::GitState
         } else {
-            Skipped::GitWorkTree(project.clone())
+            Skipped::GitWorkTree
         })
     }
 }
@@ -347,7 +344,7 @@ pub fn check_pushed(
             Some(Skipped::GitState) => {
                 "a git project's .git takes only new objects (commits go back as a branch)"
             }
-            Some(Skipped::GitWorkTree(_)) => {
+            Some(Skipped::GitWorkTree) => {
                 "a git project's files go back as commits on a branch, not as files"
             }
         };
@@ -367,27 +364,18 @@ enum Skipped {
     /// A git project's `.git` state.
     GitState,
     /// A git project's working tree: it goes back as commits.
-    GitWorkTree(String),
+    GitWorkTree,
 }
 
-/// What the clone changed since its base, and what of it stays out.
-#[derive(Debug, Default)]
-pub struct ChangeSet {
-    /// The changes, in path byte order.
-    pub changes: Vec<Change>,
-    /// Git projects whose working tree differs from the base, with the count of paths: those
-    /// go back only as commits.
-    pub skipped_work_trees: BTreeMap<String, usize>,
-}
-
-/// The difference from `base` to `mine`, minus what `exclusions` leave out.
-pub fn changes(base: &Snapshot, mine: &Snapshot, exclusions: &Exclusions<'_>) -> ChangeSet {
+/// The difference from `base` to `mine`, in path byte order, minus what `exclusions` leave
+/// out.
+pub fn changes(base: &Snapshot, mine: &Snapshot, exclusions: &Exclusions<'_>) -> Vec<Change> {
     let base_map: HashMap<&str, &SnapshotEntry> =
         base.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mine_map: HashMap<&str, &SnapshotEntry> =
         mine.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let paths: BTreeSet<&str> = base_map.keys().chain(mine_map.keys()).copied().collect();
-    let mut set = ChangeSet::default();
+    let mut set = Vec::new();
     for path in paths {
         let (b, m) = (base_map.get(path).copied(), mine_map.get(path).copied());
         if same(b, m) {
@@ -401,12 +389,8 @@ pub fn changes(base: &Snapshot, mine: &Snapshot, exclusions: &Exclusions<'_>) ->
             }),
             new: m.cloned(),
         };
-        match exclusions.excludes(&change) {
-            None => set.changes.push(change),
-            Some(Skipped::GitWorkTree(project)) => {
-                *set.skipped_work_trees.entry(project).or_default() += 1
-            }
-            Some(_) => {}
+        if exclusions.excludes(&change).is_none() {
+            set.push(change);
         }
     }
     set
@@ -597,9 +581,9 @@ mod tests {
         let clone = snapshot(vec![file("a", "2"), file("b", "1"), file("d", "new")]);
         let origin = snapshot(vec![file("a", "1"), file("b", "3"), file("c", "1")]);
         let set = changes(&base, &clone, &NONE);
-        let paths: Vec<&str> = set.changes.iter().map(|c| c.path.as_str()).collect();
+        let paths: Vec<&str> = set.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(paths, ["a", "c", "d"]);
-        let merged = merge(&origin, &set.changes, false, "/clone").unwrap();
+        let merged = merge(&origin, &set, false, "/clone").unwrap();
         assert_eq!(
             merged.entries,
             vec![file("a", "2"), file("b", "3"), file("d", "new")]
@@ -616,13 +600,13 @@ mod tests {
         let set = changes(&base, &clone, &NONE);
         // `b` changed the same way on both sides: not a conflict.
         assert_eq!(
-            merge(&origin, &set.changes, false, "/c"),
+            merge(&origin, &set, false, "/c"),
             Err(Conflicts {
                 paths: vec!["a".into()],
                 count: 1
             })
         );
-        let forced = merge(&origin, &set.changes, true, "/c").unwrap();
+        let forced = merge(&origin, &set, true, "/c").unwrap();
         assert_eq!(forced.entries, vec![file("a", "2"), file("b", "2")]);
     }
 
@@ -632,19 +616,16 @@ mod tests {
         let clone = snapshot(vec![]);
         let origin = snapshot(vec![dir("d"), file("d/x", "1"), file("d/y", "new")]);
         let set = changes(&base, &clone, &NONE);
-        let conflict = merge(&origin, &set.changes, false, "/c").unwrap_err();
+        let conflict = merge(&origin, &set, false, "/c").unwrap_err();
         assert_eq!(conflict.paths, vec!["d/y".to_string()]);
         // Forced, the clone's removal wins with the subtree.
-        assert!(merge(&origin, &set.changes, true, "/c")
-            .unwrap()
-            .entries
-            .is_empty());
+        assert!(merge(&origin, &set, true, "/c").unwrap().entries.is_empty());
         // The other way round: the clone added under a directory the origin removed.
         let clone = snapshot(vec![dir("d"), file("d/x", "1"), file("d/z", "mine")]);
         let origin = snapshot(vec![]);
         let set = changes(&base, &clone, &NONE);
-        assert!(merge(&origin, &set.changes, false, "/c").is_err());
-        let forced = merge(&origin, &set.changes, true, "/c").unwrap();
+        assert!(merge(&origin, &set, false, "/c").is_err());
+        let forced = merge(&origin, &set, true, "/c").unwrap();
         assert_eq!(forced.entries, vec![dir("d"), file("d/z", "mine")]);
     }
 
@@ -684,13 +665,12 @@ mod tests {
             file("workspace.yaml", "changed"),
         ]);
         let set = changes(&base, &clone, &push);
-        let paths: Vec<&str> = set.changes.iter().map(|c| c.path.as_str()).collect();
+        let paths: Vec<&str> = set.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(
             paths,
             vec!["p/.git/objects/ab", loose.as_str(), pack.as_str()]
         );
-        assert_eq!(set.skipped_work_trees.get("p"), Some(&1));
-        assert!(changes(&base, &clone, &pull).changes.is_empty());
+        assert!(changes(&base, &clone, &pull).is_empty());
     }
 
     #[test]

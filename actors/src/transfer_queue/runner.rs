@@ -603,10 +603,10 @@ impl JobContext {
                     git_objects: false,
                 },
             );
-            if set.changes.is_empty() {
+            if set.is_empty() {
                 return Ok(None);
             }
-            let target = super::push::merge(&source, &set.changes, false, &source.source_root)
+            let target = super::push::merge(&source, &set, false, &source.source_root)
                 .map_err(|c| conflict(c, PULL_HINT))?;
             target.validate(&limits)?;
             Ok(Some(target))
