@@ -98,6 +98,19 @@ fn dashboard_in_chromium() {
                 });
                 writeln!(to_script, "done").unwrap();
             }
+            "ACTION ci-run" => {
+                // A CI run on alpha that fails with its own exit code, for the CI view.
+                let out = a.cli(&[
+                    "ci",
+                    "serve-demo",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo from-the-ci-run; exit 3",
+                ]);
+                assert_eq!(out.status.code(), Some(3), "{out:?}");
+                writeln!(to_script, "done").unwrap();
+            }
             "ACTION kill-c" => {
                 c.kill9();
                 writeln!(to_script, "done").unwrap();

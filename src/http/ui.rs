@@ -27,6 +27,7 @@ static FILES: &[(&str, &[u8])] = embed!(
     "js/transfers.js",
     "js/run.js",
     "js/cluster.js",
+    "js/ci.js",
     "vendor/xterm/xterm.mjs",
     "vendor/xterm/xterm.css",
     "vendor/xterm/LICENSE",

@@ -216,6 +216,18 @@ try {
   await runCard.locator('.badge[data-state="stopped"]').waitFor();
   step('stopped');
 
+  // CI: a run started from the CLI appears live with its exit code, and its log opens.
+  await a.getByRole('link', { name: 'CI' }).click();
+  await a.getByRole('heading', { name: 'CI runs' }).waitFor();
+  await action('ci-run');
+  const ciCard = a.locator('article.ci-run[data-state="failed"]', { hasText: 'serve-demo' });
+  await ciCard.waitFor();
+  await ciCard.locator('p.muted', { hasText: 'exit 3' }).waitFor();
+  await ciCard.getByText('Log', { exact: true }).click();
+  await ciCard.locator('pre.log', { hasText: 'from-the-ci-run' }).waitFor();
+  step('CI run listed live with its log');
+  if (shots) await a.screenshot({ path: `${shots}/ci.png`, fullPage: true });
+
   // Trust: C is known, with its key id; trusting it after comparing the key id shows it
   // trusted, live.
   const card = b.locator('article[data-peer="gamma"] .badge[data-state]');

@@ -8,6 +8,7 @@ import * as workspaces from './workspaces.js';
 import * as transfers from './transfers.js';
 import * as run from './run.js';
 import * as cluster from './cluster.js';
+import * as ci from './ci.js';
 
 export const state = {
   user: null,
@@ -17,6 +18,8 @@ export const state = {
   workspaces: new Map(),
   peers: new Map(),
   transfers: new Map(),
+  // CI runs seen since the page loaded (the CI view lists the kept ones first), by id.
+  ci: new Map(),
   runtimes: new Map(),
   // Where this node's environments run on peers, by `workspace_id/environment`.
   placements: new Map(),
@@ -26,7 +29,7 @@ export const state = {
   connected: false,
 };
 
-const views = { overview, network, workspaces, transfers, run, cluster };
+const views = { overview, network, workspaces, transfers, run, cluster, ci };
 const listeners = new Set();
 let current = null;
 let socket = null;
@@ -130,6 +133,14 @@ function handle(message) {
         else if (['queued', 'done', 'cancelled'].includes(job.state)) record(`${what} ${job.state}`);
       }
       changed('transfers');
+      break;
+    }
+    case 'ci_run_changed': {
+      const run = message.run;
+      const before = state.ci.get(run.id);
+      state.ci.set(run.id, run);
+      if (!before || before.state !== run.state) record(`CI run #${run.number} of ${run.workspace} ${run.state}`);
+      changed('ci');
       break;
     }
     case 'runtime_changed':

@@ -1,4 +1,4 @@
-// Transfers: every clone and sync job with a live progress bar, rate, ETA, sources, state
+// Transfers: every clone, sync and push job with a live progress bar, rate, ETA, sources, state
 // and cause of failure; cancel, retry and remove. Also the one place that starts a clone.
 
 import { state, onChange, attempt, flash } from './app.js';
@@ -64,13 +64,16 @@ function jobRow(job) {
   ].filter(Boolean).join(' · ');
   return h('article', { class: 'card transfer', 'data-transfer': job.id, 'data-state': job.state, 'aria-label': `${job.kind} of ${job.workspace_name}` },
     h('h3', {},
-      h('span', {}, `${job.kind === 'clone' ? 'Clone' : 'Sync'} ${job.peer_name}/${job.workspace_name}`,
-        job.target_name && job.target_name !== job.workspace_name ? ` → ${job.target_name}` : ''),
+      h('span', {}, `${{ clone: 'Clone', sync: 'Sync', push: 'Push from' }[job.kind] ?? job.kind} ${job.peer_name}/${job.workspace_name}`,
+        job.target_name && (job.target_name !== job.workspace_name || job.kind === 'push') ? ` → ${job.target_name}` : ''),
       h('span', { class: `badge job-${job.state}`, text: job.state })),
     h('progress', { max: 100, value: percent, 'aria-label': `Progress of ${job.workspace_name}`, 'aria-valuetext': `${percent}%` }),
     h('p', { class: 'muted', text: details }),
     job.sources.length ? h('p', { class: 'muted', text: `from ${job.sources.join(', ')}` }) : null,
     job.error ? h('p', { class: 'error', role: 'alert', text: job.error }) : null,
+    job.conflicts && job.conflicts.length
+      ? h('details', {}, h('summary', {}, `Changed on both sides (${job.conflicts.length})`), h('ul', {}, job.conflicts.map((c) => h('li', { text: c }))))
+      : null,
     job.hook_error ? h('pre', { class: 'error', role: 'alert', text: `Arrived, but ${job.hook_error}` }) : null,
     job.state === 'done' && job.notes.length
       ? h('details', {}, h('summary', {}, 'Notes'), h('ul', {}, job.notes.map((n) => h('li', { text: n }))))
