@@ -575,3 +575,61 @@ async fn a_running_ci_command_holds_its_allocation() {
     let done = finished_run(&node, &id).await;
     assert_eq!(done.state, "passed", "{done:?}");
 }
+
+#[actix_rt::test]
+async fn ci_runs_reach_only_those_who_may_use_their_workspace() {
+    use futures_util::StreamExt;
+    let node = TestNode::spawn();
+    common::add_user(&node.data_dir, "val", "viewer", "correct horse battery");
+    let admin = node.admin();
+    admin
+        .create(&CreateWorkspace {
+            name: "secret".into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .put_environment(
+            "secret",
+            "main",
+            "schema_version: 1\nruntime: process\n".into(),
+        )
+        .await
+        .unwrap();
+    let out = node.cli(&["ci", "secret", "--", "echo", "token=hunter2"]);
+    assert!(out.status.success(), "{out:?}");
+    let viewer = aienv::client::Client::new(
+        &node.url,
+        Some(aienv::client::Credentials::Basic {
+            user: "val".into(),
+            password: "correct horse battery".into(),
+        }),
+    );
+    assert!(viewer.ci_runs(None).await.unwrap().is_empty());
+    let mut stream = viewer.events().await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first["type"], "snapshot");
+    assert_eq!(first["ci_runs"], serde_json::json!([]), "{first}");
+    // Another run, then a change the viewer sees: the run's events never came before it.
+    let out = node.cli(&["ci", "secret", "--", "echo", "again"]);
+    assert!(out.status.success(), "{out:?}");
+    admin
+        .create(&CreateWorkspace {
+            name: "later".into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    loop {
+        let message = stream.next().await.unwrap().unwrap();
+        assert_ne!(message["type"], "ci_run_changed", "{message}");
+        if message["type"] == "workspace_changed" && message["name"] == "later" {
+            break;
+        }
+    }
+    // The admin's stream has them.
+    let mut stream = admin.events().await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first["ci_runs"].as_array().unwrap().len(), 2, "{first}");
+}

@@ -129,7 +129,7 @@ async fn list(
 }
 
 /// Whether the caller may use the run's workspace (a run of a deleted workspace: admins).
-async fn may_see(state: &AppState, login: &Login, run: &CiRun) -> bool {
+pub(super) async fn may_see(state: &AppState, login: &Login, run: &CiRun) -> bool {
     match state.store.get(&run.workspace_id.to_string()) {
         Ok(entry) => check(state, &login.0, &entry, Action::Use).await.is_ok(),
         Err(_) => super::permissions::require_admin(state, &login.0, "see it").is_ok(),

@@ -46,7 +46,7 @@ async fn events(
     let user = login.name().to_string();
     tracing::debug!(%user, "event stream opened");
     actix_web::rt::spawn(async move {
-        let (text, mut watermarks) = snapshot(&state, false);
+        let (text, mut watermarks) = snapshot(&state, &login, false).await;
         if session.text(text).await.is_err() {
             return;
         }
@@ -58,11 +58,18 @@ async fn events(
                             if envelope.seq <= watermarks.of(&envelope.event) {
                                 continue;
                             }
+                            // A CI run is seen by those who may use its workspace, as in
+                            // `GET /ci/runs`.
+                            if let NodeEvent::CiRunChanged(run) = &envelope.event {
+                                if !super::ci::may_see(&state, &login, run).await {
+                                    continue;
+                                }
+                            }
                             event_json(&envelope)
                         }
                         Err(RecvError::Lagged(missed)) => {
                             tracing::debug!(missed, "event stream client lagged; resnapshot");
-                            let (text, seen) = snapshot(&state, true);
+                            let (text, seen) = snapshot(&state, &login, true).await;
                             watermarks = seen;
                             text
                         }
@@ -121,13 +128,20 @@ impl Watermarks {
     }
 }
 
-fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
+/// The full state for `login`: everything, but CI runs only of workspaces they may use.
+async fn snapshot(state: &AppState, login: &Login, resync: bool) -> (String, Watermarks) {
+    let ci = state.ci.view();
+    let mut runs = Vec::with_capacity(ci.runs.len());
+    for run in ci.runs.iter() {
+        if super::ci::may_see(state, login, run).await {
+            runs.push(crate::api::CiRunDto::from(&**run));
+        }
+    }
     let view = state.store.view();
     let peers = state.peers.view();
     let transfers = state.transfers.view();
     let runtimes = state.runtimes.view();
     let placements = state.placements.view();
-    let ci = state.ci.view();
     let owner = Caller(Some(crate::auth::Principal::Admin));
     let workspaces: Vec<WorkspaceDto> = view
         .iter()
@@ -143,7 +157,7 @@ fn snapshot(state: &AppState, resync: bool) -> (String, Watermarks) {
         "transfers": transfers.jobs.iter().map(|j| TransferDto::from(&**j)).collect::<Vec<_>>(),
         "runtimes": runtimes.envs.iter().map(|e| EnvironmentStatusDto::from(&**e)).collect::<Vec<_>>(),
         "placements": placements.placements.iter().map(|p| PlacementDto::from(&**p)).collect::<Vec<_>>(),
-        "ci_runs": ci.runs.iter().map(|r| crate::api::CiRunDto::from(&**r)).collect::<Vec<_>>(),
+        "ci_runs": runs,
     })
     .to_string();
     (
