@@ -223,3 +223,130 @@ async fn start_up_reconciles_and_reports_each_repair() {
         Vec::<String>::new()
     );
 }
+
+/// A clone is usable before its write-back is done; a crash in between is simulated by a
+/// node that never finishes it (`AIENV_TEST_LEAVE_UNFLUSHED`) and is killed. At the next start
+/// every file that arrived is read again: intact, the clone stays; torn, it is set aside
+/// (and the node says so) instead of served.
+#[actix_rt::test]
+async fn a_clone_whose_write_back_a_crash_cut_short_is_checked_at_start() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &["--name", "node-a"]);
+    let admin_a = a.admin();
+    for name in ["intact", "torn"] {
+        admin_a
+            .create(&CreateWorkspace {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let root =
+            std::path::PathBuf::from(admin_a.get(name).await.unwrap().workspace.path.unwrap());
+        std::fs::write(root.join("small.txt"), format!("{name}\n")).unwrap();
+        let large: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(root.join("weights.bin"), large).unwrap();
+        admin_a
+            .share(name, &aienv::api::ShareRequest::default())
+            .await
+            .unwrap();
+    }
+    let data_b = temp.path().join("b");
+    let mut b = TestNode::spawn_with_env(
+        &data_b,
+        &["--name", "node-b", "--announce-interval", "0.2"],
+        &[
+            ("AIENV_DISCOVERY_STATIC_PEERS", a.tls_url.as_str()),
+            ("AIENV_TEST_LEAVE_UNFLUSHED", "1"),
+        ],
+    );
+    let admin_b = b.admin();
+    let mut roots = BTreeMap::new();
+    for name in ["intact", "torn"] {
+        common::eventually(&format!("B sees {name}"), || async {
+            admin_b
+                .network_catalog(&aienv::client::NetworkQuery::default())
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.workspace.name == name)
+        })
+        .await;
+        let job = admin_b
+            .start_transfer(&aienv::api::TransferRequestDto {
+                kind: "clone".into(),
+                peer: Some("node-a".into()),
+                workspace: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let job = common::finished(&admin_b, job.id).await;
+        assert_eq!(job.state, "done", "{job:?}");
+        assert!(
+            job.notes
+                .iter()
+                .any(|n| n.contains("usable") && n.contains("write-back")),
+            "{:?}",
+            job.notes
+        );
+        roots.insert(
+            name,
+            std::path::PathBuf::from(admin_b.get(name).await.unwrap().workspace.path.unwrap()),
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(data_b.join("unflushed")).unwrap().count(),
+        2,
+        "both clones wait for their write-back"
+    );
+    b.kill9();
+    // What a cut write-back can leave: a file shorter than what arrived, or other bytes.
+    let torn = roots["torn"].join("weights.bin");
+    let mut bytes = std::fs::read(&torn).unwrap();
+    bytes[2 << 20] ^= 0xff;
+    std::fs::write(&torn, bytes).unwrap();
+
+    let b = TestNode::spawn_with_env(
+        &data_b,
+        &["--name", "node-b", "--announce-interval", "0.2"],
+        &[("AIENV_DISCOVERY_STATIC_PEERS", a.tls_url.as_str())],
+    );
+    let admin_b = b.admin();
+    let names: Vec<String> = admin_b
+        .list_all(&ListQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, ["intact"], "the torn clone is not served");
+    assert_eq!(
+        std::fs::read_to_string(roots["intact"].join("small.txt")).unwrap(),
+        "intact\n"
+    );
+    let repairs = admin_b
+        .node()
+        .await
+        .unwrap()
+        .startup_repairs
+        .unwrap_or_default();
+    let said = repairs.join("\n");
+    assert!(
+        said.contains("weights.bin") && said.contains("clone it again"),
+        "{said}"
+    );
+    assert!(said.contains("are intact"), "{said}");
+    assert_eq!(
+        std::fs::read_dir(data_b.join("unflushed")).unwrap().count(),
+        0
+    );
+    assert!(
+        std::fs::read_dir(data_b.join("quarantine"))
+            .unwrap()
+            .count()
+            >= 1
+    );
+}

@@ -76,22 +76,9 @@ impl JobContext {
             relocated: relocation.relocated.clone(),
             needs_rebuild: relocation.needs_rebuild.clone(),
         };
-        let created = self
-            .store
-            .commit_clone(
-                CloneRequest {
-                    staging: stage.tree().to_path_buf(),
-                    origin,
-                    rename_to: self.job.request.rename_to.clone(),
-                    private: self.job.request.private,
-                    notes: Vec::new(),
-                },
-                &self.job.request.by,
-            )
-            .await?;
-        notes.extend(created.notes);
-        let local_id = created.workspace.manifest.id;
-        self.save_base(local_id, snapshot).await;
+        // The files that arrived as the snapshot says (not relocated, not rebuilt by git):
+        // recorded in the chunk index, and, rather than waiting for their write-back before
+        // the clone is usable, checked by content at the next start if a crash comes first.
         let written: HashSet<String> = snapshot
             .entries
             .iter()
@@ -107,9 +94,63 @@ impl JobContext {
                     .any(|a| a.rewrote_git_dir && path.starts_with(&format!("{}/.git/", a.path)))
             })
             .collect();
+        let commit_started = Instant::now();
+        let unflushed = {
+            let (tree, snapshot, written) = (
+                stage.tree().to_path_buf(),
+                snapshot.clone(),
+                written.clone(),
+            );
+            blocking(move || {
+                // Everything else (relocated files, a rebuilt `.git`, the directories) is
+                // made durable now.
+                crate::fsio::fsync_tree_except(&tree, &written)
+                    .map_err(|e| TransferError::io("flushing", &tree)(std::io::Error::other(e)))?;
+                let entries = snapshot
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::Dir || written.contains(&e.path))
+                    .cloned()
+                    .collect();
+                Ok(Arc::new(Snapshot::new(
+                    snapshot.workspace_id,
+                    snapshot.name.clone(),
+                    snapshot.revision,
+                    snapshot.source_root.clone(),
+                    entries,
+                )))
+            })
+            .await?
+        };
+        let created = self
+            .store
+            .commit_clone(
+                CloneRequest {
+                    staging: stage.tree().to_path_buf(),
+                    origin,
+                    rename_to: self.job.request.rename_to.clone(),
+                    private: self.job.request.private,
+                    notes: Vec::new(),
+                    unflushed: Some(unflushed),
+                },
+                &self.job.request.by,
+            )
+            .await?;
+        notes.extend(created.notes);
+        let local_id = created.workspace.manifest.id;
         self.store
             .record_snapshot(local_id, snapshot.clone(), written)
             .await?;
+        self.save_base(local_id, snapshot).await;
+        // Usable since the commit; the job is done once the clone is on disk.
+        let usable = commit_started.elapsed();
+        let flush_started = Instant::now();
+        self.store.flush(local_id).await?;
+        notes.push(format!(
+            "usable {:.2} s after verification, its write-back done {:.2} s later",
+            usable.as_secs_f64(),
+            flush_started.elapsed().as_secs_f64()
+        ));
         // The clone is in place and verified; its post_clone hook runs now, confined. A
         // failing hook leaves the clone (like `git clone` with a failing hook) and says so.
         let mut hook_error = None;

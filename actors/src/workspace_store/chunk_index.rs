@@ -496,6 +496,27 @@ fn hash_files(
         .collect()
 }
 
+/// Whether the regular file at `path` holds exactly what `entry` describes (size and hash),
+/// read and hashed now whatever its stamp: the check of a clone whose write-back a crash may
+/// have cut short.
+pub(super) fn file_matches(path: &Path, entry: &crate::snapshot::SnapshotEntry) -> bool {
+    let Ok(metadata) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !metadata.is_file() || metadata.len() != entry.size {
+        return false;
+    }
+    let seen = WalkEntry {
+        path: entry.path.clone(),
+        kind: EntryKind::File,
+        mode: entry.mode,
+        stamp: Stamp::of(&metadata),
+        target: None,
+    };
+    hash_file(path, &seen)
+        .is_ok_and(|record| Some(record.hash) == entry.hash && record.stamp.size == entry.size)
+}
+
 /// Hashes a file: BLAKE3 of a small file's content; a large file's content-defined chunks
 /// and the hash of its chunk list ([`chunk_list_hash`]).
 fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {

@@ -71,6 +71,10 @@ pub struct CloneRequest {
     pub private: bool,
     /// Notes to hand back (relocations, links kept, ...).
     pub notes: Vec<String>,
+    /// The files a start after a crash must find intact, every other file of `staging`
+    /// having been flushed: the clone is then committed before its write-back is done (see
+    /// [`WorkspaceStoreHandle::flush`]). `None`: the file system is flushed first.
+    pub unflushed: Option<Arc<Snapshot>>,
 }
 
 /// The changes that make a clone equal to a newer snapshot of its source. Every path is
@@ -294,6 +298,7 @@ impl WorkspaceStoreHandle {
             rename_to,
             private,
             notes,
+            unflushed,
         } = request;
         let loaded = {
             let staging = staging.clone();
@@ -320,9 +325,25 @@ impl WorkspaceStoreHandle {
             change: WorkspaceChange::Cloned,
             import: None,
             origin: Some(origin),
+            unflushed,
             by: by.to_string(),
         })
         .await?
+    }
+
+    /// Finishes a clone committed before its write-back (`CloneRequest::unflushed`): waits
+    /// for its file system to be flushed, then forgets the record a start after a crash
+    /// would check. Off the actor: a large write-back delays nothing else.
+    pub async fn flush(&self, id: Uuid) -> Result<(), StoreError> {
+        // Test hook: leave the record, as a crash before the write-back would.
+        if std::env::var_os("AIENV_TEST_LEAVE_UNFLUSHED").is_some() {
+            return Ok(());
+        }
+        let root = self.get(&id.to_string())?.path.clone();
+        let layout = self.layout.clone();
+        tokio::task::spawn_blocking(move || super::finish_flush(&layout, id, &root))
+            .await
+            .map_err(|_| StoreError::Unavailable)?
     }
 
     /// Applies a sync plan to the clone `id` and records the new origin state (none for a

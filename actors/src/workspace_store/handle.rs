@@ -187,6 +187,7 @@ impl WorkspaceStoreHandle {
             change: WorkspaceChange::Created,
             import: None,
             origin: None,
+            unflushed: None,
             by: by.to_string(),
         })
         .await?
@@ -385,6 +386,7 @@ impl WorkspaceStoreHandle {
                 change: WorkspaceChange::Imported,
                 import: Some(summary),
                 origin: None,
+                unflushed: None,
                 by: by.to_string(),
             })
             .await??;

@@ -82,6 +82,9 @@ pub struct Layout {
     pub trash: PathBuf,
     /// `<data>/quarantine`: directories found unreadable at start, kept for inspection.
     pub quarantine: PathBuf,
+    /// `<data>/unflushed`: one record per clone made usable before its files were known to
+    /// be on disk; checked at start, removed once they are.
+    pub unflushed: PathBuf,
 }
 
 impl Layout {
@@ -92,7 +95,13 @@ impl Layout {
             staging: data_dir.join("staging"),
             trash: data_dir.join("trash"),
             quarantine: data_dir.join("quarantine"),
+            unflushed: data_dir.join("unflushed"),
         }
+    }
+
+    /// The record of clone `id` not yet known to be on disk.
+    fn unflushed_record(&self, id: Uuid) -> PathBuf {
+        self.unflushed.join(format!("{id}.snapshot"))
     }
 
     fn workspace(&self, id: Uuid) -> PathBuf {
@@ -178,6 +187,10 @@ struct CommitNew {
     import: Option<ImportSummary>,
     /// For a clone, where it came from.
     origin: Option<Origin>,
+    /// For a clone: the files a start after a crash must find intact (every other file was
+    /// flushed already). Given, the clone is made visible before the write-back is done, and
+    /// [`WorkspaceStoreHandle::flush`] finishes it; absent, the file system is flushed first.
+    unflushed: Option<Arc<crate::snapshot::Snapshot>>,
     by: String,
 }
 
@@ -421,6 +434,7 @@ impl Handler<CommitNew> for WorkspaceStore {
             change,
             import,
             origin,
+            unflushed,
             by,
         } = message;
         let staging = prepared.staging.clone();
@@ -450,18 +464,29 @@ impl Handler<CommitNew> for WorkspaceStore {
                 if !path.exists() {
                     std::fs::create_dir_all(path.parent().expect("has a parent"))
                         .map_err(StoreError::io("creating directory", &path))?;
-                    std::fs::write(&path, yaml::to_string(spec))
-                        .map_err(StoreError::io("writing", &path))?;
+                    fsio::write_atomic(&path, yaml::to_string(spec).as_bytes())?;
                 }
             }
             // Written only when it differs, so a clone keeps the source's bytes (and root hash).
+            // Durably: a clone committed before its write-back lists only the files that came.
             let manifest_path = staging.join(WORKSPACE_FILE);
             let manifest_text = yaml::to_string(&manifest);
             if std::fs::read_to_string(&manifest_path).ok().as_deref() != Some(&manifest_text) {
-                std::fs::write(&manifest_path, manifest_text)
-                    .map_err(StoreError::io("writing", &manifest_path))?;
+                fsio::write_atomic(&manifest_path, manifest_text.as_bytes())?;
             }
-            fsio::sync_filesystem(&staging)?;
+            match &unflushed {
+                // Durable before the rename: a start after a crash checks these files.
+                Some(files) => {
+                    std::fs::create_dir_all(&self.layout.unflushed)
+                        .map_err(StoreError::io("creating directory", &self.layout.unflushed))?;
+                    fsio::write_atomic(
+                        &self.layout.unflushed_record(manifest.id),
+                        &files.encode(),
+                    )?;
+                    fsio::fsync_dir(&self.layout.unflushed)?;
+                }
+                None => fsio::sync_filesystem(&staging)?,
+            }
             let root = self.layout.workspace(manifest.id);
             std::fs::rename(&staging, &root).map_err(StoreError::io("moving into place", &root))?;
             fsio::fsync_dir(&self.layout.workspaces)?;
@@ -485,6 +510,19 @@ impl Handler<CommitNew> for WorkspaceStore {
         }
         result
     }
+}
+
+/// Finishes a clone committed before its write-back: flushes its file system, then drops
+/// the record that would have it checked at the next start.
+pub(super) fn finish_flush(layout: &Layout, id: Uuid, root: &Path) -> Result<(), StoreError> {
+    let record = layout.unflushed_record(id);
+    if !record.exists() {
+        return Ok(());
+    }
+    fsio::sync_filesystem(root)?;
+    std::fs::remove_file(&record).map_err(StoreError::io("removing", &record))?;
+    fsio::fsync_dir(&layout.unflushed)?;
+    Ok(())
 }
 
 impl Handler<Update> for WorkspaceStore {

@@ -4,6 +4,9 @@
 //! The directories are the truth for content (a change is on disk before it is indexed); the
 //! index is the truth for history. Rules:
 //! - leftovers in `staging/` (interrupted creates and imports) are removed;
+//! - a clone made usable before its write-back finished (a record in `unflushed/`) has every
+//!   file the record lists read and hashed again; one that differs (a crash cut the
+//!   write-back short) moves the clone to `quarantine/`, and its index entry is dropped;
 //! - leftovers in `trash/` (interrupted deletes) are removed, and their index entries too;
 //! - a directory without an index entry is indexed (a create that crashed before indexing)
 //!   or, when unreadable or clashing, moved to `quarantine/`;
@@ -48,6 +51,8 @@ pub(super) fn reconcile(
             .repairs
             .push(format!("removed unfinished staging directory {leftover}"));
     }
+
+    check_unflushed(layout, &mut report)?;
 
     let mut records: BTreeMap<Uuid, IndexRecord> = index
         .all()?
@@ -240,6 +245,60 @@ fn env_dirs_changed(root: &std::path::Path, record: &IndexRecord) -> bool {
             .environments
             .keys()
             .any(|name| !on_disk.contains(name))
+}
+
+/// Checks every clone whose write-back was not known to be finished (see the module's rules).
+fn check_unflushed(layout: &Layout, report: &mut ReconcileReport) -> Result<(), StoreError> {
+    for name in read_dir_names(&layout.unflushed)? {
+        let record = layout.unflushed.join(&name);
+        let Some(id) = name
+            .strip_suffix(".snapshot")
+            .and_then(|id| Uuid::parse_str(id).ok())
+        else {
+            fs::remove_file(&record).map_err(StoreError::io("removing", &record))?;
+            continue;
+        };
+        let root = layout.workspace(id);
+        if root.exists() {
+            let files = fs::read(&record).ok().and_then(|bytes| {
+                crate::snapshot::Snapshot::decode(
+                    &bytes,
+                    &crate::snapshot::SnapshotLimits::default(),
+                )
+                .ok()
+            });
+            let bad: Vec<&str> = match &files {
+                Some(files) => files
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == crate::snapshot::EntryKind::File)
+                    .filter(|e| !super::chunk_index::file_matches(&root.join(&e.path), e))
+                    .map(|e| e.path.as_str())
+                    .collect(),
+                None => vec!["(its record is unreadable)"],
+            };
+            if bad.is_empty() {
+                fsio::sync_filesystem(&root)?;
+                report.repairs.push(format!(
+                    "clone {id}: its files were checked after an interrupted write-back, and are intact"
+                ));
+            } else {
+                quarantine(
+                    layout,
+                    &id.to_string(),
+                    &format!(
+                        "a crash cut its write-back short ({} files differ from what arrived, e.g. {}); clone it again",
+                        bad.len(),
+                        bad.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+                    ),
+                    report,
+                )?;
+            }
+        }
+        fs::remove_file(&record).map_err(StoreError::io("removing", &record))?;
+        fsio::fsync_dir(&layout.unflushed)?;
+    }
+    Ok(())
 }
 
 fn quarantine(
