@@ -162,8 +162,9 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     let client = b.admin();
     flush_all();
     let started = Instant::now();
-    let job = transfer(&client, "clone", Some("bench-a"), "bench").await;
+    let (job, usable) = transfer_usable(&client, "clone", Some("bench-a"), "bench").await;
     let clone_seconds = started.elapsed().as_secs_f64();
+    let usable_seconds = usable.map_or(clone_seconds, |u| u.as_secs_f64());
     let fastest = rows.iter().map(|r| r.2).fold(f64::MAX, f64::min);
     let tar = rows[1].2;
     println!();
@@ -180,13 +181,14 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         );
     }
     println!(
-        "{:<40} {clone_seconds:>8.2} {clone_seconds:>8.2} {:>9.0} {:>9.0}",
-        "aienv clone (durable when done)",
+        "{:<40} {usable_seconds:>8.2} {clone_seconds:>8.2} {:>9.0} {:>9.0}",
+        "aienv clone (usable / durable)",
         bytes as f64 / 1e6 / clone_seconds,
         files as f64 / clone_seconds
     );
     println!(
-        "aienv clone / fastest durable baseline: {:.2} (target ≤ 1.1 on disk); / tar|zstd: {:.2} (target ≤ 1.0 on tmpfs)",
+        "aienv clone usable / fastest durable baseline: {:.2}, durable / it: {:.2} (target ≤ 1.1 on disk); durable / tar|zstd: {:.2} (target ≤ 1.0 on tmpfs)",
+        usable_seconds / fastest,
         clone_seconds / fastest,
         clone_seconds / tar
     );
@@ -563,6 +565,19 @@ fn sync_fs(path: &Path) {
 }
 
 async fn transfer(client: &Client, kind: &str, peer: Option<&str>, workspace: &str) -> TransferDto {
+    transfer_usable(client, kind, peer, workspace).await.0
+}
+
+/// A transfer to its end, and, for a clone, how long until the workspace was listed here
+/// (usable) — the job itself ends once the clone is on disk.
+async fn transfer_usable(
+    client: &Client,
+    kind: &str,
+    peer: Option<&str>,
+    workspace: &str,
+) -> (TransferDto, Option<Duration>) {
+    let started = Instant::now();
+    let mut usable = None;
     {
         let job = client
             .start_transfer(&TransferRequestDto {
@@ -575,9 +590,16 @@ async fn transfer(client: &Client, kind: &str, peer: Option<&str>, workspace: &s
             .unwrap();
         loop {
             let job = client.transfer(&job.id.to_string()).await.unwrap();
+            if usable.is_none()
+                && kind == "clone"
+                && job.state == "materializing"
+                && client.get(workspace).await.is_ok()
+            {
+                usable = Some(started.elapsed());
+            }
             if job.is_finished() {
                 assert_eq!(job.state, "done", "{:?}", job.error);
-                return job;
+                return (job, usable);
             }
             actix_rt::time::sleep(Duration::from_millis(5)).await;
         }
