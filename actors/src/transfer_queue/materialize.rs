@@ -145,12 +145,20 @@ impl JobContext {
         // Usable since the commit; the job is done once the clone is on disk.
         let usable = commit_started.elapsed();
         let flush_started = Instant::now();
-        self.store.flush(local_id).await?;
-        notes.push(format!(
-            "usable {:.2} s after verification, its write-back done {:.2} s later",
-            usable.as_secs_f64(),
-            flush_started.elapsed().as_secs_f64()
-        ));
+        match self.store.flush(local_id).await {
+            Ok(()) => notes.push(format!(
+                "usable {:.2} s after verification, its write-back done {:.2} s later",
+                usable.as_secs_f64(),
+                flush_started.elapsed().as_secs_f64()
+            )),
+            // The clone is in place; its record stays, so the next start checks its files.
+            Err(error) => {
+                tracing::warn!(job = %self.job.id, %error, "a clone's write-back could not be confirmed");
+                notes.push(format!(
+                    "its write-back could not be confirmed ({error}); the node checks its files at its next start"
+                ));
+            }
+        }
         // The clone is in place and verified; its post_clone hook runs now, confined. A
         // failing hook leaves the clone (like `git clone` with a failing hook) and says so.
         let mut hook_error = None;
