@@ -304,6 +304,16 @@ async fn git_projects_go_back_as_a_branch_named_for_the_clone() {
     assert_eq!(read(&origin, "feature.py"), None);
     assert_eq!(read(&origin, "README.md").as_deref(), Some("first\n"));
     git(&origin, &["fsck", "--no-progress", "--connectivity-only"]);
+    // Nothing new: the branch is already there, and no revision is added for nothing.
+    let revision = admin_a.get("tool").await.unwrap().workspace.revision;
+    let (code, stdout, stderr) = run(&b, &["sync", "tool", "--push"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("nothing to push"), "{stdout}");
+    assert!(stdout.contains("already at"), "{stdout}");
+    assert_eq!(
+        admin_a.get("tool").await.unwrap().workspace.revision,
+        revision
+    );
 }
 
 /// A writer speaking the protocol itself, with B's own key over mutual TLS: what a push may

@@ -355,7 +355,30 @@ async fn receive(
             .root
             == current_root
     };
-    if same && pushed.branches.is_empty() {
+    if same {
+        // No file to take in (the commits' objects came with an earlier push): only the
+        // branches, if any, and no new revision.
+        let mut notes = vec![format!(
+            "`{}` here already has these files",
+            entry.manifest.name
+        )];
+        let (git, root, projects, name, branches) = (
+            state.store.git().clone(),
+            entry.path.clone(),
+            entry.manifest.projects.clone(),
+            peer.name.clone(),
+            pushed.branches.clone(),
+        );
+        notes.extend(
+            web::block(move || {
+                branches
+                    .iter()
+                    .map(|b| push::receive_branch(&git, &root, &projects, &name, b))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|_| ApiError::from(TransferError::Unavailable))?,
+        );
         return Ok(HttpResponse::Ok().json(PushResultDto {
             state: "up-to-date".into(),
             peer: state.node.name.clone(),
@@ -363,10 +386,7 @@ async fn receive(
             job: None,
             revision: Some(entry.manifest.revision),
             changes: 0,
-            notes: vec![format!(
-                "`{}` here already has these changes",
-                entry.manifest.name
-            )],
+            notes,
         }));
     }
     let changes = pushed.changes.len();

@@ -354,6 +354,14 @@ impl Git {
             url: String::new(),
             git_ref: refname.clone(),
         })?;
+        let current = self.run(
+            checkout,
+            &["rev-parse", "-q", "--verify", &refname],
+            self.local_timeout,
+        );
+        if current.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == commit) {
+            return Ok(format!("branch {name} already at {}", &commit[..12]));
+        }
         let kind = self.run(checkout, &["cat-file", "-t", commit], self.local_timeout)?;
         if String::from_utf8_lossy(&kind.stdout).trim() != "commit" {
             return Err(GitError::Failed {

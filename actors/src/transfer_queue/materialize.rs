@@ -102,8 +102,8 @@ impl JobContext {
                 written.clone(),
             );
             blocking(move || {
-                // Everything else (relocated files, a rebuilt `.git`, the directories) is
-                // made durable now.
+                // Every other file (relocated, a rebuilt `.git`) is made durable now, with
+                // the directories holding it.
                 crate::fsio::fsync_tree_except(&tree, &written)
                     .map_err(|e| TransferError::io("flushing", &tree)(std::io::Error::other(e)))?;
                 let entries = snapshot
@@ -136,14 +136,14 @@ impl JobContext {
                 &self.job.request.by,
             )
             .await?;
+        // Usable from here on; the job is done once the clone is on disk.
+        let usable = commit_started.elapsed();
         notes.extend(created.notes);
         let local_id = created.workspace.manifest.id;
         self.store
             .record_snapshot(local_id, snapshot.clone(), written)
             .await?;
         self.save_base(local_id, snapshot).await;
-        // Usable since the commit; the job is done once the clone is on disk.
-        let usable = commit_started.elapsed();
         let flush_started = Instant::now();
         match self.store.flush(local_id).await {
             Ok(()) => notes.push(format!(
@@ -294,7 +294,7 @@ impl JobContext {
         let git_notes = blocking(move || {
             Ok(branches
                 .iter()
-                .map(|branch| receive_branch(&git, &root, &projects, &peer, branch))
+                .map(|branch| super::push::receive_branch(&git, &root, &projects, &peer, branch))
                 .collect::<Vec<_>>())
         })
         .await?;
@@ -358,39 +358,6 @@ impl JobContext {
         if let Err(error) = saved {
             tracing::warn!(workspace = %id, %error, "recording the clone's base failed; push needs a sync first");
         }
-    }
-}
-
-/// Points `aienv/<peer>/<branch>` of a pushed project at the pushed commit; says what
-/// happened (never fails the push: the files are in).
-fn receive_branch(
-    git: &crate::git::Git,
-    root: &std::path::Path,
-    projects: &[crate::model::Project],
-    peer: &str,
-    branch: &super::push::BranchPush,
-) -> String {
-    let declared = projects.iter().any(|p| {
-        p.path
-            .split('/')
-            .filter(|part| !part.is_empty() && *part != ".")
-            .collect::<Vec<_>>()
-            .join("/")
-            == branch.project
-    });
-    let name = format!("aienv/{peer}/{}", branch.branch);
-    if !declared {
-        return format!(
-            "`{}` is not a project of this workspace: branch {name} not set",
-            branch.project
-        );
-    }
-    if let Err(reason) = crate::git::no_link_on_the_way(root, &branch.project) {
-        return format!("{}: {reason}", branch.project);
-    }
-    match git.receive_branch(&root.join(&branch.project), &name, &branch.commit) {
-        Ok(note) => format!("{}: {note}", branch.project),
-        Err(error) => format!("{}: branch {name} not set: {error}", branch.project),
     }
 }
 

@@ -496,6 +496,39 @@ pub fn merge(
     ))
 }
 
+/// Points `aienv/<peer>/<branch>` of a pushed project at the pushed commit; says what
+/// happened (never fails the push: the files are in).
+pub fn receive_branch(
+    git: &crate::git::Git,
+    root: &std::path::Path,
+    projects: &[crate::model::Project],
+    peer: &str,
+    branch: &BranchPush,
+) -> String {
+    let declared = projects.iter().any(|p| {
+        p.path
+            .split('/')
+            .filter(|part| !part.is_empty() && *part != ".")
+            .collect::<Vec<_>>()
+            .join("/")
+            == branch.project
+    });
+    let name = format!("aienv/{peer}/{}", branch.branch);
+    if !declared {
+        return format!(
+            "`{}` is not a project of this workspace: branch {name} not set",
+            branch.project
+        );
+    }
+    if let Err(reason) = crate::git::no_link_on_the_way(root, &branch.project) {
+        return format!("{}: {reason}", branch.project);
+    }
+    match git.receive_branch(&root.join(&branch.project), &name, &branch.commit) {
+        Ok(note) => format!("{}: {note}", branch.project),
+        Err(error) => format!("{}: branch {name} not set: {error}", branch.project),
+    }
+}
+
 /// Where the base of workspace `id` is kept.
 pub fn base_path(transfers: &Path, id: Uuid) -> PathBuf {
     transfers.join("bases").join(format!("{id}.snapshot"))
