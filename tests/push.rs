@@ -213,7 +213,7 @@ async fn a_clone_pushes_its_changes_back_and_conflicts_are_refused_with_their_pa
         synced[0]
             .notes
             .iter()
-            .any(|n| n.contains("kept this clone's own changes")),
+            .any(|n| n.contains("kept what this clone changed")),
         "{:?}",
         synced[0].notes
     );
@@ -304,6 +304,15 @@ async fn git_projects_go_back_as_a_branch_named_for_the_clone() {
     assert_eq!(read(&origin, "feature.py"), None);
     assert_eq!(read(&origin, "README.md").as_deref(), Some("first\n"));
     git(&origin, &["fsck", "--no-progress", "--connectivity-only"]);
+    // A plain sync keeps the clone's git state (its commit, not pushed to `main`) and its
+    // uncommitted edit.
+    let (code, _, stderr) = run(&b, &["sync", "tool"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(git(&clone, &["rev-parse", "HEAD"]), commit);
+    assert_eq!(
+        read(&clone, "README.md").as_deref(),
+        Some("uncommitted on b\n")
+    );
     // Nothing new: the branch is already there, and no revision is added for nothing.
     let revision = admin_a.get("tool").await.unwrap().workspace.revision;
     let (code, stdout, stderr) = run(&b, &["sync", "tool", "--push"]);

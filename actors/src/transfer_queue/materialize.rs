@@ -229,9 +229,8 @@ impl JobContext {
             self.save_base(id, source).await;
         }
         if !Arc::ptr_eq(source, target) {
-            let kept = super::push::differing_paths(source, target);
             notes.push(format!(
-                "kept this clone's own changes ({kept} paths differ from the origin's); `aienv sync {} --push` sends them back",
+                "kept what this clone changed since its last sync, and its git projects' own `.git`; `aienv sync {} --push` sends the changes back",
                 entry.manifest.name
             ));
         }

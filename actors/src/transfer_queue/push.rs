@@ -213,26 +213,15 @@ pub fn same(a: Option<&SnapshotEntry>, b: Option<&SnapshotEntry>) -> bool {
     }
 }
 
-/// How many paths differ between two snapshots (present in one only, or not the [`same`]).
-pub fn differing_paths(a: &Snapshot, b: &Snapshot) -> usize {
-    let in_a: HashMap<&str, &SnapshotEntry> =
-        a.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-    let changed = b
-        .entries
-        .iter()
-        .filter(|e| !same(in_a.get(e.path.as_str()).copied(), Some(e)))
-        .count();
-    let in_b: std::collections::HashSet<&str> = b.entries.iter().map(|e| e.path.as_str()).collect();
-    changed + in_a.keys().filter(|p| !in_b.contains(*p)).count()
-}
-
 /// Which paths a side's changes leave out.
 pub struct Exclusions<'a> {
     /// Files rewritten on arrival because they embedded the origin's path.
     pub relocated: &'a BTreeMap<String, Hash>,
     /// Git projects' paths.
     pub git_projects: &'a [String],
-    /// Keep additions of git objects (a push), or nothing of `.git` (a pull).
+    /// A push: a git project's working tree stays out (it goes back as commits) and of
+    /// `.git` only additions of objects go. A pull (`false`): only `.git` stays out, and
+    /// the clone's own edits in a working tree are kept like any other.
     pub git_objects: bool,
 }
 
@@ -252,11 +241,12 @@ impl Exclusions<'_> {
         if self.git_objects && object_added {
             return None;
         }
-        Some(if inner == ".git" || inner.starts_with(".git/") {
-            Skipped::GitState
-        } else {
-            Skipped::GitWorkTree
-        })
+        let git_state = inner == ".git" || inner.starts_with(".git/");
+        match (git_state, self.git_objects) {
+            (true, _) => Some(Skipped::GitState),
+            (false, true) => Some(Skipped::GitWorkTree),
+            (false, false) => None,
+        }
     }
 }
 
@@ -529,6 +519,33 @@ pub fn receive_branch(
     }
 }
 
+/// `target` with every path under a git project's `.git` as `current` has it (the clone's
+/// own git state), the rest as it is.
+pub fn keep_git_state(target: Snapshot, current: &Snapshot, git_projects: &[String]) -> Snapshot {
+    if git_projects.is_empty() {
+        return target;
+    }
+    let in_git = |path: &str| {
+        git_projects.iter().any(|p| {
+            within(p, path).is_some_and(|inner| inner == ".git" || inner.starts_with(".git/"))
+        })
+    };
+    let Snapshot {
+        workspace_id,
+        name,
+        revision,
+        source_root,
+        entries,
+        ..
+    } = target;
+    let entries = entries
+        .into_iter()
+        .filter(|e| !in_git(&e.path))
+        .chain(current.entries.iter().filter(|e| in_git(&e.path)).cloned())
+        .collect();
+    Snapshot::new(workspace_id, name, revision, source_root, entries)
+}
+
 /// Where the base of workspace `id` is kept.
 pub fn base_path(transfers: &Path, id: Uuid) -> PathBuf {
     transfers.join("bases").join(format!("{id}.snapshot"))
@@ -703,7 +720,24 @@ mod tests {
             paths,
             vec!["p/.git/objects/ab", loose.as_str(), pack.as_str()]
         );
-        assert!(changes(&base, &clone, &pull).is_empty());
+        // A pull keeps the clone's working-tree edit, and its `.git` as a whole.
+        let kept: Vec<String> = changes(&base, &clone, &pull)
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(kept, ["p/x"]);
+        let origin = snapshot(vec![
+            dir("p"),
+            dir("p/.git"),
+            file("p/.git/HEAD", "newer"),
+            file("p/x", "1"),
+            file("p/y", "new"),
+        ]);
+        let merged = merge(&origin, &changes(&base, &clone, &pull), false, "/o").unwrap();
+        let pulled = keep_git_state(merged, &clone, &projects);
+        let has = |path: &str, content: &str| pulled.entries.contains(&file(path, content));
+        assert!(has("p/.git/HEAD", "other") && has("p/.git/config", "[core]"));
+        assert!(has("p/x", "2") && has("p/y", "new"));
     }
 
     #[test]

@@ -569,9 +569,10 @@ impl JobContext {
         .await
     }
 
-    /// A sync's target when the clone has changes of its own since its base: the source
-    /// with them laid over it (`None`: take the source as it is — no base recorded, nothing
-    /// changed here, a forced sync, or a placed workspace's results).
+    /// A sync's target when the clone has changes of its own since its base, or git
+    /// projects: the source with the clone's changes laid over it and the clone's own `.git`
+    /// (`None`: take the source as it is — no base recorded, nothing of the clone's to keep,
+    /// a forced sync, or a placed workspace's results).
     async fn pull_target(
         &self,
         local: &WorkspaceEntry,
@@ -603,13 +604,16 @@ impl JobContext {
                     git_objects: false,
                 },
             );
-            if set.is_empty() {
+            if set.is_empty() && git_projects.is_empty() {
                 return Ok(None);
             }
-            let target = super::push::merge(&source, &set, false, &source.source_root)
+            let merged = super::push::merge(&source, &set, false, &source.source_root)
                 .map_err(|c| conflict(c, PULL_HINT))?;
+            // A sync never replaces a git project's `.git` here: commits made in the clone
+            // stay (they go back with a push), and history comes through git's own remotes.
+            let target = super::push::keep_git_state(merged, &current, &git_projects);
             target.validate(&limits)?;
-            Ok(Some(target))
+            Ok((target.root != source.root).then_some(target))
         })
         .await
     }
