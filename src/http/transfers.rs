@@ -154,27 +154,27 @@ fn fetchable(
     if caller.is_logged_in() {
         return Ok(entry);
     }
-    let viewers = peer_viewers(state, request);
     // The origin a clone is pushing to reads the clone for the push's duration.
     if caller_key(request).is_some_and(|key| state.pushing.allows(key, entry.manifest.id)) {
         return Ok(entry);
     }
     // A peer this node placed the workspace on fetches it; the peer that placed a workspace
-    // here fetches its results back from the clone.
-    let placed_there = super::peers::trusted_caller(state, request).is_some_and(|peer| {
-        state
-            .placements
-            .view()
-            .placed_on(entry.manifest.id, peer.id)
+    // here fetches its results back from the clone; a peer running a CI run of it for this
+    // node fetches it while the run lasts.
+    let id = entry.manifest.id;
+    let lent_to_caller = super::peers::trusted_caller(state, request).is_some_and(|peer| {
+        state.placements.view().placed_on(id, peer.id)
             || entry
                 .origin
                 .as_ref()
-                .is_some_and(|o| o.peer_id == peer.id && o.workspace_id == entry.manifest.id)
+                .is_some_and(|o| o.peer_id == peer.id && o.workspace_id == id)
+            || state.ci.view().running_on(id, peer.id)
     });
-    // A peer running a CI run of the workspace for this node fetches it while the run lasts.
-    let ci_there = super::peers::trusted_caller(state, request)
-        .is_some_and(|peer| state.ci.view().running_on(entry.manifest.id, peer.id));
-    if placed_there || ci_there || viewers.iter().any(|v| v.may_see(&entry.manifest)) {
+    if lent_to_caller
+        || peer_viewers(state, request)
+            .iter()
+            .any(|v| v.may_see(&entry.manifest))
+    {
         Ok(entry)
     } else {
         // Never reveal that an unshared workspace exists.

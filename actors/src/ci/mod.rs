@@ -434,7 +434,7 @@ enum Change {
     /// The run's id on the peer running it.
     Remote(Uuid),
     Note(String),
-    Timing(&'static str, f64),
+    Timing(String, f64),
     Finished(Box<Outcome>),
 }
 
@@ -477,7 +477,7 @@ impl Handler<Progress> for CiRuns {
             Change::Remote(id) => run.remote_run = Some(id),
             Change::Note(note) => run.notes.push(note),
             Change::Timing(phase, seconds) => {
-                run.timings.insert(phase.to_string(), seconds);
+                run.timings.insert(phase, seconds);
             }
             Change::Finished(outcome) => {
                 run.state = outcome.state;
@@ -644,7 +644,10 @@ impl Job {
                 Ok(id) => {
                     self.run.workspace_id = id;
                     self.tell(Change::Workspace(id));
-                    self.tell(Change::Timing("fetch", started.elapsed().as_secs_f64()));
+                    self.tell(Change::Timing(
+                        "fetch".into(),
+                        started.elapsed().as_secs_f64(),
+                    ));
                 }
                 Err(error) => {
                     crate::runtime_supervisor::append_log(&log, &format!("== {error}\n"));
@@ -656,7 +659,10 @@ impl Job {
         }
         if let Some(peer) = self.run.peer.clone() {
             let outcome = self.on_peer(&peer).await;
-            self.tell(Change::Timing("total", started.elapsed().as_secs_f64()));
+            self.tell(Change::Timing(
+                "total".into(),
+                started.elapsed().as_secs_f64(),
+            ));
             self.tell(Change::Finished(Box::new(outcome)));
             return;
         }
@@ -679,7 +685,10 @@ impl Job {
                     return;
                 }
             }
-            self.tell(Change::Timing("pull", started.elapsed().as_secs_f64()));
+            self.tell(Change::Timing(
+                "pull".into(),
+                started.elapsed().as_secs_f64(),
+            ));
         }
         self.tell(Change::State(CiState::Running));
         let vars = vec![
@@ -713,8 +722,8 @@ impl Job {
                 for note in done.notes {
                     self.tell(Change::Note(note));
                 }
-                self.tell(Change::Timing("setup", done.setup_seconds));
-                self.tell(Change::Timing("command", done.command_seconds));
+                self.tell(Change::Timing("setup".into(), done.setup_seconds));
+                self.tell(Change::Timing("command".into(), done.command_seconds));
                 outcome.state = if done.finished.success() {
                     CiState::Passed
                 } else {
@@ -736,7 +745,10 @@ impl Job {
                 outcome.error = Some(error.to_string());
             }
         }
-        self.tell(Change::Timing("total", started.elapsed().as_secs_f64()));
+        self.tell(Change::Timing(
+            "total".into(),
+            started.elapsed().as_secs_f64(),
+        ));
         self.tell(Change::Finished(Box::new(outcome)));
     }
 
@@ -866,7 +878,7 @@ impl Job {
         }
         for (phase, seconds) in &finished.timings {
             if phase != "total" && phase != "queued" {
-                self.tell(Change::Timing(timing_name(phase), *seconds));
+                self.tell(Change::Timing(phase.clone(), *seconds));
             }
         }
         Outcome {
@@ -934,17 +946,6 @@ impl Job {
         })
         .await
         .map_err(|_| "the pull was interrupted".to_string())?
-    }
-}
-
-/// The phases a peer reports, as this node's names (`queued` there is `remote-queued`).
-fn timing_name(phase: &str) -> &'static str {
-    match phase {
-        "fetch" => "fetch",
-        "pull" => "pull",
-        "setup" => "setup",
-        "command" => "command",
-        _ => "other",
     }
 }
 
