@@ -77,8 +77,35 @@ pub struct ServeOptions {
     pub test_hooks: http::TestHooks,
 }
 
+/// The node holds up to 2,048 connections besides its stores, transfers and tools: a
+/// soft limit of 1,024 open files (common) would refuse connections long before that, so
+/// it is raised to the hard limit, as servers do.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!(
+                before,
+                after = limit.rlim_max,
+                "raised the open files limit"
+            );
+        }
+    }
+}
+
 pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeError> {
     let dev_ui = options.dev_ui;
+    raise_open_files_limit();
     let started = Utc::now();
     let started_instant = std::time::Instant::now();
     create_private_dir(&config.data_dir)?;
