@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use aienv_actors::chunk_frame;
+use aienv_actors::chunk_parts;
 use aienv_actors::identity::NodeIdentity;
 use aienv_actors::peer_registry::{LocalFuture, PeerEndpoint};
 use aienv_actors::snapshot::Hash;
@@ -83,11 +84,77 @@ impl TransferClient for HttpTransferClient {
             body.extend_from_slice(&hash.0);
         }
         let limit = chunk_frame::max_response_len(hashes.len());
+        self.frames(peer, workspace, "chunks", body, limit, compress)
+    }
+
+    fn parts(
+        &self,
+        peer: &PeerEndpoint,
+        workspace: Uuid,
+        asked: &[(Hash, u32)],
+    ) -> LocalFuture<Result<Vec<u8>, FetchError>> {
+        let mut body = Vec::with_capacity(asked.len() * 32);
+        for (hash, _) in asked {
+            body.extend_from_slice(&hash.0);
+        }
+        let limit = chunk_parts::max_list_len(asked);
         let request = self
             .connections
             .client(peer.key)
             .post(format!(
-                "{}/api/v1/workspaces/{workspace}/chunks?compress={}",
+                "{}/api/v1/workspaces/{workspace}/chunks/parts",
+                peer.url
+            ))
+            .content_type("application/octet-stream");
+        Box::pin(async move {
+            let mut response = request.send_body(body).await.map_err(send_error)?;
+            if !response.status().is_success() {
+                let text = response.body().limit(64 * 1024).await.unwrap_or_default();
+                return Err(status_error(
+                    response.status().as_u16(),
+                    response.headers(),
+                    &text,
+                ));
+            }
+            response
+                .body()
+                .limit(limit)
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| FetchError::Network(format!("reading the part lists: {e}")))
+        })
+    }
+
+    fn ranges(
+        &self,
+        peer: &PeerEndpoint,
+        workspace: Uuid,
+        ranges: &[chunk_parts::Range],
+        compress: bool,
+    ) -> LocalFuture<Result<ByteStream, FetchError>> {
+        let limit = chunk_frame::max_response_len(ranges.len());
+        let body = chunk_parts::encode_ranges(ranges);
+        self.frames(peer, workspace, "chunks/ranges", body, limit, compress)
+    }
+}
+
+impl HttpTransferClient {
+    /// Posts `body` to `…/workspaces/{workspace}/{what}` and streams the frames that come
+    /// back, at most `limit` bytes, breaking off after [`IDLE_TIMEOUT`] of silence.
+    fn frames(
+        &self,
+        peer: &PeerEndpoint,
+        workspace: Uuid,
+        what: &str,
+        body: Vec<u8>,
+        limit: usize,
+        compress: bool,
+    ) -> LocalFuture<Result<ByteStream, FetchError>> {
+        let request = self
+            .connections
+            .client(peer.key)
+            .post(format!(
+                "{}/api/v1/workspaces/{workspace}/{what}?compress={}",
                 peer.url,
                 if compress { "zstd" } else { "none" }
             ))

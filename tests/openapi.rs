@@ -932,6 +932,19 @@ async fn live_server_matches_openapi_document() {
     )
     .unwrap();
     let chunk = snapshot.entries.iter().find_map(|e| e.hash).unwrap();
+    let (held, held_size) = snapshot
+        .entries
+        .iter()
+        .find(|e| e.size > 0)
+        .map(|e| (e.hash.unwrap(), e.size as u32))
+        .unwrap();
+    let range = |offset: u32, len: u32| {
+        aienv_actors::chunk_parts::encode_ranges(&[aienv_actors::chunk_parts::Range {
+            hash: held,
+            offset,
+            len,
+        }])
+    };
     let root_tag = format!("\"{}\"", snapshot.root);
     let snap = "/workspaces/{ws}/snapshot";
     let chunks = "/workspaces/{ws}/chunks";
@@ -980,6 +993,42 @@ async fn live_server_matches_openapi_document() {
             false,
             400,
             Some("invalid-chunk-request"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/chunks/parts",
+            "/workspaces/transfer-src/chunks/parts",
+            Body::Raw("application/octet-stream", held.0.to_vec()),
+            false,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/chunks/parts",
+            "/workspaces/transfer-src/chunks/parts",
+            Body::Raw("application/octet-stream", vec![0; 33]),
+            false,
+            400,
+            Some("invalid-parts-request"),
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/chunks/ranges",
+            "/workspaces/transfer-src/chunks/ranges",
+            Body::Raw("application/octet-stream", range(0, held_size)),
+            false,
+            200,
+            None,
+        ),
+        case(
+            "POST",
+            "/workspaces/{ws}/chunks/ranges",
+            "/workspaces/transfer-src/chunks/ranges?compress=none",
+            Body::Raw("application/octet-stream", range(1, 0)),
+            false,
+            400,
+            Some("invalid-range-request"),
         ),
         case(
             "POST",

@@ -253,15 +253,22 @@ async fn clone_is_identical_and_sync_moves_only_changed_chunks() {
         tree(&cloned),
         "the synced clone differs from its source"
     );
+    // The clone lacks `expected` bytes of chunks; of the changed chunk of the large file
+    // only the parts around the 8 KiB edit travel (each part at most 64 KiB), the rest of it,
+    // the renamed file and the unchanged chunks are copied locally.
     assert_eq!(
-        job.progress.bytes_from_peers, expected,
-        "a sync fetches exactly the chunks the clone lacks: {:?}",
+        job.progress.bytes_from_peers + job.progress.bytes_local,
+        (6 << 20) + 300_000 + 21,
+        "{:?}",
         job.progress
     );
-    // The renamed file and the unchanged parts of the large one are copied locally.
-    assert_eq!(
-        job.progress.bytes_local,
-        (6 << 20) - (expected - 21) + 300_000,
+    assert!(
+        job.progress.bytes_from_peers <= 21 + 3 * 65_536 && expected > 200_000,
+        "a sync fetches only the changed parts of the {expected} bytes of changed chunks: {:?}",
+        job.progress
+    );
+    assert!(
+        job.progress.bytes_fetched < expected / 2,
         "{:?}",
         job.progress
     );
@@ -311,6 +318,89 @@ async fn clone_is_identical_and_sync_moves_only_changed_chunks() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("--as"), "{error}");
+}
+
+/// A changed chunk is rebuilt from the parts the clone already has and the ranges it lacks;
+/// a range that arrives corrupted makes the rebuilt chunk fail its hash, and the chunk is
+/// fetched whole instead: a source's part lists and ranges can never corrupt a file.
+#[actix_rt::test]
+async fn a_changed_chunk_is_rebuilt_from_its_parts_and_a_corrupted_range_is_caught() {
+    if !common::needs_test_hooks() {
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let port = common::free_tcp_port().to_string();
+    let mut a = TestNode::spawn_on(
+        &temp.path().join("a"),
+        &["--name", "node-a", "--http-port", &port],
+    );
+    let root = shared_workspace(&a, "weights").await;
+    std::fs::write(root.join("data/shard.bin"), noise(12 << 20, 11)).unwrap();
+    let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "weights", 1).await;
+    let job = done(
+        &client,
+        start(&client, "clone", Some("node-a"), "weights").await.id,
+    )
+    .await;
+    let cloned = clone_root(&b, job.local_id.unwrap());
+    let before = decode(&a.admin().snapshot("weights").await.unwrap());
+
+    // Two 100 KB overwrites far apart, and 300 KB appended.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("data/shard.bin"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &noise(100_000, 12), 2 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &noise(100_000, 13), 8 << 20).unwrap();
+    drop(file);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("data/shard.bin"))
+        .unwrap()
+        .write_all(&noise(300_000, 14))
+        .unwrap();
+    let after = decode(&a.admin().snapshot("weights").await.unwrap());
+    let changed = new_chunk_bytes(&before, &after);
+
+    let job = done(&client, start(&client, "sync", None, "weights").await.id).await;
+    assert_eq!(tree(&root), tree(&cloned));
+    assert_eq!(job.progress.chunks_bad, 0, "{:?}", job.progress);
+    eprintln!(
+        "sync: {} bytes fetched ({} on the wire) for {changed} bytes of changed chunks",
+        job.progress.bytes_from_peers, job.progress.bytes_fetched
+    );
+    // 500 KB of new content; whole chunks would have been `changed` bytes.
+    assert!(
+        job.progress.bytes_from_peers < 500_000 + 6 * 65_536 && changed > 1_500_000,
+        "{changed} bytes of changed chunks; {:?}",
+        job.progress
+    );
+
+    // Again, with the source flipping a byte in the first range it sends.
+    a.stop();
+    let a = TestNode::spawn_on(
+        &temp.path().join("a"),
+        &[
+            "--name",
+            "node-a",
+            "--http-port",
+            &port,
+            "--test-corrupt-chunks",
+            "1",
+        ],
+    );
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("data/shard.bin"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &noise(50_000, 15), 5 << 20).unwrap();
+    drop(file);
+    let job = done(&client, start(&client, "sync", None, "weights").await.id).await;
+    assert_eq!(tree(&root), tree(&cloned), "the clone matches its source");
+    assert_eq!(job.progress.chunks_bad, 1, "{:?}", job.progress);
+    drop(a);
 }
 
 #[actix_rt::test]
@@ -852,6 +942,105 @@ async fn the_empty_chunk_is_always_served_and_unknown_hashes_are_missing() {
     );
     let second = decoder.next_frame().unwrap().unwrap();
     assert_eq!((second.kind, second.hash), (FrameKind::Missing, unknown));
+}
+
+/// Part lists and ranges are exactly the spec's: the parts of the served chunk as the cut
+/// makes them, a range's bytes, and `missing` for a range past the chunk's end or an unknown
+/// chunk; a workspace not shared with the asker is not found.
+#[actix_rt::test]
+async fn parts_and_ranges_are_served_as_specified() {
+    use aienv_actors::chunk_frame::{FrameDecoder, FrameKind};
+    use aienv_actors::chunk_parts::{self, Range};
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &[]);
+    let root = shared_workspace(&a, "data").await;
+    let content = noise(300_000, 21);
+    std::fs::write(root.join("data/blob.bin"), &content).unwrap();
+    let hash = Hash::of(&content);
+    let unknown = Hash::of(b"never stored anywhere");
+    let peer = common::node_identity(&temp.path().join("peer"), "peer");
+    let client = common::tls_client(&peer, a.key);
+    // Take the snapshot, so the file is indexed.
+    a.admin().snapshot("data").await.unwrap();
+
+    let mut body = hash.0.to_vec();
+    body.extend_from_slice(&unknown.0);
+    let mut response = client
+        .post(format!("{}/api/v1/workspaces/data/chunks/parts", a.tls_url))
+        .send_body(body)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer = response.body().await.unwrap();
+    let lists = chunk_parts::decode_lists(&answer, &[(hash, 300_000), (unknown, 70_000)]).unwrap();
+    assert_eq!(lists[0].as_deref(), Some(&chunk_parts::cut(&content)[..]));
+    assert_eq!(lists[1], None);
+
+    let ranges = [
+        Range {
+            hash,
+            offset: 1000,
+            len: 5000,
+        },
+        Range {
+            hash,
+            offset: 299_990,
+            len: 20,
+        },
+        Range {
+            hash: unknown,
+            offset: 0,
+            len: 10,
+        },
+    ];
+    let mut response = client
+        .post(format!(
+            "{}/api/v1/workspaces/data/chunks/ranges?compress=none",
+            a.tls_url
+        ))
+        .send_body(chunk_parts::encode_ranges(&ranges))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut decoder = FrameDecoder::default();
+    decoder.push(&response.body().await.unwrap());
+    let first = decoder.next_frame().unwrap().unwrap();
+    assert_eq!(
+        (first.kind, first.hash, first.raw_len),
+        (FrameKind::Raw, hash, 5000)
+    );
+    assert_eq!(first.into_data().unwrap(), &content[1000..6000]);
+    for expected in [hash, unknown] {
+        let frame = decoder.next_frame().unwrap().unwrap();
+        assert_eq!((frame.kind, frame.hash), (FrameKind::Missing, expected));
+    }
+    decoder.finish().unwrap();
+
+    // Not shared with this peer: as for chunks, the workspace is not found.
+    a.admin()
+        .share(
+            "data",
+            &ShareRequest {
+                mode: Some("peers".into()),
+                peers: vec!["someone-else".into()],
+            },
+        )
+        .await
+        .unwrap();
+    for (what, body) in [
+        ("parts", hash.0.to_vec()),
+        ("ranges", chunk_parts::encode_ranges(&ranges[..1])),
+    ] {
+        let response = client
+            .post(format!(
+                "{}/api/v1/workspaces/data/chunks/{what}",
+                a.tls_url
+            ))
+            .send_body(body)
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 404, "{what}");
+    }
 }
 
 #[actix_rt::test]

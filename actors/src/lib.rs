@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod chunk_frame;
+pub mod chunk_parts;
 pub mod ci;
 pub mod cluster;
 pub mod discovery;

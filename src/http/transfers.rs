@@ -1,8 +1,9 @@
 //! Transfers, both sides.
 //!
 //! Serving: `GET /api/v1/workspaces/{ws}/snapshot` (the transfer manifest, MessagePack +
-//! zstd) and `POST /api/v1/workspaces/{ws}/chunks` (a body of concatenated chunk hashes,
-//! answered by a stream of chunk frames; see `schemas/transfer.md`). Both honour the
+//! zstd), `POST /api/v1/workspaces/{ws}/chunks` (a body of concatenated chunk hashes,
+//! answered by a stream of chunk frames), and for changed chunks `…/chunks/parts` (their
+//! parts) and `…/chunks/ranges` (pieces of them); see `schemas/transfer.md`. All honour the
 //! workspace's sharing like the catalog does, and uploads are limited per node and per peer:
 //! over the limit the answer is 503 / 429 with `Retry-After`, never a hang.
 //!
@@ -19,6 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use aienv_actors::chunk_frame::{self, Frame};
+use aienv_actors::chunk_parts;
 use aienv_actors::transfer_queue::{TransferError, TransferKind, TransferRequest};
 use aienv_actors::workspace_store::{StoreError, WorkspaceEntry};
 
@@ -31,10 +33,14 @@ use super::{ApiError, AppState, Caller, Login};
 pub const SNAPSHOT_TYPE: &str = "application/vnd.aienv.snapshot+msgpack+zstd";
 /// Media type of the chunk frame stream.
 pub const CHUNKS_TYPE: &str = "application/vnd.aienv.chunks";
+/// Media type of a part-list answer.
+pub const PARTS_TYPE: &str = "application/vnd.aienv.parts";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/workspaces/{ws}/snapshot", web::get().to(snapshot))
         .route("/workspaces/{ws}/chunks", web::post().to(chunks))
+        .route("/workspaces/{ws}/chunks/parts", web::post().to(parts))
+        .route("/workspaces/{ws}/chunks/ranges", web::post().to(ranges))
         .service(
             web::resource("/transfers")
                 .route(web::get().to(list))
@@ -228,67 +234,76 @@ struct ChunksQuery {
     compress: Option<String>,
 }
 
-async fn chunks(
-    state: web::Data<AppState>,
-    caller: Caller,
-    request: HttpRequest,
-    path: web::Path<String>,
-    query: web::Query<ChunksQuery>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    let entry = fetchable(&state, &caller, &request, &path)?;
-    let level = match query.compress.as_deref() {
-        None | Some("zstd") => Some(1),
-        Some("none") => None,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid-query",
-                format!("compress=`{other}` is not one of: zstd, none"),
-            ))
-        }
-    };
-    let hashes = chunk_frame::parse_request(&body)
-        .map_err(|message| ApiError::bad_request("invalid-chunk-request", message))?;
-    // Per-peer limits count by key where the caller proved one, else by address.
-    let asker = caller_key(&request)
+/// The compression a `compress` query asks for.
+fn compression(query: &ChunksQuery) -> Result<Option<i32>, ApiError> {
+    match query.compress.as_deref() {
+        None | Some("zstd") => Ok(Some(1)),
+        Some("none") => Ok(None),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid-query",
+            format!("compress=`{other}` is not one of: zstd, none"),
+        )),
+    }
+}
+
+/// An upload slot for the caller: per-peer limits count by key where the caller proved one,
+/// else by address.
+fn upload_slot(state: &AppState, request: &HttpRequest) -> Result<UploadSlot, ApiError> {
+    let asker = caller_key(request)
         .map(|key| key.to_hex())
         .or_else(|| request.peer_addr().map(|a| a.ip().to_string()))
         .unwrap_or_default();
-    let slot = state.uploads.acquire(&asker)?;
-    let chunk_store = state.store.chunk_store();
-    let workspace = entry.manifest.id;
-    let uploads = state.uploads.clone();
-    // Frames are produced off the async workers and flow out as they are ready; a full
-    // channel (slow reader) pauses the producer.
+    state.uploads.acquire(&asker)
+}
+
+/// A chunk of `workspace` as served: the empty chunk (an empty file's content) needs no
+/// file, every node has it.
+fn served_chunk(
+    chunk_store: &aienv_actors::workspace_store::ChunkStore,
+    workspace: uuid::Uuid,
+    hash: &aienv_actors::snapshot::Hash,
+) -> Option<Vec<u8>> {
+    if *hash == aienv_actors::snapshot::Hash::of(b"") {
+        return Some(Vec::new());
+    }
+    chunk_store.read(workspace, hash)
+}
+
+/// Test hook: flips the first byte of the next bytes sent (a chunk or a range of one) while
+/// the count lasts.
+fn maybe_corrupt(uploads: &Uploads, hash: &aienv_actors::snapshot::Hash, data: &mut [u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let corrupt = uploads
+        .corrupt_next
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok();
+    if corrupt {
+        tracing::warn!(chunk = %hash, "test hook: corrupting a chunk in transit");
+        data[0] ^= 0xff;
+    }
+}
+
+/// Streams the frames `write` makes for each of `items`, produced off the async workers and
+/// sent as they are ready; a full channel (slow reader) pauses the producer. The upload
+/// slot is held until the stream ends.
+fn frame_stream<I: Send + 'static>(
+    items: Vec<I>,
+    slot: UploadSlot,
+    uploads: Arc<Uploads>,
+    mut write: impl FnMut(&mut Vec<u8>, I) + Send + 'static,
+) -> HttpResponse {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let mut out = Vec::with_capacity(1024 * 1024);
         let delay = uploads.delay_per_chunk;
-        for hash in hashes {
+        for item in items {
             if !delay.is_zero() {
                 std::thread::sleep(delay);
             }
-            // The empty chunk (an empty file's content) needs no file: every node has it.
-            let found = if hash == aienv_actors::snapshot::Hash::of(b"") {
-                Some(Vec::new())
-            } else {
-                chunk_store.read(workspace, &hash)
-            };
-            match found {
-                Some(mut data) => {
-                    let corrupt = uploads
-                        .corrupt_next
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .is_ok();
-                    if corrupt && !data.is_empty() {
-                        tracing::warn!(chunk = %hash, "test hook: corrupting a chunk in transit");
-                        data[0] ^= 0xff;
-                    }
-                    Frame::encode(&mut out, hash, &data, level);
-                }
-                None => Frame::encode_missing(&mut out, hash),
-            }
+            write(&mut out, item);
             if out.len() >= 512 * 1024 || !delay.is_zero() {
                 let full = std::mem::replace(&mut out, Vec::with_capacity(1024 * 1024));
                 if sender.blocking_send(Ok(Bytes::from(full))).is_err() {
@@ -303,9 +318,116 @@ async fn chunks(
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|item| (item, receiver))
     });
-    Ok(HttpResponse::Ok()
+    HttpResponse::Ok()
         .content_type(CHUNKS_TYPE)
-        .streaming(stream))
+        .streaming(stream)
+}
+
+async fn chunks(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ChunksQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let entry = fetchable(&state, &caller, &request, &path)?;
+    let level = compression(&query)?;
+    let hashes = chunk_frame::parse_request(&body)
+        .map_err(|message| ApiError::bad_request("invalid-chunk-request", message))?;
+    let slot = upload_slot(&state, &request)?;
+    let chunk_store = state.store.chunk_store();
+    let workspace = entry.manifest.id;
+    let uploads = state.uploads.clone();
+    Ok(frame_stream(
+        hashes,
+        slot,
+        uploads.clone(),
+        move |out, hash| match served_chunk(&chunk_store, workspace, &hash) {
+            Some(mut data) => {
+                maybe_corrupt(&uploads, &hash, &mut data);
+                Frame::encode(out, hash, &data, level)
+            }
+            None => Frame::encode_missing(out, hash),
+        },
+    ))
+}
+
+/// `POST /workspaces/{ws}/chunks/parts`: each asked chunk's parts (sizes and hashes), so a
+/// receiver holding its previous version asks only for the ranges it lacks.
+async fn parts(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let entry = fetchable(&state, &caller, &request, &path)?;
+    let hashes = chunk_parts::parse_list_request(&body)
+        .map_err(|message| ApiError::bad_request("invalid-parts-request", message))?;
+    let slot = upload_slot(&state, &request)?;
+    let chunk_store = state.store.chunk_store();
+    let workspace = entry.manifest.id;
+    let answer = web::block(move || {
+        let _slot = slot;
+        let mut out = Vec::new();
+        for hash in hashes {
+            let parts =
+                served_chunk(&chunk_store, workspace, &hash).map(|data| chunk_parts::cut(&data));
+            chunk_parts::encode_list(&mut out, hash, parts.as_deref());
+        }
+        out
+    })
+    .await
+    .map_err(|_| ApiError::from(StoreError::Unavailable))?;
+    Ok(HttpResponse::Ok().content_type(PARTS_TYPE).body(answer))
+}
+
+/// `POST /workspaces/{ws}/chunks/ranges`: pieces of chunks, one chunk frame each (the
+/// frame's hash is the chunk's, its length the piece's).
+async fn ranges(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ChunksQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let entry = fetchable(&state, &caller, &request, &path)?;
+    let level = compression(&query)?;
+    let ranges = chunk_parts::parse_ranges(&body)
+        .map_err(|message| ApiError::bad_request("invalid-range-request", message))?;
+    let slot = upload_slot(&state, &request)?;
+    let chunk_store = state.store.chunk_store();
+    let workspace = entry.manifest.id;
+    let uploads = state.uploads.clone();
+    // Ranges of one chunk come together: it is read once for all of them.
+    let mut last: Option<(aienv_actors::snapshot::Hash, Option<Vec<u8>>)> = None;
+    Ok(frame_stream(
+        ranges,
+        slot,
+        uploads.clone(),
+        move |out, range: chunk_parts::Range| {
+            if last.as_ref().is_none_or(|(hash, _)| *hash != range.hash) {
+                let data = served_chunk(&chunk_store, workspace, &range.hash);
+                last = Some((range.hash, data));
+            }
+            let data = last.as_ref().and_then(|(_, data)| data.as_deref());
+            let (start, end) = (
+                range.offset as usize,
+                range.offset as usize + range.len as usize,
+            );
+            match data.and_then(|data| data.get(start..end)) {
+                Some(piece) => {
+                    let mut piece = piece.to_vec();
+                    maybe_corrupt(&uploads, &range.hash, &mut piece);
+                    Frame::encode(out, range.hash, &piece, level)
+                }
+                // Not held, or a piece past the chunk's end.
+                None => Frame::encode_missing(out, range.hash),
+            }
+        },
+    ))
 }
 
 async fn list(state: web::Data<AppState>, _caller: Login) -> HttpResponse {

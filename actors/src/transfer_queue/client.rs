@@ -47,4 +47,24 @@ pub trait TransferClient {
         hashes: &[Hash],
         compress: bool,
     ) -> LocalFuture<Result<ByteStream, FetchError>>;
+
+    /// `POST {base}/api/v1/workspaces/{workspace}/chunks/parts`: the part-list answer for
+    /// `asked` (chunk hashes and sizes), whole. A source that does not offer parts answers
+    /// `Refused` (HTTP 404); the caller then fetches whole chunks.
+    fn parts(
+        &self,
+        peer: &PeerEndpoint,
+        workspace: Uuid,
+        asked: &[(Hash, u32)],
+    ) -> LocalFuture<Result<Vec<u8>, FetchError>>;
+
+    /// `POST {base}/api/v1/workspaces/{workspace}/chunks/ranges`: one frame per range, as a
+    /// stream of byte pieces.
+    fn ranges(
+        &self,
+        peer: &PeerEndpoint,
+        workspace: Uuid,
+        ranges: &[crate::chunk_parts::Range],
+        compress: bool,
+    ) -> LocalFuture<Result<ByteStream, FetchError>>;
 }

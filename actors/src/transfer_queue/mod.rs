@@ -13,6 +13,7 @@
 //! became the workspace).
 
 mod client;
+mod delta;
 mod error;
 mod fetch;
 mod job;

@@ -178,6 +178,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     ));
 
     // Lay out the staging area.
+    let previous = mine.clone();
     let (stage, work) = {
         let snapshot = snapshot.clone();
         let job_dir = cx.job_dir.clone();
@@ -210,7 +211,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     cx.progress(&progress);
 
     let Work { needed, .. } = work;
-    let (mut needed, copied) = {
+    let (needed, copied) = {
         let stage = stage.clone();
         let chunks = cx.store.chunk_store();
         blocking(move || stage.copy_local(needed, &chunks)).await?
@@ -222,6 +223,18 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     progress.files_done = progress
         .files_total
         .saturating_sub(stage.files_incomplete());
+    cx.progress(&progress);
+    // A sync's changed chunks: what this node has of them is reused, the rest fetched as
+    // ranges.
+    let mut needed = match (&local, previous) {
+        (Some(local), Some(previous)) if !needed.is_empty() => {
+            let local = (previous, local.manifest.id);
+            cx.rebuild_changed(&stage, needed, local, snapshot.clone(), &mut progress)
+                .await?
+        }
+        _ => needed,
+    };
+    phases.mark("parts");
     cx.progress(&progress);
 
     let mut rounds = 0;

@@ -631,6 +631,11 @@ mod tests {
     /// The chunk boundaries as `schemas/transfer.md` states them, implemented from its text
     /// (constants and the GEAR table are read from the document).
     fn spec_chunks(data: &[u8], spec: &str) -> Vec<usize> {
+        spec_cut(data, spec, "")
+    }
+
+    /// The cut of the spec with the constants named `{prefix}MIN`, `{prefix}AVG`, …
+    fn spec_cut(data: &[u8], spec: &str, prefix: &str) -> Vec<usize> {
         let constant = |name: &str| -> u64 {
             let at = spec.find(&format!("`{name}` =")).unwrap() + name.len() + 4;
             let rest = spec[at..].trim_start();
@@ -646,12 +651,13 @@ mod tests {
                 None => text.parse().unwrap(),
             }
         };
+        let named = |name: &str| constant(&format!("{prefix}{name}"));
         let (min, avg, max) = (
-            constant("MIN") as usize,
-            constant("AVG") as usize,
-            constant("MAX") as usize,
+            named("MIN") as usize,
+            named("AVG") as usize,
+            named("MAX") as usize,
         );
-        let (mask_s, mask_l) = (constant("MASK_S"), constant("MASK_L"));
+        let (mask_s, mask_l) = (named("MASK_S"), named("MASK_L"));
         let appendix = &spec[spec.find("## Appendix: `GEAR`").unwrap()..];
         let block = appendix.split("```").nth(1).unwrap();
         let gear: Vec<u64> = block
@@ -763,6 +769,66 @@ mod tests {
         }
         let zeros = vec![0u8; 9 * 1024 * 1024 + 3];
         assert_eq!(spec_chunks(&zeros, &spec), node_chunks(&zeros));
+    }
+
+    /// A chunk's parts (`schemas/transfer.md`, "Part boundaries"): the spec's steps with the
+    /// `PART_*` constants, against the node's cut, with the test vector.
+    #[test]
+    fn parts_are_cut_exactly_as_specified_with_their_test_vector() {
+        let (path, spec) = transfer_spec();
+        let mut data = vec![0u8; 200_000];
+        blake3::Hasher::new()
+            .update(b"aienv chunking test vector")
+            .finalize_xof()
+            .fill(&mut data);
+        let node = |data: &[u8]| -> Vec<usize> {
+            crate::chunk_parts::cut(data)
+                .iter()
+                .map(|p| p.size as usize)
+                .collect()
+        };
+        let sizes = spec_cut(&data, &spec, "PART_");
+        assert_eq!(
+            sizes,
+            node(&data),
+            "the spec and the node cut parts differently"
+        );
+        let mut offset = 0;
+        let mut lines = Vec::new();
+        for size in &sizes {
+            let hash = Hash::of(&data[offset..offset + size]);
+            lines.push(format!("{size:>6}  {}", hash.to_hex()));
+            offset += size;
+        }
+        let vector = lines.join("\n");
+        let marker = "are cut into these parts (sizes in bytes, BLAKE3 of each):\n\n```\n";
+        let at = spec.find(marker).unwrap() + marker.len();
+        let end = at + spec[at..].find("```").unwrap();
+        let vector_block = format!("{vector}\n");
+        if std::env::var_os("AIENV_UPDATE_SCHEMAS").is_some() {
+            let updated = format!("{}{vector_block}{}", &spec[..at], &spec[end..]);
+            std::fs::write(&path, updated).unwrap();
+        } else {
+            assert_eq!(
+                &spec[at..end],
+                vector_block,
+                "schemas/transfer.md's part test vector is stale: run with AIENV_UPDATE_SCHEMAS=1"
+            );
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for length in [4096usize, 4097, 65_537, 1 << 20, (4 << 20) - 1] {
+            let random: Vec<u8> = (0..length)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 24) as u8
+                })
+                .collect();
+            assert_eq!(spec_cut(&random, &spec, "PART_"), node(&random), "{length}");
+        }
+        let zeros = vec![0u8; 300_001];
+        assert_eq!(spec_cut(&zeros, &spec, "PART_"), node(&zeros));
     }
 
     /// A file walked as large but read small (it shrank in between) is described as a small
