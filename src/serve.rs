@@ -314,6 +314,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         node_id,
         shutdown.clone(),
     );
+    let snapshot_history = aienv_actors::snapshot_history::SnapshotHistory::new(&data_dir);
+    snapshot_history.prune(|id| store.get(&id.to_string()).is_ok());
     let state = web::Data::new(AppState {
         ci,
         ci_hooks: Arc::new(config.ci.hooks.clone()),
@@ -326,6 +328,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         store,
         runtimes: runtimes.clone(),
         transfers,
+        snapshot_history,
         uploads: Arc::new(http::Uploads::new(
             config.transfer.max_uploads,
             config.transfer.max_uploads_per_peer,

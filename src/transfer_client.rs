@@ -12,7 +12,7 @@ use aienv_actors::chunk_parts;
 use aienv_actors::identity::NodeIdentity;
 use aienv_actors::peer_registry::{LocalFuture, PeerEndpoint};
 use aienv_actors::snapshot::Hash;
-use aienv_actors::transfer_queue::{ByteStream, FetchError, TransferClient};
+use aienv_actors::transfer_queue::{ByteStream, FetchError, ManifestBody, TransferClient};
 
 use crate::api::ErrorBody;
 use crate::peer_client::PeerConnections;
@@ -42,9 +42,13 @@ impl TransferClient for HttpTransferClient {
         peer: &PeerEndpoint,
         workspace: Uuid,
         known: Option<Hash>,
-    ) -> LocalFuture<Result<Option<Vec<u8>>, FetchError>> {
+        since: Option<Hash>,
+    ) -> LocalFuture<Result<Option<ManifestBody>, FetchError>> {
+        let query = since
+            .map(|root| format!("?since={root}"))
+            .unwrap_or_default();
         let mut request = self.connections.client(peer.key).get(format!(
-            "{}/api/v1/workspaces/{workspace}/snapshot",
+            "{}/api/v1/workspaces/{workspace}/snapshot{query}",
             peer.url
         ));
         if let Some(root) = known {
@@ -63,12 +67,22 @@ impl TransferClient for HttpTransferClient {
                     &body,
                 ));
             }
-            response
+            let delta = response
+                .headers()
+                .get(actix_web::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/vnd.aienv.snapshot-delta+"));
+            let body = response
                 .body()
                 .limit(MAX_SNAPSHOT_BYTES)
                 .await
-                .map(|b| Some(b.to_vec()))
-                .map_err(|e| FetchError::Network(format!("reading the manifest: {e}")))
+                .map(|b| b.to_vec())
+                .map_err(|e| FetchError::Network(format!("reading the manifest: {e}")))?;
+            Ok(Some(if delta {
+                ManifestBody::Delta(body)
+            } else {
+                ManifestBody::Full(body)
+            }))
         })
     }
 

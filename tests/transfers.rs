@@ -1043,6 +1043,83 @@ async fn parts_and_ranges_are_served_as_specified() {
     }
 }
 
+/// A snapshot asked for `since` a root the source served before comes as a delta that
+/// rebuilds it exactly; an unknown root gets the whole snapshot, a malformed one a 400; and a
+/// sync after a small change in a tree of many files moves a delta, not the whole manifest.
+#[actix_rt::test]
+async fn a_sync_gets_the_snapshot_as_a_delta_from_the_one_it_holds() {
+    use aienv_actors::snapshot_delta::SnapshotDelta;
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &["--name", "node-a"]);
+    let root = shared_workspace(&a, "many").await;
+    for i in 0..2000 {
+        let dir = root.join(format!("data/d{}", i % 20));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
+    let client = b.admin();
+    until_listed(&client, "node-a", "many", 1).await;
+    let job = done(
+        &client,
+        start(&client, "clone", Some("node-a"), "many").await.id,
+    )
+    .await;
+    let cloned = clone_root(&b, job.local_id.unwrap());
+    let full_before = a.admin().snapshot("many").await.unwrap();
+    let before = decode(&full_before);
+
+    std::fs::write(root.join("data/d3/f3.txt"), "changed\n").unwrap();
+    std::fs::remove_file(root.join("data/d4/f4.txt")).unwrap();
+    std::fs::write(root.join("data/new.txt"), "new\n").unwrap();
+
+    // Over HTTP, as another node asks.
+    let peer = common::node_identity(&temp.path().join("peer"), "peer");
+    let http = common::tls_client(&peer, a.key);
+    let url = format!("{}/api/v1/workspaces/many/snapshot", a.tls_url);
+    let mut response = http
+        .get(format!("{url}?since={}", before.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/vnd.aienv.snapshot-delta+msgpack+zstd"
+    );
+    let delta = response.body().await.unwrap();
+    let rebuilt = SnapshotDelta::decode_onto(&delta, &before, &SnapshotLimits::default()).unwrap();
+    let after = decode(&a.admin().snapshot("many").await.unwrap());
+    assert_eq!(rebuilt, after);
+    assert!(
+        delta.len() * 20 < full_before.len(),
+        "delta {} bytes, whole {}",
+        delta.len(),
+        full_before.len()
+    );
+    let mut response = http
+        .get(format!("{url}?since={}", Hash::of(b"never served")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/vnd.aienv.snapshot+msgpack+zstd"
+    );
+    assert_eq!(decode(&response.body().await.unwrap()), after);
+    let response = http.get(format!("{url}?since=xyz")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+
+    // The sync: the clone's base is the snapshot it cloned, so the delta is what travels.
+    let job = done(&client, start(&client, "sync", None, "many").await.id).await;
+    assert_eq!(tree(&root), tree(&cloned));
+    assert!(
+        job.progress.bytes_fetched < 2_000,
+        "a delta and two small files: {:?}",
+        job.progress
+    );
+}
+
 #[actix_rt::test]
 async fn paths_that_differ_only_by_case_clone_onto_a_case_sensitive_file_system() {
     let temp = tempfile::tempdir().unwrap();

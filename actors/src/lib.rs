@@ -26,6 +26,8 @@ pub mod resources;
 pub mod runtime_supervisor;
 pub mod shutdown;
 pub mod snapshot;
+pub mod snapshot_delta;
+pub mod snapshot_history;
 pub mod transfer_queue;
 pub mod tree;
 pub mod uuid_wire;

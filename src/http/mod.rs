@@ -80,6 +80,8 @@ pub struct AppState {
     pub loans: Loans,
     /// Limits on chunk uploads to peers.
     pub uploads: Arc<Uploads>,
+    /// Snapshots served recently, for answering later requests with deltas.
+    pub snapshot_history: aienv_actors::snapshot_history::SnapshotHistory,
     /// Clones being pushed, readable by their origin meanwhile.
     pub pushing: PushGrants,
     /// The event bus.

@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use aienv_actors::chunk_frame::{self, Frame};
 use aienv_actors::chunk_parts;
+use aienv_actors::snapshot_delta::SnapshotDelta;
 use aienv_actors::transfer_queue::{TransferError, TransferKind, TransferRequest};
 use aienv_actors::workspace_store::{StoreError, WorkspaceEntry};
 
@@ -31,6 +32,8 @@ use super::{ApiError, AppState, Caller, Login};
 
 /// Media type of the snapshot body.
 pub const SNAPSHOT_TYPE: &str = "application/vnd.aienv.snapshot+msgpack+zstd";
+/// Media type of a snapshot sent as a delta from one the asker holds.
+pub const SNAPSHOT_DELTA_TYPE: &str = "application/vnd.aienv.snapshot-delta+msgpack+zstd";
 /// Media type of the chunk frame stream.
 pub const CHUNKS_TYPE: &str = "application/vnd.aienv.chunks";
 /// Media type of a part-list answer.
@@ -188,13 +191,30 @@ fn fetchable(
     }
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotQuery {
+    /// The root of a snapshot the asker holds: answer with a delta from it when it is kept.
+    since: Option<String>,
+}
+
 async fn snapshot(
     state: web::Data<AppState>,
     caller: Caller,
     request: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<SnapshotQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let entry = fetchable(&state, &caller, &request, &path)?;
+    let since = match query.since.as_deref() {
+        None => None,
+        Some(text) => Some(aienv_actors::snapshot::Hash::from_hex(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-query",
+                format!("since=`{text}` is not a root hash (64 hex digits)"),
+            )
+        })?),
+    };
     let started = std::time::Instant::now();
     let (snapshot, stats) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
     tracing::debug!(
@@ -217,14 +237,36 @@ async fn snapshot(
             .finish());
     }
     let root = snapshot.root.to_hex();
-    let body = web::block(move || snapshot.encode())
-        .await
-        .map_err(|_| ApiError::from(StoreError::Unavailable))?;
-    Ok(HttpResponse::Ok()
-        .content_type(SNAPSHOT_TYPE)
+    let history = state.snapshot_history.clone();
+    let workspace = entry.manifest.id;
+    let (body, delta) = web::block(move || {
+        let full = snapshot.encode();
+        if let Err(error) = history.record(workspace, &snapshot.root, &full) {
+            tracing::warn!(%error, "could not keep the served snapshot (later syncs get it whole)");
+        }
+        // A delta from the snapshot the asker holds, when it is kept and smaller.
+        let limits = aienv_actors::snapshot::SnapshotLimits::default();
+        let delta = since
+            .and_then(|base| history.load(workspace, &base, &limits))
+            .map(|base| SnapshotDelta::between(&base, &snapshot).encode())
+            .filter(|delta| delta.len() < full.len());
+        match delta {
+            Some(delta) => (delta, true),
+            None => (full, false),
+        }
+    })
+    .await
+    .map_err(|_| ApiError::from(StoreError::Unavailable))?;
+    let mut response = HttpResponse::Ok();
+    response
         .insert_header(("X-Aienv-Root", root))
-        .insert_header((actix_web::http::header::ETAG, etag))
-        .body(body))
+        .insert_header((actix_web::http::header::ETAG, etag));
+    if delta {
+        response.content_type(SNAPSHOT_DELTA_TYPE);
+    } else {
+        response.content_type(SNAPSHOT_TYPE);
+    }
+    Ok(response.body(body))
 }
 
 #[derive(Debug, serde::Deserialize)]

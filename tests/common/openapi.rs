@@ -31,6 +31,28 @@ pub fn response_schema(
     Some((Some(media.clone()), body.get("schema").cloned()))
 }
 
+/// Every media type documented for `status` of `method template` (an answer may carry any).
+pub fn response_media_types(
+    spec: &Value,
+    template: &str,
+    method: &str,
+    status: u16,
+) -> Vec<String> {
+    let operation = &spec["paths"][template][method.to_lowercase()];
+    let mut response = operation["responses"][status.to_string()].clone();
+    if let Some(reference) = response.get("$ref").and_then(Value::as_str) {
+        response = spec
+            .pointer(reference.trim_start_matches('#'))
+            .unwrap()
+            .clone();
+    }
+    response
+        .get("content")
+        .and_then(Value::as_object)
+        .map(|content| content.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// Checks that `status` is documented for `method template` and that `body` (JSON) matches
 /// its schema; panics naming `label` otherwise.
 pub fn check_answer(

@@ -27,16 +27,42 @@ pub enum FetchError {
     Network(String),
 }
 
+/// A snapshot as a source sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestBody {
+    /// The whole snapshot (`application/vnd.aienv.snapshot+msgpack+zstd`).
+    Full(Vec<u8>),
+    /// Changes from the snapshot named by `since`
+    /// (`application/vnd.aienv.snapshot-delta+msgpack+zstd`).
+    Delta(Vec<u8>),
+}
+
+impl ManifestBody {
+    /// Bytes received.
+    pub fn len(&self) -> usize {
+        match self {
+            ManifestBody::Full(bytes) | ManifestBody::Delta(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Transfer requests to one peer, over mutual TLS to the key the endpoint names.
 pub trait TransferClient {
-    /// `GET {base}/api/v1/workspaces/{workspace}/snapshot`: the encoded snapshot, or `None`
-    /// when its root is still `known` (HTTP 304).
+    /// `GET {base}/api/v1/workspaces/{workspace}/snapshot[?since=<root>]`: the snapshot, or
+    /// `None` when its root is still `known` (HTTP 304). With `since` (the root of a snapshot
+    /// this node holds), the source may answer with a delta from it.
     fn manifest(
         &self,
         peer: &PeerEndpoint,
         workspace: Uuid,
         known: Option<Hash>,
-    ) -> LocalFuture<Result<Option<Vec<u8>>, FetchError>>;
+        since: Option<Hash>,
+    ) -> LocalFuture<Result<Option<ManifestBody>, FetchError>>;
 
     /// `POST {base}/api/v1/workspaces/{workspace}/chunks`: the frames for `hashes` as a
     /// stream of byte pieces, as they arrive.

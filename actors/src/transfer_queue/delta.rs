@@ -311,7 +311,12 @@ impl JobContext {
     ) -> Result<(), String> {
         let mut stream = self
             .client
-            .ranges(endpoint, workspace, asked, true)
+            .ranges(
+                endpoint,
+                workspace,
+                asked,
+                self.config.compress.for_source(&endpoint.url),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let mut decoder = FrameDecoder::default();

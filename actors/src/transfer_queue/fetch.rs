@@ -81,10 +81,15 @@ impl JobContext {
         for (id, name, endpoint) in candidates {
             let Ok(Some(bytes)) = self
                 .client
-                .manifest(&endpoint, self.job.workspace_id, None)
+                .manifest(&endpoint, self.job.workspace_id, None, None)
                 .await
             else {
                 continue;
+            };
+            let bytes = match bytes {
+                super::client::ManifestBody::Full(bytes) => bytes,
+                // Not asked for: not a source to trust.
+                super::client::ManifestBody::Delta(_) => continue,
             };
             let limits = self.config.limits.clone();
             let Ok(theirs) =

@@ -40,7 +40,7 @@ use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, SnapshotLimits};
 use crate::workspace_store::WorkspaceStoreHandle;
 
-pub use client::{ByteStream, FetchError, TransferClient};
+pub use client::{ByteStream, FetchError, ManifestBody, TransferClient};
 pub use error::TransferError;
 pub use job::{JobInfo, JobState, Progress, TransferKind, TransferRequest};
 

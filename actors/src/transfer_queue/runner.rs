@@ -19,9 +19,10 @@ use uuid::Uuid;
 use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
+use crate::snapshot_delta::SnapshotDelta;
 use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
 
-use super::client::{FetchError, TransferClient};
+use super::client::{FetchError, ManifestBody, TransferClient};
 use super::error::TransferError;
 use super::fetch::Source;
 use super::job::{JobInfo, JobState, Progress, TransferKind};
@@ -95,12 +96,32 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     {
         let origin = sync_origin(&cx.job, local);
         let id = local.manifest.id.to_string();
+        // The origin's snapshot as this clone last took it: the source need send only what
+        // changed since.
+        let base = {
+            let (dir, limits, local_id) = (
+                cx.config.dir.clone(),
+                cx.config.limits.clone(),
+                local.manifest.id,
+            );
+            blocking(move || {
+                Ok(super::push::load_base(&dir, local_id, &limits)
+                    .ok()
+                    .flatten())
+            })
+            .await?
+            .filter(|base| base.root == origin.root)
+            .map(Arc::new)
+        };
         let (source, current) = futures_util::future::join(
-            cx.fetch_manifest(cx.job.peer_id, Some(origin.root)),
+            cx.fetch_manifest(cx.job.peer_id, Some(origin.root), base),
             cx.store.snapshot(&id),
         )
         .await;
-        fetched = source?;
+        fetched = source?.map(|(snapshot, bytes)| {
+            progress.bytes_fetched += bytes;
+            snapshot
+        });
         let (current, _) = current?;
         if fetched.is_none() && current.root == baseline {
             let totals = (current.total_bytes(), current.file_count());
@@ -126,10 +147,14 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     } else {
         let source = Arc::new(match fetched {
             Some(snapshot) => snapshot,
-            None => cx
-                .fetch_manifest(cx.job.peer_id, None)
-                .await?
-                .expect("a manifest without a known root is always sent"),
+            None => {
+                let (snapshot, bytes) = cx
+                    .fetch_manifest(cx.job.peer_id, None, None)
+                    .await?
+                    .expect("a manifest without a known root is always sent");
+                progress.bytes_fetched += bytes;
+                snapshot
+            }
         });
         let target = match (&local, &mine) {
             (Some(local), Some(current)) => cx.pull_target(local, current, &source).await?,
@@ -403,18 +428,24 @@ impl JobContext {
 
     /// The source's snapshot, retrying while the peer is unreachable (up to the configured
     /// wait).
+    /// With `base` (a snapshot of this source this node holds), the source may send only
+    /// the changes from it; a delta that does not rebuild a valid snapshot is fetched again
+    /// whole. Returns the snapshot and the bytes received for it.
     async fn fetch_manifest(
         &self,
         peer_id: Uuid,
         known: Option<Hash>,
-    ) -> Result<Option<Snapshot>, TransferError> {
+        mut base: Option<Arc<Snapshot>>,
+    ) -> Result<Option<(Snapshot, u64)>, TransferError> {
         let deadline = Instant::now() + self.config.source_wait;
         let mut delay = Duration::from_millis(250);
+        let mut received = 0u64;
         loop {
+            let since = base.as_ref().map(|b| b.root);
             let result = match self.endpoint(peer_id) {
                 Some(endpoint) => {
                     self.client
-                        .manifest(&endpoint, self.job.workspace_id, known)
+                        .manifest(&endpoint, self.job.workspace_id, known, since)
                         .await
                 }
                 None => Err(FetchError::Network(format!(
@@ -424,16 +455,38 @@ impl JobContext {
             };
             let error = match result {
                 Ok(None) => return Ok(None),
-                Ok(Some(bytes)) => {
+                Ok(Some(body)) => {
+                    received += body.len() as u64;
                     let limits = self.config.limits.clone();
                     let dir = self.config.dir.clone();
-                    return blocking(move || {
-                        let snapshot = Snapshot::decode(&bytes, &limits)?;
+                    let held = base.clone();
+                    let decoded = blocking(move || {
+                        let snapshot = match (body, held) {
+                            (ManifestBody::Full(bytes), _) => Snapshot::decode(&bytes, &limits)?,
+                            (ManifestBody::Delta(bytes), Some(base)) => {
+                                SnapshotDelta::decode_onto(&bytes, &base, &limits)?
+                            }
+                            (ManifestBody::Delta(_), None) => {
+                                return Err(TransferError::Manifest(
+                                    crate::snapshot::SnapshotError::Malformed(
+                                        "a delta came though none was asked for".into(),
+                                    ),
+                                ))
+                            }
+                        };
                         check_case(&snapshot, &dir)?;
                         Ok(snapshot)
                     })
-                    .await
-                    .map(Some);
+                    .await;
+                    match decoded {
+                        Ok(snapshot) => return Ok(Some((snapshot, received))),
+                        Err(TransferError::Manifest(error)) if base.is_some() => {
+                            tracing::warn!(job = %self.job.id, %error, "the source's snapshot delta was refused; fetching it whole");
+                            base = None;
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    }
                 }
                 Err(FetchError::Refused(why)) => return Err(TransferError::NoSource(why)),
                 Err(FetchError::Busy(after)) => {

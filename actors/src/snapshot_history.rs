@@ -1,0 +1,147 @@
+//! Snapshots this node served recently, kept so a later request that names one of them
+//! (`GET …/snapshot?since=<root>`) is answered with a delta (`snapshot_delta`). On disk, as
+//! served (`<data-dir>/served/<workspace id>/<root hex>`, encoded), the newest
+//! [`KEEP`] per workspace: memory stays flat whatever the file count.
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::snapshot::{Hash, Snapshot, SnapshotLimits};
+
+/// Snapshots kept per workspace.
+pub const KEEP: usize = 8;
+
+/// The served snapshots of this node's workspaces.
+#[derive(Debug, Clone)]
+pub struct SnapshotHistory {
+    dir: PathBuf,
+}
+
+impl SnapshotHistory {
+    /// The history under `data_dir`.
+    pub fn new(data_dir: &Path) -> SnapshotHistory {
+        SnapshotHistory {
+            dir: data_dir.join("served"),
+        }
+    }
+
+    fn path(&self, workspace: Uuid, root: &Hash) -> PathBuf {
+        self.dir.join(workspace.to_string()).join(root.to_hex())
+    }
+
+    /// Keeps `encoded` (the snapshot whose root is `root`), unless it is kept already, and
+    /// drops the oldest past [`KEEP`]. Written to a temporary name and renamed: a crash never
+    /// leaves a torn one (and a torn one would fail its root hash on load anyway).
+    pub fn record(&self, workspace: Uuid, root: &Hash, encoded: &[u8]) -> std::io::Result<()> {
+        let path = self.path(workspace, root);
+        if path.exists() {
+            // Newest first when pruning: touch it.
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            return Ok(());
+        }
+        let dir = path.parent().expect("a workspace directory");
+        std::fs::create_dir_all(dir)?;
+        let temporary = dir.join(format!(".{}.partial", root.to_hex()));
+        std::fs::write(&temporary, encoded)?;
+        std::fs::rename(&temporary, &path)?;
+        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+        for (_, old) in kept.into_iter().skip(KEEP) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
+    }
+
+    /// The kept snapshot of `workspace` with `root`, checked like a received one.
+    pub fn load(&self, workspace: Uuid, root: &Hash, limits: &SnapshotLimits) -> Option<Snapshot> {
+        let bytes = std::fs::read(self.path(workspace, root)).ok()?;
+        Snapshot::decode(&bytes, limits)
+            .ok()
+            .filter(|s| s.root == *root && s.workspace_id == workspace)
+    }
+
+    /// Removes the history of workspaces `exists` no longer knows.
+    pub fn prune(&self, exists: impl Fn(Uuid) -> bool) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            match Uuid::parse_str(&name.to_string_lossy()) {
+                Ok(id) if exists(id) => {}
+                _ => {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{EntryKind, SnapshotEntry};
+
+    fn snapshot(id: Uuid, n: usize) -> Snapshot {
+        let entries = vec![SnapshotEntry {
+            path: format!("f{n}"),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: 1,
+            hash: Some(Hash::of(&[n as u8])),
+            target: None,
+            chunks: Vec::new(),
+        }];
+        Snapshot::new(id, "w".into(), 1, "/w".into(), entries)
+    }
+
+    #[test]
+    fn keeps_the_newest_and_checks_what_it_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = SnapshotHistory::new(dir.path());
+        let id = Uuid::from_u128(1);
+        let limits = SnapshotLimits::default();
+        let all: Vec<Snapshot> = (0..KEEP + 2).map(|n| snapshot(id, n)).collect();
+        for (n, s) in all.iter().enumerate() {
+            history.record(id, &s.root, &s.encode()).unwrap();
+            // Distinct modification times, oldest first.
+            let path = history.path(id, &s.root);
+            let when =
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(n as u64 + 1);
+            std::fs::File::options()
+                .append(true)
+                .open(path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        history
+            .record(id, &all[KEEP + 1].root, &all[KEEP + 1].encode())
+            .unwrap();
+        assert!(
+            history.load(id, &all[0].root, &limits).is_none(),
+            "the oldest went"
+        );
+        assert_eq!(
+            history.load(id, &all[KEEP + 1].root, &limits).as_ref(),
+            Some(&all[KEEP + 1])
+        );
+        // A file whose content is another snapshot is not taken for the one named.
+        std::fs::copy(
+            history.path(id, &all[KEEP].root),
+            history.path(id, &all[KEEP + 1].root),
+        )
+        .unwrap();
+        assert!(history.load(id, &all[KEEP + 1].root, &limits).is_none());
+        history.prune(|_| false);
+        assert!(history.load(id, &all[KEEP].root, &limits).is_none());
+    }
+}
