@@ -280,11 +280,15 @@ pub async fn forward(
     )
     .await
     .map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "tool-unreachable",
-            format!("tool `{tool}` of `{workspace}` did not answer: {e}"),
-        )
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            ApiError::bad_request("invalid-body", e.to_string())
+        } else {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "tool-unreachable",
+                format!("tool `{tool}` of `{workspace}` did not answer: {e}"),
+            )
+        }
     })?;
     let mut builder = HttpResponse::build(response.status);
     for (name, value) in &response.headers {

@@ -2,6 +2,12 @@
 //! tools on loopback, and bodies relayed in large reads (256 KiB) handed on without copying.
 //! awc reads in 8 KiB pieces, which capped a proxied download at a third of what the tool
 //! sent; WebSocket upgrades still go through awc.
+//!
+//! The tool's answer is parsed strictly, because the tool runs a workspace's code: a head
+//! with a bare LF, two Content-Lengths, a length that is not plain digits, Transfer-Encoding
+//! with Content-Length or not ending in one `chunked`, or a malformed chunk-size line is
+//! refused (502), and a connection on which the tool sent anything after its answer is
+//! never reused. The node writes its own framing towards the client either way.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -47,6 +53,15 @@ pub struct Response {
     pub body: futures_util::stream::LocalBoxStream<'static, Result<Bytes, std::io::Error>>,
 }
 
+/// The client's request body could not be read (malformed framing, cut short): the
+/// client's fault, answered 400, not the tool's.
+fn client_body(error: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("the request body: {error}"),
+    )
+}
+
 fn invalid(message: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message.into())
 }
@@ -83,7 +98,8 @@ where
     // body is sent again on a fresh one when the old one fails before any answer.
     let pooled = matches!(body, RequestBody::Empty)
         .then(|| POOL.with(|pool| pool.borrow_mut().get_mut(&addr).and_then(Vec::pop)))
-        .flatten();
+        .flatten()
+        .filter(idle_and_silent);
     let mut body = body;
     if let Some(mut stream) = pooled {
         if stream.write_all(&head).await.is_ok() {
@@ -100,18 +116,18 @@ where
         RequestBody::Sized(length, source) => {
             let mut left = *length;
             while let Some(chunk) = source.next().await {
-                let chunk = chunk.map_err(|e| invalid(format!("request body: {e}")))?;
+                let chunk = chunk.map_err(client_body)?;
                 let take = (chunk.len() as u64).min(left) as usize;
                 stream.write_all(&chunk[..take]).await?;
                 left -= take as u64;
             }
             if left > 0 {
-                return Err(invalid("the request body ended early"));
+                return Err(client_body("it ended early"));
             }
         }
         RequestBody::Chunked(source) => {
             while let Some(chunk) = source.next().await {
-                let chunk = chunk.map_err(|e| invalid(format!("request body: {e}")))?;
+                let chunk = chunk.map_err(client_body)?;
                 if chunk.is_empty() {
                     continue;
                 }
@@ -166,10 +182,20 @@ async fn read_head(
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| invalid(format!("status {code}")))?;
+        // Lines end in CRLF only: a bare LF is read differently by different parsers.
+        if buffer[..used]
+            .iter()
+            .enumerate()
+            .any(|(i, b)| *b == b'\n' && (i == 0 || buffer[i - 1] != b'\r'))
+        {
+            return Err(invalid(
+                "the tool's response head has a line ending in a bare LF",
+            ));
+        }
         let keep_alive_version = parsed.version == Some(1);
         let mut map = HeaderMap::new();
         let mut length = None;
-        let mut chunked = false;
+        let mut codings: Vec<String> = Vec::new();
         let mut close = !keep_alive_version;
         for header in parsed.headers.iter() {
             let name = HeaderName::from_bytes(header.name.as_bytes())
@@ -178,17 +204,23 @@ async fn read_head(
                 HeaderValue::from_bytes(header.value).map_err(|e| invalid(e.to_string()))?;
             match name.as_str() {
                 "content-length" => {
-                    length = Some(
-                        std::str::from_utf8(header.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                            .ok_or_else(|| invalid("bad content-length"))?,
-                    );
+                    if length.is_some() {
+                        return Err(invalid("the tool sent Content-Length twice"));
+                    }
+                    length = Some(content_length(header.value).ok_or_else(|| {
+                        invalid(format!(
+                            "the tool's Content-Length `{}` is not a length",
+                            String::from_utf8_lossy(header.value)
+                        ))
+                    })?);
                 }
                 "transfer-encoding" => {
-                    chunked = String::from_utf8_lossy(header.value)
-                        .to_ascii_lowercase()
-                        .contains("chunked");
+                    codings.extend(
+                        String::from_utf8_lossy(header.value)
+                            .split(',')
+                            .map(|c| c.trim().to_ascii_lowercase())
+                            .filter(|c| !c.is_empty()),
+                    );
                 }
                 "connection" => {
                     let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
@@ -199,6 +231,24 @@ async fn read_head(
                 _ => {}
             }
             map.append(name, value);
+        }
+        // One framing, unambiguous (RFC 9112, 6.3): a response that could be cut two ways
+        // is refused rather than guessed at.
+        let chunked = !codings.is_empty();
+        if chunked {
+            if length.is_some() {
+                return Err(invalid(
+                    "the tool sent both Transfer-Encoding and Content-Length",
+                ));
+            }
+            if codings.last().map(String::as_str) != Some("chunked")
+                || codings.iter().filter(|c| *c == "chunked").count() > 1
+            {
+                return Err(invalid(format!(
+                    "the tool's Transfer-Encoding `{}` does not end in one chunked",
+                    codings.join(", ")
+                )));
+            }
         }
         buffer.advance(used);
         let bodiless = *method == Method::HEAD
@@ -310,13 +360,12 @@ impl BodyReader {
                 Framing::Chunked(state) => match state {
                     ChunkState::Size => match find_line(&self.buffer) {
                         Some(end) => {
-                            let line = std::str::from_utf8(&self.buffer[..end])
-                                .map_err(|_| invalid("bad chunk size"))?;
-                            let size = u64::from_str_radix(
-                                line.split(';').next().unwrap_or("").trim(),
-                                16,
-                            )
-                            .map_err(|_| invalid("bad chunk size"))?;
+                            let size = chunk_size(&self.buffer[..end]).ok_or_else(|| {
+                                invalid(format!(
+                                    "bad chunk size line `{}`",
+                                    String::from_utf8_lossy(&self.buffer[..end.min(40)])
+                                ))
+                            })?;
                             self.buffer.advance(end + 2);
                             *state = if size == 0 {
                                 ChunkState::Trailers
@@ -390,6 +439,96 @@ async fn fill(stream: &mut Option<TcpStream>, buffer: &mut BytesMut) -> std::io:
     Ok(stream.read_buf(buffer).await? > 0)
 }
 
+/// A Content-Length value: decimal digits only (no sign, no list), optional spaces around.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// A chunk-size line (without its CRLF): 1 to 16 hex digits, then nothing or optional
+/// whitespace and `;` extensions; no CR or LF inside.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    if line.iter().any(|b| *b == b'\r' || *b == b'\n') {
+        return None;
+    }
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest.starts_with(b";")) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+}
+
+/// A pooled connection may be reused only when the tool has sent nothing since its last
+/// answer ended: bytes waiting there (a second answer smuggled after the first) or a closed
+/// connection take it out of the pool.
+fn idle_and_silent(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    match stream.try_read(&mut probe) {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => true,
+        Ok(0) => false,
+        Ok(_) => {
+            tracing::warn!("a tool sent bytes after its answer; its connection is dropped");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 fn find_line(buffer: &[u8]) -> Option<usize> {
     buffer.windows(2).position(|w| w == b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_and_chunk_sizes_are_read_strictly() {
+        assert_eq!(content_length(b"5"), Some(5));
+        assert_eq!(content_length(b" 42 "), Some(42));
+        for bad in [
+            &b"+5"[..],
+            b"-1",
+            b"5, 5",
+            b"0x5",
+            b"",
+            b" ",
+            b"5 5",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"1A;name=value"), Some(26));
+        assert_eq!(chunk_size(b"10 ;ext"), Some(16));
+        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b" 5",
+            b"5 5",
+            b"0x5",
+            b"g",
+            b"10000000000000000",
+            b"5\nx",
+            b"5;a\rb",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }
