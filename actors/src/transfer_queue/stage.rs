@@ -280,17 +280,38 @@ impl Stage {
         needed: Vec<(Hash, u32)>,
         chunks: &ChunkStore,
     ) -> Result<(Vec<(Hash, u32)>, u64), TransferError> {
-        // Copying is bound by memory and disk bandwidth, not by one core: two workers.
+        // Copying is bound by memory and disk bandwidth, not by one core: two workers, each
+        // taking a whole file at a time. Two writers in one file contend for its inode lock
+        // (measured: a fifth of the copy's time spinning on it, with the 400 MB of two
+        // shards taking 1.0 to 1.7 s on tmpfs).
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        {
+            let dests = self.dests.lock().expect("not poisoned");
+            let mut by_file: HashMap<usize, usize> = HashMap::new();
+            for (at, (hash, _)) in needed.iter().enumerate() {
+                let file = dests
+                    .get(hash)
+                    .and_then(|places| places.first())
+                    .map_or(usize::MAX, |(index, _)| *index);
+                let group = *by_file.entry(file).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[group].push(at);
+            }
+        }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let found: Vec<Mutex<Option<Result<u64, TransferError>>>> =
             needed.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|scope| {
             for _ in 0..2 {
-                scope.spawn(|| loop {
-                    let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((hash, size)) = needed.get(at) else {
-                        break;
+                scope.spawn(|| 'groups: loop {
+                    let group = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(members) = groups.get(group) else {
+                        break 'groups;
                     };
+                    for &at in members {
+                    let (hash, size) = &needed[at];
                     let result = match self.copy_trusted(hash, *size, chunks) {
                         Ok(Some(bytes)) => Ok(bytes),
                         Ok(None) => match chunks.find_local(hash) {
@@ -303,6 +324,7 @@ impl Stage {
                         Err(error) => Err(error),
                     };
                     *found[at].lock().expect("not poisoned") = Some(result);
+                    }
                 });
             }
         });

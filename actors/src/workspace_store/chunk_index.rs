@@ -605,16 +605,26 @@ fn copy_range(
     mut to: u64,
     mut len: u64,
 ) -> std::io::Result<()> {
-    let mut buffer = vec![0u8; len.min(1 << 20) as usize];
-    while len > 0 {
-        let piece = len.min(buffer.len() as u64) as usize;
-        source.read_exact_at(&mut buffer[..piece], from)?;
-        target.write_all_at(&buffer[..piece], to)?;
-        from += piece as u64;
-        to += piece as u64;
-        len -= piece as u64;
+    // One buffer per thread: a fresh 1 MiB allocation per chunk is a fresh mapping, faulted
+    // in page by page.
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    Ok(())
+    BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        if buffer.len() < 1 << 20 {
+            buffer.resize(1 << 20, 0);
+        }
+        while len > 0 {
+            let piece = len.min(buffer.len() as u64) as usize;
+            source.read_exact_at(&mut buffer[..piece], from)?;
+            target.write_all_at(&buffer[..piece], to)?;
+            from += piece as u64;
+            to += piece as u64;
+            len -= piece as u64;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
