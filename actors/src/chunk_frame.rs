@@ -184,6 +184,11 @@ pub fn max_response_len(chunks: usize) -> usize {
 
 /// Parses a request body of concatenated hashes.
 pub fn parse_request(body: &[u8]) -> Result<Vec<Hash>, String> {
+    parse_hashes(body, MAX_BATCH, "chunks")
+}
+
+/// Parses a body of 1 to `max` concatenated chunk hashes; `what` names them in the error.
+pub fn parse_hashes(body: &[u8], max: usize, what: &str) -> Result<Vec<Hash>, String> {
     if !body.len().is_multiple_of(32) {
         return Err(format!(
             "the body is {} bytes, not a multiple of 32 (one BLAKE3 hash per chunk)",
@@ -191,8 +196,8 @@ pub fn parse_request(body: &[u8]) -> Result<Vec<Hash>, String> {
         ));
     }
     let count = body.len() / 32;
-    if count == 0 || count > MAX_BATCH {
-        return Err(format!("ask for 1 to {MAX_BATCH} chunks, not {count}"));
+    if count == 0 || count > max {
+        return Err(format!("ask for 1 to {max} {what}, not {count}"));
     }
     Ok(body
         .chunks_exact(32)

@@ -201,22 +201,7 @@ pub fn parse_ranges(body: &[u8]) -> Result<Vec<Range>, String> {
 
 /// Reads a part-list request: 1 to [`MAX_PARTS_REQUEST`] chunk hashes.
 pub fn parse_list_request(body: &[u8]) -> Result<Vec<Hash>, String> {
-    if !body.len().is_multiple_of(32) {
-        return Err(format!(
-            "the body is {} bytes, not a multiple of 32 (one BLAKE3 hash per chunk)",
-            body.len()
-        ));
-    }
-    let count = body.len() / 32;
-    if count == 0 || count > MAX_PARTS_REQUEST {
-        return Err(format!(
-            "ask for the parts of 1 to {MAX_PARTS_REQUEST} chunks, not {count}"
-        ));
-    }
-    Ok(body
-        .chunks_exact(32)
-        .map(|c| Hash(c.try_into().expect("32 bytes")))
-        .collect())
+    crate::chunk_frame::parse_hashes(body, MAX_PARTS_REQUEST, "chunks' parts")
 }
 
 #[cfg(test)]

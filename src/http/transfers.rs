@@ -298,6 +298,29 @@ fn upload_slot(state: &AppState, request: &HttpRequest) -> Result<UploadSlot, Ap
     state.uploads.acquire(&asker)
 }
 
+/// What serving chunks of a workspace needs, the upload slot held.
+struct Serving {
+    slot: UploadSlot,
+    chunk_store: aienv_actors::workspace_store::ChunkStore,
+    workspace: uuid::Uuid,
+    uploads: Arc<Uploads>,
+}
+
+impl Serving {
+    fn new(
+        state: &AppState,
+        request: &HttpRequest,
+        entry: &WorkspaceEntry,
+    ) -> Result<Serving, ApiError> {
+        Ok(Serving {
+            slot: upload_slot(state, request)?,
+            chunk_store: state.store.chunk_store(),
+            workspace: entry.manifest.id,
+            uploads: state.uploads.clone(),
+        })
+    }
+}
+
 /// A chunk of `workspace` as served: the empty chunk (an empty file's content) needs no
 /// file, every node has it.
 fn served_chunk(
@@ -377,10 +400,12 @@ async fn chunks(
     let level = compression(&query)?;
     let hashes = chunk_frame::parse_request(&body)
         .map_err(|message| ApiError::bad_request("invalid-chunk-request", message))?;
-    let slot = upload_slot(&state, &request)?;
-    let chunk_store = state.store.chunk_store();
-    let workspace = entry.manifest.id;
-    let uploads = state.uploads.clone();
+    let Serving {
+        slot,
+        chunk_store,
+        workspace,
+        uploads,
+    } = Serving::new(&state, &request, &entry)?;
     Ok(frame_stream(
         hashes,
         slot,
@@ -407,9 +432,12 @@ async fn parts(
     let entry = fetchable(&state, &caller, &request, &path)?;
     let hashes = chunk_parts::parse_list_request(&body)
         .map_err(|message| ApiError::bad_request("invalid-parts-request", message))?;
-    let slot = upload_slot(&state, &request)?;
-    let chunk_store = state.store.chunk_store();
-    let workspace = entry.manifest.id;
+    let Serving {
+        slot,
+        chunk_store,
+        workspace,
+        ..
+    } = Serving::new(&state, &request, &entry)?;
     let answer = web::block(move || {
         let _slot = slot;
         let mut out = Vec::new();
@@ -439,10 +467,12 @@ async fn ranges(
     let level = compression(&query)?;
     let ranges = chunk_parts::parse_ranges(&body)
         .map_err(|message| ApiError::bad_request("invalid-range-request", message))?;
-    let slot = upload_slot(&state, &request)?;
-    let chunk_store = state.store.chunk_store();
-    let workspace = entry.manifest.id;
-    let uploads = state.uploads.clone();
+    let Serving {
+        slot,
+        chunk_store,
+        workspace,
+        uploads,
+    } = Serving::new(&state, &request, &entry)?;
     // Ranges of one chunk come together: it is read once for all of them.
     let mut last: Option<(aienv_actors::snapshot::Hash, Option<Vec<u8>>)> = None;
     Ok(frame_stream(

@@ -428,6 +428,7 @@ impl JobContext {
 
     /// The source's snapshot, retrying while the peer is unreachable (up to the configured
     /// wait).
+    ///
     /// With `base` (a snapshot of this source this node holds), the source may send only
     /// the changes from it; a delta that does not rebuild a valid snapshot is fetched again
     /// whole. Returns the snapshot and the bytes received for it.
