@@ -55,18 +55,11 @@ impl TransferClient for HttpTransferClient {
             request = request.insert_header(("if-none-match", format!("\"{root}\"")));
         }
         Box::pin(async move {
-            let mut response = request.send().await.map_err(send_error)?;
+            let response = request.send().await.map_err(send_error)?;
             if response.status().as_u16() == 304 {
                 return Ok(None);
             }
-            if !response.status().is_success() {
-                let body = response.body().limit(64 * 1024).await.unwrap_or_default();
-                return Err(status_error(
-                    response.status().as_u16(),
-                    response.headers(),
-                    &body,
-                ));
-            }
+            let mut response = succeeded(response).await?;
             let delta = response
                 .headers()
                 .get(actix_web::http::header::CONTENT_TYPE)
@@ -121,15 +114,8 @@ impl TransferClient for HttpTransferClient {
             ))
             .content_type("application/octet-stream");
         Box::pin(async move {
-            let mut response = request.send_body(body).await.map_err(send_error)?;
-            if !response.status().is_success() {
-                let text = response.body().limit(64 * 1024).await.unwrap_or_default();
-                return Err(status_error(
-                    response.status().as_u16(),
-                    response.headers(),
-                    &text,
-                ));
-            }
+            let response = request.send_body(body).await.map_err(send_error)?;
+            let mut response = succeeded(response).await?;
             response
                 .body()
                 .limit(limit)
@@ -174,15 +160,8 @@ impl HttpTransferClient {
             ))
             .content_type("application/octet-stream");
         Box::pin(async move {
-            let mut response = request.send_body(body).await.map_err(send_error)?;
-            if !response.status().is_success() {
-                let text = response.body().limit(64 * 1024).await.unwrap_or_default();
-                return Err(status_error(
-                    response.status().as_u16(),
-                    response.headers(),
-                    &text,
-                ));
-            }
+            let response = request.send_body(body).await.map_err(send_error)?;
+            let response = succeeded(response).await?;
             // The state carries the response and the bytes received so far.
             let stream =
                 futures_util::stream::unfold(Some((response, 0usize)), move |state| async move {
@@ -208,6 +187,24 @@ impl HttpTransferClient {
             Ok(Box::pin(stream) as ByteStream)
         })
     }
+}
+
+/// The response when it is a success; otherwise the error its status and body say.
+async fn succeeded<S>(
+    mut response: awc::ClientResponse<S>,
+) -> Result<awc::ClientResponse<S>, FetchError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let body = response.body().limit(64 * 1024).await.unwrap_or_default();
+    Err(status_error(
+        response.status().as_u16(),
+        response.headers(),
+        &body,
+    ))
 }
 
 /// A connection that failed; one refused for the peer's key is not retried.

@@ -74,6 +74,8 @@ def serve(conn):
         else:
             answer = ANSWERS.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         conn.sendall(answer)
+        if path == "/late":
+            log.write("late answer sent\n")
         if headers.get(b"connection", b"").lower() == b"close":
             conn.close()
             return
@@ -162,7 +164,17 @@ tools:
         let (code, body) = get(&url(path), Some(&token)).await;
         assert_eq!(code, 200, "{path}");
         assert!(body == "hello" || body == "late", "{path}: {body}");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        if path == "/late" {
+            // The next request goes out only once the late answer is on its way.
+            let log = std::path::Path::new(&root).join("requests.log");
+            common::eventually("the tool sent its late answer", || {
+                let log = log.clone();
+                async move {
+                    std::fs::read_to_string(log).is_ok_and(|l| l.contains("late answer sent"))
+                }
+            })
+            .await;
+        }
         for _ in 0..4 {
             let (code, body) = get(&url("/ok"), Some(&token)).await;
             assert_eq!((code, body.as_str()), (200, "ok"), "after {path}");

@@ -204,18 +204,22 @@ pub fn parse_list_request(body: &[u8]) -> Result<Vec<Hash>, String> {
     crate::chunk_frame::parse_hashes(body, MAX_PARTS_REQUEST, "chunks' parts")
 }
 
+/// The first `len` bytes of the transfer spec's test vector data: the BLAKE3 XOF of
+/// `aienv chunking test vector`.
+#[cfg(test)]
+pub(crate) fn test_vector_data(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(b"aienv chunking test vector")
+        .finalize_xof()
+        .fill(&mut data);
+    data
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_vector_data as data;
     use super::*;
-
-    fn data(len: usize) -> Vec<u8> {
-        let mut data = vec![0u8; len];
-        blake3::Hasher::new()
-            .update(b"aienv chunking test vector")
-            .finalize_xof()
-            .fill(&mut data);
-        data
-    }
 
     #[test]
     fn parts_cover_the_chunk_within_their_bounds() {

@@ -431,11 +431,12 @@ pub fn chunk_list_hash(chunks: &[ChunkRef]) -> Hash {
     Hash(*hasher.finalize().as_bytes())
 }
 
+/// Entries for tests across the crate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_entries {
     use super::*;
 
-    fn dir(path: &str) -> SnapshotEntry {
+    pub(crate) fn dir(path: &str) -> SnapshotEntry {
         SnapshotEntry {
             path: path.into(),
             kind: EntryKind::Dir,
@@ -447,7 +448,7 @@ mod tests {
         }
     }
 
-    fn file(path: &str, content: &[u8]) -> SnapshotEntry {
+    pub(crate) fn file(path: &str, content: &[u8]) -> SnapshotEntry {
         SnapshotEntry {
             path: path.into(),
             kind: EntryKind::File,
@@ -459,7 +460,7 @@ mod tests {
         }
     }
 
-    fn link(path: &str, target: &str) -> SnapshotEntry {
+    pub(crate) fn link(path: &str, target: &str) -> SnapshotEntry {
         SnapshotEntry {
             path: path.into(),
             kind: EntryKind::Symlink,
@@ -470,6 +471,12 @@ mod tests {
             chunks: Vec::new(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_entries::{dir, file, link};
+    use super::*;
 
     fn decode(entries: Vec<SnapshotEntry>) -> Result<Snapshot, SnapshotError> {
         let snapshot = Snapshot::new(Uuid::nil(), "w".into(), 1, "/src".into(), entries);

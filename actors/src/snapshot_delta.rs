@@ -199,31 +199,7 @@ impl SnapshotDelta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::EntryKind;
-
-    fn file(path: &str, content: &[u8]) -> SnapshotEntry {
-        SnapshotEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            size: content.len() as u64,
-            hash: Some(Hash::of(content)),
-            target: None,
-            chunks: Vec::new(),
-        }
-    }
-
-    fn dir(path: &str) -> SnapshotEntry {
-        SnapshotEntry {
-            path: path.into(),
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            size: 0,
-            hash: None,
-            target: None,
-            chunks: Vec::new(),
-        }
-    }
+    use crate::snapshot::test_entries::{dir, file};
 
     fn snapshot(entries: Vec<SnapshotEntry>) -> Snapshot {
         Snapshot::new(

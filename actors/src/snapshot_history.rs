@@ -88,18 +88,10 @@ impl SnapshotHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{EntryKind, SnapshotEntry};
+    use crate::snapshot::test_entries::file;
 
     fn snapshot(id: Uuid, n: usize) -> Snapshot {
-        let entries = vec![SnapshotEntry {
-            path: format!("f{n}"),
-            kind: EntryKind::File,
-            mode: 0o644,
-            size: 1,
-            hash: Some(Hash::of(&[n as u8])),
-            target: None,
-            chunks: Vec::new(),
-        }];
+        let entries = vec![file(&format!("f{n}"), &[n as u8])];
         Snapshot::new(id, "w".into(), 1, "/w".into(), entries)
     }
 

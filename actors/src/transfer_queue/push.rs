@@ -590,29 +590,10 @@ pub fn load_base(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::test_entries::dir;
 
     fn file(path: &str, content: &str) -> SnapshotEntry {
-        SnapshotEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            size: content.len() as u64,
-            hash: Some(Hash::of(content.as_bytes())),
-            target: None,
-            chunks: Vec::new(),
-        }
-    }
-
-    fn dir(path: &str) -> SnapshotEntry {
-        SnapshotEntry {
-            path: path.into(),
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            size: 0,
-            hash: None,
-            target: None,
-            chunks: Vec::new(),
-        }
+        crate::snapshot::test_entries::file(path, content.as_bytes())
     }
 
     fn snapshot(entries: Vec<SnapshotEntry>) -> Snapshot {

@@ -714,14 +714,39 @@ mod tests {
         .collect()
     }
 
+    /// `len` pseudo-random bytes (xorshift) from `state`.
+    fn random_bytes(len: usize, state: &mut u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                (*state >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Checks the code block after `marker` in `schemas/transfer.md` against `vector`, or
+    /// writes it there with `AIENV_UPDATE_SCHEMAS`.
+    fn check_vector(path: &Path, spec: &str, marker: &str, vector: &str, what: &str) {
+        let at = spec.find(marker).unwrap() + marker.len();
+        let end = at + spec[at..].find("\n```").unwrap();
+        if std::env::var_os("AIENV_UPDATE_SCHEMAS").is_some() {
+            let updated = format!("{}{vector}{}", &spec[..at], &spec[end..]);
+            std::fs::write(path, updated).unwrap();
+        } else {
+            assert_eq!(
+                &spec[at..end],
+                vector,
+                "schemas/transfer.md's {what} test vector is stale: run with AIENV_UPDATE_SCHEMAS=1"
+            );
+        }
+    }
+
     #[test]
     fn chunking_is_exactly_as_specified_with_its_test_vector() {
         let (path, spec) = transfer_spec();
-        let mut data = vec![0u8; 10 * 1024 * 1024];
-        blake3::Hasher::new()
-            .update(b"aienv chunking test vector")
-            .finalize_xof()
-            .fill(&mut data);
+        let data = crate::chunk_parts::test_vector_data(10 * 1024 * 1024);
         let sizes = spec_chunks(&data, &spec);
         assert_eq!(
             sizes,
@@ -741,20 +766,8 @@ mod tests {
             offset += size;
         }
         lines.push(format!("file hash {}", chunk_list_hash(&chunks).to_hex()));
-        let vector = lines.join("\n");
         let marker = "list hash is the file's `hash`:\n\n```\n";
-        let at = spec.find(marker).unwrap() + marker.len();
-        let end = at + spec[at..].find("\n```").unwrap();
-        if std::env::var_os("AIENV_UPDATE_SCHEMAS").is_some() {
-            let updated = format!("{}{vector}{}", &spec[..at], &spec[end..]);
-            std::fs::write(&path, updated).unwrap();
-        } else {
-            assert_eq!(
-                &spec[at..end],
-                vector,
-                "schemas/transfer.md's chunk test vector is stale: run with AIENV_UPDATE_SCHEMAS=1"
-            );
-        }
+        check_vector(&path, &spec, marker, &lines.join("\n"), "chunk");
         // Other inputs: random ones of odd and even lengths, and data without cut points.
         let mut state = 0x2545_f491_4f6c_dd1du64;
         for length in [
@@ -763,14 +776,7 @@ mod tests {
             3 * 1024 * 1024 + 7,
             9 * 1024 * 1024,
         ] {
-            let random: Vec<u8> = (0..length)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state >> 24) as u8
-                })
-                .collect();
+            let random = random_bytes(length, &mut state);
             assert_eq!(
                 spec_chunks(&random, &spec),
                 node_chunks(&random),
@@ -786,11 +792,7 @@ mod tests {
     #[test]
     fn parts_are_cut_exactly_as_specified_with_their_test_vector() {
         let (path, spec) = transfer_spec();
-        let mut data = vec![0u8; 200_000];
-        blake3::Hasher::new()
-            .update(b"aienv chunking test vector")
-            .finalize_xof()
-            .fill(&mut data);
+        let data = crate::chunk_parts::test_vector_data(200_000);
         let node = |data: &[u8]| -> Vec<usize> {
             crate::chunk_parts::cut(data)
                 .iter()
@@ -810,31 +812,11 @@ mod tests {
             lines.push(format!("{size:>6}  {}", hash.to_hex()));
             offset += size;
         }
-        let vector = lines.join("\n");
         let marker = "are cut into these parts (sizes in bytes, BLAKE3 of each):\n\n```\n";
-        let at = spec.find(marker).unwrap() + marker.len();
-        let end = at + spec[at..].find("```").unwrap();
-        let vector_block = format!("{vector}\n");
-        if std::env::var_os("AIENV_UPDATE_SCHEMAS").is_some() {
-            let updated = format!("{}{vector_block}{}", &spec[..at], &spec[end..]);
-            std::fs::write(&path, updated).unwrap();
-        } else {
-            assert_eq!(
-                &spec[at..end],
-                vector_block,
-                "schemas/transfer.md's part test vector is stale: run with AIENV_UPDATE_SCHEMAS=1"
-            );
-        }
+        check_vector(&path, &spec, marker, &lines.join("\n"), "part");
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for length in [4096usize, 4097, 65_537, 1 << 20, (4 << 20) - 1] {
-            let random: Vec<u8> = (0..length)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state >> 24) as u8
-                })
-                .collect();
+            let random = random_bytes(length, &mut state);
             assert_eq!(spec_cut(&random, &spec, "PART_"), node(&random), "{length}");
         }
         let zeros = vec![0u8; 300_001];
