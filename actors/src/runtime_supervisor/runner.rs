@@ -305,8 +305,7 @@ async fn on_exit(
                 tool.restarts,
             );
         }
-        refresh_env_state(run, tools);
-        return tools.values().any(|t| is_running(t.state));
+        return refresh_if_running(run, tools);
     }
     if restarts >= run.plan.spec.restart.max_restarts {
         for name in &names {
@@ -323,8 +322,7 @@ async fn on_exit(
                 restarts,
             );
         }
-        refresh_env_state(run, tools);
-        return tools.values().any(|t| is_running(t.state));
+        return refresh_if_running(run, tools);
     }
     restart(
         run,
@@ -534,6 +532,17 @@ async fn restart_unhealthy(
         vec![name.to_string()]
     };
     restart(run, instance, tools, &names, whole, why).await
+}
+
+/// After tools ended: whether any still runs. Only then is the environment's state
+/// refreshed; otherwise the environment is about to stop and ends `failed`, and a passing
+/// `degraded` would tell waiters it had settled (a `run --wait` then read `stopping`).
+fn refresh_if_running(run: &Run, tools: &BTreeMap<String, ToolRun>) -> bool {
+    let running = tools.values().any(|t| is_running(t.state));
+    if running {
+        refresh_env_state(run, tools);
+    }
+    running
 }
 
 fn refresh_env_state(run: &Run, tools: &BTreeMap<String, ToolRun>) {
