@@ -240,7 +240,9 @@ async fn snapshot(
     let history = state.snapshot_history.clone();
     let workspace = entry.manifest.id;
     let (body, delta) = web::block(move || {
+        let started = std::time::Instant::now();
         let full = snapshot.encode();
+        let encoded_ms = started.elapsed().as_millis() as u64;
         if let Err(error) = history.record(workspace, &snapshot.root, &full) {
             tracing::warn!(%error, "could not keep the served snapshot (later syncs get it whole)");
         }
@@ -250,6 +252,13 @@ async fn snapshot(
             .and_then(|base| history.load(workspace, &base, &limits))
             .map(|base| SnapshotDelta::between(&base, &snapshot).encode())
             .filter(|delta| delta.len() < full.len());
+        tracing::debug!(
+            full = full.len(),
+            delta = delta.as_ref().map(Vec::len),
+            encoded_ms,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot encoded"
+        );
         match delta {
             Some(delta) => (delta, true),
             None => (full, false),

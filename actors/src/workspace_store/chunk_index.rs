@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{
-    chunk_list_hash, ChunkRef, EntryKind, Hash, Snapshot, SnapshotEntry, CHUNK_AVG, CHUNK_MAX,
-    CHUNK_MIN, SMALL_FILE_MAX,
+    chunk_list_hash, ChunkRef, EntryKind, Hash, Snapshot, SnapshotEntry, SMALL_FILE_MAX,
 };
 
 use super::error::StoreError;
+use super::file_chunks;
 use crate::tree::{self, Stamp, Walk, WalkEntry};
 
 /// Files changed this recently before a scan are hashed again next time: a second write
@@ -180,7 +180,17 @@ impl ChunkIndex {
         }
         stats.files_cached = (walk.len() - to_hash.len()) as u64
             - walk.iter().filter(|w| w.kind != EntryKind::File).count() as u64;
-        let hashed = hash_files(root, walk, &to_hash)?;
+        // A changed large file's old chunk list spares most of its boundary search (only
+        // lists in the current format: cut by the same algorithm).
+        let previous: HashMap<usize, Vec<ChunkRef>> = old_values
+            .iter()
+            .filter_map(|(&index, value)| {
+                let record = rmp_serde::from_slice::<FileRecord>(value).ok()?;
+                (!record.chunks.is_empty() && record.hash == chunk_list_hash(&record.chunks))
+                    .then_some((index, record.chunks))
+            })
+            .collect();
+        let hashed = hash_files(root, walk, &to_hash, &previous)?;
         for (index, mut record) in to_hash.iter().copied().zip(hashed) {
             record.racy = is_racy(record.stamp.mtime_ns, scan_started);
             stats.files_hashed += 1;
@@ -461,11 +471,13 @@ fn hash_files(
     root: &Path,
     walk: &[WalkEntry],
     indices: &[usize],
+    previous: &HashMap<usize, Vec<ChunkRef>>,
 ) -> Result<Vec<FileRecord>, StoreError> {
+    let previous = |index: usize| previous.get(&index).map_or(&[][..], Vec::as_slice);
     if indices.len() < 2 {
         return indices
             .iter()
-            .map(|&i| hash_file(&root.join(&walk[i].path), &walk[i]))
+            .map(|&i| hash_file(&root.join(&walk[i].path), &walk[i], previous(i)))
             .collect();
     }
     let threads = std::thread::available_parallelism()
@@ -481,7 +493,7 @@ fn hash_files(
                 let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&index) = indices.get(at) else { break };
                 let item = &walk[index];
-                let result = hash_file(&root.join(&item.path), item);
+                let result = hash_file(&root.join(&item.path), item, previous(index));
                 *results[at].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
             });
         }
@@ -513,13 +525,17 @@ pub(super) fn file_matches(path: &Path, entry: &crate::snapshot::SnapshotEntry) 
         stamp: Stamp::of(&metadata),
         target: None,
     };
-    hash_file(path, &seen)
+    hash_file(path, &seen, &[])
         .is_ok_and(|record| Some(record.hash) == entry.hash && record.stamp.size == entry.size)
 }
 
 /// Hashes a file: BLAKE3 of a small file's content; a large file's content-defined chunks
 /// and the hash of its chunk list ([`chunk_list_hash`]).
-fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
+fn hash_file(
+    path: &Path,
+    seen: &WalkEntry,
+    previous: &[ChunkRef],
+) -> Result<FileRecord, StoreError> {
     let mut file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
     // The stamp is the walk's, with the size of what was actually read: a file that changed
     // in between gets a stamp no later walk matches, and is read again.
@@ -533,7 +549,7 @@ fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
         racy: false,
     };
     if seen.stamp.size > SMALL_FILE_MAX {
-        return chunk_large(path, file, record);
+        return chunk_large(path, file, record, previous);
     }
     let mut data = Vec::with_capacity(seen.stamp.size as usize);
     (&mut file)
@@ -543,7 +559,7 @@ fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
     if data.len() as u64 > SMALL_FILE_MAX {
         // It grew since the walk: cut it as a large file.
         let file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
-        return chunk_large(path, file, record);
+        return chunk_large(path, file, record, previous);
     }
     Ok(FileRecord {
         stamp: Stamp {
@@ -555,42 +571,22 @@ fn hash_file(path: &Path, seen: &WalkEntry) -> Result<FileRecord, StoreError> {
     })
 }
 
-/// Hashes and cuts a large file.
+/// Hashes and cuts a large file; `previous` is the chunk list of the version it replaces.
 fn chunk_large(
     path: &Path,
     file: fs::File,
     mut record: FileRecord,
+    previous: &[ChunkRef],
 ) -> Result<FileRecord, StoreError> {
-    let chunker = fastcdc::v2020::StreamCDC::new(
-        file,
-        CHUNK_MIN as usize,
-        CHUNK_AVG as usize,
-        CHUNK_MAX as usize,
-    );
-    // Content hash of the first megabyte, in case the file turns out small (it shrank since
-    // the walk): a small file's hash is its content's.
-    let mut small = Some(blake3::Hasher::new());
-    for chunk in chunker {
-        let chunk = chunk.map_err(|error| {
-            StoreError::io("reading", path)(std::io::Error::other(error.to_string()))
-        })?;
-        record.chunks.push(ChunkRef {
-            hash: Hash::of(&chunk.data),
-            size: chunk.length as u32,
-        });
-        record.stamp.size += chunk.length as u64;
-        if record.stamp.size > SMALL_FILE_MAX {
-            small = None;
-        } else if let Some(hasher) = &mut small {
-            hasher.update(&chunk.data);
+    let cut = file_chunks::cut_file(&file, previous).map_err(StoreError::io("reading", path))?;
+    tracing::debug!(path = %path.display(), chunks = cut.chunks.len(), reused = cut.reused, "large file cut");
+    record.stamp.size = cut.size;
+    match cut.small_hash {
+        Some(hash) => record.hash = hash,
+        None => {
+            record.hash = chunk_list_hash(&cut.chunks);
+            record.chunks = cut.chunks;
         }
-    }
-    match small {
-        Some(hasher) => {
-            record.hash = Hash(*hasher.finalize().as_bytes());
-            record.chunks.clear();
-        }
-        None => record.hash = chunk_list_hash(&record.chunks),
     }
     Ok(record)
 }
@@ -704,14 +700,14 @@ mod tests {
 
     /// The chunker the node uses.
     fn node_chunks(data: &[u8]) -> Vec<usize> {
-        fastcdc::v2020::StreamCDC::new(
-            data,
-            CHUNK_MIN as usize,
-            CHUNK_AVG as usize,
-            CHUNK_MAX as usize,
-        )
-        .map(|c| c.unwrap().length)
-        .collect()
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, data).unwrap();
+        let cut = super::file_chunks::cut_file(&file, &[]).unwrap();
+        if cut.chunks.is_empty() {
+            // Small enough to be one piece in a snapshot: the same boundary search, in memory.
+            return super::file_chunks::cut_sizes(data);
+        }
+        cut.chunks.iter().map(|c| c.size as usize).collect()
     }
 
     /// `len` pseudo-random bytes (xorshift) from `state`.
@@ -842,7 +838,7 @@ mod tests {
             },
             target: None,
         };
-        let record = hash_file(&path, &seen).unwrap();
+        let record = hash_file(&path, &seen, &[]).unwrap();
         assert_eq!(record.hash, Hash::of(b"now small"));
         assert!(record.chunks.is_empty());
         assert_eq!(record.stamp.size, 9);

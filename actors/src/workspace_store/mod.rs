@@ -16,6 +16,7 @@ mod archive;
 mod chunk_index;
 mod clone;
 mod error;
+mod file_chunks;
 mod handle;
 mod index;
 mod reconcile;
