@@ -1118,6 +1118,51 @@ async fn a_sync_gets_the_snapshot_as_a_delta_from_the_one_it_holds() {
         "a delta and two small files: {:?}",
         job.progress
     );
+
+    // A base this node cannot read back (damaged on disk): the sync stops with an error that
+    // names the file and the way out, since without it the clone's own changes cannot be told
+    // from the origin's; a forced sync takes the origin as it is, whole, and records it again.
+    let base = temp
+        .path()
+        .join("b/transfers/bases")
+        .join(format!("{}.snapshot", job.local_id.unwrap()));
+    assert!(base.exists(), "{}", base.display());
+    std::fs::write(&base, b"not a snapshot").unwrap();
+    std::fs::write(root.join("data/d5/f5.txt"), "changed again\n").unwrap();
+    let failed = finished(&client, start(&client, "sync", None, "many").await.id).await;
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        failed.state == "failed"
+            && error.contains(&base.display().to_string())
+            && error.contains("--force"),
+        "{error}"
+    );
+    let forced = client
+        .start_transfer(&TransferRequestDto {
+            kind: "sync".into(),
+            workspace: "many".into(),
+            force: true,
+            ..TransferRequestDto::default()
+        })
+        .await
+        .unwrap();
+    let job = done(&client, forced.id).await;
+    assert_eq!(tree(&root), tree(&cloned));
+    assert!(
+        job.progress.bytes_fetched > 10_000,
+        "the whole snapshot: {:?}",
+        job.progress
+    );
+    assert!(decode_base(&base), "the base is recorded again");
+}
+
+/// Whether `path` holds a snapshot (a clone's base).
+fn decode_base(path: &Path) -> bool {
+    aienv_actors::snapshot::Snapshot::decode(
+        &std::fs::read(path).unwrap(),
+        &aienv_actors::snapshot::SnapshotLimits::default(),
+    )
+    .is_ok()
 }
 
 #[actix_rt::test]

@@ -361,7 +361,7 @@ impl Default for SnapshotLimits {
 }
 
 /// Why a snapshot was refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotError {
     /// Not a snapshot at all.

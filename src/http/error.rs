@@ -207,6 +207,7 @@ impl From<TransferError> for ApiError {
                 Some(json!({ "paths": paths, "count": count })),
             ),
             TransferError::NoBase(_) => (S::CONFLICT, "no-base", None),
+            TransferError::BaseDamaged { .. } => (S::CONFLICT, "base-damaged", None),
             TransferError::Unavailable => (S::SERVICE_UNAVAILABLE, "shutting-down", None),
             _ => (S::INTERNAL_SERVER_ERROR, "transfer-failed", None),
         };

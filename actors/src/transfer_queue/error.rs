@@ -88,6 +88,14 @@ pub enum TransferError {
     /// The clone has no record of what it last synced to (cloned by an older version).
     #[error("`{0}` has no record of the origin's content at its last sync (it was cloned by an older aienv): sync it once (`aienv sync {0}`), then push")]
     NoBase(String),
+    /// The record of what a clone last took from its origin is damaged on disk.
+    #[error("the record of what this clone last took from its origin ({path}) cannot be read ({source}): `sync --force` takes the origin's content as it is (this clone's own changes are then replaced) and records it again")]
+    BaseDamaged {
+        /// The record's file.
+        path: String,
+        /// Why it cannot be read.
+        source: SnapshotError,
+    },
     /// The source changed its content during the transfer.
     #[error("the source changed during the transfer ({0}); retry to fetch the new version")]
     SourceChanged(String),

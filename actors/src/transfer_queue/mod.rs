@@ -895,7 +895,7 @@ impl TransferQueueHandle {
 
     /// What workspace `id` (a clone) had from its origin at its last clone or sync.
     pub fn base(&self, id: Uuid) -> Result<Option<crate::snapshot::Snapshot>, TransferError> {
-        Ok(push::load_base(&self.dir, id, &self.limits)?)
+        push::load_base(&self.dir, id, &self.limits)
     }
 
     /// Cancels an active job; removes a finished one (returns `None`).

@@ -27,6 +27,8 @@ use uuid::Uuid;
 
 use crate::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits};
 
+use super::TransferError;
+
 /// Version of the push body.
 pub const PUSH_FORMAT: u32 = 1;
 /// Most branches one push may update.
@@ -580,9 +582,15 @@ pub fn load_base(
     transfers: &Path,
     id: Uuid,
     limits: &SnapshotLimits,
-) -> Result<Option<Snapshot>, SnapshotError> {
-    match std::fs::read(base_path(transfers, id)) {
-        Ok(bytes) => Snapshot::decode(&bytes, limits).map(Some),
+) -> Result<Option<Snapshot>, TransferError> {
+    let path = base_path(transfers, id);
+    match std::fs::read(&path) {
+        Ok(bytes) => Snapshot::decode(&bytes, limits)
+            .map(Some)
+            .map_err(|source| TransferError::BaseDamaged {
+                path: path.display().to_string(),
+                source,
+            }),
         Err(_) => Ok(None),
     }
 }

@@ -91,30 +91,18 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // The clone's snapshot is taken once per attempt and used by every step that needs it.
     let mut fetched = None;
     let mut mine: Option<Arc<Snapshot>> = None;
+    // What this clone last took from its origin: read from disk while the source answers.
+    let base = match (&local, cx.job.kind) {
+        (Some(local), TransferKind::Sync) => Some(BaseLoad::start(&cx, local.manifest.id)),
+        _ => None,
+    };
     if let (Some(local), Some(baseline), TransferKind::Sync) =
         (&local, cx.job.baseline, cx.job.kind)
     {
         let origin = sync_origin(&cx.job, local);
         let id = local.manifest.id.to_string();
-        // The origin's snapshot as this clone last took it: the source need send only what
-        // changed since.
-        let base = {
-            let (dir, limits, local_id) = (
-                cx.config.dir.clone(),
-                cx.config.limits.clone(),
-                local.manifest.id,
-            );
-            blocking(move || {
-                Ok(super::push::load_base(&dir, local_id, &limits)
-                    .ok()
-                    .flatten())
-            })
-            .await?
-            .filter(|base| base.root == origin.root)
-            .map(Arc::new)
-        };
         let (source, current) = futures_util::future::join(
-            cx.fetch_manifest(cx.job.peer_id, Some(origin.root), base),
+            cx.fetch_manifest(cx.job.peer_id, Some(origin.root), base.clone()),
             cx.store.snapshot(&id),
         )
         .await;
@@ -156,8 +144,10 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
                 snapshot
             }
         });
-        let target = match (&local, &mine) {
-            (Some(local), Some(current)) => cx.pull_target(local, current, &source).await?,
+        let target = match (&local, &mine, &base) {
+            (Some(local), Some(current), Some(base)) => {
+                cx.pull_target(local, current, &source, base).await?
+            }
             _ => None,
         };
         (Some(source.clone()), target.map_or(source, Arc::new))
@@ -429,20 +419,22 @@ impl JobContext {
     /// The source's snapshot, retrying while the peer is unreachable (up to the configured
     /// wait).
     ///
-    /// With `base` (a snapshot of this source this node holds), the source may send only
-    /// the changes from it; a delta that does not rebuild a valid snapshot is fetched again
-    /// whole. Returns the snapshot and the bytes received for it.
+    /// With `known` and `base` (what this clone last took from the source, which was
+    /// `known`), the source may send only the changes from it; a delta that does not rebuild
+    /// a valid snapshot, or that comes when the base cannot be read, is fetched again whole.
+    /// Returns the snapshot and the bytes received for it.
     async fn fetch_manifest(
         &self,
         peer_id: Uuid,
         known: Option<Hash>,
-        mut base: Option<Arc<Snapshot>>,
+        loading: Option<BaseLoad>,
     ) -> Result<Option<(Snapshot, u64)>, TransferError> {
         let deadline = Instant::now() + self.config.source_wait;
         let mut delay = Duration::from_millis(250);
         let mut received = 0u64;
+        let mut since = known.filter(|_| loading.is_some());
+        let mut base: Option<Arc<Snapshot>> = None;
         loop {
-            let since = base.as_ref().map(|b| b.root);
             let result = match self.endpoint(peer_id) {
                 Some(endpoint) => {
                     self.client
@@ -458,6 +450,19 @@ impl JobContext {
                 Ok(None) => return Ok(None),
                 Ok(Some(body)) => {
                     received += body.len() as u64;
+                    if let (ManifestBody::Delta(_), Some(loading)) = (&body, &loading) {
+                        base = loading
+                            .get()
+                            .await
+                            .ok()
+                            .flatten()
+                            .filter(|b| Some(b.root) == since);
+                    }
+                    if matches!(body, ManifestBody::Delta(_)) && base.is_none() && since.is_some() {
+                        tracing::warn!(job = %self.job.id, "the snapshot this clone last took could not be read; fetching the source's whole");
+                        since = None;
+                        continue;
+                    }
                     let limits = self.config.limits.clone();
                     let dir = self.config.dir.clone();
                     let held = base.clone();
@@ -484,6 +489,7 @@ impl JobContext {
                         Err(TransferError::Manifest(error)) if base.is_some() => {
                             tracing::warn!(job = %self.job.id, %error, "the source's snapshot delta was refused; fetching it whole");
                             base = None;
+                            since = None;
                             continue;
                         }
                         Err(error) => return Err(error),
@@ -539,6 +545,48 @@ pub(super) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| TransferError::Unavailable)?
+}
+
+/// What a sync's clone last took from its origin (its base), read from disk once on a
+/// blocking thread from the start of the attempt: the snapshot delta and the three-way merge
+/// both need it, and reading it need not wait for the source's answer.
+#[derive(Clone)]
+pub(super) struct BaseLoad(
+    futures_util::future::Shared<futures_util::future::BoxFuture<'static, LoadedBase>>,
+);
+
+/// The outcome of reading a base, shared by everything that waits for it.
+type LoadedBase = Result<Option<Arc<Snapshot>>, Arc<TransferError>>;
+
+impl BaseLoad {
+    fn start(cx: &JobContext, id: Uuid) -> BaseLoad {
+        use futures_util::FutureExt;
+        let (dir, limits) = (cx.config.dir.clone(), cx.config.limits.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            super::push::load_base(&dir, id, &limits).map(|base| base.map(Arc::new))
+        });
+        BaseLoad(
+            async move {
+                match task.await {
+                    Ok(result) => result.map_err(Arc::new),
+                    Err(_) => Err(Arc::new(TransferError::Unavailable)),
+                }
+            }
+            .boxed()
+            .shared(),
+        )
+    }
+
+    /// The base (`None`: none is recorded).
+    async fn get(&self) -> Result<Option<Arc<Snapshot>>, TransferError> {
+        self.0.clone().await.map_err(|error| match &*error {
+            TransferError::BaseDamaged { path, source } => TransferError::BaseDamaged {
+                path: path.clone(),
+                source: source.clone(),
+            },
+            _ => TransferError::Unavailable,
+        })
+    }
 }
 
 /// Wall time per phase of an attempt, for the log (and the benchmark's profile).
@@ -645,6 +693,7 @@ impl JobContext {
         local: &WorkspaceEntry,
         current: &Arc<Snapshot>,
         source: &Arc<Snapshot>,
+        base: &BaseLoad,
     ) -> Result<Option<Snapshot>, TransferError> {
         let Some(origin) = local.origin.clone() else {
             return Ok(None);
@@ -652,9 +701,7 @@ impl JobContext {
         if self.job.request.force || self.job.request.placed {
             return Ok(None);
         }
-        let Some(base) =
-            super::push::load_base(&self.config.dir, local.manifest.id, &self.config.limits)?
-        else {
+        let Some(base) = base.get().await? else {
             return Ok(None);
         };
         let (current, source) = (current.clone(), source.clone());
