@@ -336,6 +336,7 @@ async fn a_changed_chunk_is_rebuilt_from_its_parts_and_a_corrupted_range_is_caug
     );
     let root = shared_workspace(&a, "weights").await;
     std::fs::write(root.join("data/shard.bin"), noise(12 << 20, 11)).unwrap();
+    std::fs::write(root.join("data/module.py"), noise(60_000, 21)).unwrap();
     let b = node_with_peers(&temp.path().join("b"), "node-b", &[&a], &[]);
     let client = b.admin();
     until_listed(&client, "node-a", "weights", 1).await;
@@ -375,6 +376,22 @@ async fn a_changed_chunk_is_rebuilt_from_its_parts_and_a_corrupted_range_is_caug
     assert!(
         job.progress.bytes_from_peers < 500_000 + 6 * 65_536 && changed > 1_500_000,
         "{changed} bytes of changed chunks; {:?}",
+        job.progress
+    );
+
+    // A small file is one chunk: a line appended to a 60 KB source file fetches its last
+    // part or two, not the file.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("data/module.py"))
+        .unwrap()
+        .write_all(b"\n# edited\n")
+        .unwrap();
+    let job = done(&client, start(&client, "sync", None, "weights").await.id).await;
+    assert_eq!(tree(&root), tree(&cloned));
+    assert!(
+        job.progress.bytes_from_peers < 30_000,
+        "60 KB file: {:?}",
         job.progress
     );
 

@@ -1,13 +1,16 @@
 //! Transfer benchmark: `aienv clone` and `aienv sync` between two nodes on loopback against
-//! `cp -a`, `tar | zstd -1 -T0 | zstd -d | tar -x` and an rsync daemon pull, side by side in
-//! one run, on the disk and on tmpfs.
+//! `cp -a`, `tar | zstd -1 -T0 | zstd -d | tar -x` and an rsync daemon pull for the first copy,
+//! and against an rsync pull and Syncthing for a sync after a ~1 % change, side by side in one
+//! run, each measured `BENCH_ROUNDS` times (default 5; medians reported), on the disk and on
+//! tmpfs. Bytes on the wire are counted by the kernel (tcpdump on loopback) for every tool.
 //!
-//! Run: `cargo bench --bench transfer` (rsync is needed for its baseline: `apt-get install
-//! rsync zstd`). `BENCH_SCALE` (default 1.0) scales the tree: at 1.0 it is about 1.1 GB in
-//! 17,000 files shaped like an ML workspace (a venv-like tree of small text and larger binary
-//! files, two 200 MiB weight shards, a 100 MiB CSV). `BENCH_DIRS` lists where to run
-//! (default `target/bench-transfer:/dev/shm`). `BENCH_FILES=N` replaces the tree with N small
-//! files (the change then rewrites 1 % of them), and the nodes' peak resident memory is
+//! Run (as root, for tcpdump): `cargo bench --bench transfer` (`apt-get install rsync zstd
+//! syncthing tcpdump`; a missing tool's baseline is left out, and without tcpdump each tool's
+//! own byte count is used). `BENCH_SCALE` (default 1.0) scales the tree: at 1.0 it is about
+//! 1.1 GB in 17,000 files shaped like an ML workspace (a venv-like tree of small text and
+//! larger binary files, two 200 MiB weight shards, a 100 MiB CSV). `BENCH_DIRS` lists where
+//! to run (default `target/bench-transfer:/dev/shm`). `BENCH_FILES=N` replaces the tree with N
+//! small files (the change then rewrites 1 % of them), and the nodes' peak resident memory is
 //! reported at the end. Figures, not assertions.
 
 use std::io::Write;
@@ -20,6 +23,8 @@ use aienv::client::Client;
 
 #[path = "../common/mod.rs"]
 mod common;
+mod syncthing;
+mod wire;
 use common::TestNode;
 
 fn main() {
@@ -39,11 +44,28 @@ fn main() {
     if !rsync {
         println!("rsync is not installed: its baselines are left out (apt-get install rsync)");
     }
+    let syncthing = syncthing::available();
+    if !syncthing {
+        println!(
+            "syncthing is not installed: its sync baseline is left out (apt-get install syncthing)"
+        );
+    }
+    let tcpdump = wire::Capture::start(Path::new("/tmp"), 9)
+        .map(|c| c.stop())
+        .is_some();
+    if !tcpdump {
+        println!("tcpdump is missing or may not capture (it needs root or CAP_NET_RAW): bytes on the wire are each tool's own count (apt-get install tcpdump)");
+    }
+    let tools = Tools {
+        rsync,
+        syncthing,
+        tcpdump,
+    };
     for dir in dirs.split(':').filter(|d| !d.is_empty()) {
         let base = PathBuf::from(dir).join(format!("aienv-bench-{}", std::process::id()));
         std::fs::create_dir_all(&base).unwrap();
         let result =
-            std::panic::catch_unwind(|| actix_rt::System::new().block_on(run(&base, scale, rsync)));
+            std::panic::catch_unwind(|| actix_rt::System::new().block_on(run(&base, scale, tools)));
         let _ = Command::new("rm").arg("-rf").arg(&base).status();
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
@@ -51,7 +73,7 @@ fn main() {
     }
 }
 
-async fn run(base: &Path, scale: f64, rsync: bool) {
+async fn run(base: &Path, scale: f64, tools: Tools) {
     let fs = Command::new("stat")
         .args(["-f", "-c", "%T"])
         .arg(base)
@@ -62,10 +84,10 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         base.parent().unwrap().display(),
         String::from_utf8_lossy(&fs.stdout).trim()
     );
+    let rounds = rounds();
     let a_dir = base.join("a");
     let b_dir = base.join("b");
     let mut a = start_node(&a_dir, "bench-a", &[]);
-    let workspace;
     let root;
     {
         let client = a.admin();
@@ -77,7 +99,6 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
             .await
             .unwrap();
         root = PathBuf::from(created.workspace.path.unwrap());
-        workspace = created.workspace.id;
     }
     let started = Instant::now();
     let many = many_files();
@@ -90,7 +111,6 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         bytes as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
-    let _ = workspace;
     sync_fs(base);
 
     // The source indexes its content when shared (hashing everything once).
@@ -118,147 +138,260 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         &[("AIENV_DISCOVERY_STATIC_PEERS", a.tls_url.as_str())],
     );
     wait_listed(&b.admin()).await;
-
-    // Baselines, each into a fresh directory on the same file system. Each starts with
-    // nothing dirty in the page cache and is timed twice: when the tool returns, and when its
-    // data is on disk (`sync`). aienv answers only once the clone is durable (it syncs the
-    // file system before renaming the clone into place), so the second column is the fair one
-    // on a disk; on tmpfs the two are the same.
-    let mut rows: Vec<(String, f64, f64)> = Vec::new();
-    let copy_dir = base.join("cp");
-    let (seconds, durable) = timed(base, || {
-        run_ok(Command::new("cp").arg("-a").arg(&root).arg(&copy_dir))
-    });
-    rows.push(("cp -a".into(), seconds, durable));
-    let tar_dir = base.join("tar");
-    std::fs::create_dir_all(&tar_dir).unwrap();
-    let (seconds, durable) = timed(base, || {
-        run_ok(Command::new("sh").arg("-c").arg(format!(
-            "tar -C '{}' -cf - . | zstd -q -1 -T0 | zstd -q -d | tar -C '{}' -xf -",
-            root.display(),
-            tar_dir.display()
-        )))
-    });
-    rows.push((
-        "tar | zstd -1 -T0 | zstd -d | tar -x".into(),
-        seconds,
-        durable,
-    ));
-    let mut daemon = None;
-    let rsync_dir = base.join("rsync");
-    if rsync {
-        let (child, port) = rsync_daemon(base, &root);
-        daemon = Some((child, port));
-        let (seconds, durable) = timed(base, || {
-            run_ok(
-                Command::new("rsync")
-                    .arg("-a")
-                    .arg(format!("rsync://127.0.0.1:{port}/ws/"))
-                    .arg(&rsync_dir),
-            )
-        });
-        rows.push(("rsync -a (daemon)".into(), seconds, durable));
-    }
     let client = b.admin();
-    flush_all();
-    let started = Instant::now();
-    let (job, usable) = transfer_usable(&client, "clone", Some("bench-a"), "bench").await;
-    let clone_seconds = started.elapsed().as_secs_f64();
-    let usable_seconds = usable.map_or(clone_seconds, |u| u.as_secs_f64());
-    let fastest = rows.iter().map(|r| r.2).fold(f64::MAX, f64::min);
-    let tar = rows[1].2;
-    println!();
-    println!(
-        "{:<40} {:>8} {:>8} {:>9} {:>9} {:>10}",
-        "first copy", "seconds", "+ sync", "MB/s", "files/s", "aienv ×"
-    );
-    for (name, seconds, durable) in &rows {
-        println!(
-            "{name:<40} {seconds:>8.2} {durable:>8.2} {:>9.0} {:>9.0} {:>10.2}",
-            bytes as f64 / 1e6 / durable,
-            files as f64 / durable,
-            clone_seconds / durable
-        );
-    }
-    println!(
-        "{:<40} {usable_seconds:>8.2} {clone_seconds:>8.2} {:>9.0} {:>9.0}",
-        "aienv clone (usable / durable)",
-        bytes as f64 / 1e6 / clone_seconds,
-        files as f64 / clone_seconds
-    );
-    println!(
-        "aienv clone usable / fastest durable baseline: {:.2}, durable / it: {:.2} (target ≤ 1.1 on disk); durable / tar|zstd: {:.2} (target ≤ 1.0 on tmpfs)",
-        usable_seconds / fastest,
-        clone_seconds / fastest,
-        clone_seconds / tar
-    );
-    println!(
-        "  fetched {:.1} MB on the wire for {:.1} MB of content ({} chunks)",
-        job.progress.bytes_fetched as f64 / 1e6,
-        job.progress.bytes_total as f64 / 1e6,
-        job.progress.chunks_fetched
-    );
 
-    // The 1 % change: 8 MiB inside one shard, 1 MiB appended to the other, 170 small files
-    // edited, 10 added.
-    let changed = match many {
-        Some(count) => change_many(&root.join("data"), count),
-        None => change_tree(&root.join("data"), scale),
-    };
+    // First copies, `rounds` times each, every one into a fresh directory on the same file
+    // system (removed, and everything flushed, before the next). Each baseline is timed when
+    // it returns and when its data is on disk (`sync`); aienv when the clone is usable (listed,
+    // its files in place) and when the job ends (durable). On tmpfs the two are the same.
+    let daemon = tools.rsync.then(|| rsync_daemon(base, &root));
+    let rsync_dir = base.join("rsync");
+    let mut baselines: Vec<(&str, Vec<(f64, f64)>)> = vec![
+        ("cp -a", Vec::new()),
+        ("tar | zstd -1 -T0 | zstd -d | tar -x", Vec::new()),
+    ];
+    if daemon.is_some() {
+        baselines.push(("rsync -a (daemon)", Vec::new()));
+    }
+    let mut clones: Vec<(f64, f64)> = Vec::new();
+    let mut last_clone = None;
     println!(
-        "\n1 % change: {:.1} MB of content changed or added",
-        changed as f64 / 1e6
+        "\n{:<6} {:>16} {:>16} {:>16} {:>16}",
+        "round", "cp -a (+sync)", "tar|zstd (+sync)", "rsync (+sync)", "aienv usable/dur"
     );
-    flush_all();
-    let started = Instant::now();
-    let job = transfer(&client, "sync", None, "bench").await;
-    let sync_seconds = started.elapsed().as_secs_f64();
-    let manifest_bytes = a.admin().snapshot("bench").await.unwrap().len() as u64;
-    // Everything the sync received: the snapshot (a delta from the clone's base), part
-    // lists, ranges and whole chunks.
-    let aienv_wire = job.progress.bytes_fetched;
-    let mut sync_rows = vec![("aienv sync".to_string(), sync_seconds, aienv_wire)];
-    if let Some((_, port)) = &daemon {
+    for round in 0..rounds {
+        let copy_dir = base.join("cp");
+        baselines[0].1.push(timed(base, || {
+            run_ok(Command::new("cp").arg("-a").arg(&root).arg(&copy_dir))
+        }));
+        remove_tree(&copy_dir);
+        let tar_dir = base.join("tar");
+        std::fs::create_dir_all(&tar_dir).unwrap();
+        baselines[1].1.push(timed(base, || {
+            run_ok(Command::new("sh").arg("-c").arg(format!(
+                "tar -C '{}' -cf - . | zstd -q -1 -T0 | zstd -q -d | tar -C '{}' -xf -",
+                root.display(),
+                tar_dir.display()
+            )))
+        }));
+        remove_tree(&tar_dir);
+        if let Some((_, port)) = &daemon {
+            let port = *port;
+            baselines[2].1.push(timed(base, || {
+                run_ok(
+                    Command::new("rsync")
+                        .arg("-a")
+                        .arg(format!("rsync://127.0.0.1:{port}/ws/"))
+                        .arg(&rsync_dir),
+                )
+            }));
+            // The last round's copy stays: the syncs below update it.
+            if round + 1 < rounds {
+                remove_tree(&rsync_dir);
+            }
+        }
+        if let Some(path) = last_clone.take() {
+            client.delete("bench").await.unwrap();
+            // The node removes a deleted tree in the background: wait for it, so the removal
+            // neither overlaps the next clone nor leaves it chunks to copy locally.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Path::new(&path).exists() {
+                assert!(Instant::now() < deadline, "the deleted clone stayed");
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         flush_all();
         let started = Instant::now();
-        let (_, wire) = rsync_pull(*port, &rsync_dir);
+        let (job, usable) = transfer_usable(&client, "clone", Some("bench-a"), "bench").await;
+        let durable = started.elapsed().as_secs_f64();
+        clones.push((usable.map_or(durable, |u| u.as_secs_f64()), durable));
+        last_clone = client
+            .get("bench")
+            .await
+            .ok()
+            .and_then(|w| w.workspace.path.clone());
+        let cell =
+            |r: Option<&(f64, f64)>| r.map_or("-".to_string(), |(s, d)| format!("{s:.2} / {d:.2}"));
+        println!(
+            "{:<6} {:>16} {:>16} {:>16} {:>16}   {:.0} MB fetched",
+            round + 1,
+            cell(baselines[0].1.last()),
+            cell(baselines[1].1.last()),
+            cell(baselines.get(2).and_then(|b| b.1.last())),
+            cell(clones.last()),
+            job.progress.bytes_fetched as f64 / 1e6
+        );
+    }
+    let fastest = baselines
+        .iter()
+        .map(|(name, runs)| (*name, median(runs.iter().map(|r| r.1))))
+        .min_by(|x, y| x.1.total_cmp(&y.1))
+        .unwrap();
+    let tar = median(baselines[1].1.iter().map(|r| r.1));
+    let usable = median(clones.iter().map(|c| c.0));
+    let durable = median(clones.iter().map(|c| c.1));
+    println!("medians of {rounds}, durable (after sync):");
+    for (name, runs) in &baselines {
+        let m = median(runs.iter().map(|r| r.1));
+        println!(
+            "  {name:<40} {m:>6.2} s {:>6.0} MB/s {:>7.0} files/s",
+            bytes as f64 / 1e6 / m,
+            files as f64 / m
+        );
+    }
+    println!(
+        "  {:<40} {usable:>6.2} s usable, {durable:.2} s durable ({:.0} MB/s)",
+        "aienv clone",
+        bytes as f64 / 1e6 / durable
+    );
+    println!(
+        "aienv clone / fastest ({}): usable {:.2}, durable {:.2} (target ≤ 1.1 on disk); durable / tar|zstd: {:.2} (target ≤ 1.0 on tmpfs)",
+        fastest.0,
+        usable / fastest.1,
+        durable / fastest.1,
+        durable / tar
+    );
+
+    // Syncthing mirrors the tree into a directory of its own, for the bytes a change moves.
+    let syncthing = if tools.syncthing {
+        let started = Instant::now();
+        let pair = syncthing::Syncthing::start(base, &root, &base.join("syncthing"), "data").await;
+        println!(
+            "\nsyncthing: first copy in {:.1} s (for reference; its receiver fsyncs every file)",
+            started.elapsed().as_secs_f64()
+        );
+        Some(pair)
+    } else {
+        None
+    };
+
+    // The 1 % change, `rounds` times, each different: 8 MiB inside one shard, 1 MiB appended
+    // to the other, 170 small files edited, 10 added. Bytes on the wire are the kernel's count
+    // of TCP payload sent from each source's port (tcpdump), the same for every tool.
+    let mut syncs: Vec<SyncRound> = Vec::new();
+    println!(
+        "\n{:<6} {:>9} {:>18} {:>18} {:>18}",
+        "round", "changed", "aienv s / MB", "rsync+sync s / MB", "syncthing s / MB"
+    );
+    for round in 0..rounds {
+        let changed = match many {
+            Some(count) => change_many(&root.join("data"), count, round),
+            None => change_tree(&root.join("data"), scale, round),
+        };
         flush_all();
-        sync_rows.push((
-            "rsync -a (daemon) + sync".into(),
-            started.elapsed().as_secs_f64(),
-            wire,
-        ));
+        let port = a
+            .tls_url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        let capture = tools.capture(base, port);
+        let started = Instant::now();
+        let job = transfer(&client, "sync", None, "bench").await;
+        let seconds = started.elapsed().as_secs_f64();
+        let aienv = Measured::new(seconds, capture, job.progress.bytes_fetched);
+        let rsync = match &daemon {
+            Some((_, port)) => {
+                flush_all();
+                let capture = tools.capture(base, *port);
+                let started = Instant::now();
+                let (_, own) = rsync_pull(*port, &rsync_dir);
+                flush_all();
+                Some(Measured::new(started.elapsed().as_secs_f64(), capture, own))
+            }
+            None => None,
+        };
+        let syncthing = match &syncthing {
+            Some(pair) => {
+                flush_all();
+                let capture = tools.capture(base, pair.port);
+                let before = pair.received().await;
+                let seconds = pair.rescan_and_wait().await;
+                let own = pair.received().await - before;
+                Some(Measured::new(seconds, capture, own))
+            }
+            None => None,
+        };
+        let cell = |m: &Option<Measured>| {
+            m.as_ref().map_or("-".to_string(), |m| {
+                format!("{:.2} / {:.2}", m.seconds, m.wire as f64 / 1e6)
+            })
+        };
+        println!(
+            "{:<6} {:>7.1}MB {:>18} {:>18} {:>18}",
+            round + 1,
+            changed as f64 / 1e6,
+            cell(&Some(aienv.clone())),
+            cell(&rsync),
+            cell(&syncthing)
+        );
+        syncs.push(SyncRound {
+            aienv,
+            rsync,
+            syncthing,
+            from_peers: job.progress.bytes_from_peers,
+            local: job.progress.bytes_local,
+        });
+    }
+    let counted = if tools.tcpdump {
+        "TCP payload from the source's port, counted by the kernel (tcpdump)"
+    } else {
+        "each tool's own count (tcpdump is missing or may not capture)"
+    };
+    println!("medians of {rounds}; wire bytes: {counted}");
+    let time = |pick: fn(&SyncRound) -> Option<&Measured>| {
+        median(syncs.iter().filter_map(pick).map(|m| m.seconds))
+    };
+    let wire = |pick: fn(&SyncRound) -> Option<&Measured>| {
+        median(syncs.iter().filter_map(pick).map(|m| m.wire as f64))
+    };
+    let own = |pick: fn(&SyncRound) -> Option<&Measured>| {
+        median(syncs.iter().filter_map(pick).map(|m| m.own as f64))
+    };
+    let rows: [(&str, fn(&SyncRound) -> Option<&Measured>); 3] = [
+        ("aienv sync", |r| Some(&r.aienv)),
+        ("rsync -a (daemon) + sync", |r| r.rsync.as_ref()),
+        ("syncthing (scan → in sync)", |r| r.syncthing.as_ref()),
+    ];
+    for (name, pick) in rows {
+        if syncs.iter().filter_map(pick).next().is_none() {
+            continue;
+        }
+        println!(
+            "  {name:<28} {:>6.2} s {:>8.2} MB on the wire ({:.2} % of the tree; its own count {:.2} MB)",
+            time(pick),
+            wire(pick) / 1e6,
+            wire(pick) * 100.0 / bytes as f64,
+            own(pick) / 1e6
+        );
     }
     println!(
-        "{:<40} {:>8} {:>12} {:>10}",
-        "sync after the change", "seconds", "wire MB", "% of tree"
+        "  aienv: {:.2} MB of content fetched, {:.2} MB rebuilt or copied here (medians)",
+        median(syncs.iter().map(|r| r.from_peers as f64)) / 1e6,
+        median(syncs.iter().map(|r| r.local as f64)) / 1e6
     );
-    for (name, seconds, wire) in &sync_rows {
+    if daemon.is_some() {
+        let ratios: Vec<String> = syncs
+            .iter()
+            .filter_map(|r| Some(r.aienv.seconds / r.rsync.as_ref()?.seconds))
+            .map(|r| format!("{r:.2}"))
+            .collect();
         println!(
-            "{name:<40} {seconds:>8.2} {:>12.2} {:>9.2}%",
-            *wire as f64 / 1e6,
-            *wire as f64 * 100.0 / bytes as f64
+            "aienv sync / rsync: time {:.2} (target ≤ 1.0; per round {}), bytes {:.2} (target ≤ 1.5)",
+            time(rows[0].1) / time(rows[1].1),
+            ratios.join(", "),
+            wire(rows[0].1) / wire(rows[1].1)
         );
     }
-    if sync_rows.len() == 2 {
+    if syncthing.is_some() {
         println!(
-            "aienv sync / rsync time: {:.2} (target ≤ 1.0)",
-            sync_rows[0].1 / sync_rows[1].1
+            "aienv sync / syncthing bytes: {:.2} (target ≤ 1.0)",
+            wire(rows[0].1) / wire(rows[2].1)
         );
     }
-    println!(
-        "  aienv: {:.2} MB received in all (snapshot delta, part lists, ranges, chunks; the whole snapshot would be {:.2} MB); {:.2} MB of content fetched, {:.2} MB rebuilt or copied here",
-        job.progress.bytes_fetched as f64 / 1e6,
-        manifest_bytes as f64 / 1e6,
-        job.progress.bytes_from_peers as f64 / 1e6,
-        job.progress.bytes_local as f64 / 1e6
-    );
-    if let Some((_, _, rsync_wire)) = sync_rows.get(1) {
-        println!(
-            "aienv sync / rsync bytes: {:.2} (target ≤ 1.5)",
-            aienv_wire as f64 / *rsync_wire as f64
-        );
-    }
+    drop(syncthing);
 
     let started = Instant::now();
     let job = transfer(&client, "sync", None, "bench").await;
@@ -277,7 +410,7 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
         let _ = child.kill();
         let _ = child.wait();
     }
-    // Peak resident memory of each node over the whole run (snapshot, clone, syncs).
+    // Peak resident memory of each node over the whole run (snapshot, clones, syncs).
     for (name, node) in [("source", &a), ("receiver", &b)] {
         let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap()))
             .unwrap_or_default();
@@ -297,6 +430,88 @@ async fn run(base: &Path, scale: f64, rsync: bool) {
     }
     drop(b);
     a.stop();
+}
+
+/// What the run can use besides aienv.
+#[derive(Clone, Copy)]
+struct Tools {
+    rsync: bool,
+    syncthing: bool,
+    tcpdump: bool,
+}
+
+impl Tools {
+    /// A capture of what `port` sends, where tcpdump can capture.
+    fn capture(&self, base: &Path, port: u16) -> Option<wire::Capture> {
+        if !self.tcpdump {
+            return None;
+        }
+        wire::Capture::start(base, port)
+    }
+}
+
+/// One tool's sync of one round.
+#[derive(Clone)]
+struct Measured {
+    seconds: f64,
+    /// Bytes on the wire: the kernel's count, or the tool's own without tcpdump.
+    wire: u64,
+    /// The tool's own count of what it received.
+    own: u64,
+}
+
+impl Measured {
+    fn new(seconds: f64, capture: Option<wire::Capture>, own: u64) -> Measured {
+        let wire = match capture {
+            Some(capture) => {
+                let count = capture.stop();
+                if count.dropped > 0 {
+                    println!(
+                        "  (tcpdump: {} segments dropped by the kernel)",
+                        count.dropped
+                    );
+                }
+                count.bytes
+            }
+            None => own,
+        };
+        Measured { seconds, wire, own }
+    }
+}
+
+struct SyncRound {
+    aienv: Measured,
+    rsync: Option<Measured>,
+    syncthing: Option<Measured>,
+    from_peers: u64,
+    local: u64,
+}
+
+/// `BENCH_ROUNDS` (default 5): how many times each copy and each sync is measured.
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5)
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+fn remove_tree(path: &Path) {
+    let _ = Command::new("rm").arg("-rf").arg(path).status();
 }
 
 /// `BENCH_FILES=N`: the tree is N small files instead (memory and time at scale).
@@ -322,12 +537,13 @@ fn build_many(root: &Path, count: u64) -> (u64, u64) {
     (count, bytes)
 }
 
-/// Rewrites 1 % of the small files; returns the bytes written.
-fn change_many(root: &Path, count: u64) -> u64 {
-    let mut random = Random(0x77);
+/// Rewrites 1 % of the small files (other ones and other content each round); returns the
+/// bytes written.
+fn change_many(root: &Path, count: u64, round: usize) -> u64 {
+    let mut random = Random(0x77 + round as u64);
     let text_block = text_sample();
     let mut changed = 0;
-    for i in (0..count).step_by(100) {
+    for i in (round as u64 % 100..count).step_by(100) {
         let content = text(&text_block, 1024, &mut random);
         changed += content.len() as u64;
         std::fs::write(root.join(format!("d{:04}/f{i}.txt", i / 200)), content).unwrap();
@@ -400,16 +616,17 @@ fn build_tree(root: &Path, scale: f64) -> (u64, u64) {
     (files, bytes)
 }
 
-/// Applies the 1 % change; returns the bytes changed or added.
-fn change_tree(root: &Path, scale: f64) -> u64 {
-    let mut random = Random(0xc4a9);
+/// Applies the 1 % change (elsewhere and with other content each round); returns the bytes
+/// changed or added.
+fn change_tree(root: &Path, scale: f64, round: usize) -> u64 {
+    let mut random = Random(0xc4a9 + round as u64);
     let mut changed = 0;
     let shard = root.join("model-00000-of-00002.safetensors");
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&shard)
         .unwrap();
-    let offset = (80.0 * scale * 1024.0 * 1024.0) as u64;
+    let offset = ((80.0 + 10.0 * round as f64) * scale * 1024.0 * 1024.0) as u64;
     std::os::unix::fs::FileExt::write_all_at(&file, &random.bytes(8 << 20), offset).unwrap();
     changed += 8 << 20;
     let mut other = std::fs::OpenOptions::new()
@@ -444,7 +661,7 @@ fn change_tree(root: &Path, scale: f64) -> u64 {
     for i in 0..10 {
         let content = text(&text_block, 5_000, &mut random);
         changed += content.len() as u64;
-        std::fs::write(venv.join(format!("pkg000/new{i}.py")), content).unwrap();
+        std::fs::write(venv.join(format!("pkg000/new{round}-{i}.py")), content).unwrap();
     }
     changed
 }

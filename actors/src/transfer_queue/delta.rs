@@ -23,8 +23,9 @@ use super::job::Progress;
 use super::runner::{blocking, JobContext};
 use super::stage::Stage;
 
-/// Chunks smaller than this are fetched whole: their parts would save little.
-const MIN_CHUNK: u32 = 64 * 1024;
+/// Chunks smaller than this are fetched whole: they cannot have two parts. (Small files are
+/// single chunks: an edited 20 KB source file keeps the parts before the edit.)
+const MIN_CHUNK: u32 = 2 * chunk_parts::PART_MIN as u32;
 /// Bytes of previous versions held in memory, and of chunks being rebuilt, each at most
 /// (what is past it is fetched whole).
 const BUDGET: u64 = 64 * 1024 * 1024;
