@@ -2,6 +2,7 @@
 //! the receiver's receive-only, no discovery, relays or periodic scans; a change is announced
 //! with an explicit scan, and the receiver is in sync when the source sees it complete.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,8 +29,11 @@ struct Instance {
 
 impl Drop for Syncthing {
     fn drop(&mut self) {
+        // `syncthing serve` runs the real instance as a child of a monitor: end the group.
         for instance in [&mut self.source, &mut self.receiver] {
-            let _ = instance.child.kill();
+            unsafe {
+                libc::kill(-(instance.child.id() as i32), libc::SIGTERM);
+            }
             let _ = instance.child.wait();
         }
     }
@@ -69,6 +73,7 @@ fn spawn(home: &Path) -> Instance {
     let gui = format!("http://127.0.0.1:{}", free_port());
     let log = std::fs::File::create(home.join("syncthing.log")).unwrap();
     let child = Command::new("syncthing")
+        .process_group(0)
         .args(["serve", "--no-browser", "--no-restart", "--no-upgrade"])
         .arg(format!("--home={}", home.display()))
         .arg(format!("--gui-address={gui}"))

@@ -341,16 +341,10 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
         "each tool's own count (tcpdump is missing or may not capture)"
     };
     println!("medians of {rounds}; wire bytes: {counted}");
-    let time = |pick: fn(&SyncRound) -> Option<&Measured>| {
-        median(syncs.iter().filter_map(pick).map(|m| m.seconds))
-    };
-    let wire = |pick: fn(&SyncRound) -> Option<&Measured>| {
-        median(syncs.iter().filter_map(pick).map(|m| m.wire as f64))
-    };
-    let own = |pick: fn(&SyncRound) -> Option<&Measured>| {
-        median(syncs.iter().filter_map(pick).map(|m| m.own as f64))
-    };
-    let rows: [(&str, fn(&SyncRound) -> Option<&Measured>); 3] = [
+    let time = |pick: Pick| median(syncs.iter().filter_map(pick).map(|m| m.seconds));
+    let wire = |pick: Pick| median(syncs.iter().filter_map(pick).map(|m| m.wire as f64));
+    let own = |pick: Pick| median(syncs.iter().filter_map(pick).map(|m| m.own as f64));
+    let rows: [(&str, Pick); 3] = [
         ("aienv sync", |r| Some(&r.aienv)),
         ("rsync -a (daemon) + sync", |r| r.rsync.as_ref()),
         ("syncthing (scan → in sync)", |r| r.syncthing.as_ref()),
@@ -406,10 +400,7 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
         );
     }
     println!();
-    if let Some((mut child, _)) = daemon {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(daemon);
     // Peak resident memory of each node over the whole run (snapshot, clones, syncs).
     for (name, node) in [("source", &a), ("receiver", &b)] {
         let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap()))
@@ -478,6 +469,9 @@ impl Measured {
         Measured { seconds, wire, own }
     }
 }
+
+/// One tool's figures of a round.
+type Pick = fn(&SyncRound) -> Option<&Measured>;
 
 struct SyncRound {
     aienv: Measured,
@@ -711,7 +705,17 @@ impl Random {
     }
 }
 
-fn rsync_daemon(base: &Path, root: &Path) -> (Child, u16) {
+/// A child process killed when dropped (also when a measurement panics).
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rsync_daemon(base: &Path, root: &Path) -> (Daemon, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -726,19 +730,21 @@ fn rsync_daemon(base: &Path, root: &Path) -> (Child, u16) {
         ),
     )
     .unwrap();
-    let child = Command::new("rsync")
-        .args([
-            "--daemon",
-            "--no-detach",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--config",
-        ])
-        .arg(&config)
-        .spawn()
-        .unwrap();
+    let child = Daemon(
+        Command::new("rsync")
+            .args([
+                "--daemon",
+                "--no-detach",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--config",
+            ])
+            .arg(&config)
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "rsync daemon did not start");
