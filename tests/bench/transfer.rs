@@ -38,6 +38,21 @@ fn main() {
             env!("CARGO_MANIFEST_DIR")
         )
     });
+    let dirs: Vec<&str> = dirs.split(':').filter(|d| !d.is_empty()).collect();
+    if dirs.len() > 1 {
+        // One process per place: a second actix system in the same thread after the first
+        // could no longer open connections (awc: "connector has been disconnected"), and each
+        // place's memory figures are then its own.
+        for dir in dirs {
+            let status = Command::new(std::env::current_exe().unwrap())
+                .args(std::env::args().skip(1))
+                .env("BENCH_DIRS", dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "the run on {dir} failed");
+        }
+        return;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("aienv transfer benchmark: scale {scale}, {cores} cores");
     let rsync = Command::new("rsync").arg("--version").output().is_ok();
@@ -61,7 +76,7 @@ fn main() {
         syncthing,
         tcpdump,
     };
-    for dir in dirs.split(':').filter(|d| !d.is_empty()) {
+    for dir in dirs {
         let base = PathBuf::from(dir).join(format!("aienv-bench-{}", std::process::id()));
         std::fs::create_dir_all(&base).unwrap();
         let result =
