@@ -37,11 +37,11 @@ pub(super) struct Cut {
 /// Reads `file` from its start to its end and cuts it; `previous` is the chunk list of the
 /// version it replaces (empty when unknown). Every chunk is hashed from what was read now.
 pub(super) fn cut_file(file: &fs::File, previous: &[ChunkRef]) -> io::Result<Cut> {
-    WINDOW.with(|buffer| {
-        let mut buffer = buffer.borrow_mut();
-        let mut window = Window::new(file, &mut buffer);
-        cut(&mut window, previous)
-    })
+    // Zeroed by the allocator (fresh pages): only what the file fills is ever touched, and
+    // nothing stays behind on long-lived threads.
+    let mut buffer = vec![0u8; WINDOW_SIZE];
+    let mut window = Window::new(file, &mut buffer);
+    cut(&mut window, previous)
 }
 
 const MAX: usize = CHUNK_MAX as usize;
@@ -49,11 +49,6 @@ const MAX: usize = CHUNK_MAX as usize;
 /// Read size: large reads of page-cached data cost little per byte; the window must hold a
 /// chunk and its successor (`2 × CHUNK_MAX`) past any offset.
 const WINDOW_SIZE: usize = 4 * MAX;
-
-thread_local! {
-    /// One window per hashing thread, not one allocation (and its page faults) per file.
-    static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 fn cut(window: &mut Window<'_>, previous: &[ChunkRef]) -> io::Result<Cut> {
     // Which old chunk has a given content.
@@ -209,7 +204,7 @@ pub(super) fn cut_sizes(mut data: &[u8]) -> Vec<usize> {
 /// A forward-moving window over a file, read with large positioned reads.
 struct Window<'a> {
     file: &'a fs::File,
-    buffer: &'a mut Vec<u8>,
+    buffer: &'a mut [u8],
     /// File offset of `buffer[0]`.
     start: u64,
     /// Bytes of `buffer` holding file data.
@@ -220,10 +215,8 @@ struct Window<'a> {
 }
 
 impl<'a> Window<'a> {
-    fn new(file: &'a fs::File, buffer: &'a mut Vec<u8>) -> Window<'a> {
-        if buffer.len() < WINDOW_SIZE {
-            buffer.resize(WINDOW_SIZE, 0);
-        }
+    fn new(file: &'a fs::File, buffer: &'a mut [u8]) -> Window<'a> {
+        debug_assert!(buffer.len() >= WINDOW_SIZE);
         Window {
             file,
             buffer,
