@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::common::free_tcp_port;
+
 const API_KEY: &str = "aienv-bench";
 const FOLDER: &str = "bench";
 
@@ -47,14 +49,6 @@ pub fn available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(home: &Path) -> Instance {
     let status = Command::new("syncthing")
         .args(["generate", "--no-default-folder", "--home"])
@@ -70,7 +64,7 @@ fn spawn(home: &Path) -> Instance {
         .output()
         .unwrap();
     let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
-    let gui = format!("http://127.0.0.1:{}", free_port());
+    let gui = format!("http://127.0.0.1:{}", free_tcp_port());
     let log = std::fs::File::create(home.join("syncthing.log")).unwrap();
     let child = Command::new("syncthing")
         .process_group(0)
@@ -95,7 +89,7 @@ impl Syncthing {
         let http = awc::Client::builder()
             .timeout(Duration::from_secs(600))
             .finish();
-        let port = free_port();
+        let port = free_tcp_port();
         let syncthing = Syncthing {
             source: source_instance,
             receiver: receiver_instance,
@@ -136,7 +130,7 @@ impl Syncthing {
                 &syncthing.receiver,
                 "PATCH",
                 "/rest/config/options",
-                options(format!("tcp://127.0.0.1:{}", free_port())),
+                options(format!("tcp://127.0.0.1:{}", free_tcp_port())),
             )
             .await;
         // The receiver dials the source, so what the source sends leaves from `port`.

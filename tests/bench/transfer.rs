@@ -731,11 +731,7 @@ impl Drop for Daemon {
 }
 
 fn rsync_daemon(base: &Path, root: &Path) -> (Daemon, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_tcp_port();
     let config = base.join("rsyncd.conf");
     std::fs::write(
         &config,
