@@ -69,19 +69,30 @@ impl Capture {
 
     /// Stops the capture and counts.
     pub fn stop(mut self) -> WireCount {
-        // Segments already sent are handed over at once (`--immediate-mode`: without it they
-        // wait in the ring until a block fills, and a capture stopped early loses them); give
-        // tcpdump a moment to write the last out.
-        std::thread::sleep(Duration::from_millis(100));
+        // Segments are handed over as they come (`--immediate-mode`: without it they wait
+        // in the ring until a block fills, and a capture stopped early loses them); stop once
+        // tcpdump has written out what it was handed (the file stops growing).
+        let size = |file: &Path| std::fs::metadata(file).map_or(0, |m| m.len());
+        let mut written = size(&self.file);
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = size(&self.file);
+            if now == written {
+                break;
+            }
+            written = now;
+        }
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGINT);
         }
         let _ = self.child.wait();
         let mut report = String::new();
         let _ = self.stderr.read_to_string(&mut report);
+        // ("received by filter" is no check against "captured" on loopback: libpcap sees each
+        // segment twice there and drops the outgoing copy itself.)
         let dropped = report
             .lines()
-            .find(|l| l.contains("dropped by kernel"))
+            .find(|l| l.ends_with("dropped by kernel"))
             .and_then(|l| l.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
         let data = std::fs::read(&self.file).unwrap_or_default();

@@ -159,6 +159,9 @@ impl ChunkIndex {
         // Look every file up; those whose stamp changed are hashed in parallel below.
         let mut known: Vec<Option<FileRecord>> = Vec::with_capacity(walk.len());
         let mut old_values: HashMap<usize, sled::IVec> = HashMap::new();
+        // A changed large file's old chunk list spares most of its boundary search (only
+        // lists in the current format: cut by the same algorithm).
+        let mut previous: HashMap<usize, Vec<ChunkRef>> = HashMap::new();
         let mut to_hash: Vec<usize> = Vec::new();
         for (index, item) in walk.iter().enumerate() {
             if item.kind != EntryKind::File {
@@ -166,30 +169,27 @@ impl ChunkIndex {
                 continue;
             }
             let old = self.files.get(file_key(workspace, &item.path))?;
-            let cached = old
+            let record = old
                 .as_deref()
-                .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok())
-                .filter(|record| record.describes(&item.stamp));
-            if cached.is_none() {
-                to_hash.push(index);
-                if let Some(old) = old {
-                    old_values.insert(index, old);
+                .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok());
+            match record {
+                Some(record) if record.describes(&item.stamp) => known.push(Some(record)),
+                record => {
+                    to_hash.push(index);
+                    if let Some(record) = record
+                        .filter(|r| !r.chunks.is_empty() && r.hash == chunk_list_hash(&r.chunks))
+                    {
+                        previous.insert(index, record.chunks);
+                    }
+                    if let Some(old) = old {
+                        old_values.insert(index, old);
+                    }
+                    known.push(None);
                 }
             }
-            known.push(cached);
         }
         stats.files_cached = (walk.len() - to_hash.len()) as u64
             - walk.iter().filter(|w| w.kind != EntryKind::File).count() as u64;
-        // A changed large file's old chunk list spares most of its boundary search (only
-        // lists in the current format: cut by the same algorithm).
-        let previous: HashMap<usize, Vec<ChunkRef>> = old_values
-            .iter()
-            .filter_map(|(&index, value)| {
-                let record = rmp_serde::from_slice::<FileRecord>(value).ok()?;
-                (!record.chunks.is_empty() && record.hash == chunk_list_hash(&record.chunks))
-                    .then_some((index, record.chunks))
-            })
-            .collect();
         let hashed = hash_files(root, walk, &to_hash, &previous)?;
         for (index, mut record) in to_hash.iter().copied().zip(hashed) {
             record.racy = is_racy(record.stamp.mtime_ns, scan_started);
