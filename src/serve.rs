@@ -80,6 +80,23 @@ pub struct ServeOptions {
 /// The node holds up to 2,048 connections besides its stores, transfers and tools: a
 /// soft limit of 1,024 open files (common) would refuse connections long before that, so
 /// it is raised to the hard limit, as servers do.
+/// At most one glibc malloc arena per core (glibc's default is eight per core). Snapshots
+/// and clones allocate from tokio's blocking threads, each of which would otherwise get an
+/// arena of its own that keeps its freed memory: with 50,000 files the nodes' peak resident
+/// memory was 136 / 160 MiB (source / receiver) with the default and 100 / 105 MiB with two
+/// arenas, at the same transfer and proxy speed. `MALLOC_ARENA_MAX`, when set, wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tuning value; it returns 0 when it refuses one.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+}
+
 fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -106,6 +123,7 @@ fn raise_open_files_limit() {
 pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeError> {
     let dev_ui = options.dev_ui;
     raise_open_files_limit();
+    limit_malloc_arenas();
     let started = Utc::now();
     let started_instant = std::time::Instant::now();
     create_private_dir(&config.data_dir)?;

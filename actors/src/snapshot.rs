@@ -185,7 +185,11 @@ impl Snapshot {
         source_root: String,
         mut entries: Vec<SnapshotEntry>,
     ) -> Snapshot {
-        entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        // A walk's entries usually arrive sorted already, and a stable sort's scratch buffer
+        // would be half the entries again at the node's peak.
+        if !entries.is_sorted_by(|a, b| a.path.as_bytes() <= b.path.as_bytes()) {
+            entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        }
         Snapshot {
             format: SNAPSHOT_FORMAT,
             workspace_id,

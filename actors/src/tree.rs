@@ -99,6 +99,48 @@ pub struct Walk {
     pub skipped: Vec<String>,
 }
 
+impl Walk {
+    /// A digest of everything listed (paths, kinds, modes, stamps, link targets, skipped
+    /// paths): two walks with the same digest saw the same tree, so a snapshot memo can keep
+    /// 32 bytes instead of the walk itself.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        let text = |hasher: &mut blake3::Hasher, text: &str| {
+            hasher.update(&(text.len() as u64).to_le_bytes());
+            hasher.update(text.as_bytes());
+        };
+        hasher.update(&(self.entries.len() as u64).to_le_bytes());
+        for entry in &self.entries {
+            text(&mut hasher, &entry.path);
+            let kind: u8 = match entry.kind {
+                EntryKind::File => 0,
+                EntryKind::Dir => 1,
+                EntryKind::Symlink => 2,
+            };
+            hasher.update(&[kind]);
+            hasher.update(&entry.mode.to_le_bytes());
+            hasher.update(&entry.stamp.size.to_le_bytes());
+            hasher.update(&entry.stamp.mtime_ns.to_le_bytes());
+            hasher.update(&entry.stamp.ctime_ns.to_le_bytes());
+            hasher.update(&entry.stamp.ino.to_le_bytes());
+            match &entry.target {
+                Some(target) => {
+                    hasher.update(&[1]);
+                    text(&mut hasher, target);
+                }
+                None => {
+                    hasher.update(&[0]);
+                }
+            }
+        }
+        hasher.update(&(self.skipped.len() as u64).to_le_bytes());
+        for path in &self.skipped {
+            text(&mut hasher, path);
+        }
+        *hasher.finalize().as_bytes()
+    }
+}
+
 /// Kind, mode and link target of the path `full` whose (not followed) metadata is `metadata`;
 /// `None` for a socket, device or FIFO.
 pub fn describe(
@@ -426,6 +468,31 @@ mod tests {
             (link.kind, link.mode, link.target.as_deref()),
             (EntryKind::Symlink, MODE_BITS, Some("b/f"))
         );
+    }
+
+    #[test]
+    fn a_walk_digest_changes_with_anything_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a")).unwrap();
+        fs::write(dir.path().join("a/f"), b"x").unwrap();
+        let first = walk(dir.path()).unwrap();
+        assert_eq!(first.digest(), walk(dir.path()).unwrap().digest());
+        let changed = |edit: &dyn Fn(&mut Walk)| {
+            let mut other = first.clone();
+            edit(&mut other);
+            assert_ne!(first.digest(), other.digest(), "{other:?}");
+        };
+        changed(&|w| w.entries[1].stamp.mtime_ns += 1);
+        changed(&|w| w.entries[1].stamp.size += 1);
+        changed(&|w| w.entries[1].stamp.ino += 1);
+        changed(&|w| w.entries[1].mode ^= 0o100);
+        changed(&|w| w.entries[1].kind = EntryKind::Symlink);
+        changed(&|w| w.entries[1].target = Some(String::new()));
+        changed(&|w| w.entries[1].path.push('g'));
+        changed(&|w| w.skipped.push("sock".into()));
+        changed(&|w| {
+            w.entries.pop();
+        });
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::snapshot::{
 
 use super::error::StoreError;
 use super::file_chunks;
-use crate::tree::{self, Stamp, Walk, WalkEntry};
+use crate::tree::{self, Stamp, WalkEntry};
 
 /// Files changed this recently before a scan are hashed again next time: a second write
 /// within the file system's timestamp granularity would not move their mtime. Linux file
@@ -108,7 +108,9 @@ pub struct ChunkIndex {
 
 struct Memo {
     key: (Uuid, String, u64),
-    walk: Walk,
+    /// [`Walk::digest`] of the walk the snapshot was taken from (the walk itself would cost
+    /// as much memory as the snapshot, for every workspace).
+    walk: [u8; 32],
     racy: bool,
     snapshot: Arc<Snapshot>,
 }
@@ -136,21 +138,23 @@ impl ChunkIndex {
         let scan_started = SystemTime::now();
         let walked = tree::walk(root)?;
         let walk = &walked.entries;
+        let walk_digest = walked.digest();
         let key = (workspace, name.to_string(), revision);
-        if let Some(cached) = self
-            .memo
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&workspace)
         {
-            if cached.key == key && cached.walk == walked && !cached.racy {
-                let stats = ScanStats {
-                    files_cached: walk.iter().filter(|w| w.kind == EntryKind::File).count() as u64,
-                    skipped: walked.skipped.clone(),
-                    ..ScanStats::default()
-                };
-                return Ok((cached.snapshot.clone(), stats));
+            let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(cached) = memo.get(&workspace) {
+                if cached.key == key && cached.walk == walk_digest && !cached.racy {
+                    let stats = ScanStats {
+                        files_cached: walk.iter().filter(|w| w.kind == EntryKind::File).count()
+                            as u64,
+                        skipped: walked.skipped.clone(),
+                        ..ScanStats::default()
+                    };
+                    return Ok((cached.snapshot.clone(), stats));
+                }
             }
+            // Outdated: let the old snapshot go before the new one is built beside it.
+            memo.remove(&workspace);
         }
         let mut stats = ScanStats {
             skipped: walked.skipped.clone(),
@@ -199,17 +203,17 @@ impl ChunkIndex {
             self.replace(workspace, &walk[index].path, old, Some(&record))?;
             known[index] = Some(record);
         }
+        // The walk's paths move into the entries: nothing of the walk outlives this loop.
         let mut entries = Vec::with_capacity(walk.len());
-        let mut seen: HashSet<&str> = HashSet::with_capacity(walk.len());
         let mut racy = false;
-        for (item, record) in walk.iter().zip(known) {
+        for (item, record) in walked.entries.into_iter().zip(known) {
             let mut entry = SnapshotEntry {
-                path: item.path.clone(),
+                path: item.path,
                 kind: item.kind,
                 mode: item.mode,
                 size: 0,
                 hash: None,
-                target: item.target.clone(),
+                target: item.target,
                 chunks: Vec::new(),
             };
             if let Some(record) = record {
@@ -219,15 +223,20 @@ impl ChunkIndex {
                 if record.stamp.size > SMALL_FILE_MAX {
                     entry.chunks = record.chunks;
                 }
-                seen.insert(&item.path);
             }
             entries.push(entry);
         }
+        // Paths are unique, so an unstable sort gives the snapshot's order without a stable
+        // sort's scratch buffer.
+        entries.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
         // Forget files that are gone.
         for item in self.files.scan_prefix(workspace.as_bytes()) {
             let (key, value) = item?;
             let path = String::from_utf8_lossy(&key[16..]).into_owned();
-            if !seen.contains(path.as_str()) {
+            let listed = entries
+                .binary_search_by(|e| e.path.as_bytes().cmp(path.as_bytes()))
+                .is_ok_and(|at| entries[at].hash.is_some());
+            if !listed {
                 self.replace(workspace, &path, Some(&value), None)?;
             }
         }
@@ -242,7 +251,7 @@ impl ChunkIndex {
             workspace,
             Memo {
                 key,
-                walk: walked,
+                walk: walk_digest,
                 racy,
                 snapshot: snapshot.clone(),
             },
