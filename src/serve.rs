@@ -77,9 +77,6 @@ pub struct ServeOptions {
     pub test_hooks: http::TestHooks,
 }
 
-/// The node holds up to 2,048 connections besides its stores, transfers and tools: a
-/// soft limit of 1,024 open files (common) would refuse connections long before that, so
-/// it is raised to the hard limit, as servers do.
 /// At most one glibc malloc arena per core (glibc's default is eight per core). Snapshots
 /// and clones allocate from tokio's blocking threads, each of which would otherwise get an
 /// arena of its own that keeps its freed memory: with 50,000 files the nodes' peak resident
@@ -97,6 +94,9 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The node holds up to 2,048 connections besides its stores, transfers and tools: a
+/// soft limit of 1,024 open files (common) would refuse connections long before that, so
+/// it is raised to the hard limit, as servers do.
 fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
