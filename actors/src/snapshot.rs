@@ -395,22 +395,60 @@ pub enum SnapshotError {
 /// The root hash: BLAKE3 over a canonical byte encoding of every entry (independent of the
 /// MessagePack encoding, so any correct encoder produces the same root).
 pub fn root_hash(entries: &[SnapshotEntry]) -> Hash {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"aienv-snapshot-v1\0");
+    let mut root = RootHasher::new();
     for entry in entries {
+        root.push(entry);
+    }
+    root.finish()
+}
+
+/// The root hash computed entry by entry, for a caller that checks a tree as it walks it
+/// instead of building a second list of entries.
+pub struct RootHasher(blake3::Hasher);
+
+impl RootHasher {
+    /// Starts with the domain prefix.
+    pub fn new() -> RootHasher {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"aienv-snapshot-v1\0");
+        RootHasher(hasher)
+    }
+
+    /// Adds the next entry, in snapshot order.
+    pub fn push(&mut self, entry: &SnapshotEntry) {
+        self.push_found(
+            entry,
+            entry.kind,
+            entry.mode,
+            entry.size,
+            entry.target.as_deref(),
+        );
+    }
+
+    /// Adds `entry` as found on disk: its kind, mode, size and link target as given, its
+    /// path, hash and chunks as listed.
+    pub fn push_found(
+        &mut self,
+        entry: &SnapshotEntry,
+        kind: EntryKind,
+        mode: u32,
+        size: u64,
+        target: Option<&str>,
+    ) {
+        let hasher = &mut self.0;
         hasher.update(entry.path.as_bytes());
         hasher.update(&[0]);
-        hasher.update(&[match entry.kind {
+        hasher.update(&[match kind {
             EntryKind::File => b'f',
             EntryKind::Dir => b'd',
             EntryKind::Symlink => b'l',
         }]);
-        hasher.update(&entry.mode.to_le_bytes());
-        hasher.update(&entry.size.to_le_bytes());
+        hasher.update(&mode.to_le_bytes());
+        hasher.update(&size.to_le_bytes());
         if let Some(hash) = &entry.hash {
             hasher.update(&hash.0);
         }
-        if let Some(target) = &entry.target {
+        if let Some(target) = target {
             hasher.update(target.as_bytes());
             hasher.update(&[0]);
         }
@@ -420,7 +458,17 @@ pub fn root_hash(entries: &[SnapshotEntry]) -> Hash {
             hasher.update(&chunk.size.to_le_bytes());
         }
     }
-    Hash(*hasher.finalize().as_bytes())
+
+    /// The root hash.
+    pub fn finish(self) -> Hash {
+        Hash(*self.0.finalize().as_bytes())
+    }
+}
+
+impl Default for RootHasher {
+    fn default() -> RootHasher {
+        RootHasher::new()
+    }
 }
 
 /// The hash of a large file: BLAKE3 over `aienv-chunks-v1\0` and each chunk's hash and

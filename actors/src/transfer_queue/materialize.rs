@@ -122,6 +122,7 @@ impl JobContext {
             })
             .await?
         };
+        let committed_at = std::time::SystemTime::now();
         let created = self
             .store
             .commit_clone(
@@ -140,16 +141,25 @@ impl JobContext {
         let usable = commit_started.elapsed();
         notes.extend(created.notes);
         let local_id = created.workspace.manifest.id;
-        self.store
-            .record_snapshot(local_id, snapshot.clone(), written)
-            .await?;
-        self.save_base(local_id, snapshot).await;
-        let flush_started = Instant::now();
-        match self.store.flush(local_id).await {
+        // Indexing the new files (CPU) overlaps waiting for their write-back (I/O).
+        let record = async {
+            let recorded = self
+                .store
+                .record_snapshot(local_id, snapshot.clone(), written, committed_at)
+                .await;
+            self.save_base(local_id, snapshot).await;
+            recorded
+        };
+        let flush = async {
+            let started = Instant::now();
+            (self.store.flush(local_id).await, started.elapsed())
+        };
+        let (recorded, (flushed, flush_took)) = tokio::join!(record, flush);
+        match flushed {
             Ok(()) => notes.push(format!(
                 "usable {:.2} s after verification, its write-back done {:.2} s later",
                 usable.as_secs_f64(),
-                flush_started.elapsed().as_secs_f64()
+                flush_took.as_secs_f64()
             )),
             // The clone is in place; its record stays, so the next start checks its files.
             Err(error) => {
@@ -159,6 +169,7 @@ impl JobContext {
                 ));
             }
         }
+        recorded?;
         // The clone is in place and verified; its post_clone hook runs now, confined. A
         // failing hook leaves the clone (like `git clone` with a failing hook) and says so.
         let mut hook_error = None;
@@ -333,13 +344,14 @@ impl JobContext {
             .filter(|path| !relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE)
             .collect();
         let started = Instant::now();
+        let committed_at = std::time::SystemTime::now();
         let entry = self
             .store
             .commit_sync(id, plan, origin, &self.job.request.by, change)
             .await?;
         let committed = started.elapsed();
         self.store
-            .record_snapshot(id, target.clone(), written)
+            .record_snapshot(id, target.clone(), written, committed_at)
             .await?;
         tracing::debug!(job = %self.job.id, ?committed, recorded = ?started.elapsed() - committed, "sync committed");
         Ok((entry, vec![summary]))

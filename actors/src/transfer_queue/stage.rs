@@ -15,7 +15,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::snapshot::{root_hash, EntryKind, Hash, Snapshot, SnapshotEntry};
+use crate::snapshot::{EntryKind, Hash, RootHasher, Snapshot, SnapshotEntry};
 use crate::workspace_store::{ChunkStore, SyncPlan};
 
 use super::error::TransferError;
@@ -468,12 +468,22 @@ impl Stage {
     /// Applies the final modes of a clone's files and directories (directories last and
     /// deepest first, so a read-only directory can still be filled).
     pub fn apply_modes(&self) -> Result<(), TransferError> {
-        // A clone sets every file and directory; a sync only its staged files (the store sets
-        // the modes of what it keeps, from the plan).
+        // A clone sets every directory, and the files created before their content (empty
+        // and large ones, created writable); a small file was created with its mode when its
+        // one chunk was written whole ([`Stage::write_chunk`]). A sync sets only its staged
+        // files (the store sets the modes of what it keeps, from the plan). Verification then
+        // checks every mode against the snapshot.
         let indices: Vec<usize> = match self.kind {
             TransferKind::Clone => (0..self.snapshot.entries.len())
                 .rev()
-                .filter(|&i| self.snapshot.entries[i].kind != EntryKind::Symlink)
+                .filter(|&i| {
+                    let entry = &self.snapshot.entries[i];
+                    match entry.kind {
+                        EntryKind::Dir => true,
+                        EntryKind::File => !entry.chunks.is_empty() || entry.size == 0,
+                        EntryKind::Symlink => false,
+                    }
+                })
                 .collect(),
             TransferKind::Sync | TransferKind::Push => self.written.clone(),
         };
@@ -516,47 +526,65 @@ impl Stage {
             }
         });
         let mut bad = bad.into_inner().expect("not poisoned");
-        for &index in &self.written {
-            let path = self.file_path(index);
-            let size = fs::symlink_metadata(&path).map(|m| m.len()).ok();
-            if size != Some(self.snapshot.entries[index].size) {
+        let size_on_disk = |path: &Path| fs::symlink_metadata(path).map(|m| m.len()).ok();
+        if self.kind == TransferKind::Sync {
+            for &index in &self.written {
+                if size_on_disk(&self.file_path(index)) != Some(self.snapshot.entries[index].size) {
+                    bad.insert(index);
+                }
+            }
+            let mut bad: Vec<usize> = bad.into_iter().collect();
+            bad.sort_unstable();
+            return Ok(bad);
+        }
+        // A clone: one pass over the staged tree checks the size of every written file and
+        // hashes the tree as it is on disk, which must hash to the snapshot's root.
+        let mut written = self.written.iter().copied().peekable();
+        let mut root = RootHasher::new();
+        let mut differing = Vec::new();
+        for (index, entry) in self.snapshot.entries.iter().enumerate() {
+            let is_written = written.next_if_eq(&index).is_some();
+            let full = self.dir.join(&entry.path);
+            let metadata = match fs::symlink_metadata(&full) {
+                Ok(metadata) => metadata,
+                Err(_) if is_written => {
+                    bad.insert(index);
+                    continue;
+                }
+                Err(e) => return Err(TransferError::io("inspecting", &full)(e)),
+            };
+            if is_written && metadata.len() != entry.size {
                 bad.insert(index);
             }
+            let (mut kind, mut mode, mut target) = (entry.kind, entry.mode, entry.target.clone());
+            if let Some((found_kind, found_mode, found_target)) =
+                crate::tree::describe(&full, &metadata)
+                    .map_err(TransferError::io("reading link", &full))?
+            {
+                (kind, mode) = (found_kind, found_mode);
+                if kind == EntryKind::Symlink {
+                    target = found_target;
+                }
+            }
+            let size = if kind == EntryKind::File {
+                metadata.len()
+            } else {
+                entry.size
+            };
+            if (kind, mode, size, &target) != (entry.kind, entry.mode, entry.size, &entry.target)
+                && differing.len() < 5
+            {
+                differing.push(entry.path.as_str());
+            }
+            root.push_found(entry, kind, mode, size, target.as_deref());
         }
         let mut bad: Vec<usize> = bad.into_iter().collect();
         bad.sort_unstable();
-        if !bad.is_empty() || self.kind == TransferKind::Sync {
+        if !bad.is_empty() {
             return Ok(bad);
         }
-        // The whole tree, as it is on disk, must hash to the snapshot's root.
-        let mut entries = Vec::with_capacity(self.snapshot.entries.len());
-        for entry in &self.snapshot.entries {
-            let full = self.dir.join(&entry.path);
-            let metadata =
-                fs::symlink_metadata(&full).map_err(TransferError::io("inspecting", &full))?;
-            let mut found = entry.clone();
-            if let Some((kind, mode, target)) = crate::tree::describe(&full, &metadata)
-                .map_err(TransferError::io("reading link", &full))?
-            {
-                (found.kind, found.mode) = (kind, mode);
-                if kind == EntryKind::Symlink {
-                    found.target = target;
-                }
-            }
-            if found.kind == EntryKind::File {
-                found.size = metadata.len();
-            }
-            entries.push(found);
-        }
-        let root = root_hash(&entries);
+        let root = root.finish();
         if root != self.snapshot.root {
-            let differing: Vec<&str> = entries
-                .iter()
-                .zip(&self.snapshot.entries)
-                .filter(|(a, b)| a != b)
-                .map(|(a, _)| a.path.as_str())
-                .take(5)
-                .collect();
             return Err(TransferError::Verification(format!(
                 "the staged tree hashes to {root}, not {}; differing: {}",
                 self.snapshot.root,
@@ -728,7 +756,8 @@ fn add_file(
     dests: &mut HashMap<Hash, Vec<(usize, u64)>>,
     work: &mut Work,
 ) -> Result<(), TransferError> {
-    let exists = full.exists();
+    // Only a resumed job (with chunks logged as done) keeps what an earlier attempt wrote.
+    let exists = !done.is_empty() && full.exists();
     let chunks = entry.file_chunks();
     if !entry.chunks.is_empty() || entry.size == 0 {
         // Empty files are created now; large ones preallocated for positioned writes.

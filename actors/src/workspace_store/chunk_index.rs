@@ -259,17 +259,26 @@ impl ChunkIndex {
         Ok((snapshot, stats))
     }
 
-    /// Records the files `paths` of a snapshot just written at `root` (by a clone or sync),
-    /// so the next snapshot there only stats them. Callers leave out files whose content
-    /// differs from the snapshot (a relocated script); those are hashed on the next pass.
+    /// Records the files `paths` of a snapshot just written at `root` (by a clone, sync or
+    /// import), so the next snapshot there only stats them. Callers leave out files whose
+    /// content differs from the snapshot (a relocated script); those are hashed on the next
+    /// pass. `committed_at` is when the files were put in place: one stamped later than that
+    /// (less the racy window) was touched since, so its record trusts the hash, not the stamp.
     pub fn record(
         &self,
         workspace: Uuid,
         root: &Path,
         snapshot: &Snapshot,
         paths: &HashSet<String>,
+        committed_at: SystemTime,
     ) -> Result<(), StoreError> {
-        let now = SystemTime::now();
+        // A new workspace (a clone, an import) has no records to replace: one lookup per
+        // file saved, a fifth of the time at many small files.
+        let fresh = self
+            .files
+            .scan_prefix(workspace.as_bytes())
+            .next()
+            .is_none();
         for entry in snapshot
             .entries
             .iter()
@@ -288,10 +297,13 @@ impl ChunkIndex {
                 stamp,
                 hash: entry.hash.expect("validated files have a hash"),
                 chunks: entry.chunks.clone(),
-                racy: is_racy(stamp.mtime_ns, now),
+                racy: is_racy(stamp.mtime_ns, committed_at),
             };
-            let key = file_key(workspace, &entry.path);
-            let old = self.files.get(&key)?;
+            let old = if fresh {
+                None
+            } else {
+                self.files.get(file_key(workspace, &entry.path))?
+            };
             let known = old
                 .as_deref()
                 .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok())
@@ -855,5 +867,69 @@ mod tests {
             !record.describes(&seen.stamp),
             "the next walk reads it again"
         );
+    }
+
+    /// A file edited after a clone put it in place, but before the clone recorded it, is not
+    /// trusted by its stamp: the next snapshot reads it and lists what it holds now. The
+    /// record of an untouched file is trusted (the next snapshot only stats it), and
+    /// recording again over existing records replaces them.
+    #[test]
+    fn a_file_edited_after_the_commit_is_read_again_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("edited"), b"as cloned").unwrap();
+        std::fs::write(root.join("kept"), b"kept as is").unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let index = ChunkIndex::open(&db).unwrap();
+        let workspace = Uuid::new_v4();
+        // What the clone wrote, as its snapshot lists it.
+        let entry = |path: &str, content: &[u8]| SnapshotEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: content.len() as u64,
+            hash: Some(Hash::of(content)),
+            target: None,
+            chunks: Vec::new(),
+        };
+        let cloned = Snapshot::new(
+            workspace,
+            "ws".into(),
+            1,
+            "/elsewhere".into(),
+            vec![entry("edited", b"as cloned"), entry("kept", b"kept as is")],
+        );
+        // Stamped well before the commit, so only a later edit is inside the racy window.
+        std::thread::sleep(2 * RACY_WINDOW);
+        let committed_at = SystemTime::now();
+        std::fs::write(root.join("edited"), b"now other").unwrap();
+        // The record comes later than the racy window after the edit.
+        std::thread::sleep(3 * RACY_WINDOW);
+        let paths: HashSet<String> = ["edited".to_string(), "kept".to_string()].into();
+        for _ in 0..2 {
+            index
+                .record(workspace, &root, &cloned, &paths, committed_at)
+                .unwrap();
+        }
+        let (snapshot, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        let hash_of = |path: &str| {
+            snapshot
+                .entries
+                .iter()
+                .find(|e| e.path == path)
+                .unwrap()
+                .hash
+        };
+        assert_eq!(hash_of("edited"), Some(Hash::of(b"now other")));
+        assert_eq!(hash_of("kept"), Some(Hash::of(b"kept as is")));
+        assert_eq!(
+            (stats.files_cached, stats.files_hashed),
+            (1, 1),
+            "{stats:?}"
+        );
+        // The edited file's chunk is findable under its new content only.
+        assert!(index.locate(&Hash::of(b"as cloned"), None).is_empty());
+        assert_eq!(index.locate(&Hash::of(b"now other"), None).len(), 1);
     }
 }

@@ -367,19 +367,22 @@ impl WorkspaceStoreHandle {
         .await?
     }
 
-    /// Records freshly written files of a clone (`paths`, as in `snapshot`) in the chunk
-    /// index, off the actor, so its next snapshot only stats them and their chunks serve
-    /// local dedup at once.
+    /// Records freshly written files of a clone (`paths`, as in `snapshot`, put in place at
+    /// `committed_at`) in the chunk index, off the actor, so its next snapshot only stats
+    /// them and their chunks serve local dedup at once.
     pub async fn record_snapshot(
         &self,
         id: Uuid,
         snapshot: Arc<Snapshot>,
         paths: HashSet<String>,
+        committed_at: std::time::SystemTime,
     ) -> Result<(), StoreError> {
         let root = self.get(&id.to_string())?.path.clone();
         let chunks = self.chunks.clone();
-        tokio::task::spawn_blocking(move || chunks.record(id, &root, &snapshot, &paths))
-            .await
-            .map_err(|_| StoreError::Unavailable)?
+        tokio::task::spawn_blocking(move || {
+            chunks.record(id, &root, &snapshot, &paths, committed_at)
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable)?
     }
 }

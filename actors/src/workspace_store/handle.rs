@@ -373,6 +373,7 @@ impl WorkspaceStoreHandle {
                 format!("kept link {path} -> {target} (points outside the workspace)")
             })
             .collect();
+        let committed_at = std::time::SystemTime::now();
         let created = self
             .send(CommitNew {
                 prepared: workspace_dir::Prepared {
@@ -405,7 +406,7 @@ impl WorkspaceStoreHandle {
                     .filter(|e| e.path != WORKSPACE_FILE)
                     .map(|e| e.path.clone())
                     .collect();
-                chunks.record(id, &root, &snapshot, &paths)
+                chunks.record(id, &root, &snapshot, &paths, committed_at)
             })
             .await;
             if let Ok(Err(error)) = recorded {
