@@ -137,7 +137,6 @@ impl ChunkIndex {
     ) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
         let scan_started = SystemTime::now();
         let walked = tree::walk(root)?;
-        let walk = &walked.entries;
         let walk_digest = walked.digest();
         let key = (workspace, name.to_string(), revision);
         {
@@ -145,8 +144,11 @@ impl ChunkIndex {
             if let Some(cached) = memo.get(&workspace) {
                 if cached.key == key && cached.walk == walk_digest && !cached.racy {
                     let stats = ScanStats {
-                        files_cached: walk.iter().filter(|w| w.kind == EntryKind::File).count()
-                            as u64,
+                        files_cached: walked
+                            .entries
+                            .iter()
+                            .filter(|w| w.kind == EntryKind::File)
+                            .count() as u64,
                         skipped: walked.skipped.clone(),
                         ..ScanStats::default()
                     };
@@ -160,7 +162,14 @@ impl ChunkIndex {
             skipped: walked.skipped.clone(),
             ..ScanStats::default()
         };
-        // Look every file up; those whose stamp changed are hashed in parallel below.
+        // In path order (paths are unique), the walk meets the index's records, which sled
+        // keeps in the same order, in one merge: a sequential scan instead of a lookup per
+        // file, and the records of files that are gone come out of the same pass.
+        let mut walk = walked.entries;
+        walk.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        let mut records = self.files.scan_prefix(workspace.as_bytes());
+        let mut next_record = records.next().transpose()?;
+        let mut gone: Vec<(String, sled::IVec)> = Vec::new();
         let mut known: Vec<Option<FileRecord>> = Vec::with_capacity(walk.len());
         let mut old_values: HashMap<usize, sled::IVec> = HashMap::new();
         // A changed large file's old chunk list spares most of its boundary search (only
@@ -168,11 +177,28 @@ impl ChunkIndex {
         let mut previous: HashMap<usize, Vec<ChunkRef>> = HashMap::new();
         let mut to_hash: Vec<usize> = Vec::new();
         for (index, item) in walk.iter().enumerate() {
+            let mut old = None;
+            while let Some((key, _)) = &next_record {
+                let order = key[16..].cmp(item.path.as_bytes());
+                if order == std::cmp::Ordering::Greater {
+                    break;
+                }
+                let (key, value) = next_record.take().expect("just matched");
+                next_record = records.next().transpose()?;
+                if order == std::cmp::Ordering::Equal {
+                    old = Some(value);
+                    break;
+                }
+                gone.push((String::from_utf8_lossy(&key[16..]).into_owned(), value));
+            }
             if item.kind != EntryKind::File {
+                // Was a file, is now a directory or a link.
+                if let Some(old) = old {
+                    gone.push((item.path.clone(), old));
+                }
                 known.push(None);
                 continue;
             }
-            let old = self.files.get(file_key(workspace, &item.path))?;
             let record = old
                 .as_deref()
                 .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok());
@@ -192,9 +218,14 @@ impl ChunkIndex {
                 }
             }
         }
+        while let Some((key, value)) = next_record {
+            gone.push((String::from_utf8_lossy(&key[16..]).into_owned(), value));
+            next_record = records.next().transpose()?;
+        }
+        drop(records);
         stats.files_cached = (walk.len() - to_hash.len()) as u64
             - walk.iter().filter(|w| w.kind != EntryKind::File).count() as u64;
-        let hashed = hash_files(root, walk, &to_hash, &previous)?;
+        let hashed = hash_files(root, &walk, &to_hash, &previous)?;
         for (index, mut record) in to_hash.iter().copied().zip(hashed) {
             record.racy = is_racy(record.stamp.mtime_ns, scan_started);
             stats.files_hashed += 1;
@@ -203,10 +234,15 @@ impl ChunkIndex {
             self.replace(workspace, &walk[index].path, old, Some(&record))?;
             known[index] = Some(record);
         }
-        // The walk's paths move into the entries: nothing of the walk outlives this loop.
+        // Forget files that are gone.
+        for (path, old) in gone {
+            self.replace(workspace, &path, Some(&old), None)?;
+        }
+        // The walk's paths move into the entries, already in the snapshot's order: nothing
+        // of the walk outlives this loop.
         let mut entries = Vec::with_capacity(walk.len());
         let mut racy = false;
-        for (item, record) in walked.entries.into_iter().zip(known) {
+        for (item, record) in walk.into_iter().zip(known) {
             let mut entry = SnapshotEntry {
                 path: item.path,
                 kind: item.kind,
@@ -225,20 +261,6 @@ impl ChunkIndex {
                 }
             }
             entries.push(entry);
-        }
-        // Paths are unique, so an unstable sort gives the snapshot's order without a stable
-        // sort's scratch buffer.
-        entries.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-        // Forget files that are gone.
-        for item in self.files.scan_prefix(workspace.as_bytes()) {
-            let (key, value) = item?;
-            let path = String::from_utf8_lossy(&key[16..]).into_owned();
-            let listed = entries
-                .binary_search_by(|e| e.path.as_bytes().cmp(path.as_bytes()))
-                .is_ok_and(|at| entries[at].hash.is_some());
-            if !listed {
-                self.replace(workspace, &path, Some(&value), None)?;
-            }
         }
         let snapshot = Arc::new(Snapshot::new(
             workspace,
@@ -931,5 +953,55 @@ mod tests {
         // The edited file's chunk is findable under its new content only.
         assert!(index.locate(&Hash::of(b"as cloned"), None).is_empty());
         assert_eq!(index.locate(&Hash::of(b"now other"), None).len(), 1);
+    }
+
+    /// The snapshot meets the index's records in one sorted merge: records of files that are
+    /// gone, or that became a directory, are dropped with their chunks; files between them in
+    /// byte order (`b.txt` sorts between `b` and `b/c`) keep theirs and are only statted.
+    #[test]
+    fn records_of_files_that_are_gone_are_dropped_in_the_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("b")).unwrap();
+        for (path, content) in [("a", "gone soon"), ("b/c", "stays"), ("d", "becomes a dir")] {
+            std::fs::write(root.join(path), content).unwrap();
+        }
+        // Stamped before the racy window, so the second pass trusts the stamp of what stayed.
+        std::thread::sleep(3 * RACY_WINDOW);
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let index = ChunkIndex::open(&db).unwrap();
+        let workspace = Uuid::new_v4();
+        let (_, stats) = index.snapshot(workspace, "ws", 1, root).unwrap();
+        assert_eq!(stats.files_hashed, 3);
+        std::fs::remove_file(root.join("a")).unwrap();
+        std::fs::remove_file(root.join("d")).unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/e"), "new").unwrap();
+        std::fs::write(root.join("b.txt"), "new too").unwrap();
+        let (snapshot, stats) = index.snapshot(workspace, "ws", 1, root).unwrap();
+        let paths: Vec<&str> = snapshot.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["b", "b.txt", "b/c", "d", "d/e"]);
+        assert_eq!(
+            (stats.files_cached, stats.files_hashed),
+            (1, 2),
+            "{stats:?}"
+        );
+        for gone in ["gone soon", "becomes a dir"] {
+            assert!(
+                index.locate(&Hash::of(gone.as_bytes()), None).is_empty(),
+                "{gone}"
+            );
+        }
+        for (path, content) in [("b/c", "stays"), ("b.txt", "new too"), ("d/e", "new")] {
+            let found = index.locate(&Hash::of(content.as_bytes()), Some(workspace));
+            assert_eq!(found.len(), 1, "{path}");
+            assert_eq!(found[0].path, path);
+        }
+        let records: Vec<String> = index
+            .files
+            .scan_prefix(workspace.as_bytes())
+            .map(|item| String::from_utf8(item.unwrap().0[16..].to_vec()).unwrap())
+            .collect();
+        assert_eq!(records, ["b.txt", "b/c", "d/e"]);
     }
 }
