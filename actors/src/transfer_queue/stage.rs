@@ -527,7 +527,8 @@ impl Stage {
         });
         let mut bad = bad.into_inner().expect("not poisoned");
         let size_on_disk = |path: &Path| fs::symlink_metadata(path).map(|m| m.len()).ok();
-        if self.kind == TransferKind::Sync {
+        if self.kind != TransferKind::Clone {
+            // Staged files only (`f{index}`): the store puts them in place.
             for &index in &self.written {
                 if size_on_disk(&self.file_path(index)) != Some(self.snapshot.entries[index].size) {
                     bad.insert(index);

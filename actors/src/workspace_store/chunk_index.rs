@@ -40,12 +40,47 @@ fn is_racy(mtime_ns: i64, scan_started: SystemTime) -> bool {
     } else {
         RACY_WINDOW
     };
-    let limit = scan_started
-        .checked_sub(window)
+    mtime_ns >= nanos_since_epoch(scan_started, window)
+}
+
+/// Whether a file stamped `mtime_ns` may have been written at or after `moment`. The stamp
+/// can lag the write by one tick of the kernel's coarse clock, so a file the node wrote
+/// within one tick before `moment` counts too; on a file system with whole-second stamps,
+/// within two seconds.
+fn stamped_since(mtime_ns: i64, moment: SystemTime) -> bool {
+    let lag = if mtime_ns % 1_000_000_000 == 0 {
+        RACY_WINDOW_COARSE
+    } else {
+        coarse_clock_tick()
+    };
+    mtime_ns >= nanos_since_epoch(moment, lag)
+}
+
+/// `moment - before` in nanoseconds since the epoch (0 before it).
+fn nanos_since_epoch(moment: SystemTime, before: Duration) -> i64 {
+    moment
+        .checked_sub(before)
         .unwrap_or(SystemTime::UNIX_EPOCH)
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    mtime_ns >= limit
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The tick of the clock the kernel stamps files with (`CLOCK_REALTIME_COARSE`), at most
+/// the racy window; the racy window when it cannot be read.
+fn coarse_clock_tick() -> Duration {
+    static TICK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        let mut resolution = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `resolution` is a valid, writable timespec for the call's duration.
+        let read = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut resolution) };
+        if read != 0 || resolution.tv_sec < 0 || resolution.tv_nsec < 0 {
+            return RACY_WINDOW;
+        }
+        Duration::new(resolution.tv_sec as u64, resolution.tv_nsec as u32).min(RACY_WINDOW)
+    })
 }
 
 /// What the index remembers of one file.
@@ -284,8 +319,9 @@ impl ChunkIndex {
     /// Records the files `paths` of a snapshot just written at `root` (by a clone, sync or
     /// import), so the next snapshot there only stats them. Callers leave out files whose
     /// content differs from the snapshot (a relocated script); those are hashed on the next
-    /// pass. `committed_at` is when the files were put in place: one stamped later than that
-    /// (less the racy window) was touched since, so its record trusts the hash, not the stamp.
+    /// pass. `committed_at` is when the files were put in place: one stamped since then (to
+    /// the coarse clock's tick) was touched after the commit, so its record trusts the hash,
+    /// not the stamp, as does one stamped inside the racy window before now.
     pub fn record(
         &self,
         workspace: Uuid,
@@ -301,6 +337,7 @@ impl ChunkIndex {
             .scan_prefix(workspace.as_bytes())
             .next()
             .is_none();
+        let now = SystemTime::now();
         for entry in snapshot
             .entries
             .iter()
@@ -319,7 +356,7 @@ impl ChunkIndex {
                 stamp,
                 hash: entry.hash.expect("validated files have a hash"),
                 chunks: entry.chunks.clone(),
-                racy: is_racy(stamp.mtime_ns, committed_at),
+                racy: is_racy(stamp.mtime_ns, now) || stamped_since(stamp.mtime_ns, committed_at),
             };
             let old = if fresh {
                 None
