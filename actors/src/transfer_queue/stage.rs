@@ -543,6 +543,9 @@ impl Stage {
         let mut written = self.written.iter().copied().peekable();
         let mut root = RootHasher::new();
         let mut differing = Vec::new();
+        // Files to fetch again come first: an entry that cannot be inspected fails the clone
+        // only when nothing can be fetched again.
+        let mut unreadable = None;
         for (index, entry) in self.snapshot.entries.iter().enumerate() {
             let is_written = written.next_if_eq(&index).is_some();
             let full = self.dir.join(&entry.path);
@@ -552,7 +555,10 @@ impl Stage {
                     bad.insert(index);
                     continue;
                 }
-                Err(e) => return Err(TransferError::io("inspecting", &full)(e)),
+                Err(e) => {
+                    unreadable.get_or_insert_with(|| TransferError::io("inspecting", &full)(e));
+                    continue;
+                }
             };
             if is_written && metadata.len() != entry.size {
                 bad.insert(index);
@@ -583,6 +589,9 @@ impl Stage {
         bad.sort_unstable();
         if !bad.is_empty() {
             return Ok(bad);
+        }
+        if let Some(error) = unreadable {
+            return Err(error);
         }
         let root = root.finish();
         if root != self.snapshot.root {
