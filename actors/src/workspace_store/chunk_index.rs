@@ -943,15 +943,7 @@ mod tests {
         let index = ChunkIndex::open(&db).unwrap();
         let workspace = Uuid::new_v4();
         // What the clone wrote, as its snapshot lists it.
-        let entry = |path: &str, content: &[u8]| SnapshotEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            size: content.len() as u64,
-            hash: Some(Hash::of(content)),
-            target: None,
-            chunks: Vec::new(),
-        };
+        let entry = crate::snapshot::test_entries::file;
         let cloned = Snapshot::new(
             workspace,
             "ws".into(),
