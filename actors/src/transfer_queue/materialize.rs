@@ -122,7 +122,7 @@ impl JobContext {
             })
             .await?
         };
-        let committed_at = std::time::SystemTime::now();
+        let committed_at = crate::workspace_store::file_clock_now();
         let created = self
             .store
             .commit_clone(
@@ -344,7 +344,7 @@ impl JobContext {
             .filter(|path| !relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE)
             .collect();
         let started = Instant::now();
-        let committed_at = std::time::SystemTime::now();
+        let committed_at = crate::workspace_store::file_clock_now();
         let entry = self
             .store
             .commit_sync(id, plan, origin, &self.job.request.by, change)

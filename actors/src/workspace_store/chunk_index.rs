@@ -43,15 +43,15 @@ fn is_racy(mtime_ns: i64, scan_started: SystemTime) -> bool {
     mtime_ns >= nanos_since_epoch(scan_started, window)
 }
 
-/// Whether a file stamped `mtime_ns` may have been written at or after `moment`. The stamp
-/// can lag the write by one tick of the kernel's coarse clock, so a file the node wrote
-/// within one tick before `moment` counts too; on a file system with whole-second stamps,
-/// within two seconds.
+/// Whether a file stamped `mtime_ns` may have been written at or after `moment`, a reading
+/// of [`file_clock_now`]: the kernel stamps files with that clock (or a finer one), so a
+/// write after `moment` is never stamped earlier. A file the node wrote in the same tick
+/// counts too. On a file system with whole-second stamps, within two seconds.
 fn stamped_since(mtime_ns: i64, moment: SystemTime) -> bool {
     let lag = if mtime_ns % 1_000_000_000 == 0 {
         RACY_WINDOW_COARSE
     } else {
-        coarse_clock_tick()
+        Duration::ZERO
     };
     mtime_ns >= nanos_since_epoch(moment, lag)
 }
@@ -65,22 +65,22 @@ fn nanos_since_epoch(moment: SystemTime, before: Duration) -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// The tick of the clock the kernel stamps files with (`CLOCK_REALTIME_COARSE`), at most
-/// the racy window; the racy window when it cannot be read.
-fn coarse_clock_tick() -> Duration {
-    static TICK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *TICK.get_or_init(|| {
-        let mut resolution = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `resolution` is a valid, writable timespec for the call's duration.
-        let read = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut resolution) };
-        if read != 0 || resolution.tv_sec < 0 || resolution.tv_nsec < 0 {
-            return RACY_WINDOW;
-        }
-        Duration::new(resolution.tv_sec as u64, resolution.tv_nsec as u32).min(RACY_WINDOW)
-    })
+/// Now, by the clock the kernel stamps files with (`CLOCK_REALTIME_COARSE`). It lags the
+/// precise clock by a tick, and by more on a loaded virtual machine, so stamps are compared
+/// with it rather than with `SystemTime::now()`: a file written after this reading is never
+/// stamped before it.
+pub fn file_clock_now() -> SystemTime {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call's duration.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+    if read != 0 || now.tv_sec < 0 || !(0..1_000_000_000).contains(&now.tv_nsec) {
+        // Earlier than any stamp the precise clock could give: the safe side.
+        return SystemTime::now() - RACY_WINDOW_COARSE;
+    }
+    SystemTime::UNIX_EPOCH + Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// What the index remembers of one file.
@@ -170,7 +170,7 @@ impl ChunkIndex {
         revision: u64,
         root: &Path,
     ) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
-        let scan_started = SystemTime::now();
+        let scan_started = file_clock_now();
         let walked = tree::walk(root)?;
         let walk_digest = walked.digest();
         let key = (workspace, name.to_string(), revision);
@@ -319,9 +319,9 @@ impl ChunkIndex {
     /// Records the files `paths` of a snapshot just written at `root` (by a clone, sync or
     /// import), so the next snapshot there only stats them. Callers leave out files whose
     /// content differs from the snapshot (a relocated script); those are hashed on the next
-    /// pass. `committed_at` is when the files were put in place: one stamped since then (to
-    /// the coarse clock's tick) was touched after the commit, so its record trusts the hash,
-    /// not the stamp, as does one stamped inside the racy window before now.
+    /// pass. `committed_at` ([`file_clock_now`]) is when the files were put in place: one
+    /// stamped since then was touched after the commit, so its record trusts the hash, not
+    /// the stamp, as does one stamped inside the racy window before now.
     pub fn record(
         &self,
         workspace: Uuid,
@@ -337,7 +337,7 @@ impl ChunkIndex {
             .scan_prefix(workspace.as_bytes())
             .next()
             .is_none();
-        let now = SystemTime::now();
+        let now = file_clock_now();
         for entry in snapshot
             .entries
             .iter()
@@ -951,12 +951,34 @@ mod tests {
             "/elsewhere".into(),
             vec![entry("edited", b"as cloned"), entry("kept", b"kept as is")],
         );
-        // Stamped well before the commit, so only a later edit is inside the racy window.
-        std::thread::sleep(2 * RACY_WINDOW);
-        let committed_at = SystemTime::now();
+        // Stamped before the commit by the file clock (which can stall on a loaded machine),
+        // so only the later edit counts as touched since.
+        let written = std::fs::metadata(root.join("kept"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file_clock_now() <= written + RACY_WINDOW {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the file clock stands still"
+            );
+            std::thread::sleep(RACY_WINDOW);
+        }
+        let committed_at = file_clock_now();
         std::fs::write(root.join("edited"), b"now other").unwrap();
         // The record comes later than the racy window after the edit.
-        std::thread::sleep(3 * RACY_WINDOW);
+        let edited = std::fs::metadata(root.join("edited"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        while file_clock_now() <= edited + 2 * RACY_WINDOW {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the file clock stands still"
+            );
+            std::thread::sleep(RACY_WINDOW);
+        }
         let paths: HashSet<String> = ["edited".to_string(), "kept".to_string()].into();
         for _ in 0..2 {
             index
@@ -995,8 +1017,20 @@ mod tests {
         for (path, content) in [("a", "gone soon"), ("b/c", "stays"), ("d", "becomes a dir")] {
             std::fs::write(root.join(path), content).unwrap();
         }
-        // Stamped before the racy window, so the second pass trusts the stamp of what stayed.
-        std::thread::sleep(3 * RACY_WINDOW);
+        // Stamped before the racy window by the file clock, so the second pass trusts the
+        // stamp of what stayed.
+        let written = std::fs::metadata(root.join("d"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file_clock_now() <= written + 2 * RACY_WINDOW {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the file clock stands still"
+            );
+            std::thread::sleep(RACY_WINDOW);
+        }
         let db = sled::Config::new().temporary(true).open().unwrap();
         let index = ChunkIndex::open(&db).unwrap();
         let workspace = Uuid::new_v4();

@@ -373,7 +373,7 @@ impl WorkspaceStoreHandle {
                 format!("kept link {path} -> {target} (points outside the workspace)")
             })
             .collect();
-        let committed_at = std::time::SystemTime::now();
+        let committed_at = super::file_clock_now();
         let created = self
             .send(CommitNew {
                 prepared: workspace_dir::Prepared {
