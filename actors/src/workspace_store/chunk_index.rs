@@ -928,6 +928,21 @@ mod tests {
         );
     }
 
+    /// Waits until the clock the kernel stamps files with is `margin` past the stamp of
+    /// `path` (that clock can stall for a while on a loaded machine, so a fixed sleep is not
+    /// enough).
+    fn until_file_clock_passes(path: &Path, margin: Duration) {
+        let stamped = std::fs::metadata(path).unwrap().modified().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file_clock_now() <= stamped + margin {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the file clock stands still"
+            );
+            std::thread::sleep(RACY_WINDOW);
+        }
+    }
+
     /// A file edited after a clone put it in place, but before the clone recorded it, is not
     /// trusted by its stamp: the next snapshot reads it and lists what it holds now. The
     /// record of an untouched file is trusted (the next snapshot only stats it), and
@@ -953,32 +968,11 @@ mod tests {
         );
         // Stamped before the commit by the file clock (which can stall on a loaded machine),
         // so only the later edit counts as touched since.
-        let written = std::fs::metadata(root.join("kept"))
-            .unwrap()
-            .modified()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while file_clock_now() <= written + RACY_WINDOW {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the file clock stands still"
-            );
-            std::thread::sleep(RACY_WINDOW);
-        }
+        until_file_clock_passes(&root.join("kept"), RACY_WINDOW);
         let committed_at = file_clock_now();
         std::fs::write(root.join("edited"), b"now other").unwrap();
         // The record comes later than the racy window after the edit.
-        let edited = std::fs::metadata(root.join("edited"))
-            .unwrap()
-            .modified()
-            .unwrap();
-        while file_clock_now() <= edited + 2 * RACY_WINDOW {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the file clock stands still"
-            );
-            std::thread::sleep(RACY_WINDOW);
-        }
+        until_file_clock_passes(&root.join("edited"), 2 * RACY_WINDOW);
         let paths: HashSet<String> = ["edited".to_string(), "kept".to_string()].into();
         for _ in 0..2 {
             index
@@ -1019,18 +1013,7 @@ mod tests {
         }
         // Stamped before the racy window by the file clock, so the second pass trusts the
         // stamp of what stayed.
-        let written = std::fs::metadata(root.join("d"))
-            .unwrap()
-            .modified()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while file_clock_now() <= written + 2 * RACY_WINDOW {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the file clock stands still"
-            );
-            std::thread::sleep(RACY_WINDOW);
-        }
+        until_file_clock_passes(&root.join("d"), 2 * RACY_WINDOW);
         let db = sled::Config::new().temporary(true).open().unwrap();
         let index = ChunkIndex::open(&db).unwrap();
         let workspace = Uuid::new_v4();
