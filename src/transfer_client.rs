@@ -174,7 +174,7 @@ impl HttpTransferClient {
                                     "the source sent more than was asked for".into(),
                                 ))
                             } else {
-                                Ok(piece.to_vec())
+                                Ok(piece)
                             }
                         }
                         Ok(Some(Err(error))) => Err(FetchError::Network(error.to_string())),

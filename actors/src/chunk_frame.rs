@@ -10,6 +10,12 @@
 //! `kind` is 0 (raw bytes), 1 (zstd-compressed) or 2 (missing: the server no longer has
 //! the chunk as hashed, payload empty). [`FrameDecoder`] parses frames from arbitrary slices
 //! of a byte stream and bounds every length before allocating.
+//!
+//! Each byte of a chunk is copied once on either side outside the kernel and TLS: the server
+//! reads a chunk straight into its place behind the frame header ([`Frame::encode_in_place`]),
+//! and the decoder hands out frames as slices of the one buffer received bytes are gathered in.
+
+use bytes::{Bytes, BytesMut};
 
 use crate::snapshot::{Hash, CHUNK_MAX};
 
@@ -39,7 +45,7 @@ pub struct Frame {
     /// Length after decoding.
     pub raw_len: u32,
     /// The payload as received.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 /// Why a frame stream was refused.
@@ -71,19 +77,36 @@ impl Frame {
     /// Appends a frame for `data` to `out`, compressed with zstd `level` when that saves at
     /// least 1/16 (incompressible chunks go raw, sparing the receiver a decompression).
     pub fn encode(out: &mut Vec<u8>, hash: Hash, data: &[u8], level: Option<i32>) {
+        let start = out.len();
+        out.reserve(HEADER_LEN + data.len());
+        out.resize(start + HEADER_LEN, 0);
+        out.extend_from_slice(data);
+        Frame::encode_in_place(out, start, hash, level);
+    }
+
+    /// Makes a frame of the chunk already written at `out[start + HEADER_LEN..]`: writes the
+    /// header at `start` (its room reserved by the caller) and compresses the chunk in place
+    /// when `level` is set and that saves at least 1/16.
+    pub fn encode_in_place(out: &mut Vec<u8>, start: usize, hash: Hash, level: Option<i32>) {
+        let data_at = start + HEADER_LEN;
+        let raw_len = out.len() - data_at;
         let compressed = level
-            .and_then(|level| zstd::bulk::compress(data, level).ok())
-            .filter(|c| c.len() < data.len() - data.len() / 16);
-        let (kind, payload) = match &compressed {
-            Some(c) => (1u8, c.as_slice()),
-            None => (0u8, data),
+            .and_then(|level| zstd::bulk::compress(&out[data_at..], level).ok())
+            .filter(|c| c.len() < raw_len - raw_len / 16);
+        let kind = match compressed {
+            Some(compressed) => {
+                out.truncate(data_at);
+                out.extend_from_slice(&compressed);
+                1u8
+            }
+            None => 0u8,
         };
-        out.reserve(HEADER_LEN + payload.len());
-        out.push(kind);
-        out.extend_from_slice(&hash.0);
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(payload);
+        let payload_len = out.len() - data_at;
+        let header = &mut out[start..data_at];
+        header[0] = kind;
+        header[1..33].copy_from_slice(&hash.0);
+        header[33..37].copy_from_slice(&(raw_len as u32).to_le_bytes());
+        header[37..41].copy_from_slice(&(payload_len as u32).to_le_bytes());
     }
 
     /// Appends a `missing` frame.
@@ -95,7 +118,7 @@ impl Frame {
     }
 
     /// The chunk's bytes (decompressed); not yet checked against the hash.
-    pub fn into_data(self) -> Result<Vec<u8>, FrameError> {
+    pub fn into_data(self) -> Result<Bytes, FrameError> {
         match self.kind {
             FrameKind::Raw => Ok(self.payload),
             FrameKind::Zstd => {
@@ -104,9 +127,9 @@ impl Frame {
                 if data.len() != self.raw_len as usize {
                     return Err(FrameError::BadPayload(self.hash));
                 }
-                Ok(data)
+                Ok(Bytes::from(data))
             }
-            FrameKind::Missing => Ok(Vec::new()),
+            FrameKind::Missing => Ok(Bytes::new()),
         }
     }
 }
@@ -114,7 +137,8 @@ impl Frame {
 /// Incremental frame parser over a byte stream.
 #[derive(Default)]
 pub struct FrameDecoder {
-    buffer: Vec<u8>,
+    /// Received bytes not yet handed out; a frame is split off its front without copying.
+    buffer: BytesMut,
 }
 
 impl FrameDecoder {
@@ -154,10 +178,11 @@ impl FrameDecoder {
         }
         let end = HEADER_LEN + payload_len as usize;
         if self.buffer.len() < end {
+            // Room for the whole frame (bounded above), so it is gathered without regrowing.
+            self.buffer.reserve(end - self.buffer.len());
             return Ok(None);
         }
-        let payload = self.buffer[HEADER_LEN..end].to_vec();
-        self.buffer.drain(..end);
+        let payload = self.buffer.split_to(end).freeze().slice(HEADER_LEN..);
         Ok(Some(Frame {
             kind,
             hash,

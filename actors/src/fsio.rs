@@ -145,6 +145,51 @@ pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Appends `len` bytes of `file` from `offset` to `out`, read straight into its spare
+/// capacity: a chunk server's buffers are not zeroed first only to be overwritten. On error
+/// (a short file included) `out` is as it was.
+pub fn append_exact_at(
+    file: &fs::File,
+    offset: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let start = out.len();
+    out.reserve(len);
+    let mut done = 0;
+    while done < len {
+        let at = offset + done as u64;
+        let Ok(at) = libc::off_t::try_from(at) else {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: the destination is inside the capacity reserved above and past `len()`, so
+        // nothing initialized is overwritten, and pread writes at most `len - done` bytes to
+        // it; `file` keeps the descriptor open for the call.
+        let read = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                out.as_mut_ptr().add(start + done).cast(),
+                len - done,
+                at,
+            )
+        };
+        match read {
+            0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    // SAFETY: the `len` bytes after `start` were written by pread above.
+    unsafe { out.set_len(start + len) };
+    Ok(())
+}
+
 /// What [`copy_tree`] did.
 #[derive(Debug, Default)]
 pub struct CopyReport {
@@ -211,5 +256,29 @@ pub fn remove_tree(path: &Path) -> Result<(), FsError> {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(io("removing", path)(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_exact_at_appends_the_range_or_leaves_the_buffer_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &content).unwrap();
+        let file = fs::File::open(&path).unwrap();
+        let mut out = b"head".to_vec();
+        append_exact_at(&file, 1000, 50_000, &mut out).unwrap();
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..], &content[1000..51_000]);
+        // Past the end: an error, and what was there stays.
+        let error = append_exact_at(&file, 90_000, 20_000, &mut out).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(out.len(), 50_004);
+        append_exact_at(&file, 0, 0, &mut out).unwrap();
+        assert_eq!(out.len(), 50_004);
     }
 }

@@ -337,10 +337,19 @@ fn served_chunk(
     workspace: uuid::Uuid,
     hash: &aienv_actors::snapshot::Hash,
 ) -> Option<Vec<u8>> {
-    if *hash == aienv_actors::snapshot::Hash::of(b"") {
-        return Some(Vec::new());
-    }
-    chunk_store.read(workspace, hash)
+    let mut data = Vec::new();
+    served_chunk_into(chunk_store, workspace, hash, &mut data).then_some(data)
+}
+
+/// [`served_chunk`], appending the chunk to `out`; `false`, with `out` as it was, when it is
+/// not held.
+fn served_chunk_into(
+    chunk_store: &aienv_actors::workspace_store::ChunkStore,
+    workspace: uuid::Uuid,
+    hash: &aienv_actors::snapshot::Hash,
+    out: &mut Vec<u8>,
+) -> bool {
+    *hash == aienv_actors::snapshot::Hash::of(b"") || chunk_store.read_into(workspace, hash, out)
 }
 
 /// Test hook: flips the first byte of the next bytes sent (a chunk or a range of one) while
@@ -368,18 +377,23 @@ fn frame_stream<I: Send + 'static>(
     uploads: Arc<Uploads>,
     mut write: impl FnMut(&mut Vec<u8>, I) + Send + 'static,
 ) -> HttpResponse {
+    // Sent once it holds this much; sized so that one more frame of the largest chunk always
+    // fits, and a chunk read into it never makes it move (and copy) what it holds.
+    const SEND_AT: usize = 512 * 1024;
+    const CAPACITY: usize =
+        SEND_AT + aienv_actors::snapshot::CHUNK_MAX as usize + chunk_frame::HEADER_LEN;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let mut out = Vec::with_capacity(1024 * 1024);
+        let mut out = Vec::with_capacity(CAPACITY);
         let delay = uploads.delay_per_chunk;
         for item in items {
             if !delay.is_zero() {
                 std::thread::sleep(delay);
             }
             write(&mut out, item);
-            if out.len() >= 512 * 1024 || !delay.is_zero() {
-                let full = std::mem::replace(&mut out, Vec::with_capacity(1024 * 1024));
+            if out.len() >= SEND_AT || !delay.is_zero() {
+                let full = std::mem::replace(&mut out, Vec::with_capacity(CAPACITY));
                 if sender.blocking_send(Ok(Bytes::from(full))).is_err() {
                     return; // The client went away.
                 }
@@ -419,12 +433,17 @@ async fn chunks(
         hashes,
         slot,
         uploads.clone(),
-        move |out, hash| match served_chunk(&chunk_store, workspace, &hash) {
-            Some(mut data) => {
-                maybe_corrupt(&uploads, &hash, &mut data);
-                Frame::encode(out, hash, &data, level)
+        // Each chunk is read straight into its place behind the frame's header.
+        move |out, hash| {
+            let start = out.len();
+            out.resize(start + chunk_frame::HEADER_LEN, 0);
+            if served_chunk_into(&chunk_store, workspace, &hash, out) {
+                maybe_corrupt(&uploads, &hash, &mut out[start + chunk_frame::HEADER_LEN..]);
+                Frame::encode_in_place(out, start, hash, level);
+            } else {
+                out.truncate(start);
+                Frame::encode_missing(out, hash);
             }
-            None => Frame::encode_missing(out, hash),
         },
     ))
 }

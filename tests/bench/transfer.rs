@@ -169,6 +169,11 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
         baselines.push(("rsync -a (daemon)", Vec::new()));
     }
     let mut clones: Vec<(f64, f64)> = Vec::new();
+    // CPU seconds of each copy: per baseline, and aienv's source and receiver nodes.
+    let mut baseline_cpu: Vec<Vec<f64>> = vec![Vec::new(); baselines.len()];
+    let mut clone_cpu: Vec<(f64, f64)> = Vec::new();
+    let daemon_pid = daemon.as_ref().map(|(d, _)| d.0.id());
+    let node_pids = (a.pid().unwrap(), b.pid().unwrap());
     let mut last_clone = None;
     println!(
         "\n{:<6} {:>16} {:>16} {:>16} {:>16}",
@@ -176,12 +181,15 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
     );
     for round in 0..rounds {
         let copy_dir = base.join("cp");
+        let cpu = CpuMeter::start(&[]);
         baselines[0].1.push(timed(base, || {
             run_ok(Command::new("cp").arg("-a").arg(&root).arg(&copy_dir))
         }));
+        baseline_cpu[0].push(cpu.seconds());
         remove_tree(&copy_dir);
         let tar_dir = base.join("tar");
         std::fs::create_dir_all(&tar_dir).unwrap();
+        let cpu = CpuMeter::start(&[]);
         baselines[1].1.push(timed(base, || {
             run_ok(Command::new("sh").arg("-c").arg(format!(
                 "tar -C '{}' -cf - . | zstd -q -1 -T0 | zstd -q -d | tar -C '{}' -xf -",
@@ -189,9 +197,11 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
                 tar_dir.display()
             )))
         }));
+        baseline_cpu[1].push(cpu.seconds());
         remove_tree(&tar_dir);
         if let Some((_, port)) = &daemon {
             let port = *port;
+            let cpu = CpuMeter::start(&daemon_pid.into_iter().collect::<Vec<_>>());
             baselines[2].1.push(timed(base, || {
                 run_ok(
                     Command::new("rsync")
@@ -200,6 +210,7 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
                         .arg(&rsync_dir),
                 )
             }));
+            baseline_cpu[2].push(cpu.seconds());
             // The last round's copy stays: the syncs below update it.
             if round + 1 < rounds {
                 remove_tree(&rsync_dir);
@@ -216,10 +227,13 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
             }
         }
         flush_all();
+        let source_cpu = CpuMeter::start(&[node_pids.0]);
+        let receiver_cpu = CpuMeter::start(&[node_pids.1]);
         let started = Instant::now();
         let (job, usable) = transfer_usable(&client, "clone", Some("bench-a"), "bench").await;
         let durable = started.elapsed().as_secs_f64();
         clones.push((usable.map_or(durable, |u| u.as_secs_f64()), durable));
+        clone_cpu.push((source_cpu.seconds(), receiver_cpu.seconds()));
         last_clone = client
             .get("bench")
             .await
@@ -258,6 +272,26 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
         "  {:<40} {usable:>6.2} s usable, {durable:.2} s durable ({:.0} MB/s)",
         "aienv clone",
         bytes as f64 / 1e6 / durable
+    );
+    // CPU time does not depend on what else the machine is doing as much as wall time does.
+    let cpu_cells: Vec<String> = baselines
+        .iter()
+        .zip(&baseline_cpu)
+        .map(|((name, _), runs)| format!("{name} {:.2}", median(runs.iter().copied())))
+        .collect();
+    let (source, receiver) = (
+        median(clone_cpu.iter().map(|c| c.0)),
+        median(clone_cpu.iter().map(|c| c.1)),
+    );
+    println!(
+        "CPU seconds per copy, medians (user + system of the tool's processes; the kernel's write-back threads not counted): {}; aienv clone {:.2} (source {source:.2} + receiver {receiver:.2}; per round {})",
+        cpu_cells.join(", "),
+        median(clone_cpu.iter().map(|c| c.0 + c.1)),
+        clone_cpu
+            .iter()
+            .map(|(s, r)| format!("{s:.2}+{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "aienv clone / fastest ({}): usable {:.2}, durable {:.2} (target ≤ 1.1 on disk); durable / tar|zstd: {:.2} (target ≤ 1.0 on tmpfs)",
@@ -792,6 +826,57 @@ fn timed(base: &Path, work: impl FnOnce()) -> (f64, f64) {
     let returned = started.elapsed().as_secs_f64();
     sync_fs(base);
     (returned, started.elapsed().as_secs_f64())
+}
+
+/// CPU time (user + system) spent from its start: by this process's children that were
+/// waited for (a baseline's commands), and by the given processes and the children they
+/// waited for (a node; the rsync daemon, which forks one child per pull).
+struct CpuMeter {
+    pids: Vec<u32>,
+    start: f64,
+}
+
+impl CpuMeter {
+    fn start(pids: &[u32]) -> CpuMeter {
+        CpuMeter {
+            pids: pids.to_vec(),
+            start: Self::now(pids),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        Self::now(&self.pids) - self.start
+    }
+
+    fn now(pids: &[u32]) -> f64 {
+        // SAFETY: getrusage only writes the struct it is given; sysconf reads a constant.
+        let (children, ticks) = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            (
+                seconds(usage.ru_utime) + seconds(usage.ru_stime),
+                libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            )
+        };
+        let processes: f64 = pids
+            .iter()
+            .map(|pid| {
+                // Fields after the command's closing parenthesis: utime, stime, cutime and
+                // cstime are the 12th to 15th (fields 14 to 17 of proc(5)).
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+                after
+                    .split_whitespace()
+                    .skip(11)
+                    .take(4)
+                    .filter_map(|v| v.parse::<f64>().ok())
+                    .sum::<f64>()
+                    / ticks
+            })
+            .sum();
+        children + processes
+    }
 }
 
 /// Writes back everything dirty, so the next measurement starts clean.

@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use crate::peer_registry::{LocalFuture, PeerEndpoint};
 
-/// Pieces of a response body; an error ends the stream.
+/// Pieces of a response body, as the HTTP client received them; an error ends the stream.
 pub type ByteStream =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Vec<u8>, FetchError>>>>;
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, FetchError>>>>;
 use crate::snapshot::Hash;
 
 /// Why a request to a source failed.

@@ -434,16 +434,32 @@ impl ChunkIndex {
         location: &ChunkLocation,
         hash: &Hash,
     ) -> Option<Vec<u8>> {
-        let mut data = vec![0u8; location.len as usize];
+        let mut data = Vec::new();
+        self.read_verified_into(root, location, hash, &mut data)
+            .then_some(data)
+    }
+
+    /// [`ChunkIndex::read_verified`], appending the chunk to `out` (a server reads it straight
+    /// into the frame it sends); `false`, with `out` as it was, when it could not.
+    pub fn read_verified_into(
+        &self,
+        root: &Path,
+        location: &ChunkLocation,
+        hash: &Hash,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let start = out.len();
         if let Some((file, unchanged)) = self.open_indexed(root, location) {
-            if file.read_exact_at(&mut data, location.offset).is_ok()
-                && (unchanged || Hash::of(&data) == *hash)
+            if crate::fsio::append_exact_at(&file, location.offset, location.len as usize, out)
+                .is_ok()
+                && (unchanged || Hash::of(&out[start..]) == *hash)
             {
-                return Some(data);
+                return true;
             }
+            out.truncate(start);
         }
         self.changed(root, location, hash);
-        None
+        false
     }
 
     /// Copies the chunk at `location` into `target` at `offset` without hashing it, when the

@@ -107,16 +107,25 @@ impl ChunkStore {
     /// The chunk `hash` of `workspace`, verified; `None` when no indexed file holds it any
     /// more (the file changed: the next snapshot re-reads it).
     pub fn read(&self, workspace: Uuid, hash: &Hash) -> Option<Vec<u8>> {
-        let root = self
+        let mut data = Vec::new();
+        self.read_into(workspace, hash, &mut data).then_some(data)
+    }
+
+    /// [`ChunkStore::read`], appending the chunk to `out`; `false`, with `out` as it was,
+    /// when no indexed file holds it any more.
+    pub fn read_into(&self, workspace: Uuid, hash: &Hash, out: &mut Vec<u8>) -> bool {
+        let Some(root) = self
             .view
             .borrow()
-            .find(&workspace.to_string())?
-            .path
-            .clone();
+            .find(&workspace.to_string())
+            .map(|entry| entry.path.clone())
+        else {
+            return false;
+        };
         self.chunks
             .locate(hash, Some(workspace))
             .iter()
-            .find_map(|location| self.chunks.read_verified(&root, location, hash))
+            .any(|location| self.chunks.read_verified_into(&root, location, hash, out))
     }
 
     /// Copies the chunk `hash` from any workspace of this node into `target` at `offset`
