@@ -94,14 +94,11 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
         .map_err(io("syncing directory", dir))
 }
 
-/// Makes every regular file under `root` whose `/`-separated relative path `skip` does not
-/// hold durable, with the directories holding them; links are not followed. For a tree whose
+/// Makes every regular file under `root` whose `/`-separated relative path `skip` refuses
+/// durable, with the directories holding them; links are not followed. For a tree whose
 /// other files are checked by content after a crash instead (their directory entries are
 /// metadata, which ext4 and XFS journal in order: the next durable write covers them).
-pub fn fsync_tree_except(
-    root: &Path,
-    skip: &std::collections::HashSet<String>,
-) -> Result<(), FsError> {
+pub fn fsync_tree_except(root: &Path, skip: impl Fn(&str) -> bool) -> Result<(), FsError> {
     let mut pending = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, relative)) = pending.pop() {
         let mut synced = false;
@@ -117,7 +114,7 @@ pub fn fsync_tree_except(
             let kind = entry.file_type().map_err(io("inspecting", &path))?;
             if kind.is_dir() {
                 pending.push((path, inner));
-            } else if kind.is_file() && !skip.contains(&inner) {
+            } else if kind.is_file() && !skip(&inner) {
                 fs::File::open(&path)
                     .and_then(|f| f.sync_all())
                     .map_err(io("syncing", &path))?;

@@ -201,6 +201,14 @@ impl Snapshot {
         }
     }
 
+    /// The entry at `path` (the entries are sorted, so a binary search).
+    pub fn entry(&self, path: &str) -> Option<&SnapshotEntry> {
+        self.entries
+            .binary_search_by(|e| e.path.as_bytes().cmp(path.as_bytes()))
+            .ok()
+            .map(|at| &self.entries[at])
+    }
+
     /// Total bytes of file content.
     pub fn total_bytes(&self) -> u64 {
         self.entries.iter().map(|e| e.size).sum()
@@ -547,6 +555,30 @@ mod tests {
         assert_eq!(snapshot.entries.len(), 4);
         assert_eq!(snapshot.file_count(), 2);
         assert_eq!(snapshot.total_bytes(), 5);
+    }
+
+    #[test]
+    fn entries_are_found_by_path_in_byte_order() {
+        // `b.txt` sorts between `b` and `b/c` (`.` < `/`).
+        let snapshot = Snapshot::new(
+            Uuid::nil(),
+            "w".into(),
+            1,
+            "/src".into(),
+            vec![
+                dir("b/c"),
+                file("b.txt", b"t"),
+                dir("b"),
+                file("b/c/d", b"d"),
+            ],
+        );
+        for path in ["b", "b.txt", "b/c", "b/c/d"] {
+            assert_eq!(snapshot.entry(path).map(|e| e.path.as_str()), Some(path));
+        }
+        assert_eq!(snapshot.entry("b/c/d").unwrap().kind, EntryKind::File);
+        for missing in ["", "a", "b/", "b/c/e", "c"] {
+            assert!(snapshot.entry(missing).is_none(), "{missing}");
+        }
     }
 
     /// Each malicious manifest is refused with an error naming the entry and the reason.

@@ -10,7 +10,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::snapshot::{EntryKind, Snapshot};
-use crate::workspace_store::{CloneRequest, Origin};
+use crate::workspace_store::{Arrived, CloneRequest, Origin};
 
 use super::error::TransferError;
 use super::job::Progress;
@@ -76,40 +76,49 @@ impl JobContext {
             relocated: relocation.relocated.clone(),
             needs_rebuild: relocation.needs_rebuild.clone(),
         };
-        // The files that arrived as the snapshot says (not relocated, not rebuilt by git):
-        // recorded in the chunk index, and, rather than waiting for their write-back before
-        // the clone is usable, checked by content at the next start if a crash comes first.
-        let written: HashSet<String> = snapshot
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .map(|e| e.path.clone())
-            .filter(|path| {
-                !relocation.relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE
-            })
+        // The files that arrived as the snapshot says (all but those relocated, rebuilt by
+        // git, or `workspace.yaml`): recorded in the chunk index, and, rather than waiting
+        // for their write-back before the clone is usable, checked by content at the next
+        // start if a crash comes first. Named by what they are not, so no set of every path.
+        let mut rewritten: HashSet<String> = relocation.relocated.keys().cloned().collect();
+        rewritten.insert(crate::model::WORKSPACE_FILE.to_string());
+        for arrival in arrivals.iter().filter(|a| a.rewrote_git_dir) {
             // A rebuilt `.git` holds other files than the source's: hashed when next read.
-            .filter(|path| {
-                !arrivals
+            let git_dir = format!("{}/.git/", arrival.path);
+            rewritten.extend(
+                snapshot
+                    .entries
                     .iter()
-                    .any(|a| a.rewrote_git_dir && path.starts_with(&format!("{}/.git/", a.path)))
-            })
-            .collect();
+                    .filter(|e| e.path.starts_with(&git_dir))
+                    .map(|e| e.path.clone()),
+            );
+        }
+        let arrived = Arrived::AllBut(rewritten);
         let commit_started = Instant::now();
         let unflushed = {
-            let (tree, snapshot, written) = (
+            let (tree, snapshot, arrived) = (
                 stage.tree().to_path_buf(),
                 snapshot.clone(),
-                written.clone(),
+                arrived.clone(),
             );
             blocking(move || {
+                let as_received = |path: &str| {
+                    arrived.contains(path)
+                        && snapshot
+                            .entry(path)
+                            .is_some_and(|e| e.kind == EntryKind::File)
+                };
                 // Every other file (relocated, a rebuilt `.git`) is made durable now, with
                 // the directories holding it.
-                crate::fsio::fsync_tree_except(&tree, &written)
+                crate::fsio::fsync_tree_except(&tree, as_received)
                     .map_err(|e| TransferError::io("flushing", &tree)(std::io::Error::other(e)))?;
                 let entries = snapshot
                     .entries
                     .iter()
-                    .filter(|e| e.kind == EntryKind::Dir || written.contains(&e.path))
+                    .filter(|e| {
+                        e.kind == EntryKind::Dir
+                            || (e.kind == EntryKind::File && arrived.contains(&e.path))
+                    })
                     .cloned()
                     .collect();
                 Ok(Arc::new(Snapshot::new(
@@ -145,7 +154,7 @@ impl JobContext {
         let record = async {
             let recorded = self
                 .store
-                .record_snapshot(local_id, snapshot.clone(), written, committed_at)
+                .record_snapshot(local_id, snapshot.clone(), arrived, committed_at)
                 .await;
             self.save_base(local_id, snapshot).await;
             recorded
@@ -337,12 +346,15 @@ impl JobContext {
             plan.dirs.len(),
             plan.remove.len()
         );
-        let written: HashSet<String> = plan
-            .files
-            .iter()
-            .map(|(_, path)| path.clone())
-            .filter(|path| !relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE)
-            .collect();
+        let written = Arrived::Only(
+            plan.files
+                .iter()
+                .map(|(_, path)| path.clone())
+                .filter(|path| {
+                    !relocated.contains_key(path) && path != crate::model::WORKSPACE_FILE
+                })
+                .collect(),
+        );
         let started = Instant::now();
         let committed_at = crate::workspace_store::file_clock_now();
         let entry = self

@@ -302,6 +302,9 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         }
         _ => cx.materialize_clone(&stage, &snapshot).await?,
     };
+    // What the transfer held (the snapshots, the staging plan) goes before the local
+    // snapshot below is built beside it: at many files they are most of the job's peak.
+    drop((stage, snapshot, source, base, local));
     let local_root = cx
         .store
         .snapshot(&outcome.local_id.to_string())

@@ -83,6 +83,27 @@ pub fn file_clock_now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// Which files of a snapshot just written arrived as it says, so that their records can take
+/// its hashes without reading them.
+#[derive(Debug, Clone)]
+pub enum Arrived {
+    /// These paths only (a sync's replaced files: few).
+    Only(HashSet<String>),
+    /// Every file but these (a clone's or an import's: all but the few rewritten on arrival),
+    /// which spares a set of every path at many files.
+    AllBut(HashSet<String>),
+}
+
+impl Arrived {
+    /// Whether the snapshot's file `path` arrived as the snapshot says.
+    pub fn contains(&self, path: &str) -> bool {
+        match self {
+            Arrived::Only(paths) => paths.contains(path),
+            Arrived::AllBut(paths) => !paths.contains(path),
+        }
+    }
+}
+
 /// What the index remembers of one file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FileRecord {
@@ -316,8 +337,8 @@ impl ChunkIndex {
         Ok((snapshot, stats))
     }
 
-    /// Records the files `paths` of a snapshot just written at `root` (by a clone, sync or
-    /// import), so the next snapshot there only stats them. Callers leave out files whose
+    /// Records the files of a snapshot just written at `root` that `arrived` names (by a
+    /// clone, sync or import), so the next snapshot there only stats them. Callers leave out files whose
     /// content differs from the snapshot (a relocated script); those are hashed on the next
     /// pass. `committed_at` ([`file_clock_now`]) is when the files were put in place: one
     /// stamped since then was touched after the commit, so its record trusts the hash, not
@@ -327,7 +348,7 @@ impl ChunkIndex {
         workspace: Uuid,
         root: &Path,
         snapshot: &Snapshot,
-        paths: &HashSet<String>,
+        arrived: &Arrived,
         committed_at: SystemTime,
     ) -> Result<(), StoreError> {
         // A new workspace (a clone, an import) has no records to replace: one lookup per
@@ -341,7 +362,7 @@ impl ChunkIndex {
         for entry in snapshot
             .entries
             .iter()
-            .filter(|e| e.kind == EntryKind::File && paths.contains(&e.path))
+            .filter(|e| e.kind == EntryKind::File && arrived.contains(&e.path))
         {
             let full = root.join(&entry.path);
             let Ok(metadata) = fs::symlink_metadata(&full) else {
@@ -989,7 +1010,7 @@ mod tests {
         std::fs::write(root.join("edited"), b"now other").unwrap();
         // The record comes later than the racy window after the edit.
         until_file_clock_passes(&root.join("edited"), 2 * RACY_WINDOW);
-        let paths: HashSet<String> = ["edited".to_string(), "kept".to_string()].into();
+        let paths = Arrived::Only(["edited".to_string(), "kept".to_string()].into());
         for _ in 0..2 {
             index
                 .record(workspace, &root, &cloned, &paths, committed_at)

@@ -5,7 +5,7 @@
 //! The TransferQueue does the long work (fetching, verifying, writing into its own staging
 //! area); only the short commit runs on the store's thread, like imports.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::Arrived;
 use crate::events::WorkspaceChange;
 use crate::model::{Sharing, WORKSPACE_FILE};
 use crate::snapshot::{Hash, Snapshot};
@@ -376,20 +377,20 @@ impl WorkspaceStoreHandle {
         .await?
     }
 
-    /// Records freshly written files of a clone (`paths`, as in `snapshot`, put in place at
-    /// `committed_at`) in the chunk index, off the actor, so its next snapshot only stats
-    /// them and their chunks serve local dedup at once.
+    /// Records freshly written files of a clone or sync (those of `snapshot` that `arrived`
+    /// names, put in place at `committed_at`) in the chunk index, off the actor, so its next
+    /// snapshot only stats them and their chunks serve local dedup at once.
     pub async fn record_snapshot(
         &self,
         id: Uuid,
         snapshot: Arc<Snapshot>,
-        paths: HashSet<String>,
+        arrived: Arrived,
         committed_at: std::time::SystemTime,
     ) -> Result<(), StoreError> {
         let root = self.get(&id.to_string())?.path.clone();
         let chunks = self.chunks.clone();
         tokio::task::spawn_blocking(move || {
-            chunks.record(id, &root, &snapshot, &paths, committed_at)
+            chunks.record(id, &root, &snapshot, &arrived, committed_at)
         })
         .await
         .map_err(|_| StoreError::Unavailable)?

@@ -400,13 +400,8 @@ impl WorkspaceStoreHandle {
                 created.workspace.path.clone(),
             );
             let recorded = tokio::task::spawn_blocking(move || {
-                let paths = snapshot
-                    .entries
-                    .iter()
-                    .filter(|e| e.path != WORKSPACE_FILE)
-                    .map(|e| e.path.clone())
-                    .collect();
-                chunks.record(id, &root, &snapshot, &paths, committed_at)
+                let arrived = super::Arrived::AllBut([WORKSPACE_FILE.to_string()].into());
+                chunks.record(id, &root, &snapshot, &arrived, committed_at)
             })
             .await;
             if let Ok(Err(error)) = recorded {
