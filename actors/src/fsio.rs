@@ -94,8 +94,8 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
         .map_err(io("syncing directory", dir))
 }
 
-/// Makes every regular file under `root` whose `/`-separated relative path `skip` refuses
-/// durable, with the directories holding them; links are not followed. For a tree whose
+/// Makes every regular file under `root` durable, with the directories holding them, except
+/// those whose `/`-separated relative path `skip` accepts; links are not followed. For a tree whose
 /// other files are checked by content after a crash instead (their directory entries are
 /// metadata, which ext4 and XFS journal in order: the next durable write covers them).
 pub fn fsync_tree_except(root: &Path, skip: impl Fn(&str) -> bool) -> Result<(), FsError> {

@@ -218,10 +218,15 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
         }
         if let Some(path) = last_clone.take() {
             client.delete("bench").await.unwrap();
-            // The node removes a deleted tree in the background: wait for it, so the removal
-            // neither overlaps the next clone nor leaves it chunks to copy locally.
+            // The node moves a deleted tree into its trash and removes it from there in the
+            // background: wait until the trash is empty too, so the removal neither overlaps
+            // the next clone (its time and CPU) nor leaves it chunks to copy locally.
+            let trash = b_dir.join("trash");
+            let emptied = || {
+                std::fs::read_dir(&trash).map_or(true, |mut entries| entries.next().is_none())
+            };
             let deadline = Instant::now() + Duration::from_secs(300);
-            while Path::new(&path).exists() {
+            while Path::new(&path).exists() || !emptied() {
                 assert!(Instant::now() < deadline, "the deleted clone stayed");
                 actix_rt::time::sleep(Duration::from_millis(50)).await;
             }
