@@ -222,9 +222,8 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
             // background: wait until the trash is empty too, so the removal neither overlaps
             // the next clone (its time and CPU) nor leaves it chunks to copy locally.
             let trash = b_dir.join("trash");
-            let emptied = || {
-                std::fs::read_dir(&trash).map_or(true, |mut entries| entries.next().is_none())
-            };
+            let emptied =
+                || std::fs::read_dir(&trash).map_or(true, |mut entries| entries.next().is_none());
             let deadline = Instant::now() + Duration::from_secs(300);
             while Path::new(&path).exists() || !emptied() {
                 assert!(Instant::now() < deadline, "the deleted clone stayed");

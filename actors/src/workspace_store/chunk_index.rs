@@ -338,9 +338,9 @@ impl ChunkIndex {
     }
 
     /// Records the files of a snapshot just written at `root` that `arrived` names (by a
-    /// clone, sync or import), so the next snapshot there only stats them. Callers leave out files whose
-    /// content differs from the snapshot (a relocated script); those are hashed on the next
-    /// pass. `committed_at` ([`file_clock_now`]) is when the files were put in place: one
+    /// clone, sync or import), so the next snapshot there only stats them. Callers leave out
+    /// files whose content differs from the snapshot (a relocated script); those are hashed on
+    /// the next pass. `committed_at` ([`file_clock_now`]) is when the files were put in place: one
     /// stamped since then was touched after the commit, so its record trusts the hash, not
     /// the stamp, as does one stamped inside the racy window before now.
     pub fn record(
