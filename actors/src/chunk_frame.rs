@@ -12,7 +12,7 @@
 //! of a byte stream and bounds every length before allocating.
 //!
 //! Each byte of a chunk is copied once on either side outside the kernel and TLS: the server
-//! reads a chunk straight into its place behind the frame header ([`Frame::encode_in_place`]),
+//! reads a chunk straight into its place behind the frame header ([`Frame::encode_with`]),
 //! and the decoder hands out frames as slices of the one buffer received bytes are gathered in.
 
 use bytes::{Bytes, BytesMut};
@@ -77,17 +77,35 @@ impl Frame {
     /// Appends a frame for `data` to `out`, compressed with zstd `level` when that saves at
     /// least 1/16 (incompressible chunks go raw, sparing the receiver a decompression).
     pub fn encode(out: &mut Vec<u8>, hash: Hash, data: &[u8], level: Option<i32>) {
-        let start = out.len();
         out.reserve(HEADER_LEN + data.len());
-        out.resize(start + HEADER_LEN, 0);
-        out.extend_from_slice(data);
-        Frame::encode_in_place(out, start, hash, level);
+        Frame::encode_with(out, hash, level, |out| {
+            out.extend_from_slice(data);
+            true
+        });
     }
 
-    /// Makes a frame of the chunk already written at `out[start + HEADER_LEN..]`: writes the
-    /// header at `start` (its room reserved by the caller) and compresses the chunk in place
-    /// when `level` is set and that saves at least 1/16.
-    pub fn encode_in_place(out: &mut Vec<u8>, start: usize, hash: Hash, level: Option<i32>) {
+    /// Appends a frame for the chunk that `fill` appends to `out`, right behind the room left
+    /// for the header (a server reads the chunk straight into place); a `missing` frame when
+    /// `fill` says it has no such chunk, whatever it appended.
+    pub fn encode_with(
+        out: &mut Vec<u8>,
+        hash: Hash,
+        level: Option<i32>,
+        fill: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) {
+        let start = out.len();
+        out.resize(start + HEADER_LEN, 0);
+        if fill(out) {
+            Frame::finish(out, start, hash, level);
+        } else {
+            out.truncate(start);
+            Frame::encode_missing(out, hash);
+        }
+    }
+
+    /// Makes a frame of the chunk at `out[start + HEADER_LEN..]`: writes the header at `start`
+    /// and compresses the chunk in place when `level` is set and that saves at least 1/16.
+    fn finish(out: &mut Vec<u8>, start: usize, hash: Hash, level: Option<i32>) {
         let data_at = start + HEADER_LEN;
         let raw_len = out.len() - data_at;
         let compressed = level

@@ -435,15 +435,12 @@ async fn chunks(
         uploads.clone(),
         // Each chunk is read straight into its place behind the frame's header.
         move |out, hash| {
-            let start = out.len();
-            out.resize(start + chunk_frame::HEADER_LEN, 0);
-            if served_chunk_into(&chunk_store, workspace, &hash, out) {
-                maybe_corrupt(&uploads, &hash, &mut out[start + chunk_frame::HEADER_LEN..]);
-                Frame::encode_in_place(out, start, hash, level);
-            } else {
-                out.truncate(start);
-                Frame::encode_missing(out, hash);
-            }
+            Frame::encode_with(out, hash, level, |out| {
+                let at = out.len();
+                let served = served_chunk_into(&chunk_store, workspace, &hash, out);
+                maybe_corrupt(&uploads, &hash, &mut out[at..]);
+                served
+            })
         },
     ))
 }
