@@ -65,6 +65,15 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    write_atomic_with(path, |out| out.write_all(bytes))
+}
+
+/// [`write_atomic`] with the content written by `write` (buffered), so that it need not be
+/// held in memory first.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&mut fs::File>) -> std::io::Result<()>,
+) -> Result<(), FsError> {
     let dir = path
         .parent()
         .expect("write_atomic needs a file inside a directory");
@@ -76,7 +85,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     ));
     let result = (|| {
         let mut file = fs::File::create(&temp).map_err(io("creating", &temp))?;
-        file.write_all(bytes).map_err(io("writing", &temp))?;
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut file);
+        write(&mut out)
+            .and_then(|()| out.flush())
+            .map_err(io("writing", &temp))?;
+        drop(out);
         file.sync_all().map_err(io("syncing", &temp))?;
         fs::rename(&temp, path).map_err(io("renaming into place", path))?;
         fsync_dir(dir)

@@ -21,6 +21,7 @@ pub mod fsio;
 pub mod git;
 pub mod identity;
 pub mod model;
+pub mod packed;
 pub mod peer_registry;
 pub mod resources;
 pub mod runtime_supervisor;

@@ -224,17 +224,37 @@ impl Snapshot {
 
     /// MessagePack, zstd-compressed: the body of `GET .../manifest`.
     pub fn encode(&self) -> Vec<u8> {
-        let packed = rmp_serde::to_vec_named(self).expect("snapshots always encode");
-        zstd::bulk::compress(&packed, 1).expect("compressing into memory cannot fail")
+        crate::packed::to_vec(self)
     }
 
     /// Decodes and validates a snapshot received from a peer.
     pub fn decode(bytes: &[u8], limits: &SnapshotLimits) -> Result<Snapshot, SnapshotError> {
-        let packed = decompress_bounded(bytes, limits)?;
-        let snapshot: Snapshot = rmp_serde::from_slice(&packed)
-            .map_err(|e| SnapshotError::Malformed(format!("not a snapshot: {e}")))?;
+        let snapshot: Snapshot = crate::packed::from_slice(bytes, limits, "a snapshot")?;
         snapshot.validate(limits)?;
         Ok(snapshot)
+    }
+
+    /// Reads and validates a snapshot this node kept in the file at `path` (as [`encode`]d),
+    /// without holding the file's bytes.
+    ///
+    /// [`encode`]: Snapshot::encode
+    pub fn read_file(
+        path: &std::path::Path,
+        limits: &SnapshotLimits,
+    ) -> Result<Snapshot, crate::packed::ReadFileError> {
+        let snapshot: Snapshot = crate::packed::read_file(path, limits, "a snapshot")?;
+        snapshot
+            .validate(limits)
+            .map_err(crate::packed::ReadFileError::Document)?;
+        Ok(snapshot)
+    }
+
+    /// Writes the snapshot as [`encode`] would, to `path` atomically, without holding the
+    /// encoded bytes.
+    ///
+    /// [`encode`]: Snapshot::encode
+    pub fn write_file(&self, path: &std::path::Path) -> Result<(), crate::fsio::FsError> {
+        crate::fsio::write_atomic_with(path, |out| crate::packed::write(self, out))
     }
 
     /// Pairs of paths that differ only by letter case ([`crate::tree::case_collisions`]).
@@ -317,32 +337,6 @@ impl Snapshot {
         }
         Ok(())
     }
-}
-
-/// A zstd body within `limits` (compressed and decompressed size): snapshots and pushes.
-pub fn decompress_bounded(bytes: &[u8], limits: &SnapshotLimits) -> Result<Vec<u8>, SnapshotError> {
-    if bytes.len() as u64 > limits.max_encoded_bytes {
-        return Err(SnapshotError::TooLarge(format!(
-            "body is {} bytes, more than the limit of {}",
-            bytes.len(),
-            limits.max_encoded_bytes
-        )));
-    }
-    let mut packed = Vec::new();
-    let decoder = zstd::stream::read::Decoder::new(bytes)
-        .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(decoder, limits.max_decoded_bytes + 1),
-        &mut packed,
-    )
-    .map_err(|e| SnapshotError::Malformed(format!("not zstd: {e}")))?;
-    if packed.len() as u64 > limits.max_decoded_bytes {
-        return Err(SnapshotError::TooLarge(format!(
-            "body decodes to more than {} bytes",
-            limits.max_decoded_bytes
-        )));
-    }
-    Ok(packed)
 }
 
 /// Bounds on what a received snapshot may describe.

@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{
-    decompress_bounded, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits,
-    SNAPSHOT_FORMAT,
+    Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits, SNAPSHOT_FORMAT,
 };
 
 /// A snapshot as changes to `base`.
@@ -85,8 +84,7 @@ impl SnapshotDelta {
 
     /// MessagePack (named fields), zstd-compressed.
     pub fn encode(&self) -> Vec<u8> {
-        let packed = rmp_serde::to_vec_named(self).expect("deltas always encode");
-        zstd::bulk::compress(&packed, 1).expect("compressing into memory cannot fail")
+        crate::packed::to_vec(self)
     }
 
     /// Decodes a delta within `limits` and applies it to `base`: the whole new snapshot,
@@ -96,9 +94,7 @@ impl SnapshotDelta {
         base: &Snapshot,
         limits: &SnapshotLimits,
     ) -> Result<Snapshot, SnapshotError> {
-        let packed = decompress_bounded(bytes, limits)?;
-        let delta: SnapshotDelta = rmp_serde::from_slice(&packed)
-            .map_err(|e| SnapshotError::Malformed(format!("not a snapshot delta: {e}")))?;
+        let delta: SnapshotDelta = crate::packed::from_slice(bytes, limits, "a snapshot delta")?;
         delta.apply(base, limits)
     }
 

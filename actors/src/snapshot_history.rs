@@ -62,8 +62,7 @@ impl SnapshotHistory {
 
     /// The kept snapshot of `workspace` with `root`, checked like a received one.
     pub fn load(&self, workspace: Uuid, root: &Hash, limits: &SnapshotLimits) -> Option<Snapshot> {
-        let bytes = std::fs::read(self.path(workspace, root)).ok()?;
-        Snapshot::decode(&bytes, limits)
+        Snapshot::read_file(&self.path(workspace, root), limits)
             .ok()
             .filter(|s| s.root == *root && s.workspace_id == workspace)
     }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::packed::ReadFileError;
 use crate::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits};
 
 use super::TransferError;
@@ -89,15 +90,12 @@ pub struct PushRequest {
 impl PushRequest {
     /// MessagePack, zstd-compressed.
     pub fn encode(&self) -> Vec<u8> {
-        let packed = rmp_serde::to_vec_named(self).expect("push requests always encode");
-        zstd::bulk::compress(&packed, 1).expect("compressing into memory cannot fail")
+        crate::packed::to_vec(self)
     }
 
     /// Decodes and checks a push received from a peer (bounded like a snapshot).
     pub fn decode(bytes: &[u8], limits: &SnapshotLimits) -> Result<PushRequest, SnapshotError> {
-        let packed = crate::snapshot::decompress_bounded(bytes, limits)?;
-        let request: PushRequest = rmp_serde::from_slice(&packed)
-            .map_err(|e| SnapshotError::Malformed(format!("not a push request: {e}")))?;
+        let request: PushRequest = crate::packed::from_slice(bytes, limits, "a push request")?;
         request.validate(limits)?;
         Ok(request)
     }
@@ -557,7 +555,7 @@ pub fn base_path(transfers: &Path, id: Uuid) -> PathBuf {
 pub fn save_base(transfers: &Path, id: Uuid, snapshot: &Snapshot) -> std::io::Result<()> {
     let path = base_path(transfers, id);
     std::fs::create_dir_all(path.parent().expect("bases have a parent"))?;
-    crate::fsio::write_atomic(&path, &snapshot.encode()).map_err(std::io::Error::other)
+    snapshot.write_file(&path).map_err(std::io::Error::other)
 }
 
 /// Removes the bases of workspaces `exists` no longer knows (deleted since).
@@ -584,14 +582,13 @@ pub fn load_base(
     limits: &SnapshotLimits,
 ) -> Result<Option<Snapshot>, TransferError> {
     let path = base_path(transfers, id);
-    match std::fs::read(&path) {
-        Ok(bytes) => Snapshot::decode(&bytes, limits)
-            .map(Some)
-            .map_err(|source| TransferError::BaseDamaged {
-                path: path.display().to_string(),
-                source,
-            }),
-        Err(_) => Ok(None),
+    match Snapshot::read_file(&path, limits) {
+        Ok(base) => Ok(Some(base)),
+        Err(ReadFileError::Io(_)) => Ok(None),
+        Err(ReadFileError::Document(source)) => Err(TransferError::BaseDamaged {
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }
 

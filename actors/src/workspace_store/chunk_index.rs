@@ -25,7 +25,7 @@ use crate::snapshot::{
 
 use super::error::StoreError;
 use super::file_chunks;
-use crate::tree::{self, Stamp, WalkEntry};
+use crate::tree::{self, Stamp};
 
 /// Files changed this recently before a scan are hashed again next time: a second write
 /// within the file system's timestamp granularity would not move their mtime. Linux file
@@ -33,6 +33,9 @@ use crate::tree::{self, Stamp, WalkEntry};
 /// a whole-second mtime suggests a file system with second (or two-second) granularity.
 const RACY_WINDOW: Duration = Duration::from_millis(20);
 const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
+
+/// Files recorded per batch of chunk keys, then records (bounds what a batch holds).
+const RECORD_BATCH: usize = 4096;
 
 fn is_racy(mtime_ns: i64, scan_started: SystemTime) -> bool {
     let window = if mtime_ns % 1_000_000_000 == 0 {
@@ -102,6 +105,33 @@ impl Arrived {
             Arrived::AllBut(paths) => !paths.contains(path),
         }
     }
+}
+
+/// A file a snapshot reads: its entry, the walk's stamp, the record it replaces and that
+/// record's chunk list (the version it replaces, for a large file).
+struct ToHash {
+    index: usize,
+    stamp: Stamp,
+    old: Option<sled::IVec>,
+    previous: Vec<ChunkRef>,
+}
+
+/// Fills a file's entry from its record.
+fn fill(entry: &mut SnapshotEntry, record: &FileRecord) {
+    entry.size = record.stamp.size;
+    entry.hash = Some(record.hash);
+    if record.stamp.size > SMALL_FILE_MAX {
+        entry.chunks.clone_from(&record.chunks);
+    }
+}
+
+/// One file's new record, with the value it replaces, for [`ChunkIndex::replace_all`].
+struct Replacement<'a, T> {
+    path: &'a str,
+    old: Option<sled::IVec>,
+    new: FileRecord,
+    /// Whose record it is, for the caller.
+    tag: T,
 }
 
 /// What the index remembers of one file.
@@ -220,19 +250,18 @@ impl ChunkIndex {
         };
         // In path order (paths are unique), the walk meets the index's records, which sled
         // keeps in the same order, in one merge: a sequential scan instead of a lookup per
-        // file, and the records of files that are gone come out of the same pass.
+        // file, and the records of files that are gone come out of the same pass. The walk's
+        // entries become the snapshot's as they are met; files to read are filled in after.
         let mut walk = walked.entries;
         walk.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        let files_walked = walk.iter().filter(|w| w.kind == EntryKind::File).count() as u64;
         let mut records = self.files.scan_prefix(workspace.as_bytes());
         let mut next_record = records.next().transpose()?;
         let mut gone: Vec<(String, sled::IVec)> = Vec::new();
-        let mut known: Vec<Option<FileRecord>> = Vec::with_capacity(walk.len());
-        let mut old_values: HashMap<usize, sled::IVec> = HashMap::new();
-        // A changed large file's old chunk list spares most of its boundary search (only
-        // lists in the current format: cut by the same algorithm).
-        let mut previous: HashMap<usize, Vec<ChunkRef>> = HashMap::new();
-        let mut to_hash: Vec<usize> = Vec::new();
-        for (index, item) in walk.iter().enumerate() {
+        let mut entries: Vec<SnapshotEntry> = Vec::with_capacity(walk.len());
+        let mut to_hash: Vec<ToHash> = Vec::new();
+        let mut racy = false;
+        for item in walk {
             let mut old = None;
             while let Some((key, _)) = &next_record {
                 let order = key[16..].cmp(item.path.as_bytes());
@@ -247,58 +276,6 @@ impl ChunkIndex {
                 }
                 gone.push((String::from_utf8_lossy(&key[16..]).into_owned(), value));
             }
-            if item.kind != EntryKind::File {
-                // Was a file, is now a directory or a link.
-                if let Some(old) = old {
-                    gone.push((item.path.clone(), old));
-                }
-                known.push(None);
-                continue;
-            }
-            let record = old
-                .as_deref()
-                .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok());
-            match record {
-                Some(record) if record.describes(&item.stamp) => known.push(Some(record)),
-                record => {
-                    to_hash.push(index);
-                    if let Some(record) = record
-                        .filter(|r| !r.chunks.is_empty() && r.hash == chunk_list_hash(&r.chunks))
-                    {
-                        previous.insert(index, record.chunks);
-                    }
-                    if let Some(old) = old {
-                        old_values.insert(index, old);
-                    }
-                    known.push(None);
-                }
-            }
-        }
-        while let Some((key, value)) = next_record {
-            gone.push((String::from_utf8_lossy(&key[16..]).into_owned(), value));
-            next_record = records.next().transpose()?;
-        }
-        drop(records);
-        stats.files_cached = (walk.len() - to_hash.len()) as u64
-            - walk.iter().filter(|w| w.kind != EntryKind::File).count() as u64;
-        let hashed = hash_files(root, &walk, &to_hash, &previous)?;
-        for (index, mut record) in to_hash.iter().copied().zip(hashed) {
-            record.racy = is_racy(record.stamp.mtime_ns, scan_started);
-            stats.files_hashed += 1;
-            stats.bytes_hashed += record.stamp.size;
-            let old = old_values.get(&index).map(|v| v.as_ref());
-            self.replace(workspace, &walk[index].path, old, Some(&record))?;
-            known[index] = Some(record);
-        }
-        // Forget files that are gone.
-        for (path, old) in gone {
-            self.replace(workspace, &path, Some(&old), None)?;
-        }
-        // The walk's paths move into the entries, already in the snapshot's order: nothing
-        // of the walk outlives this loop.
-        let mut entries = Vec::with_capacity(walk.len());
-        let mut racy = false;
-        for (item, record) in walk.into_iter().zip(known) {
             let mut entry = SnapshotEntry {
                 path: item.path,
                 kind: item.kind,
@@ -308,15 +285,72 @@ impl ChunkIndex {
                 target: item.target,
                 chunks: Vec::new(),
             };
-            if let Some(record) = record {
-                racy |= record.racy;
-                entry.size = record.stamp.size;
-                entry.hash = Some(record.hash);
-                if record.stamp.size > SMALL_FILE_MAX {
-                    entry.chunks = record.chunks;
+            if item.kind != EntryKind::File {
+                // Was a file, is now a directory or a link.
+                if let Some(old) = old {
+                    gone.push((entry.path.clone(), old));
+                }
+                entries.push(entry);
+                continue;
+            }
+            let record = old
+                .as_deref()
+                .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok());
+            match record {
+                Some(record) if record.describes(&item.stamp) => {
+                    racy |= record.racy;
+                    fill(&mut entry, &record);
+                }
+                record => {
+                    // A changed large file's old chunk list spares most of its boundary
+                    // search (only lists in the current format: cut by the same algorithm).
+                    let previous = record
+                        .filter(|r| !r.chunks.is_empty() && r.hash == chunk_list_hash(&r.chunks))
+                        .map(|r| r.chunks)
+                        .unwrap_or_default();
+                    to_hash.push(ToHash {
+                        index: entries.len(),
+                        stamp: item.stamp,
+                        old,
+                        previous,
+                    });
                 }
             }
             entries.push(entry);
+        }
+        while let Some((key, value)) = next_record {
+            gone.push((String::from_utf8_lossy(&key[16..]).into_owned(), value));
+            next_record = records.next().transpose()?;
+        }
+        drop(records);
+        stats.files_cached = files_walked - to_hash.len() as u64;
+        // Read in windows, each recorded before the next is read: what is held for reading
+        // stays bounded by the window, not the count of files changed.
+        for window in to_hash.chunks_mut(RECORD_BATCH) {
+            let mut hashed = hash_files(root, &entries, window)?;
+            for (item, record) in window.iter().zip(&mut hashed) {
+                record.racy = is_racy(record.stamp.mtime_ns, scan_started);
+                racy |= record.racy;
+                stats.files_hashed += 1;
+                stats.bytes_hashed += record.stamp.size;
+                fill(&mut entries[item.index], record);
+            }
+            let mut batch = window
+                .iter_mut()
+                .zip(hashed)
+                .map(|(item, record)| Replacement {
+                    path: &entries[item.index].path,
+                    old: item.old.take(),
+                    new: record,
+                    tag: (),
+                })
+                .collect();
+            self.replace_all(workspace, &mut batch, |(), _| {})?;
+        }
+        drop(to_hash);
+        // Forget files that are gone.
+        for (path, old) in gone {
+            self.replace(workspace, &path, Some(&old), None)?;
         }
         let snapshot = Arc::new(Snapshot::new(
             workspace,
@@ -359,6 +393,7 @@ impl ChunkIndex {
             .next()
             .is_none();
         let now = file_clock_now();
+        let mut batch = Vec::new();
         for entry in snapshot
             .entries
             .iter()
@@ -389,8 +424,37 @@ impl ChunkIndex {
                 .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok())
                 .is_some_and(|old| old.hash == record.hash && old.describes(&stamp));
             if !known {
-                self.replace(workspace, &entry.path, old.as_deref(), Some(&record))?;
+                batch.push(Replacement {
+                    path: &entry.path,
+                    old,
+                    new: record,
+                    tag: (),
+                });
             }
+            if batch.len() == RECORD_BATCH {
+                self.replace_all(workspace, &mut batch, |(), _| {})?;
+            }
+        }
+        self.replace_all(workspace, &mut batch, |(), _| {})
+    }
+
+    /// [`replace`](Self::replace) for each of `batch` (emptied): every chunk key first, then
+    /// every record, so that a record still never exists without its keys. sled inserts into
+    /// one tree at a time run faster than alternating between the two (200,000 files in a
+    /// test program: 3.8–4.2 s against 4.4–5.1 s).
+    /// Each record then goes to `done` with its tag.
+    fn replace_all<T>(
+        &self,
+        workspace: Uuid,
+        batch: &mut Vec<Replacement<'_, T>>,
+        mut done: impl FnMut(T, FileRecord),
+    ) -> Result<(), StoreError> {
+        for item in batch.iter() {
+            self.replace_chunks(workspace, item.path, item.old.as_deref(), Some(&item.new))?;
+        }
+        for item in batch.drain(..) {
+            self.put_record(workspace, item.path, Some(&item.new))?;
+            done(item.tag, item.new);
         }
         Ok(())
     }
@@ -525,19 +589,26 @@ impl ChunkIndex {
         old: Option<&[u8]>,
         new: Option<&FileRecord>,
     ) -> Result<(), StoreError> {
-        let key = file_key(workspace, path);
+        self.replace_chunks(workspace, path, old, new)?;
+        self.put_record(workspace, path, new)
+    }
+
+    /// The chunk-key half of [`replace`](Self::replace).
+    fn replace_chunks(
+        &self,
+        workspace: Uuid,
+        path: &str,
+        old: Option<&[u8]>,
+        new: Option<&FileRecord>,
+    ) -> Result<(), StoreError> {
         if let Some(old) = old.and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok()) {
             for chunk in chunk_list(&old) {
                 self.chunks
                     .remove(chunk_key(&chunk.hash, workspace, path))?;
             }
         }
-        let Some(new) = new else {
-            self.files.remove(&key)?;
-            return Ok(());
-        };
         let mut offset = 0u64;
-        for chunk in chunk_list(new) {
+        for chunk in new.map(chunk_list).unwrap_or_default() {
             let mut value = [0u8; 12];
             value[..8].copy_from_slice(&offset.to_le_bytes());
             value[8..].copy_from_slice(&chunk.size.to_le_bytes());
@@ -545,10 +616,27 @@ impl ChunkIndex {
                 .insert(chunk_key(&chunk.hash, workspace, path), &value[..])?;
             offset += u64::from(chunk.size);
         }
-        self.files.insert(
-            key,
-            rmp_serde::to_vec(new).expect("file records always encode"),
-        )?;
+        Ok(())
+    }
+
+    /// The record half of [`replace`](Self::replace).
+    fn put_record(
+        &self,
+        workspace: Uuid,
+        path: &str,
+        new: Option<&FileRecord>,
+    ) -> Result<(), StoreError> {
+        let key = file_key(workspace, path);
+        match new {
+            None => self.files.remove(&key).map(drop)?,
+            Some(new) => self
+                .files
+                .insert(
+                    key,
+                    rmp_serde::to_vec(new).expect("file records always encode"),
+                )
+                .map(drop)?,
+        }
         Ok(())
     }
 }
@@ -586,32 +674,32 @@ fn chunk_key(hash: &Hash, workspace: Uuid, path: &str) -> Vec<u8> {
 /// a changed multi-gigabyte shard should not wait behind one core).
 fn hash_files(
     root: &Path,
-    walk: &[WalkEntry],
-    indices: &[usize],
-    previous: &HashMap<usize, Vec<ChunkRef>>,
+    entries: &[SnapshotEntry],
+    files: &[ToHash],
 ) -> Result<Vec<FileRecord>, StoreError> {
-    let previous = |index: usize| previous.get(&index).map_or(&[][..], Vec::as_slice);
-    if indices.len() < 2 {
-        return indices
-            .iter()
-            .map(|&i| hash_file(&root.join(&walk[i].path), &walk[i], previous(i)))
-            .collect();
+    let hash = |file: &ToHash| {
+        hash_file(
+            &root.join(&entries[file.index].path),
+            file.stamp,
+            &file.previous,
+        )
+    };
+    if files.len() < 2 {
+        return files.iter().map(hash).collect();
     }
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(8)
-        .min(indices.len());
+        .min(files.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Mutex<Option<Result<FileRecord, StoreError>>>> =
-        indices.iter().map(|_| Mutex::new(None)).collect();
+        files.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&index) = indices.get(at) else { break };
-                let item = &walk[index];
-                let result = hash_file(&root.join(&item.path), item, previous(index));
-                *results[at].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                let Some(file) = files.get(at) else { break };
+                *results[at].lock().unwrap_or_else(|e| e.into_inner()) = Some(hash(file));
             });
         }
     });
@@ -635,40 +723,26 @@ pub(super) fn file_matches(path: &Path, entry: &crate::snapshot::SnapshotEntry) 
     if !metadata.is_file() || metadata.len() != entry.size {
         return false;
     }
-    let seen = WalkEntry {
-        path: entry.path.clone(),
-        kind: EntryKind::File,
-        mode: entry.mode,
-        stamp: Stamp::of(&metadata),
-        target: None,
-    };
-    hash_file(path, &seen, &[])
+    hash_file(path, Stamp::of(&metadata), &[])
         .is_ok_and(|record| Some(record.hash) == entry.hash && record.stamp.size == entry.size)
 }
 
 /// Hashes a file: BLAKE3 of a small file's content; a large file's content-defined chunks
 /// and the hash of its chunk list ([`chunk_list_hash`]).
-fn hash_file(
-    path: &Path,
-    seen: &WalkEntry,
-    previous: &[ChunkRef],
-) -> Result<FileRecord, StoreError> {
+fn hash_file(path: &Path, seen: Stamp, previous: &[ChunkRef]) -> Result<FileRecord, StoreError> {
     let mut file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
     // The stamp is the walk's, with the size of what was actually read: a file that changed
     // in between gets a stamp no later walk matches, and is read again.
     let record = FileRecord {
-        stamp: Stamp {
-            size: 0,
-            ..seen.stamp
-        },
+        stamp: Stamp { size: 0, ..seen },
         hash: Hash::default(),
         chunks: Vec::new(),
         racy: false,
     };
-    if seen.stamp.size > SMALL_FILE_MAX {
+    if seen.size > SMALL_FILE_MAX {
         return chunk_large(path, file, record, previous);
     }
-    let mut data = Vec::with_capacity(seen.stamp.size as usize);
+    let mut data = Vec::with_capacity(seen.size as usize);
     (&mut file)
         .take(SMALL_FILE_MAX + 1)
         .read_to_end(&mut data)
@@ -943,26 +1017,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"now small").unwrap();
-        let seen = WalkEntry {
-            path: "f".into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            stamp: Stamp {
-                size: 4 * SMALL_FILE_MAX,
-                mtime_ns: 1,
-                ctime_ns: 1,
-                ino: 1,
-            },
-            target: None,
+        let seen = Stamp {
+            size: 4 * SMALL_FILE_MAX,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: 1,
         };
-        let record = hash_file(&path, &seen, &[]).unwrap();
+        let record = hash_file(&path, seen, &[]).unwrap();
         assert_eq!(record.hash, Hash::of(b"now small"));
         assert!(record.chunks.is_empty());
         assert_eq!(record.stamp.size, 9);
-        assert!(
-            !record.describes(&seen.stamp),
-            "the next walk reads it again"
-        );
+        assert!(!record.describes(&seen), "the next walk reads it again");
     }
 
     /// Waits until the clock the kernel stamps files with is `margin` past the stamp of

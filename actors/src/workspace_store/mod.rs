@@ -480,10 +480,7 @@ impl Handler<CommitNew> for WorkspaceStore {
                 Some(files) => {
                     std::fs::create_dir_all(&self.layout.unflushed)
                         .map_err(StoreError::io("creating directory", &self.layout.unflushed))?;
-                    fsio::write_atomic(
-                        &self.layout.unflushed_record(manifest.id),
-                        &files.encode(),
-                    )?;
+                    files.write_file(&self.layout.unflushed_record(manifest.id))?;
                     fsio::fsync_dir(&self.layout.unflushed)?;
                 }
                 None => fsio::sync_filesystem(&staging)?,

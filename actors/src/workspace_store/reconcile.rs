@@ -260,13 +260,11 @@ fn check_unflushed(layout: &Layout, report: &mut ReconcileReport) -> Result<(), 
         };
         let root = layout.workspace(id);
         if root.exists() {
-            let files = fs::read(&record).ok().and_then(|bytes| {
-                crate::snapshot::Snapshot::decode(
-                    &bytes,
-                    &crate::snapshot::SnapshotLimits::default(),
-                )
-                .ok()
-            });
+            let files = crate::snapshot::Snapshot::read_file(
+                &record,
+                &crate::snapshot::SnapshotLimits::default(),
+            )
+            .ok();
             let bad: Vec<&str> = match &files {
                 Some(files) => files
                     .entries
