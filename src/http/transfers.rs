@@ -239,9 +239,12 @@ async fn snapshot(
     let root = snapshot.root.to_hex();
     let history = state.snapshot_history.clone();
     let workspace = entry.manifest.id;
+    let store = state.store.clone();
     let (body, delta) = web::block(move || {
         let started = std::time::Instant::now();
-        let full = snapshot.encode();
+        let full = store
+            .encoded_snapshot(workspace, &snapshot.root)
+            .unwrap_or_else(|| snapshot.encode());
         let encoded_ms = started.elapsed().as_millis() as u64;
         if let Err(error) = history.record(workspace, &snapshot.root, &full) {
             tracing::warn!(%error, "could not keep the served snapshot (later syncs get it whole)");

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{
-    chunk_list_hash, ChunkRef, EntryKind, Hash, Snapshot, SnapshotEntry, SMALL_FILE_MAX,
+    chunk_list_hash, ChunkRef, EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotLimits,
+    SMALL_FILE_MAX,
 };
 
 use super::error::StoreError;
@@ -184,12 +185,15 @@ pub struct ScanStats {
 /// cheap (sled trees are reference-counted; the memo is shared).
 ///
 /// The memo is a cache, not state: it is only ever used when a fresh walk of the directory
-/// matches it stamp for stamp, so it can never answer for content it has not seen.
+/// matches it stamp for stamp, so it can never answer for content it has not seen. Its
+/// snapshots are kept on disk, encoded, not in memory: held in memory, each workspace's
+/// last snapshot stayed resident for the node's life (about 45 MB at 200,000 files).
 #[derive(Clone)]
 pub struct ChunkIndex {
     files: sled::Tree,
     chunks: sled::Tree,
     memo: Arc<Mutex<HashMap<Uuid, Memo>>>,
+    memo_dir: PathBuf,
 }
 
 struct Memo {
@@ -198,17 +202,77 @@ struct Memo {
     /// as much memory as the snapshot, for every workspace).
     walk: [u8; 32],
     racy: bool,
-    snapshot: Arc<Snapshot>,
+    /// The snapshot's root; the snapshot itself is in [`ChunkIndex::memo_file`].
+    root: Hash,
 }
 
 impl ChunkIndex {
-    /// Opens the trees in `db`.
-    pub fn open(db: &sled::Db) -> Result<ChunkIndex, StoreError> {
+    /// Opens the trees in `db`; the last snapshot of each workspace is kept in `memo_dir`
+    /// (emptied here: the memo is rebuilt by the first snapshot after a start).
+    pub fn open(db: &sled::Db, memo_dir: &Path) -> Result<ChunkIndex, StoreError> {
+        if memo_dir.exists() {
+            fs::remove_dir_all(memo_dir).map_err(StoreError::io("emptying", memo_dir))?;
+        }
+        fs::create_dir_all(memo_dir).map_err(StoreError::io("creating directory", memo_dir))?;
         Ok(ChunkIndex {
             files: db.open_tree("files")?,
             chunks: db.open_tree("chunks")?,
             memo: Arc::default(),
+            memo_dir: memo_dir.to_path_buf(),
         })
+    }
+
+    /// Where the memo keeps the snapshot of `workspace` with `root`. Named by root, a file's
+    /// content never changes: a reader gets the snapshot it asked for, or no file.
+    fn memo_file(&self, workspace: Uuid, root: &Hash) -> PathBuf {
+        self.memo_dir.join(format!("{workspace}.{}", root.to_hex()))
+    }
+
+    /// The memo's snapshot of `workspace` with `root`, if it is still kept.
+    fn memo_snapshot(&self, workspace: Uuid, root: &Hash) -> Option<Snapshot> {
+        Snapshot::read_file(&self.memo_file(workspace, root), &SnapshotLimits::default())
+            .ok()
+            .filter(|s| s.root == *root && s.workspace_id == workspace)
+    }
+
+    /// The encoded snapshot of `workspace` with `root` (as [`Snapshot::encode`] makes it), when
+    /// it is the last one taken: serving it again costs a read, not an encoding.
+    pub fn encoded_snapshot(&self, workspace: Uuid, root: &Hash) -> Option<Vec<u8>> {
+        fs::read(self.memo_file(workspace, root)).ok()
+    }
+
+    /// Keeps `snapshot` as the memo of its workspace, and drops the one it replaces. Written
+    /// to a temporary name and renamed; never flushed (the memo is emptied at start).
+    fn keep_memo(&self, snapshot: &Snapshot) -> std::io::Result<()> {
+        let workspace = snapshot.workspace_id;
+        let path = self.memo_file(workspace, &snapshot.root);
+        let temporary = self
+            .memo_dir
+            .join(format!(".{workspace}.{}", Uuid::new_v4().simple()));
+        let written = fs::File::create(&temporary).and_then(|file| {
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+            crate::packed::write(snapshot, &mut out)?;
+            std::io::Write::flush(&mut out)
+        });
+        if let Err(error) = written.and_then(|()| fs::rename(&temporary, &path)) {
+            let _ = fs::remove_file(&temporary);
+            return Err(error);
+        }
+        self.drop_memos(workspace, Some(&path));
+        Ok(())
+    }
+
+    /// Removes the memo files of `workspace` but `keep`.
+    fn drop_memos(&self, workspace: Uuid, keep: Option<&Path>) {
+        let prefix = format!("{workspace}.");
+        for entry in fs::read_dir(&self.memo_dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with(&prefix)
+                && Some(path.as_path()) != keep
+            {
+                let _ = fs::remove_file(path);
+            }
+        }
     }
 
     /// Takes a snapshot of the workspace at `root`, re-reading only files whose stamp changed
@@ -225,24 +289,30 @@ impl ChunkIndex {
         let walked = tree::walk(root)?;
         let walk_digest = walked.digest();
         let key = (workspace, name.to_string(), revision);
-        {
+        let unchanged_root = {
             let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(cached) = memo.get(&workspace) {
-                if cached.key == key && cached.walk == walk_digest && !cached.racy {
-                    let stats = ScanStats {
-                        files_cached: walked
-                            .entries
-                            .iter()
-                            .filter(|w| w.kind == EntryKind::File)
-                            .count() as u64,
-                        skipped: walked.skipped.clone(),
-                        ..ScanStats::default()
-                    };
-                    return Ok((cached.snapshot.clone(), stats));
+            match memo.get(&workspace) {
+                Some(cached) if cached.key == key && cached.walk == walk_digest && !cached.racy => {
+                    Some(cached.root)
+                }
+                _ => {
+                    memo.remove(&workspace);
+                    None
                 }
             }
-            // Outdated: let the old snapshot go before the new one is built beside it.
-            memo.remove(&workspace);
+        };
+        if let Some(snapshot) = unchanged_root.and_then(|root| self.memo_snapshot(workspace, &root))
+        {
+            let stats = ScanStats {
+                files_cached: walked
+                    .entries
+                    .iter()
+                    .filter(|w| w.kind == EntryKind::File)
+                    .count() as u64,
+                skipped: walked.skipped.clone(),
+                ..ScanStats::default()
+            };
+            return Ok((Arc::new(snapshot), stats));
         }
         let mut stats = ScanStats {
             skipped: walked.skipped.clone(),
@@ -359,15 +429,24 @@ impl ChunkIndex {
             root.to_string_lossy().into_owned(),
             entries,
         ));
-        self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            workspace,
-            Memo {
-                key,
-                walk: walk_digest,
-                racy,
-                snapshot: snapshot.clone(),
-            },
-        );
+        match self.keep_memo(&snapshot) {
+            Ok(()) => {
+                self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    workspace,
+                    Memo {
+                        key,
+                        walk: walk_digest,
+                        racy,
+                        root: snapshot.root,
+                    },
+                );
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                dir = %self.memo_dir.display(),
+                "could not keep the snapshot for the next one (it walks and merges again)"
+            ),
+        }
         Ok((snapshot, stats))
     }
 
@@ -461,6 +540,11 @@ impl ChunkIndex {
 
     /// Drops everything indexed for a workspace (it was deleted).
     pub fn forget(&self, workspace: Uuid) -> Result<(), StoreError> {
+        self.memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&workspace);
+        self.drop_memos(workspace, None);
         for item in self.files.scan_prefix(workspace.as_bytes()) {
             let (key, value) = item?;
             let path = String::from_utf8_lossy(&key[16..]).into_owned();
@@ -1057,7 +1141,7 @@ mod tests {
         std::fs::write(root.join("edited"), b"as cloned").unwrap();
         std::fs::write(root.join("kept"), b"kept as is").unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let index = ChunkIndex::open(&db).unwrap();
+        let index = ChunkIndex::open(&db, &dir.path().join("memo")).unwrap();
         let workspace = Uuid::new_v4();
         // What the clone wrote, as its snapshot lists it.
         let entry = crate::snapshot::test_entries::file;
@@ -1102,6 +1186,74 @@ mod tests {
         assert_eq!(index.locate(&Hash::of(b"now other"), None).len(), 1);
     }
 
+    /// An unchanged walk is answered from the memo kept on disk (not held in memory): the
+    /// same snapshot, nothing read, and its encoded bytes served as they are. A change or a
+    /// forgotten workspace drops the memo's file; a start empties the memo.
+    #[test]
+    fn the_memo_answers_an_unchanged_walk_from_disk_and_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a"), "first").unwrap();
+        until_file_clock_passes(&root.join("a"), 2 * RACY_WINDOW);
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let memo = dir.path().join("memo");
+        let index = ChunkIndex::open(&db, &memo).unwrap();
+        let workspace = Uuid::new_v4();
+        let files = |memo: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(memo)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let (first, _) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        assert_eq!(
+            files(&memo),
+            [format!("{workspace}.{}", first.root.to_hex())]
+        );
+        // Marked (the name is outside the root hash), to tell the memo's answer apart.
+        let marked = Snapshot {
+            name: "from the memo".into(),
+            ..(*first).clone()
+        };
+        let memo_file = memo.join(format!("{workspace}.{}", first.root.to_hex()));
+        std::fs::write(&memo_file, marked.encode()).unwrap();
+        let (again, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        assert_eq!(*again, marked);
+        assert_eq!((stats.files_cached, stats.files_hashed), (1, 0));
+        std::fs::write(&memo_file, first.encode()).unwrap();
+        assert_eq!(
+            index.encoded_snapshot(workspace, &first.root).unwrap(),
+            first.encode()
+        );
+        // Changed: a new snapshot, whose file replaces the old one.
+        std::fs::write(root.join("b"), "second").unwrap();
+        let (second, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        assert_ne!(second.root, first.root);
+        assert_eq!(stats.files_hashed, 1);
+        assert_eq!(
+            files(&memo),
+            [format!("{workspace}.{}", second.root.to_hex())]
+        );
+        assert!(index.encoded_snapshot(workspace, &first.root).is_none());
+        // A damaged memo file is not trusted: the walk is merged again.
+        std::fs::write(
+            memo.join(format!("{workspace}.{}", second.root.to_hex())),
+            b"torn",
+        )
+        .unwrap();
+        let (third, _) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        assert_eq!(*third, *second);
+        index.forget(workspace).unwrap();
+        assert!(files(&memo).is_empty());
+        index.snapshot(workspace, "ws", 1, &root).unwrap();
+        drop(index);
+        ChunkIndex::open(&db, &memo).unwrap();
+        assert!(files(&memo).is_empty(), "a start empties the memo");
+    }
+
     /// The snapshot meets the index's records in one sorted merge: records of files that are
     /// gone, or that became a directory, are dropped with their chunks; files between them in
     /// byte order (`b.txt` sorts between `b` and `b/c`) keep theirs and are only statted.
@@ -1117,7 +1269,8 @@ mod tests {
         // stamp of what stayed.
         until_file_clock_passes(&root.join("d"), 2 * RACY_WINDOW);
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let index = ChunkIndex::open(&db).unwrap();
+        let memo = tempfile::tempdir().unwrap();
+        let index = ChunkIndex::open(&db, memo.path()).unwrap();
         let workspace = Uuid::new_v4();
         let (_, stats) = index.snapshot(workspace, "ws", 1, root).unwrap();
         assert_eq!(stats.files_hashed, 3);

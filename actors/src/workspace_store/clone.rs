@@ -278,6 +278,12 @@ impl WorkspaceStoreHandle {
         .map_err(|_| StoreError::Unavailable)?
     }
 
+    /// The encoded snapshot of workspace `id` with `root`, when it is the last one taken
+    /// (read from the chunk index's memo, not encoded again). Blocking.
+    pub fn encoded_snapshot(&self, id: Uuid, root: &Hash) -> Option<Vec<u8>> {
+        self.chunks.encoded_snapshot(id, root)
+    }
+
     /// The chunk reader for serving peers and local dedup.
     pub fn chunk_store(&self) -> ChunkStore {
         ChunkStore {

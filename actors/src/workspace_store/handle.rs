@@ -46,7 +46,7 @@ impl WorkspaceStoreHandle {
         for dir in [&layout.workspaces, &layout.staging, &layout.trash] {
             std::fs::create_dir_all(dir).map_err(StoreError::io("creating directory", dir))?;
         }
-        let index = Index::open(&layout.index, config.cache_bytes)?;
+        let index = Index::open(&layout.index, config.cache_bytes, &layout.snapshots)?;
         let chunks = index.chunks().clone();
         let database = index.database().clone();
         let (entries, report) = reconcile::reconcile(&layout, &index)?;

@@ -68,8 +68,8 @@ pub struct Index {
 
 impl Index {
     /// Opens (or creates) the index at `path`. sled locks the directory, so a second node on
-    /// the same data dir fails here.
-    pub fn open(path: &Path, cache_bytes: u64) -> Result<Index, StoreError> {
+    /// the same data dir fails here. The chunk index keeps its memo in `memo_dir`.
+    pub fn open(path: &Path, cache_bytes: u64, memo_dir: &Path) -> Result<Index, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -93,7 +93,7 @@ impl Index {
             revisions: db.open_tree("revisions")?,
             origins: db.open_tree("origins")?,
             foreign: db.open_tree("foreign")?,
-            chunks: ChunkIndex::open(&db)?,
+            chunks: ChunkIndex::open(&db, memo_dir)?,
             db,
         })
     }

@@ -86,6 +86,8 @@ pub struct Layout {
     /// `<data>/unflushed`: one record per clone made usable before its files were known to
     /// be on disk; checked at start, removed once they are.
     pub unflushed: PathBuf,
+    /// `<data>/snapshots`: the last snapshot taken of each workspace, a cache emptied at start.
+    pub snapshots: PathBuf,
 }
 
 impl Layout {
@@ -97,6 +99,7 @@ impl Layout {
             trash: data_dir.join("trash"),
             quarantine: data_dir.join("quarantine"),
             unflushed: data_dir.join("unflushed"),
+            snapshots: data_dir.join("snapshots"),
         }
     }
 
