@@ -108,12 +108,18 @@ impl Arrived {
     }
 }
 
-/// A file a snapshot reads: its entry, the walk's stamp, the record it replaces and that
-/// record's chunk list (the version it replaces, for a large file).
+/// A file a snapshot reads: its entry, the walk's stamp, and what it replaces (boxed: none
+/// of a first snapshot's files replaces anything, and it holds one of these per file).
 struct ToHash {
     index: usize,
     stamp: Stamp,
-    old: Option<sled::IVec>,
+    replaces: Option<Box<Replaced>>,
+}
+
+/// The record a changed file had, and its chunk list (the version it replaces, for a
+/// large file).
+struct Replaced {
+    old: sled::IVec,
     previous: Vec<ChunkRef>,
 }
 
@@ -228,11 +234,17 @@ impl ChunkIndex {
         self.memo_dir.join(format!("{workspace}.{}", root.to_hex()))
     }
 
-    /// The memo's snapshot of `workspace` with `root`, if it is still kept.
+    /// The memo's snapshot of `workspace` with `root`, if it is still kept. This node wrote
+    /// it, so it is not validated like a received one (that doubles the read: 0.1 s at
+    /// 200,000 files); its entries are checked against the root, which covers every field.
     fn memo_snapshot(&self, workspace: Uuid, root: &Hash) -> Option<Snapshot> {
-        Snapshot::read_file(&self.memo_file(workspace, root), &SnapshotLimits::default())
-            .ok()
-            .filter(|s| s.root == *root && s.workspace_id == workspace)
+        let path = self.memo_file(workspace, root);
+        let snapshot: Snapshot =
+            crate::packed::read_file(&path, &SnapshotLimits::default(), "a snapshot").ok()?;
+        (snapshot.workspace_id == workspace
+            && snapshot.root == *root
+            && crate::snapshot::root_hash(&snapshot.entries) == *root)
+            .then_some(snapshot)
     }
 
     /// The encoded snapshot of `workspace` with `root` (as [`Snapshot::encode`] makes it), when
@@ -381,8 +393,7 @@ impl ChunkIndex {
                     to_hash.push(ToHash {
                         index: entries.len(),
                         stamp: item.stamp,
-                        old,
-                        previous,
+                        replaces: old.map(|old| Box::new(Replaced { old, previous })),
                     });
                 }
             }
@@ -410,7 +421,7 @@ impl ChunkIndex {
                 .zip(hashed)
                 .map(|(item, record)| Replacement {
                     path: &entries[item.index].path,
-                    old: item.old.take(),
+                    old: item.replaces.take().map(|r| r.old),
                     new: record,
                     tag: (),
                 })
@@ -765,7 +776,7 @@ fn hash_files(
         hash_file(
             &root.join(&entries[file.index].path),
             file.stamp,
-            &file.previous,
+            file.replaces.as_ref().map_or(&[][..], |r| &r.previous),
         )
     };
     if files.len() < 2 {
