@@ -216,16 +216,21 @@ async fn snapshot(
         })?),
     };
     let started = std::time::Instant::now();
-    let (snapshot, stats) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
+    // Taken, not loaded: a snapshot the memo answers for is only read from disk when its
+    // entries are needed (for a delta), never for "not modified".
+    let taken = state
+        .store
+        .take_snapshot(&entry.manifest.id.to_string())
+        .await?;
     tracing::debug!(
         workspace = %entry.manifest.name,
-        files_cached = stats.files_cached,
-        files_hashed = stats.files_hashed,
-        bytes_hashed = stats.bytes_hashed,
+        files_cached = taken.stats.files_cached,
+        files_hashed = taken.stats.files_hashed,
+        bytes_hashed = taken.stats.bytes_hashed,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot taken"
     );
-    let etag = format!("\"{}\"", snapshot.root);
+    let etag = format!("\"{}\"", taken.root);
     let unchanged = request
         .headers()
         .get(actix_web::http::header::IF_NONE_MATCH)
@@ -236,25 +241,23 @@ async fn snapshot(
             .insert_header((actix_web::http::header::ETAG, etag))
             .finish());
     }
-    let root = snapshot.root.to_hex();
+    let root = taken.root.to_hex();
     let history = state.snapshot_history.clone();
     let workspace = entry.manifest.id;
-    let store = state.store.clone();
-    let (body, delta) = web::block(move || {
+    let (body, delta) = web::block(move || -> Result<(Vec<u8>, bool), StoreError> {
         let started = std::time::Instant::now();
-        let full = store
-            .encoded_snapshot(workspace, &snapshot.root)
-            .unwrap_or_else(|| snapshot.encode());
+        let full = taken.encoded()?;
         let encoded_ms = started.elapsed().as_millis() as u64;
-        if let Err(error) = history.record(workspace, &snapshot.root, &full) {
+        if let Err(error) = history.record(workspace, &taken.root, &full) {
             tracing::warn!(%error, "could not keep the served snapshot (later syncs get it whole)");
         }
         // A delta from the snapshot the asker holds, when it is kept and smaller.
         let limits = aienv_actors::snapshot::SnapshotLimits::default();
-        let delta = since
-            .and_then(|base| history.load(workspace, &base, &limits))
-            .map(|base| SnapshotDelta::between(&base, &snapshot).encode())
-            .filter(|delta| delta.len() < full.len());
+        let delta = match since.and_then(|base| history.load(workspace, &base, &limits)) {
+            Some(base) => Some(SnapshotDelta::between(&base, &*taken.load()?).encode()),
+            None => None,
+        }
+        .filter(|delta| delta.len() < full.len());
         tracing::debug!(
             full = full.len(),
             delta = delta.as_ref().map(Vec::len),
@@ -262,13 +265,13 @@ async fn snapshot(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot encoded"
         );
-        match delta {
+        Ok(match delta {
             Some(delta) => (delta, true),
             None => (full, false),
-        }
+        })
     })
     .await
-    .map_err(|_| ApiError::from(StoreError::Unavailable))?;
+    .map_err(|_| ApiError::from(StoreError::Unavailable))??;
     let mut response = HttpResponse::Ok();
     response
         .insert_header(("X-Aienv-Root", root))

@@ -103,19 +103,20 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         let id = local.manifest.id.to_string();
         let (source, current) = futures_util::future::join(
             cx.fetch_manifest(cx.job.peer_id, Some(origin.root), base.clone()),
-            cx.store.snapshot(&id),
+            cx.store.take_snapshot(&id),
         )
         .await;
         fetched = source?.map(|(snapshot, bytes)| {
             progress.bytes_fetched += bytes;
             snapshot
         });
-        let (current, _) = current?;
+        // Its entries are read only when something changed.
+        let current = current?;
         if fetched.is_none() && current.root == baseline {
-            let totals = (current.total_bytes(), current.file_count());
+            let totals = (current.total_bytes, current.file_count);
             return Ok(up_to_date(local, totals, current.root, progress));
         }
-        mine = Some(current);
+        mine = Some(blocking(move || Ok(current.load()?)).await?);
     }
     if let (Some(local), None) = (&local, &mine) {
         mine = Some(cx.store.snapshot(&local.manifest.id.to_string()).await?.0);

@@ -210,6 +210,96 @@ struct Memo {
     racy: bool,
     /// The snapshot's root; the snapshot itself is in [`ChunkIndex::memo_file`].
     root: Hash,
+    /// Its bytes of content and its count of files.
+    totals: (u64, u64),
+}
+
+/// A snapshot as taken: root and totals at once, entries on demand.
+pub struct Taken {
+    /// The root hash.
+    pub root: Hash,
+    /// Bytes of file content ([`Snapshot::total_bytes`]).
+    pub total_bytes: u64,
+    /// Regular files ([`Snapshot::file_count`]).
+    pub file_count: u64,
+    /// What the pass did.
+    pub stats: ScanStats,
+    held: Held,
+}
+
+enum Held {
+    /// Built by this pass.
+    Built(Arc<Snapshot>),
+    /// The memo's, in its file (opened when taken).
+    Memo { file: fs::File, retake: Retake },
+}
+
+/// What taking the snapshot again needs, should the memo's file fail its check.
+struct Retake {
+    index: ChunkIndex,
+    workspace: Uuid,
+    name: String,
+    revision: u64,
+    root: PathBuf,
+}
+
+impl Taken {
+    /// The snapshot. The memo's is read from its file (blocking) and checked against its
+    /// root; one that fails is dropped from the memo and the snapshot taken again.
+    pub fn load(&self) -> Result<Arc<Snapshot>, StoreError> {
+        match &self.held {
+            Held::Built(snapshot) => Ok(snapshot.clone()),
+            Held::Memo { file, retake } => match read_memo(file, retake.workspace, &self.root) {
+                Some(snapshot) => Ok(Arc::new(snapshot)),
+                None => {
+                    tracing::warn!(
+                        workspace = %retake.workspace,
+                        "the kept snapshot did not match its root; taking it again"
+                    );
+                    retake.index.drop_memo(retake.workspace);
+                    retake
+                        .index
+                        .take(
+                            retake.workspace,
+                            &retake.name,
+                            retake.revision,
+                            &retake.root,
+                        )?
+                        .load()
+                }
+            },
+        }
+    }
+
+    /// The snapshot encoded as [`Snapshot::encode`] makes it: the memo's file as it is, or
+    /// the built one encoded (blocking).
+    pub fn encoded(&self) -> Result<Vec<u8>, StoreError> {
+        if let Held::Memo { file, .. } = &self.held {
+            let mut bytes = Vec::new();
+            if crate::fsio::append_exact_at(file, 0, memo_len(file), &mut bytes).is_ok() {
+                return Ok(bytes);
+            }
+        }
+        Ok(self.load()?.encode())
+    }
+}
+
+fn memo_len(file: &fs::File) -> usize {
+    file.metadata().map_or(0, |m| m.len() as usize)
+}
+
+/// The snapshot in a memo file, if it is whole and has `root`. This node wrote it, so it is
+/// not validated like a received one (that doubles the read: 0.1 s at 200,000 files); its
+/// entries are checked against the root, which covers every field.
+fn read_memo(file: &fs::File, workspace: Uuid, root: &Hash) -> Option<Snapshot> {
+    let mut bytes = Vec::new();
+    crate::fsio::append_exact_at(file, 0, memo_len(file), &mut bytes).ok()?;
+    let snapshot: Snapshot =
+        crate::packed::from_slice(&bytes, &SnapshotLimits::default(), "a snapshot").ok()?;
+    (snapshot.workspace_id == workspace
+        && snapshot.root == *root
+        && crate::snapshot::root_hash(&snapshot.entries) == *root)
+        .then_some(snapshot)
 }
 
 impl ChunkIndex {
@@ -234,23 +324,13 @@ impl ChunkIndex {
         self.memo_dir.join(format!("{workspace}.{}", root.to_hex()))
     }
 
-    /// The memo's snapshot of `workspace` with `root`, if it is still kept. This node wrote
-    /// it, so it is not validated like a received one (that doubles the read: 0.1 s at
-    /// 200,000 files); its entries are checked against the root, which covers every field.
-    fn memo_snapshot(&self, workspace: Uuid, root: &Hash) -> Option<Snapshot> {
-        let path = self.memo_file(workspace, root);
-        let snapshot: Snapshot =
-            crate::packed::read_file(&path, &SnapshotLimits::default(), "a snapshot").ok()?;
-        (snapshot.workspace_id == workspace
-            && snapshot.root == *root
-            && crate::snapshot::root_hash(&snapshot.entries) == *root)
-            .then_some(snapshot)
-    }
-
-    /// The encoded snapshot of `workspace` with `root` (as [`Snapshot::encode`] makes it), when
-    /// it is the last one taken: serving it again costs a read, not an encoding.
-    pub fn encoded_snapshot(&self, workspace: Uuid, root: &Hash) -> Option<Vec<u8>> {
-        fs::read(self.memo_file(workspace, root)).ok()
+    /// Forgets the memo of `workspace` (its file too).
+    fn drop_memo(&self, workspace: Uuid) {
+        self.memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&workspace);
+        self.drop_memos(workspace, None);
     }
 
     /// Keeps `snapshot` as the memo of its workspace, and drops the one it replaces. Written
@@ -297,15 +377,29 @@ impl ChunkIndex {
         revision: u64,
         root: &Path,
     ) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
+        let taken = self.take(workspace, name, revision, root)?;
+        Ok((taken.load()?, taken.stats))
+    }
+
+    /// [`snapshot`](Self::snapshot), with the entries of a snapshot the memo answers for left
+    /// on disk until [`Taken::load`]: its root and totals are known at once, which is all a
+    /// source answering "not modified", or a clone finding itself up to date, needs.
+    pub fn take(
+        &self,
+        workspace: Uuid,
+        name: &str,
+        revision: u64,
+        root: &Path,
+    ) -> Result<Taken, StoreError> {
         let scan_started = file_clock_now();
         let walked = tree::walk(root)?;
         let walk_digest = walked.digest();
         let key = (workspace, name.to_string(), revision);
-        let unchanged_root = {
+        let unchanged = {
             let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
             match memo.get(&workspace) {
                 Some(cached) if cached.key == key && cached.walk == walk_digest && !cached.racy => {
-                    Some(cached.root)
+                    Some((cached.root, cached.totals))
                 }
                 _ => {
                     memo.remove(&workspace);
@@ -313,18 +407,36 @@ impl ChunkIndex {
                 }
             }
         };
-        if let Some(snapshot) = unchanged_root.and_then(|root| self.memo_snapshot(workspace, &root))
-        {
-            let stats = ScanStats {
-                files_cached: walked
-                    .entries
-                    .iter()
-                    .filter(|w| w.kind == EntryKind::File)
-                    .count() as u64,
-                skipped: walked.skipped.clone(),
-                ..ScanStats::default()
-            };
-            return Ok((Arc::new(snapshot), stats));
+        // Opened now: a concurrent snapshot may replace the file, never what it holds.
+        let kept = unchanged.and_then(|(root, totals)| {
+            let file = fs::File::open(self.memo_file(workspace, &root)).ok()?;
+            Some((root, totals, file))
+        });
+        if let Some((snapshot_root, (total_bytes, file_count), file)) = kept {
+            return Ok(Taken {
+                root: snapshot_root,
+                total_bytes,
+                file_count,
+                stats: ScanStats {
+                    files_cached: walked
+                        .entries
+                        .iter()
+                        .filter(|w| w.kind == EntryKind::File)
+                        .count() as u64,
+                    skipped: walked.skipped.clone(),
+                    ..ScanStats::default()
+                },
+                held: Held::Memo {
+                    file,
+                    retake: Retake {
+                        index: self.clone(),
+                        workspace,
+                        name: name.to_string(),
+                        revision,
+                        root: root.to_path_buf(),
+                    },
+                },
+            });
         }
         let mut stats = ScanStats {
             skipped: walked.skipped.clone(),
@@ -440,6 +552,7 @@ impl ChunkIndex {
             root.to_string_lossy().into_owned(),
             entries,
         ));
+        let totals = (snapshot.total_bytes(), snapshot.file_count());
         match self.keep_memo(&snapshot) {
             Ok(()) => {
                 self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
@@ -449,6 +562,7 @@ impl ChunkIndex {
                         walk: walk_digest,
                         racy,
                         root: snapshot.root,
+                        totals,
                     },
                 );
             }
@@ -458,7 +572,13 @@ impl ChunkIndex {
                 "could not keep the snapshot for the next one (it walks and merges again)"
             ),
         }
-        Ok((snapshot, stats))
+        Ok(Taken {
+            root: snapshot.root,
+            total_bytes: totals.0,
+            file_count: totals.1,
+            stats,
+            held: Held::Built(snapshot),
+        })
     }
 
     /// Records the files of a snapshot just written at `root` that `arrived` names (by a
@@ -551,11 +671,7 @@ impl ChunkIndex {
 
     /// Drops everything indexed for a workspace (it was deleted).
     pub fn forget(&self, workspace: Uuid) -> Result<(), StoreError> {
-        self.memo
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&workspace);
-        self.drop_memos(workspace, None);
+        self.drop_memo(workspace);
         for item in self.files.scan_prefix(workspace.as_bytes()) {
             let (key, value) = item?;
             let path = String::from_utf8_lossy(&key[16..]).into_owned();
@@ -1198,7 +1314,8 @@ mod tests {
     }
 
     /// An unchanged walk is answered from the memo kept on disk (not held in memory): the
-    /// same snapshot, nothing read, and its encoded bytes served as they are. A change or a
+    /// same snapshot, nothing read, its root and totals known before its entries are, and its
+    /// encoded bytes served as they are. A damaged file is not trusted; a change or a
     /// forgotten workspace drops the memo's file; a start empties the memo.
     #[test]
     fn the_memo_answers_an_unchanged_walk_from_disk_and_follows_changes() {
@@ -1235,10 +1352,17 @@ mod tests {
         assert_eq!(*again, marked);
         assert_eq!((stats.files_cached, stats.files_hashed), (1, 0));
         std::fs::write(&memo_file, first.encode()).unwrap();
+        // Taken, not loaded: root and totals at once, the bytes served as kept, and the
+        // entries still readable after a concurrent snapshot removed the file.
+        let taken = index.take(workspace, "ws", 1, &root).unwrap();
         assert_eq!(
-            index.encoded_snapshot(workspace, &first.root).unwrap(),
-            first.encode()
+            (taken.root, taken.total_bytes, taken.file_count),
+            (first.root, 5, 1)
         );
+        assert_eq!(taken.encoded().unwrap(), first.encode());
+        std::fs::remove_file(&memo_file).unwrap();
+        assert_eq!(*taken.load().unwrap(), *first);
+        std::fs::write(&memo_file, first.encode()).unwrap();
         // Changed: a new snapshot, whose file replaces the old one.
         std::fs::write(root.join("b"), "second").unwrap();
         let (second, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
@@ -1248,7 +1372,6 @@ mod tests {
             files(&memo),
             [format!("{workspace}.{}", second.root.to_hex())]
         );
-        assert!(index.encoded_snapshot(workspace, &first.root).is_none());
         // A damaged memo file is not trusted: the walk is merged again.
         std::fs::write(
             memo.join(format!("{workspace}.{}", second.root.to_hex())),

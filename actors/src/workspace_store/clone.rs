@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::Arrived;
+use super::{Arrived, Taken};
 use crate::events::WorkspaceChange;
 use crate::model::{Sharing, WORKSPACE_FILE};
 use crate::snapshot::{Hash, Snapshot};
@@ -264,10 +264,19 @@ impl WorkspaceStoreHandle {
     /// A snapshot of the workspace `target` (id or name), hashing only files that changed
     /// since the last one. Runs off the actor.
     pub async fn snapshot(&self, target: &str) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
+        let taken = self.take_snapshot(target).await?;
+        tokio::task::spawn_blocking(move || Ok((taken.load()?, taken.stats)))
+            .await
+            .map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// [`snapshot`](Self::snapshot) with the entries left on disk when the chunk index's memo
+    /// answers: the root and totals at once, the rest by [`Taken::load`] (blocking).
+    pub async fn take_snapshot(&self, target: &str) -> Result<Taken, StoreError> {
         let entry = self.get(target)?;
         let chunks = self.chunks.clone();
         tokio::task::spawn_blocking(move || {
-            chunks.snapshot(
+            chunks.take(
                 entry.manifest.id,
                 &entry.manifest.name,
                 entry.manifest.revision,
@@ -276,12 +285,6 @@ impl WorkspaceStoreHandle {
         })
         .await
         .map_err(|_| StoreError::Unavailable)?
-    }
-
-    /// The encoded snapshot of workspace `id` with `root`, when it is the last one taken
-    /// (read from the chunk index's memo, not encoded again). Blocking.
-    pub fn encoded_snapshot(&self, id: Uuid, root: &Hash) -> Option<Vec<u8>> {
-        self.chunks.encoded_snapshot(id, root)
     }
 
     /// The chunk reader for serving peers and local dedup.
