@@ -132,6 +132,24 @@ fn fill(entry: &mut SnapshotEntry, record: &FileRecord) {
     }
 }
 
+/// Hashes what goes through it (a memo file as it is written).
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// One file's new record, with the value it replaces, for [`ChunkIndex::replace_all`].
 struct Replacement<'a, T> {
     path: &'a str,
@@ -212,6 +230,8 @@ struct Memo {
     root: Hash,
     /// Its bytes of content and its count of files.
     totals: (u64, u64),
+    /// BLAKE3 of the file's bytes as written: what is read back is checked against it.
+    file_hash: Hash,
 }
 
 /// A snapshot as taken: root and totals at once, entries on demand.
@@ -230,8 +250,12 @@ pub struct Taken {
 enum Held {
     /// Built by this pass.
     Built(Arc<Snapshot>),
-    /// The memo's, in its file (opened when taken).
-    Memo { file: fs::File, retake: Retake },
+    /// The memo's, in its file (opened when taken), whose bytes hash to `file_hash`.
+    Memo {
+        file: fs::File,
+        file_hash: Hash,
+        retake: Retake,
+    },
 }
 
 /// What taking the snapshot again needs, should the memo's file fail its check.
@@ -244,17 +268,21 @@ struct Retake {
 }
 
 impl Taken {
-    /// The snapshot. The memo's is read from its file (blocking) and checked against its
-    /// root; one that fails is dropped from the memo and the snapshot taken again.
+    /// The snapshot. The memo's is read from its file (blocking) and checked; one that
+    /// fails is dropped from the memo and the snapshot taken again.
     pub fn load(&self) -> Result<Arc<Snapshot>, StoreError> {
         match &self.held {
             Held::Built(snapshot) => Ok(snapshot.clone()),
-            Held::Memo { file, retake } => match read_memo(file, retake.workspace, &self.root) {
+            Held::Memo {
+                file,
+                file_hash,
+                retake,
+            } => match read_memo(file, file_hash, retake.workspace, &self.root) {
                 Some(snapshot) => Ok(Arc::new(snapshot)),
                 None => {
                     tracing::warn!(
                         workspace = %retake.workspace,
-                        "the kept snapshot did not match its root; taking it again"
+                        "the kept snapshot is not as it was written; taking it again"
                     );
                     retake.index.drop_memo(retake.workspace);
                     retake
@@ -274,9 +302,11 @@ impl Taken {
     /// The snapshot encoded as [`Snapshot::encode`] makes it: the memo's file as it is, or
     /// the built one encoded (blocking).
     pub fn encoded(&self) -> Result<Vec<u8>, StoreError> {
-        if let Held::Memo { file, .. } = &self.held {
-            let mut bytes = Vec::new();
-            if crate::fsio::append_exact_at(file, 0, memo_len(file), &mut bytes).is_ok() {
+        if let Held::Memo {
+            file, file_hash, ..
+        } = &self.held
+        {
+            if let Some(bytes) = read_checked(file, file_hash) {
                 return Ok(bytes);
             }
         }
@@ -284,22 +314,22 @@ impl Taken {
     }
 }
 
-fn memo_len(file: &fs::File) -> usize {
-    file.metadata().map_or(0, |m| m.len() as usize)
+/// A memo file's bytes, if they are still those written (BLAKE3 `hash`).
+fn read_checked(file: &fs::File, hash: &Hash) -> Option<Vec<u8>> {
+    let len = file.metadata().ok()?.len();
+    let mut bytes = Vec::new();
+    crate::fsio::append_exact_at(file, 0, usize::try_from(len).ok()?, &mut bytes).ok()?;
+    (Hash::of(&bytes) == *hash).then_some(bytes)
 }
 
-/// The snapshot in a memo file, if it is whole and has `root`. This node wrote it, so it is
-/// not validated like a received one (that doubles the read: 0.1 s at 200,000 files); its
-/// entries are checked against the root, which covers every field.
-fn read_memo(file: &fs::File, workspace: Uuid, root: &Hash) -> Option<Snapshot> {
-    let mut bytes = Vec::new();
-    crate::fsio::append_exact_at(file, 0, memo_len(file), &mut bytes).ok()?;
+/// The snapshot in a memo file, if its bytes are those written and it is the one with
+/// `root`. This node encoded it from a snapshot it built, so it is not validated again like
+/// a received one (that doubles the read: 0.1 s at 200,000 files).
+fn read_memo(file: &fs::File, hash: &Hash, workspace: Uuid, root: &Hash) -> Option<Snapshot> {
+    let bytes = read_checked(file, hash)?;
     let snapshot: Snapshot =
         crate::packed::from_slice(&bytes, &SnapshotLimits::default(), "a snapshot").ok()?;
-    (snapshot.workspace_id == workspace
-        && snapshot.root == *root
-        && crate::snapshot::root_hash(&snapshot.entries) == *root)
-        .then_some(snapshot)
+    (snapshot.workspace_id == workspace && snapshot.root == *root).then_some(snapshot)
 }
 
 impl ChunkIndex {
@@ -335,23 +365,31 @@ impl ChunkIndex {
 
     /// Keeps `snapshot` as the memo of its workspace, and drops the one it replaces. Written
     /// to a temporary name and renamed; never flushed (the memo is emptied at start).
-    fn keep_memo(&self, snapshot: &Snapshot) -> std::io::Result<()> {
+    /// Returns the BLAKE3 of the bytes written.
+    fn keep_memo(&self, snapshot: &Snapshot) -> std::io::Result<Hash> {
         let workspace = snapshot.workspace_id;
         let path = self.memo_file(workspace, &snapshot.root);
         let temporary = self
             .memo_dir
             .join(format!(".{workspace}.{}", Uuid::new_v4().simple()));
         let written = fs::File::create(&temporary).and_then(|file| {
-            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+            let mut out = HashingWriter {
+                inner: std::io::BufWriter::with_capacity(256 * 1024, file),
+                hasher: blake3::Hasher::new(),
+            };
             crate::packed::write(snapshot, &mut out)?;
-            std::io::Write::flush(&mut out)
+            std::io::Write::flush(&mut out.inner)?;
+            Ok(Hash(*out.hasher.finalize().as_bytes()))
         });
-        if let Err(error) = written.and_then(|()| fs::rename(&temporary, &path)) {
-            let _ = fs::remove_file(&temporary);
-            return Err(error);
-        }
+        let hash = match written.and_then(|hash| fs::rename(&temporary, &path).map(|()| hash)) {
+            Ok(hash) => hash,
+            Err(error) => {
+                let _ = fs::remove_file(&temporary);
+                return Err(error);
+            }
+        };
         self.drop_memos(workspace, Some(&path));
-        Ok(())
+        Ok(hash)
     }
 
     /// Removes the memo files of `workspace` but `keep`.
@@ -399,7 +437,7 @@ impl ChunkIndex {
             let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
             match memo.get(&workspace) {
                 Some(cached) if cached.key == key && cached.walk == walk_digest && !cached.racy => {
-                    Some((cached.root, cached.totals))
+                    Some((cached.root, cached.totals, cached.file_hash))
                 }
                 _ => {
                     memo.remove(&workspace);
@@ -408,11 +446,11 @@ impl ChunkIndex {
             }
         };
         // Opened now: a concurrent snapshot may replace the file, never what it holds.
-        let kept = unchanged.and_then(|(root, totals)| {
+        let kept = unchanged.and_then(|(root, totals, file_hash)| {
             let file = fs::File::open(self.memo_file(workspace, &root)).ok()?;
-            Some((root, totals, file))
+            Some((root, totals, file, file_hash))
         });
-        if let Some((snapshot_root, (total_bytes, file_count), file)) = kept {
+        if let Some((snapshot_root, (total_bytes, file_count), file, file_hash)) = kept {
             return Ok(Taken {
                 root: snapshot_root,
                 total_bytes,
@@ -428,6 +466,7 @@ impl ChunkIndex {
                 },
                 held: Held::Memo {
                     file,
+                    file_hash,
                     retake: Retake {
                         index: self.clone(),
                         workspace,
@@ -554,7 +593,7 @@ impl ChunkIndex {
         ));
         let totals = (snapshot.total_bytes(), snapshot.file_count());
         match self.keep_memo(&snapshot) {
-            Ok(()) => {
+            Ok(file_hash) => {
                 self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     workspace,
                     Memo {
@@ -563,6 +602,7 @@ impl ChunkIndex {
                         racy,
                         root: snapshot.root,
                         totals,
+                        file_hash,
                     },
                 );
             }
@@ -1341,28 +1381,40 @@ mod tests {
             files(&memo),
             [format!("{workspace}.{}", first.root.to_hex())]
         );
-        // Marked (the name is outside the root hash), to tell the memo's answer apart.
-        let marked = Snapshot {
-            name: "from the memo".into(),
-            ..(*first).clone()
-        };
+        // Unchanged: taken from the memo, root and totals at once, the bytes served as
+        // kept, and the entries still readable after a concurrent snapshot removed the file.
         let memo_file = memo.join(format!("{workspace}.{}", first.root.to_hex()));
-        std::fs::write(&memo_file, marked.encode()).unwrap();
-        let (again, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
-        assert_eq!(*again, marked);
-        assert_eq!((stats.files_cached, stats.files_hashed), (1, 0));
-        std::fs::write(&memo_file, first.encode()).unwrap();
-        // Taken, not loaded: root and totals at once, the bytes served as kept, and the
-        // entries still readable after a concurrent snapshot removed the file.
         let taken = index.take(workspace, "ws", 1, &root).unwrap();
+        assert!(matches!(taken.held, Held::Memo { .. }));
         assert_eq!(
             (taken.root, taken.total_bytes, taken.file_count),
             (first.root, 5, 1)
         );
+        assert_eq!((taken.stats.files_cached, taken.stats.files_hashed), (1, 0));
         assert_eq!(taken.encoded().unwrap(), first.encode());
+        let kept = std::fs::read(&memo_file).unwrap();
         std::fs::remove_file(&memo_file).unwrap();
         assert_eq!(*taken.load().unwrap(), *first);
-        std::fs::write(&memo_file, first.encode()).unwrap();
+        // A memo file changed behind the node (here a valid snapshot with another name,
+        // which the root does not cover) is not served: the snapshot is taken again.
+        std::fs::write(
+            &memo_file,
+            Snapshot {
+                name: "changed behind the node".into(),
+                ..(*first).clone()
+            }
+            .encode(),
+        )
+        .unwrap();
+        let taken = index.take(workspace, "ws", 1, &root).unwrap();
+        assert!(matches!(taken.held, Held::Memo { .. }));
+        assert_eq!(taken.encoded().unwrap(), first.encode());
+        assert_eq!(*taken.load().unwrap(), *first);
+        assert_eq!(
+            std::fs::read(&memo_file).unwrap(),
+            kept,
+            "kept again as built"
+        );
         // Changed: a new snapshot, whose file replaces the old one.
         std::fs::write(root.join("b"), "second").unwrap();
         let (second, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
