@@ -241,20 +241,24 @@ async fn snapshot(
             .insert_header((actix_web::http::header::ETAG, etag))
             .finish());
     }
-    let root = taken.root.to_hex();
     let history = state.snapshot_history.clone();
     let workspace = entry.manifest.id;
-    let (body, delta) = web::block(move || -> Result<(Vec<u8>, bool), StoreError> {
+    let (body, delta, root) = web::block(move || -> Result<(Vec<u8>, bool, aienv_actors::snapshot::Hash), StoreError> {
         let started = std::time::Instant::now();
-        let full = taken.encoded()?;
+        // Its own root: the taken one, unless the workspace changed while a damaged memo
+        // file was replaced.
+        let (full, root) = taken.encoded()?;
         let encoded_ms = started.elapsed().as_millis() as u64;
-        if let Err(error) = history.record(workspace, &taken.root, &full) {
+        if let Err(error) = history.record(workspace, &root, &full) {
             tracing::warn!(%error, "could not keep the served snapshot (later syncs get it whole)");
         }
         // A delta from the snapshot the asker holds, when it is kept and smaller.
         let limits = aienv_actors::snapshot::SnapshotLimits::default();
         let delta = match since.and_then(|base| history.load(workspace, &base, &limits)) {
-            Some(base) => Some(SnapshotDelta::between(&base, &*taken.load()?).encode()),
+            Some(base) => {
+                let current = taken.load()?;
+                (current.root == root).then(|| SnapshotDelta::between(&base, &current).encode())
+            }
             None => None,
         }
         .filter(|delta| delta.len() < full.len());
@@ -266,16 +270,16 @@ async fn snapshot(
             "snapshot encoded"
         );
         Ok(match delta {
-            Some(delta) => (delta, true),
-            None => (full, false),
+            Some(delta) => (delta, true, root),
+            None => (full, false, root),
         })
     })
     .await
     .map_err(|_| ApiError::from(StoreError::Unavailable))??;
     let mut response = HttpResponse::Ok();
     response
-        .insert_header(("X-Aienv-Root", root))
-        .insert_header((actix_web::http::header::ETAG, etag));
+        .insert_header(("X-Aienv-Root", root.to_hex()))
+        .insert_header((actix_web::http::header::ETAG, format!("\"{root}\"")));
     if delta {
         response.content_type(SNAPSHOT_DELTA_TYPE);
     } else {

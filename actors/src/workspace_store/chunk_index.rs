@@ -299,18 +299,20 @@ impl Taken {
         }
     }
 
-    /// The snapshot encoded as [`Snapshot::encode`] makes it: the memo's file as it is, or
-    /// the built one encoded (blocking).
-    pub fn encoded(&self) -> Result<Vec<u8>, StoreError> {
+    /// The snapshot encoded as [`Snapshot::encode`] makes it, with its root: the memo's file
+    /// as it is, or the built one encoded (blocking). The root is [`Taken::root`] unless the
+    /// memo's file failed its check and the workspace changed before it was taken again.
+    pub fn encoded(&self) -> Result<(Vec<u8>, Hash), StoreError> {
         if let Held::Memo {
             file, file_hash, ..
         } = &self.held
         {
             if let Some(bytes) = read_checked(file, file_hash) {
-                return Ok(bytes);
+                return Ok((bytes, self.root));
             }
         }
-        Ok(self.load()?.encode())
+        let snapshot = self.load()?;
+        Ok((snapshot.encode(), snapshot.root))
     }
 }
 
@@ -1391,7 +1393,7 @@ mod tests {
             (first.root, 5, 1)
         );
         assert_eq!((taken.stats.files_cached, taken.stats.files_hashed), (1, 0));
-        assert_eq!(taken.encoded().unwrap(), first.encode());
+        assert_eq!(taken.encoded().unwrap(), (first.encode(), first.root));
         let kept = std::fs::read(&memo_file).unwrap();
         std::fs::remove_file(&memo_file).unwrap();
         assert_eq!(*taken.load().unwrap(), *first);
@@ -1408,7 +1410,7 @@ mod tests {
         .unwrap();
         let taken = index.take(workspace, "ws", 1, &root).unwrap();
         assert!(matches!(taken.held, Held::Memo { .. }));
-        assert_eq!(taken.encoded().unwrap(), first.encode());
+        assert_eq!(taken.encoded().unwrap(), (first.encode(), first.root));
         assert_eq!(*taken.load().unwrap(), *first);
         assert_eq!(
             std::fs::read(&memo_file).unwrap(),
