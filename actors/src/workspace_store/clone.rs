@@ -264,10 +264,18 @@ impl WorkspaceStoreHandle {
     /// A snapshot of the workspace `target` (id or name), hashing only files that changed
     /// since the last one. Runs off the actor.
     pub async fn snapshot(&self, target: &str) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
-        let taken = self.take_snapshot(target).await?;
-        tokio::task::spawn_blocking(move || Ok((taken.load()?, taken.stats)))
-            .await
-            .map_err(|_| StoreError::Unavailable)?
+        let entry = self.get(target)?;
+        let chunks = self.chunks.clone();
+        tokio::task::spawn_blocking(move || {
+            chunks.snapshot(
+                entry.manifest.id,
+                &entry.manifest.name,
+                entry.manifest.revision,
+                &entry.path,
+            )
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable)?
     }
 
     /// [`snapshot`](Self::snapshot) with the entries left on disk when the chunk index's memo
