@@ -15,7 +15,18 @@ use common::TestNode;
 use futures_util::{SinkExt, StreamExt};
 
 const IMAGE: &str = "localhost/aienv-plugin-test";
-const PODMAN_GLOBAL: &str = "--storage-driver vfs";
+/// Global podman flags for this machine: the vfs storage driver, and runc where crun (the
+/// default) refuses cgroups in hybrid mode (v1 controllers beside a v2 hierarchy that has
+/// some too).
+static PODMAN_GLOBAL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let hybrid = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+        .is_ok_and(|controllers| !controllers.trim().is_empty());
+    if hybrid {
+        "--storage-driver vfs --runtime runc".into()
+    } else {
+        "--storage-driver vfs".into()
+    }
+});
 /// This machine's container engine refuses podman's default rlimits; docker's are lower.
 const PODMAN_RUN: &str = "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024";
 
@@ -68,7 +79,7 @@ fn node(dir: &Path, extra: &[&str]) -> TestNode {
         extra,
         &[
             ("PATH", path.as_str()),
-            ("AIENV_PODMAN_GLOBAL", PODMAN_GLOBAL),
+            ("AIENV_PODMAN_GLOBAL", PODMAN_GLOBAL.as_str()),
             ("AIENV_PODMAN_RUN", PODMAN_RUN),
         ],
     )
