@@ -155,6 +155,29 @@ pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Reads a file from an offset with positioned reads: several readers of one open file (or
+/// of its clones, which share one offset) never move each other.
+pub struct ReadAt<'a> {
+    file: &'a fs::File,
+    at: u64,
+}
+
+impl<'a> ReadAt<'a> {
+    /// Reads `file` from its start.
+    pub fn new(file: &'a fs::File) -> ReadAt<'a> {
+        ReadAt { file, at: 0 }
+    }
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let read = self.file.read_at(buffer, self.at)?;
+        self.at += read as u64;
+        Ok(read)
+    }
+}
+
 /// Appends `len` bytes of `file` from `offset` to `out`, read straight into its spare
 /// capacity: a chunk server's buffers are not zeroed first only to be overwritten. On error
 /// (a short file included) `out` is as it was.

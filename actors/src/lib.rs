@@ -29,6 +29,8 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod snapshot_delta;
 pub mod snapshot_history;
+pub mod snapshot_writer;
+pub mod spill;
 pub mod transfer_queue;
 pub mod tree;
 pub mod uuid_wire;

@@ -26,13 +26,25 @@ const BUFFER: usize = 64 * 1024;
 pub fn write<T: Serialize>(value: &T, out: impl Write) -> io::Result<()> {
     let mut counter = Counter(0);
     rmp_serde::encode::write_named(&mut counter, value).map_err(io::Error::other)?;
+    write_raw(counter.0, out, |compressor| {
+        rmp_serde::encode::write_named(compressor, value).map_err(io::Error::other)
+    })
+}
+
+/// Writes one zstd frame, framed as [`write`] frames a document, of the `size` bytes that
+/// `fill` writes (a document whose size is known without a counting pass).
+pub fn write_raw(
+    size: u64,
+    out: impl Write,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let mut encoder = zstd::stream::write::Encoder::new(out, LEVEL)?;
-    encoder.set_pledged_src_size(Some(counter.0))?;
+    encoder.set_pledged_src_size(Some(size))?;
     encoder.include_contentsize(true)?;
     encoder.include_checksum(false)?;
     // The compressor takes its input in pieces of its own block size anyway.
     let mut buffered = io::BufWriter::with_capacity(BUFFER, &mut encoder);
-    rmp_serde::encode::write_named(&mut buffered, value).map_err(io::Error::other)?;
+    fill(&mut buffered)?;
     buffered.flush()?;
     drop(buffered);
     encoder.finish()?.flush()
@@ -133,7 +145,7 @@ impl<R: Read> Read for Bounded<R> {
         // One byte more than allowed tells "exactly at the limit" from "past it".
         let want = buffer
             .len()
-            .min(usize::try_from(self.left + 1).unwrap_or(usize::MAX));
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
         let read = self.inner.read(&mut buffer[..want])?;
         if read as u64 > self.left {
             self.exceeded = true;

@@ -30,10 +30,16 @@ impl SnapshotHistory {
         self.dir.join(workspace.to_string()).join(root.to_hex())
     }
 
-    /// Keeps `encoded` (the snapshot whose root is `root`), unless it is kept already, and
-    /// drops the oldest past [`KEEP`]. Written to a temporary name and renamed: a crash never
-    /// leaves a torn one (and a torn one would fail its root hash on load anyway).
-    pub fn record(&self, workspace: Uuid, root: &Hash, encoded: &[u8]) -> std::io::Result<()> {
+    /// Keeps `encoded` (the snapshot whose root is `root`, read to its end), unless it is kept
+    /// already, and drops the oldest past [`KEEP`]. Written to a temporary name and renamed:
+    /// a crash never leaves a torn one (and a torn one would fail its root hash on load
+    /// anyway).
+    pub fn record(
+        &self,
+        workspace: Uuid,
+        root: &Hash,
+        mut encoded: impl std::io::Read,
+    ) -> std::io::Result<()> {
         let path = self.path(workspace, root);
         if path.exists() {
             // Newest first when pruning: touch it.
@@ -46,8 +52,13 @@ impl SnapshotHistory {
         let dir = path.parent().expect("a workspace directory");
         std::fs::create_dir_all(dir)?;
         let temporary = dir.join(format!(".{}.partial", root.to_hex()));
-        std::fs::write(&temporary, encoded)?;
-        std::fs::rename(&temporary, &path)?;
+        let written = std::fs::File::create(&temporary)
+            .and_then(|mut file| std::io::copy(&mut encoded, &mut file))
+            .and_then(|_| std::fs::rename(&temporary, &path));
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
         let mut kept: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -102,7 +113,7 @@ mod tests {
         let limits = SnapshotLimits::default();
         let all: Vec<Snapshot> = (0..KEEP + 2).map(|n| snapshot(id, n)).collect();
         for (n, s) in all.iter().enumerate() {
-            history.record(id, &s.root, &s.encode()).unwrap();
+            history.record(id, &s.root, &s.encode()[..]).unwrap();
             // Distinct modification times, oldest first.
             let path = history.path(id, &s.root);
             let when =
@@ -115,7 +126,7 @@ mod tests {
                 .unwrap();
         }
         history
-            .record(id, &all[KEEP + 1].root, &all[KEEP + 1].encode())
+            .record(id, &all[KEEP + 1].root, &all[KEEP + 1].encode()[..])
             .unwrap();
         assert!(
             history.load(id, &all[0].root, &limits).is_none(),

@@ -76,7 +76,7 @@ impl Stamp {
 }
 
 /// What one walk saw of a path: enough to tell whether it changed, not its content.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalkEntry {
     /// Workspace-relative path with `/` separators.
     pub path: String,
@@ -90,54 +90,202 @@ pub struct WalkEntry {
     pub target: Option<String>,
 }
 
-/// One walk of a directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Walk {
-    /// Every directory, file and link, parents before children.
-    pub entries: Vec<WalkEntry>,
-    /// Sockets, devices and FIFOs, which a tree cannot hold.
-    pub skipped: Vec<String>,
+/// A digest of everything a walk lists (paths, kinds, modes, stamps, link targets, skipped
+/// paths), in the walk's order: two walks with the same digest saw the same tree, so a
+/// snapshot memo can keep 32 bytes instead of the walk itself.
+pub struct WalkDigest {
+    hasher: blake3::Hasher,
+    count: u64,
 }
 
-impl Walk {
-    /// A digest of everything listed (paths, kinds, modes, stamps, link targets, skipped
-    /// paths): two walks with the same digest saw the same tree, so a snapshot memo can keep
-    /// 32 bytes instead of the walk itself.
-    pub fn digest(&self) -> [u8; 32] {
-        let mut hasher = blake3::Hasher::new();
-        let text = |hasher: &mut blake3::Hasher, text: &str| {
-            hasher.update(&(text.len() as u64).to_le_bytes());
-            hasher.update(text.as_bytes());
+impl WalkDigest {
+    /// An empty digest.
+    pub fn new() -> WalkDigest {
+        WalkDigest {
+            hasher: blake3::Hasher::new(),
+            count: 0,
+        }
+    }
+
+    fn text(&mut self, text: &str) {
+        self.hasher.update(&(text.len() as u64).to_le_bytes());
+        self.hasher.update(text.as_bytes());
+    }
+
+    /// Adds the next entry listed.
+    pub fn entry(&mut self, entry: &WalkEntry) {
+        self.count += 1;
+        let kind: u8 = match entry.kind {
+            EntryKind::File => 0,
+            EntryKind::Dir => 1,
+            EntryKind::Symlink => 2,
         };
-        hasher.update(&(self.entries.len() as u64).to_le_bytes());
-        for entry in &self.entries {
-            text(&mut hasher, &entry.path);
-            let kind: u8 = match entry.kind {
-                EntryKind::File => 0,
-                EntryKind::Dir => 1,
-                EntryKind::Symlink => 2,
+        self.hasher.update(&[kind]);
+        self.text(&entry.path);
+        self.hasher.update(&entry.mode.to_le_bytes());
+        self.hasher.update(&entry.stamp.size.to_le_bytes());
+        self.hasher.update(&entry.stamp.mtime_ns.to_le_bytes());
+        self.hasher.update(&entry.stamp.ctime_ns.to_le_bytes());
+        self.hasher.update(&entry.stamp.ino.to_le_bytes());
+        match &entry.target {
+            Some(target) => {
+                self.hasher.update(&[1]);
+                self.text(target);
+            }
+            None => {
+                self.hasher.update(&[0]);
+            }
+        }
+    }
+
+    /// Adds the next path skipped (a socket, device or FIFO).
+    pub fn skipped(&mut self, path: &str) {
+        self.count += 1;
+        self.hasher.update(&[3]);
+        self.text(path);
+    }
+
+    /// The digest.
+    pub fn finish(mut self) -> [u8; 32] {
+        let count = self.count;
+        self.hasher.update(&count.to_le_bytes());
+        *self.hasher.finalize().as_bytes()
+    }
+}
+
+impl Default for WalkDigest {
+    fn default() -> WalkDigest {
+        WalkDigest::new()
+    }
+}
+
+/// A walk of a directory in snapshot order: every directory, file and link under the root,
+/// its path in byte order (so parents come before children). It holds one directory's
+/// listing per level it is in, so its memory follows the tree's depth and its widest
+/// directory, not its count of paths. Stats go through the directory handle (no path walk
+/// per file); links are never followed.
+pub struct SortedWalk {
+    root: PathBuf,
+    /// Listings still to go through, deepest last, each in reverse order.
+    frames: Vec<Vec<Listed>>,
+    skipped: Vec<String>,
+    digest: WalkDigest,
+}
+
+/// One name of a directory's listing.
+enum Listed {
+    Entry(WalkEntry),
+    /// A directory's children, keyed by its path with `/` appended: they sort exactly
+    /// there among its siblings (`a/x` after `a.txt`, since `/` is after `.`).
+    Children(String),
+    /// A socket, device or FIFO, which a tree cannot hold.
+    Skipped(String),
+}
+
+impl Listed {
+    fn key(&self) -> &[u8] {
+        match self {
+            Listed::Entry(entry) => entry.path.as_bytes(),
+            Listed::Children(path) | Listed::Skipped(path) => path.as_bytes(),
+        }
+    }
+}
+
+/// Walks the directory `root` in snapshot order.
+pub fn walk(root: &Path) -> SortedWalk {
+    SortedWalk {
+        root: root.to_path_buf(),
+        frames: vec![vec![Listed::Children(String::new())]],
+        skipped: Vec::new(),
+        digest: WalkDigest::new(),
+    }
+}
+
+impl SortedWalk {
+    /// The paths skipped so far (sockets, devices and FIFOs), in byte order.
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
+    }
+
+    /// The digest of everything walked so far ([`WalkDigest`]).
+    pub fn finish(self) -> (Vec<String>, [u8; 32]) {
+        (self.skipped, self.digest.finish())
+    }
+
+    /// The listing of the directory `relative` (`""` for the root), sorted in reverse.
+    fn list(&self, relative: &str) -> Result<Vec<Listed>, TreeError> {
+        let dir = if relative.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(relative)
+        };
+        let mut listed = Vec::new();
+        for child in fs::read_dir(&dir).map_err(io_error("reading directory", &dir))? {
+            let child = child.map_err(io_error("reading directory", &dir))?;
+            let file_name = child.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                return Err(TreeError::NotUtf8(child.path()));
             };
-            hasher.update(&[kind]);
-            hasher.update(&entry.mode.to_le_bytes());
-            hasher.update(&entry.stamp.size.to_le_bytes());
-            hasher.update(&entry.stamp.mtime_ns.to_le_bytes());
-            hasher.update(&entry.stamp.ctime_ns.to_le_bytes());
-            hasher.update(&entry.stamp.ino.to_le_bytes());
-            match &entry.target {
-                Some(target) => {
-                    hasher.update(&[1]);
-                    text(&mut hasher, target);
+            let path = if relative.is_empty() {
+                file_name.to_string()
+            } else {
+                format!("{relative}/{file_name}")
+            };
+            let full = child.path();
+            let metadata = child.metadata().map_err(io_error("inspecting", &full))?;
+            let Some((kind, mode, target)) =
+                describe(&full, &metadata).map_err(io_error("reading link", &full))?
+            else {
+                listed.push(Listed::Skipped(path));
+                continue;
+            };
+            if kind == EntryKind::Dir {
+                listed.push(Listed::Children(format!("{path}/")));
+            }
+            listed.push(Listed::Entry(WalkEntry {
+                path,
+                kind,
+                mode,
+                stamp: Stamp::of(&metadata),
+                target,
+            }));
+        }
+        listed.sort_unstable_by(|a, b| b.key().cmp(a.key()));
+        Ok(listed)
+    }
+}
+
+impl Iterator for SortedWalk {
+    type Item = Result<WalkEntry, TreeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let frame = self.frames.last_mut()?;
+            let Some(listed) = frame.pop() else {
+                self.frames.pop();
+                continue;
+            };
+            match listed {
+                Listed::Entry(entry) => {
+                    self.digest.entry(&entry);
+                    return Some(Ok(entry));
                 }
-                None => {
-                    hasher.update(&[0]);
+                Listed::Skipped(path) => {
+                    self.digest.skipped(&path);
+                    self.skipped.push(path);
+                }
+                Listed::Children(path) => {
+                    let relative = path.strip_suffix('/').unwrap_or(&path);
+                    match self.list(relative) {
+                        Ok(listed) => self.frames.push(listed),
+                        Err(error) => {
+                            self.frames.clear();
+                            return Some(Err(error));
+                        }
+                    }
                 }
             }
         }
-        hasher.update(&(self.skipped.len() as u64).to_le_bytes());
-        for path in &self.skipped {
-            text(&mut hasher, path);
-        }
-        *hasher.finalize().as_bytes()
     }
 }
 
@@ -163,52 +311,6 @@ pub fn describe(
     } else {
         return Ok(None);
     }))
-}
-
-/// Lists every directory, file and link under `root`, parents first. Stats go through the
-/// directory handle (no path walk per file); links are never followed.
-pub fn walk(root: &Path) -> Result<Walk, TreeError> {
-    let mut out = Walk::default();
-    let mut stack = vec![String::new()];
-    while let Some(relative) = stack.pop() {
-        let dir = if relative.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(&relative)
-        };
-        let children = fs::read_dir(&dir).map_err(io_error("reading directory", &dir))?;
-        for child in children {
-            let child = child.map_err(io_error("reading directory", &dir))?;
-            let file_name = child.file_name();
-            let Some(file_name) = file_name.to_str() else {
-                return Err(TreeError::NotUtf8(child.path()));
-            };
-            let path = if relative.is_empty() {
-                file_name.to_string()
-            } else {
-                format!("{relative}/{file_name}")
-            };
-            let full = child.path();
-            let metadata = child.metadata().map_err(io_error("inspecting", &full))?;
-            let Some((kind, mode, target)) =
-                describe(&full, &metadata).map_err(io_error("reading link", &full))?
-            else {
-                out.skipped.push(path);
-                continue;
-            };
-            if kind == EntryKind::Dir {
-                stack.push(path.clone());
-            }
-            out.entries.push(WalkEntry {
-                path,
-                kind,
-                mode,
-                stamp: Stamp::of(&metadata),
-                target,
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// An entry that breaks the policy.
@@ -390,8 +492,9 @@ pub fn case_collisions<'a>(
 /// refuses them), and names a snapshot cannot carry.
 pub fn portability_warnings(root: &Path) -> Vec<String> {
     const SHOWN: usize = 5;
-    let walk = match walk(root) {
-        Ok(walk) => walk,
+    let paths: Result<Vec<String>, TreeError> = walk(root).map(|e| e.map(|e| e.path)).collect();
+    let paths = match paths {
+        Ok(paths) => paths,
         Err(TreeError::NotUtf8(path)) => {
             let relative = path.strip_prefix(root).unwrap_or(&path);
             return vec![format!(
@@ -401,7 +504,7 @@ pub fn portability_warnings(root: &Path) -> Vec<String> {
         }
         Err(_) => return Vec::new(),
     };
-    let pairs = case_collisions(walk.entries.iter().map(|e| e.path.as_str()), SHOWN + 1);
+    let pairs = case_collisions(paths.iter().map(String::as_str), SHOWN + 1);
     if pairs.is_empty() {
         return Vec::new();
     }
@@ -449,21 +552,34 @@ mod tests {
     }
 
     #[test]
-    fn walk_lists_parents_first_and_skips_special_files() {
+    fn the_walk_lists_in_byte_order_and_skips_special_files() {
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("a/b")).unwrap();
-        fs::write(dir.path().join("a/b/f"), b"x").unwrap();
-        std::os::unix::fs::symlink("b/f", dir.path().join("a/l")).unwrap();
-        let socket = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
-        let walk = walk(dir.path()).unwrap();
-        drop(socket);
-        let paths: Vec<&str> = walk.entries.iter().map(|e| e.path.as_str()).collect();
-        for (parent, child) in [("a", "a/b"), ("a/b", "a/b/f"), ("a", "a/l")] {
-            let at = |p| paths.iter().position(|x| *x == p).unwrap();
-            assert!(at(parent) < at(child), "{paths:?}");
+        // `/` sorts after `-` and `.`, before `0`: a directory's children come after
+        // `a-b` and `a.txt`, before `a0`.
+        for d in ["a/b", "a/b/c", "a-b", "a0"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        assert_eq!(walk.skipped, ["sock"]);
-        let link = walk.entries.iter().find(|e| e.path == "a/l").unwrap();
+        for f in ["a/b/f", "a.txt", "a/b.txt", "a/b/c/z", "a-b/x", "a0/y", "A"] {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink("b/f", dir.path().join("a/l")).unwrap();
+        let socket = std::os::unix::net::UnixListener::bind(dir.path().join("a/sock")).unwrap();
+        let mut walked = walk(dir.path());
+        let entries: Vec<WalkEntry> = walked.by_ref().map(Result::unwrap).collect();
+        drop(socket);
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        assert_eq!(paths, sorted);
+        assert_eq!(
+            paths,
+            [
+                "A", "a", "a-b", "a-b/x", "a.txt", "a/b", "a/b.txt", "a/b/c", "a/b/c/z", "a/b/f",
+                "a/l", "a0", "a0/y"
+            ]
+        );
+        assert_eq!(walked.skipped(), ["a/sock"]);
+        let link = entries.iter().find(|e| e.path == "a/l").unwrap();
         assert_eq!(
             (link.kind, link.mode, link.target.as_deref()),
             (EntryKind::Symlink, MODE_BITS, Some("b/f"))
@@ -475,24 +591,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("a")).unwrap();
         fs::write(dir.path().join("a/f"), b"x").unwrap();
-        let first = walk(dir.path()).unwrap();
-        assert_eq!(first.digest(), walk(dir.path()).unwrap().digest());
-        let changed = |edit: &dyn Fn(&mut Walk)| {
+        let digest = |root: &Path| {
+            let mut walked = walk(root);
+            walked.by_ref().for_each(|e| drop(e.unwrap()));
+            walked.finish().1
+        };
+        assert_eq!(digest(dir.path()), digest(dir.path()));
+        let first: Vec<WalkEntry> = walk(dir.path()).map(Result::unwrap).collect();
+        let of = |entries: &[WalkEntry], skipped: &[&str]| {
+            let mut digest = WalkDigest::new();
+            entries.iter().for_each(|e| digest.entry(e));
+            skipped.iter().for_each(|p| digest.skipped(p));
+            digest.finish()
+        };
+        assert_eq!(of(&first, &[]), digest(dir.path()));
+        let changed = |edit: &dyn Fn(&mut Vec<WalkEntry>)| {
             let mut other = first.clone();
             edit(&mut other);
-            assert_ne!(first.digest(), other.digest(), "{other:?}");
+            assert_ne!(of(&first, &[]), of(&other, &[]), "{other:?}");
         };
-        changed(&|w| w.entries[1].stamp.mtime_ns += 1);
-        changed(&|w| w.entries[1].stamp.size += 1);
-        changed(&|w| w.entries[1].stamp.ino += 1);
-        changed(&|w| w.entries[1].mode ^= 0o100);
-        changed(&|w| w.entries[1].kind = EntryKind::Symlink);
-        changed(&|w| w.entries[1].target = Some(String::new()));
-        changed(&|w| w.entries[1].path.push('g'));
-        changed(&|w| w.skipped.push("sock".into()));
+        changed(&|w| w[1].stamp.mtime_ns += 1);
+        changed(&|w| w[1].stamp.size += 1);
+        changed(&|w| w[1].stamp.ino += 1);
+        changed(&|w| w[1].mode ^= 0o100);
+        changed(&|w| w[1].kind = EntryKind::Symlink);
+        changed(&|w| w[1].target = Some(String::new()));
+        changed(&|w| w[1].path.push('g'));
         changed(&|w| {
-            w.entries.pop();
+            w.pop();
         });
+        assert_ne!(of(&first, &[]), of(&first, &["sock"]));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! job), `POST /api/v1/transfers/{id}/retry`.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,9 +22,10 @@ use bytes::Bytes;
 
 use aienv_actors::chunk_frame::{self, Frame};
 use aienv_actors::chunk_parts;
+use aienv_actors::fsio::ReadAt;
 use aienv_actors::snapshot_delta::SnapshotDelta;
 use aienv_actors::transfer_queue::{TransferError, TransferKind, TransferRequest};
-use aienv_actors::workspace_store::{StoreError, WorkspaceEntry};
+use aienv_actors::workspace_store::{EncodedSnapshot, StoreError, WorkspaceEntry};
 
 use crate::api::{TransferDto, TransferRequestDto};
 
@@ -243,13 +245,13 @@ async fn snapshot(
     }
     let history = state.snapshot_history.clone();
     let workspace = entry.manifest.id;
-    let (body, delta, root) = web::block(move || -> Result<(Vec<u8>, bool, aienv_actors::snapshot::Hash), StoreError> {
+    let answer = web::block(move || -> Result<Answer, StoreError> {
         let started = std::time::Instant::now();
         // Its own root: the taken one, unless the workspace changed while a damaged memo
         // file was replaced.
-        let (full, root) = taken.encoded()?;
-        let encoded_ms = started.elapsed().as_millis() as u64;
-        if let Err(error) = history.record(workspace, &root, &full) {
+        let full = taken.encoded()?;
+        let checked_ms = started.elapsed().as_millis() as u64;
+        if let Err(error) = history.record(workspace, &full.root, ReadAt::new(&full.file)) {
             tracing::warn!(%error, "could not keep the served snapshot (later syncs get it whole)");
         }
         // A delta from the snapshot the asker holds, when it is kept and smaller.
@@ -257,35 +259,75 @@ async fn snapshot(
         let delta = match since.and_then(|base| history.load(workspace, &base, &limits)) {
             Some(base) => {
                 let current = taken.load()?;
-                (current.root == root).then(|| SnapshotDelta::between(&base, &current).encode())
+                (current.root == full.root)
+                    .then(|| SnapshotDelta::between(&base, &current).encode())
             }
             None => None,
         }
-        .filter(|delta| delta.len() < full.len());
+        .filter(|delta| (delta.len() as u64) < full.len);
         tracing::debug!(
-            full = full.len(),
+            full = full.len,
             delta = delta.as_ref().map(Vec::len),
-            encoded_ms,
+            checked_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "snapshot encoded"
+            "snapshot ready"
         );
         Ok(match delta {
-            Some(delta) => (delta, true, root),
-            None => (full, false, root),
+            Some(delta) => Answer::Delta(delta, full.root),
+            None => Answer::Whole(full),
         })
     })
     .await
     .map_err(|_| ApiError::from(StoreError::Unavailable))??;
     let mut response = HttpResponse::Ok();
+    let root = match &answer {
+        Answer::Delta(_, root) => *root,
+        Answer::Whole(full) => full.root,
+    };
     response
         .insert_header(("X-Aienv-Root", root.to_hex()))
         .insert_header((actix_web::http::header::ETAG, format!("\"{root}\"")));
-    if delta {
-        response.content_type(SNAPSHOT_DELTA_TYPE);
-    } else {
-        response.content_type(SNAPSHOT_TYPE);
-    }
-    Ok(response.body(body))
+    Ok(match answer {
+        Answer::Delta(delta, _) => response.content_type(SNAPSHOT_DELTA_TYPE).body(delta),
+        Answer::Whole(full) => {
+            response.content_type(SNAPSHOT_TYPE).no_chunking(full.len);
+            response.streaming(file_stream(full.file, full.len))
+        }
+    })
+}
+
+/// What the snapshot route sends: a delta, or the whole snapshot from its file.
+enum Answer {
+    Delta(Vec<u8>, aienv_actors::snapshot::Hash),
+    Whole(EncodedSnapshot),
+}
+
+/// The first `len` bytes of `file`, read in blocks as the client takes them: a snapshot of
+/// any size is sent without being held.
+fn file_stream(
+    file: std::fs::File,
+    len: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    const BLOCK: usize = 256 * 1024;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = ReadAt::new(&file).take(len);
+        loop {
+            let mut block = Vec::with_capacity(BLOCK);
+            let item = match (&mut reader).take(BLOCK as u64).read_to_end(&mut block) {
+                Ok(0) => return,
+                Ok(_) => Ok(Bytes::from(block)),
+                Err(error) => Err(error),
+            };
+            let failed = item.is_err();
+            if sender.blocking_send(item).is_err() || failed {
+                return; // The client went away, or the read failed (the response aborts).
+            }
+        }
+    });
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
 }
 
 #[derive(Debug, serde::Deserialize)]

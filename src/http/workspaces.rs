@@ -478,12 +478,14 @@ async fn share(
     // Index the content now, so the first peer to clone it does not wait for the hashing.
     let store = state.store.clone();
     let id = entry.manifest.id.to_string();
+    let name = entry.manifest.name.clone();
     actix_web::rt::spawn(async move {
-        match store.snapshot(&id).await {
-            Ok((snapshot, stats)) => tracing::info!(
-                workspace = %snapshot.name,
-                files = snapshot.entries.len(),
-                bytes_hashed = stats.bytes_hashed,
+        // Taken, not loaded: the entries stay in the memo's file for the first peer.
+        match store.take_snapshot(&id).await {
+            Ok(taken) => tracing::info!(
+                workspace = %name,
+                files = taken.file_count,
+                bytes_hashed = taken.stats.bytes_hashed,
                 "shared workspace indexed for transfers"
             ),
             Err(error) => tracing::warn!(%error, "indexing a shared workspace failed"),

@@ -304,16 +304,17 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         _ => cx.materialize_clone(&stage, &snapshot).await?,
     };
     // What the transfer held (the snapshots, the staging plan) goes before the local
-    // snapshot below is built beside it: at many files they are most of the job's peak.
+    // snapshot below is taken: at many files they are most of the job's peak. Only its
+    // root is needed; its entries stay in the memo's file.
     drop((stage, snapshot, source, base, local));
     let local_root = cx
         .store
-        .snapshot(&outcome.local_id.to_string())
+        .take_snapshot(&outcome.local_id.to_string())
         .await
         .ok()
-        .map(|(snapshot, stats)| {
-            tracing::debug!(job = %cx.job.id, ?stats, "local snapshot after the transfer");
-            snapshot.root
+        .map(|taken| {
+            tracing::debug!(job = %cx.job.id, stats = ?taken.stats, "local snapshot after the transfer");
+            taken.root
         });
     phases.mark("materialize");
     tracing::info!(job = %cx.job.id, phases = %phases, "transfer phases");

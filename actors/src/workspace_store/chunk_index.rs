@@ -26,7 +26,9 @@ use crate::snapshot::{
 
 use super::error::StoreError;
 use super::file_chunks;
-use crate::tree::{self, Stamp};
+use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
+use crate::spill::{self, Spill};
+use crate::tree::{self, Stamp, WalkEntry};
 
 /// Files changed this recently before a scan are hashed again next time: a second write
 /// within the file system's timestamp granularity would not move their mtime. Linux file
@@ -108,12 +110,47 @@ impl Arrived {
     }
 }
 
-/// A file a snapshot reads: its entry, the walk's stamp, and what it replaces (boxed: none
-/// of a first snapshot's files replaces anything, and it holds one of these per file).
+/// A file a snapshot reads: its entry (at `index` in its [`Window`]), the walk's stamp, and
+/// what it replaces (boxed: none of a first snapshot's files replaces anything).
 struct ToHash {
     index: usize,
     stamp: Stamp,
     replaces: Option<Box<Replaced>>,
+}
+
+/// Entries of a snapshot being taken that wait for files among them to be read: from the
+/// first file to read on, so the entries still go out in order.
+#[derive(Default)]
+struct Window {
+    entries: Vec<SnapshotEntry>,
+    to_hash: Vec<ToHash>,
+}
+
+impl Window {
+    /// Entries held at most, read or not (a few changed files among many unchanged ones).
+    const MAX_ENTRIES: usize = 4 * RECORD_BATCH;
+
+    /// An entry whose content is known: written out at once unless others wait before it.
+    fn settled(&mut self, entry: SnapshotEntry, out: &mut SnapshotWriter) -> std::io::Result<()> {
+        if self.entries.is_empty() {
+            out.push(&entry)
+        } else {
+            self.entries.push(entry);
+            Ok(())
+        }
+    }
+
+    /// A file to read.
+    fn reads(&mut self, entry: SnapshotEntry, mut file: ToHash) {
+        file.index = self.entries.len();
+        self.entries.push(entry);
+        self.to_hash.push(file);
+    }
+
+    /// Whether to read what it holds now.
+    fn full(&self) -> bool {
+        self.to_hash.len() >= RECORD_BATCH || self.entries.len() >= Self::MAX_ENTRIES
+    }
 }
 
 /// The record a changed file had, and its chunk list (the version it replaces, for a
@@ -234,7 +271,8 @@ struct Memo {
     file_hash: Hash,
 }
 
-/// A snapshot as taken: root and totals at once, entries on demand.
+/// A snapshot as taken: root and totals at once, entries on demand. Its entries are in a
+/// file (the memo's), never held by the pass that took it.
 pub struct Taken {
     /// The root hash.
     pub root: Hash,
@@ -244,18 +282,22 @@ pub struct Taken {
     pub file_count: u64,
     /// What the pass did.
     pub stats: ScanStats,
-    held: Held,
+    /// The memo's file, open (a later snapshot may replace or remove it by name, never
+    /// what this one holds), whose bytes hash to `file_hash`.
+    file: fs::File,
+    file_hash: Hash,
+    retake: Retake,
 }
 
-enum Held {
-    /// Built by this pass.
-    Built(Arc<Snapshot>),
-    /// The memo's, in its file (opened when taken), whose bytes hash to `file_hash`.
-    Memo {
-        file: fs::File,
-        file_hash: Hash,
-        retake: Retake,
-    },
+/// A snapshot's encoded bytes in a file this node wrote and checked: read it with
+/// [`crate::fsio::ReadAt`] (or positioned reads), from offset 0 to `len`.
+pub struct EncodedSnapshot {
+    /// The file, open.
+    pub file: fs::File,
+    /// Its length.
+    pub len: u64,
+    /// The root of the snapshot it holds.
+    pub root: Hash,
 }
 
 /// What taking the snapshot again needs, should the memo's file fail its check.
@@ -268,51 +310,78 @@ struct Retake {
 }
 
 impl Taken {
-    /// The snapshot. The memo's is read from its file (blocking) and checked; one that
-    /// fails is dropped from the memo and the snapshot taken again.
+    /// The snapshot, read from its file (blocking) and checked. A file that fails its check
+    /// (changed behind the node) is dropped from the memo and the snapshot taken again, once.
     pub fn load(&self) -> Result<Arc<Snapshot>, StoreError> {
-        match &self.held {
-            Held::Built(snapshot) => Ok(snapshot.clone()),
-            Held::Memo {
-                file,
-                file_hash,
-                retake,
-            } => match read_memo(file, file_hash, retake.workspace, &self.root) {
-                Some(snapshot) => Ok(Arc::new(snapshot)),
-                None => {
-                    tracing::warn!(
-                        workspace = %retake.workspace,
-                        "the kept snapshot is not as it was written; taking it again"
-                    );
-                    retake.index.drop_memo(retake.workspace);
-                    retake
-                        .index
-                        .take(
-                            retake.workspace,
-                            &retake.name,
-                            retake.revision,
-                            &retake.root,
-                        )?
-                        .load()
-                }
-            },
+        if let Some(snapshot) = self.read() {
+            return Ok(Arc::new(snapshot));
         }
+        let again = self.retake()?;
+        again.read().map(Arc::new).ok_or_else(|| again.unreadable())
     }
 
-    /// The snapshot encoded as [`Snapshot::encode`] makes it, with its root: the memo's file
-    /// as it is, or the built one encoded (blocking). The root is [`Taken::root`] unless the
-    /// memo's file failed its check and the workspace changed before it was taken again.
-    pub fn encoded(&self) -> Result<(Vec<u8>, Hash), StoreError> {
-        if let Held::Memo {
-            file, file_hash, ..
-        } = &self.held
-        {
-            if let Some(bytes) = read_checked(file, file_hash) {
-                return Ok((bytes, self.root));
-            }
+    /// The snapshot encoded as [`Snapshot::encode`] makes it: the memo's file, checked (read
+    /// once, in blocks) and handed over open, never held in memory. Its root is
+    /// [`Taken::root`] unless the file failed its check and the workspace changed before it
+    /// was taken again.
+    pub fn encoded(&self) -> Result<EncodedSnapshot, StoreError> {
+        if let Some(encoded) = self.checked_file()? {
+            return Ok(encoded);
         }
-        let snapshot = self.load()?;
-        Ok((snapshot.encode(), snapshot.root))
+        let again = self.retake()?;
+        again.checked_file()?.ok_or_else(|| again.unreadable())
+    }
+
+    fn checked_file(&self) -> Result<Option<EncodedSnapshot>, StoreError> {
+        let reading = StoreError::io("reading the kept snapshot of", &self.retake.root);
+        let mut hasher = blake3::Hasher::new();
+        let len = std::io::copy(&mut crate::fsio::ReadAt::new(&self.file), &mut hasher)
+            .map_err(reading)?;
+        if Hash(*hasher.finalize().as_bytes()) != self.file_hash {
+            return Ok(None);
+        }
+        let file = self.file.try_clone().map_err(StoreError::io(
+            "reading the kept snapshot of",
+            &self.retake.root,
+        ))?;
+        Ok(Some(EncodedSnapshot {
+            file,
+            len,
+            root: self.root,
+        }))
+    }
+
+    fn read(&self) -> Option<Snapshot> {
+        read_memo(
+            &self.file,
+            &self.file_hash,
+            self.retake.workspace,
+            &self.root,
+        )
+    }
+
+    fn retake(&self) -> Result<Taken, StoreError> {
+        let Retake {
+            index,
+            workspace,
+            name,
+            revision,
+            root,
+        } = &self.retake;
+        tracing::warn!(%workspace, "the kept snapshot is not as it was written; taking it again");
+        index.drop_memo(*workspace);
+        index.take(*workspace, name, *revision, root)
+    }
+
+    fn unreadable(&self) -> StoreError {
+        StoreError::Io {
+            action: "reading back the snapshot just written of",
+            path: self.retake.root.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "its file is not as written",
+            ),
+        }
     }
 }
 
@@ -325,12 +394,18 @@ fn read_checked(file: &fs::File, hash: &Hash) -> Option<Vec<u8>> {
 }
 
 /// The snapshot in a memo file, if its bytes are those written and it is the one with
-/// `root`. This node encoded it from a snapshot it built, so it is not validated again like
-/// a received one (that doubles the read: 0.1 s at 200,000 files).
+/// `root`. This node wrote it, so it is not validated again like a received one (that
+/// doubles the read: 0.1 s at 200,000 files), nor held to a receiver's limits.
 fn read_memo(file: &fs::File, hash: &Hash, workspace: Uuid, root: &Hash) -> Option<Snapshot> {
     let bytes = read_checked(file, hash)?;
-    let snapshot: Snapshot =
-        crate::packed::from_slice(&bytes, &SnapshotLimits::default(), "a snapshot").ok()?;
+    let unlimited = SnapshotLimits {
+        max_entries: usize::MAX,
+        max_encoded_bytes: u64::MAX,
+        max_decoded_bytes: u64::MAX,
+        max_file_bytes: u64::MAX,
+        max_total_bytes: u64::MAX,
+    };
+    let snapshot: Snapshot = crate::packed::from_slice(&bytes, &unlimited, "a snapshot").ok()?;
     (snapshot.workspace_id == workspace && snapshot.root == *root).then_some(snapshot)
 }
 
@@ -365,33 +440,48 @@ impl ChunkIndex {
         self.drop_memos(workspace, None);
     }
 
-    /// Keeps `snapshot` as the memo of its workspace, and drops the one it replaces. Written
-    /// to a temporary name and renamed; never flushed (the memo is emptied at start).
-    /// Returns the BLAKE3 of the bytes written.
-    fn keep_memo(&self, snapshot: &Snapshot) -> std::io::Result<Hash> {
-        let workspace = snapshot.workspace_id;
-        let path = self.memo_file(workspace, &snapshot.root);
+    /// Writes the snapshot `entries` holds as the memo of its workspace, and drops the one it
+    /// replaces. Written to a temporary name and renamed under its root's; never flushed (the
+    /// memo is emptied at start). Returns what was written, the file (open, so a snapshot
+    /// taken beside this one that removes it by name takes nothing from this one) and the
+    /// BLAKE3 of its bytes.
+    fn keep_memo(
+        &self,
+        entries: SnapshotWriter,
+        head: &SnapshotHead,
+    ) -> std::io::Result<(Written, fs::File, Hash)> {
+        let workspace = head.workspace_id;
         let temporary = self
             .memo_dir
             .join(format!(".{workspace}.{}", Uuid::new_v4().simple()));
-        let written = fs::File::create(&temporary).and_then(|file| {
-            let mut out = HashingWriter {
-                inner: std::io::BufWriter::with_capacity(256 * 1024, file),
-                hasher: blake3::Hasher::new(),
-            };
-            crate::packed::write(snapshot, &mut out)?;
-            std::io::Write::flush(&mut out.inner)?;
-            Ok(Hash(*out.hasher.finalize().as_bytes()))
-        });
-        let hash = match written.and_then(|hash| fs::rename(&temporary, &path).map(|()| hash)) {
-            Ok(hash) => hash,
+        let kept = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+            .and_then(|file| {
+                let mut out = HashingWriter {
+                    inner: std::io::BufWriter::with_capacity(256 * 1024, &file),
+                    hasher: blake3::Hasher::new(),
+                };
+                let written = entries.finish(head, &mut out)?;
+                std::io::Write::flush(&mut out.inner)?;
+                let hash = Hash(*out.hasher.finalize().as_bytes());
+                drop(out);
+                let path = self.memo_file(workspace, &written.root);
+                fs::rename(&temporary, &path)?;
+                Ok((written, file, hash, path))
+            });
+        match kept {
+            Ok((written, file, hash, path)) => {
+                self.drop_memos(workspace, Some(&path));
+                Ok((written, file, hash))
+            }
             Err(error) => {
                 let _ = fs::remove_file(&temporary);
-                return Err(error);
+                Err(error)
             }
-        };
-        self.drop_memos(workspace, Some(&path));
-        Ok(hash)
+        }
     }
 
     /// Removes the memo files of `workspace` but `keep`.
@@ -421,9 +511,15 @@ impl ChunkIndex {
         Ok((taken.load()?, taken.stats))
     }
 
-    /// [`snapshot`](Self::snapshot), with the entries of a snapshot the memo answers for left
-    /// on disk until [`Taken::load`]: its root and totals are known at once, which is all a
-    /// source answering "not modified", or a clone finding itself up to date, needs.
+    /// [`snapshot`](Self::snapshot), with the entries left on disk until [`Taken::load`]:
+    /// its root and totals are known at once, which is all a source answering "not
+    /// modified", or a clone finding itself up to date, needs.
+    ///
+    /// The pass holds a bounded amount whatever the count of files: the walk goes in
+    /// snapshot order to a spill (in memory up to a bound, then an unnamed file) while its
+    /// digest tells whether the memo answers; the merge reads it back beside the index's
+    /// records; changed files are read in windows, each recorded before the next is read;
+    /// entries go to the memo's file as they are settled.
     pub fn take(
         &self,
         workspace: Uuid,
@@ -432,9 +528,26 @@ impl ChunkIndex {
         root: &Path,
     ) -> Result<Taken, StoreError> {
         let scan_started = file_clock_now();
-        let walked = tree::walk(root)?;
-        let walk_digest = walked.digest();
+        let spill_failed = StoreError::io("setting aside the walk of", root);
+        let mut walk = tree::walk(root);
+        let mut walked = Spill::new(&self.memo_dir, spill::IN_MEMORY);
+        let mut files_walked: u64 = 0;
+        for item in walk.by_ref() {
+            let item = item?;
+            files_walked += u64::from(item.kind == EntryKind::File);
+            if let Err(error) = walked.push(&item) {
+                return Err(spill_failed(error));
+            }
+        }
+        let (skipped, walk_digest) = walk.finish();
         let key = (workspace, name.to_string(), revision);
+        let retake = Retake {
+            index: self.clone(),
+            workspace,
+            name: name.to_string(),
+            revision,
+            root: root.to_path_buf(),
+        };
         let unchanged = {
             let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
             match memo.get(&workspace) {
@@ -458,45 +571,34 @@ impl ChunkIndex {
                 total_bytes,
                 file_count,
                 stats: ScanStats {
-                    files_cached: walked
-                        .entries
-                        .iter()
-                        .filter(|w| w.kind == EntryKind::File)
-                        .count() as u64,
-                    skipped: walked.skipped.clone(),
+                    files_cached: files_walked,
+                    skipped,
                     ..ScanStats::default()
                 },
-                held: Held::Memo {
-                    file,
-                    file_hash,
-                    retake: Retake {
-                        index: self.clone(),
-                        workspace,
-                        name: name.to_string(),
-                        revision,
-                        root: root.to_path_buf(),
-                    },
-                },
+                file,
+                file_hash,
+                retake,
             });
         }
         let mut stats = ScanStats {
-            skipped: walked.skipped.clone(),
+            skipped,
             ..ScanStats::default()
         };
         // In path order (paths are unique), the walk meets the index's records, which sled
         // keeps in the same order, in one merge: a sequential scan instead of a lookup per
-        // file, and the records of files that are gone come out of the same pass. The walk's
-        // entries become the snapshot's as they are met; files to read are filled in after.
-        let mut walk = walked.entries;
-        walk.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-        let files_walked = walk.iter().filter(|w| w.kind == EntryKind::File).count() as u64;
+        // file, and the records of files that are gone come out of the same pass.
+        let mut walk = walked.into_reader().map_err(spill_failed)?;
         let mut records = self.files.scan_prefix(workspace.as_bytes());
         let mut next_record = records.next().transpose()?;
-        let mut gone: Vec<(String, sled::IVec)> = Vec::new();
-        let mut entries: Vec<SnapshotEntry> = Vec::with_capacity(walk.len());
-        let mut to_hash: Vec<ToHash> = Vec::new();
+        let mut gone = Spill::new(&self.memo_dir, spill::IN_MEMORY);
+        let mut out = SnapshotWriter::new(&self.memo_dir);
+        let mut window = Window::default();
         let mut racy = false;
-        for item in walk {
+        let write_failed = |error| StoreError::io("writing the snapshot of", root)(error);
+        while let Some(item) = walk
+            .read_next::<WalkEntry>()
+            .map_err(StoreError::io("reading back the walk of", root))?
+        {
             let mut old = None;
             while let Some((key, _)) = &next_record {
                 let order = key[16..].cmp(item.path.as_bytes());
@@ -509,7 +611,8 @@ impl ChunkIndex {
                     old = Some(value);
                     break;
                 }
-                gone.push((String::from_utf8_lossy(&key[16..]).into_owned(), value));
+                gone.push(&String::from_utf8_lossy(&key[16..]))
+                    .map_err(write_failed)?;
             }
             let mut entry = SnapshotEntry {
                 path: item.path,
@@ -520,21 +623,22 @@ impl ChunkIndex {
                 target: item.target,
                 chunks: Vec::new(),
             };
-            if item.kind != EntryKind::File {
-                // Was a file, is now a directory or a link.
-                if let Some(old) = old {
-                    gone.push((entry.path.clone(), old));
-                }
-                entries.push(entry);
-                continue;
-            }
             let record = old
                 .as_deref()
+                .filter(|_| item.kind == EntryKind::File)
                 .and_then(|v| rmp_serde::from_slice::<FileRecord>(v).ok());
             match record {
+                _ if item.kind != EntryKind::File => {
+                    // Was a file, is now a directory or a link.
+                    if old.is_some() {
+                        gone.push(&entry.path).map_err(write_failed)?;
+                    }
+                    window.settled(entry, &mut out).map_err(write_failed)?;
+                }
                 Some(record) if record.describes(&item.stamp) => {
                     racy |= record.racy;
                     fill(&mut entry, &record);
+                    window.settled(entry, &mut out).map_err(write_failed)?;
                 }
                 record => {
                     // A changed large file's old chunk list spares most of its boundary
@@ -543,84 +647,120 @@ impl ChunkIndex {
                         .filter(|r| !r.chunks.is_empty() && r.hash == chunk_list_hash(&r.chunks))
                         .map(|r| r.chunks)
                         .unwrap_or_default();
-                    to_hash.push(ToHash {
-                        index: entries.len(),
-                        stamp: item.stamp,
-                        replaces: old.map(|old| Box::new(Replaced { old, previous })),
-                    });
+                    window.reads(
+                        entry,
+                        ToHash {
+                            index: 0,
+                            stamp: item.stamp,
+                            replaces: old.map(|old| Box::new(Replaced { old, previous })),
+                        },
+                    );
                 }
             }
-            entries.push(entry);
+            // Full of files to read, or of settled entries waiting behind them.
+            if window.full() {
+                racy |= self.read_window(
+                    workspace,
+                    root,
+                    scan_started,
+                    &mut window,
+                    &mut stats,
+                    &mut out,
+                )?;
+            }
         }
-        while let Some((key, value)) = next_record {
-            gone.push((String::from_utf8_lossy(&key[16..]).into_owned(), value));
+        racy |= self.read_window(
+            workspace,
+            root,
+            scan_started,
+            &mut window,
+            &mut stats,
+            &mut out,
+        )?;
+        while let Some((key, _)) = next_record {
+            gone.push(&String::from_utf8_lossy(&key[16..]))
+                .map_err(write_failed)?;
             next_record = records.next().transpose()?;
         }
         drop(records);
-        stats.files_cached = files_walked - to_hash.len() as u64;
-        // Read in windows, each recorded before the next is read: what is held for reading
-        // stays bounded by the window, not the count of files changed.
-        for window in to_hash.chunks_mut(RECORD_BATCH) {
-            let mut hashed = hash_files(root, &entries, window)?;
-            for (item, record) in window.iter().zip(&mut hashed) {
-                record.racy = is_racy(record.stamp.mtime_ns, scan_started);
-                racy |= record.racy;
-                stats.files_hashed += 1;
-                stats.bytes_hashed += record.stamp.size;
-                fill(&mut entries[item.index], record);
-            }
-            let mut batch = window
-                .iter_mut()
-                .zip(hashed)
-                .map(|(item, record)| Replacement {
-                    path: &entries[item.index].path,
-                    old: item.replaces.take().map(|r| r.old),
-                    new: record,
-                    tag: (),
-                })
-                .collect();
-            self.replace_all(workspace, &mut batch, |(), _| {})?;
-        }
-        drop(to_hash);
+        stats.files_cached = files_walked - stats.files_hashed;
         // Forget files that are gone.
-        for (path, old) in gone {
-            self.replace(workspace, &path, Some(&old), None)?;
-        }
-        let snapshot = Arc::new(Snapshot::new(
-            workspace,
-            name.to_string(),
-            revision,
-            root.to_string_lossy().into_owned(),
-            entries,
-        ));
-        let totals = (snapshot.total_bytes(), snapshot.file_count());
-        match self.keep_memo(&snapshot) {
-            Ok(file_hash) => {
-                self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    workspace,
-                    Memo {
-                        key,
-                        walk: walk_digest,
-                        racy,
-                        root: snapshot.root,
-                        totals,
-                        file_hash,
-                    },
-                );
+        let mut gone = gone.into_reader().map_err(write_failed)?;
+        while let Some(path) = gone.read_next::<String>().map_err(write_failed)? {
+            if let Some(old) = self.files.get(file_key(workspace, &path))? {
+                self.replace(workspace, &path, Some(&old), None)?;
             }
-            Err(error) => tracing::warn!(
-                %error,
-                dir = %self.memo_dir.display(),
-                "could not keep the snapshot for the next one (it walks and merges again)"
-            ),
         }
+        let head = SnapshotHead {
+            workspace_id: workspace,
+            name: name.to_string(),
+            revision,
+            source_root: root.to_string_lossy().into_owned(),
+        };
+        let (written, file, file_hash) = self
+            .keep_memo(out, &head)
+            .map_err(|error| StoreError::io("keeping the snapshot of", &self.memo_dir)(error))?;
+        self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            workspace,
+            Memo {
+                key,
+                walk: walk_digest,
+                racy,
+                root: written.root,
+                totals: (written.total_bytes, written.file_count),
+                file_hash,
+            },
+        );
         Ok(Taken {
-            root: snapshot.root,
-            total_bytes: totals.0,
-            file_count: totals.1,
+            root: written.root,
+            total_bytes: written.total_bytes,
+            file_count: written.file_count,
             stats,
-            held: Held::Built(snapshot),
+            file,
+            file_hash,
+            retake,
         })
+    }
+
+    /// Reads the window's changed files, records them, and writes its entries out in order;
+    /// whether any was stamped inside the racy window.
+    fn read_window(
+        &self,
+        workspace: Uuid,
+        root: &Path,
+        scan_started: SystemTime,
+        window: &mut Window,
+        stats: &mut ScanStats,
+        out: &mut SnapshotWriter,
+    ) -> Result<bool, StoreError> {
+        let mut racy = false;
+        let mut hashed = hash_files(root, &window.entries, &window.to_hash)?;
+        for (item, record) in window.to_hash.iter().zip(&mut hashed) {
+            record.racy = is_racy(record.stamp.mtime_ns, scan_started);
+            racy |= record.racy;
+            stats.files_hashed += 1;
+            stats.bytes_hashed += record.stamp.size;
+            fill(&mut window.entries[item.index], record);
+        }
+        let mut batch = window
+            .to_hash
+            .iter_mut()
+            .zip(hashed)
+            .map(|(item, record)| Replacement {
+                path: &window.entries[item.index].path,
+                old: item.replaces.take().map(|r| r.old),
+                new: record,
+                tag: (),
+            })
+            .collect();
+        self.replace_all(workspace, &mut batch, |(), _| {})?;
+        drop(batch);
+        window.to_hash.clear();
+        for entry in window.entries.drain(..) {
+            out.push(&entry)
+                .map_err(StoreError::io("writing the snapshot of", root))?;
+        }
+        Ok(racy)
     }
 
     /// Records the files of a snapshot just written at `root` that `arrived` names (by a
@@ -1370,6 +1510,16 @@ mod tests {
         let memo = dir.path().join("memo");
         let index = ChunkIndex::open(&db, &memo).unwrap();
         let workspace = Uuid::new_v4();
+        // What the snapshot route sends: the file's bytes, read as it reads them.
+        let sent = |taken: &Taken| {
+            let encoded = taken.encoded().unwrap();
+            let mut bytes = Vec::new();
+            crate::fsio::ReadAt::new(&encoded.file)
+                .read_to_end(&mut bytes)
+                .unwrap();
+            assert_eq!(bytes.len() as u64, encoded.len);
+            (bytes, encoded.root)
+        };
         let files = |memo: &Path| -> Vec<String> {
             let mut names: Vec<String> = std::fs::read_dir(memo)
                 .unwrap()
@@ -1387,13 +1537,12 @@ mod tests {
         // kept, and the entries still readable after a concurrent snapshot removed the file.
         let memo_file = memo.join(format!("{workspace}.{}", first.root.to_hex()));
         let taken = index.take(workspace, "ws", 1, &root).unwrap();
-        assert!(matches!(taken.held, Held::Memo { .. }));
         assert_eq!(
             (taken.root, taken.total_bytes, taken.file_count),
             (first.root, 5, 1)
         );
         assert_eq!((taken.stats.files_cached, taken.stats.files_hashed), (1, 0));
-        assert_eq!(taken.encoded().unwrap(), (first.encode(), first.root));
+        assert_eq!(sent(&taken), (first.encode(), first.root));
         let kept = std::fs::read(&memo_file).unwrap();
         std::fs::remove_file(&memo_file).unwrap();
         assert_eq!(*taken.load().unwrap(), *first);
@@ -1409,8 +1558,8 @@ mod tests {
         )
         .unwrap();
         let taken = index.take(workspace, "ws", 1, &root).unwrap();
-        assert!(matches!(taken.held, Held::Memo { .. }));
-        assert_eq!(taken.encoded().unwrap(), (first.encode(), first.root));
+        assert_eq!(taken.stats.files_hashed, 0, "answered by the memo");
+        assert_eq!(sent(&taken), (first.encode(), first.root));
         assert_eq!(*taken.load().unwrap(), *first);
         assert_eq!(
             std::fs::read(&memo_file).unwrap(),
@@ -1492,5 +1641,72 @@ mod tests {
             .map(|item| String::from_utf8(item.unwrap().0[16..].to_vec()).unwrap())
             .collect();
         assert_eq!(records, ["b.txt", "b/c", "d/e"]);
+    }
+
+    /// Changed files are read in windows while the entries before, between and after them
+    /// go out in order: more files to read than a window holds, and long runs of unchanged
+    /// ones between them, give the snapshot a fresh index takes of the same tree.
+    #[test]
+    fn windows_of_changed_files_keep_the_snapshot_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        let count = RECORD_BATCH * 2 + Window::MAX_ENTRIES + 100;
+        for i in 0..count {
+            let sub = root.join(format!("d{}", i % 7));
+            if i < 7 {
+                std::fs::create_dir_all(&sub).unwrap();
+            }
+            std::fs::write(sub.join(format!("f{i}")), format!("v1 {i}")).unwrap();
+        }
+        let last = count - 1;
+        until_file_clock_passes(
+            &root.join(format!("d{}/f{last}", last % 7)),
+            2 * RACY_WINDOW,
+        );
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let memo = dir.path().join("memo");
+        let index = ChunkIndex::open(&db, &memo).unwrap();
+        let workspace = Uuid::new_v4();
+        let (_, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        assert_eq!(stats.files_hashed, count as u64);
+        // The first two windows' worth changed, then a run longer than a window unchanged,
+        // then a few more changed.
+        let changed = |i: usize| i < 2 * RECORD_BATCH + 10 || i % 1000 == 999;
+        for i in (0..count).filter(|i| changed(*i)) {
+            std::fs::write(
+                root.join(format!("d{}/f{i}", i % 7)),
+                format!("v2 {i} longer"),
+            )
+            .unwrap();
+        }
+        let (again, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        let expected = (0..count).filter(|i| changed(*i)).count() as u64;
+        assert_eq!(
+            (stats.files_hashed, stats.files_cached),
+            (expected, count as u64 - expected)
+        );
+        let fresh_db = sled::Config::new().temporary(true).open().unwrap();
+        let fresh = ChunkIndex::open(&fresh_db, &dir.path().join("memo2")).unwrap();
+        let (whole, _) = fresh.snapshot(workspace, "ws", 1, &root).unwrap();
+        assert_eq!(again.entries.len(), count + 7);
+        assert_eq!(*again, *whole);
+        again.validate(&SnapshotLimits::default()).unwrap();
+        // The index follows: every file's new content is found where it is.
+        for i in [
+            0,
+            RECORD_BATCH,
+            2 * RECORD_BATCH + 9,
+            2 * RECORD_BATCH + 11,
+            1999,
+        ] {
+            let content = if changed(i) {
+                format!("v2 {i} longer")
+            } else {
+                format!("v1 {i}")
+            };
+            let found = index.locate(&Hash::of(content.as_bytes()), Some(workspace));
+            assert_eq!(found.len(), 1, "file {i}");
+            assert_eq!(found[0].path, format!("d{}/f{i}", i % 7));
+        }
     }
 }

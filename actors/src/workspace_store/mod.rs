@@ -45,7 +45,9 @@ pub use archive::{
     ArchiveError, ArchiveManifest, ExportSummary, ImportLimits, ImportSummary, CONTENT_PREFIX,
     FORMAT_VERSION as ARCHIVE_FORMAT_VERSION, MANIFEST_ENTRY,
 };
-pub use chunk_index::{file_clock_now, Arrived, ChunkIndex, ChunkLocation, ScanStats, Taken};
+pub use chunk_index::{
+    file_clock_now, Arrived, ChunkIndex, ChunkLocation, EncodedSnapshot, ScanStats, Taken,
+};
 pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan};
 pub use error::StoreError;
 pub use handle::WorkspaceStoreHandle;

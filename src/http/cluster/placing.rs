@@ -820,11 +820,8 @@ pub(in crate::http) async fn sync_results(
                 return;
             }
         }
-        if let Ok((snapshot, _)) = state.store.snapshot(&workspace.to_string()).await {
-            let _ = state
-                .placements
-                .results_back(workspace, snapshot.root)
-                .await;
+        if let Ok(taken) = state.store.take_snapshot(&workspace.to_string()).await {
+            let _ = state.placements.results_back(workspace, taken.root).await;
         }
     });
     Ok(Some(job))
