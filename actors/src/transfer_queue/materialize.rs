@@ -10,7 +10,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::snapshot::{EntryKind, Snapshot};
-use crate::workspace_store::{Arrived, CloneRequest, Origin};
+use crate::workspace_store::{Arrived, CloneRequest, Origin, Unflushed};
 
 use super::error::TransferError;
 use super::job::Progress;
@@ -95,7 +95,7 @@ impl JobContext {
         }
         let arrived = Arrived::AllBut(rewritten);
         let commit_started = Instant::now();
-        let unflushed = {
+        {
             let (tree, snapshot, arrived) = (
                 stage.tree().to_path_buf(),
                 snapshot.clone(),
@@ -111,25 +111,13 @@ impl JobContext {
                 // Every other file (relocated, a rebuilt `.git`) is made durable now, with
                 // the directories holding it.
                 crate::fsio::fsync_tree_except(&tree, as_received)
-                    .map_err(|e| TransferError::io("flushing", &tree)(std::io::Error::other(e)))?;
-                let entries = snapshot
-                    .entries
-                    .iter()
-                    .filter(|e| {
-                        e.kind == EntryKind::Dir
-                            || (e.kind == EntryKind::File && arrived.contains(&e.path))
-                    })
-                    .cloned()
-                    .collect();
-                Ok(Arc::new(Snapshot::new(
-                    snapshot.workspace_id,
-                    snapshot.name.clone(),
-                    snapshot.revision,
-                    snapshot.source_root.clone(),
-                    entries,
-                )))
+                    .map_err(|e| TransferError::io("flushing", &tree)(std::io::Error::other(e)))
             })
-            .await?
+            .await?;
+        }
+        let unflushed = Unflushed {
+            snapshot: snapshot.clone(),
+            arrived: arrived.clone(),
         };
         let committed_at = crate::workspace_store::file_clock_now();
         let created = self

@@ -19,7 +19,8 @@ use uuid::Uuid;
 use super::{Arrived, Taken};
 use crate::events::WorkspaceChange;
 use crate::model::{Sharing, WORKSPACE_FILE};
-use crate::snapshot::{Hash, Snapshot};
+use crate::snapshot::{EntryKind, Hash, Snapshot};
+use crate::snapshot_writer::SnapshotWriter;
 use crate::yaml;
 
 use super::chunk_index::{ChunkIndex, ScanStats};
@@ -75,7 +76,38 @@ pub struct CloneRequest {
     /// The files a start after a crash must find intact, every other file of `staging`
     /// having been flushed: the clone is then committed before its write-back is done (see
     /// [`WorkspaceStoreHandle::flush`]). `None`: the file system is flushed first.
-    pub unflushed: Option<Arc<Snapshot>>,
+    pub unflushed: Option<Unflushed>,
+}
+
+/// The files of a clone committed before its write-back: those of `snapshot` that `arrived`
+/// names. Kept as a snapshot of them (with every directory, so it reads back as a valid
+/// one), written from the received one's list without a second list in memory.
+#[derive(Debug, Clone)]
+pub struct Unflushed {
+    /// What was received.
+    pub snapshot: Arc<Snapshot>,
+    /// Which of its files arrived as it says.
+    pub arrived: Arrived,
+}
+
+impl Unflushed {
+    /// Writes the record to `path` atomically and durably.
+    pub(super) fn write_file(&self, path: &Path) -> Result<(), StoreError> {
+        let dir = path.parent().expect("a record inside a directory");
+        let mut files = SnapshotWriter::new(dir);
+        let writing = StoreError::io("writing", path);
+        for entry in self.snapshot.entries.iter().filter(|e| {
+            e.kind == EntryKind::Dir
+                || (e.kind == EntryKind::File && self.arrived.contains(&e.path))
+        }) {
+            if let Err(error) = files.push(entry) {
+                return Err(writing(error));
+            }
+        }
+        let head = self.snapshot.head();
+        fsio::write_atomic_with(path, |out| files.finish(&head, out).map(|_| ()))?;
+        Ok(())
+    }
 }
 
 /// The changes that make a clone equal to a newer snapshot of its source. Every path is

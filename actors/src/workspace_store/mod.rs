@@ -48,7 +48,7 @@ pub use archive::{
 pub use chunk_index::{
     file_clock_now, Arrived, ChunkIndex, ChunkLocation, EncodedSnapshot, ScanStats, Taken,
 };
-pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan};
+pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan, Unflushed};
 pub use error::StoreError;
 pub use handle::WorkspaceStoreHandle;
 pub use index::RevisionRecord;
@@ -196,7 +196,7 @@ struct CommitNew {
     /// For a clone: the files a start after a crash must find intact (every other file was
     /// flushed already). Given, the clone is made visible before the write-back is done, and
     /// [`WorkspaceStoreHandle::flush`] finishes it; absent, the file system is flushed first.
-    unflushed: Option<Arc<crate::snapshot::Snapshot>>,
+    unflushed: Option<clone::Unflushed>,
     by: String,
 }
 
