@@ -29,6 +29,7 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod snapshot_delta;
 pub mod snapshot_history;
+pub mod snapshot_reader;
 pub mod snapshot_writer;
 pub mod spill;
 pub mod transfer_queue;

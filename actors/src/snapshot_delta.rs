@@ -5,12 +5,16 @@
 //! answers with the entries that changed and the paths removed, and the receiver rebuilds the
 //! whole snapshot, which must hash to the announced root and pass every check a full one does.
 
+use std::io::Read;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{
-    Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits, SNAPSHOT_FORMAT,
+    Hash, RootHasher, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits, SNAPSHOT_FORMAT,
 };
+use crate::snapshot_reader::SnapshotReader;
+use crate::snapshot_writer::SnapshotHead;
 
 /// A snapshot as changes to `base`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,46 +44,93 @@ pub struct SnapshotDelta {
 impl SnapshotDelta {
     /// The changes from `base` to `new`.
     pub fn between(base: &Snapshot, new: &Snapshot) -> SnapshotDelta {
+        SnapshotDelta::merge(
+            base.root,
+            base.entries.iter().cloned().map(Ok),
+            (new.head(), new.root),
+            new.entries.iter().cloned().map(Ok),
+            usize::MAX,
+        )
+        .expect("entries in memory")
+        .expect("no limit, and a snapshot's entries hash to its root")
+    }
+
+    /// [`between`](Self::between) for snapshots read entry by entry, holding only the
+    /// changes: `None` when there are more than `max_changes` (the whole snapshot is then sent
+    /// instead, and memory stays bounded), or when the base's entries do not hash to its root
+    /// (a damaged file: the receiver would refuse the result).
+    pub fn between_readers(
+        base: &mut SnapshotReader<impl Read>,
+        new: &mut SnapshotReader<impl Read>,
+        max_changes: usize,
+    ) -> std::io::Result<Option<SnapshotDelta>> {
+        let head = (new.head.clone(), new.root);
+        let base_root = base.root;
+        SnapshotDelta::merge(
+            base_root,
+            std::iter::from_fn(|| base.next_entry().transpose()),
+            head,
+            std::iter::from_fn(|| new.next_entry().transpose()),
+            max_changes,
+        )
+    }
+
+    /// The one merge of two sorted lists of entries behind both.
+    fn merge(
+        base_root: Hash,
+        base: impl Iterator<Item = std::io::Result<SnapshotEntry>>,
+        (head, root): (SnapshotHead, Hash),
+        new: impl Iterator<Item = std::io::Result<SnapshotEntry>>,
+        max_changes: usize,
+    ) -> std::io::Result<Option<SnapshotDelta>> {
+        let (mut base, mut new) = (base, new);
         let (mut removed, mut entries) = (Vec::new(), Vec::new());
-        let (mut old, mut now) = (
-            base.entries.iter().peekable(),
-            new.entries.iter().peekable(),
-        );
+        let mut hashed = RootHasher::new();
+        let (mut old, mut now) = (base.next().transpose()?, new.next().transpose()?);
         loop {
-            match (old.peek(), now.peek()) {
+            match (old.take(), now.take()) {
                 (None, None) => break,
                 (Some(o), Some(n)) if o.path == n.path => {
+                    hashed.push(&o);
                     if o != n {
-                        entries.push((*n).clone());
+                        entries.push(n);
                     }
-                    old.next();
-                    now.next();
+                    old = base.next().transpose()?;
+                    now = new.next().transpose()?;
                 }
-                (Some(o), Some(n)) if o.path.as_bytes() < n.path.as_bytes() => {
-                    removed.push(o.path.clone());
-                    old.next();
+                (Some(o), n)
+                    if n.as_ref()
+                        .is_none_or(|n| o.path.as_bytes() < n.path.as_bytes()) =>
+                {
+                    hashed.push(&o);
+                    removed.push(o.path);
+                    old = base.next().transpose()?;
+                    now = n;
                 }
-                (Some(o), None) => {
-                    removed.push(o.path.clone());
-                    old.next();
-                }
-                (_, Some(n)) => {
-                    entries.push((*n).clone());
-                    now.next();
+                (o, n) => {
+                    entries.push(n.expect("a base entry before it or none is removed"));
+                    old = o;
+                    now = new.next().transpose()?;
                 }
             }
+            if removed.len() + entries.len() > max_changes {
+                return Ok(None);
+            }
         }
-        SnapshotDelta {
+        if hashed.finish() != base_root {
+            return Ok(None);
+        }
+        Ok(Some(SnapshotDelta {
             format: SNAPSHOT_FORMAT,
-            base: base.root,
-            workspace_id: new.workspace_id,
-            name: new.name.clone(),
-            revision: new.revision,
-            source_root: new.source_root.clone(),
-            root: new.root,
+            base: base_root,
+            workspace_id: head.workspace_id,
+            name: head.name,
+            revision: head.revision,
+            source_root: head.source_root,
+            root,
             removed,
             entries,
-        }
+        }))
     }
 
     /// MessagePack (named fields), zstd-compressed.
@@ -285,5 +336,53 @@ mod tests {
         assert!(bad.apply(&base, &limits).is_err());
         // Garbage.
         assert!(SnapshotDelta::decode_onto(b"not zstd", &base, &limits).is_err());
+    }
+
+    /// Read entry by entry from the encoded snapshots, the delta is the one computed in
+    /// memory; past `max_changes`, or from a base whose entries do not hash to its root, there
+    /// is none (the whole snapshot is sent).
+    #[test]
+    fn a_delta_between_readers_is_the_same_and_bounded() {
+        let base = snapshot(
+            (0..50)
+                .map(|i| file(&format!("f{i:02}"), &[i as u8]))
+                .collect(),
+        );
+        let new = snapshot(
+            (0..50)
+                .filter(|i| i % 10 != 3)
+                .map(|i| file(&format!("f{i:02}"), &[i + u8::from(i % 7 == 0) * 100]))
+                .chain([file("g", b"new")])
+                .collect(),
+        );
+        let (base_bytes, new_bytes) = (base.encode(), new.encode());
+        let read = |bytes: &[u8], max| {
+            SnapshotDelta::between_readers(
+                &mut SnapshotReader::new(&base_bytes[..]).unwrap(),
+                &mut SnapshotReader::new(bytes).unwrap(),
+                max,
+            )
+            .unwrap()
+        };
+        let in_memory = SnapshotDelta::between(&base, &new);
+        let changes = in_memory.removed.len() + in_memory.entries.len();
+        assert_eq!(changes, 5 + 8 + 1);
+        assert_eq!(read(&new_bytes, changes), Some(in_memory));
+        assert_eq!(read(&new_bytes, changes - 1), None);
+        // A base file whose entries are not those its root names.
+        let damaged = Snapshot {
+            root: new.root,
+            ..base.clone()
+        }
+        .encode();
+        assert_eq!(
+            SnapshotDelta::between_readers(
+                &mut SnapshotReader::new(&damaged[..]).unwrap(),
+                &mut SnapshotReader::new(&new_bytes[..]).unwrap(),
+                usize::MAX,
+            )
+            .unwrap(),
+            None
+        );
     }
 }

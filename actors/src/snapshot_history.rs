@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::snapshot::{Hash, Snapshot, SnapshotLimits};
+use crate::snapshot::Hash;
+use crate::snapshot_reader::SnapshotReader;
 
 /// Snapshots kept per workspace.
 pub const KEEP: usize = 8;
@@ -71,11 +72,14 @@ impl SnapshotHistory {
         Ok(())
     }
 
-    /// The kept snapshot of `workspace` with `root`, checked like a received one.
-    pub fn load(&self, workspace: Uuid, root: &Hash, limits: &SnapshotLimits) -> Option<Snapshot> {
-        Snapshot::read_file(&self.path(workspace, root), limits)
-            .ok()
-            .filter(|s| s.root == *root && s.workspace_id == workspace)
+    /// The kept snapshot of `workspace` with `root`, to read entry by entry; `None` when it
+    /// is not kept or its head names another. Its entries are checked against the root as
+    /// they are read ([`crate::snapshot_delta::SnapshotDelta::between_readers`]), never held
+    /// together.
+    pub fn open(&self, workspace: Uuid, root: &Hash) -> Option<SnapshotReader<std::fs::File>> {
+        let file = std::fs::File::open(self.path(workspace, root)).ok()?;
+        let reader = SnapshotReader::new(file).ok()?;
+        (reader.root == *root && reader.head.workspace_id == workspace).then_some(reader)
     }
 
     /// Removes the history of workspaces `exists` no longer knows.
@@ -99,6 +103,7 @@ impl SnapshotHistory {
 mod tests {
     use super::*;
     use crate::snapshot::test_entries::file;
+    use crate::snapshot::Snapshot;
 
     fn snapshot(id: Uuid, n: usize) -> Snapshot {
         let entries = vec![file(&format!("f{n}"), &[n as u8])];
@@ -106,11 +111,10 @@ mod tests {
     }
 
     #[test]
-    fn keeps_the_newest_and_checks_what_it_loads() {
+    fn keeps_the_newest_and_checks_what_it_opens() {
         let dir = tempfile::tempdir().unwrap();
         let history = SnapshotHistory::new(dir.path());
         let id = Uuid::from_u128(1);
-        let limits = SnapshotLimits::default();
         let all: Vec<Snapshot> = (0..KEEP + 2).map(|n| snapshot(id, n)).collect();
         for (n, s) in all.iter().enumerate() {
             history.record(id, &s.root, &s.encode()[..]).unwrap();
@@ -128,22 +132,21 @@ mod tests {
         history
             .record(id, &all[KEEP + 1].root, &all[KEEP + 1].encode()[..])
             .unwrap();
-        assert!(
-            history.load(id, &all[0].root, &limits).is_none(),
-            "the oldest went"
-        );
-        assert_eq!(
-            history.load(id, &all[KEEP + 1].root, &limits).as_ref(),
-            Some(&all[KEEP + 1])
-        );
+        assert!(history.open(id, &all[0].root).is_none(), "the oldest went");
+        let mut kept = history.open(id, &all[KEEP + 1].root).unwrap();
+        let mut entries = Vec::new();
+        while let Some(entry) = kept.next_entry().unwrap() {
+            entries.push(entry);
+        }
+        assert_eq!(entries, all[KEEP + 1].entries);
         // A file whose content is another snapshot is not taken for the one named.
         std::fs::copy(
             history.path(id, &all[KEEP].root),
             history.path(id, &all[KEEP + 1].root),
         )
         .unwrap();
-        assert!(history.load(id, &all[KEEP + 1].root, &limits).is_none());
+        assert!(history.open(id, &all[KEEP + 1].root).is_none());
         history.prune(|_| false);
-        assert!(history.load(id, &all[KEEP].root, &limits).is_none());
+        assert!(history.open(id, &all[KEEP].root).is_none());
     }
 }

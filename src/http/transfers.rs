@@ -24,6 +24,7 @@ use aienv_actors::chunk_frame::{self, Frame};
 use aienv_actors::chunk_parts;
 use aienv_actors::fsio::ReadAt;
 use aienv_actors::snapshot_delta::SnapshotDelta;
+use aienv_actors::snapshot_reader::SnapshotReader;
 use aienv_actors::transfer_queue::{TransferError, TransferKind, TransferRequest};
 use aienv_actors::workspace_store::{EncodedSnapshot, StoreError, WorkspaceEntry};
 
@@ -245,6 +246,7 @@ async fn snapshot(
     }
     let history = state.snapshot_history.clone();
     let workspace = entry.manifest.id;
+    let entry_path = entry.path.clone();
     let answer = web::block(move || -> Result<Answer, StoreError> {
         let started = std::time::Instant::now();
         // Its own root: the taken one, unless the workspace changed while a damaged memo
@@ -254,13 +256,15 @@ async fn snapshot(
         if let Err(error) = history.record(workspace, &full.root, ReadAt::new(&full.file)) {
             tracing::warn!(%error, "could not keep the served snapshot (later syncs get it whole)");
         }
-        // A delta from the snapshot the asker holds, when it is kept and smaller.
-        let limits = aienv_actors::snapshot::SnapshotLimits::default();
-        let delta = match since.and_then(|base| history.load(workspace, &base, &limits)) {
-            Some(base) => {
-                let current = taken.load()?;
-                (current.root == full.root)
-                    .then(|| SnapshotDelta::between(&base, &current).encode())
+        // A delta from the snapshot the asker holds, when it is kept and smaller: both read
+        // entry by entry, only the changes held (up to MAX_DELTA_CHANGES).
+        let delta = match since.and_then(|base| history.open(workspace, &base)) {
+            Some(mut base) => {
+                let mut current = SnapshotReader::new(ReadAt::new(&full.file))
+                    .map_err(StoreError::io("reading the kept snapshot of", &entry_path))?;
+                SnapshotDelta::between_readers(&mut base, &mut current, MAX_DELTA_CHANGES)
+                    .map_err(StoreError::io("reading the kept snapshots of", &entry_path))?
+                    .map(|delta| delta.encode())
             }
             None => None,
         }
@@ -295,6 +299,10 @@ async fn snapshot(
         }
     })
 }
+
+/// Changes past which a delta is not made (the whole snapshot is sent): what making one holds
+/// stays bounded (about 13 MB of entries), whatever the workspace's size.
+const MAX_DELTA_CHANGES: usize = 65_536;
 
 /// What the snapshot route sends: a delta, or the whole snapshot from its file.
 enum Answer {

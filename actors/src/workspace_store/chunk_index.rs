@@ -530,7 +530,7 @@ impl ChunkIndex {
         let scan_started = file_clock_now();
         let spill_failed = StoreError::io("setting aside the walk of", root);
         let mut walk = tree::walk(root);
-        let mut walked = Spill::new(&self.memo_dir, spill::IN_MEMORY);
+        let mut walked = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
         let mut files_walked: u64 = 0;
         for item in walk.by_ref() {
             let item = item?;
@@ -590,7 +590,7 @@ impl ChunkIndex {
         let mut walk = walked.into_reader().map_err(spill_failed)?;
         let mut records = self.files.scan_prefix(workspace.as_bytes());
         let mut next_record = records.next().transpose()?;
-        let mut gone = Spill::new(&self.memo_dir, spill::IN_MEMORY);
+        let mut gone = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
         let mut out = SnapshotWriter::new(&self.memo_dir);
         let mut window = Window::default();
         let mut racy = false;
