@@ -1126,6 +1126,46 @@ async fn a_sync_gets_the_snapshot_as_a_delta_from_the_one_it_holds() {
     assert_eq!(decode(&response.body().await.unwrap()), after);
     let response = http.get(format!("{url}?since=xyz")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
+    // A kept snapshot damaged on the source's disk (its head reads, its entries do not)
+    // gives no delta: the whole snapshot, not an error.
+    let kept = a.data_dir.join(format!(
+        "served/{}/{}",
+        before.workspace_id,
+        before.root.to_hex()
+    ));
+    let bytes = std::fs::read(&kept).unwrap();
+    #[derive(serde::Serialize)]
+    struct Damaged<'a> {
+        format: u32,
+        workspace_id: uuid::Uuid,
+        name: &'a str,
+        revision: u64,
+        source_root: &'a str,
+        root: Hash,
+        entries: [u32; 3],
+    }
+    let damaged = aienv_actors::packed::to_vec(&Damaged {
+        format: 1,
+        workspace_id: before.workspace_id,
+        name: &before.name,
+        revision: before.revision,
+        source_root: &before.source_root,
+        root: before.root,
+        entries: [1, 2, 3],
+    });
+    std::fs::write(&kept, damaged).unwrap();
+    let mut response = http
+        .get(format!("{url}?since={}", before.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/vnd.aienv.snapshot+msgpack+zstd"
+    );
+    assert_eq!(decode(&response.body().await.unwrap()), after);
+    std::fs::write(&kept, &bytes).unwrap();
 
     // The sync: the clone's base is the snapshot it cloned, so the delta is what travels.
     let job = done(&client, start(&client, "sync", None, "many").await.id).await;

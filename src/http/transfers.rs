@@ -246,7 +246,6 @@ async fn snapshot(
     }
     let history = state.snapshot_history.clone();
     let workspace = entry.manifest.id;
-    let entry_path = entry.path.clone();
     let answer = web::block(move || -> Result<Answer, StoreError> {
         let started = std::time::Instant::now();
         // Its own root: the taken one, unless the workspace changed while a damaged memo
@@ -257,18 +256,21 @@ async fn snapshot(
             tracing::warn!(%error, "could not keep the served snapshot (later syncs get it whole)");
         }
         // A delta from the snapshot the asker holds, when it is kept and smaller: both read
-        // entry by entry, only the changes held (up to MAX_DELTA_CHANGES).
-        let delta = match since.and_then(|base| history.open(workspace, &base)) {
-            Some(mut base) => {
-                let mut current = SnapshotReader::new(ReadAt::new(&full.file))
-                    .map_err(StoreError::io("reading the kept snapshot of", &entry_path))?;
-                SnapshotDelta::between_readers(&mut base, &mut current, MAX_DELTA_CHANGES)
-                    .map_err(StoreError::io("reading the kept snapshots of", &entry_path))?
-                    .map(|delta| delta.encode())
-            }
-            None => None,
-        }
-        .filter(|delta| (delta.len() as u64) < full.len);
+        // entry by entry, only the changes held (up to MAX_DELTA_CHANGES). A kept file that
+        // cannot be read through costs the asker the whole snapshot, nothing more.
+        let delta = since
+            .and_then(|base| history.open(workspace, &base))
+            .and_then(|mut base| {
+                let made = SnapshotReader::new(ReadAt::new(&full.file)).and_then(|mut current| {
+                    SnapshotDelta::between_readers(&mut base, &mut current, MAX_DELTA_CHANGES)
+                });
+                made.unwrap_or_else(|error| {
+                    tracing::warn!(workspace = %workspace, %error, "a kept snapshot could not be read for a delta; sending the whole one");
+                    None
+                })
+            })
+            .map(|delta| delta.encode())
+            .filter(|delta| (delta.len() as u64) < full.len);
         tracing::debug!(
             full = full.len,
             delta = delta.as_ref().map(Vec::len),

@@ -630,12 +630,14 @@ impl std::fmt::Display for Phases {
 /// Refuses, before anything is written, a workspace whose paths differ only by letter case
 /// when this node's file system cannot tell them apart; elsewhere they clone as they are.
 fn check_case(snapshot: &Snapshot, dir: &std::path::Path) -> Result<(), TransferError> {
-    let pairs = snapshot.case_collisions(3);
-    if pairs.is_empty() {
-        return Ok(());
-    }
+    // The probe first: finding the pairs holds every path folded (about 20 MB at 200,000
+    // files), which a file system that tells case apart never needs.
     std::fs::create_dir_all(dir).map_err(TransferError::io("creating", dir))?;
     if crate::tree::case_sensitive(dir).map_err(TransferError::io("probing", dir))? {
+        return Ok(());
+    }
+    let pairs = snapshot.case_collisions(3);
+    if pairs.is_empty() {
         return Ok(());
     }
     Err(TransferError::CaseCollision {
