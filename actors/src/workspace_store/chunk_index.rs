@@ -335,8 +335,9 @@ impl Taken {
     fn checked_file(&self) -> Result<Option<EncodedSnapshot>, StoreError> {
         let reading = StoreError::io("reading the kept snapshot of", &self.retake.root);
         let mut hasher = blake3::Hasher::new();
-        let len = std::io::copy(&mut crate::fsio::ReadAt::new(&self.file), &mut hasher)
-            .map_err(reading)?;
+        let mut blocks =
+            std::io::BufReader::with_capacity(256 * 1024, crate::fsio::ReadAt::new(&self.file));
+        let len = std::io::copy(&mut blocks, &mut hasher).map_err(reading)?;
         if Hash(*hasher.finalize().as_bytes()) != self.file_hash {
             return Ok(None);
         }
