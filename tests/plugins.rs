@@ -174,8 +174,10 @@ async fn the_podman_plugin_runs_an_environment_end_to_end_through_the_proxy() {
 
     let stopped = admin.stop("pod", None).await.unwrap();
     assert_eq!(stopped[0].state, "stopped", "{stopped:#?}");
+    // This workspace's containers only: another run's leftovers are not this one's.
+    let label = format!("label=aienv.workspace={}", status.workspace_id);
     assert_eq!(
-        podman(&["ps", "-aq", "--filter", "label=aienv.workspace"]).unwrap_or_default(),
+        podman(&["ps", "-aq", "--filter", &label]).unwrap_or_default(),
         "",
         "the container is removed"
     );

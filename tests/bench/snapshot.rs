@@ -1,0 +1,134 @@
+//! Snapshot benchmark: what taking a snapshot costs in time and in memory as the count of
+//! files grows, in one process, through the chunk index a node uses (sled with the node's
+//! settings, the memo on disk). For each count it takes the first snapshot (every file read),
+//! one with nothing changed (the memo answers), and one after 1 % of the files changed, and
+//! reports each pass's time and the process's peak resident memory during it (`VmHWM`,
+//! reset before each pass through `/proc/self/clear_refs`). Memory that is bounded by design
+//! shows as a flat peak from one count to the next: the last column is what each file added
+//! since the previous count.
+//!
+//! Run: `cargo bench --bench snapshot`. `BENCH_FILES` lists the counts (default
+//! `50000,200000,400000`), `BENCH_DIR` where the trees go (default `/dev/shm`: tmpfs, so the
+//! disk's write-back does not blur the times), `AIENV_STORE_CACHE_MIB` sled's page cache
+//! (default 64, as a node's). Figures, not assertions.
+
+use std::path::Path;
+use std::time::Instant;
+
+use aienv_actors::workspace_store::ChunkIndex;
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `pass` and returns its result, its seconds, and the peak resident MiB while it ran.
+fn measured<T>(pass: impl FnOnce() -> T) -> (T, f64, f64) {
+    // "5" resets the peak resident size to the current one (Linux 4.0 and later).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let started = Instant::now();
+    let result = pass();
+    let seconds = started.elapsed().as_secs_f64();
+    (result, seconds, status_kib("VmHWM:") as f64 / 1024.0)
+}
+
+/// `count` files of 0.5–2 KiB in directories of 200, as the transfer benchmark's many-file
+/// tree.
+fn build(root: &Path, count: u64) {
+    let mut state = 0x5eed_u64;
+    for i in 0..count {
+        let dir = root.join(format!("d{:04}", i / 200));
+        if i % 200 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = 512 + (state % 1536) as usize;
+        let line = format!("{i} {state:x} ");
+        let content: String = line.chars().cycle().take(len).collect();
+        std::fs::write(dir.join(format!("f{i}.txt")), content).unwrap();
+    }
+}
+
+/// Rewrites every hundredth file.
+fn change(root: &Path, count: u64) {
+    for i in (0..count).step_by(100) {
+        let path = root.join(format!("d{:04}/f{i}.txt", i / 200));
+        std::fs::write(path, format!("changed {i}\n").repeat(40)).unwrap();
+    }
+}
+
+fn main() {
+    let counts: Vec<u64> = std::env::var("BENCH_FILES")
+        .unwrap_or_else(|_| "50000,200000,400000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "/dev/shm".into());
+    let cache_mib: u64 = std::env::var("AIENV_STORE_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    println!(
+        "snapshot benchmark: trees under {base}, sled cache {cache_mib} MiB; peak = VmHWM during the pass"
+    );
+    println!(
+        "{:>8} {:>22} {:>22} {:>22} {:>16}",
+        "files",
+        "first: s / peak MiB",
+        "unchanged: s / MiB",
+        "1 % changed: s / MiB",
+        "B/file added"
+    );
+    let mut previous: Option<(u64, f64)> = None;
+    for count in counts {
+        let temp = tempfile::Builder::new()
+            .prefix("aienv-bench-snapshot-")
+            .tempdir_in(&base)
+            .unwrap();
+        let root = temp.path().join("ws");
+        build(&root, count);
+        // Past the racy window: the unchanged pass is then answered by the memo.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let db = sled::Config::new()
+            .path(temp.path().join("index"))
+            .cache_capacity(cache_mib * 1024 * 1024)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .unwrap();
+        let index = ChunkIndex::open(&db, &temp.path().join("snapshots")).unwrap();
+        let workspace = uuid::Uuid::new_v4();
+        let take = || index.take(workspace, "bench", 1, &root).unwrap();
+        let (first, first_s, first_mib) = measured(take);
+        let (same, same_s, same_mib) = measured(take);
+        assert_eq!(same.root, first.root, "nothing changed");
+        assert_eq!(first.file_count, count);
+        // Past the racy window, so the changed files are told apart by their stamps.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        change(&root, count);
+        let (changed, changed_s, changed_mib) = measured(take);
+        assert_eq!(changed.stats.files_hashed, count.div_ceil(100));
+        let peak = first_mib.max(same_mib).max(changed_mib);
+        let added = previous
+            .map(|(files, mib)| {
+                format!(
+                    "{:.0}",
+                    (peak - mib) * 1024.0 * 1024.0 / (count - files) as f64
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{count:>8} {:>22} {:>22} {:>22} {added:>16}",
+            format!("{first_s:.2} / {first_mib:.0}"),
+            format!("{same_s:.2} / {same_mib:.0}"),
+            format!("{changed_s:.2} / {changed_mib:.0}"),
+        );
+        previous = Some((count, peak));
+        drop((first, same, changed, index, db));
+    }
+}
