@@ -516,7 +516,7 @@ impl ChunkIndex {
     /// its root and totals are known at once, which is all a source answering "not
     /// modified", or a clone finding itself up to date, needs.
     ///
-    /// The pass holds a bounded amount whatever the count of files: the walk goes in
+    /// The pass holds no list of the files (the index's own memory aside): the walk goes in
     /// snapshot order to a spill (in memory up to a bound, then an unnamed file) while its
     /// digest tells whether the memo answers; the merge reads it back beside the index's
     /// records; changed files are read in windows, each recorded before the next is read;
