@@ -42,7 +42,8 @@ pub struct SnapshotDelta {
 }
 
 impl SnapshotDelta {
-    /// The changes from `base` to `new`.
+    /// The changes from `base` to `new`. `base.root` must be its entries' root hash, as it is
+    /// for every snapshot built ([`Snapshot::new`]) or decoded (validated); panics otherwise.
     pub fn between(base: &Snapshot, new: &Snapshot) -> SnapshotDelta {
         SnapshotDelta::merge(
             base.root,
