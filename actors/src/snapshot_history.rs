@@ -52,7 +52,12 @@ impl SnapshotHistory {
         }
         let dir = path.parent().expect("a workspace directory");
         std::fs::create_dir_all(dir)?;
-        let temporary = dir.join(format!(".{}.partial", root.to_hex()));
+        // Its own temporary: two requests serving the same new root at once each write whole.
+        let temporary = dir.join(format!(
+            ".{}.{}.partial",
+            root.to_hex(),
+            Uuid::new_v4().simple()
+        ));
         let written = std::fs::File::create(&temporary)
             .and_then(|mut file| std::io::copy(&mut encoded, &mut file))
             .and_then(|_| std::fs::rename(&temporary, &path));
@@ -148,5 +153,37 @@ mod tests {
         assert!(history.open(id, &all[KEEP + 1].root).is_none());
         history.prune(|_| false);
         assert!(history.open(id, &all[KEEP].root).is_none());
+    }
+
+    /// Requests serving the same new snapshot at once each write a temporary of their own:
+    /// what is kept is one whole copy, never one truncated under another's writes.
+    #[test]
+    fn concurrent_records_of_one_snapshot_keep_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = SnapshotHistory::new(dir.path());
+        let id = Uuid::from_u128(2);
+        let entries = (0..20_000u32)
+            .map(|n| file(&format!("f{n:05}"), &n.to_le_bytes()))
+            .collect();
+        let snapshot = Snapshot::new(id, "w".into(), 1, "/w".into(), entries);
+        let bytes = snapshot.encode();
+        for _ in 0..5 {
+            let _ = std::fs::remove_file(history.path(id, &snapshot.root));
+            std::thread::scope(|scope| {
+                for _ in 0..4 {
+                    scope.spawn(|| history.record(id, &snapshot.root, &bytes[..]).unwrap());
+                }
+            });
+            assert_eq!(
+                std::fs::read(history.path(id, &snapshot.root)).unwrap(),
+                bytes
+            );
+        }
+        let names: Vec<String> =
+            std::fs::read_dir(history.path(id, &snapshot.root).parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        assert_eq!(names, [snapshot.root.to_hex()], "no temporary left");
     }
 }
