@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use aienv_actors::workspace_store::ChunkIndex;
+use aienv_actors::workspace_store::{file_clock_now, open_database, ChunkIndex};
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -53,6 +53,26 @@ fn build(root: &Path, count: u64) {
         let content: String = line.chars().cycle().take(len).collect();
         std::fs::write(dir.join(format!("f{i}.txt")), content).unwrap();
     }
+}
+
+/// Waits until the clock files are stamped with has moved well past `path`'s mtime: the
+/// index then trusts its stamp instead of reading it again (files stamped inside its racy
+/// window are re-read).
+fn past_racy_window(path: &Path) {
+    let written = std::fs::metadata(path).unwrap().modified().unwrap();
+    let margin = std::time::Duration::from_millis(50);
+    while file_clock_now()
+        .duration_since(written)
+        .map_or(true, |since| since < margin)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The file `build` wrote last.
+fn last_file(root: &Path, count: u64) -> std::path::PathBuf {
+    let i = count - 1;
+    root.join(format!("d{:04}/f{i}.txt", i / 200))
 }
 
 /// Rewrites every hundredth file.
@@ -94,13 +114,8 @@ fn main() {
         let root = temp.path().join("ws");
         build(&root, count);
         // Past the racy window: the unchanged pass is then answered by the memo.
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let db = sled::Config::new()
-            .path(temp.path().join("index"))
-            .cache_capacity(cache_mib * 1024 * 1024)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .unwrap();
+        past_racy_window(&last_file(&root, count));
+        let db = open_database(&temp.path().join("index"), cache_mib * 1024 * 1024).unwrap();
         let index = ChunkIndex::open(&db, &temp.path().join("snapshots")).unwrap();
         let workspace = uuid::Uuid::new_v4();
         let take = || index.take(workspace, "bench", 1, &root).unwrap();
@@ -108,8 +123,6 @@ fn main() {
         let (same, same_s, same_mib) = measured(take);
         assert_eq!(same.root, first.root, "nothing changed");
         assert_eq!(first.file_count, count);
-        // Past the racy window, so the changed files are told apart by their stamps.
-        std::thread::sleep(std::time::Duration::from_millis(50));
         change(&root, count);
         let (changed, changed_s, changed_mib) = measured(take);
         assert_eq!(changed.stats.files_hashed, count.div_ceil(100));

@@ -259,7 +259,7 @@ pub struct ChunkIndex {
 
 struct Memo {
     key: (Uuid, String, u64),
-    /// [`Walk::digest`] of the walk the snapshot was taken from (the walk itself would cost
+    /// [`tree::WalkDigest`] of the walk the snapshot was taken from (the walk itself would cost
     /// as much memory as the snapshot, for every workspace).
     walk: [u8; 32],
     racy: bool,

@@ -296,27 +296,32 @@ impl WorkspaceStoreHandle {
     /// A snapshot of the workspace `target` (id or name), hashing only files that changed
     /// since the last one. Runs off the actor.
     pub async fn snapshot(&self, target: &str) -> Result<(Arc<Snapshot>, ScanStats), StoreError> {
-        let entry = self.get(target)?;
-        let chunks = self.chunks.clone();
-        tokio::task::spawn_blocking(move || {
-            chunks.snapshot(
-                entry.manifest.id,
-                &entry.manifest.name,
-                entry.manifest.revision,
-                &entry.path,
-            )
+        self.on_chunk_index(target, |chunks, id, name, revision, root| {
+            chunks.snapshot(id, name, revision, root)
         })
         .await
-        .map_err(|_| StoreError::Unavailable)?
     }
 
-    /// [`snapshot`](Self::snapshot) with the entries left on disk when the chunk index's memo
-    /// answers: the root and totals at once, the rest by [`Taken::load`] (blocking).
+    /// [`snapshot`](Self::snapshot) with the entries left in the memo's file: the root and
+    /// totals at once, the rest by [`Taken::load`] (blocking).
     pub async fn take_snapshot(&self, target: &str) -> Result<Taken, StoreError> {
+        self.on_chunk_index(target, |chunks, id, name, revision, root| {
+            chunks.take(id, name, revision, root)
+        })
+        .await
+    }
+
+    /// Runs `pass` on the chunk index for the workspace `target`, off the actor.
+    async fn on_chunk_index<T: Send + 'static>(
+        &self,
+        target: &str,
+        pass: impl FnOnce(&ChunkIndex, Uuid, &str, u64, &Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let entry = self.get(target)?;
         let chunks = self.chunks.clone();
         tokio::task::spawn_blocking(move || {
-            chunks.take(
+            pass(
+                &chunks,
                 entry.manifest.id,
                 &entry.manifest.name,
                 entry.manifest.revision,

@@ -66,27 +66,34 @@ pub struct Index {
     chunks: ChunkIndex,
 }
 
+/// Opens (or creates) the sled database at `path` with the node's settings: a page cache of
+/// `cache_bytes`, and the low-space mode. sled locks the directory, so a second node on the
+/// same data dir fails here.
+pub fn open_database(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::LowSpace)
+        .open()
+        .map_err(|error| match error {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                StoreError::BadRequest(format!(
+                    "the index {} is in use by another aienv node (one node per data dir)",
+                    path.display()
+                ))
+            }
+            other => StoreError::Database(other),
+        })
+}
+
 impl Index {
-    /// Opens (or creates) the index at `path`. sled locks the directory, so a second node on
-    /// the same data dir fails here. The chunk index keeps its memo in `memo_dir`.
+    /// Opens (or creates) the index at `path` ([`open_database`]). The chunk index keeps its
+    /// memo in `memo_dir`.
     pub fn open(path: &Path, cache_bytes: u64, memo_dir: &Path) -> Result<Index, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    StoreError::BadRequest(format!(
-                        "the index {} is in use by another aienv node (one node per data dir)",
-                        path.display()
-                    ))
-                }
-                other => StoreError::Database(other),
-            })?;
+        let db = open_database(path, cache_bytes)?;
         Ok(Index {
             workspaces: db.open_tree("workspaces")?,
             names: db.open_tree("names")?,

@@ -51,7 +51,7 @@ pub use chunk_index::{
 pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan, Unflushed};
 pub use error::StoreError;
 pub use handle::WorkspaceStoreHandle;
-pub use index::RevisionRecord;
+pub use index::{open_database, RevisionRecord};
 pub use reconcile::ReconcileReport;
 pub use templates::TEMPLATE_NAMES;
 pub use view::{ListFilter, Page, StoreView, Viewer, WorkspaceEntry, DEFAULT_PAGE, MAX_PAGE};
