@@ -264,78 +264,138 @@ impl Snapshot {
 
     /// Checks everything a receiver relies on before writing a single byte.
     pub fn validate(&self, limits: &SnapshotLimits) -> Result<(), SnapshotError> {
-        if self.format != SNAPSHOT_FORMAT {
-            return Err(SnapshotError::Malformed(format!(
-                "format {} is not supported (this node reads {SNAPSHOT_FORMAT})",
-                self.format
-            )));
+        check_format(self.format)?;
+        check_entry_count(self.entries.len(), limits)?;
+        let mut checker = SnapshotChecker::new(limits);
+        for entry in &self.entries {
+            checker.push(entry)?;
         }
-        if self.entries.len() > limits.max_entries {
+        checker.finish(self.root).map(drop)
+    }
+}
+
+/// Refuses a format this node does not read.
+pub(crate) fn check_format(format: u32) -> Result<(), SnapshotError> {
+    if format != SNAPSHOT_FORMAT {
+        return Err(SnapshotError::Malformed(format!(
+            "format {format} is not supported (this node reads {SNAPSHOT_FORMAT})"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses more entries than `limits` allow (a count known before the entries are read).
+pub(crate) fn check_entry_count(
+    count: usize,
+    limits: &SnapshotLimits,
+) -> Result<(), SnapshotError> {
+    if count > limits.max_entries {
+        return Err(SnapshotError::TooLarge(format!(
+            "{count} entries, more than the limit of {}",
+            limits.max_entries
+        )));
+    }
+    Ok(())
+}
+
+/// [`Snapshot::validate`] one entry at a time: what a received snapshot's entries must
+/// satisfy, checked as they stream in, with the root hash and totals kept running. Holds
+/// only the current path and its ancestors ([`crate::tree::EntryChecker`]).
+pub struct SnapshotChecker<'a> {
+    limits: &'a SnapshotLimits,
+    tree: crate::tree::EntryChecker,
+    root: RootHasher,
+    entries: usize,
+    total: u64,
+}
+
+impl<'a> SnapshotChecker<'a> {
+    /// A checker for a snapshot within `limits`.
+    pub fn new(limits: &'a SnapshotLimits) -> SnapshotChecker<'a> {
+        SnapshotChecker {
+            limits,
+            tree: crate::tree::EntryChecker::default(),
+            root: RootHasher::new(),
+            entries: 0,
+            total: 0,
+        }
+    }
+
+    /// Checks the next entry (in the snapshot's order).
+    pub fn push(&mut self, entry: &SnapshotEntry) -> Result<(), SnapshotError> {
+        let limits = self.limits;
+        self.entries += 1;
+        if self.entries > limits.max_entries {
             return Err(SnapshotError::TooLarge(format!(
-                "{} entries, more than the limit of {}",
-                self.entries.len(),
+                "more than the limit of {} entries",
                 limits.max_entries
             )));
         }
-        crate::tree::check_entries(&self.entries).map_err(|e| SnapshotError::BadEntry {
+        self.tree.push(entry).map_err(|e| SnapshotError::BadEntry {
             path: e.path,
             reason: e.reason,
         })?;
-        let mut total: u64 = 0;
-        for entry in self.entries.iter().filter(|e| e.kind == EntryKind::File) {
-            let bad = |reason: String| SnapshotError::BadEntry {
-                path: entry.path.clone(),
-                reason,
-            };
-            if entry.size > limits.max_file_bytes {
-                return Err(bad(format!(
-                    "size {} is more than the limit of {} bytes",
-                    entry.size, limits.max_file_bytes
-                )));
-            }
-            total = total.saturating_add(entry.size);
-            if entry.size <= SMALL_FILE_MAX {
-                if !entry.chunks.is_empty() {
-                    return Err(bad(format!(
-                        "files up to {SMALL_FILE_MAX} bytes are one chunk"
-                    )));
-                }
-                continue;
-            }
-            let mut sum: u64 = 0;
-            for chunk in &entry.chunks {
-                if chunk.size == 0 || chunk.size > CHUNK_MAX {
-                    return Err(bad(format!(
-                        "chunk {} has size {} (allowed 1..={CHUNK_MAX})",
-                        chunk.hash, chunk.size
-                    )));
-                }
-                sum += u64::from(chunk.size);
-            }
-            if sum != entry.size {
-                return Err(bad(format!(
-                    "chunks add up to {sum} bytes, not the file's {}",
-                    entry.size
-                )));
-            }
-            if entry.hash != Some(chunk_list_hash(&entry.chunks)) {
-                return Err(bad("its hash is not the hash of its chunk list".into()));
-            }
+        self.root.push(entry);
+        if entry.kind != EntryKind::File {
+            return Ok(());
         }
-        if total > limits.max_total_bytes {
-            return Err(SnapshotError::TooLarge(format!(
-                "{total} bytes of content, more than the limit of {}",
-                limits.max_total_bytes
+        let bad = |reason: String| SnapshotError::BadEntry {
+            path: entry.path.clone(),
+            reason,
+        };
+        if entry.size > limits.max_file_bytes {
+            return Err(bad(format!(
+                "size {} is more than the limit of {} bytes",
+                entry.size, limits.max_file_bytes
             )));
         }
-        let root = root_hash(&self.entries);
-        if root != self.root {
-            return Err(SnapshotError::RootMismatch {
-                announced: self.root,
-                computed: root,
-            });
+        self.total = self.total.saturating_add(entry.size);
+        if self.total > limits.max_total_bytes {
+            return Err(SnapshotError::TooLarge(format!(
+                "at least {} bytes of content, more than the limit of {}",
+                self.total, limits.max_total_bytes
+            )));
+        }
+        if entry.size <= SMALL_FILE_MAX {
+            if !entry.chunks.is_empty() {
+                return Err(bad(format!(
+                    "files up to {SMALL_FILE_MAX} bytes are one chunk"
+                )));
+            }
+            return Ok(());
+        }
+        let mut sum: u64 = 0;
+        for chunk in &entry.chunks {
+            if chunk.size == 0 || chunk.size > CHUNK_MAX {
+                return Err(bad(format!(
+                    "chunk {} has size {} (allowed 1..={CHUNK_MAX})",
+                    chunk.hash, chunk.size
+                )));
+            }
+            sum += u64::from(chunk.size);
+        }
+        if sum != entry.size {
+            return Err(bad(format!(
+                "chunks add up to {sum} bytes, not the file's {}",
+                entry.size
+            )));
+        }
+        if entry.hash != Some(chunk_list_hash(&entry.chunks)) {
+            return Err(bad("its hash is not the hash of its chunk list".into()));
         }
         Ok(())
+    }
+
+    /// Checks the root the snapshot announced against its entries; returns it.
+    pub fn finish(self, announced: Hash) -> Result<Hash, SnapshotError> {
+        let computed = self.root.finish();
+        if computed != announced {
+            return Err(SnapshotError::RootMismatch {
+                announced,
+                computed,
+            });
+        }
+        Ok(computed)
     }
 }
 

@@ -363,41 +363,80 @@ pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 /// fields each kind has (a file's hash, a link's target). Sizes, chunks and hashes are the
 /// caller's to check.
 pub fn check_entries(entries: &[SnapshotEntry]) -> Result<(), PolicyError> {
-    let mut kinds: std::collections::HashMap<&str, EntryKind> =
-        std::collections::HashMap::with_capacity(entries.len());
-    let mut previous: Option<&str> = None;
-    for entry in entries {
+    let mut checker = EntryChecker::default();
+    entries.iter().try_for_each(|entry| checker.push(entry))
+}
+
+/// [`check_entries`] one entry at a time, holding only the current path and its listed
+/// ancestors, so a received snapshot is checked as it streams in.
+///
+/// In byte order an entry `x` may still have descendants for as long as paths start with
+/// `x` followed by a byte up to `/` (`x-1`, `x.txt` and `x/a` sort between `x` and `x0`).
+/// The entries that can still be ancestors are therefore prefixes of the current path,
+/// each inside the next: a stack of prefix lengths, at most one per byte of a path.
+#[derive(Debug, Default)]
+pub struct EntryChecker {
+    /// The last path pushed.
+    previous: String,
+    /// Entries that are prefixes of `previous` (followed there by a byte up to `/`), by
+    /// length, shortest first.
+    open: Vec<(usize, EntryKind)>,
+}
+
+impl EntryChecker {
+    /// Checks the next entry.
+    pub fn push(&mut self, entry: &SnapshotEntry) -> Result<(), PolicyError> {
         let path = entry.path.as_str();
         let bad = |reason: String| PolicyError {
             path: path.to_string(),
             reason,
         };
         check_relative(path).map_err(|reason| bad(reason.to_string()))?;
-        if let Some(previous) = previous {
-            if previous.as_bytes() >= path.as_bytes() {
-                return Err(if previous == path {
-                    bad("appears more than once".into())
-                } else {
-                    bad("entries are not sorted by path".into())
-                });
-            }
+        // Paths are never empty: an empty `previous` means this is the first entry.
+        if !self.previous.is_empty() && self.previous.as_bytes() >= path.as_bytes() {
+            return Err(if self.previous == path {
+                bad("appears more than once".into())
+            } else {
+                bad("entries are not sorted by path".into())
+            });
         }
-        previous = Some(path);
-        for ancestor in ancestors(path) {
-            match kinds.get(ancestor) {
+        // What stays open is a prefix of both the previous path and this one, followed
+        // here by a byte up to `/`.
+        let shared = self
+            .previous
+            .bytes()
+            .zip(path.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        while let Some(&(len, _)) = self.open.last() {
+            if len <= shared && path.as_bytes().get(len).is_some_and(|&b| b <= b'/') {
+                break;
+            }
+            self.open.pop();
+        }
+        for (at, _) in path.match_indices('/') {
+            match self
+                .open
+                .iter()
+                .find(|(len, _)| *len == at)
+                .map(|(_, kind)| kind)
+            {
                 Some(EntryKind::Dir) => {}
                 Some(EntryKind::Symlink) => {
                     return Err(bad(format!(
-                        "passes through the symbolic link `{ancestor}`"
+                        "passes through the symbolic link `{}`",
+                        &path[..at]
                     )))
                 }
                 Some(EntryKind::File) => {
-                    return Err(bad(format!("its parent `{ancestor}` is a file")))
+                    return Err(bad(format!("its parent `{}` is a file", &path[..at])))
                 }
-                None => return Err(bad(format!("its parent `{ancestor}` is not listed"))),
+                None => return Err(bad(format!("its parent `{}` is not listed", &path[..at]))),
             }
         }
-        kinds.insert(path, entry.kind);
+        self.previous.clear();
+        self.previous.push_str(path);
+        self.open.push((path.len(), entry.kind));
         check_mode(entry.mode).map_err(bad)?;
         match entry.kind {
             EntryKind::Dir | EntryKind::Symlink => {
@@ -424,8 +463,8 @@ pub fn check_entries(entries: &[SnapshotEntry]) -> Result<(), PolicyError> {
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Permission bits only: a setuid, setgid or sticky bit (or a file type) is refused.
@@ -549,6 +588,90 @@ mod tests {
         assert!(!escapes("a/b", "../x"));
         assert!(!escapes("a/b", "c/../d"));
         assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), ["a", "a/b"]);
+    }
+
+    /// The streaming checker agrees with a map of every path's kind, on random trees whose
+    /// names interleave with their directories' children in byte order (`a`, `a-b`,
+    /// `a-b/c`, `a.txt`, `a/x`) and whose parents are sometimes missing, files or links.
+    #[test]
+    fn the_streaming_check_agrees_with_a_map_of_every_path() {
+        fn reference(entries: &[SnapshotEntry]) -> Result<(), String> {
+            let mut kinds = std::collections::HashMap::new();
+            for entry in entries {
+                for ancestor in ancestors(&entry.path) {
+                    match kinds.get(ancestor) {
+                        Some(EntryKind::Dir) => {}
+                        Some(EntryKind::Symlink) => return Err(format!("{} link", entry.path)),
+                        Some(EntryKind::File) => return Err(format!("{} file", entry.path)),
+                        None => return Err(format!("{} unlisted", entry.path)),
+                    }
+                }
+                kinds.insert(entry.path.as_str(), entry.kind);
+            }
+            Ok(())
+        }
+        fn outcome(result: Result<(), PolicyError>) -> Result<(), String> {
+            result.map_err(|e| {
+                let kind = if e.reason.contains("symbolic link") {
+                    "link"
+                } else if e.reason.contains("is a file") {
+                    "file"
+                } else {
+                    "unlisted"
+                };
+                format!("{} {kind}", e.path)
+            })
+        }
+        let names = ["a", "a-b", "a.txt", "a0", "b", "a!"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        let mut failures_seen = 0;
+        for _ in 0..3000 {
+            let mut paths = std::collections::BTreeMap::new();
+            for _ in 0..random(12) + 1 {
+                let depth = random(3) + 1;
+                let parts: Vec<&str> = (0..depth).map(|_| names[random(names.len())]).collect();
+                for end in 1..=depth {
+                    if end < depth && random(8) == 0 {
+                        continue; // a parent left out
+                    }
+                    let kind = match (end == depth, random(6)) {
+                        (false, 0) => EntryKind::File,
+                        (false, 1) => EntryKind::Symlink,
+                        (false, _) => EntryKind::Dir,
+                        (true, 0) => EntryKind::Dir,
+                        (true, 1) => EntryKind::Symlink,
+                        (true, _) => EntryKind::File,
+                    };
+                    paths.entry(parts[..end].join("/")).or_insert(kind);
+                }
+            }
+            let mut entries: Vec<SnapshotEntry> = paths
+                .into_iter()
+                .map(|(path, kind)| SnapshotEntry {
+                    path,
+                    kind,
+                    mode: 0o644,
+                    size: 0,
+                    hash: (kind == EntryKind::File).then(|| crate::snapshot::Hash::of(b"")),
+                    target: (kind == EntryKind::Symlink).then(|| "t".to_string()),
+                    chunks: Vec::new(),
+                })
+                .collect();
+            entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+            let expected = reference(&entries);
+            failures_seen += usize::from(expected.is_err());
+            assert_eq!(outcome(check_entries(&entries)), expected, "{entries:#?}");
+        }
+        assert!(
+            failures_seen > 300,
+            "the trees exercise refusals: {failures_seen}"
+        );
     }
 
     #[test]
