@@ -30,6 +30,7 @@ pub mod snapshot;
 pub mod snapshot_delta;
 pub mod snapshot_history;
 pub mod snapshot_reader;
+pub mod snapshot_receive;
 pub mod snapshot_writer;
 pub mod spill;
 pub mod transfer_queue;

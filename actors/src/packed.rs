@@ -65,6 +65,20 @@ pub fn read<T: DeserializeOwned>(
     limits: &SnapshotLimits,
     what: &str,
 ) -> Result<T, SnapshotError> {
+    read_with(input, encoded_len, limits, what, |decompressed| {
+        rmp_serde::from_read(decompressed)
+    })
+}
+
+/// [`read`] through `decode`, which reads the decompressed MessagePack from the reader it is
+/// given (a document decoded as it streams, rather than into one value).
+pub fn read_with<T>(
+    input: impl Read,
+    encoded_len: u64,
+    limits: &SnapshotLimits,
+    what: &str,
+    decode: impl FnOnce(&mut dyn Read) -> Result<T, rmp_serde::decode::Error>,
+) -> Result<T, SnapshotError> {
     if encoded_len > limits.max_encoded_bytes {
         return Err(SnapshotError::TooLarge(format!(
             "body is {encoded_len} bytes, more than the limit of {}",
@@ -78,7 +92,7 @@ pub fn read<T: DeserializeOwned>(
         left: limits.max_decoded_bytes,
         exceeded: false,
     };
-    let result = rmp_serde::from_read(BufReader::with_capacity(BUFFER, &mut bounded));
+    let result = decode(&mut BufReader::with_capacity(BUFFER, &mut bounded));
     if bounded.exceeded {
         return Err(SnapshotError::TooLarge(format!(
             "body decodes to more than {} bytes",

@@ -23,7 +23,7 @@ use crate::snapshot::{Hash, Snapshot};
 use super::client::FetchError;
 use super::error::TransferError;
 use super::job::Progress;
-use super::runner::{blocking, JobContext};
+use super::runner::JobContext;
 use super::stage::Stage;
 
 /// One peer chunks are fetched from, and how it is doing.
@@ -79,26 +79,13 @@ impl JobContext {
             .collect();
         let mut found = Vec::new();
         for (id, name, endpoint) in candidates {
-            let Ok(Some(bytes)) = self
+            // Asked with this snapshot's root, a peer with the same content answers "not
+            // modified": nothing to download or decode. Any other answer is other content.
+            let same = self
                 .client
-                .manifest(&endpoint, self.job.workspace_id, None, None)
-                .await
-            else {
-                continue;
-            };
-            let bytes = match bytes {
-                super::client::ManifestBody::Full(bytes) => bytes,
-                // Not asked for: not a source to trust.
-                super::client::ManifestBody::Delta(_) => continue,
-            };
-            let limits = self.config.limits.clone();
-            let Ok(theirs) =
-                blocking(move || Snapshot::decode(&bytes, &limits).map_err(TransferError::from))
-                    .await
-            else {
-                continue;
-            };
-            if theirs.root == snapshot.root {
+                .manifest(&endpoint, self.job.workspace_id, Some(snapshot.root), None)
+                .await;
+            if let Ok(None) = same {
                 found.push(Source::new(id, name));
             }
         }

@@ -20,6 +20,7 @@ use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::snapshot_delta::SnapshotDelta;
+use crate::snapshot_receive::ReceivedSnapshot;
 use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
@@ -469,11 +470,22 @@ impl JobContext {
                         continue;
                     }
                     let limits = self.config.limits.clone();
-                    let dir = self.config.dir.clone();
+                    let (dir, job_dir) = (self.config.dir.clone(), self.job_dir.clone());
                     let held = base.clone();
                     let decoded = blocking(move || {
                         let snapshot = match (body, held) {
-                            (ManifestBody::Full(bytes), _) => Snapshot::decode(&bytes, &limits)?,
+                            // Checked as it is decoded, then read back whole: the peer's
+                            // document and the decoding's growth are never held beside it.
+                            (ManifestBody::Full(bytes), _) => {
+                                let len = bytes.len() as u64;
+                                let received =
+                                    ReceivedSnapshot::receive(&bytes[..], len, &limits, &job_dir)?;
+                                drop(bytes);
+                                received.load().map_err(TransferError::io(
+                                    "reading the received snapshot in",
+                                    &job_dir,
+                                ))?
+                            }
                             (ManifestBody::Delta(bytes), Some(base)) => {
                                 SnapshotDelta::decode_onto(&bytes, &base, &limits)?
                             }

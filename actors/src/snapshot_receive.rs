@@ -1,0 +1,367 @@
+//! A peer's snapshot received entry by entry: each entry is checked
+//! ([`SnapshotChecker`]) and written on ([`SnapshotWriter`]) as it is decoded, so a receiver
+//! never holds a peer's entries together, only its own copy of the document on disk, in this
+//! node's field order (`entries` last), from which [`SnapshotReader`] reads them back.
+//!
+//! A peer may send the map's fields in any order (`schemas/transfer.md`): the root it
+//! announces is checked once both it and every entry have been read, wherever it came.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Seek};
+use std::path::Path;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::snapshot::{
+    check_entry_count, check_format, Hash, Snapshot, SnapshotChecker, SnapshotEntry, SnapshotError,
+    SnapshotLimits,
+};
+use crate::snapshot_reader::SnapshotReader;
+use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
+
+/// A peer's snapshot, checked, kept in an unnamed file.
+#[derive(Debug)]
+pub struct ReceivedSnapshot {
+    /// What it says about itself.
+    pub head: SnapshotHead,
+    /// Its root hash (checked against its entries).
+    pub root: Hash,
+    /// Its totals.
+    pub written: Written,
+    file: fs::File,
+}
+
+impl ReceivedSnapshot {
+    /// Reads the snapshot document in `input` (`encoded_len` compressed bytes) within
+    /// `limits`, keeping its entries in an unnamed file in `dir`.
+    pub fn receive(
+        input: impl Read,
+        encoded_len: u64,
+        limits: &SnapshotLimits,
+        dir: &Path,
+    ) -> Result<ReceivedSnapshot, SnapshotError> {
+        let mut receiving = Receiving {
+            limits,
+            checker: SnapshotChecker::new(limits),
+            writer: SnapshotWriter::new(dir),
+            failure: None,
+        };
+        let fields = crate::packed::read_with(input, encoded_len, limits, "a snapshot", |input| {
+            let mut decoder = rmp_serde::Deserializer::new(input);
+            (&mut receiving).deserialize(&mut decoder)
+        });
+        let Receiving {
+            checker,
+            writer,
+            failure,
+            ..
+        } = receiving;
+        // A refusal of the checker or the spill, carried out of serde as a plain message.
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let fields = fields?;
+        let missing = |field: &str| {
+            SnapshotError::Malformed(format!("not a snapshot: missing field `{field}`"))
+        };
+        check_format(fields.format.ok_or_else(|| missing("format"))?)?;
+        if !fields.entries {
+            return Err(missing("entries"));
+        }
+        let root = checker.finish(fields.root.ok_or_else(|| missing("root"))?)?;
+        let head = SnapshotHead {
+            workspace_id: fields.workspace_id.ok_or_else(|| missing("workspace_id"))?,
+            name: fields.name.ok_or_else(|| missing("name"))?,
+            revision: fields.revision.ok_or_else(|| missing("revision"))?,
+            source_root: fields.source_root.ok_or_else(|| missing("source_root"))?,
+        };
+        let kept = |e: io::Error| SnapshotError::Malformed(format!("keeping it failed: {e}"));
+        let mut file = tempfile::tempfile_in(dir).map_err(kept)?;
+        let written = writer.finish(&head, &mut file).map_err(kept)?;
+        file.rewind().map_err(kept)?;
+        Ok(ReceivedSnapshot {
+            head,
+            root,
+            written,
+            file,
+        })
+    }
+
+    /// Reads the entries back from the start, one at a time.
+    pub fn entries(&self) -> io::Result<SnapshotReader<crate::fsio::ReadAt<'_>>> {
+        SnapshotReader::new(crate::fsio::ReadAt::new(&self.file))
+    }
+
+    /// The whole snapshot in memory.
+    pub fn load(&self) -> io::Result<Snapshot> {
+        let mut reader = self.entries()?;
+        let mut entries = Vec::with_capacity(usize::try_from(reader.entries).unwrap_or(0));
+        while let Some(entry) = reader.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(Snapshot {
+            format: crate::snapshot::SNAPSHOT_FORMAT,
+            workspace_id: self.head.workspace_id,
+            name: self.head.name.clone(),
+            revision: self.head.revision,
+            source_root: self.head.source_root.clone(),
+            root: self.root,
+            entries,
+        })
+    }
+}
+
+/// The fields besides the entries, as they were found.
+#[derive(Default)]
+struct Fields {
+    format: Option<u32>,
+    workspace_id: Option<uuid::Uuid>,
+    name: Option<String>,
+    revision: Option<u64>,
+    source_root: Option<String>,
+    root: Option<Hash>,
+    entries: bool,
+}
+
+/// The decoding of one document: where its entries go.
+struct Receiving<'a> {
+    limits: &'a SnapshotLimits,
+    checker: SnapshotChecker<'a>,
+    writer: SnapshotWriter,
+    failure: Option<SnapshotError>,
+}
+
+impl Receiving<'_> {
+    fn fail<E: de::Error>(&mut self, failure: SnapshotError) -> E {
+        let message = failure.to_string();
+        self.failure = Some(failure);
+        E::custom(message)
+    }
+}
+
+/// A UUID as [`crate::uuid_wire`] reads it.
+struct WireUuid(uuid::Uuid);
+
+impl<'de> Deserialize<'de> for WireUuid {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<WireUuid, D::Error> {
+        crate::uuid_wire::deserialize(deserializer).map(WireUuid)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for &mut Receiving<'_> {
+    type Value = Fields;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Fields, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut Receiving<'_> {
+    type Value = Fields;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a snapshot (a map of named fields)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+        let mut fields = Fields::default();
+        let duplicate = |field: &str| de::Error::custom(format!("duplicate field `{field}`"));
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "format" if fields.format.is_some() => return Err(duplicate("format")),
+                "format" => fields.format = Some(map.next_value()?),
+                "workspace_id" if fields.workspace_id.is_some() => {
+                    return Err(duplicate("workspace_id"))
+                }
+                "workspace_id" => fields.workspace_id = Some(map.next_value::<WireUuid>()?.0),
+                "name" if fields.name.is_some() => return Err(duplicate("name")),
+                "name" => fields.name = Some(map.next_value()?),
+                "revision" if fields.revision.is_some() => return Err(duplicate("revision")),
+                "revision" => fields.revision = Some(map.next_value()?),
+                "source_root" if fields.source_root.is_some() => {
+                    return Err(duplicate("source_root"))
+                }
+                "source_root" => fields.source_root = Some(map.next_value()?),
+                "root" if fields.root.is_some() => return Err(duplicate("root")),
+                "root" => fields.root = Some(map.next_value()?),
+                "entries" if fields.entries => return Err(duplicate("entries")),
+                "entries" => {
+                    map.next_value_seed(Entries(&mut *self))?;
+                    fields.entries = true;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// The `entries` array, each element checked and written as it is decoded.
+struct Entries<'r, 'a>(&'r mut Receiving<'a>);
+
+impl<'de> DeserializeSeed<'de> for Entries<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Entries<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("an array of snapshot entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let receiving = self.0;
+        // MessagePack states the array's length first: too many is refused unread.
+        if let Some(count) = seq.size_hint() {
+            if let Err(refused) = check_entry_count(count, receiving.limits) {
+                return Err(receiving.fail(refused));
+            }
+        }
+        while let Some(entry) = seq.next_element::<SnapshotEntry>()? {
+            if let Err(refused) = receiving.checker.push(&entry) {
+                return Err(receiving.fail(refused));
+            }
+            if let Err(error) = receiving.writer.push(&entry) {
+                let failure = SnapshotError::Malformed(format!("keeping it failed: {error}"));
+                return Err(receiving.fail(failure));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::test_entries::{dir, file, link};
+    use serde::Serialize;
+
+    fn receive(bytes: &[u8]) -> Result<ReceivedSnapshot, SnapshotError> {
+        let dir = std::env::temp_dir();
+        ReceivedSnapshot::receive(bytes, bytes.len() as u64, &SnapshotLimits::default(), &dir)
+    }
+
+    fn sample(count: usize) -> Snapshot {
+        let mut entries = vec![dir("d"), link("d/l", "/usr/bin/python3")];
+        entries.extend((0..count).map(|i| file(&format!("d/f{i:05}"), &[i as u8; 3])));
+        Snapshot::new(
+            uuid::Uuid::new_v4(),
+            "w".into(),
+            7,
+            "/src/w".into(),
+            entries,
+        )
+    }
+
+    /// What a peer may send in any order: the document this node reads back is its own,
+    /// byte for byte what [`Snapshot::encode`] makes of the same snapshot.
+    #[test]
+    fn fields_in_any_order_become_this_nodes_document() {
+        #[derive(Serialize)]
+        struct EntriesFirst<'a> {
+            entries: &'a [SnapshotEntry],
+            unknown: &'a str,
+            root: Hash,
+            name: &'a str,
+            source_root: &'a str,
+            revision: u64,
+            workspace_id: uuid::Uuid,
+            format: u32,
+        }
+        for count in [0, 3, 20_000] {
+            let snapshot = sample(count);
+            let reordered = crate::packed::to_vec(&EntriesFirst {
+                entries: &snapshot.entries,
+                unknown: "ignored",
+                root: snapshot.root,
+                name: &snapshot.name,
+                source_root: &snapshot.source_root,
+                revision: snapshot.revision,
+                workspace_id: snapshot.workspace_id,
+                format: snapshot.format,
+            });
+            for bytes in [snapshot.encode(), reordered] {
+                let received = receive(&bytes).unwrap();
+                assert_eq!(received.root, snapshot.root);
+                assert_eq!(received.written.entries, snapshot.entries.len() as u64);
+                assert_eq!(received.written.total_bytes, snapshot.total_bytes());
+                assert_eq!(received.load().unwrap(), snapshot);
+                let mut kept = Vec::new();
+                crate::fsio::ReadAt::new(&received.file)
+                    .read_to_end(&mut kept)
+                    .unwrap();
+                assert_eq!(kept, snapshot.encode());
+            }
+        }
+    }
+
+    /// Whatever [`Snapshot::decode`] refuses is refused here with the same error.
+    #[test]
+    fn refuses_what_decode_refuses_with_its_words() {
+        let limits = SnapshotLimits {
+            max_entries: 10,
+            ..SnapshotLimits::default()
+        };
+        let mut forged = sample(2);
+        forged.root = Hash::of(b"forged");
+        let mut unsorted = sample(2);
+        unsorted.entries.swap(2, 3);
+        unsorted.root = crate::snapshot::root_hash(&unsorted.entries);
+        let mut orphan = sample(1);
+        orphan.entries.remove(0);
+        orphan.root = crate::snapshot::root_hash(&orphan.entries);
+        let mut format = sample(1);
+        format.format = 99;
+        let cases = [
+            (forged.encode(), "root hash"),
+            (unsorted.encode(), "not sorted"),
+            (orphan.encode(), "parent `d` is not listed"),
+            (format.encode(), "format 99"),
+            (sample(20).encode(), "22 entries, more than the limit of 10"),
+            (b"garbage".to_vec(), "not a snapshot"),
+            (crate::packed::to_vec(&[1u8, 2]), "map of named fields"),
+        ];
+        let dir = std::env::temp_dir();
+        for (bytes, expected) in cases {
+            let received = ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, &dir);
+            let decoded = Snapshot::decode(&bytes, &limits);
+            let error = received.unwrap_err().to_string();
+            assert!(error.contains(expected), "`{error}` lacks `{expected}`");
+            let decoded = decoded.unwrap_err().to_string();
+            if !expected.contains("map of named fields") {
+                assert_eq!(error, decoded);
+            }
+        }
+        #[derive(Serialize)]
+        struct Twice<'a> {
+            root: Hash,
+            entries: &'a [SnapshotEntry],
+            #[serde(rename = "root")]
+            again: Hash,
+        }
+        let twice = crate::packed::to_vec(&Twice {
+            root: Hash::of(b"a"),
+            entries: &[],
+            again: Hash::of(b"b"),
+        });
+        let error = receive(&twice).unwrap_err().to_string();
+        assert!(error.contains("duplicate field `root`"), "{error}");
+        #[derive(Serialize)]
+        struct NoEntries {
+            format: u32,
+        }
+        let error = receive(&crate::packed::to_vec(&NoEntries { format: 1 }))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("missing field `entries`"), "{error}");
+    }
+}
