@@ -143,6 +143,9 @@ pub struct TransferSection {
     pub max_uploads: usize,
     /// Chunk batches this node serves at once to one peer.
     pub max_uploads_per_peer: usize,
+    /// Chunk places a clone plans and fetches at a time: what the clone holds in memory
+    /// (about 250 bytes a place) no matter how many files the workspace has.
+    pub plan_window: usize,
 }
 
 impl Default for TransferSection {
@@ -154,6 +157,7 @@ impl Default for TransferSection {
             source_wait_seconds: 600,
             max_uploads: 32,
             max_uploads_per_peer: 8,
+            plan_window: 32_768,
         }
     }
 }

@@ -264,6 +264,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         let config = TransferConfig {
             max_jobs: config.transfer.max_jobs.max(1),
             window: config.transfer.window.max(1),
+            plan_window: config.transfer.plan_window.max(1),
             compress: match config.transfer.compress {
                 crate::config::CompressSetting::Auto => Compression::Auto,
                 crate::config::CompressSetting::Always => Compression::Always,

@@ -320,6 +320,75 @@ async fn clone_is_identical_and_sync_moves_only_changed_chunks() {
     assert!(error.to_string().contains("--as"), "{error}");
 }
 
+/// A clone is planned and fetched a window of chunk places at a time (here 8, so the
+/// workspace takes several): directories are given their modes after everything inside
+/// them, however names interleave in byte order (`a`, `a-b`, `a.txt`, `a/x`), and a file
+/// whose content an earlier window already wrote is copied from the staged tree, not
+/// fetched again.
+#[actix_rt::test]
+async fn a_clone_is_planned_a_window_at_a_time() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(&temp.path().join("a"), &["--name", "node-a"]);
+    let root = shared_workspace(&a, "windows").await;
+    let duplicate = b"the same content, in two windows\n";
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::create_dir_all(root.join("a-b")).unwrap();
+    std::fs::create_dir_all(root.join("ro/sub")).unwrap();
+    std::fs::write(root.join("a.txt"), "a dot txt\n").unwrap();
+    std::fs::write(root.join("a-b/y"), "y\n").unwrap();
+    std::fs::write(root.join("a/0-first"), duplicate).unwrap();
+    for i in 0..30 {
+        std::fs::write(root.join(format!("a/x{i:02}")), format!("file {i}\n")).unwrap();
+    }
+    std::fs::write(root.join("a/large.bin"), noise(3 << 20, 9)).unwrap();
+    std::fs::write(root.join("a/empty"), "").unwrap();
+    std::os::unix::fs::symlink("x00", root.join("a/link")).unwrap();
+    std::fs::write(root.join("ro/sub/inside"), "deep\n").unwrap();
+    std::fs::write(root.join("zz-last"), duplicate).unwrap();
+    for (dir, mode) in [("ro/sub", 0o500), ("ro", 0o555), ("a", 0o555)] {
+        std::fs::set_permissions(root.join(dir), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    let b = TestNode::spawn_with_env(
+        &temp.path().join("b"),
+        &["--name", "node-b", "--announce-interval", "0.2"],
+        &[
+            ("AIENV_DISCOVERY_STATIC_PEERS", a.tls_url.as_str()),
+            ("AIENV_TRANSFER_PLAN_WINDOW", "8"),
+        ],
+    );
+    let client = b.admin();
+    until_listed(&client, "node-a", "windows", 1).await;
+    let job = start(&client, "clone", Some("node-a"), "windows").await;
+    let job = done(&client, job.id).await;
+    let cloned = clone_root(&b, job.local_id.unwrap());
+    let source_snapshot = decode(&a.admin().snapshot("windows").await.unwrap());
+    assert_eq!(
+        tree(&root),
+        tree(&cloned),
+        "the clone differs from its source"
+    );
+    assert_eq!(
+        job.progress.bytes_local,
+        duplicate.len() as u64,
+        "the second copy comes from the staged tree: {:?}",
+        job.progress
+    );
+    assert_eq!(
+        job.progress.bytes_from_peers + job.progress.bytes_local,
+        source_snapshot.total_bytes(),
+        "{:?}",
+        job.progress
+    );
+    assert_eq!(job.progress.files_done, source_snapshot.file_count());
+    for dir in ["ro/sub", "ro", "a"] {
+        for tree_root in [&root, &cloned] {
+            let writable = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(tree_root.join(dir), writable).unwrap();
+        }
+    }
+}
+
 /// A changed chunk is rebuilt from the parts the clone already has and the ranges it lacks;
 /// a range that arrives corrupted makes the rebuilt chunk fail its hash, and the chunk is
 /// fetched whole instead: a source's part lists and ranges can never corrupt a file.

@@ -8,8 +8,9 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Read, Seek};
+use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -30,7 +31,26 @@ pub struct ReceivedSnapshot {
     pub root: Hash,
     /// Its totals.
     pub written: Written,
-    file: fs::File,
+    file: Arc<fs::File>,
+}
+
+/// Entries read back from a [`ReceivedSnapshot`], one at a time; owns its file handle, so it
+/// can outlive the borrow it was made from.
+pub type EntryReader = SnapshotReader<SharedFile>;
+
+/// A shared file read from an offset of its own (positioned reads, no shared cursor).
+pub struct SharedFile {
+    file: Arc<fs::File>,
+    at: u64,
+}
+
+impl Read for SharedFile {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let read = self.file.read_at(buffer, self.at)?;
+        self.at += read as u64;
+        Ok(read)
+    }
 }
 
 impl ReceivedSnapshot {
@@ -80,18 +100,32 @@ impl ReceivedSnapshot {
         let kept = |e: io::Error| SnapshotError::Malformed(format!("keeping it failed: {e}"));
         let mut file = tempfile::tempfile_in(dir).map_err(kept)?;
         let written = writer.finish(&head, &mut file).map_err(kept)?;
-        file.rewind().map_err(kept)?;
         Ok(ReceivedSnapshot {
             head,
             root,
             written,
-            file,
+            file: Arc::new(file),
         })
     }
 
     /// Reads the entries back from the start, one at a time.
-    pub fn entries(&self) -> io::Result<SnapshotReader<crate::fsio::ReadAt<'_>>> {
-        SnapshotReader::new(crate::fsio::ReadAt::new(&self.file))
+    pub fn entries(&self) -> io::Result<EntryReader> {
+        SnapshotReader::new(SharedFile {
+            file: self.file.clone(),
+            at: 0,
+        })
+    }
+
+    /// Copies the document (this node's encoding of the snapshot, as
+    /// [`Snapshot::encode`] makes it) to `out`.
+    pub fn copy_to(&self, out: &mut impl io::Write) -> io::Result<u64> {
+        io::copy(
+            &mut SharedFile {
+                file: self.file.clone(),
+                at: 0,
+            },
+            out,
+        )
     }
 
     /// The whole snapshot in memory.
@@ -110,6 +144,67 @@ impl ReceivedSnapshot {
             root: self.root,
             entries,
         })
+    }
+}
+
+/// A snapshot whose entries are read in order: whole in memory (a sync's or push's
+/// target), or as received (a clone's, on disk).
+#[derive(Debug, Clone)]
+pub enum SnapshotEntries {
+    /// In memory.
+    Whole(Arc<Snapshot>),
+    /// On disk.
+    Received(Arc<ReceivedSnapshot>),
+}
+
+impl SnapshotEntries {
+    /// The root hash.
+    pub fn root(&self) -> Hash {
+        match self {
+            SnapshotEntries::Whole(snapshot) => snapshot.root,
+            SnapshotEntries::Received(received) => received.root,
+        }
+    }
+
+    /// Bytes of file content and count of files.
+    pub fn totals(&self) -> (u64, u64) {
+        match self {
+            SnapshotEntries::Whole(snapshot) => (snapshot.total_bytes(), snapshot.file_count()),
+            SnapshotEntries::Received(received) => {
+                (received.written.total_bytes, received.written.file_count)
+            }
+        }
+    }
+
+    /// What it says about itself.
+    pub fn head(&self) -> SnapshotHead {
+        match self {
+            SnapshotEntries::Whole(snapshot) => snapshot.head(),
+            SnapshotEntries::Received(received) => received.head.clone(),
+        }
+    }
+
+    /// Runs `f` on every entry in order; a failure to read one back is `unreadable`'s.
+    pub fn for_each<E>(
+        &self,
+        unreadable: impl FnOnce(io::Error) -> E,
+        mut f: impl FnMut(&SnapshotEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self {
+            SnapshotEntries::Whole(snapshot) => snapshot.entries.iter().try_for_each(f),
+            SnapshotEntries::Received(received) => {
+                let mut read = || -> io::Result<Result<(), E>> {
+                    let mut reader = received.entries()?;
+                    while let Some(entry) = reader.next_entry()? {
+                        if let Err(error) = f(&entry) {
+                            return Ok(Err(error));
+                        }
+                    }
+                    Ok(Ok(()))
+                };
+                read().unwrap_or_else(|error| Err(unreadable(error)))
+            }
+        }
     }
 }
 
@@ -296,9 +391,7 @@ mod tests {
                 assert_eq!(received.written.total_bytes, snapshot.total_bytes());
                 assert_eq!(received.load().unwrap(), snapshot);
                 let mut kept = Vec::new();
-                crate::fsio::ReadAt::new(&received.file)
-                    .read_to_end(&mut kept)
-                    .unwrap();
+                received.copy_to(&mut kept).unwrap();
                 assert_eq!(kept, snapshot.encode());
             }
         }

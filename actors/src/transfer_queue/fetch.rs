@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::chunk_frame::{FrameDecoder, FrameKind, HEADER_LEN};
 use crate::peer_registry::{PeerEndpoint, PeerState};
-use crate::snapshot::{Hash, Snapshot};
+use crate::snapshot::Hash;
 
 use super::client::FetchError;
 use super::error::TransferError;
@@ -67,7 +67,7 @@ impl Source {
 impl JobContext {
     /// Online peers other than the main source whose catalog lists the same workspace id and
     /// whose snapshot has the same root.
-    pub(super) async fn extra_sources(&self, snapshot: &Snapshot) -> Vec<Source> {
+    pub(super) async fn extra_sources(&self, root: Hash) -> Vec<Source> {
         let candidates: Vec<(Uuid, String, PeerEndpoint)> = self
             .peers
             .view()
@@ -83,7 +83,7 @@ impl JobContext {
             // modified": nothing to download or decode. Any other answer is other content.
             let same = self
                 .client
-                .manifest(&endpoint, self.job.workspace_id, Some(snapshot.root), None)
+                .manifest(&endpoint, self.job.workspace_id, Some(root), None)
                 .await;
             if let Ok(None) = same {
                 found.push(Source::new(id, name));

@@ -9,7 +9,8 @@ use std::time::Instant;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::snapshot::{EntryKind, Snapshot};
+use crate::snapshot::Snapshot;
+use crate::snapshot_receive::{ReceivedSnapshot, SnapshotEntries};
 use crate::workspace_store::{Arrived, CloneRequest, Origin, Unflushed};
 
 use super::error::TransferError;
@@ -21,13 +22,14 @@ impl JobContext {
     pub(super) async fn materialize_clone(
         &self,
         stage: &Arc<Stage>,
-        snapshot: &Arc<Snapshot>,
+        received: &Arc<ReceivedSnapshot>,
     ) -> Result<Outcome, TransferError> {
+        let head = &received.head;
         // A second copy on this node gets a new id (and so another directory).
-        let id = if self.store.get(&snapshot.workspace_id.to_string()).is_ok() {
+        let id = if self.store.get(&head.workspace_id.to_string()).is_ok() {
             Uuid::new_v4()
         } else {
-            snapshot.workspace_id
+            head.workspace_id
         };
         let new_root = self.store.workspace_root(id);
         let relocation = {
@@ -56,21 +58,21 @@ impl JobContext {
             blocking(move || Ok(arrive_git_projects(&git, &tree))).await?
         };
         notes.extend(arrivals.iter().map(|a| a.note.clone()));
-        if id != snapshot.workspace_id {
+        if id != head.workspace_id {
             set_id(stage.tree(), id)?;
             notes.push(format!(
                 "this node already has workspace id {}; the clone got id {id}",
-                snapshot.workspace_id
+                head.workspace_id
             ));
         }
         let origin = Origin {
             peer_id: self.job.peer_id,
             peer_key: self.job.peer_key,
             peer_name: self.job.peer_name.clone(),
-            workspace_id: snapshot.workspace_id,
-            workspace_name: snapshot.name.clone(),
-            revision: snapshot.revision,
-            root: snapshot.root,
+            workspace_id: head.workspace_id,
+            workspace_name: head.name.clone(),
+            revision: head.revision,
+            root: received.root,
             cloned_at: Utc::now(),
             synced_at: None,
             relocated: relocation.relocated.clone(),
@@ -82,34 +84,45 @@ impl JobContext {
         // start if a crash comes first. Named by what they are not, so no set of every path.
         let mut rewritten: HashSet<String> = relocation.relocated.keys().cloned().collect();
         rewritten.insert(crate::model::WORKSPACE_FILE.to_string());
-        for arrival in arrivals.iter().filter(|a| a.rewrote_git_dir) {
-            // A rebuilt `.git` holds other files than the source's: hashed when next read.
-            let git_dir = format!("{}/.git/", arrival.path);
-            rewritten.extend(
-                snapshot
-                    .entries
-                    .iter()
-                    .filter(|e| e.path.starts_with(&git_dir))
-                    .map(|e| e.path.clone()),
-            );
+        // A project git rebuilt: its `.git` holds other files than the source's (hashed when
+        // next read), and its directory files the snapshot never listed, flushed below.
+        let rebuilt: Vec<String> = arrivals
+            .iter()
+            .filter(|a| a.rewrote_git_dir)
+            .map(|a| format!("{}/", a.path))
+            .collect();
+        let snapshot = SnapshotEntries::Received(received.clone());
+        if !rebuilt.is_empty() {
+            let git_dirs: Vec<String> = rebuilt.iter().map(|p| format!("{p}.git/")).collect();
+            let (snapshot, job_dir) = (snapshot.clone(), self.job_dir.clone());
+            rewritten = blocking(move || {
+                snapshot.for_each(
+                    TransferError::io("reading the received snapshot in", &job_dir),
+                    |entry| {
+                        if git_dirs
+                            .iter()
+                            .any(|dir| entry.path.starts_with(dir.as_str()))
+                        {
+                            rewritten.insert(entry.path.clone());
+                        }
+                        Ok(())
+                    },
+                )?;
+                Ok(rewritten)
+            })
+            .await?;
         }
         let arrived = Arrived::AllBut(rewritten);
         let commit_started = Instant::now();
         {
-            let (tree, snapshot, arrived) = (
-                stage.tree().to_path_buf(),
-                snapshot.clone(),
-                arrived.clone(),
-            );
+            let (tree, arrived) = (stage.tree().to_path_buf(), arrived.clone());
             blocking(move || {
+                // Every file in the tree is one of the snapshot's (verified) but in a
+                // rebuilt project; those that did not arrive as received (relocated, a
+                // rebuilt project's) are made durable now, with the directories holding them.
                 let as_received = |path: &str| {
-                    arrived.contains(path)
-                        && snapshot
-                            .entry(path)
-                            .is_some_and(|e| e.kind == EntryKind::File)
+                    arrived.contains(path) && !rebuilt.iter().any(|p| path.starts_with(p.as_str()))
                 };
-                // Every other file (relocated, a rebuilt `.git`) is made durable now, with
-                // the directories holding it.
                 crate::fsio::fsync_tree_except(&tree, as_received)
                     .map_err(|e| TransferError::io("flushing", &tree)(std::io::Error::other(e)))
             })
@@ -144,7 +157,7 @@ impl JobContext {
                 .store
                 .record_snapshot(local_id, snapshot.clone(), arrived, committed_at)
                 .await;
-            self.save_base(local_id, snapshot).await;
+            self.save_base(local_id, &snapshot).await;
             recorded
         };
         let flush = async {
@@ -234,7 +247,8 @@ impl JobContext {
             )
             .await?;
         if is_clone && !self.job.request.placed {
-            self.save_base(id, source).await;
+            self.save_base(id, &SnapshotEntries::Whole(source.clone()))
+                .await;
         }
         if !Arc::ptr_eq(source, target) {
             notes.push(format!(
@@ -351,7 +365,12 @@ impl JobContext {
             .await?;
         let committed = started.elapsed();
         self.store
-            .record_snapshot(id, target.clone(), written, committed_at)
+            .record_snapshot(
+                id,
+                SnapshotEntries::Whole(target.clone()),
+                written,
+                committed_at,
+            )
             .await?;
         tracing::debug!(job = %self.job.id, ?committed, recorded = ?started.elapsed() - committed, "sync committed");
         Ok((entry, vec![summary]))
@@ -359,7 +378,7 @@ impl JobContext {
 
     /// Records what a clone had from its origin (what a later push or sync compares with).
     /// A failure costs only that: the next sync records it again.
-    async fn save_base(&self, id: Uuid, snapshot: &Arc<Snapshot>) {
+    async fn save_base(&self, id: Uuid, snapshot: &SnapshotEntries) {
         let (dir, snapshot) = (self.config.dir.clone(), snapshot.clone());
         let saved = blocking(move || {
             super::push::save_base(&dir, id, &snapshot)

@@ -53,6 +53,8 @@ pub struct TransferConfig {
     pub max_jobs: usize,
     /// Batch requests in flight per source.
     pub window: usize,
+    /// Chunk places a clone plans at a time.
+    pub plan_window: usize,
     /// Most chunks per batch request.
     pub batch_chunks: usize,
     /// Most content bytes per batch request.
@@ -78,6 +80,7 @@ impl TransferConfig {
             dir: data_dir.join("transfers"),
             max_jobs: 2,
             window: 4,
+            plan_window: 32_768,
             batch_chunks: 1024,
             batch_bytes: 8 * 1024 * 1024,
             compress: Compression::Auto,

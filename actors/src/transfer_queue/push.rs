@@ -552,10 +552,22 @@ pub fn base_path(transfers: &Path, id: Uuid) -> PathBuf {
 }
 
 /// Records `snapshot` as the base of workspace `id`, atomically.
-pub fn save_base(transfers: &Path, id: Uuid, snapshot: &Snapshot) -> std::io::Result<()> {
+pub fn save_base(
+    transfers: &Path,
+    id: Uuid,
+    snapshot: &crate::snapshot_receive::SnapshotEntries,
+) -> std::io::Result<()> {
+    use crate::snapshot_receive::SnapshotEntries;
     let path = base_path(transfers, id);
     std::fs::create_dir_all(path.parent().expect("bases have a parent"))?;
-    snapshot.write_file(&path).map_err(std::io::Error::other)
+    match snapshot {
+        SnapshotEntries::Whole(snapshot) => snapshot.write_file(&path),
+        // The received document is this node's encoding already: copied as it is.
+        SnapshotEntries::Received(received) => {
+            crate::fsio::write_atomic_with(&path, |out| received.copy_to(out).map(drop))
+        }
+    }
+    .map_err(std::io::Error::other)
 }
 
 /// Removes the bases of workspaces `exists` no longer knows (deleted since).

@@ -20,14 +20,14 @@ use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::snapshot_delta::SnapshotDelta;
-use crate::snapshot_receive::ReceivedSnapshot;
+use crate::snapshot_receive::{ReceivedSnapshot, SnapshotEntries};
 use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
 use super::error::TransferError;
 use super::fetch::Source;
 use super::job::{JobInfo, JobState, Progress, TransferKind};
-use super::stage::{Stage, Work};
+use super::stage::Stage;
 use super::{JobReport, TransferConfig, TransferQueue};
 
 /// Everything one attempt needs.
@@ -107,9 +107,9 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             cx.store.take_snapshot(&id),
         )
         .await;
-        fetched = source?.map(|(snapshot, bytes)| {
+        fetched = source?.map(|(fetched, bytes)| {
             progress.bytes_fetched += bytes;
-            snapshot
+            fetched
         });
         // Its entries are read only when something changed.
         let current = current?;
@@ -124,8 +124,9 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     }
     // What the source has, and what this node will have: the same for a clone and for a
     // plain sync; the source's content with this clone's own changes laid over it for a
-    // sync that keeps them; this workspace with the peer's changes for a push.
-    let (source, snapshot) = if cx.job.kind == TransferKind::Push {
+    // sync that keeps them; this workspace with the peer's changes for a push. A clone's
+    // stays on disk as it was received.
+    let (source, target) = if cx.job.kind == TransferKind::Push {
         let current = mine.as_ref().expect("taken just above");
         let projects = &local
             .as_ref()
@@ -133,49 +134,57 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             .manifest
             .projects;
         let (target, _) = cx.push_target(current, projects).await?;
-        (None, Arc::new(target))
+        (None, Target::Whole(Arc::new(target)))
     } else {
-        let source = Arc::new(match fetched {
-            Some(snapshot) => snapshot,
+        let fetched = match fetched {
+            Some(fetched) => fetched,
             None => {
-                let (snapshot, bytes) = cx
+                let (fetched, bytes) = cx
                     .fetch_manifest(cx.job.peer_id, None, None)
                     .await?
                     .expect("a manifest without a known root is always sent");
                 progress.bytes_fetched += bytes;
-                snapshot
+                fetched
             }
-        });
-        let target = match (&local, &mine, &base) {
-            (Some(local), Some(current), Some(base)) => {
-                cx.pull_target(local, current, &source, base).await?
-            }
-            _ => None,
         };
-        (Some(source.clone()), target.map_or(source, Arc::new))
+        match (&local, &mine, &base, fetched) {
+            (Some(local), Some(current), Some(base), fetched) => {
+                let source = Arc::new(fetched.into_memory(&cx.job_dir)?);
+                let target = cx.pull_target(local, current, &source, base).await?;
+                let target = target.map_or_else(|| source.clone(), Arc::new);
+                (Some(source), Target::Whole(target))
+            }
+            (_, _, _, Fetched::OnDisk(received)) => (None, Target::Received(Arc::new(received))),
+            (_, _, _, Fetched::InMemory(snapshot)) => {
+                let snapshot = Arc::new(snapshot);
+                (Some(snapshot.clone()), Target::Whole(snapshot))
+            }
+        }
     };
     phases.mark("manifest");
+    let root = target.root();
     let previous_root = std::fs::read(cx.job_dir.join("root")).ok();
-    if previous_root.as_deref() != Some(&snapshot.root.0[..]) {
+    if previous_root.as_deref() != Some(&root.0[..]) {
         // The source moved on since an earlier attempt: what was staged is for other content.
         for stale in ["tree", "stage", "done.log"] {
             let path = cx.job_dir.join(stale);
             let _ = std::fs::remove_dir_all(&path);
             let _ = std::fs::remove_file(&path);
         }
-        std::fs::write(cx.job_dir.join("root"), snapshot.root.0)
+        std::fs::write(cx.job_dir.join("root"), root.0)
             .map_err(TransferError::io("writing", &cx.job_dir))?;
     }
-    cx.queue.do_send(JobReport::Root(cx.job.id, snapshot.root));
-    progress.bytes_total = snapshot.total_bytes();
-    progress.files_total = snapshot.file_count();
+    cx.queue.do_send(JobReport::Root(cx.job.id, root));
+    (progress.bytes_total, progress.files_total) = target.totals();
 
-    if let (Some(local), Some(source), TransferKind::Sync) = (&local, &source, cx.job.kind) {
+    if let (Some(local), Some(source), Target::Whole(snapshot), TransferKind::Sync) =
+        (&local, &source, &target, cx.job.kind)
+    {
         let current = mine.as_ref().expect("taken just above");
         let origin = sync_origin(&cx.job, local);
         // Nothing new at the source (the clone's own changes stay as they are), or nothing
         // changed on either side.
-        let kept = !Arc::ptr_eq(source, &snapshot);
+        let kept = !Arc::ptr_eq(source, snapshot);
         if origin.root == source.root && (kept || unchanged(current, source, &origin)) {
             let totals = (progress.bytes_total, progress.files_total);
             let outcome = up_to_date(local, totals, current.root, progress);
@@ -187,7 +196,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // Other online peers sharing the same content become sources too.
     let mut sources = vec![Source::new(cx.job.peer_id, cx.job.peer_name.clone())];
     if cx.job.kind != TransferKind::Push {
-        sources.extend(cx.extra_sources(&snapshot).await);
+        sources.extend(cx.extra_sources(root).await);
     }
     cx.queue.do_send(JobReport::Sources(
         cx.job.id,
@@ -197,25 +206,19 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // Lay out the staging area.
     let previous = mine.clone();
     let (stage, work) = {
-        let snapshot = snapshot.clone();
-        let job_dir = cx.job_dir.clone();
-        let kind = cx.job.kind;
-        let local_state = match (&local, mine) {
-            (Some(local), Some(current)) => Some((
-                current,
-                local
-                    .origin
-                    .as_ref()
-                    .map(|o| o.relocated.clone())
-                    .unwrap_or_default(),
-            )),
-            _ => None,
-        };
-        blocking(move || match (kind, local_state) {
-            (TransferKind::Sync | TransferKind::Push, Some((current, relocated))) => {
+        let target = target.clone();
+        let (job_dir, places) = (cx.job_dir.clone(), cx.config.plan_window);
+        let relocated = local
+            .as_ref()
+            .and_then(|local| local.origin.as_ref())
+            .map(|o| o.relocated.clone())
+            .unwrap_or_default();
+        blocking(move || match (target, mine) {
+            (Target::Whole(snapshot), Some(current)) => {
                 Stage::prepare_sync(snapshot, &current, &relocated, &job_dir)
             }
-            _ => Stage::prepare_clone(snapshot, &job_dir),
+            (Target::Received(received), _) => Stage::prepare_clone(received, &job_dir, places),
+            (Target::Whole(_), None) => unreachable!("only a sync or push has a whole target"),
         })
         .await?
     };
@@ -227,38 +230,46 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     cx.state(JobState::Transferring);
     cx.progress(&progress);
 
-    let Work { needed, .. } = work;
-    let (needed, copied) = {
-        let stage = stage.clone();
-        let chunks = cx.store.chunk_store();
-        blocking(move || stage.copy_local(needed, &chunks)).await?
-    };
-    phases.mark("local-copy");
-    tracing::info!(job = %cx.job.id, copied, "copied from this node");
-    progress.bytes_local += copied;
-    progress.bytes_done += copied;
-    progress.files_done = progress
-        .files_total
-        .saturating_sub(stage.files_incomplete());
-    cx.progress(&progress);
-    // A sync's changed chunks: what this node has of them is reused, the rest fetched as
-    // ranges.
-    let mut needed = match (&local, previous) {
-        (Some(local), Some(previous)) if !needed.is_empty() => {
-            let local = (previous, local.manifest.id);
-            cx.rebuild_changed(&stage, needed, local, snapshot.clone(), &mut progress)
-                .await?
-        }
-        _ => needed,
-    };
-    phases.mark("parts");
-    cx.progress(&progress);
-
-    let mut rounds = 0;
-    loop {
+    // A clone's chunks come a window at a time (a sync's all at once): copied from this
+    // node where it has them, the rest fetched.
+    let mut window = Some(work.needed);
+    while let Some(needed) = window {
+        let (needed, copied) = {
+            let stage = stage.clone();
+            let chunks = cx.store.chunk_store();
+            blocking(move || stage.copy_local(needed, &chunks)).await?
+        };
+        phases.mark("local-copy");
+        tracing::debug!(job = %cx.job.id, copied, "copied from this node");
+        progress.bytes_local += copied;
+        progress.bytes_done += copied;
+        progress.files_done = progress
+            .files_total
+            .saturating_sub(stage.files_incomplete());
+        cx.progress(&progress);
+        // A sync's changed chunks: what this node has of them is reused, the rest fetched as
+        // ranges.
+        let needed = match (&local, &previous, &target) {
+            (Some(local), Some(previous), Target::Whole(snapshot)) if !needed.is_empty() => {
+                let local = (previous.clone(), local.manifest.id);
+                cx.rebuild_changed(&stage, needed, local, snapshot.clone(), &mut progress)
+                    .await?
+            }
+            _ => needed,
+        };
+        phases.mark("parts");
+        cx.progress(&progress);
         cx.fetch(&stage, &mut sources, needed, &mut progress)
             .await?;
         phases.mark("fetch");
+        window = {
+            let stage = stage.clone();
+            blocking(move || stage.next_window()).await?
+        };
+    }
+
+    let mut rounds = 0;
+    loop {
         cx.state(JobState::Verifying);
         let bad = {
             let stage = stage.clone();
@@ -283,31 +294,33 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         tracing::warn!(job = %cx.job.id, files = bad.len(), "files failed verification; fetching them again");
         let again = {
             let stage = stage.clone();
-            blocking(move || Ok(stage.requeue(&bad))).await?
+            blocking(move || stage.requeue(&bad)).await?
         };
-        needed = again;
         cx.state(JobState::Transferring);
+        cx.fetch(&stage, &mut sources, again, &mut progress).await?;
+        phases.mark("fetch");
     }
     progress.files_done = progress.files_total;
     progress.bytes_done = progress.bytes_total;
     cx.progress(&progress);
 
     cx.state(JobState::Materializing);
-    let outcome = match (&local, cx.job.kind, &source) {
-        (Some(local), TransferKind::Push, _) => {
-            cx.materialize_push(local.manifest.id, &stage, &snapshot)
+    let outcome = match (&local, cx.job.kind, &source, &target) {
+        (Some(local), TransferKind::Push, _, Target::Whole(snapshot)) => {
+            cx.materialize_push(local.manifest.id, &stage, snapshot)
                 .await?
         }
-        (Some(local), TransferKind::Sync, Some(source)) => {
-            cx.materialize_sync(local.manifest.id, &stage, source, &snapshot)
+        (Some(local), TransferKind::Sync, Some(source), Target::Whole(snapshot)) => {
+            cx.materialize_sync(local.manifest.id, &stage, source, snapshot)
                 .await?
         }
-        _ => cx.materialize_clone(&stage, &snapshot).await?,
+        (_, _, _, Target::Received(received)) => cx.materialize_clone(&stage, received).await?,
+        _ => unreachable!("a sync or push has a whole target, a clone a received one"),
     };
     // What the transfer held (the snapshots, the staging plan) goes before the local
     // snapshot below is taken: at many files they are most of the job's peak. Only its
     // root is needed; its entries stay in the memo's file.
-    drop((stage, snapshot, source, base, local));
+    drop((stage, target, source, base, local));
     let local_root = cx
         .store
         .take_snapshot(&outcome.local_id.to_string())
@@ -434,7 +447,7 @@ impl JobContext {
         peer_id: Uuid,
         known: Option<Hash>,
         loading: Option<BaseLoad>,
-    ) -> Result<Option<(Snapshot, u64)>, TransferError> {
+    ) -> Result<Option<(Fetched, u64)>, TransferError> {
         let deadline = Instant::now() + self.config.source_wait;
         let mut delay = Duration::from_millis(250);
         let mut received = 0u64;
@@ -473,18 +486,16 @@ impl JobContext {
                     let (dir, job_dir) = (self.config.dir.clone(), self.job_dir.clone());
                     let held = base.clone();
                     let decoded = blocking(move || {
-                        let snapshot = match (body, held) {
-                            // Checked as it is decoded, then read back whole: the peer's
-                            // document and the decoding's growth are never held beside it.
+                        let fetched = match (body, held) {
+                            // Checked as it is decoded and kept on disk: the peer's entries
+                            // are never held together.
                             (ManifestBody::Full(bytes), _) => {
                                 let len = bytes.len() as u64;
                                 let received =
                                     ReceivedSnapshot::receive(&bytes[..], len, &limits, &job_dir)?;
                                 drop(bytes);
-                                received.load().map_err(TransferError::io(
-                                    "reading the received snapshot in",
-                                    &job_dir,
-                                ))?
+                                check_case_received(&received, &dir)?;
+                                return Ok(Fetched::OnDisk(received));
                             }
                             (ManifestBody::Delta(bytes), Some(base)) => {
                                 SnapshotDelta::decode_onto(&bytes, &base, &limits)?
@@ -497,8 +508,8 @@ impl JobContext {
                                 ))
                             }
                         };
-                        check_case(&snapshot, &dir)?;
-                        Ok(snapshot)
+                        check_case(&fetched, &dir)?;
+                        Ok(Fetched::InMemory(fetched))
                     })
                     .await;
                     match decoded {
@@ -641,6 +652,46 @@ impl std::fmt::Display for Phases {
 
 /// Refuses, before anything is written, a workspace whose paths differ only by letter case
 /// when this node's file system cannot tell them apart; elsewhere they clone as they are.
+/// A source's snapshot as fetched: a whole one stays on disk as received (a clone reads
+/// it from there); one rebuilt from a delta onto this clone's base is in memory.
+pub(super) enum Fetched {
+    OnDisk(ReceivedSnapshot),
+    InMemory(Snapshot),
+}
+
+impl Fetched {
+    /// The whole snapshot in memory (a sync merges it with this clone's).
+    fn into_memory(self, job_dir: &std::path::Path) -> Result<Snapshot, TransferError> {
+        match self {
+            Fetched::InMemory(snapshot) => Ok(snapshot),
+            Fetched::OnDisk(received) => received.load().map_err(TransferError::io(
+                "reading the received snapshot in",
+                job_dir,
+            )),
+        }
+    }
+}
+
+/// What a job makes this node's: a sync's or push's target in memory, or a clone's
+/// received snapshot on disk.
+type Target = SnapshotEntries;
+
+/// [`check_case`] for a snapshot kept on disk: read into memory only where the file system
+/// folds case (the probe comes first).
+fn check_case_received(
+    received: &ReceivedSnapshot,
+    dir: &std::path::Path,
+) -> Result<(), TransferError> {
+    std::fs::create_dir_all(dir).map_err(TransferError::io("creating", dir))?;
+    if crate::tree::case_sensitive(dir).map_err(TransferError::io("probing", dir))? {
+        return Ok(());
+    }
+    let snapshot = received
+        .load()
+        .map_err(TransferError::io("reading the received snapshot in", dir))?;
+    check_case(&snapshot, dir)
+}
+
 fn check_case(snapshot: &Snapshot, dir: &std::path::Path) -> Result<(), TransferError> {
     // The probe first: finding the pairs holds every path folded (about 20 MB at 200,000
     // files), which a file system that tells case apart never needs.

@@ -8,100 +8,148 @@
 //! the final verification re-reads every written file, which also catches a torn write
 //! after a crash.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::snapshot::{EntryKind, Hash, RootHasher, Snapshot, SnapshotEntry};
+use crate::snapshot::{ChunkRef, EntryKind, Hash, RootHasher, Snapshot, SnapshotEntry};
+use crate::snapshot_receive::{EntryReader, ReceivedSnapshot};
 use crate::workspace_store::{ChunkStore, SyncPlan};
 
 use super::error::TransferError;
 use super::job::TransferKind;
 
+/// Chunks written in earlier windows that are remembered, so a later file with the same
+/// content copies it from the staged tree instead of fetching it again (about 2 MB).
+const RECENT_CHUNKS: usize = 16_384;
+
 /// Chunks still to fetch and what is already in place.
 #[derive(Debug, Default)]
 pub struct Work {
-    /// Chunks to fetch, in snapshot order, with their sizes.
+    /// Chunks to fetch first (a sync's all; a clone's first window), in snapshot order,
+    /// with their sizes.
     pub needed: Vec<(Hash, u32)>,
     /// Content bytes already in place (unchanged, or written before a restart).
     pub bytes_present: u64,
     /// Content bytes that must be written (fetched or copied locally).
     pub bytes_to_write: u64,
-    /// Chunks an earlier attempt wrote (re-checked by [`Stage::verify`]).
-    pub resumed: Vec<(usize, u64, crate::snapshot::ChunkRef)>,
+}
+
+/// A chunk an earlier attempt wrote: re-read and checked by [`Stage::verify`], since a
+/// crash may have torn it.
+struct Resumed {
+    index: usize,
+    path: PathBuf,
+    offset: u64,
+    chunk: ChunkRef,
+}
+
+/// The entries a staging area works from.
+enum Entries {
+    /// A sync's or push's target, whole in memory (it is built from two snapshots there).
+    Whole(Arc<Snapshot>),
+    /// A clone's received snapshot, on disk: the staging reads it a window at a time.
+    Received {
+        snapshot: Arc<ReceivedSnapshot>,
+        /// Where the next window starts: the reader and the index of its next entry.
+        cursor: Box<Mutex<(EntryReader, usize)>>,
+        /// The entries whose chunks are being placed, by index (sorted).
+        window: RwLock<Vec<(usize, SnapshotEntry)>>,
+        /// Chunk places per window ([`super::TransferConfig::plan_window`]): what the
+        /// staging holds does not grow with the workspace.
+        places: usize,
+    },
+}
+
+/// Chunks written in earlier windows, where (the first place), oldest forgotten first.
+#[derive(Default)]
+struct Recent {
+    places: HashMap<Hash, (PathBuf, u64)>,
+    order: VecDeque<Hash>,
 }
 
 /// A job's staging area.
 pub struct Stage {
     kind: TransferKind,
-    snapshot: Arc<Snapshot>,
+    entries: Entries,
     dir: PathBuf,
     dests: Mutex<HashMap<Hash, Vec<(usize, u64)>>>,
     done_log: Mutex<fs::File>,
     source_root: Vec<u8>,
     embeds_source_root: Mutex<HashSet<usize>>,
-    /// Entries this job writes (all files for a clone; changed ones for a sync).
+    /// A sync's entries it writes (a clone writes every file).
     written: Vec<usize>,
     /// For a sync, the plan the store applies.
     plan: Mutex<SyncPlan>,
-    /// Chunk writes still missing per written entry; an entry leaves when complete.
+    /// Chunk writes still missing per entry of the current window; an entry leaves when
+    /// complete.
     incomplete: Mutex<HashMap<usize, u32>>,
+    /// Files with chunks still to write, in every window.
+    pending_files: AtomicU64,
     /// Done-log entries not yet appended.
     log_buffer: Mutex<Vec<u8>>,
     /// Mode bits the process umask lets through at creation.
     umask_allows: u32,
-    /// Chunks that an earlier attempt wrote: (entry, offset, chunk); re-read and checked by
-    /// [`Stage::verify`], since a crash may have torn them.
-    resumed: Vec<(usize, u64, crate::snapshot::ChunkRef)>,
+    /// Chunks that an earlier attempt wrote.
+    resumed: Vec<Resumed>,
+    /// Their places (entry, offset): a clone's windows leave them out.
+    resumed_places: HashSet<(usize, u64)>,
+    /// A clone's chunks written in earlier windows.
+    recent: Mutex<Recent>,
 }
 
 impl Stage {
     /// Lays out a clone's tree in `job_dir/tree` (directories, links, empty and
-    /// preallocated files), skipping chunks `done.log` says arrived before.
+    /// preallocated files), reading the received snapshot once, and plans its first window
+    /// of chunks; chunks `done.log` says arrived before are kept.
     pub fn prepare_clone(
-        snapshot: Arc<Snapshot>,
+        snapshot: Arc<ReceivedSnapshot>,
         job_dir: &Path,
+        places: usize,
     ) -> Result<(Stage, Work), TransferError> {
         let tree = job_dir.join("tree");
         fs::create_dir_all(&tree).map_err(TransferError::io("creating", &tree))?;
         let done = read_done_log(job_dir);
         let mut work = Work::default();
-        let mut dests: HashMap<Hash, Vec<(usize, u64)>> = HashMap::new();
-        let mut written = Vec::new();
-        for (index, entry) in snapshot.entries.iter().enumerate() {
+        let mut resumed = Vec::new();
+        let mut pending = 0;
+        let reading = |e| TransferError::io("reading the received snapshot in", job_dir)(e);
+        let mut reader = snapshot.entries().map_err(reading)?;
+        let mut index = 0;
+        while let Some(entry) = reader.next_entry().map_err(reading)? {
             let full = tree.join(&entry.path);
             match entry.kind {
-                EntryKind::Dir => match fs::create_dir(&full) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && full.is_dir() => {}
-                    Err(e) => return Err(TransferError::io("creating directory", &full)(e)),
-                },
-                EntryKind::Symlink => {
-                    let _ = fs::remove_file(&full);
-                    std::os::unix::fs::symlink(entry.target.as_deref().unwrap_or_default(), &full)
-                        .map_err(TransferError::io("creating link", &full))?;
-                }
+                EntryKind::Dir => create_dir(&full)?,
+                EntryKind::Symlink => create_link(&entry, &full)?,
                 EntryKind::File => {
-                    written.push(index);
-                    add_file(index, entry, &full, &done, &mut dests, &mut work)?;
+                    let needed = add_file(index, &entry, &full, &done, &mut work, &mut resumed)?;
+                    pending += u64::from(!needed.is_empty());
                 }
             }
+            index += 1;
         }
-        let resumed = std::mem::take(&mut work.resumed);
+        let cursor = snapshot.entries().map_err(reading)?;
         let stage = Stage::new(
             TransferKind::Clone,
-            snapshot,
+            Entries::Received {
+                snapshot,
+                cursor: Box::new(Mutex::new((cursor, 0))),
+                window: RwLock::new(Vec::new()),
+                places,
+            },
             tree,
-            dests,
+            HashMap::new(),
             job_dir,
-            written,
+            Vec::new(),
             SyncPlan::default(),
             resumed,
         )?;
-        work.needed = stage.needed_in_order();
+        stage.pending_files.store(pending, Ordering::Relaxed);
+        work.needed = stage.next_window()?.unwrap_or_default();
         Ok((stage, work))
     }
 
@@ -122,7 +170,8 @@ impl Stage {
         let target_paths: HashSet<&str> =
             snapshot.entries.iter().map(|e| e.path.as_str()).collect();
         let mut work = Work::default();
-        let mut dests = HashMap::new();
+        let mut resumed = Vec::new();
+        let mut dests: HashMap<Hash, Vec<(usize, u64)>> = HashMap::new();
         let mut written = Vec::new();
         let mut plan = SyncPlan {
             staging: stage_dir.clone(),
@@ -172,14 +221,12 @@ impl Stage {
                     written.push(index);
                     let name = format!("f{index}");
                     plan.files.push((name.clone(), entry.path.clone()));
-                    add_file(
-                        index,
-                        entry,
-                        &stage_dir.join(&name),
-                        &done,
-                        &mut dests,
-                        &mut work,
-                    )?;
+                    let full = stage_dir.join(&name);
+                    for (offset, chunk) in
+                        add_file(index, entry, &full, &done, &mut work, &mut resumed)?
+                    {
+                        dests.entry(chunk.hash).or_default().push((index, offset));
+                    }
                 }
             }
         }
@@ -197,10 +244,9 @@ impl Stage {
             }
         }
         plan.remove.sort_by(|a, b| b.cmp(a));
-        let resumed = std::mem::take(&mut work.resumed);
         let stage = Stage::new(
             TransferKind::Sync,
-            snapshot,
+            Entries::Whole(snapshot),
             stage_dir,
             dests,
             job_dir,
@@ -208,6 +254,8 @@ impl Stage {
             plan,
             resumed,
         )?;
+        let pending = stage.incomplete.lock().expect("not poisoned").len() as u64;
+        stage.pending_files.store(pending, Ordering::Relaxed);
         work.needed = stage.needed_in_order();
         Ok((stage, work))
     }
@@ -215,41 +263,142 @@ impl Stage {
     #[allow(clippy::too_many_arguments)]
     fn new(
         kind: TransferKind,
-        snapshot: Arc<Snapshot>,
+        entries: Entries,
         dir: PathBuf,
         dests: HashMap<Hash, Vec<(usize, u64)>>,
         job_dir: &Path,
         written: Vec<usize>,
         plan: SyncPlan,
-        resumed: Vec<(usize, u64, crate::snapshot::ChunkRef)>,
+        resumed: Vec<Resumed>,
     ) -> Result<Stage, TransferError> {
-        let mut incomplete: HashMap<usize, u32> = HashMap::new();
-        for places in dests.values() {
-            for (index, _) in places {
-                *incomplete.entry(*index).or_default() += 1;
-            }
-        }
+        let incomplete = count_places(&dests);
         let log_path = job_dir.join("done.log");
         let done_log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .map_err(TransferError::io("opening", &log_path))?;
+        let source_root = match &entries {
+            Entries::Whole(snapshot) => snapshot.source_root.as_bytes().to_vec(),
+            Entries::Received { snapshot, .. } => snapshot.head.source_root.as_bytes().to_vec(),
+        };
         Ok(Stage {
             kind,
-            source_root: snapshot.source_root.as_bytes().to_vec(),
-            snapshot,
+            source_root,
+            entries,
             dir,
             dests: Mutex::new(dests),
             done_log: Mutex::new(done_log),
             embeds_source_root: Mutex::new(HashSet::new()),
             incomplete: Mutex::new(incomplete),
+            pending_files: AtomicU64::new(0),
             log_buffer: Mutex::new(Vec::new()),
             umask_allows: !process_umask() & 0o777,
+            resumed_places: resumed.iter().map(|r| (r.index, r.offset)).collect(),
             resumed,
             written,
             plan: Mutex::new(plan),
+            recent: Mutex::new(Recent::default()),
         })
+    }
+
+    /// Runs `f` on entry `index`: one of the current window for a clone.
+    fn with_entry<T>(&self, index: usize, f: impl FnOnce(&SnapshotEntry) -> T) -> T {
+        match &self.entries {
+            Entries::Whole(snapshot) => f(&snapshot.entries[index]),
+            Entries::Received { window, .. } => {
+                let window = window.read().expect("not poisoned");
+                let at = window
+                    .binary_search_by_key(&index, |(i, _)| *i)
+                    .expect("chunks are placed only in the current window");
+                f(&window[at].1)
+            }
+        }
+    }
+
+    /// Runs `f` on every entry, in order (a clone's read from its received snapshot).
+    fn for_each_entry(
+        &self,
+        mut f: impl FnMut(usize, &SnapshotEntry) -> Result<(), TransferError>,
+    ) -> Result<(), TransferError> {
+        match &self.entries {
+            Entries::Whole(snapshot) => {
+                for (index, entry) in snapshot.entries.iter().enumerate() {
+                    f(index, entry)?;
+                }
+                Ok(())
+            }
+            Entries::Received { snapshot, .. } => {
+                let reading =
+                    |e| TransferError::io("reading the received snapshot in", &self.dir)(e);
+                let mut reader = snapshot.entries().map_err(reading)?;
+                let mut index = 0;
+                while let Some(entry) = reader.next_entry().map_err(reading)? {
+                    f(index, &entry)?;
+                    index += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Plans a clone's next window of entries: the chunks to place there, in order, those
+    /// already written in this attempt included (found in the staged tree by
+    /// [`Stage::copy_local`] while remembered). `None` once every entry was planned, and
+    /// always for a sync (planned whole by [`Stage::prepare_sync`]).
+    pub fn next_window(&self) -> Result<Option<Vec<(Hash, u32)>>, TransferError> {
+        let Entries::Received {
+            cursor,
+            window,
+            places: window_places,
+            ..
+        } = &self.entries
+        else {
+            return Ok(None);
+        };
+        let mut cursor = cursor.lock().expect("not poisoned");
+        let (reader, next) = &mut *cursor;
+        let reading = |e| TransferError::io("reading the received snapshot in", &self.dir)(e);
+        let mut entries = Vec::new();
+        let mut places = 0;
+        while places < *window_places {
+            let Some(entry) = reader.next_entry().map_err(reading)? else {
+                break;
+            };
+            let index = *next;
+            *next += 1;
+            if entry.kind != EntryKind::File || entry.size == 0 {
+                continue;
+            }
+            places += entry.chunks.len().max(1);
+            entries.push((index, entry));
+        }
+        if entries.is_empty() {
+            *window.write().expect("not poisoned") = Vec::new();
+            return Ok(None);
+        }
+        let mut dests = self.dests.lock().expect("not poisoned");
+        debug_assert!(
+            dests.is_empty(),
+            "a window starts once the last one is placed"
+        );
+        let mut needed = Vec::new();
+        for (index, entry) in &entries {
+            for (offset, chunk) in entry.file_chunks() {
+                if self.resumed_places.contains(&(*index, offset)) {
+                    continue;
+                }
+                let places = dests.entry(chunk.hash).or_default();
+                if places.is_empty() {
+                    needed.push((chunk.hash, chunk.size));
+                }
+                places.push((*index, offset));
+            }
+        }
+        *self.incomplete.lock().expect("not poisoned") = count_places(&dests);
+        drop(dests);
+        *window.write().expect("not poisoned") = entries;
+        Ok(Some(needed))
     }
 
     fn needed_in_order(&self) -> Vec<(Hash, u32)> {
@@ -257,18 +406,20 @@ impl Stage {
         let mut seen = HashSet::new();
         let mut needed = Vec::new();
         for &index in &self.written {
-            for (_, chunk) in self.snapshot.entries[index].file_chunks() {
-                if dests.contains_key(&chunk.hash) && seen.insert(chunk.hash) {
-                    needed.push((chunk.hash, chunk.size));
+            self.with_entry(index, |entry| {
+                for (_, chunk) in entry.file_chunks() {
+                    if dests.contains_key(&chunk.hash) && seen.insert(chunk.hash) {
+                        needed.push((chunk.hash, chunk.size));
+                    }
                 }
-            }
+            });
         }
         needed
     }
 
     /// Files of the snapshot not yet complete.
     pub fn files_incomplete(&self) -> u64 {
-        self.incomplete.lock().expect("not poisoned").len() as u64
+        self.pending_files.load(Ordering::Relaxed)
     }
 
     /// Copies every needed chunk this node already has (in any workspace) into place;
@@ -314,7 +465,7 @@ impl Stage {
                     let (hash, size) = &needed[at];
                     let result = match self.copy_trusted(hash, *size, chunks) {
                         Ok(Some(bytes)) => Ok(bytes),
-                        Ok(None) => match chunks.find_local(hash) {
+                        Ok(None) => match self.read_staged(hash, *size).or_else(|| chunks.find_local(hash)) {
                             Some(data) => {
                                 tracing::debug!(chunk = %hash, "local chunk read and verified (its file is not known unchanged)");
                                 self.write_chunk(hash, &data)
@@ -350,7 +501,7 @@ impl Stage {
             Some(places)
                 if places
                     .iter()
-                    .all(|(index, _)| !self.snapshot.entries[*index].chunks.is_empty()) =>
+                    .all(|(index, _)| self.with_entry(*index, |e| !e.chunks.is_empty())) =>
             {
                 places.clone()
             }
@@ -384,22 +535,22 @@ impl Stage {
         };
         let mut written = 0;
         for &(index, offset) in &places {
-            let entry = &self.snapshot.entries[index];
+            let (size, mode) = self.with_entry(index, |e| (e.size, e.mode));
             let path = self.file_path(index);
-            if offset == 0 && entry.size == data.len() as u64 {
+            if offset == 0 && size == data.len() as u64 {
                 let mut file = fs::OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(true)
                     .custom_flags(libc::O_NOFOLLOW)
-                    .mode(entry.mode)
+                    .mode(mode)
                     .open(&path)
                     .map_err(TransferError::io("creating", &path))?;
                 file.write_all(data)
                     .map_err(TransferError::io("writing", &path))?;
                 start_writeback(&file, 0, data.len() as u64);
-                if entry.mode & !self.umask_allows != 0 {
-                    file.set_permissions(fs::Permissions::from_mode(entry.mode))
+                if mode & !self.umask_allows != 0 {
+                    file.set_permissions(fs::Permissions::from_mode(mode))
                         .map_err(TransferError::io("setting mode of", &path))?;
                 }
             } else {
@@ -435,6 +586,7 @@ impl Stage {
                 *left -= 1;
                 if *left == 0 {
                     incomplete.remove(index);
+                    self.pending_files.fetch_sub(1, Ordering::Relaxed);
                     if incomplete.is_empty() {
                         incomplete.shrink_to_fit();
                     }
@@ -442,6 +594,21 @@ impl Stage {
             }
         }
         drop(incomplete);
+        if let (Entries::Received { .. }, Some(&(index, offset))) = (&self.entries, places.first())
+        {
+            let mut recent = self.recent.lock().expect("not poisoned");
+            if recent.order.len() == RECENT_CHUNKS {
+                let oldest = recent.order.pop_front().expect("full");
+                recent.places.remove(&oldest);
+            }
+            if recent
+                .places
+                .insert(*hash, (self.file_path(index), offset))
+                .is_none()
+            {
+                recent.order.push_back(*hash);
+            }
+        }
         self.log_buffer
             .lock()
             .expect("not poisoned")
@@ -463,38 +630,74 @@ impl Stage {
 
     fn file_path(&self, index: usize) -> PathBuf {
         match self.kind {
-            TransferKind::Clone => self.dir.join(&self.snapshot.entries[index].path),
+            TransferKind::Clone => self.with_entry(index, |e| self.dir.join(&e.path)),
             TransferKind::Sync | TransferKind::Push => self.dir.join(format!("f{index}")),
         }
     }
 
-    /// Applies the final modes of a clone's files and directories (directories last and
-    /// deepest first, so a read-only directory can still be filled).
+    /// A chunk this attempt already wrote in an earlier window, read back from the staged
+    /// tree and checked.
+    fn read_staged(&self, hash: &Hash, size: u32) -> Option<Vec<u8>> {
+        let (path, offset) = self
+            .recent
+            .lock()
+            .expect("not poisoned")
+            .places
+            .get(hash)?
+            .clone();
+        let mut data = vec![0; size as usize];
+        let file = fs::File::open(&path).ok()?;
+        file.read_exact_at(&mut data, offset).ok()?;
+        (Hash::of(&data) == *hash).then_some(data)
+    }
+
+    /// Applies the final modes of a clone's files and directories (each directory after
+    /// everything inside it, so a read-only directory can still be filled).
     pub fn apply_modes(&self) -> Result<(), TransferError> {
         // A clone sets every directory, and the files created before their content (empty
         // and large ones, created writable); a small file was created with its mode when its
         // one chunk was written whole ([`Stage::write_chunk`]). A sync sets only its staged
         // files (the store sets the modes of what it keeps, from the plan). Verification then
         // checks every mode against the snapshot.
-        let indices: Vec<usize> = match self.kind {
-            TransferKind::Clone => (0..self.snapshot.entries.len())
-                .rev()
-                .filter(|&i| {
-                    let entry = &self.snapshot.entries[i];
-                    match entry.kind {
-                        EntryKind::Dir => true,
-                        EntryKind::File => !entry.chunks.is_empty() || entry.size == 0,
-                        EntryKind::Symlink => false,
-                    }
-                })
-                .collect(),
-            TransferKind::Sync | TransferKind::Push => self.written.clone(),
+        let set = |path: &Path, mode: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(TransferError::io("setting mode of", path))
         };
-        for index in indices {
-            let full = self.file_path(index);
-            let mode = self.snapshot.entries[index].mode;
-            fs::set_permissions(&full, fs::Permissions::from_mode(mode))
-                .map_err(TransferError::io("setting mode of", &full))?;
+        if self.kind != TransferKind::Clone {
+            for &index in &self.written {
+                let mode = self.with_entry(index, |e| e.mode);
+                set(&self.file_path(index), mode)?;
+            }
+            return Ok(());
+        }
+        // Directories wait on a stack until no later path can be inside them: in byte
+        // order that is the first path not starting with `dir/` nor `dir` and a byte
+        // below `/` (`dir-1`, `dir.txt`), which is where [`crate::tree::EntryChecker`]
+        // closes them too.
+        let mut open: Vec<(String, u32)> = Vec::new();
+        self.for_each_entry(|_, entry| {
+            while let Some((dir, mode)) = open.last() {
+                let inside = entry
+                    .path
+                    .strip_prefix(dir.as_str())
+                    .is_some_and(|rest| rest.as_bytes().first().is_some_and(|&byte| byte <= b'/'));
+                if inside {
+                    break;
+                }
+                set(&self.dir.join(dir), *mode)?;
+                open.pop();
+            }
+            match entry.kind {
+                EntryKind::Dir => open.push((entry.path.clone(), entry.mode)),
+                EntryKind::File if !entry.chunks.is_empty() || entry.size == 0 => {
+                    set(&self.dir.join(&entry.path), entry.mode)?;
+                }
+                EntryKind::File | EntryKind::Symlink => {}
+            }
+            Ok(())
+        })?;
+        while let Some((dir, mode)) = open.pop() {
+            set(&self.dir.join(dir), mode)?;
         }
         Ok(())
     }
@@ -514,16 +717,16 @@ impl Stage {
             for _ in 0..threads.max(1) {
                 scope.spawn(|| loop {
                     let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&(index, offset, chunk)) = self.resumed.get(at) else {
+                    let Some(resumed) = self.resumed.get(at) else {
                         break;
                     };
-                    let mut data = vec![0u8; chunk.size as usize];
-                    let intact = fs::File::open(self.file_path(index))
-                        .and_then(|file| file.read_exact_at(&mut data, offset))
+                    let mut data = vec![0u8; resumed.chunk.size as usize];
+                    let intact = fs::File::open(&resumed.path)
+                        .and_then(|file| file.read_exact_at(&mut data, resumed.offset))
                         .is_ok()
-                        && Hash::of(&data) == chunk.hash;
+                        && Hash::of(&data) == resumed.chunk.hash;
                     if !intact {
-                        bad.lock().expect("not poisoned").insert(index);
+                        bad.lock().expect("not poisoned").insert(resumed.index);
                     }
                 });
             }
@@ -533,7 +736,8 @@ impl Stage {
         if self.kind != TransferKind::Clone {
             // Staged files only (`f{index}`): the store puts them in place.
             for &index in &self.written {
-                if size_on_disk(&self.file_path(index)) != Some(self.snapshot.entries[index].size) {
+                if size_on_disk(&self.file_path(index)) != Some(self.with_entry(index, |e| e.size))
+                {
                     bad.insert(index);
                 }
             }
@@ -543,24 +747,23 @@ impl Stage {
         }
         // A clone: one pass over the staged tree checks the size of every written file and
         // hashes the tree as it is on disk, which must hash to the snapshot's root.
-        let mut written = self.written.iter().copied().peekable();
         let mut root = RootHasher::new();
         let mut differing = Vec::new();
         // Files to fetch again come first: an entry that cannot be inspected fails the clone
         // only when nothing can be fetched again.
         let mut unreadable = None;
-        for (index, entry) in self.snapshot.entries.iter().enumerate() {
-            let is_written = written.next_if_eq(&index).is_some();
+        self.for_each_entry(|index, entry| {
+            let is_written = entry.kind == EntryKind::File;
             let full = self.dir.join(&entry.path);
             let metadata = match fs::symlink_metadata(&full) {
                 Ok(metadata) => metadata,
                 Err(_) if is_written => {
                     bad.insert(index);
-                    continue;
+                    return Ok(());
                 }
                 Err(e) => {
                     unreadable.get_or_insert_with(|| TransferError::io("inspecting", &full)(e));
-                    continue;
+                    return Ok(());
                 }
             };
             if is_written && metadata.len() != entry.size {
@@ -584,10 +787,11 @@ impl Stage {
             if (kind, mode, size, &target) != (entry.kind, entry.mode, entry.size, &entry.target)
                 && differing.len() < 5
             {
-                differing.push(entry.path.as_str());
+                differing.push(entry.path.clone());
             }
             root.push_found(entry, kind, mode, size, target.as_deref());
-        }
+            Ok(())
+        })?;
         let mut bad: Vec<usize> = bad.into_iter().collect();
         bad.sort_unstable();
         if !bad.is_empty() {
@@ -596,38 +800,61 @@ impl Stage {
         if let Some(error) = unreadable {
             return Err(error);
         }
-        let root = root.finish();
-        if root != self.snapshot.root {
+        let (root, expected) = (root.finish(), self.root());
+        if root != expected {
             return Err(TransferError::Verification(format!(
-                "the staged tree hashes to {root}, not {}; differing: {}",
-                self.snapshot.root,
+                "the staged tree hashes to {root}, not {expected}; differing: {}",
                 differing.join(", ")
             )));
         }
         Ok(bad)
     }
 
-    /// Queues the chunks of the given files again (recreating a large file that went missing,
-    /// at its full size, for positioned writes).
-    pub fn requeue(&self, indices: &[usize]) -> Vec<(Hash, u32)> {
+    /// The root hash the staged result must have.
+    fn root(&self) -> Hash {
+        match &self.entries {
+            Entries::Whole(snapshot) => snapshot.root,
+            Entries::Received { snapshot, .. } => snapshot.root,
+        }
+    }
+
+    /// Queues the chunks of the given files (sorted) again, recreating a large file that
+    /// went missing at its full size, for positioned writes. A clone's window becomes these
+    /// files.
+    pub fn requeue(&self, indices: &[usize]) -> Result<Vec<(Hash, u32)>, TransferError> {
+        if let Entries::Received { window, .. } = &self.entries {
+            let mut again = Vec::with_capacity(indices.len());
+            self.for_each_entry(|index, entry| {
+                if indices.binary_search(&index).is_ok() {
+                    again.push((index, entry.clone()));
+                }
+                Ok(())
+            })?;
+            *window.write().expect("not poisoned") = again;
+        }
         let mut dests = self.dests.lock().expect("not poisoned");
+        let mut incomplete = self.incomplete.lock().expect("not poisoned");
         let mut needed = Vec::new();
         for &index in indices {
-            let entry = &self.snapshot.entries[index];
-            if !entry.chunks.is_empty() {
+            let (chunks, size, mode) =
+                self.with_entry(index, |e| (e.file_chunks(), e.size, e.mode));
+            let path = self.file_path(index);
+            if size > crate::snapshot::SMALL_FILE_MAX {
                 if let Ok(file) = fs::OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(false)
                     .custom_flags(libc::O_NOFOLLOW)
-                    .mode(entry.mode | 0o200)
-                    .open(self.file_path(index))
+                    .mode(mode | 0o200)
+                    .open(&path)
                 {
-                    let _ = file.set_len(entry.size);
+                    let _ = file.set_len(size);
                 }
             }
-            let mut incomplete = self.incomplete.lock().expect("not poisoned");
-            for (offset, chunk) in entry.file_chunks() {
+            if !chunks.is_empty() && !incomplete.contains_key(&index) {
+                self.pending_files.fetch_add(1, Ordering::Relaxed);
+            }
+            for (offset, chunk) in chunks {
                 *incomplete.entry(index).or_default() += 1;
                 let places = dests.entry(chunk.hash).or_default();
                 if places.is_empty() {
@@ -636,7 +863,7 @@ impl Stage {
                 places.push((index, offset));
             }
         }
-        needed
+        Ok(needed)
     }
 
     /// Rewrites the source's workspace path to `new_root` in text files and link targets that
@@ -649,45 +876,44 @@ impl Stage {
         if old_root.is_empty() || old_root == new_root_text {
             return Ok(relocation);
         }
-        let mut embedding: Vec<usize> = self
+        let embedding = self
             .embeds_source_root
             .lock()
             .expect("not poisoned")
-            .iter()
-            .copied()
-            .collect();
-        embedding.sort_unstable();
-        for index in embedding {
-            let entry = &self.snapshot.entries[index];
-            let path = self.file_path(index);
-            let mut content = Vec::new();
-            fs::File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut content))
-                .map_err(TransferError::io("reading", &path))?;
-            if content.contains(&0) {
-                relocation.notes.push(format!(
-                    "`{}` embeds the source's path {old_root} but is binary: left as it is",
-                    entry.path
-                ));
-                continue;
-            }
-            let text = String::from_utf8_lossy(&content).replace(&old_root, &new_root_text);
-            let temp = path.with_file_name(format!(".aienv-relocate-{index}"));
-            fs::write(&temp, text.as_bytes()).map_err(TransferError::io("writing", &temp))?;
-            fs::set_permissions(&temp, fs::Permissions::from_mode(entry.mode))
-                .map_err(TransferError::io("setting mode of", &temp))?;
-            fs::rename(&temp, &path).map_err(TransferError::io("replacing", &path))?;
-            relocation
-                .relocated
-                .insert(entry.path.clone(), entry.hash.expect("files have a hash"));
-        }
+            .clone();
         let mut plan = self.plan.lock().expect("not poisoned");
-        for entry in self
-            .snapshot
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::Symlink)
-        {
+        // One pass in the snapshot's order: the files that embed the path, and every link.
+        self.for_each_entry(|index, entry| {
+            if entry.kind == EntryKind::File && embedding.contains(&index) {
+                let path = match self.kind {
+                    TransferKind::Clone => self.dir.join(&entry.path),
+                    TransferKind::Sync | TransferKind::Push => self.dir.join(format!("f{index}")),
+                };
+                let mut content = Vec::new();
+                fs::File::open(&path)
+                    .and_then(|mut f| f.read_to_end(&mut content))
+                    .map_err(TransferError::io("reading", &path))?;
+                if content.contains(&0) {
+                    relocation.notes.push(format!(
+                        "`{}` embeds the source's path {old_root} but is binary: left as it is",
+                        entry.path
+                    ));
+                    return Ok(());
+                }
+                let text = String::from_utf8_lossy(&content).replace(&old_root, &new_root_text);
+                let temp = path.with_file_name(format!(".aienv-relocate-{index}"));
+                fs::write(&temp, text.as_bytes()).map_err(TransferError::io("writing", &temp))?;
+                fs::set_permissions(&temp, fs::Permissions::from_mode(entry.mode))
+                    .map_err(TransferError::io("setting mode of", &temp))?;
+                fs::rename(&temp, &path).map_err(TransferError::io("replacing", &path))?;
+                relocation
+                    .relocated
+                    .insert(entry.path.clone(), entry.hash.expect("files have a hash"));
+                return Ok(());
+            }
+            if entry.kind != EntryKind::Symlink {
+                return Ok(());
+            }
             let target = entry.target.as_deref().unwrap_or_default();
             let mut final_target = target.to_string();
             if let Some(rest) = target.strip_prefix(&old_root) {
@@ -722,7 +948,8 @@ impl Stage {
                     entry.path
                 ));
             }
-        }
+            Ok(())
+        })?;
         Ok(relocation)
     }
 
@@ -774,19 +1001,37 @@ fn take_place(
     places
 }
 
+/// Creates a clone's directory (kept when a resumed job made it before).
+fn create_dir(full: &Path) -> Result<(), TransferError> {
+    match fs::create_dir(full) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && full.is_dir() => Ok(()),
+        Err(e) => Err(TransferError::io("creating directory", full)(e)),
+    }
+}
+
+/// Creates a clone's link (replacing one a resumed job made before).
+fn create_link(entry: &SnapshotEntry, full: &Path) -> Result<(), TransferError> {
+    let _ = fs::remove_file(full);
+    std::os::unix::fs::symlink(entry.target.as_deref().unwrap_or_default(), full)
+        .map_err(TransferError::io("creating link", full))
+}
+
+/// Creates a file's place (empty files now, large ones preallocated for positioned writes)
+/// and counts its chunks: those an earlier attempt wrote go to `resumed`, the others are
+/// returned, to be written.
 fn add_file(
     index: usize,
     entry: &SnapshotEntry,
     full: &Path,
     done: &HashSet<Hash>,
-    dests: &mut HashMap<Hash, Vec<(usize, u64)>>,
     work: &mut Work,
-) -> Result<(), TransferError> {
+    resumed: &mut Vec<Resumed>,
+) -> Result<Vec<(u64, ChunkRef)>, TransferError> {
     // Only a resumed job (with chunks logged as done) keeps what an earlier attempt wrote.
     let exists = !done.is_empty() && full.exists();
-    let chunks = entry.file_chunks();
+    let mut chunks = entry.file_chunks();
     if !entry.chunks.is_empty() || entry.size == 0 {
-        // Empty files are created now; large ones preallocated for positioned writes.
         let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -800,16 +1045,33 @@ fn add_file(
                 .map_err(TransferError::io("allocating", full))?;
         }
     }
-    for (offset, chunk) in chunks {
+    chunks.retain(|&(offset, chunk)| {
         if done.contains(&chunk.hash) && exists {
             work.bytes_present += u64::from(chunk.size);
-            work.resumed.push((index, offset, chunk));
+            resumed.push(Resumed {
+                index,
+                path: full.to_path_buf(),
+                offset,
+                chunk,
+            });
+            false
         } else {
-            dests.entry(chunk.hash).or_default().push((index, offset));
             work.bytes_to_write += u64::from(chunk.size);
+            true
+        }
+    });
+    Ok(chunks)
+}
+
+/// Chunk places per entry.
+fn count_places(dests: &HashMap<Hash, Vec<(usize, u64)>>) -> HashMap<usize, u32> {
+    let mut incomplete: HashMap<usize, u32> = HashMap::new();
+    for places in dests.values() {
+        for (index, _) in places {
+            *incomplete.entry(*index).or_default() += 1;
         }
     }
-    Ok(())
+    incomplete
 }
 
 fn read_done_log(job_dir: &Path) -> HashSet<Hash> {

@@ -189,7 +189,7 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
 
 /// One file's new record, with the value it replaces, for [`ChunkIndex::replace_all`].
 struct Replacement<'a, T> {
-    path: &'a str,
+    path: std::borrow::Cow<'a, str>,
     old: Option<sled::IVec>,
     new: FileRecord,
     /// Whose record it is, for the caller.
@@ -748,7 +748,7 @@ impl ChunkIndex {
             .iter_mut()
             .zip(hashed)
             .map(|(item, record)| Replacement {
-                path: &window.entries[item.index].path,
+                path: window.entries[item.index].path.as_str().into(),
                 old: item.replaces.take().map(|r| r.old),
                 new: record,
                 tag: (),
@@ -778,6 +778,23 @@ impl ChunkIndex {
         arrived: &Arrived,
         committed_at: SystemTime,
     ) -> Result<(), StoreError> {
+        self.record_from(workspace, root, arrived, committed_at, |each| {
+            snapshot.entries.iter().try_for_each(each)
+        })
+    }
+
+    /// [`record`](Self::record) of the entries `entries` hands, one at a time, to the
+    /// function it is given (a snapshot read from disk, never held whole).
+    pub fn record_from(
+        &self,
+        workspace: Uuid,
+        root: &Path,
+        arrived: &Arrived,
+        committed_at: SystemTime,
+        entries: impl FnOnce(
+            &mut dyn FnMut(&SnapshotEntry) -> Result<(), StoreError>,
+        ) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         // A new workspace (a clone, an import) has no records to replace: one lookup per
         // file saved, a fifth of the time at many small files.
         let fresh = self
@@ -787,19 +804,18 @@ impl ChunkIndex {
             .is_none();
         let now = file_clock_now();
         let mut batch = Vec::new();
-        for entry in snapshot
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File && arrived.contains(&e.path))
-        {
+        entries(&mut |entry: &SnapshotEntry| {
+            if entry.kind != EntryKind::File || !arrived.contains(&entry.path) {
+                return Ok(());
+            }
             let full = root.join(&entry.path);
             let Ok(metadata) = fs::symlink_metadata(&full) else {
-                continue;
+                return Ok(());
             };
             let stamp = Stamp::of(&metadata);
             if stamp.size != entry.size {
                 // Not what was written; the next snapshot hashes it.
-                continue;
+                return Ok(());
             }
             let record = FileRecord {
                 stamp,
@@ -818,7 +834,7 @@ impl ChunkIndex {
                 .is_some_and(|old| old.hash == record.hash && old.describes(&stamp));
             if !known {
                 batch.push(Replacement {
-                    path: &entry.path,
+                    path: entry.path.clone().into(),
                     old,
                     new: record,
                     tag: (),
@@ -827,7 +843,8 @@ impl ChunkIndex {
             if batch.len() == RECORD_BATCH {
                 self.replace_all(workspace, &mut batch, |(), _| {})?;
             }
-        }
+            Ok(())
+        })?;
         self.replace_all(workspace, &mut batch, |(), _| {})
     }
 
@@ -843,10 +860,10 @@ impl ChunkIndex {
         mut done: impl FnMut(T, FileRecord),
     ) -> Result<(), StoreError> {
         for item in batch.iter() {
-            self.replace_chunks(workspace, item.path, item.old.as_deref(), Some(&item.new))?;
+            self.replace_chunks(workspace, &item.path, item.old.as_deref(), Some(&item.new))?;
         }
         for item in batch.drain(..) {
-            self.put_record(workspace, item.path, Some(&item.new))?;
+            self.put_record(workspace, &item.path, Some(&item.new))?;
             done(item.tag, item.new);
         }
         Ok(())

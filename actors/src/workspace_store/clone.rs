@@ -20,6 +20,7 @@ use super::{Arrived, Taken};
 use crate::events::WorkspaceChange;
 use crate::model::{Sharing, WORKSPACE_FILE};
 use crate::snapshot::{EntryKind, Hash, Snapshot};
+use crate::snapshot_receive::SnapshotEntries;
 use crate::snapshot_writer::SnapshotWriter;
 use crate::yaml;
 
@@ -85,7 +86,7 @@ pub struct CloneRequest {
 #[derive(Debug, Clone)]
 pub struct Unflushed {
     /// What was received.
-    pub snapshot: Arc<Snapshot>,
+    pub snapshot: SnapshotEntries,
     /// Which of its files arrived as it says.
     pub arrived: Arrived,
 }
@@ -95,15 +96,18 @@ impl Unflushed {
     pub(super) fn write_file(&self, path: &Path) -> Result<(), StoreError> {
         let dir = path.parent().expect("a record inside a directory");
         let mut files = SnapshotWriter::new(dir);
-        let writing = StoreError::io("writing", path);
-        for entry in self.snapshot.entries.iter().filter(|e| {
-            e.kind == EntryKind::Dir
-                || (e.kind == EntryKind::File && self.arrived.contains(&e.path))
-        }) {
-            if let Err(error) = files.push(entry) {
-                return Err(writing(error));
-            }
-        }
+        let writing = |error| StoreError::io("writing", path)(error);
+        self.snapshot.for_each(
+            StoreError::io("reading the received snapshot for", path),
+            |e| {
+                let kept = e.kind == EntryKind::Dir
+                    || (e.kind == EntryKind::File && self.arrived.contains(&e.path));
+                match kept {
+                    true => files.push(e).map_err(&writing),
+                    false => Ok(()),
+                }
+            },
+        )?;
         let head = self.snapshot.head();
         fsio::write_atomic_with(path, |out| files.finish(&head, out).map(|_| ()))?;
         Ok(())
@@ -437,14 +441,17 @@ impl WorkspaceStoreHandle {
     pub async fn record_snapshot(
         &self,
         id: Uuid,
-        snapshot: Arc<Snapshot>,
+        snapshot: SnapshotEntries,
         arrived: Arrived,
         committed_at: std::time::SystemTime,
     ) -> Result<(), StoreError> {
         let root = self.get(&id.to_string())?.path.clone();
         let chunks = self.chunks.clone();
         tokio::task::spawn_blocking(move || {
-            chunks.record(id, &root, &snapshot, &arrived, committed_at)
+            let unreadable = StoreError::io("reading the snapshot of", &root);
+            chunks.record_from(id, &root, &arrived, committed_at, |each| {
+                snapshot.for_each(unreadable, each)
+            })
         })
         .await
         .map_err(|_| StoreError::Unavailable)?
