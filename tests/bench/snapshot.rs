@@ -10,7 +10,8 @@
 //! Run: `cargo bench --bench snapshot`. `BENCH_FILES` lists the counts (default
 //! `50000,200000,400000`), `BENCH_DIR` where the trees go (default `/dev/shm`: tmpfs, so the
 //! disk's write-back does not blur the times), `AIENV_STORE_CACHE_MIB` sled's page cache
-//! (default 64, as a node's). Figures, not assertions.
+//! (default 64, as a node's). Then sled alone, with the index's keys and nothing else, at the
+//! same counts: the part of the growth that is the store's own. Figures, not assertions.
 
 use std::path::Path;
 use std::time::Instant;
@@ -106,7 +107,7 @@ fn main() {
         "B/file added"
     );
     let mut previous: Option<(u64, f64)> = None;
-    for count in counts {
+    for &count in &counts {
         let temp = tempfile::Builder::new()
             .prefix("aienv-bench-snapshot-")
             .tempdir_in(&base)
@@ -143,5 +144,49 @@ fn main() {
         );
         previous = Some((count, peak));
         drop((first, same, changed, index, db));
+    }
+    sled_alone(&counts, &base, cache_mib);
+}
+
+/// sled by itself, with the node's settings: per file, the two keys the chunk index writes
+/// (the record under workspace + path, about 90 bytes; the chunk key under hash + workspace +
+/// path, 12 bytes), nothing else. What grows here with the count of files grows in a node
+/// whatever the rest of it holds.
+fn sled_alone(counts: &[u64], base: &str, cache_mib: u64) {
+    println!("sled alone (the index's two keys per file), peak = VmHWM while inserting");
+    println!(
+        "{:>8} {:>12} {:>10} {:>16}",
+        "files", "insert s", "peak MiB", "B/file added"
+    );
+    let mut previous: Option<(u64, f64)> = None;
+    for &count in counts {
+        let temp = tempfile::Builder::new()
+            .prefix("aienv-bench-sled-")
+            .tempdir_in(base)
+            .unwrap();
+        let db = open_database(&temp.path().join("index"), cache_mib * 1024 * 1024).unwrap();
+        let (files, chunks) = (
+            db.open_tree("files").unwrap(),
+            db.open_tree("chunks").unwrap(),
+        );
+        let workspace = uuid::Uuid::new_v4();
+        let record = [0x55u8; 90];
+        let ((), seconds, peak) = measured(|| {
+            for i in 0..count {
+                let path = format!("d{:04}/f{i}.txt", i / 200);
+                let mut key = workspace.as_bytes().to_vec();
+                key.extend_from_slice(path.as_bytes());
+                files.insert(&key, &record[..]).unwrap();
+                let mut chunk = blake3::hash(path.as_bytes()).as_bytes().to_vec();
+                chunk.extend_from_slice(&key);
+                chunks.insert(chunk, &[0u8; 12][..]).unwrap();
+            }
+            db.flush().unwrap();
+        });
+        let added = previous
+            .map(|(n, mib)| format!("{:.0}", (peak - mib) * 1024.0 * 1024.0 / (count - n) as f64))
+            .unwrap_or_else(|| "-".into());
+        println!("{count:>8} {seconds:>12.2} {peak:>10.0} {added:>16}");
+        previous = Some((count, peak));
     }
 }

@@ -304,6 +304,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     progress.bytes_done = progress.bytes_total;
     cx.progress(&progress);
 
+    tracing::info!(job = %cx.job.id, "verified; committing");
     cx.state(JobState::Materializing);
     let outcome = match (&local, cx.job.kind, &source, &target) {
         (Some(local), TransferKind::Push, _, Target::Whole(snapshot)) => {
