@@ -16,8 +16,8 @@ BENCH_FILES=$files BENCH_ROUNDS=1 BENCH_DIRS=$dir cargo bench --bench transfer >
 bench=$!
 rss() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || true; }
 while kill -0 "$bench" 2>/dev/null; do
-  source=$(pgrep -f "aienv-bench.*bench-a" | head -1 || true)
-  receiver=$(pgrep -f "aienv-bench.*bench-b" | head -1 || true)
+  source=$(pgrep -f -- "--name bench-a" | head -1 || true)
+  receiver=$(pgrep -f -- "--name bench-b" | head -1 || true)
   if [ -n "$receiver" ]; then
     echo "$(date +%s.%N) $(rss "$source") $(rss "$receiver")" >>"$samples"
   fi
@@ -30,7 +30,8 @@ while kill -0 "$bench" 2>/dev/null; do
 done
 wait "$bench" 2>/dev/null || true
 pkill -f "aienv-bench" 2>/dev/null || true
-rm -rf "$dir"/aienv-bench-*
+for _ in $(seq 50); do pgrep -f "aienv-bench" >/dev/null || break; sleep 0.2; done
+rm -rf "$dir"/aienv-bench-* 2>/dev/null || true
 committing=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -m1 'verified; committing' | awk '{print $1}')
 if [ -z "$committing" ]; then
   echo "the clone did not reach its commit; the benchmark said:" >&2
@@ -43,4 +44,4 @@ awk -v at="$at" '
     if ($2 > source) source = $2 }
   END { printf "receiver: %s MiB until the commit, %s MiB in it; source: %s MiB\n", before, after, source }
 ' "$samples"
-grep -E '^round|^1 ' "$log"
+grep -E '^round +cp|^1 ' "$log"
