@@ -95,6 +95,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
+    if let Some(count) = std::env::var("BENCH_SLED_ALONE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        let (seconds, peak) = sled_insert(count, &base, cache_mib);
+        println!("{seconds} {peak}");
+        return;
+    }
     println!(
         "snapshot benchmark: trees under {base}, sled cache {cache_mib} MiB; peak = VmHWM during the pass"
     );
@@ -145,48 +153,62 @@ fn main() {
         previous = Some((count, peak));
         drop((first, same, changed, index, db));
     }
-    sled_alone(&counts, &base, cache_mib);
+    sled_alone(&counts);
 }
 
 /// sled by itself, with the node's settings: per file, the two keys the chunk index writes
 /// (the record under workspace + path, about 90 bytes; the chunk key under hash + workspace +
 /// path, 12 bytes), nothing else. What grows here with the count of files grows in a node
-/// whatever the rest of it holds.
-fn sled_alone(counts: &[u64], base: &str, cache_mib: u64) {
-    println!("sled alone (the index's two keys per file), peak = VmHWM while inserting");
+/// whatever the rest of it holds. Each count runs in a process of its own: memory an earlier
+/// pass freed but kept would hide it.
+fn sled_alone(counts: &[u64]) {
+    println!("sled alone (the index's two keys per file, a process per count), peak = VmHWM");
     println!(
         "{:>8} {:>12} {:>10} {:>16}",
         "files", "insert s", "peak MiB", "B/file added"
     );
     let mut previous: Option<(u64, f64)> = None;
     for &count in counts {
-        let temp = tempfile::Builder::new()
-            .prefix("aienv-bench-sled-")
-            .tempdir_in(base)
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("BENCH_SLED_ALONE", count.to_string())
+            .output()
             .unwrap();
-        let db = open_database(&temp.path().join("index"), cache_mib * 1024 * 1024).unwrap();
-        let (files, chunks) = (
-            db.open_tree("files").unwrap(),
-            db.open_tree("chunks").unwrap(),
-        );
-        let workspace = uuid::Uuid::new_v4();
-        let record = [0x55u8; 90];
-        let ((), seconds, peak) = measured(|| {
-            for i in 0..count {
-                let path = format!("d{:04}/f{i}.txt", i / 200);
-                let mut key = workspace.as_bytes().to_vec();
-                key.extend_from_slice(path.as_bytes());
-                files.insert(&key, &record[..]).unwrap();
-                let mut chunk = blake3::hash(path.as_bytes()).as_bytes().to_vec();
-                chunk.extend_from_slice(&key);
-                chunks.insert(chunk, &[0u8; 12][..]).unwrap();
-            }
-            db.flush().unwrap();
-        });
+        assert!(output.status.success(), "sled alone: {output:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().unwrap());
+        let (seconds, peak) = (fields.next().unwrap(), fields.next().unwrap());
         let added = previous
             .map(|(n, mib)| format!("{:.0}", (peak - mib) * 1024.0 * 1024.0 / (count - n) as f64))
             .unwrap_or_else(|| "-".into());
         println!("{count:>8} {seconds:>12.2} {peak:>10.0} {added:>16}");
         previous = Some((count, peak));
     }
+}
+
+/// Inserts `count` files' keys into a fresh index; returns the seconds and the peak MiB.
+fn sled_insert(count: u64, base: &str, cache_mib: u64) -> (f64, f64) {
+    let temp = tempfile::Builder::new()
+        .prefix("aienv-bench-sled-")
+        .tempdir_in(base)
+        .unwrap();
+    let db = open_database(&temp.path().join("index"), cache_mib * 1024 * 1024).unwrap();
+    let (files, chunks) = (
+        db.open_tree("files").unwrap(),
+        db.open_tree("chunks").unwrap(),
+    );
+    let workspace = uuid::Uuid::new_v4();
+    let record = [0x55u8; 90];
+    let ((), seconds, peak) = measured(|| {
+        for i in 0..count {
+            let path = format!("d{:04}/f{i}.txt", i / 200);
+            let mut key = workspace.as_bytes().to_vec();
+            key.extend_from_slice(path.as_bytes());
+            files.insert(&key, &record[..]).unwrap();
+            let mut chunk = blake3::hash(path.as_bytes()).as_bytes().to_vec();
+            chunk.extend_from_slice(&key);
+            chunks.insert(chunk, &[0u8; 12][..]).unwrap();
+        }
+        db.flush().unwrap();
+    });
+    (seconds, peak)
 }
