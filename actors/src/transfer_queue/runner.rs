@@ -154,11 +154,10 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
                 let target = target.map_or_else(|| source.clone(), Arc::new);
                 (Some(source), Target::Whole(target))
             }
-            (_, _, _, Fetched::OnDisk(received)) => (None, Target::Received(Arc::new(received))),
-            (_, _, _, Fetched::InMemory(snapshot)) => {
-                let snapshot = Arc::new(snapshot);
-                (Some(snapshot.clone()), Target::Whole(snapshot))
-            }
+            (None, _, _, Fetched::OnDisk(received)) => (None, Target::Received(Arc::new(received))),
+            // A delta is only asked for by a sync, which has a base; anything else is
+            // refused when the answer is read.
+            _ => return Err(mismatch("a snapshot delta came for a job without a base")),
         }
     };
     phases.mark("manifest");
@@ -218,7 +217,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
                 Stage::prepare_sync(snapshot, &current, &relocated, &job_dir)
             }
             (Target::Received(received), _) => Stage::prepare_clone(received, &job_dir, places),
-            (Target::Whole(_), None) => unreachable!("only a sync or push has a whole target"),
+            (Target::Whole(_), None) => Err(mismatch("a whole target without a workspace")),
         })
         .await?
     };
@@ -315,8 +314,10 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             cx.materialize_sync(local.manifest.id, &stage, source, snapshot)
                 .await?
         }
-        (_, _, _, Target::Received(received)) => cx.materialize_clone(&stage, received).await?,
-        _ => unreachable!("a sync or push has a whole target, a clone a received one"),
+        (None, TransferKind::Clone, _, Target::Received(received)) => {
+            cx.materialize_clone(&stage, received).await?
+        }
+        _ => return Err(mismatch("a job whose target does not fit its kind")),
     };
     // What the transfer held (the snapshots, the staging plan) goes before the local
     // snapshot below is taken: at many files they are most of the job's peak. Only its
@@ -653,6 +654,12 @@ impl std::fmt::Display for Phases {
 
 /// Refuses, before anything is written, a workspace whose paths differ only by letter case
 /// when this node's file system cannot tell them apart; elsewhere they clone as they are.
+/// An impossible combination of a job's kind and what it fetched, refused rather than
+/// panicking on the transfer arbiter.
+fn mismatch(what: &str) -> TransferError {
+    TransferError::Manifest(crate::snapshot::SnapshotError::Malformed(what.to_string()))
+}
+
 /// A source's snapshot as fetched: a whole one stays on disk as received (a clone reads
 /// it from there); one rebuilt from a delta onto this clone's base is in memory.
 pub(super) enum Fetched {

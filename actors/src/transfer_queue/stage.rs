@@ -1,7 +1,9 @@
 //! The blocking half of a job: laying out the staging area, writing verified chunks where
 //! they belong, checking the result against the snapshot, relocating embedded paths.
 //!
-//! A clone is built as a full tree in `<job>/tree`, renamed into place by the store. A sync
+//! A clone is built as a full tree in `<job>/tree`, renamed into place by the store; its
+//! entries are read from the received snapshot on disk, a window of chunk places at a time
+//! (ARCHITECTURE, "A clone is received, staged and checked a window at a time"). A sync
 //! stages only the new file versions in `<job>/stage` (named `f<entry index>`) plus a
 //! [`SyncPlan`] of removals, directories and links that the store applies. Every chunk
 //! written is appended to `<job>/done.log`, so a resumed job fetches only what is missing;
