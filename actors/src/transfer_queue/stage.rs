@@ -379,11 +379,7 @@ impl Stage {
             *window.write().expect("not poisoned") = Vec::new();
             return Ok(None);
         }
-        let mut dests = self.dests.lock().expect("not poisoned");
-        debug_assert!(
-            dests.is_empty(),
-            "a window starts once the last one is placed"
-        );
+        let mut dests: HashMap<Hash, Vec<(usize, u64)>> = HashMap::new();
         let mut needed = Vec::new();
         for (index, entry) in &entries {
             for (offset, chunk) in entry.file_chunks() {
@@ -397,9 +393,15 @@ impl Stage {
                 places.push((*index, offset));
             }
         }
-        *self.incomplete.lock().expect("not poisoned") = count_places(&dests);
-        drop(dests);
+        // The entries first: a place is never looked up outside the window.
         *window.write().expect("not poisoned") = entries;
+        *self.incomplete.lock().expect("not poisoned") = count_places(&dests);
+        let mut current = self.dests.lock().expect("not poisoned");
+        debug_assert!(
+            current.is_empty(),
+            "a window starts once the last one is placed"
+        );
+        *current = dests;
         Ok(Some(needed))
     }
 
