@@ -22,6 +22,17 @@ use crate::snapshot::{
 use crate::snapshot_reader::SnapshotReader;
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
 
+/// Why a received snapshot was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The peer's document was refused.
+    #[error(transparent)]
+    Refused(#[from] SnapshotError),
+    /// This node could not keep it (its own disk).
+    #[error("{0}")]
+    Keeping(io::Error),
+}
+
 /// A peer's snapshot, checked, kept in an unnamed file.
 #[derive(Debug)]
 pub struct ReceivedSnapshot {
@@ -61,7 +72,7 @@ impl ReceivedSnapshot {
         encoded_len: u64,
         limits: &SnapshotLimits,
         dir: &Path,
-    ) -> Result<ReceivedSnapshot, SnapshotError> {
+    ) -> Result<ReceivedSnapshot, ReceiveError> {
         let mut receiving = Receiving {
             limits,
             checker: SnapshotChecker::new(limits),
@@ -88,7 +99,7 @@ impl ReceivedSnapshot {
         };
         check_format(fields.format.ok_or_else(|| missing("format"))?)?;
         if !fields.entries {
-            return Err(missing("entries"));
+            return Err(missing("entries").into());
         }
         let root = checker.finish(fields.root.ok_or_else(|| missing("root"))?)?;
         let head = SnapshotHead {
@@ -97,9 +108,10 @@ impl ReceivedSnapshot {
             revision: fields.revision.ok_or_else(|| missing("revision"))?,
             source_root: fields.source_root.ok_or_else(|| missing("source_root"))?,
         };
-        let kept = |e: io::Error| SnapshotError::Malformed(format!("keeping it failed: {e}"));
-        let mut file = tempfile::tempfile_in(dir).map_err(kept)?;
-        let written = writer.finish(&head, &mut file).map_err(kept)?;
+        let mut file = tempfile::tempfile_in(dir).map_err(ReceiveError::Keeping)?;
+        let written = writer
+            .finish(&head, &mut file)
+            .map_err(ReceiveError::Keeping)?;
         Ok(ReceivedSnapshot {
             head,
             root,
@@ -225,11 +237,11 @@ struct Receiving<'a> {
     limits: &'a SnapshotLimits,
     checker: SnapshotChecker<'a>,
     writer: SnapshotWriter,
-    failure: Option<SnapshotError>,
+    failure: Option<ReceiveError>,
 }
 
 impl Receiving<'_> {
-    fn fail<E: de::Error>(&mut self, failure: SnapshotError) -> E {
+    fn fail<E: de::Error>(&mut self, failure: ReceiveError) -> E {
         let message = failure.to_string();
         self.failure = Some(failure);
         E::custom(message)
@@ -318,16 +330,15 @@ impl<'de> Visitor<'de> for Entries<'_, '_> {
         // MessagePack states the array's length first: too many is refused unread.
         if let Some(count) = seq.size_hint() {
             if let Err(refused) = check_entry_count(count, receiving.limits) {
-                return Err(receiving.fail(refused));
+                return Err(receiving.fail(refused.into()));
             }
         }
         while let Some(entry) = seq.next_element::<SnapshotEntry>()? {
             if let Err(refused) = receiving.checker.push(&entry) {
-                return Err(receiving.fail(refused));
+                return Err(receiving.fail(refused.into()));
             }
             if let Err(error) = receiving.writer.push(&entry) {
-                let failure = SnapshotError::Malformed(format!("keeping it failed: {error}"));
-                return Err(receiving.fail(failure));
+                return Err(receiving.fail(ReceiveError::Keeping(error)));
             }
         }
         Ok(())
@@ -340,7 +351,7 @@ mod tests {
     use crate::snapshot::test_entries::{dir, file, link};
     use serde::Serialize;
 
-    fn receive(bytes: &[u8]) -> Result<ReceivedSnapshot, SnapshotError> {
+    fn receive(bytes: &[u8]) -> Result<ReceivedSnapshot, ReceiveError> {
         let dir = std::env::temp_dir();
         ReceivedSnapshot::receive(bytes, bytes.len() as u64, &SnapshotLimits::default(), &dir)
     }

@@ -20,7 +20,7 @@ use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::snapshot_delta::SnapshotDelta;
-use crate::snapshot_receive::{ReceivedSnapshot, SnapshotEntries};
+use crate::snapshot_receive::{ReceiveError, ReceivedSnapshot, SnapshotEntries};
 use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
@@ -494,7 +494,16 @@ impl JobContext {
                             (ManifestBody::Full(bytes), _) => {
                                 let len = bytes.len() as u64;
                                 let received =
-                                    ReceivedSnapshot::receive(&bytes[..], len, &limits, &job_dir)?;
+                                    ReceivedSnapshot::receive(&bytes[..], len, &limits, &job_dir)
+                                        .map_err(|error| match error {
+                                        ReceiveError::Refused(refused) => refused.into(),
+                                        ReceiveError::Keeping(error) => {
+                                            TransferError::io(
+                                                "keeping the received snapshot in",
+                                                &job_dir,
+                                            )(error)
+                                        }
+                                    })?;
                                 drop(bytes);
                                 check_case_received(&received, &dir)?;
                                 return Ok(Fetched::OnDisk(received));

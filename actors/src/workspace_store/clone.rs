@@ -102,9 +102,10 @@ impl Unflushed {
             |e| {
                 let kept = e.kind == EntryKind::Dir
                     || (e.kind == EntryKind::File && self.arrived.contains(&e.path));
-                match kept {
-                    true => files.push(e).map_err(&writing),
-                    false => Ok(()),
+                if kept {
+                    files.push(e).map_err(&writing)
+                } else {
+                    Ok(())
                 }
             },
         )?;
