@@ -1163,11 +1163,8 @@ async fn a_sync_gets_the_snapshot_as_a_delta_from_the_one_it_holds() {
     let peer = common::node_identity(&temp.path().join("peer"), "peer");
     let http = common::tls_client(&peer, a.key);
     let url = format!("{}/api/v1/workspaces/many/snapshot", a.tls_url);
-    let mut response = http
-        .get(format!("{url}?since={}", before.root))
-        .send()
-        .await
-        .unwrap();
+    let since = |root: &dyn std::fmt::Display| http.get(format!("{url}?since={root}")).send();
+    let mut response = since(&before.root).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
         response.headers().get("content-type").unwrap(),
@@ -1183,17 +1180,13 @@ async fn a_sync_gets_the_snapshot_as_a_delta_from_the_one_it_holds() {
         delta.len(),
         full_before.len()
     );
-    let mut response = http
-        .get(format!("{url}?since={}", Hash::of(b"never served")))
-        .send()
-        .await
-        .unwrap();
+    let mut response = since(&Hash::of(b"never served")).await.unwrap();
     assert_eq!(
         response.headers().get("content-type").unwrap(),
         "application/vnd.aienv.snapshot+msgpack+zstd"
     );
     assert_eq!(decode(&response.body().await.unwrap()), after);
-    let response = http.get(format!("{url}?since=xyz")).send().await.unwrap();
+    let response = since(&"xyz").await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     // A kept snapshot damaged on the source's disk (its head reads, its entries do not)
     // gives no delta: the whole snapshot, not an error.
@@ -1223,11 +1216,7 @@ async fn a_sync_gets_the_snapshot_as_a_delta_from_the_one_it_holds() {
         entries: [1, 2, 3],
     });
     std::fs::write(&kept, damaged).unwrap();
-    let mut response = http
-        .get(format!("{url}?since={}", before.root))
-        .send()
-        .await
-        .unwrap();
+    let mut response = since(&before.root).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
         response.headers().get("content-type").unwrap(),

@@ -505,7 +505,14 @@ impl JobContext {
                                         }
                                     })?;
                                 drop(bytes);
-                                check_case_received(&received, &dir)?;
+                                // Read into memory only where the file system folds case.
+                                check_case(&dir, || {
+                                    let snapshot = received.load().map_err(TransferError::io(
+                                        "reading the received snapshot in",
+                                        &job_dir,
+                                    ))?;
+                                    Ok(snapshot.case_collisions(3))
+                                })?;
                                 return Ok(Fetched::OnDisk(received));
                             }
                             (ManifestBody::Delta(bytes), Some(base)) => {
@@ -519,7 +526,7 @@ impl JobContext {
                                 ))
                             }
                         };
-                        check_case(&fetched, &dir)?;
+                        check_case(&dir, || Ok(fetched.case_collisions(3)))?;
                         Ok(Fetched::InMemory(fetched))
                     })
                     .await;
@@ -693,30 +700,19 @@ impl Fetched {
 /// received snapshot on disk.
 type Target = SnapshotEntries;
 
-/// [`check_case`] for a snapshot kept on disk: read into memory only where the file system
-/// folds case (the probe comes first).
-fn check_case_received(
-    received: &ReceivedSnapshot,
+/// Refuses a snapshot with paths that differ only by case where `dir`'s file system folds
+/// case; `pairs` finds them (at most 3).
+fn check_case(
     dir: &std::path::Path,
+    pairs: impl FnOnce() -> Result<Vec<(String, String)>, TransferError>,
 ) -> Result<(), TransferError> {
-    std::fs::create_dir_all(dir).map_err(TransferError::io("creating", dir))?;
-    if crate::tree::case_sensitive(dir).map_err(TransferError::io("probing", dir))? {
-        return Ok(());
-    }
-    let snapshot = received
-        .load()
-        .map_err(TransferError::io("reading the received snapshot in", dir))?;
-    check_case(&snapshot, dir)
-}
-
-fn check_case(snapshot: &Snapshot, dir: &std::path::Path) -> Result<(), TransferError> {
     // The probe first: finding the pairs holds every path folded (about 20 MB at 200,000
     // files), which a file system that tells case apart never needs.
     std::fs::create_dir_all(dir).map_err(TransferError::io("creating", dir))?;
     if crate::tree::case_sensitive(dir).map_err(TransferError::io("probing", dir))? {
         return Ok(());
     }
-    let pairs = snapshot.case_collisions(3);
+    let pairs = pairs()?;
     if pairs.is_empty() {
         return Ok(());
     }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::snapshot::{ChunkRef, EntryKind, Hash, RootHasher, Snapshot, SnapshotEntry};
-use crate::snapshot_receive::{EntryReader, ReceivedSnapshot};
+use crate::snapshot_receive::{EntryReader, ReceivedSnapshot, SnapshotEntries};
 use crate::workspace_store::{ChunkStore, SyncPlan};
 
 use super::error::TransferError;
@@ -65,6 +65,16 @@ enum Entries {
         /// staging holds does not grow with the workspace.
         places: usize,
     },
+}
+
+impl Entries {
+    /// The snapshot itself, to read in order.
+    fn snapshot(&self) -> SnapshotEntries {
+        match self {
+            Entries::Whole(snapshot) => SnapshotEntries::Whole(snapshot.clone()),
+            Entries::Received { snapshot, .. } => SnapshotEntries::Received(snapshot.clone()),
+        }
+    }
 }
 
 /// Chunks written in earlier windows, where (the first place), oldest forgotten first.
@@ -280,10 +290,7 @@ impl Stage {
             .append(true)
             .open(&log_path)
             .map_err(TransferError::io("opening", &log_path))?;
-        let source_root = match &entries {
-            Entries::Whole(snapshot) => snapshot.source_root.as_bytes().to_vec(),
-            Entries::Received { snapshot, .. } => snapshot.head.source_root.as_bytes().to_vec(),
-        };
+        let source_root = entries.snapshot().head().source_root.into_bytes();
         Ok(Stage {
             kind,
             source_root,
@@ -323,25 +330,14 @@ impl Stage {
         &self,
         mut f: impl FnMut(usize, &SnapshotEntry) -> Result<(), TransferError>,
     ) -> Result<(), TransferError> {
-        match &self.entries {
-            Entries::Whole(snapshot) => {
-                for (index, entry) in snapshot.entries.iter().enumerate() {
-                    f(index, entry)?;
-                }
-                Ok(())
-            }
-            Entries::Received { snapshot, .. } => {
-                let reading =
-                    |e| TransferError::io("reading the received snapshot in", &self.dir)(e);
-                let mut reader = snapshot.entries().map_err(reading)?;
-                let mut index = 0;
-                while let Some(entry) = reader.next_entry().map_err(reading)? {
-                    f(index, &entry)?;
-                    index += 1;
-                }
-                Ok(())
-            }
-        }
+        let mut index = 0;
+        self.entries.snapshot().for_each(
+            TransferError::io("reading the received snapshot in", &self.dir),
+            |entry| {
+                index += 1;
+                f(index - 1, entry)
+            },
+        )
     }
 
     /// Plans a clone's next window of entries: the chunks to place there, in order, those
@@ -394,7 +390,8 @@ impl Stage {
             }
         }
         // The entries first: a place is never looked up outside the window.
-        *window.write().expect("not poisoned") = entries;
+        let done = std::mem::replace(&mut *window.write().expect("not poisoned"), entries);
+        self.remember(&done);
         *self.incomplete.lock().expect("not poisoned") = count_places(&dests);
         let mut current = self.dests.lock().expect("not poisoned");
         debug_assert!(
@@ -403,6 +400,27 @@ impl Stage {
         );
         *current = dests;
         Ok(Some(needed))
+    }
+
+    /// Remembers where a finished window's chunks are in the staged tree (once per window,
+    /// not on the write path), forgetting the oldest past [`RECENT_CHUNKS`].
+    fn remember(&self, window: &[(usize, SnapshotEntry)]) {
+        let mut recent = self.recent.lock().expect("not poisoned");
+        for (_, entry) in window {
+            for (offset, chunk) in entry.file_chunks() {
+                if recent.places.contains_key(&chunk.hash) {
+                    continue;
+                }
+                if recent.order.len() == RECENT_CHUNKS {
+                    let oldest = recent.order.pop_front().expect("full");
+                    recent.places.remove(&oldest);
+                }
+                recent
+                    .places
+                    .insert(chunk.hash, (self.dir.join(&entry.path), offset));
+                recent.order.push_back(chunk.hash);
+            }
+        }
     }
 
     fn needed_in_order(&self) -> Vec<(Hash, u32)> {
@@ -598,21 +616,6 @@ impl Stage {
             }
         }
         drop(incomplete);
-        if let (Entries::Received { .. }, Some(&(index, offset))) = (&self.entries, places.first())
-        {
-            let mut recent = self.recent.lock().expect("not poisoned");
-            if recent.order.len() == RECENT_CHUNKS {
-                let oldest = recent.order.pop_front().expect("full");
-                recent.places.remove(&oldest);
-            }
-            if recent
-                .places
-                .insert(*hash, (self.file_path(index), offset))
-                .is_none()
-            {
-                recent.order.push_back(*hash);
-            }
-        }
         self.log_buffer
             .lock()
             .expect("not poisoned")
@@ -816,10 +819,7 @@ impl Stage {
 
     /// The root hash the staged result must have.
     fn root(&self) -> Hash {
-        match &self.entries {
-            Entries::Whole(snapshot) => snapshot.root,
-            Entries::Received { snapshot, .. } => snapshot.root,
-        }
+        self.entries.snapshot().root()
     }
 
     /// Queues the chunks of the given files (sorted) again, recreating a large file that
