@@ -10,13 +10,17 @@
 //! Run: `cargo bench --bench snapshot`. `BENCH_FILES` lists the counts (default
 //! `50000,200000,400000`), `BENCH_DIR` where the trees go (default `/dev/shm`: tmpfs, so the
 //! disk's write-back does not blur the times), `AIENV_STORE_CACHE_MIB` sled's page cache
-//! (default 64, as a node's). Then sled alone, with the index's keys and nothing else, at the
-//! same counts: the part of the growth that is the store's own. Figures, not assertions.
+//! (default 64, as a node's). Then sled alone, with the index's entries and nothing else, at
+//! the same counts, in the index's layout (groups of entries per sled key) beside a key per
+//! entry (the layout before): the part of the growth that is the store's own. Figures, not
+//! assertions.
 
 use std::path::Path;
 use std::time::Instant;
 
-use aienv_actors::workspace_store::{file_clock_now, open_database, ChunkIndex};
+use aienv_actors::workspace_store::{
+    file_clock_now, open_database, Change, ChunkIndex, GroupedTree, CHUNK_GROUP, FILE_GROUP,
+};
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -99,7 +103,8 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
     {
-        let (seconds, peak) = sled_insert(count, &base, cache_mib);
+        let grouped = std::env::var("BENCH_SLED_LAYOUT").as_deref() != Ok("keys");
+        let (seconds, peak) = sled_insert(count, &base, cache_mib, grouped);
         println!("{seconds} {peak}");
         return;
     }
@@ -156,37 +161,56 @@ fn main() {
     sled_alone(&counts);
 }
 
-/// sled by itself, with the node's settings: per file, the two keys the chunk index writes
-/// (the record under workspace + path, about 90 bytes; the chunk key under hash + workspace +
-/// path, 12 bytes), nothing else. What grows here with the count of files grows in a node
-/// whatever the rest of it holds. Each count runs in a process of its own: memory an earlier
-/// pass freed but kept would hide it.
+/// sled by itself, with the node's settings: per file, the two entries the chunk index
+/// writes (the record under workspace + path, about 90 bytes; the chunk's place under hash +
+/// workspace + path, 12 bytes), nothing else, in batches of 4,096 files as the index writes
+/// them. In groups as the index keeps them, and with a key per entry as it did before. What
+/// grows here with the count of files grows in a node whatever the rest of it holds. Each
+/// count and layout runs in a process of its own: memory an earlier pass freed but kept would
+/// hide it.
 fn sled_alone(counts: &[u64]) {
-    println!("sled alone (the index's two keys per file, a process per count), peak = VmHWM");
+    println!("sled alone (the index's two entries per file, a process per count and layout), peak = VmHWM");
     println!(
-        "{:>8} {:>12} {:>10} {:>16}",
-        "files", "insert s", "peak MiB", "B/file added"
+        "{:>8} {:>26} {:>26}",
+        "files", "grouped: s / MiB / B/file", "key each: s / MiB / B/file"
     );
-    let mut previous: Option<(u64, f64)> = None;
+    let mut previous: Option<(u64, [f64; 2])> = None;
     for &count in counts {
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .env("BENCH_SLED_ALONE", count.to_string())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "sled alone: {output:?}");
-        let text = String::from_utf8_lossy(&output.stdout);
-        let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().unwrap());
-        let (seconds, peak) = (fields.next().unwrap(), fields.next().unwrap());
-        let added = previous
-            .map(|(n, mib)| format!("{:.0}", (peak - mib) * 1024.0 * 1024.0 / (count - n) as f64))
-            .unwrap_or_else(|| "-".into());
-        println!("{count:>8} {seconds:>12.2} {peak:>10.0} {added:>16}");
-        previous = Some((count, peak));
+        let run = |layout: &str| {
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .env("BENCH_SLED_ALONE", count.to_string())
+                .env("BENCH_SLED_LAYOUT", layout)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "sled alone: {output:?}");
+            let text = String::from_utf8_lossy(&output.stdout);
+            let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().unwrap());
+            (fields.next().unwrap(), fields.next().unwrap())
+        };
+        let results = [run("groups"), run("keys")];
+        let cells: Vec<String> = results
+            .iter()
+            .enumerate()
+            .map(|(layout, (seconds, peak))| {
+                let added = previous
+                    .map(|(n, peaks)| {
+                        format!(
+                            "{:.0}",
+                            (peak - peaks[layout]) * 1024.0 * 1024.0 / (count - n) as f64
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                format!("{seconds:.2} / {peak:.0} / {added}")
+            })
+            .collect();
+        println!("{count:>8} {:>26} {:>26}", cells[0], cells[1]);
+        previous = Some((count, [results[0].1, results[1].1]));
     }
 }
 
-/// Inserts `count` files' keys into a fresh index; returns the seconds and the peak MiB.
-fn sled_insert(count: u64, base: &str, cache_mib: u64) -> (f64, f64) {
+/// Inserts `count` files' entries into a fresh index, grouped or a key each; returns the
+/// seconds and the peak MiB.
+fn sled_insert(count: u64, base: &str, cache_mib: u64, grouped: bool) -> (f64, f64) {
     let temp = tempfile::Builder::new()
         .prefix("aienv-bench-sled-")
         .tempdir_in(base)
@@ -196,17 +220,43 @@ fn sled_insert(count: u64, base: &str, cache_mib: u64) -> (f64, f64) {
         db.open_tree("files").unwrap(),
         db.open_tree("chunks").unwrap(),
     );
+    let (file_groups, chunk_groups) = (
+        GroupedTree::new(files.clone(), FILE_GROUP),
+        GroupedTree::new(
+            chunks.clone(),
+            std::env::var("BENCH_CG")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(CHUNK_GROUP),
+        ),
+    );
     let workspace = uuid::Uuid::new_v4();
     let record = [0x55u8; 90];
     let ((), seconds, peak) = measured(|| {
-        for i in 0..count {
-            let path = format!("d{:04}/f{i}.txt", i / 200);
-            let mut key = workspace.as_bytes().to_vec();
-            key.extend_from_slice(path.as_bytes());
-            files.insert(&key, &record[..]).unwrap();
-            let mut chunk = blake3::hash(path.as_bytes()).as_bytes().to_vec();
-            chunk.extend_from_slice(&key);
-            chunks.insert(chunk, &[0u8; 12][..]).unwrap();
+        let mut start = 0;
+        while start < count {
+            let end = (start + 4096).min(count);
+            let (mut record_changes, mut chunk_changes): (Vec<Change>, Vec<Change>) = (start..end)
+                .map(|i| {
+                    let path = format!("d{:04}/f{i}.txt", i / 200);
+                    let mut key = workspace.as_bytes().to_vec();
+                    key.extend_from_slice(path.as_bytes());
+                    let mut chunk = blake3::hash(path.as_bytes()).as_bytes().to_vec();
+                    chunk.extend_from_slice(&key);
+                    ((key, Some(record.to_vec())), (chunk, Some(vec![0u8; 12])))
+                })
+                .unzip();
+            if grouped {
+                chunk_groups.apply(&mut chunk_changes).unwrap();
+                file_groups.apply(&mut record_changes).unwrap();
+            } else {
+                for (tree, changes) in [(&chunks, chunk_changes), (&files, record_changes)] {
+                    for (key, value) in changes {
+                        tree.insert(key, value.expect("inserts only")).unwrap();
+                    }
+                }
+            }
+            start = end;
         }
         db.flush().unwrap();
     });

@@ -17,6 +17,7 @@ mod chunk_index;
 mod clone;
 mod error;
 mod file_chunks;
+mod grouped_tree;
 mod handle;
 mod index;
 mod reconcile;
@@ -47,9 +48,11 @@ pub use archive::{
 };
 pub use chunk_index::{
     file_clock_now, Arrived, ChunkIndex, ChunkLocation, EncodedSnapshot, ScanStats, Taken,
+    CHUNK_GROUP, FILE_GROUP,
 };
 pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan, Unflushed};
 pub use error::StoreError;
+pub use grouped_tree::{Change, GroupedTree};
 pub use handle::WorkspaceStoreHandle;
 pub use index::{open_database, RevisionRecord};
 pub use reconcile::ReconcileReport;
