@@ -479,6 +479,34 @@ mod tests {
         );
     }
 
+    /// Writers on several threads whose keys interleave (so they rewrite the same groups)
+    /// lose none of each other's entries.
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let grouped = tree(8);
+        std::thread::scope(|scope| {
+            for thread in 0..4u32 {
+                let grouped = grouped.clone();
+                scope.spawn(move || {
+                    for batch in 0..40u32 {
+                        let mut changes: Vec<Change> = (0..25u32)
+                            .map(|i| {
+                                let n = (batch * 25 + i) * 4 + thread;
+                                (format!("{n:06}").into_bytes(), Some(vec![thread as u8]))
+                            })
+                            .collect();
+                        grouped.apply(&mut changes).unwrap();
+                    }
+                });
+            }
+        });
+        let keys: Vec<_> = contents(&grouped).into_iter().map(|(k, _)| k).collect();
+        let expected: Vec<_> = (0..4000u32)
+            .map(|n| format!("{n:06}").into_bytes())
+            .collect();
+        assert_eq!(keys, expected);
+    }
+
     /// A damaged group is reported as a corrupt record naming where it is, not a panic.
     #[test]
     fn a_damaged_group_is_an_error() {
