@@ -603,9 +603,10 @@ impl ChunkIndex {
             skipped,
             ..ScanStats::default()
         };
-        // In path order (paths are unique), the walk meets the index's records, which sled
-        // keeps in the same order, in one merge: a sequential scan instead of a lookup per
-        // file, and the records of files that are gone come out of the same pass.
+        // In path order (paths are unique), the walk meets the index's records, which the
+        // grouped tree keeps in the same order, in one merge: a sequential scan instead of a
+        // lookup per file, and the records of files that are gone come out of the same pass.
+        // Records the windows write meanwhile lie behind the scan (it skips what it passed).
         let mut walk = walked.into_reader().map_err(spill_failed)?;
         let workspace_prefix = *workspace.as_bytes();
         let mut records = self.files.scan_prefix(&workspace_prefix);
@@ -875,8 +876,9 @@ impl ChunkIndex {
         self.replace_all(workspace, &mut batch)
     }
 
-    /// [`replace`](Self::replace) for each of `batch` (emptied): every chunk key first, then
-    /// every record, so that a record still never exists without its keys. Each tree is
+    /// Replaces the records of `batch` (emptied) and their chunk keys (`new: None` removes
+    /// both): every chunk key first, then every record, so that a record still never exists
+    /// without its keys. Each tree is
     /// written once per batch (a group that several of its files fall in is rewritten once).
     fn replace_all(
         &self,
