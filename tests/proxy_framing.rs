@@ -92,7 +92,9 @@ while True:
 
 /// Sends raw bytes to the node's plain listener and returns the status of the first answer
 /// (0 when none came).
-fn raw(node: &TestNode, bytes: &[u8]) -> u16 {
+/// Writes `bytes` to the node on a fresh connection and reads until `answers` answer heads
+/// came back (or the node closes); the first answer's status, 0 when there was none.
+fn raw(node: &TestNode, bytes: &[u8], answers: usize) -> u16 {
     let address = node.url.trim_start_matches("http://");
     let mut stream = TcpStream::connect(address).unwrap();
     stream
@@ -106,7 +108,12 @@ fn raw(node: &TestNode, bytes: &[u8]) -> u16 {
             break;
         }
         answer.extend_from_slice(&piece[..n]);
-        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let text = String::from_utf8_lossy(&answer);
+        let heads = text.matches("HTTP/1.1 ").count();
+        let last_complete = text
+            .rfind("HTTP/1.1 ")
+            .is_some_and(|at| text[at..].contains("\r\n\r\n"));
+        if heads >= answers && last_complete {
             break;
         }
     }
@@ -208,7 +215,10 @@ tools:
         ),
     ];
     for (i, case) in cases.iter().enumerate() {
-        let status = raw(&node, case.as_bytes());
+        // The last case's pipelined request is answered too before the tool's log is read:
+        // it reaches the tool only after the first answer went out.
+        let answers = if i == cases.len() - 1 { 2 } else { 1 };
+        let status = raw(&node, case.as_bytes(), answers);
         eprintln!("client case {i}: {status}");
         // A body whose framing breaks mid-way may also end the connection without an
         // answer (0): the client's request is unreadable from there on.

@@ -12,8 +12,9 @@
 //! disk's write-back does not blur the times), `AIENV_STORE_CACHE_MIB` sled's page cache
 //! (default 64, as a node's). Then sled alone, with the index's entries and nothing else, at
 //! the same counts, in the index's layout (groups of entries per sled key) beside a key per
-//! entry (the layout before): the part of the growth that is the store's own. Figures, not
-//! assertions.
+//! entry (the layout before): the part of the growth that is the store's own;
+//! `BENCH_CHUNK_GROUP` sets its chunk places per group (default the index's, 32), to weigh
+//! other sizes. Figures, not assertions.
 
 use std::path::Path;
 use std::time::Instant;
@@ -224,7 +225,7 @@ fn sled_insert(count: u64, base: &str, cache_mib: u64, grouped: bool) -> (f64, f
         GroupedTree::new(files.clone(), FILE_GROUP),
         GroupedTree::new(
             chunks.clone(),
-            std::env::var("BENCH_CG")
+            std::env::var("BENCH_CHUNK_GROUP")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(CHUNK_GROUP),
