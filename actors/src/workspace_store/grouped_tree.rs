@@ -3,10 +3,11 @@
 //!
 //! sled 0.34 splits a leaf page at 16 keys whatever their size, and keeps bookkeeping for every
 //! page in memory (its page-table entry and cache infos) even while the page itself is paged
-//! out. With a key per indexed file, that grew a node by about 50 bytes for every file beyond
-//! the page cache's bound (the snapshot benchmark's "sled alone" table). Grouped, the same
-//! bookkeeping is shared by a group's entries, and the entries themselves stay in the pages
-//! the cache bounds.
+//! out. With a key per file record and per chunk place, that grew a node by 90–380 bytes for
+//! every file indexed beyond the page cache's bound (the snapshot benchmark's "sled alone"
+//! table, 16 and 64 MiB caches). Grouped, the same bookkeeping is shared by a group's entries,
+//! and the entries themselves stay in the pages the cache bounds (a residue inside sled still
+//! grows, 30–40 bytes a file there).
 //!
 //! Layout. A group's sled key is a lower bound of its entries' keys: the bound of the group it
 //! was split from, or its first entry's key, or the empty key for a group started below every
@@ -17,8 +18,8 @@
 //! removed. Groups never merge: deletions leave smaller groups, not more of them.
 //!
 //! Writers are serialised (a read-modify-write of a group must not lose a concurrent one);
-//! every group rewrite, split included, is one atomic sled batch, so a reader's lookup sees a
-//! group before or after it. An iteration that runs across a split may meet entries twice,
+//! every group rewrite is one atomic sled write (an insert, or a batch when it splits), so a
+//! reader's lookup sees a group before or after it. An iteration that runs across a split may meet entries twice,
 //! and skips any key not after the last one it gave.
 
 use std::ops::Range;
