@@ -668,8 +668,6 @@ impl std::fmt::Display for Phases {
     }
 }
 
-/// Refuses, before anything is written, a workspace whose paths differ only by letter case
-/// when this node's file system cannot tell them apart; elsewhere they clone as they are.
 /// An impossible combination of a job's kind and what it fetched, refused rather than
 /// panicking on the transfer arbiter.
 fn mismatch(what: &str) -> TransferError {
@@ -700,8 +698,9 @@ impl Fetched {
 /// received snapshot on disk.
 type Target = SnapshotEntries;
 
-/// Refuses a snapshot with paths that differ only by case where `dir`'s file system folds
-/// case; `pairs` finds them (at most 3).
+/// Refuses, before anything is written, a snapshot whose paths differ only by letter case
+/// when `dir`'s file system cannot tell them apart (elsewhere they clone as they are);
+/// `pairs` finds them (at most 3), called only there.
 fn check_case(
     dir: &std::path::Path,
     pairs: impl FnOnce() -> Result<Vec<(String, String)>, TransferError>,

@@ -608,8 +608,7 @@ impl ChunkIndex {
         // lookup per file, and the records of files that are gone come out of the same pass.
         // Records the windows write meanwhile lie behind the scan (it skips what it passed).
         let mut walk = walked.into_reader().map_err(spill_failed)?;
-        let workspace_prefix = *workspace.as_bytes();
-        let mut records = self.files.scan_prefix(&workspace_prefix);
+        let mut records = self.files.scan_prefix(workspace.as_bytes());
         let mut next_record = records.next().transpose()?;
         let mut gone = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
         let mut out = SnapshotWriter::new(&self.memo_dir);
