@@ -5,16 +5,20 @@
 //! answers with the entries that changed and the paths removed, and the receiver rebuilds the
 //! whole snapshot, which must hash to the announced root and pass every check a full one does.
 
+use std::borrow::Cow;
 use std::io::Read;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{
-    Hash, RootHasher, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits, SNAPSHOT_FORMAT,
+    Hash, RootHasher, Snapshot, SnapshotChecker, SnapshotEntry, SnapshotError, SnapshotLimits,
+    SNAPSHOT_FORMAT,
 };
 use crate::snapshot_reader::SnapshotReader;
-use crate::snapshot_writer::SnapshotHead;
+use crate::snapshot_receive::{ReceiveError, ReceivedSnapshot};
+use crate::snapshot_writer::{SnapshotHead, SnapshotWriter};
 
 /// A snapshot as changes to `base`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,30 +154,112 @@ impl SnapshotDelta {
         delta.apply(base, limits)
     }
 
+    /// [`decode_onto`](Self::decode_onto) for a base on disk: the new snapshot is checked
+    /// entry by entry as it is built and kept in an unnamed file in `dir`, never held.
+    pub fn decode_onto_kept(
+        bytes: &[u8],
+        base: &ReceivedSnapshot,
+        limits: &SnapshotLimits,
+        dir: &Path,
+    ) -> Result<ReceivedSnapshot, ReceiveError> {
+        let delta: SnapshotDelta = crate::packed::from_slice(bytes, limits, "a snapshot delta")?;
+        let head = SnapshotHead {
+            workspace_id: delta.workspace_id,
+            name: delta.name.clone(),
+            revision: delta.revision,
+            source_root: delta.source_root.clone(),
+        };
+        let root = delta.root;
+        let mut checker = SnapshotChecker::new(limits);
+        let mut writer = SnapshotWriter::new(dir);
+        let mut reader = base.entries().map_err(ReceiveError::Keeping)?;
+        delta.merge_into(
+            (base.root, base.written.entries),
+            limits,
+            || reader.next_entry().map(|e| e.map(Cow::Owned)),
+            |entry| {
+                checker.push(&entry)?;
+                writer.push(&entry).map_err(ReceiveError::Keeping)
+            },
+        )?;
+        checker.finish(root)?;
+        ReceivedSnapshot::keep(writer, head, dir).map_err(ReceiveError::Keeping)
+    }
+
     /// Applies the changes to `base`; the result is validated.
     pub fn apply(
         self,
         base: &Snapshot,
         limits: &SnapshotLimits,
     ) -> Result<Snapshot, SnapshotError> {
+        let mut entries = Vec::with_capacity(base.entries.len() + self.entries.len());
+        let mut base_entries = base.entries.iter();
+        let head = (
+            self.workspace_id,
+            self.name.clone(),
+            self.revision,
+            self.source_root.clone(),
+            self.root,
+        );
+        let merged = self.merge_into(
+            (base.root, base.entries.len() as u64),
+            limits,
+            || Ok(base_entries.next().map(Cow::Borrowed)),
+            |entry| {
+                entries.push(entry.into_owned());
+                Ok(())
+            },
+        );
+        match merged {
+            Ok(()) => {}
+            Err(ReceiveError::Refused(refused)) => return Err(refused),
+            Err(ReceiveError::Keeping(error)) => unreachable!("entries in memory: {error}"),
+        }
+        let (workspace_id, name, revision, source_root, root) = head;
+        let snapshot = Snapshot {
+            format: SNAPSHOT_FORMAT,
+            workspace_id,
+            name,
+            revision,
+            source_root,
+            root,
+            entries,
+        };
+        snapshot.validate(limits)?;
+        Ok(snapshot)
+    }
+
+    /// The one merge behind both: `base`'s entries (`next` gives them in order; there are
+    /// `count`, hashing to `base_root`) minus the removed ones, with the delta's replacing
+    /// or adding theirs, handed to `out` in order. The result is not validated here.
+    fn merge_into<'b>(
+        self,
+        (base_root, count): (Hash, u64),
+        limits: &SnapshotLimits,
+        mut next: impl FnMut() -> std::io::Result<Option<Cow<'b, SnapshotEntry>>>,
+        mut out: impl FnMut(Cow<'b, SnapshotEntry>) -> Result<(), ReceiveError>,
+    ) -> Result<(), ReceiveError> {
         if self.format != SNAPSHOT_FORMAT {
             return Err(SnapshotError::Malformed(format!(
                 "delta format {} is not supported (this node reads {SNAPSHOT_FORMAT})",
                 self.format
-            )));
+            ))
+            .into());
         }
-        if self.base != base.root {
+        if self.base != base_root {
             return Err(SnapshotError::Malformed(format!(
-                "the delta applies to {}, not to the snapshot held ({})",
-                self.base, base.root
-            )));
+                "the delta applies to {}, not to the snapshot held ({base_root})",
+                self.base
+            ))
+            .into());
         }
-        if self.entries.len() > limits.max_entries || self.removed.len() > base.entries.len() {
+        if self.entries.len() > limits.max_entries || self.removed.len() as u64 > count {
             return Err(SnapshotError::TooLarge(format!(
                 "the delta lists {} entries and {} removals",
                 self.entries.len(),
                 self.removed.len()
-            )));
+            ))
+            .into());
         }
         for list in [
             self.removed.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -183,29 +269,30 @@ impl SnapshotDelta {
                 return Err(SnapshotError::BadEntry {
                     path: pair[1].to_string(),
                     reason: "the delta's paths are not sorted and unique".into(),
-                });
+                }
+                .into());
             }
         }
-        // Merge the sorted lists: base minus removed, with the delta's entries replacing or
-        // adding theirs.
+        let not_in_base = |path: &String| {
+            ReceiveError::from(SnapshotError::BadEntry {
+                path: path.clone(),
+                reason: "removed by the delta but not in the snapshot it applies to".into(),
+            })
+        };
         let mut removed = self.removed.iter().peekable();
         let mut changed = self.entries.into_iter().peekable();
-        let mut entries = Vec::with_capacity(base.entries.len() + changed.len());
-        for entry in &base.entries {
+        while let Some(entry) = next().map_err(ReceiveError::Keeping)? {
             if let Some(path) = removed
                 .peek()
                 .filter(|r| r.as_bytes() < entry.path.as_bytes())
             {
-                return Err(SnapshotError::BadEntry {
-                    path: (*path).clone(),
-                    reason: "removed by the delta but not in the snapshot it applies to".into(),
-                });
+                return Err(not_in_base(path));
             }
             while changed
                 .peek()
                 .is_some_and(|c| c.path.as_bytes() < entry.path.as_bytes())
             {
-                entries.push(changed.next().expect("peeked"));
+                out(Cow::Owned(changed.next().expect("peeked")))?;
             }
             let gone = removed.peek().is_some_and(|r| **r == entry.path);
             let replaced = changed.peek().is_some_and(|c| c.path == entry.path);
@@ -213,34 +300,24 @@ impl SnapshotDelta {
                 return Err(SnapshotError::BadEntry {
                     path: entry.path.clone(),
                     reason: "both removed and changed by the delta".into(),
-                });
+                }
+                .into());
             }
             if gone {
                 removed.next();
             } else if replaced {
-                entries.push(changed.next().expect("peeked"));
+                out(Cow::Owned(changed.next().expect("peeked")))?;
             } else {
-                entries.push(entry.clone());
+                out(entry)?;
             }
         }
         if let Some(path) = removed.next() {
-            return Err(SnapshotError::BadEntry {
-                path: path.clone(),
-                reason: "removed by the delta but not in the snapshot it applies to".into(),
-            });
+            return Err(not_in_base(path));
         }
-        entries.extend(changed);
-        let snapshot = Snapshot {
-            format: SNAPSHOT_FORMAT,
-            workspace_id: self.workspace_id,
-            name: self.name,
-            revision: self.revision,
-            source_root: self.source_root,
-            root: self.root,
-            entries,
-        };
-        snapshot.validate(limits)?;
-        Ok(snapshot)
+        for entry in changed {
+            out(Cow::Owned(entry))?;
+        }
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 //! A peer may send the map's fields in any order (`schemas/transfer.md`): the root it
 //! announces is checked once both it and every entry have been read, wherever it came.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
@@ -16,8 +17,8 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Deserialize;
 
 use crate::snapshot::{
-    check_entry_count, check_format, Hash, Snapshot, SnapshotChecker, SnapshotEntry, SnapshotError,
-    SnapshotLimits,
+    check_entry_count, check_format, EntryKind, Hash, RootHasher, Snapshot, SnapshotChecker,
+    SnapshotEntry, SnapshotError, SnapshotLimits,
 };
 use crate::snapshot_reader::SnapshotReader;
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
@@ -33,7 +34,9 @@ pub enum ReceiveError {
     Keeping(io::Error),
 }
 
-/// A peer's snapshot, checked, kept in an unnamed file.
+/// A snapshot kept in an unnamed file: a peer's, checked as it was received, or one this
+/// node built entry by entry (a sync's source rebuilt from a delta, its target) or wrote
+/// earlier (a clone's base, the memo of its own snapshot).
 #[derive(Debug)]
 pub struct ReceivedSnapshot {
     /// What it says about itself.
@@ -120,6 +123,76 @@ impl ReceivedSnapshot {
         })
     }
 
+    /// The snapshot `writer` was given, kept in an unnamed file in `dir`.
+    pub fn keep(
+        writer: SnapshotWriter,
+        head: SnapshotHead,
+        dir: &Path,
+    ) -> io::Result<ReceivedSnapshot> {
+        let mut file = tempfile::tempfile_in(dir)?;
+        let written = writer.finish(&head, &mut file)?;
+        Ok(ReceivedSnapshot {
+            head,
+            root: written.root,
+            written,
+            file: Arc::new(file),
+        })
+    }
+
+    /// A snapshot document this node wrote and has already checked (a memo's file, whose
+    /// bytes were hashed), with its totals: only its head is read.
+    pub fn open(
+        file: fs::File,
+        (total_bytes, file_count): (u64, u64),
+    ) -> io::Result<ReceivedSnapshot> {
+        let file = Arc::new(file);
+        let reader = SnapshotReader::new(SharedFile {
+            file: file.clone(),
+            at: 0,
+        })?;
+        Ok(ReceivedSnapshot {
+            written: Written {
+                root: reader.root,
+                total_bytes,
+                file_count,
+                entries: reader.entries,
+            },
+            head: reader.head,
+            root: reader.root,
+            file,
+        })
+    }
+
+    /// A snapshot document this node wrote earlier (a clone's base), read through once:
+    /// `None` when its entries do not hash to the root it states (the file was damaged).
+    pub fn open_checked(file: fs::File) -> io::Result<Option<ReceivedSnapshot>> {
+        let file = Arc::new(file);
+        let mut reader = SnapshotReader::new(SharedFile {
+            file: file.clone(),
+            at: 0,
+        })?;
+        let (mut root, mut total_bytes, mut file_count) = (RootHasher::new(), 0u64, 0u64);
+        while let Some(entry) = reader.next_entry()? {
+            root.push(&entry);
+            total_bytes += entry.size;
+            file_count += u64::from(entry.kind == EntryKind::File);
+        }
+        if root.finish() != reader.root {
+            return Ok(None);
+        }
+        Ok(Some(ReceivedSnapshot {
+            written: Written {
+                root: reader.root,
+                total_bytes,
+                file_count,
+                entries: reader.entries,
+            },
+            head: reader.head,
+            root: reader.root,
+            file,
+        }))
+    }
+
     /// Reads the entries back from the start, one at a time.
     pub fn entries(&self) -> io::Result<EntryReader> {
         SnapshotReader::new(SharedFile {
@@ -159,8 +232,8 @@ impl ReceivedSnapshot {
     }
 }
 
-/// A snapshot whose entries are read in order: whole in memory (a sync's or push's
-/// target), or as received (a clone's, on disk).
+/// A snapshot whose entries are read in order: whole in memory (a push's target, a sync's
+/// that keeps the clone's own changes), or on disk.
 #[derive(Debug, Clone)]
 pub enum SnapshotEntries {
     /// In memory.
@@ -196,6 +269,24 @@ impl SnapshotEntries {
         }
     }
 
+    /// Reads the entries in order, one at a time.
+    pub fn cursor(&self) -> io::Result<EntryCursor<'_>> {
+        Ok(match self {
+            SnapshotEntries::Whole(snapshot) => EntryCursor::Whole(snapshot.entries.iter()),
+            SnapshotEntries::Received(received) => {
+                EntryCursor::OnDisk(Box::new(received.entries()?))
+            }
+        })
+    }
+
+    /// The whole snapshot in memory (shared where it already is).
+    pub fn load(&self) -> io::Result<Arc<Snapshot>> {
+        match self {
+            SnapshotEntries::Whole(snapshot) => Ok(snapshot.clone()),
+            SnapshotEntries::Received(received) => received.load().map(Arc::new),
+        }
+    }
+
     /// Runs `f` on every entry in order; a failure to read one back is `unreadable`'s.
     pub fn for_each<E>(
         &self,
@@ -215,6 +306,61 @@ impl SnapshotEntries {
                     Ok(Ok(()))
                 };
                 read().unwrap_or_else(|error| Err(unreadable(error)))
+            }
+        }
+    }
+}
+
+/// The entries of a [`SnapshotEntries`] in order: borrowed from memory or read from disk.
+pub enum EntryCursor<'a> {
+    /// In memory.
+    Whole(std::slice::Iter<'a, SnapshotEntry>),
+    /// On disk.
+    OnDisk(Box<EntryReader>),
+}
+
+impl<'a> EntryCursor<'a> {
+    /// The next entry, `None` after the last.
+    pub fn next_entry(&mut self) -> io::Result<Option<Cow<'a, SnapshotEntry>>> {
+        match self {
+            EntryCursor::Whole(entries) => Ok(entries.next().map(Cow::Borrowed)),
+            EntryCursor::OnDisk(reader) => Ok(reader.next_entry()?.map(Cow::Owned)),
+        }
+    }
+}
+
+/// Walks two snapshots side by side in path order, calling `f` once per path with what
+/// each has there; a failure to read either is `unreadable`'s. Holds one entry of each.
+pub fn join<E>(
+    mut a: EntryCursor<'_>,
+    mut b: EntryCursor<'_>,
+    unreadable: impl Fn(io::Error) -> E,
+    mut f: impl FnMut(Option<&SnapshotEntry>, Option<&SnapshotEntry>) -> Result<(), E>,
+) -> Result<(), E> {
+    let (mut l, mut r) = (
+        a.next_entry().map_err(&unreadable)?,
+        b.next_entry().map_err(&unreadable)?,
+    );
+    loop {
+        let order = match (&l, &r) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.path.as_bytes().cmp(y.path.as_bytes()),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                f(l.as_deref(), None)?;
+                l = a.next_entry().map_err(&unreadable)?;
+            }
+            std::cmp::Ordering::Greater => {
+                f(None, r.as_deref())?;
+                r = b.next_entry().map_err(&unreadable)?;
+            }
+            std::cmp::Ordering::Equal => {
+                f(l.as_deref(), r.as_deref())?;
+                l = a.next_entry().map_err(&unreadable)?;
+                r = b.next_entry().map_err(&unreadable)?;
             }
         }
     }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::chunk_frame::{FrameDecoder, FrameKind};
 use crate::chunk_parts::{self, Range, MAX_PARTS_REQUEST, MAX_RANGES_REQUEST};
-use crate::snapshot::{ChunkRef, Hash, Snapshot, SnapshotEntry, CHUNK_MAX};
+use crate::snapshot::{ChunkRef, Hash, SnapshotEntry, CHUNK_MAX};
 use crate::workspace_store::ChunkStore;
 
 use super::error::TransferError;
@@ -54,9 +54,9 @@ fn chunk_refs(entry: &SnapshotEntry) -> Vec<ChunkRef> {
     }
 }
 
+/// `changed`: the files staged (new entry) that this node holds an older version of.
 fn plan(
-    target: &Snapshot,
-    local: &Snapshot,
+    changed: &[(SnapshotEntry, SnapshotEntry)],
     needed: &[(Hash, u32)],
     chunks: &ChunkStore,
     local_id: Uuid,
@@ -66,21 +66,12 @@ fn plan(
         .filter(|(_, size)| *size >= MIN_CHUNK)
         .map(|(hash, _)| *hash)
         .collect();
-    let local_files: HashMap<&str, &SnapshotEntry> = local
-        .entries
-        .iter()
-        .filter(|e| e.hash.is_some())
-        .map(|e| (e.path.as_str(), e))
-        .collect();
     let mut plan = Plan::default();
     let mut chosen = HashSet::new();
     let mut read = HashSet::new();
     let (mut candidate_bytes, mut previous_bytes) = (0u64, 0u64);
-    for entry in target.entries.iter().filter(|e| e.hash.is_some()) {
-        let Some(old) = local_files.get(entry.path.as_str()) else {
-            continue;
-        };
-        if old.hash == entry.hash {
+    for (entry, old) in changed {
+        if entry.hash.is_none() || old.hash.is_none() || old.hash == entry.hash {
             continue;
         }
         let new = chunk_refs(entry);
@@ -147,13 +138,13 @@ impl JobContext {
         &self,
         stage: &Arc<Stage>,
         needed: Vec<(Hash, u32)>,
-        local: (Arc<Snapshot>, Uuid),
-        target: Arc<Snapshot>,
+        local_id: Uuid,
         progress: &mut Progress,
     ) -> Result<Vec<(Hash, u32)>, TransferError> {
         let chunks = self.store.chunk_store();
         let asked = needed.clone();
-        let plan = blocking(move || Ok(plan(&target, &local.0, &asked, &chunks, local.1))).await?;
+        let changed = stage.changed_files();
+        let plan = blocking(move || Ok(plan(&changed, &asked, &chunks, local_id))).await?;
         if plan.candidates.is_empty() {
             return Ok(needed);
         }

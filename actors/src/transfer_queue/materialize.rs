@@ -210,13 +210,15 @@ impl JobContext {
     }
 
     /// Commits a sync. `source` is what the origin has (recorded as the clone's new base),
-    /// `target` what the clone gets: the same, or the source with the clone's own changes.
+    /// `target` what the clone gets: the same, or (`kept`) the source with the clone's own
+    /// changes.
     pub(super) async fn materialize_sync(
         &self,
         id: Uuid,
         stage: &Arc<Stage>,
-        source: &Arc<Snapshot>,
-        target: &Arc<Snapshot>,
+        source: &SnapshotEntries,
+        target: &SnapshotEntries,
+        kept: bool,
     ) -> Result<Outcome, TransferError> {
         let local = self.store.get(&id.to_string())?;
         let new_root = local.path.clone();
@@ -229,12 +231,28 @@ impl JobContext {
         for (path, hash) in &relocation.relocated {
             origin.relocated.insert(path.clone(), *hash);
         }
-        origin
-            .relocated
-            .retain(|path, _| target.entries.iter().any(|e| &e.path == path));
+        if !origin.relocated.is_empty() {
+            // What the target no longer has is no longer relocated.
+            let (mut relocated, target, job_dir) =
+                (origin.relocated, target.clone(), self.job_dir.clone());
+            origin.relocated = blocking(move || {
+                let mut present = std::collections::BTreeMap::new();
+                target.for_each(
+                    TransferError::io("reading the target snapshot in", &job_dir),
+                    |entry| {
+                        if let Some((path, hash)) = relocated.remove_entry(&entry.path) {
+                            present.insert(path, hash);
+                        }
+                        Ok(())
+                    },
+                )?;
+                Ok(present)
+            })
+            .await?;
+        }
         origin.needs_rebuild = relocation.needs_rebuild.clone();
-        origin.revision = source.revision;
-        origin.root = source.root;
+        origin.revision = source.head().revision;
+        origin.root = source.root();
         origin.synced_at = Some(Utc::now());
         let (entry, mut notes) = self
             .commit_plan(
@@ -247,10 +265,9 @@ impl JobContext {
             )
             .await?;
         if is_clone && !self.job.request.placed {
-            self.save_base(id, &SnapshotEntries::Whole(source.clone()))
-                .await;
+            self.save_base(id, source).await;
         }
-        if !Arc::ptr_eq(source, target) {
+        if kept {
             notes.push(format!(
                 "kept what this clone changed since its last sync, and its git projects' own `.git`; `aienv sync {} --push` sends the changes back",
                 entry.manifest.name
@@ -290,7 +307,7 @@ impl JobContext {
             .commit_plan(
                 id,
                 stage,
-                target,
+                &SnapshotEntries::Whole(target.clone()),
                 &Default::default(),
                 None,
                 crate::events::WorkspaceChange::Pushed,
@@ -335,7 +352,7 @@ impl JobContext {
         &self,
         id: Uuid,
         stage: &Arc<Stage>,
-        target: &Arc<Snapshot>,
+        target: &SnapshotEntries,
         relocated: &std::collections::BTreeMap<String, crate::snapshot::Hash>,
         origin: Option<Origin>,
         change: crate::events::WorkspaceChange,
@@ -365,12 +382,7 @@ impl JobContext {
             .await?;
         let committed = started.elapsed();
         self.store
-            .record_snapshot(
-                id,
-                SnapshotEntries::Whole(target.clone()),
-                written,
-                committed_at,
-            )
+            .record_snapshot(id, target.clone(), written, committed_at)
             .await?;
         tracing::debug!(job = %self.job.id, ?committed, recorded = ?started.elapsed() - committed, "sync committed");
         Ok((entry, vec![summary]))

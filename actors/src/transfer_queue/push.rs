@@ -19,7 +19,7 @@
 //! branch named for the clone at the pushed commit ([`BranchPush`]). Spec:
 //! `schemas/transfer.md`, "Pushing changes back".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::packed::ReadFileError;
 use crate::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits};
+use crate::snapshot_receive::{join, EntryCursor, ReceivedSnapshot, SnapshotEntries};
 
 use super::TransferError;
 
@@ -265,6 +266,19 @@ fn within<'p>(project: &str, path: &'p str) -> Option<&'p str> {
 /// The paths of the workspace's projects that are git checkouts in `snapshot` (they have
 /// `.git`), normalized (`./a/` → `a`; the workspace itself is `""`).
 pub fn git_projects(projects: &[crate::model::Project], snapshot: &Snapshot) -> Vec<String> {
+    project_paths(projects)
+        .into_iter()
+        .filter(|path| {
+            snapshot
+                .entries
+                .binary_search_by(|e| e.path.as_bytes().cmp(git_dir(path).as_bytes()))
+                .is_ok()
+        })
+        .collect()
+}
+
+/// The workspace's projects' paths, normalized.
+fn project_paths(projects: &[crate::model::Project]) -> Vec<String> {
     projects
         .iter()
         .map(|project| {
@@ -275,18 +289,16 @@ pub fn git_projects(projects: &[crate::model::Project], snapshot: &Snapshot) -> 
                 .collect::<Vec<_>>()
                 .join("/")
         })
-        .filter(|path| {
-            let git = if path.is_empty() {
-                ".git".to_string()
-            } else {
-                format!("{path}/.git")
-            };
-            snapshot
-                .entries
-                .binary_search_by(|e| e.path.as_bytes().cmp(git.as_bytes()))
-                .is_ok()
-        })
         .collect()
+}
+
+/// A project's `.git`.
+fn git_dir(project: &str) -> String {
+    if project.is_empty() {
+        ".git".to_string()
+    } else {
+        format!("{project}/.git")
+    }
 }
 
 /// What a path under `.git` that names git objects by their content must be (loose
@@ -360,30 +372,78 @@ enum Skipped {
 /// The difference from `base` to `mine`, in path byte order, minus what `exclusions` leave
 /// out.
 pub fn changes(base: &Snapshot, mine: &Snapshot, exclusions: &Exclusions<'_>) -> Vec<Change> {
-    let base_map: HashMap<&str, &SnapshotEntry> =
-        base.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-    let mine_map: HashMap<&str, &SnapshotEntry> =
-        mine.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-    let paths: BTreeSet<&str> = base_map.keys().chain(mine_map.keys()).copied().collect();
     let mut set = Vec::new();
-    for path in paths {
-        let (b, m) = (base_map.get(path).copied(), mine_map.get(path).copied());
-        if same(b, m) {
-            continue;
-        }
-        let change = Change {
-            path: path.to_string(),
-            base: b.map(|e| SnapshotEntry {
-                chunks: Vec::new(),
-                ..e.clone()
-            }),
-            new: m.cloned(),
-        };
-        if exclusions.excludes(&change).is_none() {
-            set.push(change);
-        }
-    }
+    let walked = join(
+        EntryCursor::Whole(base.entries.iter()),
+        EntryCursor::Whole(mine.entries.iter()),
+        |error| error,
+        |b, m| {
+            if let Some(change) = change(b, m).filter(|c| exclusions.excludes(c).is_none()) {
+                set.push(change);
+            }
+            Ok(())
+        },
+    );
+    walked.expect("entries in memory");
     set
+}
+
+/// What a sync keeps of the clone's own work: its changes since `base` (read side by side
+/// with `mine`, in order, holding only the changes) and its git projects.
+pub fn pull_changes(
+    base: &SnapshotEntries,
+    mine: &SnapshotEntries,
+    projects: &[crate::model::Project],
+    relocated: &BTreeMap<String, Hash>,
+) -> std::io::Result<(Vec<Change>, Vec<String>)> {
+    let candidates: Vec<(String, String)> = project_paths(projects)
+        .into_iter()
+        .map(|p| (git_dir(&p), p))
+        .collect();
+    let mut git_projects = Vec::new();
+    let mut set = Vec::new();
+    join(
+        base.cursor()?,
+        mine.cursor()?,
+        |error| error,
+        |b, m| {
+            if let Some(m) = m {
+                if let Some((_, project)) = candidates.iter().find(|(git, _)| *git == m.path) {
+                    git_projects.push(project.clone());
+                }
+            }
+            set.extend(change(b, m));
+            Ok(())
+        },
+    )?;
+    // Which changes stay out depends on the git projects, known once `mine` was read.
+    let rule = Exclusions {
+        relocated,
+        git_projects: &git_projects,
+        git_objects: false,
+    };
+    set.retain(|change| rule.excludes(change).is_none());
+    Ok((set, git_projects))
+}
+
+/// The change from `base` to `mine` at one path, if they differ.
+fn change(base: Option<&SnapshotEntry>, mine: Option<&SnapshotEntry>) -> Option<Change> {
+    if same(base, mine) {
+        return None;
+    }
+    let path = base
+        .or(mine)
+        .expect("a path has an entry on one side")
+        .path
+        .clone();
+    Some(Change {
+        path,
+        base: base.map(|e| SnapshotEntry {
+            chunks: Vec::new(),
+            ..e.clone()
+        }),
+        new: mine.cloned(),
+    })
 }
 
 /// Paths both sides changed: nothing was applied.
@@ -601,6 +661,24 @@ pub fn load_base(
             path: path.display().to_string(),
             source,
         }),
+    }
+}
+
+/// [`load_base`] without reading it into memory: the file, open, once its entries were
+/// read through and found to hash to its root.
+pub fn open_base(transfers: &Path, id: Uuid) -> Result<Option<ReceivedSnapshot>, TransferError> {
+    let path = base_path(transfers, id);
+    let Ok(file) = std::fs::File::open(&path) else {
+        return Ok(None);
+    };
+    let damaged = |why: String| TransferError::BaseDamaged {
+        path: path.display().to_string(),
+        source: SnapshotError::Malformed(why),
+    };
+    match ReceivedSnapshot::open_checked(file) {
+        Ok(Some(base)) => Ok(Some(base)),
+        Ok(None) => Err(damaged("its entries do not hash to its root".into())),
+        Err(error) => Err(damaged(error.to_string())),
     }
 }
 

@@ -7,7 +7,6 @@
 //! Fetching from the sources is in [`super::fetch`], building the result in the workspace
 //! store in [`super::materialize`].
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,8 +19,8 @@ use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::snapshot_delta::SnapshotDelta;
-use crate::snapshot_receive::{ReceiveError, ReceivedSnapshot, SnapshotEntries};
-use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
+use crate::snapshot_receive::{join, ReceiveError, ReceivedSnapshot, SnapshotEntries};
+use crate::workspace_store::{Origin, Taken, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
 use super::error::TransferError;
@@ -89,9 +88,10 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // A sync whose source and clone are both as the last transfer left them has nothing to
     // do: the source answers "not modified" to the root it had, and the clone's own snapshot
     // (a stat walk) still has the root recorded after that transfer.
-    // The clone's snapshot is taken once per attempt and used by every step that needs it.
+    // The clone's snapshot is taken once per attempt and used by every step that needs it:
+    // a sync's stays in the memo's file and is read in order; a push's is whole.
     let mut fetched = None;
-    let mut mine: Option<Arc<Snapshot>> = None;
+    let mut mine: Option<SnapshotEntries> = None;
     // What this clone last took from its origin: read from disk while the source answers.
     let base = match (&local, cx.job.kind) {
         (Some(local), TransferKind::Sync) => Some(BaseLoad::start(&cx, local.manifest.id)),
@@ -117,23 +117,37 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             let totals = (current.total_bytes, current.file_count);
             return Ok(up_to_date(local, totals, current.root, progress));
         }
-        mine = Some(blocking(move || Ok(current.load()?)).await?);
+        let path = local.path.clone();
+        mine = Some(blocking(move || kept_entries(&current, &path)).await?);
     }
     if let (Some(local), None) = (&local, &mine) {
-        mine = Some(cx.store.snapshot(&local.manifest.id.to_string()).await?.0);
+        let id = local.manifest.id.to_string();
+        mine = Some(match cx.job.kind {
+            TransferKind::Push => SnapshotEntries::Whole(cx.store.snapshot(&id).await?.0),
+            _ => {
+                let current = cx.store.take_snapshot(&id).await?;
+                let path = local.path.clone();
+                blocking(move || kept_entries(&current, &path)).await?
+            }
+        });
     }
     // What the source has, and what this node will have: the same for a clone and for a
     // plain sync; the source's content with this clone's own changes laid over it for a
     // sync that keeps them; this workspace with the peer's changes for a push. A clone's
     // stays on disk as it was received.
+    // `kept`: a sync's target keeps changes of the clone's own.
+    let mut kept = false;
     let (source, target) = if cx.job.kind == TransferKind::Push {
-        let current = mine.as_ref().expect("taken just above");
+        let current = match mine.as_ref().expect("taken just above") {
+            SnapshotEntries::Whole(current) => current.clone(),
+            SnapshotEntries::Received(_) => return Err(mismatch("a push's workspace on disk")),
+        };
         let projects = &local
             .as_ref()
             .expect("a push names its workspace")
             .manifest
             .projects;
-        let (target, _) = cx.push_target(current, projects).await?;
+        let (target, _) = cx.push_target(&current, projects).await?;
         (None, Target::Whole(Arc::new(target)))
     } else {
         let fetched = match fetched {
@@ -147,17 +161,16 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
                 fetched
             }
         };
-        match (&local, &mine, &base, fetched) {
-            (Some(local), Some(current), Some(base), fetched) => {
-                let source = Arc::new(fetched.into_memory(&cx.job_dir)?);
-                let target = cx.pull_target(local, current, &source, base).await?;
-                let target = target.map_or_else(|| source.clone(), Arc::new);
-                (Some(source), Target::Whole(target))
+        let fetched = SnapshotEntries::Received(Arc::new(fetched));
+        match (&local, &mine, &base) {
+            (Some(local), Some(current), Some(base)) => {
+                let target = cx.pull_target(local, current, &fetched, base).await?;
+                kept = target.is_some();
+                let target = target.map_or_else(|| fetched.clone(), |t| Target::Whole(Arc::new(t)));
+                (Some(fetched), target)
             }
-            (None, _, _, Fetched::OnDisk(received)) => (None, Target::Received(Arc::new(received))),
-            // A delta is only asked for by a sync, which has a base; anything else is
-            // refused when the answer is read.
-            _ => return Err(mismatch("a snapshot delta came for a job without a base")),
+            (None, _, _) => (None, fetched),
+            _ => return Err(mismatch("a sync without its workspace's snapshot")),
         }
     };
     phases.mark("manifest");
@@ -176,17 +189,20 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     cx.queue.do_send(JobReport::Root(cx.job.id, root));
     (progress.bytes_total, progress.files_total) = target.totals();
 
-    if let (Some(local), Some(source), Target::Whole(snapshot), TransferKind::Sync) =
-        (&local, &source, &target, cx.job.kind)
-    {
-        let current = mine.as_ref().expect("taken just above");
+    if let (Some(local), Some(source), TransferKind::Sync) = (&local, &source, cx.job.kind) {
+        let current = mine.clone().expect("taken just above");
         let origin = sync_origin(&cx.job, local);
         // Nothing new at the source (the clone's own changes stay as they are), or nothing
         // changed on either side.
-        let kept = !Arc::ptr_eq(source, snapshot);
-        if origin.root == source.root && (kept || unchanged(current, source, &origin)) {
+        let local_root = current.root();
+        if origin.root == source.root()
+            && (kept || {
+                let (source, job_dir) = (source.clone(), cx.job_dir.clone());
+                blocking(move || unchanged(&current, &source, &origin, &job_dir)).await?
+            })
+        {
             let totals = (progress.bytes_total, progress.files_total);
-            let outcome = up_to_date(local, totals, current.root, progress);
+            let outcome = up_to_date(local, totals, local_root, progress);
             cx.progress(&outcome.progress);
             return Ok(outcome);
         }
@@ -203,7 +219,6 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     ));
 
     // Lay out the staging area.
-    let previous = mine.clone();
     let (stage, work) = {
         let target = target.clone();
         let (job_dir, places) = (cx.job_dir.clone(), cx.config.plan_window);
@@ -213,10 +228,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             .map(|o| o.relocated.clone())
             .unwrap_or_default();
         blocking(move || match (target, mine) {
-            (Target::Whole(snapshot), Some(current)) => {
-                Stage::prepare_sync(snapshot, &current, &relocated, &job_dir)
-            }
-            (Target::Received(received), _) => Stage::prepare_clone(received, &job_dir, places),
+            (target, Some(current)) => Stage::prepare_sync(target, &current, &relocated, &job_dir),
+            (Target::Received(received), None) => Stage::prepare_clone(received, &job_dir, places),
             (Target::Whole(_), None) => Err(mismatch("a whole target without a workspace")),
         })
         .await?
@@ -248,10 +261,9 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         cx.progress(&progress);
         // A sync's changed chunks: what this node has of them is reused, the rest fetched as
         // ranges.
-        let needed = match (&local, &previous, &target) {
-            (Some(local), Some(previous), Target::Whole(snapshot)) if !needed.is_empty() => {
-                let local = (previous.clone(), local.manifest.id);
-                cx.rebuild_changed(&stage, needed, local, snapshot.clone(), &mut progress)
+        let needed = match &local {
+            Some(local) if !needed.is_empty() => {
+                cx.rebuild_changed(&stage, needed, local.manifest.id, &mut progress)
                     .await?
             }
             _ => needed,
@@ -310,8 +322,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             cx.materialize_push(local.manifest.id, &stage, snapshot)
                 .await?
         }
-        (Some(local), TransferKind::Sync, Some(source), Target::Whole(snapshot)) => {
-            cx.materialize_sync(local.manifest.id, &stage, source, snapshot)
+        (Some(local), TransferKind::Sync, Some(source), target) => {
+            cx.materialize_sync(local.manifest.id, &stage, source, target, kept)
                 .await?
         }
         (None, TransferKind::Clone, _, Target::Received(received)) => {
@@ -375,21 +387,58 @@ pub(super) fn sync_origin(job: &JobInfo, local: &WorkspaceEntry) -> crate::works
 }
 
 /// Whether the clone is exactly what its origin's snapshot describes (no local changes
-/// beyond its own `workspace.yaml` and relocated files), so a sync has nothing to do.
-fn unchanged(current: &Snapshot, source: &Snapshot, origin: &Origin) -> bool {
-    let local: HashMap<&str, &crate::snapshot::SnapshotEntry> = current
-        .entries
-        .iter()
-        .map(|e| (e.path.as_str(), e))
-        .collect();
-    current.entries.len() == source.entries.len()
-        && source.entries.iter().all(|entry| {
-            local.get(entry.path.as_str()).is_some_and(|mine| {
-                *mine == entry
+/// beyond its own `workspace.yaml` and relocated files), so a sync has nothing to do. Reads
+/// both side by side (blocking).
+fn unchanged(
+    current: &SnapshotEntries,
+    source: &SnapshotEntries,
+    origin: &Origin,
+    job_dir: &std::path::Path,
+) -> Result<bool, TransferError> {
+    /// Ends the walk at the first difference.
+    struct Differs;
+    let reading = |e| TransferError::io("reading the snapshots to compare in", job_dir)(e);
+    let (a, b) = (
+        current.cursor().map_err(reading)?,
+        source.cursor().map_err(reading)?,
+    );
+    let walked = join(
+        a,
+        b,
+        |e| Err(reading(e)),
+        |mine, theirs| match (mine, theirs) {
+            (Some(mine), Some(entry))
+                if mine == entry
                     || entry.path == crate::model::WORKSPACE_FILE
-                    || origin.relocated.contains_key(&entry.path)
-            })
-        })
+                    || origin.relocated.contains_key(&entry.path) =>
+            {
+                Ok(())
+            }
+            _ => Err(Ok(Differs)),
+        },
+    );
+    match walked {
+        Ok(()) => Ok(true),
+        Err(Ok(Differs)) => Ok(false),
+        Err(Err(error)) => Err(error),
+    }
+}
+
+/// A snapshot just taken of the workspace at `path`, read from the memo's file in order
+/// (blocking).
+fn kept_entries(taken: &Taken, path: &std::path::Path) -> Result<SnapshotEntries, TransferError> {
+    let encoded = taken.encoded()?;
+    let reading = TransferError::io("reading the kept snapshot of", path);
+    let kept = if encoded.root == taken.root {
+        ReceivedSnapshot::open(encoded.file, (taken.total_bytes, taken.file_count))
+            .map_err(reading)?
+    } else {
+        // Taken again since (its file had changed behind the node): its totals are read.
+        ReceivedSnapshot::open_checked(encoded.file)
+            .map_err(reading)?
+            .ok_or_else(|| mismatch("the workspace's snapshot does not hash to its root"))?
+    };
+    Ok(SnapshotEntries::Received(Arc::new(kept)))
 }
 
 /// The outcome of a sync that had nothing to do: everything counted as already in place.
@@ -449,12 +498,12 @@ impl JobContext {
         peer_id: Uuid,
         known: Option<Hash>,
         loading: Option<BaseLoad>,
-    ) -> Result<Option<(Fetched, u64)>, TransferError> {
+    ) -> Result<Option<(ReceivedSnapshot, u64)>, TransferError> {
         let deadline = Instant::now() + self.config.source_wait;
         let mut delay = Duration::from_millis(250);
         let mut received = 0u64;
         let mut since = known.filter(|_| loading.is_some());
-        let mut base: Option<Arc<Snapshot>> = None;
+        let mut base: Option<Arc<ReceivedSnapshot>> = None;
         loop {
             let result = match self.endpoint(peer_id) {
                 Some(endpoint) => {
@@ -488,14 +537,13 @@ impl JobContext {
                     let (dir, job_dir) = (self.config.dir.clone(), self.job_dir.clone());
                     let held = base.clone();
                     let decoded = blocking(move || {
+                        // Checked as it is decoded (or rebuilt) and kept on disk: the
+                        // peer's entries are never held together.
                         let fetched = match (body, held) {
-                            // Checked as it is decoded and kept on disk: the peer's entries
-                            // are never held together.
                             (ManifestBody::Full(bytes), _) => {
                                 let len = bytes.len() as u64;
-                                let received =
-                                    ReceivedSnapshot::receive(&bytes[..], len, &limits, &job_dir)
-                                        .map_err(|error| match error {
+                                ReceivedSnapshot::receive(&bytes[..], len, &limits, &job_dir)
+                                    .map_err(|error| match error {
                                         ReceiveError::Refused(refused) => refused.into(),
                                         ReceiveError::Keeping(error) => {
                                             TransferError::io(
@@ -503,20 +551,19 @@ impl JobContext {
                                                 &job_dir,
                                             )(error)
                                         }
-                                    })?;
-                                drop(bytes);
-                                // Read into memory only where the file system folds case.
-                                check_case(&dir, || {
-                                    let snapshot = received.load().map_err(TransferError::io(
-                                        "reading the received snapshot in",
-                                        &job_dir,
-                                    ))?;
-                                    Ok(snapshot.case_collisions(3))
-                                })?;
-                                return Ok(Fetched::OnDisk(received));
+                                    })?
                             }
                             (ManifestBody::Delta(bytes), Some(base)) => {
-                                SnapshotDelta::decode_onto(&bytes, &base, &limits)?
+                                SnapshotDelta::decode_onto_kept(&bytes, &base, &limits, &job_dir)
+                                    .map_err(|error| match error {
+                                        ReceiveError::Refused(refused) => refused.into(),
+                                        ReceiveError::Keeping(error) => {
+                                            TransferError::io(
+                                                "keeping the rebuilt snapshot in",
+                                                &job_dir,
+                                            )(error)
+                                        }
+                                    })?
                             }
                             (ManifestBody::Delta(_), None) => {
                                 return Err(TransferError::Manifest(
@@ -526,8 +573,15 @@ impl JobContext {
                                 ))
                             }
                         };
-                        check_case(&dir, || Ok(fetched.case_collisions(3)))?;
-                        Ok(Fetched::InMemory(fetched))
+                        // Read into memory only where the file system folds case.
+                        check_case(&dir, || {
+                            let snapshot = fetched.load().map_err(TransferError::io(
+                                "reading the received snapshot in",
+                                &job_dir,
+                            ))?;
+                            Ok(snapshot.case_collisions(3))
+                        })?;
+                        Ok(fetched)
                     })
                     .await;
                     match decoded {
@@ -602,14 +656,14 @@ pub(super) struct BaseLoad(
 );
 
 /// The outcome of reading a base, shared by everything that waits for it.
-type LoadedBase = Result<Option<Arc<Snapshot>>, Arc<TransferError>>;
+type LoadedBase = Result<Option<Arc<ReceivedSnapshot>>, Arc<TransferError>>;
 
 impl BaseLoad {
     fn start(cx: &JobContext, id: Uuid) -> BaseLoad {
         use futures_util::FutureExt;
-        let (dir, limits) = (cx.config.dir.clone(), cx.config.limits.clone());
+        let dir = cx.config.dir.clone();
         let task = tokio::task::spawn_blocking(move || {
-            super::push::load_base(&dir, id, &limits).map(|base| base.map(Arc::new))
+            super::push::open_base(&dir, id).map(|base| base.map(Arc::new))
         });
         BaseLoad(
             async move {
@@ -624,7 +678,7 @@ impl BaseLoad {
     }
 
     /// The base (`None`: none is recorded).
-    async fn get(&self) -> Result<Option<Arc<Snapshot>>, TransferError> {
+    async fn get(&self) -> Result<Option<Arc<ReceivedSnapshot>>, TransferError> {
         self.0.clone().await.map_err(|error| match &*error {
             TransferError::BaseDamaged { path, source } => TransferError::BaseDamaged {
                 path: path.clone(),
@@ -672,26 +726,6 @@ impl std::fmt::Display for Phases {
 /// panicking on the transfer arbiter.
 fn mismatch(what: &str) -> TransferError {
     TransferError::Manifest(crate::snapshot::SnapshotError::Malformed(what.to_string()))
-}
-
-/// A source's snapshot as fetched: a whole one stays on disk as received (a clone reads
-/// it from there); one rebuilt from a delta onto this clone's base is in memory.
-pub(super) enum Fetched {
-    OnDisk(ReceivedSnapshot),
-    InMemory(Snapshot),
-}
-
-impl Fetched {
-    /// The whole snapshot in memory (a sync merges it with this clone's).
-    fn into_memory(self, job_dir: &std::path::Path) -> Result<Snapshot, TransferError> {
-        match self {
-            Fetched::InMemory(snapshot) => Ok(snapshot),
-            Fetched::OnDisk(received) => received.load().map_err(TransferError::io(
-                "reading the received snapshot in",
-                job_dir,
-            )),
-        }
-    }
 }
 
 /// What a job makes this node's: a sync's or push's target in memory, or a clone's
@@ -769,12 +803,14 @@ impl JobContext {
     /// A sync's target when the clone has changes of its own since its base, or git
     /// projects: the source with the clone's changes laid over it and the clone's own `.git`
     /// (`None`: take the source as it is — no base recorded, nothing of the clone's to keep,
-    /// a forced sync, or a placed workspace's results).
+    /// a forced sync, or a placed workspace's results). The clone's changes are found by
+    /// reading its snapshot beside its base; only a target that keeps some is built in
+    /// memory, from both snapshots loaded whole.
     async fn pull_target(
         &self,
         local: &WorkspaceEntry,
-        current: &Arc<Snapshot>,
-        source: &Arc<Snapshot>,
+        current: &SnapshotEntries,
+        source: &SnapshotEntries,
         base: &BaseLoad,
     ) -> Result<Option<Snapshot>, TransferError> {
         let Some(origin) = local.origin.clone() else {
@@ -789,20 +825,24 @@ impl JobContext {
         let (current, source) = (current.clone(), source.clone());
         let projects = local.manifest.projects.clone();
         let limits = self.config.limits.clone();
+        let job_dir = self.job_dir.clone();
         blocking(move || {
-            let git_projects = super::push::git_projects(&projects, &current);
-            let set = super::push::changes(
-                &base,
-                &current,
-                &super::push::Exclusions {
-                    relocated: &origin.relocated,
-                    git_projects: &git_projects,
-                    git_objects: false,
-                },
-            );
+            let reading = TransferError::io("reading the snapshots to compare in", &job_dir);
+            let base = SnapshotEntries::Received(base);
+            let (set, git_projects) =
+                super::push::pull_changes(&base, &current, &projects, &origin.relocated)
+                    .map_err(reading)?;
             if set.is_empty() && git_projects.is_empty() {
                 return Ok(None);
             }
+            let reading = TransferError::io("reading the snapshots to merge in", &job_dir);
+            let (current, source) = (
+                current.load().map_err(reading)?,
+                source.load().map_err(TransferError::io(
+                    "reading the snapshots to merge in",
+                    &job_dir,
+                ))?,
+            );
             let merged = super::push::merge(&source, &set, false, &source.source_root)
                 .map_err(|c| conflict(c, PULL_HINT))?;
             // A sync never replaces a git project's `.git` here: commits made in the clone

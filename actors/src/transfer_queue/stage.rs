@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::snapshot::{ChunkRef, EntryKind, Hash, RootHasher, Snapshot, SnapshotEntry};
-use crate::snapshot_receive::{EntryReader, ReceivedSnapshot, SnapshotEntries};
+use crate::snapshot::{ChunkRef, EntryKind, Hash, RootHasher, SnapshotEntry};
+use crate::snapshot_receive::{join, EntryReader, ReceivedSnapshot, SnapshotEntries};
 use crate::workspace_store::{ChunkStore, SyncPlan};
 
 use super::error::TransferError;
@@ -52,8 +52,12 @@ struct Resumed {
 
 /// The entries a staging area works from.
 enum Entries {
-    /// A sync's or push's target, whole in memory (it is built from two snapshots there).
-    Whole(Arc<Snapshot>),
+    /// A sync's or push's target, read in order where every entry is needed (relocation);
+    /// only the files it writes are held, in index order.
+    Staged {
+        snapshot: SnapshotEntries,
+        files: Vec<StagedFile>,
+    },
     /// A clone's received snapshot, on disk: the staging reads it a window at a time.
     Received {
         snapshot: Arc<ReceivedSnapshot>,
@@ -67,11 +71,19 @@ enum Entries {
     },
 }
 
+/// A file a sync or push writes: its entry in the target, and what the workspace had at its
+/// path (a file's older version, from which changed chunks may be rebuilt).
+struct StagedFile {
+    index: usize,
+    entry: SnapshotEntry,
+    previous: Option<SnapshotEntry>,
+}
+
 impl Entries {
     /// The snapshot itself, to read in order.
     fn snapshot(&self) -> SnapshotEntries {
         match self {
-            Entries::Whole(snapshot) => SnapshotEntries::Whole(snapshot.clone()),
+            Entries::Staged { snapshot, .. } => snapshot.clone(),
             Entries::Received { snapshot, .. } => SnapshotEntries::Received(snapshot.clone()),
         }
     }
@@ -165,32 +177,48 @@ impl Stage {
         Ok((stage, work))
     }
 
-    /// Compares a clone (`local`, its current snapshot) with the source's newer snapshot and
-    /// stages what differs in `job_dir/stage`. Files the clone relocated are unchanged as
-    /// long as the source's version is the one they were made from.
+    /// Compares a workspace (`local`, its current snapshot) with its target (a clone's with
+    /// the source's newer snapshot) and stages what differs in `job_dir/stage`, reading both
+    /// side by side: what it holds grows with the difference, not with the workspace. Files
+    /// the clone relocated are unchanged as long as the source's version is the one they
+    /// were made from.
     pub fn prepare_sync(
-        snapshot: Arc<Snapshot>,
-        local: &Snapshot,
+        snapshot: SnapshotEntries,
+        local: &SnapshotEntries,
         relocated: &BTreeMap<String, Hash>,
         job_dir: &Path,
     ) -> Result<(Stage, Work), TransferError> {
         let stage_dir = job_dir.join("stage");
         fs::create_dir_all(&stage_dir).map_err(TransferError::io("creating", &stage_dir))?;
         let done = read_done_log(job_dir);
-        let local_entries: HashMap<&str, &SnapshotEntry> =
-            local.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-        let target_paths: HashSet<&str> =
-            snapshot.entries.iter().map(|e| e.path.as_str()).collect();
         let mut work = Work::default();
         let mut resumed = Vec::new();
         let mut dests: HashMap<Hash, Vec<(usize, u64)>> = HashMap::new();
-        let mut written = Vec::new();
+        let mut files = Vec::new();
         let mut plan = SyncPlan {
             staging: stage_dir.clone(),
             ..SyncPlan::default()
         };
-        for (index, entry) in snapshot.entries.iter().enumerate() {
-            let local = local_entries.get(entry.path.as_str()).copied();
+        // The topmost path of each subtree the target no longer has: in byte order a
+        // directory comes before everything inside it.
+        let mut removed_roots: HashSet<String> = HashSet::new();
+        let mut index = 0;
+        let reading = |e| TransferError::io("reading the snapshots to compare in", job_dir)(e);
+        let cursors = (
+            snapshot.cursor().map_err(reading)?,
+            local.cursor().map_err(reading)?,
+        );
+        join(cursors.0, cursors.1, reading, |entry, local| {
+            let Some(entry) = entry else {
+                let path = &local.expect("a path has an entry on one side").path;
+                if !crate::tree::ancestors(path).any(|a| removed_roots.contains(a)) {
+                    plan.remove.push(path.clone());
+                    removed_roots.insert(path.clone());
+                }
+                return Ok(());
+            };
+            index += 1;
+            let index = index - 1;
             let same_kind = local.is_some_and(|l| l.kind == entry.kind);
             if local.is_some() && !same_kind {
                 plan.remove.push(entry.path.clone());
@@ -228,9 +256,8 @@ impl Stage {
                         if local.is_some_and(|l| l.mode != entry.mode) {
                             plan.modes.push((entry.path.clone(), entry.mode));
                         }
-                        continue;
+                        return Ok(());
                     }
-                    written.push(index);
                     let name = format!("f{index}");
                     plan.files.push((name.clone(), entry.path.clone()));
                     let full = stage_dir.join(&name);
@@ -239,26 +266,20 @@ impl Stage {
                     {
                         dests.entry(chunk.hash).or_default().push((index, offset));
                     }
+                    files.push(StagedFile {
+                        index,
+                        entry: entry.clone(),
+                        previous: local.filter(|l| same_kind && l.hash.is_some()).cloned(),
+                    });
                 }
             }
-        }
-        // Remove what the source no longer has, the topmost path of each removed subtree.
-        let removed: Vec<&str> = local
-            .entries
-            .iter()
-            .map(|e| e.path.as_str())
-            .filter(|path| !target_paths.contains(path))
-            .collect();
-        let removed_set: HashSet<&str> = removed.iter().copied().collect();
-        for path in removed {
-            if !crate::tree::ancestors(path).any(|a| removed_set.contains(a)) {
-                plan.remove.push(path.to_string());
-            }
-        }
+            Ok(())
+        })?;
         plan.remove.sort_by(|a, b| b.cmp(a));
+        let written = files.iter().map(|f| f.index).collect();
         let stage = Stage::new(
             TransferKind::Sync,
-            Entries::Whole(snapshot),
+            Entries::Staged { snapshot, files },
             stage_dir,
             dests,
             job_dir,
@@ -270,6 +291,18 @@ impl Stage {
         stage.pending_files.store(pending, Ordering::Relaxed);
         work.needed = stage.needed_in_order();
         Ok((stage, work))
+    }
+
+    /// The files a sync or push writes that the workspace holds an older version of, each
+    /// with that version: where changed chunks may be rebuilt from their parts.
+    pub fn changed_files(&self) -> Vec<(SnapshotEntry, SnapshotEntry)> {
+        match &self.entries {
+            Entries::Staged { files, .. } => files
+                .iter()
+                .filter_map(|f| Some((f.entry.clone(), f.previous.clone()?)))
+                .collect(),
+            Entries::Received { .. } => Vec::new(),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -314,7 +347,12 @@ impl Stage {
     /// Runs `f` on entry `index`: one of the current window for a clone.
     fn with_entry<T>(&self, index: usize, f: impl FnOnce(&SnapshotEntry) -> T) -> T {
         match &self.entries {
-            Entries::Whole(snapshot) => f(&snapshot.entries[index]),
+            Entries::Staged { files, .. } => {
+                let at = files
+                    .binary_search_by_key(&index, |file| file.index)
+                    .expect("chunks are placed only in the files staged");
+                f(&files[at].entry)
+            }
             Entries::Received { window, .. } => {
                 let window = window.read().expect("not poisoned");
                 let at = window
