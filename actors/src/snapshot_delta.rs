@@ -336,6 +336,52 @@ mod tests {
         )
     }
 
+    /// `delta` applied to `base` in memory and, through its encoding, to `base` kept on disk:
+    /// the same snapshot, or the same kind of refusal (a limit is worded by what was counted
+    /// when it was reached).
+    fn apply_both(
+        delta: &SnapshotDelta,
+        base: &Snapshot,
+        limits: &SnapshotLimits,
+    ) -> Result<Snapshot, SnapshotError> {
+        let in_memory = delta.clone().apply(base, limits);
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = base.encode();
+        let kept_base = ReceivedSnapshot::receive(
+            &bytes[..],
+            bytes.len() as u64,
+            &SnapshotLimits::default(),
+            dir.path(),
+        )
+        .unwrap();
+        let on_disk =
+            SnapshotDelta::decode_onto_kept(&delta.encode(), &kept_base, limits, dir.path());
+        match (&in_memory, on_disk) {
+            (Ok(snapshot), Ok(kept)) => {
+                assert_eq!(&kept.load().unwrap(), snapshot);
+                assert_eq!(kept.root, snapshot.root);
+                assert_eq!(kept.written.entries, snapshot.entries.len() as u64);
+                assert_eq!(kept.written.total_bytes, snapshot.total_bytes());
+            }
+            (Err(refused), Err(ReceiveError::Refused(kept))) => {
+                assert_eq!(
+                    std::mem::discriminant(&kept),
+                    std::mem::discriminant(refused),
+                    "{kept} / {refused}"
+                );
+                if let (
+                    SnapshotError::BadEntry { path: a, .. },
+                    SnapshotError::BadEntry { path: b, .. },
+                ) = (&kept, refused)
+                {
+                    assert_eq!(a, b);
+                }
+            }
+            (in_memory, on_disk) => panic!("in memory {in_memory:?}, on disk {on_disk:?}"),
+        }
+        in_memory
+    }
+
     #[test]
     fn a_delta_rebuilds_the_new_snapshot_exactly() {
         let base = snapshot(vec![
@@ -362,10 +408,11 @@ mod tests {
         let limits = SnapshotLimits::default();
         let rebuilt = SnapshotDelta::decode_onto(&delta.encode(), &base, &limits).unwrap();
         assert_eq!(rebuilt, new);
+        assert_eq!(apply_both(&delta, &base, &limits).unwrap(), new);
         // Nothing changed: an empty delta.
         let same = SnapshotDelta::between(&new, &new);
         assert!(same.removed.is_empty() && same.entries.is_empty());
-        assert_eq!(same.apply(&new, &limits).unwrap(), new);
+        assert_eq!(apply_both(&same, &new, &limits).unwrap(), new);
     }
 
     #[test]
@@ -377,41 +424,46 @@ mod tests {
 
         // Applied to another snapshot than its base.
         let other = snapshot(vec![dir("a")]);
-        let error = good.clone().apply(&other, &limits).unwrap_err();
+        let error = apply_both(&good, &other, &limits).unwrap_err();
         assert!(error.to_string().contains("applies to"), "{error}");
         // An entry whose content differs from what the root says.
         let mut lying = good.clone();
         lying.entries[0] = file("a/f", b"3");
         assert!(matches!(
-            lying.apply(&base, &limits),
+            apply_both(&lying, &base, &limits),
             Err(SnapshotError::RootMismatch { .. })
         ));
         // Removing what the base lacks, unsorted lists, removed and changed at once.
         let mut bad = good.clone();
         bad.removed = vec!["nope".into()];
-        assert!(bad
-            .apply(&base, &limits)
+        assert!(apply_both(&bad, &base, &limits)
             .unwrap_err()
             .to_string()
             .contains("`nope`"));
         let mut bad = good.clone();
         bad.entries = vec![file("b", b"1"), file("a/g", b"1")];
-        assert!(bad
-            .apply(&base, &limits)
+        assert!(apply_both(&bad, &base, &limits)
             .unwrap_err()
             .to_string()
             .contains("sorted"));
         let mut bad = good.clone();
         bad.removed = vec!["a/f".into()];
-        assert!(bad
-            .apply(&base, &limits)
+        assert!(apply_both(&bad, &base, &limits)
             .unwrap_err()
             .to_string()
             .contains("both removed and changed"));
         // An unsafe path is refused as in a full snapshot.
         let mut bad = good;
         bad.entries = vec![file("../escape", b"1")];
-        assert!(bad.apply(&base, &limits).is_err());
+        assert!(apply_both(&bad, &base, &limits).is_err());
+        // More entries than the limits allow.
+        let few = SnapshotLimits {
+            max_entries: 2,
+            ..SnapshotLimits::default()
+        };
+        let mut bad = SnapshotDelta::between(&base, &new);
+        bad.entries.push(file("b", b"1"));
+        assert!(apply_both(&bad, &base, &few).is_err());
         // Garbage.
         assert!(SnapshotDelta::decode_onto(b"not zstd", &base, &limits).is_err());
     }

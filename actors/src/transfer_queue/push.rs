@@ -489,6 +489,10 @@ pub fn merge(
     // Every path's parent must still be a directory: a subtree one side removed (or made a
     // file) while the other added to it.
     let mut recreated = BTreeSet::new();
+    // Paths removed with a subtree: never recreated as a parent, so that changes that remove
+    // a directory and add under it (a peer's push need not be one consistent tree) end
+    // with the subtree gone rather than recreating and removing it in turn.
+    let mut dropped = BTreeSet::new();
     loop {
         let orphans: Vec<(String, String)> = tree
             .keys()
@@ -506,9 +510,10 @@ pub fn merge(
             if !force {
                 conflicts.insert(orphan.clone());
                 tree.remove(&orphan);
-            } else if replaced.contains(&parent) {
+            } else if replaced.contains(&parent) || dropped.contains(&parent) {
                 // The changes removed or replaced the parent: its subtree goes.
                 tree.remove(&orphan);
+                dropped.insert(orphan);
             } else if replaced.contains(&orphan) || recreated.contains(&orphan) {
                 // The changes added under a directory the other side removed: it comes back.
                 recreated.insert(parent.clone());
@@ -527,6 +532,7 @@ pub fn merge(
             } else {
                 // The other side's entry under a subtree the changes removed.
                 tree.remove(&orphan);
+                dropped.insert(orphan);
             }
         }
     }
@@ -814,6 +820,109 @@ mod tests {
         let has = |path: &str, content: &str| pulled.entries.contains(&file(path, content));
         assert!(has("p/.git/HEAD", "other") && has("p/.git/config", "[core]"));
         assert!(has("p/x", "2") && has("p/y", "new"));
+    }
+
+    /// A push is a peer's word: its changes need not come from one consistent tree. One that
+    /// removes a directory and adds a file two levels under it, forced, must end (the file
+    /// goes with the subtree its own push removed), not recreate and remove the directory
+    /// between them forever.
+    #[test]
+    fn a_forced_push_that_removes_a_directory_and_adds_under_it_ends() {
+        let origin = snapshot(vec![dir("g"), file("g/x", "1")]);
+        let changes = vec![
+            Change {
+                path: "g".into(),
+                base: Some(dir("g")),
+                new: None,
+            },
+            Change {
+                path: "g/p/f".into(),
+                base: None,
+                new: Some(file("g/p/f", "mine")),
+            },
+        ];
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(merge(&origin, &changes, true, "/c"));
+        });
+        let merged = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the merge ends")
+            .unwrap();
+        assert!(merged.entries.is_empty(), "{:?}", merged.entries);
+    }
+
+    /// A sync finds the clone's changes and git projects by reading its snapshot beside its
+    /// base, both on disk: what the in-memory rule finds.
+    #[test]
+    fn a_pull_reads_the_same_changes_side_by_side() {
+        let loose = format!("q/.git/objects/ab/{}", "c".repeat(38));
+        let base = snapshot(vec![
+            dir("p"),
+            dir("p/.git"),
+            file("p/.git/HEAD", "main"),
+            file("p/x", "1"),
+            dir("q"),
+            file("q/a", "1"),
+            file("q/a.txt", "1"),
+            dir("q/a0"),
+            file("relocated", "origin's"),
+            file("removed", "1"),
+            file("workspace.yaml", "origin's"),
+        ]);
+        let clone = snapshot(vec![
+            dir("p"),
+            dir("p/.git"),
+            file("p/.git/HEAD", "other"),
+            file("p/x", "2"),
+            dir("q"),
+            dir("q/.git"),
+            dir("q/.git/objects"),
+            dir("q/.git/objects/ab"),
+            file(&loose, "obj"),
+            dir("q/a"),
+            file("q/a.txt", "2"),
+            file("q/a/b", "new"),
+            dir("q/a0"),
+            file("relocated", "rewritten here"),
+            file("workspace.yaml", "this node's"),
+            file("zz", "added"),
+        ]);
+        let projects: Vec<crate::model::Project> = ["./p/", "q", "none"]
+            .iter()
+            .map(|path| crate::model::Project {
+                name: path.replace(['.', '/'], ""),
+                path: path.to_string(),
+                git: None,
+            })
+            .collect();
+        let relocated = BTreeMap::from([("relocated".to_string(), Hash::of(b"x"))]);
+        let git = git_projects(&projects, &clone);
+        assert_eq!(git, ["p", "q"]);
+        let in_memory = changes(
+            &base,
+            &clone,
+            &Exclusions {
+                relocated: &relocated,
+                git_projects: &git,
+                git_objects: false,
+            },
+        );
+        let paths: Vec<&str> = in_memory.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["p/x", "q/a", "q/a.txt", "q/a/b", "removed", "zz"]);
+        let dir = tempfile::tempdir().unwrap();
+        let kept = |snapshot: &Snapshot| {
+            let bytes = snapshot.encode();
+            let limits = SnapshotLimits::default();
+            let received =
+                ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, dir.path())
+                    .unwrap();
+            SnapshotEntries::Received(std::sync::Arc::new(received))
+        };
+        let (set, found) =
+            pull_changes(&kept(&base), &kept(&clone), &projects, &relocated).unwrap();
+        assert_eq!(set, in_memory);
+        assert_eq!(found, git);
     }
 
     #[test]

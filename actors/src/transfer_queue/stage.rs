@@ -1154,3 +1154,109 @@ fn start_writeback(file: &fs::File, offset: u64, len: u64) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::test_entries::{dir, file, link};
+    use crate::snapshot::{Snapshot, SnapshotLimits};
+
+    fn snapshot(entries: Vec<SnapshotEntry>) -> Snapshot {
+        Snapshot::new(uuid::Uuid::nil(), "w".into(), 1, "/w".into(), entries)
+    }
+
+    fn on_disk(snapshot: &Snapshot, dir: &Path) -> SnapshotEntries {
+        let bytes = snapshot.encode();
+        let limits = SnapshotLimits::default();
+        let received =
+            ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, dir).unwrap();
+        SnapshotEntries::Received(Arc::new(received))
+    }
+
+    /// A sync's plan comes from its target and the clone's snapshot read side by side, in
+    /// memory or from disk alike: a removed subtree once, at its top (though `gone.txt`
+    /// sorts between `gone` and `gone/…`), kinds replaced, modes and links set, and only the
+    /// files written held, each with the version it replaces.
+    #[test]
+    fn a_sync_is_planned_from_both_snapshots_read_side_by_side() {
+        let local = snapshot(vec![
+            dir("a"),
+            file("a/x", b"1"),
+            file("a.txt", b"1"),
+            dir("a/sub"),
+            file("a/sub/y", b"1"),
+            dir("gone"),
+            file("gone/f", b"1"),
+            dir("gone/deeper"),
+            file("gone/deeper/g", b"1"),
+            file("gone.txt", b"1"),
+            file("kind", b"1"),
+            link("l", "/old"),
+            file("mode", b"1"),
+            file("relocated", b"rewritten here"),
+            file("same", b"1"),
+        ]);
+        let target = snapshot(vec![
+            dir("a"),
+            file("a.txt", b"2"),
+            dir("kind"),
+            file("kind/inner", b"1"),
+            link("l", "/new"),
+            SnapshotEntry {
+                mode: 0o600,
+                ..file("mode", b"1")
+            },
+            file("new", b"n"),
+            file("relocated", b"origin's"),
+            file("same", b"1"),
+        ]);
+        let relocated = BTreeMap::from([(
+            "relocated".to_string(),
+            file("relocated", b"origin's").hash.unwrap(),
+        )]);
+        let scratch = tempfile::tempdir().unwrap();
+        let pairs = [
+            (
+                SnapshotEntries::Whole(Arc::new(target.clone())),
+                SnapshotEntries::Whole(Arc::new(local.clone())),
+            ),
+            (
+                on_disk(&target, scratch.path()),
+                on_disk(&local, scratch.path()),
+            ),
+        ];
+        for (target, local) in pairs {
+            let job = tempfile::tempdir().unwrap();
+            let (stage, work) =
+                Stage::prepare_sync(target, &local, &relocated, job.path()).unwrap();
+            let plan = stage.take_plan();
+            assert_eq!(plan.remove, ["kind", "gone.txt", "gone", "a/x", "a/sub"]);
+            assert_eq!(plan.dirs, ["kind"]);
+            assert_eq!(
+                plan.modes,
+                [("kind".to_string(), 0o755), ("mode".to_string(), 0o600)]
+            );
+            assert_eq!(plan.links, [("l".to_string(), "/new".to_string())]);
+            let files: Vec<(&str, &str)> = plan
+                .files
+                .iter()
+                .map(|(name, path)| (name.as_str(), path.as_str()))
+                .collect();
+            assert_eq!(
+                files,
+                [("f1", "a.txt"), ("f3", "kind/inner"), ("f6", "new")]
+            );
+            assert_eq!(stage.written, [1, 3, 6]);
+            let changed = stage.changed_files();
+            assert_eq!(changed.len(), 1);
+            assert_eq!(
+                (&changed[0].0, &changed[0].1),
+                (&file("a.txt", b"2"), &file("a.txt", b"1"))
+            );
+            // Unchanged and relocated files are in place; the written ones are needed.
+            assert_eq!(work.bytes_present, 1 + 1 + 8);
+            assert_eq!(work.needed.len(), 3);
+            assert_eq!(stage.with_entry(3, |e| e.path.clone()), "kind/inner");
+        }
+    }
+}
