@@ -19,6 +19,7 @@
 //! branch named for the clone at the pushed commit ([`BranchPush`]). Spec:
 //! `schemas/transfer.md`, "Pushing changes back".
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -552,6 +553,128 @@ pub fn merge(
     ))
 }
 
+/// What a sync that keeps the clone's own work makes, read in order and never held:
+/// [`merge`] of `changes` onto `onto` (never forced), then [`keep_git_state`] with `current`'s
+/// `.git` of each git project. Each entry of the result goes to `out` in order; with
+/// conflicts, `Ok(Err(..))` after the whole walk (what went to `out` is then to be dropped).
+/// Holds the changes, the directories open at the current path, and the conflicts found.
+pub fn pull_merge(
+    onto: &SnapshotEntries,
+    changes: &[Change],
+    current: &SnapshotEntries,
+    git_projects: &[String],
+    mut out: impl FnMut(&SnapshotEntry) -> std::io::Result<()>,
+) -> std::io::Result<Result<(), Conflicts>> {
+    let in_git = |path: &str| {
+        git_projects.iter().any(|p| {
+            within(p, path).is_some_and(|inner| inner == ".git" || inner.starts_with(".git/"))
+        })
+    };
+    let mut onto = onto.cursor()?;
+    let mut theirs = onto.next_entry()?;
+    let mut changes = changes.iter().peekable();
+    // The clone's own `.git` entries, merged into the result in order.
+    let mut clone = current.cursor()?;
+    let mut next_git = || -> std::io::Result<Option<SnapshotEntry>> {
+        while let Some(entry) = clone.next_entry()? {
+            if in_git(&entry.path) {
+                return Ok(Some(entry.into_owned()));
+            }
+        }
+        Ok(None)
+    };
+    let mut git = next_git()?;
+    let mut conflicts = Conflicts {
+        paths: Vec::new(),
+        count: 0,
+    };
+    // A path may conflict twice (changed on both sides, and an orphan): counted once.
+    let mut last_conflict = String::new();
+    let mut conflict = |path: &str| {
+        if last_conflict != path {
+            last_conflict = path.to_string();
+            conflicts.count += 1;
+            if conflicts.paths.len() < MAX_LISTED_CONFLICTS {
+                conflicts.paths.push(path.to_string());
+            }
+        }
+    };
+    // Directories of the result that later paths may still be inside (a path's parent is
+    // one of them, or it is an orphan).
+    let mut open: Vec<String> = Vec::new();
+    loop {
+        let next_change = changes.peek().map(|c| c.path.as_str());
+        let order = match (&theirs, next_change) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(t), Some(c)) => t.path.as_bytes().cmp(c.as_bytes()),
+        };
+        let (there, change) = match order {
+            std::cmp::Ordering::Less => (theirs.take(), None),
+            std::cmp::Ordering::Greater => (None, changes.next()),
+            std::cmp::Ordering::Equal => (theirs.take(), changes.next()),
+        };
+        let result = match change {
+            None => there,
+            Some(change) => {
+                let here = there.as_deref();
+                if same(here, change.new.as_ref()) {
+                    there
+                } else if !same(here, change.base.as_ref()) {
+                    conflict(&change.path);
+                    there
+                } else {
+                    change.new.as_ref().map(Cow::Borrowed)
+                }
+            }
+        };
+        if order != std::cmp::Ordering::Greater {
+            theirs = onto.next_entry()?;
+        }
+        let Some(entry) = result else {
+            continue;
+        };
+        while let Some(dir) = open.last() {
+            let inside = entry
+                .path
+                .strip_prefix(dir.as_str())
+                .is_some_and(|rest| rest.as_bytes().first().is_some_and(|&byte| byte <= b'/'));
+            if inside {
+                break;
+            }
+            open.pop();
+        }
+        let parent = crate::tree::ancestors(&entry.path).last();
+        if parent.is_some_and(|parent| !open.iter().any(|dir| dir == parent)) {
+            // Its parent is gone or no longer a directory: a subtree one side removed (or
+            // made a file) while the other added to it.
+            conflict(&entry.path);
+            continue;
+        }
+        if entry.kind == EntryKind::Dir {
+            open.push(entry.path.clone());
+        }
+        if in_git(&entry.path) {
+            continue;
+        }
+        while let Some(own) = git.take_if(|g| g.path.as_bytes() < entry.path.as_bytes()) {
+            out(&own)?;
+            git = next_git()?;
+        }
+        out(&entry)?;
+    }
+    while let Some(own) = git.take() {
+        out(&own)?;
+        git = next_git()?;
+    }
+    Ok(if conflicts.count == 0 {
+        Ok(())
+    } else {
+        Err(conflicts)
+    })
+}
+
 /// Points `aienv/<peer>/<branch>` of a pushed project at the pushed commit; says what
 /// happened (never fails the push: the files are in).
 pub fn receive_branch(
@@ -923,6 +1046,106 @@ mod tests {
             pull_changes(&kept(&base), &kept(&clone), &projects, &relocated).unwrap();
         assert_eq!(set, in_memory);
         assert_eq!(found, git);
+    }
+
+    /// The pull's merge read in order is the in-memory merge and git state, entry for entry
+    /// and conflict for conflict, over random trees: removals, kinds changed, subtrees
+    /// removed on one side and added to on the other, git projects.
+    #[test]
+    fn a_pull_merged_in_order_is_the_merge_in_memory() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let names = [
+            "a",
+            "a.txt",
+            "a-1",
+            "b",
+            "p",
+            "p/.git",
+            "p/.git/HEAD",
+            "p/x",
+        ];
+        let tree = |random: &mut dyn FnMut(u64) -> u64| {
+            let mut entries: BTreeMap<String, SnapshotEntry> = BTreeMap::new();
+            for _ in 0..random(12) {
+                let depth = random(3) as usize;
+                let mut path = names[random(names.len() as u64) as usize].to_string();
+                for _ in 0..depth {
+                    path = format!("{path}/{}", ["a", "b", "a.b"][random(3) as usize]);
+                }
+                let parts: Vec<&str> = path.split('/').collect();
+                for end in 1..parts.len() {
+                    let parent = parts[..end].join("/");
+                    entries.insert(parent.clone(), dir(&parent));
+                }
+                let entry = match random(3) {
+                    0 => dir(&path),
+                    1 => file(&path, ["1", "2"][random(2) as usize]),
+                    _ => file(&path, "3"),
+                };
+                if entries.get(&path).is_none_or(|e| e.kind != EntryKind::Dir) {
+                    entries.insert(path, entry);
+                }
+            }
+            snapshot(entries.into_values().collect())
+        };
+        let scratch = tempfile::tempdir().unwrap();
+        let kept = |snapshot: &Snapshot| {
+            let bytes = snapshot.encode();
+            let limits = SnapshotLimits::default();
+            let received =
+                ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, scratch.path())
+                    .unwrap();
+            SnapshotEntries::Received(std::sync::Arc::new(received))
+        };
+        let (mut merged_count, mut conflicted, mut with_git) = (0, 0, 0);
+        for _ in 0..2000 {
+            let (base, clone, origin) = (tree(&mut random), tree(&mut random), tree(&mut random));
+            let projects = git_projects(
+                &[crate::model::Project {
+                    name: "p".into(),
+                    path: "p".into(),
+                    git: None,
+                }],
+                &clone,
+            );
+            let rule = Exclusions {
+                relocated: &BTreeMap::new(),
+                git_projects: &projects,
+                git_objects: false,
+            };
+            let set = changes(&base, &clone, &rule);
+            let in_memory = merge(&origin, &set, false, &origin.source_root)
+                .map(|merged| keep_git_state(merged, &clone, &projects));
+            let mut entries = Vec::new();
+            let streamed = pull_merge(&kept(&origin), &set, &kept(&clone), &projects, |e| {
+                entries.push(e.clone());
+                Ok(())
+            })
+            .unwrap();
+            match (in_memory, streamed) {
+                (Ok(merged), Ok(())) => {
+                    assert_eq!(entries, merged.entries);
+                    merged_count += 1;
+                    with_git += usize::from(!projects.is_empty());
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a, b);
+                    conflicted += 1;
+                }
+                (a, b) => panic!("in memory {a:?}, in order {b:?}"),
+            }
+        }
+        // Both outcomes were exercised.
+        assert!(
+            merged_count > 100 && conflicted > 100 && with_git > 20,
+            "{merged_count} {conflicted} {with_git}"
+        );
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             (Some(local), Some(current), Some(base)) => {
                 let target = cx.pull_target(local, current, &fetched, base).await?;
                 kept = target.is_some();
-                let target = target.map_or_else(|| fetched.clone(), |t| Target::Whole(Arc::new(t)));
+                let target = target.unwrap_or_else(|| fetched.clone());
                 (Some(fetched), target)
             }
             (None, _, _) => (None, fetched),
@@ -803,16 +803,16 @@ impl JobContext {
     /// A sync's target when the clone has changes of its own since its base, or git
     /// projects: the source with the clone's changes laid over it and the clone's own `.git`
     /// (`None`: take the source as it is — no base recorded, nothing of the clone's to keep,
-    /// a forced sync, or a placed workspace's results). The clone's changes are found by
-    /// reading its snapshot beside its base; only a target that keeps some is built in
-    /// memory, from both snapshots loaded whole.
+    /// a forced sync, or a placed workspace's results). Every snapshot is read in order and
+    /// the target written to an unnamed file: what is held grows with the clone's changes,
+    /// not with the workspace.
     async fn pull_target(
         &self,
         local: &WorkspaceEntry,
         current: &SnapshotEntries,
         source: &SnapshotEntries,
         base: &BaseLoad,
-    ) -> Result<Option<Snapshot>, TransferError> {
+    ) -> Result<Option<SnapshotEntries>, TransferError> {
         let Some(origin) = local.origin.clone() else {
             return Ok(None);
         };
@@ -835,21 +835,27 @@ impl JobContext {
             if set.is_empty() && git_projects.is_empty() {
                 return Ok(None);
             }
-            let reading = TransferError::io("reading the snapshots to merge in", &job_dir);
-            let (current, source) = (
-                current.load().map_err(reading)?,
-                source.load().map_err(TransferError::io(
-                    "reading the snapshots to merge in",
-                    &job_dir,
-                ))?,
-            );
-            let merged = super::push::merge(&source, &set, false, &source.source_root)
-                .map_err(|c| conflict(c, PULL_HINT))?;
+            // Checked entry by entry and kept in an unnamed file, like a received snapshot.
             // A sync never replaces a git project's `.git` here: commits made in the clone
             // stay (they go back with a push), and history comes through git's own remotes.
-            let target = super::push::keep_git_state(merged, &current, &git_projects);
-            target.validate(&limits)?;
-            Ok((target.root != source.root).then_some(target))
+            let mut checker = crate::snapshot::SnapshotChecker::new(&limits);
+            let mut writer = crate::snapshot_writer::SnapshotWriter::new(&job_dir);
+            let mut refused = None;
+            let merged = super::push::pull_merge(&source, &set, &current, &git_projects, |entry| {
+                if refused.is_none() {
+                    refused = checker.push(entry).err();
+                }
+                writer.push(entry)
+            })
+            .map_err(TransferError::io("merging the snapshots in", &job_dir))?;
+            merged.map_err(|c| conflict(c, PULL_HINT))?;
+            if let Some(refused) = refused {
+                return Err(refused.into());
+            }
+            let target = ReceivedSnapshot::keep(writer, source.head(), &job_dir).map_err(
+                TransferError::io("keeping the merged snapshot in", &job_dir),
+            )?;
+            Ok((target.root != source.root()).then(|| SnapshotEntries::Received(Arc::new(target))))
         })
         .await
     }
