@@ -11,7 +11,8 @@
 //! larger binary files, two 200 MiB weight shards, a 100 MiB CSV). `BENCH_DIRS` lists where
 //! to run (default `target/bench-transfer:/dev/shm`). `BENCH_FILES=N` replaces the tree with N
 //! small files (the change then rewrites 1 % of them), and the nodes' peak resident memory is
-//! reported at the end. Figures, not assertions.
+//! reported at the end. `BENCH_LOCAL_EDIT=1` adds a file of the clone's own before each sync
+//! (the sync then keeps it: the three-way merge). Figures, not assertions.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -331,6 +332,14 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
             Some(count) => change_many(&root.join("data"), count, round),
             None => change_tree(&root.join("data"), scale, round),
         };
+        if let (true, Some(clone)) = (local_edit(), &last_clone) {
+            // A change of the clone's own, which the sync keeps (the three-way merge).
+            std::fs::write(
+                Path::new(clone).join(format!("data/local-{round}.txt")),
+                "the clone's own\n",
+            )
+            .unwrap();
+        }
         flush_all();
         let port = a
             .tls_url
@@ -559,6 +568,12 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 fn remove_tree(path: &Path) {
     let _ = Command::new("rm").arg("-rf").arg(path).status();
+}
+
+/// `BENCH_LOCAL_EDIT=1`: before each sync the clone gets a file of its own, so the sync
+/// keeps the clone's changes (the three-way merge) rather than taking the source as it is.
+fn local_edit() -> bool {
+    std::env::var_os("BENCH_LOCAL_EDIT").is_some()
 }
 
 /// `BENCH_FILES=N`: the tree is N small files instead (memory and time at scale).
