@@ -20,7 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
 use aienv_actors::identity::KeyFingerprint;
-use aienv_actors::snapshot::Snapshot;
+use aienv_actors::snapshot_receive::SnapshotEntries;
 use aienv_actors::transfer_queue::push::{self, BranchPush, PushRequest, PUSH_FORMAT};
 use aienv_actors::transfer_queue::{JobState, TransferError};
 
@@ -111,21 +111,33 @@ async fn push(
         .origin
         .clone()
         .ok_or_else(|| TransferError::NotAClone(name.clone()))?;
-    let base = state
-        .transfers
-        .base(entry.manifest.id)?
-        .ok_or_else(|| TransferError::NoBase(name.clone()))?;
-    let (mine, _) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
+    let mine = state
+        .store
+        .take_snapshot(&entry.manifest.id.to_string())
+        .await?;
     let (changes, mut notes, branches) = {
         let (git, root, projects) = (
             state.store.git().clone(),
             entry.path.clone(),
             entry.manifest.projects.clone(),
         );
-        let (mine, relocated) = (mine.clone(), origin.relocated.clone());
-        web::block(move || what_to_push(&git, &root, &projects, &base, &mine, &relocated))
-            .await
-            .map_err(|_| ApiError::from(TransferError::Unavailable))?
+        let (transfers, id, relocated) = (
+            state.transfers.clone(),
+            entry.manifest.id,
+            origin.relocated.clone(),
+        );
+        let name = name.clone();
+        // The base and this clone's snapshot are read side by side, never held.
+        web::block(move || -> Result<_, ApiError> {
+            let base = transfers.base(id)?.ok_or(TransferError::NoBase(name))?;
+            let base = SnapshotEntries::Received(std::sync::Arc::new(base));
+            let mine = mine.entries()?;
+            Ok(what_to_push(
+                &git, &root, &projects, &base, &mine, &relocated,
+            )?)
+        })
+        .await
+        .map_err(|_| ApiError::from(TransferError::Unavailable))??
     };
     if changes.is_empty() && branches.is_empty() {
         notes.insert(0, format!("`{name}` has no changes to push"));
@@ -235,25 +247,21 @@ fn push_code(code: &str) -> &'static str {
     .unwrap_or("peer-refused")
 }
 
-/// The changes, notes and git branches of a push (blocking: git runs).
+/// The changes, notes and git branches of a push.
+type ToPush = (Vec<push::Change>, Vec<String>, Vec<BranchPush>);
+
+/// The changes, notes and git branches of a push (blocking: git runs, and the snapshots are
+/// read side by side).
 fn what_to_push(
     git: &aienv_actors::git::Git,
     root: &std::path::Path,
     projects: &[aienv_actors::model::Project],
-    base: &Snapshot,
-    mine: &Snapshot,
+    base: &SnapshotEntries,
+    mine: &SnapshotEntries,
     relocated: &std::collections::BTreeMap<String, aienv_actors::snapshot::Hash>,
-) -> (Vec<push::Change>, Vec<String>, Vec<BranchPush>) {
-    let git_projects = push::git_projects(projects, mine);
-    let set = push::changes(
-        base,
-        mine,
-        &push::Exclusions {
-            relocated,
-            git_projects: &git_projects,
-            git_objects: true,
-        },
-    );
+) -> Result<ToPush, TransferError> {
+    let (set, git_projects) = push::read_changes(base, mine, projects, relocated, true)
+        .map_err(|error| TransferError::io("reading the snapshots to compare of", root)(error))?;
     let mut notes = Vec::new();
     let mut branches = Vec::new();
     for project in &git_projects {
@@ -285,7 +293,7 @@ fn what_to_push(
             Err(error) => notes.push(format!("{shown}: not pushed: {error}")),
         }
     }
-    (set, notes, branches)
+    Ok((set, notes, branches))
 }
 
 /// The origin's side.

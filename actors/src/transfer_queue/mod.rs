@@ -815,7 +815,6 @@ pub struct TransferQueueHandle {
     view: watch::Receiver<Arc<TransfersView>>,
     /// `<data-dir>/transfers`, where clones' bases are read.
     dir: PathBuf,
-    limits: SnapshotLimits,
 }
 
 impl TransferQueueHandle {
@@ -833,7 +832,7 @@ impl TransferQueueHandle {
             seq: bus.last_seq(),
             jobs: Vec::new(),
         }));
-        let (dir, limits) = (config.dir.clone(), config.limits.clone());
+        let dir = config.dir.clone();
         let addr = TransferQueue {
             config: Arc::new(config),
             jobs: HashMap::new(),
@@ -847,12 +846,7 @@ impl TransferQueueHandle {
             post_clone,
         }
         .start();
-        TransferQueueHandle {
-            addr,
-            view,
-            dir,
-            limits,
-        }
+        TransferQueueHandle { addr, view, dir }
     }
 
     /// The current view.
@@ -896,9 +890,13 @@ impl TransferQueueHandle {
             .map_err(|_| TransferError::Unavailable)?
     }
 
-    /// What workspace `id` (a clone) had from its origin at its last clone or sync.
-    pub fn base(&self, id: Uuid) -> Result<Option<crate::snapshot::Snapshot>, TransferError> {
-        push::load_base(&self.dir, id, &self.limits)
+    /// What workspace `id` (a clone) had from its origin at its last clone or sync, read
+    /// through once (blocking) and kept open to be read in order.
+    pub fn base(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<crate::snapshot_receive::ReceivedSnapshot>, TransferError> {
+        push::open_base(&self.dir, id)
     }
 
     /// Cancels an active job; removes a finished one (returns `None`).

@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::packed::ReadFileError;
 use crate::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits};
 use crate::snapshot_receive::{join, EntryCursor, ReceivedSnapshot, SnapshotEntries};
 
@@ -389,13 +388,15 @@ pub fn changes(base: &Snapshot, mine: &Snapshot, exclusions: &Exclusions<'_>) ->
     set
 }
 
-/// What a sync keeps of the clone's own work: its changes since `base` (read side by side
-/// with `mine`, in order, holding only the changes) and its git projects.
-pub fn pull_changes(
+/// [`changes`] read in order, holding only the changes: a clone's changes since `base`
+/// (`mine` its snapshot), and its git projects, which decide what stays out (`git_objects`:
+/// a push's rule, else a sync's).
+pub fn read_changes(
     base: &SnapshotEntries,
     mine: &SnapshotEntries,
     projects: &[crate::model::Project],
     relocated: &BTreeMap<String, Hash>,
+    git_objects: bool,
 ) -> std::io::Result<(Vec<Change>, Vec<String>)> {
     let candidates: Vec<(String, String)> = project_paths(projects)
         .into_iter()
@@ -421,7 +422,7 @@ pub fn pull_changes(
     let rule = Exclusions {
         relocated,
         git_projects: &git_projects,
-        git_objects: false,
+        git_objects,
     };
     set.retain(|change| rule.excludes(change).is_none());
     Ok((set, git_projects))
@@ -776,25 +777,9 @@ pub fn prune_bases(transfers: &Path, exists: impl Fn(Uuid) -> bool) {
     }
 }
 
-/// The base of workspace `id`, if one was recorded (clones made before bases have none).
-pub fn load_base(
-    transfers: &Path,
-    id: Uuid,
-    limits: &SnapshotLimits,
-) -> Result<Option<Snapshot>, TransferError> {
-    let path = base_path(transfers, id);
-    match Snapshot::read_file(&path, limits) {
-        Ok(base) => Ok(Some(base)),
-        Err(ReadFileError::Io(_)) => Ok(None),
-        Err(ReadFileError::Document(source)) => Err(TransferError::BaseDamaged {
-            path: path.display().to_string(),
-            source,
-        }),
-    }
-}
-
-/// [`load_base`] without reading it into memory: the file, open, once its entries were
-/// read through and found to hash to its root.
+/// The base of workspace `id`, if one was recorded (clones made before bases have none):
+/// its file, open, once its entries were read through and found to hash to its root (it is
+/// then read in order, never loaded).
 pub fn open_base(transfers: &Path, id: Uuid) -> Result<Option<ReceivedSnapshot>, TransferError> {
     let path = base_path(transfers, id);
     let Ok(file) = std::fs::File::open(&path) else {
@@ -975,10 +960,10 @@ mod tests {
         assert!(merged.entries.is_empty(), "{:?}", merged.entries);
     }
 
-    /// A sync finds the clone's changes and git projects by reading its snapshot beside its
-    /// base, both on disk: what the in-memory rule finds.
+    /// A sync or push finds the clone's changes and git projects by reading its snapshot
+    /// beside its base, both on disk: what the in-memory rule finds.
     #[test]
-    fn a_pull_reads_the_same_changes_side_by_side() {
+    fn changes_read_side_by_side_are_those_found_in_memory() {
         let loose = format!("q/.git/objects/ab/{}", "c".repeat(38));
         let base = snapshot(vec![
             dir("p"),
@@ -1043,9 +1028,27 @@ mod tests {
             SnapshotEntries::Received(std::sync::Arc::new(received))
         };
         let (set, found) =
-            pull_changes(&kept(&base), &kept(&clone), &projects, &relocated).unwrap();
+            read_changes(&kept(&base), &kept(&clone), &projects, &relocated, false).unwrap();
         assert_eq!(set, in_memory);
         assert_eq!(found, git);
+        // A push's rule: a git project's new objects go, its working tree stays out.
+        let pushed = changes(
+            &base,
+            &clone,
+            &Exclusions {
+                relocated: &relocated,
+                git_projects: &git,
+                git_objects: true,
+            },
+        );
+        let paths: Vec<&str> = pushed.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["q/.git/objects/ab", loose.as_str(), "removed", "zz"]
+        );
+        let (set, _) =
+            read_changes(&kept(&base), &kept(&clone), &projects, &relocated, true).unwrap();
+        assert_eq!(set, pushed);
     }
 
     /// The pull's merge read in order is the in-memory merge and git state, entry for entry

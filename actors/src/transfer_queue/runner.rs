@@ -20,7 +20,7 @@ use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::snapshot_delta::SnapshotDelta;
 use crate::snapshot_receive::{join, ReceiveError, ReceivedSnapshot, SnapshotEntries};
-use crate::workspace_store::{Origin, Taken, WorkspaceEntry, WorkspaceStoreHandle};
+use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
 use super::error::TransferError;
@@ -117,8 +117,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             let totals = (current.total_bytes, current.file_count);
             return Ok(up_to_date(local, totals, current.root, progress));
         }
-        let path = local.path.clone();
-        mine = Some(blocking(move || kept_entries(&current, &path)).await?);
+        mine = Some(blocking(move || Ok(current.entries()?)).await?);
     }
     if let (Some(local), None) = (&local, &mine) {
         let id = local.manifest.id.to_string();
@@ -126,8 +125,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             TransferKind::Push => SnapshotEntries::Whole(cx.store.snapshot(&id).await?.0),
             _ => {
                 let current = cx.store.take_snapshot(&id).await?;
-                let path = local.path.clone();
-                blocking(move || kept_entries(&current, &path)).await?
+                blocking(move || Ok(current.entries()?)).await?
             }
         });
     }
@@ -422,23 +420,6 @@ fn unchanged(
         Err(Ok(Differs)) => Ok(false),
         Err(Err(error)) => Err(error),
     }
-}
-
-/// A snapshot just taken of the workspace at `path`, read from the memo's file in order
-/// (blocking).
-fn kept_entries(taken: &Taken, path: &std::path::Path) -> Result<SnapshotEntries, TransferError> {
-    let encoded = taken.encoded()?;
-    let reading = TransferError::io("reading the kept snapshot of", path);
-    let kept = if encoded.root == taken.root {
-        ReceivedSnapshot::open(encoded.file, (taken.total_bytes, taken.file_count))
-            .map_err(reading)?
-    } else {
-        // Taken again since (its file had changed behind the node): its totals are read.
-        ReceivedSnapshot::open_checked(encoded.file)
-            .map_err(reading)?
-            .ok_or_else(|| mismatch("the workspace's snapshot does not hash to its root"))?
-    };
-    Ok(SnapshotEntries::Received(Arc::new(kept)))
 }
 
 /// The outcome of a sync that had nothing to do: everything counted as already in place.
@@ -830,7 +811,7 @@ impl JobContext {
             let reading = TransferError::io("reading the snapshots to compare in", &job_dir);
             let base = SnapshotEntries::Received(base);
             let (set, git_projects) =
-                super::push::pull_changes(&base, &current, &projects, &origin.relocated)
+                super::push::read_changes(&base, &current, &projects, &origin.relocated, false)
                     .map_err(reading)?;
             if set.is_empty() && git_projects.is_empty() {
                 return Ok(None);

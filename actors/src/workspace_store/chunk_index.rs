@@ -32,6 +32,7 @@ use crate::snapshot::{
 use super::error::StoreError;
 use super::file_chunks;
 use super::grouped_tree::{Change, Entry, GroupedTree};
+use crate::snapshot_receive::{ReceivedSnapshot, SnapshotEntries};
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
 use crate::spill::{self, Spill};
 use crate::tree::{self, Stamp, WalkEntry};
@@ -345,6 +346,28 @@ impl Taken {
         }
         let again = self.retake()?;
         again.checked_file()?.ok_or_else(|| again.unreadable())
+    }
+
+    /// The snapshot read in order from the memo's file, checked first as
+    /// [`Taken::encoded`] checks it, never loaded. Its root is [`Taken::root`] unless the
+    /// file failed its check and the workspace changed before it was taken again.
+    pub fn entries(&self) -> Result<SnapshotEntries, StoreError> {
+        let kept = |taken: &Taken| -> Result<Option<SnapshotEntries>, StoreError> {
+            let Some(encoded) = taken.checked_file()? else {
+                return Ok(None);
+            };
+            let totals = (taken.total_bytes, taken.file_count);
+            let kept = ReceivedSnapshot::open(encoded.file, totals).map_err(StoreError::io(
+                "reading the kept snapshot of",
+                &taken.retake.root,
+            ))?;
+            Ok(Some(SnapshotEntries::Received(Arc::new(kept))))
+        };
+        if let Some(entries) = kept(self)? {
+            return Ok(entries);
+        }
+        let again = self.retake()?;
+        kept(&again)?.ok_or_else(|| again.unreadable())
     }
 
     fn checked_file(&self) -> Result<Option<EncodedSnapshot>, StoreError> {
