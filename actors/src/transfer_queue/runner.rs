@@ -107,6 +107,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             cx.store.take_snapshot(&id),
         )
         .await;
+        phases.mark("snapshots");
         fetched = source?.map(|(fetched, bytes)| {
             progress.bytes_fetched += bytes;
             fetched
