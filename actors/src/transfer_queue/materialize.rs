@@ -9,7 +9,6 @@ use std::time::Instant;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::snapshot::Snapshot;
 use crate::snapshot_receive::{ReceivedSnapshot, SnapshotEntries};
 use crate::workspace_store::{Arrived, CloneRequest, Origin, Unflushed};
 
@@ -258,7 +257,6 @@ impl JobContext {
             .commit_plan(
                 id,
                 stage,
-                target,
                 &origin.relocated,
                 is_clone.then_some(origin.clone()),
                 crate::events::WorkspaceChange::Synced,
@@ -291,7 +289,6 @@ impl JobContext {
         &self,
         id: Uuid,
         stage: &Arc<Stage>,
-        target: &Arc<Snapshot>,
     ) -> Result<Outcome, TransferError> {
         let local = self.store.get(&id.to_string())?;
         // The workspace may have changed here while the chunks came: the same rule again,
@@ -307,7 +304,6 @@ impl JobContext {
             .commit_plan(
                 id,
                 stage,
-                &SnapshotEntries::Whole(target.clone()),
                 &Default::default(),
                 None,
                 crate::events::WorkspaceChange::Pushed,
@@ -352,7 +348,6 @@ impl JobContext {
         &self,
         id: Uuid,
         stage: &Arc<Stage>,
-        target: &SnapshotEntries,
         relocated: &std::collections::BTreeMap<String, crate::snapshot::Hash>,
         origin: Option<Origin>,
         change: crate::events::WorkspaceChange,
@@ -382,7 +377,7 @@ impl JobContext {
             .await?;
         let committed = started.elapsed();
         self.store
-            .record_snapshot(id, target.clone(), written, committed_at)
+            .record_files(id, stage.written_files(), written, committed_at)
             .await?;
         tracing::debug!(job = %self.job.id, ?committed, recorded = ?started.elapsed() - committed, "sync committed");
         Ok((entry, vec![summary]))

@@ -317,9 +317,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     tracing::info!(job = %cx.job.id, "verified; committing");
     cx.state(JobState::Materializing);
     let outcome = match (&local, cx.job.kind, &source, &target) {
-        (Some(local), TransferKind::Push, _, Target::Whole(snapshot)) => {
-            cx.materialize_push(local.manifest.id, &stage, snapshot)
-                .await?
+        (Some(local), TransferKind::Push, _, Target::Whole(_)) => {
+            cx.materialize_push(local.manifest.id, &stage).await?
         }
         (Some(local), TransferKind::Sync, Some(source), target) => {
             cx.materialize_sync(local.manifest.id, &stage, source, target, kept)

@@ -293,6 +293,14 @@ impl Stage {
         Ok((stage, work))
     }
 
+    /// The entries of the files a sync or push writes.
+    pub fn written_files(&self) -> Vec<SnapshotEntry> {
+        match &self.entries {
+            Entries::Staged { files, .. } => files.iter().map(|f| f.entry.clone()).collect(),
+            Entries::Received { .. } => Vec::new(),
+        }
+    }
+
     /// The files a sync or push writes that the workspace holds an older version of, each
     /// with that version: where changed chunks may be rebuilt from their parts.
     pub fn changed_files(&self) -> Vec<(SnapshotEntry, SnapshotEntry)> {

@@ -457,4 +457,24 @@ impl WorkspaceStoreHandle {
         .await
         .map_err(|_| StoreError::Unavailable)?
     }
+
+    /// [`record_snapshot`](Self::record_snapshot) for the files a sync or push wrote, given
+    /// as their entries: the rest of the workspace is not read through for them.
+    pub async fn record_files(
+        &self,
+        id: Uuid,
+        files: Vec<crate::snapshot::SnapshotEntry>,
+        arrived: Arrived,
+        committed_at: std::time::SystemTime,
+    ) -> Result<(), StoreError> {
+        let root = self.get(&id.to_string())?.path.clone();
+        let chunks = self.chunks.clone();
+        tokio::task::spawn_blocking(move || {
+            chunks.record_from(id, &root, &arrived, committed_at, |each| {
+                files.iter().try_for_each(each)
+            })
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable)?
+    }
 }
