@@ -366,6 +366,16 @@ pub fn join<E>(
     }
 }
 
+/// `snapshot` kept on disk as a received one is, for tests across the crate.
+#[cfg(test)]
+pub(crate) fn kept(snapshot: &Snapshot, dir: &Path) -> SnapshotEntries {
+    let bytes = snapshot.encode();
+    let limits = SnapshotLimits::default();
+    let received = ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, dir)
+        .expect("a snapshot this node made");
+    SnapshotEntries::Received(Arc::new(received))
+}
+
 /// The fields besides the entries, as they were found.
 #[derive(Default)]
 struct Fields {

@@ -352,6 +352,14 @@ pub fn check_relative(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether `path`, or a path after it in byte order, may still lie inside `dir`: it starts
+/// with `dir` and a byte up to `/` (`dir/x`, but also `dir-1` and `dir.txt`, which sort
+/// between `dir` and `dir/…`). A walk in byte order keeps a directory open while this holds.
+pub fn still_inside(dir: &str, path: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.as_bytes().first().is_some_and(|&byte| byte <= b'/'))
+}
+
 /// Proper ancestors of a relative path: `a/b/c` → `a`, `a/b`.
 pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     path.match_indices('/')

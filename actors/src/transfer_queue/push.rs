@@ -636,14 +636,10 @@ pub fn pull_merge(
         let Some(entry) = result else {
             continue;
         };
-        while let Some(dir) = open.last() {
-            let inside = entry
-                .path
-                .strip_prefix(dir.as_str())
-                .is_some_and(|rest| rest.as_bytes().first().is_some_and(|&byte| byte <= b'/'));
-            if inside {
-                break;
-            }
+        while open
+            .last()
+            .is_some_and(|dir| !crate::tree::still_inside(dir, &entry.path))
+        {
             open.pop();
         }
         let parent = crate::tree::ancestors(&entry.path).last();
@@ -1019,14 +1015,7 @@ mod tests {
         let paths: Vec<&str> = in_memory.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(paths, ["p/x", "q/a", "q/a.txt", "q/a/b", "removed", "zz"]);
         let dir = tempfile::tempdir().unwrap();
-        let kept = |snapshot: &Snapshot| {
-            let bytes = snapshot.encode();
-            let limits = SnapshotLimits::default();
-            let received =
-                ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, dir.path())
-                    .unwrap();
-            SnapshotEntries::Received(std::sync::Arc::new(received))
-        };
+        let kept = |snapshot: &Snapshot| crate::snapshot_receive::kept(snapshot, dir.path());
         let (set, found) =
             read_changes(&kept(&base), &kept(&clone), &projects, &relocated, false).unwrap();
         assert_eq!(set, in_memory);
@@ -1098,14 +1087,7 @@ mod tests {
             snapshot(entries.into_values().collect())
         };
         let scratch = tempfile::tempdir().unwrap();
-        let kept = |snapshot: &Snapshot| {
-            let bytes = snapshot.encode();
-            let limits = SnapshotLimits::default();
-            let received =
-                ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, scratch.path())
-                    .unwrap();
-            SnapshotEntries::Received(std::sync::Arc::new(received))
-        };
+        let kept = |snapshot: &Snapshot| crate::snapshot_receive::kept(snapshot, scratch.path());
         let (mut merged_count, mut conflicted, mut with_git) = (0, 0, 0);
         for _ in 0..2000 {
             let (base, clone, origin) = (tree(&mut random), tree(&mut random), tree(&mut random));

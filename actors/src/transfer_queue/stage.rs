@@ -730,11 +730,7 @@ impl Stage {
         let mut open: Vec<(String, u32)> = Vec::new();
         self.for_each_entry(|_, entry| {
             while let Some((dir, mode)) = open.last() {
-                let inside = entry
-                    .path
-                    .strip_prefix(dir.as_str())
-                    .is_some_and(|rest| rest.as_bytes().first().is_some_and(|&byte| byte <= b'/'));
-                if inside {
+                if crate::tree::still_inside(dir, &entry.path) {
                     break;
                 }
                 set(&self.dir.join(dir), *mode)?;
@@ -1167,18 +1163,10 @@ fn start_writeback(file: &fs::File, offset: u64, len: u64) {
 mod tests {
     use super::*;
     use crate::snapshot::test_entries::{dir, file, link};
-    use crate::snapshot::{Snapshot, SnapshotLimits};
+    use crate::snapshot::Snapshot;
 
     fn snapshot(entries: Vec<SnapshotEntry>) -> Snapshot {
         Snapshot::new(uuid::Uuid::nil(), "w".into(), 1, "/w".into(), entries)
-    }
-
-    fn on_disk(snapshot: &Snapshot, dir: &Path) -> SnapshotEntries {
-        let bytes = snapshot.encode();
-        let limits = SnapshotLimits::default();
-        let received =
-            ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, dir).unwrap();
-        SnapshotEntries::Received(Arc::new(received))
     }
 
     /// A sync's plan comes from its target and the clone's snapshot read side by side, in
@@ -1229,8 +1217,8 @@ mod tests {
                 SnapshotEntries::Whole(Arc::new(local.clone())),
             ),
             (
-                on_disk(&target, scratch.path()),
-                on_disk(&local, scratch.path()),
+                crate::snapshot_receive::kept(&target, scratch.path()),
+                crate::snapshot_receive::kept(&local, scratch.path()),
             ),
         ];
         for (target, local) in pairs {

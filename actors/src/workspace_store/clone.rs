@@ -446,16 +446,10 @@ impl WorkspaceStoreHandle {
         arrived: Arrived,
         committed_at: std::time::SystemTime,
     ) -> Result<(), StoreError> {
-        let root = self.get(&id.to_string())?.path.clone();
-        let chunks = self.chunks.clone();
-        tokio::task::spawn_blocking(move || {
-            let unreadable = StoreError::io("reading the snapshot of", &root);
-            chunks.record_from(id, &root, &arrived, committed_at, |each| {
-                snapshot.for_each(unreadable, each)
-            })
+        self.record(id, arrived, committed_at, move |root, each| {
+            snapshot.for_each(StoreError::io("reading the snapshot of", root), each)
         })
         .await
-        .map_err(|_| StoreError::Unavailable)?
     }
 
     /// [`record_snapshot`](Self::record_snapshot) for the files a sync or push wrote, given
@@ -467,11 +461,31 @@ impl WorkspaceStoreHandle {
         arrived: Arrived,
         committed_at: std::time::SystemTime,
     ) -> Result<(), StoreError> {
+        self.record(id, arrived, committed_at, move |_, each| {
+            files.iter().try_for_each(each)
+        })
+        .await
+    }
+
+    /// Records in the chunk index the arrived files among the entries `entries` hands over
+    /// (given the workspace's root), off the actor.
+    async fn record(
+        &self,
+        id: Uuid,
+        arrived: Arrived,
+        committed_at: std::time::SystemTime,
+        entries: impl FnOnce(
+                &Path,
+                &mut dyn FnMut(&crate::snapshot::SnapshotEntry) -> Result<(), StoreError>,
+            ) -> Result<(), StoreError>
+            + Send
+            + 'static,
+    ) -> Result<(), StoreError> {
         let root = self.get(&id.to_string())?.path.clone();
         let chunks = self.chunks.clone();
         tokio::task::spawn_blocking(move || {
             chunks.record_from(id, &root, &arrived, committed_at, |each| {
-                files.iter().try_for_each(each)
+                entries(&root, each)
             })
         })
         .await
