@@ -141,26 +141,13 @@ impl ReceivedSnapshot {
 
     /// A snapshot document this node wrote and has already checked (a memo's file, whose
     /// bytes were hashed), with its totals: only its head is read.
-    pub fn open(
-        file: fs::File,
-        (total_bytes, file_count): (u64, u64),
-    ) -> io::Result<ReceivedSnapshot> {
+    pub fn open(file: fs::File, totals: (u64, u64)) -> io::Result<ReceivedSnapshot> {
         let file = Arc::new(file);
         let reader = SnapshotReader::new(SharedFile {
             file: file.clone(),
             at: 0,
         })?;
-        Ok(ReceivedSnapshot {
-            written: Written {
-                root: reader.root,
-                total_bytes,
-                file_count,
-                entries: reader.entries,
-            },
-            head: reader.head,
-            root: reader.root,
-            file,
-        })
+        Ok(ReceivedSnapshot::from_head(file, reader, totals))
     }
 
     /// A snapshot document this node wrote earlier (a clone's base), read through once:
@@ -177,10 +164,17 @@ impl ReceivedSnapshot {
             total_bytes += entry.size;
             file_count += u64::from(entry.kind == EntryKind::File);
         }
-        if root.finish() != reader.root {
-            return Ok(None);
-        }
-        Ok(Some(ReceivedSnapshot {
+        Ok((root.finish() == reader.root)
+            .then(|| ReceivedSnapshot::from_head(file, reader, (total_bytes, file_count))))
+    }
+
+    /// The kept document in `file`, whose head `reader` read, with its totals.
+    fn from_head(
+        file: Arc<fs::File>,
+        reader: EntryReader,
+        (total_bytes, file_count): (u64, u64),
+    ) -> ReceivedSnapshot {
+        ReceivedSnapshot {
             written: Written {
                 root: reader.root,
                 total_bytes,
@@ -190,7 +184,7 @@ impl ReceivedSnapshot {
             head: reader.head,
             root: reader.root,
             file,
-        }))
+        }
     }
 
     /// Reads the entries back from the start, one at a time.
@@ -562,6 +556,43 @@ mod tests {
                 assert_eq!(kept, snapshot.encode());
             }
         }
+    }
+
+    /// A document this node wrote is opened by its head alone, or read through and
+    /// checked: one whose entries do not hash to its root is not opened.
+    #[test]
+    fn a_kept_document_opens_checked_or_not() {
+        let snapshot = sample(100);
+        let dir = tempfile::tempdir().unwrap();
+        let write = |snapshot: &Snapshot| {
+            let path = dir.path().join("kept");
+            std::fs::write(&path, snapshot.encode()).unwrap();
+            fs::File::open(&path).unwrap()
+        };
+        let totals = (snapshot.total_bytes(), snapshot.file_count());
+        let checked = ReceivedSnapshot::open_checked(write(&snapshot))
+            .unwrap()
+            .unwrap();
+        let opened = ReceivedSnapshot::open(write(&snapshot), totals).unwrap();
+        for kept in [checked, opened] {
+            assert_eq!(kept.root, snapshot.root);
+            assert_eq!(kept.written.entries, 102);
+            assert_eq!((kept.written.total_bytes, kept.written.file_count), totals);
+            assert_eq!(kept.load().unwrap(), snapshot);
+        }
+        let damaged = Snapshot {
+            root: Hash::of(b"another"),
+            ..snapshot
+        };
+        assert!(ReceivedSnapshot::open_checked(write(&damaged))
+            .unwrap()
+            .is_none());
+        assert!(ReceivedSnapshot::open_checked(write(&sample(0)))
+            .unwrap()
+            .is_some());
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, b"not zstd").unwrap();
+        assert!(ReceivedSnapshot::open_checked(fs::File::open(&garbage).unwrap()).is_err());
     }
 
     /// Whatever [`Snapshot::decode`] refuses is refused here with the same error.
