@@ -132,9 +132,9 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     }
     // What the source has, and what this node will have: the same for a clone and for a
     // plain sync; the source's content with this clone's own changes laid over it for a
-    // sync that keeps them; this workspace with the peer's changes for a push. A clone's
-    // stays on disk as it was received.
-    // `kept`: a sync's target keeps changes of the clone's own.
+    // sync that keeps them (`kept`); this workspace with the peer's changes for a push. All
+    // but a push's stay on disk: the source's as received or rebuilt from a delta, a kept
+    // target as merged.
     let mut kept = false;
     let (source, target) = if cx.job.kind == TransferKind::Push {
         let current = match mine.as_ref().expect("taken just above") {

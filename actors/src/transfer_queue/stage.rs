@@ -202,7 +202,7 @@ impl Stage {
         // The topmost path of each subtree the target no longer has: in byte order a
         // directory comes before everything inside it.
         let mut removed_roots: HashSet<String> = HashSet::new();
-        let mut index = 0;
+        let mut next_index = 0;
         let reading = |e| TransferError::io("reading the snapshots to compare in", job_dir)(e);
         let cursors = (
             snapshot.cursor().map_err(reading)?,
@@ -217,8 +217,8 @@ impl Stage {
                 }
                 return Ok(());
             };
-            index += 1;
-            let index = index - 1;
+            let index = next_index;
+            next_index += 1;
             let same_kind = local.is_some_and(|l| l.kind == entry.kind);
             if local.is_some() && !same_kind {
                 plan.remove.push(entry.path.clone());
