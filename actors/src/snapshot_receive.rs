@@ -226,8 +226,8 @@ impl ReceivedSnapshot {
     }
 }
 
-/// A snapshot whose entries are read in order: whole in memory (a push's target, a sync's
-/// that keeps the clone's own changes), or on disk.
+/// A snapshot whose entries are read in order: whole in memory (a push's target and the
+/// workspace it lands on), or on disk (everything else).
 #[derive(Debug, Clone)]
 pub enum SnapshotEntries {
     /// In memory.
@@ -271,14 +271,6 @@ impl SnapshotEntries {
                 EntryCursor::OnDisk(Box::new(received.entries()?))
             }
         })
-    }
-
-    /// The whole snapshot in memory (shared where it already is).
-    pub fn load(&self) -> io::Result<Arc<Snapshot>> {
-        match self {
-            SnapshotEntries::Whole(snapshot) => Ok(snapshot.clone()),
-            SnapshotEntries::Received(received) => received.load().map(Arc::new),
-        }
     }
 
     /// Runs `f` on every entry in order; a failure to read one back is `unreadable`'s.

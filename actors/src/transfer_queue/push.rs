@@ -2,9 +2,10 @@
 //!
 //! A clone remembers the snapshot its origin had at the last clone or sync (its *base*,
 //! `<transfers>/bases/<workspace id>`). What the clone changed since is the difference
-//! between the base and its own snapshot ([`changes`]): each change names the path, what the
-//! base had there and what the clone has now. The same three-way rule ([`merge`]) serves
-//! both directions:
+//! between the base and its own snapshot ([`read_changes`], both read side by side): each
+//! change names the path, what the base had there and what the clone has now. The same
+//! three-way rule serves both directions ([`merge`] in memory for a push into this node,
+//! [`pull_merge`] read in order for a sync):
 //!
 //! - **push**: the origin lays the clone's changes over its current snapshot. A path the
 //!   origin also changed since the base (it no longer has what the base had) is a conflict;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits};
-use crate::snapshot_receive::{join, EntryCursor, ReceivedSnapshot, SnapshotEntries};
+use crate::snapshot_receive::{join, ReceivedSnapshot, SnapshotEntries};
 
 use super::TransferError;
 
@@ -370,12 +371,13 @@ enum Skipped {
 }
 
 /// The difference from `base` to `mine`, in path byte order, minus what `exclusions` leave
-/// out.
+/// out: the rule in memory, which [`read_changes`] is tested against.
+#[cfg(test)]
 pub fn changes(base: &Snapshot, mine: &Snapshot, exclusions: &Exclusions<'_>) -> Vec<Change> {
     let mut set = Vec::new();
     let walked = join(
-        EntryCursor::Whole(base.entries.iter()),
-        EntryCursor::Whole(mine.entries.iter()),
+        crate::snapshot_receive::EntryCursor::Whole(base.entries.iter()),
+        crate::snapshot_receive::EntryCursor::Whole(mine.entries.iter()),
         |error| error,
         |b, m| {
             if let Some(change) = change(b, m).filter(|c| exclusions.excludes(c).is_none()) {
@@ -388,9 +390,9 @@ pub fn changes(base: &Snapshot, mine: &Snapshot, exclusions: &Exclusions<'_>) ->
     set
 }
 
-/// [`changes`] read in order, holding only the changes: a clone's changes since `base`
-/// (`mine` its snapshot), and its git projects, which decide what stays out (`git_objects`:
-/// a push's rule, else a sync's).
+/// A clone's changes since `base` (`mine` its snapshot), read side by side and holding only
+/// the changes, in path byte order, and its git projects, which decide what stays out
+/// (`git_objects`: a push's rule, else a sync's).
 pub fn read_changes(
     base: &SnapshotEntries,
     mine: &SnapshotEntries,
@@ -554,9 +556,9 @@ pub fn merge(
     ))
 }
 
-/// What a sync that keeps the clone's own work makes, read in order and never held:
-/// [`merge`] of `changes` onto `onto` (never forced), then [`keep_git_state`] with `current`'s
-/// `.git` of each git project. Each entry of the result goes to `out` in order; with
+/// What a sync that keeps the clone's own work makes, read in order and never held: the
+/// [`merge`] of `changes` onto `onto` (never forced), with `current`'s own `.git` of each
+/// git project in place of `onto`'s. Each entry of the result goes to `out` in order; with
 /// conflicts, `Ok(Err(..))` after the whole walk (what went to `out` is then to be dropped).
 /// Holds the changes, the directories open at the current path, and the conflicts found.
 pub fn pull_merge(
@@ -706,7 +708,9 @@ pub fn receive_branch(
 }
 
 /// `target` with every path under a git project's `.git` as `current` has it (the clone's
-/// own git state), the rest as it is.
+/// own git state), the rest as it is: the rule in memory, which [`pull_merge`] is tested
+/// against.
+#[cfg(test)]
 pub fn keep_git_state(target: Snapshot, current: &Snapshot, git_projects: &[String]) -> Snapshot {
     if git_projects.is_empty() {
         return target;
