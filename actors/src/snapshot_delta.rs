@@ -17,7 +17,7 @@ use crate::snapshot::{
     SNAPSHOT_FORMAT,
 };
 use crate::snapshot_reader::SnapshotReader;
-use crate::snapshot_receive::{ReceiveError, ReceivedSnapshot};
+use crate::snapshot_receive::{KeptSnapshot, ReceiveError};
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter};
 
 /// A snapshot as changes to `base`.
@@ -158,10 +158,10 @@ impl SnapshotDelta {
     /// entry by entry as it is built and kept in an unnamed file in `dir`, never held.
     pub fn decode_onto_kept(
         bytes: &[u8],
-        base: &ReceivedSnapshot,
+        base: &KeptSnapshot,
         limits: &SnapshotLimits,
         dir: &Path,
-    ) -> Result<ReceivedSnapshot, ReceiveError> {
+    ) -> Result<KeptSnapshot, ReceiveError> {
         let delta: SnapshotDelta = crate::packed::from_slice(bytes, limits, "a snapshot delta")?;
         let head = SnapshotHead {
             workspace_id: delta.workspace_id,
@@ -183,7 +183,7 @@ impl SnapshotDelta {
             },
         )?;
         checker.finish(root)?;
-        ReceivedSnapshot::keep(writer, head, dir).map_err(ReceiveError::Keeping)
+        KeptSnapshot::keep(writer, head, dir).map_err(ReceiveError::Keeping)
     }
 
     /// Applies the changes to `base`; the result is validated.
@@ -347,7 +347,7 @@ mod tests {
         let in_memory = delta.clone().apply(base, limits);
         let dir = tempfile::tempdir().unwrap();
         let bytes = base.encode();
-        let kept_base = ReceivedSnapshot::receive(
+        let kept_base = KeptSnapshot::receive(
             &bytes[..],
             bytes.len() as u64,
             &SnapshotLimits::default(),

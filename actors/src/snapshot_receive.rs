@@ -38,7 +38,7 @@ pub enum ReceiveError {
 /// node built entry by entry (a sync's source rebuilt from a delta, its target) or wrote
 /// earlier (a clone's base, the memo of its own snapshot).
 #[derive(Debug)]
-pub struct ReceivedSnapshot {
+pub struct KeptSnapshot {
     /// What it says about itself.
     pub head: SnapshotHead,
     /// Its root hash (checked against its entries).
@@ -48,7 +48,7 @@ pub struct ReceivedSnapshot {
     file: Arc<fs::File>,
 }
 
-/// Entries read back from a [`ReceivedSnapshot`], one at a time; owns its file handle, so it
+/// Entries read back from a [`KeptSnapshot`], one at a time; owns its file handle, so it
 /// can outlive the borrow it was made from.
 pub type EntryReader = SnapshotReader<SharedFile>;
 
@@ -67,7 +67,7 @@ impl Read for SharedFile {
     }
 }
 
-impl ReceivedSnapshot {
+impl KeptSnapshot {
     /// Reads the snapshot document in `input` (`encoded_len` compressed bytes) within
     /// `limits`, keeping its entries in an unnamed file in `dir`.
     pub fn receive(
@@ -75,7 +75,7 @@ impl ReceivedSnapshot {
         encoded_len: u64,
         limits: &SnapshotLimits,
         dir: &Path,
-    ) -> Result<ReceivedSnapshot, ReceiveError> {
+    ) -> Result<KeptSnapshot, ReceiveError> {
         let mut receiving = Receiving {
             limits,
             checker: SnapshotChecker::new(limits),
@@ -115,7 +115,7 @@ impl ReceivedSnapshot {
         let written = writer
             .finish(&head, &mut file)
             .map_err(ReceiveError::Keeping)?;
-        Ok(ReceivedSnapshot {
+        Ok(KeptSnapshot {
             head,
             root,
             written,
@@ -128,10 +128,10 @@ impl ReceivedSnapshot {
         writer: SnapshotWriter,
         head: SnapshotHead,
         dir: &Path,
-    ) -> io::Result<ReceivedSnapshot> {
+    ) -> io::Result<KeptSnapshot> {
         let mut file = tempfile::tempfile_in(dir)?;
         let written = writer.finish(&head, &mut file)?;
-        Ok(ReceivedSnapshot {
+        Ok(KeptSnapshot {
             head,
             root: written.root,
             written,
@@ -141,18 +141,18 @@ impl ReceivedSnapshot {
 
     /// A snapshot document this node wrote and has already checked (a memo's file, whose
     /// bytes were hashed), with its totals: only its head is read.
-    pub fn open(file: fs::File, totals: (u64, u64)) -> io::Result<ReceivedSnapshot> {
+    pub fn open(file: fs::File, totals: (u64, u64)) -> io::Result<KeptSnapshot> {
         let file = Arc::new(file);
         let reader = SnapshotReader::new(SharedFile {
             file: file.clone(),
             at: 0,
         })?;
-        Ok(ReceivedSnapshot::from_head(file, reader, totals))
+        Ok(KeptSnapshot::from_head(file, reader, totals))
     }
 
     /// A snapshot document this node wrote earlier (a clone's base), read through once:
     /// `None` when its entries do not hash to the root it states (the file was damaged).
-    pub fn open_checked(file: fs::File) -> io::Result<Option<ReceivedSnapshot>> {
+    pub fn open_checked(file: fs::File) -> io::Result<Option<KeptSnapshot>> {
         let file = Arc::new(file);
         let mut reader = SnapshotReader::new(SharedFile {
             file: file.clone(),
@@ -165,7 +165,7 @@ impl ReceivedSnapshot {
             file_count += u64::from(entry.kind == EntryKind::File);
         }
         Ok((root.finish() == reader.root)
-            .then(|| ReceivedSnapshot::from_head(file, reader, (total_bytes, file_count))))
+            .then(|| KeptSnapshot::from_head(file, reader, (total_bytes, file_count))))
     }
 
     /// The kept document in `file`, whose head `reader` read, with its totals.
@@ -173,8 +173,8 @@ impl ReceivedSnapshot {
         file: Arc<fs::File>,
         reader: EntryReader,
         (total_bytes, file_count): (u64, u64),
-    ) -> ReceivedSnapshot {
-        ReceivedSnapshot {
+    ) -> KeptSnapshot {
+        KeptSnapshot {
             written: Written {
                 root: reader.root,
                 total_bytes,
@@ -233,7 +233,7 @@ pub enum SnapshotEntries {
     /// In memory.
     Whole(Arc<Snapshot>),
     /// On disk.
-    Received(Arc<ReceivedSnapshot>),
+    Kept(Arc<KeptSnapshot>),
 }
 
 impl SnapshotEntries {
@@ -241,7 +241,7 @@ impl SnapshotEntries {
     pub fn root(&self) -> Hash {
         match self {
             SnapshotEntries::Whole(snapshot) => snapshot.root,
-            SnapshotEntries::Received(received) => received.root,
+            SnapshotEntries::Kept(received) => received.root,
         }
     }
 
@@ -249,7 +249,7 @@ impl SnapshotEntries {
     pub fn totals(&self) -> (u64, u64) {
         match self {
             SnapshotEntries::Whole(snapshot) => (snapshot.total_bytes(), snapshot.file_count()),
-            SnapshotEntries::Received(received) => {
+            SnapshotEntries::Kept(received) => {
                 (received.written.total_bytes, received.written.file_count)
             }
         }
@@ -259,7 +259,7 @@ impl SnapshotEntries {
     pub fn head(&self) -> SnapshotHead {
         match self {
             SnapshotEntries::Whole(snapshot) => snapshot.head(),
-            SnapshotEntries::Received(received) => received.head.clone(),
+            SnapshotEntries::Kept(received) => received.head.clone(),
         }
     }
 
@@ -267,9 +267,7 @@ impl SnapshotEntries {
     pub fn cursor(&self) -> io::Result<EntryCursor<'_>> {
         Ok(match self {
             SnapshotEntries::Whole(snapshot) => EntryCursor::Whole(snapshot.entries.iter()),
-            SnapshotEntries::Received(received) => {
-                EntryCursor::OnDisk(Box::new(received.entries()?))
-            }
+            SnapshotEntries::Kept(received) => EntryCursor::OnDisk(Box::new(received.entries()?)),
         })
     }
 
@@ -281,7 +279,7 @@ impl SnapshotEntries {
     ) -> Result<(), E> {
         match self {
             SnapshotEntries::Whole(snapshot) => snapshot.entries.iter().try_for_each(f),
-            SnapshotEntries::Received(received) => {
+            SnapshotEntries::Kept(received) => {
                 let mut read = || -> io::Result<Result<(), E>> {
                     let mut reader = received.entries()?;
                     while let Some(entry) = reader.next_entry()? {
@@ -357,9 +355,9 @@ pub fn join<E>(
 pub(crate) fn kept(snapshot: &Snapshot, dir: &Path) -> SnapshotEntries {
     let bytes = snapshot.encode();
     let limits = SnapshotLimits::default();
-    let received = ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, dir)
+    let received = KeptSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, dir)
         .expect("a snapshot this node made");
-    SnapshotEntries::Received(Arc::new(received))
+    SnapshotEntries::Kept(Arc::new(received))
 }
 
 /// The fields besides the entries, as they were found.
@@ -493,9 +491,9 @@ mod tests {
     use crate::snapshot::test_entries::{dir, file, link};
     use serde::Serialize;
 
-    fn receive(bytes: &[u8]) -> Result<ReceivedSnapshot, ReceiveError> {
+    fn receive(bytes: &[u8]) -> Result<KeptSnapshot, ReceiveError> {
         let dir = std::env::temp_dir();
-        ReceivedSnapshot::receive(bytes, bytes.len() as u64, &SnapshotLimits::default(), &dir)
+        KeptSnapshot::receive(bytes, bytes.len() as u64, &SnapshotLimits::default(), &dir)
     }
 
     fn sample(count: usize) -> Snapshot {
@@ -562,10 +560,10 @@ mod tests {
             fs::File::open(&path).unwrap()
         };
         let totals = (snapshot.total_bytes(), snapshot.file_count());
-        let checked = ReceivedSnapshot::open_checked(write(&snapshot))
+        let checked = KeptSnapshot::open_checked(write(&snapshot))
             .unwrap()
             .unwrap();
-        let opened = ReceivedSnapshot::open(write(&snapshot), totals).unwrap();
+        let opened = KeptSnapshot::open(write(&snapshot), totals).unwrap();
         for kept in [checked, opened] {
             assert_eq!(kept.root, snapshot.root);
             assert_eq!(kept.written.entries, 102);
@@ -576,15 +574,15 @@ mod tests {
             root: Hash::of(b"another"),
             ..snapshot
         };
-        assert!(ReceivedSnapshot::open_checked(write(&damaged))
+        assert!(KeptSnapshot::open_checked(write(&damaged))
             .unwrap()
             .is_none());
-        assert!(ReceivedSnapshot::open_checked(write(&sample(0)))
+        assert!(KeptSnapshot::open_checked(write(&sample(0)))
             .unwrap()
             .is_some());
         let garbage = dir.path().join("garbage");
         std::fs::write(&garbage, b"not zstd").unwrap();
-        assert!(ReceivedSnapshot::open_checked(fs::File::open(&garbage).unwrap()).is_err());
+        assert!(KeptSnapshot::open_checked(fs::File::open(&garbage).unwrap()).is_err());
     }
 
     /// Whatever [`Snapshot::decode`] refuses is refused here with the same error.
@@ -615,7 +613,7 @@ mod tests {
         ];
         let dir = std::env::temp_dir();
         for (bytes, expected) in cases {
-            let received = ReceivedSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, &dir);
+            let received = KeptSnapshot::receive(&bytes[..], bytes.len() as u64, &limits, &dir);
             let decoded = Snapshot::decode(&bytes, &limits);
             let error = received.unwrap_err().to_string();
             assert!(error.contains(expected), "`{error}` lacks `{expected}`");

@@ -130,7 +130,7 @@ async fn push(
         // The base and this clone's snapshot are read side by side, never held.
         web::block(move || -> Result<_, ApiError> {
             let base = transfers.base(id)?.ok_or(TransferError::NoBase(name))?;
-            let base = SnapshotEntries::Received(std::sync::Arc::new(base));
+            let base = SnapshotEntries::Kept(std::sync::Arc::new(base));
             let mine = mine.entries()?;
             Ok(what_to_push(
                 &git, &root, &projects, &base, &mine, &relocated,

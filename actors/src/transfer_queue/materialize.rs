@@ -9,7 +9,7 @@ use std::time::Instant;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::snapshot_receive::{ReceivedSnapshot, SnapshotEntries};
+use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
 use crate::workspace_store::{Arrived, CloneRequest, Origin, Unflushed};
 
 use super::error::TransferError;
@@ -21,7 +21,7 @@ impl JobContext {
     pub(super) async fn materialize_clone(
         &self,
         stage: &Arc<Stage>,
-        received: &Arc<ReceivedSnapshot>,
+        received: &Arc<KeptSnapshot>,
     ) -> Result<Outcome, TransferError> {
         let head = &received.head;
         // A second copy on this node gets a new id (and so another directory).
@@ -90,7 +90,7 @@ impl JobContext {
             .filter(|a| a.rewrote_git_dir)
             .map(|a| format!("{}/", a.path))
             .collect();
-        let snapshot = SnapshotEntries::Received(received.clone());
+        let snapshot = SnapshotEntries::Kept(received.clone());
         if !rebuilt.is_empty() {
             let git_dirs: Vec<String> = rebuilt.iter().map(|p| format!("{p}.git/")).collect();
             let (snapshot, job_dir) = (snapshot.clone(), self.job_dir.clone());

@@ -895,7 +895,7 @@ impl TransferQueueHandle {
     pub fn base(
         &self,
         id: Uuid,
-    ) -> Result<Option<crate::snapshot_receive::ReceivedSnapshot>, TransferError> {
+    ) -> Result<Option<crate::snapshot_receive::KeptSnapshot>, TransferError> {
         push::open_base(&self.dir, id)
     }
 

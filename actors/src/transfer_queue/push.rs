@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{EntryKind, Hash, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits};
-use crate::snapshot_receive::{join, ReceivedSnapshot, SnapshotEntries};
+use crate::snapshot_receive::{join, KeptSnapshot, SnapshotEntries};
 
 use super::TransferError;
 
@@ -753,7 +753,7 @@ pub fn save_base(
     match snapshot {
         SnapshotEntries::Whole(snapshot) => snapshot.write_file(&path),
         // The received document is this node's encoding already: copied as it is.
-        SnapshotEntries::Received(received) => {
+        SnapshotEntries::Kept(received) => {
             crate::fsio::write_atomic_with(&path, |out| received.copy_to(out).map(drop))
         }
     }
@@ -780,7 +780,7 @@ pub fn prune_bases(transfers: &Path, exists: impl Fn(Uuid) -> bool) {
 /// The base of workspace `id`, if one was recorded (clones made before bases have none):
 /// its file, open, once its entries were read through and found to hash to its root (it is
 /// then read in order, never loaded).
-pub fn open_base(transfers: &Path, id: Uuid) -> Result<Option<ReceivedSnapshot>, TransferError> {
+pub fn open_base(transfers: &Path, id: Uuid) -> Result<Option<KeptSnapshot>, TransferError> {
     let path = base_path(transfers, id);
     let Ok(file) = std::fs::File::open(&path) else {
         return Ok(None);
@@ -789,7 +789,7 @@ pub fn open_base(transfers: &Path, id: Uuid) -> Result<Option<ReceivedSnapshot>,
         path: path.display().to_string(),
         source: SnapshotError::Malformed(why),
     };
-    match ReceivedSnapshot::open_checked(file) {
+    match KeptSnapshot::open_checked(file) {
         Ok(Some(base)) => Ok(Some(base)),
         Ok(None) => Err(damaged("its entries do not hash to its root".into())),
         Err(error) => Err(damaged(error.to_string())),

@@ -19,7 +19,7 @@ use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::snapshot_delta::SnapshotDelta;
-use crate::snapshot_receive::{join, ReceiveError, ReceivedSnapshot, SnapshotEntries};
+use crate::snapshot_receive::{join, KeptSnapshot, ReceiveError, SnapshotEntries};
 use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
@@ -139,7 +139,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     let (source, target) = if cx.job.kind == TransferKind::Push {
         let current = match mine.as_ref().expect("taken just above") {
             SnapshotEntries::Whole(current) => current.clone(),
-            SnapshotEntries::Received(_) => return Err(mismatch("a push's workspace on disk")),
+            SnapshotEntries::Kept(_) => return Err(mismatch("a push's workspace on disk")),
         };
         let projects = &local
             .as_ref()
@@ -160,7 +160,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
                 fetched
             }
         };
-        let fetched = SnapshotEntries::Received(Arc::new(fetched));
+        let fetched = SnapshotEntries::Kept(Arc::new(fetched));
         match (&local, &mine, &base) {
             (Some(local), Some(current), Some(base)) => {
                 let target = cx.pull_target(local, current, &fetched, base).await?;
@@ -228,7 +228,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             .unwrap_or_default();
         blocking(move || match (target, mine) {
             (target, Some(current)) => Stage::prepare_sync(target, &current, &relocated, &job_dir),
-            (Target::Received(received), None) => Stage::prepare_clone(received, &job_dir, places),
+            (Target::Kept(received), None) => Stage::prepare_clone(received, &job_dir, places),
             (Target::Whole(_), None) => Err(mismatch("a whole target without a workspace")),
         })
         .await?
@@ -324,7 +324,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             cx.materialize_sync(local.manifest.id, &stage, source, target, kept)
                 .await?
         }
-        (None, TransferKind::Clone, _, Target::Received(received)) => {
+        (None, TransferKind::Clone, _, Target::Kept(received)) => {
             cx.materialize_clone(&stage, received).await?
         }
         _ => return Err(mismatch("a job whose target does not fit its kind")),
@@ -479,12 +479,12 @@ impl JobContext {
         peer_id: Uuid,
         known: Option<Hash>,
         loading: Option<BaseLoad>,
-    ) -> Result<Option<(ReceivedSnapshot, u64)>, TransferError> {
+    ) -> Result<Option<(KeptSnapshot, u64)>, TransferError> {
         let deadline = Instant::now() + self.config.source_wait;
         let mut delay = Duration::from_millis(250);
         let mut received = 0u64;
         let mut since = known.filter(|_| loading.is_some());
-        let mut base: Option<Arc<ReceivedSnapshot>> = None;
+        let mut base: Option<Arc<KeptSnapshot>> = None;
         loop {
             let result = match self.endpoint(peer_id) {
                 Some(endpoint) => {
@@ -523,8 +523,8 @@ impl JobContext {
                         let fetched = match (body, held) {
                             (ManifestBody::Full(bytes), _) => {
                                 let len = bytes.len() as u64;
-                                ReceivedSnapshot::receive(&bytes[..], len, &limits, &job_dir)
-                                    .map_err(|error| match error {
+                                KeptSnapshot::receive(&bytes[..], len, &limits, &job_dir).map_err(
+                                    |error| match error {
                                         ReceiveError::Refused(refused) => refused.into(),
                                         ReceiveError::Keeping(error) => {
                                             TransferError::io(
@@ -532,7 +532,8 @@ impl JobContext {
                                                 &job_dir,
                                             )(error)
                                         }
-                                    })?
+                                    },
+                                )?
                             }
                             (ManifestBody::Delta(bytes), Some(base)) => {
                                 SnapshotDelta::decode_onto_kept(&bytes, &base, &limits, &job_dir)
@@ -637,7 +638,7 @@ pub(super) struct BaseLoad(
 );
 
 /// The outcome of reading a base, shared by everything that waits for it.
-type LoadedBase = Result<Option<Arc<ReceivedSnapshot>>, Arc<TransferError>>;
+type LoadedBase = Result<Option<Arc<KeptSnapshot>>, Arc<TransferError>>;
 
 impl BaseLoad {
     fn start(cx: &JobContext, id: Uuid) -> BaseLoad {
@@ -659,7 +660,7 @@ impl BaseLoad {
     }
 
     /// The base (`None`: none is recorded).
-    async fn get(&self) -> Result<Option<Arc<ReceivedSnapshot>>, TransferError> {
+    async fn get(&self) -> Result<Option<Arc<KeptSnapshot>>, TransferError> {
         self.0.clone().await.map_err(|error| match &*error {
             TransferError::BaseDamaged { path, source } => TransferError::BaseDamaged {
                 path: path.clone(),
@@ -809,7 +810,7 @@ impl JobContext {
         let job_dir = self.job_dir.clone();
         blocking(move || {
             let reading = TransferError::io("reading the snapshots to compare in", &job_dir);
-            let base = SnapshotEntries::Received(base);
+            let base = SnapshotEntries::Kept(base);
             let (set, git_projects) =
                 super::push::read_changes(&base, &current, &projects, &origin.relocated, false)
                     .map_err(reading)?;
@@ -833,10 +834,10 @@ impl JobContext {
             if let Some(refused) = refused {
                 return Err(refused.into());
             }
-            let target = ReceivedSnapshot::keep(writer, source.head(), &job_dir).map_err(
+            let target = KeptSnapshot::keep(writer, source.head(), &job_dir).map_err(
                 TransferError::io("keeping the merged snapshot in", &job_dir),
             )?;
-            Ok((target.root != source.root()).then(|| SnapshotEntries::Received(Arc::new(target))))
+            Ok((target.root != source.root()).then(|| SnapshotEntries::Kept(Arc::new(target))))
         })
         .await
     }

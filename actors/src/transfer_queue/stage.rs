@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::snapshot::{ChunkRef, EntryKind, Hash, RootHasher, SnapshotEntry};
-use crate::snapshot_receive::{join, EntryReader, ReceivedSnapshot, SnapshotEntries};
+use crate::snapshot_receive::{join, EntryReader, KeptSnapshot, SnapshotEntries};
 use crate::workspace_store::{ChunkStore, SyncPlan};
 
 use super::error::TransferError;
@@ -60,7 +60,7 @@ enum Entries {
     },
     /// A clone's received snapshot, on disk: the staging reads it a window at a time.
     Received {
-        snapshot: Arc<ReceivedSnapshot>,
+        snapshot: Arc<KeptSnapshot>,
         /// Where the next window starts: the reader and the index of its next entry.
         cursor: Box<Mutex<(EntryReader, usize)>>,
         /// The entries whose chunks are being placed, by index (sorted).
@@ -84,7 +84,7 @@ impl Entries {
     fn snapshot(&self) -> SnapshotEntries {
         match self {
             Entries::Staged { snapshot, .. } => snapshot.clone(),
-            Entries::Received { snapshot, .. } => SnapshotEntries::Received(snapshot.clone()),
+            Entries::Received { snapshot, .. } => SnapshotEntries::Kept(snapshot.clone()),
         }
     }
 }
@@ -131,7 +131,7 @@ impl Stage {
     /// preallocated files), reading the received snapshot once, and plans its first window
     /// of chunks; chunks `done.log` says arrived before are kept.
     pub fn prepare_clone(
-        snapshot: Arc<ReceivedSnapshot>,
+        snapshot: Arc<KeptSnapshot>,
         job_dir: &Path,
         places: usize,
     ) -> Result<(Stage, Work), TransferError> {

@@ -32,7 +32,7 @@ use crate::snapshot::{
 use super::error::StoreError;
 use super::file_chunks;
 use super::grouped_tree::{Change, Entry, GroupedTree};
-use crate::snapshot_receive::{ReceivedSnapshot, SnapshotEntries};
+use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
 use crate::spill::{self, Spill};
 use crate::tree::{self, Stamp, WalkEntry};
@@ -357,11 +357,11 @@ impl Taken {
                 return Ok(None);
             };
             let totals = (taken.total_bytes, taken.file_count);
-            let kept = ReceivedSnapshot::open(encoded.file, totals).map_err(StoreError::io(
+            let kept = KeptSnapshot::open(encoded.file, totals).map_err(StoreError::io(
                 "reading the kept snapshot of",
                 &taken.retake.root,
             ))?;
-            Ok(Some(SnapshotEntries::Received(Arc::new(kept))))
+            Ok(Some(SnapshotEntries::Kept(Arc::new(kept))))
         };
         if let Some(entries) = kept(self)? {
             return Ok(entries);
