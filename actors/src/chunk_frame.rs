@@ -255,15 +255,8 @@ mod tests {
     #[test]
     fn frames_round_trip_in_any_slicing() {
         let compressible = vec![7u8; 100_000];
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let random: Vec<u8> = (0..50_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 32) as u8
-            })
-            .collect();
+        let mut next = crate::test_random(0x9e37_79b9_7f4a_7c15);
+        let random: Vec<u8> = (0..50_000).map(|_| (next() >> 32) as u8).collect();
         let mut stream = Vec::new();
         Frame::encode(&mut stream, Hash::of(&compressible), &compressible, Some(1));
         Frame::encode(&mut stream, Hash::of(&random), &random, Some(1));

@@ -38,3 +38,15 @@ pub mod tree;
 pub mod uuid_wire;
 pub mod workspace_store;
 pub mod yaml;
+
+/// A seeded xorshift64 generator for the crate's property tests: failures reproduce.
+#[cfg(test)]
+pub(crate) fn test_random(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}

@@ -13,12 +13,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{
-    Hash, RootHasher, Snapshot, SnapshotChecker, SnapshotEntry, SnapshotError, SnapshotLimits,
-    SNAPSHOT_FORMAT,
+    Hash, RootHasher, Snapshot, SnapshotEntry, SnapshotError, SnapshotLimits, SNAPSHOT_FORMAT,
 };
 use crate::snapshot_reader::SnapshotReader;
-use crate::snapshot_receive::{KeptSnapshot, ReceiveError};
-use crate::snapshot_writer::{SnapshotHead, SnapshotWriter};
+use crate::snapshot_receive::{Keeping, KeptSnapshot, ReceiveError};
+use crate::snapshot_writer::SnapshotHead;
 
 /// A snapshot as changes to `base`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +143,8 @@ impl SnapshotDelta {
     }
 
     /// Decodes a delta within `limits` and applies it to `base`: the whole new snapshot,
-    /// validated like a received full one (its root hash included).
+    /// validated like a received full one (its root hash included). In memory, for a client
+    /// that holds its base whole; a node uses [`decode_onto_kept`](Self::decode_onto_kept).
     pub fn decode_onto(
         bytes: &[u8],
         base: &Snapshot,
@@ -154,8 +154,9 @@ impl SnapshotDelta {
         delta.apply(base, limits)
     }
 
-    /// [`decode_onto`](Self::decode_onto) for a base on disk: the new snapshot is checked
-    /// entry by entry as it is built and kept in an unnamed file in `dir`, never held.
+    /// Decodes a delta within `limits` and applies it to `base`, a snapshot on disk: the new
+    /// snapshot is checked entry by entry as it is built (as a received full one is, its
+    /// root hash included) and kept in an unnamed file in `dir`, never held.
     pub fn decode_onto_kept(
         bytes: &[u8],
         base: &KeptSnapshot,
@@ -170,23 +171,18 @@ impl SnapshotDelta {
             source_root: delta.source_root.clone(),
         };
         let root = delta.root;
-        let mut checker = SnapshotChecker::new(limits);
-        let mut writer = SnapshotWriter::new(dir);
+        let mut keeping = Keeping::new(limits, dir);
         let mut reader = base.entries().map_err(ReceiveError::Keeping)?;
         delta.merge_into(
             (base.root, base.written.entries),
             limits,
             || reader.next_entry().map(|e| e.map(Cow::Owned)),
-            |entry| {
-                checker.push(&entry)?;
-                writer.push(&entry).map_err(ReceiveError::Keeping)
-            },
+            |entry| keeping.push(&entry),
         )?;
-        checker.finish(root)?;
-        KeptSnapshot::keep(writer, head, dir).map_err(ReceiveError::Keeping)
+        keeping.keep(head, Some(root))
     }
 
-    /// Applies the changes to `base`; the result is validated.
+    /// Applies the changes to `base` in memory; the result is validated.
     pub fn apply(
         self,
         base: &Snapshot,

@@ -78,8 +78,7 @@ impl KeptSnapshot {
     ) -> Result<KeptSnapshot, ReceiveError> {
         let mut receiving = Receiving {
             limits,
-            checker: SnapshotChecker::new(limits),
-            writer: SnapshotWriter::new(dir),
+            keeping: Keeping::new(limits, dir),
             failure: None,
         };
         let fields = crate::packed::read_with(input, encoded_len, limits, "a snapshot", |input| {
@@ -87,10 +86,7 @@ impl KeptSnapshot {
             (&mut receiving).deserialize(&mut decoder)
         });
         let Receiving {
-            checker,
-            writer,
-            failure,
-            ..
+            keeping, failure, ..
         } = receiving;
         // A refusal of the checker or the spill, carried out of serde as a plain message.
         if let Some(failure) = failure {
@@ -104,39 +100,14 @@ impl KeptSnapshot {
         if !fields.entries {
             return Err(missing("entries").into());
         }
-        let root = checker.finish(fields.root.ok_or_else(|| missing("root"))?)?;
+        let announced = fields.root.ok_or_else(|| missing("root"))?;
         let head = SnapshotHead {
             workspace_id: fields.workspace_id.ok_or_else(|| missing("workspace_id"))?,
             name: fields.name.ok_or_else(|| missing("name"))?,
             revision: fields.revision.ok_or_else(|| missing("revision"))?,
             source_root: fields.source_root.ok_or_else(|| missing("source_root"))?,
         };
-        let mut file = tempfile::tempfile_in(dir).map_err(ReceiveError::Keeping)?;
-        let written = writer
-            .finish(&head, &mut file)
-            .map_err(ReceiveError::Keeping)?;
-        Ok(KeptSnapshot {
-            head,
-            root,
-            written,
-            file: Arc::new(file),
-        })
-    }
-
-    /// The snapshot `writer` was given, kept in an unnamed file in `dir`.
-    pub fn keep(
-        writer: SnapshotWriter,
-        head: SnapshotHead,
-        dir: &Path,
-    ) -> io::Result<KeptSnapshot> {
-        let mut file = tempfile::tempfile_in(dir)?;
-        let written = writer.finish(&head, &mut file)?;
-        Ok(KeptSnapshot {
-            head,
-            root: written.root,
-            written,
-            file: Arc::new(file),
-        })
+        keeping.keep(head, Some(announced))
     }
 
     /// A snapshot document this node wrote and has already checked (a memo's file, whose
@@ -295,6 +266,54 @@ impl SnapshotEntries {
     }
 }
 
+/// A snapshot's entries checked ([`SnapshotChecker`]) and written on ([`SnapshotWriter`]) as
+/// they come, then kept in an unnamed file: how a peer's snapshot is received, a delta
+/// applied onto a base on disk, and a sync's merged target made.
+pub struct Keeping<'a> {
+    checker: SnapshotChecker<'a>,
+    writer: SnapshotWriter,
+    dir: std::path::PathBuf,
+}
+
+impl<'a> Keeping<'a> {
+    /// Entries within `limits`, spilled and kept in `dir`.
+    pub fn new(limits: &'a SnapshotLimits, dir: &Path) -> Keeping<'a> {
+        Keeping {
+            checker: SnapshotChecker::new(limits),
+            writer: SnapshotWriter::new(dir),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Checks and writes the next entry (in the snapshot's order).
+    pub fn push(&mut self, entry: &SnapshotEntry) -> Result<(), ReceiveError> {
+        self.checker.push(entry)?;
+        self.writer.push(entry).map_err(ReceiveError::Keeping)
+    }
+
+    /// The snapshot, kept; its entries must hash to `announced` when it is given.
+    pub fn keep(
+        self,
+        head: SnapshotHead,
+        announced: Option<Hash>,
+    ) -> Result<KeptSnapshot, ReceiveError> {
+        if let Some(announced) = announced {
+            self.checker.finish(announced)?;
+        }
+        let mut file = tempfile::tempfile_in(&self.dir).map_err(ReceiveError::Keeping)?;
+        let written = self
+            .writer
+            .finish(&head, &mut file)
+            .map_err(ReceiveError::Keeping)?;
+        Ok(KeptSnapshot {
+            head,
+            root: written.root,
+            written,
+            file: Arc::new(file),
+        })
+    }
+}
+
 /// The entries of a [`SnapshotEntries`] in order: borrowed from memory or read from disk.
 pub enum EntryCursor<'a> {
     /// In memory.
@@ -375,8 +394,7 @@ struct Fields {
 /// The decoding of one document: where its entries go.
 struct Receiving<'a> {
     limits: &'a SnapshotLimits,
-    checker: SnapshotChecker<'a>,
-    writer: SnapshotWriter,
+    keeping: Keeping<'a>,
     failure: Option<ReceiveError>,
 }
 
@@ -474,11 +492,8 @@ impl<'de> Visitor<'de> for Entries<'_, '_> {
             }
         }
         while let Some(entry) = seq.next_element::<SnapshotEntry>()? {
-            if let Err(refused) = receiving.checker.push(&entry) {
-                return Err(receiving.fail(refused.into()));
-            }
-            if let Err(error) = receiving.writer.push(&entry) {
-                return Err(receiving.fail(ReceiveError::Keeping(error)));
+            if let Err(failure) = receiving.keeping.push(&entry) {
+                return Err(receiving.fail(failure));
             }
         }
         Ok(())

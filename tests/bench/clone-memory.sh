@@ -14,20 +14,12 @@ log=$(mktemp) samples=$(mktemp)
 trap 'rm -f "$log" "$samples"' EXIT
 BENCH_FILES=$files BENCH_ROUNDS=1 BENCH_DIRS=$dir cargo bench --bench transfer >"$log" 2>&1 &
 bench=$!
-rss() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || true; }
-while kill -0 "$bench" 2>/dev/null; do
-  source=$(pgrep -f -- "--name bench-a" | head -1 || true)
-  receiver=$(pgrep -f -- "--name bench-b" | head -1 || true)
-  if [ -n "$receiver" ]; then
-    echo "$(date +%s.%N) $(rss "$source") $(rss "$receiver")" >>"$samples"
-  fi
-  if grep -qE '^1 ' "$log"; then
-    pkill -P "$bench" || true
-    kill "$bench" 2>/dev/null || true
-    break
-  fi
-  sleep 0.1
-done
+. tests/bench/sample-nodes.sh
+cloned() { grep -qE '^1 ' "$log"; }
+if sample_nodes "$bench" "$samples" cloned; then
+  pkill -P "$bench" || true
+  kill "$bench" 2>/dev/null || true
+fi
 wait "$bench" 2>/dev/null || true
 pkill -f "aienv-bench" 2>/dev/null || true
 for _ in $(seq 50); do pgrep -f "aienv-bench" >/dev/null || break; sleep 0.2; done

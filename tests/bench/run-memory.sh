@@ -15,15 +15,8 @@ log=$(mktemp) samples=$(mktemp)
 trap 'rm -f "$log" "$samples"' EXIT
 BENCH_FILES=$files BENCH_ROUNDS=1 BENCH_DIRS=$dir cargo bench --bench transfer >"$log" 2>&1 &
 bench=$!
-rss() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || true; }
-while kill -0 "$bench" 2>/dev/null; do
-  source=$(pgrep -f -- "--name bench-a" | head -1 || true)
-  receiver=$(pgrep -f -- "--name bench-b" | head -1 || true)
-  if [ -n "$receiver" ]; then
-    echo "$(date +%s.%N) $(rss "$source") $(rss "$receiver")" >>"$samples"
-  fi
-  sleep 0.1
-done
+. tests/bench/sample-nodes.sh
+sample_nodes "$bench" "$samples"
 wait "$bench" || { tail -20 "$log" >&2; exit 1; }
 clean=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
 # The sync starts when the clone's row is printed: the first "transfer phases" line is the

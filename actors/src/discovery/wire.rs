@@ -374,13 +374,7 @@ mod tests {
     /// decode to something valid or are refused. Seeded, so failures reproduce.
     #[test]
     fn decoder_never_panics() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_random(0x9e37_79b9_7f4a_7c15);
         let valid = [encode(&sample(0)).unwrap(), encode(&sample(16)).unwrap()];
         for round in 0..20_000 {
             let mut bytes = if round % 2 == 0 {
@@ -388,7 +382,7 @@ mod tests {
             } else {
                 let len = (next() % 1500) as usize;
                 let mut random: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-                if len >= 6 && next() % 2 == 0 {
+                if len >= 6 && next().is_multiple_of(2) {
                     random[..4].copy_from_slice(MAGIC);
                     random[4] = FORMAT_VERSION;
                     random[5] = (next() % 4) as u8;

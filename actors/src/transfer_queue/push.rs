@@ -1049,13 +1049,8 @@ mod tests {
     /// removed on one side and added to on the other, git projects.
     #[test]
     fn a_pull_merged_in_order_is_the_merge_in_memory() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::test_random(0x9e37_79b9_7f4a_7c15);
+        let mut random = |n: u64| next() % n;
         let names = [
             "a",
             "a.txt",

@@ -19,7 +19,7 @@ use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::snapshot_delta::SnapshotDelta;
-use crate::snapshot_receive::{join, KeptSnapshot, ReceiveError, SnapshotEntries};
+use crate::snapshot_receive::{join, Keeping, KeptSnapshot, ReceiveError, SnapshotEntries};
 use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
@@ -524,28 +524,15 @@ impl JobContext {
                             (ManifestBody::Full(bytes), _) => {
                                 let len = bytes.len() as u64;
                                 KeptSnapshot::receive(&bytes[..], len, &limits, &job_dir).map_err(
-                                    |error| match error {
-                                        ReceiveError::Refused(refused) => refused.into(),
-                                        ReceiveError::Keeping(error) => {
-                                            TransferError::io(
-                                                "keeping the received snapshot in",
-                                                &job_dir,
-                                            )(error)
-                                        }
-                                    },
+                                    kept_error("keeping the received snapshot in", &job_dir),
                                 )?
                             }
                             (ManifestBody::Delta(bytes), Some(base)) => {
                                 SnapshotDelta::decode_onto_kept(&bytes, &base, &limits, &job_dir)
-                                    .map_err(|error| match error {
-                                        ReceiveError::Refused(refused) => refused.into(),
-                                        ReceiveError::Keeping(error) => {
-                                            TransferError::io(
-                                                "keeping the rebuilt snapshot in",
-                                                &job_dir,
-                                            )(error)
-                                        }
-                                    })?
+                                    .map_err(kept_error(
+                                        "keeping the rebuilt snapshot in",
+                                        &job_dir,
+                                    ))?
                             }
                             (ManifestBody::Delta(_), None) => {
                                 return Err(TransferError::Manifest(
@@ -710,6 +697,19 @@ fn mismatch(what: &str) -> TransferError {
     TransferError::Manifest(crate::snapshot::SnapshotError::Malformed(what.to_string()))
 }
 
+/// A snapshot that could not be kept: refused (the peer's document, or what it makes), or
+/// this node's disk failed while `action` in `dir`.
+fn kept_error(
+    action: &'static str,
+    dir: &std::path::Path,
+) -> impl FnOnce(ReceiveError) -> TransferError {
+    let io = TransferError::io(action, dir);
+    move |error| match error {
+        ReceiveError::Refused(refused) => refused.into(),
+        ReceiveError::Keeping(error) => io(error),
+    }
+}
+
 /// What a job makes this node's: a sync's or push's target in memory, or a clone's
 /// received snapshot on disk.
 type Target = SnapshotEntries;
@@ -820,23 +820,25 @@ impl JobContext {
             // Checked entry by entry and kept in an unnamed file, like a received snapshot.
             // A sync never replaces a git project's `.git` here: commits made in the clone
             // stay (they go back with a push), and history comes through git's own remotes.
-            let mut checker = crate::snapshot::SnapshotChecker::new(&limits);
-            let mut writer = crate::snapshot_writer::SnapshotWriter::new(&job_dir);
+            // A refused entry is reported after the conflicts; this node's disk failing ends
+            // the walk.
+            let mut keeping = Keeping::new(&limits, &job_dir);
             let mut refused = None;
             let merged = super::push::pull_merge(&source, &set, &current, &git_projects, |entry| {
-                if refused.is_none() {
-                    refused = checker.push(entry).err();
+                match keeping.push(entry) {
+                    Err(ReceiveError::Keeping(error)) => return Err(error),
+                    Err(failure) if refused.is_none() => refused = Some(failure),
+                    _ => {}
                 }
-                writer.push(entry)
+                Ok(())
             })
             .map_err(TransferError::io("merging the snapshots in", &job_dir))?;
             merged.map_err(|c| conflict(c, PULL_HINT))?;
-            if let Some(refused) = refused {
-                return Err(refused.into());
-            }
-            let target = KeptSnapshot::keep(writer, source.head(), &job_dir).map_err(
-                TransferError::io("keeping the merged snapshot in", &job_dir),
-            )?;
+            let kept = match refused {
+                Some(failure) => Err(failure),
+                None => keeping.keep(source.head(), None),
+            };
+            let target = kept.map_err(kept_error("keeping the merged snapshot in", &job_dir))?;
             Ok((target.root != source.root()).then(|| SnapshotEntries::Kept(Arc::new(target))))
         })
         .await

@@ -105,8 +105,6 @@ pub struct Stage {
     done_log: Mutex<fs::File>,
     source_root: Vec<u8>,
     embeds_source_root: Mutex<HashSet<usize>>,
-    /// A sync's entries it writes (a clone writes every file).
-    written: Vec<usize>,
     /// For a sync, the plan the store applies.
     plan: Mutex<SyncPlan>,
     /// Chunk writes still missing per entry of the current window; an entry leaves when
@@ -168,7 +166,6 @@ impl Stage {
             tree,
             HashMap::new(),
             job_dir,
-            Vec::new(),
             SyncPlan::default(),
             resumed,
         )?;
@@ -276,14 +273,12 @@ impl Stage {
             Ok(())
         })?;
         plan.remove.sort_by(|a, b| b.cmp(a));
-        let written = files.iter().map(|f| f.index).collect();
         let stage = Stage::new(
             TransferKind::Sync,
             Entries::Staged { snapshot, files },
             stage_dir,
             dests,
             job_dir,
-            written,
             plan,
             resumed,
         )?;
@@ -293,34 +288,35 @@ impl Stage {
         Ok((stage, work))
     }
 
+    /// The files a sync or push writes, in index order (a clone writes every file, in
+    /// windows, and stages none this way).
+    fn staged(&self) -> &[StagedFile] {
+        match &self.entries {
+            Entries::Staged { files, .. } => files,
+            Entries::Received { .. } => &[],
+        }
+    }
+
     /// The entries of the files a sync or push writes.
     pub fn written_files(&self) -> Vec<SnapshotEntry> {
-        match &self.entries {
-            Entries::Staged { files, .. } => files.iter().map(|f| f.entry.clone()).collect(),
-            Entries::Received { .. } => Vec::new(),
-        }
+        self.staged().iter().map(|f| f.entry.clone()).collect()
     }
 
     /// The files a sync or push writes that the workspace holds an older version of, each
     /// with that version: where changed chunks may be rebuilt from their parts.
     pub fn changed_files(&self) -> Vec<(SnapshotEntry, SnapshotEntry)> {
-        match &self.entries {
-            Entries::Staged { files, .. } => files
-                .iter()
-                .filter_map(|f| Some((f.entry.clone(), f.previous.clone()?)))
-                .collect(),
-            Entries::Received { .. } => Vec::new(),
-        }
+        self.staged()
+            .iter()
+            .filter_map(|f| Some((f.entry.clone(), f.previous.clone()?)))
+            .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn new(
         kind: TransferKind,
         entries: Entries,
         dir: PathBuf,
         dests: HashMap<Hash, Vec<(usize, u64)>>,
         job_dir: &Path,
-        written: Vec<usize>,
         plan: SyncPlan,
         resumed: Vec<Resumed>,
     ) -> Result<Stage, TransferError> {
@@ -346,7 +342,6 @@ impl Stage {
             umask_allows: !process_umask() & 0o777,
             resumed_places: resumed.iter().map(|r| (r.index, r.offset)).collect(),
             resumed,
-            written,
             plan: Mutex::new(plan),
             recent: Mutex::new(Recent::default()),
         })
@@ -473,14 +468,12 @@ impl Stage {
         let dests = self.dests.lock().expect("not poisoned");
         let mut seen = HashSet::new();
         let mut needed = Vec::new();
-        for &index in &self.written {
-            self.with_entry(index, |entry| {
-                for (_, chunk) in entry.file_chunks() {
-                    if dests.contains_key(&chunk.hash) && seen.insert(chunk.hash) {
-                        needed.push((chunk.hash, chunk.size));
-                    }
+        for file in self.staged() {
+            for (_, chunk) in file.entry.file_chunks() {
+                if dests.contains_key(&chunk.hash) && seen.insert(chunk.hash) {
+                    needed.push((chunk.hash, chunk.size));
                 }
-            });
+            }
         }
         needed
     }
@@ -717,9 +710,8 @@ impl Stage {
                 .map_err(TransferError::io("setting mode of", path))
         };
         if self.kind != TransferKind::Clone {
-            for &index in &self.written {
-                let mode = self.with_entry(index, |e| e.mode);
-                set(&self.file_path(index), mode)?;
+            for file in self.staged() {
+                set(&self.file_path(file.index), file.entry.mode)?;
             }
             return Ok(());
         }
@@ -784,10 +776,9 @@ impl Stage {
         let size_on_disk = |path: &Path| fs::symlink_metadata(path).map(|m| m.len()).ok();
         if self.kind != TransferKind::Clone {
             // Staged files only (`f{index}`): the store puts them in place.
-            for &index in &self.written {
-                if size_on_disk(&self.file_path(index)) != Some(self.with_entry(index, |e| e.size))
-                {
-                    bad.insert(index);
+            for file in self.staged() {
+                if size_on_disk(&self.file_path(file.index)) != Some(file.entry.size) {
+                    bad.insert(file.index);
                 }
             }
             let mut bad: Vec<usize> = bad.into_iter().collect();
@@ -1242,7 +1233,8 @@ mod tests {
                 files,
                 [("f1", "a.txt"), ("f3", "kind/inner"), ("f6", "new")]
             );
-            assert_eq!(stage.written, [1, 3, 6]);
+            let written: Vec<usize> = stage.staged().iter().map(|f| f.index).collect();
+            assert_eq!(written, [1, 3, 6]);
             let changed = stage.changed_files();
             assert_eq!(changed.len(), 1);
             assert_eq!(

@@ -373,13 +373,8 @@ mod tests {
     /// next group's.
     #[test]
     fn random_changes_read_back_as_a_plain_ordered_map() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut random = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::test_random(0x2545_f491_4f6c_dd1d);
+        let mut random = |n: u64| next() % n;
         for max in [2, 3, 8, 64] {
             let grouped = tree(max);
             let mut model = BTreeMap::new();
