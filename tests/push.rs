@@ -75,6 +75,23 @@ async fn clone_it(a: &TestNode, b: &TestNode, workspace: &str) {
     assert_eq!(finished(&client, job.id).await.state, "done");
 }
 
+/// The last transfer was a sync with nothing to do, answered by its quick check: the
+/// source's "not modified" and the clone's snapshot at the root its last transfer left.
+async fn quick_check_answered(client: &Client) {
+    let transfers = client.transfers().await.unwrap();
+    let last = &transfers[0];
+    assert_eq!(last.kind, "sync");
+    assert!(
+        last.notes.iter().any(|n| n.contains("already up to date")),
+        "{:?}",
+        last.notes
+    );
+    assert_eq!(
+        last.progress.bytes_fetched, 0,
+        "the quick check did not answer: a manifest came, {last:?}"
+    );
+}
+
 fn run(node: &TestNode, args: &[&str]) -> (Option<i32>, String, String) {
     let out = node.cli(args);
     (
@@ -217,6 +234,11 @@ async fn a_clone_pushes_its_changes_back_and_conflicts_are_refused_with_their_pa
         "{:?}",
         synced[0].notes
     );
+    // The clone's snapshot after that sync (amended from the one before it, not walked) is
+    // the baseline a sync with nothing new checks first: answered without a manifest.
+    let (code, _, stderr) = run(&b, &["sync", "proj"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    quick_check_answered(&admin_b).await;
     // ... and pushes it on.
     let (code, _, stderr) = run(&b, &["sync", "proj", "--push"]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -313,6 +335,9 @@ async fn git_projects_go_back_as_a_branch_named_for_the_clone() {
         read(&clone, "README.md").as_deref(),
         Some("uncommitted on b\n")
     );
+    let (code, _, stderr) = run(&b, &["sync", "tool"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    quick_check_answered(&b.admin()).await;
     // Nothing new: the branch is already there, and no revision is added for nothing.
     let revision = admin_a.get("tool").await.unwrap().workspace.revision;
     let (code, stdout, stderr) = run(&b, &["sync", "tool", "--push"]);

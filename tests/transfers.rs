@@ -900,6 +900,27 @@ async fn a_cloned_venv_runs_at_its_new_path() {
     // The source is untouched.
     let source_pip = std::fs::read_to_string(venv.join("bin/pip")).unwrap();
     assert!(source_pip.contains(&*venv.to_string_lossy()));
+
+    // A script added at the source arrives relocated by a sync. The clone's snapshot after
+    // that sync (amended from the one before it, not walked) is the baseline a sync with
+    // nothing new checks first: answered without a manifest.
+    let script = format!("#!{}/bin/python\nprint('tool')\n", venv.display());
+    std::fs::write(venv.join("bin/tool"), script).unwrap();
+    std::fs::set_permissions(
+        venv.join("bin/tool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    done(&client, start(&client, "sync", None, "py").await.id).await;
+    let tool = std::fs::read_to_string(new_venv.join("bin/tool")).unwrap();
+    assert!(tool.contains(&*new_venv.to_string_lossy()), "{tool}");
+    let job = done(&client, start(&client, "sync", None, "py").await.id).await;
+    assert_eq!(job.progress.bytes_fetched, 0, "{:?}", job.notes);
+    assert!(
+        job.notes.iter().any(|n| n.contains("already up to date")),
+        "{:?}",
+        job.notes
+    );
 }
 
 #[actix_rt::test]

@@ -1,8 +1,9 @@
 //! Snapshot benchmark: what taking a snapshot costs in time and in memory as the count of
 //! files grows, in one process, through the chunk index a node uses (sled with the node's
 //! settings, the memo on disk). For each count it takes the first snapshot (every file read),
-//! one with nothing changed (the memo answers), and one after 1 % of the files changed, and
-//! reports each pass's time and the process's peak resident memory during it (`VmHWM`,
+//! one with nothing changed (the memo answers), one after 1 % of the files changed, and the
+//! same one amended from the snapshot before the change and the paths it touched (as a sync's
+//! commit takes it, without a walk), and reports each pass's time and the process's peak resident memory during it (`VmHWM`,
 //! reset before each pass through `/proc/self/clear_refs`). Memory that is bounded by design
 //! shows as a flat peak from one count to the next: the last column is what each file added
 //! since the previous count.
@@ -20,7 +21,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use aienv_actors::workspace_store::{
-    file_clock_now, open_database, Change, ChunkIndex, GroupedTree, CHUNK_GROUP, FILE_GROUP,
+    file_clock_now, open_database, Change, ChunkIndex, GroupedTree, Touched, CHUNK_GROUP,
+    FILE_GROUP,
 };
 
 fn status_kib(field: &str) -> u64 {
@@ -81,12 +83,15 @@ fn last_file(root: &Path, count: u64) -> std::path::PathBuf {
     root.join(format!("d{:04}/f{i}.txt", i / 200))
 }
 
-/// Rewrites every hundredth file.
-fn change(root: &Path, count: u64) {
+/// Rewrites every hundredth file; the paths it touched.
+fn change(root: &Path, count: u64) -> Touched {
+    let mut touched = Touched::default();
     for i in (0..count).step_by(100) {
-        let path = root.join(format!("d{:04}/f{i}.txt", i / 200));
-        std::fs::write(path, format!("changed {i}\n").repeat(40)).unwrap();
+        let path = format!("d{:04}/f{i}.txt", i / 200);
+        std::fs::write(root.join(&path), format!("changed {i}\n").repeat(40)).unwrap();
+        touched.changed(&path);
     }
+    touched
 }
 
 fn main() {
@@ -113,11 +118,12 @@ fn main() {
         "snapshot benchmark: trees under {base}, sled cache {cache_mib} MiB; peak = VmHWM during the pass"
     );
     println!(
-        "{:>8} {:>22} {:>22} {:>22} {:>16}",
+        "{:>8} {:>22} {:>22} {:>22} {:>22} {:>16}",
         "files",
         "first: s / peak MiB",
         "unchanged: s / MiB",
         "1 % changed: s / MiB",
+        "amended: s / MiB",
         "B/file added"
     );
     let mut previous: Option<(u64, f64)> = None;
@@ -138,10 +144,20 @@ fn main() {
         let (same, same_s, same_mib) = measured(take);
         assert_eq!(same.root, first.root, "nothing changed");
         assert_eq!(first.file_count, count);
-        change(&root, count);
+        let touched = change(&root, count);
         let (changed, changed_s, changed_mib) = measured(take);
         assert_eq!(changed.stats.files_hashed, count.div_ceil(100));
-        let peak = first_mib.max(same_mib).max(changed_mib);
+        // The same snapshot amended from the one before the change and the paths it touched,
+        // as a sync's commit takes it (its written files recorded, here by the pass above).
+        let before = same.entries().unwrap();
+        let (amended, amended_s, amended_mib) = measured(|| {
+            index
+                .amend(workspace, "bench", 1, &root, &before, &touched)
+                .unwrap()
+        });
+        assert_eq!(amended.root, changed.root, "amended as walked");
+        drop(before);
+        let peak = first_mib.max(same_mib).max(changed_mib).max(amended_mib);
         let added = previous
             .map(|(files, mib)| {
                 format!(
@@ -151,13 +167,14 @@ fn main() {
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{count:>8} {:>22} {:>22} {:>22} {added:>16}",
+            "{count:>8} {:>22} {:>22} {:>22} {:>22} {added:>16}",
             format!("{first_s:.2} / {first_mib:.0}"),
             format!("{same_s:.2} / {same_mib:.0}"),
             format!("{changed_s:.2} / {changed_mib:.0}"),
+            format!("{amended_s:.2} / {amended_mib:.0}"),
         );
         previous = Some((count, peak));
-        drop((first, same, changed, index, db));
+        drop((first, same, changed, amended, index, db));
     }
     sled_alone(&counts);
 }

@@ -10,11 +10,11 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
-use crate::workspace_store::{Arrived, CloneRequest, Origin, Unflushed};
+use crate::workspace_store::{Arrived, CloneRequest, Origin, Touched, Unflushed};
 
 use super::error::TransferError;
 use super::job::Progress;
-use super::runner::{blocking, JobContext, Outcome};
+use super::runner::{blocking, Closing, JobContext, Outcome};
 use super::stage::Stage;
 
 impl JobContext {
@@ -218,7 +218,8 @@ impl JobContext {
         source: &SnapshotEntries,
         target: &SnapshotEntries,
         kept: bool,
-    ) -> Result<Outcome, TransferError> {
+        before: SnapshotEntries,
+    ) -> Result<(Outcome, Closing), TransferError> {
         let local = self.store.get(&id.to_string())?;
         let new_root = local.path.clone();
         let relocation = {
@@ -253,7 +254,7 @@ impl JobContext {
         origin.revision = source.head().revision;
         origin.root = source.root();
         origin.synced_at = Some(Utc::now());
-        let (entry, mut notes) = self
+        let (entry, mut notes, touched) = self
             .commit_plan(
                 id,
                 stage,
@@ -273,14 +274,15 @@ impl JobContext {
         }
         let mut all = relocation.notes;
         all.append(&mut notes);
-        Ok(Outcome {
+        let outcome = Outcome {
             local_id: id,
             local_name: entry.manifest.name.clone(),
             notes: all,
             progress: Progress::default(),
             local_root: None,
             hook_error: None,
-        })
+        };
+        Ok((outcome, Closing::after(before, touched)))
     }
 
     /// Commits a push from a peer's clone: the changed files, a new revision, and the
@@ -289,7 +291,7 @@ impl JobContext {
         &self,
         id: Uuid,
         stage: &Arc<Stage>,
-    ) -> Result<Outcome, TransferError> {
+    ) -> Result<(Outcome, Closing), TransferError> {
         let local = self.store.get(&id.to_string())?;
         // The workspace may have changed here while the chunks came: the same rule again,
         // against what it holds now.
@@ -300,7 +302,7 @@ impl JobContext {
             let stage = stage.clone();
             blocking(move || stage.relocate(&new_root)).await?
         };
-        let (entry, mut notes) = self
+        let (entry, mut notes, touched) = self
             .commit_plan(
                 id,
                 stage,
@@ -333,17 +335,24 @@ impl JobContext {
         })
         .await?;
         notes.extend(git_notes);
-        Ok(Outcome {
+        let outcome = Outcome {
             local_id: id,
             local_name: entry.manifest.name.clone(),
             notes,
             progress: Progress::default(),
             local_root: None,
             hook_error: None,
-        })
+        };
+        // The branches received above went into `.git`, which the plan does not name.
+        let touched = touched.filter(|_| request.branches.is_empty());
+        Ok((
+            outcome,
+            Closing::after(SnapshotEntries::Whole(current), touched),
+        ))
     }
 
-    /// Hands the staged plan to the store and indexes what it wrote.
+    /// Hands the staged plan to the store and indexes what it wrote; what it touched, for the
+    /// snapshot after it (`None`: too much to list).
     async fn commit_plan(
         &self,
         id: Uuid,
@@ -351,8 +360,16 @@ impl JobContext {
         relocated: &std::collections::BTreeMap<String, crate::snapshot::Hash>,
         origin: Option<Origin>,
         change: crate::events::WorkspaceChange,
-    ) -> Result<(Arc<crate::workspace_store::WorkspaceEntry>, Vec<String>), TransferError> {
+    ) -> Result<
+        (
+            Arc<crate::workspace_store::WorkspaceEntry>,
+            Vec<String>,
+            Option<Touched>,
+        ),
+        TransferError,
+    > {
         let plan = stage.take_plan();
+        let touched = plan.touched();
         let summary = format!(
             "{} files replaced, {} links set, {} directories created, {} paths removed",
             plan.files.len(),
@@ -380,7 +397,7 @@ impl JobContext {
             .record_files(id, stage.written_files(), written, committed_at)
             .await?;
         tracing::debug!(job = %self.job.id, ?committed, recorded = ?started.elapsed() - committed, "sync committed");
-        Ok((entry, vec![summary]))
+        Ok((entry, vec![summary], touched))
     }
 
     /// Records what a clone had from its origin (what a later push or sync compares with).

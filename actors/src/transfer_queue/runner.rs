@@ -20,7 +20,7 @@ use crate::shutdown::Shutdown;
 use crate::snapshot::{Hash, Snapshot};
 use crate::snapshot_delta::SnapshotDelta;
 use crate::snapshot_receive::{join, Keeping, KeptSnapshot, ReceiveError, SnapshotEntries};
-use crate::workspace_store::{Origin, WorkspaceEntry, WorkspaceStoreHandle};
+use crate::workspace_store::{Origin, Taken, Touched, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
 use super::error::TransferError;
@@ -66,6 +66,25 @@ pub struct Outcome {
     pub local_root: Option<Hash>,
     /// The clone arrived, but its `post_clone` hook failed: why, with its output.
     pub hook_error: Option<String>,
+}
+
+/// How the local snapshot after a commit is taken.
+pub enum Closing {
+    /// By a walk of the whole tree.
+    Walk,
+    /// Amended from the workspace's snapshot before the commit and the paths the commit
+    /// touched, without a walk.
+    Amend(SnapshotEntries, Touched),
+}
+
+impl Closing {
+    /// Amended from `before` when the commit's touched paths are known, else by a walk.
+    pub fn after(before: SnapshotEntries, touched: Option<Touched>) -> Closing {
+        match touched {
+            Some(touched) => Closing::Amend(before, touched),
+            None => Closing::Walk,
+        }
+    }
 }
 
 /// Runs one attempt of a job to its end.
@@ -217,6 +236,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         sources.iter().map(|s| s.name.clone()).collect(),
     ));
 
+    // A sync's snapshot after its commit is amended from the clone's snapshot before it.
+    let before = mine.clone().filter(|_| cx.job.kind == TransferKind::Sync);
     // Lay out the staging area.
     let (stage, work) = {
         let target = target.clone();
@@ -316,16 +337,16 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
 
     tracing::info!(job = %cx.job.id, "verified; committing");
     cx.state(JobState::Materializing);
-    let outcome = match (&local, cx.job.kind, &source, &target) {
-        (Some(local), TransferKind::Push, _, Target::Whole(_)) => {
+    let (outcome, closing) = match (&local, cx.job.kind, &source, &target, before) {
+        (Some(local), TransferKind::Push, _, Target::Whole(_), _) => {
             cx.materialize_push(local.manifest.id, &stage).await?
         }
-        (Some(local), TransferKind::Sync, Some(source), target) => {
-            cx.materialize_sync(local.manifest.id, &stage, source, target, kept)
+        (Some(local), TransferKind::Sync, Some(source), target, Some(before)) => {
+            cx.materialize_sync(local.manifest.id, &stage, source, target, kept, before)
                 .await?
         }
-        (None, TransferKind::Clone, _, Target::Kept(received)) => {
-            cx.materialize_clone(&stage, received).await?
+        (None, TransferKind::Clone, _, Target::Kept(received), _) => {
+            (cx.materialize_clone(&stage, received).await?, Closing::Walk)
         }
         _ => return Err(mismatch("a job whose target does not fit its kind")),
     };
@@ -334,10 +355,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // root is needed; its entries stay in the memo's file.
     drop((stage, target, source, base, local));
     let local_root = cx
-        .store
-        .take_snapshot(&outcome.local_id.to_string())
+        .local_snapshot(outcome.local_id, closing)
         .await
-        .ok()
         .map(|taken| {
             tracing::debug!(job = %cx.job.id, stats = ?taken.stats, "local snapshot after the transfer");
             taken.root
@@ -448,6 +467,22 @@ fn up_to_date(
 }
 
 impl JobContext {
+    /// The local workspace's snapshot after the commit, as `closing` says; an amended one
+    /// that fails is taken by a walk instead. `None` when that fails too: the next sync then
+    /// has no quick check.
+    async fn local_snapshot(&self, id: Uuid, closing: Closing) -> Option<Taken> {
+        let id = id.to_string();
+        if let Closing::Amend(before, touched) = closing {
+            match self.store.amend_snapshot(&id, before, touched).await {
+                Ok(taken) => return Some(taken),
+                Err(error) => {
+                    tracing::warn!(job = %self.job.id, %error, "amending the local snapshot failed; walking the workspace instead");
+                }
+            }
+        }
+        self.store.take_snapshot(&id).await.ok()
+    }
+
     fn state(&self, state: JobState) {
         self.queue.do_send(JobReport::State(self.job.id, state));
     }

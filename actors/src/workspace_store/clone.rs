@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Arrived, Taken};
+use super::{Arrived, Taken, Touched};
 use crate::events::WorkspaceChange;
 use crate::model::{Sharing, WORKSPACE_FILE};
 use crate::snapshot::{EntryKind, Hash, Snapshot};
@@ -131,6 +131,37 @@ pub struct SyncPlan {
     pub files: Vec<(String, String)>,
     /// Modes to set (files and directories), applied last.
     pub modes: Vec<(String, u32)>,
+}
+
+impl SyncPlan {
+    /// Past this many paths, the snapshot after a commit is taken by a walk rather than
+    /// amended: the list of touched paths is held whole, and a walk costs no more then.
+    pub const MAX_TOUCHED: usize = 65_536;
+
+    /// What committing it changes in the tree: its paths, and `workspace.yaml` (the commit
+    /// writes the clone's own). `None` past [`Self::MAX_TOUCHED`] paths.
+    pub fn touched(&self) -> Option<Touched> {
+        let count = self.remove.len()
+            + self.dirs.len()
+            + self.links.len()
+            + self.files.len()
+            + self.modes.len();
+        if count >= Self::MAX_TOUCHED {
+            return None;
+        }
+        let mut touched = Touched::default();
+        self.remove.iter().for_each(|path| touched.removed(path));
+        let changed = self
+            .dirs
+            .iter()
+            .chain(self.links.iter().map(|(path, _)| path));
+        let changed = changed
+            .chain(self.files.iter().map(|(_, path)| path))
+            .chain(self.modes.iter().map(|(path, _)| path));
+        changed.for_each(|path| touched.changed(path));
+        touched.changed(WORKSPACE_FILE);
+        Some(touched)
+    }
 }
 
 /// Reads chunks out of the files that hold them, off the actor: for serving peers and for
@@ -312,6 +343,21 @@ impl WorkspaceStoreHandle {
     pub async fn take_snapshot(&self, target: &str) -> Result<Taken, StoreError> {
         self.on_chunk_index(target, |chunks, id, name, revision, root| {
             chunks.take(id, name, revision, root)
+        })
+        .await
+    }
+
+    /// The snapshot of the workspace `target` after a commit that changed only `touched`,
+    /// amended from `before`, its snapshot from before the commit, without a walk
+    /// ([`ChunkIndex::amend`]). Runs off the actor.
+    pub async fn amend_snapshot(
+        &self,
+        target: &str,
+        before: SnapshotEntries,
+        touched: Touched,
+    ) -> Result<Taken, StoreError> {
+        self.on_chunk_index(target, move |chunks, id, name, revision, root| {
+            chunks.amend(id, name, revision, root, &before, &touched)
         })
         .await
     }

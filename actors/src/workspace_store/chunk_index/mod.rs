@@ -37,6 +37,10 @@ use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
 use crate::spill::{self, Spill};
 use crate::tree::{self, Stamp, WalkEntry};
 
+mod amend;
+
+pub use amend::Touched;
+
 /// Files changed this recently before a scan are hashed again next time: a second write
 /// within the file system's timestamp granularity would not move their mtime. Linux file
 /// systems stamp with the kernel's coarse clock, which ticks every 1–10 ms (`CONFIG_HZ`);
@@ -164,6 +168,44 @@ impl Window {
         self.to_hash.push(file);
     }
 
+    /// A file stamped `stamp`, with the record `old` its path had: settled from the record
+    /// when it still describes it, else to read. Whether the record used was racy.
+    fn file(
+        &mut self,
+        mut entry: SnapshotEntry,
+        stamp: Stamp,
+        old: Option<Entry>,
+        out: &mut SnapshotWriter,
+    ) -> std::io::Result<bool> {
+        let record = old
+            .as_ref()
+            .and_then(|old| rmp_serde::from_slice::<FileRecord>(old.value()).ok());
+        match record {
+            Some(record) if record.describes(&stamp) => {
+                fill(&mut entry, &record);
+                self.settled(entry, out)?;
+                Ok(record.racy)
+            }
+            record => {
+                // A changed large file's old chunk list spares most of its boundary search
+                // (only lists in the current format: cut by the same algorithm).
+                let previous = record
+                    .filter(|r| !r.chunks.is_empty() && r.hash == chunk_list_hash(&r.chunks))
+                    .map(|r| r.chunks)
+                    .unwrap_or_default();
+                self.reads(
+                    entry,
+                    ToHash {
+                        index: 0,
+                        stamp,
+                        replaces: old.map(|old| Box::new(Replaced { old, previous })),
+                    },
+                );
+                Ok(false)
+            }
+        }
+    }
+
     /// Whether to read what it holds now.
     fn full(&self) -> bool {
         self.to_hash.len() >= RECORD_BATCH || self.entries.len() >= Self::MAX_ENTRIES
@@ -276,8 +318,9 @@ pub struct ChunkIndex {
 struct Memo {
     key: (Uuid, String, u64),
     /// [`tree::WalkDigest`] of the walk the snapshot was taken from (the walk itself would cost
-    /// as much memory as the snapshot, for every workspace).
-    walk: [u8; 32],
+    /// as much memory as the snapshot, for every workspace). `None` for a snapshot amended
+    /// without a walk ([`ChunkIndex::amend`]): it answers no walk.
+    walk: Option<[u8; 32]>,
     racy: bool,
     /// The snapshot's root; the snapshot itself is in [`ChunkIndex::memo_file`].
     root: Hash,
@@ -593,7 +636,9 @@ impl ChunkIndex {
         let unchanged = {
             let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
             match memo.get(&workspace) {
-                Some(cached) if cached.key == key && cached.walk == walk_digest && !cached.racy => {
+                Some(cached)
+                    if cached.key == key && cached.walk == Some(walk_digest) && !cached.racy =>
+                {
                     Some((cached.root, cached.totals, cached.file_hash))
                 }
                 _ => {
@@ -657,7 +702,7 @@ impl ChunkIndex {
                 gone.push(&String::from_utf8_lossy(&record.key()[16..]))
                     .map_err(write_failed)?;
             }
-            let mut entry = SnapshotEntry {
+            let entry = SnapshotEntry {
                 path: item.path,
                 kind: item.kind,
                 mode: item.mode,
@@ -666,39 +711,16 @@ impl ChunkIndex {
                 target: item.target,
                 chunks: Vec::new(),
             };
-            let record = old
-                .as_ref()
-                .filter(|_| item.kind == EntryKind::File)
-                .and_then(|old| rmp_serde::from_slice::<FileRecord>(old.value()).ok());
-            match record {
-                _ if item.kind != EntryKind::File => {
-                    // Was a file, is now a directory or a link.
-                    if old.is_some() {
-                        gone.push(&entry.path).map_err(write_failed)?;
-                    }
-                    window.settled(entry, &mut out).map_err(write_failed)?;
+            if item.kind == EntryKind::File {
+                racy |= window
+                    .file(entry, item.stamp, old, &mut out)
+                    .map_err(write_failed)?;
+            } else {
+                // Was a file, is now a directory or a link.
+                if old.is_some() {
+                    gone.push(&entry.path).map_err(write_failed)?;
                 }
-                Some(record) if record.describes(&item.stamp) => {
-                    racy |= record.racy;
-                    fill(&mut entry, &record);
-                    window.settled(entry, &mut out).map_err(write_failed)?;
-                }
-                record => {
-                    // A changed large file's old chunk list spares most of its boundary
-                    // search (only lists in the current format: cut by the same algorithm).
-                    let previous = record
-                        .filter(|r| !r.chunks.is_empty() && r.hash == chunk_list_hash(&r.chunks))
-                        .map(|r| r.chunks)
-                        .unwrap_or_default();
-                    window.reads(
-                        entry,
-                        ToHash {
-                            index: 0,
-                            stamp: item.stamp,
-                            replaces: old.map(|old| Box::new(Replaced { old, previous })),
-                        },
-                    );
-                }
+                window.settled(entry, &mut out).map_err(write_failed)?;
             }
             // Full of files to read, or of settled entries waiting behind them.
             if window.full() {
@@ -727,7 +749,13 @@ impl ChunkIndex {
         }
         drop(records);
         stats.files_cached = files_walked - stats.files_hashed;
-        // Forget files that are gone, a batch at a time.
+        self.forget_gone(workspace, root, gone)?;
+        self.keep(out, retake, Some(walk_digest), racy, stats)
+    }
+
+    /// Forgets the records of the files `gone` lists (paths), a batch at a time.
+    fn forget_gone(&self, workspace: Uuid, root: &Path, gone: Spill) -> Result<(), StoreError> {
+        let write_failed = |error| StoreError::io("writing the snapshot of", root)(error);
         let mut gone = gone.into_reader().map_err(write_failed)?;
         let mut batch = Vec::new();
         while let Some(path) = gone.read_next::<String>().map_err(write_failed)? {
@@ -742,21 +770,33 @@ impl ChunkIndex {
                 self.replace_all(workspace, &mut batch)?;
             }
         }
-        self.replace_all(workspace, &mut batch)?;
+        self.replace_all(workspace, &mut batch)
+    }
+
+    /// Keeps the snapshot `out` holds as the memo of `retake`'s workspace, taken from the
+    /// walk with digest `walk` (`None`: amended, it answers no walk), and hands it over.
+    fn keep(
+        &self,
+        out: SnapshotWriter,
+        retake: Retake,
+        walk: Option<[u8; 32]>,
+        racy: bool,
+        stats: ScanStats,
+    ) -> Result<Taken, StoreError> {
         let head = SnapshotHead {
-            workspace_id: workspace,
-            name: name.to_string(),
-            revision,
-            source_root: root.to_string_lossy().into_owned(),
+            workspace_id: retake.workspace,
+            name: retake.name.clone(),
+            revision: retake.revision,
+            source_root: retake.root.to_string_lossy().into_owned(),
         };
         let (written, file, file_hash) = self
             .keep_memo(out, &head)
             .map_err(|error| StoreError::io("keeping the snapshot of", &self.memo_dir)(error))?;
         self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            workspace,
+            retake.workspace,
             Memo {
-                key,
-                walk: walk_digest,
+                key: (retake.workspace, retake.name.clone(), retake.revision),
+                walk,
                 racy,
                 root: written.root,
                 totals: (written.total_bytes, written.file_count),
