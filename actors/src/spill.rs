@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -99,6 +100,21 @@ impl Spill {
         Ok(())
     }
 
+    /// Everything pushed, kept in an unnamed file (moved there if it was still in memory), to
+    /// be read from the start as often as needed.
+    pub fn keep(mut self) -> io::Result<KeptSpill> {
+        if self.file.is_none() {
+            self.move_out()?;
+        }
+        let mut file = self.file.take().expect("moved out just above");
+        file.write_all(&self.memory)?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        Ok(KeptSpill {
+            file: Arc::new(file),
+            count: self.count,
+        })
+    }
+
     /// Everything pushed, from the start: as bytes ([`Read`]) or value by value
     /// ([`SpillReader::read_next`]).
     pub fn into_reader(self) -> io::Result<SpillReader> {
@@ -118,9 +134,54 @@ impl Spill {
     }
 }
 
+/// A spill kept in an unnamed file ([`Spill::keep`]); cheap to clone, each reader reads it
+/// from its start with positioned reads.
+#[derive(Clone)]
+pub struct KeptSpill {
+    file: Arc<fs::File>,
+    count: u64,
+}
+
+impl KeptSpill {
+    /// Its values from the first.
+    pub fn reader(&self) -> SpillReader {
+        SpillReader {
+            source: Source::Kept(BufReader::with_capacity(
+                BUFFER,
+                SharedAt {
+                    file: self.file.clone(),
+                    at: 0,
+                },
+            )),
+            left: self.count,
+        }
+    }
+
+    /// How many values it holds.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// An open file shared with others, read from an offset of its own.
+struct SharedAt {
+    file: Arc<fs::File>,
+    at: u64,
+}
+
+impl Read for SharedAt {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let read = self.file.read_at(buffer, self.at)?;
+        self.at += read as u64;
+        Ok(read)
+    }
+}
+
 enum Source {
     Memory(io::Cursor<Vec<u8>>),
     File(BufReader<fs::File>),
+    Kept(BufReader<SharedAt>),
 }
 
 /// A spill read back.
@@ -147,6 +208,7 @@ impl Read for SpillReader {
         match &mut self.source {
             Source::Memory(cursor) => cursor.read(buffer),
             Source::File(file) => file.read(buffer),
+            Source::Kept(file) => file.read(buffer),
         }
     }
 }
@@ -178,6 +240,37 @@ mod tests {
             }
             assert_eq!(back, values);
             // The temporary file has no name: nothing is left in the directory.
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn a_kept_spill_is_read_again_from_its_start_by_each_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        for limit in [usize::MAX, 64] {
+            let mut spill = Spill::compact(dir.path(), limit);
+            for i in 0..500u32 {
+                spill.push(&(format!("path/{i}"), i)).unwrap();
+            }
+            let kept = spill.keep().unwrap();
+            let read = |reader: &mut SpillReader| {
+                let mut back = Vec::new();
+                while let Some(value) = reader.read_next::<(String, u32)>().unwrap() {
+                    back.push(value);
+                }
+                back
+            };
+            let (mut first, mut second) = (kept.reader(), kept.clone().reader());
+            assert_eq!(first.read_next::<(String, u32)>().unwrap().unwrap().1, 0);
+            let all = read(&mut second);
+            assert_eq!(all.len(), 500);
+            assert_eq!(all[499], ("path/499".to_string(), 499));
+            assert_eq!(
+                read(&mut first).len(),
+                499,
+                "readers do not move each other"
+            );
+            assert_eq!(kept.count(), 500);
             assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
         }
     }

@@ -10,7 +10,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
-use crate::workspace_store::{Arrived, CloneRequest, Origin, Touched, Unflushed};
+use crate::workspace_store::{Arrived, CloneRequest, Origin, Taken, Touched, Unflushed};
 
 use super::error::TransferError;
 use super::job::Progress;
@@ -218,7 +218,7 @@ impl JobContext {
         source: &SnapshotEntries,
         target: &SnapshotEntries,
         kept: bool,
-        before: SnapshotEntries,
+        before: Arc<Taken>,
     ) -> Result<(Outcome, Closing), TransferError> {
         let local = self.store.get(&id.to_string())?;
         let new_root = local.path.clone();
@@ -295,7 +295,11 @@ impl JobContext {
         let local = self.store.get(&id.to_string())?;
         // The workspace may have changed here while the chunks came: the same rule again,
         // against what it holds now.
-        let current = self.store.snapshot(&id.to_string()).await?.0;
+        let taken = Arc::new(self.store.take_snapshot(&id.to_string()).await?);
+        let current = {
+            let taken = taken.clone();
+            blocking(move || Ok(taken.load()?)).await?
+        };
         let (_, request) = self.push_target(&current, &local.manifest.projects).await?;
         let new_root = local.path.clone();
         let relocation = {
@@ -345,10 +349,7 @@ impl JobContext {
         };
         // The branches received above went into `.git`, which the plan does not name.
         let touched = touched.filter(|_| request.branches.is_empty());
-        Ok((
-            outcome,
-            Closing::after(SnapshotEntries::Whole(current), touched),
-        ))
+        Ok((outcome, Closing::after(taken, touched)))
     }
 
     /// Hands the staged plan to the store and indexes what it wrote; what it touched, for the

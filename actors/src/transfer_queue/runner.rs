@@ -74,12 +74,12 @@ pub enum Closing {
     Walk,
     /// Amended from the workspace's snapshot before the commit and the paths the commit
     /// touched, without a walk.
-    Amend(SnapshotEntries, Touched),
+    Amend(Arc<Taken>, Touched),
 }
 
 impl Closing {
     /// Amended from `before` when the commit's touched paths are known, else by a walk.
-    pub fn after(before: SnapshotEntries, touched: Option<Touched>) -> Closing {
+    pub fn after(before: Arc<Taken>, touched: Option<Touched>) -> Closing {
         match touched {
             Some(touched) => Closing::Amend(before, touched),
             None => Closing::Walk,
@@ -111,6 +111,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // a sync's stays in the memo's file and is read in order; a push's is whole.
     let mut fetched = None;
     let mut mine: Option<SnapshotEntries> = None;
+    // A sync's snapshot of the clone as taken: the one after its commit is amended from it.
+    let mut before: Option<Arc<Taken>> = None;
     // What this clone last took from its origin: read from disk while the source answers.
     let base = match (&local, cx.job.kind) {
         (Some(local), TransferKind::Sync) => Some(BaseLoad::start(&cx, local.manifest.id)),
@@ -137,6 +139,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             let totals = (current.total_bytes, current.file_count);
             return Ok(up_to_date(local, totals, current.root, progress));
         }
+        let current = Arc::new(current);
+        before = Some(current.clone());
         mine = Some(blocking(move || Ok(current.entries()?)).await?);
     }
     if let (Some(local), None) = (&local, &mine) {
@@ -144,7 +148,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         mine = Some(match cx.job.kind {
             TransferKind::Push => SnapshotEntries::Whole(cx.store.snapshot(&id).await?.0),
             _ => {
-                let current = cx.store.take_snapshot(&id).await?;
+                let current = Arc::new(cx.store.take_snapshot(&id).await?);
+                before = Some(current.clone());
                 blocking(move || Ok(current.entries()?)).await?
             }
         });
@@ -236,8 +241,6 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
         sources.iter().map(|s| s.name.clone()).collect(),
     ));
 
-    // A sync's snapshot after its commit is amended from the clone's snapshot before it.
-    let before = mine.clone().filter(|_| cx.job.kind == TransferKind::Sync);
     // Lay out the staging area.
     let (stage, work) = {
         let target = target.clone();

@@ -353,7 +353,7 @@ impl WorkspaceStoreHandle {
     pub async fn amend_snapshot(
         &self,
         target: &str,
-        before: SnapshotEntries,
+        before: Arc<Taken>,
         touched: Touched,
     ) -> Result<Taken, StoreError> {
         self.on_chunk_index(target, move |chunks, id, name, revision, root| {

@@ -1,29 +1,31 @@
 //! The snapshot after a commit, amended from the one taken before it: only the paths the
-//! commit changed are looked at on disk. At many files a walk of every path is most of a
-//! snapshot's time (0.5 of 0.7 s at 200,000 files on tmpfs), and after a sync that wrote a
-//! few hundred files it would find the rest as the snapshot before it had them.
+//! commit changed (and the directories holding them, whose stamps moved) are looked at on
+//! disk. At many files a walk of every path is most of a snapshot's time (0.5 of 0.7 s at
+//! 200,000 files on tmpfs), and after a sync that wrote a few hundred files it would find
+//! the rest as the snapshot before it had them.
 //!
-//! What it trusts: that only the commit changed the tree since the snapshot before it. A file
-//! changed beside the commit in that time is missed here, so the amended snapshot answers no
-//! walk (its memo records none): the next snapshot walks, and finds it.
+//! The walk is amended with it, stamps and all, so the memo still answers the next walk when
+//! nothing changed since. What it trusts: that only the commit changed the tree since the
+//! snapshot before it. A path changed beside the commit in that time is missed here with its
+//! stamp; the next walk sees the new stamp, so the memo does not answer it, and the next
+//! snapshot reads the path again.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
 use uuid::Uuid;
 
-use super::{file_clock_now, file_key, ChunkIndex, Retake, ScanStats, Taken, Window};
+use super::{file_clock_now, file_key, ChunkIndex, KeptWalk, Retake, ScanStats, Taken, Window};
 use crate::snapshot::{EntryKind, SnapshotEntry};
-use crate::snapshot_receive::SnapshotEntries;
+use crate::snapshot_receive::EntryCursor;
 use crate::snapshot_writer::SnapshotWriter;
-use crate::spill::{self, Spill};
-use crate::tree::{self, Stamp};
+use crate::spill::{self, Spill, SpillReader};
+use crate::tree::{self, Stamp, WalkDigest, WalkEntry};
 use crate::workspace_store::StoreError;
 
 /// The paths a commit changed in a workspace's tree, in byte order: written, created, given
-/// a mode, or removed with everything under them.
+/// a mode, or removed with everything under them; and the directories holding them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touched {
     /// Path → whether its subtree was removed (what is there now, the commit wrote).
@@ -33,12 +35,25 @@ pub struct Touched {
 impl Touched {
     /// `path` was written, created or given a mode.
     pub fn changed(&mut self, path: &str) {
-        self.paths.entry(path.to_string()).or_insert(false);
+        self.parent(path);
+        if !self.paths.contains_key(path) {
+            self.paths.insert(path.to_string(), false);
+        }
     }
 
     /// `path` was removed, with everything under it.
     pub fn removed(&mut self, path: &str) {
+        self.parent(path);
         self.paths.insert(path.to_string(), true);
+    }
+
+    /// The directory holding `path`: adding, removing or renaming an entry moves its stamp.
+    fn parent(&mut self, path: &str) {
+        if let Some((dir, _)) = path.rsplit_once('/') {
+            if !self.paths.contains_key(dir) {
+                self.paths.insert(dir.to_string(), false);
+            }
+        }
     }
 
     /// How many paths.
@@ -58,128 +73,219 @@ fn inside(dir: &str, path: &str) -> bool {
         .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// Where the next path of the amended snapshot comes from.
+#[derive(Clone, Copy)]
+enum Next {
+    /// The snapshot before (an entry and its walk's).
+    Earlier,
+    /// The paths the walk before skipped.
+    Skipped,
+    /// The touched paths, replacing what came before at the same path.
+    Touched(Option<Replaces>),
+}
+
+/// What a touched path replaces.
+#[derive(Clone, Copy)]
+enum Replaces {
+    Earlier,
+    Skipped,
+}
+
+/// The next entry of the snapshot before and the walk's entry it was taken from.
+fn next_pair(
+    entries: &mut EntryCursor<'_>,
+    walked: &mut SpillReader,
+    root: &Path,
+) -> Result<Option<(SnapshotEntry, WalkEntry)>, StoreError> {
+    let reading = |error| StoreError::io("reading the last snapshot of", root)(error);
+    let entry = entries.next_entry().map_err(reading)?;
+    let item = walked.read_next::<WalkEntry>().map_err(reading)?;
+    match (entry, item) {
+        (None, None) => Ok(None),
+        (Some(entry), Some(item)) if entry.path == item.path => {
+            Ok(Some((entry.into_owned(), item)))
+        }
+        _ => Err(reading(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "its kept walk does not list its entries",
+        ))),
+    }
+}
+
 impl ChunkIndex {
     /// The snapshot of the workspace at `root` after a commit that changed only `touched`,
-    /// from `before`, its snapshot from before the commit: each touched path as it is on disk
-    /// now (a file's hash from its record while its stamp matches, else read), everything
-    /// else as `before` has it, but what was under a path that is now gone, or no longer a
-    /// directory, or whose subtree was removed. Kept as the memo, which answers no walk.
-    /// Sockets, devices and FIFOs among the touched paths are left out (`stats.skipped`).
+    /// amended from `before`, its snapshot from before the commit: each touched path as it is
+    /// on disk now (a file's hash from its record while its stamp matches, else read),
+    /// everything else as `before` has it, but what was under a path that is now gone, or no
+    /// longer a directory, or whose subtree was removed. The walk `before` was taken from is
+    /// amended alike; kept as the memo, the snapshot answers the next walk that matches it.
     pub fn amend(
         &self,
         workspace: Uuid,
         name: &str,
         revision: u64,
         root: &Path,
-        before: &SnapshotEntries,
+        before: &Taken,
         touched: &Touched,
     ) -> Result<Taken, StoreError> {
         let scan_started = file_clock_now();
-        let reading = |error| StoreError::io("reading the last snapshot of", root)(error);
         let write_failed = |error| StoreError::io("writing the snapshot of", root)(error);
-        let mut cursor = before.cursor().map_err(reading)?;
-        let mut earlier = cursor.next_entry().map_err(reading)?;
+        let earlier_entries = before.kept_entries()?.ok_or_else(|| {
+            StoreError::io("reading the last snapshot of", root)(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "its kept file is not as written",
+            ))
+        })?;
+        let mut entries = earlier_entries
+            .cursor()
+            .map_err(StoreError::io("reading the last snapshot of", root))?;
+        let mut walked = before.walk.items.reader();
+        let mut earlier = next_pair(&mut entries, &mut walked, root)?;
+        let mut skipped_before = before.walk.skipped.iter().peekable();
         let mut changed = touched.paths.iter().peekable();
         // Touched paths whose earlier subtree is gone, those that later paths may still lie
         // under (see `tree::still_inside`): each inside the one below it.
         let mut cleared: Vec<&str> = Vec::new();
+        let close = |cleared: &mut Vec<&str>, path: &str| {
+            while cleared
+                .last()
+                .is_some_and(|dir| !tree::still_inside(dir, path))
+            {
+                cleared.pop();
+            }
+            cleared.iter().any(|dir| inside(dir, path))
+        };
         let mut gone = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
         let mut out = SnapshotWriter::new(&self.memo_dir);
         let mut window = Window::default();
+        let mut walk = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
+        let mut digest = WalkDigest::new();
+        let mut skipped = Vec::new();
         let mut stats = ScanStats::default();
-        let (mut racy, mut files) = (false, 0u64);
+        let (mut racy, mut files) = (before.racy, 0u64);
         loop {
-            let order = match (&earlier, changed.peek()) {
-                (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some(entry), Some((path, _))) => entry.path.as_bytes().cmp(path.as_bytes()),
-            };
-            if order != Ordering::Greater {
-                let entry = earlier.take().expect("compared just above");
-                earlier = cursor.next_entry().map_err(reading)?;
-                if order == Ordering::Less {
-                    while cleared
-                        .last()
-                        .is_some_and(|dir| !tree::still_inside(dir, &entry.path))
-                    {
-                        cleared.pop();
+            let next = {
+                let earlier_path = earlier.as_ref().map(|(entry, _)| entry.path.as_bytes());
+                let skipped_path = skipped_before.peek().map(|path| path.as_bytes());
+                let changed_path = changed.peek().map(|(path, _)| path.as_bytes());
+                // An entry and a skipped path of the walk before are never the same path.
+                let untouched = match (earlier_path, skipped_path) {
+                    (Some(entry), Some(path)) if path < entry => Some((path, Replaces::Skipped)),
+                    (Some(entry), _) => Some((entry, Replaces::Earlier)),
+                    (None, Some(path)) => Some((path, Replaces::Skipped)),
+                    (None, None) => None,
+                };
+                match (untouched, changed_path) {
+                    (None, None) => break,
+                    (Some((path, from)), Some(changed)) if path == changed => {
+                        Next::Touched(Some(from))
                     }
-                    if cleared.iter().any(|dir| inside(dir, &entry.path)) {
+                    (Some((path, Replaces::Earlier)), changed)
+                        if changed.is_none_or(|changed| path < changed) =>
+                    {
+                        Next::Earlier
+                    }
+                    (Some((path, Replaces::Skipped)), changed)
+                        if changed.is_none_or(|changed| path < changed) =>
+                    {
+                        Next::Skipped
+                    }
+                    _ => Next::Touched(None),
+                }
+            };
+            match next {
+                Next::Earlier => {
+                    let (entry, item) = earlier.take().expect("compared just above");
+                    earlier = next_pair(&mut entries, &mut walked, root)?;
+                    if close(&mut cleared, &entry.path) {
                         if entry.kind == EntryKind::File {
                             gone.push(&entry.path).map_err(write_failed)?;
                         }
                     } else {
                         files += u64::from(entry.kind == EntryKind::File);
-                        window
-                            .settled(entry.into_owned(), &mut out)
-                            .map_err(write_failed)?;
+                        digest.entry(&item);
+                        walk.push(&item).map_err(write_failed)?;
+                        window.settled(entry, &mut out).map_err(write_failed)?;
                     }
                 }
-            }
-            if order != Ordering::Less {
-                let (path, &removed) = changed.next().expect("compared just above");
-                while cleared
-                    .last()
-                    .is_some_and(|dir| !tree::still_inside(dir, path))
-                {
-                    cleared.pop();
+                Next::Skipped => {
+                    let path = skipped_before.next().expect("compared just above");
+                    if !close(&mut cleared, path) {
+                        digest.skipped(path);
+                        skipped.push(path.clone());
+                    }
                 }
-                let full = root.join(path);
-                let metadata = match fs::symlink_metadata(&full) {
-                    Ok(metadata) => Some(metadata),
-                    Err(error)
-                        if error.kind() == std::io::ErrorKind::NotFound
-                            || error.raw_os_error() == Some(libc::ENOTDIR) =>
-                    {
-                        None
-                    }
-                    Err(error) => return Err(StoreError::io("inspecting", &full)(error)),
-                };
-                let described = match &metadata {
-                    Some(metadata) => {
-                        let described = tree::describe(&full, metadata)
-                            .map_err(StoreError::io("reading link", &full))?;
-                        if described.is_none() {
-                            stats.skipped.push(path.clone());
+                Next::Touched(replaces) => {
+                    match replaces {
+                        Some(Replaces::Earlier) => {
+                            earlier = next_pair(&mut entries, &mut walked, root)?;
                         }
-                        described
-                    }
-                    None => None,
-                };
-                if removed || !matches!(described, Some((EntryKind::Dir, ..))) {
-                    cleared.push(path);
-                }
-                let old = self.files.get(&file_key(workspace, path))?;
-                let entry = |kind, mode, target| SnapshotEntry {
-                    path: path.clone(),
-                    kind,
-                    mode,
-                    size: 0,
-                    hash: None,
-                    target,
-                    chunks: Vec::new(),
-                };
-                match (described, &metadata) {
-                    (Some((EntryKind::File, mode, _)), Some(metadata)) => {
-                        files += 1;
-                        let stamp = Stamp::of(metadata);
-                        racy |= window
-                            .file(entry(EntryKind::File, mode, None), stamp, old, &mut out)
-                            .map_err(write_failed)?;
-                    }
-                    (Some((kind, mode, target)), _) => {
-                        if old.is_some() {
-                            gone.push(path).map_err(write_failed)?;
+                        Some(Replaces::Skipped) => {
+                            skipped_before.next();
                         }
-                        window
-                            .settled(entry(kind, mode, target), &mut out)
-                            .map_err(write_failed)?;
+                        None => {}
                     }
-                    (None, _) => {
-                        if old.is_some() {
-                            gone.push(path).map_err(write_failed)?;
+                    let (path, &removed) = changed.next().expect("compared just above");
+                    close(&mut cleared, path);
+                    let full = root.join(path);
+                    let metadata = match fs::symlink_metadata(&full) {
+                        Ok(metadata) => Some(metadata),
+                        Err(error)
+                            if error.kind() == std::io::ErrorKind::NotFound
+                                || error.raw_os_error() == Some(libc::ENOTDIR) =>
+                        {
+                            None
                         }
+                        Err(error) => return Err(StoreError::io("inspecting", &full)(error)),
+                    };
+                    let old = self.files.get(&file_key(workspace, path))?;
+                    let mut is_dir = false;
+                    let mut is_file = false;
+                    if let Some(metadata) = &metadata {
+                        match tree::describe(&full, metadata)
+                            .map_err(StoreError::io("reading link", &full))?
+                        {
+                            Some((kind, mode, target)) => {
+                                let item = WalkEntry {
+                                    path: path.clone(),
+                                    kind,
+                                    mode,
+                                    stamp: Stamp::of(metadata),
+                                    target,
+                                };
+                                digest.entry(&item);
+                                walk.push(&item).map_err(write_failed)?;
+                                let entry = SnapshotEntry {
+                                    path: path.clone(),
+                                    kind,
+                                    mode,
+                                    size: 0,
+                                    hash: None,
+                                    target: item.target,
+                                    chunks: Vec::new(),
+                                };
+                                (is_dir, is_file) =
+                                    (kind == EntryKind::Dir, kind == EntryKind::File);
+                                if is_file {
+                                    files += 1;
+                                    racy |= window
+                                        .file(entry, item.stamp, old.clone(), &mut out)
+                                        .map_err(write_failed)?;
+                                } else {
+                                    window.settled(entry, &mut out).map_err(write_failed)?;
+                                }
+                            }
+                            None => {
+                                digest.skipped(path);
+                                skipped.push(path.clone());
+                            }
+                        }
+                    }
+                    if old.is_some() && !is_file {
+                        gone.push(path).map_err(write_failed)?;
+                    }
+                    if removed || !is_dir {
+                        cleared.push(path);
                     }
                 }
             }
@@ -203,7 +309,13 @@ impl ChunkIndex {
             &mut out,
         )?;
         stats.files_cached = files - stats.files_hashed;
+        stats.skipped.clone_from(&skipped);
         self.forget_gone(workspace, root, gone)?;
+        let walk = KeptWalk {
+            digest: digest.finish(),
+            items: walk.keep().map_err(write_failed)?,
+            skipped,
+        };
         let retake = Retake {
             index: self.clone(),
             workspace,
@@ -211,7 +323,7 @@ impl ChunkIndex {
             revision,
             root: root.to_path_buf(),
         };
-        self.keep(out, retake, None, racy, stats)
+        self.keep(out, retake, walk, racy, stats)
     }
 }
 
@@ -344,8 +456,9 @@ mod tests {
     }
 
     /// Random trees, each changed in three rounds: the snapshot amended from the one before
-    /// and the touched paths is, entry for entry, the one a walk takes. The later rounds amend
-    /// an amended snapshot, and find files recorded by the round before.
+    /// and the touched paths is, entry for entry, the one a walk takes, and its walk (stamps
+    /// included) the one a walk lists. The later rounds amend an amended snapshot, and find
+    /// files recorded by the round before.
     #[test]
     fn an_amended_snapshot_is_the_one_a_walk_takes() {
         let dir = tempfile::tempdir().unwrap();
@@ -366,10 +479,18 @@ mod tests {
                 for _ in 0..1 + next() % 6 {
                     change(&root, &mut next, &mut touched);
                 }
-                let earlier = before.entries().unwrap();
                 let amended = index
-                    .amend(workspace, "ws", 1, &root, &earlier, &touched)
+                    .amend(workspace, "ws", 1, &root, &before, &touched)
                     .unwrap();
+                // Its walk is the one a walk of the tree lists now.
+                let mut walk = tree::walk(&root);
+                walk.by_ref().for_each(|item| drop(item.unwrap()));
+                let (skipped, digest) = walk.finish();
+                assert_eq!(amended.walk.skipped, skipped);
+                assert!(
+                    amended.walk.digest == digest,
+                    "tree {tree_number}, round {round}: the amended walk differs, touched {touched:?}"
+                );
                 let walked = index.take(workspace, "ws", 1, &root).unwrap();
                 let (amended_entries, walked_entries) =
                     (amended.load().unwrap(), walked.load().unwrap());
@@ -391,54 +512,70 @@ mod tests {
         assert!(recorded > 100, "touched files found recorded: {recorded}");
     }
 
-    /// What changed beside the commit, outside the touched paths, is not in the amended
-    /// snapshot; its memo answers no walk, so the next snapshot walks and finds it.
+    /// Waits until the clock files are stamped with has moved past `path`'s stamp by more
+    /// than the racy window: records and memos then trust its stamp.
+    fn past_racy_window(path: &Path) {
+        let stamped = fs::metadata(path).unwrap().modified().unwrap();
+        while file_clock_now()
+            .duration_since(stamped)
+            .map_or(true, |since| since <= 2 * super::super::RACY_WINDOW)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// With nothing changed beside the commit, the memo answers the next walk from the
+    /// amended snapshot: a file whose record is gone is not read. What changed beside the
+    /// commit, outside the touched paths, is not in the amended snapshot, nor its stamp in the
+    /// amended walk: the memo does not answer the next walk, which finds it.
     #[test]
-    fn a_change_beside_the_commit_is_found_by_the_next_walk() {
+    fn the_amended_memo_answers_the_next_walk_unless_something_changed_beside() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("ws");
         fs::create_dir(&root).unwrap();
         fs::write(root.join("beside"), "as it was").unwrap();
+        past_racy_window(&root.join("beside"));
         let db = sled::Config::new().temporary(true).open().unwrap();
         let index = ChunkIndex::open(&db, &dir.path().join("memo")).unwrap();
         let workspace = Uuid::new_v4();
         let before = index.take(workspace, "ws", 1, &root).unwrap();
-        fs::write(root.join("synced"), "written by the commit").unwrap();
-        fs::write(root.join("beside"), "changed meanwhile").unwrap();
+        fs::create_dir(root.join("new")).unwrap();
+        fs::write(root.join("new/synced"), "written by the commit").unwrap();
+        past_racy_window(&root.join("new/synced"));
         let mut touched = Touched::default();
-        touched.changed("synced");
+        touched.changed("new");
+        touched.changed("new/synced");
         let amended = index
-            .amend(
-                workspace,
-                "ws",
-                1,
-                &root,
-                &before.entries().unwrap(),
-                &touched,
-            )
+            .amend(workspace, "ws", 1, &root, &before, &touched)
             .unwrap();
+        assert!(!amended.racy);
+        let mut gone = Spill::compact(&index.memo_dir, spill::IN_MEMORY);
+        gone.push(&"new/synced".to_string()).unwrap();
+        index.forget_gone(workspace, &root, gone).unwrap();
+        let answered = index.take(workspace, "ws", 1, &root).unwrap();
+        assert_eq!(answered.root, amended.root);
+        assert_eq!(answered.stats.files_hashed, 0, "the memo answered");
+
         let hash = |taken: &Taken, path: &str| {
             let snapshot = taken.load().unwrap();
-            snapshot
-                .entries
-                .iter()
-                .find(|e| e.path == path)
-                .unwrap()
-                .hash
+            let entry = snapshot.entries.iter().find(|e| e.path == path);
+            entry.unwrap().hash
         };
+        fs::write(root.join("new/synced"), "written by the next commit").unwrap();
+        fs::write(root.join("beside"), "changed meanwhile").unwrap();
+        let mut touched = Touched::default();
+        touched.changed("new/synced");
+        let amended = index
+            .amend(workspace, "ws", 1, &root, &answered, &touched)
+            .unwrap();
+        let of = crate::snapshot::Hash::of;
+        assert_eq!(hash(&amended, "beside"), Some(of(b"as it was")));
         assert_eq!(
-            hash(&amended, "beside"),
-            Some(crate::snapshot::Hash::of(b"as it was"))
-        );
-        assert_eq!(
-            hash(&amended, "synced"),
-            Some(crate::snapshot::Hash::of(b"written by the commit"))
+            hash(&amended, "new/synced"),
+            Some(of(b"written by the next commit"))
         );
         let walked = index.take(workspace, "ws", 1, &root).unwrap();
-        assert_eq!(
-            hash(&walked, "beside"),
-            Some(crate::snapshot::Hash::of(b"changed meanwhile"))
-        );
+        assert_eq!(hash(&walked, "beside"), Some(of(b"changed meanwhile")));
         assert_ne!(walked.root, amended.root);
     }
 }

@@ -34,7 +34,7 @@ use super::file_chunks;
 use super::grouped_tree::{Change, Entry, GroupedTree};
 use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
-use crate::spill::{self, Spill};
+use crate::spill::{self, KeptSpill, Spill};
 use crate::tree::{self, Stamp, WalkEntry};
 
 mod amend;
@@ -317,10 +317,8 @@ pub struct ChunkIndex {
 
 struct Memo {
     key: (Uuid, String, u64),
-    /// [`tree::WalkDigest`] of the walk the snapshot was taken from (the walk itself would cost
-    /// as much memory as the snapshot, for every workspace). `None` for a snapshot amended
-    /// without a walk ([`ChunkIndex::amend`]): it answers no walk.
-    walk: Option<[u8; 32]>,
+    /// The walk the snapshot was taken from, or amended to.
+    walk: KeptWalk,
     racy: bool,
     /// The snapshot's root; the snapshot itself is in [`ChunkIndex::memo_file`].
     root: Hash,
@@ -328,6 +326,18 @@ struct Memo {
     totals: (u64, u64),
     /// BLAKE3 of the file's bytes as written: what is read back is checked against it.
     file_hash: Hash,
+}
+
+/// The walk a snapshot was taken from: its [`tree::WalkDigest`], which the memo answers, and
+/// its entries (one per entry of the snapshot, in its order) in an unnamed file, from which
+/// [`ChunkIndex::amend`] derives the walk of the tree after a commit. Held in memory, a walk
+/// would cost as much as the snapshot, for every workspace.
+#[derive(Clone)]
+struct KeptWalk {
+    digest: [u8; 32],
+    items: KeptSpill,
+    /// The paths it skipped (sockets, devices, FIFOs), in order.
+    skipped: Vec<String>,
 }
 
 /// A snapshot as taken: root and totals at once, entries on demand. Its entries are in a
@@ -345,6 +355,10 @@ pub struct Taken {
     /// what this one holds), whose bytes hash to `file_hash`.
     file: fs::File,
     file_hash: Hash,
+    /// The walk it was taken from.
+    walk: KeptWalk,
+    /// Whether a file it holds was stamped inside the racy window.
+    racy: bool,
     retake: Retake,
 }
 
@@ -395,22 +409,24 @@ impl Taken {
     /// [`Taken::encoded`] checks it, never loaded. Its root is [`Taken::root`] unless the
     /// file failed its check and the workspace changed before it was taken again.
     pub fn entries(&self) -> Result<SnapshotEntries, StoreError> {
-        let kept = |taken: &Taken| -> Result<Option<SnapshotEntries>, StoreError> {
-            let Some(encoded) = taken.checked_file()? else {
-                return Ok(None);
-            };
-            let totals = (taken.total_bytes, taken.file_count);
-            let kept = KeptSnapshot::open(encoded.file, totals).map_err(StoreError::io(
-                "reading the kept snapshot of",
-                &taken.retake.root,
-            ))?;
-            Ok(Some(SnapshotEntries::Kept(Arc::new(kept))))
-        };
-        if let Some(entries) = kept(self)? {
+        if let Some(entries) = self.kept_entries()? {
             return Ok(entries);
         }
         let again = self.retake()?;
-        kept(&again)?.ok_or_else(|| again.unreadable())
+        again.kept_entries()?.ok_or_else(|| again.unreadable())
+    }
+
+    /// [`Taken::entries`] from this memo's file, `None` if it fails its check.
+    fn kept_entries(&self) -> Result<Option<SnapshotEntries>, StoreError> {
+        let Some(encoded) = self.checked_file()? else {
+            return Ok(None);
+        };
+        let totals = (self.total_bytes, self.file_count);
+        let kept = KeptSnapshot::open(encoded.file, totals).map_err(StoreError::io(
+            "reading the kept snapshot of",
+            &self.retake.root,
+        ))?;
+        Ok(Some(SnapshotEntries::Kept(Arc::new(kept))))
     }
 
     fn checked_file(&self) -> Result<Option<EncodedSnapshot>, StoreError> {
@@ -637,9 +653,14 @@ impl ChunkIndex {
             let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
             match memo.get(&workspace) {
                 Some(cached)
-                    if cached.key == key && cached.walk == Some(walk_digest) && !cached.racy =>
+                    if cached.key == key && cached.walk.digest == walk_digest && !cached.racy =>
                 {
-                    Some((cached.root, cached.totals, cached.file_hash))
+                    Some((
+                        cached.root,
+                        cached.totals,
+                        cached.file_hash,
+                        cached.walk.clone(),
+                    ))
                 }
                 _ => {
                     memo.remove(&workspace);
@@ -648,11 +669,11 @@ impl ChunkIndex {
             }
         };
         // Opened now: a concurrent snapshot may replace the file, never what it holds.
-        let kept = unchanged.and_then(|(root, totals, file_hash)| {
+        let kept = unchanged.and_then(|(root, totals, file_hash, walk)| {
             let file = fs::File::open(self.memo_file(workspace, &root)).ok()?;
-            Some((root, totals, file, file_hash))
+            Some((root, totals, file, file_hash, walk))
         });
-        if let Some((snapshot_root, (total_bytes, file_count), file, file_hash)) = kept {
+        if let Some((snapshot_root, (total_bytes, file_count), file, file_hash, walk)) = kept {
             return Ok(Taken {
                 root: snapshot_root,
                 total_bytes,
@@ -664,6 +685,8 @@ impl ChunkIndex {
                 },
                 file,
                 file_hash,
+                walk,
+                racy: false,
                 retake,
             });
         }
@@ -675,7 +698,8 @@ impl ChunkIndex {
         // grouped tree keeps in the same order, in one merge: a sequential scan instead of a
         // lookup per file, and the records of files that are gone come out of the same pass.
         // Records the windows write meanwhile lie behind the scan (it skips what it passed).
-        let mut walk = walked.into_reader().map_err(spill_failed)?;
+        let items = walked.keep().map_err(spill_failed)?;
+        let mut walk = items.reader();
         let mut records = self.files.scan_prefix(workspace.as_bytes());
         let mut next_record = records.next().transpose()?;
         let mut gone = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
@@ -750,7 +774,12 @@ impl ChunkIndex {
         drop(records);
         stats.files_cached = files_walked - stats.files_hashed;
         self.forget_gone(workspace, root, gone)?;
-        self.keep(out, retake, Some(walk_digest), racy, stats)
+        let walk = KeptWalk {
+            digest: walk_digest,
+            items,
+            skipped: stats.skipped.clone(),
+        };
+        self.keep(out, retake, walk, racy, stats)
     }
 
     /// Forgets the records of the files `gone` lists (paths), a batch at a time.
@@ -773,13 +802,13 @@ impl ChunkIndex {
         self.replace_all(workspace, &mut batch)
     }
 
-    /// Keeps the snapshot `out` holds as the memo of `retake`'s workspace, taken from the
-    /// walk with digest `walk` (`None`: amended, it answers no walk), and hands it over.
+    /// Keeps the snapshot `out` holds as the memo of `retake`'s workspace, taken from (or
+    /// amended to) `walk`, and hands it over.
     fn keep(
         &self,
         out: SnapshotWriter,
         retake: Retake,
-        walk: Option<[u8; 32]>,
+        walk: KeptWalk,
         racy: bool,
         stats: ScanStats,
     ) -> Result<Taken, StoreError> {
@@ -796,7 +825,7 @@ impl ChunkIndex {
             retake.workspace,
             Memo {
                 key: (retake.workspace, retake.name.clone(), retake.revision),
-                walk,
+                walk: walk.clone(),
                 racy,
                 root: written.root,
                 totals: (written.total_bytes, written.file_count),
@@ -810,6 +839,8 @@ impl ChunkIndex {
             stats,
             file,
             file_hash,
+            walk,
+            racy,
             retake,
         })
     }
