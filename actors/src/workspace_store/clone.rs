@@ -538,3 +538,41 @@ impl WorkspaceStoreHandle {
         .map_err(|_| StoreError::Unavailable)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan touches its own paths, `workspace.yaml` and the directory holding each path;
+    /// a removal takes its subtree; past the bound, nothing is listed and the snapshot after
+    /// the commit is walked.
+    #[test]
+    fn a_plan_lists_what_its_commit_touches_up_to_a_bound() {
+        let plan = SyncPlan {
+            remove: vec!["old".into()],
+            dirs: vec!["new".into()],
+            links: vec![("new/link".into(), "../x".into())],
+            files: vec![("f0".into(), "a/b/file".into())],
+            modes: vec![("a/b/file".into(), 0o600)],
+            ..SyncPlan::default()
+        };
+        let mut expected = Touched::default();
+        for path in ["new", "new/link", "a/b/file", WORKSPACE_FILE] {
+            expected.changed(path);
+        }
+        expected.removed("old");
+        assert_eq!(plan.touched(), Some(expected.clone()));
+        // `a/b` is listed for `a/b/file`; `a`, whose own entries did not change, is not.
+        assert_eq!(expected.len(), 6);
+        let mut with_a = expected.clone();
+        with_a.changed("a");
+        assert_eq!(with_a.len(), 7);
+        let big = SyncPlan {
+            files: (0..SyncPlan::MAX_TOUCHED)
+                .map(|i| (format!("f{i}"), format!("p{i}")))
+                .collect(),
+            ..SyncPlan::default()
+        };
+        assert_eq!(big.touched(), None);
+    }
+}
