@@ -674,6 +674,7 @@ impl ChunkIndex {
             Some((root, totals, file, file_hash, walk))
         });
         if let Some((snapshot_root, (total_bytes, file_count), file, file_hash, walk)) = kept {
+            tracing::debug!(%workspace, files = files_walked, "snapshot: the memo answers the walk");
             return Ok(Taken {
                 root: snapshot_root,
                 total_bytes,
@@ -774,6 +775,7 @@ impl ChunkIndex {
         drop(records);
         stats.files_cached = files_walked - stats.files_hashed;
         self.forget_gone(workspace, root, gone)?;
+        tracing::debug!(%workspace, ?stats, "snapshot: walked and merged");
         let walk = KeptWalk {
             digest: walk_digest,
             items,
