@@ -178,6 +178,29 @@ impl std::io::Read for ReadAt<'_> {
     }
 }
 
+/// A shared open file read from an offset of its own (positioned reads, no shared cursor):
+/// [`ReadAt`] that owns its handle, so it can outlive the borrow it was made from.
+pub struct SharedFile {
+    file: std::sync::Arc<fs::File>,
+    at: u64,
+}
+
+impl SharedFile {
+    /// Reads `file` from its start.
+    pub fn new(file: std::sync::Arc<fs::File>) -> SharedFile {
+        SharedFile { file, at: 0 }
+    }
+}
+
+impl std::io::Read for SharedFile {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let read = self.file.read_at(buffer, self.at)?;
+        self.at += read as u64;
+        Ok(read)
+    }
+}
+
 /// Appends `len` bytes of `file` from `offset` to `out`, read straight into its spare
 /// capacity: a chunk server's buffers are not zeroed first only to be overwritten. On error
 /// (a short file included) `out` is as it was.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use crate::fsio::SharedFile;
 use crate::snapshot::{
     check_entry_count, check_format, EntryKind, Hash, RootHasher, Snapshot, SnapshotChecker,
     SnapshotEntry, SnapshotError, SnapshotLimits,
@@ -51,21 +52,6 @@ pub struct KeptSnapshot {
 /// Entries read back from a [`KeptSnapshot`], one at a time; owns its file handle, so it
 /// can outlive the borrow it was made from.
 pub type EntryReader = SnapshotReader<SharedFile>;
-
-/// A shared file read from an offset of its own (positioned reads, no shared cursor).
-pub struct SharedFile {
-    file: Arc<fs::File>,
-    at: u64,
-}
-
-impl Read for SharedFile {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let read = self.file.read_at(buffer, self.at)?;
-        self.at += read as u64;
-        Ok(read)
-    }
-}
 
 impl KeptSnapshot {
     /// Reads the snapshot document in `input` (`encoded_len` compressed bytes) within
@@ -114,10 +100,7 @@ impl KeptSnapshot {
     /// bytes were hashed), with its totals: only its head is read.
     pub fn open(file: fs::File, totals: (u64, u64)) -> io::Result<KeptSnapshot> {
         let file = Arc::new(file);
-        let reader = SnapshotReader::new(SharedFile {
-            file: file.clone(),
-            at: 0,
-        })?;
+        let reader = SnapshotReader::new(SharedFile::new(file.clone()))?;
         Ok(KeptSnapshot::from_head(file, reader, totals))
     }
 
@@ -125,10 +108,7 @@ impl KeptSnapshot {
     /// `None` when its entries do not hash to the root it states (the file was damaged).
     pub fn open_checked(file: fs::File) -> io::Result<Option<KeptSnapshot>> {
         let file = Arc::new(file);
-        let mut reader = SnapshotReader::new(SharedFile {
-            file: file.clone(),
-            at: 0,
-        })?;
+        let mut reader = SnapshotReader::new(SharedFile::new(file.clone()))?;
         let (mut root, mut total_bytes, mut file_count) = (RootHasher::new(), 0u64, 0u64);
         while let Some(entry) = reader.next_entry()? {
             root.push(&entry);
@@ -160,22 +140,13 @@ impl KeptSnapshot {
 
     /// Reads the entries back from the start, one at a time.
     pub fn entries(&self) -> io::Result<EntryReader> {
-        SnapshotReader::new(SharedFile {
-            file: self.file.clone(),
-            at: 0,
-        })
+        SnapshotReader::new(SharedFile::new(self.file.clone()))
     }
 
     /// Copies the document (this node's encoding of the snapshot, as
     /// [`Snapshot::encode`] makes it) to `out`.
     pub fn copy_to(&self, out: &mut impl io::Write) -> io::Result<u64> {
-        io::copy(
-            &mut SharedFile {
-                file: self.file.clone(),
-                at: 0,
-            },
-            out,
-        )
+        io::copy(&mut SharedFile::new(self.file.clone()), out)
     }
 
     /// The whole snapshot in memory.

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+
+use crate::fsio::SharedFile;
 use serde::Serialize;
 
 /// What a spill holds in memory before it moves to a file.
@@ -148,10 +150,7 @@ impl KeptSpill {
         SpillReader {
             source: Source::Kept(BufReader::with_capacity(
                 BUFFER,
-                SharedAt {
-                    file: self.file.clone(),
-                    at: 0,
-                },
+                SharedFile::new(self.file.clone()),
             )),
             left: self.count,
         }
@@ -163,25 +162,10 @@ impl KeptSpill {
     }
 }
 
-/// An open file shared with others, read from an offset of its own.
-struct SharedAt {
-    file: Arc<fs::File>,
-    at: u64,
-}
-
-impl Read for SharedAt {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let read = self.file.read_at(buffer, self.at)?;
-        self.at += read as u64;
-        Ok(read)
-    }
-}
-
 enum Source {
     Memory(io::Cursor<Vec<u8>>),
     File(BufReader<fs::File>),
-    Kept(BufReader<SharedAt>),
+    Kept(BufReader<SharedFile>),
 }
 
 /// A spill read back.
