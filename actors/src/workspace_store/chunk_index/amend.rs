@@ -139,7 +139,14 @@ impl ChunkIndex {
         let mut entries = earlier_entries
             .cursor()
             .map_err(StoreError::io("reading the last snapshot of", root))?;
-        let mut walked = before.walk.items.reader();
+        let mut walked = match &before.walk.items {
+            Some(items) => items.reader(),
+            None => {
+                return Err(StoreError::io("reading the last snapshot of", root)(
+                    std::io::Error::other("its walk was not kept"),
+                ))
+            }
+        };
         let mut earlier = next_pair(&mut entries, &mut walked, root)?;
         let mut skipped_before = before.walk.skipped.iter().peekable();
         let mut changed = touched.paths.iter().peekable();
@@ -313,7 +320,7 @@ impl ChunkIndex {
         self.forget_gone(workspace, root, gone)?;
         let walk = KeptWalk {
             digest: digest.finish(),
-            items: walk.keep().map_err(write_failed)?,
+            items: Some(walk.keep().map_err(write_failed)?),
             skipped,
         };
         let retake = Retake {
@@ -577,5 +584,38 @@ mod tests {
         let walked = index.take(workspace, "ws", 1, &root).unwrap();
         assert_eq!(hash(&walked, "beside"), Some(of(b"changed meanwhile")));
         assert_ne!(walked.root, amended.root);
+    }
+
+    /// The memo keeps the walks of the latest workspaces' snapshots only (each is an open
+    /// file): the oldest lets its walk go, and a snapshot of it the memo answers can no
+    /// longer be amended (the commit's snapshot is then walked), while the latest can.
+    #[test]
+    fn only_the_latest_walks_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let index = ChunkIndex::open(&db, &dir.path().join("memo")).unwrap();
+        let workspaces: Vec<(Uuid, std::path::PathBuf)> = (0..=super::super::MAX_KEPT_WALKS)
+            .map(|i| {
+                let root = dir.path().join(format!("ws{i}"));
+                fs::create_dir_all(root.join("d")).unwrap();
+                (Uuid::new_v4(), root)
+            })
+            .collect();
+        for (workspace, root) in &workspaces {
+            index.take(*workspace, "ws", 1, root).unwrap();
+        }
+        let touched = Touched::default();
+        let (oldest, root) = &workspaces[0];
+        let answered = index.take(*oldest, "ws", 1, root).unwrap();
+        assert!(answered.walk.items.is_none(), "the oldest walk was let go");
+        assert!(index
+            .amend(*oldest, "ws", 1, root, &answered, &touched)
+            .is_err());
+        let (latest, root) = workspaces.last().unwrap();
+        let answered = index.take(*latest, "ws", 1, root).unwrap();
+        let amended = index
+            .amend(*latest, "ws", 1, root, &answered, &touched)
+            .unwrap();
+        assert_eq!(amended.root, answered.root);
     }
 }

@@ -48,6 +48,11 @@ pub use amend::Touched;
 const RACY_WINDOW: Duration = Duration::from_millis(20);
 const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 
+/// The memo keeps the walks of this many workspaces' snapshots, the latest: each is an open
+/// file (a descriptor, and disk). A snapshot whose walk was let go is walked again after a
+/// commit instead of amended.
+const MAX_KEPT_WALKS: usize = 64;
+
 /// Files recorded per batch of chunk keys, then records (bounds what a batch holds).
 const RECORD_BATCH: usize = 4096;
 
@@ -317,6 +322,8 @@ pub struct ChunkIndex {
 
 struct Memo {
     key: (Uuid, String, u64),
+    /// When it was kept, in the order of the index's memos (the oldest let their walks go).
+    kept: u64,
     /// The walk the snapshot was taken from, or amended to.
     walk: KeptWalk,
     racy: bool,
@@ -335,7 +342,8 @@ struct Memo {
 #[derive(Clone)]
 struct KeptWalk {
     digest: [u8; 32],
-    items: KeptSpill,
+    /// `None` once the memo let it go ([`MAX_KEPT_WALKS`]).
+    items: Option<KeptSpill>,
     /// The paths it skipped (sockets, devices, FIFOs), in order.
     skipped: Vec<String>,
 }
@@ -702,6 +710,7 @@ impl ChunkIndex {
         // Records the windows write meanwhile lie behind the scan (it skips what it passed).
         let items = walked.keep().map_err(spill_failed)?;
         let mut walk = items.reader();
+        let items = Some(items);
         let mut records = self.files.scan_prefix(workspace.as_bytes());
         let mut next_record = records.next().transpose()?;
         let mut gone = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
@@ -824,10 +833,13 @@ impl ChunkIndex {
         let (written, file, file_hash) = self
             .keep_memo(out, &head)
             .map_err(|error| StoreError::io("keeping the snapshot of", &self.memo_dir)(error))?;
-        self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = memo.values().map(|m| m.kept + 1).max().unwrap_or(0);
+        memo.insert(
             retake.workspace,
             Memo {
                 key: (retake.workspace, retake.name.clone(), retake.revision),
+                kept,
                 walk: walk.clone(),
                 racy,
                 root: written.root,
@@ -835,6 +847,17 @@ impl ChunkIndex {
                 file_hash,
             },
         );
+        let walks = memo.values().filter(|m| m.walk.items.is_some()).count();
+        if walks > MAX_KEPT_WALKS {
+            let oldest = memo
+                .values_mut()
+                .filter(|m| m.walk.items.is_some())
+                .min_by_key(|m| m.kept);
+            if let Some(oldest) = oldest {
+                oldest.walk.items = None;
+            }
+        }
+        drop(memo);
         Ok(Taken {
             root: written.root,
             total_bytes: written.total_bytes,
