@@ -10,11 +10,8 @@ set -euo pipefail
 files=${1:?usage: clone-memory.sh FILES [DIR]}
 dir=${2:-/dev/shm}
 cd "$(dirname "$0")/../.."
-log=$(mktemp) samples=$(mktemp)
-trap 'rm -f "$log" "$samples"' EXIT
-BENCH_FILES=$files BENCH_ROUNDS=1 BENCH_DIRS=$dir cargo bench --bench transfer >"$log" 2>&1 &
-bench=$!
 . tests/bench/sample-nodes.sh
+start_bench "$files" "$dir"
 cloned() { grep -qE '^1 ' "$log"; }
 if sample_nodes "$bench" "$samples" cloned; then
   pkill -P "$bench" || true

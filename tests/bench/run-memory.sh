@@ -11,11 +11,8 @@ set -euo pipefail
 files=${1:?usage: run-memory.sh FILES [DIR]}
 dir=${2:-/dev/shm}
 cd "$(dirname "$0")/../.."
-log=$(mktemp) samples=$(mktemp)
-trap 'rm -f "$log" "$samples"' EXIT
-BENCH_FILES=$files BENCH_ROUNDS=1 BENCH_DIRS=$dir cargo bench --bench transfer >"$log" 2>&1 &
-bench=$!
 . tests/bench/sample-nodes.sh
+start_bench "$files" "$dir"
 sample_nodes "$bench" "$samples"
 wait "$bench" || { tail -20 "$log" >&2; exit 1; }
 clean=$(sed 's/\x1b\[[0-9;]*m//g' "$log")

@@ -1,6 +1,16 @@
 # Sourced by the memory scripts (clone-memory.sh, run-memory.sh): samples both nodes of the
 # transfer benchmark.
 
+# start_bench FILES DIR: runs the transfer benchmark's many-file run (one round, trees under
+# DIR) in the background, from the repository's root: its output in $log, its process in
+# $bench, and $samples for sample_nodes; both files go when the script exits.
+start_bench() {
+  log=$(mktemp) samples=$(mktemp)
+  trap 'rm -f "$log" "$samples"' EXIT
+  BENCH_FILES=$1 BENCH_ROUNDS=1 BENCH_DIRS=$2 cargo bench --bench transfer >"$log" 2>&1 &
+  bench=$!
+}
+
 # VmRSS of process $1 in MiB (empty once it is gone).
 rss() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || true; }
 

@@ -340,6 +340,8 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
 
+    use super::super::tests::until_file_clock_passes;
+    use super::super::RACY_WINDOW;
     use super::*;
 
     /// Names that interleave in byte order with a directory's children (`a`, `a-b`,
@@ -519,18 +521,6 @@ mod tests {
         assert!(recorded > 100, "touched files found recorded: {recorded}");
     }
 
-    /// Waits until the clock files are stamped with has moved past `path`'s stamp by more
-    /// than the racy window: records and memos then trust its stamp.
-    fn past_racy_window(path: &Path) {
-        let stamped = fs::metadata(path).unwrap().modified().unwrap();
-        while file_clock_now()
-            .duration_since(stamped)
-            .map_or(true, |since| since <= 2 * super::super::RACY_WINDOW)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-
     /// With nothing changed beside the commit, the memo answers the next walk from the
     /// amended snapshot: a file whose record is gone is not read. What changed beside the
     /// commit, outside the touched paths, is not in the amended snapshot, nor its stamp in the
@@ -541,14 +531,14 @@ mod tests {
         let root = dir.path().join("ws");
         fs::create_dir(&root).unwrap();
         fs::write(root.join("beside"), "as it was").unwrap();
-        past_racy_window(&root.join("beside"));
+        until_file_clock_passes(&root.join("beside"), 2 * RACY_WINDOW);
         let db = sled::Config::new().temporary(true).open().unwrap();
         let index = ChunkIndex::open(&db, &dir.path().join("memo")).unwrap();
         let workspace = Uuid::new_v4();
         let before = index.take(workspace, "ws", 1, &root).unwrap();
         fs::create_dir(root.join("new")).unwrap();
         fs::write(root.join("new/synced"), "written by the commit").unwrap();
-        past_racy_window(&root.join("new/synced"));
+        until_file_clock_passes(&root.join("new/synced"), 2 * RACY_WINDOW);
         let mut touched = Touched::default();
         touched.changed("new");
         touched.changed("new/synced");

@@ -1590,7 +1590,7 @@ mod tests {
     /// Waits until the clock the kernel stamps files with is `margin` past the stamp of
     /// `path` (that clock can stall for a while on a loaded machine, so a fixed sleep is not
     /// enough).
-    fn until_file_clock_passes(path: &Path, margin: Duration) {
+    pub(super) fn until_file_clock_passes(path: &Path, margin: Duration) {
         let stamped = std::fs::metadata(path).unwrap().modified().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while file_clock_now() <= stamped + margin {
