@@ -21,6 +21,7 @@ pub mod fsio;
 pub mod git;
 pub mod identity;
 pub mod model;
+pub mod msgpack_read;
 pub mod packed;
 pub mod peer_registry;
 pub mod resources;

@@ -466,14 +466,27 @@ pub fn root_hash(entries: &[SnapshotEntry]) -> Hash {
 
 /// The root hash computed entry by entry, for a caller that checks a tree as it walks it
 /// instead of building a second list of entries.
-pub struct RootHasher(blake3::Hasher);
+///
+/// An entry's canonical bytes are a few dozen small pieces. Handed to BLAKE3 one by one,
+/// each 64-byte block is compressed alone; gathered first, whole chunks are hashed side by
+/// side (SIMD), several times faster. The hash is the same either way.
+pub struct RootHasher {
+    hasher: blake3::Hasher,
+    pending: Vec<u8>,
+}
+
+/// Bytes gathered before they go to the hasher.
+const ROOT_PENDING: usize = 64 * 1024;
 
 impl RootHasher {
     /// Starts with the domain prefix.
     pub fn new() -> RootHasher {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"aienv-snapshot-v1\0");
-        RootHasher(hasher)
+        let mut pending = Vec::with_capacity(ROOT_PENDING + 1024);
+        pending.extend_from_slice(b"aienv-snapshot-v1\0");
+        RootHasher {
+            hasher: blake3::Hasher::new(),
+            pending,
+        }
     }
 
     /// Adds the next entry, in snapshot order.
@@ -497,33 +510,38 @@ impl RootHasher {
         size: u64,
         target: Option<&str>,
     ) {
-        let hasher = &mut self.0;
-        hasher.update(entry.path.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(&[match kind {
+        let bytes = &mut self.pending;
+        bytes.extend_from_slice(entry.path.as_bytes());
+        bytes.push(0);
+        bytes.push(match kind {
             EntryKind::File => b'f',
             EntryKind::Dir => b'd',
             EntryKind::Symlink => b'l',
-        }]);
-        hasher.update(&mode.to_le_bytes());
-        hasher.update(&size.to_le_bytes());
+        });
+        bytes.extend_from_slice(&mode.to_le_bytes());
+        bytes.extend_from_slice(&size.to_le_bytes());
         if let Some(hash) = &entry.hash {
-            hasher.update(&hash.0);
+            bytes.extend_from_slice(&hash.0);
         }
         if let Some(target) = target {
-            hasher.update(target.as_bytes());
-            hasher.update(&[0]);
+            bytes.extend_from_slice(target.as_bytes());
+            bytes.push(0);
         }
-        hasher.update(&(entry.chunks.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&(entry.chunks.len() as u32).to_le_bytes());
         for chunk in &entry.chunks {
-            hasher.update(&chunk.hash.0);
-            hasher.update(&chunk.size.to_le_bytes());
+            bytes.extend_from_slice(&chunk.hash.0);
+            bytes.extend_from_slice(&chunk.size.to_le_bytes());
+        }
+        if bytes.len() >= ROOT_PENDING {
+            self.hasher.update(bytes);
+            bytes.clear();
         }
     }
 
     /// The root hash.
-    pub fn finish(self) -> Hash {
-        Hash(*self.0.finalize().as_bytes())
+    pub fn finish(mut self) -> Hash {
+        self.hasher.update(&self.pending);
+        Hash(*self.hasher.finalize().as_bytes())
     }
 }
 

@@ -5,7 +5,7 @@
 //! and the entries one at a time, never held together. Not for a peer's snapshot, whose
 //! fields may come in any order: that one is decoded whole and validated.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 
 use crate::snapshot::{Hash, SnapshotEntry, SNAPSHOT_FORMAT};
 use crate::snapshot_writer::SnapshotHead;
@@ -29,8 +29,8 @@ fn invalid(why: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("not a snapshot: {why}"))
 }
 
-fn value<T: serde::de::DeserializeOwned>(input: &mut impl Read) -> io::Result<T> {
-    rmp_serde::from_read(input).map_err(invalid)
+fn value<T: serde::de::DeserializeOwned>(input: &mut impl BufRead) -> io::Result<T> {
+    crate::msgpack_read::read_value(input).map_err(invalid)
 }
 
 /// The length in a MessagePack map (`array: false`) or array header.

@@ -3,7 +3,7 @@
 //! snapshot's entries) holds at most the bound, whatever the count of paths.
 
 use std::fs;
-use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -181,7 +181,7 @@ impl SpillReader {
             return Ok(None);
         }
         self.left -= 1;
-        rmp_serde::from_read(&mut *self)
+        crate::msgpack_read::read_value(self)
             .map(Some)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -193,6 +193,24 @@ impl Read for SpillReader {
             Source::Memory(cursor) => cursor.read(buffer),
             Source::File(file) => file.read(buffer),
             Source::Kept(file) => file.read(buffer),
+        }
+    }
+}
+
+impl BufRead for SpillReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match &mut self.source {
+            Source::Memory(cursor) => cursor.fill_buf(),
+            Source::File(file) => file.fill_buf(),
+            Source::Kept(file) => file.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match &mut self.source {
+            Source::Memory(cursor) => cursor.consume(amount),
+            Source::File(file) => file.consume(amount),
+            Source::Kept(file) => file.consume(amount),
         }
     }
 }
