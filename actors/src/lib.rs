@@ -15,6 +15,7 @@ pub mod chunk_parts;
 pub mod ci;
 pub mod cluster;
 pub mod discovery;
+pub mod entry_decode;
 pub mod event_bus;
 pub mod events;
 pub mod fsio;

@@ -16,9 +16,24 @@ use serde::de::DeserializeOwned;
 pub fn read_value<T: DeserializeOwned>(
     input: &mut impl BufRead,
 ) -> Result<T, rmp_serde::decode::Error> {
+    read_value_with(input, |_| None)
+}
+
+/// [`read_value`], trying `in_place` first on the buffered bytes: a decoder of `T`'s own
+/// for the forms it knows, which gives the value at their start and its length in bytes
+/// (what serde would give for them), or `None` (it does not know the form, or the value
+/// goes past the buffer), and serde decodes it.
+pub fn read_value_with<T: DeserializeOwned>(
+    input: &mut impl BufRead,
+    in_place: impl FnOnce(&[u8]) -> Option<(T, usize)>,
+) -> Result<T, rmp_serde::decode::Error> {
     let buffered = input
         .fill_buf()
         .map_err(rmp_serde::decode::Error::InvalidMarkerRead)?;
+    if let Some((value, len)) = in_place(buffered) {
+        input.consume(len);
+        return Ok(value);
+    }
     if let Some(len) = value_len(buffered) {
         let value = rmp_serde::from_slice(&buffered[..len]);
         input.consume(len);
@@ -30,7 +45,7 @@ pub fn read_value<T: DeserializeOwned>(
 /// The length of the MessagePack value at the start of `bytes`, if all of it is there and
 /// its markers are valid. Counts the values still to come instead of recursing, so a deep
 /// or huge header costs nothing: it runs out of bytes.
-fn value_len(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn value_len(bytes: &[u8]) -> Option<usize> {
     let mut at = 0usize;
     let mut pending = 1u64;
     let be = |from: usize, width: usize| -> Option<u64> {

@@ -12,8 +12,10 @@ use serde::Serialize;
 
 use crate::snapshot::{SnapshotError, SnapshotLimits};
 
-/// zstd level of every document (fast: documents are mostly hashes).
-const LEVEL: i32 = 1;
+/// zstd level of every document. Documents are mostly hashes, which do not compress: what
+/// does is their field names and paths, and zstd's first fast level (-1) finds that as well
+/// as level 1 does (a 200,000-entry snapshot: 7.55 MB against 7.59 MB) at 1.35 × its speed.
+const LEVEL: i32 = -1;
 
 /// What `rmp_serde` reads or writes at a time is often one byte: it goes through a buffer.
 const BUFFER: usize = 64 * 1024;

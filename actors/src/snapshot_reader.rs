@@ -119,7 +119,9 @@ impl<R: Read> SnapshotReader<R> {
             return Ok(None);
         }
         self.left -= 1;
-        value(&mut self.input).map(Some)
+        crate::msgpack_read::read_value_with(&mut self.input, crate::entry_decode::decode)
+            .map(Some)
+            .map_err(invalid)
     }
 }
 

@@ -350,16 +350,24 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
             .parse()
             .unwrap();
         let capture = tools.capture(base, port);
+        let (source_cpu, receiver_cpu) = (
+            CpuMeter::start(&[node_pids.0]),
+            CpuMeter::start(&[node_pids.1]),
+        );
         let started = Instant::now();
         let job = transfer(&client, "sync", None, "bench").await;
         let seconds = started.elapsed().as_secs_f64();
+        let aienv_cpu = (source_cpu.seconds(), receiver_cpu.seconds());
         let aienv = Measured::new(seconds, capture, job.progress.bytes_fetched);
+        let mut rsync_cpu = None;
         let rsync = match &daemon {
             Some((_, port)) => {
                 flush_all();
                 let capture = tools.capture(base, *port);
+                let cpu = CpuMeter::start(&daemon_pid.into_iter().collect::<Vec<_>>());
                 let started = Instant::now();
                 let (_, own) = rsync_pull(*port, &rsync_dir);
+                rsync_cpu = Some(cpu.seconds());
                 flush_all();
                 Some(Measured::new(started.elapsed().as_secs_f64(), capture, own))
             }
@@ -395,6 +403,8 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
             syncthing,
             from_peers: job.progress.bytes_from_peers,
             local: job.progress.bytes_local,
+            aienv_cpu,
+            rsync_cpu,
         });
     }
     let counted = if tools.tcpdump {
@@ -427,6 +437,27 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
         "  aienv: {:.2} MB of content fetched, {:.2} MB rebuilt or copied here (medians)",
         median(syncs.iter().map(|r| r.from_peers as f64)) / 1e6,
         median(syncs.iter().map(|r| r.local as f64)) / 1e6
+    );
+    // CPU time is steadier than wall time on a shared machine.
+    let rsync_cpu: Vec<f64> = syncs.iter().filter_map(|r| r.rsync_cpu).collect();
+    println!(
+        "CPU seconds per sync, medians: aienv {:.2} (source {:.2} + receiver {:.2}; per round {}){}",
+        median(syncs.iter().map(|r| r.aienv_cpu.0 + r.aienv_cpu.1)),
+        median(syncs.iter().map(|r| r.aienv_cpu.0)),
+        median(syncs.iter().map(|r| r.aienv_cpu.1)),
+        syncs
+            .iter()
+            .map(|r| format!("{:.2}+{:.2}", r.aienv_cpu.0, r.aienv_cpu.1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        if rsync_cpu.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", rsync -a (daemon and client) {:.2}",
+                median(rsync_cpu.iter().copied())
+            )
+        }
     );
     if daemon.is_some() {
         let ratios: Vec<String> = syncs
@@ -541,6 +572,10 @@ struct SyncRound {
     syncthing: Option<Measured>,
     from_peers: u64,
     local: u64,
+    /// CPU seconds of the source and the receiver node over the sync.
+    aienv_cpu: (f64, f64),
+    /// CPU seconds of the rsync daemon and client over the pull.
+    rsync_cpu: Option<f64>,
 }
 
 /// `BENCH_ROUNDS` (default 5): how many times each copy and each sync is measured.

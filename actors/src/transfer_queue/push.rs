@@ -576,9 +576,16 @@ pub fn pull_merge(
     let mut onto = onto.cursor()?;
     let mut theirs = onto.next_entry()?;
     let mut changes = changes.iter().peekable();
-    // The clone's own `.git` entries, merged into the result in order.
-    let mut clone = current.cursor()?;
+    // The clone's own `.git` entries, merged into the result in order (none to look for
+    // without git projects: `current` is not read).
+    let mut clone = match git_projects.is_empty() {
+        true => None,
+        false => Some(current.cursor()?),
+    };
     let mut next_git = || -> std::io::Result<Option<SnapshotEntry>> {
+        let Some(clone) = clone.as_mut() else {
+            return Ok(None);
+        };
         while let Some(entry) = clone.next_entry()? {
             if in_git(&entry.path) {
                 return Ok(Some(entry.into_owned()));
