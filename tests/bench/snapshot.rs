@@ -3,8 +3,10 @@
 //! settings, the memo on disk). For each count it takes the first snapshot (every file read),
 //! one with nothing changed (the memo answers), one after 1 % of the files changed, and the
 //! same one amended from the snapshot before the change and the paths it touched (as a sync's
-//! commit takes it, without a walk), and reports each pass's time and the process's peak resident memory during it (`VmHWM`,
-//! reset before each pass through `/proc/self/clear_refs`). Memory that is bounded by design
+//! commit takes it, without a walk), and reports each pass's time and the process's peak
+//! resident memory during it (`VmHWM`, reset before each pass through
+//! `/proc/self/clear_refs`); then the time of one pass reading the amended snapshot back
+//! with its root hashed again (a sync reads its snapshots a dozen times over). Memory that is bounded by design
 //! shows as a flat peak from one count to the next: the last column is what each file added
 //! since the previous count.
 //!
@@ -20,8 +22,9 @@
 use std::path::Path;
 use std::time::Instant;
 
+use aienv_actors::snapshot::RootHasher;
 use aienv_actors::workspace_store::{
-    file_clock_now, open_database, Change, ChunkIndex, GroupedTree, Touched, CHUNK_GROUP,
+    file_clock_now, open_database, Change, ChunkIndex, GroupedTree, Taken, Touched, CHUNK_GROUP,
     FILE_GROUP,
 };
 
@@ -118,12 +121,13 @@ fn main() {
         "snapshot benchmark: trees under {base}, sled cache {cache_mib} MiB; peak = VmHWM during the pass"
     );
     println!(
-        "{:>8} {:>22} {:>22} {:>22} {:>22} {:>16}",
+        "{:>8} {:>22} {:>22} {:>22} {:>22} {:>14} {:>16}",
         "files",
         "first: s / peak MiB",
         "unchanged: s / MiB",
         "1 % changed: s / MiB",
         "amended: s / MiB",
+        "read back: ms",
         "B/file added"
     );
     let mut previous: Option<(u64, f64)> = None;
@@ -155,6 +159,7 @@ fn main() {
                 .unwrap()
         });
         assert_eq!(amended.root, changed.root, "amended as walked");
+        let read_ms = read_back(&amended);
         let peak = first_mib.max(same_mib).max(changed_mib).max(amended_mib);
         let added = previous
             .map(|(files, mib)| {
@@ -165,7 +170,7 @@ fn main() {
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{count:>8} {:>22} {:>22} {:>22} {:>22} {added:>16}",
+            "{count:>8} {:>22} {:>22} {:>22} {:>22} {read_ms:>14.0} {added:>16}",
             format!("{first_s:.2} / {first_mib:.0}"),
             format!("{same_s:.2} / {same_mib:.0}"),
             format!("{changed_s:.2} / {changed_mib:.0}"),
@@ -175,6 +180,32 @@ fn main() {
         drop((first, same, changed, amended, index, db));
     }
     sled_alone(&counts);
+}
+
+/// One pass over a kept snapshot as a sync makes a dozen of (every entry read back from the
+/// memo's file, its root hashed again), in milliseconds: the median of five.
+fn read_back(taken: &Taken) -> f64 {
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let mut root = RootHasher::new();
+            taken
+                .entries()
+                .unwrap()
+                .for_each(
+                    |e| e,
+                    |entry| {
+                        root.push(entry);
+                        Ok::<(), std::io::Error>(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(root.finish(), taken.root, "read back whole");
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[2]
 }
 
 /// sled by itself, with the node's settings: per file, the two entries the chunk index
