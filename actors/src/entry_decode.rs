@@ -381,16 +381,7 @@ mod tests {
             },
         ];
         // A valid entry, then cut short, with a byte too many, and with invalid UTF-8.
-        let valid = rmp_serde::to_vec_named(&SnapshotEntry {
-            path: "é".into(),
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            size: 0,
-            hash: None,
-            target: None,
-            chunks: Vec::new(),
-        })
-        .unwrap();
+        let valid = rmp_serde::to_vec_named(&crate::snapshot::test_entries::dir("é")).unwrap();
         cases.push(valid[..valid.len() - 1].to_vec());
         cases.push([&valid[..], &[0xc0]].concat());
         let at = valid.iter().position(|&b| b == 0xc3).unwrap();
