@@ -681,6 +681,87 @@ pub fn pull_merge(
     })
 }
 
+/// What a push makes of the receiving workspace `onto`, read in order and never held: the
+/// [`merge`] of `changes` (in path order, as a validated request has them) onto it. Each
+/// entry of the result goes to `out` in order; with conflicts (never when `force`),
+/// `Ok(Err(..))` after the whole walk.
+///
+/// Unforced, it is [`pull_merge`] without git state. Forced, the changes may remove a
+/// directory that later paths are added under, and [`merge`] then decides by walking up
+/// from each path: what comes back, what goes. Those decisions concern only the changed
+/// paths and their ancestors, so they are made by [`merge`] itself on that part of `onto`
+/// (found in a first pass), and the second pass lays the result over the rest: a path of
+/// `onto` outside that part stays exactly when its parent does. Holds the changes, their
+/// ancestors and the directories open at the current path.
+pub fn push_merge(
+    onto: &SnapshotEntries,
+    changes: &[Change],
+    force: bool,
+    mut out: impl FnMut(&SnapshotEntry) -> std::io::Result<()>,
+) -> std::io::Result<Result<(), Conflicts>> {
+    if !force {
+        return pull_merge(onto, changes, onto, &[], out);
+    }
+    let mut decided: BTreeSet<&str> = BTreeSet::new();
+    for change in changes {
+        decided.insert(change.path.as_str());
+        decided.extend(crate::tree::ancestors(&change.path));
+    }
+    let mut part = Vec::new();
+    let mut cursor = onto.cursor()?;
+    while let Some(entry) = cursor.next_entry()? {
+        if decided.contains(entry.path.as_str()) {
+            part.push(entry.into_owned());
+        }
+    }
+    let part = Snapshot::new(Uuid::nil(), String::new(), 0, String::new(), part);
+    let merged = merge(&part, changes, true, "").expect("a forced merge has no conflicts");
+    let mut merged = merged.entries.into_iter().peekable();
+    let mut cursor = onto.cursor()?;
+    let mut theirs = cursor.next_entry()?;
+    let mut open: Vec<String> = Vec::new();
+    loop {
+        let order = match (&theirs, merged.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(t), Some(m)) => t.path.as_bytes().cmp(m.path.as_bytes()),
+        };
+        let entry = match order {
+            std::cmp::Ordering::Less => {
+                let there = theirs.take().expect("compared above");
+                theirs = cursor.next_entry()?;
+                if decided.contains(there.path.as_str()) {
+                    // Decided above, and not in the result.
+                    continue;
+                }
+                there
+            }
+            std::cmp::Ordering::Equal => {
+                theirs = cursor.next_entry()?;
+                Cow::Owned(merged.next().expect("peeked"))
+            }
+            std::cmp::Ordering::Greater => Cow::Owned(merged.next().expect("peeked")),
+        };
+        while open
+            .last()
+            .is_some_and(|dir| !crate::tree::still_inside(dir, &entry.path))
+        {
+            open.pop();
+        }
+        let parent = crate::tree::ancestors(&entry.path).last();
+        if parent.is_some_and(|parent| !open.iter().any(|dir| dir == parent)) {
+            // Under a directory the changes removed or replaced: it goes with it.
+            continue;
+        }
+        if entry.kind == EntryKind::Dir {
+            open.push(entry.path.clone());
+        }
+        out(&entry)?;
+    }
+    Ok(Ok(()))
+}
+
 /// Points `aienv/<peer>/<branch>` of a pushed project at the pushed commit; says what
 /// happened (never fails the push: the files are in).
 pub fn receive_branch(
@@ -1054,10 +1135,9 @@ mod tests {
     /// The pull's merge read in order is the in-memory merge and git state, entry for entry
     /// and conflict for conflict, over random trees: removals, kinds changed, subtrees
     /// removed on one side and added to on the other, git projects.
-    #[test]
-    fn a_pull_merged_in_order_is_the_merge_in_memory() {
-        let mut next = crate::test_random(0x9e37_79b9_7f4a_7c15);
-        let mut random = |n: u64| next() % n;
+    /// A small random tree over names that interleave in byte order (`a`, `a-1`, `a.txt`,
+    /// `a/…`), with a git project `p`.
+    fn random_tree(random: &mut dyn FnMut(u64) -> u64) -> Snapshot {
         let names = [
             "a",
             "a.txt",
@@ -1068,30 +1148,35 @@ mod tests {
             "p/.git/HEAD",
             "p/x",
         ];
-        let tree = |random: &mut dyn FnMut(u64) -> u64| {
-            let mut entries: BTreeMap<String, SnapshotEntry> = BTreeMap::new();
-            for _ in 0..random(12) {
-                let depth = random(3) as usize;
-                let mut path = names[random(names.len() as u64) as usize].to_string();
-                for _ in 0..depth {
-                    path = format!("{path}/{}", ["a", "b", "a.b"][random(3) as usize]);
-                }
-                let parts: Vec<&str> = path.split('/').collect();
-                for end in 1..parts.len() {
-                    let parent = parts[..end].join("/");
-                    entries.insert(parent.clone(), dir(&parent));
-                }
-                let entry = match random(3) {
-                    0 => dir(&path),
-                    1 => file(&path, ["1", "2"][random(2) as usize]),
-                    _ => file(&path, "3"),
-                };
-                if entries.get(&path).is_none_or(|e| e.kind != EntryKind::Dir) {
-                    entries.insert(path, entry);
-                }
+        let mut entries: BTreeMap<String, SnapshotEntry> = BTreeMap::new();
+        for _ in 0..random(12) {
+            let depth = random(3) as usize;
+            let mut path = names[random(names.len() as u64) as usize].to_string();
+            for _ in 0..depth {
+                path = format!("{path}/{}", ["a", "b", "a.b"][random(3) as usize]);
             }
-            snapshot(entries.into_values().collect())
-        };
+            let parts: Vec<&str> = path.split('/').collect();
+            for end in 1..parts.len() {
+                let parent = parts[..end].join("/");
+                entries.insert(parent.clone(), dir(&parent));
+            }
+            let entry = match random(3) {
+                0 => dir(&path),
+                1 => file(&path, ["1", "2"][random(2) as usize]),
+                _ => file(&path, "3"),
+            };
+            if entries.get(&path).is_none_or(|e| e.kind != EntryKind::Dir) {
+                entries.insert(path, entry);
+            }
+        }
+        snapshot(entries.into_values().collect())
+    }
+
+    #[test]
+    fn a_pull_merged_in_order_is_the_merge_in_memory() {
+        let mut next = crate::test_random(0x9e37_79b9_7f4a_7c15);
+        let mut random = |n: u64| next() % n;
+        let tree = |random: &mut dyn FnMut(u64) -> u64| random_tree(random);
         let scratch = tempfile::tempdir().unwrap();
         let kept = |snapshot: &Snapshot| crate::snapshot_receive::kept(snapshot, scratch.path());
         let (mut merged_count, mut conflicted, mut with_git) = (0, 0, 0);
@@ -1136,6 +1221,86 @@ mod tests {
         assert!(
             merged_count > 100 && conflicted > 100 && with_git > 20,
             "{merged_count} {conflicted} {with_git}"
+        );
+    }
+
+    /// A push merged in order, forced or not, is the merge in memory, on random trees and on
+    /// change sets no consistent clone makes (a directory removed and paths added under
+    /// it, changes whose base is out of date).
+    #[test]
+    fn a_push_merged_in_order_is_the_merge_in_memory() {
+        let mut next = crate::test_random(0x5eed_0f_9005);
+        let mut random = |n: u64| next() % n;
+        let scratch = tempfile::tempdir().unwrap();
+        let kept = |snapshot: &Snapshot| crate::snapshot_receive::kept(snapshot, scratch.path());
+        let (mut merged_count, mut conflicted, mut recreated) = (0, 0, 0);
+        for round in 0..3000 {
+            let force = round % 2 == 0;
+            let (base, clone, origin) = (
+                random_tree(&mut random),
+                random_tree(&mut random),
+                random_tree(&mut random),
+            );
+            let rule = Exclusions {
+                relocated: &BTreeMap::new(),
+                git_projects: &[],
+                git_objects: true,
+            };
+            let mut set: BTreeMap<String, Change> = changes(&base, &clone, &rule)
+                .into_iter()
+                .map(|c| (c.path.clone(), c))
+                .collect();
+            // Changes of another tree's paths: removals, and additions whose parents may
+            // be gone.
+            for entry in random_tree(&mut random).entries {
+                let change = match random(4) {
+                    0 => Change {
+                        path: entry.path.clone(),
+                        base: Some(entry),
+                        new: None,
+                    },
+                    1 => Change {
+                        path: entry.path.clone(),
+                        base: None,
+                        new: Some(entry),
+                    },
+                    _ => continue,
+                };
+                set.insert(change.path.clone(), change);
+            }
+            let set: Vec<Change> = set.into_values().collect();
+            let in_memory = merge(&origin, &set, force, &origin.source_root);
+            let mut entries = Vec::new();
+            let streamed = push_merge(&kept(&origin), &set, force, |e| {
+                entries.push(e.clone());
+                Ok(())
+            })
+            .unwrap();
+            match (in_memory, streamed) {
+                (Ok(merged), Ok(())) => {
+                    assert_eq!(entries, merged.entries, "force {force}, changes {set:#?}");
+                    merged_count += 1;
+                    recreated += usize::from(
+                        force
+                            && merged.entries.iter().any(|e| {
+                                e.kind == EntryKind::Dir
+                                    && origin.entry(&e.path).is_none()
+                                    && !set.iter().any(|c| c.path == e.path)
+                            }),
+                    );
+                }
+                (Err(a), Err(b)) => {
+                    assert!(!force);
+                    assert_eq!(a, b);
+                    conflicted += 1;
+                }
+                (a, b) => panic!("in memory {a:?}, in order {b:?}"),
+            }
+        }
+        // Merges, conflicts and forced merges that bring a removed directory back all came.
+        assert!(
+            merged_count > 500 && conflicted > 100 && recreated > 20,
+            "{merged_count} {conflicted} {recreated}"
         );
     }
 
