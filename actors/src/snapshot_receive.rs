@@ -168,8 +168,8 @@ impl KeptSnapshot {
     }
 }
 
-/// A snapshot whose entries are read in order: whole in memory (a push's target and the
-/// workspace it lands on), or on disk (everything else).
+/// A snapshot whose entries are read in order: on disk (every snapshot a transfer works
+/// with), or whole in memory (tests build them so).
 #[derive(Debug, Clone)]
 pub enum SnapshotEntries {
     /// In memory.

@@ -20,6 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
 use aienv_actors::identity::KeyFingerprint;
+use aienv_actors::snapshot::RootHasher;
 use aienv_actors::snapshot_receive::SnapshotEntries;
 use aienv_actors::transfer_queue::push::{self, BranchPush, PushRequest, PUSH_FORMAT};
 use aienv_actors::transfer_queue::{JobState, TransferError};
@@ -334,34 +335,48 @@ async fn receive(
                 format!("push request refused: {e}"),
             )
         })?;
-    // Conflicts and "nothing to do" are answered at once; the job checks again.
+    // Conflicts and "nothing to do" are answered at once; the job checks again. The
+    // workspace's snapshot is read in order from the memo's file, never held.
     let id = entry.manifest.id;
-    let (current, _) = state.store.snapshot(&id.to_string()).await?;
-    push::check_pushed(&pushed.changes, &entry.manifest.projects, &current).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-push",
-            format!("push request refused: {e}"),
-        )
-    })?;
-    let current_root = current.root;
-    let same = {
-        let (current, changes, force, root) = (
-            current.clone(),
-            pushed.changes.clone(),
-            pushed.force,
-            pushed.source_root.clone(),
-        );
-        web::block(move || push::merge(&current, &changes, force, &root))
-            .await
-            .map_err(|_| ApiError::from(TransferError::Unavailable))?
-            .map_err(|c| TransferError::Conflict {
+    let taken = Arc::new(state.store.take_snapshot(&id.to_string()).await?);
+    let current_root = taken.root;
+    let (changes, force, projects, dir) = (
+        pushed.changes.clone(),
+        pushed.force,
+        entry.manifest.projects.clone(),
+        entry.path.clone(),
+    );
+    let merged = web::block(move || -> Result<Result<_, push::Conflicts>, ApiError> {
+        let current = taken.entries()?;
+        let git_projects = push::git_projects(&projects, &current)
+            .map_err(TransferError::io("reading the snapshot of", &dir))?;
+        push::check_pushed(&changes, &git_projects).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-push",
+                format!("push request refused: {e}"),
+            )
+        })?;
+        let mut root = RootHasher::new();
+        let merged = push::push_merge(&current, &changes, force, |entry| {
+            root.push(entry);
+            Ok(())
+        })
+        .map_err(TransferError::io("reading the snapshot of", &dir))?;
+        Ok(merged.map(|()| root.finish()))
+    })
+    .await
+    .map_err(|_| ApiError::from(TransferError::Unavailable))??;
+    let same = match merged {
+        Ok(root) => root == current_root,
+        Err(c) => {
+            return Err(TransferError::Conflict {
                 paths: c.paths,
                 count: c.count,
                 hint: "nothing was applied; sync the clone first (`aienv sync WS` keeps its own changes and takes the origin's), or push with --force to overwrite the origin's versions",
-            })?
-            .root
-            == current_root
+            }
+            .into())
+        }
     };
     if same {
         // No file to take in (the commits' objects came with an earlier push): only the

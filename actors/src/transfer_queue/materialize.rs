@@ -298,7 +298,7 @@ impl JobContext {
         let taken = Arc::new(self.store.take_snapshot(&id.to_string()).await?);
         let current = {
             let taken = taken.clone();
-            blocking(move || Ok(taken.load()?)).await?
+            blocking(move || Ok(taken.entries()?)).await?
         };
         let (_, request) = self.push_target(&current, &local.manifest.projects).await?;
         let new_root = local.path.clone();

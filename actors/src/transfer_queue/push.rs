@@ -265,17 +265,26 @@ fn within<'p>(project: &str, path: &'p str) -> Option<&'p str> {
 }
 
 /// The paths of the workspace's projects that are git checkouts in `snapshot` (they have
-/// `.git`), normalized (`./a/` → `a`; the workspace itself is `""`).
-pub fn git_projects(projects: &[crate::model::Project], snapshot: &Snapshot) -> Vec<String> {
-    project_paths(projects)
+/// `.git`), normalized (`./a/` → `a`; the workspace itself is `""`): one pass in order.
+pub fn git_projects(
+    projects: &[crate::model::Project],
+    snapshot: &SnapshotEntries,
+) -> std::io::Result<Vec<String>> {
+    let candidates: Vec<(String, String)> = project_paths(projects)
         .into_iter()
-        .filter(|path| {
-            snapshot
-                .entries
-                .binary_search_by(|e| e.path.as_bytes().cmp(git_dir(path).as_bytes()))
-                .is_ok()
-        })
-        .collect()
+        .map(|p| (git_dir(&p), p))
+        .collect();
+    let mut found = Vec::new();
+    if candidates.is_empty() {
+        return Ok(found);
+    }
+    let mut cursor = snapshot.cursor()?;
+    while let Some(entry) = cursor.next_entry()? {
+        if let Some((_, project)) = candidates.iter().find(|(git, _)| *git == entry.path) {
+            found.push(project.clone());
+        }
+    }
+    Ok(found)
 }
 
 /// The workspace's projects' paths, normalized.
@@ -327,17 +336,13 @@ fn object_kind(inner: &str) -> Option<EntryKind> {
 }
 
 /// Refuses a push that changes what pushes never change (`workspace.yaml`, a git project's
-/// working tree or `.git` beyond new objects), judged by the receiving side's own projects.
-pub fn check_pushed(
-    changes: &[Change],
-    projects: &[crate::model::Project],
-    current: &Snapshot,
-) -> Result<(), SnapshotError> {
-    let git_projects = git_projects(projects, current);
+/// working tree or `.git` beyond new objects), judged by the receiving side's own git
+/// projects ([`git_projects`]).
+pub fn check_pushed(changes: &[Change], git_projects: &[String]) -> Result<(), SnapshotError> {
     let relocated = BTreeMap::new();
     let rule = Exclusions {
         relocated: &relocated,
-        git_projects: &git_projects,
+        git_projects,
         git_objects: true,
     };
     for change in changes {
@@ -893,6 +898,10 @@ mod tests {
         crate::snapshot::test_entries::file(path, content.as_bytes())
     }
 
+    fn whole(snapshot: &Snapshot) -> SnapshotEntries {
+        SnapshotEntries::Whole(std::sync::Arc::new(snapshot.clone()))
+    }
+
     fn snapshot(entries: Vec<SnapshotEntry>) -> Snapshot {
         Snapshot::new(Uuid::nil(), "w".into(), 1, "/origin".into(), entries)
     }
@@ -1093,7 +1102,7 @@ mod tests {
             })
             .collect();
         let relocated = BTreeMap::from([("relocated".to_string(), Hash::of(b"x"))]);
-        let git = git_projects(&projects, &clone);
+        let git = git_projects(&projects, &whole(&clone)).unwrap();
         assert_eq!(git, ["p", "q"]);
         let in_memory = changes(
             &base,
@@ -1188,8 +1197,9 @@ mod tests {
                     path: "p".into(),
                     git: None,
                 }],
-                &clone,
-            );
+                &whole(&clone),
+            )
+            .unwrap();
             let rule = Exclusions {
                 relocated: &BTreeMap::new(),
                 git_projects: &projects,
@@ -1229,7 +1239,7 @@ mod tests {
     /// it, changes whose base is out of date).
     #[test]
     fn a_push_merged_in_order_is_the_merge_in_memory() {
-        let mut next = crate::test_random(0x5eed_0f_9005);
+        let mut next = crate::test_random(0x005e_ed0f_9005);
         let mut random = |n: u64| next() % n;
         let scratch = tempfile::tempdir().unwrap();
         let kept = |snapshot: &Snapshot| crate::snapshot_receive::kept(snapshot, scratch.path());
@@ -1312,6 +1322,7 @@ mod tests {
             git: None,
         }];
         let current = snapshot(vec![dir("p"), dir("p/.git"), file("p/.git/HEAD", "x")]);
+        let projects = git_projects(&projects, &whole(&current)).unwrap();
         let added = |entry: SnapshotEntry| Change {
             path: entry.path.clone(),
             base: None,
@@ -1320,8 +1331,7 @@ mod tests {
         let object = format!("p/.git/objects/ab/{}", "c".repeat(38));
         assert!(check_pushed(
             &[added(dir("p/.git/objects/ab")), added(file(&object, "o"))],
-            &projects,
-            &current
+            &projects
         )
         .is_ok());
         let link_as_object_dir = SnapshotEntry {
@@ -1341,10 +1351,10 @@ mod tests {
             },
         ] {
             let path = refused.path.clone();
-            let error = check_pushed(&[refused], &projects, &current).unwrap_err();
+            let error = check_pushed(&[refused], &projects).unwrap_err();
             assert!(error.to_string().contains(&path), "{error}");
         }
-        assert!(check_pushed(&[added(file("data.csv", "ok"))], &projects, &current).is_ok());
+        assert!(check_pushed(&[added(file("data.csv", "ok"))], &projects).is_ok());
     }
 
     #[test]

@@ -17,9 +17,10 @@ use uuid::Uuid;
 
 use crate::peer_registry::{PeerEndpoint, PeerRegistryHandle};
 use crate::shutdown::Shutdown;
-use crate::snapshot::{Hash, Snapshot};
+use crate::snapshot::Hash;
 use crate::snapshot_delta::SnapshotDelta;
 use crate::snapshot_receive::{join, Keeping, KeptSnapshot, ReceiveError, SnapshotEntries};
+use crate::snapshot_writer::SnapshotHead;
 use crate::workspace_store::{Origin, Taken, Touched, WorkspaceEntry, WorkspaceStoreHandle};
 
 use super::client::{FetchError, ManifestBody, TransferClient};
@@ -107,8 +108,8 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     // A sync whose source and clone are both as the last transfer left them has nothing to
     // do: the source answers "not modified" to the root it had, and the clone's own snapshot
     // (a stat walk) still has the root recorded after that transfer.
-    // The clone's snapshot is taken once per attempt and used by every step that needs it:
-    // a sync's stays in the memo's file and is read in order; a push's is whole.
+    // This workspace's snapshot is taken once per attempt and used by every step that needs
+    // it, staying in the memo's file and read in order.
     let mut fetched = None;
     let mut mine: Option<SnapshotEntries> = None;
     // A sync's snapshot of the clone as taken: the one after its commit is amended from it.
@@ -145,33 +146,25 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     }
     if let (Some(local), None) = (&local, &mine) {
         let id = local.manifest.id.to_string();
-        mine = Some(match cx.job.kind {
-            TransferKind::Push => SnapshotEntries::Whole(cx.store.snapshot(&id).await?.0),
-            _ => {
-                let current = Arc::new(cx.store.take_snapshot(&id).await?);
-                before = Some(current.clone());
-                blocking(move || Ok(current.entries()?)).await?
-            }
-        });
+        let current = Arc::new(cx.store.take_snapshot(&id).await?);
+        before = Some(current.clone());
+        mine = Some(blocking(move || Ok(current.entries()?)).await?);
     }
     // What the source has, and what this node will have: the same for a clone and for a
     // plain sync; the source's content with this clone's own changes laid over it for a
     // sync that keeps them (`kept`); this workspace with the peer's changes for a push. All
-    // but a push's stay on disk: the source's as received or rebuilt from a delta, a kept
+    // stay on disk: the source's as received or rebuilt from a delta, a kept or pushed
     // target as merged.
     let mut kept = false;
     let (source, target) = if cx.job.kind == TransferKind::Push {
-        let current = match mine.as_ref().expect("taken just above") {
-            SnapshotEntries::Whole(current) => current.clone(),
-            SnapshotEntries::Kept(_) => return Err(mismatch("a push's workspace on disk")),
-        };
+        let current = mine.as_ref().expect("taken just above");
         let projects = &local
             .as_ref()
             .expect("a push names its workspace")
             .manifest
             .projects;
-        let (target, _) = cx.push_target(&current, projects).await?;
-        (None, Target::Whole(Arc::new(target)))
+        let (target, _) = cx.push_target(current, projects).await?;
+        (None, target)
     } else {
         let fetched = match fetched {
             Some(fetched) => fetched,
@@ -341,7 +334,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     tracing::info!(job = %cx.job.id, "verified; committing");
     cx.state(JobState::Materializing);
     let (outcome, closing) = match (&local, cx.job.kind, &source, &target, before) {
-        (Some(local), TransferKind::Push, _, Target::Whole(_), _) => {
+        (Some(local), TransferKind::Push, _, _, _) => {
             cx.materialize_push(local.manifest.id, &stage).await?
         }
         (Some(local), TransferKind::Sync, Some(source), target, Some(before)) => {
@@ -748,8 +741,8 @@ fn kept_error(
     }
 }
 
-/// What a job makes this node's: a sync's or push's target in memory, or a clone's
-/// received snapshot on disk.
+/// What a job makes this node's: a clone's received snapshot, a sync's or push's target,
+/// each on disk.
 type Target = SnapshotEntries;
 
 /// Refuses, before anything is written, a snapshot whose paths differ only by letter case
@@ -794,28 +787,47 @@ fn conflict(conflicts: super::push::Conflicts, hint: &'static str) -> TransferEr
 
 impl JobContext {
     /// A push job's target: its request laid over this workspace as `current` has it.
+    /// Read in order and written to an unnamed file, checked entry by entry, like a sync's:
+    /// what is held grows with the request, not with the workspace.
     pub(super) async fn push_target(
         &self,
-        current: &Arc<Snapshot>,
+        current: &SnapshotEntries,
         projects: &[crate::model::Project],
-    ) -> Result<(Snapshot, super::push::PushRequest), TransferError> {
+    ) -> Result<(SnapshotEntries, super::push::PushRequest), TransferError> {
         let path = self.job_dir.join(super::push::REQUEST_FILE);
         let limits = self.config.limits.clone();
         let current = current.clone();
         let projects = projects.to_vec();
+        let job_dir = self.job_dir.clone();
         blocking(move || {
             let bytes = std::fs::read(&path).map_err(TransferError::io("reading", &path))?;
             let request = super::push::PushRequest::decode(&bytes, &limits)?;
-            super::push::check_pushed(&request.changes, &projects, &current)?;
-            let target = super::push::merge(
-                &current,
-                &request.changes,
-                request.force,
-                &request.source_root,
-            )
-            .map_err(|c| conflict(c, PUSH_HINT))?;
-            target.validate(&limits)?;
-            Ok((target, request))
+            let reading = || TransferError::io("reading the workspace's snapshot in", &job_dir);
+            let git_projects = super::push::git_projects(&projects, &current).map_err(reading())?;
+            super::push::check_pushed(&request.changes, &git_projects)?;
+            let mut keeping = Keeping::new(&limits, &job_dir);
+            let mut refused = None;
+            let merged =
+                super::push::push_merge(&current, &request.changes, request.force, |entry| {
+                    match keeping.push(entry) {
+                        Err(ReceiveError::Keeping(error)) => return Err(error),
+                        Err(failure) if refused.is_none() => refused = Some(failure),
+                        _ => {}
+                    }
+                    Ok(())
+                })
+                .map_err(TransferError::io("merging the push in", &job_dir))?;
+            merged.map_err(|c| conflict(c, PUSH_HINT))?;
+            let head = SnapshotHead {
+                source_root: request.source_root.clone(),
+                ..current.head()
+            };
+            let kept = match refused {
+                Some(failure) => Err(failure),
+                None => keeping.keep(head, None),
+            };
+            let target = kept.map_err(kept_error("keeping the pushed snapshot in", &job_dir))?;
+            Ok((SnapshotEntries::Kept(Arc::new(target)), request))
         })
         .await
     }
