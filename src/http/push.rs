@@ -373,7 +373,7 @@ async fn receive(
             return Err(TransferError::Conflict {
                 paths: c.paths,
                 count: c.count,
-                hint: "nothing was applied; sync the clone first (`aienv sync WS` keeps its own changes and takes the origin's), or push with --force to overwrite the origin's versions",
+                hint: push::PUSH_HINT,
             }
             .into())
         }

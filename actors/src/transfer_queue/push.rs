@@ -455,6 +455,10 @@ fn change(base: Option<&SnapshotEntry>, mine: Option<&SnapshotEntry>) -> Option<
     })
 }
 
+/// What a push refused for conflicts tells the pushing person (the push route's and the push
+/// job's answer alike).
+pub const PUSH_HINT: &str = "nothing was applied; sync the clone first (`aienv sync WS` keeps its own changes and takes the origin's), or push with --force to overwrite the origin's versions";
+
 /// Paths both sides changed: nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflicts {

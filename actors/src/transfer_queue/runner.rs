@@ -741,6 +741,37 @@ fn kept_error(
     }
 }
 
+/// The target `merge` hands over entry by entry, checked and kept in an unnamed file in
+/// `job_dir` like a received snapshot, under `head`. Conflicts are refused with `hint`; an
+/// entry the checker refuses is reported after them; this node's disk failing ends the walk.
+fn keep_merged(
+    limits: &crate::snapshot::SnapshotLimits,
+    job_dir: &std::path::Path,
+    head: SnapshotHead,
+    hint: &'static str,
+    merge: impl FnOnce(
+        &mut dyn FnMut(&crate::snapshot::SnapshotEntry) -> std::io::Result<()>,
+    ) -> std::io::Result<Result<(), super::push::Conflicts>>,
+) -> Result<KeptSnapshot, TransferError> {
+    let mut keeping = Keeping::new(limits, job_dir);
+    let mut refused = None;
+    let merged = merge(&mut |entry| {
+        match keeping.push(entry) {
+            Err(ReceiveError::Keeping(error)) => return Err(error),
+            Err(failure) if refused.is_none() => refused = Some(failure),
+            _ => {}
+        }
+        Ok(())
+    })
+    .map_err(TransferError::io("merging the snapshots in", job_dir))?;
+    merged.map_err(|c| conflict(c, hint))?;
+    let kept = match refused {
+        Some(failure) => Err(failure),
+        None => keeping.keep(head, None),
+    };
+    kept.map_err(kept_error("keeping the merged snapshot in", job_dir))
+}
+
 /// What a job makes this node's: a clone's received snapshot, a sync's or push's target,
 /// each on disk.
 type Target = SnapshotEntries;
@@ -773,7 +804,6 @@ fn check_case(
 }
 
 /// What a refused push tells the pushing person.
-const PUSH_HINT: &str = "nothing was applied; sync the clone first (`aienv sync WS` keeps its own changes and takes the origin's), or push with --force to overwrite the origin's versions";
 /// What a refused sync tells the person.
 const PULL_HINT: &str = "nothing was applied; push your changes first (`aienv sync WS --push`), or sync with --force to take the origin's versions";
 
@@ -805,28 +835,13 @@ impl JobContext {
             let reading = || TransferError::io("reading the workspace's snapshot in", &job_dir);
             let git_projects = super::push::git_projects(&projects, &current).map_err(reading())?;
             super::push::check_pushed(&request.changes, &git_projects)?;
-            let mut keeping = Keeping::new(&limits, &job_dir);
-            let mut refused = None;
-            let merged =
-                super::push::push_merge(&current, &request.changes, request.force, |entry| {
-                    match keeping.push(entry) {
-                        Err(ReceiveError::Keeping(error)) => return Err(error),
-                        Err(failure) if refused.is_none() => refused = Some(failure),
-                        _ => {}
-                    }
-                    Ok(())
-                })
-                .map_err(TransferError::io("merging the push in", &job_dir))?;
-            merged.map_err(|c| conflict(c, PUSH_HINT))?;
             let head = SnapshotHead {
                 source_root: request.source_root.clone(),
                 ..current.head()
             };
-            let kept = match refused {
-                Some(failure) => Err(failure),
-                None => keeping.keep(head, None),
-            };
-            let target = kept.map_err(kept_error("keeping the pushed snapshot in", &job_dir))?;
+            let target = keep_merged(&limits, &job_dir, head, super::push::PUSH_HINT, |out| {
+                super::push::push_merge(&current, &request.changes, request.force, out)
+            })?;
             Ok((SnapshotEntries::Kept(Arc::new(target)), request))
         })
         .await
@@ -867,28 +882,11 @@ impl JobContext {
             if set.is_empty() && git_projects.is_empty() {
                 return Ok(None);
             }
-            // Checked entry by entry and kept in an unnamed file, like a received snapshot.
             // A sync never replaces a git project's `.git` here: commits made in the clone
             // stay (they go back with a push), and history comes through git's own remotes.
-            // A refused entry is reported after the conflicts; this node's disk failing ends
-            // the walk.
-            let mut keeping = Keeping::new(&limits, &job_dir);
-            let mut refused = None;
-            let merged = super::push::pull_merge(&source, &set, &current, &git_projects, |entry| {
-                match keeping.push(entry) {
-                    Err(ReceiveError::Keeping(error)) => return Err(error),
-                    Err(failure) if refused.is_none() => refused = Some(failure),
-                    _ => {}
-                }
-                Ok(())
-            })
-            .map_err(TransferError::io("merging the snapshots in", &job_dir))?;
-            merged.map_err(|c| conflict(c, PULL_HINT))?;
-            let kept = match refused {
-                Some(failure) => Err(failure),
-                None => keeping.keep(source.head(), None),
-            };
-            let target = kept.map_err(kept_error("keeping the merged snapshot in", &job_dir))?;
+            let target = keep_merged(&limits, &job_dir, source.head(), PULL_HINT, |out| {
+                super::push::pull_merge(&source, &set, &current, &git_projects, out)
+            })?;
             Ok((target.root != source.root()).then(|| SnapshotEntries::Kept(Arc::new(target))))
         })
         .await
