@@ -265,6 +265,81 @@ async fn a_clone_pushes_its_changes_back_and_conflicts_are_refused_with_their_pa
     assert_eq!(read(&origin, "late.txt"), None);
 }
 
+/// The origin fetches a push's content from the clone's node: when it has no address for it
+/// (here it never saw it: discovery is off and only the clone lists the origin), the push is
+/// refused at once, naming that node and what to set, instead of a job waiting for a peer
+/// it cannot reach while the pushing side waits with it.
+#[actix_rt::test]
+async fn a_push_the_origin_cannot_fetch_is_refused_at_once_naming_the_clone() {
+    let temp = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn_on(
+        &temp.path().join("a"),
+        &["--name", "node-a", "--announce-interval", "0.2"],
+    );
+    let b = TestNode::spawn_with_env(
+        &temp.path().join("b"),
+        &["--name", "node-b", "--announce-interval", "0.2"],
+        &[("AIENV_DISCOVERY_STATIC_PEERS", a.tls_url.as_str())],
+    );
+    let (admin_a, admin_b) = (a.admin(), b.admin());
+    admin_a
+        .create(&CreateWorkspace {
+            name: "proj".into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    let origin = root_of(&admin_a, "proj").await;
+    write(&origin, "a.txt", "a1\n");
+    admin_a
+        .share("proj", &ShareRequest::default())
+        .await
+        .unwrap();
+    eventually("B sees A's workspace", || async {
+        admin_b
+            .network_catalog(&aienv::client::NetworkQuery::default())
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.peer_name == "node-a" && e.workspace.name == "proj")
+    })
+    .await;
+    let job = admin_b
+        .start_transfer(&TransferRequestDto {
+            kind: "clone".into(),
+            peer: Some("node-a".into()),
+            workspace: "proj".into(),
+            ..TransferRequestDto::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(finished(&admin_b, job.id).await.state, "done");
+    // A trusts B's key (never seen: it is named by its id) and lets it write.
+    let trusted = admin_a
+        .trust_peer(&b.key.to_readable(), None)
+        .await
+        .unwrap();
+    let (code, _, stderr) = run(&a, &["ws", "access", "proj", "--writer", &trusted.name]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let clone = root_of(&admin_b, "proj").await;
+    write(&clone, "a.txt", "a2 from b\n");
+
+    let (code, _, stderr) = run(&b, &["sync", "proj", "--push"]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "`node-a` cannot fetch the pushed files: it has no address for `{}`",
+            trusted.name
+        )) && stderr.contains("discovery.static_peers"),
+        "{stderr}"
+    );
+    assert_eq!(read(&origin, "a.txt").as_deref(), Some("a1\n"));
+    assert!(
+        admin_a.transfers().await.unwrap().is_empty(),
+        "no push job was queued"
+    );
+}
+
 #[actix_rt::test]
 async fn git_projects_go_back_as_a_branch_named_for_the_clone() {
     let found = std::process::Command::new("git")

@@ -242,6 +242,7 @@ fn push_code(code: &str) -> &'static str {
         "transfer-conflict",
         "push-failed",
         "busy",
+        "pusher-unreachable",
     ]
     .into_iter()
     .find(|known| *known == code)
@@ -321,6 +322,23 @@ async fn receive(
             format!(
                 "`{}` may not push into `{}`: its owner allows that with `aienv ws access {} --writer {}`",
                 peer.name, entry.manifest.name, entry.manifest.name, peer.name
+            ),
+        ));
+    }
+    // The push job fetches the changed content from the caller's clone: without an address
+    // for it, the job would only wait out its sources' patience while the caller waits too.
+    if state
+        .peers
+        .view()
+        .endpoint(peer.id)
+        .is_none_or(|endpoint| endpoint.key != peer.key)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "pusher-unreachable",
+            format!(
+                "`{}` cannot fetch the pushed files: it has no address for `{}` (it has not seen it on the network; with discovery off, list `{}` in `discovery.static_peers` on `{}`)",
+                state.node.name, peer.name, peer.name, state.node.name
             ),
         ));
     }
