@@ -9,6 +9,7 @@
 //! that serve frequent reads, an immutable read view published through a `watch` channel and
 //! stamped with the sequence number of the event that produced it.
 
+pub mod beneath;
 pub mod catalog;
 pub mod chunk_frame;
 pub mod chunk_parts;

@@ -163,9 +163,13 @@ impl Default for WalkDigest {
 /// its path in byte order (so parents come before children). It holds one directory's
 /// listing per level it is in, so its memory follows the tree's depth and its widest
 /// directory, not its count of paths. Stats go through the directory handle (no path walk
-/// per file); links are never followed.
+/// per file); links are never followed, in the middle of a path neither: each directory is
+/// opened beneath the root ([`crate::beneath`]), so one swapped for a link while the walk
+/// runs is an error, never another tree.
 pub struct SortedWalk {
     root: PathBuf,
+    /// The root, opened at the first listing.
+    beneath: Option<crate::beneath::Beneath>,
     /// Listings still to go through, deepest last, each in reverse order.
     frames: Vec<Vec<Listed>>,
     skipped: Vec<String>,
@@ -195,6 +199,7 @@ impl Listed {
 pub fn walk(root: &Path) -> SortedWalk {
     SortedWalk {
         root: root.to_path_buf(),
+        beneath: None,
         frames: vec![vec![Listed::Children(String::new())]],
         skipped: Vec::new(),
         digest: WalkDigest::new(),
@@ -213,28 +218,39 @@ impl SortedWalk {
     }
 
     /// The listing of the directory `relative` (`""` for the root), sorted in reverse.
-    fn list(&self, relative: &str) -> Result<Vec<Listed>, TreeError> {
+    fn list(&mut self, relative: &str) -> Result<Vec<Listed>, TreeError> {
         let dir = if relative.is_empty() {
             self.root.clone()
         } else {
             self.root.join(relative)
         };
+        let beneath = match &mut self.beneath {
+            Some(beneath) => beneath,
+            empty => empty.insert(
+                crate::beneath::Beneath::open(&self.root)
+                    .map_err(io_error("reading directory", &self.root))?,
+            ),
+        };
         let mut listed = Vec::new();
-        for child in fs::read_dir(&dir).map_err(io_error("reading directory", &dir))? {
+        for child in beneath
+            .read_dir(relative)
+            .map_err(io_error("reading directory", &dir))?
+        {
             let child = child.map_err(io_error("reading directory", &dir))?;
             let file_name = child.file_name();
             let Some(file_name) = file_name.to_str() else {
-                return Err(TreeError::NotUtf8(child.path()));
+                return Err(TreeError::NotUtf8(dir.join(file_name)));
             };
             let path = if relative.is_empty() {
                 file_name.to_string()
             } else {
                 format!("{relative}/{file_name}")
             };
-            let full = child.path();
+            let full = self.root.join(&path);
             let metadata = child.metadata().map_err(io_error("inspecting", &full))?;
-            let Some((kind, mode, target)) =
-                describe(&full, &metadata).map_err(io_error("reading link", &full))?
+            // A link is read through the open directory (`child.path()`), not by its path.
+            let Some((kind, mode, target)) = describe(&metadata, || fs::read_link(child.path()))
+                .map_err(io_error("reading link", &full))?
             else {
                 listed.push(Listed::Skipped(path));
                 continue;
@@ -289,18 +305,18 @@ impl Iterator for SortedWalk {
     }
 }
 
-/// Kind, mode and link target of the path `full` whose (not followed) metadata is `metadata`;
-/// `None` for a socket, device or FIFO.
+/// Kind, mode and link target of a path whose (not followed) metadata is `metadata`, the
+/// target read by `read_link` (called for links only); `None` for a socket, device or FIFO.
 pub fn describe(
-    full: &Path,
     metadata: &fs::Metadata,
+    read_link: impl FnOnce() -> io::Result<PathBuf>,
 ) -> io::Result<Option<(EntryKind, u32, Option<String>)>> {
     let file_type = metadata.file_type();
     let mode = metadata.permissions().mode() & MODE_BITS;
     Ok(Some(if file_type.is_dir() {
         (EntryKind::Dir, mode, None)
     } else if file_type.is_symlink() {
-        let target = fs::read_link(full)?;
+        let target = read_link()?;
         (
             EntryKind::Symlink,
             MODE_BITS,
@@ -714,6 +730,36 @@ mod tests {
         assert_eq!(
             (link.kind, link.mode, link.target.as_deref()),
             (EntryKind::Symlink, MODE_BITS, Some("b/f"))
+        );
+    }
+
+    /// The attack: a workspace's process swaps a directory the walk has listed, but not yet
+    /// entered, for a link out of the workspace. The walk must not go there.
+    #[test]
+    fn a_walk_does_not_enter_a_directory_swapped_for_a_link() {
+        let temp = tempfile::tempdir().unwrap();
+        let (root, outside) = (temp.path().join("ws"), temp.path().join("outside"));
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), b"mine").unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), b"the node's key").unwrap();
+        let mut walked = walk(&root);
+        let first = walked.next().unwrap().unwrap();
+        assert_eq!((first.path.as_str(), first.kind), ("d", EntryKind::Dir));
+        fs::rename(root.join("d"), temp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        let rest: Vec<Result<WalkEntry, TreeError>> = walked.collect();
+        assert!(
+            rest.iter()
+                .all(|e| e.as_ref().map_or(true, |e| !e.path.contains("secret"))),
+            "the walk listed the outside directory"
+        );
+        assert!(
+            matches!(rest.as_slice(), [Err(TreeError::Io { path, .. })] if path.ends_with("ws/d")),
+            "the walk fails, naming the directory: {:?}",
+            rest.iter()
+                .map(|r| r.as_ref().map(|e| e.path.clone()))
+                .collect::<Vec<_>>()
         );
     }
 

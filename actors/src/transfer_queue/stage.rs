@@ -811,7 +811,7 @@ impl Stage {
             }
             let (mut kind, mut mode, mut target) = (entry.kind, entry.mode, entry.target.clone());
             if let Some((found_kind, found_mode, found_target)) =
-                crate::tree::describe(&full, &metadata)
+                crate::tree::describe(&metadata, || fs::read_link(&full))
                     .map_err(TransferError::io("reading link", &full))?
             {
                 (kind, mode) = (found_kind, found_mode);

@@ -239,12 +239,15 @@ pub fn export(
     builder
         .append_data(&mut header, MANIFEST_ENTRY, manifest_bytes.as_slice())
         .map_err(out_error)?;
+    // Read beneath the root: never through a link swapped in since the snapshot.
+    let beneath = crate::beneath::Beneath::open(root).map_err(io_error("reading", root))?;
     for entry in &snapshot.entries {
         let source = root.join(&entry.path);
         let name = format!("{CONTENT_PREFIX}{}", entry.path);
         let mut header = tar::Header::new_gnu();
         header.set_mode(entry.mode);
-        let mtime = fs::symlink_metadata(&source)
+        let mtime = beneath
+            .metadata(&entry.path)
             .map(|m| m.mtime().max(0) as u64)
             .unwrap_or(0);
         header.set_mtime(mtime);
@@ -267,7 +270,9 @@ pub fn export(
             EntryKind::File => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(entry.size);
-                let file = fs::File::open(&source).map_err(io_error("reading", &source))?;
+                let file = beneath
+                    .open_file(&entry.path)
+                    .map_err(io_error("reading", &source))?;
                 let mut reader = Verifier::new(file.take(entry.size), segments(entry, true));
                 builder
                     .append_data(&mut header, &name, &mut reader)

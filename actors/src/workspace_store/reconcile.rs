@@ -265,12 +265,17 @@ fn check_unflushed(layout: &Layout, report: &mut ReconcileReport) -> Result<(), 
                 &crate::snapshot::SnapshotLimits::default(),
             )
             .ok();
+            let beneath = crate::beneath::Beneath::open(&root).ok();
             let bad: Vec<&str> = match &files {
                 Some(files) => files
                     .entries
                     .iter()
                     .filter(|e| e.kind == crate::snapshot::EntryKind::File)
-                    .filter(|e| !super::chunk_index::file_matches(&root.join(&e.path), e))
+                    .filter(|e| {
+                        !beneath
+                            .as_ref()
+                            .is_some_and(|b| super::chunk_index::file_matches(b, e))
+                    })
                     .map(|e| e.path.as_str())
                     .collect(),
                 None => vec!["(its record is unreadable)"],

@@ -11,12 +11,12 @@
 //! snapshot reads the path again.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
 use uuid::Uuid;
 
 use super::{file_clock_now, file_key, ChunkIndex, KeptWalk, Retake, ScanStats, Taken, Window};
+use crate::beneath::Beneath;
 use crate::snapshot::{EntryKind, SnapshotEntry};
 use crate::snapshot_receive::EntryCursor;
 use crate::snapshot_writer::SnapshotWriter;
@@ -130,6 +130,7 @@ impl ChunkIndex {
     ) -> Result<Taken, StoreError> {
         let scan_started = file_clock_now();
         let write_failed = |error| StoreError::io("writing the snapshot of", root)(error);
+        let beneath = Beneath::open(root).map_err(StoreError::io("reading", root))?;
         let earlier_entries = before.kept_entries()?.ok_or_else(|| {
             StoreError::io("reading the last snapshot of", root)(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -235,21 +236,18 @@ impl ChunkIndex {
                     let (path, &removed) = changed.next().expect("compared just above");
                     close(&mut cleared, path);
                     let full = root.join(path);
-                    let metadata = match fs::symlink_metadata(&full) {
+                    // Described beneath the root: under a directory swapped for a link,
+                    // the path is not in the workspace any more.
+                    let metadata = match beneath.metadata(path) {
                         Ok(metadata) => Some(metadata),
-                        Err(error)
-                            if error.kind() == std::io::ErrorKind::NotFound
-                                || error.raw_os_error() == Some(libc::ENOTDIR) =>
-                        {
-                            None
-                        }
+                        Err(error) if Beneath::is_absent(&error) => None,
                         Err(error) => return Err(StoreError::io("inspecting", &full)(error)),
                     };
                     let old = self.files.get(&file_key(workspace, path))?;
                     let mut is_dir = false;
                     let mut is_file = false;
                     if let Some(metadata) = &metadata {
-                        match tree::describe(&full, metadata)
+                        match tree::describe(metadata, || beneath.read_link(path))
                             .map_err(StoreError::io("reading link", &full))?
                         {
                             Some((kind, mode, target)) => {
@@ -343,6 +341,7 @@ mod tests {
     use super::super::tests::until_file_clock_passes;
     use super::super::RACY_WINDOW;
     use super::*;
+    use std::fs;
 
     /// Names that interleave in byte order with a directory's children (`a`, `a-b`,
     /// `a.txt`, `a/…`, `a0`).

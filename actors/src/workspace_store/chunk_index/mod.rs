@@ -1086,8 +1086,11 @@ impl ChunkIndex {
     /// Opens the file holding a chunk and says whether it is unchanged since it was indexed
     /// (same size, mtime, ctime and inode, and not stamped inside the racy window): then its
     /// chunks are what the index says without reading them twice.
+    ///
+    /// Opened beneath `root`: never a file outside the workspace through a link swapped in
+    /// since the index was written.
     fn open_indexed(&self, root: &Path, location: &ChunkLocation) -> Option<(fs::File, bool)> {
-        let file = fs::File::open(root.join(&location.path)).ok()?;
+        let file = crate::beneath::open_file(root, &location.path).ok()?;
         let metadata = file.metadata().ok()?;
         let record = self
             .files
@@ -1234,9 +1237,18 @@ fn hash_files(
     entries: &[SnapshotEntry],
     files: &[ToHash],
 ) -> Result<Vec<FileRecord>, StoreError> {
+    // Opened beneath the root: a directory swapped for a link since the walk is an error,
+    // never a file from outside the workspace hashed (and later served) under this path.
+    let beneath = crate::beneath::Beneath::open(root).map_err(StoreError::io("reading", root))?;
     let hash = |file: &ToHash| {
+        let relative = &entries[file.index].path;
+        let path = beneath.full(relative);
+        let opened = beneath
+            .open_file(relative)
+            .map_err(StoreError::io("reading", &path))?;
         hash_file(
-            &root.join(&entries[file.index].path),
+            &path,
+            opened,
             file.stamp,
             file.replaces.as_ref().map_or(&[][..], |r| &r.previous),
         )
@@ -1270,24 +1282,34 @@ fn hash_files(
         .collect()
 }
 
-/// Whether the regular file at `path` holds exactly what `entry` describes (size and hash),
-/// read and hashed now whatever its stamp: the check of a clone whose write-back a crash may
+/// Whether the regular file at `entry.path` beneath the workspace holds exactly what `entry`
+/// describes (size and hash), read and hashed now whatever its stamp: the check of a clone whose write-back a crash may
 /// have cut short.
-pub(super) fn file_matches(path: &Path, entry: &crate::snapshot::SnapshotEntry) -> bool {
-    let Ok(metadata) = fs::symlink_metadata(path) else {
+pub(super) fn file_matches(
+    beneath: &crate::beneath::Beneath,
+    entry: &crate::snapshot::SnapshotEntry,
+) -> bool {
+    let Ok(file) = beneath.open_file(&entry.path) else {
+        return false;
+    };
+    let Ok(metadata) = file.metadata() else {
         return false;
     };
     if !metadata.is_file() || metadata.len() != entry.size {
         return false;
     }
-    hash_file(path, Stamp::of(&metadata), &[])
+    hash_file(&beneath.full(&entry.path), file, Stamp::of(&metadata), &[])
         .is_ok_and(|record| Some(record.hash) == entry.hash && record.stamp.size == entry.size)
 }
 
-/// Hashes a file: BLAKE3 of a small file's content; a large file's content-defined chunks
-/// and the hash of its chunk list ([`chunk_list_hash`]).
-fn hash_file(path: &Path, seen: Stamp, previous: &[ChunkRef]) -> Result<FileRecord, StoreError> {
-    let mut file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
+/// Hashes `file` (at `path`, for messages): BLAKE3 of a small file's content; a large
+/// file's content-defined chunks and the hash of its chunk list ([`chunk_list_hash`]).
+fn hash_file(
+    path: &Path,
+    mut file: fs::File,
+    seen: Stamp,
+    previous: &[ChunkRef],
+) -> Result<FileRecord, StoreError> {
     // The stamp is the walk's, with the size of what was actually read: a file that changed
     // in between gets a stamp no later walk matches, and is read again.
     let record = FileRecord {
@@ -1306,7 +1328,7 @@ fn hash_file(path: &Path, seen: Stamp, previous: &[ChunkRef]) -> Result<FileReco
         .map_err(StoreError::io("reading", path))?;
     if data.len() as u64 > SMALL_FILE_MAX {
         // It grew since the walk: cut it as a large file.
-        let file = fs::File::open(path).map_err(StoreError::io("reading", path))?;
+        std::io::Seek::rewind(&mut file).map_err(StoreError::io("reading", path))?;
         return chunk_large(path, file, record, previous);
     }
     Ok(FileRecord {
@@ -1580,11 +1602,48 @@ mod tests {
             ctime_ns: 1,
             ino: 1,
         };
-        let record = hash_file(&path, seen, &[]).unwrap();
+        let record = hash_file(&path, fs::File::open(&path).unwrap(), seen, &[]).unwrap();
         assert_eq!(record.hash, Hash::of(b"now small"));
         assert!(record.chunks.is_empty());
         assert_eq!(record.stamp.size, 9);
         assert!(!record.describes(&seen), "the next walk reads it again");
+    }
+
+    /// A directory swapped for a link out of the workspace between the walk and the read:
+    /// the file under it is not hashed (and so never served) as the workspace's.
+    #[test]
+    fn files_are_hashed_beneath_the_root_only() {
+        let temp = tempfile::tempdir().unwrap();
+        let (root, outside) = (temp.path().join("ws"), temp.path().join("outside"));
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), b"mine").unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("f"), b"secret").unwrap();
+        let entry = SnapshotEntry {
+            path: "d/f".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: 4,
+            hash: None,
+            target: None,
+            chunks: Vec::new(),
+        };
+        let stamp = Stamp::of(&fs::metadata(root.join("d/f")).unwrap());
+        let to_hash = || {
+            vec![ToHash {
+                index: 0,
+                stamp,
+                replaces: None,
+            }]
+        };
+        let hashed = hash_files(&root, std::slice::from_ref(&entry), &to_hash()).unwrap();
+        assert_eq!(hashed[0].hash, Hash::of(b"mine"));
+        fs::rename(root.join("d"), temp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        assert!(
+            hash_files(&root, std::slice::from_ref(&entry), &to_hash()).is_err(),
+            "a file outside the workspace was hashed as `d/f`"
+        );
     }
 
     /// Waits until the clock the kernel stamps files with is `margin` past the stamp of

@@ -1,0 +1,275 @@
+//! Reads of a workspace's content that cannot leave the workspace.
+//!
+//! A workspace's own processes (sandboxed tools among them) can swap a directory for a link
+//! at any moment. A read by `root.join(path)` follows such a link in the middle of the path,
+//! so the node would list, hash, and later serve to its peers a file from outside the
+//! workspace under that path: a way out of the sandbox. Every path here is resolved beneath
+//! the workspace's root with no link followed anywhere (`openat2` with `RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS`; on a kernel without it, one `openat` per component with
+//! `O_NOFOLLOW`). A link where a directory was is then an error naming the path, never
+//! another file.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// A workspace's root, open, to resolve paths beneath.
+#[derive(Debug)]
+pub struct Beneath {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+impl Beneath {
+    /// Opens `root` (itself resolved as given: the node chose it).
+    pub fn open(root: &Path) -> io::Result<Beneath> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Beneath {
+            root: fd,
+            path: root.to_path_buf(),
+        })
+    }
+
+    /// The root's path, for messages.
+    pub fn root(&self) -> &Path {
+        &self.path
+    }
+
+    /// `relative`'s full path, for messages.
+    pub fn full(&self, relative: &str) -> PathBuf {
+        if relative.is_empty() {
+            self.path.clone()
+        } else {
+            self.path.join(relative)
+        }
+    }
+
+    /// The regular file (or anything but a link) at `relative`, open for reading.
+    pub fn open_file(&self, relative: &str) -> io::Result<fs::File> {
+        self.resolve(relative, OFlags::RDONLY | OFlags::NOFOLLOW)
+            .map(fs::File::from)
+    }
+
+    /// The directory at `relative` (`""`: the root), open for listing.
+    pub fn open_dir(&self, relative: &str) -> io::Result<fs::File> {
+        self.resolve(
+            relative,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+        )
+        .map(fs::File::from)
+    }
+
+    /// What is at `relative`, a link not followed (as `symlink_metadata`).
+    pub fn metadata(&self, relative: &str) -> io::Result<fs::Metadata> {
+        let fd = self.resolve(relative, OFlags::PATH | OFlags::NOFOLLOW)?;
+        fs::File::from(fd).metadata()
+    }
+
+    /// The target of the link at `relative`.
+    pub fn read_link(&self, relative: &str) -> io::Result<PathBuf> {
+        let fd = self.resolve(relative, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+        let bytes: Vec<u8> = target.into_bytes();
+        Ok(PathBuf::from(
+            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes),
+        ))
+    }
+
+    /// Whether `error` says the path does not lead to anything inside the workspace: nothing
+    /// there, a file where a directory should be, or a link on the way.
+    pub fn is_absent(error: &io::Error) -> bool {
+        error.kind() == io::ErrorKind::NotFound
+            || matches!(
+                error.raw_os_error(),
+                Some(libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+            )
+    }
+
+    /// The listing of the directory at `relative`. Entries' `metadata` and `path` go through
+    /// the open directory, never through its path again.
+    pub fn read_dir(&self, relative: &str) -> io::Result<Listing> {
+        let dir = self.open_dir(relative)?;
+        // The process's own link to the open directory reopens that very directory, however
+        // its path has changed since.
+        let entries = fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+        Ok(Listing { _dir: dir, entries })
+    }
+
+    fn resolve(&self, relative: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        check_relative(relative)?;
+        let path = if relative.is_empty() { "." } else { relative };
+        let flags = flags | OFlags::CLOEXEC;
+        match rustix::fs::openat2(
+            self.root.as_fd(),
+            path,
+            flags,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Err(rustix::io::Errno::NOSYS) => self.resolve_by_components(path, flags),
+            // A rename elsewhere raced the lookup (`RESOLVE_BENEATH` refuses rather than
+            // risk it): by components, which cannot be led out either.
+            Err(rustix::io::Errno::AGAIN) => self.resolve_by_components(path, flags),
+            result => Ok(result?),
+        }
+    }
+
+    /// One `openat` per component, none following a link (kernels before 5.6).
+    fn resolve_by_components(&self, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        let mut components = path.split('/').peekable();
+        let mut dir: Option<OwnedFd> = None;
+        while let Some(component) = components.next() {
+            let at = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+            if components.peek().is_none() {
+                return Ok(rustix::fs::openat(at, component, flags, Mode::empty())?);
+            }
+            dir = Some(rustix::fs::openat(
+                at,
+                component,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?);
+        }
+        unreachable!("a path has at least one component")
+    }
+}
+
+/// A directory's listing, read through the open directory.
+pub struct Listing {
+    _dir: fs::File,
+    entries: fs::ReadDir,
+}
+
+impl Iterator for Listing {
+    type Item = io::Result<fs::DirEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.entries.next()
+    }
+}
+
+/// Opens the file at `relative` beneath `root` for reading (see [`Beneath`]).
+pub fn open_file(root: &Path, relative: &str) -> io::Result<fs::File> {
+    Beneath::open(root)?.open_file(relative)
+}
+
+/// Refuses what no workspace path is: absolute, `.`, `..` or empty components (snapshot
+/// paths are checked for this already; this is the last line).
+fn check_relative(relative: &str) -> io::Result<()> {
+    if relative.is_empty() {
+        return Ok(());
+    }
+    if relative.starts_with('/')
+        || relative
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{relative}` is not a path inside a workspace"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    /// A workspace with `d/f`, `link-dir` (a link to a directory outside holding `secret`),
+    /// `link-file` (a link to that secret) and `d/inner` (a relative link up and out).
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let temp = tempfile::tempdir().unwrap();
+        let outside = temp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "the node's key").unwrap();
+        let root = temp.path().join("ws");
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), "mine").unwrap();
+        symlink(&outside, root.join("link-dir")).unwrap();
+        symlink(outside.join("secret"), root.join("link-file")).unwrap();
+        symlink("../../outside", root.join("d/inner")).unwrap();
+        (temp, root)
+    }
+
+    fn read(mut file: fs::File) -> String {
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    #[test]
+    fn paths_inside_open_and_links_anywhere_in_a_path_are_refused() {
+        let (_temp, root) = tree();
+        let beneath = Beneath::open(&root).unwrap();
+        assert_eq!(read(beneath.open_file("d/f").unwrap()), "mine");
+        for path in [
+            "link-dir/secret",
+            "link-file",
+            "d/inner/secret",
+            "../outside/secret",
+            "d/../../outside/secret",
+            "/etc/passwd",
+            "d//f",
+            "./d/f",
+        ] {
+            assert!(
+                beneath.open_file(path).is_err(),
+                "{path} must not open beneath the workspace"
+            );
+        }
+        assert!(beneath.open_dir("link-dir").is_err());
+        assert!(beneath.read_dir("link-dir").is_err());
+        // A link itself is described, not followed.
+        assert!(beneath
+            .metadata("link-dir")
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(beneath
+            .metadata("link-dir/secret")
+            .is_err_and(|e| Beneath::is_absent(&e)));
+        assert_eq!(
+            beneath.read_link("d/inner").unwrap(),
+            PathBuf::from("../../outside")
+        );
+        assert!(beneath.read_link("link-dir/x").is_err());
+        // Without openat2 (older kernels), the same answers by components.
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        assert!(beneath.resolve_by_components("d/f", flags).is_ok());
+        for path in ["link-dir/secret", "link-file", "d/inner/secret"] {
+            assert!(
+                beneath.resolve_by_components(path, flags).is_err(),
+                "{path} by components"
+            );
+        }
+    }
+
+    /// The attack: a workspace's process swaps a directory the node already listed for a
+    /// link out of the workspace before the node lists or reads inside it.
+    #[test]
+    fn a_directory_swapped_for_a_link_after_it_was_opened_is_read_as_it_was() {
+        let (temp, root) = tree();
+        let beneath = Beneath::open(&root).unwrap();
+        let mut listing = beneath.read_dir("d").unwrap();
+        fs::rename(root.join("d"), temp.path().join("moved")).unwrap();
+        symlink(temp.path().join("outside"), root.join("d")).unwrap();
+        let mut names: Vec<String> = listing
+            .by_ref()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f", "inner"], "the directory that was opened");
+        assert!(beneath.read_dir("d").is_err());
+        assert!(beneath.open_file("d/secret").is_err());
+    }
+}
