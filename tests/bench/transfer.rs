@@ -12,7 +12,9 @@
 //! to run (default `target/bench-transfer:/dev/shm`). `BENCH_FILES=N` replaces the tree with N
 //! small files (the change then rewrites 1 % of them), and the nodes' peak resident memory is
 //! reported at the end. `BENCH_LOCAL_EDIT=1` adds a file of the clone's own before each sync
-//! (the sync then keeps it: the three-way merge). Figures, not assertions.
+//! (the sync then keeps it: the three-way merge). At the end the clone pushes another round's
+//! change back (`aienv sync --push`), timed against an `rsync -a` push of it into a daemon,
+//! with both nodes' peak memory over the push alone. Figures, not assertions.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -103,7 +105,16 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
     let rounds = rounds();
     let a_dir = base.join("a");
     let b_dir = base.join("b");
-    let mut a = start_node(&a_dir, "bench-a", &[]);
+    // The source lists the receiver as a static peer (discovery is off), so that it can
+    // fetch a push from the receiver's clone at the end; the receiver's port is picked now.
+    let b_port = common::free_tcp_port();
+    let b_url = format!("https://127.0.0.1:{b_port}");
+    let mut a = start_node(
+        &a_dir,
+        "bench-a",
+        0,
+        &[("AIENV_DISCOVERY_STATIC_PEERS", b_url.as_str())],
+    );
     let root;
     {
         let client = a.admin();
@@ -151,6 +162,7 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
     let b = start_node(
         &b_dir,
         "bench-b",
+        b_port,
         &[("AIENV_DISCOVERY_STATIC_PEERS", a.tls_url.as_str())],
     );
     wait_listed(&b.admin()).await;
@@ -493,27 +505,132 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
         );
     }
     println!();
-    drop(daemon);
     // Peak resident memory of each node over the whole run (snapshot, clones, syncs).
     for (name, node) in [("source", &a), ("receiver", &b)] {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap()))
-            .unwrap_or_default();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let pid = node.pid().unwrap();
         println!(
             "{name} node: peak resident memory {:.1} MiB, now {:.1} MiB ({files} files)",
-            field("VmHWM:") as f64 / 1024.0,
-            field("VmRSS:") as f64 / 1024.0
+            status_kib(pid, "VmHWM:") as f64 / 1024.0,
+            status_kib(pid, "VmRSS:") as f64 / 1024.0
         );
     }
+    push_back(
+        &a,
+        &b,
+        base,
+        &root,
+        many,
+        scale,
+        rounds,
+        daemon.as_ref().map(|d| d.1),
+    )
+    .await;
+    drop(daemon);
     drop(b);
     a.stop();
+}
+
+/// The clone pushes a change of its own back (`aienv sync --push`): the source, as the
+/// origin, fetches it from the clone, verifies it and commits it. Timed against an `rsync -a`
+/// push of the same change from the clone into the last rsync copy (a writable module of the
+/// same daemon), with each node's peak resident memory over the push alone.
+#[allow(clippy::too_many_arguments)]
+async fn push_back(
+    a: &TestNode,
+    b: &TestNode,
+    base: &Path,
+    root: &Path,
+    many: Option<u64>,
+    scale: f64,
+    rounds: usize,
+    daemon: Option<u16>,
+) {
+    let (source, receiver) = (a.admin(), b.admin());
+    let trusted = source.trust_peer(&b.key.to_readable(), None).await.unwrap();
+    source
+        .set_access(
+            "bench",
+            &aienv::api::AccessUpdate {
+                writers: Some(vec![trusted.name.clone()]),
+                ..aienv::api::AccessUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let clone = PathBuf::from(receiver.get("bench").await.unwrap().workspace.path.unwrap());
+    let rsync_push = |port: u16| {
+        let output = Command::new("rsync")
+            .args(["-a", "--delete"])
+            .arg(format!("{}/data/", clone.display()))
+            .arg(format!("rsync://127.0.0.1:{port}/copy/data/"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    };
+    // The rsync copy starts as the clone is (its own files and modification times), so
+    // that rsync's push moves the change alone, as aienv's does.
+    if let Some(port) = daemon {
+        rsync_push(port);
+    }
+    // A change the source has not seen: another round's.
+    let changed = match many {
+        Some(count) => change_many(&clone.join("data"), count, rounds),
+        None => change_tree(&clone.join("data"), scale, rounds),
+    };
+    let rsync_seconds = daemon.map(|port| {
+        flush_all();
+        let started = Instant::now();
+        rsync_push(port);
+        sync_fs(base);
+        started.elapsed().as_secs_f64()
+    });
+    flush_all();
+    let pids = [a.pid().unwrap(), b.pid().unwrap()];
+    for pid in pids {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
+    let cpu = (CpuMeter::start(&pids[..1]), CpuMeter::start(&pids[1..]));
+    let started = Instant::now();
+    let pushed = receiver.push("bench", false).await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = (cpu.0.seconds(), cpu.1.seconds());
+    assert_eq!(pushed.state, "done", "{pushed:?}");
+    assert!(
+        root.join("data").exists(),
+        "the source's workspace is still there"
+    );
+    print!(
+        "\npush back ({:.1} MB changed in {} paths): aienv {seconds:.2} s, CPU {:.2} (source {:.2} + clone {:.2})",
+        changed as f64 / 1e6,
+        pushed.changes,
+        cpu.0 + cpu.1,
+        cpu.0,
+        cpu.1
+    );
+    if let Some(rsync) = rsync_seconds {
+        print!(
+            "; rsync -a push into a daemon + sync {rsync:.2} s, ratio {:.2}",
+            seconds / rsync
+        );
+    }
+    println!();
+    for (name, pid) in [("source (origin)", pids[0]), ("receiver (clone)", pids[1])] {
+        println!(
+            "  {name}: peak resident memory over the push {:.1} MiB",
+            status_kib(pid, "VmHWM:") as f64 / 1024.0
+        );
+    }
+}
+
+/// A field of `/proc/PID/status`, in KiB (0 when unreadable).
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What the run can use besides aienv.
@@ -824,8 +941,9 @@ fn rsync_daemon(base: &Path, root: &Path) -> (Daemon, u16) {
     std::fs::write(
         &config,
         format!(
-            "use chroot = no\nuid = root\ngid = root\n[ws]\npath = {}\nread only = yes\n",
-            root.display()
+            "use chroot = no\nuid = root\ngid = root\n[ws]\npath = {}\nread only = yes\n[copy]\npath = {}\nread only = no\n",
+            root.display(),
+            base.join("rsync").display()
         ),
     )
     .unwrap();
@@ -1009,14 +1127,13 @@ async fn wait_listed(client: &Client) {
     }
 }
 
-/// A node on `data`, polled over HTTP by its static peers (`env`); stopped on drop.
-fn start_node(data: &Path, name: &str, env: &[(&str, &str)]) -> TestNode {
+/// A node on `data` with its TLS listener on `port` (0: any), polled over HTTP by its static
+/// peers (`env`); stopped on drop.
+fn start_node(data: &Path, name: &str, port: u16, env: &[(&str, &str)]) -> TestNode {
     let mut command = Command::new(common::binary());
     command
+        .args(["serve", "--http-port", &port.to_string()])
         .args([
-            "serve",
-            "--http-port",
-            "0",
             "--local-port",
             "0",
             "--bind",
