@@ -85,11 +85,7 @@ impl Beneath {
     /// Whether `error` says the path does not lead to anything inside the workspace: nothing
     /// there, a file where a directory should be, or a link on the way.
     pub fn is_absent(error: &io::Error) -> bool {
-        error.kind() == io::ErrorKind::NotFound
-            || matches!(
-                error.raw_os_error(),
-                Some(libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
-            )
+        error.kind() == io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ENOTDIR)
     }
 
     /// The listing of the directory at `relative`. Entries' `metadata` and `path` go through
@@ -103,6 +99,19 @@ impl Beneath {
     }
 
     fn resolve(&self, relative: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        self.resolve_raw(relative, flags).map_err(|error| {
+            if matches!(error.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "a link is in the way (links are never followed here; the path changed while it was read)",
+                )
+            } else {
+                error
+            }
+        })
+    }
+
+    fn resolve_raw(&self, relative: &str, flags: OFlags) -> io::Result<OwnedFd> {
         check_relative(relative)?;
         let path = if relative.is_empty() { "." } else { relative };
         let flags = flags | OFlags::CLOEXEC;
@@ -228,6 +237,11 @@ mod tests {
             );
         }
         assert!(beneath.open_dir("link-dir").is_err());
+        let refused = beneath.open_file("link-dir/secret").unwrap_err();
+        assert!(
+            refused.to_string().contains("a link is in the way"),
+            "{refused}"
+        );
         assert!(beneath.read_dir("link-dir").is_err());
         // A link itself is described, not followed.
         assert!(beneath
