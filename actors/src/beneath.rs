@@ -51,10 +51,21 @@ impl Beneath {
         }
     }
 
-    /// The regular file (or anything but a link) at `relative`, open for reading.
+    /// The regular file at `relative`, open for reading. Opened without blocking and checked
+    /// to be a regular file: a FIFO swapped in would otherwise hold the reader until some
+    /// process writes to it.
     pub fn open_file(&self, relative: &str) -> io::Result<fs::File> {
-        self.resolve(relative, OFlags::RDONLY | OFlags::NOFOLLOW)
-            .map(fs::File::from)
+        let file = fs::File::from(self.resolve(
+            relative,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        )?);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (it changed while it was read)",
+            ));
+        }
+        Ok(file)
     }
 
     /// The directory at `relative` (`""`: the root), open for listing.
@@ -243,6 +254,17 @@ mod tests {
             "{refused}"
         );
         assert!(beneath.read_dir("link-dir").is_err());
+        // A FIFO in a file's place is refused at once, not waited on.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("d/fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(beneath.open_file("d/fifo").is_err());
+        assert!(beneath.open_file("d").is_err());
         // A link itself is described, not followed.
         assert!(beneath
             .metadata("link-dir")

@@ -1282,9 +1282,9 @@ fn hash_files(
         .collect()
 }
 
-/// Whether the regular file at `entry.path` beneath the workspace holds exactly what `entry`
-/// describes (size and hash), read and hashed now whatever its stamp: the check of a clone whose write-back a crash may
-/// have cut short.
+/// Whether the regular file at `entry.path` beneath the workspace holds exactly what
+/// `entry` describes (size and hash), read and hashed now whatever its stamp: the check of a
+/// clone whose write-back a crash may have cut short.
 pub(super) fn file_matches(
     beneath: &crate::beneath::Beneath,
     entry: &crate::snapshot::SnapshotEntry,
