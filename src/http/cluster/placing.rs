@@ -325,21 +325,37 @@ async fn rank_peers(
     only: Option<Uuid>,
 ) -> Result<(RankingDto, Hash), ApiError> {
     let started = Instant::now();
-    let (snapshot, _) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
-    let mut seen = HashSet::new();
-    let mut chunks = Vec::new();
-    let mut total = 0u64;
-    for file in &snapshot.entries {
-        for (_, chunk) in file.file_chunks() {
-            if seen.insert(chunk.hash) {
-                total += chunk.size as u64;
-                chunks.push(FitChunk {
-                    hash: chunk.hash.to_hex(),
-                    size: chunk.size,
-                });
-            }
-        }
-    }
+    // The workspace's chunks, read in order from the memo's file: the request lists them
+    // (once each), the snapshot itself is never held.
+    let taken = state
+        .store
+        .take_snapshot(&entry.manifest.id.to_string())
+        .await?;
+    let root = taken.root;
+    let dir = entry.path.clone();
+    let (chunks, total) = web::block(move || -> Result<_, ApiError> {
+        let mut seen = HashSet::new();
+        let mut chunks = Vec::new();
+        let mut total = 0u64;
+        taken.entries()?.for_each(
+            aienv_actors::transfer_queue::TransferError::io("reading the snapshot of", &dir),
+            |file| {
+                for (_, chunk) in file.file_chunks() {
+                    if seen.insert(chunk.hash) {
+                        total += chunk.size as u64;
+                        chunks.push(FitChunk {
+                            hash: chunk.hash.to_hex(),
+                            size: chunk.size,
+                        });
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok((chunks, total))
+    })
+    .await
+    .map_err(|_| ApiError::from(aienv_actors::transfer_queue::TransferError::Unavailable))??;
     let body = Arc::new(FitRequest {
         environment: environment.to_string(),
         spec: serde_json::to_value(spec).map_err(|e| {
@@ -395,7 +411,7 @@ async fn rank_peers(
         total,
         started.elapsed().as_secs_f64() * 1000.0,
     );
-    Ok((dto, snapshot.root))
+    Ok((dto, root))
 }
 
 /// The ranking of trusted online peers for an environment (nothing is placed).
@@ -775,7 +791,11 @@ pub(in crate::http) async fn sync_results(
         return Ok(None);
     };
     let record = &placement.record;
-    let (now, _) = state.store.snapshot(&entry.manifest.id.to_string()).await?;
+    // Only its root is compared: the entries stay in the memo's file.
+    let now = state
+        .store
+        .take_snapshot(&entry.manifest.id.to_string())
+        .await?;
     if !body.force && record.placed_root.is_some_and(|root| root != now.root) {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
