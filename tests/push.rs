@@ -265,6 +265,100 @@ async fn a_clone_pushes_its_changes_back_and_conflicts_are_refused_with_their_pa
     assert_eq!(read(&origin, "late.txt"), None);
 }
 
+/// The origin checks the push again against its workspace as it is when the content has
+/// arrived: a pushed path its own user changed while the push fetched is a conflict, and
+/// that change stays; a change beside the pushed paths stays too, and the push lands.
+#[actix_rt::test]
+async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
+    if !common::needs_test_hooks() {
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let a = TestNode::spawn_discovering(&temp.path().join("a"), "node-a", port);
+    // B serves its chunks slowly: the origin's push job is fetching for a while.
+    let b = TestNode::spawn_discovering_with(
+        &temp.path().join("b"),
+        "node-b",
+        port,
+        &["--test-chunk-delay-ms", "1500"],
+    );
+    let (admin_a, admin_b) = (a.admin(), b.admin());
+    admin_a
+        .create(&CreateWorkspace {
+            name: "proj".into(),
+            ..CreateWorkspace::default()
+        })
+        .await
+        .unwrap();
+    let origin = root_of(&admin_a, "proj").await;
+    for (path, text) in [("x.txt", "x1\n"), ("y.txt", "y1\n"), ("sub/z.txt", "z1\n")] {
+        write(&origin, path, text);
+    }
+    clone_it(&a, &b, "proj").await;
+    let clone = root_of(&admin_b, "proj").await;
+    admin_a.trust_peer("node-b", None).await.unwrap();
+    let (code, _, stderr) = run(&a, &["ws", "access", "proj", "--writer", "node-b"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // While the origin fetches, its user changes `path` to `text`.
+    let change_while_fetching = |path: &'static str, text: &'static str| {
+        let (admin_a, origin) = (admin_a.clone(), origin.clone());
+        async move {
+            eventually("the origin's push job is fetching", || async {
+                admin_a
+                    .transfers()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|j| j.kind == "push" && j.state == "transferring")
+            })
+            .await;
+            write(&origin, path, text);
+        }
+    };
+
+    // Beside the pushed path: the push lands and the origin's own change stays.
+    write(&clone, "x.txt", "x2 from b\n");
+    let (pushed, ()) = futures_util::future::join(
+        admin_b.push("proj", false),
+        change_while_fetching("sub/z.txt", "z2 on a\n"),
+    )
+    .await;
+    let pushed = pushed.unwrap();
+    assert_eq!(pushed.state, "done", "{pushed:?}");
+    assert_eq!(read(&origin, "x.txt").as_deref(), Some("x2 from b\n"));
+    assert_eq!(read(&origin, "sub/z.txt").as_deref(), Some("z2 on a\n"));
+    let revision = admin_a.get("proj").await.unwrap().workspace.revision;
+
+    // The same path: a conflict, nothing applied, the origin's change kept.
+    write(&clone, "y.txt", "y2 from b\n");
+    write(&clone, "new.txt", "would have come\n");
+    let (pushed, ()) = futures_util::future::join(
+        admin_b.push("proj", false),
+        change_while_fetching("y.txt", "y2 on a\n"),
+    )
+    .await;
+    match pushed {
+        Err(aienv::client::ClientError::Api {
+            status,
+            code,
+            details,
+            ..
+        }) => {
+            assert_eq!((status, code.as_str()), (409, "conflict"));
+            assert_eq!(details.unwrap()["paths"], serde_json::json!(["y.txt"]));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(read(&origin, "y.txt").as_deref(), Some("y2 on a\n"));
+    assert_eq!(read(&origin, "new.txt"), None);
+    assert_eq!(
+        admin_a.get("proj").await.unwrap().workspace.revision,
+        revision
+    );
+}
+
 /// The origin fetches a push's content from the clone's node: when it has no address for it
 /// (here it never saw it: discovery is off and only the clone lists the origin), the push is
 /// refused at once, naming that node and what to set, instead of a job waiting for a peer
