@@ -301,30 +301,39 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
     let (code, _, stderr) = run(&a, &["ws", "access", "proj", "--writer", "node-b"]);
     assert_eq!(code, Some(0), "{stderr}");
 
-    // While the origin fetches, its user changes `path` to `text`.
-    let change_while_fetching = |path: &'static str, text: &'static str| {
-        let (admin_a, origin) = (admin_a.clone(), origin.clone());
+    // B pushes; while the origin fetches, its user changes `path` to `text` (not when the
+    // push ended before fetching: its answer then says why).
+    let push_changing = |path: &'static str, text: &'static str| {
+        let (admin_a, admin_b, origin) = (admin_a.clone(), admin_b.clone(), origin.clone());
         async move {
-            eventually("the origin's push job is fetching", || async {
-                admin_a
-                    .transfers()
-                    .await
-                    .unwrap()
-                    .iter()
-                    .any(|j| j.kind == "push" && j.state == "transferring")
-            })
-            .await;
-            write(&origin, path, text);
+            let done = std::cell::Cell::new(false);
+            let push = async {
+                let pushed = admin_b.push("proj", false).await;
+                done.set(true);
+                pushed
+            };
+            let change = async {
+                eventually("the origin's push job is fetching", || async {
+                    done.get()
+                        || admin_a
+                            .transfers()
+                            .await
+                            .unwrap()
+                            .iter()
+                            .any(|j| j.kind == "push" && j.state == "transferring")
+                })
+                .await;
+                if !done.get() {
+                    write(&origin, path, text);
+                }
+            };
+            futures_util::future::join(push, change).await.0
         }
     };
 
     // Beside the pushed path: the push lands and the origin's own change stays.
     write(&clone, "x.txt", "x2 from b\n");
-    let (pushed, ()) = futures_util::future::join(
-        admin_b.push("proj", false),
-        change_while_fetching("sub/z.txt", "z2 on a\n"),
-    )
-    .await;
+    let pushed = push_changing("sub/z.txt", "z2 on a\n").await;
     let pushed = pushed.unwrap();
     assert_eq!(pushed.state, "done", "{pushed:?}");
     assert_eq!(read(&origin, "x.txt").as_deref(), Some("x2 from b\n"));
@@ -334,11 +343,7 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
     // The same path: a conflict, nothing applied, the origin's change kept.
     write(&clone, "y.txt", "y2 from b\n");
     write(&clone, "new.txt", "would have come\n");
-    let (pushed, ()) = futures_util::future::join(
-        admin_b.push("proj", false),
-        change_while_fetching("y.txt", "y2 on a\n"),
-    )
-    .await;
+    let pushed = push_changing("y.txt", "y2 on a\n").await;
     match pushed {
         Err(aienv::client::ClientError::Api {
             status,
@@ -357,6 +362,35 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
         admin_a.get("proj").await.unwrap().workspace.revision,
         revision
     );
+
+    // A directory the push removes, where the origin adds a file meanwhile: refused, and
+    // the file is still there.
+    admin_b
+        .start_transfer(&TransferRequestDto {
+            kind: "sync".into(),
+            workspace: "proj".into(),
+            force: true,
+            ..TransferRequestDto::default()
+        })
+        .await
+        .map(|job| job.id)
+        .unwrap();
+    eventually("the clone took the origin's state", || async {
+        read(&clone, "y.txt").as_deref() == Some("y2 on a\n")
+    })
+    .await;
+    std::fs::remove_dir_all(clone.join("sub")).unwrap();
+    write(&clone, "x.txt", "x3 from b\n");
+    let pushed = push_changing("sub/late.txt", "added on a\n").await;
+    assert!(
+        matches!(&pushed, Err(aienv::client::ClientError::Api { status: 409, code, .. }) if code == "conflict"),
+        "{pushed:?}"
+    );
+    assert_eq!(
+        read(&origin, "sub/late.txt").as_deref(),
+        Some("added on a\n")
+    );
+    assert_eq!(read(&origin, "x.txt").as_deref(), Some("x2 from b\n"));
 }
 
 /// The origin fetches a push's content from the clone's node: when it has no address for it

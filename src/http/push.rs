@@ -327,12 +327,15 @@ async fn receive(
     }
     // The push job fetches the changed content from the caller's clone: without an address
     // for it, the job would only wait out its sources' patience while the caller waits too.
-    if state
+    // A peer seen before but silent for a moment (not online just now) keeps its address,
+    // and the job waits for it as for any source.
+    let reachable = state
         .peers
         .view()
-        .endpoint(peer.id)
-        .is_none_or(|endpoint| endpoint.key != peer.key)
-    {
+        .peers
+        .iter()
+        .any(|p| p.id == peer.id && p.key == peer.key && p.base_url().is_some());
+    if !reachable {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "pusher-unreachable",

@@ -9,6 +9,7 @@ use std::time::Instant;
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::snapshot::EntryKind;
 use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
 use crate::workspace_store::{Arrived, CloneRequest, Origin, Taken, Touched, Unflushed};
 
@@ -291,11 +292,32 @@ impl JobContext {
         &self,
         id: Uuid,
         stage: &Arc<Stage>,
+        before: Arc<Taken>,
     ) -> Result<(Outcome, Closing), TransferError> {
         let local = self.store.get(&id.to_string())?;
         // The workspace may have changed here while the chunks came: the same rule again,
-        // against what it holds now.
-        let taken = Arc::new(self.store.take_snapshot(&id.to_string()).await?);
+        // against what it holds now. The rule reads the pushed paths and what holds them,
+        // so those are described from disk again and the rest kept from the job's snapshot
+        // (`before`), without a walk. A push that removes or replaces a directory reads
+        // what is under it too: then the whole tree is walked again.
+        let again = match self.pushed_paths().await? {
+            Some(pushed) => self
+                .store
+                .amend_snapshot(&id.to_string(), before, pushed)
+                .await
+                .inspect_err(|error| {
+                    tracing::info!(job = %self.job.id, %error, "the snapshot could not be amended; walking the workspace");
+                })
+                .ok(),
+            None => None,
+        };
+        let taken = Arc::new(match again {
+            Some(taken) => {
+                tracing::debug!(job = %self.job.id, "the push checked again on its own paths");
+                taken
+            }
+            None => self.store.take_snapshot(&id.to_string()).await?,
+        });
         let current = {
             let taken = taken.clone();
             blocking(move || Ok(taken.entries()?)).await?
@@ -350,6 +372,38 @@ impl JobContext {
         // The branches received above went into `.git`, which the plan does not name.
         let touched = touched.filter(|_| request.branches.is_empty());
         Ok((outcome, Closing::after(taken, touched)))
+    }
+
+    /// The paths a push's merge rule reads on this side: every pushed path and the
+    /// directories holding it. `None` when a change removes or replaces a directory (the
+    /// rule then reads its whole subtree) or there are too many to list.
+    async fn pushed_paths(&self) -> Result<Option<Touched>, TransferError> {
+        let path = self.job_dir.join(super::push::REQUEST_FILE);
+        let limits = self.config.limits.clone();
+        blocking(move || {
+            let bytes = std::fs::read(&path).map_err(TransferError::io("reading", &path))?;
+            let request = super::push::PushRequest::decode(&bytes, &limits)?;
+            if request.changes.len() >= crate::workspace_store::SyncPlan::MAX_TOUCHED {
+                return Ok(None);
+            }
+            let is_dir = |entry: &Option<crate::snapshot::SnapshotEntry>| {
+                entry.as_ref().is_some_and(|e| e.kind == EntryKind::Dir)
+            };
+            let mut touched = Touched::default();
+            for change in &request.changes {
+                if is_dir(&change.base) && !is_dir(&change.new) {
+                    return Ok(None);
+                }
+                let mut path = change.path.as_str();
+                touched.changed(path);
+                while let Some((dir, _)) = path.rsplit_once('/') {
+                    touched.changed(dir);
+                    path = dir;
+                }
+            }
+            Ok(Some(touched))
+        })
+        .await
     }
 
     /// Hands the staged plan to the store and indexes what it wrote; what it touched, for the

@@ -334,8 +334,9 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     tracing::info!(job = %cx.job.id, "verified; committing");
     cx.state(JobState::Materializing);
     let (outcome, closing) = match (&local, cx.job.kind, &source, &target, before) {
-        (Some(local), TransferKind::Push, _, _, _) => {
-            cx.materialize_push(local.manifest.id, &stage).await?
+        (Some(local), TransferKind::Push, _, _, Some(before)) => {
+            cx.materialize_push(local.manifest.id, &stage, before)
+                .await?
         }
         (Some(local), TransferKind::Sync, Some(source), target, Some(before)) => {
             cx.materialize_sync(local.manifest.id, &stage, source, target, kept, before)
@@ -803,7 +804,6 @@ fn check_case(
     })
 }
 
-/// What a refused push tells the pushing person.
 /// What a refused sync tells the person.
 const PULL_HINT: &str = "nothing was applied; push your changes first (`aienv sync WS --push`), or sync with --force to take the origin's versions";
 
