@@ -146,7 +146,21 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
     }
     if let (Some(local), None) = (&local, &mine) {
         let id = local.manifest.id.to_string();
-        let current = Arc::new(cx.store.take_snapshot(&id).await?);
+        // A push's workspace was walked by the push route a moment before (its early
+        // check). Its plan touches only the pushed paths, and those are described from disk
+        // again before the commit (`materialize_push`): what changed since that walk either
+        // lies beside the plan or is found there.
+        let last = match cx.job.kind {
+            TransferKind::Push => cx.store.last_snapshot(&id).await?,
+            _ => None,
+        };
+        let current = Arc::new(match last {
+            Some(last) => {
+                tracing::debug!(job = %cx.job.id, "the push starts from the workspace's last snapshot");
+                last
+            }
+            None => cx.store.take_snapshot(&id).await?,
+        });
         before = Some(current.clone());
         mine = Some(blocking(move || Ok(current.entries()?)).await?);
     }

@@ -347,6 +347,15 @@ impl WorkspaceStoreHandle {
         .await
     }
 
+    /// The workspace's snapshot as the last pass left it, without a walk
+    /// ([`ChunkIndex::last_taken`]).
+    pub async fn last_snapshot(&self, target: &str) -> Result<Option<Taken>, StoreError> {
+        self.on_chunk_index(target, |chunks, id, name, revision, root| {
+            Ok(chunks.last_taken(id, name, revision, root))
+        })
+        .await
+    }
+
     /// The snapshot of the workspace `target` after a commit that changed only `touched`,
     /// amended from `before`, its snapshot from before the commit, without a walk
     /// ([`ChunkIndex::amend`]). Runs off the actor.

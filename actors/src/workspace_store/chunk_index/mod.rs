@@ -630,6 +630,50 @@ impl ChunkIndex {
     /// with the memo (for [`ChunkIndex::amend`]) and the merge reads it back beside the
     /// index's records; changed files are read in windows, each recorded before the next is
     /// read; entries go to the memo's file as they are settled.
+    /// The snapshot of `workspace` as the last pass left it, without a walk: `None` when
+    /// there is none for this name and revision, it holds a file stamped inside the racy
+    /// window, or its walk is no longer kept (an amend needs it). What changed since is not
+    /// in it: for a caller that checks again what it relies on.
+    pub fn last_taken(
+        &self,
+        workspace: Uuid,
+        name: &str,
+        revision: u64,
+        root: &Path,
+    ) -> Option<Taken> {
+        let key = (workspace, name.to_string(), revision);
+        let (snapshot_root, (total_bytes, file_count), file_hash, walk) = {
+            let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+            let cached = memo
+                .get(&workspace)
+                .filter(|m| m.key == key && !m.racy && m.walk.items.is_some())?;
+            (
+                cached.root,
+                cached.totals,
+                cached.file_hash,
+                cached.walk.clone(),
+            )
+        };
+        let file = fs::File::open(self.memo_file(workspace, &snapshot_root)).ok()?;
+        Some(Taken {
+            root: snapshot_root,
+            total_bytes,
+            file_count,
+            stats: ScanStats::default(),
+            file,
+            file_hash,
+            walk,
+            racy: false,
+            retake: Retake {
+                index: self.clone(),
+                workspace,
+                name: name.to_string(),
+                revision,
+                root: root.to_path_buf(),
+            },
+        })
+    }
+
     pub fn take(
         &self,
         workspace: Uuid,
