@@ -620,16 +620,6 @@ impl ChunkIndex {
         Ok((taken.load()?, taken.stats))
     }
 
-    /// [`snapshot`](Self::snapshot), with the entries left on disk until [`Taken::load`]:
-    /// its root and totals are known at once, which is all a source answering "not
-    /// modified", or a clone finding itself up to date, needs.
-    ///
-    /// The pass holds no list of the files (the index's own memory aside): the walk goes in
-    /// snapshot order to a spill (in memory up to a bound, then an unnamed file) while its
-    /// digest tells whether the memo answers; unless it does, the spill is kept in its file
-    /// with the memo (for [`ChunkIndex::amend`]) and the merge reads it back beside the
-    /// index's records; changed files are read in windows, each recorded before the next is
-    /// read; entries go to the memo's file as they are settled.
     /// The snapshot of `workspace` as the last pass left it, without a walk: `None` when
     /// there is none for this name and revision, it holds a file stamped inside the racy
     /// window, or its walk is no longer kept (an amend needs it). What changed since is not
@@ -674,6 +664,16 @@ impl ChunkIndex {
         })
     }
 
+    /// [`snapshot`](Self::snapshot), with the entries left on disk until [`Taken::load`]:
+    /// its root and totals are known at once, which is all a source answering "not
+    /// modified", or a clone finding itself up to date, needs.
+    ///
+    /// The pass holds no list of the files (the index's own memory aside): the walk goes in
+    /// snapshot order to a spill (in memory up to a bound, then an unnamed file) while its
+    /// digest tells whether the memo answers; unless it does, the spill is kept in its file
+    /// with the memo (for [`ChunkIndex::amend`]) and the merge reads it back beside the
+    /// index's records; changed files are read in windows, each recorded before the next is
+    /// read; entries go to the memo's file as they are settled.
     pub fn take(
         &self,
         workspace: Uuid,
