@@ -37,11 +37,6 @@ impl Beneath {
         })
     }
 
-    /// The root's path, for messages.
-    pub fn root(&self) -> &Path {
-        &self.path
-    }
-
     /// `relative`'s full path, for messages.
     pub fn full(&self, relative: &str) -> PathBuf {
         if relative.is_empty() {
