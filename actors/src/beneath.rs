@@ -50,17 +50,23 @@ impl Beneath {
     /// to be a regular file: a FIFO swapped in would otherwise hold the reader until some
     /// process writes to it.
     pub fn open_file(&self, relative: &str) -> io::Result<fs::File> {
+        self.open_file_with_metadata(relative).map(|(file, _)| file)
+    }
+
+    /// [`Beneath::open_file`], with the metadata it was checked by.
+    pub fn open_file_with_metadata(&self, relative: &str) -> io::Result<(fs::File, fs::Metadata)> {
         let file = fs::File::from(self.resolve(
             relative,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         )?);
-        if !file.metadata()?.is_file() {
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file (it changed while it was read)",
             ));
         }
-        Ok(file)
+        Ok((file, metadata))
     }
 
     /// The directory at `relative` (`""`: the root), open for listing.
@@ -170,9 +176,10 @@ impl Iterator for Listing {
     }
 }
 
-/// Opens the file at `relative` beneath `root` for reading (see [`Beneath`]).
-pub fn open_file(root: &Path, relative: &str) -> io::Result<fs::File> {
-    Beneath::open(root)?.open_file(relative)
+/// Opens the regular file at `relative` beneath `root` for reading, with its metadata (see
+/// [`Beneath`]).
+pub fn open_file(root: &Path, relative: &str) -> io::Result<(fs::File, fs::Metadata)> {
+    Beneath::open(root)?.open_file_with_metadata(relative)
 }
 
 /// Refuses what no workspace path is: absolute, `.`, `..` or empty components (snapshot

@@ -338,7 +338,7 @@ async fn rank_peers(
         let mut chunks = Vec::new();
         let mut total = 0u64;
         taken.entries()?.for_each(
-            aienv_actors::transfer_queue::TransferError::io("reading the snapshot of", &dir),
+            aienv_actors::workspace_store::StoreError::io("reading the snapshot of", &dir),
             |file| {
                 for (_, chunk) in file.file_chunks() {
                     if seen.insert(chunk.hash) {

@@ -632,11 +632,30 @@ impl ChunkIndex {
         root: &Path,
     ) -> Option<Taken> {
         let key = (workspace, name.to_string(), revision);
+        self.memo_taken(
+            workspace,
+            name,
+            revision,
+            root,
+            |m| m.key == key && !m.racy && m.walk.items.is_some(),
+            ScanStats::default(),
+        )
+    }
+
+    /// The memo of `workspace` as a [`Taken`], when `answers` says it may stand for the
+    /// tree and its file is still there; `stats` says what the pass did.
+    fn memo_taken(
+        &self,
+        workspace: Uuid,
+        name: &str,
+        revision: u64,
+        root: &Path,
+        answers: impl FnOnce(&Memo) -> bool,
+        stats: ScanStats,
+    ) -> Option<Taken> {
         let (snapshot_root, (total_bytes, file_count), file_hash, walk) = {
             let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-            let cached = memo
-                .get(&workspace)
-                .filter(|m| m.key == key && !m.racy && m.walk.items.is_some())?;
+            let cached = memo.get(&workspace).filter(|m| answers(m))?;
             (
                 cached.root,
                 cached.totals,
@@ -644,12 +663,13 @@ impl ChunkIndex {
                 cached.walk.clone(),
             )
         };
+        // Opened now: a concurrent snapshot may replace the file, never what it holds.
         let file = fs::File::open(self.memo_file(workspace, &snapshot_root)).ok()?;
         Some(Taken {
             root: snapshot_root,
             total_bytes,
             file_count,
-            stats: ScanStats::default(),
+            stats,
             file,
             file_hash,
             walk,
@@ -702,47 +722,29 @@ impl ChunkIndex {
             revision,
             root: root.to_path_buf(),
         };
-        let unchanged = {
-            let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-            match memo.get(&workspace) {
-                Some(cached)
-                    if cached.key == key && cached.walk.digest == walk_digest && !cached.racy =>
-                {
-                    Some((
-                        cached.root,
-                        cached.totals,
-                        cached.file_hash,
-                        cached.walk.clone(),
-                    ))
-                }
-                _ => {
-                    memo.remove(&workspace);
-                    None
-                }
-            }
-        };
-        // Opened now: a concurrent snapshot may replace the file, never what it holds.
-        let kept = unchanged.and_then(|(root, totals, file_hash, walk)| {
-            let file = fs::File::open(self.memo_file(workspace, &root)).ok()?;
-            Some((root, totals, file, file_hash, walk))
-        });
-        if let Some((snapshot_root, (total_bytes, file_count), file, file_hash, walk)) = kept {
+        let answers =
+            |cached: &Memo| cached.key == key && cached.walk.digest == walk_digest && !cached.racy;
+        let answered = self.memo_taken(
+            workspace,
+            name,
+            revision,
+            root,
+            answers,
+            ScanStats {
+                files_cached: files_walked,
+                skipped: skipped.clone(),
+                ..ScanStats::default()
+            },
+        );
+        if let Some(taken) = answered {
             tracing::debug!(%workspace, files = files_walked, "snapshot: the memo answers the walk");
-            return Ok(Taken {
-                root: snapshot_root,
-                total_bytes,
-                file_count,
-                stats: ScanStats {
-                    files_cached: files_walked,
-                    skipped,
-                    ..ScanStats::default()
-                },
-                file,
-                file_hash,
-                walk,
-                racy: false,
-                retake,
-            });
+            return Ok(taken);
+        }
+        {
+            let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+            if memo.get(&workspace).is_some_and(|cached| !answers(cached)) {
+                memo.remove(&workspace);
+            }
         }
         let mut stats = ScanStats {
             skipped,
@@ -1134,8 +1136,7 @@ impl ChunkIndex {
     /// Opened beneath `root`: never a file outside the workspace through a link swapped in
     /// since the index was written.
     fn open_indexed(&self, root: &Path, location: &ChunkLocation) -> Option<(fs::File, bool)> {
-        let file = crate::beneath::open_file(root, &location.path).ok()?;
-        let metadata = file.metadata().ok()?;
+        let (file, metadata) = crate::beneath::open_file(root, &location.path).ok()?;
         let record = self
             .files
             .get(&file_key(location.workspace, &location.path))
@@ -1333,13 +1334,10 @@ pub(super) fn file_matches(
     beneath: &crate::beneath::Beneath,
     entry: &crate::snapshot::SnapshotEntry,
 ) -> bool {
-    let Ok(file) = beneath.open_file(&entry.path) else {
+    let Ok((file, metadata)) = beneath.open_file_with_metadata(&entry.path) else {
         return false;
     };
-    let Ok(metadata) = file.metadata() else {
-        return false;
-    };
-    if !metadata.is_file() || metadata.len() != entry.size {
+    if metadata.len() != entry.size {
         return false;
     }
     hash_file(&beneath.full(&entry.path), file, Stamp::of(&metadata), &[])
