@@ -9,9 +9,11 @@
 //! `O_NOFOLLOW`). A link where a directory was is then an error naming the path, never
 //! another file.
 
+use std::ffi::CStr;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -69,15 +71,6 @@ impl Beneath {
         Ok((file, metadata))
     }
 
-    /// The directory at `relative` (`""`: the root), open for listing.
-    pub fn open_dir(&self, relative: &str) -> io::Result<fs::File> {
-        self.resolve(
-            relative,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-        )
-        .map(fs::File::from)
-    }
-
     /// What is at `relative`, a link not followed (as `symlink_metadata`).
     pub fn metadata(&self, relative: &str) -> io::Result<fs::Metadata> {
         let fd = self.resolve(relative, OFlags::PATH | OFlags::NOFOLLOW)?;
@@ -100,27 +93,14 @@ impl Beneath {
         error.kind() == io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ENOTDIR)
     }
 
-    /// The listing of the directory at `relative`. Entries' `metadata` and `path` go through
-    /// the open directory, never through its path again.
-    pub fn read_dir(&self, relative: &str) -> io::Result<Listing> {
-        let dir = self.open_dir(relative)?;
-        // The process's own link to the open directory reopens that very directory, however
-        // its path has changed since.
-        let entries = fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
-        Ok(Listing { _dir: dir, entries })
+    /// The directory at `relative` (`""`: the root), open for reading its entries with
+    /// [`rustix::fs::RawDir`] and for [`open_child_dir`].
+    pub fn open_dir(&self, relative: &str) -> io::Result<OwnedFd> {
+        self.resolve(relative, DIR_FLAGS)
     }
 
     fn resolve(&self, relative: &str, flags: OFlags) -> io::Result<OwnedFd> {
-        self.resolve_raw(relative, flags).map_err(|error| {
-            if matches!(error.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "a link is in the way (links are never followed here; the path changed while it was read)",
-                )
-            } else {
-                error
-            }
-        })
+        self.resolve_raw(relative, flags).map_err(link_in_the_way)
     }
 
     fn resolve_raw(&self, relative: &str, flags: OFlags) -> io::Result<OwnedFd> {
@@ -162,17 +142,64 @@ impl Beneath {
     }
 }
 
-/// A directory's listing, read through the open directory.
-pub struct Listing {
-    _dir: fs::File,
-    entries: fs::ReadDir,
+/// Calls `each` with every name in the open directory `dir` but `.` and `..`, read straight
+/// from it (`getdents`: however the directory's path has changed since it was opened, these
+/// are its own entries). `buffer` is reused from call to call.
+pub fn for_each_name(
+    dir: BorrowedFd<'_>,
+    buffer: &mut Vec<MaybeUninit<u8>>,
+    mut each: impl FnMut(&CStr) -> io::Result<()>,
+) -> io::Result<()> {
+    if buffer.len() < LISTING_BUFFER_BYTES {
+        buffer.resize(LISTING_BUFFER_BYTES, MaybeUninit::uninit());
+    }
+    let mut entries = rustix::fs::RawDir::new(dir, buffer.as_mut_slice());
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        each(name)?;
+    }
+    Ok(())
 }
 
-impl Iterator for Listing {
-    type Item = io::Result<fs::DirEntry>;
+/// What one `getdents` call may fill: as much as a C library's directory stream reads.
+const LISTING_BUFFER_BYTES: usize = 32 * 1024;
 
-    fn next(&mut self) -> Option<Self::Item> {
-        self.entries.next()
+/// How a directory is opened for listing: never through a link.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The directory `name` (one component, as listed) in the open directory `parent`, open as
+/// [`Beneath::open_dir`] opens one. A walk goes down this way: one lookup per directory
+/// instead of a resolution of its whole path from the root, and no more able to leave the
+/// tree, since `parent` is inside it and `name` is neither a link (`O_NOFOLLOW`), `..`, nor
+/// more than one component.
+pub fn open_child_dir(parent: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{name}` is not a name in a directory"),
+        ));
+    }
+    rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())
+        .map_err(io::Error::from)
+        .map_err(link_in_the_way)
+}
+
+/// A link met where none may be followed, said as what it means here.
+fn link_in_the_way(error: io::Error) -> io::Error {
+    if matches!(error.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "a link is in the way (links are never followed here; the path changed while it was read)",
+        )
+    } else {
+        error
     }
 }
 
@@ -255,7 +282,15 @@ mod tests {
             refused.to_string().contains("a link is in the way"),
             "{refused}"
         );
-        assert!(beneath.read_dir("link-dir").is_err());
+        // One name at a time from an open directory: never a link, `..` or a path.
+        let root_fd = beneath.open_dir("").unwrap();
+        assert!(open_child_dir(root_fd.as_fd(), "d").is_ok());
+        for name in ["link-dir", "..", ".", "", "d/inner", "d/../d"] {
+            assert!(
+                open_child_dir(root_fd.as_fd(), name).is_err(),
+                "{name:?} must not open as a child"
+            );
+        }
         // A FIFO in a file's place is refused at once, not waited on.
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -298,16 +333,20 @@ mod tests {
     fn a_directory_swapped_for_a_link_after_it_was_opened_is_read_as_it_was() {
         let (temp, root) = tree();
         let beneath = Beneath::open(&root).unwrap();
-        let mut listing = beneath.read_dir("d").unwrap();
+        let dir = beneath.open_dir("d").unwrap();
         fs::rename(root.join("d"), temp.path().join("moved")).unwrap();
         symlink(temp.path().join("outside"), root.join("d")).unwrap();
-        let mut names: Vec<String> = listing
-            .by_ref()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut names = Vec::new();
+        for_each_name(dir.as_fd(), &mut Vec::new(), |name| {
+            names.push(name.to_str().unwrap().to_string());
+            Ok(())
+        })
+        .unwrap();
         names.sort();
         assert_eq!(names, ["f", "inner"], "the directory that was opened");
-        assert!(beneath.read_dir("d").is_err());
+        assert!(beneath.open_dir("d").is_err());
+        let root_fd = beneath.open_dir("").unwrap();
+        assert!(open_child_dir(root_fd.as_fd(), "d").is_err());
         assert!(beneath.open_file("d/secret").is_err());
     }
 }

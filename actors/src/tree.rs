@@ -8,10 +8,16 @@
 //! are permission bits only (no setuid, setgid or sticky bit); only regular files,
 //! directories and symbolic links exist (sockets, devices and FIFOs are left out by the walk).
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +77,18 @@ impl Stamp {
             mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
             ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
             ino: metadata.ino(),
+        }
+    }
+
+    /// The stamp of a file as a `stat` call describes it.
+    // `stat`'s field types differ from one architecture to the next.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn of_stat(stat: &rustix::fs::Stat) -> Stamp {
+        Stamp {
+            size: stat.st_size as u64,
+            mtime_ns: stat.st_mtime as i64 * 1_000_000_000 + stat.st_mtime_nsec as i64,
+            ctime_ns: stat.st_ctime as i64 * 1_000_000_000 + stat.st_ctime_nsec as i64,
+            ino: stat.st_ino as u64,
         }
     }
 }
@@ -162,19 +180,35 @@ impl Default for WalkDigest {
 /// A walk of a directory in snapshot order: every directory, file and link under the root,
 /// its path in byte order (so parents come before children). It holds one directory's
 /// listing per level it is in, so its memory follows the tree's depth and its widest
-/// directory, not its count of paths. Stats go through the directory handle (no path walk
-/// per file); links are never followed, in the middle of a path neither: each directory is
-/// opened beneath the root ([`crate::beneath`]), so one swapped for a link while the walk
-/// runs is an error, never another tree.
+/// directory, not its count of paths. Names are read from each open directory and stated
+/// through it (no path walk per file); links are never followed, in the middle of a path
+/// neither: each directory is opened from its open parent by one name, without following a
+/// link ([`crate::beneath`]), so one swapped for a link while the walk runs is an error,
+/// never another tree.
 pub struct SortedWalk {
     root: PathBuf,
     /// The root, opened at the first listing.
     beneath: Option<crate::beneath::Beneath>,
-    /// Listings still to go through, deepest last, each in reverse order.
-    frames: Vec<Vec<Listed>>,
+    /// Directories still to go through, deepest last.
+    frames: Vec<Frame>,
+    /// `getdents`'s buffer, shared by every listing.
+    buffer: Vec<MaybeUninit<u8>>,
     skipped: Vec<String>,
     digest: WalkDigest,
 }
+
+/// A directory the walk is in.
+struct Frame {
+    /// Its names still to go through, in reverse order.
+    listed: Vec<Listed>,
+    /// The directory, open, to open its subdirectories from. Levels deeper than
+    /// [`HELD_LEVELS`] hold none (their subdirectories are opened from the root), so that a
+    /// deep tree cannot use up the node's descriptors.
+    dir: Option<OwnedFd>,
+}
+
+/// How many levels of the walk keep their directory open.
+const HELD_LEVELS: usize = 32;
 
 /// One name of a directory's listing.
 enum Listed {
@@ -200,7 +234,11 @@ pub fn walk(root: &Path) -> SortedWalk {
     SortedWalk {
         root: root.to_path_buf(),
         beneath: None,
-        frames: vec![vec![Listed::Children(String::new())]],
+        frames: vec![Frame {
+            listed: vec![Listed::Children(String::new())],
+            dir: None,
+        }],
+        buffer: Vec::new(),
         skipped: Vec::new(),
         digest: WalkDigest::new(),
     }
@@ -217,43 +255,75 @@ impl SortedWalk {
         (self.skipped, self.digest.finish())
     }
 
-    /// The listing of the directory `relative` (`""` for the root), sorted in reverse.
-    fn list(&mut self, relative: &str) -> Result<Vec<Listed>, TreeError> {
-        let dir = if relative.is_empty() {
+    fn full(&self, relative: &str) -> PathBuf {
+        if relative.is_empty() {
             self.root.clone()
         } else {
             self.root.join(relative)
+        }
+    }
+
+    /// Opens the directory `relative` (`""` for the root): from its parent, the walk's
+    /// deepest open directory, where that is held; else beneath the root.
+    fn open(&mut self, relative: &str) -> Result<OwnedFd, TreeError> {
+        let opened = match self.frames.last().and_then(|frame| frame.dir.as_ref()) {
+            Some(parent) => {
+                let name = relative.rsplit('/').next().unwrap_or(relative);
+                crate::beneath::open_child_dir(parent.as_fd(), name)
+            }
+            None => match &self.beneath {
+                Some(beneath) => beneath.open_dir(relative),
+                None => crate::beneath::Beneath::open(&self.root)
+                    .and_then(|beneath| self.beneath.insert(beneath).open_dir(relative)),
+            },
         };
-        let beneath = match &mut self.beneath {
-            Some(beneath) => beneath,
-            empty => empty.insert(
-                crate::beneath::Beneath::open(&self.root)
-                    .map_err(io_error("reading directory", &self.root))?,
-            ),
-        };
+        opened.map_err(io_error("reading directory", &self.full(relative)))
+    }
+
+    /// The listing of the open directory `relative`, sorted in reverse.
+    fn list(&mut self, relative: &str, dir: BorrowedFd<'_>) -> Result<Vec<Listed>, TreeError> {
         let mut listed = Vec::new();
-        for child in beneath
-            .read_dir(relative)
-            .map_err(io_error("reading directory", &dir))?
-        {
-            let child = child.map_err(io_error("reading directory", &dir))?;
-            let file_name = child.file_name();
-            let Some(file_name) = file_name.to_str() else {
-                return Err(TreeError::NotUtf8(dir.join(file_name)));
+        let mut failed = None;
+        let read = crate::beneath::for_each_name(dir, &mut self.buffer, |name| {
+            let Ok(file_name) = name.to_str() else {
+                failed = Some(TreeError::NotUtf8(
+                    self.root
+                        .join(relative)
+                        .join(OsStr::from_bytes(name.to_bytes())),
+                ));
+                return Err(io::Error::other("not UTF-8"));
             };
             let path = if relative.is_empty() {
                 file_name.to_string()
             } else {
                 format!("{relative}/{file_name}")
             };
-            let full = self.root.join(&path);
-            let metadata = child.metadata().map_err(io_error("inspecting", &full))?;
-            // A link is read through the open directory (`child.path()`), not by its path.
-            let Some((kind, mode, target)) = describe(&metadata, || fs::read_link(child.path()))
-                .map_err(io_error("reading link", &full))?
-            else {
+            let described = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| ("inspecting", io::Error::from(e)))
+                .and_then(|stat| {
+                    // A link is read through the open directory, not by its path.
+                    describe_mode(stat.st_mode, || {
+                        rustix::fs::readlinkat(dir, name, Vec::new())
+                            .map(|target| PathBuf::from(OsString::from_vec(target.into_bytes())))
+                            .map_err(io::Error::from)
+                    })
+                    .map(|described| (stat, described))
+                    .map_err(|e| ("reading link", e))
+                });
+            let (stat, described) = match described {
+                Ok(described) => described,
+                Err((action, source)) => {
+                    failed = Some(TreeError::Io {
+                        action,
+                        path: self.root.join(&path),
+                        source,
+                    });
+                    return Err(io::Error::other(action));
+                }
+            };
+            let Some((kind, mode, target)) = described else {
                 listed.push(Listed::Skipped(path));
-                continue;
+                return Ok(());
             };
             if kind == EntryKind::Dir {
                 listed.push(Listed::Children(format!("{path}/")));
@@ -262,10 +332,15 @@ impl SortedWalk {
                 path,
                 kind,
                 mode,
-                stamp: Stamp::of(&metadata),
+                stamp: Stamp::of_stat(&stat),
                 target,
             }));
+            Ok(())
+        });
+        if let Some(error) = failed {
+            return Err(error);
         }
+        read.map_err(io_error("reading directory", &self.full(relative)))?;
         listed.sort_unstable_by(|a, b| b.key().cmp(a.key()));
         Ok(listed)
     }
@@ -277,7 +352,7 @@ impl Iterator for SortedWalk {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let frame = self.frames.last_mut()?;
-            let Some(listed) = frame.pop() else {
+            let Some(listed) = frame.listed.pop() else {
                 self.frames.pop();
                 continue;
             };
@@ -292,8 +367,18 @@ impl Iterator for SortedWalk {
                 }
                 Listed::Children(path) => {
                     let relative = path.strip_suffix('/').unwrap_or(&path);
-                    match self.list(relative) {
-                        Ok(listed) => self.frames.push(listed),
+                    let listed = self.open(relative).and_then(|dir| {
+                        let listed = self.list(relative, dir.as_fd())?;
+                        Ok((listed, dir))
+                    });
+                    match listed {
+                        Ok((listed, dir)) => {
+                            let held = self.frames.len() < HELD_LEVELS;
+                            self.frames.push(Frame {
+                                listed,
+                                dir: held.then_some(dir),
+                            });
+                        }
                         Err(error) => {
                             self.frames.clear();
                             return Some(Err(error));
@@ -311,21 +396,27 @@ pub fn describe(
     metadata: &fs::Metadata,
     read_link: impl FnOnce() -> io::Result<PathBuf>,
 ) -> io::Result<Option<(EntryKind, u32, Option<String>)>> {
-    let file_type = metadata.file_type();
-    let mode = metadata.permissions().mode() & MODE_BITS;
-    Ok(Some(if file_type.is_dir() {
-        (EntryKind::Dir, mode, None)
-    } else if file_type.is_symlink() {
-        let target = read_link()?;
-        (
-            EntryKind::Symlink,
-            MODE_BITS,
-            Some(target.to_string_lossy().into_owned()),
-        )
-    } else if file_type.is_file() {
-        (EntryKind::File, mode, None)
-    } else {
-        return Ok(None);
+    describe_mode(metadata.mode(), read_link)
+}
+
+/// [`describe`], from the `st_mode` of a (not followed) stat.
+fn describe_mode(
+    st_mode: u32,
+    read_link: impl FnOnce() -> io::Result<PathBuf>,
+) -> io::Result<Option<(EntryKind, u32, Option<String>)>> {
+    let mode = st_mode & MODE_BITS;
+    Ok(Some(match FileType::from_raw_mode(st_mode) {
+        FileType::Directory => (EntryKind::Dir, mode, None),
+        FileType::Symlink => {
+            let target = read_link()?;
+            (
+                EntryKind::Symlink,
+                MODE_BITS,
+                Some(target.to_string_lossy().into_owned()),
+            )
+        }
+        FileType::RegularFile => (EntryKind::File, mode, None),
+        _ => return Ok(None),
     }))
 }
 
@@ -763,6 +854,53 @@ mod tests {
         );
     }
 
+    /// Below [`HELD_LEVELS`] directories are opened from the root instead of their parent:
+    /// the walk lists the same, and still refuses a link swapped in down there.
+    #[test]
+    fn a_walk_deeper_than_the_levels_it_holds_open_lists_everything() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("ws");
+        let depth = HELD_LEVELS + 8;
+        let mut expected = Vec::new();
+        let mut path = String::new();
+        for level in 0..depth {
+            path = if path.is_empty() {
+                "d".to_string()
+            } else {
+                format!("{path}/d")
+            };
+            fs::create_dir_all(root.join(&path)).unwrap();
+            fs::write(root.join(&path).join("f"), level.to_string()).unwrap();
+            expected.push(path.clone());
+            expected.push(format!("{path}/f"));
+        }
+        expected.sort_unstable();
+        let walked: Vec<String> = walk(&root).map(|e| e.unwrap().path).collect();
+        assert_eq!(walked, expected);
+
+        // The deepest directory, whose parent holds no descriptor.
+        let deep = path;
+        let outside = temp.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), b"the node's key").unwrap();
+        let mut walked = walk(&root);
+        for entry in walked.by_ref() {
+            if entry.unwrap().path == deep {
+                break;
+            }
+        }
+        fs::rename(root.join(&deep), temp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join(&deep)).unwrap();
+        let rest: Vec<Result<WalkEntry, TreeError>> = walked.collect();
+        assert!(
+            matches!(rest.as_slice(), [Err(TreeError::Io { path, .. })] if path.ends_with(&deep)),
+            "the walk fails at {deep}: {:?}",
+            rest.iter()
+                .map(|r| r.as_ref().map(|e| e.path.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn a_walk_digest_changes_with_anything_listed() {
         let dir = tempfile::tempdir().unwrap();
@@ -828,11 +966,7 @@ mod tests {
                 || warnings[0].contains("`readme` and `README`"),
             "{warnings:?}"
         );
-        fs::write(
-            dir.path().join(std::ffi::OsStr::from_bytes(b"bad\xff")),
-            b"",
-        )
-        .unwrap();
+        fs::write(dir.path().join(OsStr::from_bytes(b"bad\xff")), b"").unwrap();
         assert!(portability_warnings(dir.path())[0].contains("not a UTF-8 name"));
     }
 }
