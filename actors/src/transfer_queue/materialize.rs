@@ -296,33 +296,58 @@ impl JobContext {
     ) -> Result<(Outcome, Closing), TransferError> {
         let local = self.store.get(&id.to_string())?;
         // The workspace may have changed here while the chunks came: the same rule again,
-        // against what it holds now. The rule reads the pushed paths and what holds them,
-        // so those are described from disk again and the rest kept from the job's snapshot
-        // (`before`), without a walk. A push that removes or replaces a directory reads
-        // what is under it too: then the whole tree is walked again.
-        let again = match self.pushed_paths().await? {
+        // against what it holds now. The rule reads the pushed paths and what holds them.
+        // When those are on disk as the job's snapshot (`before`) saw them, the rule's
+        // answer is the one the job started from, and is not asked again. Else they are
+        // described from disk again and the rest kept from `before`, without a walk. A push
+        // that removes or replaces a directory reads what is under it too: then the whole
+        // tree is walked again.
+        let pushed = self.pushed_paths().await?;
+        let unchanged = match &pushed {
             Some(pushed) => self
                 .store
-                .amend_snapshot(&id.to_string(), before, pushed)
+                .unchanged_since(&id.to_string(), before.clone(), pushed.clone())
                 .await
                 .inspect_err(|error| {
-                    tracing::info!(job = %self.job.id, %error, "the snapshot could not be amended; walking the workspace");
+                    tracing::info!(job = %self.job.id, %error, "the pushed paths could not be checked; describing them again");
                 })
-                .ok(),
-            None => None,
+                .unwrap_or(false),
+            None => false,
         };
-        let taken = Arc::new(match again {
-            Some(taken) => {
-                tracing::debug!(job = %self.job.id, "the push checked again on its own paths");
-                taken
-            }
-            None => self.store.take_snapshot(&id.to_string()).await?,
-        });
-        let current = {
-            let taken = taken.clone();
-            blocking(move || Ok(taken.entries()?)).await?
+        let (taken, request) = if unchanged {
+            tracing::debug!(job = %self.job.id, "the pushed paths are as the push found them");
+            let (taken, projects) = (before.clone(), local.manifest.projects.clone());
+            let request = self.push_request();
+            let request = blocking(move || request(&taken.entries()?, &projects)).await?;
+            (before, request)
+        } else {
+            let again = match pushed {
+                Some(pushed) => self
+                    .store
+                    .amend_snapshot(&id.to_string(), before, pushed)
+                    .await
+                    .inspect_err(|error| {
+                        tracing::info!(job = %self.job.id, %error, "the snapshot could not be amended; walking the workspace");
+                    })
+                    .ok(),
+                None => None,
+            };
+            let taken = Arc::new(match again {
+                Some(taken) => {
+                    tracing::debug!(job = %self.job.id, "the push checked again on its own paths");
+                    taken
+                }
+                None => self.store.take_snapshot(&id.to_string()).await?,
+            });
+            let current = {
+                let taken = taken.clone();
+                blocking(move || Ok(taken.entries()?)).await?
+            };
+            let request = self
+                .push_recheck(&current, &local.manifest.projects)
+                .await?;
+            (taken, request)
         };
-        let (_, request) = self.push_target(&current, &local.manifest.projects).await?;
         let new_root = local.path.clone();
         let relocation = {
             let stage = stage.clone();

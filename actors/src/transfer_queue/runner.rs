@@ -177,8 +177,7 @@ pub async fn run(cx: JobContext) -> Result<Outcome, TransferError> {
             .expect("a push names its workspace")
             .manifest
             .projects;
-        let (target, _) = cx.push_target(current, projects).await?;
-        (None, target)
+        (None, cx.push_target(current, projects).await?)
     } else {
         let fetched = match fetched {
             Some(fetched) => fetched,
@@ -837,18 +836,12 @@ impl JobContext {
         &self,
         current: &SnapshotEntries,
         projects: &[crate::model::Project],
-    ) -> Result<(SnapshotEntries, super::push::PushRequest), TransferError> {
-        let path = self.job_dir.join(super::push::REQUEST_FILE);
-        let limits = self.config.limits.clone();
-        let current = current.clone();
-        let projects = projects.to_vec();
-        let job_dir = self.job_dir.clone();
+    ) -> Result<SnapshotEntries, TransferError> {
+        let (current, projects) = (current.clone(), projects.to_vec());
+        let (limits, job_dir) = (self.config.limits.clone(), self.job_dir.clone());
+        let request = self.push_request();
         blocking(move || {
-            let bytes = std::fs::read(&path).map_err(TransferError::io("reading", &path))?;
-            let request = super::push::PushRequest::decode(&bytes, &limits)?;
-            let reading = || TransferError::io("reading the workspace's snapshot in", &job_dir);
-            let git_projects = super::push::git_projects(&projects, &current).map_err(reading())?;
-            super::push::check_pushed(&request.changes, &git_projects)?;
+            let request = request(&current, &projects)?;
             let head = SnapshotHead {
                 source_root: request.source_root.clone(),
                 ..current.head()
@@ -856,9 +849,54 @@ impl JobContext {
             let target = keep_merged(&limits, &job_dir, head, super::push::PUSH_HINT, |out| {
                 super::push::push_merge(&current, &request.changes, request.force, out)
             })?;
-            Ok((SnapshotEntries::Kept(Arc::new(target)), request))
+            Ok(SnapshotEntries::Kept(Arc::new(target)))
         })
         .await
+    }
+
+    /// The push's merge rule again, against `current`, the workspace just before the
+    /// commit: its conflicts, and the request. The merged result is not kept: the plan was
+    /// made from the job's target, and only the pushed paths, whose conflicts this finds,
+    /// matter to it.
+    pub(super) async fn push_recheck(
+        &self,
+        current: &SnapshotEntries,
+        projects: &[crate::model::Project],
+    ) -> Result<super::push::PushRequest, TransferError> {
+        let (current, projects) = (current.clone(), projects.to_vec());
+        let job_dir = self.job_dir.clone();
+        let request = self.push_request();
+        blocking(move || {
+            let request = request(&current, &projects)?;
+            super::push::push_merge(&current, &request.changes, request.force, |_| Ok(()))
+                .map_err(TransferError::io("merging the snapshots in", &job_dir))?
+                .map_err(|c| conflict(c, super::push::PUSH_HINT))?;
+            Ok(request)
+        })
+        .await
+    }
+
+    /// Reads the job's push request, checked against the git projects `current` holds.
+    pub(super) fn push_request(
+        &self,
+    ) -> impl FnOnce(
+        &SnapshotEntries,
+        &[crate::model::Project],
+    ) -> Result<super::push::PushRequest, TransferError>
+           + Send
+           + 'static {
+        let path = self.job_dir.join(super::push::REQUEST_FILE);
+        let limits = self.config.limits.clone();
+        let job_dir = self.job_dir.clone();
+        move |current, projects| {
+            let bytes = std::fs::read(&path).map_err(TransferError::io("reading", &path))?;
+            let request = super::push::PushRequest::decode(&bytes, &limits)?;
+            let git_projects = super::push::git_projects(projects, current).map_err(
+                TransferError::io("reading the workspace's snapshot in", &job_dir),
+            )?;
+            super::push::check_pushed(&request.changes, &git_projects)?;
+            Ok(request)
+        }
     }
 
     /// A sync's target when the clone has changes of its own since its base, or git

@@ -371,6 +371,20 @@ impl WorkspaceStoreHandle {
         .await
     }
 
+    /// Whether the paths `touched` names are on disk as `before`, a snapshot of the
+    /// workspace `target`, has them ([`Taken::unchanged`]). Runs off the actor.
+    pub async fn unchanged_since(
+        &self,
+        target: &str,
+        before: Arc<Taken>,
+        touched: Touched,
+    ) -> Result<bool, StoreError> {
+        self.on_chunk_index(target, move |_, _, _, _, root| {
+            before.unchanged(root, &touched)
+        })
+        .await
+    }
+
     /// Runs `pass` on the chunk index for the workspace `target`, off the actor.
     async fn on_chunk_index<T: Send + 'static>(
         &self,

@@ -332,6 +332,61 @@ impl ChunkIndex {
     }
 }
 
+impl Taken {
+    /// Whether every path `touched` names is on disk, under `root`, as the walk this
+    /// snapshot was taken from saw it: the same kind, mode, link target and stamp, or absent
+    /// where it was absent. Then what the snapshot says of those paths still holds. `false`
+    /// where that cannot be told: the walk was let go, or a file it holds was stamped inside
+    /// the racy window (its stamp may not show a later write), or a path is one it skipped.
+    pub fn unchanged(&self, root: &Path, touched: &Touched) -> Result<bool, StoreError> {
+        let Some(items) = self.walk.items.as_ref().filter(|_| !self.racy) else {
+            return Ok(false);
+        };
+        if touched
+            .paths
+            .keys()
+            .any(|path| self.walk.skipped.binary_search(path).is_ok())
+        {
+            return Ok(false);
+        }
+        let reading = |error| StoreError::io("reading the last snapshot of", root)(error);
+        let beneath = Beneath::open(root).map_err(StoreError::io("reading", root))?;
+        let mut walked = items.reader();
+        let mut item = walked.read_next::<WalkEntry>().map_err(reading)?;
+        for path in touched.paths.keys() {
+            while item
+                .as_ref()
+                .is_some_and(|item| item.path.as_bytes() < path.as_bytes())
+            {
+                item = walked.read_next::<WalkEntry>().map_err(reading)?;
+            }
+            let was = item.as_ref().filter(|item| item.path == *path);
+            let full = root.join(path);
+            let now = match beneath.metadata(path) {
+                Ok(metadata) => Some(metadata),
+                Err(error) if Beneath::is_absent(&error) => None,
+                Err(error) => return Err(StoreError::io("inspecting", &full)(error)),
+            };
+            let same = match (was, now) {
+                (None, None) => true,
+                (Some(was), Some(now)) if Stamp::of(&now) == was.stamp => {
+                    tree::describe(&now, || beneath.read_link(path))
+                        .map_err(StoreError::io("reading link", &full))?
+                        .is_some_and(|(kind, mode, target)| {
+                            (kind, mode, target.as_deref())
+                                == (was.kind, was.mode, was.target.as_deref())
+                        })
+                }
+                _ => false,
+            };
+            if !same {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::CString;
@@ -524,6 +579,66 @@ mod tests {
     /// amended snapshot: a file whose record is gone is not read. What changed beside the
     /// commit, outside the touched paths, is not in the amended snapshot, nor its stamp in the
     /// amended walk: the memo does not answer the next walk, which finds it.
+    /// A push's last check trusts its snapshot for the pushed paths only while each is as
+    /// the walk saw it: any write, mode, link, removal or new path there says "changed",
+    /// and a change beside them does not.
+    #[test]
+    fn paths_are_unchanged_only_while_each_is_as_the_walk_saw_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        for file in ["d/f", "d/e/g", "beside"] {
+            fs::write(root.join(file), file).unwrap();
+        }
+        std::os::unix::fs::symlink("f", root.join("d/l")).unwrap();
+        until_file_clock_passes(&root.join("d/e/g"), 2 * RACY_WINDOW);
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let index = ChunkIndex::open(&db, &dir.path().join("memo")).unwrap();
+        let workspace = Uuid::new_v4();
+        let taken = index.take(workspace, "ws", 1, &root).unwrap();
+        let mut touched = Touched::default();
+        for path in ["d/e/g", "d/l", "d/new"] {
+            touched.changed(path);
+        }
+        let unchanged = |taken: &Taken| taken.unchanged(&root, &touched).unwrap();
+        assert!(unchanged(&taken), "nothing changed");
+        fs::write(root.join("beside"), "changed beside").unwrap();
+        assert!(unchanged(&taken), "a change beside the paths");
+
+        // Each change to a path or a directory holding one, on a new snapshot each.
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 6] = [
+            ("a write", |root| {
+                fs::write(root.join("d/e/g"), "pushed over").unwrap()
+            }),
+            ("a mode", |root| {
+                fs::set_permissions(root.join("d/e/g"), fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+            ("a link made again", |root| {
+                fs::remove_file(root.join("d/l")).unwrap();
+                std::os::unix::fs::symlink("e/g", root.join("d/l")).unwrap();
+            }),
+            ("a new path", |root| {
+                fs::write(root.join("d/new"), "new").unwrap()
+            }),
+            ("a removal", |root| {
+                fs::remove_file(root.join("d/e/g")).unwrap()
+            }),
+            ("a file beside, in a holding directory", |root| {
+                fs::write(root.join("d/e/other"), "other").unwrap()
+            }),
+        ];
+        for (what, apply) in changes {
+            // Past the racy window of the change before.
+            fs::write(root.join("beside"), what).unwrap();
+            until_file_clock_passes(&root.join("beside"), 2 * RACY_WINDOW);
+            let taken = index.take(workspace, "ws", 1, &root).unwrap();
+            assert!(unchanged(&taken), "{what}: before it");
+            apply(&root);
+            assert!(!unchanged(&taken), "{what}: after it");
+        }
+    }
+
     #[test]
     fn the_amended_memo_answers_the_next_walk_unless_something_changed_beside() {
         let dir = tempfile::tempdir().unwrap();
