@@ -391,6 +391,43 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
         Some("added on a\n")
     );
     assert_eq!(read(&origin, "x.txt").as_deref(), Some("x2 from b\n"));
+
+    // A path the origin already had as pushed when the push began (so its plan leaves it
+    // alone), changed back to the base while the push runs: the rule would take the
+    // clone's version again, but nothing would write it. Refused, naming it.
+    admin_b
+        .start_transfer(&TransferRequestDto {
+            kind: "sync".into(),
+            workspace: "proj".into(),
+            force: true,
+            ..TransferRequestDto::default()
+        })
+        .await
+        .unwrap();
+    eventually("the clone took the origin's state again", || async {
+        read(&clone, "sub/late.txt").as_deref() == Some("added on a\n")
+    })
+    .await;
+    write(&clone, "x.txt", "x4 from b\n");
+    write(&origin, "x.txt", "x4 from b\n");
+    write(&clone, "w.txt", "needs a fetch\n");
+    let pushed = push_changing("x.txt", "x2 from b\n").await;
+    match pushed {
+        Err(aienv::client::ClientError::Api {
+            status,
+            code,
+            details,
+            message,
+            ..
+        }) => {
+            assert_eq!((status, code.as_str()), (409, "conflict"), "{message}");
+            assert_eq!(details.unwrap()["paths"], serde_json::json!(["x.txt"]));
+            assert!(message.contains("push again"), "{message}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(read(&origin, "x.txt").as_deref(), Some("x2 from b\n"));
+    assert_eq!(read(&origin, "w.txt"), None);
 }
 
 /// The origin fetches a push's content from the clone's node: when it has no address for it

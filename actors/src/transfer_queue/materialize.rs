@@ -299,9 +299,9 @@ impl JobContext {
         // against what it holds now. The rule reads the pushed paths and what holds them.
         // When those are on disk as the job's snapshot (`before`) saw them, the rule's
         // answer is the one the job started from, and is not asked again. Else they are
-        // described from disk again and the rest kept from `before`, without a walk. A push
-        // that removes or replaces a directory reads what is under it too: then the whole
-        // tree is walked again.
+        // described from disk again and the rest kept from `before`, without a walk, and the
+        // rule runs again (`push_recheck`). A push that removes or replaces a directory
+        // reads what is under it too: then the whole tree is walked again.
         let pushed = self.pushed_paths().await?;
         let unchanged = match &pushed {
             Some(pushed) => self
@@ -324,7 +324,7 @@ impl JobContext {
             let again = match pushed {
                 Some(pushed) => self
                     .store
-                    .amend_snapshot(&id.to_string(), before, pushed)
+                    .amend_snapshot(&id.to_string(), before.clone(), pushed)
                     .await
                     .inspect_err(|error| {
                         tracing::info!(job = %self.job.id, %error, "the snapshot could not be amended; walking the workspace");
@@ -339,12 +339,12 @@ impl JobContext {
                 }
                 None => self.store.take_snapshot(&id.to_string()).await?,
             });
-            let current = {
+            let (current, before) = {
                 let taken = taken.clone();
-                blocking(move || Ok(taken.entries()?)).await?
+                blocking(move || Ok((taken.entries()?, before.entries()?))).await?
             };
             let request = self
-                .push_recheck(&current, &local.manifest.projects)
+                .push_recheck(&current, &before, &local.manifest.projects)
                 .await?;
             (taken, request)
         };

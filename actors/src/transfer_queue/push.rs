@@ -459,6 +459,61 @@ fn change(base: Option<&SnapshotEntry>, mine: Option<&SnapshotEntry>) -> Option<
 /// job's answer alike).
 pub const PUSH_HINT: &str = "nothing was applied; sync the clone first (`aienv sync WS` keeps its own changes and takes the origin's), or push with --force to overwrite the origin's versions";
 
+/// What a push refused for a path its origin changed back while it ran tells the person.
+pub const PUSH_AGAIN_HINT: &str = "nothing was applied; the origin already had these paths as pushed when the push began, and changed them while it ran: push again";
+
+/// The pushed paths a push job's plan left alone, since its origin already had them as
+/// pushed when the job began (`before`), and which the origin has changed since
+/// (`current`), in order. The merge rule may accept such a path again (changed back to the
+/// base, it is the clone's change once more), but the plan, made from `before`, would not
+/// write it: the push would end without it. `changes` are in path order, as a push's are.
+pub fn changed_while_pushed(
+    before: &SnapshotEntries,
+    current: &SnapshotEntries,
+    changes: &[Change],
+) -> std::io::Result<Vec<String>> {
+    let left_alone: Vec<&Change> = changes
+        .iter()
+        .zip(entries_at(before, changes.iter().map(|c| c.path.as_str()))?)
+        .filter(|(change, was)| same(was.as_ref(), change.new.as_ref()))
+        .map(|(change, _)| change)
+        .collect();
+    Ok(left_alone
+        .iter()
+        .zip(entries_at(
+            current,
+            left_alone.iter().map(|c| c.path.as_str()),
+        )?)
+        .filter(|(change, now)| !same(now.as_ref(), change.new.as_ref()))
+        .map(|(change, _)| change.path.clone())
+        .collect())
+}
+
+/// The entries of `snapshot` at `paths` (in byte order), `None` where it has none: one pass.
+fn entries_at<'a>(
+    snapshot: &SnapshotEntries,
+    paths: impl Iterator<Item = &'a str>,
+) -> std::io::Result<Vec<Option<SnapshotEntry>>> {
+    let mut cursor = snapshot.cursor()?;
+    let mut entry = cursor.next_entry()?;
+    let mut found = Vec::new();
+    for path in paths {
+        while entry
+            .as_ref()
+            .is_some_and(|e| e.path.as_bytes() < path.as_bytes())
+        {
+            entry = cursor.next_entry()?;
+        }
+        if entry.as_ref().is_some_and(|e| e.path == path) {
+            found.push(entry.take().map(Cow::into_owned));
+            entry = cursor.next_entry()?;
+        } else {
+            found.push(None);
+        }
+    }
+    Ok(found)
+}
+
 /// Paths both sides changed: nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflicts {
@@ -466,6 +521,16 @@ pub struct Conflicts {
     pub paths: Vec<String>,
     /// How many there are in all.
     pub count: usize,
+}
+
+impl Conflicts {
+    /// The conflicts at `paths`, in byte order.
+    pub fn of(paths: Vec<String>) -> Conflicts {
+        Conflicts {
+            count: paths.len(),
+            paths: paths.into_iter().take(MAX_LISTED_CONFLICTS).collect(),
+        }
+    }
 }
 
 /// `onto` with `changes` laid over it (see the module's rule). `force` applies every change
@@ -550,11 +615,7 @@ pub fn merge(
         }
     }
     if !conflicts.is_empty() {
-        let count = conflicts.len();
-        return Err(Conflicts {
-            paths: conflicts.into_iter().take(MAX_LISTED_CONFLICTS).collect(),
-            count,
-        });
+        return Err(Conflicts::of(conflicts.into_iter().collect()));
     }
     Ok(Snapshot::new(
         onto.workspace_id,

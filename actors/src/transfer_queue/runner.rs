@@ -856,21 +856,31 @@ impl JobContext {
 
     /// The push's merge rule again, against `current`, the workspace just before the
     /// commit: its conflicts, and the request. The merged result is not kept: the plan was
-    /// made from the job's target, and only the pushed paths, whose conflicts this finds,
-    /// matter to it.
+    /// made from the job's target (from `before`), and only the pushed paths, whose
+    /// conflicts this finds, matter to it. A pushed path the plan left alone, as `before`
+    /// already had it as pushed, and that changed since is a conflict too
+    /// ([`super::push::changed_while_pushed`]).
     pub(super) async fn push_recheck(
         &self,
         current: &SnapshotEntries,
+        before: &SnapshotEntries,
         projects: &[crate::model::Project],
     ) -> Result<super::push::PushRequest, TransferError> {
-        let (current, projects) = (current.clone(), projects.to_vec());
+        let (current, before, projects) = (current.clone(), before.clone(), projects.to_vec());
         let job_dir = self.job_dir.clone();
         let request = self.push_request();
         blocking(move || {
             let request = request(&current, &projects)?;
+            let merging = TransferError::io("merging the snapshots in", &job_dir);
             super::push::push_merge(&current, &request.changes, request.force, |_| Ok(()))
-                .map_err(TransferError::io("merging the snapshots in", &job_dir))?
+                .map_err(merging)?
                 .map_err(|c| conflict(c, super::push::PUSH_HINT))?;
+            let changed = super::push::changed_while_pushed(&before, &current, &request.changes)
+                .map_err(TransferError::io("merging the snapshots in", &job_dir))?;
+            if !changed.is_empty() {
+                let conflicts = super::push::Conflicts::of(changed);
+                return Err(conflict(conflicts, super::push::PUSH_AGAIN_HINT));
+            }
             Ok(request)
         })
         .await
