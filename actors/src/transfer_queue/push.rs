@@ -977,6 +977,48 @@ mod tests {
         git_objects: true,
     };
 
+    /// Only a path the job found already as pushed, and that is no longer so, is one its
+    /// plan would leave unwritten: changed elsewhere, or never found as pushed, it is the
+    /// merge rule's to judge.
+    #[test]
+    fn only_paths_found_as_pushed_and_changed_since_are_left_unwritten() {
+        let change = |path: &str, base: Option<&str>, new: Option<&str>| Change {
+            path: path.into(),
+            base: base.map(|c| file(path, c)),
+            new: new.map(|c| file(path, c)),
+        };
+        let changes = [
+            change("a", Some("base"), Some("new")),
+            change("b", Some("base"), Some("new")),
+            change("c", Some("base"), None),
+            change("d", None, Some("new")),
+            change("e", Some("base"), Some("new")),
+        ];
+        // When the job began: `a`, `c`, `d` already as pushed; `b` and `e` at the base.
+        let before = snapshot(vec![
+            file("a", "new"),
+            file("b", "base"),
+            file("d", "new"),
+            file("e", "base"),
+        ]);
+        // Now: `a` back at the base, `c` made again, `d` as pushed still, `b` changed by
+        // the origin (a conflict for the rule, not left unwritten), `e` as pushed.
+        let current = snapshot(vec![
+            file("a", "base"),
+            file("b", "other"),
+            file("c", "base"),
+            file("d", "new"),
+            file("e", "new"),
+        ]);
+        let changed = changed_while_pushed(&whole(&before), &whole(&current), &changes).unwrap();
+        assert_eq!(changed, ["a", "c"]);
+        assert!(
+            changed_while_pushed(&whole(&before), &whole(&before), &changes)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     #[test]
     fn changes_on_different_paths_merge() {
         let base = snapshot(vec![file("a", "1"), file("b", "1"), file("c", "1")]);

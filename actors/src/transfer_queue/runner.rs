@@ -871,12 +871,12 @@ impl JobContext {
         let request = self.push_request();
         blocking(move || {
             let request = request(&current, &projects)?;
-            let merging = TransferError::io("merging the snapshots in", &job_dir);
+            let merging = || TransferError::io("merging the snapshots in", &job_dir);
             super::push::push_merge(&current, &request.changes, request.force, |_| Ok(()))
-                .map_err(merging)?
+                .map_err(merging())?
                 .map_err(|c| conflict(c, super::push::PUSH_HINT))?;
             let changed = super::push::changed_while_pushed(&before, &current, &request.changes)
-                .map_err(TransferError::io("merging the snapshots in", &job_dir))?;
+                .map_err(merging())?;
             if !changed.is_empty() {
                 let conflicts = super::push::Conflicts::of(changed);
                 return Err(conflict(conflicts, super::push::PUSH_AGAIN_HINT));
