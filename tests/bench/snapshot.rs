@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use aienv_actors::snapshot::RootHasher;
 use aienv_actors::workspace_store::{
-    file_clock_now, open_database, Change, ChunkIndex, GroupedTree, Taken, Touched, CHUNK_GROUP,
-    FILE_GROUP,
+    file_clock_now, open_database, Change, ChunkIndex, GroupedTree, SledWatchdog, Taken, Touched,
+    CHUNK_GROUP, FILE_GROUP,
 };
 
 fn status_kib(field: &str) -> u64 {
@@ -267,14 +267,16 @@ fn sled_insert(count: u64, base: &str, cache_mib: u64, grouped: bool) -> (f64, f
         db.open_tree("files").unwrap(),
         db.open_tree("chunks").unwrap(),
     );
+    let watchdog = SledWatchdog::start(files.clone());
     let (file_groups, chunk_groups) = (
-        GroupedTree::new(files.clone(), FILE_GROUP),
+        GroupedTree::new(files.clone(), FILE_GROUP, watchdog.clone()),
         GroupedTree::new(
             chunks.clone(),
             std::env::var("BENCH_CHUNK_GROUP")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(CHUNK_GROUP),
+            watchdog,
         ),
     );
     let workspace = uuid::Uuid::new_v4();

@@ -26,6 +26,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use super::error::StoreError;
+use super::sled_watchdog::SledWatchdog;
 
 /// Encoded bytes past which a group is split (a large file's record alone may exceed it:
 /// then it is a group of its own).
@@ -69,15 +70,18 @@ pub struct GroupedTree {
     tree: sled::Tree,
     max_entries: usize,
     writer: Arc<Mutex<()>>,
+    watchdog: Arc<SledWatchdog>,
 }
 
 impl GroupedTree {
-    /// The map kept in `tree`, with groups of at most `max_entries` (at least 2).
-    pub fn new(tree: sled::Tree, max_entries: usize) -> GroupedTree {
+    /// The map kept in `tree`, with groups of at most `max_entries` (at least 2), its
+    /// writes watched by `watchdog`.
+    pub fn new(tree: sled::Tree, max_entries: usize, watchdog: Arc<SledWatchdog>) -> GroupedTree {
         GroupedTree {
             tree,
             max_entries: max_entries.max(2),
             writer: Arc::default(),
+            watchdog,
         }
     }
 
@@ -141,6 +145,7 @@ impl GroupedTree {
         changes.sort_by(|a, b| a.0.cmp(&b.0));
         changes.dedup_by(|later, earlier| later.0 == earlier.0);
         let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _watched = self.watchdog.writing();
         // One lookup per change at most (keys in random order fall in a group each), none for
         // a change at or before the last key of the group its predecessor fell in.
         let mut found = self.group_of(&changes[0].0)?;
@@ -357,7 +362,8 @@ mod tests {
 
     fn tree(max_entries: usize) -> GroupedTree {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        GroupedTree::new(db.open_tree("t").unwrap(), max_entries)
+        let tree = db.open_tree("t").unwrap();
+        GroupedTree::new(tree.clone(), max_entries, SledWatchdog::start(tree))
     }
 
     fn contents(tree: &GroupedTree) -> Vec<(Vec<u8>, Vec<u8>)> {

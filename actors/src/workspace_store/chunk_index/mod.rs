@@ -32,6 +32,7 @@ use crate::snapshot::{
 use super::error::StoreError;
 use super::file_chunks;
 use super::grouped_tree::{Change, Entry, GroupedTree};
+use super::sled_watchdog::SledWatchdog;
 use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
 use crate::spill::{self, KeptSpill, Spill};
@@ -526,9 +527,10 @@ impl ChunkIndex {
         for earlier in ["files", "chunks"] {
             db.drop_tree(earlier)?;
         }
+        let watchdog = SledWatchdog::start((**db).clone());
         Ok(ChunkIndex {
-            files: GroupedTree::new(db.open_tree("file_groups")?, FILE_GROUP),
-            chunks: GroupedTree::new(db.open_tree("chunk_groups")?, CHUNK_GROUP),
+            files: GroupedTree::new(db.open_tree("file_groups")?, FILE_GROUP, watchdog.clone()),
+            chunks: GroupedTree::new(db.open_tree("chunk_groups")?, CHUNK_GROUP, watchdog),
             memo: Arc::default(),
             memo_dir: memo_dir.to_path_buf(),
         })
