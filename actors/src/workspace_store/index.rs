@@ -132,6 +132,7 @@ impl Index {
         old_name: Option<&str>,
         revision: Option<&RevisionRecord>,
     ) -> Result<(), StoreError> {
+        let _watched = self.chunks.watch_write();
         let id = record.manifest.id;
         let value = encode(record);
         let revision_entry = revision.map(|r| (revision_key(id, r.revision), encode(r)));
@@ -156,6 +157,7 @@ impl Index {
 
     /// Removes a workspace and its history.
     pub fn remove(&self, id: Uuid, name: &str) -> Result<(), StoreError> {
+        let _watched = self.chunks.watch_write();
         self.origins.remove(id.as_bytes())?;
         self.foreign.remove(id.as_bytes())?;
         self.chunks.forget(id)?;
@@ -206,6 +208,7 @@ impl Index {
 
     /// Removes name entries that point at no workspace (left by an interrupted rename).
     pub fn drop_dangling_names(&self) -> Result<Vec<String>, StoreError> {
+        let _watched = self.chunks.watch_write();
         let mut dropped = Vec::new();
         for item in self.names.iter() {
             let (name, id) = item?;
@@ -222,6 +225,7 @@ impl Index {
 
     /// Records where a clone came from; made durable by the [`Index::put`] that follows.
     pub fn put_origin(&self, id: Uuid, origin: &Origin) -> Result<(), StoreError> {
+        let _watched = self.chunks.watch_write();
         self.origins
             .insert(id.as_bytes().as_slice(), encode(origin))?;
         Ok(())
@@ -238,6 +242,7 @@ impl Index {
     /// Records that a workspace that is not a clone holds a peer's content (made from the
     /// peer's template); made durable by the [`Index::put`] that follows.
     pub fn put_foreign(&self, id: Uuid, peer: &str) -> Result<(), StoreError> {
+        let _watched = self.chunks.watch_write();
         self.foreign
             .insert(id.as_bytes().as_slice(), peer.as_bytes())?;
         Ok(())
@@ -263,6 +268,7 @@ impl Index {
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let _watched = self.chunks.watch_write();
         self.db.flush()?;
         Ok(())
     }

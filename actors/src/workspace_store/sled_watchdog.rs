@@ -1,5 +1,5 @@
-//! A watch on writes to the index, against sled 0.34's I/O pool deadlock (upstream issue
-//! 1412, "Deadlock under high load").
+//! A watch on writes to the index (the chunk index's groups, the workspace records), against
+//! sled 0.34's I/O pool deadlock (upstream issue 1412, "Deadlock under high load").
 //!
 //! Seen twice in five-round ext4 benchmarks: a write holding sled's segment accountant lock
 //! (`SegmentAccountant::next`) waits for a truncation of its log file that it queued on

@@ -317,6 +317,7 @@ pub struct ScanStats {
 pub struct ChunkIndex {
     files: GroupedTree,
     chunks: GroupedTree,
+    watchdog: Arc<SledWatchdog>,
     memo: Arc<Mutex<HashMap<Uuid, Memo>>>,
     memo_dir: PathBuf,
 }
@@ -530,10 +531,17 @@ impl ChunkIndex {
         let watchdog = SledWatchdog::start((**db).clone());
         Ok(ChunkIndex {
             files: GroupedTree::new(db.open_tree("file_groups")?, FILE_GROUP, watchdog.clone()),
-            chunks: GroupedTree::new(db.open_tree("chunk_groups")?, CHUNK_GROUP, watchdog),
+            chunks: GroupedTree::new(db.open_tree("chunk_groups")?, CHUNK_GROUP, watchdog.clone()),
+            watchdog,
             memo: Arc::default(),
             memo_dir: memo_dir.to_path_buf(),
         })
+    }
+
+    /// Marks a write to the index's database as in progress, for the watch against sled's
+    /// deadlock ([`SledWatchdog`]), until the returned value is dropped.
+    pub(crate) fn watch_write(&self) -> super::sled_watchdog::Writing<'_> {
+        self.watchdog.writing()
     }
 
     /// Where the memo keeps the snapshot of `workspace` with `root`. Named by root, a file's
