@@ -365,7 +365,7 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
 
     // A directory the push removes, where the origin adds a file meanwhile: refused, and
     // the file is still there.
-    admin_b
+    let synced = admin_b
         .start_transfer(&TransferRequestDto {
             kind: "sync".into(),
             workspace: "proj".into(),
@@ -373,12 +373,17 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
             ..TransferRequestDto::default()
         })
         .await
-        .map(|job| job.id)
-        .unwrap();
+        .unwrap()
+        .id;
+    // Done, not only its files in place: until then the clone's base is the one before.
     eventually("the clone took the origin's state", || async {
-        read(&clone, "y.txt").as_deref() == Some("y2 on a\n")
+        admin_b
+            .transfer(&synced.to_string())
+            .await
+            .is_ok_and(|job| job.state == "done")
     })
     .await;
+    assert_eq!(read(&clone, "y.txt").as_deref(), Some("y2 on a\n"));
     std::fs::remove_dir_all(clone.join("sub")).unwrap();
     write(&clone, "x.txt", "x3 from b\n");
     let pushed = push_changing("sub/late.txt", "added on a\n").await;
@@ -395,7 +400,7 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
     // A path the origin already had as pushed when the push began (so its plan leaves it
     // alone), changed back to the base while the push runs: the rule would take the
     // clone's version again, but nothing would write it. Refused, naming it.
-    admin_b
+    let synced = admin_b
         .start_transfer(&TransferRequestDto {
             kind: "sync".into(),
             workspace: "proj".into(),
@@ -403,11 +408,19 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
             ..TransferRequestDto::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     eventually("the clone took the origin's state again", || async {
-        read(&clone, "sub/late.txt").as_deref() == Some("added on a\n")
+        admin_b
+            .transfer(&synced.to_string())
+            .await
+            .is_ok_and(|job| job.state == "done")
     })
     .await;
+    assert_eq!(
+        read(&clone, "sub/late.txt").as_deref(),
+        Some("added on a\n")
+    );
     write(&clone, "x.txt", "x4 from b\n");
     write(&origin, "x.txt", "x4 from b\n");
     write(&clone, "w.txt", "needs a fetch\n");
