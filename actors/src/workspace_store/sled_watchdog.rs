@@ -128,7 +128,10 @@ fn watch(shared: &Shared, tree: &sled::Tree, stuck_after: Duration, period: Dura
             Some(began) if began.elapsed() >= stuck_after => {
                 let nudges = match episode {
                     Some((seen, nudges)) if seen == began => nudges + 1,
-                    _ => {
+                    earlier => {
+                        if let Some((ended, nudges)) = earlier {
+                            ended_log(ended, nudges);
+                        }
                         tracing::warn!(
                             waited_s = began.elapsed().as_secs_f64(),
                             "a write to the index has not ended; queueing flushes on sled's I/O pool until it does (sled issue 1412)"
@@ -143,15 +146,20 @@ fn watch(shared: &Shared, tree: &sled::Tree, stuck_after: Duration, period: Dura
             }
             _ => {
                 if let Some((began, nudges)) = episode.take() {
-                    tracing::warn!(
-                        took_s = began.elapsed().as_secs_f64(),
-                        nudges,
-                        "the write to the index that had not ended has ended"
-                    );
+                    ended_log(began, nudges);
                 }
             }
         }
     }
+}
+
+/// Says that the write that began at `began`, for which `nudges` flushes were queued, ended.
+fn ended_log(began: Instant, nudges: u64) {
+    tracing::warn!(
+        took_s = began.elapsed().as_secs_f64(),
+        nudges,
+        "the write to the index that had not ended has ended"
+    );
 }
 
 #[cfg(test)]
