@@ -331,6 +331,31 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
         }
     };
 
+    // B takes the origin's state with a forced sync, and waits for the job to be done, not
+    // only for its files: until then the clone's base is the one before.
+    let take_the_origins_state = || {
+        let admin_b = admin_b.clone();
+        async move {
+            let synced = admin_b
+                .start_transfer(&TransferRequestDto {
+                    kind: "sync".into(),
+                    workspace: "proj".into(),
+                    force: true,
+                    ..TransferRequestDto::default()
+                })
+                .await
+                .unwrap()
+                .id;
+            eventually("the clone took the origin's state", || async {
+                admin_b
+                    .transfer(&synced.to_string())
+                    .await
+                    .is_ok_and(|job| job.state == "done")
+            })
+            .await;
+        }
+    };
+
     // Beside the pushed path: the push lands and the origin's own change stays.
     write(&clone, "x.txt", "x2 from b\n");
     let pushed = push_changing("sub/z.txt", "z2 on a\n").await;
@@ -365,24 +390,7 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
 
     // A directory the push removes, where the origin adds a file meanwhile: refused, and
     // the file is still there.
-    let synced = admin_b
-        .start_transfer(&TransferRequestDto {
-            kind: "sync".into(),
-            workspace: "proj".into(),
-            force: true,
-            ..TransferRequestDto::default()
-        })
-        .await
-        .unwrap()
-        .id;
-    // Done, not only its files in place: until then the clone's base is the one before.
-    eventually("the clone took the origin's state", || async {
-        admin_b
-            .transfer(&synced.to_string())
-            .await
-            .is_ok_and(|job| job.state == "done")
-    })
-    .await;
+    take_the_origins_state().await;
     assert_eq!(read(&clone, "y.txt").as_deref(), Some("y2 on a\n"));
     std::fs::remove_dir_all(clone.join("sub")).unwrap();
     write(&clone, "x.txt", "x3 from b\n");
@@ -400,23 +408,7 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
     // A path the origin already had as pushed when the push began (so its plan leaves it
     // alone), changed back to the base while the push runs: the rule would take the
     // clone's version again, but nothing would write it. Refused, naming it.
-    let synced = admin_b
-        .start_transfer(&TransferRequestDto {
-            kind: "sync".into(),
-            workspace: "proj".into(),
-            force: true,
-            ..TransferRequestDto::default()
-        })
-        .await
-        .unwrap()
-        .id;
-    eventually("the clone took the origin's state again", || async {
-        admin_b
-            .transfer(&synced.to_string())
-            .await
-            .is_ok_and(|job| job.state == "done")
-    })
-    .await;
+    take_the_origins_state().await;
     assert_eq!(
         read(&clone, "sub/late.txt").as_deref(),
         Some("added on a\n")

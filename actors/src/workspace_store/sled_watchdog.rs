@@ -178,9 +178,11 @@ mod tests {
     #[test]
     fn flushes_are_queued_while_and_only_while_a_write_lasts_too_long() {
         let db = sled::Config::new().temporary(true).open().unwrap();
+        // Far longer than the short writes below, so that a busy machine descheduling the
+        // test for a moment does not make one of them look stuck.
         let watchdog = SledWatchdog::start_with(
             (*db).clone(),
-            Duration::from_millis(100),
+            Duration::from_millis(500),
             Duration::from_millis(10),
         );
         // Short writes: none lasts long enough.
@@ -188,7 +190,8 @@ mod tests {
             let _writing = watchdog.writing();
             std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(150));
+        // Absence is only seen by waiting: past the threshold after the last short write.
+        std::thread::sleep(Duration::from_millis(600));
         assert_eq!(watchdog.nudges(), 0, "a short write is not stuck");
 
         // One that lasts: flushes are queued, and the database still answers.
