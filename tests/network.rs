@@ -11,14 +11,21 @@ use common::TestNode;
 /// A network namespace with a veth link to the host; removed on drop.
 struct Netns {
     name: String,
+    host_if: String,
 }
 
 impl Netns {
     fn create(tag: &str, host_ip: &str, ns_ip: &str) -> Result<Netns, String> {
         let name = format!("aienv-{tag}-{}", std::process::id());
-        let host_if = format!("av{}h", std::process::id() % 100_000);
-        let ns_if = format!("av{}n", std::process::id() % 100_000);
-        let netns = Netns { name: name.clone() };
+        // The tag's first letter keeps two namespaces of one test apart (names have at most
+        // 15 bytes).
+        let initial = tag.chars().next().unwrap_or('x');
+        let host_if = format!("av{}{initial}h", std::process::id() % 100_000);
+        let ns_if = format!("av{}{initial}n", std::process::id() % 100_000);
+        let netns = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+        };
         let steps: Vec<Vec<String>> = vec![
             vec!["netns".into(), "add".into(), name.clone()],
             vec![
@@ -102,7 +109,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Deleting the namespace also deletes the veth pair.
+        // A namespace's veth pair goes with it only once the kernel has cleaned the namespace
+        // up, later: deleting the host end removes the pair at once.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
