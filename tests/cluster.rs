@@ -306,6 +306,46 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
         "{fit}"
     );
     assert_eq!(fit["bytes_held"], 0, "{fit}");
+    // The disk a clone needs is the workspace's bytes as stated, not only the listed chunks'
+    // (the list holds the largest chunks only); a statement below the list is refused.
+    let (code, fit, _) = as_peer(
+        &identity,
+        &h2.0,
+        h2.1,
+        "POST",
+        "/cluster/fit",
+        "/cluster/fit",
+        Some(serde_json::json!({"environment": "web", "spec": spec_json, "chunks": [{"hash": "00".repeat(32), "size": 10}], "workspace_bytes": 1u64 << 60})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(fit["fits"], false, "{fit}");
+    assert!(
+        fit["refusal"]
+            .as_str()
+            .unwrap()
+            .starts_with("needs 1073741824.0 GiB of disk for the workspace"),
+        "{fit}"
+    );
+    let (code, error, _) = as_peer(
+        &identity,
+        &h2.0,
+        h2.1,
+        "POST",
+        "/cluster/fit",
+        "/cluster/fit",
+        Some(serde_json::json!({"environment": "web", "spec": spec_json, "chunks": [{"hash": "00".repeat(32), "size": 10}], "workspace_bytes": 9})),
+    )
+    .await;
+    assert_eq!(code, 422, "{error}");
+    assert_eq!(error["error"]["code"], "invalid-field", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("workspace_bytes: 9 is less than the 10 bytes"),
+        "{error}"
+    );
     let (code, run, _) =
         as_peer(&identity, &h2.0, h2.1, "GET", run_template, &run_path, None).await;
     assert_eq!(

@@ -209,9 +209,14 @@ pub struct FitRequest {
     pub environment: String,
     /// The environment as the requester has it (`schemas/environment.schema.json`).
     pub spec: serde_json::Value,
-    /// The workspace's distinct chunk hashes (hex), to count what this node holds already.
+    /// The workspace's largest distinct chunks, to count what this node holds already
+    /// (`aienv_actors::cluster::fit_chunks`).
     #[serde(default)]
     pub chunks: Vec<FitChunk>,
+    /// The bytes of every file of the workspace: what a clone writes. Absent (an older
+    /// requester, which listed every chunk): the sum of the listed chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_bytes: Option<u64>,
     /// The workspace's id on the requester: a node that already holds its clone needs disk
     /// only for what changed.
     #[serde(default)]
@@ -394,7 +399,7 @@ pub struct RankingDto {
     pub reason: String,
     /// Every candidate, best first.
     pub candidates: Vec<CandidateDto>,
-    /// Bytes of the workspace.
+    /// Bytes of the workspace's files (what a clone writes).
     pub workspace_bytes: u64,
     /// Time to ask every candidate and rank them, milliseconds.
     pub decided_ms: f64,

@@ -10,6 +10,7 @@
 //! has not answered for [`PlacementConfig::lost_after`] makes its placements `lost` (with
 //! where and since when); when it answers again they are found again.
 
+pub mod fit_chunks;
 pub mod rank;
 
 use std::collections::{HashMap, HashSet};

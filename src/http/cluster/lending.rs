@@ -249,6 +249,16 @@ pub(super) async fn fit(
             ),
         ));
     }
+    let listed_bytes: u64 = body.chunks.iter().map(|c| u64::from(c.size)).sum();
+    if let Some(bytes) = body.workspace_bytes.filter(|bytes| *bytes < listed_bytes) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-field",
+            format!(
+                "workspace_bytes: {bytes} is less than the {listed_bytes} bytes of the listed chunks"
+            ),
+        ));
+    }
     let mut hashes = Vec::with_capacity(body.chunks.len());
     for FitChunk { hash, size } in &body.chunks {
         let parsed = aienv_actors::snapshot::Hash::from_hex(hash).ok_or_else(|| {
@@ -272,7 +282,7 @@ pub(super) async fn fit(
     .unwrap_or(0);
     // Disk: a clone writes the whole workspace (chunks held locally are copied, not
     // fetched); a sync of the clone already here writes what changed.
-    let total: u64 = body.chunks.iter().map(|c| u64::from(c.size)).sum();
+    let total = body.workspace_bytes.unwrap_or(listed_bytes);
     let held_clone = body
         .workspace_id
         .and_then(|id| local_clone(&state, peer.id, id))

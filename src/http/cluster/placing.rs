@@ -1,7 +1,6 @@
 //! The requesting node's side: the cluster view, ranking the trusted peers for an
 //! environment, placing it on one, and relaying its tools, logs, terminal and stop there.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use aienv_actors::cluster::fit_chunks::{FitChunks, FIT_CHUNKS_LISTED};
 use aienv_actors::cluster::rank::{self, Candidate, Offer};
 use aienv_actors::cluster::PlacementRecord;
 use aienv_actors::model::EnvironmentSpec;
@@ -325,8 +325,8 @@ async fn rank_peers(
     only: Option<Uuid>,
 ) -> Result<(RankingDto, Hash), ApiError> {
     let started = Instant::now();
-    // The workspace's chunks, read in order from the memo's file: the request lists them
-    // (once each), the snapshot itself is never held.
+    // The workspace's largest chunks, read in order from the memo's file: the request lists
+    // a bounded number of them, the snapshot itself is never held.
     let taken = state
         .store
         .take_snapshot(&entry.manifest.id.to_string())
@@ -334,24 +334,22 @@ async fn rank_peers(
     let root = taken.root;
     let dir = entry.path.clone();
     let (chunks, total) = web::block(move || -> Result<_, ApiError> {
-        let mut seen = HashSet::new();
-        let mut chunks = Vec::new();
-        let mut total = 0u64;
+        let mut listing = FitChunks::new(FIT_CHUNKS_LISTED);
         taken.entries()?.for_each(
             aienv_actors::workspace_store::StoreError::io("reading the snapshot of", &dir),
             |file| {
-                for (_, chunk) in file.file_chunks() {
-                    if seen.insert(chunk.hash) {
-                        total += chunk.size as u64;
-                        chunks.push(FitChunk {
-                            hash: chunk.hash.to_hex(),
-                            size: chunk.size,
-                        });
-                    }
-                }
+                listing.entry(file);
                 Ok(())
             },
         )?;
+        let (listed, total) = listing.finish();
+        let chunks = listed
+            .into_iter()
+            .map(|(hash, size)| FitChunk {
+                hash: hash.to_hex(),
+                size,
+            })
+            .collect::<Vec<_>>();
         Ok((chunks, total))
     })
     .await
@@ -366,6 +364,7 @@ async fn rank_peers(
             )
         })?,
         chunks,
+        workspace_bytes: Some(total),
         workspace_id: Some(entry.manifest.id),
     });
     let peers = state.peers.view();
