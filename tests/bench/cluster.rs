@@ -10,6 +10,11 @@
 //!   to E's proxy directly: p50 and p99 of `BENCH_REQUESTS` (1000) sequential requests each,
 //!   on keep-alive connections, in alternating blocks of 100.
 //!
+//! - with `BENCH_PLACE_FILES=N` (0 by default): the placement decision for a workspace of N
+//!   small files (0.5–2 KiB, each its own content) on R, E holding none of it: the first
+//!   decision (a snapshot walk included) and the median of three more, what E answered, and
+//!   each node's peak resident memory over the decisions.
+//!
 //! Run: `cargo bench --bench cluster` (needs bubblewrap and python3, like any placed
 //! workspace). Figures, not assertions. The placement decision among 50 candidates is
 //! measured by `tests/cluster_scale.rs` (it prints it).
@@ -37,6 +42,7 @@ fn main() {
     let big_mib = env_number("BENCH_BIG_MIB", 1024);
     let big_rounds = env_number("BENCH_BIG_ROUNDS", 2);
     let requests = env_number("BENCH_REQUESTS", 1000);
+    let place_files = env_number("BENCH_PLACE_FILES", 0);
     if std::process::Command::new("bwrap")
         .arg("--version")
         .output()
@@ -46,7 +52,7 @@ fn main() {
         return;
     }
     println!("aienv cluster benchmark: {rounds} rounds, {big_mib} MiB workspace × {big_rounds}, {requests} requests");
-    actix_rt::System::new().block_on(run(rounds, big_mib, big_rounds, requests));
+    actix_rt::System::new().block_on(run(rounds, big_mib, big_rounds, requests, place_files));
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -93,12 +99,23 @@ async fn stop_placed(r: &Client, e: &Client, workspace: &str) {
             .unwrap()
             .iter()
             .any(|s| s.workspace == workspace && s.state != "stopped" && s.state != "failed");
-        if !active && placed_state(r, workspace).await.is_none() {
+        // A stopped placement is kept (its results can still come back).
+        let placed = placed_state(r, workspace).await;
+        if !active && placed.as_deref().is_none_or(|state| state == "stopped") {
             return;
         }
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{workspace} did not stop on E");
+    panic!(
+        "{workspace} did not stop on E: E's runtimes {:?}, R's placement {:?}",
+        e.runtimes()
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| (&s.workspace, &s.state))
+            .collect::<Vec<_>>(),
+        placed_state(r, workspace).await
+    );
 }
 
 async fn create(client: &Client, name: &str) -> String {
@@ -116,7 +133,13 @@ async fn create(client: &Client, name: &str) -> String {
     client.get(name).await.unwrap().workspace.path.unwrap()
 }
 
-async fn run(rounds: usize, big_mib: usize, big_rounds: usize, requests: usize) {
+async fn run(
+    rounds: usize,
+    big_mib: usize,
+    big_rounds: usize,
+    requests: usize,
+    place_files: usize,
+) {
     let shm = std::path::Path::new("/dev/shm");
     let temp = if shm.is_dir() {
         tempfile::tempdir_in(shm).unwrap()
@@ -248,6 +271,9 @@ async fn run(rounds: usize, big_mib: usize, big_rounds: usize, requests: usize) 
     );
     stop_placed(&r, &e, "small").await;
 
+    if place_files > 0 {
+        decide_many(&r, [&r_node, &e_node], place_files).await;
+    }
     if big_mib == 0 {
         return;
     }
@@ -317,5 +343,61 @@ async fn run(rounds: usize, big_mib: usize, big_rounds: usize, requests: usize) 
     println!(
         "run --on PEER with {big_mib} MiB to move → first tool answer: median {placed_big_ms:.0} ms; a plain clone of it: {clone_ms:.0} ms; placement − clone = {:.0} ms (target ≤ 1000 ms)",
         placed_big_ms - clone_ms
+    );
+}
+
+fn peak_mib(node: &TestNode) -> f64 {
+    let pid = node.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024.0
+}
+
+/// The placement decision for a workspace of `files` small files, E holding none of it.
+async fn decide_many(r: &Client, nodes: [&TestNode; 2], files: usize) {
+    let root = create(r, "many").await;
+    for i in 0..files {
+        let dir = format!("{root}/d{:04}", i / 200);
+        if i % 200 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        let line = format!("file {i} of the many\n");
+        let size = 512 + (i * 7919) % 1536;
+        let content: String = line.repeat(size / line.len() + 1)[..size].to_string();
+        std::fs::write(format!("{dir}/f{i}.txt"), content).unwrap();
+    }
+    for node in nodes {
+        let pid = node.child.as_ref().unwrap().id();
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
+    let (mut first, mut again, mut last) = (None, Vec::new(), None);
+    for round in 0..4 {
+        let started = Instant::now();
+        let ranking = r.placement("many", Some("web")).await.unwrap();
+        let wall = started.elapsed().as_secs_f64() * 1000.0;
+        if round == 0 {
+            first = Some(wall);
+        } else {
+            again.push(wall);
+        }
+        last = Some(ranking);
+    }
+    let ranking = last.unwrap();
+    let candidate = &ranking.candidates[0];
+    println!(
+        "placement decision, {files} files ({} bytes): first {:.0} ms (its snapshot walk included), then median {:.0} ms; E: {}; peak memory over the decisions, R / E: {:.1} / {:.1} MiB",
+        ranking.workspace_bytes,
+        first.unwrap(),
+        median(&mut again),
+        match &candidate.refusal {
+            Some(refusal) => format!("refused: {refusal}"),
+            None => format!(
+                "fits, bytes_held {}, bytes_to_move {}",
+                candidate.bytes_held, candidate.bytes_to_move
+            ),
+        },
+        peak_mib(nodes[0]),
+        peak_mib(nodes[1]),
     );
 }
