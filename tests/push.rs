@@ -433,6 +433,31 @@ async fn what_the_origin_changes_while_a_push_fetches_is_kept() {
     }
     assert_eq!(read(&origin, "x.txt").as_deref(), Some("x2 from b\n"));
     assert_eq!(read(&origin, "w.txt"), None);
+
+    // A declared project that becomes a git checkout on the origin while the push runs: its
+    // files now go back only as commits, so the push that writes one is refused.
+    let manifest = admin_a.manifest("proj").await.unwrap();
+    assert!(manifest.contains("\nprojects: []\n"), "{manifest}");
+    let declared = manifest.replace(
+        "\nprojects: []\n",
+        "\nprojects:\n- name: lib\n  path: lib\n",
+    );
+    admin_a.put_manifest("proj", declared).await.unwrap();
+    take_the_origins_state().await;
+    write(&clone, "lib/new.py", "print('from b')\n");
+    let pushed = push_changing("lib/.git/HEAD", "ref: refs/heads/main\n").await;
+    match pushed {
+        Err(aienv::client::ClientError::Api { message, .. }) => {
+            assert!(
+                message.contains("push request refused as the workspace is now")
+                    && message.contains("`lib`")
+                    && message.contains("a git project's files go back as commits"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(read(&origin, "lib/new.py"), None);
 }
 
 /// The origin fetches a push's content from the clone's node: when it has no address for it

@@ -302,7 +302,7 @@ impl JobContext {
         // described from disk again and the rest kept from `before`, without a walk, and the
         // rule runs again (`push_recheck`). A push that removes or replaces a directory
         // reads what is under it too: then the whole tree is walked again.
-        let pushed = self.pushed_paths().await?;
+        let pushed = self.pushed_paths(&local.manifest.projects).await?;
         let unchanged = match &pushed {
             Some(pushed) => self
                 .store
@@ -399,12 +399,18 @@ impl JobContext {
         Ok((outcome, Closing::after(taken, touched)))
     }
 
-    /// The paths a push's merge rule reads on this side: every pushed path and the
-    /// directories holding it. `None` when a change removes or replaces a directory (the
-    /// rule then reads its whole subtree) or there are too many to list.
-    async fn pushed_paths(&self) -> Result<Option<Touched>, TransferError> {
+    /// The paths a push's merge rule reads on this side: every pushed path, the place of
+    /// each project's `.git` (one made while the push ran turns its project's files into a
+    /// git work tree the push may not write), and the directories holding them. `None` when
+    /// a change removes or replaces a directory (the rule then reads its whole subtree) or
+    /// there are too many to list.
+    async fn pushed_paths(
+        &self,
+        projects: &[crate::model::Project],
+    ) -> Result<Option<Touched>, TransferError> {
         let path = self.job_dir.join(super::push::REQUEST_FILE);
         let limits = self.config.limits.clone();
+        let git_dirs = super::push::git_dirs(projects);
         blocking(move || {
             let bytes = std::fs::read(&path).map_err(TransferError::io("reading", &path))?;
             let request = super::push::PushRequest::decode(&bytes, &limits)?;
@@ -414,12 +420,16 @@ impl JobContext {
             let is_dir = |entry: &Option<crate::snapshot::SnapshotEntry>| {
                 entry.as_ref().is_some_and(|e| e.kind == EntryKind::Dir)
             };
+            if request
+                .changes
+                .iter()
+                .any(|change| is_dir(&change.base) && !is_dir(&change.new))
+            {
+                return Ok(None);
+            }
             let mut touched = Touched::default();
-            for change in &request.changes {
-                if is_dir(&change.base) && !is_dir(&change.new) {
-                    return Ok(None);
-                }
-                let mut path = change.path.as_str();
+            let paths = request.changes.iter().map(|change| change.path.as_str());
+            for mut path in paths.chain(git_dirs.iter().map(String::as_str)) {
                 touched.changed(path);
                 while let Some((dir, _)) = path.rsplit_once('/') {
                     touched.changed(dir);

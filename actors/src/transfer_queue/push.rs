@@ -302,6 +302,12 @@ fn project_paths(projects: &[crate::model::Project]) -> Vec<String> {
         .collect()
 }
 
+/// Where each of the workspace's projects keeps its `.git`: whether one is there decides
+/// which pushed paths the rule refuses ([`git_projects`]).
+pub fn git_dirs(projects: &[crate::model::Project]) -> Vec<String> {
+    project_paths(projects).iter().map(|p| git_dir(p)).collect()
+}
+
 /// A project's `.git`.
 fn git_dir(project: &str) -> String {
     if project.is_empty() {

@@ -904,7 +904,13 @@ impl JobContext {
             let git_projects = super::push::git_projects(projects, current).map_err(
                 TransferError::io("reading the workspace's snapshot in", &job_dir),
             )?;
-            super::push::check_pushed(&request.changes, &git_projects)?;
+            // The route checked the request a moment before: a refusal now is the workspace
+            // changed since (a project became a git checkout).
+            super::push::check_pushed(&request.changes, &git_projects).map_err(|error| {
+                TransferError::BadRequest(format!(
+                    "push request refused as the workspace is now: {error}"
+                ))
+            })?;
             Ok(request)
         }
     }
