@@ -61,9 +61,12 @@ pub fn from_str<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, YamlE
     let mut field: Option<String> = None;
     let result = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            // `?` stands for a place the path could not name (a duplicate key's): the
+            // mapping holding it is what the person can find.
             let path = error.path().to_string();
-            if path != "." {
-                field = Some(path);
+            let path = path.strip_suffix(".?").unwrap_or(&path);
+            if path != "." && path != "?" {
+                field = Some(path.to_string());
             }
             error.into_inner()
         })
@@ -119,8 +122,16 @@ fn plain_message(error: &serde_saphyr::Error) -> String {
     let text = error.without_snippet().to_string();
     let first = text.lines().next().unwrap_or("invalid YAML").trim();
     // serde-saphyr appends " at line L, column C"; the location is reported separately.
-    match first.rfind(" at line ") {
-        Some(index) => first[..index].to_string(),
+    let first = match first.rfind(" at line ") {
+        Some(index) => &first[..index],
+        None => first,
+    };
+    // Its advice on duplicate keys names a parser setting the person cannot change.
+    let first = first
+        .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
+        .unwrap_or(first);
+    match first.strip_prefix("duplicate mapping key: ") {
+        Some(key) => format!("`{key}` is given twice in one mapping"),
         None => first.to_string(),
     }
 }
@@ -181,5 +192,18 @@ mod tests {
             None,
             "missing field `name`",
         );
+        check(
+            "name: a\ninner:\n  count: 1\nname: b\n",
+            Some(4),
+            None,
+            "`name` is given twice in one mapping",
+        );
+        let twice = from_str::<Outer>(
+            "name: a\ninner:\n  count: 1\n  count: 2\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap_err();
+        assert!(!twice.to_string().contains("DuplicateKeyPolicy"), "{twice}");
+        assert!(!twice.to_string().contains('?'), "{twice}");
     }
 }
