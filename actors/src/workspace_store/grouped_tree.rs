@@ -107,18 +107,25 @@ impl GroupedTree {
         Ok(None)
     }
 
-    /// Entries with keys at or after `start`, in order.
+    /// Entries with keys at or after `start`, in order. The group holding `start` is the one
+    /// its lookup found; the groups after it are read only when the caller goes past it (a
+    /// sled iterator copies each leaf page it steps into, so a prefix lookup that ends inside
+    /// its first group, as a chunk's places do, pays for one page, not two).
     pub fn range_from(&self, start: &[u8]) -> Entries {
-        let (bound, error) = match self.group_of(start) {
-            Ok(found) => (
-                found.map(|(bound, _)| bound.to_vec()).unwrap_or_default(),
+        let (current, after, error) = match self.group_of(start) {
+            Ok(Some((bound, group))) => (
+                Some((bound.clone(), group, 0)),
+                std::ops::Bound::Excluded(bound),
                 None,
             ),
-            Err(error) => (Vec::new(), Some(error)),
+            Ok(None) => (None, std::ops::Bound::Unbounded, None),
+            Err(error) => (None, std::ops::Bound::Unbounded, Some(error)),
         };
         Entries {
-            groups: self.tree.range(bound..),
-            current: None,
+            tree: self.tree.clone(),
+            after: Some(after),
+            groups: None,
+            current,
             start: start.to_vec(),
             previous: None,
             error,
@@ -311,7 +318,10 @@ fn decode_at(group: &sled::IVec, offset: &mut usize, bound: &[u8]) -> Result<Ent
 
 /// Iterator of [`GroupedTree::range_from`].
 pub struct Entries {
-    groups: sled::Iter,
+    tree: sled::Tree,
+    /// Where the groups after the first one start, until they are read.
+    after: Option<std::ops::Bound<sled::IVec>>,
+    groups: Option<sled::Iter>,
     current: Option<(sled::IVec, sled::IVec, usize)>,
     start: Vec<u8>,
     previous: Option<Entry>,
@@ -347,7 +357,11 @@ impl Iterator for Entries {
                 }
                 self.current = None;
             }
-            match self.groups.next()? {
+            if let Some(after) = self.after.take() {
+                let all = (after, std::ops::Bound::<sled::IVec>::Unbounded);
+                self.groups = Some(self.tree.range::<sled::IVec, _>(all));
+            }
+            match self.groups.as_mut()?.next()? {
                 Ok((bound, group)) => self.current = Some((bound, group, 0)),
                 Err(error) => return Some(Err(error.into())),
             }
