@@ -372,8 +372,7 @@ fn upload_slot(state: &AppState, request: &HttpRequest) -> Result<UploadSlot, Ap
 /// What serving chunks of a workspace needs, the upload slot held.
 struct Serving {
     slot: UploadSlot,
-    chunk_store: aienv_actors::workspace_store::ChunkStore,
-    workspace: uuid::Uuid,
+    chunks: ServedChunks,
     uploads: Arc<Uploads>,
 }
 
@@ -385,33 +384,45 @@ impl Serving {
     ) -> Result<Serving, ApiError> {
         Ok(Serving {
             slot: upload_slot(state, request)?,
-            chunk_store: state.store.chunk_store(),
-            workspace: entry.manifest.id,
+            chunks: ServedChunks {
+                chunk_store: state.store.chunk_store(),
+                workspace: entry.manifest.id,
+                reader: None,
+            },
             uploads: state.uploads.clone(),
         })
     }
 }
 
-/// A chunk of `workspace` as served: the empty chunk (an empty file's content) needs no
-/// file, every node has it.
-fn served_chunk(
-    chunk_store: &aienv_actors::workspace_store::ChunkStore,
+/// The chunks of one workspace as one request serves them: read through one
+/// [`ChunkReader`](aienv_actors::workspace_store::ChunkReader), made on first use (off the
+/// async workers), so the workspace's root is opened once per request, not per chunk. The
+/// empty chunk (an empty file's content) needs no file: every node has it.
+struct ServedChunks {
+    chunk_store: aienv_actors::workspace_store::ChunkStore,
     workspace: uuid::Uuid,
-    hash: &aienv_actors::snapshot::Hash,
-) -> Option<Vec<u8>> {
-    let mut data = Vec::new();
-    served_chunk_into(chunk_store, workspace, hash, &mut data).then_some(data)
+    /// `Some(None)`: the workspace is gone.
+    reader: Option<Option<aienv_actors::workspace_store::ChunkReader>>,
 }
 
-/// [`served_chunk`], appending the chunk to `out`; `false`, with `out` as it was, when it is
-/// not held.
-fn served_chunk_into(
-    chunk_store: &aienv_actors::workspace_store::ChunkStore,
-    workspace: uuid::Uuid,
-    hash: &aienv_actors::snapshot::Hash,
-    out: &mut Vec<u8>,
-) -> bool {
-    *hash == aienv_actors::snapshot::Hash::of(b"") || chunk_store.read_into(workspace, hash, out)
+impl ServedChunks {
+    /// The chunk `hash` appended to `out`; `false`, with `out` as it was, when it is not
+    /// held.
+    fn read_into(&mut self, hash: &aienv_actors::snapshot::Hash, out: &mut Vec<u8>) -> bool {
+        if *hash == aienv_actors::snapshot::Hash::of(b"") {
+            return true;
+        }
+        let (chunk_store, workspace) = (&self.chunk_store, self.workspace);
+        self.reader
+            .get_or_insert_with(|| chunk_store.reader(workspace))
+            .as_mut()
+            .is_some_and(|reader| reader.read_into(hash, out))
+    }
+
+    fn read(&mut self, hash: &aienv_actors::snapshot::Hash) -> Option<Vec<u8>> {
+        let mut data = Vec::new();
+        self.read_into(hash, &mut data).then_some(data)
+    }
 }
 
 /// Test hook: flips the first byte of the next bytes sent (a chunk or a range of one) while
@@ -487,8 +498,7 @@ async fn chunks(
         .map_err(|message| ApiError::bad_request("invalid-chunk-request", message))?;
     let Serving {
         slot,
-        chunk_store,
-        workspace,
+        mut chunks,
         uploads,
     } = Serving::new(&state, &request, &entry)?;
     Ok(frame_stream(
@@ -499,7 +509,7 @@ async fn chunks(
         move |out, hash| {
             Frame::encode_with(out, hash, level, |out| {
                 let at = out.len();
-                let served = served_chunk_into(&chunk_store, workspace, &hash, out);
+                let served = chunks.read_into(&hash, out);
                 maybe_corrupt(&uploads, &hash, &mut out[at..]);
                 served
             })
@@ -520,17 +530,13 @@ async fn parts(
     let hashes = chunk_parts::parse_list_request(&body)
         .map_err(|message| ApiError::bad_request("invalid-parts-request", message))?;
     let Serving {
-        slot,
-        chunk_store,
-        workspace,
-        ..
+        slot, mut chunks, ..
     } = Serving::new(&state, &request, &entry)?;
     let answer = web::block(move || {
         let _slot = slot;
         let mut out = Vec::new();
         for hash in hashes {
-            let parts =
-                served_chunk(&chunk_store, workspace, &hash).map(|data| chunk_parts::cut(&data));
+            let parts = chunks.read(&hash).map(|data| chunk_parts::cut(&data));
             chunk_parts::encode_list(&mut out, hash, parts.as_deref());
         }
         out
@@ -556,8 +562,7 @@ async fn ranges(
         .map_err(|message| ApiError::bad_request("invalid-range-request", message))?;
     let Serving {
         slot,
-        chunk_store,
-        workspace,
+        mut chunks,
         uploads,
     } = Serving::new(&state, &request, &entry)?;
     // Ranges of one chunk come together: it is read once for all of them.
@@ -568,7 +573,7 @@ async fn ranges(
         uploads.clone(),
         move |out, range: chunk_parts::Range| {
             if last.as_ref().is_none_or(|(hash, _)| *hash != range.hash) {
-                let data = served_chunk(&chunk_store, workspace, &range.hash);
+                let data = chunks.read(&range.hash);
                 last = Some((range.hash, data));
             }
             let data = last.as_ref().and_then(|(_, data)| data.as_deref());

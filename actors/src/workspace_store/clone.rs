@@ -24,7 +24,7 @@ use crate::snapshot_receive::SnapshotEntries;
 use crate::snapshot_writer::SnapshotWriter;
 use crate::yaml;
 
-use super::chunk_index::{ChunkIndex, ScanStats};
+use super::chunk_index::{ChunkIndex, ChunkReader, ScanStats};
 use super::error::StoreError;
 use super::view::{StoreView, WorkspaceEntry};
 use super::{
@@ -177,24 +177,20 @@ impl ChunkStore {
     /// more (the file changed: the next snapshot re-reads it).
     pub fn read(&self, workspace: Uuid, hash: &Hash) -> Option<Vec<u8>> {
         let mut data = Vec::new();
-        self.read_into(workspace, hash, &mut data).then_some(data)
+        self.reader(workspace)?
+            .read_into(hash, &mut data)
+            .then_some(data)
     }
 
-    /// [`ChunkStore::read`], appending the chunk to `out`; `false`, with `out` as it was,
-    /// when no indexed file holds it any more.
-    pub fn read_into(&self, workspace: Uuid, hash: &Hash, out: &mut Vec<u8>) -> bool {
-        let Some(root) = self
+    /// A reader of `workspace`'s chunks for one request (`None`: no such workspace here):
+    /// [`ChunkStore::read`] for a batch, the root opened once.
+    pub fn reader(&self, workspace: Uuid) -> Option<ChunkReader> {
+        let root = self
             .view
             .borrow()
             .find(&workspace.to_string())
-            .map(|entry| entry.path.clone())
-        else {
-            return false;
-        };
-        self.chunks
-            .locate(hash, Some(workspace))
-            .iter()
-            .any(|location| self.chunks.read_verified_into(&root, location, hash, out))
+            .map(|entry| entry.path.clone())?;
+        Some(self.chunks.reader(workspace, root))
     }
 
     /// Copies the chunk `hash` from any workspace of this node into `target` at `offset`

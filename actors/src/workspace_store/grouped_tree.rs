@@ -95,16 +95,36 @@ impl GroupedTree {
         let Some((bound, group)) = self.group_of(key)? else {
             return Ok(None);
         };
-        let mut offset = 0;
-        while offset < group.len() {
-            let entry = decode_at(&group, &mut offset, &bound)?;
-            match entry.key().cmp(key) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Equal => return Ok(Some(entry)),
-                std::cmp::Ordering::Greater => break,
+        Ok(match find_in(&group, &bound, key)? {
+            Found::Entry(entry) => Some(entry),
+            Found::Absent | Found::Past => None,
+        })
+    }
+
+    /// [`GroupedTree::get`] for keys asked in order: the group the last lookup found is kept
+    /// in `near` and asked first, so neighbouring keys cost no lookup. The kept group is the
+    /// one read then: a writer's later change to it is not seen through `near`.
+    pub fn get_near(&self, key: &[u8], near: &mut Near) -> Result<Option<Entry>, StoreError> {
+        if let Some((bound, group)) = &near.0 {
+            if key >= &bound[..] {
+                match find_in(group, bound, key)? {
+                    Found::Entry(entry) => return Ok(Some(entry)),
+                    Found::Absent => return Ok(None),
+                    // Past its last entry: perhaps in a group after it.
+                    Found::Past => {}
+                }
             }
         }
-        Ok(None)
+        let Some((bound, group)) = self.group_of(key)? else {
+            near.0 = None;
+            return Ok(None);
+        };
+        let found = find_in(&group, &bound, key)?;
+        near.0 = Some((bound, group));
+        Ok(match found {
+            Found::Entry(entry) => Some(entry),
+            Found::Absent | Found::Past => None,
+        })
     }
 
     /// Entries with keys at or after `start`, in order. The group holding `start` is the one
@@ -316,6 +336,32 @@ fn decode_at(group: &sled::IVec, offset: &mut usize, bound: &[u8]) -> Result<Ent
     })
 }
 
+/// The group a lookup found, kept for the next ([`GroupedTree::get_near`]).
+#[derive(Default)]
+pub struct Near(Option<(sled::IVec, sled::IVec)>);
+
+/// Where `key` is in a group.
+enum Found {
+    Entry(Entry),
+    /// Not there, though the group holds a later key: nowhere in the tree either.
+    Absent,
+    /// After the group's last entry.
+    Past,
+}
+
+fn find_in(group: &sled::IVec, bound: &[u8], key: &[u8]) -> Result<Found, StoreError> {
+    let mut offset = 0;
+    while offset < group.len() {
+        let entry = decode_at(group, &mut offset, bound)?;
+        match entry.key().cmp(key) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Equal => return Ok(Found::Entry(entry)),
+            std::cmp::Ordering::Greater => return Ok(Found::Absent),
+        }
+    }
+    Ok(Found::Past)
+}
+
 /// Iterator of [`GroupedTree::range_from`].
 pub struct Entries {
     tree: sled::Tree,
@@ -426,9 +472,15 @@ mod tests {
                 assert!(changes.is_empty());
                 let expected: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 assert_eq!(contents(&grouped), expected, "max {max}, round {round}");
-                for probe in [&b""[..], b"a", b"ab", b"b/", b"c", b"cc", b"zz"] {
+                // Asked in order, then out of order, each from the group the last found.
+                let mut near = Near::default();
+                let probes = [&b""[..], b"a", b"ab", b"b/", b"c", b"cc", b"zz"];
+                for probe in probes.into_iter().chain(probes.into_iter().rev()) {
                     let found = grouped.get(probe).unwrap().map(|e| e.value().to_vec());
                     assert_eq!(found.as_ref(), model.get(probe), "get {probe:?}");
+                    let found = grouped.get_near(probe, &mut near).unwrap();
+                    let found = found.map(|e| e.value().to_vec());
+                    assert_eq!(found.as_ref(), model.get(probe), "get near {probe:?}");
                     let from: Vec<_> = grouped
                         .range_from(probe)
                         .map(|e| e.unwrap().key().to_vec())

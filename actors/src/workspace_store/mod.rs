@@ -48,8 +48,8 @@ pub use archive::{
     FORMAT_VERSION as ARCHIVE_FORMAT_VERSION, MANIFEST_ENTRY,
 };
 pub use chunk_index::{
-    file_clock_now, Arrived, ChunkIndex, ChunkLocation, EncodedSnapshot, ScanStats, Taken, Touched,
-    CHUNK_GROUP, FILE_GROUP,
+    file_clock_now, Arrived, ChunkIndex, ChunkLocation, ChunkReader, EncodedSnapshot, ScanStats,
+    Taken, Touched, CHUNK_GROUP, FILE_GROUP,
 };
 pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan, Unflushed};
 pub use error::StoreError;

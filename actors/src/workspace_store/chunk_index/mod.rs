@@ -31,8 +31,9 @@ use crate::snapshot::{
 
 use super::error::StoreError;
 use super::file_chunks;
-use super::grouped_tree::{Change, Entry, GroupedTree};
+use super::grouped_tree::{Change, Entry, GroupedTree, Near};
 use super::sled_watchdog::SledWatchdog;
+use crate::beneath::Beneath;
 use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
 use crate::spill::{self, KeptSpill, Spill};
@@ -1146,10 +1147,22 @@ impl ChunkIndex {
     /// Opened beneath `root`: never a file outside the workspace through a link swapped in
     /// since the index was written.
     fn open_indexed(&self, root: &Path, location: &ChunkLocation) -> Option<(fs::File, bool)> {
-        let (file, metadata) = crate::beneath::open_file(root, &location.path).ok()?;
+        let beneath = Beneath::open(root).ok()?;
+        self.open_indexed_in(&beneath, location, &mut Near::default())
+    }
+
+    /// [`ChunkIndex::open_indexed`] with the root already open, the record read through
+    /// `near`.
+    fn open_indexed_in(
+        &self,
+        beneath: &Beneath,
+        location: &ChunkLocation,
+        near: &mut Near,
+    ) -> Option<(fs::File, bool)> {
+        let (file, metadata) = beneath.open_file_with_metadata(&location.path).ok()?;
         let record = self
             .files
-            .get(&file_key(location.workspace, &location.path))
+            .get_near(&file_key(location.workspace, &location.path), near)
             .ok()
             .flatten()
             .and_then(|record| rmp_serde::from_slice::<FileRecord>(record.value()).ok());
@@ -1180,8 +1193,39 @@ impl ChunkIndex {
         hash: &Hash,
         out: &mut Vec<u8>,
     ) -> bool {
+        match Beneath::open(root) {
+            Ok(beneath) => {
+                self.read_verified_in(&beneath, &mut Near::default(), location, hash, out)
+            }
+            Err(_) => {
+                self.changed(root, location, hash);
+                false
+            }
+        }
+    }
+
+    /// A reader of `workspace`'s chunks under `root`, for one request.
+    pub fn reader(&self, workspace: Uuid, root: PathBuf) -> ChunkReader {
+        ChunkReader {
+            index: self.clone(),
+            workspace,
+            beneath: Beneath::open(&root).ok(),
+            root,
+            near: Near::default(),
+        }
+    }
+
+    /// [`ChunkIndex::read_verified_into`] with the root already open.
+    fn read_verified_in(
+        &self,
+        beneath: &Beneath,
+        near: &mut Near,
+        location: &ChunkLocation,
+        hash: &Hash,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let start = out.len();
-        if let Some((file, unchanged)) = self.open_indexed(root, location) {
+        if let Some((file, unchanged)) = self.open_indexed_in(beneath, location, near) {
             if crate::fsio::append_exact_at(&file, location.offset, location.len as usize, out)
                 .is_ok()
                 && (unchanged || Hash::of(&out[start..]) == *hash)
@@ -1190,7 +1234,7 @@ impl ChunkIndex {
             }
             out.truncate(start);
         }
-        self.changed(root, location, hash);
+        self.changed(&beneath.full(""), location, hash);
         false
     }
 
@@ -1231,6 +1275,36 @@ impl ChunkIndex {
             }];
             let _ = self.replace_all(location.workspace, &mut forget);
         }
+    }
+}
+
+/// Reads one workspace's chunks for one request (a peer's batch, in the snapshot's order):
+/// the root is opened once, not per chunk, and each file record is read from the record group
+/// the last one came from while the files keep to it, not looked up in sled each time.
+pub struct ChunkReader {
+    index: ChunkIndex,
+    workspace: Uuid,
+    root: PathBuf,
+    /// `None`: the root could not be opened; nothing is read.
+    beneath: Option<Beneath>,
+    near: Near,
+}
+
+impl ChunkReader {
+    /// [`ChunkIndex::read_verified_into`] of the chunk `hash` from any place of the
+    /// workspace that held it; `false`, with `out` as it was, when none does any more.
+    pub fn read_into(&mut self, hash: &Hash, out: &mut Vec<u8>) -> bool {
+        let Some(beneath) = &self.beneath else {
+            tracing::info!(root = %self.root.display(), "the workspace's root could not be opened; its chunks are not served");
+            return false;
+        };
+        self.index
+            .locate(hash, Some(self.workspace))
+            .iter()
+            .any(|location| {
+                self.index
+                    .read_verified_in(beneath, &mut self.near, location, hash, out)
+            })
     }
 }
 
