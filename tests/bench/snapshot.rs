@@ -267,7 +267,7 @@ fn sled_insert(count: u64, base: &str, cache_mib: u64, grouped: bool) -> (f64, f
         db.open_tree("files").unwrap(),
         db.open_tree("chunks").unwrap(),
     );
-    let watchdog = SledWatchdog::start(files.clone());
+    let watchdog = SledWatchdog::start();
     let (file_groups, chunk_groups) = (
         GroupedTree::new(files.clone(), FILE_GROUP, watchdog.clone()),
         GroupedTree::new(

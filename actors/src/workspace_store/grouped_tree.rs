@@ -423,7 +423,7 @@ mod tests {
     fn tree(max_entries: usize) -> GroupedTree {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        GroupedTree::new(tree.clone(), max_entries, SledWatchdog::start(tree))
+        GroupedTree::new(tree.clone(), max_entries, SledWatchdog::start())
     }
 
     fn contents(tree: &GroupedTree) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -529,7 +529,7 @@ impl ChunkIndex {
         for earlier in ["files", "chunks"] {
             db.drop_tree(earlier)?;
         }
-        let watchdog = SledWatchdog::start((**db).clone());
+        let watchdog = SledWatchdog::start();
         Ok(ChunkIndex {
             files: GroupedTree::new(db.open_tree("file_groups")?, FILE_GROUP, watchdog.clone()),
             chunks: GroupedTree::new(db.open_tree("chunk_groups")?, CHUNK_GROUP, watchdog.clone()),
