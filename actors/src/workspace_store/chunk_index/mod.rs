@@ -1206,11 +1206,15 @@ impl ChunkIndex {
 
     /// A reader of `workspace`'s chunks under `root`, for one request.
     pub fn reader(&self, workspace: Uuid, root: PathBuf) -> ChunkReader {
+        let beneath = Beneath::open(&root)
+            .inspect_err(|error| {
+                tracing::info!(root = %root.display(), %error, "the workspace's root could not be opened; its chunks are not served");
+            })
+            .ok();
         ChunkReader {
             index: self.clone(),
             workspace,
-            beneath: Beneath::open(&root).ok(),
-            root,
+            beneath,
             near: Near::default(),
         }
     }
@@ -1284,7 +1288,6 @@ impl ChunkIndex {
 pub struct ChunkReader {
     index: ChunkIndex,
     workspace: Uuid,
-    root: PathBuf,
     /// `None`: the root could not be opened; nothing is read.
     beneath: Option<Beneath>,
     near: Near,
@@ -1295,7 +1298,6 @@ impl ChunkReader {
     /// workspace that held it; `false`, with `out` as it was, when none does any more.
     pub fn read_into(&mut self, hash: &Hash, out: &mut Vec<u8>) -> bool {
         let Some(beneath) = &self.beneath else {
-            tracing::info!(root = %self.root.display(), "the workspace's root could not be opened; its chunks are not served");
             return false;
         };
         self.index
