@@ -286,57 +286,46 @@ async fn a_workspace_runs_on_the_best_peer_and_is_reached_through_the_requester(
     .await;
     assert_eq!(code, 200);
     assert_eq!(offer["runs"][0]["lent_to"]["peer_name"], "host0", "{offer}");
-    let (code, fit, _) = as_peer(
-        &identity,
-        &h2.0,
-        h2.1,
-        "POST",
-        "/cluster/fit",
-        "/cluster/fit",
-        Some(serde_json::json!({"environment": "web", "spec": spec_json, "chunks": [{"hash": "00".repeat(32), "size": 10}]})),
-    )
-    .await;
+    // A fit for one listed chunk of 10 bytes, with the workspace's bytes stated or not.
+    let fit = |workspace_bytes: Option<u64>| {
+        let mut body = serde_json::json!({"environment": "web", "spec": spec_json, "chunks": [{"hash": "00".repeat(32), "size": 10}]});
+        if let Some(bytes) = workspace_bytes {
+            body["workspace_bytes"] = bytes.into();
+        }
+        as_peer(
+            &identity,
+            &h2.0,
+            h2.1,
+            "POST",
+            "/cluster/fit",
+            "/cluster/fit",
+            Some(body),
+        )
+    };
+    let (code, answer, _) = fit(None).await;
     // What the running environment holds counts: host2 has nothing left to lend.
     assert_eq!(code, 200);
-    assert_eq!(fit["fits"], false, "{fit}");
-    let refused = fit["refusal"].as_str().unwrap();
+    assert_eq!(answer["fits"], false, "{answer}");
+    let refused = answer["refusal"].as_str().unwrap();
     assert!(
         refused.contains("needs at least 0.5 CPU cores; 0 left")
             && refused.contains("lends 2 CPU cores to peers, 2 of it held by peers' environments"),
-        "{fit}"
+        "{answer}"
     );
-    assert_eq!(fit["bytes_held"], 0, "{fit}");
+    assert_eq!(answer["bytes_held"], 0, "{answer}");
     // The disk a clone needs is the workspace's bytes as stated, not only the listed chunks'
     // (the list holds the largest chunks only); a statement below the list is refused.
-    let (code, fit, _) = as_peer(
-        &identity,
-        &h2.0,
-        h2.1,
-        "POST",
-        "/cluster/fit",
-        "/cluster/fit",
-        Some(serde_json::json!({"environment": "web", "spec": spec_json, "chunks": [{"hash": "00".repeat(32), "size": 10}], "workspace_bytes": 1u64 << 60})),
-    )
-    .await;
+    let (code, answer, _) = fit(Some(1 << 60)).await;
     assert_eq!(code, 200);
-    assert_eq!(fit["fits"], false, "{fit}");
+    assert_eq!(answer["fits"], false, "{answer}");
     assert!(
-        fit["refusal"]
+        answer["refusal"]
             .as_str()
             .unwrap()
             .starts_with("needs 1073741824.0 GiB of disk for the workspace"),
-        "{fit}"
+        "{answer}"
     );
-    let (code, error, _) = as_peer(
-        &identity,
-        &h2.0,
-        h2.1,
-        "POST",
-        "/cluster/fit",
-        "/cluster/fit",
-        Some(serde_json::json!({"environment": "web", "spec": spec_json, "chunks": [{"hash": "00".repeat(32), "size": 10}], "workspace_bytes": 9})),
-    )
-    .await;
+    let (code, error, _) = fit(Some(9)).await;
     assert_eq!(code, 422, "{error}");
     assert_eq!(error["error"]["code"], "invalid-field", "{error}");
     assert!(

@@ -92,13 +92,7 @@ impl GroupedTree {
 
     /// The entry under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-        let Some((bound, group)) = self.group_of(key)? else {
-            return Ok(None);
-        };
-        Ok(match find_in(&group, &bound, key)? {
-            Found::Entry(entry) => Some(entry),
-            Found::Absent | Found::Past => None,
-        })
+        self.get_near(key, &mut Near::default())
     }
 
     /// [`GroupedTree::get`] for keys asked in order: the group the last lookup found is kept
