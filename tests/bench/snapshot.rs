@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use aienv_actors::snapshot::RootHasher;
 use aienv_actors::workspace_store::{
-    file_clock_now, open_database, Change, ChunkIndex, GroupedTree, SledWatchdog, Taken, Touched,
-    CHUNK_GROUP, FILE_GROUP,
+    file_clock_now, open_database, ChangeBuffer, ChunkIndex, GroupedTree, SledWatchdog, Taken,
+    Touched, CHUNK_GROUP, FILE_GROUP,
 };
 
 fn status_kib(field: &str) -> u64 {
@@ -285,25 +285,24 @@ fn sled_insert(count: u64, base: &str, cache_mib: u64, grouped: bool) -> (f64, f
         let mut start = 0;
         while start < count {
             let end = (start + 4096).min(count);
-            let (mut record_changes, mut chunk_changes): (Vec<Change>, Vec<Change>) = (start..end)
-                .map(|i| {
-                    let path = format!("d{:04}/f{i}.txt", i / 200);
-                    let mut key = workspace.as_bytes().to_vec();
-                    key.extend_from_slice(path.as_bytes());
-                    let mut chunk = blake3::hash(path.as_bytes()).as_bytes().to_vec();
-                    chunk.extend_from_slice(&key);
-                    ((key, Some(record.to_vec())), (chunk, Some(vec![0u8; 12])))
-                })
-                .unzip();
+            let (mut record_changes, mut chunk_changes) =
+                (ChangeBuffer::default(), ChangeBuffer::default());
+            for i in start..end {
+                let path = format!("d{:04}/f{i}.txt", i / 200);
+                let hash = blake3::hash(path.as_bytes());
+                let key = [workspace.as_bytes(), path.as_bytes()];
+                let chunk = [&hash.as_bytes()[..], workspace.as_bytes(), path.as_bytes()];
+                if grouped {
+                    record_changes.put(&key, Some(&record));
+                    chunk_changes.put(&chunk, Some(&[0u8; 12]));
+                } else {
+                    files.insert(key.concat(), &record[..]).unwrap();
+                    chunks.insert(chunk.concat(), &[0u8; 12]).unwrap();
+                }
+            }
             if grouped {
                 chunk_groups.apply(&mut chunk_changes).unwrap();
                 file_groups.apply(&mut record_changes).unwrap();
-            } else {
-                for (tree, changes) in [(&chunks, chunk_changes), (&files, record_changes)] {
-                    for (key, value) in changes {
-                        tree.insert(key, value.expect("inserts only")).unwrap();
-                    }
-                }
             }
             start = end;
         }

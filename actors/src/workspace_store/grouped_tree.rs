@@ -61,8 +61,82 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-/// A change for [`GroupedTree::apply`]: the key, and its new value or `None` to remove it.
-pub type Change = (Vec<u8>, Option<Vec<u8>>);
+/// Changes gathered for one [`GroupedTree::apply`], keys and values packed in one buffer: a
+/// batch of many small changes costs its bytes, not two allocations each.
+#[derive(Default)]
+pub struct ChangeBuffer {
+    bytes: Vec<u8>,
+    /// Per change: where its key starts in `bytes`, the key's length, and the length of the
+    /// value that follows the key ([`ChangeBuffer::REMOVE`]: the key is removed).
+    items: Vec<(usize, u32, u32)>,
+}
+
+impl ChangeBuffer {
+    const REMOVE: u32 = u32::MAX;
+
+    /// Sets the key made of `key_parts`, one after the other, to `value`, or removes it
+    /// (`None`). Of changes to one key, the last one put wins.
+    pub fn put(&mut self, key_parts: &[&[u8]], value: Option<&[u8]>) {
+        let start = self.bytes.len();
+        for part in key_parts {
+            self.bytes.extend_from_slice(part);
+        }
+        let key_len = u32::try_from(self.bytes.len() - start).expect("keys are short");
+        let value_len = match value {
+            Some(value) => {
+                self.bytes.extend_from_slice(value);
+                u32::try_from(value.len())
+                    .ok()
+                    .filter(|len| *len != Self::REMOVE)
+                    .expect("values are under 4 GiB")
+            }
+            None => Self::REMOVE,
+        };
+        self.items.push((start, key_len, value_len));
+    }
+
+    /// The changes put.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether none were put.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The memory it holds for its changes, in bytes.
+    pub fn size(&self) -> usize {
+        self.bytes.len() + self.items.len() * std::mem::size_of::<(usize, u32, u32)>()
+    }
+
+    /// The change at `index`: its key, and its value or `None` to remove the key.
+    pub fn get(&self, index: usize) -> (&[u8], Option<&[u8]>) {
+        let (start, key_len, value_len) = self.items[index];
+        let key_end = start + key_len as usize;
+        let value =
+            (value_len != Self::REMOVE).then(|| &self.bytes[key_end..key_end + value_len as usize]);
+        (&self.bytes[start..key_end], value)
+    }
+
+    /// Sorts the changes by key, in place, keeping each key's last change only.
+    pub fn sort(&mut self) {
+        let bytes = &self.bytes;
+        let key =
+            |&(start, key_len, _): &(usize, u32, u32)| &bytes[start..start + key_len as usize];
+        self.items.reverse();
+        // Stable: of equal keys the later change (first, reversed) is the one kept.
+        self.items.sort_by(|a, b| key(a).cmp(key(b)));
+        self.items
+            .dedup_by(|later, earlier| key(later) == key(earlier));
+    }
+
+    /// Empties it, keeping its memory for the next changes.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+}
 
 /// The grouped map over one sled tree. Cloning is cheap and shares the writers' lock.
 #[derive(Clone)]
@@ -156,20 +230,25 @@ impl GroupedTree {
     }
 
     /// Applies `changes` (emptied; for a key given twice, the later change wins): each group
-    /// they fall in is rewritten once.
-    pub fn apply(&self, changes: &mut Vec<Change>) -> Result<(), StoreError> {
+    /// they fall in is rewritten once. Keys in random order fall in groups all over the
+    /// tree, so the larger the batch, the fewer times each group is rewritten.
+    pub fn apply(&self, changes: &mut ChangeBuffer) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
-        changes.reverse();
-        // Stable: of equal keys the later change now comes first, and is the one kept.
-        changes.sort_by(|a, b| a.0.cmp(&b.0));
-        changes.dedup_by(|later, earlier| later.0 == earlier.0);
+        changes.sort();
+        self.apply_sorted(changes)?;
+        changes.clear();
+        Ok(())
+    }
+
+    /// [`GroupedTree::apply`] of changes sorted by key, each key once.
+    fn apply_sorted(&self, changes: &ChangeBuffer) -> Result<(), StoreError> {
         let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let _watched = self.watchdog.writing();
         // One lookup per change at most (keys in random order fall in a group each), none for
         // a change at or before the last key of the group its predecessor fell in.
-        let mut found = self.group_of(&changes[0].0)?;
+        let mut found = self.group_of(changes.get(0).0)?;
         let mut at = 0;
         while at < changes.len() {
             let (bound, group) = match found.take() {
@@ -182,7 +261,7 @@ impl GroupedTree {
             };
             let mut end = at + 1;
             while end < changes.len() {
-                let key = changes[end].0.as_slice();
+                let key = changes.get(end).0;
                 if old.last().is_some_and(|last| key <= last.key()) {
                     end += 1;
                     continue;
@@ -200,7 +279,7 @@ impl GroupedTree {
                 }
                 end += 1;
             }
-            let merged = merge(&old, &changes[at..end]);
+            let merged = merge(&old, (at..end).map(|index| changes.get(index)));
             match self.pieces(&merged).as_slice() {
                 [] => {
                     if group.is_some() {
@@ -225,7 +304,6 @@ impl GroupedTree {
             }
             at = end;
         }
-        changes.clear();
         Ok(())
     }
 
@@ -260,15 +338,18 @@ impl GroupedTree {
 }
 
 /// A group's entries with `changes` (sorted, unique keys) laid over them.
-fn merge<'a>(old: &'a [Entry], changes: &'a [Change]) -> Vec<(&'a [u8], &'a [u8])> {
+fn merge<'a>(
+    old: &'a [Entry],
+    changes: impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Vec<(&'a [u8], &'a [u8])> {
     let mut merged = Vec::with_capacity(old.len() + changes.len());
-    let (mut old, mut changes) = (old.iter().peekable(), changes.iter().peekable());
+    let (mut old, mut changes) = (old.iter().peekable(), changes.peekable());
     loop {
         let order = match (old.peek(), changes.peek()) {
             (None, None) => break,
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(entry), Some((key, _))) => entry.key().cmp(key.as_slice()),
+            (Some(entry), Some((key, _))) => entry.key().cmp(key),
         };
         if order == std::cmp::Ordering::Less {
             let entry = old.next().expect("peeked");
@@ -280,7 +361,7 @@ fn merge<'a>(old: &'a [Entry], changes: &'a [Change]) -> Vec<(&'a [u8], &'a [u8]
         }
         let (key, value) = changes.next().expect("peeked");
         if let Some(value) = value {
-            merged.push((key.as_slice(), value.as_slice()));
+            merged.push((key, value));
         }
     }
     merged
@@ -456,14 +537,19 @@ mod tests {
                     });
                     changes.push((key, value));
                 }
+                let mut buffer = ChangeBuffer::default();
                 for (key, value) in &changes {
                     match value {
                         Some(value) => model.insert(key.clone(), value.clone()),
                         None => model.remove(key),
                     };
+                    // Keys put in parts, as the index builds them.
+                    let (head, tail) = key.split_at(key.len() / 2);
+                    buffer.put(&[head, tail], value.as_deref());
                 }
-                grouped.apply(&mut changes).unwrap();
-                assert!(changes.is_empty());
+                assert_eq!(buffer.len(), changes.len());
+                grouped.apply(&mut buffer).unwrap();
+                assert!(buffer.is_empty());
                 let expected: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 assert_eq!(contents(&grouped), expected, "max {max}, round {round}");
                 // Asked in order, then out of order, each from the group the last found.
@@ -523,14 +609,11 @@ mod tests {
     fn in_order_inserts_fill_groups() {
         let grouped = tree(64);
         for batch in 0..10 {
-            let mut changes: Vec<Change> = (0..1000)
-                .map(|i| {
-                    (
-                        format!("f{:06}", batch * 1000 + i).into_bytes(),
-                        Some(vec![1; 90]),
-                    )
-                })
-                .collect();
+            let mut changes = ChangeBuffer::default();
+            for i in 0..1000 {
+                let key = format!("f{:06}", batch * 1000 + i);
+                changes.put(&[key.as_bytes()], Some(&[1; 90]));
+            }
             grouped.apply(&mut changes).unwrap();
         }
         assert_eq!(contents(&grouped).len(), 10_000);
@@ -551,12 +634,11 @@ mod tests {
                 let grouped = grouped.clone();
                 scope.spawn(move || {
                     for batch in 0..40u32 {
-                        let mut changes: Vec<Change> = (0..25u32)
-                            .map(|i| {
-                                let n = (batch * 25 + i) * 4 + thread;
-                                (format!("{n:06}").into_bytes(), Some(vec![thread as u8]))
-                            })
-                            .collect();
+                        let mut changes = ChangeBuffer::default();
+                        for i in 0..25u32 {
+                            let n = (batch * 25 + i) * 4 + thread;
+                            changes.put(&[format!("{n:06}").as_bytes()], Some(&[thread as u8]));
+                        }
                         grouped.apply(&mut changes).unwrap();
                     }
                 });
@@ -573,9 +655,9 @@ mod tests {
     #[test]
     fn a_damaged_group_is_an_error() {
         let grouped = tree(8);
-        grouped
-            .apply(&mut vec![(b"key".to_vec(), Some(b"value".to_vec()))])
-            .unwrap();
+        let mut changes = ChangeBuffer::default();
+        changes.put(&[b"key"], Some(b"value"));
+        grouped.apply(&mut changes).unwrap();
         grouped.tree.insert(b"", &[200u8, 0, 0, 0, 1][..]).unwrap();
         let error = grouped.get(b"key").unwrap_err().to_string();
         assert!(error.contains("runs past the group's end"), "{error}");

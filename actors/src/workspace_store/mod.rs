@@ -22,6 +22,7 @@ mod handle;
 mod index;
 mod reconcile;
 mod sled_watchdog;
+mod sorted_changes;
 mod templates;
 mod view;
 mod workspace_dir;
@@ -53,7 +54,7 @@ pub use chunk_index::{
 };
 pub use clone::{ChunkStore, CloneRequest, Origin, SyncPlan, Unflushed};
 pub use error::StoreError;
-pub use grouped_tree::{Change, GroupedTree};
+pub use grouped_tree::{ChangeBuffer, GroupedTree};
 pub use handle::WorkspaceStoreHandle;
 pub use index::{open_database, RevisionRecord};
 pub use reconcile::ReconcileReport;

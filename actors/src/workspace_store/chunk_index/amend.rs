@@ -15,7 +15,9 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::{file_clock_now, file_key, ChunkIndex, KeptWalk, Retake, ScanStats, Taken, Window};
+use super::{
+    file_clock_now, file_key, ChunkIndex, IndexBatch, KeptWalk, Retake, ScanStats, Taken, Window,
+};
 use crate::beneath::Beneath;
 use crate::snapshot::{EntryKind, SnapshotEntry};
 use crate::snapshot_receive::EntryCursor;
@@ -166,6 +168,7 @@ impl ChunkIndex {
         let mut gone = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
         let mut out = SnapshotWriter::new(&self.memo_dir);
         let mut window = Window::default();
+        let mut batch = IndexBatch::new(&self.memo_dir);
         let mut walk = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
         let mut digest = WalkDigest::new();
         let mut skipped = Vec::new();
@@ -300,6 +303,7 @@ impl ChunkIndex {
                     root,
                     scan_started,
                     &mut window,
+                    &mut batch,
                     &mut stats,
                     &mut out,
                 )?;
@@ -310,12 +314,13 @@ impl ChunkIndex {
             root,
             scan_started,
             &mut window,
+            &mut batch,
             &mut stats,
             &mut out,
         )?;
         stats.files_cached = files - stats.files_hashed;
         stats.skipped.clone_from(&skipped);
-        self.forget_gone(workspace, root, gone)?;
+        self.forget_gone(workspace, root, gone, &mut batch)?;
         let walk = KeptWalk {
             digest: digest.finish(),
             items: Some(walk.keep().map_err(write_failed)?),
@@ -662,7 +667,14 @@ mod tests {
         assert!(!amended.racy);
         let mut gone = Spill::compact(&index.memo_dir, spill::IN_MEMORY);
         gone.push(&"new/synced".to_string()).unwrap();
-        index.forget_gone(workspace, &root, gone).unwrap();
+        index
+            .forget_gone(
+                workspace,
+                &root,
+                gone,
+                &mut IndexBatch::new(&index.memo_dir),
+            )
+            .unwrap();
         let answered = index.take(workspace, "ws", 1, &root).unwrap();
         assert_eq!(answered.root, amended.root);
         assert_eq!(answered.stats.files_hashed, 0, "the memo answered");

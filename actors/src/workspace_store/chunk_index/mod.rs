@@ -31,8 +31,9 @@ use crate::snapshot::{
 
 use super::error::StoreError;
 use super::file_chunks;
-use super::grouped_tree::{Change, Entry, GroupedTree, Near};
+use super::grouped_tree::{Entry, GroupedTree, Near};
 use super::sled_watchdog::SledWatchdog;
+use super::sorted_changes::SortedChanges;
 use crate::beneath::Beneath;
 use crate::snapshot_receive::{KeptSnapshot, SnapshotEntries};
 use crate::snapshot_writer::{SnapshotHead, SnapshotWriter, Written};
@@ -55,8 +56,9 @@ const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 /// commit instead of amended.
 const MAX_KEPT_WALKS: usize = 64;
 
-/// Files recorded per batch of chunk keys, then records (bounds what a batch holds).
-const RECORD_BATCH: usize = 4096;
+/// Changed files a snapshot pass reads per window; records dropped per scan when a
+/// workspace is forgotten.
+const WINDOW_FILES: usize = 4096;
 
 /// Records per group of the files tree. Records are written in path order, a batch at a
 /// time, so a group is rewritten about once per batch it receives.
@@ -156,7 +158,7 @@ struct Window {
 
 impl Window {
     /// Entries held at most, read or not (a few changed files among many unchanged ones).
-    const MAX_ENTRIES: usize = 4 * RECORD_BATCH;
+    const MAX_ENTRIES: usize = 4 * WINDOW_FILES;
 
     /// An entry whose content is known: written out at once unless others wait before it.
     fn settled(&mut self, entry: SnapshotEntry, out: &mut SnapshotWriter) -> std::io::Result<()> {
@@ -215,7 +217,7 @@ impl Window {
 
     /// Whether to read what it holds now.
     fn full(&self) -> bool {
-        self.to_hash.len() >= RECORD_BATCH || self.entries.len() >= Self::MAX_ENTRIES
+        self.to_hash.len() >= WINDOW_FILES || self.entries.len() >= Self::MAX_ENTRIES
     }
 }
 
@@ -253,12 +255,51 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
     }
 }
 
-/// One file's new record (`None`: forget it), with the record it replaces, for
-/// [`ChunkIndex::replace_all`].
-struct Replacement<'a> {
-    path: std::borrow::Cow<'a, str>,
-    old: Option<Entry>,
-    new: Option<FileRecord>,
+/// Index changes a pass gathers, written by [`ChunkIndex::write`] at its end, each tree's in
+/// key order ([`SortedChanges`]): the chunk keys first, then the records, so a record never
+/// exists without its keys.
+struct IndexBatch {
+    chunks: SortedChanges,
+    files: SortedChanges,
+}
+
+impl IndexBatch {
+    /// No changes yet; those past memory's share are set aside in `dir`.
+    fn new(dir: &Path) -> IndexBatch {
+        IndexBatch {
+            chunks: SortedChanges::new(dir),
+            files: SortedChanges::new(dir),
+        }
+    }
+
+    /// Replaces the record of `path` in `workspace`, `old` as stored, by `new` (`None`:
+    /// forgets it), with the chunk keys of each.
+    fn replace(
+        &mut self,
+        workspace: Uuid,
+        path: &str,
+        old: Option<&Entry>,
+        new: Option<&FileRecord>,
+    ) -> Result<(), StoreError> {
+        let old = old.and_then(|old| rmp_serde::from_slice::<FileRecord>(old.value()).ok());
+        let (workspace, path) = (workspace.as_bytes(), path.as_bytes());
+        for chunk in old.as_ref().map(chunk_list).unwrap_or_default() {
+            self.chunks.put(&[&chunk.hash.0, workspace, path], None)?;
+        }
+        let mut offset = 0u64;
+        for chunk in new.map(chunk_list).unwrap_or_default() {
+            // A file's old and new versions may share a chunk at one path: the later put,
+            // the new place, wins.
+            let mut place = [0; 12];
+            place[..8].copy_from_slice(&offset.to_le_bytes());
+            place[8..].copy_from_slice(&chunk.size.to_le_bytes());
+            self.chunks
+                .put(&[&chunk.hash.0, workspace, path], Some(&place))?;
+            offset += u64::from(chunk.size);
+        }
+        let record = new.map(|new| rmp_serde::to_vec(new).expect("file records always encode"));
+        self.files.put(&[workspace, path], record.as_deref())
+    }
 }
 
 /// What the index remembers of one file.
@@ -773,6 +814,7 @@ impl ChunkIndex {
         let mut gone = Spill::compact(&self.memo_dir, spill::IN_MEMORY);
         let mut out = SnapshotWriter::new(&self.memo_dir);
         let mut window = Window::default();
+        let mut batch = IndexBatch::new(&self.memo_dir);
         let mut racy = false;
         let write_failed = |error| StoreError::io("writing the snapshot of", root)(error);
         while let Some(item) = walk
@@ -821,6 +863,7 @@ impl ChunkIndex {
                     root,
                     scan_started,
                     &mut window,
+                    &mut batch,
                     &mut stats,
                     &mut out,
                 )?;
@@ -831,6 +874,7 @@ impl ChunkIndex {
             root,
             scan_started,
             &mut window,
+            &mut batch,
             &mut stats,
             &mut out,
         )?;
@@ -841,7 +885,7 @@ impl ChunkIndex {
         }
         drop(records);
         stats.files_cached = files_walked - stats.files_hashed;
-        self.forget_gone(workspace, root, gone)?;
+        self.forget_gone(workspace, root, gone, &mut batch)?;
         tracing::debug!(%workspace, ?stats, "snapshot: walked and merged");
         let walk = KeptWalk {
             digest: walk_digest,
@@ -851,24 +895,23 @@ impl ChunkIndex {
         self.keep(out, retake, walk, racy, stats)
     }
 
-    /// Forgets the records of the files `gone` lists (paths), a batch at a time.
-    fn forget_gone(&self, workspace: Uuid, root: &Path, gone: Spill) -> Result<(), StoreError> {
+    /// Forgets the records of the files `gone` lists (paths) and writes the rest of the
+    /// pass's `batch`: the end of a pass.
+    fn forget_gone(
+        &self,
+        workspace: Uuid,
+        root: &Path,
+        gone: Spill,
+        batch: &mut IndexBatch,
+    ) -> Result<(), StoreError> {
         let write_failed = |error| StoreError::io("writing the snapshot of", root)(error);
         let mut gone = gone.into_reader().map_err(write_failed)?;
-        let mut batch = Vec::new();
         while let Some(path) = gone.read_next::<String>().map_err(write_failed)? {
             if let Some(old) = self.files.get(&file_key(workspace, &path))? {
-                batch.push(Replacement {
-                    path: path.into(),
-                    old: Some(old),
-                    new: None,
-                });
-            }
-            if batch.len() == RECORD_BATCH {
-                self.replace_all(workspace, &mut batch)?;
+                batch.replace(workspace, &path, Some(&old), None)?;
             }
         }
-        self.replace_all(workspace, &mut batch)
+        self.write(batch)
     }
 
     /// Keeps the snapshot `out` holds as the memo of `retake`'s workspace, taken from (or
@@ -928,14 +971,16 @@ impl ChunkIndex {
         })
     }
 
-    /// Reads the window's changed files, records them, and writes its entries out in order;
-    /// whether any was stamped inside the racy window.
+    /// Reads the window's changed files, records them in `batch`, and writes its entries out
+    /// in order; whether any was stamped inside the racy window.
+    #[allow(clippy::too_many_arguments)]
     fn read_window(
         &self,
         workspace: Uuid,
         root: &Path,
         scan_started: SystemTime,
         window: &mut Window,
+        batch: &mut IndexBatch,
         stats: &mut ScanStats,
         out: &mut SnapshotWriter,
     ) -> Result<bool, StoreError> {
@@ -948,19 +993,11 @@ impl ChunkIndex {
             stats.bytes_hashed += record.stamp.size;
             fill(&mut window.entries[item.index], record);
         }
-        let mut batch = window
-            .to_hash
-            .iter_mut()
-            .zip(hashed)
-            .map(|(item, record)| Replacement {
-                path: window.entries[item.index].path.as_str().into(),
-                old: item.replaces.take().map(|r| r.old),
-                new: Some(record),
-            })
-            .collect();
-        self.replace_all(workspace, &mut batch)?;
-        drop(batch);
-        window.to_hash.clear();
+        for (item, record) in window.to_hash.drain(..).zip(hashed) {
+            let old = item.replaces.map(|r| r.old);
+            let path = &window.entries[item.index].path;
+            batch.replace(workspace, path, old.as_ref(), Some(&record))?;
+        }
         for entry in window.entries.drain(..) {
             out.push(&entry)
                 .map_err(StoreError::io("writing the snapshot of", root))?;
@@ -1008,7 +1045,7 @@ impl ChunkIndex {
             .transpose()?
             .is_none();
         let now = file_clock_now();
-        let mut batch = Vec::new();
+        let mut batch = IndexBatch::new(&self.memo_dir);
         entries(&mut |entry: &SnapshotEntry| {
             if entry.kind != EntryKind::File || !arrived.contains(&entry.path) {
                 return Ok(());
@@ -1038,54 +1075,18 @@ impl ChunkIndex {
                 .and_then(|old| rmp_serde::from_slice::<FileRecord>(old.value()).ok())
                 .is_some_and(|old| old.hash == record.hash && old.describes(&stamp));
             if !known {
-                batch.push(Replacement {
-                    path: entry.path.clone().into(),
-                    old,
-                    new: Some(record),
-                });
-            }
-            if batch.len() == RECORD_BATCH {
-                self.replace_all(workspace, &mut batch)?;
+                batch.replace(workspace, &entry.path, old.as_ref(), Some(&record))?;
             }
             Ok(())
         })?;
-        self.replace_all(workspace, &mut batch)
+        self.write(&mut batch)
     }
 
-    /// Replaces the records of `batch` (emptied) and their chunk keys (`new: None` removes
-    /// both): every chunk key first, then every record, so that a record still never exists
-    /// without its keys. Each tree is
-    /// written once per batch (a group that several of its files fall in is rewritten once).
-    fn replace_all(
-        &self,
-        workspace: Uuid,
-        batch: &mut Vec<Replacement<'_>>,
-    ) -> Result<(), StoreError> {
-        let mut chunks = Vec::new();
-        for item in batch.iter() {
-            let old = item
-                .old
-                .as_ref()
-                .and_then(|old| rmp_serde::from_slice::<FileRecord>(old.value()).ok());
-            chunk_changes(
-                workspace,
-                &item.path,
-                old.as_ref(),
-                item.new.as_ref(),
-                &mut chunks,
-            );
-        }
-        self.chunks.apply(&mut chunks)?;
-        let mut records: Vec<Change> = batch
-            .drain(..)
-            .map(|item| {
-                let value = item
-                    .new
-                    .map(|new| rmp_serde::to_vec(&new).expect("file records always encode"));
-                (file_key(workspace, &item.path), value)
-            })
-            .collect();
-        self.files.apply(&mut records)
+    /// Writes `batch` (emptied): every chunk key first, then every record, so that a record
+    /// never exists without its keys.
+    fn write(&self, batch: &mut IndexBatch) -> Result<(), StoreError> {
+        batch.chunks.apply(&self.chunks)?;
+        batch.files.apply(&self.files)
     }
 
     /// Drops everything indexed for a workspace (it was deleted).
@@ -1093,24 +1094,20 @@ impl ChunkIndex {
         self.drop_memo(workspace);
         loop {
             // A batch at a time, scanning again after each: what was forgotten is gone.
-            let mut batch = self
+            let mut batch = IndexBatch::new(&self.memo_dir);
+            for record in self
                 .files
                 .scan_prefix(workspace.as_bytes())
-                .take(RECORD_BATCH)
-                .map(|record| {
-                    record.map(|record| Replacement {
-                        path: String::from_utf8_lossy(&record.key()[16..])
-                            .into_owned()
-                            .into(),
-                        old: Some(record),
-                        new: None,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if batch.is_empty() {
+                .take(WINDOW_FILES)
+            {
+                let record = record?;
+                let path = String::from_utf8_lossy(&record.key()[16..]).into_owned();
+                batch.replace(workspace, &path, Some(&record), None)?;
+            }
+            if batch.files.is_empty() {
                 return Ok(());
             }
-            self.replace_all(workspace, &mut batch)?;
+            self.write(&mut batch)?;
         }
     }
 
@@ -1272,12 +1269,9 @@ impl ChunkIndex {
         );
         let key = file_key(location.workspace, &location.path);
         if let Ok(Some(old)) = self.files.get(&key) {
-            let mut forget = vec![Replacement {
-                path: location.path.as_str().into(),
-                old: Some(old),
-                new: None,
-            }];
-            let _ = self.replace_all(location.workspace, &mut forget);
+            let mut forget = IndexBatch::new(&self.memo_dir);
+            let forgotten = forget.replace(location.workspace, &location.path, Some(&old), None);
+            let _ = forgotten.and_then(|()| self.write(&mut forget));
         }
     }
 }
@@ -1312,26 +1306,6 @@ impl ChunkReader {
 
 /// The chunk keys of `path` to remove (those of `old`) and to write (those of `new`), in
 /// that order: a key both removes and writes is kept.
-fn chunk_changes(
-    workspace: Uuid,
-    path: &str,
-    old: Option<&FileRecord>,
-    new: Option<&FileRecord>,
-    changes: &mut Vec<Change>,
-) {
-    for chunk in old.map(chunk_list).unwrap_or_default() {
-        changes.push((chunk_key(&chunk.hash, workspace, path), None));
-    }
-    let mut offset = 0u64;
-    for chunk in new.map(chunk_list).unwrap_or_default() {
-        let mut value = Vec::with_capacity(12);
-        value.extend_from_slice(&offset.to_le_bytes());
-        value.extend_from_slice(&chunk.size.to_le_bytes());
-        changes.push((chunk_key(&chunk.hash, workspace, path), Some(value)));
-        offset += u64::from(chunk.size);
-    }
-}
-
 /// A file's chunks as indexed (a small, non-empty file is one chunk).
 fn chunk_list(record: &FileRecord) -> Vec<ChunkRef> {
     if record.stamp.size == 0 {
@@ -1348,14 +1322,6 @@ fn chunk_list(record: &FileRecord) -> Vec<ChunkRef> {
 
 fn file_key(workspace: Uuid, path: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(16 + path.len());
-    key.extend_from_slice(workspace.as_bytes());
-    key.extend_from_slice(path.as_bytes());
-    key
-}
-
-fn chunk_key(hash: &Hash, workspace: Uuid, path: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(48 + path.len());
-    key.extend_from_slice(&hash.0);
     key.extend_from_slice(workspace.as_bytes());
     key.extend_from_slice(path.as_bytes());
     key
@@ -2023,7 +1989,7 @@ mod tests {
     fn windows_of_changed_files_keep_the_snapshot_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("ws");
-        let count = RECORD_BATCH * 2 + Window::MAX_ENTRIES + 100;
+        let count = WINDOW_FILES * 2 + Window::MAX_ENTRIES + 100;
         for i in 0..count {
             let sub = root.join(format!("d{}", i % 7));
             if i < 7 {
@@ -2044,7 +2010,7 @@ mod tests {
         assert_eq!(stats.files_hashed, count as u64);
         // The first two windows' worth changed, then a run longer than a window unchanged,
         // then a few more changed.
-        let changed = |i: usize| i < 2 * RECORD_BATCH + 10 || i % 1000 == 999;
+        let changed = |i: usize| i < 2 * WINDOW_FILES + 10 || i % 1000 == 999;
         for i in (0..count).filter(|i| changed(*i)) {
             std::fs::write(
                 root.join(format!("d{}/f{i}", i % 7)),
@@ -2067,9 +2033,9 @@ mod tests {
         // The index follows: every file's new content is found where it is.
         for i in [
             0,
-            RECORD_BATCH,
-            2 * RECORD_BATCH + 9,
-            2 * RECORD_BATCH + 11,
+            WINDOW_FILES,
+            2 * WINDOW_FILES + 9,
+            2 * WINDOW_FILES + 11,
             1999,
         ] {
             let content = if changed(i) {
@@ -2080,6 +2046,48 @@ mod tests {
             let found = index.locate(&Hash::of(content.as_bytes()), Some(workspace));
             assert_eq!(found.len(), 1, "file {i}");
             assert_eq!(found[0].path, format!("d{}/f{i}", i % 7));
+            // The old content's key went with it, in whichever batch.
+            if changed(i) {
+                let old = format!("v1 {i}");
+                assert!(index.locate(&Hash::of(old.as_bytes()), None).is_empty());
+            }
         }
+    }
+
+    /// A large file that gained bytes at its start keeps most chunks, each now further on:
+    /// its old key and its new one are the same key in one batch, and the new place wins.
+    #[test]
+    fn a_chunk_that_moved_within_its_file_is_found_where_it_is_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir(&root).unwrap();
+        let data = random_bytes(
+            6 * crate::snapshot::CHUNK_AVG as usize,
+            &mut 0x9e37_79b9_7f4a_7c15,
+        );
+        std::fs::write(root.join("weights.bin"), &data).unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let index = ChunkIndex::open(&db, &dir.path().join("memo")).unwrap();
+        let workspace = Uuid::new_v4();
+        let (before, _) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        let mut grown = vec![7u8; 4096];
+        grown.extend_from_slice(&data);
+        std::fs::write(root.join("weights.bin"), &grown).unwrap();
+        let (after, stats) = index.snapshot(workspace, "ws", 1, &root).unwrap();
+        assert_eq!(stats.files_hashed, 1);
+        let (before, after) = (&before.entries[0].chunks, &after.entries[0].chunks);
+        let last = after.last().unwrap();
+        assert!(before.contains(last), "the last chunk stays as it was");
+        let offset: u64 = after[..after.len() - 1]
+            .iter()
+            .map(|c| u64::from(c.size))
+            .sum();
+        let found = index.locate(&last.hash, None);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].offset, found[0].len), (offset, last.size));
+        // A chunk only the old version had is forgotten.
+        let first = &before[0];
+        assert!(!after.contains(first));
+        assert!(index.locate(&first.hash, None).is_empty());
     }
 }
