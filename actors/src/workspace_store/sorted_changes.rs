@@ -6,8 +6,8 @@
 //! batches of 4,096 files rewrote each key about 15 times (1.25 s of a clone's 2.2 s of
 //! recording on a 2-core machine). Here the changes are sorted a bounded run at a time, the
 //! runs are set aside in an unnamed file, and they are merged as they are applied: each group
-//! is rewritten about once per pass, and memory holds one run and a small buffer per run
-//! set aside, whatever the pass's size.
+//! is rewritten about once per pass, and memory holds one run and 4 MiB of read-ahead shared
+//! by the runs set aside.
 //!
 //! A run on disk is its changes in key order, each as `key length (u32 LE)`, `value length
 //! (u32 LE, u32::MAX: remove the key)`, the key, the value. The file is this node's own,
@@ -28,8 +28,12 @@ use super::grouped_tree::{ChangeBuffer, GroupedTree};
 /// runs are merged.
 const RUN_BYTES: usize = if cfg!(test) { 4 * 1024 } else { 1024 * 1024 };
 
-/// Bytes each run set aside is read ahead by while they are merged.
-const READ_AHEAD: usize = if cfg!(test) { 64 } else { 64 * 1024 };
+/// Bytes all runs set aside are read ahead by while they are merged, shared between them:
+/// each reads ahead between [`READ_AHEAD_MIN`] and [`READ_AHEAD_MAX`]. Past 1,024 runs (1 GiB
+/// of changes, about ten million files) memory grows by the minimum per run.
+const READ_AHEAD: usize = if cfg!(test) { 256 } else { 4 * 1024 * 1024 };
+const READ_AHEAD_MIN: usize = if cfg!(test) { 16 } else { 4 * 1024 };
+const READ_AHEAD_MAX: usize = if cfg!(test) { 64 } else { 64 * 1024 };
 
 /// A run's length field for a removal.
 const REMOVE: u32 = u32::MAX;
@@ -111,9 +115,10 @@ impl SortedChanges {
         let reading = |error| StoreError::io("reading back index changes in", &dir)(error);
         self.set_aside().map_err(reading)?;
         let file = self.file.take().expect("runs were set aside");
+        let read_ahead = (READ_AHEAD / self.runs.len()).clamp(READ_AHEAD_MIN, READ_AHEAD_MAX);
         let mut runs = std::mem::take(&mut self.runs)
             .into_iter()
-            .map(|range| Run::new(&file, range))
+            .map(|range| Run::new(&file, range, read_ahead))
             .collect::<Vec<_>>();
         let mut heads = BinaryHeap::new();
         for (index, run) in runs.iter_mut().enumerate() {
@@ -165,17 +170,19 @@ struct Run<'f> {
     /// What is left to read of it in the file.
     left: Range<u64>,
     buffer: Vec<u8>,
+    read_ahead: usize,
     /// The current change's place in `buffer`, and where the next one starts.
     value: Option<Range<usize>>,
     at: usize,
 }
 
 impl<'f> Run<'f> {
-    fn new(file: &'f fs::File, range: Range<u64>) -> Run<'f> {
+    fn new(file: &'f fs::File, range: Range<u64>, read_ahead: usize) -> Run<'f> {
         Run {
             file,
             left: range,
             buffer: Vec::new(),
+            read_ahead,
             value: None,
             at: 0,
         }
@@ -219,7 +226,7 @@ impl<'f> Run<'f> {
         if held >= len {
             return Ok(true);
         }
-        let wanted = (len - held).max(READ_AHEAD) as u64;
+        let wanted = (len - held).max(self.read_ahead) as u64;
         let more = wanted.min(self.left.end - self.left.start) as usize;
         if held + more < len {
             return Ok(false);
