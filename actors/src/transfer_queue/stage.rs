@@ -104,6 +104,8 @@ pub struct Stage {
     dests: Mutex<HashMap<Hash, Vec<(usize, u64)>>>,
     done_log: Mutex<fs::File>,
     source_root: Vec<u8>,
+    /// Searches chunks for `source_root`: built once, not for every chunk written.
+    source_root_finder: memchr::memmem::Finder<'static>,
     embeds_source_root: Mutex<HashSet<usize>>,
     /// For a sync, the plan the store applies.
     plan: Mutex<SyncPlan>,
@@ -330,6 +332,7 @@ impl Stage {
         let source_root = entries.snapshot().head().source_root.into_bytes();
         Ok(Stage {
             kind,
+            source_root_finder: memchr::memmem::Finder::new(&source_root).into_owned(),
             source_root,
             entries,
             dir,
@@ -624,8 +627,7 @@ impl Stage {
                     .map_err(TransferError::io("writing", &path))?;
                 start_writeback(&file, offset, data.len() as u64);
             }
-            if !self.source_root.is_empty()
-                && memchr::memmem::find(data, &self.source_root).is_some()
+            if !self.source_root.is_empty() && self.source_root_finder.find(data).is_some()
             {
                 self.embeds_source_root
                     .lock()
