@@ -100,6 +100,13 @@ pub struct Client {
 
 type Response = awc::ClientResponse;
 
+/// How long a client keeps an idle connection to reuse: less than the node's
+/// [`crate::serve::KEEP_ALIVE`]. awc's default equals it, and a request sent about 15 s after
+/// the last one could go out on a connection the node was closing just then, failing with
+/// "connector has been disconnected".
+pub const POOL_IDLE: Duration = Duration::from_secs(10);
+const _: () = assert!(POOL_IDLE.as_secs() < crate::serve::KEEP_ALIVE.as_secs());
+
 impl Client {
     /// A client of the node at `base` over plain HTTP (such as `http://127.0.0.1:37779`,
     /// the node's loopback listener).
@@ -107,6 +114,7 @@ impl Client {
         let http = awc::Client::builder()
             .timeout(Duration::from_secs(120))
             .disable_redirects()
+            .connector(awc::Connector::new().conn_keep_alive(POOL_IDLE))
             .finish();
         Client {
             base: base.trim_end_matches('/').to_string(),
@@ -144,7 +152,11 @@ impl Client {
         let http = awc::Client::builder()
             .timeout(Duration::from_secs(120))
             .disable_redirects()
-            .connector(awc::Connector::new().rustls_0_23(std::sync::Arc::new(config)))
+            .connector(
+                awc::Connector::new()
+                    .rustls_0_23(std::sync::Arc::new(config))
+                    .conn_keep_alive(POOL_IDLE),
+            )
             .finish();
         Client {
             base: base.trim_end_matches('/').to_string(),
@@ -1120,5 +1132,59 @@ fn query_string<Q: Serialize>(query: &Q) -> String {
         String::new()
     } else {
         format!("?{}", parts.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A connection idle for longer than [`POOL_IDLE`] is not sent on again: the node may be
+    /// closing it. (With awc's default the second request went out on the first connection.)
+    #[actix_rt::test]
+    async fn an_idle_connection_is_not_reused_past_the_pool_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut request = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while stream.read(&mut byte).is_ok_and(|read| read == 1) {
+                        request.push(byte[0]);
+                        if request.ends_with(b"\r\n\r\n") {
+                            request.clear();
+                            let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                            stream.write_all(answer.as_bytes()).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let client = Client::new(&format!("http://{address}"), None);
+        let ask = || async {
+            let response = client
+                .send(awc::http::Method::GET, "/health")
+                .await
+                .unwrap();
+            assert_eq!(client.text(response).await.unwrap(), "{}");
+        };
+        ask().await;
+        ask().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
+        actix_rt::time::sleep(POOL_IDLE + Duration::from_millis(500)).await;
+        ask().await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "a fresh connection after idling"
+        );
     }
 }

@@ -73,7 +73,8 @@ impl PeerConnections {
                 awc::Connector::new()
                     .rustls_0_23(Arc::new(config))
                     .limit(self.connections)
-                    .timeout(Duration::from_secs(5)),
+                    .timeout(Duration::from_secs(5))
+                    .conn_keep_alive(crate::client::POOL_IDLE),
             )
             .finish()
     }

@@ -27,6 +27,10 @@ use crate::http::{self, AppState, Limits, NodeFacts};
 use crate::peer_client::HttpPeerClient;
 use crate::transfer_client::HttpTransferClient;
 
+/// How long the node keeps an idle keep-alive connection open (both listeners and the tool
+/// origins). Its own clients keep theirs for less ([`crate::client::POOL_IDLE`]).
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -426,7 +430,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     // progress per worker (the rest wait in the listen backlog).
     .client_request_timeout(std::time::Duration::from_secs(10))
     .client_disconnect_timeout(std::time::Duration::from_secs(2))
-    .keep_alive(std::time::Duration::from_secs(15))
+    .keep_alive(KEEP_ALIVE)
     .max_connections(2048)
     .max_connection_rate(64)
     .disable_signals()

@@ -253,7 +253,7 @@ fn start_server(
     .tcp_nodelay(true)
     .client_request_timeout(Duration::from_secs(10))
     .client_disconnect_timeout(Duration::from_secs(2))
-    .keep_alive(Duration::from_secs(15))
+    .keep_alive(crate::serve::KEEP_ALIVE)
     .max_connections(1024)
     .max_connection_rate(64)
     .disable_signals()

@@ -627,8 +627,7 @@ impl Stage {
                     .map_err(TransferError::io("writing", &path))?;
                 start_writeback(&file, offset, data.len() as u64);
             }
-            if !self.source_root.is_empty() && self.source_root_finder.find(data).is_some()
-            {
+            if !self.source_root.is_empty() && self.source_root_finder.find(data).is_some() {
                 self.embeds_source_root
                     .lock()
                     .expect("not poisoned")
