@@ -84,6 +84,8 @@ impl SortedChanges {
             Some(file) => file,
             None => self.file.insert(tempfile::tempfile_in(&self.dir)?),
         };
+        // Appended where the file's offset is, after the last run (a failed write ends the
+        // pass, so no run follows a torn one).
         let start = self.runs.last().map_or(0, |run| run.end);
         let mut out = io::BufWriter::with_capacity(256 * 1024, &*file);
         let mut written = 0u64;
@@ -96,7 +98,6 @@ impl SortedChanges {
             out.write_all(value.unwrap_or_default())?;
             written += 8 + key.len() as u64 + value.map_or(0, |value| value.len() as u64);
         }
-        // Positioned after the last run: the writer starts where the file's offset is.
         out.flush()?;
         drop(out);
         self.runs.push(start..start + written);
@@ -111,9 +112,10 @@ impl SortedChanges {
         if self.runs.is_empty() {
             return tree.apply(&mut self.buffer);
         }
+        self.set_aside()
+            .map_err(StoreError::io("setting aside index changes in", &self.dir))?;
         let dir = self.dir.clone();
         let reading = |error| StoreError::io("reading back index changes in", &dir)(error);
-        self.set_aside().map_err(reading)?;
         let file = self.file.take().expect("runs were set aside");
         let read_ahead = (READ_AHEAD / self.runs.len()).clamp(READ_AHEAD_MIN, READ_AHEAD_MAX);
         let mut runs = std::mem::take(&mut self.runs)
