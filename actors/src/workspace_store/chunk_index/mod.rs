@@ -805,7 +805,8 @@ impl ChunkIndex {
         // In path order (paths are unique), the walk meets the index's records, which the
         // grouped tree keeps in the same order, in one merge: a sequential scan instead of a
         // lookup per file, and the records of files that are gone come out of the same pass.
-        // Records the windows write meanwhile lie behind the scan (it skips what it passed).
+        // The pass writes its own records at its end, after the scan; another writer's records
+        // that land during it lie behind the scan or are met in order (it skips what it passed).
         let items = walked.keep().map_err(spill_failed)?;
         let mut walk = items.reader();
         let items = Some(items);
