@@ -745,8 +745,7 @@ impl ChunkIndex {
     /// digest tells whether the memo answers; unless it does, the spill is kept in its file
     /// with the memo (for [`ChunkIndex::amend`]) and the merge reads it back beside the
     /// index's records; changed files are read in windows, their records gathered and written
-    /// in key order at the pass's end; entries go to the memo's file as
-    /// they are settled.
+    /// in key order at the pass's end; entries go to the memo's file as they are settled.
     pub fn take(
         &self,
         workspace: Uuid,
