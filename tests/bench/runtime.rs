@@ -11,9 +11,10 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
 use aienv::api::RunRequest;
@@ -132,54 +133,31 @@ fn relay_connection(client: TcpStream, tool_port: u16, how: Relay) {
 
 /// Moves everything `from` sends into `to` through a pipe, until `from` ends or either fails.
 fn splice_all(from: &TcpStream, to: &TcpStream) {
-    let mut pipe = [0i32; 2];
-    // SAFETY: `pipe` has room for the two descriptors pipe2 writes.
-    assert_eq!(
-        unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
-        0
-    );
-    // SAFETY: plain fcntl on the pipe just made; a smaller pipe only lowers throughput.
-    unsafe { libc::fcntl(pipe[1], libc::F_SETPIPE_SZ, 1 << 20) };
-    let null = std::ptr::null_mut();
-    'relay: loop {
-        // SAFETY: both descriptors are open for the whole call; null offsets mean "the
-        // current position", as sockets and pipes require.
-        let got = unsafe {
-            libc::splice(
-                from.as_raw_fd(),
-                null,
-                pipe[1],
-                null,
-                1 << 20,
-                libc::SPLICE_F_MOVE,
-            )
-        };
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 just opened both descriptors; each is owned (and closed) once, here.
+    let (out, into) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: plain fcntl on an open pipe; a smaller pipe only lowers throughput.
+    unsafe { libc::fcntl(into.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    // SAFETY (both calls): the descriptors are open for the call; null offsets mean "the
+    // current position", as sockets and pipes require.
+    let splice = |from: i32, to: i32, len: usize| unsafe {
+        libc::splice(from, null_mut(), to, null_mut(), len, libc::SPLICE_F_MOVE)
+    };
+    loop {
+        let got = splice(from.as_raw_fd(), into.as_raw_fd(), 1 << 20);
         if got <= 0 {
-            break;
+            return;
         }
         let mut left = got as usize;
         while left > 0 {
-            // SAFETY: as above.
-            let put = unsafe {
-                libc::splice(
-                    pipe[0],
-                    null,
-                    to.as_raw_fd(),
-                    null,
-                    left,
-                    libc::SPLICE_F_MOVE,
-                )
-            };
+            let put = splice(out.as_raw_fd(), to.as_raw_fd(), left);
             if put <= 0 {
-                break 'relay;
+                return;
             }
             left -= put as usize;
         }
-    }
-    // SAFETY: the pipe's descriptors are this function's own, closed once.
-    unsafe {
-        libc::close(pipe[0]);
-        libc::close(pipe[1]);
     }
 }
 
