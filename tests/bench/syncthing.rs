@@ -31,10 +31,13 @@ struct Instance {
 
 impl Drop for Syncthing {
     fn drop(&mut self) {
-        // `syncthing serve` runs the real instance as a child of a monitor: end the group.
+        // `syncthing serve` runs the real instance as a child of a monitor: end the group
+        // (continued, in case it was paused).
         for instance in [&mut self.source, &mut self.receiver] {
+            // SAFETY: signals to the process group the bench started.
             unsafe {
                 libc::kill(-(instance.child.id() as i32), libc::SIGTERM);
+                libc::kill(-(instance.child.id() as i32), libc::SIGCONT);
             }
             let _ = instance.child.wait();
         }
@@ -181,6 +184,27 @@ impl Syncthing {
             .await;
         syncthing.wait_in_sync(Duration::from_secs(900)).await;
         syncthing
+    }
+
+    /// Stops both instances (`SIGSTOP` to their process groups) while the other tools are
+    /// measured: what Syncthing does after a sync (its database, its index exchange) would
+    /// otherwise run beside them. Nothing may ask them anything until [`Syncthing::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Continues both instances after [`Syncthing::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        for instance in [&self.source, &self.receiver] {
+            // SAFETY: a signal to the process group the bench started.
+            unsafe {
+                libc::kill(-(instance.child.id() as i32), signal);
+            }
+        }
     }
 
     /// Scans the source (a change was made) and waits until the receiver has it; returns the

@@ -326,6 +326,7 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
             "\nsyncthing: first copy in {:.1} s (for reference; its receiver fsyncs every file)",
             started.elapsed().as_secs_f64()
         );
+        pair.pause();
         Some(pair)
     } else {
         None
@@ -389,9 +390,11 @@ async fn run(base: &Path, scale: f64, tools: Tools) {
             Some(pair) => {
                 flush_all();
                 let capture = tools.capture(base, pair.port);
+                pair.resume();
                 let before = pair.received().await;
                 let seconds = pair.rescan_and_wait().await;
                 let own = pair.received().await - before;
+                pair.pause();
                 Some(Measured::new(seconds, capture, own))
             }
             None => None,
