@@ -394,11 +394,12 @@ fn apply_request_fields(request: &CreateRequest, manifest: &mut WorkspaceManifes
 }
 
 fn describe_copy(notes: &mut Vec<String>, source: &Path, report: &CopyReport) {
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     notes.push(format!(
-        "copied {} files ({} bytes) and {} symlinks from {}",
-        report.files,
-        report.bytes,
-        report.symlinks,
+        "copied {} ({}) and {} from {}",
+        count(report.files, "file", "files"),
+        count(report.bytes, "byte", "bytes"),
+        count(report.symlinks, "symlink", "symlinks"),
         source.display()
     ));
     for skipped in &report.skipped {
@@ -652,6 +653,33 @@ fn detect_languages(project: &Path) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_is_described_in_words_that_agree_with_its_counts() {
+        let mut notes = Vec::new();
+        let one = CopyReport {
+            files: 1,
+            bytes: 1,
+            symlinks: 1,
+            skipped: Vec::new(),
+        };
+        describe_copy(&mut notes, Path::new("/src/p"), &one);
+        let many = CopyReport {
+            files: 2,
+            bytes: 0,
+            symlinks: 3,
+            skipped: vec!["fifo".into()],
+        };
+        describe_copy(&mut notes, Path::new("/src/q"), &many);
+        assert_eq!(
+            notes,
+            [
+                "copied 1 file (1 byte) and 1 symlink from /src/p",
+                "copied 2 files (0 bytes) and 3 symlinks from /src/q",
+                "left out special file fifo",
+            ]
+        );
+    }
 
     #[test]
     fn slugs_from_directory_names() {
