@@ -187,8 +187,8 @@ impl Syncthing {
     }
 
     /// Stops both instances (`SIGSTOP` to their process groups) while the other tools are
-    /// measured: what Syncthing does after a sync (its database, its index exchange) would
-    /// otherwise run beside them. Nothing may ask them anything until [`Syncthing::resume`].
+    /// measured, so that nothing Syncthing does between its own syncs runs beside them.
+    /// Nothing may ask them anything until [`Syncthing::resume`].
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
     }
