@@ -78,17 +78,16 @@ impl From<ClientError> for CliError {
         } = &error
         {
             if let Some(fields) = details.get("fields").and_then(|f| f.as_array()) {
+                // Each field the message does not already say, once.
                 let list: Vec<String> = fields
                     .iter()
                     .filter_map(|f| {
-                        Some(format!(
-                            "{}: {}",
-                            f.get("field")?.as_str()?,
-                            f.get("message")?.as_str()?
-                        ))
+                        let (field, says) =
+                            (f.get("field")?.as_str()?, f.get("message")?.as_str()?);
+                        (!message.contains(says)).then(|| format!("{field}: {says}"))
                     })
                     .collect();
-                if !list.is_empty() && !message.contains(&list[0]) {
+                if !list.is_empty() {
                     message = format!("{message} [{}]", list.join("; "));
                 }
             }
@@ -198,6 +197,25 @@ pub fn bytes(count: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_error_is_said_once() {
+        let error = ClientError::Api {
+            status: 422,
+            code: "validation-failed".into(),
+            message: "request: field `name`: `bad name!` is not a valid name".into(),
+            details: Some(serde_json::json!({"fields": [
+                {"field": "name", "message": "`bad name!` is not a valid name"},
+                {"field": "tags", "message": "at most 32 tags"},
+            ]})),
+        };
+        let said = CliError::from(error);
+        assert_eq!(
+            said.message,
+            "request: field `name`: `bad name!` is not a valid name (validation-failed, HTTP 422) [tags: at most 32 tags]"
+        );
+        assert_eq!(said.code, exit::INVALID);
+    }
 
     #[test]
     fn peer_strings_cannot_drive_the_terminal() {
